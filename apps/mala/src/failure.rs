@@ -1,0 +1,93 @@
+//! Everything a command can fail with, mapped to an exit code and a hint.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use mala_domain::ConfigError;
+
+/// Exit codes mala promises (docs/cli.md).
+pub(crate) mod exit {
+    pub(crate) const FAILURE: u8 = 1;
+    pub(crate) const USAGE: u8 = 2;
+    #[allow(dead_code)] // used by `mala run` once the scheduler lands
+    pub(crate) const ABORTED: u8 = 3;
+    #[allow(dead_code)] // used by `mala run` once Ctrl-C handling lands
+    pub(crate) const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// mala.yaml, a `MALA_*` variable or a flag value is wrong.
+    Config(ConfigError),
+    /// The command line is inconsistent in a way clap cannot express.
+    Usage {
+        message: String,
+        hint: Option<String>,
+    },
+    /// A command this build does not have yet. Never pretends to succeed.
+    NotBuilt {
+        command: &'static str,
+        needs: &'static str,
+    },
+    /// A file could not be read or written.
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        error: std::io::Error,
+    },
+    /// Anything else that went wrong, with a hint when there is one.
+    Other {
+        message: String,
+        hint: Option<String>,
+    },
+}
+
+impl Failure {
+    pub(crate) fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            Self::Config(_) | Self::Io { .. } | Self::Other { .. } => exit::FAILURE,
+            Self::Usage { .. } | Self::NotBuilt { .. } => exit::USAGE,
+        })
+    }
+
+    pub(crate) fn usage(message: impl Into<String>, hint: Option<&str>) -> Self {
+        Self::Usage {
+            message: message.into(),
+            hint: hint.map(str::to_owned),
+        }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(error: ConfigError) -> Self {
+        Self::Config(error)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(error) => write!(f, "invalid configuration: {error}"),
+            Self::Usage { message, hint } | Self::Other { message, hint } => {
+                f.write_str(message)?;
+                if let Some(hint) = hint {
+                    write!(f, "\n  hint: {hint}")?;
+                }
+                Ok(())
+            }
+            Self::NotBuilt { command, needs } => write!(
+                f,
+                "`mala {command}` is not available in this build yet: it needs {needs}.\n  \
+                 hint: `mala config check` validates your configuration today"
+            ),
+            Self::Io {
+                path,
+                action,
+                error,
+            } => {
+                write!(f, "could not {action} {}: {error}", path.display())
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The `mala` command: parse, resolve to settings, run, map the outcome to an exit code.
+
+mod cli;
+mod commands;
+mod failure;
+mod output;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use crate::cli::{Cli, Command, ConfigCommand};
+use crate::failure::Failure;
+
+fn main() -> ExitCode {
+    // clap prints --help/--version (exit 0) and usage errors (exit 2) itself.
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            output::note(&format!("error: {failure}"));
+            failure.exit_code()
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Run(args) => commands::run::run(&args),
+        Command::EpicVerify(args) => commands::run::epic_verify(&args),
+        Command::Init(args) => {
+            let cwd = std::env::current_dir().map_err(|error| Failure::Io {
+                path: ".".into(),
+                action: "read the current directory",
+                error,
+            })?;
+            commands::init::run(&args, &cwd)
+        }
+        Command::Config(args) => match args.command {
+            ConfigCommand::Show {
+                repo_path,
+                config,
+                json,
+            } => commands::config::show(&repo_path, config.as_deref(), json),
+            ConfigCommand::Check { repo_path, config } => {
+                commands::config::check(&repo_path, config.as_deref())
+            }
+        },
+        Command::Status(_) => Err(Failure::NotBuilt {
+            command: "status",
+            needs: "the lock table and run markers",
+        }),
+        Command::Clean(_) => Err(Failure::NotBuilt {
+            command: "clean",
+            needs: "the lock table and run markers",
+        }),
+        Command::Logs(_) => Err(Failure::NotBuilt {
+            command: "logs",
+            needs: "the run metadata store",
+        }),
+        Command::Completions { shell } => {
+            let mut buffer = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "mala", &mut buffer);
+            output::stdout(&String::from_utf8_lossy(&buffer));
+            Ok(())
+        }
+    }
+}

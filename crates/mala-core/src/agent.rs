@@ -1,0 +1,117 @@
+//! Agents, their sessions, and what they report while they work.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::IssueId;
+
+/// One running agent, e.g. `mala-3f2-1a2b3c4d` (issue id plus a random suffix).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AgentId(String);
+
+impl AgentId {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AgentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The backend's conversation id, used to resume a session in a new process.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(String);
+
+impl SessionId {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What an agent reports while a turn runs. Backend-neutral.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// The backend assigned (or confirmed) the session id.
+    SessionStarted { session_id: SessionId },
+    /// Assistant prose.
+    Text { text: String },
+    /// The agent asked to run a tool.
+    ToolUse {
+        id: String,
+        name: String,
+        input: serde_json::Value,
+    },
+    /// A tool finished.
+    ToolResult {
+        id: String,
+        is_error: bool,
+        content: String,
+    },
+}
+
+/// Tokens spent, as reported by the backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+}
+
+/// How a turn ended, judged by the backend's own error flag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnStatus {
+    Completed,
+    Failed { reason: String },
+    Interrupted,
+    MaxTurns,
+}
+
+/// The end of one turn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TurnOutcome {
+    pub status: TurnStatus,
+    pub session_id: Option<SessionId>,
+    /// The agent's final text for the turn.
+    pub final_text: String,
+    pub usage: TokenUsage,
+    /// Cumulative cost of the session so far, in US dollars.
+    pub total_cost_usd: f64,
+    pub num_turns: u32,
+}
+
+/// Everything a backend needs to start one session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRequest {
+    pub agent_id: AgentId,
+    pub issue_id: Option<IssueId>,
+    /// Working directory of the agent (the repository root).
+    pub cwd: PathBuf,
+    /// Resume this conversation instead of starting a new one.
+    pub resume: Option<SessionId>,
+    /// Extra instructions appended to the backend's system prompt.
+    pub system_prompt_append: Option<String>,
+}

@@ -1,0 +1,56 @@
+//! The one event enum. Console output, the JSONL log and summaries are all sinks of it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AgentEvent, AgentId, IssueId};
+
+/// Why a run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// Nothing left to do.
+    Finished,
+    /// Stopped after a Ctrl-C drain.
+    Drained,
+    /// Aborted, with the reason.
+    Aborted { reason: String },
+}
+
+/// Everything that happens in a run, in one enum. It grows with the pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        run_id: String,
+        repo: String,
+        max_agents: Option<usize>,
+    },
+    RunFinished {
+        run_id: String,
+        outcome: RunOutcome,
+        succeeded: usize,
+        failed: usize,
+    },
+    IssueClaimed {
+        issue: IssueId,
+        agent: AgentId,
+    },
+    IssueSkipped {
+        issue: IssueId,
+        reason: String,
+    },
+    Agent {
+        agent: AgentId,
+        event: AgentEvent,
+    },
+    IssueClosed {
+        issue: IssueId,
+    },
+    IssueFailed {
+        issue: IssueId,
+        reason: String,
+    },
+    Warning {
+        message: String,
+    },
+}

@@ -1,0 +1,32 @@
+//! The vocabulary every mala crate speaks, and the ports adapters implement.
+//!
+//! This crate performs no I/O. It names things (issues, agents, events) and
+//! declares the traits through which the pipeline reaches the outside world:
+//! the issue tracker, the agent backend, the reviewer, the event sink and the
+//! clock. With the `mocks` feature every trait also gets a mockall mock.
+
+mod agent;
+mod error;
+mod event;
+mod issue;
+mod ports;
+
+pub use agent::{
+    AgentEvent, AgentId, SessionId, SessionRequest, TokenUsage, TurnOutcome, TurnStatus,
+};
+pub use error::{AgentError, AgentErrorKind, ReviewError, TrackerError};
+pub use event::{Event, RunOutcome};
+pub use issue::{
+    ClaimOutcome, Dependency, DependencyKind, EpicStatus, Issue, IssueId, IssueStatus, IssueType,
+    IssueUpdate, NewIssue, ParsePriorityError, Priority,
+};
+pub use ports::{
+    AgentBackend, AgentObserver, AgentSession, Clock, EventSink, Finding, IssueTracker,
+    ReviewRequest, ReviewVerdict, Reviewer,
+};
+
+#[cfg(feature = "mocks")]
+pub use ports::{
+    MockAgentBackend, MockAgentObserver, MockAgentSession, MockClock, MockEventSink,
+    MockIssueTracker, MockReviewer,
+};

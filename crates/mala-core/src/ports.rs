@@ -1,0 +1,175 @@
+//! The traits through which the pipeline reaches the outside world.
+//!
+//! Adapters live in `mala-infra`; fakes in `mala-testkit`; mocks are generated
+//! here with the `mocks` feature.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    AgentError, AgentEvent, ClaimOutcome, DependencyKind, EpicStatus, Event, Issue, IssueId,
+    IssueUpdate, NewIssue, ReviewError, SessionId, SessionRequest, TrackerError, TurnOutcome,
+};
+
+/// The issue tracker (br, or the embedded JSONL store).
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait IssueTracker: Send + Sync {
+    /// Every issue the tracker holds, with dependencies.
+    async fn all_issues(&self) -> Result<Vec<Issue>, TrackerError>;
+    /// The tracker's own ready set: open, unblocked, not deferred.
+    async fn ready(&self) -> Result<Vec<Issue>, TrackerError>;
+    async fn show(&self, id: &IssueId) -> Result<Issue, TrackerError>;
+    /// Claims the issue for `actor` so that no other mala takes it.
+    async fn claim(&self, id: &IssueId, actor: &str) -> Result<ClaimOutcome, TrackerError>;
+    async fn close(&self, id: &IssueId, reason: &str) -> Result<(), TrackerError>;
+    /// Adds the needs-followup label and the notes.
+    async fn mark_needs_followup(&self, id: &IssueId, notes: &str) -> Result<(), TrackerError>;
+    /// Puts the issue back to `open` so a later run picks it up.
+    async fn reopen(&self, id: &IssueId) -> Result<(), TrackerError>;
+    async fn add_dependency(
+        &self,
+        issue: &IssueId,
+        depends_on: &IssueId,
+        kind: DependencyKind,
+    ) -> Result<(), TrackerError>;
+    async fn create(&self, issue: NewIssue) -> Result<IssueId, TrackerError>;
+    async fn update(&self, id: &IssueId, update: IssueUpdate) -> Result<(), TrackerError>;
+    async fn find_by_label(&self, label: &str) -> Result<Vec<Issue>, TrackerError>;
+    async fn epic_status(&self) -> Result<Vec<EpicStatus>, TrackerError>;
+    /// All descendants of an epic (children, grandchildren, ...).
+    async fn descendants(&self, epic: &IssueId) -> Result<Vec<Issue>, TrackerError>;
+    /// The nearest ancestor of type epic.
+    async fn parent_epic(&self, id: &IssueId) -> Result<Option<IssueId>, TrackerError>;
+    /// Writes pending changes to the tracker's files so they can be committed.
+    async fn flush(&self) -> Result<(), TrackerError>;
+}
+
+/// Receives what an agent does while a turn runs.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+pub trait AgentObserver: Send + Sync {
+    fn on_event(&self, event: &AgentEvent);
+}
+
+/// Starts agent sessions (Claude Code, later Codex).
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait AgentBackend: Send + Sync {
+    async fn start(
+        &self,
+        request: SessionRequest,
+        observer: Arc<dyn AgentObserver>,
+    ) -> Result<Box<dyn AgentSession>, AgentError>;
+}
+
+/// One live conversation with an agent; several turns may run in it.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait AgentSession: Send {
+    fn session_id(&self) -> Option<SessionId>;
+    /// Sends a prompt and waits for the turn to end.
+    async fn turn(&mut self, prompt: &str) -> Result<TurnOutcome, AgentError>;
+    /// Asks the agent to stop the current turn.
+    async fn interrupt(&mut self) -> Result<(), AgentError>;
+    /// Ends the session and its process.
+    async fn close(&mut self) -> Result<(), AgentError>;
+}
+
+/// A review finding. Priority 0 and 1 block; 2 and 3 are advisory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub priority: u8,
+    pub title: String,
+    pub body: String,
+    pub file: Option<String>,
+    pub line_start: Option<u32>,
+    pub line_end: Option<u32>,
+}
+
+/// What a reviewer is asked to look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewRequest {
+    pub issue: IssueId,
+    pub description: String,
+    /// Commit ids to review, oldest first.
+    pub commits: Vec<String>,
+    pub context: String,
+}
+
+/// A reviewer's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewVerdict {
+    pub findings: Vec<Finding>,
+}
+
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait Reviewer: Send + Sync {
+    async fn review(&self, request: ReviewRequest) -> Result<ReviewVerdict, ReviewError>;
+}
+
+/// Where events go: console, JSONL file, summaries.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+pub trait EventSink: Send + Sync {
+    fn emit(&self, event: &Event);
+}
+
+/// Time, injected so that backoff and timeouts can be tested without waiting.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+    async fn sleep(&self, duration: Duration);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{IssueStatus, Priority};
+
+    fn issue(id: &str) -> Issue {
+        Issue {
+            id: IssueId::from(id),
+            title: "t".into(),
+            description: String::new(),
+            acceptance_criteria: String::new(),
+            status: IssueStatus::Open,
+            priority: Priority::P2,
+            issue_type: crate::IssueType::Task,
+            labels: vec![],
+            parent: None,
+            dependencies: vec![],
+            assignee: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            closed_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn tracker_mock_is_usable_behind_a_trait_object() {
+        let mut mock = MockIssueTracker::new();
+        mock.expect_ready()
+            .times(1)
+            .returning(|| Ok(vec![issue("a-1")]));
+        let tracker: Box<dyn IssueTracker> = Box::new(mock);
+        let ready = tracker.ready().await.unwrap();
+        assert_eq!(ready[0].id.as_str(), "a-1");
+    }
+
+    #[test]
+    fn event_sink_mock_sees_events() {
+        let mut sink = MockEventSink::new();
+        sink.expect_emit()
+            .withf(|e| matches!(e, Event::Warning { message } if message == "hi"))
+            .times(1)
+            .return_const(());
+        sink.emit(&Event::Warning {
+            message: "hi".into(),
+        });
+    }
+}

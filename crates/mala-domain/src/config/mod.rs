@@ -1,0 +1,29 @@
+//! mala.yaml: schema, presets, loading with positions, and layering into `Settings`.
+
+mod error;
+mod load;
+mod names;
+mod presets;
+mod resolve;
+mod schema;
+mod settings;
+
+pub use error::{ConfigError, Location};
+pub use load::{ConfigFile, SpanIndex, parse_config};
+pub use names::{
+    AgentSdkModel, AmpMode, BUILTIN_COMMANDS, Coder, CodexApprovalPolicy, CodexSandbox,
+    CoverageFormat, Effort, EpicDepth, FailureMode, FindingThreshold, FireOn, PresetName,
+    ReviewBaseline, ReviewerType, SettingsSource, TrackerKind, UnknownWord, is_valid_command_name,
+};
+pub use presets::{load_preset, preset_text};
+pub use resolve::{ConfigSources, FlagOverrides, resolve};
+pub use schema::{
+    RawCodeReview, RawCommand, RawCommandDetail, RawCommandRef, RawCommandRefDetail, RawConfig,
+    RawEvidenceCheck, RawRunEndTrigger, RawTriggers,
+};
+pub use settings::{
+    Cerberus, ClaudeOptions, CodeReview, CoderOptions, CodexOptions, CommandSpec, Coverage,
+    EpicCompletionTrigger, EpicVerification, EvidenceCheck, Gate, LockWait, LongRunning,
+    OriginDisplay, Paths, PeriodicTrigger, RetryPolicy, RunEndTrigger, Settings, Trigger,
+    TriggerCommand, Triggers,
+};

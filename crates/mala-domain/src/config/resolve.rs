@@ -1,0 +1,877 @@
+//! Layering: built-in defaults < preset < mala.yaml < `MALA_*` environment < flags.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use super::error::{ConfigError, Location, suggestion};
+use super::load::ConfigFile;
+use super::names::{
+    AgentSdkModel, AmpMode, BUILTIN_COMMANDS, Coder, CodexApprovalPolicy, CodexSandbox, Effort,
+    FailureMode, FindingThreshold, FireOn, ReviewerType, SettingsSource, TrackerKind,
+    is_valid_command_name,
+};
+use super::presets::load_preset;
+use super::schema::{
+    RawCerberus, RawCodeReview, RawCommand, RawCommandRef, RawConfig, RawTriggerCommon,
+};
+use super::settings::{
+    Cerberus, ClaudeOptions, CodeReview, CoderOptions, CodexOptions, CommandSpec, Coverage,
+    EpicCompletionTrigger, EpicVerification, EvidenceCheck, Gate, LockWait, LongRunning, Origins,
+    Paths, PeriodicTrigger, RetryPolicy, RunEndTrigger, Settings, Trigger, TriggerCommand,
+    Triggers,
+};
+
+/// Default seconds for a custom command.
+const CUSTOM_COMMAND_TIMEOUT: u64 = 120;
+const DEFAULT_TIMEOUT_MINUTES: u64 = 30;
+
+/// Overrides given as command-line flags. `None` leaves lower layers alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlagOverrides {
+    pub coder: Option<Coder>,
+    pub amp_mode: Option<AmpMode>,
+    pub model: Option<String>,
+    pub effort: Option<Effort>,
+    pub claude_settings_sources: Option<Vec<SettingsSource>>,
+    pub codex_approval_policy: Option<CodexApprovalPolicy>,
+    pub codex_sandbox: Option<CodexSandbox>,
+    pub timeout_minutes: Option<u64>,
+}
+
+/// Everything resolution reads. Libraries never read the process environment,
+/// so the caller passes the variables in.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigSources<'a> {
+    pub file: Option<&'a ConfigFile>,
+    pub env: &'a BTreeMap<String, String>,
+    pub flags: &'a FlagOverrides,
+}
+
+/// `MALA_*` variables that are read no more, with what replaces them.
+const DEPRECATED_ENV: &[(&str, &str)] = &[
+    (
+        "MALA_REVIEW_TIMEOUT",
+        "per_issue_review.agent_sdk_timeout in mala.yaml",
+    ),
+    (
+        "MALA_CERBERUS_SPAWN_ARGS",
+        "per_issue_review.cerberus.spawn_args in mala.yaml",
+    ),
+    (
+        "MALA_CERBERUS_WAIT_ARGS",
+        "per_issue_review.cerberus.wait_args in mala.yaml",
+    ),
+    (
+        "MALA_CERBERUS_ENV",
+        "per_issue_review.cerberus.env in mala.yaml",
+    ),
+    (
+        "MALA_MAX_EPIC_VERIFICATION_RETRIES",
+        "validation_triggers.epic_completion.max_epic_verification_retries in mala.yaml",
+    ),
+    ("MALA_MAX_DIFF_SIZE_KB", "max_diff_size_kb in mala.yaml"),
+];
+
+/// Resolves every layer into one `Settings`.
+pub fn resolve(sources: ConfigSources<'_>) -> Result<Settings, ConfigError> {
+    let mut settings = defaults(sources.env);
+    if let Some(file) = sources.file {
+        if file.raw == RawConfig::default() && file.disabled_commands.is_empty() {
+            return Err(file
+                .error("", "the file sets nothing")
+                .hint("add `preset: <name>` (python-uv, node-npm, go, rust, gleam) or a `commands:` block, or run `mala init`"));
+        }
+        if let Some(name) = file.raw.preset {
+            let preset = load_preset(name)?;
+            settings.preset = Some(name);
+            apply_commands_and_lists(
+                &mut settings,
+                &preset,
+                &Location::Preset {
+                    name: name.to_string(),
+                },
+            )?;
+            settings.origins.record("preset", file.location("preset"));
+        }
+        apply_file(&mut settings, file)?;
+    }
+    apply_env(&mut settings, sources.env)?;
+    apply_flags(&mut settings, sources.flags);
+    derive_backend_defaults(&mut settings);
+    Ok(settings)
+}
+
+fn defaults(env: &BTreeMap<String, String>) -> Settings {
+    let config_home = env
+        .get("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env.get("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from(".config"));
+    let timeout_minutes = DEFAULT_TIMEOUT_MINUTES;
+    Settings {
+        preset: None,
+        commands: BTreeMap::new(),
+        code_patterns: Vec::new(),
+        config_files: Vec::new(),
+        setup_files: Vec::new(),
+        coverage: None,
+        evidence_check: EvidenceCheck::default(),
+        claude_settings_sources: vec![SettingsSource::Local, SettingsSource::Project],
+        coder: Coder::Claude,
+        amp_mode: AmpMode::Deep,
+        model: None,
+        effort: None,
+        coder_options: CoderOptions {
+            claude: ClaudeOptions {
+                binary: "claude".to_owned(),
+                disallowed_tools: vec!["TodoWrite".to_owned(), "Monitor".to_owned()],
+            },
+            codex: CodexOptions {
+                approval_policy: CodexApprovalPolicy::Never,
+                sandbox: CodexSandbox::DangerFullAccess,
+                mcp_servers: BTreeMap::new(),
+            },
+        },
+        timeout_minutes,
+        max_idle_retries: 2,
+        idle_timeout_seconds: derived_idle_timeout(timeout_minutes),
+        max_diff_size_kb: None,
+        max_gate_retries: 3,
+        gate: Gate::default(),
+        epic_verification: EpicVerification {
+            enabled: true,
+            reviewer_type: ReviewerType::AgentSdk,
+            timeout: 600,
+            cerberus: default_cerberus(),
+            agent_sdk_timeout: 300,
+            retry_policy: RetryPolicy {
+                timeout_retries: 3,
+                execution_retries: 2,
+                parse_retries: 1,
+            },
+        },
+        per_issue_review: default_code_review(),
+        long_running: LongRunning {
+            enabled: true,
+            max_wait_seconds: 14_400,
+            max_resume_cycles: 3,
+        },
+        lock_wait: LockWait {
+            enabled: true,
+            max_wait_seconds: 1800,
+            max_resume_cycles: 3,
+            poll_interval_ms: 500,
+        },
+        validation_triggers: Triggers::default(),
+        tracker: TrackerKind::Auto,
+        issue_types: ["task", "bug", "feature", "chore"]
+            .map(str::to_owned)
+            .to_vec(),
+        retry_failed: 1,
+        paths: Paths {
+            runs_dir: config_home.join("mala").join("runs"),
+            lock_dir: PathBuf::from("/tmp/mala-locks"),
+            validation_log_dir: PathBuf::from("/tmp/mala-validation-logs"),
+        },
+        debug_log: true,
+        origins: Origins::default(),
+        warnings: Vec::new(),
+    }
+}
+
+/// clamp(0.2 × turn timeout, 5 min, 15 min), in seconds.
+fn derived_idle_timeout(timeout_minutes: u64) -> f64 {
+    #[allow(clippy::cast_precision_loss)] // minutes are far below 2^52
+    let turn_seconds = timeout_minutes as f64 * 60.0;
+    (turn_seconds * 0.2).clamp(300.0, 900.0)
+}
+
+fn default_cerberus() -> Cerberus {
+    Cerberus {
+        timeout: 600,
+        spawn_args: Vec::new(),
+        wait_args: Vec::new(),
+        env: BTreeMap::new(),
+    }
+}
+
+/// Review defaults. We default to the agent reviewer (the original defaults to
+/// cerberus), because it needs nothing beyond the coder that is already there.
+fn default_code_review() -> CodeReview {
+    CodeReview {
+        enabled: false,
+        reviewer_type: ReviewerType::AgentSdk,
+        failure_mode: FailureMode::Continue,
+        max_retries: 3,
+        finding_threshold: FindingThreshold::None,
+        baseline: None,
+        cerberus: default_cerberus(),
+        agent_sdk_timeout: 300,
+        agent_sdk_model: AgentSdkModel::Opus,
+        track_review_issues: true,
+    }
+}
+
+/// Commands merge per name; the three file lists are replaced whole.
+fn apply_commands_and_lists(
+    settings: &mut Settings,
+    file: &ConfigFile,
+    origin: &Location,
+) -> Result<(), ConfigError> {
+    let is_preset = matches!(origin, Location::Preset { .. });
+    let at = |key: &str| {
+        if is_preset {
+            origin.clone()
+        } else {
+            file.location(key)
+        }
+    };
+    for name in &file.disabled_commands {
+        let key = format!("commands.{name}");
+        check_command_name(file, &key, name)?;
+        settings.commands.remove(name);
+        settings.origins.record(&key, at(&key));
+    }
+    for (name, command) in &file.raw.commands {
+        let key = format!("commands.{name}");
+        check_command_name(file, &key, name)?;
+        let builtin = BUILTIN_COMMANDS.contains(&name.as_str());
+        let default_timeout = (!builtin).then_some(CUSTOM_COMMAND_TIMEOUT);
+        match command {
+            RawCommand::Shell(text) => {
+                check_command_text(file, &key, text)?;
+                settings.commands.insert(
+                    name.clone(),
+                    CommandSpec {
+                        command: text.clone(),
+                        timeout: default_timeout,
+                        allow_fail: false,
+                    },
+                );
+                settings.origins.record(&key, at(&key));
+            }
+            RawCommand::Detailed(detail) => {
+                if detail.allow_fail.is_some() && builtin {
+                    return Err(file
+                        .error(&format!("{key}.allow_fail"), "allow_fail is only allowed on custom commands")
+                        .hint(format!("built-in command `{name}` must pass; define a custom command for checks that may fail")));
+                }
+                if let Some(text) = &detail.command {
+                    check_command_text(file, &format!("{key}.command"), text)?;
+                    settings.commands.insert(
+                        name.clone(),
+                        CommandSpec {
+                            command: text.clone(),
+                            timeout: detail.timeout.or(default_timeout),
+                            allow_fail: detail.allow_fail.unwrap_or(false),
+                        },
+                    );
+                    settings.origins.record(&key, at(&key));
+                } else {
+                    let Some(existing) = settings.commands.get_mut(name) else {
+                        return Err(file
+                            .error(&key, format!("`{name}` has no `command`, and no preset defines `{name}`"))
+                            .hint("an object without `command` only overrides a preset's command; add `command: ...`"));
+                    };
+                    if let Some(timeout) = detail.timeout {
+                        existing.timeout = Some(timeout);
+                        settings
+                            .origins
+                            .record(&format!("{key}.timeout"), at(&format!("{key}.timeout")));
+                    }
+                    if let Some(allow_fail) = detail.allow_fail {
+                        existing.allow_fail = allow_fail;
+                        settings.origins.record(
+                            &format!("{key}.allow_fail"),
+                            at(&format!("{key}.allow_fail")),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    for (key, list, target) in [
+        (
+            "code_patterns",
+            &file.raw.code_patterns,
+            &mut settings.code_patterns,
+        ),
+        (
+            "config_files",
+            &file.raw.config_files,
+            &mut settings.config_files,
+        ),
+        (
+            "setup_files",
+            &file.raw.setup_files,
+            &mut settings.setup_files,
+        ),
+    ] {
+        if let Some(list) = list {
+            target.clone_from(list);
+            settings.origins.record(key, at(key));
+        }
+    }
+    Ok(())
+}
+
+fn check_command_name(file: &ConfigFile, key: &str, name: &str) -> Result<(), ConfigError> {
+    if is_valid_command_name(name) {
+        Ok(())
+    } else {
+        Err(file
+            .error(key, format!("invalid command name `{name}`"))
+            .hint("names start with a letter or `_` and use letters, digits, `_` and `-`"))
+    }
+}
+
+fn check_command_text(file: &ConfigFile, key: &str, text: &str) -> Result<(), ConfigError> {
+    if text.trim().is_empty() {
+        Err(file
+            .error(key, "the command is empty")
+            .hint("write the shell command, or `null` to disable a preset's command"))
+    } else {
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_lines)] // one assignment per mala.yaml key; splitting hides the mapping
+fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigError> {
+    let raw = &file.raw;
+    if raw.preset.is_none() {
+        if let Some((name, _)) = raw
+            .commands
+            .iter()
+            .find(|(_, c)| matches!(c, RawCommand::Detailed(d) if d.command.is_none()))
+        {
+            return Err(file
+                .error(&format!("commands.{name}"), format!("`{name}` has no `command`"))
+                .hint("an object without `command` only overrides a preset's command; add `command: ...` or a `preset:`"));
+        }
+    }
+    apply_commands_and_lists(
+        settings,
+        file,
+        &Location::File {
+            path: file.path.clone(),
+            line: 0,
+            column: 0,
+        },
+    )?;
+
+    macro_rules! set {
+        ($key:literal, $value:expr => $target:expr) => {
+            if let Some(value) = $value {
+                $target = value;
+                settings.origins.record($key, file.location($key));
+            }
+        };
+    }
+    set!("claude_settings_sources", raw.claude_settings_sources.clone() => settings.claude_settings_sources);
+    set!("coder", raw.coder => settings.coder);
+    set!("amp_mode", raw.amp_mode => settings.amp_mode);
+    set!("model", raw.model.clone().map(Some) => settings.model);
+    set!("effort", raw.effort.map(Some) => settings.effort);
+    set!("timeout_minutes", raw.timeout_minutes => settings.timeout_minutes);
+    set!("max_idle_retries", raw.max_idle_retries => settings.max_idle_retries);
+    set!("max_diff_size_kb", raw.max_diff_size_kb.map(Some) => settings.max_diff_size_kb);
+    set!("max_gate_retries", raw.max_gate_retries => settings.max_gate_retries);
+    set!("tracker", raw.tracker => settings.tracker);
+    set!("retry_failed", raw.retry_failed => settings.retry_failed);
+    if let Some(seconds) = raw.idle_timeout_seconds {
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return Err(file.error(
+                "idle_timeout_seconds",
+                "must be 0 (disabled) or a positive number of seconds",
+            ));
+        }
+        settings.idle_timeout_seconds = seconds;
+        settings.origins.record(
+            "idle_timeout_seconds",
+            file.location("idle_timeout_seconds"),
+        );
+    }
+    if let Some(types) = &raw.issue_types {
+        if types.is_empty() {
+            return Err(file
+                .error("issue_types", "needs at least one issue type")
+                .hint("for example [task, bug, feature, chore]"));
+        }
+        if let Some(i) = types.iter().position(|t| t == "epic") {
+            return Err(file
+                .error(
+                    &format!("issue_types[{i}]"),
+                    "epics are verified, not implemented, and cannot be an issue type to run",
+                )
+                .hint("remove `epic`; epics close through epic verification"));
+        }
+        settings.issue_types.clone_from(types);
+        settings
+            .origins
+            .record("issue_types", file.location("issue_types"));
+    }
+    if let Some(options) = &raw.coder_options {
+        if let Some(claude) = &options.claude {
+            set!("coder_options.claude.binary", claude.binary.clone() => settings.coder_options.claude.binary);
+            set!("coder_options.claude.disallowed_tools", claude.disallowed_tools.clone() => settings.coder_options.claude.disallowed_tools);
+        }
+        if let Some(codex) = &options.codex {
+            set!("coder_options.codex.approval_policy", codex.approval_policy => settings.coder_options.codex.approval_policy);
+            set!("coder_options.codex.sandbox", codex.sandbox => settings.coder_options.codex.sandbox);
+            set!("coder_options.codex.mcp_servers", codex.mcp_servers.clone() => settings.coder_options.codex.mcp_servers);
+        }
+    }
+    if let Some(gate) = &raw.gate {
+        set!("gate.rerun", gate.rerun => settings.gate.rerun);
+    }
+    if let Some(long) = &raw.long_running {
+        set!("long_running.enabled", long.enabled => settings.long_running.enabled);
+        set!("long_running.max_wait_seconds", long.max_wait_seconds => settings.long_running.max_wait_seconds);
+        set!("long_running.max_resume_cycles", long.max_resume_cycles => settings.long_running.max_resume_cycles);
+    }
+    if let Some(wait) = &raw.lock_wait {
+        set!("lock_wait.enabled", wait.enabled => settings.lock_wait.enabled);
+        set!("lock_wait.max_wait_seconds", wait.max_wait_seconds => settings.lock_wait.max_wait_seconds);
+        set!("lock_wait.max_resume_cycles", wait.max_resume_cycles => settings.lock_wait.max_resume_cycles);
+        set!("lock_wait.poll_interval_ms", wait.poll_interval_ms => settings.lock_wait.poll_interval_ms);
+        if settings.lock_wait.poll_interval_ms == 0 {
+            return Err(file.error("lock_wait.poll_interval_ms", "must be at least 1"));
+        }
+    }
+    if let Some(epic) = &raw.epic_verification {
+        let target = &mut settings.epic_verification;
+        if let Some(v) = epic.enabled {
+            target.enabled = v;
+        }
+        if let Some(v) = epic.reviewer_type {
+            target.reviewer_type = v;
+        }
+        if let Some(v) = epic.timeout {
+            target.timeout = v;
+        }
+        if let Some(v) = epic.agent_sdk_timeout {
+            target.agent_sdk_timeout = v;
+        }
+        if let Some(c) = &epic.cerberus {
+            merge_cerberus(&mut target.cerberus, c);
+        }
+        if let Some(p) = &epic.retry_policy {
+            if let Some(v) = p.timeout_retries {
+                target.retry_policy.timeout_retries = v;
+            }
+            if let Some(v) = p.execution_retries {
+                target.retry_policy.execution_retries = v;
+            }
+            if let Some(v) = p.parse_retries {
+                target.retry_policy.parse_retries = v;
+            }
+        }
+    }
+    if let Some(review) = &raw.per_issue_review {
+        settings.per_issue_review = code_review(review, default_code_review());
+    }
+    if let Some(coverage) = &raw.coverage {
+        if !settings.commands.contains_key("test") {
+            return Err(file
+                .error("coverage", "coverage needs a `test` command")
+                .hint("add `commands.test` or a preset that defines it"));
+        }
+        if !(0.0..=100.0).contains(&coverage.threshold) {
+            return Err(file.error(
+                "coverage.threshold",
+                "must be a percentage between 0 and 100",
+            ));
+        }
+        settings.coverage = Some(Coverage {
+            command: coverage.command.clone(),
+            format: coverage.format,
+            file: coverage.file.clone(),
+            threshold: coverage.threshold,
+            timeout: coverage.timeout,
+        });
+    }
+    if let Some(evidence) = &raw.evidence_check {
+        let mut seen = BTreeSet::new();
+        for (i, name) in evidence.required.iter().enumerate() {
+            let key = format!("evidence_check.required[{i}]");
+            if !seen.insert(name) {
+                return Err(file.error(&key, format!("`{name}` is listed twice")));
+            }
+            require_command(settings, file, &key, name)?;
+        }
+        settings
+            .evidence_check
+            .required
+            .clone_from(&evidence.required);
+    }
+    if let Some(triggers) = &raw.validation_triggers {
+        let t = &mut settings.validation_triggers;
+        let pool = &settings.commands;
+        if let Some(raw) = &triggers.session_end {
+            t.session_end = Some(trigger(file, "validation_triggers.session_end", raw, pool)?);
+        }
+        if let Some(raw) = &triggers.periodic {
+            if raw.interval == 0 {
+                return Err(file.error(
+                    "validation_triggers.periodic.interval",
+                    "must be at least 1 (issues between runs)",
+                ));
+            }
+            t.periodic = Some(PeriodicTrigger {
+                trigger: trigger(file, "validation_triggers.periodic", raw, pool)?,
+                interval: raw.interval,
+            });
+        }
+        if let Some(raw) = &triggers.epic_completion {
+            t.epic_completion = Some(EpicCompletionTrigger {
+                trigger: trigger(file, "validation_triggers.epic_completion", raw, pool)?,
+                epic_depth: raw.epic_depth,
+                fire_on: raw.fire_on,
+                max_epic_verification_retries: raw.max_epic_verification_retries.unwrap_or(3),
+                epic_verify_lock_timeout_seconds: raw
+                    .epic_verify_lock_timeout_seconds
+                    .unwrap_or(300),
+            });
+        }
+        if let Some(raw) = &triggers.run_end {
+            t.run_end = Some(RunEndTrigger {
+                trigger: trigger(file, "validation_triggers.run_end", raw, pool)?,
+                fire_on: raw.fire_on.unwrap_or(FireOn::Success),
+            });
+        }
+    }
+
+    // Everything the file set, at the position it was set, for `config show`.
+    for (path, (line, column)) in file.spans.paths() {
+        if path.contains('[') || path.starts_with("commands.") || path == "preset" {
+            continue; // list items belong to their list; commands were recorded while merging
+        }
+        settings.origins.record(
+            path,
+            Location::File {
+                path: file.path.clone(),
+                line,
+                column,
+            },
+        );
+    }
+    Ok(())
+}
+
+fn require_command(
+    settings: &Settings,
+    file: &ConfigFile,
+    key: &str,
+    name: &str,
+) -> Result<(), ConfigError> {
+    if settings.commands.contains_key(name) {
+        return Ok(());
+    }
+    let known: Vec<&str> = settings.commands.keys().map(String::as_str).collect();
+    let hint = if known.is_empty() {
+        "no commands are defined; add a `commands:` block or a `preset:`".to_owned()
+    } else {
+        suggestion(name, &known)
+    };
+    Err(file
+        .error(key, format!("unknown command `{name}`"))
+        .hint(hint))
+}
+
+fn trigger(
+    file: &ConfigFile,
+    key: &str,
+    raw: &dyn RawTriggerCommon,
+    pool: &BTreeMap<String, CommandSpec>,
+) -> Result<Trigger, ConfigError> {
+    let max_retries = match (raw.failure_mode(), raw.max_retries()) {
+        (FailureMode::Remediate, None) => {
+            return Err(file
+                .error(
+                    &format!("{key}.max_retries"),
+                    "`failure_mode: remediate` needs `max_retries`",
+                )
+                .hint("the number of fixer attempts, e.g. `max_retries: 2` (0 aborts at once)"));
+        }
+        (_, retries) => retries.unwrap_or(0),
+    };
+    let mut commands = Vec::new();
+    for (i, reference) in raw.commands().iter().enumerate() {
+        let item = format!("{key}.commands[{i}]");
+        let name = reference.name();
+        let Some(base) = pool.get(name) else {
+            let known: Vec<&str> = pool.keys().map(String::as_str).collect();
+            let hint = if known.is_empty() {
+                "no commands are defined".to_owned()
+            } else {
+                suggestion(name, &known)
+            };
+            return Err(file
+                .error(&item, format!("unknown command `{name}`"))
+                .hint(hint));
+        };
+        let (command, timeout) = match reference {
+            RawCommandRef::Name(_) => (base.command.clone(), base.timeout),
+            RawCommandRef::Detailed(d) => {
+                if let Some(text) = &d.command {
+                    check_command_text(file, &format!("{item}.command"), text)?;
+                }
+                (
+                    d.command.clone().unwrap_or_else(|| base.command.clone()),
+                    d.timeout.or(base.timeout),
+                )
+            }
+        };
+        commands.push(TriggerCommand {
+            name: name.to_owned(),
+            command,
+            timeout,
+        });
+    }
+    Ok(Trigger {
+        failure_mode: raw.failure_mode(),
+        max_retries,
+        commands,
+        code_review: raw
+            .code_review()
+            .map(|r| code_review(r, default_code_review())),
+    })
+}
+
+fn code_review(raw: &RawCodeReview, mut review: CodeReview) -> CodeReview {
+    if let Some(v) = raw.enabled {
+        review.enabled = v;
+    }
+    if let Some(v) = raw.reviewer_type {
+        review.reviewer_type = v;
+    }
+    if let Some(v) = raw.failure_mode {
+        review.failure_mode = v;
+    }
+    if let Some(v) = raw.max_retries {
+        review.max_retries = v;
+    }
+    if let Some(v) = raw.finding_threshold {
+        review.finding_threshold = v;
+    }
+    if let Some(v) = raw.baseline {
+        review.baseline = Some(v);
+    }
+    if let Some(v) = raw.agent_sdk_timeout {
+        review.agent_sdk_timeout = v;
+    }
+    if let Some(v) = raw.agent_sdk_model {
+        review.agent_sdk_model = v;
+    }
+    if let Some(v) = raw.track_review_issues {
+        review.track_review_issues = v;
+    }
+    if let Some(c) = &raw.cerberus {
+        merge_cerberus(&mut review.cerberus, c);
+    }
+    review
+}
+
+fn merge_cerberus(target: &mut Cerberus, raw: &RawCerberus) {
+    if let Some(v) = raw.timeout {
+        target.timeout = v;
+    }
+    if let Some(v) = &raw.spawn_args {
+        target.spawn_args.clone_from(v);
+    }
+    if let Some(v) = &raw.wait_args {
+        target.wait_args.clone_from(v);
+    }
+    if let Some(v) = &raw.env {
+        target.env.clone_from(v);
+    }
+}
+
+fn parse_env<T: FromStr>(var: &str, value: &str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e: T::Err| {
+        ConfigError::new(format!("`{value}`: {e}")).at(Location::Env {
+            var: var.to_owned(),
+        })
+    })
+}
+
+fn parse_env_bool(var: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(ConfigError::new(format!("`{value}` is not a yes/no value"))
+            .at(Location::Env {
+                var: var.to_owned(),
+            })
+            .hint("use 1/0, true/false, yes/no or on/off")),
+    }
+}
+
+fn apply_env(settings: &mut Settings, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    let at = |var: &str| Location::Env {
+        var: var.to_owned(),
+    };
+    let get = |var: &str| env.get(var).map(String::as_str).filter(|v| !v.is_empty());
+    if let Some(v) = get("MALA_CODER") {
+        settings.coder = parse_env("MALA_CODER", v)?;
+        settings.origins.record("coder", at("MALA_CODER"));
+    }
+    if let Some(v) = get("MALA_AMP_MODE") {
+        settings.amp_mode = parse_env("MALA_AMP_MODE", v)?;
+        settings.origins.record("amp_mode", at("MALA_AMP_MODE"));
+    }
+    if let Some(v) = get("MALA_MODEL") {
+        settings.model = Some(v.to_owned());
+        settings.origins.record("model", at("MALA_MODEL"));
+    }
+    if let Some(v) = get("MALA_EFFORT") {
+        settings.effort = Some(parse_env("MALA_EFFORT", v)?);
+        settings.origins.record("effort", at("MALA_EFFORT"));
+    }
+    if let Some(v) = get("MALA_CLAUDE_SETTINGS_SOURCES") {
+        settings.claude_settings_sources = v
+            .split(',')
+            .map(|s| parse_env("MALA_CLAUDE_SETTINGS_SOURCES", s.trim()))
+            .collect::<Result<_, _>>()?;
+        settings.origins.record(
+            "claude_settings_sources",
+            at("MALA_CLAUDE_SETTINGS_SOURCES"),
+        );
+    }
+    if let Some(v) = get("MALA_CODEX_APPROVAL_POLICY") {
+        settings.coder_options.codex.approval_policy = parse_env("MALA_CODEX_APPROVAL_POLICY", v)?;
+        settings.origins.record(
+            "coder_options.codex.approval_policy",
+            at("MALA_CODEX_APPROVAL_POLICY"),
+        );
+    }
+    if let Some(v) = get("MALA_CODEX_SANDBOX") {
+        settings.coder_options.codex.sandbox = parse_env("MALA_CODEX_SANDBOX", v)?;
+        settings
+            .origins
+            .record("coder_options.codex.sandbox", at("MALA_CODEX_SANDBOX"));
+    }
+    if let Some(v) = get("MALA_CLAUDE_BINARY") {
+        settings.coder_options.claude.binary = v.to_owned();
+        settings
+            .origins
+            .record("coder_options.claude.binary", at("MALA_CLAUDE_BINARY"));
+    }
+    if let Some(v) = get("MALA_TRACKER") {
+        settings.tracker = parse_env("MALA_TRACKER", v)?;
+        settings.origins.record("tracker", at("MALA_TRACKER"));
+    }
+    if let Some(v) = env.get("MALA_TRACK_REVIEW_ISSUES") {
+        settings.per_issue_review.track_review_issues =
+            parse_env_bool("MALA_TRACK_REVIEW_ISSUES", v)?;
+        settings.origins.record(
+            "per_issue_review.track_review_issues",
+            at("MALA_TRACK_REVIEW_ISSUES"),
+        );
+    }
+    for (var, key) in [
+        ("MALA_RUNS_DIR", "paths.runs_dir"),
+        ("MALA_LOCK_DIR", "paths.lock_dir"),
+        ("MALA_VALIDATION_LOG_DIR", "paths.validation_log_dir"),
+    ] {
+        if let Some(v) = get(var) {
+            let target = match key {
+                "paths.runs_dir" => &mut settings.paths.runs_dir,
+                "paths.lock_dir" => &mut settings.paths.lock_dir,
+                _ => &mut settings.paths.validation_log_dir,
+            };
+            *target = PathBuf::from(v);
+            settings.origins.record(key, at(var));
+        }
+    }
+    if let Some(v) = env.get("MALA_DISABLE_DEBUG_LOG") {
+        settings.debug_log = !parse_env_bool("MALA_DISABLE_DEBUG_LOG", v)?;
+        settings
+            .origins
+            .record("debug_log", at("MALA_DISABLE_DEBUG_LOG"));
+    }
+    for (var, instead) in DEPRECATED_ENV {
+        if env.contains_key(*var) {
+            settings
+                .warnings
+                .push(format!("{var} is no longer read; set {instead}"));
+        }
+    }
+    Ok(())
+}
+
+fn apply_flags(settings: &mut Settings, flags: &FlagOverrides) {
+    let at = |flag: &str| Location::Flag {
+        flag: flag.to_owned(),
+    };
+    if let Some(v) = flags.coder {
+        settings.coder = v;
+        settings.origins.record("coder", at("--coder"));
+    }
+    if let Some(v) = flags.amp_mode {
+        settings.amp_mode = v;
+        settings.origins.record("amp_mode", at("--amp-mode"));
+    }
+    if let Some(v) = &flags.model {
+        settings.model = Some(v.clone());
+        settings.origins.record("model", at("--model"));
+    }
+    if let Some(v) = flags.effort {
+        settings.effort = Some(v);
+        settings.origins.record("effort", at("--effort"));
+    }
+    if let Some(v) = &flags.claude_settings_sources {
+        settings.claude_settings_sources.clone_from(v);
+        settings
+            .origins
+            .record("claude_settings_sources", at("--claude-settings-sources"));
+    }
+    if let Some(v) = flags.codex_approval_policy {
+        settings.coder_options.codex.approval_policy = v;
+        settings.origins.record(
+            "coder_options.codex.approval_policy",
+            at("--codex-approval-policy"),
+        );
+    }
+    if let Some(v) = flags.codex_sandbox {
+        settings.coder_options.codex.sandbox = v;
+        settings
+            .origins
+            .record("coder_options.codex.sandbox", at("--codex-sandbox"));
+    }
+    if let Some(v) = flags.timeout_minutes {
+        settings.timeout_minutes = v;
+        settings.origins.record("timeout_minutes", at("--timeout"));
+    }
+}
+
+/// Fills what depends on other values: a zero timeout means the default, the
+/// idle timeout follows the turn timeout unless set, and model and effort
+/// default per backend (so switching `--coder` switches the defaults too).
+fn derive_backend_defaults(settings: &mut Settings) {
+    if settings.timeout_minutes == 0 {
+        settings.timeout_minutes = DEFAULT_TIMEOUT_MINUTES;
+    }
+    if settings.origin("idle_timeout_seconds").is_none() {
+        settings.idle_timeout_seconds = derived_idle_timeout(settings.timeout_minutes);
+    }
+    if settings.origin("model").is_none() {
+        settings.model = match settings.coder {
+            Coder::Claude => Some("opus[1m]".to_owned()),
+            Coder::Codex => Some("gpt-5.5".to_owned()),
+            Coder::Amp => None,
+        };
+    }
+    if settings.origin("effort").is_none() {
+        settings.effort = match (settings.coder, settings.amp_mode) {
+            (Coder::Claude, _) | (Coder::Amp, AmpMode::Smart) => Some(Effort::Xhigh),
+            (Coder::Codex, _) | (Coder::Amp, AmpMode::Deep) => Some(Effort::Medium),
+            (Coder::Amp, AmpMode::Rush) => None,
+        };
+    }
+}

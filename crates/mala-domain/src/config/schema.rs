@@ -1,0 +1,441 @@
+//! The mala.yaml document as written: every key optional, unknown keys refused.
+//!
+//! These types mirror the file one to one. Defaults, presets and the other
+//! layers are applied later, in `resolve`, which produces `Settings`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor, value::MapAccessDeserializer};
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::names::{
+    AgentSdkModel, AmpMode, Coder, CodexApprovalPolicy, CodexSandbox, CoverageFormat, Effort,
+    EpicDepth, FailureMode, FindingThreshold, FireOn, PresetName, ReviewBaseline, ReviewerType,
+    SettingsSource, TrackerKind,
+};
+
+/// Top-level keys that existed in older versions, with what to write instead.
+pub(crate) const REMOVED_TOP_LEVEL_KEYS: &[(&str, &str)] = &[
+    (
+        "global_validation_commands",
+        "list the commands under `commands` and run them from `validation_triggers.run_end`",
+    ),
+    (
+        "custom_commands",
+        "put custom commands under `commands` next to the built-in ones",
+    ),
+    (
+        "validate_every",
+        "use `validation_triggers.periodic.interval`",
+    ),
+    (
+        "reviewer_type",
+        "set `per_issue_review.reviewer_type` (or a trigger's `code_review.reviewer_type`)",
+    ),
+    (
+        "agent_sdk_review_timeout",
+        "set `per_issue_review.agent_sdk_timeout`",
+    ),
+    (
+        "agent_sdk_reviewer_model",
+        "set `per_issue_review.agent_sdk_model`",
+    ),
+];
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<PresetName>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub commands: BTreeMap<String, RawCommand>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_patterns: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_files: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_files: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<RawCoverage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_check: Option<RawEvidenceCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claude_settings_sources: Option<Vec<SettingsSource>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coder: Option<Coder>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amp_mode: Option<AmpMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effort: Option<Effort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coder_options: Option<RawCoderOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_minutes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_diff_size_kb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_gate_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<RawGate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epic_verification: Option<RawEpicVerification>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_issue_review: Option<RawCodeReview>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_running: Option<RawLongRunning>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_wait: Option<RawLockWait>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_triggers: Option<RawTriggers>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracker: Option<TrackerKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue_types: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_failed: Option<u32>,
+}
+
+/// A command: a shell string, or an object with overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawCommand {
+    Shell(String),
+    Detailed(RawCommandDetail),
+}
+
+/// The object form of a command.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCommandDetail {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_fail: Option<bool>,
+}
+
+impl Serialize for RawCommand {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Shell(command) => serializer.serialize_str(command),
+            Self::Detailed(detail) => detail.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawCommand {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CommandVisitor;
+        impl<'de> Visitor<'de> for CommandVisitor {
+            type Value = RawCommand;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a shell command or {command, timeout, allow_fail}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawCommand, E> {
+                Ok(RawCommand::Shell(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawCommand, A::Error> {
+                RawCommandDetail::deserialize(MapAccessDeserializer::new(map))
+                    .map(RawCommand::Detailed)
+            }
+        }
+        deserializer.deserialize_any(CommandVisitor)
+    }
+}
+
+/// A reference to a command from a trigger: its name, or `{ref, command, timeout}`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawCommandRef {
+    Name(String),
+    Detailed(RawCommandRefDetail),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCommandRefDetail {
+    #[serde(rename = "ref")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+}
+
+impl RawCommandRef {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Name(name) => name,
+            Self::Detailed(detail) => &detail.name,
+        }
+    }
+}
+
+impl Serialize for RawCommandRef {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Name(name) => serializer.serialize_str(name),
+            Self::Detailed(detail) => detail.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawCommandRef {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RefVisitor;
+        impl<'de> Visitor<'de> for RefVisitor {
+            type Value = RawCommandRef;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a command name or {ref, command, timeout}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawCommandRef, E> {
+                Ok(RawCommandRef::Name(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawCommandRef, A::Error> {
+                RawCommandRefDetail::deserialize(MapAccessDeserializer::new(map))
+                    .map(RawCommandRef::Detailed)
+            }
+        }
+        deserializer.deserialize_any(RefVisitor)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCoverage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    pub format: CoverageFormat,
+    pub file: String,
+    pub threshold: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+}
+
+impl Default for CoverageFormat {
+    fn default() -> Self {
+        Self::Xml
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvidenceCheck {
+    #[serde(default)]
+    pub required: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCoderOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claude: Option<RawClaudeOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codex: Option<RawCodexOptions>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaudeOptions {
+    /// Path or name of the `claude` executable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disallowed_tools: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCodexOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_policy: Option<CodexApprovalPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<CodexSandbox>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_servers: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGate {
+    /// Re-run the required commands on the agent's commit in a clean worktree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCerberus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spawn_args: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_args: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCodeReview {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewer_type: Option<ReviewerType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_mode: Option<FailureMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finding_threshold: Option<FindingThreshold>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<ReviewBaseline>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cerberus: Option<RawCerberus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_sdk_timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_sdk_model: Option<AgentSdkModel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_review_issues: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetryPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parse_retries: Option<u32>,
+}
+
+/// `epic_verification`, without the original's three dead keys
+/// (`max_retries`, `failure_mode`, `agent_sdk_model`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEpicVerification {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewer_type: Option<ReviewerType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cerberus: Option<RawCerberus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_sdk_timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RawRetryPolicy>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLongRunning {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_resume_cycles: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLockWait {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_resume_cycles: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTriggers {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epic_completion: Option<RawEpicCompletionTrigger>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_end: Option<RawSessionEndTrigger>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub periodic: Option<RawPeriodicTrigger>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_end: Option<RawRunEndTrigger>,
+}
+
+/// Fields every trigger has. Repeated per trigger because serde cannot
+/// combine `flatten` with `deny_unknown_fields`.
+pub(crate) trait RawTriggerCommon {
+    fn failure_mode(&self) -> FailureMode;
+    fn max_retries(&self) -> Option<u32>;
+    fn commands(&self) -> &[RawCommandRef];
+    fn code_review(&self) -> Option<&RawCodeReview>;
+}
+
+macro_rules! trigger_struct {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            pub failure_mode: FailureMode,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub max_retries: Option<u32>,
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            pub commands: Vec<RawCommandRef>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub code_review: Option<RawCodeReview>,
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+
+        impl RawTriggerCommon for $name {
+            fn failure_mode(&self) -> FailureMode { self.failure_mode }
+            fn max_retries(&self) -> Option<u32> { self.max_retries }
+            fn commands(&self) -> &[RawCommandRef] { &self.commands }
+            fn code_review(&self) -> Option<&RawCodeReview> { self.code_review.as_ref() }
+        }
+    };
+}
+
+trigger_struct!(
+    /// Runs after each issue whose gate passed with a commit.
+    RawSessionEndTrigger {}
+);
+
+trigger_struct!(
+    /// Runs every `interval` completed non-epic issues.
+    RawPeriodicTrigger { interval: u32 }
+);
+
+trigger_struct!(
+    /// Runs when an epic is verified (or fails verification).
+    RawEpicCompletionTrigger {
+        epic_depth: EpicDepth,
+        fire_on: FireOn,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_epic_verification_retries: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epic_verify_lock_timeout_seconds: Option<u64>,
+    }
+);
+
+trigger_struct!(
+    /// Runs once at the end of the run.
+    RawRunEndTrigger {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fire_on: Option<FireOn>,
+    }
+);

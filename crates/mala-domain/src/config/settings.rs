@@ -1,0 +1,278 @@
+//! The resolved, immutable configuration every other crate reads.
+//!
+//! Field names follow mala.yaml, so a dotted path such as
+//! `validation_triggers.run_end.fire_on` means the same in the file, in
+//! `mala config show` and in `Settings::origin`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::error::Location;
+use super::names::{
+    AgentSdkModel, AmpMode, Coder, CodexApprovalPolicy, CodexSandbox, CoverageFormat, Effort,
+    EpicDepth, FailureMode, FindingThreshold, FireOn, PresetName, ReviewBaseline, ReviewerType,
+    SettingsSource, TrackerKind,
+};
+
+/// Everything mala needs to know, from every layer, resolved once.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Settings {
+    pub preset: Option<PresetName>,
+    pub commands: BTreeMap<String, CommandSpec>,
+    pub code_patterns: Vec<String>,
+    pub config_files: Vec<String>,
+    pub setup_files: Vec<String>,
+    pub coverage: Option<Coverage>,
+    pub evidence_check: EvidenceCheck,
+    pub claude_settings_sources: Vec<SettingsSource>,
+    pub coder: Coder,
+    pub amp_mode: AmpMode,
+    /// `None`: the backend's own default (Amp has no model choice).
+    pub model: Option<String>,
+    pub effort: Option<Effort>,
+    pub coder_options: CoderOptions,
+    /// Hard limit of one agent turn.
+    pub timeout_minutes: u64,
+    pub max_idle_retries: u32,
+    /// `0` disables the idle timeout.
+    pub idle_timeout_seconds: f64,
+    pub max_diff_size_kb: Option<u64>,
+    pub max_gate_retries: u32,
+    pub gate: Gate,
+    pub epic_verification: EpicVerification,
+    pub per_issue_review: CodeReview,
+    pub long_running: LongRunning,
+    pub lock_wait: LockWait,
+    pub validation_triggers: Triggers,
+    pub tracker: TrackerKind,
+    /// Issue types a run works on.
+    pub issue_types: Vec<String>,
+    /// How many later runs may retry an issue that failed.
+    pub retry_failed: u32,
+    pub paths: Paths,
+    /// Write a debug log next to each run's metadata.
+    pub debug_log: bool,
+    #[serde(skip)]
+    pub(crate) origins: Origins,
+    #[serde(skip)]
+    pub(crate) warnings: Vec<String>,
+}
+
+impl Settings {
+    /// Where the value at a dotted path came from; `None` means the built-in default.
+    pub fn origin(&self, path: &str) -> Option<&Location> {
+        self.origins.find(path)
+    }
+
+    /// Non-fatal notes from resolution (deprecated variables and the like).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The command named `name`, if configured.
+    pub fn command(&self, name: &str) -> Option<&CommandSpec> {
+        self.commands.get(name)
+    }
+}
+
+/// A validation command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommandSpec {
+    pub command: String,
+    /// Seconds; `None` for built-ins without one (bounded by the caller).
+    pub timeout: Option<u64>,
+    /// A failure is recorded but does not fail the gate (custom commands only).
+    pub allow_fail: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Coverage {
+    pub command: Option<String>,
+    pub format: CoverageFormat,
+    pub file: String,
+    pub threshold: f64,
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EvidenceCheck {
+    /// Commands whose passing run must be on record before an issue closes.
+    pub required: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CoderOptions {
+    pub claude: ClaudeOptions,
+    pub codex: CodexOptions,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClaudeOptions {
+    /// The `claude` executable: a name looked up on PATH, or a path.
+    pub binary: String,
+    pub disallowed_tools: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CodexOptions {
+    pub approval_policy: CodexApprovalPolicy,
+    pub sandbox: CodexSandbox,
+    pub mcp_servers: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Gate {
+    /// Re-run the required commands on the agent's commit in a clean worktree.
+    pub rerun: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cerberus {
+    pub timeout: u64,
+    pub spawn_args: Vec<String>,
+    pub wait_args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CodeReview {
+    pub enabled: bool,
+    pub reviewer_type: ReviewerType,
+    pub failure_mode: FailureMode,
+    pub max_retries: u32,
+    pub finding_threshold: FindingThreshold,
+    pub baseline: Option<ReviewBaseline>,
+    pub cerberus: Cerberus,
+    pub agent_sdk_timeout: u64,
+    pub agent_sdk_model: AgentSdkModel,
+    pub track_review_issues: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RetryPolicy {
+    pub timeout_retries: u32,
+    pub execution_retries: u32,
+    pub parse_retries: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EpicVerification {
+    pub enabled: bool,
+    pub reviewer_type: ReviewerType,
+    pub timeout: u64,
+    pub cerberus: Cerberus,
+    pub agent_sdk_timeout: u64,
+    pub retry_policy: RetryPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LongRunning {
+    pub enabled: bool,
+    pub max_wait_seconds: u64,
+    pub max_resume_cycles: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LockWait {
+    pub enabled: bool,
+    pub max_wait_seconds: u64,
+    pub max_resume_cycles: u32,
+    pub poll_interval_ms: u64,
+}
+
+/// One command a trigger runs, resolved against `commands`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TriggerCommand {
+    pub name: String,
+    pub command: String,
+    pub timeout: Option<u64>,
+}
+
+/// What every trigger has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Trigger {
+    pub failure_mode: FailureMode,
+    /// Fixer rounds for `remediate`; 0 otherwise.
+    pub max_retries: u32,
+    pub commands: Vec<TriggerCommand>,
+    pub code_review: Option<CodeReview>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeriodicTrigger {
+    #[serde(flatten)]
+    pub trigger: Trigger,
+    pub interval: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EpicCompletionTrigger {
+    #[serde(flatten)]
+    pub trigger: Trigger,
+    pub epic_depth: EpicDepth,
+    pub fire_on: FireOn,
+    pub max_epic_verification_retries: u32,
+    pub epic_verify_lock_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunEndTrigger {
+    #[serde(flatten)]
+    pub trigger: Trigger,
+    pub fire_on: FireOn,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Triggers {
+    pub epic_completion: Option<EpicCompletionTrigger>,
+    pub session_end: Option<Trigger>,
+    pub periodic: Option<PeriodicTrigger>,
+    pub run_end: Option<RunEndTrigger>,
+}
+
+/// Where mala keeps its own files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Paths {
+    pub runs_dir: PathBuf,
+    pub lock_dir: PathBuf,
+    pub validation_log_dir: PathBuf,
+}
+
+/// Which layer set each dotted path. Absent paths hold built-in defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Origins(BTreeMap<String, Location>);
+
+impl Origins {
+    /// Records that `path` (and everything below it) now comes from `location`.
+    pub(crate) fn record(&mut self, path: &str, location: Location) {
+        let below = format!("{path}.");
+        self.0.retain(|k, _| !k.starts_with(&below));
+        self.0.insert(path.to_owned(), location);
+    }
+
+    fn find(&self, path: &str) -> Option<&Location> {
+        let mut path = path;
+        loop {
+            if let Some(location) = self.0.get(path) {
+                return Some(location);
+            }
+            path = &path[..path.rfind('.')?];
+        }
+    }
+}
+
+/// `default`, or the location, for display.
+#[derive(Debug, Clone, Copy)]
+pub struct OriginDisplay<'a>(pub Option<&'a Location>);
+
+impl fmt::Display for OriginDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("default"),
+            Some(location) => location.fmt(f),
+        }
+    }
+}

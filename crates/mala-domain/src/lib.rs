@@ -1,0 +1,22 @@
+//! Pure rules of mala: no I/O beyond what the caller hands in.
+//!
+//! Today this is the configuration: the mala.yaml schema, the shipped
+//! presets, and the layering of defaults, preset, file, environment and
+//! flags into one immutable [`Settings`]. The gate, queue, tool-guard and
+//! deadlock rules join it as they are built.
+
+mod config;
+mod run_options;
+
+pub use config::{
+    AgentSdkModel, AmpMode, BUILTIN_COMMANDS, Cerberus, ClaudeOptions, CodeReview, Coder,
+    CoderOptions, CodexApprovalPolicy, CodexOptions, CodexSandbox, CommandSpec, ConfigError,
+    ConfigFile, ConfigSources, Coverage, CoverageFormat, Effort, EpicCompletionTrigger, EpicDepth,
+    EpicVerification, EvidenceCheck, FailureMode, FindingThreshold, FireOn, FlagOverrides, Gate,
+    Location, LockWait, LongRunning, OriginDisplay, Paths, PeriodicTrigger, PresetName,
+    RawCodeReview, RawCommand, RawCommandDetail, RawCommandRef, RawCommandRefDetail, RawConfig,
+    RawEvidenceCheck, RawRunEndTrigger, RawTriggers, RetryPolicy, ReviewBaseline, ReviewerType,
+    RunEndTrigger, Settings, SettingsSource, SpanIndex, TrackerKind, Trigger, TriggerCommand,
+    Triggers, UnknownWord, is_valid_command_name, load_preset, parse_config, preset_text, resolve,
+};
+pub use run_options::{Order, ParseScopeError, Scope};
