@@ -1,1 +1,27 @@
-pub fn x() {}
+//! Test support for mala. Dev-only: no production crate depends on it.
+//!
+//! - [`TempRepo`]: a throwaway git repository.
+//! - [`Br`]: the real `br` run in such a repository.
+//! - [`MockAnthropic`]: a local stand-in for the Anthropic Messages API whose
+//!   "model" is scripted per test; it records every request it receives.
+//! - [`ClaudeHarness`]: the real `claude` binary, pointed at the mock, with a
+//!   private config directory and no way to reach the internet.
+//! - [`require_tool!`]: finds `br` or `claude`, skipping the test loudly when
+//!   absent on a developer machine and failing it in CI.
+//!
+//! Panics here are test failures with a message, so `expect` is used freely.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
+
+mod br;
+mod claude;
+mod git;
+mod mock_anthropic;
+mod tools;
+
+pub use br::{Br, NewIssue};
+pub use claude::{CLAUDE_VERSION, ClaudeHarness, ClaudeRun};
+pub use git::TempRepo;
+pub use mock_anthropic::{
+    Block, Conversation, MockAnthropic, RecordedRequest, Reply, Script, Step,
+};
+pub use tools::{Tool, find_tool, tool_or_skip};
