@@ -271,6 +271,13 @@ fn describe_other(message: &str) -> (String, Option<String>) {
         }
     }
     if let Some(rest) = message.strip_prefix("invalid type: ") {
+        // Name Rust's types in the file's words.
+        let rest = rest
+            .replace("expected u64", "expected a whole number (0 or more)")
+            .replace("expected u32", "expected a whole number (0 or more)")
+            .replace("expected u8", "expected a whole number (0 or more)")
+            .replace("expected f64", "expected a number")
+            .replace("expected a sequence", "expected a list");
         return (format!("wrong type: got {rest}"), None);
     }
     (message.to_owned(), None)

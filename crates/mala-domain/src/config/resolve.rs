@@ -545,7 +545,11 @@ fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigEr
 
     // Everything the file set, at the position it was set, for `config show`.
     for (path, (line, column)) in file.spans.paths() {
-        if path.contains('[') || path.starts_with("commands.") || path == "preset" {
+        if path.contains('[')
+            || path == "commands"
+            || path.starts_with("commands.")
+            || path == "preset"
+        {
             continue; // list items belong to their list; commands were recorded while merging
         }
         settings.origins.record(
