@@ -77,6 +77,7 @@ pub(crate) struct CoderArgs {
 pub(crate) struct SettingsSources(pub(crate) Vec<SettingsSource>);
 
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // one bool per on/off flag: that is what clap parses
 pub(crate) struct RunArgs {
     /// Repository to work on
     #[arg(default_value = ".")]
@@ -136,6 +137,7 @@ pub(crate) struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // one bool per on/off flag
 pub(crate) struct EpicVerifyArgs {
     /// The epic to verify
     pub(crate) epic_id: String,
@@ -164,6 +166,7 @@ pub(crate) struct EpicVerifyArgs {
 }
 
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // one bool per on/off flag
 pub(crate) struct InitArgs {
     /// Print the file instead of writing it
     #[arg(long)]

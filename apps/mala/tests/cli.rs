@@ -1,4 +1,5 @@
 //! The `mala` binary as a user runs it: configuration errors, init round
+#![allow(clippy::expect_used)] // helpers outside #[test] fns panic to fail the test
 //! trips, exit codes. Each test gets its own directory and a clean environment.
 
 use std::path::Path;

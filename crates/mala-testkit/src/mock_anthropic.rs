@@ -159,18 +159,18 @@ pub struct Conversation<'a> {
     pub body: &'a Value,
 }
 
-impl Conversation<'_> {
-    pub fn messages(&self) -> &[Value] {
+impl<'a> Conversation<'a> {
+    pub fn messages(self) -> &'a [Value] {
         self.body["messages"].as_array().map_or(&[], Vec::as_slice)
     }
 
     /// Whether the request offers tools (side requests such as titles do not).
-    pub fn offers_tools(&self) -> bool {
+    pub fn offers_tools(self) -> bool {
         self.body["tools"].as_array().is_some_and(|t| !t.is_empty())
     }
 
     /// Number of `tool_use` blocks the assistant has already produced.
-    pub fn tool_uses_so_far(&self) -> usize {
+    pub fn tool_uses_so_far(self) -> usize {
         self.messages()
             .iter()
             .filter(|m| m["role"] == "assistant")
@@ -181,7 +181,7 @@ impl Conversation<'_> {
     }
 
     /// `(is_error, text)` of every tool result so far.
-    pub fn tool_results(&self) -> Vec<(bool, String)> {
+    pub fn tool_results(self) -> Vec<(bool, String)> {
         self.messages()
             .iter()
             .filter(|m| m["role"] == "user")
@@ -198,7 +198,7 @@ impl Conversation<'_> {
     }
 
     /// The text blocks of user messages (not tool results), in order.
-    pub fn user_texts(&self) -> Vec<String> {
+    pub fn user_texts(self) -> Vec<String> {
         self.messages()
             .iter()
             .filter(|m| m["role"] == "user")
@@ -214,13 +214,13 @@ impl Conversation<'_> {
             .collect()
     }
 
-    pub fn last_user_text(&self) -> String {
+    pub fn last_user_text(self) -> String {
         let text = self.user_texts().pop().unwrap_or_default();
         text.trim().chars().take(80).collect()
     }
 
     /// `MOCK_TOOL` directives, deduplicated, in order.
-    pub fn directives(&self) -> Vec<(String, Value)> {
+    pub fn directives(self) -> Vec<(String, Value)> {
         let mut out: Vec<(String, Value)> = Vec::new();
         for text in self.user_texts() {
             for line in text.lines().map(str::trim) {
@@ -239,7 +239,7 @@ impl Conversation<'_> {
         out
     }
 
-    fn directive_http_error(&self) -> Option<u16> {
+    fn directive_http_error(self) -> Option<u16> {
         self.user_texts()
             .iter()
             .flat_map(|t| t.lines())
@@ -507,6 +507,7 @@ fn sample_for_schema(schema: &Value) -> Value {
     }
 }
 
+#[allow(clippy::too_many_lines)] // the SSE event sequence reads best in one place
 fn messages_response(body: &Value, shared: &Shared) -> String {
     let conversation = Conversation { body };
     let reply = if conversation.offers_tools() {

@@ -1,6 +1,7 @@
 //! `mala init`: writes a mala.yaml from a preset and a few answers.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::Path;
 
@@ -228,12 +229,13 @@ impl Prompter<'_> {
     fn preset(&mut self) -> Result<Option<PresetName>, Failure> {
         let mut menu = String::from("Presets:\n");
         for (i, name) in PresetName::ALL.iter().enumerate() {
-            menu.push_str(&format!("  {}. {name}\n", i + 1));
+            let _ = writeln!(menu, "  {}. {name}", i + 1);
         }
-        menu.push_str(&format!(
-            "  {}. custom (type each command)\n",
+        let _ = writeln!(
+            menu,
+            "  {}. custom (type each command)",
             PresetName::ALL.len() + 1
-        ));
+        );
         let _ = write!(self.output, "{menu}");
         let count = PresetName::ALL.len() + 1;
         self.until(&format!("Choose 1-{count}: "), |answer| {

@@ -257,16 +257,20 @@ fn describe_serde_error(e: &marked_yaml::FromNodeError) -> (String, Option<Strin
 /// serde's own messages, made friendlier where we recognise them.
 fn describe_other(message: &str) -> (String, Option<String>) {
     let quoted: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
-    if message.starts_with("unknown variant") {
-        if let Some((got, expected)) = quoted.split_first() {
+    if message.starts_with("unknown variant")
+        && let Some((got, expected)) = quoted.split_first()
+    {
+        {
             return (
                 format!("unknown value `{got}`"),
                 Some(suggestion(got, expected)),
             );
         }
     }
-    if message.starts_with("missing field") {
-        if let Some(field) = quoted.first() {
+    if message.starts_with("missing field")
+        && let Some(field) = quoted.first()
+    {
+        {
             return (format!("missing required key `{field}`"), None);
         }
     }

@@ -340,11 +340,12 @@ fn check_command_text(file: &ConfigFile, key: &str, text: &str) -> Result<(), Co
 #[allow(clippy::too_many_lines)] // one assignment per mala.yaml key; splitting hides the mapping
 fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigError> {
     let raw = &file.raw;
-    if raw.preset.is_none() {
-        if let Some((name, _)) = raw
+    if raw.preset.is_none()
+        && let Some((name, _)) = raw
             .commands
             .iter()
             .find(|(_, c)| matches!(c, RawCommand::Detailed(d) if d.command.is_none()))
+    {
         {
             return Err(file
                 .error(&format!("commands.{name}"), format!("`{name}` has no `command`"))
@@ -761,7 +762,7 @@ fn apply_env(settings: &mut Settings, env: &BTreeMap<String, String>) -> Result<
             .record("coder_options.codex.sandbox", at("MALA_CODEX_SANDBOX"));
     }
     if let Some(v) = get("MALA_CLAUDE_BINARY") {
-        settings.coder_options.claude.binary = v.to_owned();
+        v.clone_into(&mut settings.coder_options.claude.binary);
         settings
             .origins
             .record("coder_options.claude.binary", at("MALA_CLAUDE_BINARY"));

@@ -208,7 +208,7 @@ impl<'de> Deserialize<'de> for RawCommandRef {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCoverage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,12 +218,6 @@ pub struct RawCoverage {
     pub threshold: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
-}
-
-impl Default for CoverageFormat {
-    fn default() -> Self {
-        Self::Xml
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -311,6 +305,7 @@ pub struct RawCodeReview {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(clippy::struct_field_names)] // the names are mala.yaml's keys
 pub struct RawRetryPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_retries: Option<u32>,
