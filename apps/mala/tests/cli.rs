@@ -1,6 +1,6 @@
 //! The `mala` binary as a user runs it: configuration errors, init round
-#![allow(clippy::expect_used)] // helpers outside #[test] fns panic to fail the test
 //! trips, exit codes. Each test gets its own directory and a clean environment.
+#![allow(clippy::expect_used)] // helpers outside #[test] fns panic to fail the test
 
 use std::path::Path;
 use std::process::{Command, Output};

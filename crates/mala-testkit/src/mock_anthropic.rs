@@ -652,11 +652,12 @@ mod tests {
 
     #[test]
     fn the_server_streams_sse_and_records_requests() {
+        use std::io::{Read, Write};
+
         let mock = MockAnthropic::start(Script::steps(vec![Step::Text("hello".into())]));
         let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}], "tools": [{"name": "Bash"}]}).to_string();
         let mut stream =
             std::net::TcpStream::connect(mock.url().trim_start_matches("http://")).unwrap();
-        use std::io::{Read, Write};
         write!(stream, "POST /v1/messages?beta=true HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).unwrap();
         let mut response = String::new();
         stream
