@@ -663,7 +663,7 @@ mod tests {
         stream
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
-        let mut buf = [0u8; 65536];
+        let mut buf = [0u8; 4096];
         while !response.contains("message_stop") {
             let n = stream.read(&mut buf).unwrap();
             assert!(n > 0, "connection closed early: {response}");
