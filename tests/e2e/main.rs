@@ -1,6 +1,7 @@
 //! One test binary for every end-to-end area. Each module needs real binaries
 //! (`br`, `claude`); missing ones skip loudly locally and fail in CI.
 
+mod architecture;
 mod br_harness;
 mod claude_harness;
 mod forgotten_files;
