@@ -11,12 +11,18 @@ use serde_json::Value;
 const HOME: &str = "/tmp/mala-cli-test-home";
 
 fn mala(dir: &Path, args: &[&str]) -> Output {
+    mala_with_env(dir, args, &[])
+}
+
+/// Runs mala in `dir` with a clean environment plus `env`.
+fn mala_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mala"))
         .args(args)
         .current_dir(dir)
         .env_clear()
         .env("HOME", HOME)
         .env("PATH", "/usr/bin:/bin")
+        .envs(env.iter().copied())
         .output()
         .expect("run mala")
 }
@@ -415,14 +421,11 @@ fn config_show_names_where_each_value_came_from() {
         "preset: rust\ncommands:\n  lint: null\n  test:\n    timeout: 60\nmodel: sonnet\n",
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_mala"))
-        .args(["config", "show", "--json"])
-        .current_dir(dir.path())
-        .env_clear()
-        .env("HOME", dir.path())
-        .env("MALA_EFFORT", "low")
-        .output()
-        .unwrap();
+    let output = mala_with_env(
+        dir.path(),
+        &["config", "show", "--json"],
+        &[("MALA_EFFORT", "low")],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     let shown: Value = serde_json::from_str(&stdout(&output)).unwrap();
     let origins = &shown["origins"];
@@ -446,14 +449,11 @@ fn flags_beat_the_environment_and_the_file() {
         "preset: rust\nmodel: from-file\n",
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_mala"))
-        .args(["run", "--model", "from-flag", "--effort", "high"])
-        .current_dir(dir.path())
-        .env_clear()
-        .env("HOME", dir.path())
-        .env("MALA_MODEL", "from-env")
-        .output()
-        .unwrap();
+    let output = mala_with_env(
+        dir.path(),
+        &["run", "--model", "from-flag", "--effort", "high"],
+        &[("MALA_MODEL", "from-env")],
+    );
     // run is not built yet: it validates and then says so, with exit 2.
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(stderr(&output).contains("not available in this build yet"));
@@ -463,14 +463,7 @@ fn flags_beat_the_environment_and_the_file() {
 fn a_bad_environment_variable_is_named() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("mala.yaml"), "preset: rust\n").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_mala"))
-        .args(["config", "check"])
-        .current_dir(dir.path())
-        .env_clear()
-        .env("HOME", dir.path())
-        .env("MALA_CODER", "gpt")
-        .output()
-        .unwrap();
+    let output = mala_with_env(dir.path(), &["config", "check"], &[("MALA_CODER", "gpt")]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("environment variable MALA_CODER"),

@@ -443,31 +443,20 @@ fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigEr
     }
     if let Some(epic) = &raw.epic_verification {
         let target = &mut settings.epic_verification;
-        if let Some(v) = epic.enabled {
-            target.enabled = v;
-        }
-        if let Some(v) = epic.reviewer_type {
-            target.reviewer_type = v;
-        }
-        if let Some(v) = epic.timeout {
-            target.timeout = v;
-        }
-        if let Some(v) = epic.agent_sdk_timeout {
-            target.agent_sdk_timeout = v;
-        }
+        overlay(&mut target.enabled, epic.enabled);
+        overlay(&mut target.reviewer_type, epic.reviewer_type);
+        overlay(&mut target.timeout, epic.timeout);
+        overlay(&mut target.agent_sdk_timeout, epic.agent_sdk_timeout);
         if let Some(c) = &epic.cerberus {
             merge_cerberus(&mut target.cerberus, c);
         }
         if let Some(p) = &epic.retry_policy {
-            if let Some(v) = p.timeout_retries {
-                target.retry_policy.timeout_retries = v;
-            }
-            if let Some(v) = p.execution_retries {
-                target.retry_policy.execution_retries = v;
-            }
-            if let Some(v) = p.parse_retries {
-                target.retry_policy.parse_retries = v;
-            }
+            overlay(&mut target.retry_policy.timeout_retries, p.timeout_retries);
+            overlay(
+                &mut target.retry_policy.execution_retries,
+                p.execution_retries,
+            );
+            overlay(&mut target.retry_policy.parse_retries, p.parse_retries);
         }
     }
     if let Some(review) = &raw.per_issue_review {
@@ -646,43 +635,32 @@ fn trigger(
 }
 
 fn code_review(raw: &RawCodeReview, mut review: CodeReview) -> CodeReview {
-    if let Some(v) = raw.enabled {
-        review.enabled = v;
-    }
-    if let Some(v) = raw.reviewer_type {
-        review.reviewer_type = v;
-    }
-    if let Some(v) = raw.failure_mode {
-        review.failure_mode = v;
-    }
-    if let Some(v) = raw.max_retries {
-        review.max_retries = v;
-    }
-    if let Some(v) = raw.finding_threshold {
-        review.finding_threshold = v;
-    }
+    overlay(&mut review.enabled, raw.enabled);
+    overlay(&mut review.reviewer_type, raw.reviewer_type);
+    overlay(&mut review.failure_mode, raw.failure_mode);
+    overlay(&mut review.max_retries, raw.max_retries);
+    overlay(&mut review.finding_threshold, raw.finding_threshold);
     if let Some(v) = raw.baseline {
         review.baseline = Some(v);
     }
-    if let Some(v) = raw.agent_sdk_timeout {
-        review.agent_sdk_timeout = v;
-    }
-    if let Some(v) = raw.agent_sdk_model {
-        review.agent_sdk_model = v;
-    }
-    if let Some(v) = raw.track_review_issues {
-        review.track_review_issues = v;
-    }
+    overlay(&mut review.agent_sdk_timeout, raw.agent_sdk_timeout);
+    overlay(&mut review.agent_sdk_model, raw.agent_sdk_model);
+    overlay(&mut review.track_review_issues, raw.track_review_issues);
     if let Some(c) = &raw.cerberus {
         merge_cerberus(&mut review.cerberus, c);
     }
     review
 }
 
-fn merge_cerberus(target: &mut Cerberus, raw: &RawCerberus) {
-    if let Some(v) = raw.timeout {
-        target.timeout = v;
+/// Replaces `target` with `value` when the file set it.
+fn overlay<T>(target: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *target = value;
     }
+}
+
+fn merge_cerberus(target: &mut Cerberus, raw: &RawCerberus) {
+    overlay(&mut target.timeout, raw.timeout);
     if let Some(v) = &raw.spawn_args {
         target.spawn_args.clone_from(v);
     }
