@@ -2,6 +2,7 @@
 //! (`br`, `claude`); missing ones skip loudly locally and fail in CI.
 
 mod architecture;
+mod beads_jsonl;
 mod br_harness;
 mod claude_harness;
 mod forgotten_files;
