@@ -33,17 +33,17 @@ fn issues_written_by_br_are_read_in_process() {
     assert_eq!(issues.len(), 3);
     let find = |id: &str| issues.iter().find(|i| i.id.as_str() == id).unwrap();
     assert_eq!(
-        find(&child).parent.as_ref().map(|p| p.as_str()),
-        Some(epic.as_str())
+        find(&child).parent.as_ref().map(ToString::to_string),
+        Some(epic.clone())
     );
     assert_eq!(find(&child).acceptance_criteria, "criteria survive");
     assert_eq!(find(&child).labels, vec!["backend"]);
     assert_eq!(
         find(&later)
             .blockers()
-            .map(|b| b.as_str())
+            .map(ToString::to_string)
             .collect::<Vec<_>>(),
-        vec![child.as_str()]
+        vec![child.clone()]
     );
     assert_eq!(find(&epic).issue_type.as_str(), "epic");
 }
