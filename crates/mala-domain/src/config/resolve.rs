@@ -85,13 +85,10 @@ pub fn resolve(sources: ConfigSources<'_>) -> Result<Settings, ConfigError> {
         if let Some(name) = file.raw.preset {
             let preset = load_preset(name)?;
             settings.preset = Some(name);
-            apply_commands_and_lists(
-                &mut settings,
-                &preset,
-                &Location::Preset {
-                    name: name.to_string(),
-                },
-            )?;
+            let origin = Location::Preset {
+                name: name.to_string(),
+            };
+            apply_commands_and_lists(&mut settings, &preset, Some(&origin))?;
             settings.origins.record("preset", file.location("preset"));
         }
         apply_file(&mut settings, file)?;
@@ -215,19 +212,14 @@ fn default_code_review() -> CodeReview {
 }
 
 /// Commands merge per name; the three file lists are replaced whole.
+/// Values are recorded as coming from `origin` (a preset), or, when it is
+/// `None`, from their own positions in `file`.
 fn apply_commands_and_lists(
     settings: &mut Settings,
     file: &ConfigFile,
-    origin: &Location,
+    origin: Option<&Location>,
 ) -> Result<(), ConfigError> {
-    let is_preset = matches!(origin, Location::Preset { .. });
-    let at = |key: &str| {
-        if is_preset {
-            origin.clone()
-        } else {
-            file.location(key)
-        }
-    };
+    let at = |key: &str| origin.cloned().unwrap_or_else(|| file.location(key));
     for name in &file.disabled_commands {
         let key = format!("commands.{name}");
         check_command_name(file, &key, name)?;
@@ -352,15 +344,7 @@ fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigEr
                 .hint("an object without `command` only overrides a preset's command; add `command: ...` or a `preset:`"));
         }
     }
-    apply_commands_and_lists(
-        settings,
-        file,
-        &Location::File {
-            path: file.path.clone(),
-            line: 0,
-            column: 0,
-        },
-    )?;
+    apply_commands_and_lists(settings, file, None)?;
 
     macro_rules! set {
         ($key:literal, $value:expr => $target:expr) => {
