@@ -171,23 +171,22 @@ impl<'a> Conversation<'a> {
 
     /// Number of `tool_use` blocks the assistant has already produced.
     pub fn tool_uses_so_far(self) -> usize {
+        self.blocks("assistant", "tool_use").count()
+    }
+
+    /// Content blocks of type `kind` in messages of `role`, in order.
+    fn blocks(self, role: &'a str, kind: &'a str) -> impl Iterator<Item = &'a Value> {
         self.messages()
             .iter()
-            .filter(|m| m["role"] == "assistant")
+            .filter(move |m| m["role"] == role)
             .filter_map(|m| m["content"].as_array())
             .flatten()
-            .filter(|b| b["type"] == "tool_use")
-            .count()
+            .filter(move |b| b["type"] == kind)
     }
 
     /// `(is_error, text)` of every tool result so far.
     pub fn tool_results(self) -> Vec<(bool, String)> {
-        self.messages()
-            .iter()
-            .filter(|m| m["role"] == "user")
-            .filter_map(|m| m["content"].as_array())
-            .flatten()
-            .filter(|b| b["type"] == "tool_result")
+        self.blocks("user", "tool_result")
             .map(|b| {
                 (
                     b["is_error"].as_bool().unwrap_or(false),
