@@ -442,7 +442,7 @@ fn config_show_names_where_each_value_came_from() {
 }
 
 #[test]
-fn flags_beat_the_environment_and_the_file() {
+fn run_checks_its_flags_and_config_then_says_it_is_not_built() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("mala.yaml"),
@@ -454,7 +454,8 @@ fn flags_beat_the_environment_and_the_file() {
         &["run", "--model", "from-flag", "--effort", "high"],
         &[("MALA_MODEL", "from-env")],
     );
-    // run is not built yet: it validates and then says so, with exit 2.
+    // Precedence itself is tested in mala-domain (resolve); here: run accepts the
+    // layered values, then says it is not built, with exit 2.
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(stderr(&output).contains("not available in this build yet"));
 }

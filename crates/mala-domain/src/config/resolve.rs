@@ -842,3 +842,93 @@ fn derive_backend_defaults(settings: &mut Settings) {
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::parse_config;
+
+    fn resolve_with(
+        text: &str,
+        env: &[(&str, &str)],
+        flags: &FlagOverrides,
+    ) -> Result<Settings, ConfigError> {
+        let file = parse_config(Path::new("mala.yaml"), text)?;
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        resolve(ConfigSources {
+            file: Some(&file),
+            env: &env,
+            flags,
+        })
+    }
+
+    #[test]
+    fn flags_beat_the_environment_which_beats_the_file() {
+        let text = "preset: rust\nmodel: from-file\neffort: low\ncoder: codex\n";
+        let env = [("MALA_MODEL", "from-env"), ("MALA_EFFORT", "medium")];
+        let flags = FlagOverrides {
+            model: Some("from-flag".into()),
+            ..FlagOverrides::default()
+        };
+        let settings = resolve_with(text, &env, &flags).unwrap();
+        assert_eq!(settings.model.as_deref(), Some("from-flag"));
+        assert_eq!(
+            settings.origin("model"),
+            Some(&Location::Flag {
+                flag: "--model".into()
+            })
+        );
+        assert_eq!(settings.effort, Some(Effort::Medium));
+        assert_eq!(
+            settings.origin("effort"),
+            Some(&Location::Env {
+                var: "MALA_EFFORT".into()
+            })
+        );
+        assert_eq!(settings.coder, Coder::Codex);
+        assert!(matches!(
+            settings.origin("coder"),
+            Some(Location::File { line: 4, .. })
+        ));
+        assert!(matches!(
+            settings.origin("commands.test"),
+            Some(Location::Preset { .. })
+        ));
+    }
+
+    #[test]
+    fn backend_defaults_follow_the_chosen_coder() {
+        let claude = resolve_with("preset: rust\n", &[], &FlagOverrides::default()).unwrap();
+        assert_eq!(claude.model.as_deref(), Some("opus[1m]"));
+        assert_eq!(claude.effort, Some(Effort::Xhigh));
+        let flags = FlagOverrides {
+            coder: Some(Coder::Codex),
+            ..FlagOverrides::default()
+        };
+        let codex = resolve_with("preset: rust\n", &[], &flags).unwrap();
+        assert_eq!(codex.model.as_deref(), Some("gpt-5.5"));
+        assert_eq!(codex.effort, Some(Effort::Medium));
+        assert_eq!(
+            codex.origin("model"),
+            None,
+            "a derived default is still a default"
+        );
+    }
+
+    #[test]
+    fn idle_timeout_follows_the_turn_timeout_unless_set() {
+        let flags = FlagOverrides {
+            timeout_minutes: Some(60),
+            ..FlagOverrides::default()
+        };
+        let derived = resolve_with("preset: rust\n", &[], &flags).unwrap();
+        assert!((derived.idle_timeout_seconds - 720.0).abs() < f64::EPSILON);
+        let set = resolve_with("preset: rust\nidle_timeout_seconds: 42\n", &[], &flags).unwrap();
+        assert!((set.idle_timeout_seconds - 42.0).abs() < f64::EPSILON);
+    }
+}
