@@ -11,6 +11,8 @@ pub enum TrackerError {
     /// The tracker refused the operation. Retryable when it says so (e.g. a write-lock timeout).
     #[error("{message}")]
     Rejected {
+        /// The tracker's error code (br's `error.code`, e.g. `DATABASE_LOCKED`).
+        code: String,
         message: String,
         hint: Option<String>,
         retryable: bool,

@@ -265,9 +265,15 @@ pub struct Issue {
     pub parent: Option<IssueId>,
     pub dependencies: Vec<Dependency>,
     pub assignee: Option<String>,
+    pub notes: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub closed_at: Option<DateTime<Utc>>,
+    /// Not ready before this time (br's `defer_until`).
+    pub defer_until: Option<DateTime<Utc>>,
+    /// Pinned issues and templates are never ready in br.
+    pub pinned: bool,
+    pub is_template: bool,
 }
 
 impl Issue {
@@ -281,6 +287,30 @@ impl Issue {
 
     pub fn has_label(&self, label: &str) -> bool {
         self.labels.iter().any(|l| l == label)
+    }
+
+    /// A bare issue with br's defaults, for building others with struct update syntax.
+    pub fn new(id: impl Into<String>, title: impl Into<String>, created_at: DateTime<Utc>) -> Self {
+        Self {
+            id: IssueId::new(id),
+            title: title.into(),
+            description: String::new(),
+            acceptance_criteria: String::new(),
+            status: IssueStatus::Open,
+            priority: Priority::P2,
+            issue_type: IssueType::Task,
+            labels: Vec::new(),
+            parent: None,
+            dependencies: Vec::new(),
+            assignee: None,
+            notes: String::new(),
+            created_at,
+            updated_at: created_at,
+            closed_at: None,
+            defer_until: None,
+            pinned: false,
+            is_template: false,
+        }
     }
 }
 

@@ -26,10 +26,18 @@ pub trait IssueTracker: Send + Sync {
     async fn show(&self, id: &IssueId) -> Result<Issue, TrackerError>;
     /// Claims the issue for `actor` so that no other mala takes it.
     async fn claim(&self, id: &IssueId, actor: &str) -> Result<ClaimOutcome, TrackerError>;
+    /// Claims an in-progress issue held by `from` (a run that died, or nobody),
+    /// only if nothing changed it since this tracker last read it.
+    async fn take_over(
+        &self,
+        id: &IssueId,
+        actor: &str,
+        from: Option<String>,
+    ) -> Result<ClaimOutcome, TrackerError>;
     async fn close(&self, id: &IssueId, reason: &str) -> Result<(), TrackerError>;
-    /// Adds the needs-followup label and the notes.
+    /// Adds the needs-followup label and appends the notes (earlier notes are kept).
     async fn mark_needs_followup(&self, id: &IssueId, notes: &str) -> Result<(), TrackerError>;
-    /// Puts the issue back to `open` so a later run picks it up.
+    /// Puts the issue back to `open`, without an assignee, so a later run picks it up.
     async fn reopen(&self, id: &IssueId) -> Result<(), TrackerError>;
     async fn add_dependency(
         &self,
@@ -41,6 +49,8 @@ pub trait IssueTracker: Send + Sync {
     async fn update(&self, id: &IssueId, update: IssueUpdate) -> Result<(), TrackerError>;
     async fn find_by_label(&self, label: &str) -> Result<Vec<Issue>, TrackerError>;
     async fn epic_status(&self) -> Result<Vec<EpicStatus>, TrackerError>;
+    /// Closes every epic whose children are all closed; returns the ones it closed.
+    async fn close_eligible_epics(&self) -> Result<Vec<IssueId>, TrackerError>;
     /// All descendants of an epic (children, grandchildren, ...).
     async fn descendants(&self, epic: &IssueId) -> Result<Vec<Issue>, TrackerError>;
     /// The nearest ancestor of type epic.
@@ -129,25 +139,9 @@ pub trait Clock: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{IssueStatus, Priority};
 
     fn issue(id: &str) -> Issue {
-        Issue {
-            id: IssueId::from(id),
-            title: "t".into(),
-            description: String::new(),
-            acceptance_criteria: String::new(),
-            status: IssueStatus::Open,
-            priority: Priority::P2,
-            issue_type: crate::IssueType::Task,
-            labels: vec![],
-            parent: None,
-            dependencies: vec![],
-            assignee: None,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-            closed_at: None,
-        }
+        Issue::new(id, "t", Utc::now())
     }
 
     #[tokio::test]

@@ -2,11 +2,13 @@
 //!
 //! Today this is the configuration: the mala.yaml schema, the shipped
 //! presets, and the layering of defaults, preset, file, environment and
-//! flags into one immutable [`Settings`]. The gate, queue, tool-guard and
-//! deadlock rules join it as they are built.
+//! flags into one immutable [`Settings`]; and the tracker's issue graph
+//! with the run's queue. The gate, tool-guard and deadlock rules join it as
+//! they are built.
 
 mod config;
 mod run_options;
+mod tracker;
 
 pub use config::{
     AgentSdkModel, AmpMode, BUILTIN_COMMANDS, Cerberus, ClaudeOptions, CodeReview, Coder,
@@ -20,3 +22,7 @@ pub use config::{
     Triggers, UnknownWord, is_valid_command_name, load_preset, parse_config, preset_text, resolve,
 };
 pub use run_options::{Order, ParseScopeError, Scope};
+pub use tracker::{
+    Blocker, Excluded, Exclusion, IssueGraph, QueueEntry, QueuePlan, QueueRequest, Readiness,
+    UnknownIds, claim_actor, plan_queue, run_of_actor, takeover_candidates,
+};

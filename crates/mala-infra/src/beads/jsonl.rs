@@ -27,11 +27,19 @@ struct Row {
     priority: Priority,
     issue_type: IssueType,
     #[serde(default)]
+    notes: String,
+    #[serde(default)]
     assignee: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     #[serde(default)]
     closed_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    defer_until: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pinned: bool,
+    #[serde(default)]
+    is_template: bool,
     #[serde(default)]
     labels: Vec<String>,
     #[serde(default)]
@@ -70,12 +78,27 @@ impl From<Row> for Issue {
             labels: row.labels,
             parent,
             dependencies,
-            assignee: row.assignee,
+            assignee: row.assignee.filter(|a| !a.is_empty()),
+            notes: row.notes,
             created_at: row.created_at,
             updated_at: row.updated_at,
             closed_at: row.closed_at,
+            defer_until: row.defer_until,
+            pinned: row.pinned,
+            is_template: row.is_template,
         }
     }
+}
+
+/// Parses one line of issues.jsonl; `name` and `number` go into the error.
+pub(crate) fn parse_issue_line(
+    line: &str,
+    name: &str,
+    number: usize,
+) -> Result<Issue, TrackerError> {
+    let row: Row = serde_json::from_str(line)
+        .map_err(|e| TrackerError::Corrupt(format!("{name}:{number}: not a valid issue: {e}")))?;
+    Ok(row.into())
 }
 
 /// Parses issues.jsonl from a reader. `name` is used in error messages.
@@ -86,10 +109,7 @@ pub fn parse_issues_jsonl(reader: impl BufRead, name: &str) -> Result<Vec<Issue>
         if line.trim().is_empty() {
             continue;
         }
-        let row: Row = serde_json::from_str(&line).map_err(|e| {
-            TrackerError::Corrupt(format!("{name}:{}: not a valid issue: {e}", index + 1))
-        })?;
-        issues.push(row.into());
+        issues.push(parse_issue_line(&line, name, index + 1)?);
     }
     Ok(issues)
 }
