@@ -4,5 +4,6 @@
 mod architecture;
 mod beads_jsonl;
 mod br_harness;
+mod br_tracker;
 mod claude_harness;
 mod forgotten_files;

@@ -33,11 +33,21 @@ fn stamp(path: &Path) -> Option<FileStamp> {
     })
 }
 
+/// The state of the JSONL and of br's database files (`beads.db`, its WAL).
+/// A change to the database that mala did not make means someone may have
+/// written without flushing, and the JSONL must be checked before it is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamps {
+    jsonl: Option<FileStamp>,
+    db: Option<FileStamp>,
+    wal: Option<FileStamp>,
+}
+
 #[derive(Debug, Default)]
 struct Cache {
     snapshot: Option<(FileStamp, Arc<IssueGraph>)>,
-    /// A stamp known to match br's database (br wrote it, or said so).
-    trusted: Option<FileStamp>,
+    /// Stamps known to match: br wrote the JSONL, or said it was current.
+    trusted: Option<Stamps>,
 }
 
 /// The tracker backed by the `br` program.
@@ -46,6 +56,8 @@ pub struct BrTracker {
     cli: Arc<BrCli>,
     writer: WriteQueue,
     jsonl: PathBuf,
+    db: PathBuf,
+    wal: PathBuf,
     cache: Mutex<Cache>,
 }
 
@@ -73,6 +85,8 @@ impl BrTracker {
         Self {
             writer: WriteQueue::start(Arc::clone(&cli), clock, retry),
             jsonl: repo.join(".beads").join("issues.jsonl"),
+            db: repo.join(".beads").join("beads.db"),
+            wal: repo.join(".beads").join("beads.db-wal"),
             cli,
             cache: Mutex::new(Cache::default()),
         }
@@ -86,37 +100,44 @@ impl BrTracker {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn stamps(&self) -> Stamps {
+        Stamps {
+            jsonl: stamp(&self.jsonl),
+            db: stamp(&self.db),
+            wal: stamp(&self.wal),
+        }
+    }
+
     /// The current issue graph, read from the JSONL file when it is up to date.
     pub async fn snapshot(&self) -> Result<Arc<IssueGraph>, TrackerError> {
-        let mut current = stamp(&self.jsonl);
-        {
-            let cache = self.lock_cache();
-            if let (Some(now), Some((seen, graph))) = (current, &cache.snapshot)
-                && now == *seen
-            {
-                return Ok(Arc::clone(graph));
-            }
-        }
+        let mut stamps = self.stamps();
         let trusted = self.lock_cache().trusted;
-        if current.is_none() || current != trusted {
+        if stamps.jsonl.is_none() || Some(stamps) != trusted {
             self.bring_jsonl_up_to_date().await?;
-            current = stamp(&self.jsonl);
+            stamps = self.stamps();
+            self.lock_cache().trusted = Some(stamps);
         }
-        let Some(current) = current else {
+        let Some(current) = stamps.jsonl else {
             return Err(TrackerError::Corrupt(format!(
                 "{} is missing even after `br sync --flush-only`; is this a br repository (`br init`)?",
                 self.jsonl.display()
             )));
         };
+        {
+            let cache = self.lock_cache();
+            if let Some((seen, graph)) = &cache.snapshot
+                && current == *seen
+            {
+                return Ok(Arc::clone(graph));
+            }
+        }
         let path = self.jsonl.clone();
         let graph =
             tokio::task::spawn_blocking(move || read_issues_jsonl(&path).map(IssueGraph::new))
                 .await
                 .map_err(|e| TrackerError::Io(format!("reading issues.jsonl: {e}")))??;
         let graph = Arc::new(graph);
-        let mut cache = self.lock_cache();
-        cache.snapshot = Some((current, Arc::clone(&graph)));
-        cache.trusted = Some(current);
+        self.lock_cache().snapshot = Some((current, Arc::clone(&graph)));
         Ok(graph)
     }
 
@@ -150,7 +171,7 @@ impl BrTracker {
         let result = self.writer.write(actor, argv).await;
         // br flushes the JSONL after every successful write (auto-flush).
         if result.is_ok() {
-            self.lock_cache().trusted = stamp(&self.jsonl);
+            self.lock_cache().trusted = Some(self.stamps());
         }
         result
     }
