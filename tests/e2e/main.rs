@@ -7,3 +7,4 @@ mod br_harness;
 mod br_tracker;
 mod claude_harness;
 mod forgotten_files;
+mod ready_parity;

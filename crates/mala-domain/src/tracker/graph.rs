@@ -14,8 +14,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(tag = "kind", content = "id", rename_all = "snake_case")]
 pub enum Blocker {
-    /// A `blocks` (or `conditional-blocks`, `waits-for`) dependency that is not closed,
-    /// or that names an issue the tracker does not have.
+    /// A `blocks` (or `conditional-blocks`, `waits-for`) dependency that is not closed.
     Issue(IssueId),
     /// An ancestor in the parent-child tree is blocked.
     Ancestor(IssueId),
@@ -123,8 +122,9 @@ impl IssueGraph {
                 if !is_blocking(&dep.kind) || is_external(&dep.depends_on) {
                     continue;
                 }
-                // A missing target blocks, as in br (its status is "unknown").
-                if self.is_open_like(&dep.depends_on).unwrap_or(true) {
+                // An edge to an issue the tracker lacks blocks nothing: br
+                // drops such orphan edges when it imports the JSONL.
+                if self.is_open_like(&dep.depends_on) == Some(true) {
                     blocked
                         .entry(issue.id.clone())
                         .or_default()
@@ -345,7 +345,7 @@ mod tests {
     }
 
     #[test]
-    fn open_blockers_block_and_closed_ones_do_not() {
+    fn open_blockers_block_and_closed_or_missing_ones_do_not() {
         let graph = IssueGraph::new(vec![
             with_dep(issue("a"), "b", DependencyKind::Blocks),
             issue("b"),
@@ -354,12 +354,8 @@ mod tests {
             with_dep(issue("e"), "missing", DependencyKind::Blocks),
             with_dep(issue("f"), "b", DependencyKind::Other("related".into())),
         ]);
-        assert_eq!(ready_ids(&graph), vec!["b", "c", "f"]);
+        assert_eq!(ready_ids(&graph), vec!["b", "c", "e", "f"]);
         assert_eq!(graph.blockers(&"a".into()), &[Blocker::Issue("b".into())]);
-        assert_eq!(
-            graph.blockers(&"e".into()),
-            &[Blocker::Issue("missing".into())]
-        );
     }
 
     #[test]
