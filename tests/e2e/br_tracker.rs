@@ -23,6 +23,8 @@ fn new_issue(title: &str) -> TrackerIssue {
     }
 }
 
+/// One tracker walked through its life, in the order a run uses it.
+#[allow(clippy::too_many_lines)]
 #[tokio::test]
 async fn every_tracker_operation_works_against_real_br() {
     let binary = require_tool!(Tool::Br);

@@ -86,15 +86,15 @@ fn stamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
-fn id(index: usize) -> String {
+fn id(index: i64) -> String {
     format!("p-{index:03}")
 }
 
 /// The tracker as br's issues.jsonl.
 fn jsonl(issues: &[RandomIssue], now: DateTime<Utc>) -> String {
     let mut out = String::new();
-    for (i, issue) in issues.iter().enumerate() {
-        let created = now - Duration::hours(100) + Duration::seconds(i64::try_from(i).unwrap());
+    for (i, issue) in (0i64..).zip(issues) {
+        let created = now - Duration::hours(100) + Duration::seconds(i);
         let status = STATUSES[issue.status];
         let mut row = serde_json::json!({
             "id": id(i),
@@ -121,12 +121,18 @@ fn jsonl(issues: &[RandomIssue], now: DateTime<Utc>) -> String {
             row["is_template"] = true.into();
         }
         let mut deps: Vec<(String, &str)> = Vec::new();
+        // Edges only point at earlier issues, so the tracker has no cycles.
+        let earlier = |index: &prop::sample::Index| {
+            usize::try_from(i)
+                .ok()
+                .map(|n| id(i64::try_from(index.index(n)).unwrap_or(0)))
+        };
         if i > 0 {
-            if let Some(parent) = &issue.parent {
-                deps.push((id(parent.index(i)), "parent-child"));
+            if let Some(parent) = issue.parent.as_ref().and_then(earlier) {
+                deps.push((parent, "parent-child"));
             }
-            for blocker in &issue.blockers {
-                deps.push((id(blocker.index(i)), "blocks"));
+            for blocker in issue.blockers.iter().filter_map(earlier) {
+                deps.push((blocker, "blocks"));
             }
         }
         if issue.dangling_blocker {
