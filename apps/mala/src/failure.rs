@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use mala_core::TrackerError;
 use mala_domain::ConfigError;
 
 /// Exit codes mala promises (docs/cli.md).
@@ -36,6 +37,8 @@ pub(crate) enum Failure {
         action: &'static str,
         error: std::io::Error,
     },
+    /// The issue tracker failed or refused; its message and hint are passed on.
+    Tracker(TrackerError),
     /// Anything else that went wrong, with a hint when there is one.
     Other {
         message: String,
@@ -46,7 +49,9 @@ pub(crate) enum Failure {
 impl Failure {
     pub(crate) fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
-            Self::Config(_) | Self::Io { .. } | Self::Other { .. } => exit::FAILURE,
+            Self::Config(_) | Self::Io { .. } | Self::Tracker(_) | Self::Other { .. } => {
+                exit::FAILURE
+            }
             Self::Usage { .. } | Self::NotBuilt { .. } => exit::USAGE,
         })
     }
@@ -56,6 +61,12 @@ impl Failure {
             message: message.into(),
             hint: hint.map(str::to_owned),
         }
+    }
+}
+
+impl From<TrackerError> for Failure {
+    fn from(error: TrackerError) -> Self {
+        Self::Tracker(error)
     }
 }
 
@@ -88,6 +99,18 @@ impl fmt::Display for Failure {
             } => {
                 write!(f, "could not {action} {}: {error}", path.display())
             }
+            Self::Tracker(error) => match error {
+                TrackerError::NotInstalled { program, hint } => {
+                    write!(f, "{program} is not installed\n  hint: {hint}")
+                }
+                TrackerError::Rejected {
+                    message,
+                    hint: Some(hint),
+                    ..
+                } => write!(f, "tracker: {message}\n  hint: {hint}"),
+                TrackerError::NotFound(what) => write!(f, "tracker: not found: {what}"),
+                other => write!(f, "tracker: {other}"),
+            },
         }
     }
 }

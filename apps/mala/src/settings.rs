@@ -20,6 +20,18 @@ pub(crate) fn environment() -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The first executable file called `name` on PATH.
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// Which configuration file applies, and whether the user named it.
 #[derive(Debug, Clone)]
 pub(crate) struct ConfigPath {

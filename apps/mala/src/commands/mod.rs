@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
 pub(crate) mod config;
+pub(crate) mod dry_run;
 pub(crate) mod init;
 pub(crate) mod run;

@@ -4,6 +4,7 @@
 use mala_domain::{Coder, Order, Scope};
 
 use crate::cli::{EpicVerifyArgs, RunArgs};
+use crate::commands::dry_run;
 use crate::failure::Failure;
 use crate::output;
 use crate::settings::{ConfigPath, flag_overrides, load_settings};
@@ -24,6 +25,10 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     let config = ConfigPath::new(&args.repo_path, args.config.as_deref());
     let flags = flag_overrides(Some(&args.coder), args.timeout);
     let (settings, file) = load_settings(&config, &flags)?;
+    if args.dry_run {
+        // A dry run only reads the tracker; mala.yaml is optional for it.
+        return dry_run::run(args, &settings);
+    }
     if file.is_none() {
         return Err(Failure::Other {
             message: format!("no {} found", config.path.display()),
