@@ -6,6 +6,7 @@
 //!   "model" is scripted per test; it records every request it receives.
 //! - [`ClaudeHarness`]: the real `claude` binary, pointed at the mock, with a
 //!   private config directory and no way to reach the internet.
+//! - [`synthetic_tracker`]: a large, deterministic br tracker for benchmarks.
 //! - [`require_tool!`]: finds `br` or `claude`, skipping the test loudly when
 //!   absent on a developer machine and failing it in CI.
 //!
@@ -21,6 +22,7 @@ mod br;
 mod claude;
 mod git;
 mod mock_anthropic;
+mod synthetic;
 mod tools;
 
 pub use br::{Br, NewIssue};
@@ -29,4 +31,5 @@ pub use git::TempRepo;
 pub use mock_anthropic::{
     Block, Conversation, MockAnthropic, RecordedRequest, Reply, Script, Step,
 };
+pub use synthetic::{synthetic_ids, synthetic_tracker};
 pub use tools::{Tool, find_tool, tool_or_skip};

@@ -1,0 +1,140 @@
+//! Tracker benchmarks; results go to docs/benchmarks.md.
+//!
+//! ```text
+//! cargo run --release -p mala-infra --example bench_tracker -- ready [ISSUES]
+//! cargo run --release -p mala-infra --example bench_tracker -- claims BR [ISSUES] [PAIRS]
+//! ```
+//!
+//! `ready`: the run's queue from a synthetic `issues.jsonl` (read, graph, plan).
+//! `claims`: PAIRS concurrent claim + close pairs through one `BrTracker` on a
+//! br repository of ISSUES issues; counts write-lock failures.
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mala_core::{ClaimOutcome, IssueTracker};
+use mala_domain::{IssueGraph, Order, QueueRequest, Scope, plan_queue, takeover_candidates};
+use mala_infra::{BrTracker, SystemClock, read_issues_jsonl};
+use mala_testkit::synthetic_tracker;
+
+fn figures(mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "min {:.2} ms, median {:.2} ms, p95 {:.2} ms, max {:.2} ms ({} runs)",
+        at(0.0).as_secs_f64() * 1e3,
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.95).as_secs_f64() * 1e3,
+        at(1.0).as_secs_f64() * 1e3,
+        samples.len()
+    )
+}
+
+fn ready(issues: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("issues.jsonl");
+    std::fs::write(&path, synthetic_tracker("bench", issues, 42)).unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    let types: Vec<String> = ["task", "bug", "feature", "chore"].map(String::from).to_vec();
+    let mut samples = Vec::new();
+    let mut queued = 0;
+    for _ in 0..31 {
+        let start = Instant::now();
+        let graph = IssueGraph::new(read_issues_jsonl(&path).unwrap());
+        let takeover = takeover_candidates(graph.issues(), false, |_| true);
+        let plan = plan_queue(
+            &graph,
+            &QueueRequest {
+                scope: &Scope::All,
+                order: Order::EpicPriority,
+                issue_types: &types,
+                skip: &HashSet::new(),
+                takeover: &takeover,
+                limit: None,
+                now: chrono::Utc::now(),
+            },
+        )
+        .unwrap();
+        samples.push(start.elapsed());
+        queued = plan.entries.len();
+    }
+    samples.remove(0); // warm-up
+    println!(
+        "ready queue: {issues} issues ({:.1} MB issues.jsonl), {queued} queued: {}",
+        size as f64 / 1e6,
+        figures(samples)
+    );
+}
+
+fn br(binary: &Path, repo: &Path, args: &[&str]) {
+    let status = Command::new(binary)
+        .args(args)
+        .current_dir(repo)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "br {args:?} failed");
+}
+
+async fn claims(binary: &Path, issues: usize, pairs: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path();
+    br(binary, repo, &["init", "--prefix", "bench"]);
+    std::fs::write(repo.join(".beads/issues.jsonl"), synthetic_tracker("bench", issues, 42)).unwrap();
+    let start = Instant::now();
+    br(binary, repo, &["sync", "--import-only"]);
+    println!("imported {issues} issues into br in {:.1} s", start.elapsed().as_secs_f64());
+
+    let tracker = Arc::new(BrTracker::new(binary, repo, Arc::new(SystemClock)));
+    let ready: Vec<_> = tracker.ready().await.unwrap().into_iter().take(pairs).collect();
+    assert_eq!(ready.len(), pairs, "not enough ready issues");
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (n, issue) in ready.into_iter().enumerate() {
+        let tracker = Arc::clone(&tracker);
+        tasks.push(tokio::spawn(async move {
+            let actor = format!("mala:bench-{n}");
+            let claimed = tracker.claim(&issue.id, &actor).await;
+            let closed = tracker.close(&issue.id, "done").await;
+            (issue.id, claimed, closed)
+        }));
+    }
+    let mut failures = 0;
+    for task in tasks {
+        let (id, claimed, closed) = task.await.unwrap();
+        if !matches!(claimed, Ok(ClaimOutcome::Claimed)) || closed.is_err() {
+            failures += 1;
+            println!("  {id}: claim {claimed:?}, close {closed:?}");
+        }
+    }
+    let elapsed = start.elapsed();
+    let graph = tracker.snapshot().await.unwrap();
+    let closed = graph
+        .issues()
+        .iter()
+        .filter(|i| i.assignee.as_deref().is_some_and(|a| a.starts_with("mala:bench-")))
+        .count();
+    println!(
+        "{pairs} concurrent claim+close pairs on {issues} issues: {:.1} s wall, {failures} failures, {closed} issues claimed and closed",
+        elapsed.as_secs_f64()
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize, default: usize| args.get(i).map_or(default, |s| s.parse().unwrap());
+    match args.first().map(String::as_str) {
+        Some("ready") => ready(number(1, 10_000)),
+        Some("claims") => {
+            let binary = args.get(1).expect("claims needs the br binary");
+            claims(Path::new(binary), number(2, 10_000), number(3, 32)).await;
+        }
+        _ => println!("usage: bench_tracker ready [ISSUES] | claims BR [ISSUES] [PAIRS]"),
+    }
+}
