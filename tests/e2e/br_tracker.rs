@@ -410,3 +410,47 @@ async fn the_tracker_kind_picks_br_or_the_store_and_names_what_is_missing() {
     let err = Tracker::open(TrackerKind::Auto, bare.path(), None, clock).unwrap_err();
     assert!(err.to_string().contains("br init"), "{err}");
 }
+
+#[tokio::test]
+async fn the_tracker_files_are_committed_alone_at_run_end() {
+    let binary = require_tool!(Tool::Br);
+    let repo = TempRepo::new();
+    let br = Br::init(&binary, repo.path(), "cm");
+    br.create(&NewIssue {
+        title: "t",
+        priority: 2,
+        ..NewIssue::default()
+    });
+    // Someone else's work is staged; it must not ride along.
+    std::fs::write(repo.path().join("other.txt"), "not mine\n").unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(repo.path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    git(&["add", "other.txt"]);
+
+    let commit = mala_infra::commit_tracker_files(repo.path(), "mala: sync beads issues")
+        .await
+        .unwrap()
+        .expect("a commit");
+    let files = git(&["show", "--name-only", "--format=", &commit]);
+    let files: Vec<&str> = files.lines().collect();
+    assert!(files.contains(&".beads/issues.jsonl"), "{files:?}");
+    assert!(files.iter().all(|f| f.starts_with(".beads/")), "{files:?}");
+    assert!(!files.iter().any(|f| f.contains("beads.db")), "{files:?}");
+    assert_eq!(
+        git(&["diff", "--cached", "--name-only"]).trim(),
+        "other.txt"
+    );
+    assert_eq!(
+        mala_infra::commit_tracker_files(repo.path(), "again")
+            .await
+            .unwrap(),
+        None,
+        "nothing changed, nothing committed"
+    );
+}

@@ -114,3 +114,31 @@ impl fmt::Display for Failure {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracker_failures_pass_on_the_message_and_hint_and_exit_1() {
+        let failure = Failure::from(TrackerError::Rejected {
+            code: "DATABASE_LOCKED".into(),
+            message: "Timed out after 30000ms waiting for write lock".into(),
+            hint: Some("Retry after the active writer finishes".into()),
+            retryable: false,
+        });
+        assert_eq!(
+            failure.to_string(),
+            "tracker: Timed out after 30000ms waiting for write lock\n  hint: Retry after the active writer finishes"
+        );
+        assert_eq!(failure.exit_code(), ExitCode::from(exit::FAILURE));
+        let missing = Failure::from(TrackerError::NotInstalled {
+            program: "br".into(),
+            hint: "install it".into(),
+        });
+        assert_eq!(
+            missing.to_string(),
+            "br is not installed\n  hint: install it"
+        );
+    }
+}

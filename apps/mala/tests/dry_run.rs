@@ -285,3 +285,55 @@ fn no_tracker_at_all_is_an_error_not_an_empty_queue() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_dead_runs_claims_are_taken_over_and_a_live_runs_are_not() {
+    let binary = require_tool!(Tool::Br);
+    let repo = TempRepo::new();
+    let br = Br::init(&binary, repo.path(), "r");
+    let make = |title: &str| {
+        br.create(&NewIssue {
+            title,
+            priority: 2,
+            ..NewIssue::default()
+        })
+    };
+    let (dead, live, unassigned) = (make("dead"), make("live"), make("unassigned"));
+    br.run(&["--actor", "mala:run-dead", "update", &dead, "--claim"]);
+    br.run(&["--actor", "mala:run-live", "update", &live, "--claim"]);
+    br.run(&["update", &unassigned, "--status", "in_progress"]);
+    // The live run's marker names a running process: this test.
+    let locks = repo.path().join(".locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let marker = serde_json::json!({
+        "run_id": "run-live",
+        "repo_path": repo.path(),
+        "started_at": "2026-11-24T00:00:00Z",
+        "pid": std::process::id(),
+        "max_agents": null,
+    });
+    std::fs::write(locks.join("run-run-live.marker"), marker.to_string()).unwrap();
+
+    let out = mala(repo.path(), Some(&binary), &["run", "--dry-run", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&report), vec![dead.clone()]);
+    assert_eq!(report["entries"][0]["takeover"], true);
+    assert_eq!(reason_of(&report, &live)["by"], "mala:run-live");
+    assert_eq!(reason_of(&report, &unassigned)["reason"], "claimed");
+
+    let out = mala(
+        repo.path(),
+        Some(&binary),
+        &["run", "--dry-run", "--json", "--resume"],
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut taken = ids(&report);
+    taken.sort();
+    let mut expected = vec![dead, unassigned];
+    expected.sort();
+    assert_eq!(
+        taken, expected,
+        "--resume also takes unassigned work in progress"
+    );
+}

@@ -23,13 +23,13 @@ use mala_testkit::synthetic_tracker;
 
 fn figures(mut samples: Vec<Duration>) -> String {
     samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    let at = |percent: usize| samples[(samples.len() - 1) * percent / 100];
     format!(
         "min {:.2} ms, median {:.2} ms, p95 {:.2} ms, max {:.2} ms ({} runs)",
-        at(0.0).as_secs_f64() * 1e3,
-        at(0.5).as_secs_f64() * 1e3,
-        at(0.95).as_secs_f64() * 1e3,
-        at(1.0).as_secs_f64() * 1e3,
+        at(0).as_secs_f64() * 1e3,
+        at(50).as_secs_f64() * 1e3,
+        at(95).as_secs_f64() * 1e3,
+        at(100).as_secs_f64() * 1e3,
         samples.len()
     )
 }
@@ -39,7 +39,9 @@ fn ready(issues: usize) {
     let path = dir.path().join("issues.jsonl");
     std::fs::write(&path, synthetic_tracker("bench", issues, 42)).unwrap();
     let size = std::fs::metadata(&path).unwrap().len();
-    let types: Vec<String> = ["task", "bug", "feature", "chore"].map(String::from).to_vec();
+    let types: Vec<String> = ["task", "bug", "feature", "chore"]
+        .map(String::from)
+        .to_vec();
     let mut samples = Vec::new();
     let mut queued = 0;
     for _ in 0..31 {
@@ -64,8 +66,9 @@ fn ready(issues: usize) {
     }
     samples.remove(0); // warm-up
     println!(
-        "ready queue: {issues} issues ({:.1} MB issues.jsonl), {queued} queued: {}",
-        size as f64 / 1e6,
+        "ready queue: {issues} issues ({}.{} MB issues.jsonl), {queued} queued: {}",
+        size / 1_000_000,
+        size / 100_000 % 10,
         figures(samples)
     );
 }
@@ -85,13 +88,26 @@ async fn claims(binary: &Path, issues: usize, pairs: usize) {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path();
     br(binary, repo, &["init", "--prefix", "bench"]);
-    std::fs::write(repo.join(".beads/issues.jsonl"), synthetic_tracker("bench", issues, 42)).unwrap();
+    std::fs::write(
+        repo.join(".beads/issues.jsonl"),
+        synthetic_tracker("bench", issues, 42),
+    )
+    .unwrap();
     let start = Instant::now();
     br(binary, repo, &["sync", "--import-only"]);
-    println!("imported {issues} issues into br in {:.1} s", start.elapsed().as_secs_f64());
+    println!(
+        "imported {issues} issues into br in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
 
     let tracker = Arc::new(BrTracker::new(binary, repo, Arc::new(SystemClock)));
-    let ready: Vec<_> = tracker.ready().await.unwrap().into_iter().take(pairs).collect();
+    let ready: Vec<_> = tracker
+        .ready()
+        .await
+        .unwrap()
+        .into_iter()
+        .take(pairs)
+        .collect();
     assert_eq!(ready.len(), pairs, "not enough ready issues");
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -117,7 +133,11 @@ async fn claims(binary: &Path, issues: usize, pairs: usize) {
     let closed = graph
         .issues()
         .iter()
-        .filter(|i| i.assignee.as_deref().is_some_and(|a| a.starts_with("mala:bench-")))
+        .filter(|i| {
+            i.assignee
+                .as_deref()
+                .is_some_and(|a| a.starts_with("mala:bench-"))
+        })
         .count();
     println!(
         "{pairs} concurrent claim+close pairs on {issues} issues: {:.1} s wall, {failures} failures, {closed} issues claimed and closed",

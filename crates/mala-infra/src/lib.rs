@@ -11,7 +11,7 @@ mod run_marker;
 
 pub use beads::{
     BR_INSTALL_HINT, BrCli, BrTracker, JsonlTracker, NEEDS_FOLLOWUP, Tracker, WriteRetry,
-    normalize_label, parse_issues_jsonl, read_issues_jsonl,
+    commit_tracker_files, normalize_label, parse_issues_jsonl, read_issues_jsonl,
 };
 pub use clock::SystemClock;
 pub use run_marker::{RunMarker, is_run_alive};

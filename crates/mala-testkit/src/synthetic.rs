@@ -16,11 +16,12 @@ impl XorShift {
     }
 
     /// A number in `0..bound`.
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
+    fn below(&mut self, bound: usize) -> usize {
+        let bound = u64::try_from(bound).unwrap();
+        usize::try_from(self.next() % bound).unwrap()
     }
 
-    fn chance(&mut self, percent: u64) -> bool {
+    fn chance(&mut self, percent: usize) -> bool {
         self.below(100) < percent
     }
 }
@@ -77,7 +78,7 @@ pub fn synthetic_tracker(prefix: &str, issues: usize, seed: u64) -> String {
         let kind = if is_epic {
             "epic"
         } else {
-            ["task", "task", "task", "bug", "feature"][rng.below(5) as usize]
+            ["task", "task", "task", "bug", "feature"][rng.below(5)]
         };
         let mut row = format!(
             r#"{{"id":"{id}","title":"Benchmark issue {i}","description":"Lorem ipsum dolor sit amet, consectetur adipiscing elit.","acceptance_criteria":"- builds\n- tests pass","status":"{status}","priority":{},"issue_type":"{kind}","created_at":"{}","created_by":"bench","updated_at":"{}""#,
@@ -86,7 +87,11 @@ pub fn synthetic_tracker(prefix: &str, issues: usize, seed: u64) -> String {
             stamp(t + 5),
         );
         if status == "closed" {
-            let _ = write!(row, r#","closed_at":"{}","close_reason":"done""#, stamp(t + 6));
+            let _ = write!(
+                row,
+                r#","closed_at":"{}","close_reason":"done""#,
+                stamp(t + 6)
+            );
         }
         row.push_str(r#","compaction_level":0,"original_size":0"#);
         if rng.chance(30) {
@@ -94,11 +99,11 @@ pub fn synthetic_tracker(prefix: &str, issues: usize, seed: u64) -> String {
         }
         let mut deps = Vec::new();
         if !is_epic && rng.chance(60) {
-            deps.push((raw[rng.below(epics as u64) as usize].clone(), "parent-child"));
+            deps.push((raw[rng.below(epics)].clone(), "parent-child"));
         }
         if !is_epic && i > epics + 10 && rng.chance(20) {
-            let earlier = epics as u64 + rng.below((i - epics) as u64);
-            deps.push((raw[earlier as usize].clone(), "blocks"));
+            let earlier = epics + rng.below(i - epics);
+            deps.push((raw[earlier].clone(), "blocks"));
         }
         deps.sort();
         if !deps.is_empty() {
@@ -137,7 +142,12 @@ mod tests {
         assert_eq!(text, synthetic_tracker("b", 300, 7));
         let ids: Vec<String> = text
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_owned())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect();
         assert_eq!(ids, synthetic_ids("b", 300));
     }

@@ -2,6 +2,7 @@
 
 mod br_tracker;
 mod cli;
+mod commit;
 mod jsonl;
 mod store;
 mod writer;
@@ -15,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 pub use br_tracker::BrTracker;
 pub use cli::{BR_INSTALL_HINT, BrCli};
+pub use commit::commit_tracker_files;
 pub use jsonl::{parse_issues_jsonl, read_issues_jsonl};
 pub use store::JsonlTracker;
 pub use writer::WriteRetry;
