@@ -7,6 +7,7 @@
 //! they are built.
 
 mod config;
+mod guard;
 mod run_options;
 mod tracker;
 
@@ -21,6 +22,7 @@ pub use config::{
     RunEndTrigger, Settings, SettingsSource, SpanIndex, TrackerKind, Trigger, TriggerCommand,
     Triggers, UnknownWord, is_valid_command_name, load_preset, parse_config, preset_text, resolve,
 };
+pub use guard::{Decision, GuardContext, ToolCall, check_tool};
 pub use run_options::{Order, ParseScopeError, Scope};
 pub use tracker::{
     Blocker, Excluded, Exclusion, IssueGraph, QueueEntry, QueuePlan, QueueRequest, Readiness,

@@ -1,0 +1,901 @@
+//! What the guard refuses in a shell command: destructive git operations,
+//! dangerous shell patterns, and writes to files the agent does not hold.
+
+use std::path::{Component, Path, PathBuf};
+
+use super::GuardContext;
+use super::shell::{Arg, ENTER, Invocation, LEAVE, ParseFailure, Pipe, Script, parse_script};
+
+/// A refusal, worded for the agent: what is wrong and what to do instead.
+pub(crate) type Refusal = String;
+
+/// Shells whose `-c` argument is itself a command line.
+const SHELLS: &[&str] = &["bash", "sh", "zsh", "dash", "ksh", "ash"];
+/// Interpreters that run whatever arrives on stdin.
+const STDIN_RUNNERS: &[&str] = &[
+    "bash", "sh", "zsh", "dash", "ksh", "ash", "python", "python3", "perl", "ruby", "node",
+];
+/// Programs that only run another command (after their own options).
+const WRAPPERS: &[&str] = &[
+    "time", "nice", "nohup", "command", "builtin", "exec", "stdbuf", "ionice",
+];
+/// Where writes outside the repository are harmless to other agents.
+const SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
+const HARMLESS_DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/stdout",
+    "/dev/stderr",
+    "/dev/tty",
+    "/dev/zero",
+];
+
+/// Decides a shell command.
+pub(crate) fn check_command(command: &str, ctx: &GuardContext<'_>) -> Result<(), Refusal> {
+    let squeezed: String = command.chars().filter(|c| !c.is_whitespace()).collect();
+    if squeezed.contains(":(){:|:&};:") {
+        return Err(
+            "refused: this is a fork bomb; it would exhaust the machine for every agent".to_owned(),
+        );
+    }
+    let script = parse(command)?;
+    let mut walker = Walker {
+        ctx,
+        cwd: vec![ctx.cwd.to_path_buf()],
+        adds_in_line: script_adds(&script),
+    };
+    walker.script(&script, 0)
+}
+
+/// Decides a structured edit of one file.
+pub(crate) fn check_edit(tool: &str, path: &str, ctx: &GuardContext<'_>) -> Result<(), Refusal> {
+    let walker = Walker {
+        ctx,
+        cwd: vec![ctx.cwd.to_path_buf()],
+        adds_in_line: false,
+    };
+    walker.literal_write(path, tool)
+}
+
+fn parse(command: &str) -> Result<Script, Refusal> {
+    parse_script(command).map_err(|ParseFailure(why)| {
+        format!(
+            "refused: mala could not read this command with confidence: {why}. \
+             Run it as simpler commands, one at a time"
+        )
+    })
+}
+
+/// Whether the line runs `git add` anywhere (a commit after it is then of added paths).
+fn script_adds(script: &Script) -> bool {
+    script.invocations().any(|i| {
+        let words: Vec<&str> = i.words.iter().filter_map(Arg::literal).collect();
+        matches!(git_subcommand(&words), Some(("add", _)))
+    })
+}
+
+/// `git [global options] SUB ARGS` → (SUB, ARGS).
+fn git_subcommand<'w>(words: &'w [&'w str]) -> Option<(&'w str, &'w [&'w str])> {
+    if words.first().map(|w| basename(w)) != Some("git") {
+        return None;
+    }
+    let mut i = 1;
+    while i < words.len() {
+        let word = words[i];
+        if matches!(
+            word,
+            "-C" | "-c" | "--git-dir" | "--work-tree" | "--namespace"
+        ) {
+            i += 2;
+        } else if word.starts_with('-') {
+            i += 1;
+        } else {
+            return Some((word, &words[i + 1..]));
+        }
+    }
+    None
+}
+
+fn basename(word: &str) -> &str {
+    word.rsplit('/').next().unwrap_or(word)
+}
+
+/// Lexical normalisation: `.` and `..` resolved without touching the disk.
+pub(crate) fn normalize(base: &Path, path: &str) -> PathBuf {
+    let joined = if Path::new(path).is_absolute() {
+        PathBuf::from(path)
+    } else {
+        base.join(path)
+    };
+    let mut out = PathBuf::new();
+    for component in joined.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn has_glob(path: &str) -> bool {
+    path.contains(['*', '?', '[', '{'])
+}
+
+struct Walker<'c> {
+    ctx: &'c GuardContext<'c>,
+    /// The working directory, innermost subshell last.
+    cwd: Vec<PathBuf>,
+    adds_in_line: bool,
+}
+
+impl Walker<'_> {
+    fn cwd(&self) -> &Path {
+        self.cwd.last().map_or(self.ctx.cwd, PathBuf::as_path)
+    }
+
+    fn script(&mut self, script: &Script, depth: usize) -> Result<(), Refusal> {
+        for pipe in &script.pipes {
+            check_download_to_shell(pipe)?;
+            for stage in &pipe.stages {
+                self.invocation(stage, depth)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn invocation(&mut self, invocation: &Invocation, depth: usize) -> Result<(), Refusal> {
+        for redirect in &invocation.writes {
+            self.write_target(&redirect.target, "this redirection")?;
+        }
+        self.words(&invocation.words, depth)
+    }
+
+    /// A path the command writes: it must be literal, and inside the
+    /// repository it must be locked by this agent.
+    fn write_target(&self, target: &Arg, what: &str) -> Result<(), Refusal> {
+        let Arg::Literal(path) = target else {
+            return Err(format!(
+                "refused: mala cannot tell which file `{}` is, so it cannot check that you hold its lock. \
+                 Write to a literal path you have locked",
+                target.raw()
+            ));
+        };
+        self.literal_write(path, what)
+    }
+
+    fn literal_write(&self, path: &str, what: &str) -> Result<(), Refusal> {
+        if HARMLESS_DEVICES.contains(&path)
+            || path.starts_with("/dev/fd/")
+            || path.starts_with("/proc/self/fd/")
+        {
+            return Ok(());
+        }
+        if path.starts_with("/dev/") {
+            return Err(format!(
+                "refused: {what} writes to the device {path}, which can destroy the machine's disks"
+            ));
+        }
+        if has_glob(path) {
+            return Err(format!(
+                "refused: `{path}` is a pattern and may match files other agents hold. Name each file, and lock it first"
+            ));
+        }
+        let absolute = normalize(self.cwd(), path);
+        let root = self.ctx.repo_root;
+        if !absolute.starts_with(root) {
+            if root.starts_with(&absolute) {
+                return Err(format!(
+                    "refused: {what} would change {}, which contains the whole repository",
+                    absolute.display()
+                ));
+            }
+            if SCRATCH.iter().any(|dir| absolute.starts_with(dir)) {
+                return Ok(());
+            }
+            return Err(format!(
+                "refused: {what} writes {} outside the repository. Write scratch files under /tmp instead",
+                absolute.display()
+            ));
+        }
+        let relative = absolute.strip_prefix(root).unwrap_or(&absolute);
+        if relative.starts_with(".git") {
+            return Err(format!(
+                "refused: {what} writes inside .git ({}); git's own commands (and mala's commit tool) keep it consistent",
+                relative.display()
+            ));
+        }
+        if relative.as_os_str().is_empty() {
+            return Err(format!(
+                "refused: {what} would change the repository root itself"
+            ));
+        }
+        if self.ctx.holds(&absolute) {
+            return Ok(());
+        }
+        Err(format!(
+            "refused: {what} writes {}, which you have not locked. Call lock_acquire with that path first \
+             (another agent may be editing it)",
+            relative.display()
+        ))
+    }
+
+    fn words(&mut self, words: &[Arg], depth: usize) -> Result<(), Refusal> {
+        let Some(first) = words.first() else {
+            return Ok(());
+        };
+        let Some(name) = first.literal() else {
+            return Err(format!(
+                "refused: the command name `{}` is only known when it runs, so mala cannot check it. Name the program literally",
+                first.raw()
+            ));
+        };
+        let args = &words[1..];
+        match basename(name) {
+            "cd" | "pushd" => {
+                self.change_dir(args);
+                Ok(())
+            }
+            ENTER => {
+                let current = self.cwd().to_path_buf();
+                self.cwd.push(current);
+                Ok(())
+            }
+            LEAVE | "popd" => {
+                if self.cwd.len() > 1 {
+                    self.cwd.pop();
+                }
+                Ok(())
+            }
+            "sudo" | "doas" | "su" => Err(
+                "refused: agents do not run commands as another user. Run the command itself, as you".to_owned(),
+            ),
+            "env" => self.words(skip_env(args), depth),
+            "timeout" => self.words(skip_timeout(args), depth),
+            wrapper if WRAPPERS.contains(&wrapper) => self.words(skip_options(args), depth),
+            "xargs" => self.xargs(args, depth),
+            shell if SHELLS.contains(&shell) => self.shell(args, depth),
+            "eval" => self.nested(args, depth, "eval"),
+            "git" => self.git(words),
+            "rm" | "rmdir" | "unlink" | "shred" => self.remove(name, args),
+            "touch" | "truncate" => self.each_operand(args, &["-d", "-r", "-t", "-s", "--reference", "--size"], name),
+            "chmod" | "chown" | "chgrp" => self.permissions(name, args),
+            "mv" => self.each_operand(args, &["-t", "--target-directory", "-S", "--suffix"], "mv"),
+            "cp" | "install" | "ln" => self.copy(name, args),
+            "tee" => self.each_operand(args, &[], "tee"),
+            "sed" => self.in_place(args, "sed"),
+            "perl" => self.in_place(args, "perl"),
+            "dd" => self.dd(args),
+            "find" => self.find(args, depth),
+            "patch" => refuse_unless(args, &["--dry-run", "-C", "--check"], "patch changes files named inside the patch"),
+            "curl" | "wget" => self.download(name, args),
+            "kill" if args.iter().any(|a| a.raw() == "-1") => {
+                Err("refused: `kill -1` signals every process you own, including other agents. Kill the pid you started".to_owned())
+            }
+            "killall" | "pkill" => Err(format!(
+                "refused: {name} matches processes by name and can stop other agents' work. Kill the pid of the process you started"
+            )),
+            "shutdown" | "reboot" | "halt" | "poweroff" | "init" => {
+                Err(format!("refused: {name} would stop the machine every agent runs on"))
+            }
+            mkfs if mkfs.starts_with("mkfs") => Err(format!(
+                "refused: {mkfs} formats a disk and destroys everything on it; agents never need it"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn change_dir(&mut self, args: &[Arg]) {
+        let target = args.iter().find(|a| !a.raw().starts_with('-'));
+        let next = match target.and_then(Arg::literal) {
+            Some(dir) => normalize(self.cwd(), dir),
+            // `cd` alone or to a computed place: somewhere mala cannot see.
+            None => PathBuf::from("/nonexistent/unknown-directory"),
+        };
+        if let Some(last) = self.cwd.last_mut() {
+            *last = next;
+        }
+    }
+
+    fn nested(&mut self, args: &[Arg], depth: usize, via: &str) -> Result<(), Refusal> {
+        if depth > 8 {
+            return Err(format!("refused: {via} nests commands too deeply to check"));
+        }
+        let mut text = String::new();
+        for arg in args {
+            let Some(part) = arg.literal() else {
+                return Err(format!(
+                    "refused: the command given to {via} is only known when it runs (`{}`), so mala cannot check it",
+                    arg.raw()
+                ));
+            };
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            text.push_str(part);
+        }
+        let script = parse(&text)?;
+        let adds = self.adds_in_line || script_adds(&script);
+        let saved = std::mem::replace(&mut self.adds_in_line, adds);
+        let current = self.cwd().to_path_buf();
+        self.cwd.push(current);
+        let result = self.script(&script, depth + 1);
+        self.cwd.pop();
+        self.adds_in_line = saved;
+        result
+    }
+
+    fn shell(&mut self, args: &[Arg], depth: usize) -> Result<(), Refusal> {
+        let mut i = 0;
+        while i < args.len() {
+            let raw = args[i].raw();
+            if raw == "-c" || (raw.starts_with('-') && !raw.starts_with("--") && raw.contains('c'))
+            {
+                return match args.get(i + 1) {
+                    Some(script) => self.nested(std::slice::from_ref(script), depth, "the shell"),
+                    None => Ok(()),
+                };
+            }
+            if !raw.starts_with('-') {
+                // A script file: mala checks commands, not programs.
+                return Ok(());
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    fn xargs(&mut self, args: &[Arg], depth: usize) -> Result<(), Refusal> {
+        let with_values = ["-n", "-L", "-P", "-s", "-I", "-d", "-E", "-a"];
+        let rest = skip_options_with(args, &with_values);
+        if rest.is_empty() {
+            return Ok(());
+        }
+        // The arguments come from input: dynamic.
+        let mut command = rest.to_vec();
+        command.push(Arg::Dynamic("<input of xargs>".to_owned()));
+        self.words(&command, depth)
+    }
+
+    fn remove(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
+        let recursive = args.iter().any(|a| {
+            let raw = a.raw();
+            raw == "--recursive"
+                || (raw.starts_with('-') && !raw.starts_with("--") && raw.contains(['r', 'R']))
+        });
+        for arg in operands(args, &[]) {
+            let raw = arg.raw();
+            let home = raw == "~"
+                || raw.starts_with("~/")
+                || raw.contains("$HOME")
+                || raw.contains("${HOME}");
+            if raw == "/" || raw == "/*" || home {
+                return Err(format!(
+                    "refused: `{name} {raw}` would delete {} for every agent and user on this machine",
+                    if home {
+                        "your home directory"
+                    } else {
+                        "the whole filesystem"
+                    }
+                ));
+            }
+            if recursive && raw == "*" {
+                return Err(
+                    "refused: a recursive delete of `*` removes everything here, including other agents' files. Delete the files you hold, by name"
+                        .to_owned(),
+                );
+            }
+            self.write_target(arg, name)?;
+        }
+        Ok(())
+    }
+
+    fn permissions(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
+        let operands = operands(args, &["--reference"]);
+        for arg in operands.iter().skip(1) {
+            if arg.raw() == "/" {
+                return Err(format!(
+                    "refused: `{name}` on / changes the whole filesystem"
+                ));
+            }
+            self.write_target(arg, name)?;
+        }
+        Ok(())
+    }
+
+    fn each_operand(&self, args: &[Arg], with_values: &[&str], name: &str) -> Result<(), Refusal> {
+        let mut target_dir = None;
+        let mut i = 0;
+        while i < args.len() {
+            let raw = args[i].raw();
+            if matches!(raw, "-t" | "--target-directory") {
+                target_dir = args.get(i + 1);
+            }
+            i += 1;
+        }
+        if let Some(dir) = target_dir {
+            self.write_target(dir, name)?;
+        }
+        for arg in operands(args, with_values) {
+            self.write_target(arg, name)?;
+        }
+        Ok(())
+    }
+
+    fn copy(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
+        let with_values = [
+            "-t",
+            "--target-directory",
+            "-S",
+            "--suffix",
+            "-m",
+            "--mode",
+            "-o",
+            "-g",
+        ];
+        if let Some(i) = args
+            .iter()
+            .position(|a| matches!(a.raw(), "-t" | "--target-directory"))
+        {
+            let Some(dir) = args.get(i + 1) else {
+                return Ok(());
+            };
+            let Some(dir) = dir.literal() else {
+                return self.write_target(dir, name);
+            };
+            for source in operands(args, &with_values) {
+                let file = source
+                    .literal()
+                    .map(|s| basename(s).to_owned())
+                    .unwrap_or_default();
+                self.literal_write(&format!("{dir}/{file}"), name)?;
+            }
+            return Ok(());
+        }
+        let operands = operands(args, &with_values);
+        let Some((dest, sources)) = operands.split_last() else {
+            return Ok(());
+        };
+        match dest.literal() {
+            Some(dir) if dir.ends_with('/') => {
+                for source in sources {
+                    let Some(source) = source.literal() else {
+                        return self.write_target(source, name);
+                    };
+                    self.literal_write(&format!("{dir}{}", basename(source)), name)?;
+                }
+                Ok(())
+            }
+            _ => self.write_target(dest, name),
+        }
+    }
+
+    fn in_place(&self, args: &[Arg], name: &str) -> Result<(), Refusal> {
+        let in_place = args.iter().any(|a| {
+            let raw = a.raw();
+            raw.starts_with("--in-place")
+                || (raw.starts_with('-') && !raw.starts_with("--") && raw.contains('i'))
+        });
+        if !in_place {
+            return Ok(());
+        }
+        // The script is the first operand unless given with -e / -f.
+        let scripted = args
+            .iter()
+            .any(|a| matches!(a.raw(), "-e" | "-f" | "--expression" | "--file"))
+            || args.iter().any(|a| {
+                let raw = a.raw();
+                raw.starts_with('-')
+                    && !raw.starts_with("--")
+                    && raw.ends_with('e')
+                    && name == "perl"
+            });
+        let with_values = ["-e", "-f", "--expression", "--file", "-l"];
+        let mut operands = operands(args, &with_values);
+        if !scripted && !operands.is_empty() {
+            operands.remove(0);
+        }
+        if operands.is_empty() {
+            return Ok(());
+        }
+        for file in operands {
+            self.write_target(file, &format!("{name} -i"))?;
+        }
+        Ok(())
+    }
+
+    fn dd(&self, args: &[Arg]) -> Result<(), Refusal> {
+        for arg in args {
+            if let Some(path) = arg.raw().strip_prefix("of=") {
+                match arg.literal() {
+                    Some(_) => self.literal_write(path, "dd")?,
+                    None => return self.write_target(arg, "dd"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn find(&mut self, args: &[Arg], depth: usize) -> Result<(), Refusal> {
+        let mut i = 0;
+        while i < args.len() {
+            let raw = args[i].raw();
+            if raw == "-delete" {
+                return Err(
+                    "refused: `find -delete` removes files mala cannot name in advance. Find them first, then `rm` the ones you hold"
+                        .to_owned(),
+                );
+            }
+            if matches!(raw, "-exec" | "-execdir" | "-ok" | "-okdir") {
+                let end = args[i + 1..]
+                    .iter()
+                    .position(|a| matches!(a.raw(), ";" | "+"))
+                    .map_or(args.len(), |p| i + 1 + p);
+                let command: Vec<Arg> = args[i + 1..end]
+                    .iter()
+                    .map(|a| {
+                        if a.raw() == "{}" {
+                            Arg::Dynamic("{}".to_owned())
+                        } else {
+                            a.clone()
+                        }
+                    })
+                    .collect();
+                self.words(&command, depth + 1)?;
+                i = end;
+            }
+            if matches!(raw, "-fprint" | "-fprint0" | "-fprintf" | "-fls")
+                && let Some(target) = args.get(i + 1)
+            {
+                self.write_target(target, "find")?;
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    fn download(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
+        for (i, arg) in args.iter().enumerate() {
+            let raw = arg.raw();
+            if matches!(raw, "-o" | "--output" | "-O" | "--output-document")
+                && !(name == "curl" && raw == "-O")
+                && let Some(target) = args.get(i + 1)
+            {
+                self.write_target(target, name)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn git(&self, words: &[Arg]) -> Result<(), Refusal> {
+        let literal: Vec<&str> = words.iter().map(Arg::raw).collect();
+        let Some((sub, rest)) = git_subcommand(&literal) else {
+            return Ok(());
+        };
+        // `git -C dir …` resolves its paths from dir.
+        let base = literal
+            .windows(2)
+            .take_while(|w| w[0] != sub)
+            .find(|w| w[0] == "-C")
+            .map_or_else(|| self.cwd().to_path_buf(), |w| normalize(self.cwd(), w[1]));
+        let short = |flag: char| {
+            rest.iter()
+                .any(|a| a.starts_with('-') && !a.starts_with("--") && a.contains(flag))
+        };
+        let long = |flag: &str| {
+            rest.iter()
+                .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+        };
+        match sub {
+            "reset" => Err(
+                "refused: git reset rewrites the index or working tree that every agent shares. \
+                 To undo a change of yours, edit the file back; to leave a file out of your commit, \
+                 name only your paths: git commit -m '…' -- <paths>"
+                    .to_owned(),
+            ),
+            "checkout" | "switch" => Err(
+                "refused: git checkout/switch changes the files of the shared checkout under other agents' feet. \
+                 Stay on the current branch; to restore a file you hold, edit it back \
+                 (or `git show HEAD:<path> > <path>` with the path locked)"
+                    .to_owned(),
+            ),
+            "restore" => Err(
+                "refused: git restore overwrites files or the index that other agents share. \
+                 To undo your own change, edit the file back (with its lock held)"
+                    .to_owned(),
+            ),
+            "clean" if short('f') || long("--force") => Err(
+                "refused: git clean deletes untracked files, including other agents' new files. \
+                 Remove files you created with `rm <path>` (locked), or preview with `git clean -n`"
+                    .to_owned(),
+            ),
+            "stash" if !matches!(rest.first().copied(), Some("list" | "show")) => Err(
+                "refused: git stash takes every agent's uncommitted changes away. Commit your own paths instead"
+                    .to_owned(),
+            ),
+            "rebase" | "filter-branch" | "filter-repo" => Err(format!(
+                "refused: git {sub} rewrites history other agents build on. Make a new commit instead"
+            )),
+            "merge" | "cherry-pick" | "revert" if long("--abort") => Err(format!(
+                "refused: git {sub} --abort resets files other agents may be editing. Resolve the conflict in the files you hold, or stop and report it"
+            )),
+            "branch" if short('D') || (short('d') && (short('f') || long("--force"))) || long("--delete") && long("--force") => Err(
+                "refused: force-deleting a branch loses its commits. Leave branches alone; mala does not need them removed".to_owned(),
+            ),
+            "worktree" if rest.first() == Some(&"remove") => Err(
+                "refused: git worktree remove deletes a working tree that may hold uncommitted work".to_owned(),
+            ),
+            "submodule" if rest.first() == Some(&"deinit") && (short('f') || long("--force")) => Err(
+                "refused: git submodule deinit --force discards submodule changes".to_owned(),
+            ),
+            "push" if (short('f') || long("--force") || rest.iter().any(|a| a.starts_with('+')))
+                && !long("--force-with-lease") => Err(
+                "refused: a force push overwrites history on the remote. Use --force-with-lease if you must, or do not push: mala does not need it"
+                    .to_owned(),
+            ),
+            "apply" | "am" if !(long("--check") || long("--stat") || long("--numstat")) => Err(format!(
+                "refused: git {sub} changes files named inside the patch, which mala cannot check against your locks. Edit the files you hold instead"
+            )),
+            "add" => self.git_add(rest, &base),
+            "commit" => self.git_commit(rest, &base),
+            "rm" | "mv" => {
+                for path in git_paths(rest, &[]) {
+                    self.git_path(path, &base, &format!("git {sub}"))?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn git_path(&self, path: &str, base: &Path, what: &str) -> Result<(), Refusal> {
+        let absolute = normalize(base, path);
+        self.literal_write(&absolute.to_string_lossy(), what)
+    }
+
+    fn git_add(&self, rest: &[&str], base: &Path) -> Result<(), Refusal> {
+        const HINT: &str = "Stage only the files you hold, by name (`git add <path> && git commit -m 'bd-<id>: …' -- <path>`), or use mala's commit tool";
+        for arg in rest {
+            if matches!(
+                *arg,
+                "-A" | "--all" | "-u" | "--update" | "--no-ignore-removal"
+            ) {
+                return Err(format!(
+                    "refused: `git add {arg}` stages other agents' changes too. {HINT}"
+                ));
+            }
+            if matches!(
+                *arg,
+                "-p" | "--patch" | "-i" | "--interactive" | "-e" | "--edit"
+            ) {
+                return Err(format!(
+                    "refused: `git add {arg}` waits for keyboard input that never comes. {HINT}"
+                ));
+            }
+        }
+        let paths = git_paths(rest, &["--chmod", "--pathspec-from-file"]);
+        if rest.iter().any(|a| a.starts_with("--pathspec-from-file")) {
+            return Err(format!(
+                "refused: mala cannot check paths read from a file. {HINT}"
+            ));
+        }
+        if paths.is_empty() {
+            return Ok(());
+        }
+        for path in paths {
+            if matches!(path, "." | ".." | ":/" | "*")
+                || path.ends_with('/')
+                || has_glob(path)
+                || path.starts_with(':')
+            {
+                return Err(format!(
+                    "refused: `git add {path}` stages a whole directory or pattern, including other agents' files. {HINT}"
+                ));
+            }
+            self.git_path(path, base, "git add")?;
+        }
+        Ok(())
+    }
+
+    fn git_commit(&self, rest: &[&str], base: &Path) -> Result<(), Refusal> {
+        const HINT: &str = "Commit only the files you hold: `git commit -m 'bd-<id>: …' -- <paths>`, or use mala's commit tool";
+        for arg in rest {
+            let bundled_all = arg.starts_with('-')
+                && !arg.starts_with("--")
+                && arg[1..].chars().take_while(|c| *c != 'm').any(|c| c == 'a');
+            if *arg == "--all" || *arg == "-a" || bundled_all {
+                return Err(format!(
+                    "refused: `git commit -a` commits other agents' changes too. {HINT}"
+                ));
+            }
+            if *arg == "--amend" {
+                return Err("refused: git commit --amend rewrites a commit other agents may build on. Make a new commit".to_owned());
+            }
+            if matches!(*arg, "--interactive" | "-p" | "--patch") {
+                return Err(format!(
+                    "refused: an interactive commit waits for keyboard input. {HINT}"
+                ));
+            }
+        }
+        let with_values = [
+            "-m",
+            "--message",
+            "-F",
+            "--file",
+            "-C",
+            "-c",
+            "--author",
+            "--date",
+            "-t",
+            "--template",
+            "--fixup",
+            "--squash",
+            "--cleanup",
+            "-S",
+        ];
+        let paths = git_paths(rest, &with_values);
+        for path in &paths {
+            if matches!(*path, "." | ":/" | "*") || path.ends_with('/') || has_glob(path) {
+                return Err(format!(
+                    "refused: `git commit {path}` commits a whole directory or pattern. {HINT}"
+                ));
+            }
+            self.git_path(path, base, "git commit")?;
+        }
+        if paths.is_empty() && !self.adds_in_line {
+            return Err(format!(
+                "refused: a bare `git commit` commits whatever is staged, which may include other agents' files. {HINT}"
+            ));
+        }
+        if let Some(staged) = self.ctx.staged {
+            let foreign: Vec<String> = staged
+                .iter()
+                .filter(|p| !self.ctx.holds(p))
+                .map(|p| {
+                    p.strip_prefix(self.ctx.repo_root)
+                        .unwrap_or(p)
+                        .display()
+                        .to_string()
+                })
+                .collect();
+            if paths.is_empty() && !foreign.is_empty() {
+                return Err(format!(
+                    "refused: files you do not hold are staged ({}); a plain commit would take them. {HINT}",
+                    foreign.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The non-option arguments of a git subcommand (everything after `--` counts).
+fn git_paths<'a>(rest: &[&'a str], with_values: &[&str]) -> Vec<&'a str> {
+    let mut paths = Vec::new();
+    let mut i = 0;
+    while i < rest.len() {
+        let arg = rest[i];
+        if arg == "--" {
+            paths.extend_from_slice(&rest[i + 1..]);
+            break;
+        }
+        if with_values.contains(&arg) {
+            i += 2;
+            continue;
+        }
+        if !arg.starts_with('-') {
+            paths.push(arg);
+        }
+        i += 1;
+    }
+    paths
+}
+
+/// Operands of a command: words that are not options (and not option values).
+fn operands<'a>(args: &'a [Arg], with_values: &[&str]) -> Vec<&'a Arg> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut only_operands = false;
+    while i < args.len() {
+        let raw = args[i].raw();
+        if !only_operands && raw == "--" {
+            only_operands = true;
+        } else if !only_operands && with_values.contains(&raw) {
+            i += 1;
+        } else if only_operands || !raw.starts_with('-') || raw == "-" {
+            out.push(&args[i]);
+        }
+        i += 1;
+    }
+    out
+}
+
+fn skip_options(args: &[Arg]) -> &[Arg] {
+    let start = args
+        .iter()
+        .position(|a| !a.raw().starts_with('-'))
+        .unwrap_or(args.len());
+    &args[start..]
+}
+
+fn skip_options_with<'a>(args: &'a [Arg], with_values: &[&str]) -> &'a [Arg] {
+    let mut i = 0;
+    while i < args.len() {
+        let raw = args[i].raw();
+        if with_values.contains(&raw) {
+            i += 2;
+        } else if raw.starts_with('-') {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    &args[i.min(args.len())..]
+}
+
+/// `env [-i] [-u NAME] [NAME=value]… COMMAND…` → COMMAND…
+fn skip_env(args: &[Arg]) -> &[Arg] {
+    let mut i = 0;
+    while i < args.len() {
+        let raw = args[i].raw();
+        if matches!(raw, "-u" | "--unset" | "-C" | "--chdir" | "-S") {
+            i += 2;
+        } else if raw.starts_with('-') || raw.contains('=') {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    &args[i.min(args.len())..]
+}
+
+/// `timeout [options] DURATION COMMAND…` → COMMAND…
+fn skip_timeout(args: &[Arg]) -> &[Arg] {
+    let rest = skip_options_with(args, &["-s", "--signal", "-k", "--kill-after"]);
+    rest.get(1..).unwrap_or(&[])
+}
+
+fn refuse_unless(args: &[Arg], safe: &[&str], why: &str) -> Result<(), Refusal> {
+    if args.iter().any(|a| safe.contains(&a.raw())) {
+        return Ok(());
+    }
+    Err(format!(
+        "refused: {why}, which mala cannot check against your locks. Edit the files you hold instead"
+    ))
+}
+
+/// `curl … | sh` and friends.
+fn check_download_to_shell(pipe: &Pipe) -> Result<(), Refusal> {
+    let name = |stage: &Invocation| {
+        let words: Vec<&str> = stage.words.iter().map(Arg::raw).collect();
+        let mut rest: &[&str] = &words;
+        while let Some(first) = rest.first() {
+            let base = basename(first);
+            if base == "sudo" || base == "env" || WRAPPERS.contains(&base) {
+                rest = &rest[1..];
+                while rest
+                    .first()
+                    .is_some_and(|w| w.starts_with('-') || w.contains('='))
+                {
+                    rest = &rest[1..];
+                }
+            } else {
+                return (base.to_owned(), rest.len() > 1 && !rest[1].starts_with('-'));
+            }
+        }
+        (String::new(), false)
+    };
+    let mut downloaded = false;
+    for stage in &pipe.stages {
+        let (program, has_script_file) = name(stage);
+        if matches!(program.as_str(), "curl" | "wget") {
+            downloaded = true;
+        } else if downloaded && STDIN_RUNNERS.contains(&program.as_str()) && !has_script_file {
+            return Err(format!(
+                "refused: piping a download into {program} runs code nobody has read. Download it to a file, read it, then run it"
+            ));
+        }
+    }
+    Ok(())
+}
