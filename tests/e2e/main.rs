@@ -7,4 +7,5 @@ mod br_harness;
 mod br_tracker;
 mod claude_harness;
 mod forgotten_files;
+mod locks;
 mod ready_parity;

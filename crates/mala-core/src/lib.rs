@@ -2,13 +2,14 @@
 //!
 //! This crate performs no I/O. It names things (issues, agents, events) and
 //! declares the traits through which the pipeline reaches the outside world:
-//! the issue tracker, the agent backend, the reviewer, the event sink and the
-//! clock. With the `mocks` feature every trait also gets a mockall mock.
+//! the issue tracker, the lock table, the agent backend, the reviewer, the
+//! event sink and the clock. With the `mocks` feature every trait also gets a mockall mock.
 
 mod agent;
 mod error;
 mod event;
 mod issue;
+mod locks;
 mod ports;
 
 pub use agent::{
@@ -20,13 +21,14 @@ pub use issue::{
     ClaimOutcome, Dependency, DependencyKind, EpicStatus, Issue, IssueId, IssueStatus, IssueType,
     IssueUpdate, NewIssue, ParsePriorityError, Priority,
 };
+pub use locks::{AcquireReport, LockError, LockEvent, LockInfo, PathLock, WaitReport};
 pub use ports::{
-    AgentBackend, AgentObserver, AgentSession, Clock, EventSink, Finding, IssueTracker,
+    AgentBackend, AgentObserver, AgentSession, Clock, EventSink, Finding, IssueTracker, LockTable,
     ReviewRequest, ReviewVerdict, Reviewer,
 };
 
 #[cfg(feature = "mocks")]
 pub use ports::{
     MockAgentBackend, MockAgentObserver, MockAgentSession, MockClock, MockEventSink,
-    MockIssueTracker, MockReviewer,
+    MockIssueTracker, MockLockTable, MockReviewer,
 };

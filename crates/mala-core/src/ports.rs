@@ -3,6 +3,7 @@
 //! Adapters live in `mala-infra`; fakes in `mala-testkit`; mocks are generated
 //! here with the `mocks` feature.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +12,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AgentError, AgentEvent, ClaimOutcome, DependencyKind, EpicStatus, Event, Issue, IssueId,
-    IssueUpdate, NewIssue, ReviewError, SessionId, SessionRequest, TrackerError, TurnOutcome,
+    AcquireReport, AgentError, AgentEvent, AgentId, ClaimOutcome, DependencyKind, EpicStatus,
+    Event, Issue, IssueId, IssueUpdate, LockError, NewIssue, ReviewError, SessionId,
+    SessionRequest, TrackerError, TurnOutcome, WaitReport,
 };
 
 /// The issue tracker (br, or the embedded JSONL store).
@@ -57,6 +59,29 @@ pub trait IssueTracker: Send + Sync {
     async fn parent_epic(&self, id: &IssueId) -> Result<Option<IssueId>, TrackerError>;
     /// Writes pending changes to the tracker's files so they can be committed.
     async fn flush(&self) -> Result<(), TrackerError>;
+}
+
+/// The file locks agents take before they edit (the `lock_*` tools).
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait LockTable: Send + Sync {
+    /// Tries every path. With a non-zero timeout, waits until at least one
+    /// path it was blocked on is acquired, or the time runs out.
+    async fn acquire(
+        &self,
+        agent: &AgentId,
+        paths: &[String],
+        timeout: Duration,
+    ) -> Result<AcquireReport, LockError>;
+    /// Releases the paths this agent holds; returns the ones it released.
+    async fn release(&self, agent: &AgentId, paths: &[String]) -> Result<Vec<String>, LockError>;
+    /// Releases everything this agent holds; returns the keys released.
+    async fn release_all(&self, agent: &AgentId) -> Result<Vec<String>, LockError>;
+    /// Acquires nothing: says which of the paths other agents hold, so the
+    /// caller can park the agent until they are free.
+    async fn wait(&self, agent: &AgentId, paths: &[String]) -> Result<WaitReport, LockError>;
+    /// The canonical paths this agent holds.
+    fn held_by(&self, agent: &AgentId) -> Vec<PathBuf>;
 }
 
 /// Receives what an agent does while a turn runs.

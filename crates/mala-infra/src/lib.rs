@@ -7,6 +7,7 @@
 
 mod beads;
 mod clock;
+mod locks;
 mod run_marker;
 
 pub use beads::{
@@ -14,4 +15,7 @@ pub use beads::{
     commit_tracker_files, normalize_label, parse_issues_jsonl, read_issues_jsonl,
 };
 pub use clock::SystemClock;
+pub use locks::{
+    FileLockTable, canonical_path, list_locks, lock_file_stem, paths_held_in, remove_lock,
+};
 pub use run_marker::{RunMarker, is_run_alive};
