@@ -6,6 +6,7 @@ mod beads_jsonl;
 mod br_harness;
 mod br_tracker;
 mod claude_harness;
+mod deadlock_props;
 mod forgotten_files;
 mod locks;
 mod ready_parity;

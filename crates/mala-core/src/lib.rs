@@ -21,7 +21,7 @@ pub use issue::{
     ClaimOutcome, Dependency, DependencyKind, EpicStatus, Issue, IssueId, IssueStatus, IssueType,
     IssueUpdate, NewIssue, ParsePriorityError, Priority,
 };
-pub use locks::{AcquireReport, LockError, LockEvent, LockInfo, PathLock, WaitReport};
+pub use locks::{AcquireReport, LockError, LockEvent, LockInfo, PathLock, WaitReport, WaitTarget};
 pub use ports::{
     AgentBackend, AgentObserver, AgentSession, Clock, EventSink, Finding, IssueTracker, LockTable,
     ReviewRequest, ReviewVerdict, Reviewer,

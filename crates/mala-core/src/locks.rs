@@ -43,13 +43,8 @@ pub enum LockEvent {
         key: String,
         path: PathBuf,
     },
-    /// `agent` waits for `key`, held by `holder`.
-    Waiting {
-        agent: AgentId,
-        key: String,
-        path: PathBuf,
-        holder: AgentId,
-    },
+    /// `agent` waits for any one of `on` (all of them held by others).
+    Waiting { agent: AgentId, on: Vec<WaitTarget> },
     /// The agent stopped waiting (it got a lock, timed out or gave up).
     StoppedWaiting { agent: AgentId },
     Released {
@@ -57,6 +52,14 @@ pub enum LockEvent {
         key: String,
         path: PathBuf,
     },
+}
+
+/// A lock an agent waits for, and who holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitTarget {
+    pub key: String,
+    pub path: PathBuf,
+    pub holder: AgentId,
 }
 
 /// One lock as `mala status` shows it.

@@ -7,6 +7,7 @@
 //! they are built.
 
 mod config;
+mod deadlock;
 mod guard;
 mod run_options;
 mod tracker;
@@ -22,6 +23,7 @@ pub use config::{
     RunEndTrigger, Settings, SettingsSource, SpanIndex, TrackerKind, Trigger, TriggerCommand,
     Triggers, UnknownWord, is_valid_command_name, load_preset, parse_config, preset_text, resolve,
 };
+pub use deadlock::{Deadlock, WaitForGraph};
 pub use guard::{Decision, GuardContext, ToolCall, check_tool};
 pub use run_options::{Order, ParseScopeError, Scope};
 pub use tracker::{

@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mala_core::{
     AcquireReport, AgentId, LockError, LockEvent, LockInfo, LockTable, PathLock, WaitReport,
+    WaitTarget,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
@@ -354,14 +355,17 @@ impl LockTable for FileLockTable {
         if blocked.is_empty() || timeout.is_zero() {
             return Ok(self.report(agent, &targets));
         }
-        for (target, holder) in &blocked {
-            self.emit(LockEvent::Waiting {
-                agent: agent.clone(),
-                key: target.key.clone(),
-                path: target.canonical.clone(),
-                holder: holder.clone(),
-            });
-        }
+        self.emit(LockEvent::Waiting {
+            agent: agent.clone(),
+            on: blocked
+                .iter()
+                .map(|(target, holder)| WaitTarget {
+                    key: target.key.clone(),
+                    path: target.canonical.clone(),
+                    holder: holder.clone(),
+                })
+                .collect(),
+        });
         let _waiting = WaitingGuard {
             table: self,
             agent: agent.clone(),
@@ -418,18 +422,24 @@ impl LockTable for FileLockTable {
     async fn wait(&self, agent: &AgentId, paths: &[String]) -> Result<WaitReport, LockError> {
         let targets = self.resolve(paths)?;
         let mut wait_paths = Vec::new();
+        let mut on = Vec::new();
         for target in &targets {
             if let Some(holder) = self.holder_of(&target.key)
                 && holder != *agent
             {
-                self.emit(LockEvent::Waiting {
-                    agent: agent.clone(),
+                on.push(WaitTarget {
                     key: target.key.clone(),
                     path: target.canonical.clone(),
                     holder,
                 });
                 wait_paths.push(target.requested.clone());
             }
+        }
+        if !on.is_empty() {
+            self.emit(LockEvent::Waiting {
+                agent: agent.clone(),
+                on,
+            });
         }
         Ok(WaitReport {
             parked: !wait_paths.is_empty(),
@@ -560,10 +570,10 @@ mod tests {
             })
         };
         // Wait until b is registered as waiting on both.
-        let mut waiting = 0;
-        while waiting < 2 {
-            if let Some(LockEvent::Waiting { .. }) = seen.recv().await {
-                waiting += 1;
+        loop {
+            if let Some(LockEvent::Waiting { on, .. }) = seen.recv().await {
+                assert_eq!(on.len(), 2);
+                break;
             }
         }
         let started = Instant::now();
