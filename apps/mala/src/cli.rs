@@ -39,6 +39,8 @@ pub(crate) enum Command {
     Logs(LogsArgs),
     /// Show or check the resolved configuration
     Config(ConfigArgs),
+    /// Ask the tool guard about a command, or answer an agent's PreToolUse hook
+    Guard(GuardArgs),
     /// Print a shell completion script
     Completions {
         /// The shell to complete for
@@ -190,6 +192,40 @@ pub(crate) struct StatusArgs {
     /// Every repository, not only the current one
     #[arg(long)]
     pub(crate) all: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GuardArgs {
+    #[command(subcommand)]
+    pub(crate) command: GuardCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GuardCommand {
+    /// Print `allow` or `deny: <reason>` for a shell command run in the current directory
+    Check {
+        /// Also count the locks this agent holds in the lock directory
+        #[arg(long, value_name = "ID")]
+        agent: Option<String>,
+        /// A path the agent holds the lock of (relative to the current directory); repeatable
+        #[arg(long = "locked", value_name = "PATH")]
+        locked: Vec<String>,
+        /// Print the decision as JSON
+        #[arg(long)]
+        json: bool,
+        /// The command, after `--`
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Read a PreToolUse hook payload (Claude Code's JSON) on stdin and write the hook's answer
+    Hook {
+        /// The agent whose locks count (default: $MALA_AGENT_ID)
+        #[arg(long, value_name = "ID")]
+        agent: Option<String>,
+        /// The repository root (default: $MALA_REPO_ROOT, else the payload's cwd)
+        #[arg(long, value_name = "PATH")]
+        repo: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -37,6 +37,8 @@ pub(crate) enum Failure {
         action: &'static str,
         error: std::io::Error,
     },
+    /// `mala guard check` refused the command; the reason is already printed.
+    Denied,
     /// The issue tracker failed or refused; its message and hint are passed on.
     Tracker(TrackerError),
     /// Anything else that went wrong, with a hint when there is one.
@@ -49,9 +51,11 @@ pub(crate) enum Failure {
 impl Failure {
     pub(crate) fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
-            Self::Config(_) | Self::Io { .. } | Self::Tracker(_) | Self::Other { .. } => {
-                exit::FAILURE
-            }
+            Self::Config(_)
+            | Self::Io { .. }
+            | Self::Tracker(_)
+            | Self::Other { .. }
+            | Self::Denied => exit::FAILURE,
             Self::Usage { .. } | Self::NotBuilt { .. } => exit::USAGE,
         })
     }
@@ -99,6 +103,7 @@ impl fmt::Display for Failure {
             } => {
                 write!(f, "could not {action} {}: {error}", path.display())
             }
+            Self::Denied => f.write_str("the guard refused the command"),
             Self::Tracker(error) => match error {
                 TrackerError::NotInstalled { program, hint } => {
                     write!(f, "{program} is not installed\n  hint: {hint}")

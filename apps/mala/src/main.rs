@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use crate::cli::{Cli, Command, ConfigCommand};
+use crate::cli::{Cli, Command, ConfigCommand, GuardCommand};
 use crate::failure::Failure;
 
 fn main() -> ExitCode {
@@ -18,6 +18,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The decision is already on stdout; nothing to add.
+        Err(Failure::Denied) => Failure::Denied.exit_code(),
         Err(failure) => {
             output::note(&format!("error: {failure}"));
             failure.exit_code()
@@ -46,6 +48,19 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             ConfigCommand::Check { repo_path, config } => {
                 commands::config::check(&repo_path, config.as_deref())
             }
+        },
+        Command::Guard(args) => match args.command {
+            GuardCommand::Check {
+                agent,
+                locked,
+                json,
+                command,
+            } => commands::guard::check(agent.as_deref(), &locked, json, &command),
+            GuardCommand::Hook { agent, repo } => commands::guard::hook(
+                agent.as_deref(),
+                repo.as_deref(),
+                &settings::hook_environment(),
+            ),
         },
         Command::Status(_) => Err(Failure::NotBuilt {
             command: "status",

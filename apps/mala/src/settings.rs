@@ -20,6 +20,22 @@ pub(crate) fn environment() -> BTreeMap<String, String> {
         .collect()
 }
 
+/// What `mala guard hook` takes from its environment, set by whoever
+/// installed the hook for an agent.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HookEnvironment {
+    pub(crate) agent: Option<String>,
+    pub(crate) repo_root: Option<PathBuf>,
+}
+
+pub(crate) fn hook_environment() -> HookEnvironment {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    HookEnvironment {
+        agent: var("MALA_AGENT_ID"),
+        repo_root: var("MALA_REPO_ROOT").map(PathBuf::from),
+    }
+}
+
 /// The first executable file called `name` on PATH.
 pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;

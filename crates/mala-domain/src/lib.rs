@@ -28,5 +28,6 @@ pub use guard::{Decision, GuardContext, ToolCall, check_tool};
 pub use run_options::{Order, ParseScopeError, Scope};
 pub use tracker::{
     Blocker, Excluded, Exclusion, IssueGraph, QueueEntry, QueuePlan, QueueRequest, Readiness,
-    UnknownIds, claim_actor, plan_queue, run_of_actor, takeover_candidates,
+    UnknownIds, agent_name, claim_actor, parse_agent_name, plan_queue, run_of_actor,
+    takeover_candidates,
 };

@@ -2,5 +2,6 @@
 
 pub(crate) mod config;
 pub(crate) mod dry_run;
+pub(crate) mod guard;
 pub(crate) mod init;
 pub(crate) mod run;

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use mala_core::{Issue, IssueId, IssueStatus};
+use mala_core::{AgentId, Issue, IssueId, IssueStatus};
 
 const PREFIX: &str = "mala:";
 
@@ -15,6 +15,18 @@ pub fn claim_actor(run_id: &str) -> String {
 /// The run id inside an actor name written by [`claim_actor`].
 pub fn run_of_actor(actor: &str) -> Option<&str> {
     actor.strip_prefix(PREFIX).filter(|run| !run.is_empty())
+}
+
+/// The name of the agent working on `issue` in run `run_id`: `<issue>@<run id>`.
+/// Lock files carry it, so a lock can be traced to its issue and its run.
+pub fn agent_name(issue: &IssueId, run_id: &str) -> AgentId {
+    AgentId::new(format!("{issue}@{run_id}"))
+}
+
+/// The issue and run inside an agent name written by [`agent_name`].
+pub fn parse_agent_name(agent: &AgentId) -> Option<(IssueId, &str)> {
+    let (issue, run) = agent.as_str().rsplit_once('@')?;
+    (!issue.is_empty() && !run.is_empty()).then(|| (IssueId::from(issue), run))
 }
 
 /// In-progress issues a new run may take over: those claimed by a mala run
@@ -65,5 +77,13 @@ mod tests {
         assert_eq!(taken, HashSet::from(["dead".into(), "nobody".into()]));
         assert_eq!(run_of_actor("mala:"), None);
         assert_eq!(run_of_actor("malaise"), None);
+    }
+
+    #[test]
+    fn agent_names_carry_issue_and_run() {
+        let agent = agent_name(&"m-1.2".into(), "r-9");
+        assert_eq!(agent.as_str(), "m-1.2@r-9");
+        assert_eq!(parse_agent_name(&agent), Some(("m-1.2".into(), "r-9")));
+        assert_eq!(parse_agent_name(&AgentId::new("py-agent")), None);
     }
 }

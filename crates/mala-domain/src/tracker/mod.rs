@@ -5,6 +5,6 @@ mod claims;
 mod graph;
 mod queue;
 
-pub use claims::{claim_actor, run_of_actor, takeover_candidates};
+pub use claims::{agent_name, claim_actor, parse_agent_name, run_of_actor, takeover_candidates};
 pub use graph::{Blocker, IssueGraph, Readiness};
 pub use queue::{Excluded, Exclusion, QueueEntry, QueuePlan, QueueRequest, UnknownIds, plan_queue};
