@@ -62,14 +62,8 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 &settings::hook_environment(),
             ),
         },
-        Command::Status(_) => Err(Failure::NotBuilt {
-            command: "status",
-            needs: "the lock table and run markers",
-        }),
-        Command::Clean(_) => Err(Failure::NotBuilt {
-            command: "clean",
-            needs: "the lock table and run markers",
-        }),
+        Command::Status(args) => commands::locks::status(args.all),
+        Command::Clean(args) => commands::locks::clean(args.force),
         Command::Logs(_) => Err(Failure::NotBuilt {
             command: "logs",
             needs: "the run metadata store",

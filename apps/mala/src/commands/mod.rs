@@ -4,4 +4,5 @@ pub(crate) mod config;
 pub(crate) mod dry_run;
 pub(crate) mod guard;
 pub(crate) mod init;
+pub(crate) mod locks;
 pub(crate) mod run;

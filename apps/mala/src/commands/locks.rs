@@ -1,0 +1,170 @@
+//! `mala status` (runs and locks) and `mala clean` (locks of runs that are gone).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use mala_core::LockInfo;
+use mala_domain::{Settings, parse_agent_name};
+use mala_infra::{RunMarker, list_locks, remove_lock};
+
+use crate::failure::Failure;
+use crate::output;
+use crate::settings::{ConfigPath, flag_overrides, load_settings};
+
+fn repo_and_settings() -> Result<(PathBuf, Settings), Failure> {
+    let cwd = std::env::current_dir().map_err(|error| Failure::Io {
+        path: ".".into(),
+        action: "read the current directory",
+        error,
+    })?;
+    let repo = cwd.canonicalize().unwrap_or(cwd);
+    let settings = load_settings(&ConfigPath::new(&repo, None), &flag_overrides(None, None))?.0;
+    Ok((repo, settings))
+}
+
+fn age(since: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let seconds = (now - since).num_seconds().max(0);
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m", seconds / 60),
+        3600..86_400 => format!("{}h{:02}m", seconds / 3600, seconds / 60 % 60),
+        _ => format!("{}d", seconds / 86_400),
+    }
+}
+
+/// Whether the lock's holder belongs to a run that is alive. `None`: the
+/// holder is not named after a mala run (another tool, or the original).
+fn holder_run_alive(lock: &LockInfo, markers: &[RunMarker]) -> Option<bool> {
+    let (_, run) = parse_agent_name(&lock.holder)?;
+    Some(markers.iter().any(|m| m.run_id == run && m.is_alive()))
+}
+
+fn in_repo(lock: &LockInfo, repo: &Path) -> bool {
+    lock.path.as_ref().is_some_and(|p| p.starts_with(repo))
+}
+
+pub(crate) fn status(all: bool) -> Result<(), Failure> {
+    let (repo, settings) = repo_and_settings()?;
+    let dir = &settings.paths.lock_dir;
+    let now = Utc::now();
+    let markers: Vec<RunMarker> = RunMarker::all(dir)
+        .into_iter()
+        .filter(|m| {
+            all || m
+                .repo_path
+                .canonicalize()
+                .unwrap_or_else(|_| m.repo_path.clone())
+                == repo
+        })
+        .collect();
+    let locks: Vec<LockInfo> = list_locks(dir)
+        .into_iter()
+        .filter(|l| all || in_repo(l, &repo))
+        .collect();
+    let mut out = String::new();
+    let scope = if all {
+        "all repositories".to_owned()
+    } else {
+        repo.display().to_string()
+    };
+    let _ = writeln!(out, "mala in {scope} (lock directory {})", dir.display());
+    if markers.is_empty() {
+        let _ = writeln!(out, "  no mala run");
+    }
+    for marker in &markers {
+        let _ = writeln!(
+            out,
+            "  run {}  pid {}  {}  started {} ago{}",
+            marker.run_id,
+            marker.pid,
+            if marker.is_alive() {
+                "running"
+            } else {
+                "gone (stale)"
+            },
+            age(marker.started_at, now),
+            if all {
+                format!("  {}", marker.repo_path.display())
+            } else {
+                String::new()
+            },
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} lock{}",
+        locks.len(),
+        if locks.len() == 1 { "" } else { "s" }
+    );
+    let all_markers = RunMarker::all(dir);
+    for lock in &locks {
+        let path = lock.path.as_ref().map_or_else(
+            || format!("(lock {})", lock.key),
+            |p| p.strip_prefix(&repo).unwrap_or(p).display().to_string(),
+        );
+        let issue = parse_agent_name(&lock.holder)
+            .map_or_else(String::new, |(issue, _)| format!("  issue {issue}"));
+        let state = if holder_run_alive(lock, &all_markers) == Some(false) {
+            "  (its run is gone: `mala clean` removes it)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  {path}  held by {}{issue}{}{state}",
+            lock.holder,
+            lock.since
+                .map_or_else(String::new, |s| format!("  for {}", age(s, now))),
+        );
+    }
+    output::stdout(&out);
+    Ok(())
+}
+
+pub(crate) fn clean(force: bool) -> Result<(), Failure> {
+    let (_repo, settings) = repo_and_settings()?;
+    let dir = &settings.paths.lock_dir;
+    let markers = RunMarker::all(dir);
+    let live: Vec<&RunMarker> = markers.iter().filter(|m| m.is_alive()).collect();
+    if !live.is_empty() && !force {
+        let runs: Vec<String> = live
+            .iter()
+            .map(|m| format!("{} (pid {}, {})", m.run_id, m.pid, m.repo_path.display()))
+            .collect();
+        return Err(Failure::Other {
+            message: format!("a mala run is alive: {}", runs.join(", ")),
+            hint: Some(
+                "its locks are in use. `mala clean --force` removes only the locks of runs that are gone"
+                    .to_owned(),
+            ),
+        });
+    }
+    let mut removed = 0;
+    let mut kept = 0;
+    for lock in list_locks(dir) {
+        let stale = match holder_run_alive(&lock, &markers) {
+            Some(alive) => !alive,
+            // Not named after a run: only safe to remove when no run is alive at all.
+            None => live.is_empty(),
+        };
+        if stale && remove_lock(dir, &lock.key) {
+            removed += 1;
+        } else {
+            kept += 1;
+        }
+    }
+    let mut markers_removed = 0;
+    for marker in markers.iter().filter(|m| !m.is_alive()) {
+        if std::fs::remove_file(RunMarker::path(dir, &marker.run_id)).is_ok() {
+            markers_removed += 1;
+        }
+    }
+    output::stdout(&format!(
+        "removed {removed} stale lock{} and {markers_removed} marker{} of runs that are gone; kept {kept} lock{} of live runs\n",
+        if removed == 1 { "" } else { "s" },
+        if markers_removed == 1 { "" } else { "s" },
+        if kept == 1 { "" } else { "s" },
+    ));
+    Ok(())
+}
