@@ -18,4 +18,4 @@ pub use clock::SystemClock;
 pub use locks::{
     FileLockTable, canonical_path, list_locks, lock_file_stem, paths_held_in, remove_lock,
 };
-pub use run_marker::{RunMarker, is_run_alive};
+pub use run_marker::{Cleanup, RunMarker, is_run_alive, remove_stale};

@@ -110,3 +110,37 @@ mod tests {
         assert_eq!(RunMarker::all(dir.path()).len(), 2);
     }
 }
+
+/// What [`remove_stale`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cleanup {
+    pub locks_removed: usize,
+    pub locks_kept: usize,
+    pub markers_removed: usize,
+}
+
+/// Removes the locks and markers of runs that are gone: a lock whose holder
+/// is named after a dead run, and (only when no run is alive at all) a lock
+/// whose holder names no run. Every run does this at start; `mala clean` too.
+pub fn remove_stale(lock_dir: &Path) -> Cleanup {
+    let markers = RunMarker::all(lock_dir);
+    let any_alive = markers.iter().any(RunMarker::is_alive);
+    let mut cleanup = Cleanup::default();
+    for lock in crate::list_locks(lock_dir) {
+        let stale = match mala_domain::parse_agent_name(&lock.holder) {
+            Some((_, run)) => !markers.iter().any(|m| m.run_id == run && m.is_alive()),
+            None => !any_alive,
+        };
+        if stale && crate::remove_lock(lock_dir, &lock.key) {
+            cleanup.locks_removed += 1;
+        } else {
+            cleanup.locks_kept += 1;
+        }
+    }
+    for marker in markers.iter().filter(|m| !m.is_alive()) {
+        if std::fs::remove_file(RunMarker::path(lock_dir, &marker.run_id)).is_ok() {
+            cleanup.markers_removed += 1;
+        }
+    }
+    cleanup
+}

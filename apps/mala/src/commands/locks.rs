@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use mala_core::LockInfo;
 use mala_domain::{Settings, parse_agent_name};
-use mala_infra::{RunMarker, list_locks, remove_lock};
+use mala_infra::{Cleanup, RunMarker, list_locks, remove_stale};
 
 use crate::failure::Failure;
 use crate::output;
@@ -140,26 +140,11 @@ pub(crate) fn clean(force: bool) -> Result<(), Failure> {
             ),
         });
     }
-    let mut removed = 0;
-    let mut kept = 0;
-    for lock in list_locks(dir) {
-        let stale = match holder_run_alive(&lock, &markers) {
-            Some(alive) => !alive,
-            // Not named after a run: only safe to remove when no run is alive at all.
-            None => live.is_empty(),
-        };
-        if stale && remove_lock(dir, &lock.key) {
-            removed += 1;
-        } else {
-            kept += 1;
-        }
-    }
-    let mut markers_removed = 0;
-    for marker in markers.iter().filter(|m| !m.is_alive()) {
-        if std::fs::remove_file(RunMarker::path(dir, &marker.run_id)).is_ok() {
-            markers_removed += 1;
-        }
-    }
+    let Cleanup {
+        locks_removed: removed,
+        locks_kept: kept,
+        markers_removed,
+    } = remove_stale(dir);
     output::stdout(&format!(
         "removed {removed} stale lock{} and {markers_removed} marker{} of runs that are gone; kept {kept} lock{} of live runs\n",
         if removed == 1 { "" } else { "s" },
