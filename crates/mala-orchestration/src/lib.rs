@@ -1,3 +1,8 @@
 //! The run: scheduler actor, triggers, shutdown stages, resume, and the
-//! embedding API. Empty until the run issue lands; it will be the only crate
-//! that names `mala-infra` types.
+//! embedding API. It is the only crate that names `mala-infra` types.
+//!
+//! So far: the deadlock monitor.
+
+mod deadlock_monitor;
+
+pub use deadlock_monitor::run_deadlock_monitor;

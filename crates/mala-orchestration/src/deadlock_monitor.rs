@@ -1,0 +1,162 @@
+//! The deadlock monitor: one task that follows the lock table's events,
+//! keeps the wait-for graph, and breaks each deadlock as it closes.
+//!
+//! The victim's session is the scheduler's to cancel: the monitor sends the
+//! resolution on `victims` and goes on.
+
+use std::sync::Arc;
+
+use mala_core::{IssueTracker, LockEvent, LockTable};
+use mala_domain::{WaitForGraph, parse_agent_name};
+use mala_pipeline::{Resolution, resolve_deadlock};
+use tokio::sync::mpsc;
+
+/// Follows `events` until the lock table is dropped.
+pub async fn run_deadlock_monitor(
+    mut events: mpsc::UnboundedReceiver<LockEvent>,
+    tracker: Arc<dyn IssueTracker>,
+    locks: Arc<dyn LockTable>,
+    victims: mpsc::UnboundedSender<Resolution>,
+) {
+    let mut graph = WaitForGraph::new();
+    while let Some(event) = events.recv().await {
+        let deadlock = match event {
+            LockEvent::Acquired { agent, key, .. } => {
+                graph.acquired(&agent, &key);
+                None
+            }
+            LockEvent::Released { agent, key, .. } => {
+                graph.released(&agent, &key);
+                None
+            }
+            LockEvent::StoppedWaiting { agent } => {
+                graph.stopped_waiting(&agent);
+                None
+            }
+            LockEvent::Waiting { agent, on } => {
+                let edges: Vec<_> = on.into_iter().map(|t| (t.key, t.holder)).collect();
+                graph.waiting(&agent, &edges)
+            }
+        };
+        let Some(deadlock) = deadlock else {
+            continue;
+        };
+        tracing::warn!(
+            victim = %deadlock.victim,
+            holder = %deadlock.holder,
+            cycle = ?deadlock.cycle,
+            "deadlock between agents; the youngest gives way"
+        );
+        // The victim is out of the graph at once, so its own events cannot re-report it.
+        graph.remove_agent(&deadlock.victim);
+        let issue_of = |agent: &mala_core::AgentId| parse_agent_name(agent).map(|(issue, _)| issue);
+        match resolve_deadlock(&deadlock, issue_of, tracker.as_ref(), locks.as_ref()).await {
+            Ok(resolution) => {
+                let _ = victims.send(resolution);
+            }
+            Err(error) => {
+                tracing::error!(%error, victim = %deadlock.victim, "could not record the deadlock");
+                // The locks are released first, so the others can still move; cancel anyway.
+                let _ = victims.send(Resolution {
+                    victim: deadlock.victim.clone(),
+                    victim_issue: issue_of(&deadlock.victim),
+                    blocker_issue: issue_of(&deadlock.holder),
+                    released: Vec::new(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use mala_core::{AgentId, DependencyKind, MockIssueTracker};
+    use mala_infra::FileLockTable;
+
+    #[tokio::test]
+    async fn two_agents_waiting_on_each_other_are_untangled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (events, inbox) = mpsc::unbounded_channel();
+        let table = Arc::new(
+            FileLockTable::new(dir.path().join("locks"), dir.path())
+                .unwrap()
+                .with_events(events),
+        );
+        let mut tracker = MockIssueTracker::new();
+        tracker
+            .expect_add_dependency()
+            .withf(|issue, on, kind| {
+                issue.as_str() == "m-2" && on.as_str() == "m-1" && *kind == DependencyKind::Blocks
+            })
+            .times(1)
+            .returning(|_, _, _| Ok(()));
+        tracker
+            .expect_mark_needs_followup()
+            .times(1)
+            .returning(|_, _| Ok(()));
+        tracker.expect_reopen().times(1).returning(|_| Ok(()));
+        let (victims, mut cancelled) = mpsc::unbounded_channel();
+        let monitor = tokio::spawn(run_deadlock_monitor(
+            inbox,
+            Arc::new(tracker),
+            Arc::clone(&table) as Arc<dyn LockTable>,
+            victims,
+        ));
+
+        let (old, young) = (AgentId::new("m-1@run"), AgentId::new("m-2@run"));
+        let path = |p: &str| vec![p.to_owned()];
+        assert!(
+            table
+                .acquire(&old, &path("a.rs"), Duration::ZERO)
+                .await
+                .unwrap()
+                .all_acquired
+        );
+        assert!(
+            table
+                .acquire(&young, &path("b.rs"), Duration::ZERO)
+                .await
+                .unwrap()
+                .all_acquired
+        );
+        let old_waits = {
+            let table = Arc::clone(&table);
+            let old = old.clone();
+            tokio::spawn(async move {
+                table
+                    .acquire(&old, &path("b.rs"), Duration::from_secs(30))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let young_waits = {
+            let table = Arc::clone(&table);
+            let young = young.clone();
+            tokio::spawn(async move {
+                table
+                    .acquire(&young, &path("a.rs"), Duration::from_secs(30))
+                    .await
+            })
+        };
+
+        let resolution = tokio::time::timeout(Duration::from_secs(5), cancelled.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resolution.victim, young);
+        assert_eq!(resolution.victim_issue, Some("m-2".into()));
+        // The old agent gets the lock the victim gave up, without waiting out its timeout.
+        let report = tokio::time::timeout(Duration::from_secs(5), old_waits)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(report.all_acquired);
+        young_waits.abort();
+        drop(table);
+        monitor.abort();
+    }
+}
