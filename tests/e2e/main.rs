@@ -5,6 +5,7 @@ mod architecture;
 mod beads_jsonl;
 mod br_harness;
 mod br_tracker;
+mod claude_backend;
 mod claude_harness;
 mod deadlock_props;
 mod forgotten_files;

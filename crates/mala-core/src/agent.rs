@@ -69,6 +69,12 @@ pub enum AgentEvent {
         is_error: bool,
         content: String,
     },
+    /// A shell command ran (recorded by a hook, with its status).
+    CommandRan { run: crate::CommandRun },
+    /// A file was changed by a structured edit (recorded by a hook).
+    FileEdited { edit: crate::FileEdit },
+    /// A tool call was refused, with the reason the agent was given.
+    ToolDenied { tool: String, reason: String },
 }
 
 /// Tokens spent, as reported by the backend.
@@ -101,6 +107,8 @@ pub struct TurnOutcome {
     /// Cumulative cost of the session so far, in US dollars.
     pub total_cost_usd: f64,
     pub num_turns: u32,
+    /// Tool calls the backend refused during the turn (tool names).
+    pub permission_denials: Vec<String>,
 }
 
 /// Everything a backend needs to start one session.
@@ -114,4 +122,17 @@ pub struct SessionRequest {
     pub resume: Option<SessionId>,
     /// Extra instructions appended to the backend's system prompt.
     pub system_prompt_append: Option<String>,
+}
+
+impl SessionRequest {
+    /// A new session for `agent_id` in `cwd`.
+    pub fn new(agent_id: AgentId, cwd: impl Into<PathBuf>) -> Self {
+        Self {
+            agent_id,
+            issue_id: None,
+            cwd: cwd.into(),
+            resume: None,
+            system_prompt_append: None,
+        }
+    }
 }

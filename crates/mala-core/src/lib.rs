@@ -8,6 +8,7 @@
 mod agent;
 mod error;
 mod event;
+mod evidence;
 mod issue;
 mod locks;
 mod ports;
@@ -17,6 +18,7 @@ pub use agent::{
 };
 pub use error::{AgentError, AgentErrorKind, ReviewError, TrackerError};
 pub use event::{Event, RunOutcome};
+pub use evidence::{CommandRun, Evidence, FileEdit};
 pub use issue::{
     ClaimOutcome, Dependency, DependencyKind, EpicStatus, Issue, IssueId, IssueStatus, IssueType,
     IssueUpdate, NewIssue, ParsePriorityError, Priority,
@@ -24,11 +26,11 @@ pub use issue::{
 pub use locks::{AcquireReport, LockError, LockEvent, LockInfo, PathLock, WaitReport, WaitTarget};
 pub use ports::{
     AgentBackend, AgentObserver, AgentSession, Clock, EventSink, Finding, IssueTracker, LockTable,
-    ReviewRequest, ReviewVerdict, Reviewer,
+    ReviewRequest, ReviewVerdict, Reviewer, ToolGuard,
 };
 
 #[cfg(feature = "mocks")]
 pub use ports::{
     MockAgentBackend, MockAgentObserver, MockAgentSession, MockClock, MockEventSink,
-    MockIssueTracker, MockLockTable, MockReviewer,
+    MockIssueTracker, MockLockTable, MockReviewer, MockToolGuard,
 };

@@ -88,6 +88,18 @@ pub trait LockTable: Send + Sync {
 #[cfg_attr(feature = "mocks", mockall::automock)]
 pub trait AgentObserver: Send + Sync {
     fn on_event(&self, event: &AgentEvent);
+    /// Asked when the agent wants to end its turn; a reason keeps it working
+    /// (the agent gets the reason as feedback). `None` lets it stop.
+    fn stop_feedback(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Decides every tool call an agent makes (the coordination rules).
+#[cfg_attr(feature = "mocks", mockall::automock)]
+pub trait ToolGuard: Send + Sync {
+    /// `Err(reason)` refuses the call; the agent sees the reason.
+    fn check(&self, agent: &AgentId, tool: &str, input: &serde_json::Value) -> Result<(), String>;
 }
 
 /// Starts agent sessions (Claude Code, later Codex).

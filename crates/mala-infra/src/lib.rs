@@ -6,6 +6,7 @@
 //! with their issues.
 
 mod beads;
+mod claude;
 mod clock;
 mod locks;
 mod run_marker;
@@ -13,6 +14,10 @@ mod run_marker;
 pub use beads::{
     BR_INSTALL_HINT, BrCli, BrTracker, JsonlTracker, NEEDS_FOLLOWUP, Tracker, WriteRetry,
     commit_tracker_files, normalize_label, parse_issues_jsonl, read_issues_jsonl,
+};
+pub use claude::{
+    ClaudeBackend, ClaudeConfig, ClaudeSession, INSTALL_HINT as CLAUDE_INSTALL_HINT, Interrupter,
+    LockingGuard, check_claude,
 };
 pub use clock::SystemClock;
 pub use locks::{

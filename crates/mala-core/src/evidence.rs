@@ -1,0 +1,36 @@
+//! What an agent did, recorded by hooks while it happened: the quality gate
+//! reads this, never the agent's own account.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One shell command the agent ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRun {
+    pub tool_use_id: String,
+    pub command: String,
+    /// The exit status when the backend reports it; `Some(0)` for a success.
+    pub exit_code: Option<i32>,
+    /// Whether the tool call failed (non-zero exit, timeout, interruption).
+    pub failed: bool,
+    /// The failure text the backend reported, if any.
+    pub error: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: DateTime<Utc>,
+}
+
+/// One file the agent changed with a structured edit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEdit {
+    pub tool_use_id: String,
+    pub tool: String,
+    pub path: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Everything recorded for one session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub commands: Vec<CommandRun>,
+    pub edits: Vec<FileEdit>,
+}

@@ -1,0 +1,155 @@
+//! The in-process MCP server `mala`, answered over the control channel: the
+//! lock tools, backed by the lock table. Because it runs inside mala, every
+//! call is known to come from this session's agent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mala_core::{AgentId, LockTable};
+use serde_json::{Value, json};
+
+/// The server's name; the model sees its tools as `mcp__mala__<tool>`.
+pub(crate) const SERVER: &str = "mala";
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+fn tools() -> Value {
+    let paths = json!({"type": "array", "items": {"type": "string"}, "minItems": 1,
+                       "description": "Repository paths (relative to the repository root, or absolute)"});
+    json!([
+        {
+            "name": "lock_acquire",
+            "description": "Lock files before you edit them. Returns as soon as all are yours, or, when some are held by other agents, as soon as any one of those frees (or after timeout_seconds; 0 means do not wait). Edits to files you have not locked are refused.",
+            "inputSchema": {"type": "object", "properties": {
+                "filepaths": paths,
+                "timeout_seconds": {"type": "number", "minimum": 0, "description": "How long to wait for a blocked path (default 30)"}
+            }, "required": ["filepaths"]}
+        },
+        {
+            "name": "lock_release",
+            "description": "Release locks you hold, by path or all at once, when you are done with the files.",
+            "inputSchema": {"type": "object", "properties": {
+                "filepaths": paths,
+                "all": {"type": "boolean", "description": "Release every lock you hold"}
+            }}
+        },
+        {
+            "name": "lock_wait",
+            "description": "Acquire nothing; say which of the paths other agents hold, so you can stop and be resumed when one frees.",
+            "inputSchema": {"type": "object", "properties": {"filepaths": paths}, "required": ["filepaths"]}
+        }
+    ])
+}
+
+/// One JSON-RPC message for the server; the answer to put in `mcp_response`.
+pub(crate) async fn handle(
+    message: &Value,
+    agent: &AgentId,
+    locks: Option<&Arc<dyn LockTable>>,
+) -> Value {
+    let id = message.get("id").cloned();
+    let method = message
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let reply = |result: Value| match &id {
+        Some(id) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        None => json!({"jsonrpc": "2.0", "result": {}}),
+    };
+    match method {
+        "initialize" => reply(json!({
+            "protocolVersion": message.pointer("/params/protocolVersion").cloned().unwrap_or(json!("2025-11-25")),
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": SERVER, "version": env!("CARGO_PKG_VERSION")},
+        })),
+        "tools/list" => reply(json!({"tools": tools()})),
+        "tools/call" => {
+            let name = message
+                .pointer("/params/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let arguments = message
+                .pointer("/params/arguments")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let (text, is_error) = match locks {
+                None => (
+                    "the lock table is not available in this session".to_owned(),
+                    true,
+                ),
+                Some(locks) => call(name, &arguments, agent, locks.as_ref()).await,
+            };
+            reply(json!({"content": [{"type": "text", "text": text}], "isError": is_error}))
+        }
+        m if m.starts_with("notifications/") || id.is_none() => {
+            json!({"jsonrpc": "2.0", "result": {}})
+        }
+        _ => {
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("method not found: {method}")}})
+        }
+    }
+}
+
+fn paths(arguments: &Value) -> Vec<String> {
+    match arguments.get("filepaths") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(one)) => vec![one.clone()],
+        _ => arguments
+            .get("path")
+            .and_then(Value::as_str)
+            .map(|p| vec![p.to_owned()])
+            .unwrap_or_default(),
+    }
+}
+
+async fn call(
+    name: &str,
+    arguments: &Value,
+    agent: &AgentId,
+    locks: &dyn LockTable,
+) -> (String, bool) {
+    let to_text = |v: Result<Value, mala_core::LockError>| match v {
+        Ok(value) => (value.to_string(), false),
+        Err(error) => (error.to_string(), true),
+    };
+    match name {
+        "lock_acquire" => {
+            let wait = arguments
+                .get("timeout_seconds")
+                .and_then(Value::as_f64)
+                .map_or(DEFAULT_WAIT, |s| {
+                    Duration::from_secs_f64(s.max(0.0)).min(MAX_WAIT)
+                });
+            to_text(
+                locks
+                    .acquire(agent, &paths(arguments), wait)
+                    .await
+                    .map(|r| serde_json::to_value(r).unwrap_or(Value::Null)),
+            )
+        }
+        "lock_release" => {
+            let all = arguments.get("all").and_then(Value::as_bool) == Some(true);
+            let requested = paths(arguments);
+            if all && !requested.is_empty() {
+                return ("give either filepaths or all, not both".to_owned(), true);
+            }
+            let released = if all {
+                locks.release_all(agent).await
+            } else {
+                locks.release(agent, &requested).await
+            };
+            to_text(released.map(|r| json!({"released": r, "count": r.len()})))
+        }
+        "lock_wait" => to_text(
+            locks
+                .wait(agent, &paths(arguments))
+                .await
+                .map(|r| serde_json::to_value(r).unwrap_or(Value::Null)),
+        ),
+        other => (format!("unknown tool {other}"), true),
+    }
+}

@@ -1,0 +1,306 @@
+//! The Claude Code backend: the real `claude` binary over its stream-json
+//! control protocol, behind the `AgentBackend` port.
+
+mod mcp;
+mod protocol;
+mod record;
+mod session;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mala_core::{
+    AgentBackend, AgentError, AgentErrorKind, AgentId, AgentObserver, AgentSession, LockTable,
+    SessionRequest, ToolGuard,
+};
+use mala_domain::{GuardContext, ToolCall, check_tool};
+
+pub use session::{ClaudeSession, Interrupter};
+
+/// How to install the pinned Claude Code.
+pub const INSTALL_HINT: &str = "install Claude Code with `npm install -g @anthropic-ai/claude-code` \
+     (or scripts/install-claude.sh for the pinned version), or set the path to `claude`";
+
+/// The oldest Claude Code whose protocol this backend speaks.
+const MINIMUM_VERSION: (u32, u32, u32) = (2, 1, 0);
+
+/// Everything about running `claude` that does not change between sessions.
+#[derive(Debug, Clone)]
+pub struct ClaudeConfig {
+    pub binary: PathBuf,
+    pub model: Option<String>,
+    pub effort: Option<String>,
+    pub max_turns: Option<u32>,
+    /// `--setting-sources`; `None` leaves the flag out.
+    pub setting_sources: Option<Vec<String>>,
+    pub disallowed_tools: Vec<String>,
+    /// No output (and no tool call in flight) for this long ends the turn; `None` disables it.
+    pub idle_timeout: Option<Duration>,
+    pub turn_timeout: Duration,
+    /// Where session records go (`<state dir>/sessions/`).
+    pub state_dir: PathBuf,
+    /// Start from an empty environment (tests), then add `env`.
+    pub clear_env: bool,
+    pub env: Vec<(String, String)>,
+}
+
+impl ClaudeConfig {
+    pub fn new(binary: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            binary: binary.into(),
+            model: None,
+            effort: None,
+            max_turns: None,
+            setting_sources: None,
+            disallowed_tools: Vec::new(),
+            idle_timeout: None,
+            turn_timeout: Duration::from_secs(30 * 60),
+            state_dir: state_dir.into(),
+            clear_env: false,
+            env: Vec::new(),
+        }
+    }
+
+    /// The command line, as the official SDKs build it.
+    fn arguments(&self, request: &SessionRequest) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--input-format",
+            "stream-json",
+            // mala's own PreToolUse hook decides every call.
+            "--permission-mode",
+            "bypassPermissions",
+            "--mcp-config",
+            r#"{"mcpServers":{"mala":{"type":"sdk","name":"mala"}}}"#,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if let Some(model) = &self.model {
+            args.extend(["--model".to_owned(), model.clone()]);
+        }
+        if let Some(effort) = &self.effort {
+            args.extend(["--effort".to_owned(), effort.clone()]);
+        }
+        if let Some(turns) = self.max_turns {
+            args.extend(["--max-turns".to_owned(), turns.to_string()]);
+        }
+        if let Some(sources) = &self.setting_sources {
+            args.push(format!("--setting-sources={}", sources.join(",")));
+        }
+        if !self.disallowed_tools.is_empty() {
+            args.extend([
+                "--disallowedTools".to_owned(),
+                self.disallowed_tools.join(","),
+            ]);
+        }
+        if let Some(append) = &request.system_prompt_append {
+            args.extend(["--append-system-prompt".to_owned(), append.clone()]);
+        }
+        if let Some(resume) = &request.resume {
+            // The equals form keeps an id from ever being read as a flag.
+            args.push(format!("--resume={resume}"));
+        }
+        args
+    }
+}
+
+/// Parses `2.1.197 (Claude Code)`.
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let word = text.split_whitespace().next()?;
+    let mut parts = word.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
+/// Checks that the binary runs and speaks a protocol this backend knows.
+/// Returns its version line.
+pub async fn check_claude(config: &ClaudeConfig) -> Result<String, AgentError> {
+    let mut command = tokio::process::Command::new(&config.binary);
+    if config.clear_env {
+        command.env_clear();
+    }
+    let output = command
+        .arg("--version")
+        .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .await
+        .map_err(|e| {
+            AgentError::new(
+                AgentErrorKind::CouldNotStart,
+                format!(
+                    "cannot run {}: {e}. {INSTALL_HINT}",
+                    config.binary.display()
+                ),
+            )
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    match parse_version(&text) {
+        Some(version) if version >= MINIMUM_VERSION => Ok(text),
+        _ => Err(AgentError::new(
+            AgentErrorKind::CouldNotStart,
+            format!(
+                "{} reports version `{text}`; mala needs Claude Code {}.{}.{} or newer. {INSTALL_HINT}",
+                config.binary.display(),
+                MINIMUM_VERSION.0,
+                MINIMUM_VERSION.1,
+                MINIMUM_VERSION.2
+            ),
+        )),
+    }
+}
+
+/// The backend: starts one `claude` process per session.
+#[derive(Clone)]
+pub struct ClaudeBackend {
+    config: ClaudeConfig,
+    guard: Option<Arc<dyn ToolGuard>>,
+    locks: Option<Arc<dyn LockTable>>,
+}
+
+impl std::fmt::Debug for ClaudeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaudeBackend")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClaudeBackend {
+    pub fn new(config: ClaudeConfig) -> Self {
+        Self {
+            config,
+            guard: None,
+            locks: None,
+        }
+    }
+
+    /// Every tool call goes through `guard` (PreToolUse and `can_use_tool`).
+    #[must_use]
+    pub fn with_guard(mut self, guard: Arc<dyn ToolGuard>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// The `mala` MCP server's lock tools use `locks`.
+    #[must_use]
+    pub fn with_locks(mut self, locks: Arc<dyn LockTable>) -> Self {
+        self.locks = Some(locks);
+        self
+    }
+
+    /// Starts a session and returns the concrete type (tests and the pipeline's own uses).
+    pub async fn start_session(
+        &self,
+        request: SessionRequest,
+        observer: Arc<dyn AgentObserver>,
+    ) -> Result<ClaudeSession, AgentError> {
+        ClaudeSession::start(
+            &self.config,
+            request,
+            observer,
+            self.guard.clone(),
+            self.locks.clone(),
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl AgentBackend for ClaudeBackend {
+    async fn start(
+        &self,
+        request: SessionRequest,
+        observer: Arc<dyn AgentObserver>,
+    ) -> Result<Box<dyn AgentSession>, AgentError> {
+        Ok(Box::new(self.start_session(request, observer).await?))
+    }
+}
+
+/// The coordination rules as a `ToolGuard`: `check_tool` with the locks the
+/// agent holds in the lock table.
+pub struct LockingGuard {
+    repo_root: PathBuf,
+    locks: Arc<dyn LockTable>,
+    disallowed_tools: Vec<String>,
+    require_locks: bool,
+}
+
+impl std::fmt::Debug for LockingGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockingGuard")
+            .field("repo_root", &self.repo_root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockingGuard {
+    pub fn new(repo_root: &Path, locks: Arc<dyn LockTable>, disallowed_tools: Vec<String>) -> Self {
+        Self {
+            repo_root: repo_root
+                .canonicalize()
+                .unwrap_or_else(|_| repo_root.to_path_buf()),
+            locks,
+            disallowed_tools,
+            require_locks: true,
+        }
+    }
+
+    /// Edits need no locks (a run with one agent); destructive commands are still refused.
+    #[must_use]
+    pub fn without_lock_enforcement(mut self) -> Self {
+        self.require_locks = false;
+        self
+    }
+}
+
+impl ToolGuard for LockingGuard {
+    fn check(&self, agent: &AgentId, tool: &str, input: &serde_json::Value) -> Result<(), String> {
+        let held = self.locks.held_by(agent);
+        let ctx = GuardContext {
+            repo_root: &self.repo_root,
+            cwd: &self.repo_root,
+            held: &held,
+            disallowed_tools: &self.disallowed_tools,
+            staged: None,
+            require_locks: self.require_locks,
+        };
+        match check_tool(&ToolCall::from_claude(tool, input), &ctx) {
+            mala_domain::Decision::Allow => Ok(()),
+            mala_domain::Decision::Deny { reason } => Err(reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_and_compare() {
+        assert_eq!(parse_version("2.1.197 (Claude Code)"), Some((2, 1, 197)));
+        assert!(parse_version("2.1.197 (Claude Code)").unwrap() >= MINIMUM_VERSION);
+        assert!(parse_version("1.0.3").unwrap() < MINIMUM_VERSION);
+        assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn the_command_line_is_the_sdks_plus_mala_server() {
+        let mut config = ClaudeConfig::new("claude", "/state");
+        config.model = Some("opus".into());
+        config.disallowed_tools = vec!["TodoWrite".into(), "Monitor".into()];
+        let mut request = SessionRequest::new(AgentId::new("a@r"), "/repo");
+        request.resume = Some(mala_core::SessionId::new("s-1"));
+        let args = config.arguments(&request);
+        let joined = args.join(" ");
+        assert!(
+            joined.starts_with("--output-format stream-json --verbose --input-format stream-json")
+        );
+        assert!(joined.contains("--model opus"));
+        assert!(joined.contains("--disallowedTools TodoWrite,Monitor"));
+        assert!(args.contains(&"--resume=s-1".to_owned()));
+        assert!(joined.contains(r#""mala":{"type":"sdk""#));
+    }
+}

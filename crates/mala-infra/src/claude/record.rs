@@ -1,0 +1,71 @@
+//! The session record: every protocol line in both directions, plus the
+//! evidence mala derived, appended to `<state dir>/sessions/<agent>.jsonl`.
+//! Flushed at every turn end, so a crash loses at most the current turn.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::Utc;
+use mala_core::AgentId;
+use serde_json::{Value, json};
+
+#[derive(Debug)]
+pub(crate) struct SessionRecord {
+    file: Mutex<Option<BufWriter<File>>>,
+}
+
+impl SessionRecord {
+    /// Opens (appending) the record of `agent`; a record that cannot be
+    /// opened is skipped with a warning rather than stopping the session.
+    pub(crate) fn open(state_dir: &Path, agent: &AgentId) -> Self {
+        let path = super::session::record_path(state_dir, agent);
+        let file = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+            });
+        let file = match file {
+            Ok(file) => Some(BufWriter::new(file)),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "no session record for this session");
+                None
+            }
+        };
+        Self {
+            file: Mutex::new(file),
+        }
+    }
+
+    pub(crate) fn write(&self, direction: &str, line: &Value) {
+        let mut guard = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(file) = guard.as_mut() {
+            let entry = json!({"t": Utc::now().to_rfc3339(), "dir": direction, "line": line});
+            let _ = writeln!(file, "{entry}");
+        }
+    }
+
+    pub(crate) fn flush(&self) {
+        let mut guard = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(file) = guard.as_mut() {
+            let _ = file.flush();
+        }
+    }
+}
+
+impl Drop for SessionRecord {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}

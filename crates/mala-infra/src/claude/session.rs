@@ -1,0 +1,852 @@
+//! One Claude Code process: the transport (reader, writer, pending control
+//! requests), the answers to the CLI's requests (hooks, permissions, the MCP
+//! server), and the turn loop with its timeouts.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mala_core::{
+    AgentError, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession, CommandRun,
+    FileEdit, LockTable, SessionId, SessionRequest, ToolGuard, TurnOutcome,
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::ClaudeConfig;
+use super::mcp;
+use super::protocol::{self, Inbound};
+use super::record::SessionRecord;
+
+/// The longest stdout line accepted (tool results can carry whole files).
+const MAX_LINE: usize = 64 * 1024 * 1024;
+const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(60);
+const GRACE: Duration = Duration::from_secs(5);
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each critical section is a plain update; a panic elsewhere leaves the data usable.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What the reader hands to the turn loop.
+#[derive(Debug)]
+enum TurnSignal {
+    Result(Value),
+    /// stdout closed: the process ended or is ending.
+    Closed,
+    /// A line we cannot read; the protocol is broken.
+    Broken(String),
+}
+
+/// State shared by the reader, the request handlers and the session.
+struct Shared {
+    agent: AgentId,
+    observer: Arc<dyn AgentObserver>,
+    guard: Option<Arc<dyn ToolGuard>>,
+    locks: Option<Arc<dyn LockTable>>,
+    outbox: mpsc::UnboundedSender<Value>,
+    record: Arc<SessionRecord>,
+    pending: Mutex<HashMap<String, oneshot::Sender<Result<Value, String>>>>,
+    handlers: Mutex<HashMap<String, JoinHandle<()>>>,
+    session_id: Mutex<Option<SessionId>>,
+    /// Tool calls and CLI requests in flight: the idle timer waits while any are.
+    busy: AtomicUsize,
+    /// Milliseconds since `epoch` of the last line either way.
+    last_activity: AtomicU64,
+    epoch: Instant,
+    tool_started: Mutex<HashMap<String, DateTime<Utc>>>,
+    stderr_tail: Mutex<String>,
+    next_request: AtomicU64,
+}
+
+impl Shared {
+    /// Sends a control request and waits for its answer, or for the process to end.
+    async fn control(&self, request: Value, timeout: Duration) -> Result<Value, AgentError> {
+        let n = self.next_request.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = format!("req_{n}_mala");
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id.clone(), tx);
+        self.send(protocol::control_request(&id, &request));
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(error))) => Err(AgentError::new(
+                AgentErrorKind::Protocol,
+                format!("claude refused: {error}"),
+            )),
+            Ok(Err(_)) => Err(AgentError::new(
+                AgentErrorKind::Crashed,
+                "claude exited before answering",
+            )),
+            Err(_) => {
+                lock(&self.pending).remove(&id);
+                Err(AgentError::new(
+                    AgentErrorKind::TimedOut,
+                    "claude did not answer a control request in time",
+                ))
+            }
+        }
+    }
+
+    fn touch(&self) {
+        let elapsed = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_activity.store(elapsed, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_activity.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    fn send(&self, line: Value) {
+        self.record.write("out", &line);
+        let _ = self.outbox.send(line);
+    }
+
+    fn emit(&self, event: &AgentEvent) {
+        self.record
+            .write("event", &serde_json::to_value(event).unwrap_or(Value::Null));
+        self.observer.on_event(event);
+    }
+
+    /// Follows conversation messages: session id, text, tool calls and results.
+    fn follow(&self, message: &Value) {
+        match message.get("type").and_then(Value::as_str) {
+            Some("system") if message.get("subtype").and_then(Value::as_str) == Some("init") => {
+                if let Some(id) = message.get("session_id").and_then(Value::as_str) {
+                    let id = SessionId::new(id);
+                    *lock(&self.session_id) = Some(id.clone());
+                    self.emit(&AgentEvent::SessionStarted { session_id: id });
+                }
+            }
+            Some("assistant") => {
+                for block in message
+                    .pointer("/message/content")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    match block.get("type").and_then(Value::as_str) {
+                        Some("text") => self.emit(&AgentEvent::Text {
+                            text: block
+                                .get("text")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_owned(),
+                        }),
+                        Some("tool_use") => {
+                            self.busy.fetch_add(1, Ordering::Relaxed);
+                            self.emit(&AgentEvent::ToolUse {
+                                id: block
+                                    .get("id")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or_default()
+                                    .to_owned(),
+                                name: block
+                                    .get("name")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or_default()
+                                    .to_owned(),
+                                input: block.get("input").cloned().unwrap_or(Value::Null),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Some("user") => {
+                for block in message
+                    .pointer("/message/content")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if block.get("type").and_then(Value::as_str) == Some("tool_result") {
+                        let _ = self
+                            .busy
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            });
+                        let content = match block.get("content") {
+                            Some(Value::String(s)) => s.clone(),
+                            Some(other) => other.to_string(),
+                            None => String::new(),
+                        };
+                        self.emit(&AgentEvent::ToolResult {
+                            id: block
+                                .get("tool_use_id")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_owned(),
+                            is_error: block
+                                .get("is_error")
+                                .and_then(Value::as_bool)
+                                .unwrap_or(false),
+                            content,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Answers one request from the CLI.
+    async fn answer(&self, request: &Value) -> Result<Value, String> {
+        match request.get("subtype").and_then(Value::as_str) {
+            Some("hook_callback") => {
+                let input = request.get("input").cloned().unwrap_or(Value::Null);
+                Ok(self.hook(
+                    request
+                        .get("callback_id")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                    &input,
+                ))
+            }
+            Some("can_use_tool") => {
+                let tool = request
+                    .get("tool_name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let input = request.get("input").cloned().unwrap_or(Value::Null);
+                Ok(match self.check(tool, &input) {
+                    Ok(()) => json!({"behavior": "allow", "updatedInput": input}),
+                    Err(reason) => {
+                        json!({"behavior": "deny", "message": reason, "interrupt": false})
+                    }
+                })
+            }
+            Some("mcp_message") => {
+                let server = request
+                    .get("server_name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if server != mcp::SERVER {
+                    return Err(format!("no in-process MCP server named {server}"));
+                }
+                let message = request.get("message").cloned().unwrap_or(Value::Null);
+                Ok(
+                    json!({"mcp_response": mcp::handle(&message, &self.agent, self.locks.as_ref()).await}),
+                )
+            }
+            other => Err(format!("mala does not handle {other:?} requests")),
+        }
+    }
+
+    fn check(&self, tool: &str, input: &Value) -> Result<(), String> {
+        let Some(guard) = &self.guard else {
+            return Ok(());
+        };
+        let verdict = guard.check(&self.agent, tool, input);
+        if let Err(reason) = &verdict {
+            self.emit(&AgentEvent::ToolDenied {
+                tool: tool.to_owned(),
+                reason: reason.clone(),
+            });
+        }
+        verdict
+    }
+
+    fn hook(&self, callback: &str, input: &Value) -> Value {
+        let tool = input
+            .get("tool_name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let tool_input = input.get("tool_input").cloned().unwrap_or(Value::Null);
+        let tool_use_id = input
+            .get("tool_use_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        match callback {
+            "pre_tool" => {
+                lock(&self.tool_started).insert(tool_use_id, Utc::now());
+                match self.check(tool, &tool_input) {
+                    Ok(()) => json!({}),
+                    Err(reason) => json!({"hookSpecificOutput": {
+                        "hookEventName": "PreToolUse",
+                        "permissionDecision": "deny",
+                        "permissionDecisionReason": reason,
+                    }}),
+                }
+            }
+            "post_tool" | "post_tool_failure" => {
+                let failed = callback == "post_tool_failure";
+                self.evidence(tool, &tool_input, &tool_use_id, failed, input);
+                json!({})
+            }
+            "stop" => match self.observer.stop_feedback() {
+                Some(reason) => json!({"decision": "block", "reason": reason}),
+                None => json!({}),
+            },
+            _ => json!({}),
+        }
+    }
+
+    /// Records a finished tool call as evidence: shell commands with their
+    /// status, and structured edits with their path.
+    fn evidence(
+        &self,
+        tool: &str,
+        tool_input: &Value,
+        tool_use_id: &str,
+        failed: bool,
+        input: &Value,
+    ) {
+        let now = Utc::now();
+        let started = lock(&self.tool_started).remove(tool_use_id);
+        match tool {
+            "Bash" => {
+                let error = input
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .or_else(|| failed.then(|| "the command failed".to_owned()));
+                let interrupted = input
+                    .pointer("/tool_response/interrupted")
+                    .and_then(Value::as_bool)
+                    == Some(true);
+                let exit_code = if failed || interrupted {
+                    error.as_deref().and_then(exit_code_from)
+                } else {
+                    Some(0)
+                };
+                self.emit(&AgentEvent::CommandRan {
+                    run: CommandRun {
+                        tool_use_id: tool_use_id.to_owned(),
+                        command: tool_input
+                            .get("command")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        exit_code,
+                        failed: failed || interrupted,
+                        error,
+                        started_at: started,
+                        ended_at: now,
+                    },
+                });
+            }
+            "Write" | "Edit" | "MultiEdit" | "NotebookEdit" if !failed => {
+                let path = tool_input
+                    .get("file_path")
+                    .or_else(|| tool_input.get("notebook_path"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                self.emit(&AgentEvent::FileEdited {
+                    edit: FileEdit {
+                        tool_use_id: tool_use_id.to_owned(),
+                        tool: tool.to_owned(),
+                        path,
+                        at: now,
+                    },
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// "Exit code 3" (Claude Code's wording for a failed command) → 3.
+fn exit_code_from(error: &str) -> Option<i32> {
+    let rest = error.split("Exit code ").nth(1)?;
+    let digits: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    digits.parse().ok()
+}
+
+/// Interrupts a session's running turn from outside the turn loop.
+#[derive(Clone)]
+pub struct Interrupter {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Interrupter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interrupter")
+            .field("agent", &self.shared.agent)
+            .finish()
+    }
+}
+
+impl Interrupter {
+    /// Asks the agent to stop; its turn then ends with an `Interrupted` outcome.
+    pub async fn interrupt(&self) -> Result<(), AgentError> {
+        self.shared
+            .control(json!({"subtype": "interrupt"}), GRACE)
+            .await
+            .map(drop)
+    }
+}
+
+/// A live Claude Code session.
+pub struct ClaudeSession {
+    shared: Arc<Shared>,
+    child: Option<Child>,
+    pid: Option<u32>,
+    turns: mpsc::UnboundedReceiver<TurnSignal>,
+    writer: Option<JoinHandle<()>>,
+    idle_timeout: Option<Duration>,
+    turn_timeout: Duration,
+    exited: bool,
+}
+
+impl std::fmt::Debug for ClaudeSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaudeSession")
+            .field("agent", &self.shared.agent)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+fn could_not_start(message: String) -> AgentError {
+    AgentError::new(AgentErrorKind::CouldNotStart, message)
+}
+
+impl ClaudeSession {
+    pub(crate) async fn start(
+        config: &ClaudeConfig,
+        request: SessionRequest,
+        observer: Arc<dyn AgentObserver>,
+        guard: Option<Arc<dyn ToolGuard>>,
+        locks: Option<Arc<dyn LockTable>>,
+    ) -> Result<Self, AgentError> {
+        let mut command = tokio::process::Command::new(&config.binary);
+        command
+            .args(config.arguments(&request))
+            .current_dir(&request.cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C at the terminal is mala's to
+            // handle, and signals for the agent reach its Bash children too.
+            .process_group(0)
+            .kill_on_drop(true);
+        if config.clear_env {
+            command.env_clear();
+        }
+        command
+            .env_remove("CLAUDECODE")
+            .env("CLAUDE_CODE_ENTRYPOINT", "sdk-mala")
+            .env("MALA_AGENT_ID", request.agent_id.as_str())
+            .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let mut child = command.spawn().map_err(|e| {
+            could_not_start(format!(
+                "could not start {}: {e}. {}",
+                config.binary.display(),
+                super::INSTALL_HINT
+            ))
+        })?;
+        let pid = child.id();
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(could_not_start(
+                "claude started without its pipes".to_owned(),
+            ));
+        };
+        let record = Arc::new(SessionRecord::open(&config.state_dir, &request.agent_id));
+        record.write(
+            "cmd",
+            &json!({"argv": config.arguments(&request), "cwd": request.cwd}),
+        );
+        let (outbox, inbox) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            agent: request.agent_id.clone(),
+            observer,
+            guard,
+            locks,
+            outbox,
+            record,
+            pending: Mutex::new(HashMap::new()),
+            handlers: Mutex::new(HashMap::new()),
+            session_id: Mutex::new(request.resume.clone()),
+            busy: AtomicUsize::new(0),
+            last_activity: AtomicU64::new(0),
+            epoch: Instant::now(),
+            tool_started: Mutex::new(HashMap::new()),
+            stderr_tail: Mutex::new(String::new()),
+            next_request: AtomicU64::new(0),
+        });
+        let (turn_tx, turns) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_loop(stdin, inbox));
+        tokio::spawn(read_loop(Arc::clone(&shared), stdout, turn_tx));
+        tokio::spawn(drain_stderr(Arc::clone(&shared), stderr));
+        let mut session = Self {
+            shared,
+            child: Some(child),
+            pid,
+            turns,
+            writer: Some(writer),
+            idle_timeout: config.idle_timeout,
+            turn_timeout: config.turn_timeout,
+            exited: false,
+        };
+        let hooks = json!({
+            "PreToolUse": [{"matcher": null, "hookCallbackIds": ["pre_tool"]}],
+            "PostToolUse": [{"matcher": null, "hookCallbackIds": ["post_tool"]}],
+            "PostToolUseFailure": [{"matcher": null, "hookCallbackIds": ["post_tool_failure"]}],
+            "Stop": [{"matcher": null, "hookCallbackIds": ["stop"]}],
+        });
+        match session
+            .control(
+                json!({"subtype": "initialize", "hooks": hooks}),
+                INITIALIZE_TIMEOUT,
+            )
+            .await
+        {
+            Ok(_) => Ok(session),
+            Err(error) => {
+                let status = session.shutdown().await;
+                let stderr = lock(&session.shared.stderr_tail).clone();
+                Err(classify_exit(&error.message, status, &stderr, true))
+            }
+        }
+    }
+
+    async fn control(&self, request: Value, timeout: Duration) -> Result<Value, AgentError> {
+        self.shared.control(request, timeout).await
+    }
+
+    /// A handle that can interrupt the running turn from another task.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Waits for the process to end, escalating: stdin closed, then SIGTERM
+    /// to its group, then SIGKILL. Returns the exit status, if any.
+    async fn shutdown(&mut self) -> Option<std::process::ExitStatus> {
+        if let Some(writer) = self.writer.take() {
+            // Dropping the sender side ends the writer, which closes stdin.
+            writer.abort();
+        }
+        let mut child = self.child.take()?;
+        if let Ok(Ok(status)) = tokio::time::timeout(GRACE, child.wait()).await {
+            self.exited = true;
+            return Some(status);
+        }
+        self.signal(rustix::process::Signal::TERM);
+        if let Ok(Ok(status)) = tokio::time::timeout(GRACE, child.wait()).await {
+            self.exited = true;
+            return Some(status);
+        }
+        self.signal(rustix::process::Signal::KILL);
+        let status = child.wait().await.ok();
+        self.exited = true;
+        status
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let Some(pid) = self
+            .pid
+            .and_then(|p| i32::try_from(p).ok())
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            return;
+        };
+        // The group may already be gone; nothing to do then.
+        let _ = rustix::process::kill_process_group(pid, signal);
+    }
+
+    fn stderr_tail(&self) -> String {
+        lock(&self.shared.stderr_tail).clone()
+    }
+}
+
+/// Why a process that ended (or would not start) failed.
+fn classify_exit(
+    context: &str,
+    status: Option<std::process::ExitStatus>,
+    stderr: &str,
+    starting: bool,
+) -> AgentError {
+    let tail: String = stderr
+        .trim()
+        .lines()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    let lower = stderr.to_lowercase();
+    let kind = if lower.contains("api key")
+        || lower.contains("authentication")
+        || lower.contains("/login")
+    {
+        AgentErrorKind::Authentication
+    } else if starting {
+        AgentErrorKind::CouldNotStart
+    } else {
+        AgentErrorKind::Crashed
+    };
+    let status = status.map_or_else(|| "no exit status".to_owned(), |s| s.to_string());
+    AgentError::new(
+        kind,
+        format!(
+            "{context} ({status}); stderr: {}",
+            if tail.is_empty() { "(empty)" } else { &tail }
+        ),
+    )
+}
+
+async fn write_loop(mut stdin: ChildStdin, mut inbox: mpsc::UnboundedReceiver<Value>) {
+    while let Some(line) = inbox.recv().await {
+        let mut text = line.to_string();
+        text.push('\n');
+        if stdin.write_all(text.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn drain_stderr(shared: Arc<Shared>, stderr: tokio::process::ChildStderr) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        shared.record.write("stderr", &Value::String(line.clone()));
+        let mut tail = lock(&shared.stderr_tail);
+        tail.push_str(&line);
+        tail.push('\n');
+        if tail.len() > 8192 {
+            let cut = tail.len() - 8192;
+            let cut = (cut..tail.len())
+                .find(|i| tail.is_char_boundary(*i))
+                .unwrap_or(cut);
+            tail.drain(..cut);
+        }
+    }
+}
+
+async fn read_loop(
+    shared: Arc<Shared>,
+    stdout: tokio::process::ChildStdout,
+    turns: mpsc::UnboundedSender<TurnSignal>,
+) {
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match read_bounded_line(&mut reader, &mut line).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) => {
+                let _ = turns.send(TurnSignal::Broken(error));
+                break;
+            }
+        }
+        shared.touch();
+        let parsed = match protocol::parse_line(&line) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => continue,
+            Err(error) => {
+                let _ = turns.send(TurnSignal::Broken(error));
+                break;
+            }
+        };
+        match parsed {
+            Inbound::ControlRequest {
+                request_id,
+                request,
+            } => {
+                shared.record.write("in", &json!({"type": "control_request", "request_id": request_id, "request": request}));
+                shared.busy.fetch_add(1, Ordering::Relaxed);
+                let handler_shared = Arc::clone(&shared);
+                let id = request_id.clone();
+                let handle = tokio::spawn(async move {
+                    let answer = handler_shared.answer(&request).await;
+                    lock(&handler_shared.handlers).remove(&id);
+                    let _ = handler_shared.busy.fetch_update(
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                        |n| n.checked_sub(1),
+                    );
+                    handler_shared.touch();
+                    handler_shared.send(match answer {
+                        Ok(response) => protocol::control_success(&id, &response),
+                        Err(error) => protocol::control_error(&id, &error),
+                    });
+                });
+                lock(&shared.handlers).insert(request_id, handle);
+            }
+            Inbound::ControlCancel { request_id } => {
+                shared.record.write(
+                    "in",
+                    &json!({"type": "control_cancel_request", "request_id": request_id}),
+                );
+                if let Some(handle) = lock(&shared.handlers).remove(&request_id) {
+                    handle.abort();
+                    let _ = shared
+                        .busy
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                }
+            }
+            Inbound::ControlResponse {
+                request_id,
+                outcome,
+            } => {
+                shared.record.write("in", &json!({"type": "control_response", "request_id": request_id, "ok": outcome.is_ok()}));
+                if let Some(waiter) = lock(&shared.pending).remove(&request_id) {
+                    let _ = waiter.send(outcome);
+                }
+            }
+            Inbound::Result(result) => {
+                shared.record.write("in", &result);
+                // Whatever was in flight is over with the turn.
+                shared.busy.store(0, Ordering::Relaxed);
+                let _ = turns.send(TurnSignal::Result(result));
+            }
+            Inbound::Message(message) => {
+                shared.record.write("in", &message);
+                shared.follow(&message);
+            }
+        }
+    }
+    // Waiters for answers that will never come.
+    lock(&shared.pending).clear();
+    let _ = turns.send(TurnSignal::Closed);
+}
+
+/// Reads up to and including `\n`, refusing lines longer than [`MAX_LINE`].
+async fn read_bounded_line(
+    reader: &mut BufReader<tokio::process::ChildStdout>,
+    line: &mut Vec<u8>,
+) -> Result<usize, String> {
+    loop {
+        let available = reader
+            .fill_buf()
+            .await
+            .map_err(|e| format!("reading claude's output: {e}"))?;
+        if available.is_empty() {
+            return Ok(line.len());
+        }
+        if let Some(end) = available.iter().position(|b| *b == b'\n') {
+            line.extend_from_slice(&available[..=end]);
+            reader.consume(end + 1);
+            return Ok(line.len());
+        }
+        let n = available.len();
+        line.extend_from_slice(available);
+        reader.consume(n);
+        if line.len() > MAX_LINE {
+            return Err(format!(
+                "claude printed a line longer than {} MB",
+                MAX_LINE / 1024 / 1024
+            ));
+        }
+    }
+}
+
+#[async_trait]
+impl AgentSession for ClaudeSession {
+    fn session_id(&self) -> Option<SessionId> {
+        lock(&self.shared.session_id).clone()
+    }
+
+    async fn turn(&mut self, prompt: &str) -> Result<TurnOutcome, AgentError> {
+        if self.exited || self.child.is_none() {
+            return Err(AgentError::new(
+                AgentErrorKind::Crashed,
+                "the claude process has already ended",
+            ));
+        }
+        self.shared.touch();
+        self.shared.send(protocol::user_message(prompt));
+        let deadline = tokio::time::Instant::now() + self.turn_timeout;
+        let result = loop {
+            // Wake at the idle limit (measured from the last line), or the hard limit.
+            let idle_wake = self.idle_timeout.map(|idle| {
+                tokio::time::Instant::now() + idle.saturating_sub(self.shared.idle_for())
+            });
+            let wake = idle_wake.map_or(deadline, |w| w.min(deadline));
+            tokio::select! {
+                signal = self.turns.recv() => match signal {
+                    Some(TurnSignal::Result(result)) => break Ok(result),
+                    Some(TurnSignal::Broken(error)) => break Err(AgentError::new(AgentErrorKind::Protocol, error)),
+                    Some(TurnSignal::Closed) | None => {
+                        let status = self.shutdown().await;
+                        break Err(classify_exit("claude exited in the middle of a turn", status, &self.stderr_tail(), false));
+                    }
+                },
+                () = tokio::time::sleep_until(wake) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        let _ = self.interrupt().await;
+                        break Err(AgentError::new(AgentErrorKind::TimedOut, format!("the turn ran past its limit of {} s", self.turn_timeout.as_secs())));
+                    }
+                    if let Some(idle) = self.idle_timeout
+                        && self.shared.busy.load(Ordering::Relaxed) == 0
+                        && self.shared.idle_for() >= idle
+                    {
+                        let _ = self.interrupt().await;
+                        break Err(AgentError::new(AgentErrorKind::TimedOut, format!("no output for {} s (idle timeout)", idle.as_secs())));
+                    }
+                }
+            }
+        };
+        self.shared.record.flush();
+        let outcome = protocol::turn_outcome(&result?)?;
+        if let Some(id) = &outcome.session_id {
+            *lock(&self.shared.session_id) = Some(id.clone());
+        }
+        Ok(outcome)
+    }
+
+    async fn interrupt(&mut self) -> Result<(), AgentError> {
+        if self.exited {
+            return Ok(());
+        }
+        self.control(json!({"subtype": "interrupt"}), GRACE)
+            .await
+            .map(drop)
+    }
+
+    async fn close(&mut self) -> Result<(), AgentError> {
+        let _ = self.shutdown().await;
+        self.shared.record.flush();
+        Ok(())
+    }
+}
+
+impl Drop for ClaudeSession {
+    fn drop(&mut self) {
+        if !self.exited && self.child.is_some() {
+            // A session dropped without close: take its whole group down.
+            self.signal(rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// Where session records go, by agent.
+pub(crate) fn record_path(state_dir: &Path, agent: &AgentId) -> std::path::PathBuf {
+    state_dir.join("sessions").join(format!(
+        "{}.jsonl",
+        agent.as_str().replace(['/', '\\'], "_")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_read_from_claudes_failure_text() {
+        assert_eq!(exit_code_from("Exit code 3\nerror: boom"), Some(3));
+        assert_eq!(exit_code_from("Command failed"), None);
+    }
+}
