@@ -39,6 +39,9 @@ pub struct ClaudeConfig {
     /// No output (and no tool call in flight) for this long ends the turn; `None` disables it.
     pub idle_timeout: Option<Duration>,
     pub turn_timeout: Duration,
+    /// How long each step of the shutdown escalation waits (stdin closed,
+    /// then SIGTERM, then SIGKILL to the process group).
+    pub shutdown_grace: Duration,
     /// Where session records go (`<state dir>/sessions/`).
     pub state_dir: PathBuf,
     /// Start from an empty environment (tests), then add `env`.
@@ -57,10 +60,37 @@ impl ClaudeConfig {
             disallowed_tools: Vec::new(),
             idle_timeout: None,
             turn_timeout: Duration::from_secs(30 * 60),
+            shutdown_grace: Duration::from_secs(5),
             state_dir: state_dir.into(),
             clear_env: false,
             env: Vec::new(),
         }
+    }
+
+    /// The backend's part of the resolved settings. `binary` is the `claude`
+    /// the caller found (settings name it; the binary crate looks it up on PATH).
+    pub fn from_settings(
+        settings: &mala_domain::Settings,
+        binary: PathBuf,
+        state_dir: PathBuf,
+    ) -> Self {
+        let mut config = Self::new(binary, state_dir);
+        config.model.clone_from(&settings.model);
+        config.effort = settings.effort.map(|e| e.as_str().to_owned());
+        config.setting_sources = Some(
+            settings
+                .claude_settings_sources
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect(),
+        );
+        config
+            .disallowed_tools
+            .clone_from(&settings.coder_options.claude.disallowed_tools);
+        config.turn_timeout = Duration::from_secs(settings.timeout_minutes.max(1) * 60);
+        config.idle_timeout = (settings.idle_timeout_seconds > 0.0)
+            .then(|| Duration::from_secs_f64(settings.idle_timeout_seconds));
+        config
     }
 
     /// The command line, as the official SDKs build it.

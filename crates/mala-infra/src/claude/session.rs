@@ -29,13 +29,27 @@ use super::record::SessionRecord;
 /// The longest stdout line accepted (tool results can carry whole files).
 const MAX_LINE: usize = 64 * 1024 * 1024;
 const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(60);
-const GRACE: Duration = Duration::from_secs(5);
+const INTERRUPT_ANSWER: Duration = Duration::from_secs(5);
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Each critical section is a plain update; a panic elsewhere leaves the data usable.
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The compact account of a session, written next to its record at close.
+#[derive(Debug, Default, serde::Serialize)]
+struct Summary {
+    agent: String,
+    session_id: Option<String>,
+    turns: u32,
+    input_tokens: u64,
+    output_tokens: u64,
+    total_cost_usd: f64,
+    tool_uses: std::collections::BTreeMap<String, u32>,
+    denials: u32,
+    evidence: mala_core::Evidence,
 }
 
 /// What the reader hands to the turn loop.
@@ -67,6 +81,7 @@ struct Shared {
     tool_started: Mutex<HashMap<String, DateTime<Utc>>>,
     stderr_tail: Mutex<String>,
     next_request: AtomicU64,
+    summary: Mutex<Summary>,
 }
 
 impl Shared {
@@ -386,7 +401,7 @@ impl Interrupter {
     /// Asks the agent to stop; its turn then ends with an `Interrupted` outcome.
     pub async fn interrupt(&self) -> Result<(), AgentError> {
         self.shared
-            .control(json!({"subtype": "interrupt"}), GRACE)
+            .control(json!({"subtype": "interrupt"}), INTERRUPT_ANSWER)
             .await
             .map(drop)
     }
@@ -401,6 +416,8 @@ pub struct ClaudeSession {
     writer: Option<JoinHandle<()>>,
     idle_timeout: Option<Duration>,
     turn_timeout: Duration,
+    grace: Duration,
+    state_dir: std::path::PathBuf,
     exited: bool,
 }
 
@@ -481,6 +498,10 @@ impl ClaudeSession {
             tool_started: Mutex::new(HashMap::new()),
             stderr_tail: Mutex::new(String::new()),
             next_request: AtomicU64::new(0),
+            summary: Mutex::new(Summary {
+                agent: request.agent_id.to_string(),
+                ..Summary::default()
+            }),
         });
         let (turn_tx, turns) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_loop(stdin, inbox));
@@ -494,6 +515,8 @@ impl ClaudeSession {
             writer: Some(writer),
             idle_timeout: config.idle_timeout,
             turn_timeout: config.turn_timeout,
+            grace: config.shutdown_grace,
+            state_dir: config.state_dir.clone(),
             exited: false,
         };
         let hooks = json!({
@@ -537,17 +560,23 @@ impl ClaudeSession {
             writer.abort();
         }
         let mut child = self.child.take()?;
-        if let Ok(Ok(status)) = tokio::time::timeout(GRACE, child.wait()).await {
-            self.exited = true;
-            return Some(status);
+        let mut status = tokio::time::timeout(self.grace, child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if status.is_none() {
+            self.signal(rustix::process::Signal::TERM);
+            status = tokio::time::timeout(self.grace, child.wait())
+                .await
+                .ok()
+                .and_then(Result::ok);
         }
-        self.signal(rustix::process::Signal::TERM);
-        if let Ok(Ok(status)) = tokio::time::timeout(GRACE, child.wait()).await {
-            self.exited = true;
-            return Some(status);
-        }
+        // Whatever is left of the group (the leader, or a background command
+        // it started) goes now; an empty group makes this a no-op.
         self.signal(rustix::process::Signal::KILL);
-        let status = child.wait().await.ok();
+        if status.is_none() {
+            status = child.wait().await.ok();
+        }
         self.exited = true;
         status
     }
@@ -562,6 +591,14 @@ impl ClaudeSession {
         };
         // The group may already be gone; nothing to do then.
         let _ = rustix::process::kill_process_group(pid, signal);
+    }
+
+    fn write_summary(&self) {
+        let path = record_path(&self.state_dir, &self.shared.agent).with_extension("summary.json");
+        let summary = lock(&self.shared.summary);
+        if let Ok(text) = serde_json::to_string_pretty(&*summary) {
+            let _ = std::fs::write(path, text);
+        }
     }
 
     fn stderr_tail(&self) -> String {
@@ -804,6 +841,14 @@ impl AgentSession for ClaudeSession {
         if let Some(id) = &outcome.session_id {
             *lock(&self.shared.session_id) = Some(id.clone());
         }
+        {
+            let mut summary = lock(&self.shared.summary);
+            summary.turns += 1;
+            summary.input_tokens += outcome.usage.input_tokens;
+            summary.output_tokens += outcome.usage.output_tokens;
+            summary.total_cost_usd = outcome.total_cost_usd;
+            summary.session_id = outcome.session_id.as_ref().map(ToString::to_string);
+        }
         Ok(outcome)
     }
 
@@ -811,7 +856,7 @@ impl AgentSession for ClaudeSession {
         if self.exited {
             return Ok(());
         }
-        self.control(json!({"subtype": "interrupt"}), GRACE)
+        self.control(json!({"subtype": "interrupt"}), INTERRUPT_ANSWER)
             .await
             .map(drop)
     }
@@ -819,6 +864,7 @@ impl AgentSession for ClaudeSession {
     async fn close(&mut self) -> Result<(), AgentError> {
         let _ = self.shutdown().await;
         self.shared.record.flush();
+        self.write_summary();
         Ok(())
     }
 }
