@@ -53,6 +53,24 @@ impl SessionRecord {
         }
     }
 
+    /// Records a line exactly as the CLI printed it (it is JSON already), so
+    /// the hot path never serialises twice.
+    pub(crate) fn write_raw(&self, direction: &str, line: &[u8]) {
+        let mut guard = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(file) = guard.as_mut() {
+            let _ = write!(
+                file,
+                "{{\"t\":\"{}\",\"dir\":\"{direction}\",\"line\":",
+                Utc::now().to_rfc3339()
+            );
+            let _ = file.write_all(line.trim_ascii());
+            let _ = file.write_all(b"}\n");
+        }
+    }
+
     pub(crate) fn flush(&self) {
         let mut guard = self
             .file

@@ -128,8 +128,28 @@ impl Shared {
     }
 
     fn emit(&self, event: &AgentEvent) {
-        self.record
-            .write("event", &serde_json::to_value(event).unwrap_or(Value::Null));
+        {
+            let mut summary = lock(&self.summary);
+            match event {
+                AgentEvent::ToolUse { name, .. } => {
+                    *summary.tool_uses.entry(name.clone()).or_default() += 1;
+                }
+                AgentEvent::CommandRan { run } => summary.evidence.commands.push(run.clone()),
+                AgentEvent::FileEdited { edit } => summary.evidence.edits.push(edit.clone()),
+                AgentEvent::ToolDenied { .. } => summary.denials += 1,
+                _ => {}
+            }
+        }
+        // The protocol lines are recorded already; record only what mala adds.
+        if matches!(
+            event,
+            AgentEvent::CommandRan { .. }
+                | AgentEvent::FileEdited { .. }
+                | AgentEvent::ToolDenied { .. }
+        ) {
+            self.record
+                .write("event", &serde_json::to_value(event).unwrap_or(Value::Null));
+        }
         self.observer.on_event(event);
     }
 
@@ -689,6 +709,7 @@ async fn read_loop(
             }
         }
         shared.touch();
+        shared.record.write_raw("in", &line);
         let parsed = match protocol::parse_line(&line) {
             Ok(Some(parsed)) => parsed,
             Ok(None) => continue,
@@ -702,7 +723,6 @@ async fn read_loop(
                 request_id,
                 request,
             } => {
-                shared.record.write("in", &json!({"type": "control_request", "request_id": request_id, "request": request}));
                 shared.busy.fetch_add(1, Ordering::Relaxed);
                 let handler_shared = Arc::clone(&shared);
                 let id = request_id.clone();
@@ -723,10 +743,6 @@ async fn read_loop(
                 lock(&shared.handlers).insert(request_id, handle);
             }
             Inbound::ControlCancel { request_id } => {
-                shared.record.write(
-                    "in",
-                    &json!({"type": "control_cancel_request", "request_id": request_id}),
-                );
                 if let Some(handle) = lock(&shared.handlers).remove(&request_id) {
                     handle.abort();
                     let _ = shared
@@ -738,19 +754,16 @@ async fn read_loop(
                 request_id,
                 outcome,
             } => {
-                shared.record.write("in", &json!({"type": "control_response", "request_id": request_id, "ok": outcome.is_ok()}));
                 if let Some(waiter) = lock(&shared.pending).remove(&request_id) {
                     let _ = waiter.send(outcome);
                 }
             }
             Inbound::Result(result) => {
-                shared.record.write("in", &result);
                 // Whatever was in flight is over with the turn.
                 shared.busy.store(0, Ordering::Relaxed);
                 let _ = turns.send(TurnSignal::Result(result));
             }
             Inbound::Message(message) => {
-                shared.record.write("in", &message);
                 shared.follow(&message);
             }
         }
