@@ -153,3 +153,140 @@ async fn call(
         other => (format!("unknown tool {other}"), true),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FileLockTable;
+
+    fn call_message(id: u64, name: &str, arguments: Value) -> Value {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": arguments}})
+    }
+
+    fn text(answer: &Value) -> (String, bool) {
+        (
+            answer
+                .pointer("/result/content/0/text")
+                .and_then(Value::as_str)
+                .unwrap()
+                .to_owned(),
+            answer
+                .pointer("/result/isError")
+                .and_then(Value::as_bool)
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_server_speaks_mcp_and_serves_the_lock_tools() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks: Arc<dyn LockTable> =
+            Arc::new(FileLockTable::new(dir.path().join("locks"), dir.path()).unwrap());
+        let (a, b) = (AgentId::new("a@r"), AgentId::new("b@r"));
+        let init = handle(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}}), &a, Some(&locks)).await;
+        assert_eq!(init["result"]["protocolVersion"], "2025-11-25");
+        assert!(init["result"]["capabilities"]["tools"].is_object());
+        let note = handle(
+            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            &a,
+            Some(&locks),
+        )
+        .await;
+        assert_eq!(note, json!({"jsonrpc": "2.0", "result": {}}));
+        let list = handle(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+            &a,
+            Some(&locks),
+        )
+        .await;
+        let names: Vec<&str> = list["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, vec!["lock_acquire", "lock_release", "lock_wait"]);
+
+        let (got, err) = text(
+            &handle(
+                &call_message(2, "lock_acquire", json!({"filepaths": ["x.rs"]})),
+                &a,
+                Some(&locks),
+            )
+            .await,
+        );
+        assert!(!err && got.contains("\"all_acquired\":true"), "{got}");
+        let (got, _) = text(
+            &handle(
+                &call_message(
+                    3,
+                    "lock_acquire",
+                    json!({"filepaths": ["x.rs"], "timeout_seconds": 0}),
+                ),
+                &b,
+                Some(&locks),
+            )
+            .await,
+        );
+        assert!(
+            got.contains("\"all_acquired\":false") && got.contains("a@r"),
+            "{got}"
+        );
+        let (got, _) = text(
+            &handle(
+                &call_message(4, "lock_wait", json!({"filepaths": ["x.rs"]})),
+                &b,
+                Some(&locks),
+            )
+            .await,
+        );
+        assert!(got.contains("\"parked\":true"), "{got}");
+        let (got, err) = text(
+            &handle(
+                &call_message(
+                    5,
+                    "lock_release",
+                    json!({"filepaths": ["x.rs"], "all": true}),
+                ),
+                &a,
+                Some(&locks),
+            )
+            .await,
+        );
+        assert!(err && got.contains("not both"), "{got}");
+        let (got, err) = text(
+            &handle(
+                &call_message(6, "lock_release", json!({"all": true})),
+                &a,
+                Some(&locks),
+            )
+            .await,
+        );
+        assert!(!err && got.contains("\"count\":1"), "{got}");
+        let (got, err) = text(
+            &handle(
+                &call_message(7, "lock_acquire", json!({"filepaths": []})),
+                &a,
+                Some(&locks),
+            )
+            .await,
+        );
+        assert!(err && got.contains("at least one"), "{got}");
+        let (_, err) = text(
+            &handle(
+                &call_message(8, "lock_acquire", json!({"filepaths": ["y"]})),
+                &a,
+                None,
+            )
+            .await,
+        );
+        assert!(err);
+        let unknown = handle(
+            &json!({"jsonrpc": "2.0", "id": 9, "method": "resources/list"}),
+            &a,
+            Some(&locks),
+        )
+        .await;
+        assert_eq!(unknown["error"]["code"], -32601);
+    }
+}
