@@ -159,7 +159,7 @@ mod tests {
     use super::*;
     use crate::FileLockTable;
 
-    fn call_message(id: u64, name: &str, arguments: Value) -> Value {
+    fn call_message(id: u64, name: &str, arguments: &Value) -> Value {
         json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": arguments}})
     }
 
@@ -177,6 +177,8 @@ mod tests {
         )
     }
 
+    /// The whole conversation of one agent with the server, in order.
+    #[allow(clippy::too_many_lines)]
     #[tokio::test]
     async fn the_server_speaks_mcp_and_serves_the_lock_tools() {
         let dir = tempfile::tempdir().unwrap();
@@ -209,7 +211,7 @@ mod tests {
 
         let (got, err) = text(
             &handle(
-                &call_message(2, "lock_acquire", json!({"filepaths": ["x.rs"]})),
+                &call_message(2, "lock_acquire", &json!({"filepaths": ["x.rs"]})),
                 &a,
                 Some(&locks),
             )
@@ -234,7 +236,7 @@ mod tests {
         );
         let (got, _) = text(
             &handle(
-                &call_message(4, "lock_wait", json!({"filepaths": ["x.rs"]})),
+                &call_message(4, "lock_wait", &json!({"filepaths": ["x.rs"]})),
                 &b,
                 Some(&locks),
             )
@@ -256,7 +258,7 @@ mod tests {
         assert!(err && got.contains("not both"), "{got}");
         let (got, err) = text(
             &handle(
-                &call_message(6, "lock_release", json!({"all": true})),
+                &call_message(6, "lock_release", &json!({"all": true})),
                 &a,
                 Some(&locks),
             )
@@ -265,7 +267,7 @@ mod tests {
         assert!(!err && got.contains("\"count\":1"), "{got}");
         let (got, err) = text(
             &handle(
-                &call_message(7, "lock_acquire", json!({"filepaths": []})),
+                &call_message(7, "lock_acquire", &json!({"filepaths": []})),
                 &a,
                 Some(&locks),
             )
@@ -274,7 +276,7 @@ mod tests {
         assert!(err && got.contains("at least one"), "{got}");
         let (_, err) = text(
             &handle(
-                &call_message(8, "lock_acquire", json!({"filepaths": ["y"]})),
+                &call_message(8, "lock_acquire", &json!({"filepaths": ["y"]})),
                 &a,
                 None,
             )
