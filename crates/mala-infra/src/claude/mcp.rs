@@ -223,7 +223,7 @@ mod tests {
                 &call_message(
                     3,
                     "lock_acquire",
-                    json!({"filepaths": ["x.rs"], "timeout_seconds": 0}),
+                    &json!({"filepaths": ["x.rs"], "timeout_seconds": 0}),
                 ),
                 &b,
                 Some(&locks),
@@ -248,7 +248,7 @@ mod tests {
                 &call_message(
                     5,
                     "lock_release",
-                    json!({"filepaths": ["x.rs"], "all": true}),
+                    &json!({"filepaths": ["x.rs"], "all": true}),
                 ),
                 &a,
                 Some(&locks),
