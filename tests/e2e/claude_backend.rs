@@ -411,3 +411,63 @@ async fn a_missing_binary_cannot_start_and_says_how_to_install() {
         .unwrap_err();
     assert_eq!(err.kind, AgentErrorKind::CouldNotStart);
 }
+
+#[tokio::test]
+async fn three_agents_commit_at_the_same_time_through_the_commit_tool() {
+    let binary = require_tool!(Tool::Claude);
+    let mock = MockAnthropic::start(Script::directives());
+    let setup = Setup::new(&binary, &mock);
+    let repo = TempRepo::new();
+    std::fs::create_dir(repo.path().join("src")).unwrap();
+    let locks: Arc<dyn LockTable> =
+        Arc::new(FileLockTable::new(setup.state.path().join("locks"), repo.path()).unwrap());
+    let guard = Arc::new(LockingGuard::new(repo.path(), Arc::clone(&locks), vec![]));
+    let git = Arc::new(mala_infra::GitRepo::new(repo.path()));
+    let backend = ClaudeBackend::new(setup.config())
+        .with_guard(guard)
+        .with_locks(locks)
+        .with_git(git);
+    let mut tasks = Vec::new();
+    for n in 1..=3 {
+        let backend = backend.clone();
+        let file = repo.path().join(format!("src/f{n}.rs"));
+        let request = request(&format!("m-{n}@three"), &repo);
+        tasks.push(tokio::spawn(async move {
+            let prompt = [
+                format!("MOCK_TOOL mcp__mala__lock_acquire {}", json!({"filepaths": [format!("src/f{n}.rs")]})),
+                format!("MOCK_TOOL Write {}", json!({"file_path": file, "content": format!("pub fn f{n}() {{}}\n")})),
+                format!(
+                    "MOCK_TOOL mcp__mala__commit {}",
+                    json!({"paths": [format!("src/f{n}.rs")], "message": format!("bd-m-{n}: add f{n}")})
+                ),
+            ]
+            .join("\n");
+            let recorder = Arc::new(Recorder::default());
+            let mut session = backend.start_session(request, recorder.clone()).await.unwrap();
+            let outcome = session.turn(&prompt).await.unwrap();
+            session.close().await.unwrap();
+            let committed = recorder.events().into_iter().any(|e| {
+                matches!(e, AgentEvent::ToolResult { is_error: false, content, .. } if content.contains("commit") && content.contains("paths"))
+            });
+            (outcome.status, committed)
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), (TurnStatus::Completed, true));
+    }
+    for n in 1..=3 {
+        let files = repo.git(&[
+            "log",
+            "--format=",
+            "--name-only",
+            "--grep",
+            &format!("^bd-m-{n}: "),
+        ]);
+        assert_eq!(
+            files.trim(),
+            format!("src/f{n}.rs"),
+            "agent {n}'s commit holds its own file only"
+        );
+    }
+    assert_eq!(repo.git(&["status", "--porcelain"]).trim(), "");
+}

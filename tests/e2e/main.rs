@@ -7,6 +7,7 @@ mod br_harness;
 mod br_tracker;
 mod claude_backend;
 mod claude_harness;
+mod commits;
 mod deadlock_props;
 mod forgotten_files;
 mod locks;

@@ -6,12 +6,14 @@
 //! with the run's queue. The gate, tool-guard and deadlock rules join it as
 //! they are built.
 
+mod commits;
 mod config;
 mod deadlock;
 mod guard;
 mod run_options;
 mod tracker;
 
+pub use commits::{check_commit_message, is_issue_commit};
 pub use config::{
     AgentSdkModel, AmpMode, BUILTIN_COMMANDS, Cerberus, ClaudeOptions, CodeReview, Coder,
     CoderOptions, CodexApprovalPolicy, CodexOptions, CodexSandbox, CommandSpec, ConfigError,

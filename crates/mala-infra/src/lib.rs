@@ -8,6 +8,7 @@
 mod beads;
 mod claude;
 mod clock;
+mod git;
 mod locks;
 mod run_marker;
 
@@ -20,6 +21,7 @@ pub use claude::{
     LockingGuard, check_claude,
 };
 pub use clock::SystemClock;
+pub use git::{CommitRefusal, GitRepo, commit_as_agent};
 pub use locks::{
     FileLockTable, canonical_path, list_locks, lock_file_stem, paths_held_in, remove_lock,
 };

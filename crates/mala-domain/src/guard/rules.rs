@@ -655,7 +655,7 @@ impl Walker<'_> {
     }
 
     fn git_add(&self, rest: &[&str], base: &Path) -> Result<(), Refusal> {
-        const HINT: &str = "Stage only the files you hold, by name (`git add <path> && git commit -m 'bd-<id>: …' -- <path>`), or use mala's commit tool";
+        const HINT: &str = "Commit with mala's commit tool (mcp__mala__commit, paths and message), or stage only the files you hold, by name: `git add <path> && git commit -m 'bd-<id>: …' -- <path>`";
         for arg in rest {
             if matches!(
                 *arg,
@@ -699,7 +699,7 @@ impl Walker<'_> {
     }
 
     fn git_commit(&self, rest: &[&str], base: &Path) -> Result<(), Refusal> {
-        const HINT: &str = "Commit only the files you hold: `git commit -m 'bd-<id>: …' -- <paths>`, or use mala's commit tool";
+        const HINT: &str = "Commit with mala's commit tool (mcp__mala__commit, paths and message), or name only the files you hold: `git commit -m 'bd-<id>: …' -- <paths>`";
         for arg in rest {
             let bundled_all = arg.starts_with('-')
                 && !arg.starts_with("--")

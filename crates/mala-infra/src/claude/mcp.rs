@@ -6,6 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mala_core::{AgentId, LockTable};
+
+use crate::{GitRepo, commit_as_agent};
+
+/// What the server's tools act on, for one session.
+pub(crate) struct Tools<'a> {
+    pub(crate) agent: &'a AgentId,
+    pub(crate) locks: Option<&'a Arc<dyn LockTable>>,
+    pub(crate) git: Option<&'a Arc<GitRepo>>,
+}
 use serde_json::{Value, json};
 
 /// The server's name; the model sees its tools as `mcp__mala__<tool>`.
@@ -13,7 +22,7 @@ pub(crate) const SERVER: &str = "mala";
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
-fn tools() -> Value {
+fn tool_list() -> Value {
     let paths = json!({"type": "array", "items": {"type": "string"}, "minItems": 1,
                        "description": "Repository paths (relative to the repository root, or absolute)"});
     json!([
@@ -34,6 +43,14 @@ fn tools() -> Value {
             }}
         },
         {
+            "name": "commit",
+            "description": "Commit exactly these files (which you must hold locks on) and nothing else, with a message that starts with `bd-<your issue id>:`. Answers with the new commit id, or why nothing was committed (a path not locked, nothing changed, a repository hook that failed and its output). Use this instead of git add / git commit.",
+            "inputSchema": {"type": "object", "properties": {
+                "paths": {"type": "array", "items": {"type": "string"}, "minItems": 1, "description": "The files to commit (relative to the repository root, or absolute)"},
+                "message": {"type": "string", "description": "The commit message, starting with `bd-<issue id>: `"}
+            }, "required": ["paths", "message"]}
+        },
+        {
             "name": "lock_wait",
             "description": "Acquire nothing; say which of the paths other agents hold, so you can stop and be resumed when one frees.",
             "inputSchema": {"type": "object", "properties": {"filepaths": paths}, "required": ["filepaths"]}
@@ -42,11 +59,7 @@ fn tools() -> Value {
 }
 
 /// One JSON-RPC message for the server; the answer to put in `mcp_response`.
-pub(crate) async fn handle(
-    message: &Value,
-    agent: &AgentId,
-    locks: Option<&Arc<dyn LockTable>>,
-) -> Value {
+pub(crate) async fn handle(message: &Value, tools: &Tools<'_>) -> Value {
     let id = message.get("id").cloned();
     let method = message
         .get("method")
@@ -62,7 +75,7 @@ pub(crate) async fn handle(
             "capabilities": {"tools": {}},
             "serverInfo": {"name": SERVER, "version": env!("CARGO_PKG_VERSION")},
         })),
-        "tools/list" => reply(json!({"tools": tools()})),
+        "tools/list" => reply(json!({"tools": tool_list()})),
         "tools/call" => {
             let name = message
                 .pointer("/params/name")
@@ -72,13 +85,7 @@ pub(crate) async fn handle(
                 .pointer("/params/arguments")
                 .cloned()
                 .unwrap_or(Value::Null);
-            let (text, is_error) = match locks {
-                None => (
-                    "the lock table is not available in this session".to_owned(),
-                    true,
-                ),
-                Some(locks) => call(name, &arguments, agent, locks.as_ref()).await,
-            };
+            let (text, is_error) = call(name, &arguments, tools).await;
             reply(json!({"content": [{"type": "text", "text": text}], "isError": is_error}))
         }
         m if m.starts_with("notifications/") || id.is_none() => {
@@ -106,12 +113,40 @@ fn paths(arguments: &Value) -> Vec<String> {
     }
 }
 
-async fn call(
-    name: &str,
-    arguments: &Value,
-    agent: &AgentId,
-    locks: &dyn LockTable,
-) -> (String, bool) {
+async fn call(name: &str, arguments: &Value, tools: &Tools<'_>) -> (String, bool) {
+    let agent = tools.agent;
+    let Some(locks) = tools.locks.map(AsRef::as_ref) else {
+        return (
+            "the lock table is not available in this session".to_owned(),
+            true,
+        );
+    };
+    if name == "commit" {
+        let Some(git) = tools.git else {
+            return (
+                "commits through mala are not available in this session".to_owned(),
+                true,
+            );
+        };
+        let paths: Vec<String> = arguments
+            .get("paths")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let message = arguments
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        return match commit_as_agent(git, locks, agent, &paths, message).await {
+            Ok(id) => (json!({"commit": id, "paths": paths}).to_string(), false),
+            Err(refusal) => (refusal.to_string(), true),
+        };
+    }
     let to_text = |v: Result<Value, mala_core::LockError>| match v {
         Ok(value) => (value.to_string(), false),
         Err(error) => (error.to_string(), true),
@@ -159,6 +194,14 @@ mod tests {
     use super::*;
     use crate::FileLockTable;
 
+    fn t<'a>(agent: &'a AgentId, locks: Option<&'a Arc<dyn LockTable>>) -> Tools<'a> {
+        Tools {
+            agent,
+            locks,
+            git: None,
+        }
+    }
+
     fn call_message(id: u64, name: &str, arguments: &Value) -> Value {
         json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": arguments}})
     }
@@ -185,20 +228,18 @@ mod tests {
         let locks: Arc<dyn LockTable> =
             Arc::new(FileLockTable::new(dir.path().join("locks"), dir.path()).unwrap());
         let (a, b) = (AgentId::new("a@r"), AgentId::new("b@r"));
-        let init = handle(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}}), &a, Some(&locks)).await;
+        let init = handle(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}}), &t(&a, Some(&locks))).await;
         assert_eq!(init["result"]["protocolVersion"], "2025-11-25");
         assert!(init["result"]["capabilities"]["tools"].is_object());
         let note = handle(
             &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-            &a,
-            Some(&locks),
+            &t(&a, Some(&locks)),
         )
         .await;
         assert_eq!(note, json!({"jsonrpc": "2.0", "result": {}}));
         let list = handle(
             &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
-            &a,
-            Some(&locks),
+            &t(&a, Some(&locks)),
         )
         .await;
         let names: Vec<&str> = list["result"]["tools"]
@@ -207,13 +248,15 @@ mod tests {
             .iter()
             .map(|t| t["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, vec!["lock_acquire", "lock_release", "lock_wait"]);
+        assert_eq!(
+            names,
+            vec!["lock_acquire", "lock_release", "commit", "lock_wait"]
+        );
 
         let (got, err) = text(
             &handle(
                 &call_message(2, "lock_acquire", &json!({"filepaths": ["x.rs"]})),
-                &a,
-                Some(&locks),
+                &t(&a, Some(&locks)),
             )
             .await,
         );
@@ -225,8 +268,7 @@ mod tests {
                     "lock_acquire",
                     &json!({"filepaths": ["x.rs"], "timeout_seconds": 0}),
                 ),
-                &b,
-                Some(&locks),
+                &t(&b, Some(&locks)),
             )
             .await,
         );
@@ -237,8 +279,7 @@ mod tests {
         let (got, _) = text(
             &handle(
                 &call_message(4, "lock_wait", &json!({"filepaths": ["x.rs"]})),
-                &b,
-                Some(&locks),
+                &t(&b, Some(&locks)),
             )
             .await,
         );
@@ -250,8 +291,7 @@ mod tests {
                     "lock_release",
                     &json!({"filepaths": ["x.rs"], "all": true}),
                 ),
-                &a,
-                Some(&locks),
+                &t(&a, Some(&locks)),
             )
             .await,
         );
@@ -259,8 +299,7 @@ mod tests {
         let (got, err) = text(
             &handle(
                 &call_message(6, "lock_release", &json!({"all": true})),
-                &a,
-                Some(&locks),
+                &t(&a, Some(&locks)),
             )
             .await,
         );
@@ -268,8 +307,7 @@ mod tests {
         let (got, err) = text(
             &handle(
                 &call_message(7, "lock_acquire", &json!({"filepaths": []})),
-                &a,
-                Some(&locks),
+                &t(&a, Some(&locks)),
             )
             .await,
         );
@@ -277,16 +315,14 @@ mod tests {
         let (_, err) = text(
             &handle(
                 &call_message(8, "lock_acquire", &json!({"filepaths": ["y"]})),
-                &a,
-                None,
+                &t(&a, None),
             )
             .await,
         );
         assert!(err);
         let unknown = handle(
             &json!({"jsonrpc": "2.0", "id": 9, "method": "resources/list"}),
-            &a,
-            Some(&locks),
+            &t(&a, Some(&locks)),
         )
         .await;
         assert_eq!(unknown["error"]["code"], -32601);

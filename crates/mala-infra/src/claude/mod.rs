@@ -182,12 +182,19 @@ pub async fn check_claude(config: &ClaudeConfig) -> Result<String, AgentError> {
     }
 }
 
+/// What sessions reach besides the model: the guard, the lock table, git.
+#[derive(Clone, Default)]
+pub(crate) struct Services {
+    pub(crate) guard: Option<Arc<dyn ToolGuard>>,
+    pub(crate) locks: Option<Arc<dyn LockTable>>,
+    pub(crate) git: Option<Arc<crate::GitRepo>>,
+}
+
 /// The backend: starts one `claude` process per session.
 #[derive(Clone)]
 pub struct ClaudeBackend {
     config: ClaudeConfig,
-    guard: Option<Arc<dyn ToolGuard>>,
-    locks: Option<Arc<dyn LockTable>>,
+    services: Services,
 }
 
 impl std::fmt::Debug for ClaudeBackend {
@@ -202,22 +209,28 @@ impl ClaudeBackend {
     pub fn new(config: ClaudeConfig) -> Self {
         Self {
             config,
-            guard: None,
-            locks: None,
+            services: Services::default(),
         }
     }
 
     /// Every tool call goes through `guard` (PreToolUse and `can_use_tool`).
     #[must_use]
     pub fn with_guard(mut self, guard: Arc<dyn ToolGuard>) -> Self {
-        self.guard = Some(guard);
+        self.services.guard = Some(guard);
         self
     }
 
     /// The `mala` MCP server's lock tools use `locks`.
     #[must_use]
     pub fn with_locks(mut self, locks: Arc<dyn LockTable>) -> Self {
-        self.locks = Some(locks);
+        self.services.locks = Some(locks);
+        self
+    }
+
+    /// The `mala` MCP server's `commit` tool commits through `git`'s queue.
+    #[must_use]
+    pub fn with_git(mut self, git: Arc<crate::GitRepo>) -> Self {
+        self.services.git = Some(git);
         self
     }
 
@@ -227,14 +240,7 @@ impl ClaudeBackend {
         request: SessionRequest,
         observer: Arc<dyn AgentObserver>,
     ) -> Result<ClaudeSession, AgentError> {
-        ClaudeSession::start(
-            &self.config,
-            request,
-            observer,
-            self.guard.clone(),
-            self.locks.clone(),
-        )
-        .await
+        ClaudeSession::start(&self.config, request, observer, self.services.clone()).await
     }
 }
 

@@ -68,6 +68,7 @@ struct Shared {
     observer: Arc<dyn AgentObserver>,
     guard: Option<Arc<dyn ToolGuard>>,
     locks: Option<Arc<dyn LockTable>>,
+    git: Option<Arc<crate::GitRepo>>,
     outbox: mpsc::UnboundedSender<Value>,
     record: Arc<SessionRecord>,
     pending: Mutex<HashMap<String, oneshot::Sender<Result<Value, String>>>>,
@@ -270,9 +271,12 @@ impl Shared {
                     return Err(format!("no in-process MCP server named {server}"));
                 }
                 let message = request.get("message").cloned().unwrap_or(Value::Null);
-                Ok(
-                    json!({"mcp_response": mcp::handle(&message, &self.agent, self.locks.as_ref()).await}),
-                )
+                let tools = mcp::Tools {
+                    agent: &self.agent,
+                    locks: self.locks.as_ref(),
+                    git: self.git.as_ref(),
+                };
+                Ok(json!({"mcp_response": mcp::handle(&message, &tools).await}))
             }
             other => Err(format!("mala does not handle {other:?} requests")),
         }
@@ -459,9 +463,9 @@ impl ClaudeSession {
         config: &ClaudeConfig,
         request: SessionRequest,
         observer: Arc<dyn AgentObserver>,
-        guard: Option<Arc<dyn ToolGuard>>,
-        locks: Option<Arc<dyn LockTable>>,
+        services: super::Services,
     ) -> Result<Self, AgentError> {
+        let super::Services { guard, locks, git } = services;
         let mut command = tokio::process::Command::new(&config.binary);
         command
             .args(config.arguments(&request))
@@ -507,6 +511,7 @@ impl ClaudeSession {
             observer,
             guard,
             locks,
+            git,
             outbox,
             record,
             pending: Mutex::new(HashMap::new()),
