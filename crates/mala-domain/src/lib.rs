@@ -9,6 +9,7 @@
 mod commits;
 mod config;
 mod deadlock;
+mod gate;
 mod guard;
 mod run_options;
 mod tracker;
@@ -26,6 +27,10 @@ pub use config::{
     Triggers, UnknownWord, is_valid_command_name, load_preset, parse_config, preset_text, resolve,
 };
 pub use deadlock::{Deadlock, WaitForGraph};
+pub use gate::{
+    AttemptState, CommitInfo, GateInput, GateVerdict, Marker, RequiredCommand, check_gate,
+    glob_matches, no_progress, parse_marker, required_commands,
+};
 pub use guard::{Decision, GuardContext, ToolCall, check_tool};
 pub use run_options::{Order, ParseScopeError, Scope};
 pub use tracker::{
