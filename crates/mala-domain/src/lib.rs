@@ -31,7 +31,7 @@ pub use gate::{
     AttemptState, CommitInfo, GateInput, GateVerdict, Marker, RequiredCommand, check_gate,
     glob_matches, no_progress, parse_marker, required_commands,
 };
-pub use guard::{Decision, GuardContext, ToolCall, check_tool};
+pub use guard::{Decision, GuardContext, ToolCall, check_tool, shell_writes};
 pub use run_options::{Order, ParseScopeError, Scope};
 pub use tracker::{
     Blocker, Excluded, Exclusion, IssueGraph, QueueEntry, QueuePlan, QueueRequest, Readiness,

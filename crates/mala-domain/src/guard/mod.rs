@@ -101,6 +101,20 @@ impl Decision {
     }
 }
 
+/// The repository files a shell command writes (literal targets only), for
+/// dating an agent's last edit.
+pub fn shell_writes(command: &str, repo_root: &Path) -> Vec<PathBuf> {
+    let ctx = GuardContext {
+        repo_root,
+        cwd: repo_root,
+        held: &[],
+        disallowed_tools: &[],
+        staged: None,
+        require_locks: true,
+    };
+    rules::repository_writes(command, &ctx)
+}
+
 /// Decides one tool call.
 pub fn check_tool(call: &ToolCall, ctx: &GuardContext<'_>) -> Decision {
     let result = decide(call, ctx);
@@ -204,6 +218,21 @@ mod tests {
         };
         assert!(check_tool(&shell("echo x > src/any.rs"), &ctx).is_allowed());
         assert!(!check_tool(&shell("git reset --hard"), &ctx).is_allowed());
+    }
+
+    #[test]
+    fn shell_writes_lists_repository_targets() {
+        let root = Path::new("/repo");
+        assert_eq!(
+            shell_writes("echo x >> src/a.rs && sed -i s/a/b/ src/b.rs", root),
+            vec![
+                PathBuf::from("/repo/src/a.rs"),
+                PathBuf::from("/repo/src/b.rs")
+            ]
+        );
+        assert!(shell_writes("cargo test > /tmp/log 2>&1", root).is_empty());
+        assert!(shell_writes("cargo test", root).is_empty());
+        assert!(shell_writes("echo x > $OUT", root).is_empty());
     }
 
     #[test]

@@ -40,16 +40,37 @@ pub(crate) fn check_command(command: &str, ctx: &GuardContext<'_>) -> Result<(),
     let script = parse(command)?;
     let mut walker = Walker {
         ctx,
+        collected: None,
         cwd: vec![ctx.cwd.to_path_buf()],
         adds_in_line: script_adds(&script),
     };
     walker.script(&script, 0)
 }
 
+/// The repository files a command writes, as far as its words say (targets
+/// only known at run time are not listed). Used to date an agent's last edit.
+pub(crate) fn repository_writes(command: &str, ctx: &GuardContext<'_>) -> Vec<PathBuf> {
+    let Ok(script) = parse_script(command) else {
+        return Vec::new();
+    };
+    let mut walker = Walker {
+        ctx,
+        collected: Some(std::cell::RefCell::new(Vec::new())),
+        cwd: vec![ctx.cwd.to_path_buf()],
+        adds_in_line: true,
+    };
+    let _ = walker.script(&script, 0);
+    walker
+        .collected
+        .map(std::cell::RefCell::into_inner)
+        .unwrap_or_default()
+}
+
 /// Decides a structured edit of one file.
 pub(crate) fn check_edit(tool: &str, path: &str, ctx: &GuardContext<'_>) -> Result<(), Refusal> {
     let walker = Walker {
         ctx,
+        collected: None,
         cwd: vec![ctx.cwd.to_path_buf()],
         adds_in_line: false,
     };
@@ -125,6 +146,8 @@ fn has_glob(path: &str) -> bool {
 
 struct Walker<'c> {
     ctx: &'c GuardContext<'c>,
+    /// When set, writes inside the repository are collected instead of checked.
+    collected: Option<std::cell::RefCell<Vec<PathBuf>>>,
     /// The working directory, innermost subshell last.
     cwd: Vec<PathBuf>,
     adds_in_line: bool,
@@ -156,6 +179,9 @@ impl Walker<'_> {
     /// repository it must be locked by this agent.
     fn write_target(&self, target: &Arg, what: &str) -> Result<(), Refusal> {
         let Arg::Literal(path) = target else {
+            if self.collected.is_some() {
+                return Ok(());
+            }
             return Err(format!(
                 "refused: mala cannot tell which file `{}` is, so it cannot check that you hold its lock. \
                  Write to a literal path you have locked",
@@ -210,6 +236,10 @@ impl Walker<'_> {
             return Err(format!(
                 "refused: {what} would change the repository root itself"
             ));
+        }
+        if let Some(collected) = &self.collected {
+            collected.borrow_mut().push(absolute);
+            return Ok(());
         }
         if self.ctx.holds(&absolute) {
             return Ok(());
