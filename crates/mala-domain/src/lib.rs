@@ -11,6 +11,7 @@ mod config;
 mod deadlock;
 mod gate;
 mod guard;
+mod prompts;
 mod run_options;
 mod tracker;
 
@@ -32,6 +33,7 @@ pub use gate::{
     glob_matches, no_progress, parse_marker, required_commands,
 };
 pub use guard::{Decision, GuardContext, ToolCall, check_tool, shell_writes};
+pub use prompts::{PromptError, PromptKind, Template, render_prompt};
 pub use run_options::{Order, ParseScopeError, Scope};
 pub use tracker::{
     Blocker, Excluded, Exclusion, IssueGraph, QueueEntry, QueuePlan, QueueRequest, Readiness,
