@@ -191,14 +191,13 @@ impl Template {
             match piece {
                 Piece::Text(text) => out.push_str(text),
                 Piece::Var(name) => {
-                    out.push_str(
-                        values
-                            .get(name.as_str())
-                            .ok_or_else(|| PromptError::Missing {
-                                file: self.file.to_owned(),
-                                name: name.clone(),
-                            })?,
-                    )
+                    let value = values
+                        .get(name.as_str())
+                        .ok_or_else(|| PromptError::Missing {
+                            file: self.file.to_owned(),
+                            name: name.clone(),
+                        })?;
+                    out.push_str(value);
                 }
             }
         }
