@@ -34,3 +34,13 @@ pub struct Evidence {
     pub commands: Vec<CommandRun>,
     pub edits: Vec<FileEdit>,
 }
+
+/// A commit, as the gate and the reviewer see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitInfo {
+    pub id: String,
+    pub subject: String,
+    pub time: DateTime<Utc>,
+    /// Paths the commit changed, relative to the repository root.
+    pub files: Vec<String>,
+}

@@ -18,7 +18,7 @@ pub use agent::{
 };
 pub use error::{AgentError, AgentErrorKind, ReviewError, TrackerError};
 pub use event::{Event, RunOutcome};
-pub use evidence::{CommandRun, Evidence, FileEdit};
+pub use evidence::{CommandRun, CommitInfo, Evidence, FileEdit};
 pub use issue::{
     ClaimOutcome, Dependency, DependencyKind, EpicStatus, Issue, IssueId, IssueStatus, IssueType,
     IssueUpdate, NewIssue, ParsePriorityError, Priority,
@@ -26,11 +26,11 @@ pub use issue::{
 pub use locks::{AcquireReport, LockError, LockEvent, LockInfo, PathLock, WaitReport, WaitTarget};
 pub use ports::{
     AgentBackend, AgentObserver, AgentSession, Clock, EventSink, Finding, IssueTracker, LockTable,
-    ReviewRequest, ReviewVerdict, Reviewer, ToolGuard,
+    Repository, ReviewRequest, ReviewVerdict, Reviewer, ToolGuard,
 };
 
 #[cfg(feature = "mocks")]
 pub use ports::{
     MockAgentBackend, MockAgentObserver, MockAgentSession, MockClock, MockEventSink,
-    MockIssueTracker, MockLockTable, MockReviewer, MockToolGuard,
+    MockIssueTracker, MockLockTable, MockRepository, MockReviewer, MockToolGuard,
 };

@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AcquireReport, AgentError, AgentEvent, AgentId, ClaimOutcome, DependencyKind, EpicStatus,
-    Event, Issue, IssueId, IssueUpdate, LockError, NewIssue, ReviewError, SessionId,
+    AcquireReport, AgentError, AgentEvent, AgentId, ClaimOutcome, CommitInfo, DependencyKind,
+    EpicStatus, Event, Issue, IssueId, IssueUpdate, LockError, NewIssue, ReviewError, SessionId,
     SessionRequest, TrackerError, TurnOutcome, WaitReport,
 };
 
@@ -93,6 +93,20 @@ pub trait AgentObserver: Send + Sync {
     fn stop_feedback(&self) -> Option<String> {
         None
     }
+}
+
+/// The repository, as the pipeline needs it.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait Repository: Send + Sync {
+    /// The current HEAD commit, if the repository has one.
+    async fn head(&self) -> Result<Option<String>, String>;
+    /// Recent commits whose subject starts with `bd-`, newest first.
+    async fn issue_commits(&self) -> Result<Vec<CommitInfo>, String>;
+    /// Whether the working tree and the index match HEAD.
+    async fn is_clean(&self) -> Result<bool, String>;
+    /// Unstages those of `paths` that are staged; returns the ones it unstaged.
+    async fn unstage(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, String>;
 }
 
 /// Decides every tool call an agent makes (the coordination rules).

@@ -196,6 +196,72 @@ impl GitRepo {
     }
 }
 
+#[async_trait::async_trait]
+impl mala_core::Repository for GitRepo {
+    async fn head(&self) -> Result<Option<String>, String> {
+        let output = self.git(&["rev-parse", "--verify", "-q", "HEAD"]).await?;
+        Ok(output.status.success().then(|| text(&output.stdout)))
+    }
+
+    async fn issue_commits(&self) -> Result<Vec<mala_core::CommitInfo>, String> {
+        let output = self
+            .git(&[
+                "log",
+                "-n",
+                "500",
+                "--no-merges",
+                "--name-only",
+                "--format=%x01%H%x1f%ct%x1f%s",
+                "--grep=^bd-",
+            ])
+            .await?;
+        if !output.status.success() {
+            // A repository without commits has no issue commits.
+            return Ok(Vec::new());
+        }
+        let log = String::from_utf8_lossy(&output.stdout).into_owned();
+        let mut commits = Vec::new();
+        for entry in log.split('\u{1}').filter(|e| !e.trim().is_empty()) {
+            let mut lines = entry.lines();
+            let header = lines.next().unwrap_or_default();
+            let mut fields = header.splitn(3, '\u{1f}');
+            let (Some(id), Some(time), Some(subject)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let Some(time) = time
+                .parse::<i64>()
+                .ok()
+                .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            else {
+                continue;
+            };
+            commits.push(mala_core::CommitInfo {
+                id: id.to_owned(),
+                subject: subject.to_owned(),
+                time,
+                files: lines
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            });
+        }
+        Ok(commits)
+    }
+
+    async fn is_clean(&self) -> Result<bool, String> {
+        let output = self
+            .git(&["status", "--porcelain", "--untracked-files=normal"])
+            .await?;
+        Ok(output.status.success() && text(&output.stdout).is_empty())
+    }
+
+    async fn unstage(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+        GitRepo::unstage(self, paths).await
+    }
+}
+
 /// The commit tool: `agent` commits `paths` with `message`. Every path must
 /// be locked by the agent, and the message must name the agent's issue.
 pub async fn commit_as_agent(
@@ -366,6 +432,29 @@ mod tests {
             git(dir.path(), &["diff", "--cached", "--name-only"]).trim(),
             ""
         );
+    }
+
+    #[tokio::test]
+    async fn issue_commits_come_with_their_files_and_times() {
+        use mala_core::Repository;
+        let (dir, repo, _locks) = setup();
+        std::fs::write(dir.path().join("a.rs"), "a\n").unwrap();
+        git(dir.path(), &["add", "a.rs"]);
+        git(dir.path(), &["commit", "-q", "-m", "bd-m-1: add a"]);
+        std::fs::write(dir.path().join("b.rs"), "b\n").unwrap();
+        git(dir.path(), &["add", "b.rs"]);
+        git(
+            dir.path(),
+            &["commit", "-q", "-m", "other: not an issue commit"],
+        );
+        let commits = repo.issue_commits().await.unwrap();
+        assert_eq!(commits.len(), 1);
+        assert_eq!(commits[0].subject, "bd-m-1: add a");
+        assert_eq!(commits[0].files, vec!["a.rs"]);
+        assert!(repo.is_clean().await.unwrap());
+        std::fs::write(dir.path().join("c.rs"), "c\n").unwrap();
+        assert!(!repo.is_clean().await.unwrap());
+        assert!(repo.head().await.unwrap().is_some());
     }
 
     #[tokio::test]

@@ -10,24 +10,15 @@
 mod matching;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
+pub use mala_core::CommitInfo;
 use mala_core::{CommandRun, Evidence, IssueId};
 use serde::Serialize;
 
 use crate::commits::is_issue_commit;
 use matching::{Mismatch, runs_command};
-
-/// A commit as the gate sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CommitInfo {
-    pub id: String,
-    pub subject: String,
-    pub time: DateTime<Utc>,
-    /// Paths the commit changed, relative to the repository root.
-    pub files: Vec<String>,
-}
 
 /// A command the gate requires, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,8 +69,6 @@ pub struct GateInput<'a> {
     pub commits: &'a [CommitInfo],
     /// Everything recorded in the session so far.
     pub evidence: &'a Evidence,
-    /// Repository paths changed by shell commands (not structured edits), with when.
-    pub shell_edits: &'a [(DateTime<Utc>, PathBuf)],
     pub final_text: &'a str,
     pub required: &'a [RequiredCommand],
     pub code_patterns: &'a [String],
@@ -190,14 +179,21 @@ fn describe(mismatch: &Mismatch) -> &'static str {
     }
 }
 
-/// When the agent last changed a file (structured edit or shell write).
+/// When the agent last changed a file: a structured edit, or a shell command
+/// that writes inside the repository (other than a run of a required command,
+/// whose own output files do not count).
 fn last_edit(input: &GateInput<'_>) -> Option<DateTime<Utc>> {
+    let shell = input.evidence.commands.iter().filter(|run| {
+        !input.required.iter().any(|r| {
+            runs_command(&run.command, &r.command, input.repo_root, input.repo_root).is_ok()
+        }) && !crate::shell_writes(&run.command, input.repo_root).is_empty()
+    });
     input
         .evidence
         .edits
         .iter()
         .map(|e| e.at)
-        .chain(input.shell_edits.iter().map(|(at, _)| *at))
+        .chain(shell.map(|run| run.ended_at))
         .max()
 }
 

@@ -40,7 +40,6 @@ fn commit(id: &str, subject: &str, minute: i64, files: &[&str]) -> CommitInfo {
 struct Case {
     commits: Vec<CommitInfo>,
     evidence: Evidence,
-    shell_edits: Vec<(DateTime<Utc>, PathBuf)>,
     final_text: String,
 }
 
@@ -49,7 +48,6 @@ impl Case {
         Self {
             commits: vec![],
             evidence: Evidence::default(),
-            shell_edits: vec![],
             final_text: "Implemented the parser fix.".into(),
         }
     }
@@ -96,7 +94,6 @@ impl Case {
             baseline: at(0),
             commits: &self.commits,
             evidence: &self.evidence,
-            shell_edits: &self.shell_edits,
             final_text: &self.final_text,
             required: &required,
             code_patterns: &patterns,
@@ -182,11 +179,13 @@ fn editing_after_the_last_run_needs_a_new_run() {
         reasons(&verdict).contains("last ran before your last edit"),
         "{verdict:?}"
     );
-    // A shell write counts as an edit too.
-    let mut case = honest();
-    case.shell_edits
-        .push((at(5), PathBuf::from("/repo/src/parser.rs")));
-    assert!(!case.judge().passed);
+    // A shell write counts as an edit too; the validation runs' own output files do not.
+    let verdict = honest().ran(run("echo fix >> src/parser.rs", 0, 5)).judge();
+    assert!(!verdict.passed, "{verdict:?}");
+    let verdict = honest()
+        .ran(run("cargo test > test.log 2>&1", 0, 5))
+        .judge();
+    assert!(verdict.passed, "{verdict:?}");
     // And running them again after the edit passes.
     let verdict = honest()
         .edited(edit("src/parser.rs", 5))
@@ -287,7 +286,6 @@ fn allow_fail_commands_may_fail() {
         baseline: at(0),
         commits: &commits,
         evidence: &evidence,
-        shell_edits: &[],
         final_text: "",
         required: &required,
         code_patterns: &[],
