@@ -43,6 +43,25 @@ pub enum Event {
         agent: AgentId,
         event: AgentEvent,
     },
+    /// The quality gate judged an attempt.
+    GateChecked {
+        issue: IssueId,
+        attempt: u32,
+        passed: bool,
+        reasons: Vec<String>,
+    },
+    /// A reviewer answered.
+    Reviewed {
+        issue: IssueId,
+        attempt: u32,
+        blocking: usize,
+        advisory: usize,
+    },
+    /// The agent is given another go (gate or review follow-up, or a resume).
+    Retrying {
+        issue: IssueId,
+        why: String,
+    },
     IssueClosed {
         issue: IssueId,
     },

@@ -1,8 +1,12 @@
 //! One issue end to end: session runner, gate, review, finalize.
 //!
 //! It depends on `mala-core` and `mala-domain` only, and reaches the world
-//! through the ports in `mala-core`. So far: breaking a deadlock.
+//! through the ports in `mala-core`.
 
 mod deadlock;
+mod runner;
+mod tracking;
 
 pub use deadlock::{Resolution, ResolveError, resolve_deadlock};
+pub use runner::{IssueResult, RunnerConfig, RunnerPorts, run_issue};
+pub use tracking::track_advisory_findings;

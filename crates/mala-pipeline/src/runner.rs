@@ -1,0 +1,698 @@
+//! One issue end to end, as one state machine: claim → session → turns →
+//! gate → (follow-up → gate)* → review → (follow-up → gate → review)* →
+//! finalize. It reaches the world only through the ports.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Timelike, Utc};
+use mala_core::{
+    AgentBackend, AgentEvent, AgentId, AgentObserver, AgentSession, ClaimOutcome, Clock, Event,
+    EventSink, Evidence, Finding, Issue, IssueId, IssueStatus, IssueTracker, IssueUpdate,
+    LockTable, Repository, ReviewError, ReviewRequest, Reviewer, SessionRequest,
+};
+use mala_domain::{
+    AttemptState, GateInput, GateVerdict, Marker, PromptKind, RequiredCommand, check_gate,
+    is_issue_commit, no_progress, render_prompt,
+};
+
+use crate::tracking::track_advisory_findings;
+
+/// What the runner needs to know about the project.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub repo_root: PathBuf,
+    /// The actor issues are claimed under (`mala:<run id>`).
+    pub actor: String,
+    pub required: Vec<RequiredCommand>,
+    pub code_patterns: Vec<String>,
+    pub config_files: Vec<String>,
+    pub setup_files: Vec<String>,
+    /// Gate attempts in all (the first included).
+    pub max_gate_attempts: u32,
+    /// Review rounds in all.
+    pub max_review_attempts: u32,
+    /// Resumes after an idle timeout, crash or overload.
+    pub max_resumes: u32,
+    pub resume_backoff: Duration,
+    /// How many later runs may retry an issue that failed (`retry_failed`).
+    pub retry_failed: u32,
+    /// Where session records are, for the failure note.
+    pub record_dir: PathBuf,
+}
+
+/// The ports the runner uses.
+#[derive(Clone)]
+pub struct RunnerPorts {
+    pub tracker: Arc<dyn IssueTracker>,
+    pub backend: Arc<dyn AgentBackend>,
+    pub repo: Arc<dyn Repository>,
+    pub reviewer: Option<Arc<dyn Reviewer>>,
+    pub locks: Option<Arc<dyn LockTable>>,
+    pub events: Arc<dyn EventSink>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for RunnerPorts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunnerPorts")
+            .field("reviewer", &self.reviewer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How an issue ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssueResult {
+    /// Closed: the gate (and the review) passed.
+    Closed {
+        commit: Option<String>,
+        marker: Option<Marker>,
+    },
+    /// Not closed; the issue carries needs-followup and the reason.
+    Failed { reason: String },
+    /// Not taken: someone else holds it, or it is blocked.
+    Skipped { reason: String },
+}
+
+/// Collects what the agent does; forwards it as events.
+struct SessionLog {
+    agent: AgentId,
+    events: Arc<dyn EventSink>,
+    evidence: Mutex<Evidence>,
+    tool_uses: Mutex<usize>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain data; a panic elsewhere leaves it usable.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl AgentObserver for SessionLog {
+    fn on_event(&self, event: &AgentEvent) {
+        match event {
+            AgentEvent::CommandRan { run } => lock(&self.evidence).commands.push(run.clone()),
+            AgentEvent::FileEdited { edit } => lock(&self.evidence).edits.push(edit.clone()),
+            AgentEvent::ToolUse { .. } => *lock(&self.tool_uses) += 1,
+            _ => {}
+        }
+        self.events.emit(&Event::Agent {
+            agent: self.agent.clone(),
+            event: event.clone(),
+        });
+    }
+}
+
+/// What the runner does next.
+#[derive(Debug)]
+enum Step {
+    Turn(String),
+    Gate,
+    Review,
+    Finish(IssueResult),
+}
+
+fn bullet_list(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|i| format!("   - {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Runs one issue to its end.
+pub async fn run_issue(
+    issue_id: &IssueId,
+    agent: AgentId,
+    ports: &RunnerPorts,
+    config: &RunnerConfig,
+) -> IssueResult {
+    let issue = match ports.tracker.show(issue_id).await {
+        Ok(issue) => issue,
+        Err(error) => {
+            return IssueResult::Failed {
+                reason: format!("could not read the issue: {error}"),
+            };
+        }
+    };
+    match ports.tracker.claim(issue_id, &config.actor).await {
+        Ok(ClaimOutcome::Claimed) => {}
+        Ok(ClaimOutcome::AlreadyClaimed { by }) => {
+            return skip(
+                ports,
+                issue_id,
+                format!(
+                    "already claimed by {}",
+                    by.as_deref().unwrap_or("someone else")
+                ),
+            );
+        }
+        Ok(ClaimOutcome::Blocked { by }) => {
+            let by: Vec<&str> = by.iter().map(IssueId::as_str).collect();
+            return skip(ports, issue_id, format!("blocked by {}", by.join(", ")));
+        }
+        Err(error) => {
+            return IssueResult::Failed {
+                reason: format!("could not claim the issue: {error}"),
+            };
+        }
+    }
+    ports.events.emit(&Event::IssueClaimed {
+        issue: issue_id.clone(),
+        agent: agent.clone(),
+    });
+    let mut run = IssueRun::new(issue, agent, ports, config);
+    let result = run.drive().await;
+    run.finalize(result).await
+}
+
+fn skip(ports: &RunnerPorts, issue: &IssueId, reason: String) -> IssueResult {
+    ports.events.emit(&Event::IssueSkipped {
+        issue: issue.clone(),
+        reason: reason.clone(),
+    });
+    IssueResult::Skipped { reason }
+}
+
+struct IssueRun<'a> {
+    issue: Issue,
+    agent: AgentId,
+    ports: &'a RunnerPorts,
+    config: &'a RunnerConfig,
+    log: Arc<SessionLog>,
+    session: Option<Box<dyn AgentSession>>,
+    /// Commits older than this are not this session's work (seconds: git's precision).
+    baseline: DateTime<Utc>,
+    gate_attempt: u32,
+    review_attempt: u32,
+    resumes: u32,
+    final_text: String,
+    previous: Option<AttemptState>,
+    verdict: Option<GateVerdict>,
+}
+
+impl<'a> IssueRun<'a> {
+    fn new(issue: Issue, agent: AgentId, ports: &'a RunnerPorts, config: &'a RunnerConfig) -> Self {
+        let now = ports.clock.now();
+        let baseline = now.with_nanosecond(0).unwrap_or(now);
+        let log = Arc::new(SessionLog {
+            agent: agent.clone(),
+            events: Arc::clone(&ports.events),
+            evidence: Mutex::new(Evidence::default()),
+            tool_uses: Mutex::new(0),
+        });
+        Self {
+            issue,
+            agent,
+            ports,
+            config,
+            log,
+            session: None,
+            baseline,
+            gate_attempt: 1,
+            review_attempt: 1,
+            resumes: 0,
+            final_text: String::new(),
+            previous: None,
+            verdict: None,
+        }
+    }
+
+    fn commit_prefix(&self) -> String {
+        self.issue.id.commit_prefix()
+    }
+
+    fn implementer_prompt(&self) -> Result<String, String> {
+        let commands: Vec<String> = self
+            .config
+            .required
+            .iter()
+            .map(|r| {
+                format!(
+                    "`{}`{}",
+                    r.command,
+                    if r.allow_fail { " (may fail)" } else { "" }
+                )
+            })
+            .collect();
+        render_prompt(
+            PromptKind::Implementer,
+            &[
+                ("issue_id", self.issue.id.to_string()),
+                ("repo_path", self.config.repo_root.display().to_string()),
+                ("title", self.issue.title.clone()),
+                ("description", self.issue.description.clone()),
+                (
+                    "acceptance_criteria",
+                    if self.issue.acceptance_criteria.is_empty() {
+                        "(none given: meet the description)".to_owned()
+                    } else {
+                        self.issue.acceptance_criteria.clone()
+                    },
+                ),
+                (
+                    "validation_commands",
+                    if commands.is_empty() {
+                        "   (none configured)".to_owned()
+                    } else {
+                        bullet_list(&commands)
+                    },
+                ),
+                ("commit_prefix", self.commit_prefix()),
+            ],
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    async fn start_session(&mut self, resume: Option<mala_core::SessionId>) -> Result<(), String> {
+        let mut request = SessionRequest::new(self.agent.clone(), self.config.repo_root.clone());
+        request.issue_id = Some(self.issue.id.clone());
+        request.resume = resume;
+        let observer: Arc<dyn AgentObserver> = self.log.clone();
+        let session = self
+            .ports
+            .backend
+            .start(request, observer)
+            .await
+            .map_err(|e| format!("could not start the agent: {e}"))?;
+        self.session = Some(session);
+        Ok(())
+    }
+
+    async fn drive(&mut self) -> IssueResult {
+        if let Err(reason) = self.start_session(None).await {
+            return IssueResult::Failed { reason };
+        }
+        let mut step = match self.implementer_prompt() {
+            Ok(prompt) => Step::Turn(prompt),
+            Err(reason) => Step::Finish(IssueResult::Failed { reason }),
+        };
+        loop {
+            step = match step {
+                Step::Turn(prompt) => self.turn(prompt).await,
+                Step::Gate => self.gate().await,
+                Step::Review => self.review().await,
+                Step::Finish(result) => return result,
+            };
+        }
+    }
+
+    async fn turn(&mut self, prompt: String) -> Step {
+        let Some(session) = self.session.as_mut() else {
+            return Step::Finish(IssueResult::Failed {
+                reason: "no agent session".into(),
+            });
+        };
+        match session.turn(&prompt).await {
+            Ok(outcome) => {
+                self.final_text = outcome.final_text;
+                Step::Gate
+            }
+            Err(error) if error.is_retryable() && self.resumes < self.config.max_resumes => {
+                self.resumes += 1;
+                let session_id = session.session_id();
+                let _ = session.close().await;
+                self.ports.events.emit(&Event::Retrying {
+                    issue: self.issue.id.clone(),
+                    why: format!(
+                        "{error}; resuming ({}/{})",
+                        self.resumes, self.config.max_resumes
+                    ),
+                });
+                self.ports
+                    .clock
+                    .sleep(self.config.resume_backoff * self.resumes)
+                    .await;
+                let worked = *lock(&self.log.tool_uses) > 0;
+                match (session_id, worked) {
+                    (Some(id), _) => match self.start_session(Some(id)).await {
+                        Ok(()) => match render_prompt(
+                            PromptKind::IdleResume,
+                            &[("issue_id", self.issue.id.to_string())],
+                        ) {
+                            Ok(resume) => Step::Turn(resume),
+                            Err(e) => Step::Finish(IssueResult::Failed {
+                                reason: e.to_string(),
+                            }),
+                        },
+                        Err(reason) => Step::Finish(IssueResult::Failed { reason }),
+                    },
+                    // Nothing happened yet: starting over repeats no side effect.
+                    (None, false) => match self.start_session(None).await {
+                        Ok(()) => Step::Turn(prompt),
+                        Err(reason) => Step::Finish(IssueResult::Failed { reason }),
+                    },
+                    (None, true) => Step::Finish(IssueResult::Failed {
+                        reason: format!(
+                            "the agent's session was lost ({error}) after it had started working, and it cannot be resumed; \
+                             mala does not replay a prompt after its tools have run"
+                        ),
+                    }),
+                }
+            }
+            Err(error) => Step::Finish(IssueResult::Failed {
+                reason: format!("the agent failed: {error}"),
+            }),
+        }
+    }
+
+    async fn gate(&mut self) -> Step {
+        let commits = match self.ports.repo.issue_commits().await {
+            Ok(commits) => commits,
+            Err(error) => {
+                return Step::Finish(IssueResult::Failed {
+                    reason: format!("could not read git: {error}"),
+                });
+            }
+        };
+        let evidence = lock(&self.log.evidence).clone();
+        let verdict = check_gate(&GateInput {
+            issue: &self.issue.id,
+            repo_root: &self.config.repo_root,
+            baseline: self.baseline,
+            commits: &commits,
+            evidence: &evidence,
+            final_text: &self.final_text,
+            required: &self.config.required,
+            code_patterns: &self.config.code_patterns,
+            config_files: &self.config.config_files,
+            setup_files: &self.config.setup_files,
+        });
+        self.ports.events.emit(&Event::GateChecked {
+            issue: self.issue.id.clone(),
+            attempt: self.gate_attempt,
+            passed: verdict.passed,
+            reasons: verdict.reasons.clone(),
+        });
+        self.verdict = Some(verdict.clone());
+        if verdict.passed {
+            let no_work = matches!(
+                verdict.marker,
+                Some(
+                    Marker::NoChange(_)
+                        | Marker::Obsolete(_)
+                        | Marker::AlreadyComplete(_)
+                        | Marker::DocsOnly(_)
+                )
+            );
+            return if self.ports.reviewer.is_some() && !no_work {
+                Step::Review
+            } else {
+                Step::Finish(IssueResult::Closed {
+                    commit: verdict.commit,
+                    marker: verdict.marker,
+                })
+            };
+        }
+        let reasons = verdict.reasons.join("; ");
+        if self.gate_attempt >= self.config.max_gate_attempts {
+            return Step::Finish(IssueResult::Failed {
+                reason: format!(
+                    "Quality gate failed after {} attempt(s): {reasons}",
+                    self.gate_attempt
+                ),
+            });
+        }
+        let now = AttemptState {
+            head: self.ports.repo.head().await.ok().flatten(),
+            clean_tree: self.ports.repo.is_clean().await.unwrap_or(false),
+            evidence_runs: evidence.commands.len(),
+        };
+        if self
+            .previous
+            .as_ref()
+            .is_some_and(|before| no_progress(before, &now))
+        {
+            return Step::Finish(IssueResult::Failed {
+                reason: format!(
+                    "Quality gate failed and the last follow-up changed nothing: {reasons}"
+                ),
+            });
+        }
+        self.previous = Some(now);
+        self.gate_attempt += 1;
+        self.ports.events.emit(&Event::Retrying {
+            issue: self.issue.id.clone(),
+            why: format!("quality gate: {reasons}"),
+        });
+        self.gate_followup(&verdict)
+    }
+
+    fn gate_followup(&self, verdict: &GateVerdict) -> Step {
+        let commands: Vec<String> = self
+            .config
+            .required
+            .iter()
+            .filter(|r| verdict.missing.contains(&r.name))
+            .map(|r| format!("`{}`", r.command))
+            .collect();
+        match render_prompt(
+            PromptKind::GateFollowup,
+            &[
+                ("issue_id", self.issue.id.to_string()),
+                ("attempt", self.gate_attempt.to_string()),
+                ("max_attempts", self.config.max_gate_attempts.to_string()),
+                (
+                    "failure_reasons",
+                    verdict
+                        .reasons
+                        .iter()
+                        .map(|r| format!("- {r}"))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ),
+                (
+                    "commands_to_run",
+                    if commands.is_empty() {
+                        "   (all of them, as listed before)".to_owned()
+                    } else {
+                        bullet_list(&commands)
+                    },
+                ),
+                ("commit_prefix", self.commit_prefix()),
+            ],
+        ) {
+            Ok(prompt) => Step::Turn(prompt),
+            Err(e) => Step::Finish(IssueResult::Failed {
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    async fn review(&mut self) -> Step {
+        let Some(reviewer) = self.ports.reviewer.clone() else {
+            return Step::Finish(self.closed());
+        };
+        let commits: Vec<String> = match self.ports.repo.issue_commits().await {
+            Ok(all) => {
+                let mut ours: Vec<_> = all
+                    .into_iter()
+                    .filter(|c| {
+                        is_issue_commit(&c.subject, &self.issue.id) && c.time >= self.baseline
+                    })
+                    .collect();
+                ours.sort_by_key(|c| c.time);
+                ours.into_iter().map(|c| c.id).collect()
+            }
+            Err(error) => {
+                return Step::Finish(IssueResult::Failed {
+                    reason: format!("could not read git: {error}"),
+                });
+            }
+        };
+        let request = ReviewRequest {
+            issue: self.issue.id.clone(),
+            description: format!(
+                "{}\n\n{}\n\nAcceptance criteria:\n{}",
+                self.issue.title, self.issue.description, self.issue.acceptance_criteria
+            ),
+            commits,
+            context: format!("The author's final message:\n{}", self.final_text),
+        };
+        let mut answer = reviewer.review(request.clone()).await;
+        if matches!(
+            answer,
+            Err(ReviewError::InvalidAnswer(_) | ReviewError::Failed(_))
+        ) {
+            // The reviewer, not the author, is asked again.
+            answer = reviewer.review(request).await;
+        }
+        let verdict = match answer {
+            Ok(verdict) => verdict,
+            Err(error) => {
+                return Step::Finish(IssueResult::Failed {
+                    reason: format!("the review could not be completed: {error}"),
+                });
+            }
+        };
+        let (blocking, advisory): (Vec<Finding>, Vec<Finding>) =
+            verdict.findings.into_iter().partition(|f| f.priority <= 1);
+        self.ports.events.emit(&Event::Reviewed {
+            issue: self.issue.id.clone(),
+            attempt: self.review_attempt,
+            blocking: blocking.len(),
+            advisory: advisory.len(),
+        });
+        if !advisory.is_empty()
+            && let Err(error) =
+                track_advisory_findings(self.ports.tracker.as_ref(), &self.issue, &advisory).await
+        {
+            self.ports.events.emit(&Event::Warning {
+                message: format!(
+                    "could not record review findings for {}: {error}",
+                    self.issue.id
+                ),
+            });
+        }
+        if blocking.is_empty() {
+            return Step::Finish(self.closed());
+        }
+        let listed = describe_findings(&blocking);
+        if self.review_attempt >= self.config.max_review_attempts {
+            return Step::Finish(IssueResult::Failed {
+                reason: format!(
+                    "the review found blocking problems after {} round(s):\n{listed}",
+                    self.review_attempt
+                ),
+            });
+        }
+        self.review_attempt += 1;
+        self.ports.events.emit(&Event::Retrying {
+            issue: self.issue.id.clone(),
+            why: format!("review: {} blocking finding(s)", blocking.len()),
+        });
+        match render_prompt(
+            PromptKind::ReviewFollowup,
+            &[
+                ("issue_id", self.issue.id.to_string()),
+                ("attempt", self.review_attempt.to_string()),
+                ("max_attempts", self.config.max_review_attempts.to_string()),
+                ("findings", listed),
+                ("commit_prefix", self.commit_prefix()),
+            ],
+        ) {
+            Ok(prompt) => Step::Turn(prompt),
+            Err(e) => Step::Finish(IssueResult::Failed {
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn closed(&self) -> IssueResult {
+        let verdict = self.verdict.clone();
+        IssueResult::Closed {
+            commit: verdict.as_ref().and_then(|v| v.commit.clone()),
+            marker: verdict.and_then(|v| v.marker),
+        }
+    }
+
+    /// Ends the session, cleans up after the agent and records the outcome.
+    async fn finalize(&mut self, result: IssueResult) -> IssueResult {
+        if let Some(mut session) = self.session.take() {
+            let _ = session.close().await;
+        }
+        // Whatever this agent staged and left behind must not block the next one.
+        let mut touched: Vec<PathBuf> = lock(&self.log.evidence)
+            .edits
+            .iter()
+            .map(|e| PathBuf::from(&e.path))
+            .collect();
+        if let Some(locks) = &self.ports.locks {
+            touched.extend(locks.held_by(&self.agent));
+            let _ = locks.release_all(&self.agent).await;
+        }
+        let _ = self.ports.repo.unstage(&touched).await;
+        let id = self.issue.id.clone();
+        match &result {
+            IssueResult::Closed { commit, marker } => {
+                let reason = match (marker, commit) {
+                    (Some(marker), _) => format!("mala: {}", marker_text(marker)),
+                    (None, Some(commit)) => format!("mala: {commit} passed the quality gate"),
+                    (None, None) => "mala: passed the quality gate".to_owned(),
+                };
+                match self.ports.tracker.close(&id, &reason).await {
+                    Ok(()) => self.ports.events.emit(&Event::IssueClosed { issue: id }),
+                    Err(error) => {
+                        let reason =
+                            format!("the work passed, but closing the issue failed: {error}");
+                        self.ports.events.emit(&Event::IssueFailed {
+                            issue: id,
+                            reason: reason.clone(),
+                        });
+                        return IssueResult::Failed { reason };
+                    }
+                }
+            }
+            IssueResult::Failed { reason } => {
+                self.record_failure(reason).await;
+                self.ports.events.emit(&Event::IssueFailed {
+                    issue: id,
+                    reason: reason.clone(),
+                });
+            }
+            IssueResult::Skipped { .. } => {}
+        }
+        result
+    }
+
+    /// needs-followup with the reason and the record; reopened for a later
+    /// run while `retry_failed` allows, else blocked for a person.
+    async fn record_failure(&self, reason: &str) {
+        let tracker = self.ports.tracker.as_ref();
+        let earlier = self.issue.notes.matches("mala: failed").count();
+        let record = self.config.record_dir.join(format!(
+            "{}.jsonl",
+            self.agent.as_str().replace(['/', '\\'], "_")
+        ));
+        let attempt = u32::try_from(earlier + 1).unwrap_or(u32::MAX);
+        let note = format!(
+            "mala: failed (attempt {attempt}): {reason}\nSession record: {}",
+            record.display()
+        );
+        let _ = tracker.mark_needs_followup(&self.issue.id, &note).await;
+        if attempt <= self.config.retry_failed {
+            let _ = tracker.reopen(&self.issue.id).await;
+        } else {
+            let update = IssueUpdate {
+                status: Some(IssueStatus::Blocked),
+                ..IssueUpdate::default()
+            };
+            let _ = tracker.update(&self.issue.id, update).await;
+        }
+    }
+}
+
+fn marker_text(marker: &Marker) -> String {
+    match marker {
+        Marker::NoChange(why) => format!("no change needed: {why}"),
+        Marker::Obsolete(why) => format!("obsolete: {why}"),
+        Marker::AlreadyComplete(why) => format!("already complete: {why}"),
+        Marker::DocsOnly(why) => format!("documentation only: {why}"),
+    }
+}
+
+/// Findings for the follow-up prompt, grouped by file.
+fn describe_findings(findings: &[Finding]) -> String {
+    let mut sorted: Vec<&Finding> = findings.iter().collect();
+    sorted.sort_by(|a, b| a.file.cmp(&b.file).then(a.line_start.cmp(&b.line_start)));
+    sorted
+        .iter()
+        .map(|f| {
+            let place = match (&f.file, f.line_start) {
+                (Some(file), Some(line)) => format!("{file}:{line}"),
+                (Some(file), None) => file.clone(),
+                _ => "(general)".to_owned(),
+            };
+            format!(
+                "- [P{}] {place}: {}\n  {}",
+                f.priority,
+                f.title,
+                f.body.replace('\n', "\n  ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,112 @@
+//! Non-blocking review findings (P2/P3) become one `[Review]` tracking issue
+//! per source issue; later findings are appended to it, never duplicated.
+
+use mala_core::{Finding, Issue, IssueTracker, IssueUpdate, NewIssue, Priority, TrackerError};
+
+/// The marker a finding leaves in the tracking issue, to recognise it later.
+fn fingerprint(finding: &Finding) -> String {
+    format!(
+        "<!-- mala-finding: {}:{}:{}:{} -->",
+        finding.file.as_deref().unwrap_or("-"),
+        finding
+            .line_start
+            .map_or_else(|| "-".to_owned(), |l| l.to_string()),
+        finding
+            .line_end
+            .map_or_else(|| "-".to_owned(), |l| l.to_string()),
+        finding.title.replace("-->", "- ->")
+    )
+}
+
+fn section(finding: &Finding) -> String {
+    let place = match (&finding.file, finding.line_start, finding.line_end) {
+        (Some(file), Some(start), Some(end)) if end != start => format!("{file}:{start}-{end}"),
+        (Some(file), Some(start), _) => format!("{file}:{start}"),
+        (Some(file), None, _) => file.clone(),
+        (None, ..) => "(general)".to_owned(),
+    };
+    format!(
+        "{}\n### [P{}] {}\n{place}\n\n{}\n",
+        fingerprint(finding),
+        finding.priority,
+        finding.title,
+        finding.body
+    )
+}
+
+/// Creates or extends the tracking issue of `source` with `findings`.
+/// Returns the tracking issue's id.
+pub async fn track_advisory_findings(
+    tracker: &dyn IssueTracker,
+    source: &Issue,
+    findings: &[Finding],
+) -> Result<Option<mala_core::IssueId>, TrackerError> {
+    let label = format!("source:{}", source.id);
+    let existing = tracker.find_by_label(&label).await?.into_iter().next();
+    let known = existing
+        .as_ref()
+        .map(|i| i.description.clone())
+        .unwrap_or_default();
+    let fresh: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| !known.contains(&fingerprint(f)))
+        .collect();
+    if fresh.is_empty() {
+        return Ok(existing.map(|i| i.id));
+    }
+    let best = findings
+        .iter()
+        .map(|f| f.priority)
+        .min()
+        .unwrap_or(3)
+        .clamp(2, 3);
+    let added: String = fresh
+        .iter()
+        .map(|f| section(f))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if let Some(issue) = existing {
+        let description = format!("{}\n{added}", issue.description.trim_end());
+        let count = description.matches("<!-- mala-finding:").count();
+        tracker
+            .update(
+                &issue.id,
+                IssueUpdate {
+                    title: Some(format!(
+                        "[Review] {count} non-blocking finding(s) from {}",
+                        source.id
+                    )),
+                    description: Some(description),
+                    priority: Some(
+                        issue
+                            .priority
+                            .min(Priority::new(best).unwrap_or(Priority::P3)),
+                    ),
+                    ..IssueUpdate::default()
+                },
+            )
+            .await?;
+        return Ok(Some(issue.id));
+    }
+    {
+        let description = format!(
+            "Non-blocking findings from the review of {} ({}). None of them kept it from closing.\n\n{added}",
+            source.id, source.title
+        );
+        let id = tracker
+            .create(NewIssue {
+                title: format!(
+                    "[Review] {} non-blocking finding(s) from {}",
+                    fresh.len(),
+                    source.id
+                ),
+                description,
+                priority: Priority::new(best),
+                labels: vec!["auto_generated".into(), "review_finding".into(), label],
+                parent: source.parent.clone(),
+                ..NewIssue::default()
+            })
+            .await?;
+        Ok(Some(id))
+    }
+}

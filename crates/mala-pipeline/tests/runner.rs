@@ -1,0 +1,707 @@
+//! The issue runner against scripted agents: honest ones, and ones that lie
+//! about commits, checks and edits. The tracker is the embedded JSONL store;
+//! git and the agent are fakes that follow the script.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // the harness panics to fail the test
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mala_core::{
+    AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession,
+    CommandRun, CommitInfo, Event, EventSink, FileEdit, Finding, IssueId, IssueStatus,
+    IssueTracker, NewIssue, Repository, ReviewError, ReviewRequest, ReviewVerdict, Reviewer,
+    SessionId, SessionRequest, TokenUsage, TurnOutcome, TurnStatus,
+};
+use mala_domain::{Marker, RequiredCommand};
+use mala_infra::{JsonlTracker, SystemClock};
+use mala_pipeline::{IssueResult, RunnerConfig, RunnerPorts, run_issue};
+
+/// What the scripted agent does in one turn, in order: edit, run, commit, say.
+#[derive(Debug, Clone, Default)]
+struct Turn {
+    edits: Vec<&'static str>,
+    runs: Vec<(&'static str, i32)>,
+    commit: Option<(&'static str, Vec<&'static str>)>,
+    text: &'static str,
+    fail: Option<AgentErrorKind>,
+}
+
+/// The world the fakes share: time moves forward one second per action.
+#[derive(Default)]
+struct World {
+    now: Option<DateTime<Utc>>,
+    commits: Vec<CommitInfo>,
+    prompts: Vec<String>,
+    resumed: Vec<Option<SessionId>>,
+}
+
+impl World {
+    fn tick(&mut self) -> DateTime<Utc> {
+        let next = self.now.map_or_else(
+            || Utc::now() + chrono::Duration::seconds(1),
+            |t| t + chrono::Duration::seconds(1),
+        );
+        self.now = Some(next);
+        next
+    }
+}
+
+type Shared = Arc<Mutex<World>>;
+
+struct FakeBackend {
+    world: Shared,
+    turns: Arc<Mutex<Vec<Turn>>>,
+}
+
+struct FakeSession {
+    world: Shared,
+    turns: Arc<Mutex<Vec<Turn>>>,
+    observer: Arc<dyn AgentObserver>,
+    n: usize,
+}
+
+#[async_trait]
+impl AgentBackend for FakeBackend {
+    async fn start(
+        &self,
+        request: SessionRequest,
+        observer: Arc<dyn AgentObserver>,
+    ) -> Result<Box<dyn AgentSession>, AgentError> {
+        self.world.lock().unwrap().resumed.push(request.resume);
+        Ok(Box::new(FakeSession {
+            world: Arc::clone(&self.world),
+            turns: Arc::clone(&self.turns),
+            observer,
+            n: 0,
+        }))
+    }
+}
+
+#[async_trait]
+impl AgentSession for FakeSession {
+    fn session_id(&self) -> Option<SessionId> {
+        Some(SessionId::new("fake-session"))
+    }
+
+    async fn turn(&mut self, prompt: &str) -> Result<TurnOutcome, AgentError> {
+        self.n += 1;
+        let turn = {
+            let mut turns = self.turns.lock().unwrap();
+            if turns.is_empty() {
+                Turn {
+                    text: "I have nothing more to add.",
+                    ..Turn::default()
+                }
+            } else {
+                turns.remove(0)
+            }
+        };
+        let mut world = self.world.lock().unwrap();
+        world.prompts.push(prompt.to_owned());
+        if let Some(kind) = turn.fail {
+            return Err(AgentError::new(kind, "scripted failure"));
+        }
+        for (i, path) in turn.edits.iter().enumerate() {
+            let at = world.tick();
+            self.observer.on_event(&AgentEvent::ToolUse {
+                id: format!("e{i}"),
+                name: "Edit".into(),
+                input: serde_json::Value::Null,
+            });
+            self.observer.on_event(&AgentEvent::FileEdited {
+                edit: FileEdit {
+                    tool_use_id: format!("e{i}"),
+                    tool: "Edit".into(),
+                    path: format!("/repo/{path}"),
+                    at,
+                },
+            });
+        }
+        for (i, (command, exit)) in turn.runs.iter().enumerate() {
+            let started = world.tick();
+            let ended = world.tick();
+            self.observer.on_event(&AgentEvent::CommandRan {
+                run: CommandRun {
+                    tool_use_id: format!("r{i}"),
+                    command: (*command).to_owned(),
+                    exit_code: Some(*exit),
+                    failed: *exit != 0,
+                    error: (*exit != 0).then(|| format!("Exit code {exit}")),
+                    started_at: Some(started),
+                    ended_at: ended,
+                },
+            });
+        }
+        if let Some((subject, files)) = &turn.commit {
+            let time = world.tick();
+            let id = format!("c{:04}", world.commits.len() + 1);
+            world.commits.insert(
+                0,
+                CommitInfo {
+                    id,
+                    subject: (*subject).to_owned(),
+                    time,
+                    files: files.iter().map(|f| (*f).to_owned()).collect(),
+                },
+            );
+        }
+        Ok(TurnOutcome {
+            status: TurnStatus::Completed,
+            session_id: Some(SessionId::new("fake-session")),
+            final_text: turn.text.to_owned(),
+            usage: TokenUsage::default(),
+            total_cost_usd: 0.0,
+            num_turns: 1,
+            permission_denials: vec![],
+        })
+    }
+
+    async fn interrupt(&mut self) -> Result<(), AgentError> {
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<(), AgentError> {
+        Ok(())
+    }
+}
+
+struct FakeRepo {
+    world: Shared,
+}
+
+#[async_trait]
+impl Repository for FakeRepo {
+    async fn head(&self) -> Result<Option<String>, String> {
+        Ok(self
+            .world
+            .lock()
+            .unwrap()
+            .commits
+            .first()
+            .map(|c| c.id.clone()))
+    }
+
+    async fn issue_commits(&self) -> Result<Vec<CommitInfo>, String> {
+        Ok(self.world.lock().unwrap().commits.clone())
+    }
+
+    async fn is_clean(&self) -> Result<bool, String> {
+        Ok(true)
+    }
+
+    async fn unstage(&self, _: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+        Ok(vec![])
+    }
+}
+
+struct ScriptedReviewer {
+    answers: Mutex<Vec<Result<ReviewVerdict, ReviewError>>>,
+    asked: Mutex<usize>,
+}
+
+#[async_trait]
+impl Reviewer for ScriptedReviewer {
+    async fn review(&self, _: ReviewRequest) -> Result<ReviewVerdict, ReviewError> {
+        *self.asked.lock().unwrap() += 1;
+        let mut answers = self.answers.lock().unwrap();
+        if answers.is_empty() {
+            Ok(ReviewVerdict { findings: vec![] })
+        } else {
+            answers.remove(0)
+        }
+    }
+}
+
+#[derive(Default)]
+struct Events(Mutex<Vec<Event>>);
+
+impl EventSink for Events {
+    fn emit(&self, event: &Event) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    tracker: Arc<JsonlTracker>,
+    world: Shared,
+    events: Arc<Events>,
+    issue: IssueId,
+}
+
+fn finding(priority: u8, title: &str) -> Finding {
+    Finding {
+        priority,
+        title: title.into(),
+        body: format!("{title}: details"),
+        file: Some("src/parser.rs".into()),
+        line_start: Some(3),
+        line_end: Some(4),
+    }
+}
+
+impl Harness {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".beads")).unwrap();
+        std::fs::write(dir.path().join(".beads/issues.jsonl"), "").unwrap();
+        let tracker = Arc::new(JsonlTracker::open(dir.path()).unwrap());
+        let issue = tracker
+            .create(NewIssue {
+                title: "Fix the parser".into(),
+                description: "It crashes on empty input.".into(),
+                acceptance_criteria: "- no crash".into(),
+                ..NewIssue::default()
+            })
+            .await
+            .unwrap();
+        Self {
+            _dir: dir,
+            tracker,
+            world: Shared::default(),
+            events: Arc::new(Events::default()),
+            issue,
+        }
+    }
+
+    fn config() -> RunnerConfig {
+        RunnerConfig {
+            repo_root: PathBuf::from("/repo"),
+            actor: "mala:test-run".into(),
+            required: vec![RequiredCommand {
+                name: "test".into(),
+                command: "cargo test".into(),
+                allow_fail: false,
+            }],
+            code_patterns: vec!["**/*.rs".into()],
+            config_files: vec!["Cargo.toml".into()],
+            setup_files: vec![],
+            max_gate_attempts: 3,
+            max_review_attempts: 3,
+            max_resumes: 2,
+            resume_backoff: Duration::from_millis(1),
+            retry_failed: 1,
+            record_dir: PathBuf::from("/state/sessions"),
+        }
+    }
+
+    async fn run(&self, turns: Vec<Turn>, reviewer: Option<Arc<ScriptedReviewer>>) -> IssueResult {
+        let ports = RunnerPorts {
+            tracker: self.tracker.clone(),
+            backend: Arc::new(FakeBackend {
+                world: Arc::clone(&self.world),
+                turns: Arc::new(Mutex::new(turns)),
+            }),
+            repo: Arc::new(FakeRepo {
+                world: Arc::clone(&self.world),
+            }),
+            reviewer: reviewer.map(|r| r as Arc<dyn Reviewer>),
+            locks: None,
+            events: self.events.clone(),
+            clock: Arc::new(SystemClock),
+        };
+        run_issue(
+            &self.issue,
+            AgentId::new(format!("{}@test-run", self.issue)),
+            &ports,
+            &Self::config(),
+        )
+        .await
+    }
+
+    fn prefix(&self) -> String {
+        self.issue.commit_prefix()
+    }
+
+    fn subject(&self, text: &str) -> &'static str {
+        Box::leak(format!("{} {text}", self.prefix()).into_boxed_str())
+    }
+
+    async fn status(&self) -> (IssueStatus, bool, String) {
+        let issue = self.tracker.show(&self.issue).await.unwrap();
+        let followup = issue.has_label("needs-followup");
+        (issue.status, followup, issue.notes)
+    }
+
+    fn prompts(&self) -> Vec<String> {
+        self.world.lock().unwrap().prompts.clone()
+    }
+}
+
+fn honest_turn(h: &Harness) -> Turn {
+    Turn {
+        edits: vec!["src/parser.rs"],
+        runs: vec![("cargo test", 0)],
+        commit: Some((h.subject("handle empty input"), vec!["src/parser.rs"])),
+        text: "Fixed the crash; cargo test passes; committed.",
+        fail: None,
+    }
+}
+
+#[tokio::test]
+async fn an_honest_agent_passes_first_time_and_the_issue_closes() {
+    let h = Harness::new().await;
+    let result = h.run(vec![honest_turn(&h)], None).await;
+    assert!(
+        matches!(
+            result,
+            IssueResult::Closed {
+                commit: Some(_),
+                marker: None
+            }
+        ),
+        "{result:?}"
+    );
+    assert_eq!(h.status().await.0, IssueStatus::Closed);
+    assert_eq!(h.prompts().len(), 1);
+    assert!(
+        h.prompts()[0].contains("Fix the parser")
+            && h.prompts()[0].contains("- no crash")
+            && h.prompts()[0].contains("`cargo test`")
+    );
+}
+
+#[tokio::test]
+async fn an_agent_that_fixes_its_work_after_a_follow_up_passes_on_attempt_two() {
+    let h = Harness::new().await;
+    let first = Turn {
+        runs: vec![("cargo test", 101)],
+        text: "All tests pass!",
+        ..honest_turn(&h)
+    };
+    let second = Turn {
+        edits: vec!["src/parser.rs"],
+        runs: vec![("cargo test", 0)],
+        commit: Some((h.subject("fix the failing test"), vec!["src/parser.rs"])),
+        text: "Fixed.",
+        fail: None,
+    };
+    let result = h.run(vec![first, second], None).await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    let prompts = h.prompts();
+    assert_eq!(prompts.len(), 2);
+    assert!(
+        prompts[1].contains("attempt 2 of 3") && prompts[1].contains("failed (exit 101)"),
+        "{}",
+        prompts[1]
+    );
+}
+
+/// The issue fails, the gate named `expected` on some attempt, and the
+/// issue carries needs-followup with the final reason.
+async fn expect_failure(h: &Harness, turns: Vec<Turn>, expected: &str) -> String {
+    let result = h.run(turns, None).await;
+    let IssueResult::Failed { reason } = result else {
+        panic!("expected a failure, got {result:?}")
+    };
+    let caught = h.events.0.lock().unwrap().iter().any(|e| {
+        matches!(e, Event::GateChecked { passed: false, reasons, .. } if reasons.iter().any(|r| r.contains(expected)))
+    });
+    assert!(
+        caught,
+        "no gate attempt said {expected:?}; final reason: {reason}"
+    );
+    let (status, followup, notes) = h.status().await;
+    assert!(followup, "needs-followup is set");
+    assert!(
+        notes.contains(&reason) && notes.contains("Session record:"),
+        "{notes}"
+    );
+    assert_eq!(
+        status,
+        IssueStatus::Open,
+        "reopened for one more try in a later run"
+    );
+    reason
+}
+
+#[tokio::test]
+async fn saying_done_without_committing_is_caught() {
+    let h = Harness::new().await;
+    let turn = Turn {
+        edits: vec!["src/parser.rs"],
+        runs: vec![("cargo test", 0)],
+        text: "Done and committed.",
+        ..Turn::default()
+    };
+    let reason = expect_failure(&h, vec![turn], "no commit starting with").await;
+    assert!(
+        reason.contains("changed nothing"),
+        "no progress stops the retries early: {reason}"
+    );
+    // The first follow-up changed nothing, so the third attempt is never paid for.
+    assert_eq!(h.prompts().len(), 2);
+}
+
+#[tokio::test]
+async fn committing_without_running_the_checks_is_caught() {
+    let h = Harness::new().await;
+    let turn = Turn {
+        runs: vec![],
+        text: "Tests pass.",
+        ..honest_turn(&h)
+    };
+    expect_failure(&h, vec![turn], "`test` (cargo test) was never run").await;
+}
+
+#[tokio::test]
+async fn failing_checks_claimed_as_passing_are_caught() {
+    let h = Harness::new().await;
+    let turns = vec![
+        Turn {
+            runs: vec![("cargo test", 1)],
+            text: "Tests pass.",
+            ..honest_turn(&h)
+        },
+        Turn {
+            runs: vec![("cargo test", 1)],
+            text: "Really, they pass.",
+            ..Turn::default()
+        },
+        Turn {
+            runs: vec![("cargo test", 1)],
+            text: "They pass now.",
+            ..Turn::default()
+        },
+    ];
+    expect_failure(&h, turns, "failed (exit 1)").await;
+}
+
+#[tokio::test]
+async fn editing_after_the_checks_without_rerunning_is_caught() {
+    let h = Harness::new().await;
+    let sneaky = Turn {
+        edits: vec!["src/parser.rs"],
+        runs: vec![],
+        commit: Some((h.subject("one more tweak"), vec!["src/parser.rs"])),
+        text: "Done.",
+        fail: None,
+    };
+    let turns = vec![
+        Turn {
+            runs: vec![("cargo test", 0)],
+            text: "Tested first.",
+            ..Turn::default()
+        },
+        sneaky.clone(),
+        sneaky,
+    ];
+    expect_failure(&h, turns, "last ran before your last edit").await;
+}
+
+#[tokio::test]
+async fn a_commit_under_another_issues_id_is_caught() {
+    let h = Harness::new().await;
+    let turn = Turn {
+        commit: Some(("bd-other-9: fix", vec!["src/parser.rs"])),
+        ..honest_turn(&h)
+    };
+    expect_failure(&h, vec![turn], "no commit starting with").await;
+}
+
+#[tokio::test]
+async fn a_marker_without_a_rationale_is_caught() {
+    let h = Harness::new().await;
+    let turn = Turn {
+        text: "Nothing to do.\nISSUE_NO_CHANGE:",
+        ..Turn::default()
+    };
+    expect_failure(&h, vec![turn], "rationale").await;
+}
+
+#[tokio::test]
+async fn docs_only_with_a_code_change_is_caught() {
+    let h = Harness::new().await;
+    let turn = Turn {
+        edits: vec!["docs/parser.md", "src/parser.rs"],
+        runs: vec![],
+        commit: Some((
+            h.subject("document the parser"),
+            vec!["docs/parser.md", "src/parser.rs"],
+        )),
+        text: "ISSUE_DOCS_ONLY: documentation only",
+        fail: None,
+    };
+    expect_failure(
+        &h,
+        vec![turn],
+        "changes code or configuration: src/parser.rs",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_justified_marker_closes_the_issue_without_review() {
+    let h = Harness::new().await;
+    let reviewer = Arc::new(ScriptedReviewer {
+        answers: Mutex::new(vec![]),
+        asked: Mutex::new(0),
+    });
+    let turn = Turn {
+        text: "Checked: the parser was deleted in m-7.\nISSUE_OBSOLETE: the parser no longer exists",
+        ..Turn::default()
+    };
+    let result = h.run(vec![turn], Some(reviewer.clone())).await;
+    assert!(
+        matches!(
+            result,
+            IssueResult::Closed {
+                marker: Some(Marker::Obsolete(_)),
+                ..
+            }
+        ),
+        "{result:?}"
+    );
+    assert_eq!(*reviewer.asked.lock().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_blocking_review_goes_back_to_the_agent_then_passes() {
+    let h = Harness::new().await;
+    let reviewer = Arc::new(ScriptedReviewer {
+        answers: Mutex::new(vec![
+            Ok(ReviewVerdict {
+                findings: vec![finding(1, "Off-by-one in the loop")],
+            }),
+            Ok(ReviewVerdict { findings: vec![] }),
+        ]),
+        asked: Mutex::new(0),
+    });
+    let fix = Turn {
+        edits: vec!["src/parser.rs"],
+        runs: vec![("cargo test", 0)],
+        commit: Some((h.subject("fix the off-by-one"), vec!["src/parser.rs"])),
+        text: "Fixed the review finding.",
+        fail: None,
+    };
+    let result = h
+        .run(vec![honest_turn(&h), fix], Some(reviewer.clone()))
+        .await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    assert_eq!(*reviewer.asked.lock().unwrap(), 2);
+    let prompts = h.prompts();
+    assert!(
+        prompts[1].contains("Off-by-one in the loop") && prompts[1].contains("src/parser.rs:3"),
+        "{}",
+        prompts[1]
+    );
+    assert_eq!(h.status().await.0, IssueStatus::Closed);
+}
+
+#[tokio::test]
+async fn advisory_findings_close_the_issue_and_land_in_one_tracking_issue() {
+    let h = Harness::new().await;
+    let reviewer = Arc::new(ScriptedReviewer {
+        answers: Mutex::new(vec![Ok(ReviewVerdict {
+            findings: vec![
+                finding(2, "Name the constant"),
+                finding(3, "Typo in a comment"),
+            ],
+        })]),
+        asked: Mutex::new(0),
+    });
+    let result = h.run(vec![honest_turn(&h)], Some(reviewer)).await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    let label = format!("source:{}", h.issue);
+    let tracking = h.tracker.find_by_label(&label).await.unwrap();
+    assert_eq!(tracking.len(), 1);
+    assert!(
+        tracking[0]
+            .title
+            .starts_with("[Review] 2 non-blocking finding(s)"),
+        "{}",
+        tracking[0].title
+    );
+    // A second review with one old and one new finding appends only the new one.
+    let source = h.tracker.show(&h.issue).await.unwrap();
+    mala_pipeline::track_advisory_findings(
+        h.tracker.as_ref(),
+        &source,
+        &[
+            finding(2, "Name the constant"),
+            finding(3, "Split the function"),
+        ],
+    )
+    .await
+    .unwrap();
+    let tracking = h.tracker.find_by_label(&label).await.unwrap();
+    assert_eq!(tracking.len(), 1, "no duplicate tracking issue");
+    assert!(
+        tracking[0].title.starts_with("[Review] 3 non-blocking"),
+        "{}",
+        tracking[0].title
+    );
+    assert_eq!(
+        tracking[0]
+            .description
+            .matches(":Name the constant -->")
+            .count(),
+        1,
+        "{}",
+        tracking[0].description
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_reviewer_is_asked_again_then_the_issue_fails_with_the_reason() {
+    let h = Harness::new().await;
+    let reviewer = Arc::new(ScriptedReviewer {
+        answers: Mutex::new(vec![
+            Err(ReviewError::InvalidAnswer("not JSON".into())),
+            Err(ReviewError::InvalidAnswer("still not JSON".into())),
+        ]),
+        asked: Mutex::new(0),
+    });
+    let result = h.run(vec![honest_turn(&h)], Some(reviewer.clone())).await;
+    let IssueResult::Failed { reason } = result else {
+        panic!("{result:?}")
+    };
+    assert!(
+        reason.contains("review could not be completed") && reason.contains("still not JSON"),
+        "{reason}"
+    );
+    assert_eq!(*reviewer.asked.lock().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn a_crashed_session_is_resumed_by_id_not_replayed() {
+    let h = Harness::new().await;
+    let crash = Turn {
+        fail: Some(AgentErrorKind::Crashed),
+        ..Turn::default()
+    };
+    let result = h.run(vec![crash, honest_turn(&h)], None).await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    let world = h.world.lock().unwrap();
+    assert_eq!(
+        world.resumed,
+        vec![None, Some(SessionId::new("fake-session"))]
+    );
+    assert!(
+        world.prompts[1].contains("interrupted"),
+        "the resume prompt, not the original: {}",
+        world.prompts[1]
+    );
+}
+
+#[tokio::test]
+async fn a_second_failure_blocks_the_issue_for_a_person() {
+    let h = Harness::new().await;
+    let lazy = || Turn {
+        text: "Done.",
+        ..Turn::default()
+    };
+    let _ = h.run(vec![lazy()], None).await;
+    assert_eq!(h.status().await.0, IssueStatus::Open);
+    let _ = h.run(vec![lazy()], None).await;
+    let (status, followup, notes) = h.status().await;
+    assert_eq!(
+        status,
+        IssueStatus::Blocked,
+        "retry_failed is 1: the second failure waits for a person"
+    );
+    assert!(followup && notes.contains("attempt 2"), "{notes}");
+}
