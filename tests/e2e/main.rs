@@ -11,4 +11,5 @@ mod commits;
 mod deadlock_props;
 mod forgotten_files;
 mod locks;
+mod pipeline;
 mod ready_parity;

@@ -130,7 +130,7 @@ pub trait AgentBackend: Send + Sync {
 /// One live conversation with an agent; several turns may run in it.
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
-pub trait AgentSession: Send {
+pub trait AgentSession: Send + Sync {
     fn session_id(&self) -> Option<SessionId>;
     /// Sends a prompt and waits for the turn to end.
     async fn turn(&mut self, prompt: &str) -> Result<TurnOutcome, AgentError>;
