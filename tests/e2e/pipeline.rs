@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mala_core::{AgentId, Event, EventSink, IssueId, IssueStatus, LockTable};
+use mala_core::{AgentId, Event, EventSink, IssueId, IssueStatus, IssueTracker, LockTable};
 use mala_domain::RequiredCommand;
 use mala_infra::{
     BrTracker, ClaudeBackend, ClaudeConfig, FileLockTable, GitRepo, LockingGuard, SystemClock,
@@ -36,6 +36,20 @@ const CHECK: &str = "grep -q fixed src/app.txt";
 fn script(repo: PathBuf, agent: Agent) -> Script {
     Script::from_fn(move |conversation: &Conversation<'_>| {
         let first = conversation.user_texts().join("\n");
+        if first.contains("You review a change") {
+            // The reviewer: one blocking finding on the first look, none once a second commit exists.
+            let commits = first
+                .split("oldest first: ")
+                .nth(1)
+                .and_then(|r| r.lines().next())
+                .unwrap_or_default();
+            let answer = if commits.contains(',') {
+                r#"{"findings": [{"priority": 3, "title": "Consider a comment", "body": "why fixed", "file": "src/app.txt", "line_start": 1, "line_end": 1}]}"#
+            } else {
+                r#"{"findings": [{"priority": 1, "title": "Missing newline handling", "body": "handle it", "file": "src/app.txt", "line_start": 1, "line_end": 1}]}"#
+            };
+            return Reply::Message(vec![Block::Text(answer.to_owned())]);
+        }
         let issue = first
             .split("working on issue ")
             .nth(1)
@@ -70,6 +84,21 @@ fn script(repo: PathBuf, agent: Agent) -> Script {
         ));
         if followups > 0 && agent == Agent::ChecksOnRequest {
             plan.push(("Bash", json!({"command": check})));
+        }
+        if conversation
+            .user_texts()
+            .iter()
+            .any(|t| t.contains("A reviewer looked at your commits"))
+        {
+            plan.push((
+                "Write",
+                json!({"file_path": repo.join(&file), "content": "fixed\nwith newline handling\n"}),
+            ));
+            plan.push(("Bash", json!({"command": check})));
+            plan.push((
+                "mcp__mala__commit",
+                json!({"paths": [file], "message": format!("bd-{issue}: address the review")}),
+            ));
         }
         let done = conversation.tool_uses_so_far();
         match plan.get(done) {
@@ -323,4 +352,61 @@ async fn three_issues_at_once_all_close_with_their_own_commits() {
             "{issue}'s commit holds its own file only"
         );
     }
+}
+
+#[tokio::test]
+async fn a_blocking_review_sends_the_agent_back_and_advisories_become_a_tracking_issue() {
+    let (claude, br) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let mut setup = setup(&claude, &br, Agent::Honest, CHECK);
+    let reviewer_backend = ClaudeBackend::new({
+        let mut config = ClaudeConfig::new(&claude, setup._state.path().join("reviewer"));
+        config.model = Some("claude-sonnet-4-5".into());
+        config.clear_env = true;
+        config.env = setup._harness.env();
+        config
+    });
+    setup.ports.reviewer = Some(Arc::new(mala_infra::AgentReviewer::new(
+        Arc::new(reviewer_backend),
+        Arc::clone(&setup.ports.tracker),
+        &setup.config.repo_root,
+    )));
+    let issue = create_issue(&setup.br, "Fix the app", "src/app.txt");
+    let result = run_issue(
+        &issue,
+        AgentId::new(format!("{issue}@e2e-run")),
+        &setup.ports,
+        &setup.config,
+    )
+    .await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    let reviews: Vec<(u32, usize, usize)> = setup
+        .events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Reviewed {
+                attempt,
+                blocking,
+                advisory,
+                ..
+            } => Some((*attempt, *blocking, *advisory)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reviews, vec![(1, 1, 0), (2, 0, 1)]);
+    let tracking = setup
+        .ports
+        .tracker
+        .find_by_label(&format!("source:{issue}"))
+        .await
+        .unwrap();
+    assert_eq!(tracking.len(), 1);
+    assert!(
+        tracking[0].title.contains("1 non-blocking finding"),
+        "{}",
+        tracking[0].title
+    );
+    assert_eq!(status(&setup, &issue).await.0, IssueStatus::Closed);
 }

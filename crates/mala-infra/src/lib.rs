@@ -10,6 +10,7 @@ mod claude;
 mod clock;
 mod git;
 mod locks;
+mod review;
 mod run_marker;
 
 pub use beads::{
@@ -25,4 +26,5 @@ pub use git::{CommitRefusal, GitRepo, commit_as_agent};
 pub use locks::{
     FileLockTable, canonical_path, list_locks, lock_file_stem, paths_held_in, remove_lock,
 };
+pub use review::{AgentReviewer, parse_review_answer};
 pub use run_marker::{Cleanup, RunMarker, is_run_alive, remove_stale};
