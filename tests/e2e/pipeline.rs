@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mala_core::{AgentId, Event, EventSink, IssueId, IssueStatus, IssueTracker, LockTable};
+use mala_core::{AgentId, Event, EventSink, IssueId, IssueStatus, LockTable};
 use mala_domain::RequiredCommand;
 use mala_infra::{
     BrTracker, ClaudeBackend, ClaudeConfig, FileLockTable, GitRepo, LockingGuard, SystemClock,
@@ -132,8 +132,8 @@ struct Setup {
     ports: RunnerPorts,
     config: RunnerConfig,
     _mock: MockAnthropic,
-    _harness: ClaudeHarness,
-    _state: tempfile::TempDir,
+    harness: ClaudeHarness,
+    state: tempfile::TempDir,
 }
 
 fn setup(claude: &Path, br_binary: &Path, agent: Agent, check: &str) -> Setup {
@@ -201,8 +201,8 @@ fn setup(claude: &Path, br_binary: &Path, agent: Agent, check: &str) -> Setup {
         ports,
         config,
         _mock: mock,
-        _harness: harness,
-        _state: state,
+        harness,
+        state,
     }
 }
 
@@ -359,10 +359,10 @@ async fn a_blocking_review_sends_the_agent_back_and_advisories_become_a_tracking
     let (claude, br) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
     let mut setup = setup(&claude, &br, Agent::Honest, CHECK);
     let reviewer_backend = ClaudeBackend::new({
-        let mut config = ClaudeConfig::new(&claude, setup._state.path().join("reviewer"));
+        let mut config = ClaudeConfig::new(&claude, setup.state.path().join("reviewer"));
         config.model = Some("claude-sonnet-4-5".into());
         config.clear_env = true;
-        config.env = setup._harness.env();
+        config.env = setup.harness.env();
         config
     });
     setup.ports.reviewer = Some(Arc::new(mala_infra::AgentReviewer::new(
