@@ -11,9 +11,8 @@ use mala_domain::ConfigError;
 pub(crate) mod exit {
     pub(crate) const FAILURE: u8 = 1;
     pub(crate) const USAGE: u8 = 2;
-    #[allow(dead_code)] // used by `mala run` once the scheduler lands
+    #[allow(dead_code)] // used once triggers can abort a run
     pub(crate) const ABORTED: u8 = 3;
-    #[allow(dead_code)] // used by `mala run` once Ctrl-C handling lands
     pub(crate) const INTERRUPTED: u8 = 130;
 }
 
@@ -39,6 +38,10 @@ pub(crate) enum Failure {
     },
     /// `mala guard check` refused the command; the reason is already printed.
     Denied,
+    /// A run ended with issues that did not close; they are listed already.
+    IssuesFailed(usize),
+    /// The run was stopped with Ctrl-C.
+    Interrupted,
     /// The issue tracker failed or refused; its message and hint are passed on.
     Tracker(TrackerError),
     /// Anything else that went wrong, with a hint when there is one.
@@ -55,7 +58,9 @@ impl Failure {
             | Self::Io { .. }
             | Self::Tracker(_)
             | Self::Other { .. }
-            | Self::Denied => exit::FAILURE,
+            | Self::Denied
+            | Self::IssuesFailed(_) => exit::FAILURE,
+            Self::Interrupted => exit::INTERRUPTED,
             Self::Usage { .. } | Self::NotBuilt { .. } => exit::USAGE,
         })
     }
@@ -104,6 +109,13 @@ impl fmt::Display for Failure {
                 write!(f, "could not {action} {}: {error}", path.display())
             }
             Self::Denied => f.write_str("the guard refused the command"),
+            Self::IssuesFailed(n) => write!(
+                f,
+                "{n} issue(s) did not close; each carries needs-followup and the reason"
+            ),
+            Self::Interrupted => {
+                f.write_str("interrupted; claimed issues are taken over by the next run")
+            }
             Self::Tracker(error) => match error {
                 TrackerError::NotInstalled { program, hint } => {
                     write!(f, "{program} is not installed\n  hint: {hint}")

@@ -442,7 +442,7 @@ fn config_show_names_where_each_value_came_from() {
 }
 
 #[test]
-fn run_checks_its_flags_and_config_then_says_it_is_not_built() {
+fn run_checks_its_flags_and_config_then_names_a_missing_claude() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("mala.yaml"),
@@ -455,9 +455,18 @@ fn run_checks_its_flags_and_config_then_says_it_is_not_built() {
         &[("MALA_MODEL", "from-env")],
     );
     // Precedence itself is tested in mala-domain (resolve); here: run accepts the
-    // layered values, then says it is not built, with exit 2.
-    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
-    assert!(stderr(&output).contains("not available in this build yet"));
+    // layered values, then finds no claude on this PATH and says how to install it.
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("Claude Code (`claude`) was not found"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("npm install"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]

@@ -1,8 +1,11 @@
 //! The run: scheduler actor, triggers, shutdown stages, resume, and the
 //! embedding API. It is the only crate that names `mala-infra` types.
 //!
-//! So far: the deadlock monitor.
+//! So far: the run (`run`: the scheduler loop with drain and abort) and the
+//! deadlock monitor.
 
 mod deadlock_monitor;
+mod run;
 
 pub use deadlock_monitor::run_deadlock_monitor;
+pub use run::{RunError, RunRequest, RunSummary, Stage, run};

@@ -1,7 +1,16 @@
-//! `mala run` and `mala epic-verify`: flags and configuration are checked in
-//! full; the work itself arrives with the tracker, backend and pipeline.
+//! `mala run` and `mala epic-verify`.
 
-use mala_domain::{Coder, Order, Scope};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use mala_core::EventSink;
+use mala_domain::{Coder, Order, Scope, Settings};
+use mala_orchestration::{RunRequest, RunSummary, Stage};
+use tokio::sync::watch;
+
+use crate::console::{Console, Fanout, JsonLines};
+use crate::failure::exit;
+use crate::settings::find_program;
 
 use crate::cli::{EpicVerifyArgs, RunArgs};
 use crate::commands::dry_run;
@@ -38,10 +47,135 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     if args.fast && settings.coder != Coder::Codex {
         output::note("note: --fast only applies to --coder codex; ignored");
     }
-    Err(Failure::NotBuilt {
-        command: "run",
-        needs: "the br tracker adapter, the Claude Code backend and the pipeline",
+    if settings.coder != Coder::Claude {
+        return Err(Failure::NotBuilt {
+            command: "run with --coder codex or amp",
+            needs: "their backends (only Claude Code is built)",
+        });
+    }
+    if args.watch {
+        return Err(Failure::NotBuilt {
+            command: "run --watch",
+            needs: "watch mode",
+        });
+    }
+    execute(args, settings)
+}
+
+/// The `claude` named in the settings: a path, or a name looked up on PATH.
+fn claude_binary(settings: &Settings) -> Result<std::path::PathBuf, Failure> {
+    let named = &settings.coder_options.claude.binary;
+    let found = if named.contains('/') {
+        Some(std::path::PathBuf::from(named)).filter(|p| p.is_file())
+    } else {
+        find_program(named)
+    };
+    found.ok_or_else(|| Failure::Other {
+        message: format!("Claude Code (`{named}`) was not found"),
+        hint: Some(mala_infra::CLAUDE_INSTALL_HINT.to_owned()),
     })
+}
+
+fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
+    let claude = claude_binary(&settings)?;
+    let mut sinks: Vec<Box<dyn EventSink>> = vec![Box::new(Console::new(args.verbose))];
+    if let Some(path) = &args.events_jsonl {
+        let sink = JsonLines::create(path).map_err(|error| Failure::Io {
+            path: path.clone(),
+            action: "open the event log",
+            error,
+        })?;
+        sinks.push(Box::new(sink));
+    }
+    let events: Arc<dyn EventSink> = Arc::new(Fanout(sinks));
+    let run_id: String = uuid::Uuid::new_v4()
+        .simple()
+        .to_string()
+        .chars()
+        .take(12)
+        .collect();
+    let request = RunRequest {
+        repo_root: args.repo_path.clone(),
+        settings,
+        scope: args.scope.clone(),
+        order: args.order,
+        max_agents: args.max_agents.map_or(1, |n| n as usize),
+        max_issues: args.max_issues.map(|n| n as usize),
+        resume: args.resume,
+        claude,
+        br: find_program("br"),
+        run_id,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other {
+            message: format!("could not start the async runtime: {e}"),
+            hint: None,
+        })?;
+    let summary = runtime.block_on(async move {
+        let (stage_tx, stage_rx) = watch::channel(Stage::Running);
+        tokio::spawn(async move {
+            // First Ctrl-C: drain. Second: abort the agents. Third: leave at once.
+            let mut presses = 0;
+            while tokio::signal::ctrl_c().await.is_ok() {
+                presses += 1;
+                match presses {
+                    1 => {
+                        output::note("draining: no new issues; running agents finish (Ctrl-C again to stop them)");
+                        let _ = stage_tx.send(Stage::Drain);
+                    }
+                    2 => {
+                        output::note("stopping the agents; their issues stay claimed for the next run (Ctrl-C again to quit now)");
+                        let _ = stage_tx.send(Stage::Abort);
+                    }
+                    _ => std::process::exit(i32::from(exit::INTERRUPTED)),
+                }
+            }
+        });
+        mala_orchestration::run(request, events, stage_rx).await
+    });
+    report(&summary.map_err(run_failure)?)
+}
+
+fn run_failure(error: mala_orchestration::RunError) -> Failure {
+    match error {
+        mala_orchestration::RunError::Tracker(error) => Failure::Tracker(error),
+        mala_orchestration::RunError::Agent(error) => Failure::Other {
+            message: error.message,
+            hint: None,
+        },
+        mala_orchestration::RunError::Setup(message) => Failure::Other {
+            message,
+            hint: None,
+        },
+    }
+}
+
+fn report(summary: &RunSummary) -> Result<(), Failure> {
+    let mut text = format!(
+        "{} closed, {} failed, {} skipped{}\nsession records: {}\n",
+        summary.closed.len(),
+        summary.failed.len(),
+        summary.skipped.len(),
+        if summary.deferred.is_empty() {
+            String::new()
+        } else {
+            format!(", {} deferred (deadlock)", summary.deferred.len())
+        },
+        summary.state_dir.display()
+    );
+    for (issue, reason) in &summary.failed {
+        let _ = writeln!(text, "  ✗ {issue}: {reason}");
+    }
+    output::stdout(&text);
+    if summary.interrupted {
+        return Err(Failure::Interrupted);
+    }
+    if !summary.failed.is_empty() {
+        return Err(Failure::IssuesFailed(summary.failed.len()));
+    }
+    Ok(())
 }
 
 pub(crate) fn epic_verify(args: &EpicVerifyArgs) -> Result<(), Failure> {

@@ -1,0 +1,153 @@
+//! `mala run` as a user runs it: the binary, the real br and claude (pointed
+//! at the mock model through the environment), two agents, two issues.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers outside #[test] fns panic to fail the test
+
+use std::path::Path;
+use std::process::Command;
+
+use mala_testkit::{
+    Block, Br, ClaudeHarness, Conversation, MockAnthropic, NewIssue, Reply, Script, TempRepo, Tool,
+    require_tool,
+};
+use serde_json::json;
+
+/// A directory with `br` and `claude` under those names, for PATH.
+fn bin_dir(dir: &Path, br: &Path, claude: &Path) -> std::path::PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(br, bin.join("br")).unwrap();
+    std::os::unix::fs::symlink(claude, bin.join("claude")).unwrap();
+    bin
+}
+
+#[test]
+fn mala_run_closes_the_ready_issues_and_commits_the_tracker() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = TempRepo::new();
+    std::fs::create_dir(repo.path().join("src")).unwrap();
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
+    )
+    .unwrap();
+    let br = Br::init(&br_binary, repo.path(), "run");
+    let issues: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            br.create(&NewIssue {
+                title: &format!("Fix {name}"),
+                priority: 2,
+                description: &format!(
+                    "Write the word fixed into FILE=src/{name}.txt and commit it."
+                ),
+                ..NewIssue::default()
+            })
+        })
+        .collect();
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+
+    let mock = MockAnthropic::start(script_with_check(repo.path()));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = bin_dir(scratch.path(), &br_binary, &claude);
+    let mut env: Vec<(String, String)> = harness
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "PATH")
+        .collect();
+    env.push((
+        "PATH".into(),
+        format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
+    ));
+    env.push((
+        "MALA_LOCK_DIR".into(),
+        scratch.path().join("locks").display().to_string(),
+    ));
+    env.push((
+        "MALA_RUNS_DIR".into(),
+        scratch.path().join("runs").display().to_string(),
+    ));
+    env.push(("MALA_MODEL".into(), "claude-sonnet-4-5".into()));
+    let output = Command::new(env!("CARGO_BIN_EXE_mala"))
+        .args(["run", "--max-agents", "2"])
+        .current_dir(repo.path())
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for issue in &issues {
+        assert!(stdout.contains(&format!("✓ {issue}  closed")), "{stdout}");
+        assert_eq!(br.json(&["show", issue])[0]["status"], "closed");
+    }
+    assert!(stdout.contains("2 closed, 0 failed"), "{stdout}");
+    let log = repo.git(&["log", "--format=%s"]);
+    assert!(
+        log.lines().next().unwrap().contains("sync beads issues"),
+        "{log}"
+    );
+    assert_eq!(
+        repo.git(&["status", "--porcelain"]).trim(),
+        "",
+        "nothing left behind"
+    );
+    assert!(
+        std::fs::read_dir(scratch.path().join("locks"))
+            .unwrap()
+            .all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".marker")),
+        "the run marker is gone"
+    );
+}
+
+/// An honest agent: lock its file, write it, run the configured check, commit.
+fn script_with_check(repo: &Path) -> Script {
+    let repo = repo.canonicalize().unwrap();
+    Script::from_fn(move |conversation: &Conversation<'_>| {
+        let text = conversation.user_texts().join("\n");
+        let issue = text
+            .split("working on issue ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("x")
+            .to_owned();
+        let file = text
+            .split("FILE=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("src/x.txt")
+            .to_owned();
+        let plan = [
+            ("mcp__mala__lock_acquire", json!({"filepaths": [file]})),
+            (
+                "Write",
+                json!({"file_path": repo.join(&file), "content": "fixed\n"}),
+            ),
+            ("Bash", json!({"command": "ls src"})),
+            (
+                "mcp__mala__commit",
+                json!({"paths": [file], "message": format!("bd-{issue}: fix {file}")}),
+            ),
+        ];
+        let done = conversation.tool_uses_so_far();
+        match plan.get(done) {
+            Some((name, input)) => Reply::Message(vec![Block::ToolUse {
+                name: (*name).to_owned(),
+                input: input.clone(),
+            }]),
+            None => Reply::Message(vec![Block::Text(format!(
+                "Fixed {file}; `ls src` passed; committed."
+            ))]),
+        }
+    })
+}

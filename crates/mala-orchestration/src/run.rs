@@ -1,0 +1,370 @@
+//! `mala run`: one scheduler that owns the run's state, keeps up to
+//! `max_agents` issues in flight, and stops cleanly at any stage.
+//!
+//! The scheduler is the only owner of what is active, done and failed.
+//! Workers (one task per issue) report their result when they end; the
+//! deadlock monitor reports victims; the shutdown watch says when to drain
+//! and when to abort.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use mala_core::{AgentId, Event, EventSink, IssueId, LockTable, Reviewer, RunOutcome};
+use mala_domain::{
+    Order, QueueRequest, Scope, Settings, agent_name, claim_actor, plan_queue, required_commands,
+    takeover_candidates,
+};
+use mala_infra::{
+    AgentReviewer, ClaudeBackend, ClaudeConfig, FileLockTable, GitRepo, LockingGuard, RunMarker,
+    SystemClock, Tracker, commit_tracker_files, is_run_alive, remove_stale,
+};
+use mala_pipeline::{IssueResult, RunnerConfig, RunnerPorts, run_issue};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::run_deadlock_monitor;
+
+/// The shutdown stages a Ctrl-C steps through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Running,
+    /// Take no new issues; let the running ones finish.
+    Drain,
+    /// Stop the running ones now; their issues are picked up by the next run.
+    Abort,
+}
+
+/// What one `mala run` is asked to do.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub repo_root: PathBuf,
+    pub settings: Settings,
+    pub scope: Scope,
+    pub order: Order,
+    pub max_agents: usize,
+    pub max_issues: Option<usize>,
+    pub resume: bool,
+    /// The `claude` binary (found by the caller).
+    pub claude: PathBuf,
+    /// The `br` binary, when found.
+    pub br: Option<PathBuf>,
+    pub run_id: String,
+}
+
+/// How the run went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub closed: Vec<IssueId>,
+    pub failed: Vec<(IssueId, String)>,
+    pub skipped: Vec<(IssueId, String)>,
+    /// Issues given way in a deadlock; open again for later.
+    pub deferred: Vec<IssueId>,
+    pub interrupted: bool,
+    /// Where this run's session records are.
+    pub state_dir: PathBuf,
+}
+
+/// A run that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Tracker(#[from] mala_core::TrackerError),
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Agent(#[from] mala_core::AgentError),
+}
+
+/// `/a/b_c` → `-a-b_c`: one directory per repository under the runs directory.
+fn encode_repo(path: &std::path::Path) -> String {
+    path.to_string_lossy().replace(['/', '\\'], "-")
+}
+
+struct Worker {
+    agent: AgentId,
+    abort: tokio::task::AbortHandle,
+}
+
+/// Runs the queue until it is empty, the issue limit is reached, or a stop.
+#[allow(clippy::too_many_lines)] // one loop, read top to bottom
+pub async fn run(
+    request: RunRequest,
+    events: Arc<dyn EventSink>,
+    mut stage: watch::Receiver<Stage>,
+) -> Result<RunSummary, RunError> {
+    let settings = &request.settings;
+    let repo_root = request
+        .repo_root
+        .canonicalize()
+        .unwrap_or_else(|_| request.repo_root.clone());
+    let clock = Arc::new(SystemClock);
+    let tracker = Tracker::open(
+        settings.tracker,
+        &repo_root,
+        request.br.clone(),
+        clock.clone(),
+    )?;
+    let tracker_port = tracker.as_port();
+    let state_dir = settings
+        .paths
+        .runs_dir
+        .join(encode_repo(&repo_root))
+        .join(&request.run_id);
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| RunError::Setup(format!("{}: {e}", state_dir.display())))?;
+
+    let claude_config =
+        ClaudeConfig::from_settings(settings, request.claude.clone(), state_dir.clone());
+    mala_infra::check_claude(&claude_config).await?;
+
+    // Locks of runs that are gone are stale; ours are marked by our marker.
+    let lock_dir = settings.paths.lock_dir.clone();
+    let cleaned = remove_stale(&lock_dir);
+    if cleaned.locks_removed > 0 {
+        events.emit(&Event::Warning {
+            message: format!(
+                "removed {} stale lock(s) of runs that are gone",
+                cleaned.locks_removed
+            ),
+        });
+    }
+    let marker = RunMarker {
+        run_id: request.run_id.clone(),
+        repo_path: repo_root.clone(),
+        started_at: Utc::now(),
+        pid: std::process::id(),
+        max_agents: u32::try_from(request.max_agents).ok(),
+    };
+    marker.write(&lock_dir).map_err(|e| {
+        RunError::Setup(format!(
+            "cannot write the run marker in {}: {e}",
+            lock_dir.display()
+        ))
+    })?;
+
+    let (lock_events, lock_inbox) = mpsc::unbounded_channel();
+    let locks_table = FileLockTable::new(&lock_dir, &repo_root)
+        .map_err(|e| RunError::Setup(e.to_string()))?
+        .with_events(lock_events);
+    let locks: Arc<dyn LockTable> = Arc::new(locks_table);
+    let git = Arc::new(GitRepo::new(&repo_root));
+    let guard = LockingGuard::new(
+        &repo_root,
+        Arc::clone(&locks),
+        settings.coder_options.claude.disallowed_tools.clone(),
+    );
+    // One agent alone needs no locks; destructive commands are refused all the same.
+    let guard = if request.max_agents <= 1 {
+        guard.without_lock_enforcement()
+    } else {
+        guard
+    };
+    let backend = ClaudeBackend::new(claude_config.clone())
+        .with_guard(Arc::new(guard))
+        .with_locks(Arc::clone(&locks))
+        .with_git(Arc::clone(&git));
+    let reviewer: Option<Arc<dyn Reviewer>> = settings.per_issue_review.enabled.then(|| {
+        let read_only = LockingGuard::new(
+            &repo_root,
+            Arc::clone(&locks),
+            settings.coder_options.claude.disallowed_tools.clone(),
+        );
+        let review_backend =
+            ClaudeBackend::new(claude_config.clone()).with_guard(Arc::new(read_only));
+        Arc::new(AgentReviewer::new(
+            Arc::new(review_backend),
+            Arc::clone(&tracker_port),
+            &repo_root,
+        )) as Arc<dyn Reviewer>
+    });
+    let (victims_tx, mut victims) = mpsc::unbounded_channel();
+    let monitor = tokio::spawn(run_deadlock_monitor(
+        lock_inbox,
+        Arc::clone(&tracker_port),
+        Arc::clone(&locks),
+        victims_tx,
+    ));
+
+    let ports = RunnerPorts {
+        tracker: Arc::clone(&tracker_port),
+        backend: Arc::new(backend),
+        repo: git.clone(),
+        reviewer,
+        locks: Some(Arc::clone(&locks)),
+        events: Arc::clone(&events),
+        clock: clock.clone(),
+    };
+    let runner_config = RunnerConfig {
+        repo_root: repo_root.clone(),
+        actor: claim_actor(&request.run_id),
+        required: required_commands(&settings.evidence_check.required, &settings.commands),
+        code_patterns: settings.code_patterns.clone(),
+        config_files: settings.config_files.clone(),
+        setup_files: settings.setup_files.clone(),
+        max_gate_attempts: settings.max_gate_retries.max(1),
+        max_review_attempts: settings.per_issue_review.max_retries.max(1),
+        max_resumes: settings.max_idle_retries,
+        resume_backoff: Duration::from_secs(5),
+        retry_failed: settings.retry_failed,
+        record_dir: state_dir.join("sessions"),
+    };
+
+    events.emit(&Event::RunStarted {
+        run_id: request.run_id.clone(),
+        repo: repo_root.display().to_string(),
+        max_agents: Some(request.max_agents),
+    });
+    let mut summary = RunSummary {
+        state_dir: state_dir.clone(),
+        ..RunSummary::default()
+    };
+    let mut attempted: HashSet<IssueId> = HashSet::new();
+    let mut active: HashMap<IssueId, Worker> = HashMap::new();
+    let mut workers: JoinSet<(IssueId, IssueResult)> = JoinSet::new();
+    let mut deferred: HashSet<IssueId> = HashSet::new();
+    let mut started = 0usize;
+    let issue_types = &settings.issue_types;
+
+    loop {
+        let current = *stage.borrow();
+        if current == Stage::Abort {
+            workers.abort_all();
+            summary.interrupted = true;
+            break;
+        }
+        let may_start =
+            current == Stage::Running && request.max_issues.is_none_or(|limit| started < limit);
+        if may_start && active.len() < request.max_agents {
+            let graph = tracker.snapshot().await?;
+            let takeover = takeover_candidates(graph.issues(), request.resume, |run| {
+                is_run_alive(&lock_dir, run)
+            });
+            let plan = plan_queue(
+                &graph,
+                &QueueRequest {
+                    scope: &request.scope,
+                    order: request.order,
+                    issue_types,
+                    skip: &attempted,
+                    takeover: &takeover,
+                    limit: None,
+                    now: Utc::now(),
+                },
+            )
+            .map_err(|e| RunError::Setup(format!("--scope {}: {e}", request.scope)))?;
+            for entry in plan.entries {
+                if active.len() >= request.max_agents
+                    || request.max_issues.is_some_and(|limit| started >= limit)
+                {
+                    break;
+                }
+                attempted.insert(entry.id.clone());
+                if entry.takeover {
+                    // A dead run's claim (or, with --resume, unassigned work): take it over, once.
+                    let holder = graph.get(&entry.id).and_then(|i| i.assignee.clone());
+                    let taken = tracker_port
+                        .take_over(&entry.id, &runner_config.actor, holder)
+                        .await;
+                    if !matches!(taken, Ok(mala_core::ClaimOutcome::Claimed)) {
+                        continue;
+                    }
+                }
+                let agent = agent_name(&entry.id, &request.run_id);
+                let (ports, config, issue, worker_agent) = (
+                    ports.clone(),
+                    runner_config.clone(),
+                    entry.id.clone(),
+                    agent.clone(),
+                );
+                let abort = workers.spawn(async move {
+                    let result = run_issue(&issue, worker_agent, &ports, &config).await;
+                    (issue, result)
+                });
+                active.insert(entry.id.clone(), Worker { agent, abort });
+                started += 1;
+            }
+        }
+        if active.is_empty() {
+            break;
+        }
+        tokio::select! {
+            finished = workers.join_next() => {
+                let Some(finished) = finished else { break };
+                match finished {
+                    Ok((issue, result)) => {
+                        active.remove(&issue);
+                        match result {
+                            IssueResult::Closed { .. } => summary.closed.push(issue),
+                            IssueResult::Failed { reason } => summary.failed.push((issue, reason)),
+                            IssueResult::Skipped { reason } => summary.skipped.push((issue, reason)),
+                        }
+                    }
+                    Err(join_error) if join_error.is_cancelled() => {
+                        // A deadlock victim, cancelled on purpose; handled when it was chosen.
+                        active.retain(|_, w| !w.abort.is_finished());
+                    }
+                    Err(join_error) => {
+                        events.emit(&Event::Warning { message: format!("an issue worker crashed: {join_error}") });
+                        active.retain(|_, w| !w.abort.is_finished());
+                    }
+                }
+            }
+            victim = victims.recv() => {
+                if let Some(resolution) = victim
+                    && let Some((issue, worker)) = active.iter().find(|(_, w)| w.agent == resolution.victim)
+                {
+                    let issue = issue.clone();
+                    worker.abort.abort();
+                    deferred.insert(issue.clone());
+                    events.emit(&Event::IssueSkipped { issue, reason: "gave way in a deadlock; it runs again once its blocker closes".into() });
+                }
+            }
+            changed = stage.changed() => {
+                if changed.is_err() {
+                    // The sender is gone: nobody can ask for a drain any more.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+
+    // Whatever ends the run, this run's locks go and its marker with them.
+    for worker in active.values() {
+        let _ = locks.release_all(&worker.agent).await;
+    }
+    summary.deferred = deferred.into_iter().collect();
+    drop(ports);
+    monitor.abort();
+    if !summary.closed.is_empty() {
+        if let Err(error) = tracker_port.flush().await {
+            events.emit(&Event::Warning {
+                message: format!("could not flush the tracker: {error}"),
+            });
+        }
+        match commit_tracker_files(&repo_root, "mala: sync beads issues").await {
+            Ok(_) => {}
+            Err(error) => events.emit(&Event::Warning {
+                message: format!("could not commit .beads/: {error}"),
+            }),
+        }
+    }
+    let _ = std::fs::remove_file(RunMarker::path(&lock_dir, &request.run_id));
+    events.emit(&Event::RunFinished {
+        run_id: request.run_id.clone(),
+        outcome: if summary.interrupted {
+            RunOutcome::Aborted {
+                reason: "interrupted".into(),
+            }
+        } else if *stage.borrow() == Stage::Drain {
+            RunOutcome::Drained
+        } else {
+            RunOutcome::Finished
+        },
+        succeeded: summary.closed.len(),
+        failed: summary.failed.len(),
+    });
+    Ok(summary)
+}
