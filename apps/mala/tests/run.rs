@@ -151,3 +151,133 @@ fn script_with_check(repo: &Path) -> Script {
         }
     })
 }
+
+/// An agent that first works for a while, so a run can be killed mid-issue.
+fn slow_script(repo: &Path) -> Script {
+    let repo = repo.canonicalize().unwrap();
+    Script::from_fn(move |conversation: &Conversation<'_>| {
+        let text = conversation.user_texts().join("\n");
+        let issue = text
+            .split("working on issue ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("x")
+            .to_owned();
+        let plan = [
+            ("Bash", json!({"command": "sleep 4"})),
+            (
+                "mcp__mala__lock_acquire",
+                json!({"filepaths": ["src/a.txt"]}),
+            ),
+            (
+                "Write",
+                json!({"file_path": repo.join("src/a.txt"), "content": "fixed\n"}),
+            ),
+            ("Bash", json!({"command": "ls src"})),
+            (
+                "mcp__mala__commit",
+                json!({"paths": ["src/a.txt"], "message": format!("bd-{issue}: fix a")}),
+            ),
+        ];
+        match plan.get(conversation.tool_uses_so_far()) {
+            Some((name, input)) => Reply::Message(vec![Block::ToolUse {
+                name: (*name).to_owned(),
+                input: input.clone(),
+            }]),
+            None => Reply::Message(vec![Block::Text("Done; committed.".into())]),
+        }
+    })
+}
+
+#[test]
+fn a_killed_run_is_resumed_by_the_next_with_nothing_lost_or_done_twice() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = TempRepo::new();
+    std::fs::create_dir(repo.path().join("src")).unwrap();
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
+    )
+    .unwrap();
+    let br = Br::init(&br_binary, repo.path(), "kill");
+    let issue = br.create(&NewIssue {
+        title: "Fix a",
+        priority: 2,
+        ..NewIssue::default()
+    });
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+    let mock = MockAnthropic::start(slow_script(repo.path()));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = bin_dir(scratch.path(), &br_binary, &claude);
+    let mut env: Vec<(String, String)> = harness
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "PATH")
+        .collect();
+    env.push((
+        "PATH".into(),
+        format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
+    ));
+    env.push((
+        "MALA_LOCK_DIR".into(),
+        scratch.path().join("locks").display().to_string(),
+    ));
+    env.push((
+        "MALA_RUNS_DIR".into(),
+        scratch.path().join("runs").display().to_string(),
+    ));
+    env.push(("MALA_MODEL".into(), "claude-sonnet-4-5".into()));
+    let mala = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mala"));
+        command
+            .args(args)
+            .current_dir(repo.path())
+            .env_clear()
+            .envs(env.clone());
+        command
+    };
+
+    // The first run claims the issue, its agent starts working, and the run is killed -9.
+    let mut first = mala(&["run"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never got going"
+        );
+        let working = mock
+            .requests()
+            .iter()
+            .any(|r| r.body.to_string().contains("sleep 4"));
+        if working {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(
+        br.json(&["show", &issue])[0]["status"],
+        "in_progress",
+        "the dead run's claim is still there"
+    );
+
+    // The next run takes the dead run's claim over and finishes the issue, once.
+    let output = mala(&["run"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(&format!("✓ {issue}  closed")), "{stdout}");
+    assert_eq!(br.json(&["show", &issue])[0]["status"], "closed");
+    let commits = repo.git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")]);
+    assert_eq!(commits.lines().count(), 1, "done once: {commits}");
+}
