@@ -180,6 +180,13 @@ pub async fn run(
             &repo_root,
         )) as Arc<dyn Reviewer>
     });
+    if settings.per_issue_review.enabled
+        && settings.per_issue_review.reviewer_type == mala_domain::ReviewerType::Cerberus
+    {
+        events.emit(&Event::Warning {
+            message: "per_issue_review asks for cerberus, which this build does not have; the agent reviewer reviews instead".into(),
+        });
+    }
     let (victims_tx, mut victims) = mpsc::unbounded_channel();
     let monitor = tokio::spawn(run_deadlock_monitor(
         lock_inbox,
