@@ -281,3 +281,83 @@ fn a_killed_run_is_resumed_by_the_next_with_nothing_lost_or_done_twice() {
     let commits = repo.git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")]);
     assert_eq!(commits.lines().count(), 1, "done once: {commits}");
 }
+
+#[test]
+fn watch_mode_waits_for_work_and_a_ctrl_c_ends_it_cleanly() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = TempRepo::new();
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "commands:\n  check: \"true\"\n",
+    )
+    .unwrap();
+    Br::init(&br_binary, repo.path(), "watch");
+    let mock = MockAnthropic::start(Script::directives());
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = bin_dir(scratch.path(), &br_binary, &claude);
+    let mut env: Vec<(String, String)> = harness
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "PATH")
+        .collect();
+    env.push((
+        "PATH".into(),
+        format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
+    ));
+    env.push((
+        "MALA_LOCK_DIR".into(),
+        scratch.path().join("locks").display().to_string(),
+    ));
+    env.push((
+        "MALA_RUNS_DIR".into(),
+        scratch.path().join("runs").display().to_string(),
+    ));
+    let child = Command::new(env!("CARGO_BIN_EXE_mala"))
+        .args(["run", "--watch"])
+        .current_dir(repo.path())
+        .env_clear()
+        .envs(env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let markers = || {
+        std::fs::read_dir(scratch.path().join("locks"))
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(".marker")
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while markers() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("watching: nothing ready"), "{stdout}");
+    assert_eq!(markers(), 0, "the run marker is removed");
+}

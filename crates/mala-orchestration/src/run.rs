@@ -47,6 +47,8 @@ pub struct RunRequest {
     pub max_agents: usize,
     pub max_issues: Option<usize>,
     pub resume: bool,
+    /// Keep polling for new ready issues instead of ending when idle.
+    pub watch: Option<Duration>,
     /// The `claude` binary (found by the caller).
     pub claude: PathBuf,
     /// The `br` binary, when found.
@@ -233,6 +235,7 @@ pub async fn run(
     let mut workers: JoinSet<(IssueId, IssueResult)> = JoinSet::new();
     let mut deferred: HashSet<IssueId> = HashSet::new();
     let mut started = 0usize;
+    let mut idle_said = false;
     let issue_types = &settings.issue_types;
 
     loop {
@@ -295,8 +298,25 @@ pub async fn run(
             }
         }
         if active.is_empty() {
-            break;
+            let Some(poll) = request.watch.filter(|_| current == Stage::Running) else {
+                break;
+            };
+            if !idle_said {
+                events.emit(&Event::Warning {
+                    message: format!(
+                        "watching: nothing ready; looking again every {} s (Ctrl-C to stop)",
+                        poll.as_secs()
+                    ),
+                });
+                idle_said = true;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {}
+                _ = stage.changed() => {}
+            }
+            continue;
         }
+        idle_said = false;
         tokio::select! {
             finished = workers.join_next() => {
                 let Some(finished) = finished else { break };

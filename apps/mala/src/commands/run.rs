@@ -53,12 +53,6 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
             needs: "their backends (only Claude Code is built)",
         });
     }
-    if args.watch {
-        return Err(Failure::NotBuilt {
-            command: "run --watch",
-            needs: "watch mode",
-        });
-    }
     execute(args, settings)
 }
 
@@ -102,6 +96,7 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
         max_agents: args.max_agents.map_or(1, |n| n as usize),
         max_issues: args.max_issues.map(|n| n as usize),
         resume: args.resume,
+        watch: args.watch.then_some(std::time::Duration::from_secs(60)),
         claude,
         br: find_program("br"),
         run_id,
