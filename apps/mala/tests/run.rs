@@ -323,18 +323,16 @@ fn watch_mode_waits_for_work_and_a_ctrl_c_ends_it_cleanly() {
         .spawn()
         .unwrap();
     let markers = || {
-        std::fs::read_dir(scratch.path().join("locks"))
-            .map(|d| {
-                d.filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .ends_with(".marker")
-                })
-                .count()
+        std::fs::read_dir(scratch.path().join("locks")).map_or(0, |d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".marker")
             })
-            .unwrap_or(0)
+            .count()
+        })
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while markers() == 0 {
