@@ -11,7 +11,6 @@ use mala_domain::ConfigError;
 pub(crate) mod exit {
     pub(crate) const FAILURE: u8 = 1;
     pub(crate) const USAGE: u8 = 2;
-    #[allow(dead_code)] // used once triggers can abort a run
     pub(crate) const ABORTED: u8 = 3;
     pub(crate) const INTERRUPTED: u8 = 130;
 }
@@ -42,6 +41,8 @@ pub(crate) enum Failure {
     IssuesFailed(usize),
     /// The run was stopped with Ctrl-C.
     Interrupted,
+    /// A validation trigger with `failure_mode: abort` failed; the command.
+    Aborted(String),
     /// The issue tracker failed or refused; its message and hint are passed on.
     Tracker(TrackerError),
     /// Anything else that went wrong, with a hint when there is one.
@@ -61,6 +62,7 @@ impl Failure {
             | Self::Denied
             | Self::IssuesFailed(_) => exit::FAILURE,
             Self::Interrupted => exit::INTERRUPTED,
+            Self::Aborted(_) => exit::ABORTED,
             Self::Usage { .. } | Self::NotBuilt { .. } => exit::USAGE,
         })
     }
@@ -116,6 +118,10 @@ impl fmt::Display for Failure {
             Self::Interrupted => {
                 f.write_str("interrupted; claimed issues are taken over by the next run")
             }
+            Self::Aborted(command) => write!(
+                f,
+                "the run was aborted: validation failed at `{command}`\n  hint: fix it, or set the trigger's failure_mode to continue or remediate"
+            ),
             Self::Tracker(error) => match error {
                 TrackerError::NotInstalled { program, hint } => {
                     write!(f, "{program} is not installed\n  hint: {hint}")

@@ -359,3 +359,67 @@ fn watch_mode_waits_for_work_and_a_ctrl_c_ends_it_cleanly() {
     assert!(stdout.contains("watching: nothing ready"), "{stdout}");
     assert_eq!(markers(), 0, "the run marker is removed");
 }
+
+#[test]
+fn a_failing_run_end_validation_aborts_the_run_with_exit_3() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = TempRepo::new();
+    std::fs::create_dir(repo.path().join("src")).unwrap();
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "commands:\n  check: \"ls src\"\n  integration: \"echo integration broke >&2; exit 7\"\nevidence_check:\n  required: [check]\nvalidation_triggers:\n  run_end:\n    failure_mode: abort\n    fire_on: both\n    commands: [check, integration]\n",
+    )
+    .unwrap();
+    let br = Br::init(&br_binary, repo.path(), "end");
+    let issue = br.create(&NewIssue {
+        title: "Fix a",
+        priority: 2,
+        description: "FILE=src/a.txt",
+        ..NewIssue::default()
+    });
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+    let mock = MockAnthropic::start(script_with_check(repo.path()));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = bin_dir(scratch.path(), &br_binary, &claude);
+    let mut env: Vec<(String, String)> = harness
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "PATH")
+        .collect();
+    env.push((
+        "PATH".into(),
+        format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
+    ));
+    env.push((
+        "MALA_LOCK_DIR".into(),
+        scratch.path().join("locks").display().to_string(),
+    ));
+    env.push((
+        "MALA_RUNS_DIR".into(),
+        scratch.path().join("runs").display().to_string(),
+    ));
+    let output = Command::new(env!("CARGO_BIN_EXE_mala"))
+        .args(["run"])
+        .current_dir(repo.path())
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("✓ {issue}  closed")),
+        "the issue itself still closed: {stdout}"
+    );
+    assert!(
+        stdout.contains("run_end validation failed at `integration`"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("validation failed at `echo integration broke >&2; exit 7`"),
+        "{stderr}"
+    );
+}

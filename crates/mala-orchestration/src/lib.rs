@@ -6,6 +6,8 @@
 
 mod deadlock_monitor;
 mod run;
+mod triggers;
 
 pub use deadlock_monitor::run_deadlock_monitor;
 pub use run::{RunError, RunRequest, RunSummary, Stage, run};
+pub use triggers::{TriggerOutcome, run_trigger};

@@ -14,8 +14,8 @@ use std::time::Duration;
 use chrono::Utc;
 use mala_core::{AgentId, Event, EventSink, IssueId, LockTable, Reviewer, RunOutcome};
 use mala_domain::{
-    Order, QueueRequest, Scope, Settings, agent_name, claim_actor, plan_queue, required_commands,
-    takeover_candidates,
+    FireOn, Order, QueueRequest, Scope, Settings, agent_name, claim_actor, plan_queue,
+    required_commands, takeover_candidates,
 };
 use mala_infra::{
     AgentReviewer, ClaudeBackend, ClaudeConfig, FileLockTable, GitRepo, LockingGuard, RunMarker,
@@ -26,6 +26,39 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::run_deadlock_monitor;
+use crate::triggers::{TriggerOutcome, run_trigger};
+
+/// Waits for one worker to end and records its result.
+async fn wait_for_worker(
+    workers: &mut JoinSet<(IssueId, IssueResult)>,
+    active: &mut HashMap<IssueId, Worker>,
+    summary: &mut RunSummary,
+    events: &Arc<dyn EventSink>,
+) {
+    match workers.join_next().await {
+        Some(Ok((issue, result))) => {
+            active.remove(&issue);
+            record(summary, issue, result);
+        }
+        Some(Err(error)) => {
+            if !error.is_cancelled() {
+                events.emit(&Event::Warning {
+                    message: format!("an issue worker crashed: {error}"),
+                });
+            }
+            active.retain(|_, w| !w.abort.is_finished());
+        }
+        None => active.clear(),
+    }
+}
+
+fn record(summary: &mut RunSummary, issue: IssueId, result: IssueResult) {
+    match result {
+        IssueResult::Closed { .. } => summary.closed.push(issue),
+        IssueResult::Failed { reason } => summary.failed.push((issue, reason)),
+        IssueResult::Skipped { reason } => summary.skipped.push((issue, reason)),
+    }
+}
 
 /// The shutdown stages a Ctrl-C steps through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +98,8 @@ pub struct RunSummary {
     /// Issues given way in a deadlock; open again for later.
     pub deferred: Vec<IssueId>,
     pub interrupted: bool,
+    /// A validation trigger stopped the run (the command that failed).
+    pub aborted: Option<String>,
     /// Where this run's session records are.
     pub state_dir: PathBuf,
 }
@@ -236,6 +271,8 @@ pub async fn run(
     let mut deferred: HashSet<IssueId> = HashSet::new();
     let mut started = 0usize;
     let mut idle_said = false;
+    let mut closed_since_periodic = 0u32;
+    let mut periodic_due = false;
     let issue_types = &settings.issue_types;
 
     loop {
@@ -244,6 +281,27 @@ pub async fn run(
             workers.abort_all();
             summary.interrupted = true;
             break;
+        }
+        if periodic_due && let Some(periodic) = &settings.validation_triggers.periodic {
+            if !active.is_empty() {
+                // Hold new spawns until the pool is idle, then validate.
+                wait_for_worker(&mut workers, &mut active, &mut summary, &events).await;
+                continue;
+            }
+            periodic_due = false;
+            let outcome = run_trigger(
+                "periodic",
+                &periodic.trigger,
+                &repo_root,
+                &ports.backend,
+                &request.run_id,
+                &events,
+            )
+            .await;
+            if let TriggerOutcome::Abort { command } = outcome {
+                summary.aborted = Some(command);
+                break;
+            }
         }
         let may_start =
             current == Stage::Running && request.max_issues.is_none_or(|limit| started < limit);
@@ -324,7 +382,17 @@ pub async fn run(
                     Ok((issue, result)) => {
                         active.remove(&issue);
                         match result {
-                            IssueResult::Closed { .. } => summary.closed.push(issue),
+                            IssueResult::Closed { .. } => {
+                                summary.closed.push(issue);
+                                closed_since_periodic += 1;
+                                if let Some(periodic) = &settings.validation_triggers.periodic
+                                    && periodic.interval > 0
+                                    && closed_since_periodic >= periodic.interval
+                                {
+                                    closed_since_periodic = 0;
+                                    periodic_due = true;
+                                }
+                            }
                             IssueResult::Failed { reason } => summary.failed.push((issue, reason)),
                             IssueResult::Skipped { reason } => summary.skipped.push((issue, reason)),
                         }
@@ -358,6 +426,29 @@ pub async fn run(
         }
     }
 
+    if let Some(run_end) = &settings.validation_triggers.run_end
+        && !summary.interrupted
+        && summary.aborted.is_none()
+    {
+        let fire = match run_end.fire_on {
+            FireOn::Success => summary.failed.is_empty(),
+            FireOn::Failure => !summary.failed.is_empty(),
+            FireOn::Both => true,
+        };
+        if fire
+            && let TriggerOutcome::Abort { command } = run_trigger(
+                "run_end",
+                &run_end.trigger,
+                &repo_root,
+                &ports.backend,
+                &request.run_id,
+                &events,
+            )
+            .await
+        {
+            summary.aborted = Some(command);
+        }
+    }
     // Whatever ends the run, this run's locks go and its marker with them.
     for worker in active.values() {
         let _ = locks.release_all(&worker.agent).await;

@@ -167,6 +167,9 @@ fn report(summary: &RunSummary) -> Result<(), Failure> {
     if summary.interrupted {
         return Err(Failure::Interrupted);
     }
+    if let Some(command) = &summary.aborted {
+        return Err(Failure::Aborted(command.clone()));
+    }
     if !summary.failed.is_empty() {
         return Err(Failure::IssuesFailed(summary.failed.len()));
     }
