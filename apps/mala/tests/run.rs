@@ -31,12 +31,19 @@ fn mala_run_closes_the_ready_issues_and_commits_the_tracker() {
     )
     .unwrap();
     let br = Br::init(&br_binary, repo.path(), "run");
+    let epic = br.create(&NewIssue {
+        title: "Both files",
+        issue_type: "epic",
+        priority: 1,
+        ..NewIssue::default()
+    });
     let issues: Vec<String> = ["a", "b"]
         .iter()
         .map(|name| {
             br.create(&NewIssue {
                 title: &format!("Fix {name}"),
                 priority: 2,
+                parent: Some(&epic),
                 description: &format!(
                     "Write the word fixed into FILE=src/{name}.txt and commit it."
                 ),
@@ -88,6 +95,12 @@ fn mala_run_closes_the_ready_issues_and_commits_the_tracker() {
         assert_eq!(br.json(&["show", issue])[0]["status"], "closed");
     }
     assert!(stdout.contains("2 closed, 0 failed"), "{stdout}");
+    assert_eq!(
+        br.json(&["show", &epic])[0]["status"],
+        "closed",
+        "the epic is verified and closed: {stdout}"
+    );
+    assert!(stdout.contains(&format!("✓ {epic}  closed")), "{stdout}");
     let log = repo.git(&["log", "--format=%s"]);
     assert!(
         log.lines().next().unwrap().contains("sync beads issues"),
@@ -115,6 +128,11 @@ fn script_with_check(repo: &Path) -> Script {
     let repo = repo.canonicalize().unwrap();
     Script::from_fn(move |conversation: &Conversation<'_>| {
         let text = conversation.user_texts().join("\n");
+        if text.contains("All the issues under epic") {
+            return Reply::Message(vec![Block::Text(
+                r#"{"passed": true, "findings": []}"#.into(),
+            )]);
+        }
         let issue = text
             .split("working on issue ")
             .nth(1)

@@ -26,5 +26,7 @@ pub use git::{CommitRefusal, GitRepo, commit_as_agent};
 pub use locks::{
     FileLockTable, canonical_path, list_locks, lock_file_stem, paths_held_in, remove_lock,
 };
-pub use review::{AgentReviewer, parse_review_answer};
+pub use review::{
+    AgentReviewer, EpicVerdict, EpicVerifier, parse_epic_answer, parse_review_answer,
+};
 pub use run_marker::{Cleanup, RunMarker, is_run_alive, remove_stale};

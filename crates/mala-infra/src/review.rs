@@ -152,6 +152,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn epic_answers_fail_with_a_reason() {
+        let verdict = parse_epic_answer(
+            "{\"passed\": true, \"findings\": [{\"priority\": 3, \"title\": \"docs\"}]}",
+        )
+        .unwrap();
+        assert!(verdict.passed);
+        let verdict = parse_epic_answer("{\"passed\": false, \"findings\": []}").unwrap();
+        assert!(!verdict.passed && verdict.findings[0].priority == 1);
+        let verdict = parse_epic_answer(
+            "{\"passed\": true, \"findings\": [{\"priority\": 0, \"title\": \"missing\"}]}",
+        )
+        .unwrap();
+        assert!(
+            !verdict.passed,
+            "a blocking finding fails the epic whatever the flag says"
+        );
+        assert!(parse_epic_answer("yes it is fine").is_err());
+    }
+
+    #[test]
     fn answers_are_checked_before_they_count() {
         let verdict = parse_review_answer(
             "Here is my review:\n```json\n{\"findings\": [{\"priority\": 1, \"title\": \"Off by one\", \"body\": \"loop\", \"file\": \"src/a.rs\", \"line_start\": 3, \"line_end\": 4}]}\n```",
@@ -176,5 +196,138 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+}
+
+/// An epic verifier's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpicVerdict {
+    pub passed: bool,
+    pub findings: Vec<Finding>,
+}
+
+#[derive(Debug, Deserialize)]
+struct EpicAnswer {
+    passed: bool,
+    #[serde(default)]
+    findings: Vec<RawFinding>,
+}
+
+/// Reads `{"passed": bool, "findings": [...]}`; a failed verdict without a
+/// blocking finding gets one, so the failure has a reason to act on.
+pub fn parse_epic_answer(text: &str) -> Result<EpicVerdict, ReviewError> {
+    let (Some(start), Some(end)) = (text.find('{'), text.rfind('}')) else {
+        return Err(ReviewError::InvalidAnswer(
+            "no JSON object in the answer".to_owned(),
+        ));
+    };
+    let answer: EpicAnswer = serde_json::from_str(&text[start..=end]).map_err(|e| {
+        ReviewError::InvalidAnswer(format!("the answer is not the expected JSON: {e}"))
+    })?;
+    let mut findings = Vec::new();
+    for raw in answer.findings {
+        if raw.priority > 3 || raw.title.trim().is_empty() {
+            return Err(ReviewError::InvalidAnswer(
+                "a finding needs a title and a priority 0-3".to_owned(),
+            ));
+        }
+        findings.push(Finding {
+            priority: raw.priority,
+            title: raw.title,
+            body: raw.body,
+            file: raw.file.filter(|f| !f.is_empty()),
+            line_start: raw.line_start,
+            line_end: raw.line_end,
+        });
+    }
+    if !answer.passed && !findings.iter().any(|f| f.priority <= 1) {
+        findings.push(Finding {
+            priority: 1,
+            title: "The epic's acceptance criteria are not met".to_owned(),
+            body: "The verifier failed the epic without naming a blocking finding; look at its acceptance criteria again.".to_owned(),
+            file: None,
+            line_start: None,
+            line_end: None,
+        });
+    }
+    Ok(EpicVerdict {
+        passed: answer.passed && !findings.iter().any(|f| f.priority <= 1),
+        findings,
+    })
+}
+
+/// Checks an epic's acceptance criteria against the code with a read-only agent.
+pub struct EpicVerifier {
+    backend: Arc<dyn AgentBackend>,
+    repo_root: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for EpicVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpicVerifier")
+            .field("repo_root", &self.repo_root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EpicVerifier {
+    pub fn new(backend: Arc<dyn AgentBackend>, repo_root: &std::path::Path) -> Self {
+        Self {
+            backend,
+            repo_root: repo_root.to_path_buf(),
+        }
+    }
+
+    pub async fn verify(
+        &self,
+        epic: &mala_core::Issue,
+        children: &[mala_core::Issue],
+    ) -> Result<EpicVerdict, ReviewError> {
+        let listed: Vec<String> = children
+            .iter()
+            .map(|c| format!("- {} {} ({})", c.id, c.title, c.status))
+            .collect();
+        let prompt = render_prompt(
+            PromptKind::EpicVerification,
+            &[
+                ("epic_id", epic.id.to_string()),
+                ("title", epic.title.clone()),
+                (
+                    "acceptance_criteria",
+                    if epic.acceptance_criteria.is_empty() {
+                        epic.description.clone()
+                    } else {
+                        epic.acceptance_criteria.clone()
+                    },
+                ),
+                ("children", listed.join("\n")),
+            ],
+        )
+        .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
+        let mut last = ReviewError::Failed("not run".to_owned());
+        // An unreadable answer is asked for again once.
+        for _ in 0..2 {
+            let request = SessionRequest::new(
+                AgentId::new(format!("verify-{}", epic.id)),
+                self.repo_root.clone(),
+            );
+            let mut session = self
+                .backend
+                .start(request, Arc::new(Quiet))
+                .await
+                .map_err(|e| {
+                    ReviewError::Unavailable(format!("the verifier could not start: {e}"))
+                })?;
+            let outcome = session.turn(&prompt).await;
+            let _ = session.close().await;
+            match outcome {
+                Ok(outcome) => match parse_epic_answer(&outcome.final_text) {
+                    Ok(verdict) => return Ok(verdict),
+                    Err(error) => last = error,
+                },
+                Err(error) => last = ReviewError::Failed(error.to_string()),
+            }
+        }
+        Err(last)
     }
 }

@@ -5,9 +5,11 @@
 //! deadlock monitor.
 
 mod deadlock_monitor;
+mod epics;
 mod run;
 mod triggers;
 
 pub use deadlock_monitor::run_deadlock_monitor;
+pub use epics::{EpicBook, Sweep, sweep_epics};
 pub use run::{RunError, RunRequest, RunSummary, Stage, run};
 pub use triggers::{TriggerOutcome, run_trigger};

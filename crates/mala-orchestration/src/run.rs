@@ -18,13 +18,14 @@ use mala_domain::{
     required_commands, takeover_candidates,
 };
 use mala_infra::{
-    AgentReviewer, ClaudeBackend, ClaudeConfig, FileLockTable, GitRepo, LockingGuard, RunMarker,
-    SystemClock, Tracker, commit_tracker_files, is_run_alive, remove_stale,
+    AgentReviewer, ClaudeBackend, ClaudeConfig, EpicVerifier, FileLockTable, GitRepo, LockingGuard,
+    RunMarker, SystemClock, Tracker, commit_tracker_files, is_run_alive, remove_stale,
 };
 use mala_pipeline::{IssueResult, RunnerConfig, RunnerPorts, run_issue};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::epics::{EpicBook, sweep_epics};
 use crate::run_deadlock_monitor;
 use crate::triggers::{TriggerOutcome, run_trigger};
 
@@ -272,6 +273,22 @@ pub async fn run(
     let mut started = 0usize;
     let mut idle_said = false;
     let mut closed_since_periodic = 0u32;
+    let mut sweep_pending = true;
+    let mut epic_book = EpicBook::default();
+    let max_epic_rounds = settings
+        .validation_triggers
+        .epic_completion
+        .as_ref()
+        .map_or(3, |t| t.max_epic_verification_retries.max(1));
+    let epic_verifier = settings.epic_verification.enabled.then(|| {
+        let read_only = LockingGuard::new(
+            &repo_root,
+            Arc::clone(&locks),
+            settings.coder_options.claude.disallowed_tools.clone(),
+        );
+        let backend = ClaudeBackend::new(claude_config.clone()).with_guard(Arc::new(read_only));
+        EpicVerifier::new(Arc::new(backend), &repo_root)
+    });
     let mut periodic_due = false;
     let issue_types = &settings.issue_types;
 
@@ -355,6 +372,30 @@ pub async fn run(
                 started += 1;
             }
         }
+        if active.is_empty() && sweep_pending && current == Stage::Running {
+            sweep_pending = false;
+            match sweep_epics(
+                tracker_port.as_ref(),
+                epic_verifier.as_ref(),
+                &request.scope,
+                &mut epic_book,
+                max_epic_rounds,
+                events.as_ref(),
+            )
+            .await
+            {
+                Ok(sweep) => {
+                    // A closed epic may complete its parent; new issues may be ready.
+                    sweep_pending = !sweep.closed.is_empty();
+                    if !sweep.closed.is_empty() || !sweep.created.is_empty() {
+                        continue;
+                    }
+                }
+                Err(error) => events.emit(&Event::Warning {
+                    message: format!("epic sweep failed: {error}"),
+                }),
+            }
+        }
         if active.is_empty() {
             let Some(poll) = request.watch.filter(|_| current == Stage::Running) else {
                 break;
@@ -384,6 +425,7 @@ pub async fn run(
                         match result {
                             IssueResult::Closed { .. } => {
                                 summary.closed.push(issue);
+                                sweep_pending = true;
                                 closed_since_periodic += 1;
                                 if let Some(periodic) = &settings.validation_triggers.periodic
                                     && periodic.interval > 0
