@@ -519,7 +519,10 @@ fn usage_errors_exit_2() {
 #[test]
 fn unbuilt_commands_do_not_pretend() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [&["logs", "list"][..], &["epic-verify", "x-1"]] {
+    for args in [
+        &["logs", "list"][..],
+        &["logs", "sessions", "--issue", "x-1"],
+    ] {
         let output = mala(dir.path(), args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         assert!(

@@ -441,3 +441,86 @@ fn a_failing_run_end_validation_aborts_the_run_with_exit_3() {
         "{stderr}"
     );
 }
+
+#[test]
+fn epic_verify_checks_one_epic_and_closes_it_or_lets_a_person_override() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = TempRepo::new();
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "commands:\n  check: \"true\"\n",
+    )
+    .unwrap();
+    let br = Br::init(&br_binary, repo.path(), "ev");
+    let epic = br.create(&NewIssue {
+        title: "Auth",
+        issue_type: "epic",
+        priority: 1,
+        acceptance: "login works",
+        ..NewIssue::default()
+    });
+    let child = br.create(&NewIssue {
+        title: "Login",
+        priority: 2,
+        parent: Some(&epic),
+        ..NewIssue::default()
+    });
+    let other = br.create(&NewIssue {
+        title: "Other",
+        issue_type: "epic",
+        priority: 1,
+        ..NewIssue::default()
+    });
+    let mock = MockAnthropic::start(script_with_check(repo.path()));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = bin_dir(scratch.path(), &br_binary, &claude);
+    let mut env: Vec<(String, String)> = harness
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "PATH")
+        .collect();
+    env.push((
+        "PATH".into(),
+        format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
+    ));
+    env.push((
+        "MALA_LOCK_DIR".into(),
+        scratch.path().join("locks").display().to_string(),
+    ));
+    env.push((
+        "MALA_RUNS_DIR".into(),
+        scratch.path().join("runs").display().to_string(),
+    ));
+    let mala = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mala"))
+            .args(args)
+            .current_dir(repo.path())
+            .env_clear()
+            .envs(env.clone())
+            .output()
+            .unwrap()
+    };
+    let early = mala(&["epic-verify", &epic]);
+    assert_eq!(early.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&early.stderr).contains("1 open issue"),
+        "{early:?}"
+    );
+    br.close(&child);
+    let verified = mala(&["epic-verify", &epic]);
+    assert_eq!(verified.status.code(), Some(0), "{verified:?}");
+    assert!(
+        String::from_utf8_lossy(&verified.stdout).contains("meets its acceptance criteria; closed")
+    );
+    assert_eq!(br.json(&["show", &epic])[0]["status"], "closed");
+    let overridden = mala(&["epic-verify", &other, "--human-override"]);
+    assert_eq!(overridden.status.code(), Some(0), "{overridden:?}");
+    assert_eq!(br.json(&["show", &other])[0]["status"], "closed");
+    let not_epic = mala(&["epic-verify", &child, "--force"]);
+    assert_eq!(not_epic.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&not_epic.stderr).contains("not an epic"),
+        "{not_epic:?}"
+    );
+}

@@ -91,6 +91,80 @@ async fn file_findings(
     Ok(created)
 }
 
+/// How `mala epic-verify` went for one epic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EpicCheck {
+    /// Verified (and closed when asked to).
+    Passed { closed: bool, advisories: usize },
+    /// Not verified; remediation issues were filed (when closing was asked for).
+    Failed {
+        findings: Vec<Finding>,
+        filed: Vec<IssueId>,
+    },
+    /// Children are still open (use `--force` to verify anyway).
+    NotEligible { open_children: usize },
+}
+
+/// Verifies one epic on request.
+pub async fn verify_epic(
+    tracker: &dyn IssueTracker,
+    verifier: &EpicVerifier,
+    epic_id: &IssueId,
+    close: bool,
+    force: bool,
+) -> Result<EpicCheck, String> {
+    let graph = IssueGraph::new(tracker.all_issues().await.map_err(|e| e.to_string())?);
+    let epic = graph
+        .get(epic_id)
+        .ok_or_else(|| format!("no issue {epic_id} in the tracker"))?;
+    if epic.issue_type != mala_core::IssueType::Epic {
+        return Err(format!("{epic_id} is a {}, not an epic", epic.issue_type));
+    }
+    let children: Vec<_> = graph.descendants(epic_id).into_iter().cloned().collect();
+    let open = children.iter().filter(|c| !c.status.is_terminal()).count();
+    if open > 0 && !force {
+        return Ok(EpicCheck::NotEligible {
+            open_children: open,
+        });
+    }
+    let verdict = verifier
+        .verify(epic, &children)
+        .await
+        .map_err(|e| e.to_string())?;
+    if verdict.passed {
+        let advisories: Vec<Finding> = verdict
+            .findings
+            .iter()
+            .filter(|f| f.priority > 1)
+            .cloned()
+            .collect();
+        if close {
+            file_findings(tracker, epic_id, &advisories)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracker
+                .close(epic_id, "mala: verified against its acceptance criteria")
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        return Ok(EpicCheck::Passed {
+            closed: close,
+            advisories: advisories.len(),
+        });
+    }
+    let filed = if close {
+        file_findings(tracker, epic_id, &verdict.findings)
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
+    Ok(EpicCheck::Failed {
+        findings: verdict.findings,
+        filed,
+    })
+}
+
 /// Closes or verifies every eligible epic in scope.
 pub async fn sweep_epics(
     tracker: &dyn IssueTracker,

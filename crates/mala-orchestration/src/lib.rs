@@ -10,6 +10,6 @@ mod run;
 mod triggers;
 
 pub use deadlock_monitor::run_deadlock_monitor;
-pub use epics::{EpicBook, Sweep, sweep_epics};
+pub use epics::{EpicBook, EpicCheck, Sweep, sweep_epics, verify_epic};
 pub use run::{RunError, RunRequest, RunSummary, Stage, run};
 pub use triggers::{TriggerOutcome, run_trigger};

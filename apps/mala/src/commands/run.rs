@@ -178,9 +178,76 @@ fn report(summary: &RunSummary) -> Result<(), Failure> {
 
 pub(crate) fn epic_verify(args: &EpicVerifyArgs) -> Result<(), Failure> {
     let config = ConfigPath::new(&args.repo_path, args.config.as_deref());
-    load_settings(&config, &flag_overrides(Some(&args.coder), None))?;
-    Err(Failure::NotBuilt {
-        command: "epic-verify",
-        needs: "the br tracker adapter and the epic verifier",
+    let (settings, _) = load_settings(&config, &flag_overrides(Some(&args.coder), None))?;
+    let repo = args
+        .repo_path
+        .canonicalize()
+        .unwrap_or_else(|_| args.repo_path.clone());
+    let epic = mala_core::IssueId::new(args.epic_id.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other {
+            message: format!("could not start the async runtime: {e}"),
+            hint: None,
+        })?;
+    runtime.block_on(async {
+        let clock: Arc<dyn mala_core::Clock> = Arc::new(mala_infra::SystemClock);
+        let tracker = mala_infra::Tracker::open(settings.tracker, &repo, find_program("br"), clock)?;
+        let port = tracker.as_port();
+        if args.human_override {
+            port.close(&epic, "closed by a person's override (mala epic-verify --human-override)").await?;
+            output::stdout(&format!("✓ {epic}  closed by override\n"));
+            return Ok(());
+        }
+        let claude = claude_binary(&settings)?;
+        let state = settings.paths.runs_dir.join("epic-verify");
+        let locks: Arc<dyn mala_core::LockTable> = Arc::new(
+            mala_infra::FileLockTable::new(&settings.paths.lock_dir, &repo).map_err(|e| Failure::Other {
+                message: e.to_string(),
+                hint: None,
+            })?,
+        );
+        // Holding no locks, the verifier can only read.
+        let guard = mala_infra::LockingGuard::new(&repo, locks, settings.coder_options.claude.disallowed_tools.clone());
+        let backend = mala_infra::ClaudeBackend::new(mala_infra::ClaudeConfig::from_settings(&settings, claude, state))
+            .with_guard(Arc::new(guard));
+        let verifier = mala_infra::EpicVerifier::new(Arc::new(backend), &repo);
+        let check = mala_orchestration::verify_epic(port.as_ref(), &verifier, &epic, !args.no_close, args.force)
+            .await
+            .map_err(|message| Failure::Other { message, hint: None })?;
+        match check {
+            mala_orchestration::EpicCheck::Passed { closed, advisories } => {
+                output::stdout(&format!(
+                    "✓ {epic}  meets its acceptance criteria{}{}\n",
+                    if closed { "; closed" } else { " (not closed: --no-close)" },
+                    if advisories > 0 { format!("; {advisories} advisory finding(s) filed") } else { String::new() }
+                ));
+                Ok(())
+            }
+            mala_orchestration::EpicCheck::NotEligible { open_children } => Err(Failure::Other {
+                message: format!("{epic} still has {open_children} open issue(s)"),
+                hint: Some("close them first, or verify anyway with --force".to_owned()),
+            }),
+            mala_orchestration::EpicCheck::Failed { findings, filed } => {
+                let mut text = format!("✗ {epic}  does not meet its acceptance criteria:\n");
+                for finding in &findings {
+                    let _ = writeln!(text, "  [P{}] {}: {}", finding.priority, finding.title, finding.body.lines().next().unwrap_or_default());
+                }
+                if !filed.is_empty() {
+                    let ids: Vec<&str> = filed.iter().map(mala_core::IssueId::as_str).collect();
+                    let _ = writeln!(text, "filed: {}", ids.join(", "));
+                }
+                output::stdout(&text);
+                Err(Failure::Other {
+                    message: format!("{epic} failed verification"),
+                    hint: Some(if filed.is_empty() {
+                        "run again without --no-close to file the remediation issues".to_owned()
+                    } else {
+                        "the remediation issues run in the next `mala run`; the epic is verified again when they close".to_owned()
+                    }),
+                })
+            }
+        }
     })
 }
