@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use crate::cli::{Cli, Command, ConfigCommand, GuardCommand};
+use crate::cli::{Cli, Command, ConfigCommand, GuardCommand, LogsCommand};
 use crate::failure::Failure;
 
 fn main() -> ExitCode {
@@ -65,10 +65,13 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         },
         Command::Status(args) => commands::locks::status(args.all),
         Command::Clean(args) => commands::locks::clean(args.force),
-        Command::Logs(_) => Err(Failure::NotBuilt {
-            command: "logs",
-            needs: "the run metadata store",
-        }),
+        Command::Logs(args) => match args.command {
+            LogsCommand::List { json, all, limit } => commands::logs::list(json, all, limit),
+            LogsCommand::Sessions { issue, json, all } => {
+                commands::logs::sessions(&issue, json, all)
+            }
+            LogsCommand::Show { run_id, json } => commands::logs::show(&run_id, json),
+        },
         Command::Completions { shell } => {
             let mut buffer = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "mala", &mut buffer);

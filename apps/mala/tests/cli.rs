@@ -517,23 +517,6 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
-fn unbuilt_commands_do_not_pretend() {
-    let dir = tempfile::tempdir().unwrap();
-    for args in [
-        &["logs", "list"][..],
-        &["logs", "sessions", "--issue", "x-1"],
-    ] {
-        let output = mala(dir.path(), args);
-        assert_eq!(output.status.code(), Some(2), "{args:?}");
-        assert!(
-            stderr(&output).contains("not available in this build yet"),
-            "{args:?}: {}",
-            stderr(&output)
-        );
-    }
-}
-
-#[test]
 fn version_help_and_completions_work() {
     let dir = tempfile::tempdir().unwrap();
     let version = mala(dir.path(), &["--version"]);

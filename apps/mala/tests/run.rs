@@ -20,6 +20,8 @@ fn bin_dir(dir: &Path, br: &Path, claude: &Path) -> std::path::PathBuf {
     bin
 }
 
+/// One run walked through from setup to `mala logs`, in order.
+#[allow(clippy::too_many_lines)]
 #[test]
 fn mala_run_closes_the_ready_issues_and_commits_the_tracker() {
     let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
@@ -80,7 +82,7 @@ fn mala_run_closes_the_ready_issues_and_commits_the_tracker() {
         .args(["run", "--max-agents", "2"])
         .current_dir(repo.path())
         .env_clear()
-        .envs(env)
+        .envs(env.clone())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -101,6 +103,34 @@ fn mala_run_closes_the_ready_issues_and_commits_the_tracker() {
         "the epic is verified and closed: {stdout}"
     );
     assert!(stdout.contains(&format!("✓ {epic}  closed")), "{stdout}");
+
+    // The run is on record for `mala logs`.
+    let logs = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mala"))
+            .args(args)
+            .current_dir(repo.path())
+            .env_clear()
+            .envs(env.clone())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let list = logs(&["logs", "list"]);
+    assert!(
+        list.contains("finished") && list.contains("2 closed, 0 failed"),
+        "{list}"
+    );
+    let run_id = list.split_whitespace().next().unwrap().to_owned();
+    let sessions = logs(&["logs", "sessions", "--issue", &issues[0], "--json"]);
+    let sessions: serde_json::Value = serde_json::from_str(&sessions).unwrap();
+    assert_eq!(sessions[0]["status"], "closed");
+    assert!(
+        std::path::Path::new(sessions[0]["log_path"].as_str().unwrap()).exists(),
+        "the session record is where the log says"
+    );
+    let shown = logs(&["logs", "show", &run_id[..6]]);
+    assert!(shown.contains(&issues[1]), "{shown}");
     let log = repo.git(&["log", "--format=%s"]);
     assert!(
         log.lines().next().unwrap().contains("sync beads issues"),

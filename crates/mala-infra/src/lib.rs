@@ -11,6 +11,7 @@ mod clock;
 mod git;
 mod locks;
 mod review;
+mod run_log;
 mod run_marker;
 
 pub use beads::{
@@ -29,4 +30,5 @@ pub use locks::{
 pub use review::{
     AgentReviewer, EpicVerdict, EpicVerifier, parse_epic_answer, parse_review_answer,
 };
+pub use run_log::{IssueRecord, RunLog, encode_repo};
 pub use run_marker::{Cleanup, RunMarker, is_run_alive, remove_stale};

@@ -18,8 +18,9 @@ use mala_domain::{
     required_commands, takeover_candidates,
 };
 use mala_infra::{
-    AgentReviewer, ClaudeBackend, ClaudeConfig, EpicVerifier, FileLockTable, GitRepo, LockingGuard,
-    RunMarker, SystemClock, Tracker, commit_tracker_files, is_run_alive, remove_stale,
+    AgentReviewer, ClaudeBackend, ClaudeConfig, EpicVerifier, FileLockTable, GitRepo, IssueRecord,
+    LockingGuard, RunLog, RunMarker, SystemClock, Tracker, commit_tracker_files, encode_repo,
+    is_run_alive, remove_stale,
 };
 use mala_pipeline::{IssueResult, RunnerConfig, RunnerPorts, run_issue};
 use tokio::sync::{mpsc, watch};
@@ -114,11 +115,6 @@ pub enum RunError {
     Setup(String),
     #[error(transparent)]
     Agent(#[from] mala_core::AgentError),
-}
-
-/// `/a/b_c` → `-a-b_c`: one directory per repository under the runs directory.
-fn encode_repo(path: &std::path::Path) -> String {
-    path.to_string_lossy().replace(['/', '\\'], "-")
 }
 
 struct Worker {
@@ -257,6 +253,16 @@ pub async fn run(
         record_dir: state_dir.join("sessions"),
     };
 
+    let started_at = Utc::now();
+    let mut run_log = RunLog {
+        run_id: request.run_id.clone(),
+        repo_path: repo_root.clone(),
+        started_at,
+        finished_at: None,
+        outcome: "running".into(),
+        issues: Vec::new(),
+    };
+    let _ = run_log.write(&settings.paths.runs_dir);
     events.emit(&Event::RunStarted {
         run_id: request.run_id.clone(),
         repo: repo_root.display().to_string(),
@@ -512,6 +518,54 @@ pub async fn run(
         }
     }
     let _ = std::fs::remove_file(RunMarker::path(&lock_dir, &request.run_id));
+    let record = |issue: &IssueId, status: &str, reason: Option<String>| {
+        let agent = agent_name(issue, &request.run_id);
+        IssueRecord {
+            issue: issue.to_string(),
+            log_path: state_dir.join("sessions").join(format!(
+                "{}.jsonl",
+                agent.as_str().replace(['/', '\\'], "_")
+            )),
+            agent: agent.to_string(),
+            status: status.to_owned(),
+            reason,
+        }
+    };
+    run_log.issues = summary
+        .closed
+        .iter()
+        .map(|i| record(i, "closed", None))
+        .chain(
+            summary
+                .failed
+                .iter()
+                .map(|(i, r)| record(i, "failed", Some(r.clone()))),
+        )
+        .chain(
+            summary
+                .skipped
+                .iter()
+                .map(|(i, r)| record(i, "skipped", Some(r.clone()))),
+        )
+        .chain(
+            summary
+                .deferred
+                .iter()
+                .map(|i| record(i, "deferred", Some("gave way in a deadlock".into()))),
+        )
+        .collect();
+    run_log.finished_at = Some(Utc::now());
+    let outcome = if summary.interrupted {
+        "interrupted"
+    } else if summary.aborted.is_some() {
+        "aborted"
+    } else if *stage.borrow() == Stage::Drain {
+        "drained"
+    } else {
+        "finished"
+    };
+    outcome.clone_into(&mut run_log.outcome);
+    let _ = run_log.write(&settings.paths.runs_dir);
     events.emit(&Event::RunFinished {
         run_id: request.run_id.clone(),
         outcome: if summary.interrupted {

@@ -5,4 +5,5 @@ pub(crate) mod dry_run;
 pub(crate) mod guard;
 pub(crate) mod init;
 pub(crate) mod locks;
+pub(crate) mod logs;
 pub(crate) mod run;
