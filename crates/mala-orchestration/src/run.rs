@@ -14,8 +14,8 @@ use std::time::Duration;
 use chrono::Utc;
 use mala_core::{AgentId, Event, EventSink, IssueId, LockTable, Reviewer, RunOutcome};
 use mala_domain::{
-    FireOn, Order, QueueRequest, Scope, Settings, agent_name, claim_actor, plan_queue,
-    required_commands, takeover_candidates,
+    FireOn, Order, QueueRequest, SchedulerView, Scope, Settings, agent_name, claim_actor, done,
+    plan_queue, required_commands, spawn_capacity, takeover_candidates,
 };
 use mala_infra::{
     AgentReviewer, ClaudeBackend, ClaudeConfig, EpicVerifier, FileLockTable, GitRepo, IssueRecord,
@@ -326,9 +326,15 @@ pub async fn run(
                 break;
             }
         }
-        let may_start =
-            current == Stage::Running && request.max_issues.is_none_or(|limit| started < limit);
-        if may_start && active.len() < request.max_agents {
+        let view = |active: usize, started: usize| SchedulerView {
+            active,
+            started,
+            max_agents: request.max_agents,
+            max_issues: request.max_issues,
+            draining: current != Stage::Running,
+            trigger_due: periodic_due,
+        };
+        if spawn_capacity(&view(active.len(), started)) > 0 {
             let graph = tracker.snapshot().await?;
             let takeover = takeover_candidates(graph.issues(), request.resume, |run| {
                 is_run_alive(&lock_dir, run)
@@ -347,9 +353,7 @@ pub async fn run(
             )
             .map_err(|e| RunError::Setup(format!("--scope {}: {e}", request.scope)))?;
             for entry in plan.entries {
-                if active.len() >= request.max_agents
-                    || request.max_issues.is_some_and(|limit| started >= limit)
-                {
+                if spawn_capacity(&view(active.len(), started)) == 0 {
                     break;
                 }
                 attempted.insert(entry.id.clone());
@@ -403,7 +407,10 @@ pub async fn run(
             }
         }
         if active.is_empty() {
-            let Some(poll) = request.watch.filter(|_| current == Stage::Running) else {
+            if done(&view(0, started), request.watch.is_some()).is_some() {
+                break;
+            }
+            let Some(poll) = request.watch else {
                 break;
             };
             if !idle_said {

@@ -1,0 +1,147 @@
+//! The scheduler's decisions, as functions of what it knows at one moment:
+//! how many issues to start, and whether (and why) the run is over.
+
+use serde::Serialize;
+
+/// What the scheduler knows when it decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SchedulerView {
+    pub active: usize,
+    /// Issues started so far in this run.
+    pub started: usize,
+    pub max_agents: usize,
+    pub max_issues: Option<usize>,
+    /// Ctrl-C once: take no new issues.
+    pub draining: bool,
+    /// A validation trigger waits for the pool to be idle; hold new spawns.
+    pub trigger_due: bool,
+}
+
+/// How many new issues may start now.
+pub fn spawn_capacity(view: &SchedulerView) -> usize {
+    if view.draining || view.trigger_due {
+        return 0;
+    }
+    let by_agents = view.max_agents.saturating_sub(view.active);
+    let by_limit = view
+        .max_issues
+        .map_or(usize::MAX, |limit| limit.saturating_sub(view.started));
+    by_agents.min(by_limit)
+}
+
+/// Why a run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DoneReason {
+    /// Nothing ready in scope and nothing running.
+    NothingLeft,
+    /// `--max-issues` reached and the last of them finished.
+    IssueLimit,
+    /// Drained after a Ctrl-C.
+    Drained,
+}
+
+/// Whether the run is over, once nothing could be started: `None` while
+/// issues are running (or, in watch mode, while waiting for new ones).
+pub fn done(view: &SchedulerView, watching: bool) -> Option<DoneReason> {
+    if view.active > 0 || view.trigger_due {
+        return None;
+    }
+    if view.draining {
+        return Some(DoneReason::Drained);
+    }
+    if view.max_issues.is_some_and(|limit| view.started >= limit) {
+        return Some(DoneReason::IssueLimit);
+    }
+    if watching {
+        return None;
+    }
+    Some(DoneReason::NothingLeft)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(active: usize, started: usize) -> SchedulerView {
+        SchedulerView {
+            active,
+            started,
+            max_agents: 3,
+            max_issues: Some(5),
+            ..SchedulerView::default()
+        }
+    }
+
+    #[test]
+    fn capacity_is_bounded_by_free_agents_and_the_issue_limit() {
+        assert_eq!(spawn_capacity(&view(0, 0)), 3);
+        assert_eq!(spawn_capacity(&view(2, 2)), 1);
+        assert_eq!(
+            spawn_capacity(&view(1, 4)),
+            1,
+            "one issue left under --max-issues"
+        );
+        assert_eq!(spawn_capacity(&view(0, 5)), 0);
+        assert_eq!(
+            spawn_capacity(&SchedulerView {
+                max_issues: None,
+                ..view(3, 10)
+            }),
+            0
+        );
+        assert_eq!(
+            spawn_capacity(&SchedulerView {
+                draining: true,
+                ..view(0, 0)
+            }),
+            0
+        );
+        assert_eq!(
+            spawn_capacity(&SchedulerView {
+                trigger_due: true,
+                ..view(0, 0)
+            }),
+            0
+        );
+    }
+
+    #[test]
+    fn the_run_ends_only_when_nothing_runs_and_says_why() {
+        assert_eq!(done(&view(1, 1), false), None);
+        assert_eq!(done(&view(0, 2), false), Some(DoneReason::NothingLeft));
+        assert_eq!(done(&view(0, 2), true), None, "watch mode waits");
+        assert_eq!(done(&view(0, 5), true), Some(DoneReason::IssueLimit));
+        assert_eq!(
+            done(
+                &SchedulerView {
+                    draining: true,
+                    ..view(0, 1)
+                },
+                true
+            ),
+            Some(DoneReason::Drained)
+        );
+        assert_eq!(
+            done(
+                &SchedulerView {
+                    draining: true,
+                    ..view(2, 1)
+                },
+                false
+            ),
+            None,
+            "drain waits for the running ones"
+        );
+        assert_eq!(
+            done(
+                &SchedulerView {
+                    trigger_due: true,
+                    ..view(0, 1)
+                },
+                false
+            ),
+            None
+        );
+    }
+}
