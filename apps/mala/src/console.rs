@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::sync::Mutex;
 
-use mala_core::{AgentEvent, Event, EventSink};
+use mala_core::{AgentEvent, Event, EventSink, RunOutcome};
 
 /// Prints events as short lines on stdout.
 pub(crate) struct Console {
@@ -62,9 +62,14 @@ impl Console {
             Event::IssueClosed { issue } => format!("✓ {issue}  closed"),
             Event::IssueFailed { issue, reason } => format!("✗ {issue}  {reason}"),
             Event::Warning { message } => format!("! {message}"),
-            Event::RunFinished {
-                succeeded, failed, ..
-            } => format!("done: {succeeded} closed, {failed} failed"),
+            // The counts follow in the run's report; say only how it ended.
+            Event::RunFinished { outcome, .. } => match outcome {
+                RunOutcome::Finished => return None,
+                RunOutcome::Drained => {
+                    "■ drained: the running issues ended, no new ones were started".to_owned()
+                }
+                RunOutcome::Aborted { reason } => format!("■ stopped: {reason}"),
+            },
             Event::Agent { agent, event } if verbose => match event {
                 AgentEvent::ToolUse { name, input, .. } => {
                     let detail = input

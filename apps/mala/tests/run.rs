@@ -554,3 +554,183 @@ fn epic_verify_checks_one_epic_and_closes_it_or_lets_a_person_override() {
         "{not_epic:?}"
     );
 }
+
+/// An agent that takes a lock, then runs a long command (once per checkout),
+/// then finishes the work.
+fn lock_then_wait_script(repo: &Path, once: &Path) -> Script {
+    let repo = repo.canonicalize().unwrap();
+    let once = once.to_path_buf();
+    Script::from_fn(move |conversation: &Conversation<'_>| {
+        let text = conversation.user_texts().join("\n");
+        let issue = text
+            .split("working on issue ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("x")
+            .to_owned();
+        let wait = format!(
+            "if [ ! -e {0} ]; then touch {0}; sleep 41; fi",
+            once.display()
+        );
+        let plan = [
+            (
+                "mcp__mala__lock_acquire",
+                json!({"filepaths": ["src/a.txt"]}),
+            ),
+            ("Bash", json!({"command": wait})),
+            (
+                "Write",
+                json!({"file_path": repo.join("src/a.txt"), "content": "fixed\n"}),
+            ),
+            ("Bash", json!({"command": "ls src"})),
+            (
+                "mcp__mala__commit",
+                json!({"paths": ["src/a.txt"], "message": format!("bd-{issue}: fix a")}),
+            ),
+        ];
+        match plan.get(conversation.tool_uses_so_far()) {
+            Some((name, input)) => Reply::Message(vec![Block::ToolUse {
+                name: (*name).to_owned(),
+                input: input.clone(),
+            }]),
+            None => Reply::Message(vec![Block::Text("Done; committed.".into())]),
+        }
+    })
+}
+
+#[allow(clippy::too_many_lines)]
+#[test]
+fn a_second_ctrl_c_stops_the_agents_keeps_the_claim_and_leaves_no_locks() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = TempRepo::new();
+    std::fs::create_dir(repo.path().join("src")).unwrap();
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
+    )
+    .unwrap();
+    let br = Br::init(&br_binary, repo.path(), "stop");
+    let issue = br.create(&NewIssue {
+        title: "Fix a",
+        priority: 2,
+        ..NewIssue::default()
+    });
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+    let scratch = tempfile::tempdir().unwrap();
+    let once = scratch.path().join("slept-once");
+    let mock = MockAnthropic::start(lock_then_wait_script(repo.path(), &once));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let bin = bin_dir(scratch.path(), &br_binary, &claude);
+    let mut env: Vec<(String, String)> = harness
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "PATH")
+        .collect();
+    env.push((
+        "PATH".into(),
+        format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
+    ));
+    let locks = scratch.path().join("locks");
+    env.push(("MALA_LOCK_DIR".into(), locks.display().to_string()));
+    env.push((
+        "MALA_RUNS_DIR".into(),
+        scratch.path().join("runs").display().to_string(),
+    ));
+    env.push(("MALA_MODEL".into(), "claude-sonnet-4-5".into()));
+    let mala = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mala"));
+        command
+            .args(args)
+            .current_dir(repo.path())
+            .env_clear()
+            .envs(env.clone());
+        command
+    };
+    let files_ending = |suffix: &str| {
+        std::fs::read_dir(&locks).map_or(0, |d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(suffix)
+            })
+            .count()
+        })
+    };
+
+    // Two agents so that locks are enforced; the agent takes its lock and starts the long command.
+    let child = mala(&["run", "--max-agents", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(once.exists() && files_ending(".lock") == 1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never got to its long command"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..2 {
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "the stop waited for the agent's 41 s command: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stdout.contains("stopped before the end"),
+        "the runner recorded the stop: {stdout}"
+    );
+    assert_eq!(files_ending(".lock"), 0, "the agent's lock was released");
+    assert_eq!(files_ending(".marker"), 0, "the run marker was removed");
+    let shown = &br.json(&["show", &issue])[0];
+    assert_eq!(shown["status"], "in_progress", "the claim is kept: {shown}");
+    assert!(
+        !shown["notes"]
+            .as_str()
+            .unwrap_or("")
+            .contains("mala: failed"),
+        "a stop is not recorded as a failure: {shown}"
+    );
+    let leftover = Command::new("pgrep")
+        .args(["-f", "sleep 41"])
+        .output()
+        .unwrap();
+    assert!(
+        leftover.stdout.is_empty(),
+        "the agent's command was left running: {}",
+        String::from_utf8_lossy(&leftover.stdout)
+    );
+
+    // The next run takes the stopped claim over and finishes the issue once.
+    let output = mala(&["run"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(br.json(&["show", &issue])[0]["status"], "closed");
+    let commits = repo.git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")]);
+    assert_eq!(commits.lines().count(), 1, "done once: {commits}");
+}

@@ -93,10 +93,13 @@ pub enum ReviewError {
     /// The reviewer ran and failed. Retryable.
     #[error("review failed: {0}")]
     Failed(String),
+    /// mala is stopping; the review was cut short. Not a verdict on the work.
+    #[error("the review was stopped")]
+    Cancelled,
 }
 
 impl ReviewError {
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Unavailable(_))
+        !matches!(self, Self::Unavailable(_) | Self::Cancelled)
     }
 }

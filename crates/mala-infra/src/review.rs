@@ -136,7 +136,13 @@ impl Reviewer for AgentReviewer {
             .map_err(|e| ReviewError::Unavailable(format!("the reviewer could not start: {e}")))?;
         let outcome = session.turn(&prompt).await;
         let _ = session.close().await;
-        let outcome = outcome.map_err(|e| ReviewError::Failed(e.to_string()))?;
+        let outcome = outcome.map_err(|e| {
+            if e.kind == mala_core::AgentErrorKind::Cancelled {
+                ReviewError::Cancelled
+            } else {
+                ReviewError::Failed(e.to_string())
+            }
+        })?;
         if outcome.status != TurnStatus::Completed {
             return Err(ReviewError::Failed(format!(
                 "the reviewer's turn ended as {:?}",

@@ -221,3 +221,32 @@ async fn a_cli_that_will_not_exit_is_killed_with_its_whole_group() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!alive(straggler), "its background child went with it");
 }
+
+#[tokio::test]
+async fn stop_all_interrupts_a_running_turn_and_refuses_new_ones() {
+    let fake = Fake::new();
+    let backend = Arc::new(ClaudeBackend::new(fake.config("busy")));
+    let mut session = backend
+        .start_session(request(fake.dir.path()), Arc::new(Quiet))
+        .await
+        .unwrap();
+    let stopper = Arc::clone(&backend);
+    let stop = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stopper.stop_all().await;
+    });
+    let started = Instant::now();
+    let err = session.turn("hi").await.unwrap_err();
+    assert_eq!(err.kind, AgentErrorKind::Cancelled, "{err}");
+    assert!(!err.is_retryable(), "a stop is not retried");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the interrupt ended the turn, not the 30 s limit"
+    );
+    stop.await.unwrap();
+    let again = session.turn("more").await.unwrap_err();
+    assert_eq!(again.kind, AgentErrorKind::Cancelled, "{again}");
+    session.close().await.unwrap();
+    let pid = fake.pid_in("pid").unwrap();
+    assert!(!alive(pid), "the fake claude is gone after close");
+}

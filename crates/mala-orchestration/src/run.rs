@@ -54,6 +54,36 @@ async fn wait_for_worker(
     }
 }
 
+/// How long stopped sessions get to end their turns and release their locks
+/// before their workers are cancelled outright.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The second Ctrl-C: interrupt every session, give the workers a moment to
+/// record themselves as stopped (locks released, claims kept for the next
+/// run), then cancel whatever is still running.
+async fn stop_workers(
+    backends: &[Arc<ClaudeBackend>],
+    workers: &mut JoinSet<(IssueId, IssueResult)>,
+    active: &mut HashMap<IssueId, Worker>,
+    summary: &mut RunSummary,
+    events: &Arc<dyn EventSink>,
+) {
+    for backend in backends {
+        backend.stop_all().await;
+    }
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    while !workers.is_empty() {
+        let waited =
+            tokio::time::timeout_at(deadline, wait_for_worker(workers, active, summary, events))
+                .await;
+        if waited.is_err() {
+            break;
+        }
+    }
+    workers.abort_all();
+    while workers.join_next().await.is_some() {}
+}
+
 fn record(summary: &mut RunSummary, issue: IssueId, result: IssueResult) {
     match result {
         IssueResult::Closed { .. } => summary.closed.push(issue),
@@ -196,10 +226,14 @@ pub async fn run(
     } else {
         guard
     };
-    let backend = ClaudeBackend::new(claude_config.clone())
-        .with_guard(Arc::new(guard))
-        .with_locks(Arc::clone(&locks))
-        .with_git(Arc::clone(&git));
+    let backend = Arc::new(
+        ClaudeBackend::new(claude_config.clone())
+            .with_guard(Arc::new(guard))
+            .with_locks(Arc::clone(&locks))
+            .with_git(Arc::clone(&git)),
+    );
+    // Every backend of the run, so a second Ctrl-C can stop all their sessions.
+    let mut backends: Vec<Arc<ClaudeBackend>> = vec![Arc::clone(&backend)];
     let reviewer: Option<Arc<dyn Reviewer>> = settings.per_issue_review.enabled.then(|| {
         let read_only = LockingGuard::new(
             &repo_root,
@@ -207,9 +241,10 @@ pub async fn run(
             settings.coder_options.claude.disallowed_tools.clone(),
         );
         let review_backend =
-            ClaudeBackend::new(claude_config.clone()).with_guard(Arc::new(read_only));
+            Arc::new(ClaudeBackend::new(claude_config.clone()).with_guard(Arc::new(read_only)));
+        backends.push(Arc::clone(&review_backend));
         Arc::new(AgentReviewer::new(
-            Arc::new(review_backend),
+            review_backend,
             Arc::clone(&tracker_port),
             &repo_root,
         )) as Arc<dyn Reviewer>
@@ -231,7 +266,7 @@ pub async fn run(
 
     let ports = RunnerPorts {
         tracker: Arc::clone(&tracker_port),
-        backend: Arc::new(backend),
+        backend,
         repo: git.clone(),
         reviewer,
         locks: Some(Arc::clone(&locks)),
@@ -292,16 +327,19 @@ pub async fn run(
             Arc::clone(&locks),
             settings.coder_options.claude.disallowed_tools.clone(),
         );
-        let backend = ClaudeBackend::new(claude_config.clone()).with_guard(Arc::new(read_only));
-        EpicVerifier::new(Arc::new(backend), &repo_root)
+        let backend =
+            Arc::new(ClaudeBackend::new(claude_config.clone()).with_guard(Arc::new(read_only)));
+        backends.push(Arc::clone(&backend));
+        EpicVerifier::new(backend, &repo_root)
     });
     let mut periodic_due = false;
+    let mut stage_open = true;
     let issue_types = &settings.issue_types;
 
     loop {
         let current = *stage.borrow();
         if current == Stage::Abort {
-            workers.abort_all();
+            stop_workers(&backends, &mut workers, &mut active, &mut summary, &events).await;
             summary.interrupted = true;
             break;
         }
@@ -424,7 +462,7 @@ pub async fn run(
             }
             tokio::select! {
                 () = tokio::time::sleep(poll) => {}
-                _ = stage.changed() => {}
+                changed = stage.changed(), if stage_open => stage_open = changed.is_ok(),
             }
             continue;
         }
@@ -472,11 +510,9 @@ pub async fn run(
                     events.emit(&Event::IssueSkipped { issue, reason: "gave way in a deadlock; it runs again once its blocker closes".into() });
                 }
             }
-            changed = stage.changed() => {
-                if changed.is_err() {
-                    // The sender is gone: nobody can ask for a drain any more.
-                    std::future::pending::<()>().await;
-                }
+            changed = stage.changed(), if stage_open => {
+                // A closed sender means nobody can ask for a drain any more.
+                stage_open = changed.is_ok();
             }
         }
     }

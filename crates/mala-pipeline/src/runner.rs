@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Timelike, Utc};
 use mala_core::{
-    AgentBackend, AgentEvent, AgentId, AgentObserver, AgentSession, ClaimOutcome, Clock, Event,
-    EventSink, Evidence, Finding, Issue, IssueId, IssueStatus, IssueTracker, IssueUpdate,
-    LockTable, Repository, ReviewError, ReviewRequest, Reviewer, SessionRequest,
+    AgentBackend, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession, ClaimOutcome,
+    Clock, Event, EventSink, Evidence, Finding, Issue, IssueId, IssueStatus, IssueTracker,
+    IssueUpdate, LockTable, Repository, ReviewError, ReviewRequest, Reviewer, SessionRequest,
 };
 use mala_domain::{
     AttemptState, GateInput, GateVerdict, Marker, PromptKind, RequiredCommand, check_gate,
@@ -105,6 +105,10 @@ impl AgentObserver for SessionLog {
         });
     }
 }
+
+/// How a result cut short by a stop begins; the claim stays so the next run
+/// takes the issue over.
+const STOPPED: &str = "stopped before the end";
 
 /// What the runner does next.
 #[derive(Debug)]
@@ -353,6 +357,11 @@ impl<'a> IssueRun<'a> {
                     }),
                 }
             }
+            Err(error) if error.kind == AgentErrorKind::Cancelled => {
+                Step::Finish(IssueResult::Skipped {
+                    reason: format!("{STOPPED}: {error}"),
+                })
+            }
             Err(error) => Step::Finish(IssueResult::Failed {
                 reason: format!("the agent failed: {error}"),
             }),
@@ -512,16 +521,13 @@ impl<'a> IssueRun<'a> {
             commits,
             context: format!("The author's final message:\n{}", self.final_text),
         };
-        let mut answer = reviewer.review(request.clone()).await;
-        if matches!(
-            answer,
-            Err(ReviewError::InvalidAnswer(_) | ReviewError::Failed(_))
-        ) {
-            // The reviewer, not the author, is asked again.
-            answer = reviewer.review(request).await;
-        }
-        let verdict = match answer {
+        let verdict = match ask_reviewer(reviewer.as_ref(), request).await {
             Ok(verdict) => verdict,
+            Err(ReviewError::Cancelled) => {
+                return Step::Finish(IssueResult::Skipped {
+                    reason: format!("{STOPPED}: during review"),
+                });
+            }
             Err(error) => {
                 return Step::Finish(IssueResult::Failed {
                     reason: format!("the review could not be completed: {error}"),
@@ -633,7 +639,12 @@ impl<'a> IssueRun<'a> {
                     reason: reason.clone(),
                 });
             }
-            IssueResult::Skipped { .. } => {}
+            IssueResult::Skipped { reason } => {
+                self.ports.events.emit(&Event::IssueSkipped {
+                    issue: id,
+                    reason: reason.clone(),
+                });
+            }
         }
         result
     }
@@ -662,6 +673,20 @@ impl<'a> IssueRun<'a> {
             };
             let _ = tracker.update(&self.issue.id, update).await;
         }
+    }
+}
+
+/// Asks for a review, twice if the first answer was unusable: the reviewer,
+/// not the author, gets the second chance.
+async fn ask_reviewer(
+    reviewer: &dyn Reviewer,
+    request: ReviewRequest,
+) -> Result<mala_core::ReviewVerdict, ReviewError> {
+    match reviewer.review(request.clone()).await {
+        Err(ReviewError::InvalidAnswer(_) | ReviewError::Failed(_)) => {
+            reviewer.review(request).await
+        }
+        answer => answer,
     }
 }
 

@@ -705,3 +705,29 @@ async fn a_second_failure_blocks_the_issue_for_a_person() {
     );
     assert!(followup && notes.contains("attempt 2"), "{notes}");
 }
+
+#[tokio::test]
+async fn a_stopped_session_keeps_its_claim_and_is_not_a_failure() {
+    let h = Harness::new().await;
+    let stopped = Turn {
+        fail: Some(AgentErrorKind::Cancelled),
+        ..Turn::default()
+    };
+    let result = h.run(vec![stopped], None).await;
+    let IssueResult::Skipped { reason } = result else {
+        panic!("{result:?}")
+    };
+    assert!(reason.contains("stopped"), "{reason}");
+    let (status, followup, notes) = h.status().await;
+    assert_eq!(
+        status,
+        IssueStatus::InProgress,
+        "the claim stays for the next run to take over"
+    );
+    assert!(!followup && !notes.contains("mala: failed"), "{notes}");
+    assert_eq!(
+        h.world.lock().unwrap().resumed,
+        vec![None],
+        "a stop is not resumed"
+    );
+}

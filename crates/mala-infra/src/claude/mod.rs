@@ -182,12 +182,44 @@ pub async fn check_claude(config: &ClaudeConfig) -> Result<String, AgentError> {
     }
 }
 
-/// What sessions reach besides the model: the guard, the lock table, git.
+/// What sessions reach besides the model: the guard, the lock table, git,
+/// and the backend's stop switch.
 #[derive(Clone, Default)]
 pub(crate) struct Services {
     pub(crate) guard: Option<Arc<dyn ToolGuard>>,
     pub(crate) locks: Option<Arc<dyn LockTable>>,
     pub(crate) git: Option<Arc<crate::GitRepo>>,
+    pub(crate) stop: Arc<StopSwitch>,
+}
+
+/// Lets a run stop every live session of a backend at once (Ctrl-C).
+#[derive(Default)]
+pub(crate) struct StopSwitch {
+    stopping: std::sync::atomic::AtomicBool,
+    live: std::sync::Mutex<Vec<(u64, session::Interrupter)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl StopSwitch {
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn register(&self, interrupter: session::Interrupter) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((id, interrupter));
+        id
+    }
+
+    pub(crate) fn forget(&self, id: u64) {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|(other, _)| *other != id);
+    }
 }
 
 /// The backend: starts one `claude` process per session.
@@ -232,6 +264,27 @@ impl ClaudeBackend {
     pub fn with_git(mut self, git: Arc<crate::GitRepo>) -> Self {
         self.services.git = Some(git);
         self
+    }
+
+    /// Stops every live session: no new turns, and a running turn is
+    /// interrupted. Their turns end with a `Cancelled` error.
+    pub async fn stop_all(&self) {
+        self.services
+            .stop
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let live: Vec<session::Interrupter> = self
+            .services
+            .stop
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(_, i)| i.clone())
+            .collect();
+        for interrupter in live {
+            let _ = interrupter.interrupt().await;
+        }
     }
 
     /// Starts a session and returns the concrete type (tests and the pipeline's own uses).

@@ -432,6 +432,40 @@ impl Interrupter {
 }
 
 /// A live Claude Code session.
+/// The `claude` command line and environment for one session.
+fn claude_command(config: &ClaudeConfig, request: &SessionRequest) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(&config.binary);
+    command
+        .args(config.arguments(request))
+        .current_dir(&request.cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group: a Ctrl-C at the terminal is mala's to
+        // handle, and signals for the agent reach its Bash children too.
+        .process_group(0)
+        .kill_on_drop(true);
+    if config.clear_env {
+        command.env_clear();
+    }
+    command
+        .env_remove("CLAUDECODE")
+        .env("CLAUDE_CODE_ENTRYPOINT", "sdk-mala")
+        .env("MALA_AGENT_ID", request.agent_id.as_str())
+        .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    command
+}
+
+/// The hooks every session registers; the ids come back in `hook_callback`.
+fn hook_registrations() -> Value {
+    json!({
+        "PreToolUse": [{"matcher": null, "hookCallbackIds": ["pre_tool"]}],
+        "PostToolUse": [{"matcher": null, "hookCallbackIds": ["post_tool"]}],
+        "PostToolUseFailure": [{"matcher": null, "hookCallbackIds": ["post_tool_failure"]}],
+        "Stop": [{"matcher": null, "hookCallbackIds": ["stop"]}],
+    })
+}
+
 pub struct ClaudeSession {
     shared: Arc<Shared>,
     child: Option<Child>,
@@ -443,6 +477,8 @@ pub struct ClaudeSession {
     grace: Duration,
     state_dir: std::path::PathBuf,
     exited: bool,
+    stop: Arc<super::StopSwitch>,
+    stop_id: u64,
 }
 
 impl std::fmt::Debug for ClaudeSession {
@@ -465,27 +501,13 @@ impl ClaudeSession {
         observer: Arc<dyn AgentObserver>,
         services: super::Services,
     ) -> Result<Self, AgentError> {
-        let super::Services { guard, locks, git } = services;
-        let mut command = tokio::process::Command::new(&config.binary);
-        command
-            .args(config.arguments(&request))
-            .current_dir(&request.cwd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group: a Ctrl-C at the terminal is mala's to
-            // handle, and signals for the agent reach its Bash children too.
-            .process_group(0)
-            .kill_on_drop(true);
-        if config.clear_env {
-            command.env_clear();
-        }
-        command
-            .env_remove("CLAUDECODE")
-            .env("CLAUDE_CODE_ENTRYPOINT", "sdk-mala")
-            .env("MALA_AGENT_ID", request.agent_id.as_str())
-            .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let mut child = command.spawn().map_err(|e| {
+        let super::Services {
+            guard,
+            locks,
+            git,
+            stop,
+        } = services;
+        let mut child = claude_command(config, &request).spawn().map_err(|e| {
             could_not_start(format!(
                 "could not start {}: {e}. {}",
                 config.binary.display(),
@@ -543,16 +565,13 @@ impl ClaudeSession {
             grace: config.shutdown_grace,
             state_dir: config.state_dir.clone(),
             exited: false,
+            stop,
+            stop_id: 0,
         };
-        let hooks = json!({
-            "PreToolUse": [{"matcher": null, "hookCallbackIds": ["pre_tool"]}],
-            "PostToolUse": [{"matcher": null, "hookCallbackIds": ["post_tool"]}],
-            "PostToolUseFailure": [{"matcher": null, "hookCallbackIds": ["post_tool_failure"]}],
-            "Stop": [{"matcher": null, "hookCallbackIds": ["stop"]}],
-        });
+        session.stop_id = session.stop.register(session.interrupter());
         match session
             .control(
-                json!({"subtype": "initialize", "hooks": hooks}),
+                json!({"subtype": "initialize", "hooks": hook_registrations()}),
                 INITIALIZE_TIMEOUT,
             )
             .await
@@ -815,6 +834,12 @@ impl AgentSession for ClaudeSession {
     }
 
     async fn turn(&mut self, prompt: &str) -> Result<TurnOutcome, AgentError> {
+        if self.stop.stopping() {
+            return Err(AgentError::new(
+                AgentErrorKind::Cancelled,
+                "mala is stopping",
+            ));
+        }
         if self.exited || self.child.is_none() {
             return Err(AgentError::new(
                 AgentErrorKind::Crashed,
@@ -855,10 +880,22 @@ impl AgentSession for ClaudeSession {
             }
         };
         self.shared.record.flush();
-        let outcome = protocol::turn_outcome(&result?)?;
-        if let Some(id) = &outcome.session_id {
+        let outcome = result.and_then(|result| protocol::turn_outcome(&result));
+        if let Ok(TurnOutcome {
+            session_id: Some(id),
+            ..
+        }) = &outcome
+        {
             *lock(&self.shared.session_id) = Some(id.clone());
         }
+        // A stop interrupts the turn; whatever it ended as, the cause is the stop.
+        if self.stop.stopping() {
+            return Err(AgentError::new(
+                AgentErrorKind::Cancelled,
+                "mala is stopping",
+            ));
+        }
+        let outcome = outcome?;
         {
             let mut summary = lock(&self.shared.summary);
             summary.turns += 1;
@@ -880,6 +917,7 @@ impl AgentSession for ClaudeSession {
     }
 
     async fn close(&mut self) -> Result<(), AgentError> {
+        self.stop.forget(self.stop_id);
         let _ = self.shutdown().await;
         self.shared.record.flush();
         self.write_summary();
@@ -889,6 +927,7 @@ impl AgentSession for ClaudeSession {
 
 impl Drop for ClaudeSession {
     fn drop(&mut self) {
+        self.stop.forget(self.stop_id);
         if !self.exited && self.child.is_some() {
             // A session dropped without close: take its whole group down.
             self.signal(rustix::process::Signal::KILL);
