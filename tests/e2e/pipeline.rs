@@ -175,6 +175,7 @@ fn setup(claude: &Path, br_binary: &Path, agent: Agent, check: &str) -> Setup {
         locks: Some(locks),
         events: events.clone(),
         clock: Arc::new(SystemClock),
+        session_end: None,
     };
     let config = RunnerConfig {
         repo_root: repo.path().canonicalize().unwrap(),
@@ -193,6 +194,8 @@ fn setup(claude: &Path, br_binary: &Path, agent: Agent, check: &str) -> Setup {
         resume_backoff: Duration::from_millis(100),
         retry_failed: 1,
         record_dir: state.path().join("sessions"),
+        blocking_priority: 1,
+        rerun: false,
     };
     Setup {
         events,

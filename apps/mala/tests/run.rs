@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::Command;
 
 use mala_testkit::{
-    Block, Br, ClaudeHarness, Conversation, MockAnthropic, NewIssue, Reply, Script, TempRepo, Tool,
-    require_tool,
+    Block, Br, ClaudeHarness, Conversation, FakeCerberus, MockAnthropic, NewIssue, Reply, Script,
+    TempRepo, Tool, require_tool,
 };
 use serde_json::json;
 
@@ -60,24 +60,7 @@ fn mala_run_closes_the_ready_issues_and_commits_the_tracker() {
     let harness = ClaudeHarness::new(&claude, &mock);
     let scratch = tempfile::tempdir().unwrap();
     let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let mut env: Vec<(String, String)> = harness
-        .env()
-        .into_iter()
-        .filter(|(k, _)| k != "PATH")
-        .collect();
-    env.push((
-        "PATH".into(),
-        format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
-    ));
-    env.push((
-        "MALA_LOCK_DIR".into(),
-        scratch.path().join("locks").display().to_string(),
-    ));
-    env.push((
-        "MALA_RUNS_DIR".into(),
-        scratch.path().join("runs").display().to_string(),
-    ));
-    env.push(("MALA_MODEL".into(), "claude-sonnet-4-5".into()));
+    let env = run_env(&harness, &bin, scratch.path());
     let output = Command::new(env!("CARGO_BIN_EXE_mala"))
         .args(["run", "--max-agents", "2"])
         .current_dir(repo.path())
@@ -259,24 +242,7 @@ fn a_killed_run_is_resumed_by_the_next_with_nothing_lost_or_done_twice() {
     let harness = ClaudeHarness::new(&claude, &mock);
     let scratch = tempfile::tempdir().unwrap();
     let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let mut env: Vec<(String, String)> = harness
-        .env()
-        .into_iter()
-        .filter(|(k, _)| k != "PATH")
-        .collect();
-    env.push((
-        "PATH".into(),
-        format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
-    ));
-    env.push((
-        "MALA_LOCK_DIR".into(),
-        scratch.path().join("locks").display().to_string(),
-    ));
-    env.push((
-        "MALA_RUNS_DIR".into(),
-        scratch.path().join("runs").display().to_string(),
-    ));
-    env.push(("MALA_MODEL".into(), "claude-sonnet-4-5".into()));
+    let env = run_env(&harness, &bin, scratch.path());
     let mala = |args: &[&str]| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_mala"));
         command
@@ -344,23 +310,7 @@ fn watch_mode_waits_for_work_and_a_ctrl_c_ends_it_cleanly() {
     let harness = ClaudeHarness::new(&claude, &mock);
     let scratch = tempfile::tempdir().unwrap();
     let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let mut env: Vec<(String, String)> = harness
-        .env()
-        .into_iter()
-        .filter(|(k, _)| k != "PATH")
-        .collect();
-    env.push((
-        "PATH".into(),
-        format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
-    ));
-    env.push((
-        "MALA_LOCK_DIR".into(),
-        scratch.path().join("locks").display().to_string(),
-    ));
-    env.push((
-        "MALA_RUNS_DIR".into(),
-        scratch.path().join("runs").display().to_string(),
-    ));
+    let env = run_env(&harness, &bin, scratch.path());
     let child = Command::new(env!("CARGO_BIN_EXE_mala"))
         .args(["run", "--watch"])
         .current_dir(repo.path())
@@ -431,23 +381,7 @@ fn a_failing_run_end_validation_aborts_the_run_with_exit_3() {
     let harness = ClaudeHarness::new(&claude, &mock);
     let scratch = tempfile::tempdir().unwrap();
     let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let mut env: Vec<(String, String)> = harness
-        .env()
-        .into_iter()
-        .filter(|(k, _)| k != "PATH")
-        .collect();
-    env.push((
-        "PATH".into(),
-        format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
-    ));
-    env.push((
-        "MALA_LOCK_DIR".into(),
-        scratch.path().join("locks").display().to_string(),
-    ));
-    env.push((
-        "MALA_RUNS_DIR".into(),
-        scratch.path().join("runs").display().to_string(),
-    ));
+    let env = run_env(&harness, &bin, scratch.path());
     let output = Command::new(env!("CARGO_BIN_EXE_mala"))
         .args(["run"])
         .current_dir(repo.path())
@@ -469,6 +403,62 @@ fn a_failing_run_end_validation_aborts_the_run_with_exit_3() {
     assert!(
         stderr.contains("validation failed at `echo integration broke >&2; exit 7`"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn a_failing_session_end_validation_set_to_abort_stops_the_run_after_that_issue() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = TempRepo::new();
+    std::fs::create_dir(repo.path().join("src")).unwrap();
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "commands:\n  check: \"ls src\"\n  lint: \"test ! -e src/a.txt\"\nevidence_check:\n  required: [check]\nvalidation_triggers:\n  session_end:\n    failure_mode: abort\n    commands: [lint]\n",
+    )
+    .unwrap();
+    let br = Br::init(&br_binary, repo.path(), "send");
+    let first = br.create(&NewIssue {
+        title: "Fix a",
+        priority: 1,
+        description: "FILE=src/a.txt",
+        ..NewIssue::default()
+    });
+    let second = br.create(&NewIssue {
+        title: "Fix b",
+        priority: 2,
+        description: "FILE=src/b.txt",
+        ..NewIssue::default()
+    });
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+    let mock = MockAnthropic::start(script_with_check(repo.path()));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = bin_dir(scratch.path(), &br_binary, &claude);
+    let output = Command::new(env!("CARGO_BIN_EXE_mala"))
+        .args(["run"])
+        .current_dir(repo.path())
+        .env_clear()
+        .envs(run_env(&harness, &bin, scratch.path()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "session_end ({first}) validation failed at `lint`"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("✓ {first}  closed")),
+        "a session_end result never blocks its issue: {stdout}"
+    );
+    assert_eq!(
+        br.json(&["show", &second])[0]["status"],
+        "open",
+        "nothing new starts after the abort: {stdout}"
     );
 }
 
@@ -505,23 +495,7 @@ fn epic_verify_checks_one_epic_and_closes_it_or_lets_a_person_override() {
     let harness = ClaudeHarness::new(&claude, &mock);
     let scratch = tempfile::tempdir().unwrap();
     let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let mut env: Vec<(String, String)> = harness
-        .env()
-        .into_iter()
-        .filter(|(k, _)| k != "PATH")
-        .collect();
-    env.push((
-        "PATH".into(),
-        format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
-    ));
-    env.push((
-        "MALA_LOCK_DIR".into(),
-        scratch.path().join("locks").display().to_string(),
-    ));
-    env.push((
-        "MALA_RUNS_DIR".into(),
-        scratch.path().join("runs").display().to_string(),
-    ));
+    let env = run_env(&harness, &bin, scratch.path());
     let mala = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_mala"))
             .args(args)
@@ -622,22 +596,8 @@ fn a_second_ctrl_c_stops_the_agents_keeps_the_claim_and_leaves_no_locks() {
     let mock = MockAnthropic::start(lock_then_wait_script(repo.path(), &once));
     let harness = ClaudeHarness::new(&claude, &mock);
     let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let mut env: Vec<(String, String)> = harness
-        .env()
-        .into_iter()
-        .filter(|(k, _)| k != "PATH")
-        .collect();
-    env.push((
-        "PATH".into(),
-        format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
-    ));
+    let env = run_env(&harness, &bin, scratch.path());
     let locks = scratch.path().join("locks");
-    env.push(("MALA_LOCK_DIR".into(), locks.display().to_string()));
-    env.push((
-        "MALA_RUNS_DIR".into(),
-        scratch.path().join("runs").display().to_string(),
-    ));
-    env.push(("MALA_MODEL".into(), "claude-sonnet-4-5".into()));
     let mala = |args: &[&str]| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_mala"));
         command
@@ -733,4 +693,104 @@ fn a_second_ctrl_c_stops_the_agents_keeps_the_claim_and_leaves_no_locks() {
     assert_eq!(br.json(&["show", &issue])[0]["status"], "closed");
     let commits = repo.git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")]);
     assert_eq!(commits.lines().count(), 1, "done once: {commits}");
+}
+
+/// The environment a test run of `mala` gets: the harness's (pointing claude
+/// at the mock), PATH with `bin` first, and lock and run directories under
+/// `scratch`.
+fn run_env(harness: &ClaudeHarness, bin: &Path, scratch: &Path) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = harness
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "PATH")
+        .collect();
+    env.push((
+        "PATH".into(),
+        format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
+    ));
+    env.push((
+        "MALA_LOCK_DIR".into(),
+        scratch.join("locks").display().to_string(),
+    ));
+    env.push((
+        "MALA_RUNS_DIR".into(),
+        scratch.join("runs").display().to_string(),
+    ));
+    env.push(("MALA_MODEL".into(), "claude-sonnet-4-5".into()));
+    env
+}
+
+#[test]
+fn a_cerberus_review_gates_the_issue_and_its_advisories_are_tracked() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = TempRepo::new();
+    std::fs::create_dir(repo.path().join("src")).unwrap();
+    let yaml = "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n\
+                per_issue_review:\n  enabled: true\n  reviewer_type: cerberus\n  \
+                cerberus:\n    env:\n      FAKE_VERDICT: needs_work\n";
+    std::fs::write(repo.path().join("mala.yaml"), yaml).unwrap();
+    let br = Br::init(&br_binary, repo.path(), "cerb");
+    let issue = br.create(&NewIssue {
+        title: "Fix a",
+        priority: 2,
+        description: "Write the word fixed into FILE=src/a.txt and commit it.",
+        ..NewIssue::default()
+    });
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+    let mock = MockAnthropic::start(script_with_check(repo.path()));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = bin_dir(scratch.path(), &br_binary, &claude);
+    let env = run_env(&harness, &bin, scratch.path());
+    let mala = |env: &[(String, String)]| {
+        Command::new(env!("CARGO_BIN_EXE_mala"))
+            .arg("run")
+            .current_dir(repo.path())
+            .env_clear()
+            .envs(env.iter().cloned())
+            .output()
+            .unwrap()
+    };
+
+    // Configured but not installed: a clear refusal before any agent starts.
+    let output = mala(&env);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("`cerberus` is not on PATH") && stderr.contains("agent_sdk"),
+        "{stderr}"
+    );
+    assert_eq!(br.json(&["show", &issue])[0]["status"], "open");
+
+    let cerberus = FakeCerberus::install(scratch.path());
+    std::os::unix::fs::symlink(&cerberus.binary, bin.join("cerberus")).unwrap();
+    let mut env = env;
+    env.push(("CERBERUS_ROOT".into(), cerberus.home.display().to_string()));
+    let output = mala(&env);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("review: 0 blocking, 2 advisory"),
+        "cerberus's findings were read: {stdout}"
+    );
+    assert_eq!(br.json(&["show", &issue])[0]["status"], "closed");
+    // The tracking issue is ordinary work, so the run took it too; its own
+    // advisories were not tracked again.
+    let tracking = br.json(&["list", "--all", "--label", "review_finding"]);
+    let tracking = tracking["issues"].as_array().unwrap();
+    assert_eq!(tracking.len(), 1, "{tracking:?}");
+    assert!(
+        tracking[0]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Name is unclear"),
+        "{}",
+        tracking[0]
+    );
 }

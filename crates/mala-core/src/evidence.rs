@@ -44,3 +44,22 @@ pub struct CommitInfo {
     /// Paths the commit changed, relative to the repository root.
     pub files: Vec<String>,
 }
+
+/// A command mala runs itself, in a directory of its choosing (triggers,
+/// `gate.rerun`), never on an agent's word.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckCommand {
+    /// The name in mala.yaml's `commands`.
+    pub name: String,
+    pub command: String,
+    /// Seconds; a default applies when absent.
+    pub timeout: Option<u64>,
+}
+
+/// The first command that failed, and the end of its output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckFailure {
+    pub name: String,
+    pub command: String,
+    pub output: String,
+}

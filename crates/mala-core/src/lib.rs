@@ -18,7 +18,7 @@ pub use agent::{
 };
 pub use error::{AgentError, AgentErrorKind, ReviewError, TrackerError};
 pub use event::{Event, RunOutcome};
-pub use evidence::{CommandRun, CommitInfo, Evidence, FileEdit};
+pub use evidence::{CheckCommand, CheckFailure, CommandRun, CommitInfo, Evidence, FileEdit};
 pub use issue::{
     ClaimOutcome, Dependency, DependencyKind, EpicStatus, Issue, IssueId, IssueStatus, IssueType,
     IssueUpdate, NewIssue, ParsePriorityError, Priority,

@@ -12,9 +12,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AcquireReport, AgentError, AgentEvent, AgentId, ClaimOutcome, CommitInfo, DependencyKind,
-    EpicStatus, Event, Issue, IssueId, IssueUpdate, LockError, NewIssue, ReviewError, SessionId,
-    SessionRequest, TrackerError, TurnOutcome, WaitReport,
+    AcquireReport, AgentError, AgentEvent, AgentId, CheckCommand, CheckFailure, ClaimOutcome,
+    CommitInfo, DependencyKind, EpicStatus, Event, Issue, IssueId, IssueUpdate, LockError,
+    NewIssue, ReviewError, SessionId, SessionRequest, TrackerError, TurnOutcome, WaitReport,
 };
 
 /// The issue tracker (br, or the embedded JSONL store).
@@ -107,6 +107,14 @@ pub trait Repository: Send + Sync {
     async fn is_clean(&self) -> Result<bool, String>;
     /// Unstages those of `paths` that are staged; returns the ones it unstaged.
     async fn unstage(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, String>;
+    /// Runs `commands` in order in a clean checkout of `commit`, apart from
+    /// the shared working tree, and stops at the first failure. `Err` means
+    /// the checkout itself could not be made.
+    async fn check_commit(
+        &self,
+        commit: &str,
+        commands: &[CheckCommand],
+    ) -> Result<Option<CheckFailure>, String>;
 }
 
 /// Decides every tool call an agent makes (the coordination rules).
@@ -159,6 +167,8 @@ pub struct ReviewRequest {
     /// Commit ids to review, oldest first.
     pub commits: Vec<String>,
     pub context: String,
+    /// The author's session, for reviewers that key their state on it.
+    pub session_id: Option<SessionId>,
 }
 
 /// A reviewer's answer.

@@ -260,6 +260,36 @@ impl mala_core::Repository for GitRepo {
     async fn unstage(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
         GitRepo::unstage(self, paths).await
     }
+
+    async fn check_commit(
+        &self,
+        commit: &str,
+        commands: &[mala_core::CheckCommand],
+    ) -> Result<Option<mala_core::CheckFailure>, String> {
+        // A detached worktree of its own: the commit as committed, without
+        // anyone's uncommitted edits, and without touching the shared index.
+        let tree =
+            std::env::temp_dir().join(format!("mala-check-{}", uuid::Uuid::new_v4().simple()));
+        let tree_arg = tree.to_string_lossy().into_owned();
+        let added = self
+            .git(&["worktree", "add", "--detach", "--quiet", &tree_arg, commit])
+            .await?;
+        if !added.status.success() {
+            return Err(format!(
+                "could not check out {commit} in a worktree: {}",
+                text(&added.stderr)
+            ));
+        }
+        let result = crate::run_commands(&tree, commands).await;
+        let removed = self
+            .git(&["worktree", "remove", "--force", &tree_arg])
+            .await;
+        if !removed.is_ok_and(|o| o.status.success()) {
+            let _ = std::fs::remove_dir_all(&tree);
+            let _ = self.git(&["worktree", "prune"]).await;
+        }
+        Ok(result.err())
+    }
 }
 
 /// The commit tool: `agent` commits `paths` with `message`. Every path must
@@ -455,6 +485,42 @@ mod tests {
         std::fs::write(dir.path().join("c.rs"), "c\n").unwrap();
         assert!(!repo.is_clean().await.unwrap());
         assert!(repo.head().await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_commit_is_checked_as_committed_not_as_the_working_tree_has_it() {
+        use mala_core::{CheckCommand, Repository};
+        let (dir, repo, _locks) = setup();
+        std::fs::write(dir.path().join("value.txt"), "good\n").unwrap();
+        git(dir.path(), &["add", "value.txt"]);
+        git(dir.path(), &["commit", "-q", "-m", "bd-m-1: good value"]);
+        let good = repo.head().await.unwrap().unwrap();
+        std::fs::write(dir.path().join("value.txt"), "bad\n").unwrap();
+        git(dir.path(), &["commit", "-q", "-am", "bd-m-1: bad value"]);
+        let bad = repo.head().await.unwrap().unwrap();
+        // Someone's uncommitted edit makes the working tree look good again.
+        std::fs::write(dir.path().join("value.txt"), "good\n").unwrap();
+        let check = [CheckCommand {
+            name: "check".into(),
+            command: "grep -q good value.txt".into(),
+            timeout: None,
+        }];
+        assert_eq!(repo.check_commit(&good, &check).await.unwrap(), None);
+        let failure = repo.check_commit(&bad, &check).await.unwrap().unwrap();
+        assert_eq!(failure.name, "check");
+        let worktrees = git(dir.path(), &["worktree", "list"]);
+        assert_eq!(
+            worktrees.lines().count(),
+            1,
+            "the checkouts are gone: {worktrees}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("value.txt")).unwrap(),
+            "good\n",
+            "the shared working tree is untouched"
+        );
+        let missing = repo.check_commit("0123456789abcdef", &check).await;
+        assert!(missing.is_err_and(|e| e.contains("worktree")));
     }
 
     #[tokio::test]

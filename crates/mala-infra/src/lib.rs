@@ -6,8 +6,10 @@
 //! with their issues.
 
 mod beads;
+mod cerberus;
 mod claude;
 mod clock;
+mod commands;
 mod git;
 mod locks;
 mod review;
@@ -18,11 +20,13 @@ pub use beads::{
     BR_INSTALL_HINT, BrCli, BrTracker, JsonlTracker, NEEDS_FOLLOWUP, Tracker, WriteRetry,
     commit_tracker_files, normalize_label, parse_issues_jsonl, read_issues_jsonl,
 };
+pub use cerberus::{CerberusConfig, CerberusReviewer, check_cerberus};
 pub use claude::{
     ClaudeBackend, ClaudeConfig, ClaudeSession, INSTALL_HINT as CLAUDE_INSTALL_HINT, Interrupter,
     LockingGuard, check_claude,
 };
 pub use clock::SystemClock;
+pub use commands::{DEFAULT_COMMAND_TIMEOUT, run_commands};
 pub use git::{CommitRefusal, GitRepo, commit_as_agent};
 pub use locks::{
     FileLockTable, canonical_path, list_locks, lock_file_stem, paths_held_in, remove_lock,

@@ -18,9 +18,9 @@ use mala_domain::{
     plan_queue, required_commands, spawn_capacity, takeover_candidates,
 };
 use mala_infra::{
-    AgentReviewer, ClaudeBackend, ClaudeConfig, EpicVerifier, FileLockTable, GitRepo, IssueRecord,
-    LockingGuard, RunLog, RunMarker, SystemClock, Tracker, commit_tracker_files, encode_repo,
-    is_run_alive, remove_stale,
+    AgentReviewer, CerberusConfig, CerberusReviewer, ClaudeBackend, ClaudeConfig, EpicVerifier,
+    FileLockTable, GitRepo, IssueRecord, LockingGuard, RunLog, RunMarker, SystemClock, Tracker,
+    check_cerberus, commit_tracker_files, encode_repo, is_run_alive, remove_stale,
 };
 use mala_pipeline::{IssueResult, RunnerConfig, RunnerPorts, run_issue};
 use tokio::sync::{mpsc, watch};
@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::epics::{EpicBook, sweep_epics};
 use crate::run_deadlock_monitor;
-use crate::triggers::{TriggerOutcome, run_trigger};
+use crate::triggers::{SessionEndTrigger, TriggerOutcome, run_trigger};
 
 /// Waits for one worker to end and records its result.
 async fn wait_for_worker(
@@ -118,6 +118,10 @@ pub struct RunRequest {
     pub claude: PathBuf,
     /// The `br` binary, when found.
     pub br: Option<PathBuf>,
+    /// The `cerberus` binary, when found (needed only for the cerberus reviewer).
+    pub cerberus: Option<PathBuf>,
+    /// `CERBERUS_ROOT`, when the user set it.
+    pub cerberus_root: Option<PathBuf>,
     pub run_id: String,
 }
 
@@ -234,28 +238,46 @@ pub async fn run(
     );
     // Every backend of the run, so a second Ctrl-C can stop all their sessions.
     let mut backends: Vec<Arc<ClaudeBackend>> = vec![Arc::clone(&backend)];
-    let reviewer: Option<Arc<dyn Reviewer>> = settings.per_issue_review.enabled.then(|| {
-        let read_only = LockingGuard::new(
-            &repo_root,
-            Arc::clone(&locks),
-            settings.coder_options.claude.disallowed_tools.clone(),
-        );
-        let review_backend =
-            Arc::new(ClaudeBackend::new(claude_config.clone()).with_guard(Arc::new(read_only)));
-        backends.push(Arc::clone(&review_backend));
-        Arc::new(AgentReviewer::new(
-            review_backend,
-            Arc::clone(&tracker_port),
-            &repo_root,
-        )) as Arc<dyn Reviewer>
-    });
-    if settings.per_issue_review.enabled
-        && settings.per_issue_review.reviewer_type == mala_domain::ReviewerType::Cerberus
-    {
-        events.emit(&Event::Warning {
-            message: "per_issue_review asks for cerberus, which this build does not have; the agent reviewer reviews instead".into(),
-        });
-    }
+    let review = &settings.per_issue_review;
+    let reviewer: Option<Arc<dyn Reviewer>> = match (review.enabled, review.reviewer_type) {
+        (false, _) => None,
+        (true, mala_domain::ReviewerType::Cerberus) => {
+            let binary = request.cerberus.clone().ok_or_else(|| {
+                RunError::Setup(
+                    "per_issue_review.reviewer_type is cerberus, but `cerberus` is not on PATH; \
+                     install it, or set per_issue_review.reviewer_type: agent_sdk"
+                        .into(),
+                )
+            })?;
+            let config = CerberusConfig {
+                root: CerberusConfig::default_root(&binary, request.cerberus_root.clone()),
+                binary,
+                state_root: state_dir.join("cerberus"),
+                repo_root: repo_root.clone(),
+                timeout: review.cerberus.timeout,
+                spawn_args: review.cerberus.spawn_args.clone(),
+                wait_args: review.cerberus.wait_args.clone(),
+                env: review.cerberus.env.clone(),
+            };
+            check_cerberus(&config).map_err(RunError::Setup)?;
+            Some(Arc::new(CerberusReviewer::new(config)))
+        }
+        (true, mala_domain::ReviewerType::AgentSdk) => {
+            let read_only = LockingGuard::new(
+                &repo_root,
+                Arc::clone(&locks),
+                settings.coder_options.claude.disallowed_tools.clone(),
+            );
+            let review_backend =
+                Arc::new(ClaudeBackend::new(claude_config.clone()).with_guard(Arc::new(read_only)));
+            backends.push(Arc::clone(&review_backend));
+            Some(Arc::new(AgentReviewer::new(
+                review_backend,
+                Arc::clone(&tracker_port),
+                &repo_root,
+            )))
+        }
+    };
     let (victims_tx, mut victims) = mpsc::unbounded_channel();
     let monitor = tokio::spawn(run_deadlock_monitor(
         lock_inbox,
@@ -264,14 +286,29 @@ pub async fn run(
         victims_tx,
     ));
 
+    let session_end_abort: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let ports = RunnerPorts {
         tracker: Arc::clone(&tracker_port),
-        backend,
+        backend: Arc::clone(&backend) as Arc<dyn mala_core::AgentBackend>,
         repo: git.clone(),
         reviewer,
         locks: Some(Arc::clone(&locks)),
         events: Arc::clone(&events),
         clock: clock.clone(),
+        session_end: settings
+            .validation_triggers
+            .session_end
+            .as_ref()
+            .map(|trigger| {
+                Arc::new(SessionEndTrigger {
+                    trigger: trigger.clone(),
+                    repo: repo_root.clone(),
+                    backend: Arc::clone(&backend) as Arc<dyn mala_core::AgentBackend>,
+                    run_id: request.run_id.clone(),
+                    events: Arc::clone(&events),
+                    abort: Arc::clone(&session_end_abort),
+                }) as Arc<dyn mala_pipeline::SessionEndCheck>
+            }),
     };
     let runner_config = RunnerConfig {
         repo_root: repo_root.clone(),
@@ -286,6 +323,11 @@ pub async fn run(
         resume_backoff: Duration::from_secs(5),
         retry_failed: settings.retry_failed,
         record_dir: state_dir.join("sessions"),
+        blocking_priority: settings
+            .per_issue_review
+            .finding_threshold
+            .per_issue_blocking_priority(),
+        rerun: settings.gate.rerun,
     };
 
     let started_at = Utc::now();
@@ -343,6 +385,15 @@ pub async fn run(
             summary.interrupted = true;
             break;
         }
+        if summary.aborted.is_none()
+            && let Some(command) = session_end_abort
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+        {
+            // A session_end trigger set to abort failed: finish what runs, start nothing.
+            summary.aborted = Some(command);
+        }
         if periodic_due && let Some(periodic) = &settings.validation_triggers.periodic {
             if !active.is_empty() {
                 // Hold new spawns until the pool is idle, then validate.
@@ -369,7 +420,7 @@ pub async fn run(
             started,
             max_agents: request.max_agents,
             max_issues: request.max_issues,
-            draining: current != Stage::Running,
+            draining: current != Stage::Running || summary.aborted.is_some(),
             trigger_due: periodic_due,
         };
         if spawn_capacity(&view(active.len(), started)) > 0 {
@@ -420,7 +471,11 @@ pub async fn run(
                 started += 1;
             }
         }
-        if active.is_empty() && sweep_pending && current == Stage::Running {
+        if active.is_empty()
+            && sweep_pending
+            && current == Stage::Running
+            && summary.aborted.is_none()
+        {
             sweep_pending = false;
             match sweep_epics(
                 tracker_port.as_ref(),

@@ -3,20 +3,16 @@
 //! own timeout, in the repository root. A failure aborts the run, is noted,
 //! or is handed to a fixer agent and the commands run again.
 
-use std::path::Path;
-use std::process::Stdio;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use mala_core::{
-    AgentBackend, AgentEvent, AgentId, AgentObserver, Event, EventSink, SessionRequest,
+    AgentBackend, AgentEvent, AgentId, AgentObserver, CheckCommand, Event, EventSink, IssueId,
+    SessionRequest,
 };
 use mala_domain::{FailureMode, PromptKind, Trigger, TriggerCommand, render_prompt};
-use tokio::process::Command;
-
-/// A command without its own timeout gets this long.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
-const OUTPUT_TAIL: usize = 4000;
+use mala_infra::run_commands;
+use mala_pipeline::SessionEndCheck;
 
 /// How a trigger ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,57 +28,57 @@ pub enum TriggerOutcome {
     },
 }
 
-/// The first command that failed, and the end of its output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Failed {
-    name: String,
-    command: String,
-    output: String,
+/// The trigger's commands as mala runs them.
+fn check_commands(commands: &[TriggerCommand]) -> Vec<CheckCommand> {
+    commands
+        .iter()
+        .map(|c| CheckCommand {
+            name: c.name.clone(),
+            command: c.command.clone(),
+            timeout: c.timeout,
+        })
+        .collect()
 }
 
-fn tail(text: &str) -> String {
-    let start = text.len().saturating_sub(OUTPUT_TAIL);
-    let start = (start..text.len())
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(start);
-    text[start..].to_owned()
+/// The `session_end` trigger as the runner calls it. An `abort` failure
+/// records the failed command here; the run stops spawning and exits 3.
+pub(crate) struct SessionEndTrigger {
+    pub(crate) trigger: Trigger,
+    pub(crate) repo: PathBuf,
+    pub(crate) backend: Arc<dyn AgentBackend>,
+    pub(crate) run_id: String,
+    pub(crate) events: Arc<dyn EventSink>,
+    pub(crate) abort: Arc<Mutex<Option<String>>>,
 }
 
-/// Runs the commands in order; stops at the first failure.
-async fn run_commands(repo: &Path, commands: &[TriggerCommand]) -> Result<(), Failed> {
-    for spec in commands {
-        let timeout = spec.timeout.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
-        let child = Command::new("bash")
-            .args(["-c", &spec.command])
-            .current_dir(repo)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn();
-        let failed = |output: String| Failed {
-            name: spec.name.clone(),
-            command: spec.command.clone(),
-            output,
-        };
-        let child = child.map_err(|e| failed(format!("could not start bash: {e}")))?;
-        match tokio::time::timeout(timeout, child.wait_with_output()).await {
-            Ok(Ok(output)) if output.status.success() => {}
-            Ok(Ok(output)) => {
-                let text = format!(
-                    "{}{}\n({})",
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr),
-                    output.status
-                );
-                return Err(failed(tail(&text)));
+#[async_trait::async_trait]
+impl SessionEndCheck for SessionEndTrigger {
+    async fn run(&self, issue: &IssueId) -> String {
+        let name = format!("session_end ({issue})");
+        let outcome = run_trigger(
+            &name,
+            &self.trigger,
+            &self.repo,
+            &self.backend,
+            &self.run_id,
+            &self.events,
+        )
+        .await;
+        match outcome {
+            TriggerOutcome::Passed => "passed".to_owned(),
+            TriggerOutcome::FailedContinued { command } => {
+                format!("`{command}` failed (failure_mode continue)")
             }
-            Ok(Err(e)) => return Err(failed(format!("could not run it: {e}"))),
-            Err(_) => return Err(failed(format!("timed out after {} s", timeout.as_secs()))),
+            TriggerOutcome::Abort { command } => {
+                let said = format!("`{command}` failed; the run stops after the running issues");
+                self.abort
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get_or_insert(command);
+                said
+            }
         }
     }
-    Ok(())
 }
 
 struct Quiet;
@@ -100,9 +96,10 @@ pub async fn run_trigger(
     run_id: &str,
     events: &Arc<dyn EventSink>,
 ) -> TriggerOutcome {
+    let commands = check_commands(&trigger.commands);
     let mut round = 0;
     loop {
-        let result = run_commands(repo, &trigger.commands).await;
+        let result = run_commands(repo, &commands).await;
         let Err(failed) = result else {
             events.emit(&Event::Warning {
                 message: format!(
@@ -214,38 +211,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn commands_run_in_order_and_stop_at_the_first_failure() {
-        let dir = tempfile::tempdir().unwrap();
-        let commands = vec![
-            command("one", "echo one >> order.txt"),
-            command("two", "echo boom >&2; exit 4"),
-            command("three", "echo three >> order.txt"),
-        ];
-        let failed = run_commands(dir.path(), &commands).await.unwrap_err();
-        assert_eq!(failed.name, "two");
-        assert!(
-            failed.output.contains("boom") && failed.output.contains('4'),
-            "{}",
-            failed.output
-        );
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("order.txt")).unwrap(),
-            "one\n"
-        );
-        let slow = vec![TriggerCommand {
-            timeout: Some(1),
-            ..command("slow", "sleep 5")
-        }];
-        assert!(
-            run_commands(dir.path(), &slow)
-                .await
-                .unwrap_err()
-                .output
-                .contains("timed out")
-        );
-    }
-
-    #[tokio::test]
     async fn failure_modes_continue_abort_and_remediate() {
         let dir = tempfile::tempdir().unwrap();
         let events: Arc<dyn EventSink> = Arc::new(Collect::default());
@@ -299,5 +264,34 @@ mod tests {
         };
         let outcome = run_trigger("periodic", &remediate, dir.path(), &fixing, "r", &events).await;
         assert_eq!(outcome, TriggerOutcome::Passed);
+    }
+
+    #[tokio::test]
+    async fn a_session_end_abort_is_reported_to_the_run_and_continue_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let abort = Arc::new(Mutex::new(None));
+        let check = |mode| SessionEndTrigger {
+            trigger: Trigger {
+                failure_mode: mode,
+                max_retries: 0,
+                commands: vec![command("lint", "exit 1")],
+                code_review: None,
+            },
+            repo: dir.path().to_path_buf(),
+            backend: Arc::new(MockAgentBackend::new()),
+            run_id: "r".into(),
+            events: Arc::new(Collect::default()),
+            abort: Arc::clone(&abort),
+        };
+        let issue = IssueId::new("m-1");
+        let said = check(FailureMode::Continue).run(&issue).await;
+        assert!(
+            said.contains("exit 1") && said.contains("continue"),
+            "{said}"
+        );
+        assert_eq!(*abort.lock().unwrap(), None);
+        let said = check(FailureMode::Abort).run(&issue).await;
+        assert!(said.contains("run stops"), "{said}");
+        assert_eq!(abort.lock().unwrap().as_deref(), Some("exit 1"));
     }
 }

@@ -8,5 +8,5 @@ mod runner;
 mod tracking;
 
 pub use deadlock::{Resolution, ResolveError, resolve_deadlock};
-pub use runner::{IssueResult, RunnerConfig, RunnerPorts, run_issue};
+pub use runner::{IssueResult, RunnerConfig, RunnerPorts, SessionEndCheck, run_issue};
 pub use tracking::track_advisory_findings;

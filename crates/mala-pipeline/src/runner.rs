@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Timelike, Utc};
 use mala_core::{
-    AgentBackend, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession, ClaimOutcome,
-    Clock, Event, EventSink, Evidence, Finding, Issue, IssueId, IssueStatus, IssueTracker,
-    IssueUpdate, LockTable, Repository, ReviewError, ReviewRequest, Reviewer, SessionRequest,
+    AgentBackend, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession, CheckCommand,
+    ClaimOutcome, Clock, Event, EventSink, Evidence, Finding, Issue, IssueId, IssueStatus,
+    IssueTracker, IssueUpdate, LockTable, Repository, ReviewError, ReviewRequest, Reviewer,
+    SessionRequest,
 };
 use mala_domain::{
     AttemptState, GateInput, GateVerdict, Marker, PromptKind, RequiredCommand, check_gate,
@@ -40,6 +41,21 @@ pub struct RunnerConfig {
     pub retry_failed: u32,
     /// Where session records are, for the failure note.
     pub record_dir: PathBuf,
+    /// Review findings at this priority or more urgent block (1: P0 and P1).
+    pub blocking_priority: u8,
+    /// `gate.rerun`: mala runs the required commands itself on the agent's
+    /// commit, in a clean worktree, before the gate can pass.
+    pub rerun: bool,
+}
+
+/// The `session_end` trigger: mala runs the project's commands itself once
+/// an issue's gate has passed with a commit.
+#[async_trait::async_trait]
+pub trait SessionEndCheck: Send + Sync {
+    /// Runs the trigger for `issue` and says how it went, for the reviewer.
+    /// It never blocks the issue; a trigger whose failure mode is `abort`
+    /// stops the run instead, which the implementation arranges.
+    async fn run(&self, issue: &IssueId) -> String;
 }
 
 /// The ports the runner uses.
@@ -52,6 +68,7 @@ pub struct RunnerPorts {
     pub locks: Option<Arc<dyn LockTable>>,
     pub events: Arc<dyn EventSink>,
     pub clock: Arc<dyn Clock>,
+    pub session_end: Option<Arc<dyn SessionEndCheck>>,
 }
 
 impl std::fmt::Debug for RunnerPorts {
@@ -196,6 +213,8 @@ struct IssueRun<'a> {
     final_text: String,
     previous: Option<AttemptState>,
     verdict: Option<GateVerdict>,
+    /// How the last `session_end` trigger went, for the reviewer.
+    session_end: Option<String>,
 }
 
 impl<'a> IssueRun<'a> {
@@ -222,6 +241,7 @@ impl<'a> IssueRun<'a> {
             final_text: String::new(),
             previous: None,
             verdict: None,
+            session_end: None,
         }
     }
 
@@ -390,6 +410,20 @@ impl<'a> IssueRun<'a> {
             config_files: &self.config.config_files,
             setup_files: &self.config.setup_files,
         });
+        let mut verdict = verdict;
+        if verdict.passed
+            && verdict.marker.is_none()
+            && let Some(commit) = verdict.commit.clone()
+        {
+            match self.rerun(&commit).await {
+                Ok(None) => {}
+                Ok(Some(reason)) => {
+                    verdict.passed = false;
+                    verdict.reasons.push(reason);
+                }
+                Err(reason) => return Step::Finish(IssueResult::Failed { reason }),
+            }
+        }
         self.ports.events.emit(&Event::GateChecked {
             issue: self.issue.id.clone(),
             attempt: self.gate_attempt,
@@ -407,6 +441,9 @@ impl<'a> IssueRun<'a> {
                         | Marker::DocsOnly(_)
                 )
             );
+            if !no_work && let Some(session_end) = &self.ports.session_end {
+                self.session_end = Some(session_end.run(&self.issue.id).await);
+            }
             return if self.ports.reviewer.is_some() && !no_work {
                 Step::Review
             } else {
@@ -450,6 +487,51 @@ impl<'a> IssueRun<'a> {
         self.gate_followup(&verdict)
     }
 
+    /// `gate.rerun`: the required commands, run by mala on the commit in a
+    /// clean checkout. `Ok(Some(reason))` fails the gate; `Err` fails the
+    /// issue, since mala could not check it.
+    async fn rerun(&self, commit: &str) -> Result<Option<String>, String> {
+        if !self.config.rerun {
+            return Ok(None);
+        }
+        let commands: Vec<CheckCommand> = self
+            .config
+            .required
+            .iter()
+            .filter(|r| !r.allow_fail)
+            .map(|r| CheckCommand {
+                name: r.name.clone(),
+                command: r.command.clone(),
+                timeout: None,
+            })
+            .collect();
+        if commands.is_empty() {
+            return Ok(None);
+        }
+        let failure = self
+            .ports
+            .repo
+            .check_commit(commit, &commands)
+            .await
+            .map_err(|e| format!("mala could not re-run the checks on {commit}: {e}"))?;
+        Ok(failure.map(|f| {
+            let last = f
+                .output
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or_default()
+                .to_owned();
+            format!(
+                "`{}` ({}) failed when mala ran it on commit {} in a clean checkout: {last}. \
+                 Commit everything the check needs, then run it again",
+                f.name,
+                f.command,
+                &commit[..commit.len().min(12)]
+            )
+        }))
+    }
+
     fn gate_followup(&self, verdict: &GateVerdict) -> Step {
         let commands: Vec<String> = self
             .config
@@ -491,35 +573,46 @@ impl<'a> IssueRun<'a> {
         }
     }
 
-    async fn review(&mut self) -> Step {
-        let Some(reviewer) = self.ports.reviewer.clone() else {
-            return Step::Finish(self.closed());
+    /// What the reviewer is asked: this session's commits for the issue,
+    /// oldest first, and what the author and session_end said.
+    async fn review_request(&self) -> Result<ReviewRequest, String> {
+        let all = self
+            .ports
+            .repo
+            .issue_commits()
+            .await
+            .map_err(|error| format!("could not read git: {error}"))?;
+        let mut ours: Vec<_> = all
+            .into_iter()
+            .filter(|c| is_issue_commit(&c.subject, &self.issue.id) && c.time >= self.baseline)
+            .collect();
+        ours.sort_by_key(|c| c.time);
+        let context = match &self.session_end {
+            Some(session_end) => format!(
+                "The author's final message:\n{}\n\nThe session_end validation mala ran: {session_end}",
+                self.final_text
+            ),
+            None => format!("The author's final message:\n{}", self.final_text),
         };
-        let commits: Vec<String> = match self.ports.repo.issue_commits().await {
-            Ok(all) => {
-                let mut ours: Vec<_> = all
-                    .into_iter()
-                    .filter(|c| {
-                        is_issue_commit(&c.subject, &self.issue.id) && c.time >= self.baseline
-                    })
-                    .collect();
-                ours.sort_by_key(|c| c.time);
-                ours.into_iter().map(|c| c.id).collect()
-            }
-            Err(error) => {
-                return Step::Finish(IssueResult::Failed {
-                    reason: format!("could not read git: {error}"),
-                });
-            }
-        };
-        let request = ReviewRequest {
+        Ok(ReviewRequest {
             issue: self.issue.id.clone(),
             description: format!(
                 "{}\n\n{}\n\nAcceptance criteria:\n{}",
                 self.issue.title, self.issue.description, self.issue.acceptance_criteria
             ),
-            commits,
-            context: format!("The author's final message:\n{}", self.final_text),
+            commits: ours.into_iter().map(|c| c.id).collect(),
+            context,
+            session_id: self.session.as_ref().and_then(|s| s.session_id()),
+        })
+    }
+
+    async fn review(&mut self) -> Step {
+        let Some(reviewer) = self.ports.reviewer.clone() else {
+            return Step::Finish(self.closed());
+        };
+        let request = match self.review_request().await {
+            Ok(request) => request,
+            Err(reason) => return Step::Finish(IssueResult::Failed { reason }),
         };
         let verdict = match ask_reviewer(reviewer.as_ref(), request).await {
             Ok(verdict) => verdict,
@@ -534,8 +627,10 @@ impl<'a> IssueRun<'a> {
                 });
             }
         };
-        let (blocking, advisory): (Vec<Finding>, Vec<Finding>) =
-            verdict.findings.into_iter().partition(|f| f.priority <= 1);
+        let (blocking, advisory): (Vec<Finding>, Vec<Finding>) = verdict
+            .findings
+            .into_iter()
+            .partition(|f| f.priority <= self.config.blocking_priority);
         self.ports.events.emit(&Event::Reviewed {
             issue: self.issue.id.clone(),
             attempt: self.review_attempt,

@@ -34,13 +34,21 @@ fn section(finding: &Finding) -> String {
     )
 }
 
+/// The label every tracking issue carries.
+const TRACKING_LABEL: &str = "review_finding";
+
 /// Creates or extends the tracking issue of `source` with `findings`.
-/// Returns the tracking issue's id.
+/// Returns the tracking issue's id; `None` when `source` is itself a
+/// tracking issue, whose advisories are not tracked again (a reviewer that
+/// always finds something would otherwise grow an endless chain).
 pub async fn track_advisory_findings(
     tracker: &dyn IssueTracker,
     source: &Issue,
     findings: &[Finding],
 ) -> Result<Option<mala_core::IssueId>, TrackerError> {
+    if source.has_label(TRACKING_LABEL) {
+        return Ok(None);
+    }
     let label = format!("source:{}", source.id);
     let existing = tracker.find_by_label(&label).await?.into_iter().next();
     let known = existing
@@ -102,7 +110,7 @@ pub async fn track_advisory_findings(
                 ),
                 description,
                 priority: Priority::new(best),
-                labels: vec!["auto_generated".into(), "review_finding".into(), label],
+                labels: vec!["auto_generated".into(), TRACKING_LABEL.into(), label],
                 parent: source.parent.clone(),
                 ..NewIssue::default()
             })

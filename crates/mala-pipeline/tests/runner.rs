@@ -11,13 +11,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mala_core::{
     AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession,
-    CommandRun, CommitInfo, Event, EventSink, FileEdit, Finding, IssueId, IssueStatus,
-    IssueTracker, NewIssue, Repository, ReviewError, ReviewRequest, ReviewVerdict, Reviewer,
-    SessionId, SessionRequest, TokenUsage, TurnOutcome, TurnStatus,
+    CheckCommand, CheckFailure, CommandRun, CommitInfo, Event, EventSink, FileEdit, Finding,
+    IssueId, IssueStatus, IssueTracker, NewIssue, Repository, ReviewError, ReviewRequest,
+    ReviewVerdict, Reviewer, SessionId, SessionRequest, TokenUsage, TurnOutcome, TurnStatus,
 };
 use mala_domain::{Marker, RequiredCommand};
 use mala_infra::{JsonlTracker, SystemClock};
-use mala_pipeline::{IssueResult, RunnerConfig, RunnerPorts, run_issue};
+use mala_pipeline::{IssueResult, RunnerConfig, RunnerPorts, SessionEndCheck, run_issue};
 
 /// What the scripted agent does in one turn, in order: edit, run, commit, say.
 #[derive(Debug, Clone, Default)]
@@ -36,6 +36,9 @@ struct World {
     commits: Vec<CommitInfo>,
     prompts: Vec<String>,
     resumed: Vec<Option<SessionId>>,
+    /// Commits mala checked itself (gate.rerun), and subjects whose check fails.
+    checked: Vec<String>,
+    broken: Vec<&'static str>,
 }
 
 impl World {
@@ -195,6 +198,30 @@ impl Repository for FakeRepo {
     async fn unstage(&self, _: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
         Ok(vec![])
     }
+
+    async fn check_commit(
+        &self,
+        commit: &str,
+        commands: &[CheckCommand],
+    ) -> Result<Option<CheckFailure>, String> {
+        let mut world = self.world.lock().unwrap();
+        world.checked.push(commit.to_owned());
+        let subject = world
+            .commits
+            .iter()
+            .find(|c| c.id == commit)
+            .map(|c| c.subject.clone())
+            .ok_or_else(|| format!("no commit {commit}"))?;
+        Ok(world
+            .broken
+            .iter()
+            .any(|b| subject.contains(b))
+            .then(|| CheckFailure {
+                name: commands[0].name.clone(),
+                command: commands[0].command.clone(),
+                output: "error[E0425]: cannot find value `helper`".into(),
+            }))
+    }
 }
 
 struct ScriptedReviewer {
@@ -285,10 +312,28 @@ impl Harness {
             resume_backoff: Duration::from_millis(1),
             retry_failed: 1,
             record_dir: PathBuf::from("/state/sessions"),
+            blocking_priority: 1,
+            rerun: false,
         }
     }
 
     async fn run(&self, turns: Vec<Turn>, reviewer: Option<Arc<ScriptedReviewer>>) -> IssueResult {
+        self.run_with(
+            turns,
+            reviewer.map(|r| r as Arc<dyn Reviewer>),
+            None,
+            Self::config(),
+        )
+        .await
+    }
+
+    async fn run_with(
+        &self,
+        turns: Vec<Turn>,
+        reviewer: Option<Arc<dyn Reviewer>>,
+        session_end: Option<Arc<dyn SessionEndCheck>>,
+        config: RunnerConfig,
+    ) -> IssueResult {
         let ports = RunnerPorts {
             tracker: self.tracker.clone(),
             backend: Arc::new(FakeBackend {
@@ -298,16 +343,17 @@ impl Harness {
             repo: Arc::new(FakeRepo {
                 world: Arc::clone(&self.world),
             }),
-            reviewer: reviewer.map(|r| r as Arc<dyn Reviewer>),
+            reviewer,
             locks: None,
             events: self.events.clone(),
             clock: Arc::new(SystemClock),
+            session_end,
         };
         run_issue(
             &self.issue,
             AgentId::new(format!("{}@test-run", self.issue)),
             &ports,
-            &Self::config(),
+            &config,
         )
         .await
     }
@@ -643,6 +689,17 @@ async fn advisory_findings_close_the_issue_and_land_in_one_tracking_issue() {
         "{}",
         tracking[0].description
     );
+    // Findings on the tracking issue's own work do not start a chain.
+    let again = mala_pipeline::track_advisory_findings(
+        h.tracker.as_ref(),
+        &tracking[0],
+        &[finding(3, "Another nit")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, None);
+    let chained = format!("source:{}", tracking[0].id);
+    assert!(h.tracker.find_by_label(&chained).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -730,4 +787,200 @@ async fn a_stopped_session_keeps_its_claim_and_is_not_a_failure() {
         vec![None],
         "a stop is not resumed"
     );
+}
+
+/// A reviewer that keeps what it was asked and answers from a script.
+#[derive(Default)]
+struct RecordingReviewer {
+    answers: Mutex<Vec<ReviewVerdict>>,
+    requests: Mutex<Vec<ReviewRequest>>,
+}
+
+#[async_trait]
+impl Reviewer for RecordingReviewer {
+    async fn review(&self, request: ReviewRequest) -> Result<ReviewVerdict, ReviewError> {
+        self.requests.lock().unwrap().push(request);
+        let mut answers = self.answers.lock().unwrap();
+        Ok(if answers.is_empty() {
+            ReviewVerdict { findings: vec![] }
+        } else {
+            answers.remove(0)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_finding_threshold_of_p2_sends_a_p2_finding_back_to_the_agent() {
+    let h = Harness::new().await;
+    let reviewer = Arc::new(RecordingReviewer {
+        answers: Mutex::new(vec![ReviewVerdict {
+            findings: vec![finding(2, "Unclear name")],
+        }]),
+        ..RecordingReviewer::default()
+    });
+    let fix = Turn {
+        edits: vec!["src/parser.rs"],
+        runs: vec![("cargo test", 0)],
+        commit: Some((h.subject("rename"), vec!["src/parser.rs"])),
+        text: "Renamed.",
+        fail: None,
+    };
+    let config = RunnerConfig {
+        blocking_priority: 2,
+        ..Harness::config()
+    };
+    let result = h
+        .run_with(
+            vec![honest_turn(&h), fix],
+            Some(reviewer.clone()),
+            None,
+            config,
+        )
+        .await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    assert_eq!(reviewer.requests.lock().unwrap().len(), 2);
+    assert!(
+        h.prompts()[1].contains("Unclear name"),
+        "{}",
+        h.prompts()[1]
+    );
+
+    // With the default line (P0/P1) the same finding is advisory.
+    let h = Harness::new().await;
+    let reviewer = Arc::new(RecordingReviewer {
+        answers: Mutex::new(vec![ReviewVerdict {
+            findings: vec![finding(2, "Unclear name")],
+        }]),
+        ..RecordingReviewer::default()
+    });
+    let result = h
+        .run_with(
+            vec![honest_turn(&h)],
+            Some(reviewer.clone()),
+            None,
+            Harness::config(),
+        )
+        .await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    assert_eq!(h.prompts().len(), 1, "no follow-up for an advisory finding");
+}
+
+#[tokio::test]
+async fn with_gate_rerun_a_commit_that_fails_when_mala_runs_the_checks_goes_back() {
+    let h = Harness::new().await;
+    h.world.lock().unwrap().broken.push("forgot a file");
+    let incomplete = Turn {
+        commit: Some((h.subject("forgot a file"), vec!["src/parser.rs"])),
+        ..honest_turn(&h)
+    };
+    let complete = Turn {
+        edits: vec!["src/helper.rs"],
+        runs: vec![("cargo test", 0)],
+        commit: Some((h.subject("add the helper"), vec!["src/helper.rs"])),
+        text: "Committed the missing file.",
+        fail: None,
+    };
+    let config = RunnerConfig {
+        rerun: true,
+        ..Harness::config()
+    };
+    let result = h
+        .run_with(vec![incomplete, complete], None, None, config)
+        .await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    let prompts = h.prompts();
+    assert!(
+        prompts[1].contains("clean checkout") && prompts[1].contains("cannot find value"),
+        "the follow-up says what mala saw: {}",
+        prompts[1]
+    );
+    assert_eq!(h.world.lock().unwrap().checked, vec!["c0001", "c0002"]);
+}
+
+#[tokio::test]
+async fn without_gate_rerun_mala_does_not_run_the_checks_itself() {
+    let h = Harness::new().await;
+    h.world.lock().unwrap().broken.push("handle empty input");
+    let result = h.run(vec![honest_turn(&h)], None).await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    assert!(h.world.lock().unwrap().checked.is_empty());
+}
+
+/// A session_end trigger that says what it was told to say.
+struct ScriptedSessionEnd {
+    says: &'static str,
+    ran_for: Mutex<Vec<IssueId>>,
+}
+
+#[async_trait]
+impl SessionEndCheck for ScriptedSessionEnd {
+    async fn run(&self, issue: &IssueId) -> String {
+        self.ran_for.lock().unwrap().push(issue.clone());
+        self.says.to_owned()
+    }
+}
+
+#[tokio::test]
+async fn session_end_runs_after_the_gate_and_its_result_reaches_the_reviewer() {
+    let h = Harness::new().await;
+    let session_end = Arc::new(ScriptedSessionEnd {
+        says: "`cargo clippy` failed (failure_mode continue)",
+        ran_for: Mutex::new(vec![]),
+    });
+    let reviewer = Arc::new(RecordingReviewer::default());
+    let result = h
+        .run_with(
+            vec![honest_turn(&h)],
+            Some(reviewer.clone()),
+            Some(session_end.clone()),
+            Harness::config(),
+        )
+        .await;
+    assert!(
+        matches!(result, IssueResult::Closed { .. }),
+        "a session_end result never blocks: {result:?}"
+    );
+    assert_eq!(*session_end.ran_for.lock().unwrap(), vec![h.issue.clone()]);
+    let requests = reviewer.requests.lock().unwrap();
+    assert!(
+        requests[0].context.contains("cargo clippy` failed"),
+        "{}",
+        requests[0].context
+    );
+}
+
+#[tokio::test]
+async fn session_end_is_skipped_for_a_no_work_marker_and_a_failed_gate() {
+    let h = Harness::new().await;
+    let session_end = Arc::new(ScriptedSessionEnd {
+        says: "passed",
+        ran_for: Mutex::new(vec![]),
+    });
+    let marker = Turn {
+        text: "ISSUE_NO_CHANGE: the parser already handles empty input; see the existing test",
+        ..Turn::default()
+    };
+    let result = h
+        .run_with(
+            vec![marker],
+            None,
+            Some(session_end.clone()),
+            Harness::config(),
+        )
+        .await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    let lazy = Turn {
+        text: "Done.",
+        ..Turn::default()
+    };
+    let h2 = Harness::new().await;
+    let config = RunnerConfig {
+        max_gate_attempts: 1,
+        ..Harness::config()
+    };
+    let result = h2
+        .run_with(vec![lazy], None, Some(session_end.clone()), config)
+        .await;
+    assert!(matches!(result, IssueResult::Failed { .. }), "{result:?}");
+    assert!(session_end.ran_for.lock().unwrap().is_empty());
 }

@@ -19,6 +19,7 @@
 )]
 
 mod br;
+mod cerberus;
 mod claude;
 mod git;
 mod mock_anthropic;
@@ -26,6 +27,7 @@ mod synthetic;
 mod tools;
 
 pub use br::{Br, NewIssue};
+pub use cerberus::FakeCerberus;
 pub use claude::{CLAUDE_VERSION, ClaudeHarness, ClaudeRun};
 pub use git::TempRepo;
 pub use mock_anthropic::{

@@ -99,6 +99,8 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
         watch: args.watch.then_some(std::time::Duration::from_secs(60)),
         claude,
         br: find_program("br"),
+        cerberus: find_program("cerberus"),
+        cerberus_root: std::env::var_os("CERBERUS_ROOT").map(std::path::PathBuf::from),
         run_id,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -143,6 +143,21 @@ word_enum!(
     FindingThreshold { None = "none", P3 = "P3", P2 = "P2", P1 = "P1", P0 = "P0" }
 );
 
+impl FindingThreshold {
+    /// The highest priority number that blocks a per-issue review: findings
+    /// at this priority or more urgent go back to the agent. `none` keeps the
+    /// original's fixed rule, P0 and P1 block; any other threshold moves the
+    /// line (the original ignored it for per-issue review).
+    pub fn per_issue_blocking_priority(self) -> u8 {
+        match self {
+            Self::P0 => 0,
+            Self::None | Self::P1 => 1,
+            Self::P2 => 2,
+            Self::P3 => 3,
+        }
+    }
+}
+
 word_enum!(
     /// Where a cumulative review starts.
     ReviewBaseline { SinceRunStart = "since_run_start", SinceLastReview = "since_last_review" }
@@ -207,6 +222,16 @@ mod tests {
             err.to_string(),
             "unknown value `claud`, expected one of claude, amp, codex"
         );
+    }
+
+    #[test]
+    fn the_finding_threshold_moves_the_per_issue_blocking_line() {
+        let line: Vec<u8> = FindingThreshold::ALL
+            .iter()
+            .map(|t| t.per_issue_blocking_priority())
+            .collect();
+        // none, P3, P2, P1, P0: unset keeps P0/P1 blocking.
+        assert_eq!(line, vec![1, 3, 2, 1, 0]);
     }
 
     #[test]
