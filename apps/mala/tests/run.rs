@@ -572,9 +572,21 @@ fn lock_then_wait_script(repo: &Path, once: &Path) -> Script {
     })
 }
 
-#[allow(clippy::too_many_lines)]
 #[test]
 fn a_second_ctrl_c_stops_the_agents_keeps_the_claim_and_leaves_no_locks() {
+    stop_with_ctrl_c(2);
+}
+
+#[test]
+fn a_third_ctrl_c_kills_the_agents_and_still_cleans_up() {
+    stop_with_ctrl_c(3);
+}
+
+/// Presses Ctrl-C `presses` times while an agent holds a lock in a long
+/// command; checks the run ends at once and leaves nothing behind, and that
+/// the next run finishes the issue once.
+#[allow(clippy::too_many_lines)]
+fn stop_with_ctrl_c(presses: usize) {
     let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
     let repo = TempRepo::new();
     std::fs::create_dir(repo.path().join("src")).unwrap();
@@ -635,7 +647,7 @@ fn a_second_ctrl_c_stops_the_agents_keeps_the_claim_and_leaves_no_locks() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let started = std::time::Instant::now();
-    for _ in 0..2 {
+    for _ in 0..presses {
         let status = Command::new("kill")
             .args(["-INT", &child.id().to_string()])
             .status()
@@ -656,10 +668,13 @@ fn a_second_ctrl_c_stops_the_agents_keeps_the_claim_and_leaves_no_locks() {
         "the stop waited for the agent's 41 s command: {:?}",
         started.elapsed()
     );
-    assert!(
-        stdout.contains("stopped before the end"),
-        "the runner recorded the stop: {stdout}"
-    );
+    if presses == 2 {
+        assert!(
+            stdout.contains("stopped before the end"),
+            "the runner recorded the stop: {stdout}"
+        );
+    }
+    assert!(stdout.contains("■ stopped: interrupted"), "{stdout}");
     assert_eq!(files_ending(".lock"), 0, "the agent's lock was released");
     assert_eq!(files_ending(".marker"), 0, "the run marker was removed");
     let shown = &br.json(&["show", &issue])[0];

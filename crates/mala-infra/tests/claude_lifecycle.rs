@@ -250,3 +250,27 @@ async fn stop_all_interrupts_a_running_turn_and_refuses_new_ones() {
     let pid = fake.pid_in("pid").unwrap();
     assert!(!alive(pid), "the fake claude is gone after close");
 }
+
+#[tokio::test]
+async fn kill_all_takes_the_whole_group_down_at_once() {
+    let fake = Fake::new();
+    let backend = Arc::new(ClaudeBackend::new(fake.config("busy")));
+    let mut session = backend
+        .start_session(request(fake.dir.path()), Arc::new(Quiet))
+        .await
+        .unwrap();
+    let killer = Arc::clone(&backend);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        killer.kill_all();
+    });
+    let started = Instant::now();
+    let err = session.turn("hi").await.unwrap_err();
+    assert_eq!(err.kind, AgentErrorKind::Cancelled, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let (pid, ticker) = (fake.pid_in("pid").unwrap(), fake.pid_in("ticker").unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!alive(pid), "the fake claude was killed");
+    assert!(!alive(ticker), "and the process it started");
+    session.close().await.unwrap();
+}

@@ -67,17 +67,34 @@ async fn stop_workers(
     active: &mut HashMap<IssueId, Worker>,
     summary: &mut RunSummary,
     events: &Arc<dyn EventSink>,
+    stage: &mut watch::Receiver<Stage>,
 ) {
-    for backend in backends {
-        backend.stop_all().await;
+    let kill = |backends: &[Arc<ClaudeBackend>]| {
+        for backend in backends {
+            backend.kill_all();
+        }
+    };
+    if *stage.borrow() == Stage::Kill {
+        kill(backends);
+    } else {
+        for backend in backends {
+            backend.stop_all().await;
+        }
     }
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    let mut stage_open = true;
     while !workers.is_empty() {
-        let waited =
-            tokio::time::timeout_at(deadline, wait_for_worker(workers, active, summary, events))
-                .await;
-        if waited.is_err() {
-            break;
+        tokio::select! {
+            () = wait_for_worker(workers, active, summary, events) => {}
+            () = tokio::time::sleep_until(deadline) => break,
+            changed = stage.changed(), if stage_open => {
+                stage_open = changed.is_ok();
+                if *stage.borrow() == Stage::Kill {
+                    // The third Ctrl-C: no more grace.
+                    kill(backends);
+                    break;
+                }
+            }
         }
     }
     workers.abort_all();
@@ -100,6 +117,8 @@ pub enum Stage {
     Drain,
     /// Stop the running ones now; their issues are picked up by the next run.
     Abort,
+    /// Kill the agents' process groups at once, then end as `Abort` does.
+    Kill,
 }
 
 /// What one `mala run` is asked to do.
@@ -380,8 +399,16 @@ pub async fn run(
 
     loop {
         let current = *stage.borrow();
-        if current == Stage::Abort {
-            stop_workers(&backends, &mut workers, &mut active, &mut summary, &events).await;
+        if matches!(current, Stage::Abort | Stage::Kill) {
+            stop_workers(
+                &backends,
+                &mut workers,
+                &mut active,
+                &mut summary,
+                &events,
+                &mut stage,
+            )
+            .await;
             summary.interrupted = true;
             break;
         }

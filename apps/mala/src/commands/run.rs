@@ -113,7 +113,7 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
     let summary = runtime.block_on(async move {
         let (stage_tx, stage_rx) = watch::channel(Stage::Running);
         tokio::spawn(async move {
-            // First Ctrl-C: drain. Second: abort the agents. Third: leave at once.
+            // First Ctrl-C: drain. Second: stop the agents. Third: kill them.
             let mut presses = 0;
             while tokio::signal::ctrl_c().await.is_ok() {
                 presses += 1;
@@ -125,6 +125,15 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
                     2 => {
                         output::note("stopping the agents; their issues stay claimed for the next run (Ctrl-C again to quit now)");
                         let _ = stage_tx.send(Stage::Abort);
+                    }
+                    3 => {
+                        output::note("killing the agents now (Ctrl-C again to quit without cleaning up)");
+                        let _ = stage_tx.send(Stage::Kill);
+                        // Cleaning up takes a moment; it must not take longer.
+                        std::thread::spawn(|| {
+                            std::thread::sleep(std::time::Duration::from_secs(5));
+                            std::process::exit(i32::from(exit::INTERRUPTED));
+                        });
                     }
                     _ => std::process::exit(i32::from(exit::INTERRUPTED)),
                 }

@@ -214,6 +214,15 @@ impl StopSwitch {
         id
     }
 
+    fn live(&self) -> Vec<session::Interrupter> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(_, i)| i.clone())
+            .collect()
+    }
+
     pub(crate) fn forget(&self, id: u64) {
         self.live
             .lock()
@@ -273,17 +282,20 @@ impl ClaudeBackend {
             .stop
             .stopping
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let live: Vec<session::Interrupter> = self
-            .services
-            .stop
-            .live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|(_, i)| i.clone())
-            .collect();
-        for interrupter in live {
+        for interrupter in self.services.stop.live() {
             let _ = interrupter.interrupt().await;
+        }
+    }
+
+    /// SIGKILLs the process group of every live session at once (the third
+    /// Ctrl-C). Their turns end as stopped too.
+    pub fn kill_all(&self) {
+        self.services
+            .stop
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for interrupter in self.services.stop.live() {
+            interrupter.kill();
         }
     }
 

@@ -411,6 +411,7 @@ fn exit_code_from(error: &str) -> Option<i32> {
 #[derive(Clone)]
 pub struct Interrupter {
     shared: Arc<Shared>,
+    pid: Option<u32>,
 }
 
 impl std::fmt::Debug for Interrupter {
@@ -429,9 +430,21 @@ impl Interrupter {
             .await
             .map(drop)
     }
+
+    /// SIGKILLs the session's whole process group: the last resort, with
+    /// no chance for the agent to finish anything.
+    pub fn kill(&self) {
+        if let Some(group) = self
+            .pid
+            .and_then(|p| i32::try_from(p).ok())
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            // The group may already be gone; nothing to do then.
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
 }
 
-/// A live Claude Code session.
 /// The `claude` command line and environment for one session.
 fn claude_command(config: &ClaudeConfig, request: &SessionRequest) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(&config.binary);
@@ -466,6 +479,7 @@ fn hook_registrations() -> Value {
     })
 }
 
+/// A live Claude Code session.
 pub struct ClaudeSession {
     shared: Arc<Shared>,
     child: Option<Child>,
@@ -593,6 +607,7 @@ impl ClaudeSession {
     pub fn interrupter(&self) -> Interrupter {
         Interrupter {
             shared: Arc::clone(&self.shared),
+            pid: self.pid,
         }
     }
 
