@@ -418,6 +418,7 @@ impl std::fmt::Debug for Interrupter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Interrupter")
             .field("agent", &self.shared.agent)
+            .field("pid", &self.pid)
             .finish()
     }
 }
