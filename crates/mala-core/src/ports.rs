@@ -133,6 +133,13 @@ pub trait AgentBackend: Send + Sync {
         request: SessionRequest,
         observer: Arc<dyn AgentObserver>,
     ) -> Result<Box<dyn AgentSession>, AgentError>;
+
+    /// Stops every live session: running turns are interrupted, no new turn
+    /// starts, and their turns end `Cancelled`. The default does nothing.
+    async fn stop_all(&self) {}
+
+    /// Kills every live session's processes at once. The default does nothing.
+    fn kill_all(&self) {}
 }
 
 /// One live conversation with an agent; several turns may run in it.

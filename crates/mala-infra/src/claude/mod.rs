@@ -318,6 +318,14 @@ impl AgentBackend for ClaudeBackend {
     ) -> Result<Box<dyn AgentSession>, AgentError> {
         Ok(Box::new(self.start_session(request, observer).await?))
     }
+
+    async fn stop_all(&self) {
+        ClaudeBackend::stop_all(self).await;
+    }
+
+    fn kill_all(&self) {
+        ClaudeBackend::kill_all(self);
+    }
 }
 
 /// The coordination rules as a `ToolGuard`: `check_tool` with the locks the

@@ -1,0 +1,879 @@
+//! The run as a library: an [`Orchestrator`] runs the queue with whatever
+//! tracker, agent backend, reviewer and repository it is given. `mala run`
+//! builds one from the real adapters ([`crate::run`]); other tools and the
+//! tests build their own with [`Orchestrator::builder`].
+//!
+//! The scheduler loop here is the only owner of what is active, done and
+//! failed. Workers (one task per issue) report their result when they end;
+//! the deadlock monitor reports victims; the shutdown watch says when to
+//! drain, stop and kill.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use mala_core::{
+    AgentBackend, AgentId, Clock, Event, EventSink, IssueId, IssueTracker, LockEvent, LockTable,
+    Repository, Reviewer, RunOutcome, TrackerError,
+};
+use mala_domain::{
+    FireOn, IssueGraph, Order, QueueRequest, SchedulerView, Scope, Settings, agent_name,
+    claim_actor, done, plan_queue, required_commands, spawn_capacity, takeover_candidates,
+};
+use mala_infra::{
+    EpicVerifier, IssueRecord, RunLog, RunMarker, SystemClock, commit_tracker_files, encode_repo,
+    is_run_alive, remove_stale,
+};
+use mala_pipeline::{IssueResult, RunnerConfig, RunnerPorts, run_issue};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::epics::{EpicBook, sweep_epics};
+use crate::run_deadlock_monitor;
+use crate::triggers::{SessionEndTrigger, TriggerOutcome, run_trigger};
+
+/// The shutdown stages a Ctrl-C steps through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Running,
+    /// Take no new issues; let the running ones finish.
+    Drain,
+    /// Stop the running ones now; their issues are picked up by the next run.
+    Abort,
+    /// Kill the agents' process groups at once, then end as `Abort` does.
+    Kill,
+}
+
+/// What a run works on and how wide, apart from the ports it works through.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    pub scope: Scope,
+    pub order: Order,
+    pub max_agents: usize,
+    pub max_issues: Option<usize>,
+    /// Also take unassigned in-progress work (`--resume`).
+    pub resume: bool,
+    /// Keep polling for new ready issues this often instead of ending when idle.
+    pub watch: Option<Duration>,
+    /// Names this run in claims, agent names, locks and its state directory.
+    pub run_id: String,
+}
+
+impl Default for RunPlan {
+    fn default() -> Self {
+        Self {
+            scope: Scope::All,
+            order: Order::default(),
+            max_agents: 1,
+            max_issues: None,
+            resume: false,
+            watch: None,
+            run_id: "run".to_owned(),
+        }
+    }
+}
+
+/// How the run went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub closed: Vec<IssueId>,
+    pub failed: Vec<(IssueId, String)>,
+    pub skipped: Vec<(IssueId, String)>,
+    /// Issues given way in a deadlock; open again for later.
+    pub deferred: Vec<IssueId>,
+    pub interrupted: bool,
+    /// A validation trigger stopped the run (the command that failed).
+    pub aborted: Option<String>,
+    /// Where this run's session records are.
+    pub state_dir: PathBuf,
+}
+
+/// A run that could not start, or whose tracker failed under it.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Tracker(#[from] TrackerError),
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Agent(#[from] mala_core::AgentError),
+}
+
+/// Where the scheduler reads the whole tracker from, once per planning round.
+#[async_trait::async_trait]
+pub trait IssueSource: Send + Sync {
+    async fn snapshot(&self) -> Result<Arc<IssueGraph>, TrackerError>;
+}
+
+/// Any tracker is a source: the graph is built from all its issues.
+struct FromTracker(Arc<dyn IssueTracker>);
+
+#[async_trait::async_trait]
+impl IssueSource for FromTracker {
+    async fn snapshot(&self) -> Result<Arc<IssueGraph>, TrackerError> {
+        Ok(Arc::new(IssueGraph::new(self.0.all_issues().await?)))
+    }
+}
+
+/// The run's state directory: `<runs dir>/<encoded repo>/<run id>`.
+pub fn state_dir(settings: &Settings, repo_root: &Path, run_id: &str) -> PathBuf {
+    settings
+        .paths
+        .runs_dir
+        .join(encode_repo(repo_root))
+        .join(run_id)
+}
+
+struct Worker {
+    agent: AgentId,
+    abort: tokio::task::AbortHandle,
+}
+
+/// Waits for one worker to end and records its result.
+async fn wait_for_worker(
+    workers: &mut JoinSet<(IssueId, IssueResult)>,
+    active: &mut HashMap<IssueId, Worker>,
+    summary: &mut RunSummary,
+    events: &Arc<dyn EventSink>,
+) {
+    match workers.join_next().await {
+        Some(Ok((issue, result))) => {
+            active.remove(&issue);
+            record(summary, issue, result);
+        }
+        Some(Err(error)) => {
+            if !error.is_cancelled() {
+                events.emit(&Event::Warning {
+                    message: format!("an issue worker crashed: {error}"),
+                });
+            }
+            active.retain(|_, w| !w.abort.is_finished());
+        }
+        None => active.clear(),
+    }
+}
+
+/// How long stopped sessions get to end their turns and release their locks
+/// before their workers are cancelled outright.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The second Ctrl-C: interrupt every session, give the workers a moment to
+/// record themselves as stopped (locks released, claims kept for the next
+/// run), then cancel whatever is still running. The third kills at once.
+async fn stop_workers(
+    backends: &[Arc<dyn AgentBackend>],
+    workers: &mut JoinSet<(IssueId, IssueResult)>,
+    active: &mut HashMap<IssueId, Worker>,
+    summary: &mut RunSummary,
+    events: &Arc<dyn EventSink>,
+    stage: &mut watch::Receiver<Stage>,
+) {
+    let kill = |backends: &[Arc<dyn AgentBackend>]| {
+        for backend in backends {
+            backend.kill_all();
+        }
+    };
+    if *stage.borrow() == Stage::Kill {
+        kill(backends);
+    } else {
+        for backend in backends {
+            backend.stop_all().await;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    let mut stage_open = true;
+    while !workers.is_empty() {
+        tokio::select! {
+            () = wait_for_worker(workers, active, summary, events) => {}
+            () = tokio::time::sleep_until(deadline) => break,
+            changed = stage.changed(), if stage_open => {
+                stage_open = changed.is_ok();
+                if *stage.borrow() == Stage::Kill {
+                    // The third Ctrl-C: no more grace.
+                    kill(backends);
+                    break;
+                }
+            }
+        }
+    }
+    workers.abort_all();
+    while workers.join_next().await.is_some() {}
+}
+
+fn record(summary: &mut RunSummary, issue: IssueId, result: IssueResult) {
+    match result {
+        IssueResult::Closed { .. } => summary.closed.push(issue),
+        IssueResult::Failed { reason } => summary.failed.push((issue, reason)),
+        IssueResult::Skipped { reason } => summary.skipped.push((issue, reason)),
+    }
+}
+
+/// A run, ready to go. Build one with [`Orchestrator::builder`].
+pub struct Orchestrator {
+    settings: Settings,
+    repo_root: PathBuf,
+    plan: RunPlan,
+    source: Arc<dyn IssueSource>,
+    tracker: Arc<dyn IssueTracker>,
+    backend: Arc<dyn AgentBackend>,
+    reviewer: Option<Arc<dyn Reviewer>>,
+    epic_verifier: Option<EpicVerifier>,
+    repository: Arc<dyn Repository>,
+    locks: Option<Arc<dyn LockTable>>,
+    lock_events: Option<mpsc::UnboundedReceiver<LockEvent>>,
+    events: Arc<dyn EventSink>,
+    clock: Arc<dyn Clock>,
+    /// Every backend whose sessions a stop must reach.
+    stoppable: Vec<Arc<dyn AgentBackend>>,
+    commit_tracker: bool,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field("repo_root", &self.repo_root)
+            .field("plan", &self.plan)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Collects the ports of a run. A tracker, an agent backend and a
+/// repository are required; the rest is optional.
+pub struct OrchestratorBuilder {
+    settings: Settings,
+    repo_root: PathBuf,
+    plan: RunPlan,
+    source: Option<Arc<dyn IssueSource>>,
+    tracker: Option<Arc<dyn IssueTracker>>,
+    backend: Option<Arc<dyn AgentBackend>>,
+    reviewer: Option<Arc<dyn Reviewer>>,
+    epic_backend: Option<Arc<dyn AgentBackend>>,
+    repository: Option<Arc<dyn Repository>>,
+    locks: Option<Arc<dyn LockTable>>,
+    lock_events: Option<mpsc::UnboundedReceiver<LockEvent>>,
+    events: Option<Arc<dyn EventSink>>,
+    clock: Option<Arc<dyn Clock>>,
+    stoppable: Vec<Arc<dyn AgentBackend>>,
+    commit_tracker: bool,
+}
+
+impl std::fmt::Debug for OrchestratorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrchestratorBuilder")
+            .field("repo_root", &self.repo_root)
+            .field("plan", &self.plan)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Orchestrator {
+    /// Starts a run of `repo_root` under `settings` (paths, commands, gate,
+    /// review, triggers, epics are all read from there).
+    pub fn builder(settings: Settings, repo_root: impl Into<PathBuf>) -> OrchestratorBuilder {
+        OrchestratorBuilder {
+            settings,
+            repo_root: repo_root.into(),
+            plan: RunPlan::default(),
+            source: None,
+            tracker: None,
+            backend: None,
+            reviewer: None,
+            epic_backend: None,
+            repository: None,
+            locks: None,
+            lock_events: None,
+            events: None,
+            clock: None,
+            stoppable: Vec::new(),
+            commit_tracker: false,
+        }
+    }
+}
+
+impl OrchestratorBuilder {
+    /// Scope, order, width, limits and the run id (default: everything, one agent).
+    #[must_use]
+    pub fn plan(mut self, plan: RunPlan) -> Self {
+        self.plan = plan;
+        self
+    }
+
+    /// The issue tracker (required).
+    #[must_use]
+    pub fn tracker(mut self, tracker: Arc<dyn IssueTracker>) -> Self {
+        self.tracker = Some(tracker);
+        self
+    }
+
+    /// A faster way to read the whole tracker than `all_issues` (optional).
+    #[must_use]
+    pub fn issue_source(mut self, source: Arc<dyn IssueSource>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// The backend that runs implementer (and fixer) sessions (required).
+    #[must_use]
+    pub fn backend(mut self, backend: Arc<dyn AgentBackend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// The per-issue reviewer; without one no issue is reviewed.
+    #[must_use]
+    pub fn reviewer(mut self, reviewer: Arc<dyn Reviewer>) -> Self {
+        self.reviewer = Some(reviewer);
+        self
+    }
+
+    /// The backend that verifies epics (read-only sessions). Without one,
+    /// or with `epic_verification.enabled: false`, an epic closes with its
+    /// last child.
+    #[must_use]
+    pub fn epic_backend(mut self, backend: Arc<dyn AgentBackend>) -> Self {
+        self.epic_backend = Some(backend);
+        self
+    }
+
+    /// The repository the gate reads commits from (required).
+    #[must_use]
+    pub fn repository(mut self, repository: Arc<dyn Repository>) -> Self {
+        self.repository = Some(repository);
+        self
+    }
+
+    /// The lock table; with its events, deadlocks are detected and broken.
+    #[must_use]
+    pub fn locks(
+        mut self,
+        table: Arc<dyn LockTable>,
+        events: Option<mpsc::UnboundedReceiver<LockEvent>>,
+    ) -> Self {
+        self.locks = Some(table);
+        self.lock_events = events;
+        self
+    }
+
+    /// Where events go (default: nowhere).
+    #[must_use]
+    pub fn events(mut self, events: Arc<dyn EventSink>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// The clock (default: the system clock).
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Another backend whose sessions a Ctrl-C must stop (a reviewer's).
+    #[must_use]
+    pub fn also_stop(mut self, backend: Arc<dyn AgentBackend>) -> Self {
+        self.stoppable.push(backend);
+        self
+    }
+
+    /// Commit `.beads/` after a run that closed something (a git checkout
+    /// with a br tracker; off by default).
+    #[must_use]
+    pub fn commit_tracker_files(mut self, commit: bool) -> Self {
+        self.commit_tracker = commit;
+        self
+    }
+
+    /// Checks that the required ports are there.
+    pub fn build(self) -> Result<Orchestrator, RunError> {
+        let missing = |what: &str| RunError::Setup(format!("the orchestrator needs {what}"));
+        let tracker = self.tracker.ok_or_else(|| missing("a tracker"))?;
+        let backend = self.backend.ok_or_else(|| missing("an agent backend"))?;
+        let repository = self.repository.ok_or_else(|| missing("a repository"))?;
+        let source = self
+            .source
+            .unwrap_or_else(|| Arc::new(FromTracker(Arc::clone(&tracker))));
+        let epic_verifier = self
+            .epic_backend
+            .filter(|_| self.settings.epic_verification.enabled)
+            .map(|backend| EpicVerifier::new(backend, &self.repo_root));
+        let mut stoppable = vec![Arc::clone(&backend)];
+        stoppable.extend(self.stoppable);
+        Ok(Orchestrator {
+            settings: self.settings,
+            repo_root: self.repo_root,
+            plan: self.plan,
+            source,
+            tracker,
+            backend,
+            reviewer: self.reviewer,
+            epic_verifier,
+            repository,
+            locks: self.locks,
+            lock_events: self.lock_events,
+            events: self.events.unwrap_or_else(|| Arc::new(Silent)),
+            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            stoppable,
+            commit_tracker: self.commit_tracker,
+        })
+    }
+}
+
+struct Silent;
+
+impl EventSink for Silent {
+    fn emit(&self, _: &Event) {}
+}
+
+impl Orchestrator {
+    /// Runs the queue until it is empty, the issue limit is reached, or
+    /// `stage` says stop.
+    #[allow(clippy::too_many_lines)] // one loop, read top to bottom
+    pub async fn run(mut self, mut stage: watch::Receiver<Stage>) -> Result<RunSummary, RunError> {
+        let lock_inbox = self.lock_events.take();
+        let settings = &self.settings;
+        let plan = &self.plan;
+        let repo_root = self.repo_root.clone();
+        let events = Arc::clone(&self.events);
+        let tracker = Arc::clone(&self.tracker);
+        let state_dir = state_dir(settings, &repo_root, &plan.run_id);
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| RunError::Setup(format!("{}: {e}", state_dir.display())))?;
+
+        // Locks of runs that are gone are stale; ours are marked by our marker.
+        let lock_dir = settings.paths.lock_dir.clone();
+        let cleaned = remove_stale(&lock_dir);
+        if cleaned.locks_removed > 0 {
+            events.emit(&Event::Warning {
+                message: format!(
+                    "removed {} stale lock(s) of runs that are gone",
+                    cleaned.locks_removed
+                ),
+            });
+        }
+        let marker = RunMarker {
+            run_id: plan.run_id.clone(),
+            repo_path: repo_root.clone(),
+            started_at: Utc::now(),
+            pid: std::process::id(),
+            max_agents: u32::try_from(plan.max_agents).ok(),
+        };
+        marker.write(&lock_dir).map_err(|e| {
+            RunError::Setup(format!(
+                "cannot write the run marker in {}: {e}",
+                lock_dir.display()
+            ))
+        })?;
+
+        let (victims_tx, mut victims) = mpsc::unbounded_channel();
+        let mut victims_open = true;
+        let monitor = match (&self.locks, lock_inbox) {
+            (Some(locks), Some(inbox)) => Some(tokio::spawn(run_deadlock_monitor(
+                inbox,
+                Arc::clone(&tracker),
+                Arc::clone(locks),
+                victims_tx,
+            ))),
+            _ => None,
+        };
+
+        let session_end_abort: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let ports = RunnerPorts {
+            tracker: Arc::clone(&tracker),
+            backend: Arc::clone(&self.backend),
+            repo: Arc::clone(&self.repository),
+            reviewer: self.reviewer.clone(),
+            locks: self.locks.clone(),
+            events: Arc::clone(&events),
+            clock: Arc::clone(&self.clock),
+            session_end: settings
+                .validation_triggers
+                .session_end
+                .as_ref()
+                .map(|trigger| {
+                    Arc::new(SessionEndTrigger {
+                        trigger: trigger.clone(),
+                        repo: repo_root.clone(),
+                        backend: Arc::clone(&self.backend),
+                        run_id: plan.run_id.clone(),
+                        events: Arc::clone(&events),
+                        abort: Arc::clone(&session_end_abort),
+                    }) as Arc<dyn mala_pipeline::SessionEndCheck>
+                }),
+        };
+        let runner_config = RunnerConfig {
+            repo_root: repo_root.clone(),
+            actor: claim_actor(&plan.run_id),
+            required: required_commands(&settings.evidence_check.required, &settings.commands),
+            code_patterns: settings.code_patterns.clone(),
+            config_files: settings.config_files.clone(),
+            setup_files: settings.setup_files.clone(),
+            max_gate_attempts: settings.max_gate_retries.max(1),
+            max_review_attempts: settings.per_issue_review.max_retries.max(1),
+            max_resumes: settings.max_idle_retries,
+            resume_backoff: Duration::from_secs(5),
+            retry_failed: settings.retry_failed,
+            record_dir: state_dir.join("sessions"),
+            blocking_priority: settings
+                .per_issue_review
+                .finding_threshold
+                .per_issue_blocking_priority(),
+            rerun: settings.gate.rerun,
+        };
+
+        let started_at = Utc::now();
+        let mut run_log = RunLog {
+            run_id: plan.run_id.clone(),
+            repo_path: repo_root.clone(),
+            started_at,
+            finished_at: None,
+            outcome: "running".into(),
+            issues: Vec::new(),
+        };
+        let _ = run_log.write(&settings.paths.runs_dir);
+        events.emit(&Event::RunStarted {
+            run_id: plan.run_id.clone(),
+            repo: repo_root.display().to_string(),
+            max_agents: Some(plan.max_agents),
+        });
+        let mut summary = RunSummary {
+            state_dir: state_dir.clone(),
+            ..RunSummary::default()
+        };
+        let mut attempted: HashSet<IssueId> = HashSet::new();
+        let mut active: HashMap<IssueId, Worker> = HashMap::new();
+        let mut workers: JoinSet<(IssueId, IssueResult)> = JoinSet::new();
+        let mut deferred: HashSet<IssueId> = HashSet::new();
+        let mut started = 0usize;
+        let mut idle_said = false;
+        let mut closed_since_periodic = 0u32;
+        let mut sweep_pending = true;
+        let mut epic_book = EpicBook::default();
+        let max_epic_rounds = settings
+            .validation_triggers
+            .epic_completion
+            .as_ref()
+            .map_or(3, |t| t.max_epic_verification_retries.max(1));
+        let mut periodic_due = false;
+        let mut stage_open = true;
+        let issue_types = &settings.issue_types;
+
+        loop {
+            let current = *stage.borrow();
+            if matches!(current, Stage::Abort | Stage::Kill) {
+                stop_workers(
+                    &self.stoppable,
+                    &mut workers,
+                    &mut active,
+                    &mut summary,
+                    &events,
+                    &mut stage,
+                )
+                .await;
+                summary.interrupted = true;
+                break;
+            }
+            if summary.aborted.is_none()
+                && let Some(command) = session_end_abort
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()
+            {
+                // A session_end trigger set to abort failed: finish what runs, start nothing.
+                summary.aborted = Some(command);
+            }
+            if periodic_due && let Some(periodic) = &settings.validation_triggers.periodic {
+                if !active.is_empty() {
+                    // Hold new spawns until the pool is idle, then validate.
+                    wait_for_worker(&mut workers, &mut active, &mut summary, &events).await;
+                    continue;
+                }
+                periodic_due = false;
+                let outcome = run_trigger(
+                    "periodic",
+                    &periodic.trigger,
+                    &repo_root,
+                    &ports.backend,
+                    &plan.run_id,
+                    &events,
+                )
+                .await;
+                if let TriggerOutcome::Abort { command } = outcome {
+                    summary.aborted = Some(command);
+                    break;
+                }
+            }
+            let view = |active: usize, started: usize| SchedulerView {
+                active,
+                started,
+                max_agents: plan.max_agents,
+                max_issues: plan.max_issues,
+                draining: current != Stage::Running || summary.aborted.is_some(),
+                trigger_due: periodic_due,
+            };
+            if spawn_capacity(&view(active.len(), started)) > 0 {
+                let graph = self.source.snapshot().await?;
+                let takeover = takeover_candidates(graph.issues(), plan.resume, |run| {
+                    is_run_alive(&lock_dir, run)
+                });
+                let queue = plan_queue(
+                    &graph,
+                    &QueueRequest {
+                        scope: &plan.scope,
+                        order: plan.order,
+                        issue_types,
+                        skip: &attempted,
+                        takeover: &takeover,
+                        limit: None,
+                        now: Utc::now(),
+                    },
+                )
+                .map_err(|e| RunError::Setup(format!("--scope {}: {e}", plan.scope)))?;
+                for entry in queue.entries {
+                    if spawn_capacity(&view(active.len(), started)) == 0 {
+                        break;
+                    }
+                    attempted.insert(entry.id.clone());
+                    if entry.takeover {
+                        // A dead run's claim (or, with --resume, unassigned work): take it over, once.
+                        let holder = graph.get(&entry.id).and_then(|i| i.assignee.clone());
+                        let taken = tracker
+                            .take_over(&entry.id, &runner_config.actor, holder)
+                            .await;
+                        if !matches!(taken, Ok(mala_core::ClaimOutcome::Claimed)) {
+                            continue;
+                        }
+                    }
+                    let agent = agent_name(&entry.id, &plan.run_id);
+                    let (ports, config, issue, worker_agent) = (
+                        ports.clone(),
+                        runner_config.clone(),
+                        entry.id.clone(),
+                        agent.clone(),
+                    );
+                    let abort = workers.spawn(async move {
+                        let result = run_issue(&issue, worker_agent, &ports, &config).await;
+                        (issue, result)
+                    });
+                    active.insert(entry.id.clone(), Worker { agent, abort });
+                    started += 1;
+                }
+            }
+            if active.is_empty()
+                && sweep_pending
+                && current == Stage::Running
+                && summary.aborted.is_none()
+            {
+                sweep_pending = false;
+                match sweep_epics(
+                    tracker.as_ref(),
+                    self.epic_verifier.as_ref(),
+                    &plan.scope,
+                    &mut epic_book,
+                    max_epic_rounds,
+                    events.as_ref(),
+                )
+                .await
+                {
+                    Ok(sweep) => {
+                        // A closed epic may complete its parent; new issues may be ready.
+                        sweep_pending = !sweep.closed.is_empty();
+                        if !sweep.closed.is_empty() || !sweep.created.is_empty() {
+                            continue;
+                        }
+                    }
+                    Err(error) => events.emit(&Event::Warning {
+                        message: format!("epic sweep failed: {error}"),
+                    }),
+                }
+            }
+            if active.is_empty() {
+                if done(&view(0, started), plan.watch.is_some()).is_some() {
+                    break;
+                }
+                let Some(poll) = plan.watch else {
+                    break;
+                };
+                if !idle_said {
+                    events.emit(&Event::Warning {
+                        message: format!(
+                            "watching: nothing ready; looking again every {} s (Ctrl-C to stop)",
+                            poll.as_secs()
+                        ),
+                    });
+                    idle_said = true;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(poll) => {}
+                    changed = stage.changed(), if stage_open => stage_open = changed.is_ok(),
+                }
+                continue;
+            }
+            idle_said = false;
+            tokio::select! {
+                finished = workers.join_next() => {
+                    let Some(finished) = finished else { break };
+                    match finished {
+                        Ok((issue, result)) => {
+                            active.remove(&issue);
+                            match result {
+                                IssueResult::Closed { .. } => {
+                                    summary.closed.push(issue);
+                                    sweep_pending = true;
+                                    closed_since_periodic += 1;
+                                    if let Some(periodic) = &settings.validation_triggers.periodic
+                                        && periodic.interval > 0
+                                        && closed_since_periodic >= periodic.interval
+                                    {
+                                        closed_since_periodic = 0;
+                                        periodic_due = true;
+                                    }
+                                }
+                                IssueResult::Failed { reason } => summary.failed.push((issue, reason)),
+                                IssueResult::Skipped { reason } => summary.skipped.push((issue, reason)),
+                            }
+                        }
+                        Err(join_error) if join_error.is_cancelled() => {
+                            // A deadlock victim, cancelled on purpose; handled when it was chosen.
+                            active.retain(|_, w| !w.abort.is_finished());
+                        }
+                        Err(join_error) => {
+                            events.emit(&Event::Warning { message: format!("an issue worker crashed: {join_error}") });
+                            active.retain(|_, w| !w.abort.is_finished());
+                        }
+                    }
+                }
+                victim = victims.recv(), if victims_open => {
+                    victims_open = victim.is_some();
+                    if let Some(resolution) = victim
+                        && let Some((issue, worker)) = active.iter().find(|(_, w)| w.agent == resolution.victim)
+                    {
+                        let issue = issue.clone();
+                        worker.abort.abort();
+                        deferred.insert(issue.clone());
+                        events.emit(&Event::IssueSkipped { issue, reason: "gave way in a deadlock; it runs again once its blocker closes".into() });
+                    }
+                }
+                changed = stage.changed(), if stage_open => {
+                    // A closed sender means nobody can ask for a drain any more.
+                    stage_open = changed.is_ok();
+                }
+            }
+        }
+
+        if let Some(run_end) = &settings.validation_triggers.run_end
+            && !summary.interrupted
+            && summary.aborted.is_none()
+        {
+            let fire = match run_end.fire_on {
+                FireOn::Success => summary.failed.is_empty(),
+                FireOn::Failure => !summary.failed.is_empty(),
+                FireOn::Both => true,
+            };
+            if fire
+                && let TriggerOutcome::Abort { command } = run_trigger(
+                    "run_end",
+                    &run_end.trigger,
+                    &repo_root,
+                    &ports.backend,
+                    &plan.run_id,
+                    &events,
+                )
+                .await
+            {
+                summary.aborted = Some(command);
+            }
+        }
+        // Whatever ends the run, this run's locks go and its marker with them.
+        if let Some(locks) = &self.locks {
+            for worker in active.values() {
+                let _ = locks.release_all(&worker.agent).await;
+            }
+        }
+        summary.deferred = deferred.into_iter().collect();
+        drop(ports);
+        if let Some(monitor) = monitor {
+            monitor.abort();
+        }
+        if !summary.closed.is_empty() {
+            if let Err(error) = tracker.flush().await {
+                events.emit(&Event::Warning {
+                    message: format!("could not flush the tracker: {error}"),
+                });
+            }
+            if self.commit_tracker
+                && let Err(error) =
+                    commit_tracker_files(&repo_root, "mala: sync beads issues").await
+            {
+                events.emit(&Event::Warning {
+                    message: format!("could not commit .beads/: {error}"),
+                });
+            }
+        }
+        let _ = std::fs::remove_file(RunMarker::path(&lock_dir, &plan.run_id));
+        let record = |issue: &IssueId, status: &str, reason: Option<String>| {
+            let agent = agent_name(issue, &plan.run_id);
+            IssueRecord {
+                issue: issue.to_string(),
+                log_path: state_dir.join("sessions").join(format!(
+                    "{}.jsonl",
+                    agent.as_str().replace(['/', '\\'], "_")
+                )),
+                agent: agent.to_string(),
+                status: status.to_owned(),
+                reason,
+            }
+        };
+        run_log.issues = summary
+            .closed
+            .iter()
+            .map(|i| record(i, "closed", None))
+            .chain(
+                summary
+                    .failed
+                    .iter()
+                    .map(|(i, r)| record(i, "failed", Some(r.clone()))),
+            )
+            .chain(
+                summary
+                    .skipped
+                    .iter()
+                    .map(|(i, r)| record(i, "skipped", Some(r.clone()))),
+            )
+            .chain(
+                summary
+                    .deferred
+                    .iter()
+                    .map(|i| record(i, "deferred", Some("gave way in a deadlock".into()))),
+            )
+            .collect();
+        run_log.finished_at = Some(Utc::now());
+        let outcome = if summary.interrupted {
+            "interrupted"
+        } else if summary.aborted.is_some() {
+            "aborted"
+        } else if *stage.borrow() == Stage::Drain {
+            "drained"
+        } else {
+            "finished"
+        };
+        outcome.clone_into(&mut run_log.outcome);
+        let _ = run_log.write(&settings.paths.runs_dir);
+        events.emit(&Event::RunFinished {
+            run_id: plan.run_id.clone(),
+            outcome: if summary.interrupted {
+                RunOutcome::Aborted {
+                    reason: "interrupted".into(),
+                }
+            } else if *stage.borrow() == Stage::Drain {
+                RunOutcome::Drained
+            } else {
+                RunOutcome::Finished
+            },
+            succeeded: summary.closed.len(),
+            failed: summary.failed.len(),
+        });
+        Ok(summary)
+    }
+}
