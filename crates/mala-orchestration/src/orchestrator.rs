@@ -713,13 +713,19 @@ impl Orchestrator {
             idle_said = false;
             tokio::select! {
                 finished = workers.join_next() => {
-                    let Some(finished) = finished else { break };
-                    match finished {
-                        Ok((issue, result)) => {
-                            active.remove(&issue);
-                            match result {
-                                IssueResult::Closed { .. } => {
-                                    summary.closed.push(issue);
+                    let Some(first) = finished else { break };
+                    // Workers started together end together: take every one
+                    // that is done before planning again, so a wave costs one
+                    // plan instead of one per issue.
+                    let mut batch = vec![first];
+                    while let Some(next) = workers.try_join_next() {
+                        batch.push(next);
+                    }
+                    for finished in batch {
+                        match finished {
+                            Ok((issue, result)) => {
+                                active.remove(&issue);
+                                if matches!(result, IssueResult::Closed { .. }) {
                                     sweep_pending = true;
                                     closed_since_periodic += 1;
                                     if let Some(periodic) = &settings.validation_triggers.periodic
@@ -730,17 +736,16 @@ impl Orchestrator {
                                         periodic_due = true;
                                     }
                                 }
-                                IssueResult::Failed { reason } => summary.failed.push((issue, reason)),
-                                IssueResult::Skipped { reason } => summary.skipped.push((issue, reason)),
+                                record(&mut summary, issue, result);
                             }
-                        }
-                        Err(join_error) if join_error.is_cancelled() => {
-                            // A deadlock victim, cancelled on purpose; handled when it was chosen.
-                            active.retain(|_, w| !w.abort.is_finished());
-                        }
-                        Err(join_error) => {
-                            events.emit(&Event::Warning { message: format!("an issue worker crashed: {join_error}") });
-                            active.retain(|_, w| !w.abort.is_finished());
+                            Err(join_error) if join_error.is_cancelled() => {
+                                // A deadlock victim, cancelled on purpose; handled when it was chosen.
+                                active.retain(|_, w| !w.abort.is_finished());
+                            }
+                            Err(join_error) => {
+                                events.emit(&Event::Warning { message: format!("an issue worker crashed: {join_error}") });
+                                active.retain(|_, w| !w.abort.is_finished());
+                            }
                         }
                     }
                 }

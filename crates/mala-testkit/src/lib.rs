@@ -7,6 +7,9 @@
 //! - [`ClaudeHarness`]: the real `claude` binary, pointed at the mock, with a
 //!   private config directory and no way to reach the internet.
 //! - [`synthetic_tracker`]: a large, deterministic br tracker for benchmarks.
+//! - [`MemoryTracker`], [`ScriptedBackend`], [`MemoryRepository`]: in-memory
+//!   ports for embedding the orchestrator in tests, examples and benchmarks.
+//! - [`FakeCerberus`]: a stand-in for the cerberus CLI.
 //! - [`require_tool!`]: finds `br` or `claude`, skipping the test loudly when
 //!   absent on a developer machine and failing it in CI.
 //!
@@ -21,6 +24,7 @@
 mod br;
 mod cerberus;
 mod claude;
+mod fakes;
 mod git;
 mod mock_anthropic;
 mod synthetic;
@@ -29,6 +33,7 @@ mod tools;
 pub use br::{Br, NewIssue};
 pub use cerberus::FakeCerberus;
 pub use claude::{CLAUDE_VERSION, ClaudeHarness, ClaudeRun};
+pub use fakes::{MemoryRepository, MemoryTracker, ScriptedBackend};
 pub use git::TempRepo;
 pub use mock_anthropic::{
     Block, Conversation, MockAnthropic, RecordedRequest, Reply, Script, Step,

@@ -1,0 +1,288 @@
+//! The orchestrator with in-memory ports: a tracker, scripted agents that
+//! commit (or lie), and a repository of their commits. No processes, no
+//! files beyond a temporary state directory, so every scheduling rule can be
+//! checked quickly and exactly.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // the harness panics to fail the test
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use mala_core::{
+    Dependency, DependencyKind, Event, EventSink, Issue, IssueId, IssueStatus, IssueTracker,
+    IssueType,
+};
+use mala_domain::{ConfigSources, FlagOverrides, Settings, resolve};
+use mala_orchestration::{Orchestrator, RunPlan, RunSummary, Stage};
+use mala_testkit::{MemoryRepository, MemoryTracker, ScriptedBackend};
+use tokio::sync::watch;
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Event>>);
+
+impl EventSink for Recorder {
+    fn emit(&self, event: &Event) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+impl Recorder {
+    fn claimed(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                Event::IssueClaimed { issue, .. } => Some(issue.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    tracker: MemoryTracker,
+    repository: MemoryRepository,
+    backend: ScriptedBackend,
+    events: Arc<Recorder>,
+}
+
+fn settings(dir: &std::path::Path) -> Settings {
+    let mut settings = resolve(ConfigSources {
+        file: None,
+        env: &BTreeMap::new(),
+        flags: &FlagOverrides::default(),
+    })
+    .unwrap();
+    settings.paths.runs_dir = dir.join("runs");
+    settings.paths.lock_dir = dir.join("locks");
+    settings.epic_verification.enabled = false;
+    settings
+}
+
+impl World {
+    fn new(issues: Vec<Issue>, work: Duration) -> Self {
+        let repository = MemoryRepository::default();
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            tracker: MemoryTracker::with_issues(issues),
+            backend: ScriptedBackend::honest(repository.clone(), work),
+            repository,
+            events: Arc::new(Recorder::default()),
+        }
+    }
+
+    fn orchestrator(&self, plan: RunPlan) -> Orchestrator {
+        Orchestrator::builder(settings(self.dir.path()), self.dir.path())
+            .plan(plan)
+            .tracker(Arc::new(self.tracker.clone()))
+            .backend(Arc::new(self.backend.clone()))
+            .repository(Arc::new(self.repository.clone()))
+            .events(self.events.clone())
+            .build()
+            .unwrap()
+    }
+
+    async fn run(&self, plan: RunPlan) -> RunSummary {
+        let (_stage, stages) = watch::channel(Stage::Running);
+        self.orchestrator(plan).run(stages).await.unwrap()
+    }
+
+    async fn status(&self, id: &str) -> IssueStatus {
+        self.tracker.show(&IssueId::new(id)).await.unwrap().status
+    }
+}
+
+fn task(id: &str) -> Issue {
+    Issue::new(id, format!("Task {id}"), Utc::now())
+}
+
+fn plan(max_agents: usize) -> RunPlan {
+    RunPlan {
+        max_agents,
+        run_id: "test-run".into(),
+        ..RunPlan::default()
+    }
+}
+
+fn ids(list: &[IssueId]) -> Vec<String> {
+    let mut ids: Vec<String> = list.iter().map(ToString::to_string).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn honest_agents_close_their_issues_in_dependency_order_and_liars_do_not() {
+    let mut second = task("m-2");
+    second.dependencies.push(Dependency {
+        depends_on: IssueId::new("m-1"),
+        kind: DependencyKind::Blocks,
+    });
+    let mut world = World::new(
+        vec![task("m-1"), second, task("m-3"), task("m-4")],
+        Duration::from_millis(20),
+    );
+    world.backend = world.backend.clone().lazy_on(&["m-4"]);
+    let summary = world.run(plan(3)).await;
+    assert_eq!(ids(&summary.closed), vec!["m-1", "m-2", "m-3"]);
+    assert_eq!(
+        ids(&summary
+            .failed
+            .iter()
+            .map(|(i, _)| i.clone())
+            .collect::<Vec<_>>()),
+        vec!["m-4"]
+    );
+    assert!(
+        summary.failed[0].1.contains("no commit"),
+        "{:?}",
+        summary.failed
+    );
+    let claimed = world.events.claimed();
+    let position = |id: &str| claimed.iter().position(|c| c == id).unwrap();
+    assert!(
+        position("m-1") < position("m-2"),
+        "m-2 waited for m-1: {claimed:?}"
+    );
+    assert_eq!(
+        world.status("m-4").await,
+        IssueStatus::Open,
+        "reopened for a later run"
+    );
+    assert_eq!(world.repository.commits().len(), 3);
+}
+
+#[tokio::test]
+async fn no_more_than_max_agents_run_at_once_and_max_issues_is_a_limit() {
+    let world = World::new(
+        (1..=7).map(|n| task(&format!("m-{n}"))).collect(),
+        Duration::from_millis(30),
+    );
+    let summary = world
+        .run(RunPlan {
+            max_issues: Some(5),
+            ..plan(2)
+        })
+        .await;
+    assert_eq!(summary.closed.len(), 5);
+    assert_eq!(world.tracker.count(&IssueStatus::Open), 2);
+    // At most two sessions were ever live at once: claims come in pairs.
+    let events = world.events.0.lock().unwrap();
+    let mut live = 0i32;
+    let mut most = 0;
+    for event in events.iter() {
+        match event {
+            Event::IssueClaimed { .. } => live += 1,
+            Event::IssueClosed { .. } | Event::IssueFailed { .. } => live -= 1,
+            _ => {}
+        }
+        most = most.max(live);
+    }
+    assert_eq!(most, 2);
+}
+
+#[tokio::test]
+async fn an_epic_closes_with_its_last_child_when_verification_is_off() {
+    let mut epic = task("m-e");
+    epic.issue_type = IssueType::Epic;
+    let mut child = task("m-c");
+    child.parent = Some(IssueId::new("m-e"));
+    child.dependencies.push(Dependency {
+        depends_on: IssueId::new("m-e"),
+        kind: DependencyKind::ParentChild,
+    });
+    let world = World::new(vec![epic, child], Duration::from_millis(5));
+    let summary = world.run(plan(1)).await;
+    assert_eq!(ids(&summary.closed), vec!["m-c"]);
+    assert_eq!(world.status("m-e").await, IssueStatus::Closed);
+}
+
+#[tokio::test]
+async fn a_drain_lets_running_issues_finish_and_starts_no_more() {
+    let world = World::new(
+        (1..=6).map(|n| task(&format!("m-{n}"))).collect(),
+        Duration::from_millis(300),
+    );
+    let (stage, stages) = watch::channel(Stage::Running);
+    let run = tokio::spawn(world.orchestrator(plan(2)).run(stages));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stage.send(Stage::Drain).unwrap();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(summary.closed.len(), 2, "the two running issues finished");
+    assert!(!summary.interrupted);
+    assert_eq!(world.tracker.count(&IssueStatus::Open), 4);
+}
+
+#[tokio::test]
+async fn a_stop_ends_running_turns_and_keeps_their_claims() {
+    let world = World::new(
+        (1..=3).map(|n| task(&format!("m-{n}"))).collect(),
+        Duration::from_secs(30),
+    );
+    let (stage, stages) = watch::channel(Stage::Running);
+    let run = tokio::spawn(world.orchestrator(plan(3)).run(stages));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    stage.send(Stage::Abort).unwrap();
+    let summary = run.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no 30 s turn was waited for"
+    );
+    assert!(summary.interrupted);
+    assert_eq!(summary.skipped.len(), 3, "{summary:?}");
+    assert!(summary.failed.is_empty());
+    assert_eq!(
+        world.tracker.count(&IssueStatus::InProgress),
+        3,
+        "claims stay for the next run to take over"
+    );
+}
+
+#[tokio::test]
+async fn watch_mode_picks_up_an_issue_added_mid_run() {
+    let world = World::new(vec![task("m-1")], Duration::from_millis(5));
+    let (stage, stages) = watch::channel(Stage::Running);
+    let run = tokio::spawn(
+        world
+            .orchestrator(RunPlan {
+                watch: Some(Duration::from_millis(50)),
+                ..plan(1)
+            })
+            .run(stages),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let added = world
+        .tracker
+        .create(mala_core::NewIssue {
+            title: "Added while watching".into(),
+            ..mala_core::NewIssue::default()
+        })
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while world.status(added.as_str()).await != IssueStatus::Closed {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new issue was never taken"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stage.send(Stage::Drain).unwrap();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(
+        ids(&summary.closed),
+        vec!["m-1".to_owned(), added.to_string()]
+    );
+}
+
+#[tokio::test]
+async fn a_builder_without_a_tracker_says_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = Orchestrator::builder(settings(dir.path()), dir.path())
+        .build()
+        .unwrap_err();
+    assert_eq!(error.to_string(), "the orchestrator needs a tracker");
+}
