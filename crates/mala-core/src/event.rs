@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AgentEvent, AgentId, IssueId};
+use crate::{AgentEvent, AgentId, IssueId, TokenUsage};
 
 /// Why a run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +61,18 @@ pub enum Event {
     Retrying {
         issue: IssueId,
         why: String,
+    },
+    /// An agent's turn ended: what it spent.
+    TurnFinished {
+        issue: IssueId,
+        usage: TokenUsage,
+        /// Dollars this turn cost (the backend reports a running total per
+        /// session; this is the part this turn added).
+        cost_usd: f64,
+    },
+    /// The scheduler planned: ready issues it has not started yet.
+    QueuePlanned {
+        waiting: usize,
     },
     IssueClosed {
         issue: IssueId,

@@ -630,6 +630,10 @@ impl Orchestrator {
                     },
                 )
                 .map_err(|e| RunError::Setup(format!("--scope {}: {e}", plan.scope)))?;
+                let capacity = spawn_capacity(&view(active.len(), started));
+                events.emit(&Event::QueuePlanned {
+                    waiting: queue.entries.len().saturating_sub(capacity),
+                });
                 for entry in queue.entries {
                     if spawn_capacity(&view(active.len(), started)) == 0 {
                         break;

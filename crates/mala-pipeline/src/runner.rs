@@ -215,6 +215,8 @@ struct IssueRun<'a> {
     verdict: Option<GateVerdict>,
     /// How the last `session_end` trigger went, for the reviewer.
     session_end: Option<String>,
+    /// The current session's cost so far, as its backend last reported it.
+    session_cost: f64,
 }
 
 impl<'a> IssueRun<'a> {
@@ -242,6 +244,7 @@ impl<'a> IssueRun<'a> {
             previous: None,
             verdict: None,
             session_end: None,
+            session_cost: 0.0,
         }
     }
 
@@ -303,6 +306,7 @@ impl<'a> IssueRun<'a> {
             .await
             .map_err(|e| format!("could not start the agent: {e}"))?;
         self.session = Some(session);
+        self.session_cost = 0.0;
         Ok(())
     }
 
@@ -332,6 +336,14 @@ impl<'a> IssueRun<'a> {
         };
         match session.turn(&prompt).await {
             Ok(outcome) => {
+                // The backend reports the session's running total.
+                let cost_usd = (outcome.total_cost_usd - self.session_cost).max(0.0);
+                self.session_cost = outcome.total_cost_usd;
+                self.ports.events.emit(&Event::TurnFinished {
+                    issue: self.issue.id.clone(),
+                    usage: outcome.usage,
+                    cost_usd,
+                });
                 self.final_text = outcome.final_text;
                 Step::Gate
             }

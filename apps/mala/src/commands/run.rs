@@ -8,7 +8,7 @@ use mala_domain::{Coder, Order, Scope, Settings};
 use mala_orchestration::{RunRequest, RunSummary, Stage};
 use tokio::sync::watch;
 
-use crate::console::{Console, Fanout, JsonLines};
+use crate::console::{Console, Fanout, JsonLines, Style};
 use crate::failure::exit;
 use crate::settings::find_program;
 
@@ -70,16 +70,28 @@ fn claude_binary(settings: &Settings) -> Result<std::path::PathBuf, Failure> {
     })
 }
 
+/// Whether stdout takes colors, and a live status line: a terminal that is
+/// not `dumb`, and for colors no `NO_COLOR`.
+fn terminal() -> (bool, bool) {
+    use std::io::IsTerminal;
+    let live = std::io::stdout().is_terminal()
+        && std::env::var_os("TERM").is_some_and(|term| term != "dumb");
+    let color = live && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    (color, live)
+}
+
 fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
     let claude = claude_binary(&settings)?;
-    let mut sinks: Vec<Box<dyn EventSink>> = vec![Box::new(Console::new(args.verbose))];
+    let (color, live) = terminal();
+    let console = Arc::new(Console::new(args.verbose, Style::new(color), live));
+    let mut sinks: Vec<Arc<dyn EventSink>> = vec![console.clone()];
     if let Some(path) = &args.events_jsonl {
         let sink = JsonLines::create(path).map_err(|error| Failure::Io {
             path: path.clone(),
             action: "open the event log",
             error,
         })?;
-        sinks.push(Box::new(sink));
+        sinks.push(Arc::new(sink));
     }
     let events: Arc<dyn EventSink> = Arc::new(Fanout(sinks));
     let run_id: String = uuid::Uuid::new_v4()
@@ -141,7 +153,7 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
         });
         mala_orchestration::run(request, events, stage_rx).await
     });
-    report(&summary.map_err(run_failure)?)
+    report(&summary.map_err(run_failure)?, &console.summary())
 }
 
 fn run_failure(error: mala_orchestration::RunError) -> Failure {
@@ -158,7 +170,8 @@ fn run_failure(error: mala_orchestration::RunError) -> Failure {
     }
 }
 
-fn report(summary: &RunSummary) -> Result<(), Failure> {
+fn report(summary: &RunSummary, table: &str) -> Result<(), Failure> {
+    output::stdout(table);
     let mut text = format!(
         "{} closed, {} failed, {} skipped{}\nsession records: {}\n",
         summary.closed.len(),
