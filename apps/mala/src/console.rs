@@ -384,6 +384,33 @@ impl Console {
         summary_table(&guard(&self.state).tally, Instant::now())
     }
 
+    /// A refused tool call always; every tool call with `--verbose`.
+    fn agent_line(
+        agent: &AgentId,
+        event: &AgentEvent,
+        verbose: bool,
+        style: Style,
+    ) -> Option<String> {
+        match event {
+            AgentEvent::ToolDenied { tool, reason } => Some(format!(
+                "    {}  {tool} refused: {}",
+                style.dim(agent.as_str()),
+                reason.lines().next().unwrap_or_default()
+            )),
+            AgentEvent::ToolUse { name, input, .. } if verbose => {
+                let detail = input
+                    .get("command")
+                    .or_else(|| input.get("file_path"))
+                    .and_then(|v| v.as_str())
+                    .map_or_else(String::new, |s| {
+                        format!(" {}", s.lines().next().unwrap_or_default())
+                    });
+                Some(format!("    {}  {name}{detail}", style.dim(agent.as_str())))
+            }
+            _ => None,
+        }
+    }
+
     /// The lines an event adds, given what the run has done so far.
     pub(crate) fn lines(
         tally: &mut Tally,
@@ -468,28 +495,12 @@ impl Console {
                 }
                 RunOutcome::Aborted { reason } => format!("■ stopped: {reason}"),
             },
-            Event::Agent {
-                agent,
-                event: AgentEvent::ToolDenied { tool, reason },
-            } => format!(
-                "    {}  {tool} refused: {}",
-                style.dim(agent.as_str()),
-                reason.lines().next().unwrap_or_default()
-            ),
-            Event::Agent {
-                agent,
-                event: AgentEvent::ToolUse { name, input, .. },
-            } if verbose => {
-                let detail = input
-                    .get("command")
-                    .or_else(|| input.get("file_path"))
-                    .and_then(|v| v.as_str())
-                    .map_or_else(String::new, |s| {
-                        format!(" {}", s.lines().next().unwrap_or_default())
-                    });
-                format!("    {}  {name}{detail}", style.dim(agent.as_str()))
+            Event::Agent { agent, event } => {
+                return Self::agent_line(agent, event, verbose, style)
+                    .into_iter()
+                    .collect();
             }
-            Event::Agent { .. } | Event::QueuePlanned { .. } => return Vec::new(),
+            Event::QueuePlanned { .. } | Event::IssueStarted { .. } => return Vec::new(),
         };
         vec![line]
     }
@@ -666,6 +677,7 @@ mod tests {
                     attempt: 1,
                     blocking: 0,
                     advisory: 1,
+                    findings: vec![],
                 },
             ),
             (55, Event::IssueClosed { issue: id("ex-a1") }),

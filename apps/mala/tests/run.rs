@@ -205,12 +205,28 @@ fn slow_script(repo: &Path) -> Script {
                 json!({"file_path": repo.join("src/a.txt"), "content": "fixed\n"}),
             ),
             ("Bash", json!({"command": "ls src"})),
+            // Again: a run that resumes this session holds no locks yet.
+            (
+                "mcp__mala__lock_acquire",
+                json!({"filepaths": ["src/a.txt"]}),
+            ),
             (
                 "mcp__mala__commit",
                 json!({"paths": ["src/a.txt"], "message": format!("bd-{issue}: fix a")}),
             ),
         ];
-        match plan.get(conversation.tool_uses_so_far()) {
+        // A session resumed by a later run starts over after its long
+        // command: whatever it did while mala was gone got no answers.
+        let next = match conversation.tool_uses_since("picking your session up") {
+            Some(done) => plan
+                .iter()
+                .enumerate()
+                .filter(|(step, _)| *step != 0)
+                .map(|(_, step)| step)
+                .nth(done),
+            None => plan.get(conversation.tool_uses_so_far()),
+        };
+        match next {
             Some((name, input)) => Reply::Message(vec![Block::ToolUse {
                 name: (*name).to_owned(),
                 input: input.clone(),
@@ -294,6 +310,12 @@ fn a_killed_run_is_resumed_by_the_next_with_nothing_lost_or_done_twice() {
     assert_eq!(br.json(&["show", &issue])[0]["status"], "closed");
     let commits = repo.git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")]);
     assert_eq!(commits.lines().count(), 1, "done once: {commits}");
+    assert!(
+        mock.requests()
+            .iter()
+            .any(|r| r.body.to_string().contains("picking your session up")),
+        "the next run resumed the earlier session rather than starting over"
+    );
 }
 
 #[test]
@@ -557,12 +579,28 @@ fn lock_then_wait_script(repo: &Path, once: &Path) -> Script {
                 json!({"file_path": repo.join("src/a.txt"), "content": "fixed\n"}),
             ),
             ("Bash", json!({"command": "ls src"})),
+            // Again: a run that resumes this session holds no locks yet.
+            (
+                "mcp__mala__lock_acquire",
+                json!({"filepaths": ["src/a.txt"]}),
+            ),
             (
                 "mcp__mala__commit",
                 json!({"paths": ["src/a.txt"], "message": format!("bd-{issue}: fix a")}),
             ),
         ];
-        match plan.get(conversation.tool_uses_so_far()) {
+        // A session resumed by a later run starts over after its long
+        // command: whatever it did while mala was gone got no answers.
+        let next = match conversation.tool_uses_since("picking your session up") {
+            Some(done) => plan
+                .iter()
+                .enumerate()
+                .filter(|(step, _)| *step != 1)
+                .map(|(_, step)| step)
+                .nth(done),
+            None => plan.get(conversation.tool_uses_so_far()),
+        };
+        match next {
             Some((name, input)) => Reply::Message(vec![Block::ToolUse {
                 name: (*name).to_owned(),
                 input: input.clone(),
@@ -708,6 +746,12 @@ fn stop_with_ctrl_c(presses: usize) {
     assert_eq!(br.json(&["show", &issue])[0]["status"], "closed");
     let commits = repo.git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")]);
     assert_eq!(commits.lines().count(), 1, "done once: {commits}");
+    assert!(
+        mock.requests()
+            .iter()
+            .any(|r| r.body.to_string().contains("picking your session up")),
+        "the next run resumed the earlier session rather than starting over"
+    );
 }
 
 /// The environment a test run of `mala` gets: the harness's (pointing claude

@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AgentEvent, AgentId, IssueId, TokenUsage};
+use chrono::{DateTime, Utc};
+
+use crate::{AgentEvent, AgentId, Finding, IssueId, TokenUsage};
 
 /// Why a run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +41,11 @@ pub enum Event {
         issue: IssueId,
         reason: String,
     },
+    /// The runner set the issue's baseline: its commits must be newer.
+    IssueStarted {
+        issue: IssueId,
+        baseline: DateTime<Utc>,
+    },
     Agent {
         agent: AgentId,
         event: AgentEvent,
@@ -56,6 +63,9 @@ pub enum Event {
         attempt: u32,
         blocking: usize,
         advisory: usize,
+        /// The blocking findings, which go back to the agent.
+        #[serde(default)]
+        findings: Vec<Finding>,
     },
     /// The agent is given another go (gate or review follow-up, or a resume).
     Retrying {

@@ -11,6 +11,7 @@ pub enum PromptKind {
     GateFollowup,
     ReviewFollowup,
     IdleResume,
+    RunResume,
     LockResume,
     Fixer,
     Reviewer,
@@ -18,11 +19,12 @@ pub enum PromptKind {
 }
 
 impl PromptKind {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Implementer,
         Self::GateFollowup,
         Self::ReviewFollowup,
         Self::IdleResume,
+        Self::RunResume,
         Self::LockResume,
         Self::Fixer,
         Self::Reviewer,
@@ -46,6 +48,10 @@ impl PromptKind {
             Self::IdleResume => (
                 "idle_resume.md",
                 include_str!("../../../prompts/idle_resume.md"),
+            ),
+            Self::RunResume => (
+                "run_resume.md",
+                include_str!("../../../prompts/run_resume.md"),
             ),
             Self::LockResume => (
                 "lock_resume.md",
@@ -88,6 +94,7 @@ impl PromptKind {
                 "commit_prefix",
             ],
             Self::IdleResume => &["issue_id"],
+            Self::RunResume => &["issue_id", "commit_prefix"],
             Self::LockResume => &["issue_id", "status", "wait_paths"],
             Self::Fixer => &[
                 "attempt",

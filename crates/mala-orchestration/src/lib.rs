@@ -7,13 +7,15 @@
 mod deadlock_monitor;
 mod epics;
 mod orchestrator;
+mod recorder;
 mod run;
 mod triggers;
 
 pub use deadlock_monitor::run_deadlock_monitor;
 pub use epics::{EpicBook, EpicCheck, Sweep, sweep_epics, verify_epic};
 pub use orchestrator::{
-    IssueSource, Orchestrator, OrchestratorBuilder, RunError, RunPlan, RunSummary, Stage, state_dir,
+    IssueSource, Orchestrator, OrchestratorBuilder, ResumePolicy, RunError, RunPlan, RunSummary,
+    SessionPolicy, Stage, state_dir,
 };
 pub use run::{RunRequest, run};
 pub use triggers::{TriggerOutcome, run_trigger};

@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::Utc;
 use mala_core::{
     AgentBackend, AgentId, Clock, Event, EventSink, IssueId, IssueTracker, LockEvent, LockTable,
-    Repository, Reviewer, RunOutcome, TrackerError,
+    Repository, Reviewer, RunOutcome, SessionId, TrackerError,
 };
 use mala_domain::{
     FireOn, IssueGraph, Order, QueueRequest, SchedulerView, Scope, Settings, agent_name,
@@ -26,11 +26,12 @@ use mala_infra::{
     EpicVerifier, IssueRecord, RunLog, RunMarker, SystemClock, commit_tracker_files, encode_repo,
     is_run_alive, remove_stale,
 };
-use mala_pipeline::{IssueResult, RunnerConfig, RunnerPorts, run_issue};
+use mala_pipeline::{IssueResult, Resume, RunnerConfig, RunnerPorts, run_issue_from};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::epics::{EpicBook, sweep_epics};
+use crate::recorder::{Recorded, RunRecorder};
 use crate::run_deadlock_monitor;
 use crate::triggers::{SessionEndTrigger, TriggerOutcome, run_trigger};
 
@@ -53,12 +54,35 @@ pub struct RunPlan {
     pub order: Order,
     pub max_agents: usize,
     pub max_issues: Option<usize>,
-    /// Also take unassigned in-progress work (`--resume`).
-    pub resume: bool,
+    /// What happens to work in progress and earlier sessions.
+    pub resume: ResumePolicy,
     /// Keep polling for new ready issues this often instead of ending when idle.
     pub watch: Option<Duration>,
     /// Names this run in claims, agent names, locks and its state directory.
     pub run_id: String,
+}
+
+/// `--resume` and its companions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResumePolicy {
+    /// `--resume`: take up unassigned work in progress too, and continue any
+    /// issue's earlier session. (A dead run's claims are taken up anyway.)
+    pub take_up: bool,
+    pub sessions: SessionPolicy,
+    /// `--review-wip`: work in progress is reviewed before any new turn.
+    pub review_wip: bool,
+}
+
+/// What a resumed issue does with its earlier session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SessionPolicy {
+    /// Continue it; start a new one when there is none.
+    #[default]
+    Continue,
+    /// `--fresh`: start a new one, with the earlier review findings.
+    Fresh,
+    /// `--strict`: continue it; work in progress without one fails.
+    Strict,
 }
 
 impl Default for RunPlan {
@@ -68,7 +92,7 @@ impl Default for RunPlan {
             order: Order::default(),
             max_agents: 1,
             max_issues: None,
-            resume: false,
+            resume: ResumePolicy::default(),
             watch: None,
             run_id: "run".to_owned(),
         }
@@ -124,6 +148,55 @@ pub fn state_dir(settings: &Settings, repo_root: &Path, run_id: &str) -> PathBuf
         .runs_dir
         .join(encode_repo(repo_root))
         .join(run_id)
+}
+
+/// The newest record of each issue in this repository's earlier runs.
+fn prior_records(
+    runs_dir: &Path,
+    repo_root: &Path,
+    this_run: &str,
+) -> HashMap<IssueId, IssueRecord> {
+    let mut priors = HashMap::new();
+    // Newest run first: the first record of an issue wins.
+    for run in RunLog::list(runs_dir, Some(repo_root)) {
+        if run.run_id == this_run {
+            continue;
+        }
+        for record in run.issues {
+            priors
+                .entry(IssueId::new(record.issue.clone()))
+                .or_insert(record);
+        }
+    }
+    priors
+}
+
+/// How `issue`'s work picks up: a dead run's claim (`takeover`) always
+/// continues its earlier session; with `--resume` any issue with a record
+/// does. `--strict` applies to work in progress only: a new issue has no
+/// earlier session to miss.
+fn resume_for(
+    plan: &RunPlan,
+    priors: &HashMap<IssueId, IssueRecord>,
+    issue: &IssueId,
+    takeover: bool,
+) -> Option<Resume> {
+    let policy = plan.resume;
+    if !takeover && !policy.take_up {
+        return None;
+    }
+    let prior = priors.get(issue);
+    if prior.is_none() && !takeover {
+        return None;
+    }
+    Some(Resume {
+        session_id: prior.and_then(|p| p.session_id.clone()).map(SessionId::new),
+        baseline: prior.and_then(|p| p.baseline),
+        findings: prior.map(|p| p.findings.clone()).unwrap_or_default(),
+        fresh: policy.sessions == SessionPolicy::Fresh,
+        strict: policy.sessions == SessionPolicy::Strict && takeover,
+        review_first: policy.review_wip && takeover,
+    })
 }
 
 struct Worker {
@@ -440,6 +513,22 @@ impl Orchestrator {
         let state_dir = state_dir(settings, &repo_root, &plan.run_id);
         std::fs::create_dir_all(&state_dir)
             .map_err(|e| RunError::Setup(format!("{}: {e}", state_dir.display())))?;
+        let recorder = Arc::new(RunRecorder::start(
+            &settings.paths.runs_dir,
+            &state_dir.join("sessions"),
+            RunLog {
+                run_id: plan.run_id.clone(),
+                repo_path: repo_root.clone(),
+                started_at: Utc::now(),
+                finished_at: None,
+                outcome: "running".into(),
+                issues: Vec::new(),
+            },
+        ));
+        let events: Arc<dyn EventSink> = Arc::new(Recorded {
+            recorder: Arc::clone(&recorder),
+            events,
+        });
 
         // Locks of runs that are gone are stale; ours are marked by our marker.
         let lock_dir = settings.paths.lock_dir.clone();
@@ -522,16 +611,8 @@ impl Orchestrator {
             rerun: settings.gate.rerun,
         };
 
-        let started_at = Utc::now();
-        let mut run_log = RunLog {
-            run_id: plan.run_id.clone(),
-            repo_path: repo_root.clone(),
-            started_at,
-            finished_at: None,
-            outcome: "running".into(),
-            issues: Vec::new(),
-        };
-        let _ = run_log.write(&settings.paths.runs_dir);
+        // Earlier runs' records: where interrupted work picks up.
+        let priors = prior_records(&settings.paths.runs_dir, &repo_root, &plan.run_id);
         events.emit(&Event::RunStarted {
             run_id: plan.run_id.clone(),
             repo: repo_root.display().to_string(),
@@ -614,7 +695,7 @@ impl Orchestrator {
             };
             if spawn_capacity(&view(active.len(), started)) > 0 {
                 let graph = self.source.snapshot().await?;
-                let takeover = takeover_candidates(graph.issues(), plan.resume, |run| {
+                let takeover = takeover_candidates(graph.issues(), plan.resume.take_up, |run| {
                     is_run_alive(&lock_dir, run)
                 });
                 let queue = plan_queue(
@@ -650,6 +731,7 @@ impl Orchestrator {
                         }
                     }
                     let agent = agent_name(&entry.id, &plan.run_id);
+                    let resume = resume_for(plan, &priors, &entry.id, entry.takeover);
                     let (ports, config, issue, worker_agent) = (
                         ports.clone(),
                         runner_config.clone(),
@@ -657,7 +739,8 @@ impl Orchestrator {
                         agent.clone(),
                     );
                     let abort = workers.spawn(async move {
-                        let result = run_issue(&issue, worker_agent, &ports, &config).await;
+                        let result =
+                            run_issue_from(&issue, worker_agent, &ports, &config, resume).await;
                         (issue, result)
                     });
                     active.insert(entry.id.clone(), Worker { agent, abort });
@@ -821,43 +904,6 @@ impl Orchestrator {
             }
         }
         let _ = std::fs::remove_file(RunMarker::path(&lock_dir, &plan.run_id));
-        let record = |issue: &IssueId, status: &str, reason: Option<String>| {
-            let agent = agent_name(issue, &plan.run_id);
-            IssueRecord {
-                issue: issue.to_string(),
-                log_path: state_dir.join("sessions").join(format!(
-                    "{}.jsonl",
-                    agent.as_str().replace(['/', '\\'], "_")
-                )),
-                agent: agent.to_string(),
-                status: status.to_owned(),
-                reason,
-            }
-        };
-        run_log.issues = summary
-            .closed
-            .iter()
-            .map(|i| record(i, "closed", None))
-            .chain(
-                summary
-                    .failed
-                    .iter()
-                    .map(|(i, r)| record(i, "failed", Some(r.clone()))),
-            )
-            .chain(
-                summary
-                    .skipped
-                    .iter()
-                    .map(|(i, r)| record(i, "skipped", Some(r.clone()))),
-            )
-            .chain(
-                summary
-                    .deferred
-                    .iter()
-                    .map(|i| record(i, "deferred", Some("gave way in a deadlock".into()))),
-            )
-            .collect();
-        run_log.finished_at = Some(Utc::now());
         let outcome = if summary.interrupted {
             "interrupted"
         } else if summary.aborted.is_some() {
@@ -867,8 +913,7 @@ impl Orchestrator {
         } else {
             "finished"
         };
-        outcome.clone_into(&mut run_log.outcome);
-        let _ = run_log.write(&settings.paths.runs_dir);
+        recorder.finish(outcome, &summary.deferred);
         events.emit(&Event::RunFinished {
             run_id: plan.run_id.clone(),
             outcome: if summary.interrupted {

@@ -4,10 +4,9 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mala_core::{EventSink, LockTable, Reviewer, TrackerError};
-use mala_domain::{IssueGraph, Order, Scope, Settings};
+use mala_domain::{IssueGraph, Settings};
 use mala_infra::{
     AgentReviewer, CerberusConfig, CerberusReviewer, ClaudeBackend, ClaudeConfig, FileLockTable,
     GitRepo, LockingGuard, SystemClock, Tracker, check_cerberus,
@@ -23,13 +22,7 @@ use crate::orchestrator::{
 pub struct RunRequest {
     pub repo_root: PathBuf,
     pub settings: Settings,
-    pub scope: Scope,
-    pub order: Order,
-    pub max_agents: usize,
-    pub max_issues: Option<usize>,
-    pub resume: bool,
-    /// Keep polling for new ready issues instead of ending when idle.
-    pub watch: Option<Duration>,
+    pub plan: RunPlan,
     /// The `claude` binary (found by the caller).
     pub claude: PathBuf,
     /// The `br` binary, when found.
@@ -38,7 +31,6 @@ pub struct RunRequest {
     pub cerberus: Option<PathBuf>,
     /// `CERBERUS_ROOT`, when the user set it.
     pub cerberus_root: Option<PathBuf>,
-    pub run_id: String,
 }
 
 /// The real tracker reads its snapshot in process, cached between changes.
@@ -78,7 +70,7 @@ async fn assemble(
         clock.clone(),
     )?;
     let tracker_port = tracker.as_port();
-    let state_dir = state_dir(settings, &repo_root, &request.run_id);
+    let state_dir = state_dir(settings, &repo_root, &request.plan.run_id);
 
     let claude_config =
         ClaudeConfig::from_settings(settings, request.claude.clone(), state_dir.clone());
@@ -97,7 +89,7 @@ async fn assemble(
         settings.coder_options.claude.disallowed_tools.clone(),
     );
     // One agent alone needs no locks; destructive commands are refused all the same.
-    let guard = if request.max_agents <= 1 {
+    let guard = if request.plan.max_agents <= 1 {
         guard.without_lock_enforcement()
     } else {
         guard
@@ -136,17 +128,8 @@ async fn assemble(
         }
     };
     let epic_backend = settings.epic_verification.enabled.then(read_only);
-    let plan = RunPlan {
-        scope: request.scope.clone(),
-        order: request.order,
-        max_agents: request.max_agents,
-        max_issues: request.max_issues,
-        resume: request.resume,
-        watch: request.watch,
-        run_id: request.run_id.clone(),
-    };
     let mut builder = Orchestrator::builder(request.settings.clone(), repo_root)
-        .plan(plan)
+        .plan(request.plan.clone())
         .issue_source(Arc::new(tracker))
         .tracker(tracker_port)
         .backend(backend)

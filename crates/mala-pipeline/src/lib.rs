@@ -8,5 +8,7 @@ mod runner;
 mod tracking;
 
 pub use deadlock::{Resolution, ResolveError, resolve_deadlock};
-pub use runner::{IssueResult, RunnerConfig, RunnerPorts, SessionEndCheck, run_issue};
+pub use runner::{
+    IssueResult, Resume, RunnerConfig, RunnerPorts, SessionEndCheck, run_issue, run_issue_from,
+};
 pub use tracking::track_advisory_findings;

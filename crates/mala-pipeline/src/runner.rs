@@ -144,12 +144,43 @@ fn bullet_list(items: &[String]) -> String {
         .join("\n")
 }
 
+/// Where an issue's work picks up from: an earlier run's session and
+/// baseline and the last review's blocking findings (`--resume`), and how to
+/// use them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resume {
+    /// The earlier session, resumed unless `fresh`.
+    pub session_id: Option<mala_core::SessionId>,
+    /// The earlier baseline: commits made before the interruption still count.
+    pub baseline: Option<DateTime<Utc>>,
+    /// Blocking findings of the last review, given back to the agent.
+    pub findings: Vec<Finding>,
+    /// `--fresh`: a new session, with the findings in its first prompt.
+    pub fresh: bool,
+    /// `--strict`: fail the issue when there is no earlier session to resume.
+    pub strict: bool,
+    /// `--review-wip`: review the issue's existing commits before any turn;
+    /// a pass closes it without one.
+    pub review_first: bool,
+}
+
 /// Runs one issue to its end.
 pub async fn run_issue(
     issue_id: &IssueId,
     agent: AgentId,
     ports: &RunnerPorts,
     config: &RunnerConfig,
+) -> IssueResult {
+    run_issue_from(issue_id, agent, ports, config, None).await
+}
+
+/// Runs one issue to its end, picking up earlier work as `resume` says.
+pub async fn run_issue_from(
+    issue_id: &IssueId,
+    agent: AgentId,
+    ports: &RunnerPorts,
+    config: &RunnerConfig,
+    resume: Option<Resume>,
 ) -> IssueResult {
     let issue = match ports.tracker.show(issue_id).await {
         Ok(issue) => issue,
@@ -185,7 +216,7 @@ pub async fn run_issue(
         issue: issue_id.clone(),
         agent: agent.clone(),
     });
-    let mut run = IssueRun::new(issue, agent, ports, config);
+    let mut run = IssueRun::new(issue, agent, ports, config, resume);
     let result = run.drive().await;
     run.finalize(result).await
 }
@@ -217,12 +248,32 @@ struct IssueRun<'a> {
     session_end: Option<String>,
     /// The current session's cost so far, as its backend last reported it.
     session_cost: f64,
+    resume: Option<Resume>,
+    /// The session is an earlier run's, resumed, and has not answered yet.
+    resuming: bool,
 }
 
 impl<'a> IssueRun<'a> {
-    fn new(issue: Issue, agent: AgentId, ports: &'a RunnerPorts, config: &'a RunnerConfig) -> Self {
+    fn new(
+        issue: Issue,
+        agent: AgentId,
+        ports: &'a RunnerPorts,
+        config: &'a RunnerConfig,
+        resume: Option<Resume>,
+    ) -> Self {
         let now = ports.clock.now();
-        let baseline = now.with_nanosecond(0).unwrap_or(now);
+        let fresh_baseline = now.with_nanosecond(0).unwrap_or(now);
+        let baseline = match &resume {
+            Some(Resume {
+                baseline: Some(earlier),
+                ..
+            }) => *earlier,
+            // Work in progress from before any record: all its commits count.
+            Some(Resume {
+                review_first: true, ..
+            }) => DateTime::<Utc>::UNIX_EPOCH,
+            _ => fresh_baseline,
+        };
         let log = Arc::new(SessionLog {
             agent: agent.clone(),
             events: Arc::clone(&ports.events),
@@ -245,6 +296,8 @@ impl<'a> IssueRun<'a> {
             verdict: None,
             session_end: None,
             session_cost: 0.0,
+            resume,
+            resuming: false,
         }
     }
 
@@ -311,11 +364,12 @@ impl<'a> IssueRun<'a> {
     }
 
     async fn drive(&mut self) -> IssueResult {
-        if let Err(reason) = self.start_session(None).await {
-            return IssueResult::Failed { reason };
-        }
-        let mut step = match self.implementer_prompt() {
-            Ok(prompt) => Step::Turn(prompt),
+        self.ports.events.emit(&Event::IssueStarted {
+            issue: self.issue.id.clone(),
+            baseline: self.baseline,
+        });
+        let mut step = match self.opening().await {
+            Ok(step) => step,
             Err(reason) => Step::Finish(IssueResult::Failed { reason }),
         };
         loop {
@@ -328,7 +382,100 @@ impl<'a> IssueRun<'a> {
         }
     }
 
+    /// The first step: a review of existing work (`--review-wip`), a
+    /// resumed session told to carry on, or a new session with the
+    /// implementer prompt (and any earlier findings).
+    async fn opening(&mut self) -> Result<Step, String> {
+        let resume = self.resume.clone().unwrap_or_default();
+        if resume.strict && resume.session_id.is_none() {
+            return Err(format!(
+                "no earlier session of {} to resume (--strict)",
+                self.issue.id
+            ));
+        }
+        if resume.review_first && self.ports.reviewer.is_some() && self.has_commits().await? {
+            return Ok(Step::Review);
+        }
+        self.open_session().await?;
+        self.first_prompt()
+    }
+
+    async fn has_commits(&self) -> Result<bool, String> {
+        let commits = self
+            .ports
+            .repo
+            .issue_commits()
+            .await
+            .map_err(|e| format!("could not read git: {e}"))?;
+        Ok(commits
+            .iter()
+            .any(|c| is_issue_commit(&c.subject, &self.issue.id) && c.time >= self.baseline))
+    }
+
+    /// Starts the issue's session: the earlier one when there is one to
+    /// resume, else a new one.
+    async fn open_session(&mut self) -> Result<(), String> {
+        let earlier = self
+            .resume
+            .as_ref()
+            .filter(|r| !r.fresh)
+            .and_then(|r| r.session_id.clone());
+        if let Some(id) = earlier {
+            match self.start_session(Some(id)).await {
+                Ok(()) => {
+                    self.resuming = true;
+                    return Ok(());
+                }
+                Err(reason) if self.resume.as_ref().is_some_and(|r| r.strict) => {
+                    return Err(format!("could not resume the earlier session: {reason}"));
+                }
+                Err(_) => {}
+            }
+        }
+        self.start_session(None).await
+    }
+
+    /// What the agent hears first: carry on (a resumed session), the review's
+    /// findings (a review sent it back), or the whole task.
+    fn first_prompt(&self) -> Result<Step, String> {
+        let findings = self
+            .resume
+            .as_ref()
+            .map(|r| r.findings.as_slice())
+            .unwrap_or_default();
+        let prompt = if self.resuming {
+            let carry_on = render_prompt(
+                PromptKind::RunResume,
+                &[
+                    ("issue_id", self.issue.id.to_string()),
+                    ("commit_prefix", self.commit_prefix()),
+                ],
+            )
+            .map_err(|e| e.to_string())?;
+            if findings.is_empty() {
+                carry_on
+            } else {
+                format!("{carry_on}\n\n{}", self.review_followup(findings)?)
+            }
+        } else if findings.is_empty() {
+            self.implementer_prompt()?
+        } else {
+            format!(
+                "{}\n\n{}",
+                self.implementer_prompt()?,
+                self.review_followup(findings)?
+            )
+        };
+        Ok(Step::Turn(prompt))
+    }
+
     async fn turn(&mut self, prompt: String) -> Step {
+        if self.session.is_none() {
+            // A review of existing work came first and sent it back.
+            if let Err(reason) = self.open_session().await {
+                return Step::Finish(IssueResult::Failed { reason });
+            }
+        }
         let Some(session) = self.session.as_mut() else {
             return Step::Finish(IssueResult::Failed {
                 reason: "no agent session".into(),
@@ -345,7 +492,34 @@ impl<'a> IssueRun<'a> {
                     cost_usd,
                 });
                 self.final_text = outcome.final_text;
+                self.resuming = false;
                 Step::Gate
+            }
+            Err(error)
+                if self.resuming
+                    && error.kind != AgentErrorKind::Cancelled
+                    && *lock(&self.log.tool_uses) == 0 =>
+            {
+                // The earlier session could not be picked up, and nothing ran.
+                self.resuming = false;
+                let _ = session.close().await;
+                self.session = None;
+                if self.resume.as_ref().is_some_and(|r| r.strict) {
+                    return Step::Finish(IssueResult::Failed {
+                        reason: format!("could not resume the earlier session: {error}"),
+                    });
+                }
+                self.ports.events.emit(&Event::Retrying {
+                    issue: self.issue.id.clone(),
+                    why: format!(
+                        "the earlier session could not be resumed ({error}); starting a new one"
+                    ),
+                });
+                if let Err(reason) = self.start_session(None).await {
+                    return Step::Finish(IssueResult::Failed { reason });
+                }
+                self.first_prompt()
+                    .unwrap_or_else(|reason| Step::Finish(IssueResult::Failed { reason }))
             }
             Err(error) if error.is_retryable() && self.resumes < self.config.max_resumes => {
                 self.resumes += 1;
@@ -648,6 +822,7 @@ impl<'a> IssueRun<'a> {
             attempt: self.review_attempt,
             blocking: blocking.len(),
             advisory: advisory.len(),
+            findings: blocking.clone(),
         });
         if !advisory.is_empty()
             && let Err(error) =
@@ -677,21 +852,25 @@ impl<'a> IssueRun<'a> {
             issue: self.issue.id.clone(),
             why: format!("review: {} blocking finding(s)", blocking.len()),
         });
-        match render_prompt(
+        match self.review_followup(&blocking) {
+            Ok(prompt) => Step::Turn(prompt),
+            Err(reason) => Step::Finish(IssueResult::Failed { reason }),
+        }
+    }
+
+    /// The prompt that sends blocking findings back to the agent.
+    fn review_followup(&self, findings: &[Finding]) -> Result<String, String> {
+        render_prompt(
             PromptKind::ReviewFollowup,
             &[
                 ("issue_id", self.issue.id.to_string()),
                 ("attempt", self.review_attempt.to_string()),
                 ("max_attempts", self.config.max_review_attempts.to_string()),
-                ("findings", listed),
+                ("findings", describe_findings(findings)),
                 ("commit_prefix", self.commit_prefix()),
             ],
-        ) {
-            Ok(prompt) => Step::Turn(prompt),
-            Err(e) => Step::Finish(IssueResult::Failed {
-                reason: e.to_string(),
-            }),
-        }
+        )
+        .map_err(|e| e.to_string())
     }
 
     fn closed(&self) -> IssueResult {

@@ -17,7 +17,9 @@ use mala_core::{
 };
 use mala_domain::{Marker, RequiredCommand};
 use mala_infra::{JsonlTracker, SystemClock};
-use mala_pipeline::{IssueResult, RunnerConfig, RunnerPorts, SessionEndCheck, run_issue};
+use mala_pipeline::{
+    IssueResult, Resume, RunnerConfig, RunnerPorts, SessionEndCheck, run_issue_from,
+};
 
 /// What the scripted agent does in one turn, in order: edit, run, commit, say.
 #[derive(Debug, Clone, Default)]
@@ -334,6 +336,18 @@ impl Harness {
         session_end: Option<Arc<dyn SessionEndCheck>>,
         config: RunnerConfig,
     ) -> IssueResult {
+        self.run_from(turns, reviewer, session_end, config, None)
+            .await
+    }
+
+    async fn run_from(
+        &self,
+        turns: Vec<Turn>,
+        reviewer: Option<Arc<dyn Reviewer>>,
+        session_end: Option<Arc<dyn SessionEndCheck>>,
+        config: RunnerConfig,
+        resume: Option<Resume>,
+    ) -> IssueResult {
         let ports = RunnerPorts {
             tracker: self.tracker.clone(),
             backend: Arc::new(FakeBackend {
@@ -349,11 +363,12 @@ impl Harness {
             clock: Arc::new(SystemClock),
             session_end,
         };
-        run_issue(
+        run_issue_from(
             &self.issue,
             AgentId::new(format!("{}@test-run", self.issue)),
             &ports,
             &config,
+            resume,
         )
         .await
     }
@@ -983,4 +998,167 @@ async fn session_end_is_skipped_for_a_no_work_marker_and_a_failed_gate() {
         .await;
     assert!(matches!(result, IssueResult::Failed { .. }), "{result:?}");
     assert!(session_end.ran_for.lock().unwrap().is_empty());
+}
+
+fn earlier_session() -> Resume {
+    Resume {
+        session_id: Some(SessionId::new("earlier-session")),
+        ..Resume::default()
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_session_is_told_to_carry_on_and_its_earlier_commit_counts() {
+    let h = Harness::new().await;
+    // The earlier run's agent committed, then mala was killed.
+    let baseline = Utc::now() - chrono::Duration::minutes(10);
+    h.world.lock().unwrap().commits.push(CommitInfo {
+        id: "c0009".into(),
+        subject: h.subject("handle empty input").to_owned(),
+        time: baseline + chrono::Duration::minutes(5),
+        files: vec!["src/parser.rs".into()],
+    });
+    let carry_on = Turn {
+        runs: vec![("cargo test", 0)],
+        text: "The fix was committed before; cargo test passes.",
+        ..Turn::default()
+    };
+    let resume = Resume {
+        baseline: Some(baseline),
+        ..earlier_session()
+    };
+    let result = h
+        .run_from(vec![carry_on], None, None, Harness::config(), Some(resume))
+        .await;
+    let IssueResult::Closed { commit, .. } = result else {
+        panic!("{result:?}")
+    };
+    assert_eq!(
+        commit.as_deref(),
+        Some("c0009"),
+        "the earlier commit counts"
+    );
+    let world = h.world.lock().unwrap();
+    assert_eq!(world.resumed, vec![Some(SessionId::new("earlier-session"))]);
+    assert!(
+        world.prompts[0].contains("picking your session up")
+            && world.prompts[0].contains("lock_acquire"),
+        "{}",
+        world.prompts[0]
+    );
+}
+
+#[tokio::test]
+async fn strict_resume_without_an_earlier_session_fails_the_issue() {
+    let h = Harness::new().await;
+    let strict = Resume {
+        strict: true,
+        ..Resume::default()
+    };
+    let result = h
+        .run_from(
+            vec![honest_turn(&h)],
+            None,
+            None,
+            Harness::config(),
+            Some(strict),
+        )
+        .await;
+    let IssueResult::Failed { reason } = result else {
+        panic!("{result:?}")
+    };
+    assert!(reason.contains("no earlier session"), "{reason}");
+    assert!(h.prompts().is_empty(), "no agent was started");
+}
+
+#[tokio::test]
+async fn a_fresh_resume_starts_a_new_session_with_the_earlier_findings() {
+    let h = Harness::new().await;
+    let fresh = Resume {
+        fresh: true,
+        findings: vec![finding(1, "Off-by-one in the loop")],
+        ..earlier_session()
+    };
+    let result = h
+        .run_from(
+            vec![honest_turn(&h)],
+            None,
+            None,
+            Harness::config(),
+            Some(fresh),
+        )
+        .await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    assert_eq!(h.world.lock().unwrap().resumed, vec![None], "a new session");
+    let first = &h.prompts()[0];
+    assert!(
+        first.contains("Fix the parser") && first.contains("Off-by-one in the loop"),
+        "the task and the findings: {first}"
+    );
+}
+
+#[tokio::test]
+async fn review_wip_closes_finished_work_without_a_turn() {
+    let h = Harness::new().await;
+    h.world.lock().unwrap().commits.push(CommitInfo {
+        id: "c0009".into(),
+        subject: h.subject("earlier work").to_owned(),
+        time: Utc::now() - chrono::Duration::days(1),
+        files: vec!["src/parser.rs".into()],
+    });
+    let reviewer = Arc::new(RecordingReviewer::default());
+    let wip = Resume {
+        review_first: true,
+        ..Resume::default()
+    };
+    let result = h
+        .run_from(
+            vec![],
+            Some(reviewer.clone()),
+            None,
+            Harness::config(),
+            Some(wip),
+        )
+        .await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    assert!(h.prompts().is_empty(), "no turn was needed");
+    assert_eq!(reviewer.requests.lock().unwrap()[0].commits, vec!["c0009"]);
+}
+
+#[tokio::test]
+async fn review_wip_with_blocking_findings_starts_the_agent_on_them() {
+    let h = Harness::new().await;
+    h.world.lock().unwrap().commits.push(CommitInfo {
+        id: "c0009".into(),
+        subject: h.subject("earlier work").to_owned(),
+        time: Utc::now() - chrono::Duration::days(1),
+        files: vec!["src/parser.rs".into()],
+    });
+    let reviewer = Arc::new(RecordingReviewer {
+        answers: Mutex::new(vec![ReviewVerdict {
+            findings: vec![finding(1, "Off-by-one in the loop")],
+        }]),
+        ..RecordingReviewer::default()
+    });
+    let wip = Resume {
+        review_first: true,
+        ..Resume::default()
+    };
+    let result = h
+        .run_from(
+            vec![honest_turn(&h)],
+            Some(reviewer.clone()),
+            None,
+            Harness::config(),
+            Some(wip),
+        )
+        .await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    let prompts = h.prompts();
+    assert!(
+        prompts[0].contains("Off-by-one in the loop"),
+        "{}",
+        prompts[0]
+    );
+    assert_eq!(reviewer.requests.lock().unwrap().len(), 2);
 }

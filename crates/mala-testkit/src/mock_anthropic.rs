@@ -174,6 +174,32 @@ impl<'a> Conversation<'a> {
         self.blocks("assistant", "tool_use").count()
     }
 
+    /// Tool uses since the last user text containing `marker`, or `None`
+    /// when no user text contains it (a resumed session restarts its plan
+    /// at the prompt that resumed it).
+    pub fn tool_uses_since(self, marker: &str) -> Option<usize> {
+        let messages = self.messages();
+        let has_marker = |m: &Value| match &m["content"] {
+            Value::String(s) => s.contains(marker),
+            Value::Array(blocks) => blocks.iter().any(|b| {
+                b["type"] == "text" && b["text"].as_str().is_some_and(|t| t.contains(marker))
+            }),
+            _ => false,
+        };
+        let start = messages
+            .iter()
+            .rposition(|m| m["role"] == "user" && has_marker(m))?;
+        Some(
+            messages[start..]
+                .iter()
+                .filter(|m| m["role"] == "assistant")
+                .filter_map(|m| m["content"].as_array())
+                .flatten()
+                .filter(|b| b["type"] == "tool_use")
+                .count(),
+        )
+    }
+
     /// Content blocks of type `kind` in messages of `role`, in order.
     fn blocks(self, role: &'a str, kind: &'a str) -> impl Iterator<Item = &'a Value> {
         self.messages()

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use mala_core::EventSink;
 use mala_domain::{Coder, Order, Scope, Settings};
-use mala_orchestration::{RunRequest, RunSummary, Stage};
+use mala_orchestration::{ResumePolicy, RunPlan, RunRequest, RunSummary, SessionPolicy, Stage};
 use tokio::sync::watch;
 
 use crate::console::{Console, Fanout, JsonLines, Style};
@@ -100,20 +100,34 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
         .chars()
         .take(12)
         .collect();
+    let sessions = if args.fresh {
+        SessionPolicy::Fresh
+    } else if args.strict {
+        SessionPolicy::Strict
+    } else {
+        SessionPolicy::Continue
+    };
     let request = RunRequest {
         repo_root: args.repo_path.clone(),
         settings,
-        scope: args.scope.clone(),
-        order: args.order,
-        max_agents: args.max_agents.map_or(1, |n| n as usize),
-        max_issues: args.max_issues.map(|n| n as usize),
-        resume: args.resume,
-        watch: args.watch.then_some(std::time::Duration::from_secs(60)),
+        plan: RunPlan {
+            scope: args.scope.clone(),
+            order: args.order,
+            max_agents: args.max_agents.map_or(1, |n| n as usize),
+            max_issues: args.max_issues.map(|n| n as usize),
+            resume: ResumePolicy {
+                // Reviewing work in progress means taking it up.
+                take_up: args.resume || args.review_wip,
+                sessions,
+                review_wip: args.review_wip,
+            },
+            watch: args.watch.then_some(std::time::Duration::from_secs(60)),
+            run_id,
+        },
         claude,
         br: find_program("br"),
         cerberus: find_program("cerberus"),
         cerberus_root: std::env::var_os("CERBERUS_ROOT").map(std::path::PathBuf::from),
-        run_id,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
