@@ -17,6 +17,8 @@ use mala_infra::{EpicVerifier, normalize_label};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sweep {
     pub closed: Vec<IssueId>,
+    /// Epics whose verification found unmet criteria this sweep.
+    pub failed: Vec<IssueId>,
     /// Issues created from blocking or advisory findings.
     pub created: Vec<IssueId>,
 }
@@ -235,6 +237,7 @@ pub async fn sweep_epics(
         if *round >= max_rounds {
             book.given_up.insert(epic_id.clone());
         }
+        sweep.failed.push(epic_id.clone());
         sweep
             .created
             .extend(file_findings(tracker, &epic_id, &verdict.findings).await?);

@@ -19,7 +19,7 @@ use mala_core::{
     Repository, Reviewer, RunOutcome, SessionId, TrackerError,
 };
 use mala_domain::{
-    FireOn, IssueGraph, Order, QueueRequest, SchedulerView, Scope, Settings, agent_name,
+    EpicDepth, FireOn, IssueGraph, Order, QueueRequest, SchedulerView, Scope, Settings, agent_name,
     claim_actor, done, plan_queue, required_commands, spawn_capacity, takeover_candidates,
 };
 use mala_infra::{
@@ -148,6 +148,28 @@ pub fn state_dir(settings: &Settings, repo_root: &Path, run_id: &str) -> PathBuf
         .runs_dir
         .join(encode_repo(repo_root))
         .join(run_id)
+}
+
+/// Triggers whose `code_review` is enabled (not built yet: said, not hidden).
+fn triggers_with_code_review(settings: &Settings) -> Vec<&'static str> {
+    let t = &settings.validation_triggers;
+    let enabled = |trigger: Option<&mala_domain::Trigger>| {
+        trigger
+            .and_then(|t| t.code_review.as_ref())
+            .is_some_and(|r| r.enabled)
+    };
+    [
+        ("session_end", enabled(t.session_end.as_ref())),
+        ("periodic", enabled(t.periodic.as_ref().map(|p| &p.trigger))),
+        (
+            "epic_completion",
+            enabled(t.epic_completion.as_ref().map(|e| &e.trigger)),
+        ),
+        ("run_end", enabled(t.run_end.as_ref().map(|r| &r.trigger))),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect()
 }
 
 /// The newest record of each issue in this repository's earlier runs.
@@ -493,6 +515,46 @@ impl OrchestratorBuilder {
     }
 }
 
+impl Orchestrator {
+    /// The `epic_completion` trigger for the epics a sweep closed (success)
+    /// or sent back (failure), as `fire_on` and `epic_depth` say. Returns
+    /// the failed command when the trigger stops the run.
+    async fn epic_completion(
+        &self,
+        sweep: &crate::epics::Sweep,
+        backend: &Arc<dyn AgentBackend>,
+        events: &Arc<dyn EventSink>,
+    ) -> Option<String> {
+        let trigger = self.settings.validation_triggers.epic_completion.as_ref()?;
+        let succeeded = sweep.closed.iter().map(|e| (e, true));
+        let failed = sweep.failed.iter().map(|e| (e, false));
+        for (epic, passed) in succeeded.chain(failed) {
+            let fires = match trigger.fire_on {
+                FireOn::Success => passed,
+                FireOn::Failure => !passed,
+                FireOn::Both => true,
+            };
+            let top_level = matches!(self.tracker.parent_epic(epic).await, Ok(None));
+            if !fires || (trigger.epic_depth == EpicDepth::TopLevel && !top_level) {
+                continue;
+            }
+            let outcome = run_trigger(
+                &format!("epic_completion ({epic})"),
+                &trigger.trigger,
+                &self.repo_root,
+                backend,
+                &self.plan.run_id,
+                events,
+            )
+            .await;
+            if let TriggerOutcome::Abort { command } = outcome {
+                return Some(command);
+            }
+        }
+        None
+    }
+}
+
 struct Silent;
 
 impl EventSink for Silent {
@@ -611,6 +673,13 @@ impl Orchestrator {
             rerun: settings.gate.rerun,
         };
 
+        for name in triggers_with_code_review(settings) {
+            events.emit(&Event::Warning {
+                message: format!(
+                    "validation_triggers.{name}.code_review is not built yet; the trigger runs its commands only"
+                ),
+            });
+        }
         // Earlier runs' records: where interrupted work picks up.
         let priors = prior_records(&settings.paths.runs_dir, &repo_root, &plan.run_id);
         events.emit(&Event::RunStarted {
@@ -764,6 +833,12 @@ impl Orchestrator {
                 .await
                 {
                     Ok(sweep) => {
+                        if let Some(command) =
+                            self.epic_completion(&sweep, &ports.backend, &events).await
+                        {
+                            summary.aborted = Some(command);
+                            break;
+                        }
                         // A closed epic may complete its parent; new issues may be ready.
                         sweep_pending = !sweep.closed.is_empty();
                         if !sweep.closed.is_empty() || !sweep.created.is_empty() {

@@ -286,3 +286,77 @@ async fn a_builder_without_a_tracker_says_what_is_missing() {
         .unwrap_err();
     assert_eq!(error.to_string(), "the orchestrator needs a tracker");
 }
+
+fn epic_with_child() -> Vec<Issue> {
+    let mut epic = task("m-e");
+    epic.issue_type = IssueType::Epic;
+    let mut child = task("m-c");
+    child.parent = Some(IssueId::new("m-e"));
+    child.dependencies.push(Dependency {
+        depends_on: IssueId::new("m-e"),
+        kind: DependencyKind::ParentChild,
+    });
+    vec![epic, child]
+}
+
+fn epic_completion(
+    mode: mala_domain::FailureMode,
+    command: &str,
+) -> mala_domain::EpicCompletionTrigger {
+    mala_domain::EpicCompletionTrigger {
+        trigger: mala_domain::Trigger {
+            failure_mode: mode,
+            max_retries: 0,
+            commands: vec![mala_domain::TriggerCommand {
+                name: "check".into(),
+                command: command.into(),
+                timeout: None,
+            }],
+            code_review: None,
+        },
+        epic_depth: mala_domain::EpicDepth::TopLevel,
+        fire_on: mala_domain::FireOn::Success,
+        max_epic_verification_retries: 3,
+        epic_verify_lock_timeout_seconds: 300,
+    }
+}
+
+#[tokio::test]
+async fn epic_completion_runs_when_an_epic_closes_and_can_stop_the_run() {
+    let world = World::new(epic_with_child(), Duration::from_millis(5));
+    let mut config = settings(world.dir.path());
+    config.validation_triggers.epic_completion = Some(epic_completion(
+        mala_domain::FailureMode::Abort,
+        "echo done >> epic-checked.txt",
+    ));
+    let orchestrator = Orchestrator::builder(config, world.dir.path())
+        .plan(plan(1))
+        .tracker(Arc::new(world.tracker.clone()))
+        .backend(Arc::new(world.backend.clone()))
+        .repository(Arc::new(world.repository.clone()))
+        .build()
+        .unwrap();
+    let (_stage, stages) = watch::channel(Stage::Running);
+    let summary = orchestrator.run(stages).await.unwrap();
+    assert_eq!(summary.aborted, None);
+    assert_eq!(
+        std::fs::read_to_string(world.dir.path().join("epic-checked.txt")).unwrap(),
+        "done\n",
+        "fired once, for the one epic"
+    );
+
+    let world = World::new(epic_with_child(), Duration::from_millis(5));
+    let mut config = settings(world.dir.path());
+    config.validation_triggers.epic_completion =
+        Some(epic_completion(mala_domain::FailureMode::Abort, "exit 4"));
+    let orchestrator = Orchestrator::builder(config, world.dir.path())
+        .plan(plan(1))
+        .tracker(Arc::new(world.tracker.clone()))
+        .backend(Arc::new(world.backend.clone()))
+        .repository(Arc::new(world.repository.clone()))
+        .build()
+        .unwrap();
+    let (_stage, stages) = watch::channel(Stage::Running);
+    let summary = orchestrator.run(stages).await.unwrap();
+    assert_eq!(summary.aborted.as_deref(), Some("exit 4"));
+}
