@@ -853,3 +853,125 @@ fn a_cerberus_review_gates_the_issue_and_its_advisories_are_tracked() {
         tracking[0]
     );
 }
+
+/// Six issues, two of them under an epic and one waiting for another, three
+/// agents at once: everything closes, in dependency order, the epic too.
+#[allow(clippy::too_many_lines)]
+#[test]
+fn six_issues_with_an_epic_and_a_dependency_close_in_order_with_three_agents() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = TempRepo::new();
+    std::fs::create_dir(repo.path().join("src")).unwrap();
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
+    )
+    .unwrap();
+    let br = Br::init(&br_binary, repo.path(), "six");
+    let epic = br.create(&NewIssue {
+        title: "Both parts",
+        issue_type: "epic",
+        priority: 1,
+        ..NewIssue::default()
+    });
+    let names = ["a", "b", "c", "d", "e", "f"];
+    let descriptions: Vec<String> = names
+        .iter()
+        .map(|n| format!("Write the word fixed into FILE=src/{n}.txt and commit it."))
+        .collect();
+    let issues: Vec<String> = names
+        .iter()
+        .zip(&descriptions)
+        .enumerate()
+        .map(|(i, (name, description))| {
+            br.create(&NewIssue {
+                title: &format!("Fix {name}"),
+                priority: 2,
+                parent: (i < 2).then_some(epic.as_str()),
+                description,
+                ..NewIssue::default()
+            })
+        })
+        .collect();
+    // f waits for e.
+    br.block(&issues[5], &issues[4]);
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+    let mock = MockAnthropic::start(script_with_check(repo.path()));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = bin_dir(scratch.path(), &br_binary, &claude);
+    let events = scratch.path().join("events.jsonl");
+    let output = Command::new(env!("CARGO_BIN_EXE_mala"))
+        .args(["run", "--max-agents", "3", "--events-jsonl"])
+        .arg(&events)
+        .current_dir(repo.path())
+        .env_clear()
+        .envs(run_env(&harness, &bin, scratch.path()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for issue in issues.iter().chain([&epic]) {
+        assert_eq!(
+            br.json(&["show", issue])[0]["status"],
+            "closed",
+            "{issue}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("6 closed, 0 failed, 0 skipped"), "{stdout}");
+    for (issue, name) in issues.iter().zip(names) {
+        let commits = repo.git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")]);
+        assert_eq!(commits.lines().count(), 1, "{issue}: {commits}");
+        assert_eq!(
+            std::fs::read_to_string(repo.path().join(format!("src/{name}.txt"))).unwrap(),
+            "fixed\n"
+        );
+    }
+    // The summary table has a row per issue and the total.
+    for issue in &issues {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(issue.as_str()) && l.contains("closed")),
+            "{issue} in the table: {stdout}"
+        );
+    }
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("total") && l.contains("6 closed"))
+    );
+    // Order, from the event log: f was claimed only after e closed, and at
+    // most three agents ever ran at once.
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let position = |kind: &str, issue: &str| {
+        events
+            .iter()
+            .position(|e| e["kind"] == kind && e["issue"] == issue)
+            .unwrap_or_else(|| panic!("no {kind} for {issue}"))
+    };
+    assert!(position("issue_closed", &issues[4]) < position("issue_claimed", &issues[5]));
+    let mut running = 0i32;
+    let mut most = 0;
+    for event in &events {
+        match event["kind"].as_str() {
+            Some("issue_claimed") => running += 1,
+            Some("issue_closed" | "issue_failed") if event["issue"] != epic.as_str() => {
+                running -= 1;
+            }
+            _ => {}
+        }
+        most = most.max(running);
+    }
+    assert_eq!(most, 3, "three agents at once, never more");
+}
