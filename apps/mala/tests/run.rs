@@ -975,3 +975,154 @@ fn six_issues_with_an_epic_and_a_dependency_close_in_order_with_three_agents() {
     }
     assert_eq!(most, 3, "three agents at once, never more");
 }
+
+/// The prompt a later run's resumed session gets (`prompts/run_resume.md`).
+const RESUMED: &str = "picking your session up";
+
+/// An agent that pauses before and after its work, so mala can be killed
+/// there, and that acts sensibly when a later run resumes it: if its commit
+/// went through it only runs the check again, else it redoes its steps.
+fn resumable_script(repo: &Path) -> Script {
+    let repo = repo.canonicalize().unwrap();
+    Script::from_fn(move |conversation: &Conversation<'_>| {
+        let text = conversation.user_texts().join("\n");
+        let issue = text
+            .split("working on issue ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("x")
+            .to_owned();
+        let work = [
+            (
+                "mcp__mala__lock_acquire",
+                json!({"filepaths": ["src/a.txt"]}),
+            ),
+            (
+                "Write",
+                json!({"file_path": repo.join("src/a.txt"), "content": "fixed\n"}),
+            ),
+            ("Bash", json!({"command": "ls src"})),
+            (
+                "mcp__mala__commit",
+                json!({"paths": ["src/a.txt"], "message": format!("bd-{issue}: fix a")}),
+            ),
+        ];
+        let pause = |seconds: u32| ("Bash", json!({"command": format!("sleep {seconds}")}));
+        let committed = conversation
+            .tool_results()
+            .iter()
+            .any(|(error, text)| !error && text.contains("\"commit\""));
+        let next = match conversation.tool_uses_since(RESUMED) {
+            Some(0) if committed => Some(("Bash", json!({"command": "ls src"}))),
+            Some(_) if committed => None,
+            Some(done) => work.get(done).cloned(),
+            None => {
+                let mut plan = vec![pause(2)];
+                plan.extend(work.iter().cloned());
+                plan.push(pause(3));
+                plan.get(conversation.tool_uses_so_far()).cloned()
+            }
+        };
+        match next {
+            Some((name, input)) => Reply::Message(vec![Block::ToolUse {
+                name: name.to_owned(),
+                input,
+            }]),
+            None => Reply::Message(vec![Block::Text(
+                "Done; src/a.txt is fixed, `ls src` passes, and the fix is committed.".into(),
+            )]),
+        }
+    })
+}
+
+/// Kills `mala run` with SIGKILL once `ready` says so, then runs
+/// `mala run --resume` and checks nothing was lost or done twice.
+fn kill_then_resume(point: &str, ready: &dyn Fn(&Br, &TempRepo, &str) -> bool) {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = TempRepo::new();
+    std::fs::create_dir(repo.path().join("src")).unwrap();
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
+    )
+    .unwrap();
+    let br = Br::init(&br_binary, repo.path(), "kill");
+    let issue = br.create(&NewIssue {
+        title: "Fix a",
+        priority: 2,
+        ..NewIssue::default()
+    });
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+    let mock = MockAnthropic::start(resumable_script(repo.path()));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = bin_dir(scratch.path(), &br_binary, &claude);
+    let env = run_env(&harness, &bin, scratch.path());
+    let mala = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mala"));
+        command
+            .args(args)
+            .current_dir(repo.path())
+            .env_clear()
+            .envs(env.clone());
+        command
+    };
+    let mut first = mala(&["run"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while !ready(&br, &repo, &issue) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{point}: never got there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(
+        br.json(&["show", &issue])[0]["status"],
+        "in_progress",
+        "{point}: the dead run's claim is still there"
+    );
+
+    let output = mala(&["run", "--resume"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{point}: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(br.json(&["show", &issue])[0]["status"], "closed", "{point}");
+    let commits = repo.git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")]);
+    assert_eq!(commits.lines().count(), 1, "{point}: done once: {commits}");
+    let locks: Vec<String> = std::fs::read_dir(scratch.path().join("locks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".lock") || name.ends_with(".marker"))
+        .collect();
+    assert!(
+        locks.is_empty(),
+        "{point}: nothing stale is left: {locks:?}"
+    );
+}
+
+#[test]
+fn a_run_killed_right_after_its_claim_is_finished_by_the_next() {
+    kill_then_resume("after the claim", &|br, _, issue| {
+        br.json(&["show", issue])[0]["status"] == "in_progress"
+    });
+}
+
+#[test]
+fn a_run_killed_after_the_commit_but_before_the_close_is_not_done_twice() {
+    kill_then_resume("after the commit", &|_, repo, issue| {
+        !repo
+            .git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")])
+            .trim()
+            .is_empty()
+    });
+}
