@@ -1101,8 +1101,12 @@ fn kill_then_resume(point: &str, ready: &dyn Fn(&Br, &TempRepo, &str) -> bool) {
     assert_eq!(commits.lines().count(), 1, "{point}: done once: {commits}");
     let locks: Vec<String> = std::fs::read_dir(scratch.path().join("locks"))
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".lock") || name.ends_with(".marker"))
+        .map(|e| e.unwrap().path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|x| x == "lock" || x == "marker")
+        })
+        .map(|path| path.display().to_string())
         .collect();
     assert!(
         locks.is_empty(),
