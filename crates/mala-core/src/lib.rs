@@ -26,7 +26,7 @@ pub use issue::{
 pub use locks::{AcquireReport, LockError, LockEvent, LockInfo, PathLock, WaitReport, WaitTarget};
 pub use ports::{
     AgentBackend, AgentObserver, AgentSession, Clock, EventSink, Finding, IssueTracker, LockTable,
-    Repository, ReviewRequest, ReviewVerdict, Reviewer, ToolGuard,
+    Repository, ReviewRequest, ReviewSubject, ReviewVerdict, Reviewer, ToolGuard,
 };
 
 #[cfg(feature = "mocks")]

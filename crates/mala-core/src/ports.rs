@@ -166,10 +166,32 @@ pub struct Finding {
     pub line_end: Option<u32>,
 }
 
+/// What is under review.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReviewSubject {
+    /// One issue's commits.
+    Issue(IssueId),
+    /// The run's commits since a point (a trigger's cumulative review),
+    /// named for the trigger.
+    Range(String),
+}
+
+impl ReviewSubject {
+    /// A name fit for files, run keys and agent ids.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Issue(issue) => issue.to_string(),
+            Self::Range(name) => format!("run-{name}"),
+        }
+    }
+}
+
 /// What a reviewer is asked to look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReviewRequest {
-    pub issue: IssueId,
+    pub subject: ReviewSubject,
+    /// What the change is meant to do (an issue's title, description and
+    /// acceptance criteria, or what a range of commits is).
     pub description: String,
     /// Commit ids to review, oldest first.
     pub commits: Vec<String>,

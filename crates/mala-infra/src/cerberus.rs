@@ -275,10 +275,10 @@ impl Reviewer for CerberusReviewer {
             return Ok(ReviewVerdict { findings: vec![] });
         }
         let _turn = self.turn.lock().await;
-        let session = request
-            .session_id
-            .as_ref()
-            .map_or_else(|| format!("issue-{}", request.issue), ToString::to_string);
+        let session = request.session_id.as_ref().map_or_else(
+            || format!("issue-{}", request.subject.name()),
+            ToString::to_string,
+        );
         let run_key = format!("mala-{session}");
         std::fs::create_dir_all(&self.config.state_root).map_err(|e| {
             ReviewError::Unavailable(format!("{}: {e}", self.config.state_root.display()))
@@ -286,7 +286,7 @@ impl Reviewer for CerberusReviewer {
         let context_file = self
             .config
             .state_root
-            .join(format!("{}.context.md", request.issue));
+            .join(format!("{}.context.md", request.subject.name()));
         std::fs::write(&context_file, &request.description)
             .map_err(|e| ReviewError::Unavailable(format!("{}: {e}", context_file.display())))?;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use mala_core::{
     AgentBackend, AgentEvent, AgentId, AgentObserver, Finding, IssueTracker, ReviewError,
-    ReviewRequest, ReviewVerdict, Reviewer, SessionRequest, TurnStatus,
+    ReviewRequest, ReviewSubject, ReviewVerdict, Reviewer, SessionRequest, TurnStatus,
 };
 use mala_domain::{PromptKind, render_prompt};
 use serde::Deserialize;
@@ -110,24 +110,39 @@ pub fn parse_review_answer(text: &str) -> Result<ReviewVerdict, ReviewError> {
 #[async_trait]
 impl Reviewer for AgentReviewer {
     async fn review(&self, request: ReviewRequest) -> Result<ReviewVerdict, ReviewError> {
-        let issue = self
-            .tracker
-            .show(&request.issue)
-            .await
-            .map_err(|e| ReviewError::Unavailable(format!("cannot read the issue: {e}")))?;
+        let (subject, title, description, criteria) = match &request.subject {
+            ReviewSubject::Issue(id) => {
+                let issue =
+                    self.tracker.show(id).await.map_err(|e| {
+                        ReviewError::Unavailable(format!("cannot read the issue: {e}"))
+                    })?;
+                (
+                    issue.id.to_string(),
+                    issue.title,
+                    issue.description,
+                    issue.acceptance_criteria,
+                )
+            }
+            ReviewSubject::Range(name) => (
+                format!("the {name} review"),
+                "the run's recent work, taken together".to_owned(),
+                request.description.clone(),
+                "(those of the issues the commits name; read them with `br show <id>`)".to_owned(),
+            ),
+        };
         let prompt = render_prompt(
             PromptKind::Reviewer,
             &[
-                ("issue_id", issue.id.to_string()),
-                ("title", issue.title.clone()),
-                ("description", issue.description.clone()),
-                ("acceptance_criteria", issue.acceptance_criteria.clone()),
+                ("issue_id", subject),
+                ("title", title),
+                ("description", description),
+                ("acceptance_criteria", criteria),
                 ("commits", request.commits.join(", ")),
                 ("context", request.context.clone()),
             ],
         )
         .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
-        let reviewer = AgentId::new(format!("review-{}", request.issue));
+        let reviewer = AgentId::new(format!("review-{}", request.subject.name()));
         let session_request = SessionRequest::new(reviewer, self.repo_root.clone());
         let mut session = self
             .backend

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mala_core::{IssueId, ReviewError, ReviewRequest, Reviewer, SessionId};
+use mala_core::{IssueId, ReviewError, ReviewRequest, ReviewSubject, Reviewer, SessionId};
 use mala_infra::{CerberusConfig, CerberusReviewer, check_cerberus};
 use mala_testkit::FakeCerberus;
 
@@ -59,7 +59,7 @@ impl Fake {
 
 fn request(commits: &[&str]) -> ReviewRequest {
     ReviewRequest {
-        issue: IssueId::new("m-7"),
+        subject: ReviewSubject::Issue(IssueId::new("m-7")),
         description: "Fix the parser\n\nAcceptance criteria:\n- no crash".into(),
         commits: commits.iter().map(|c| (*c).to_owned()).collect(),
         context: "The author's final message:\nfixed it".into(),

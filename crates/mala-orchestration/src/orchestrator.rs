@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use mala_core::{
     AgentBackend, AgentId, Clock, Event, EventSink, IssueId, IssueTracker, LockEvent, LockTable,
     Repository, Reviewer, RunOutcome, SessionId, TrackerError,
@@ -33,7 +33,9 @@ use tokio::task::JoinSet;
 use crate::epics::{EpicBook, sweep_epics};
 use crate::recorder::{Recorded, RunRecorder};
 use crate::run_deadlock_monitor;
-use crate::triggers::{SessionEndTrigger, TriggerOutcome, run_trigger};
+use crate::triggers::{
+    CodeReviewRun, SessionEndTrigger, TriggerOutcome, run_code_review, run_trigger,
+};
 
 /// The shutdown stages a Ctrl-C steps through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,6 +316,7 @@ pub struct Orchestrator {
     tracker: Arc<dyn IssueTracker>,
     backend: Arc<dyn AgentBackend>,
     reviewer: Option<Arc<dyn Reviewer>>,
+    trigger_reviewer: Option<Arc<dyn Reviewer>>,
     epic_verifier: Option<EpicVerifier>,
     repository: Arc<dyn Repository>,
     locks: Option<Arc<dyn LockTable>>,
@@ -344,6 +347,7 @@ pub struct OrchestratorBuilder {
     tracker: Option<Arc<dyn IssueTracker>>,
     backend: Option<Arc<dyn AgentBackend>>,
     reviewer: Option<Arc<dyn Reviewer>>,
+    trigger_reviewer: Option<Arc<dyn Reviewer>>,
     epic_backend: Option<Arc<dyn AgentBackend>>,
     repository: Option<Arc<dyn Repository>>,
     locks: Option<Arc<dyn LockTable>>,
@@ -375,6 +379,7 @@ impl Orchestrator {
             tracker: None,
             backend: None,
             reviewer: None,
+            trigger_reviewer: None,
             epic_backend: None,
             repository: None,
             locks: None,
@@ -420,6 +425,15 @@ impl OrchestratorBuilder {
     #[must_use]
     pub fn reviewer(mut self, reviewer: Arc<dyn Reviewer>) -> Self {
         self.reviewer = Some(reviewer);
+        self
+    }
+
+    /// The reviewer of the triggers' `code_review`s (the run's commits since
+    /// the run started or the trigger's last review); without one they are
+    /// skipped, and the run says so.
+    #[must_use]
+    pub fn trigger_reviewer(mut self, reviewer: Arc<dyn Reviewer>) -> Self {
+        self.trigger_reviewer = Some(reviewer);
         self
     }
 
@@ -503,6 +517,7 @@ impl OrchestratorBuilder {
             tracker,
             backend,
             reviewer: self.reviewer,
+            trigger_reviewer: self.trigger_reviewer,
             epic_verifier,
             repository,
             locks: self.locks,
@@ -524,6 +539,7 @@ impl Orchestrator {
         sweep: &crate::epics::Sweep,
         backend: &Arc<dyn AgentBackend>,
         events: &Arc<dyn EventSink>,
+        reviews: &mut Reviews,
     ) -> Option<String> {
         let trigger = self.settings.validation_triggers.epic_completion.as_ref()?;
         let succeeded = sweep.closed.iter().map(|e| (e, true));
@@ -538,20 +554,87 @@ impl Orchestrator {
             if !fires || (trigger.epic_depth == EpicDepth::TopLevel && !top_level) {
                 continue;
             }
-            let outcome = run_trigger(
-                &format!("epic_completion ({epic})"),
-                &trigger.trigger,
-                &self.repo_root,
-                backend,
-                &self.plan.run_id,
-                events,
-            )
-            .await;
+            let outcome = self
+                .fire(
+                    ("epic_completion", &format!("epic_completion ({epic})")),
+                    &trigger.trigger,
+                    backend,
+                    events,
+                    reviews,
+                )
+                .await;
             if let TriggerOutcome::Abort { command } = outcome {
                 return Some(command);
             }
         }
         None
+    }
+}
+
+/// When each trigger's code review last ran, for `baseline: since_last_review`.
+struct Reviews {
+    run_started: DateTime<Utc>,
+    last: HashMap<&'static str, DateTime<Utc>>,
+}
+
+impl Orchestrator {
+    /// Runs a trigger's commands, then its code review when it has one and
+    /// the commands did not stop the run. `kind` names the trigger in the
+    /// settings; `name` in what the run says.
+    async fn fire(
+        &self,
+        (kind, name): (&'static str, &str),
+        trigger: &mala_domain::Trigger,
+        backend: &Arc<dyn AgentBackend>,
+        events: &Arc<dyn EventSink>,
+        reviews: &mut Reviews,
+    ) -> TriggerOutcome {
+        let outcome = run_trigger(
+            name,
+            trigger,
+            &self.repo_root,
+            backend,
+            &self.plan.run_id,
+            events,
+        )
+        .await;
+        let review = trigger.code_review.as_ref().filter(|r| r.enabled);
+        let (Some(review), Some(reviewer)) = (review, &self.trigger_reviewer) else {
+            return outcome;
+        };
+        if matches!(outcome, TriggerOutcome::Abort { .. }) {
+            return outcome;
+        }
+        let since = match review.baseline {
+            Some(mala_domain::ReviewBaseline::SinceLastReview) => reviews
+                .last
+                .get(kind)
+                .copied()
+                .unwrap_or(reviews.run_started),
+            _ => reviews.run_started,
+        };
+        let started = Utc::now();
+        let review_outcome = run_code_review(
+            &CodeReviewRun {
+                name,
+                review,
+                commands: &trigger.commands,
+                reviewer: reviewer.as_ref(),
+                repository: self.repository.as_ref(),
+                since,
+            },
+            &self.repo_root,
+            backend,
+            &self.plan.run_id,
+            events,
+        )
+        .await;
+        reviews.last.insert(kind, started);
+        match (outcome, review_outcome) {
+            (_, abort @ TriggerOutcome::Abort { .. }) => abort,
+            (failed @ TriggerOutcome::FailedContinued { .. }, _) => failed,
+            (TriggerOutcome::Passed | TriggerOutcome::Abort { .. }, second) => second,
+        }
     }
 }
 
@@ -674,12 +757,21 @@ impl Orchestrator {
         };
 
         for name in triggers_with_code_review(settings) {
+            let why = if name == "session_end" {
+                "session_end reviews each issue already (per_issue_review); its code_review is not run"
+            } else if self.trigger_reviewer.is_none() {
+                "no reviewer was given for trigger reviews; the trigger runs its commands only"
+            } else {
+                continue;
+            };
             events.emit(&Event::Warning {
-                message: format!(
-                    "validation_triggers.{name}.code_review is not built yet; the trigger runs its commands only"
-                ),
+                message: format!("validation_triggers.{name}.code_review: {why}"),
             });
         }
+        let mut reviews = Reviews {
+            run_started: Utc::now(),
+            last: HashMap::new(),
+        };
         // Earlier runs' records: where interrupted work picks up.
         let priors = prior_records(&settings.paths.runs_dir, &repo_root, &plan.run_id);
         events.emit(&Event::RunStarted {
@@ -740,15 +832,15 @@ impl Orchestrator {
                     continue;
                 }
                 periodic_due = false;
-                let outcome = run_trigger(
-                    "periodic",
-                    &periodic.trigger,
-                    &repo_root,
-                    &ports.backend,
-                    &plan.run_id,
-                    &events,
-                )
-                .await;
+                let outcome = self
+                    .fire(
+                        ("periodic", "periodic"),
+                        &periodic.trigger,
+                        &ports.backend,
+                        &events,
+                        &mut reviews,
+                    )
+                    .await;
                 if let TriggerOutcome::Abort { command } = outcome {
                     summary.aborted = Some(command);
                     break;
@@ -833,8 +925,9 @@ impl Orchestrator {
                 .await
                 {
                     Ok(sweep) => {
-                        if let Some(command) =
-                            self.epic_completion(&sweep, &ports.backend, &events).await
+                        if let Some(command) = self
+                            .epic_completion(&sweep, &ports.backend, &events, &mut reviews)
+                            .await
                         {
                             summary.aborted = Some(command);
                             break;
@@ -939,15 +1032,15 @@ impl Orchestrator {
                 FireOn::Both => true,
             };
             if fire
-                && let TriggerOutcome::Abort { command } = run_trigger(
-                    "run_end",
-                    &run_end.trigger,
-                    &repo_root,
-                    &ports.backend,
-                    &plan.run_id,
-                    &events,
-                )
-                .await
+                && let TriggerOutcome::Abort { command } = self
+                    .fire(
+                        ("run_end", "run_end"),
+                        &run_end.trigger,
+                        &ports.backend,
+                        &events,
+                        &mut reviews,
+                    )
+                    .await
             {
                 summary.aborted = Some(command);
             }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use mala_core::{EventSink, LockTable, Reviewer, TrackerError};
-use mala_domain::{IssueGraph, Settings};
+use mala_domain::{CodeReview, IssueGraph, Settings};
 use mala_infra::{
     AgentReviewer, CerberusConfig, CerberusReviewer, ClaudeBackend, ClaudeConfig, FileLockTable,
     GitRepo, LockingGuard, SystemClock, Tracker, check_cerberus,
@@ -83,23 +83,7 @@ async fn assemble(
         .with_events(lock_events);
     let locks: Arc<dyn LockTable> = Arc::new(locks_table);
     let git = Arc::new(GitRepo::new(&repo_root));
-    let guard = LockingGuard::new(
-        &repo_root,
-        Arc::clone(&locks),
-        settings.coder_options.claude.disallowed_tools.clone(),
-    );
-    // One agent alone needs no locks; destructive commands are refused all the same.
-    let guard = if request.plan.max_agents <= 1 {
-        guard.without_lock_enforcement()
-    } else {
-        guard
-    };
-    let backend = Arc::new(
-        ClaudeBackend::new(claude_config.clone())
-            .with_guard(Arc::new(guard))
-            .with_locks(Arc::clone(&locks))
-            .with_git(Arc::clone(&git)),
-    );
+    let backend = implementer_backend(&request, &claude_config, &repo_root, &locks, &git);
     // Reviewers and epic verifiers read; a guard holding no locks refuses every write.
     let read_only = || {
         let guard = LockingGuard::new(
@@ -109,24 +93,42 @@ async fn assemble(
         );
         Arc::new(ClaudeBackend::new(claude_config.clone()).with_guard(Arc::new(guard)))
     };
-    // A reviewer's backend must hear a Ctrl-C too.
-    let mut review_backend: Option<Arc<ClaudeBackend>> = None;
-    let review = &settings.per_issue_review;
-    let reviewer: Option<Arc<dyn Reviewer>> = match (review.enabled, review.reviewer_type) {
-        (false, _) => None,
-        (true, mala_domain::ReviewerType::Cerberus) => Some(Arc::new(cerberus_reviewer(
-            &request, &state_dir, &repo_root,
-        )?)),
-        (true, mala_domain::ReviewerType::AgentSdk) => {
-            let backend = read_only();
-            review_backend = Some(Arc::clone(&backend));
-            Some(Arc::new(AgentReviewer::new(
-                backend,
-                Arc::clone(&tracker_port),
-                &repo_root,
-            )))
-        }
+    let make_reviewer = |review: &CodeReview| -> Result<Reviewing, RunError> {
+        Ok(match review.reviewer_type {
+            mala_domain::ReviewerType::Cerberus => Reviewing {
+                reviewer: Arc::new(cerberus_reviewer(&request, review, &state_dir, &repo_root)?),
+                backend: None,
+            },
+            mala_domain::ReviewerType::AgentSdk => {
+                let backend = read_only();
+                Reviewing {
+                    reviewer: Arc::new(AgentReviewer::new(
+                        Arc::clone(&backend) as Arc<dyn mala_core::AgentBackend>,
+                        Arc::clone(&tracker_port),
+                        &repo_root,
+                    )),
+                    backend: Some(backend),
+                }
+            }
+        })
     };
+    let per_issue = Some(&settings.per_issue_review)
+        .filter(|r| r.enabled)
+        .map(make_reviewer)
+        .transpose()?;
+    // The triggers' code reviews read the run's commits together.
+    let triggers = &settings.validation_triggers;
+    let for_triggers = [
+        triggers.periodic.as_ref().map(|t| &t.trigger),
+        triggers.epic_completion.as_ref().map(|t| &t.trigger),
+        triggers.run_end.as_ref().map(|t| &t.trigger),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|t| t.code_review.as_ref())
+    .find(|r| r.enabled)
+    .map(make_reviewer)
+    .transpose()?;
     let epic_backend = settings.epic_verification.enabled.then(read_only);
     let mut builder = Orchestrator::builder(request.settings.clone(), repo_root)
         .plan(request.plan.clone())
@@ -138,11 +140,17 @@ async fn assemble(
         .events(events)
         .clock(clock)
         .commit_tracker_files(true);
-    if let Some(reviewer) = reviewer {
+    if let Some(Reviewing { reviewer, backend }) = per_issue {
         builder = builder.reviewer(reviewer);
+        if let Some(backend) = backend {
+            builder = builder.also_stop(backend);
+        }
     }
-    if let Some(backend) = review_backend {
-        builder = builder.also_stop(backend);
+    if let Some(Reviewing { reviewer, backend }) = for_triggers {
+        builder = builder.trigger_reviewer(reviewer);
+        if let Some(backend) = backend {
+            builder = builder.also_stop(backend);
+        }
     }
     if let Some(backend) = epic_backend {
         builder = builder
@@ -152,13 +160,53 @@ async fn assemble(
     builder.build()
 }
 
-/// The cerberus reviewer, once its installation is found and checked.
+/// The backend of implementer and fixer sessions: the tool guard with the
+/// lock table (one agent alone needs no locks; destructive commands are
+/// refused all the same), the lock tools and the commit tool.
+fn implementer_backend(
+    request: &RunRequest,
+    config: &ClaudeConfig,
+    repo_root: &std::path::Path,
+    locks: &Arc<dyn LockTable>,
+    git: &Arc<GitRepo>,
+) -> Arc<ClaudeBackend> {
+    let guard = LockingGuard::new(
+        repo_root,
+        Arc::clone(locks),
+        request
+            .settings
+            .coder_options
+            .claude
+            .disallowed_tools
+            .clone(),
+    );
+    let guard = if request.plan.max_agents <= 1 {
+        guard.without_lock_enforcement()
+    } else {
+        guard
+    };
+    Arc::new(
+        ClaudeBackend::new(config.clone())
+            .with_guard(Arc::new(guard))
+            .with_locks(Arc::clone(locks))
+            .with_git(Arc::clone(git)),
+    )
+}
+
+/// A reviewer, and the backend of its sessions when it has one (a Ctrl-C
+/// must reach them too).
+struct Reviewing {
+    reviewer: Arc<dyn Reviewer>,
+    backend: Option<Arc<ClaudeBackend>>,
+}
+
+/// The cerberus reviewer of `review`, once its installation is found and checked.
 fn cerberus_reviewer(
     request: &RunRequest,
+    review: &CodeReview,
     state_dir: &std::path::Path,
     repo_root: &std::path::Path,
 ) -> Result<CerberusReviewer, RunError> {
-    let review = &request.settings.per_issue_review;
     let binary = request.cerberus.clone().ok_or_else(|| {
         RunError::Setup(
             "per_issue_review.reviewer_type is cerberus, but `cerberus` is not on PATH; \

@@ -1,16 +1,20 @@
 //! Validation triggers: the project's commands, run by mala itself at set
-//! moments (`periodic`, `run_end`), sequentially and fail-fast, each with its
-//! own timeout, in the repository root. A failure aborts the run, is noted,
-//! or is handed to a fixer agent and the commands run again.
+//! moments (`session_end`, `periodic`, `epic_completion`, `run_end`),
+//! sequentially and fail-fast, each with its own timeout, in the repository
+//! root. A failure aborts the run, is noted, or is handed to a fixer agent
+//! and the commands run again. A trigger's `code_review` then reads the
+//! run's recent commits together.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use chrono::{DateTime, Utc};
 use mala_core::{
-    AgentBackend, AgentEvent, AgentId, AgentObserver, CheckCommand, Event, EventSink, IssueId,
+    AgentBackend, AgentEvent, AgentId, AgentObserver, CheckCommand, CommitInfo, Event, EventSink,
+    Finding, IssueId, Repository, ReviewError, ReviewRequest, ReviewSubject, Reviewer,
     SessionRequest,
 };
-use mala_domain::{FailureMode, PromptKind, Trigger, TriggerCommand, render_prompt};
+use mala_domain::{CodeReview, FailureMode, PromptKind, Trigger, TriggerCommand, render_prompt};
 use mala_infra::run_commands;
 use mala_pipeline::SessionEndCheck;
 
@@ -140,49 +144,215 @@ pub async fn run_trigger(
             }
             FailureMode::Remediate => {
                 round += 1;
-                let listed: Vec<String> = trigger
-                    .commands
-                    .iter()
-                    .map(|c| format!("- `{}`", c.command))
-                    .collect();
-                let prompt = render_prompt(
-                    PromptKind::Fixer,
-                    &[
-                        ("attempt", round.to_string()),
-                        ("max_attempts", trigger.max_retries.to_string()),
-                        ("failed_command", failed.command.clone()),
-                        ("failure_output", failed.output.clone()),
-                        ("validation_commands", listed.join("\n")),
-                    ],
-                );
-                let Ok(prompt) = prompt else {
+                let fixed = run_fixer(
+                    &Fix {
+                        name,
+                        round,
+                        max_rounds: trigger.max_retries,
+                        failed: &failed.command,
+                        output: &failed.output,
+                    },
+                    &trigger.commands,
+                    repo,
+                    backend,
+                    run_id,
+                    events,
+                )
+                .await;
+                if !fixed {
                     return TriggerOutcome::Abort {
                         command: failed.command,
                     };
-                };
-                let fixer = AgentId::new(format!("fixer-{name}-{round}@{run_id}"));
-                match backend
-                    .start(
-                        SessionRequest::new(fixer, repo.to_path_buf()),
-                        Arc::new(Quiet),
-                    )
-                    .await
-                {
-                    Ok(mut session) => {
-                        let _ = session.turn(&prompt).await;
-                        let _ = session.close().await;
-                    }
-                    Err(error) => {
-                        events.emit(&Event::Warning {
-                            message: format!("the fixer could not start: {error}"),
-                        });
-                        return TriggerOutcome::Abort {
-                            command: failed.command,
-                        };
-                    }
                 }
             }
         }
+    }
+}
+
+/// What a fixer agent is asked to repair.
+struct Fix<'a> {
+    name: &'a str,
+    round: u32,
+    max_rounds: u32,
+    failed: &'a str,
+    output: &'a str,
+}
+
+/// One fixer session on `fix`. `false` when no fixer could run at all.
+async fn run_fixer(
+    fix: &Fix<'_>,
+    commands: &[TriggerCommand],
+    repo: &Path,
+    backend: &Arc<dyn AgentBackend>,
+    run_id: &str,
+    events: &Arc<dyn EventSink>,
+) -> bool {
+    let listed: Vec<String> = commands
+        .iter()
+        .map(|c| format!("- `{}`", c.command))
+        .collect();
+    let prompt = render_prompt(
+        PromptKind::Fixer,
+        &[
+            ("attempt", fix.round.to_string()),
+            ("max_attempts", fix.max_rounds.to_string()),
+            ("failed_command", fix.failed.to_owned()),
+            ("failure_output", fix.output.to_owned()),
+            (
+                "validation_commands",
+                if listed.is_empty() {
+                    "- (the project's own checks)".to_owned()
+                } else {
+                    listed.join("\n")
+                },
+            ),
+        ],
+    );
+    let Ok(prompt) = prompt else {
+        return false;
+    };
+    let fixer = AgentId::new(format!("fixer-{}-{}@{run_id}", fix.name, fix.round));
+    match backend
+        .start(
+            SessionRequest::new(fixer, repo.to_path_buf()),
+            Arc::new(Quiet),
+        )
+        .await
+    {
+        Ok(mut session) => {
+            let _ = session.turn(&prompt).await;
+            let _ = session.close().await;
+            true
+        }
+        Err(error) => {
+            events.emit(&Event::Warning {
+                message: format!("the fixer could not start: {error}"),
+            });
+            false
+        }
+    }
+}
+
+/// A trigger's cumulative review and what it needs.
+pub(crate) struct CodeReviewRun<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) review: &'a CodeReview,
+    pub(crate) commands: &'a [TriggerCommand],
+    pub(crate) reviewer: &'a dyn Reviewer,
+    pub(crate) repository: &'a dyn Repository,
+    /// Issue commits from this time on are reviewed.
+    pub(crate) since: DateTime<Utc>,
+}
+
+/// A trigger's `code_review`: the issue commits made since `since`, read
+/// together by the reviewer. Findings at `finding_threshold` or more urgent
+/// fail it (`none`: nothing does); `failure_mode` then applies, and with
+/// `remediate` a fixer gets the findings and the review runs again.
+pub(crate) async fn run_code_review(
+    run: &CodeReviewRun<'_>,
+    repo: &Path,
+    backend: &Arc<dyn AgentBackend>,
+    run_id: &str,
+    events: &Arc<dyn EventSink>,
+) -> TriggerOutcome {
+    let label = format!("the {} code review", run.name);
+    let mut round = 0;
+    loop {
+        let mut commits: Vec<CommitInfo> = match run.repository.issue_commits().await {
+            Ok(all) => all.into_iter().filter(|c| c.time >= run.since).collect(),
+            Err(error) => {
+                events.emit(&Event::Warning {
+                    message: format!("{label} could not read git: {error}"),
+                });
+                return outcome_of_failure(run.review.failure_mode, label);
+            }
+        };
+        if commits.is_empty() {
+            return TriggerOutcome::Passed;
+        }
+        commits.sort_by_key(|c| c.time);
+        let request = ReviewRequest {
+            subject: ReviewSubject::Range(run.name.to_owned()),
+            description: format!(
+                "The issue commits of this run since {}: {}.",
+                run.since.format("%Y-%m-%d %H:%M:%S UTC"),
+                commits
+                    .iter()
+                    .map(|c| c.subject.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            commits: commits.iter().map(|c| c.id.clone()).collect(),
+            context: "Look at the changes together: how they fit, what they broke between them."
+                .into(),
+            session_id: None,
+        };
+        let mut answer = run.reviewer.review(request.clone()).await;
+        if answer.as_ref().is_err_and(ReviewError::is_retryable) {
+            answer = run.reviewer.review(request).await;
+        }
+        let verdict = match answer {
+            Ok(verdict) => verdict,
+            Err(error) => {
+                events.emit(&Event::Warning {
+                    message: format!("{label} could not be completed: {error}"),
+                });
+                return outcome_of_failure(run.review.failure_mode, label);
+            }
+        };
+        let failing: Vec<&Finding> = verdict
+            .findings
+            .iter()
+            .filter(|f| run.review.finding_threshold.fails(f.priority))
+            .collect();
+        events.emit(&Event::Warning {
+            message: format!(
+                "{label}: {} finding(s), {} at the {} threshold or above",
+                verdict.findings.len(),
+                failing.len(),
+                run.review.finding_threshold
+            ),
+        });
+        if failing.is_empty() {
+            return TriggerOutcome::Passed;
+        }
+        if run.review.failure_mode != FailureMode::Remediate || round >= run.review.max_retries {
+            return outcome_of_failure(run.review.failure_mode, label);
+        }
+        round += 1;
+        let listed: String = failing
+            .iter()
+            .map(|f| {
+                format!(
+                    "- [P{}] {}{}: {}",
+                    f.priority,
+                    f.title,
+                    f.file
+                        .as_deref()
+                        .map(|p| format!(" ({p})"))
+                        .unwrap_or_default(),
+                    f.body
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let fix = Fix {
+            name: run.name,
+            round,
+            max_rounds: run.review.max_retries,
+            failed: &label,
+            output: &listed,
+        };
+        if !run_fixer(&fix, run.commands, repo, backend, run_id, events).await {
+            return outcome_of_failure(FailureMode::Abort, label);
+        }
+    }
+}
+
+fn outcome_of_failure(mode: FailureMode, command: String) -> TriggerOutcome {
+    match mode {
+        FailureMode::Continue => TriggerOutcome::FailedContinued { command },
+        FailureMode::Abort | FailureMode::Remediate => TriggerOutcome::Abort { command },
     }
 }
 

@@ -360,3 +360,119 @@ async fn epic_completion_runs_when_an_epic_closes_and_can_stop_the_run() {
     let summary = orchestrator.run(stages).await.unwrap();
     assert_eq!(summary.aborted.as_deref(), Some("exit 4"));
 }
+
+/// A reviewer answering from a script, keeping what it was asked.
+#[derive(Default)]
+struct ScriptedReviewer {
+    answers: Mutex<Vec<Vec<mala_core::Finding>>>,
+    asked: Mutex<Vec<mala_core::ReviewRequest>>,
+}
+
+#[async_trait::async_trait]
+impl mala_core::Reviewer for ScriptedReviewer {
+    async fn review(
+        &self,
+        request: mala_core::ReviewRequest,
+    ) -> Result<mala_core::ReviewVerdict, mala_core::ReviewError> {
+        self.asked.lock().unwrap().push(request);
+        let mut answers = self.answers.lock().unwrap();
+        let findings = if answers.is_empty() {
+            Vec::new()
+        } else {
+            answers.remove(0)
+        };
+        Ok(mala_core::ReviewVerdict { findings })
+    }
+}
+
+fn finding(priority: u8) -> mala_core::Finding {
+    mala_core::Finding {
+        priority,
+        title: format!("P{priority} problem"),
+        body: "details".into(),
+        file: Some("src/lib.rs".into()),
+        line_start: None,
+        line_end: None,
+    }
+}
+
+async fn run_end_review(
+    mode: mala_domain::FailureMode,
+    threshold: mala_domain::FindingThreshold,
+    answers: Vec<Vec<mala_core::Finding>>,
+) -> (RunSummary, Arc<ScriptedReviewer>) {
+    let world = World::new(vec![task("m-1"), task("m-2")], Duration::from_millis(5));
+    let mut config = settings(world.dir.path());
+    let mut review = config.per_issue_review.clone();
+    review.enabled = true;
+    review.failure_mode = mode;
+    review.max_retries = 1;
+    review.finding_threshold = threshold;
+    config.validation_triggers.run_end = Some(mala_domain::RunEndTrigger {
+        trigger: mala_domain::Trigger {
+            failure_mode: mala_domain::FailureMode::Continue,
+            max_retries: 0,
+            commands: vec![mala_domain::TriggerCommand {
+                name: "check".into(),
+                command: "true".into(),
+                timeout: None,
+            }],
+            code_review: Some(review),
+        },
+        fire_on: mala_domain::FireOn::Success,
+    });
+    let reviewer = Arc::new(ScriptedReviewer {
+        answers: Mutex::new(answers),
+        ..ScriptedReviewer::default()
+    });
+    let orchestrator = Orchestrator::builder(config, world.dir.path())
+        .plan(plan(2))
+        .tracker(Arc::new(world.tracker.clone()))
+        .backend(Arc::new(world.backend.clone()))
+        .repository(Arc::new(world.repository.clone()))
+        .trigger_reviewer(reviewer.clone())
+        .build()
+        .unwrap();
+    let (_stage, stages) = watch::channel(Stage::Running);
+    (orchestrator.run(stages).await.unwrap(), reviewer)
+}
+
+#[tokio::test]
+async fn a_trigger_code_review_reads_the_runs_commits_together_and_can_stop_the_run() {
+    let (summary, reviewer) = run_end_review(
+        mala_domain::FailureMode::Abort,
+        mala_domain::FindingThreshold::P1,
+        vec![vec![finding(1), finding(3)]],
+    )
+    .await;
+    assert_eq!(summary.closed.len(), 2);
+    assert_eq!(summary.aborted.as_deref(), Some("the run_end code review"));
+    let asked = reviewer.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        asked[0].subject,
+        mala_core::ReviewSubject::Range("run_end".into())
+    );
+    assert_eq!(asked[0].commits.len(), 2, "both issues' commits, together");
+
+    // Below the threshold, or with none, nothing fails.
+    let (summary, _) = run_end_review(
+        mala_domain::FailureMode::Abort,
+        mala_domain::FindingThreshold::P0,
+        vec![vec![finding(1)]],
+    )
+    .await;
+    assert_eq!(summary.aborted, None);
+}
+
+#[tokio::test]
+async fn a_failed_trigger_review_with_remediate_gets_a_fixer_and_a_second_look() {
+    let (summary, reviewer) = run_end_review(
+        mala_domain::FailureMode::Remediate,
+        mala_domain::FindingThreshold::P1,
+        vec![vec![finding(0)], vec![]],
+    )
+    .await;
+    assert_eq!(summary.aborted, None, "the second look found nothing");
+    assert_eq!(reviewer.asked.lock().unwrap().len(), 2);
+}

@@ -10,8 +10,8 @@ use chrono::{DateTime, Timelike, Utc};
 use mala_core::{
     AgentBackend, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession, CheckCommand,
     ClaimOutcome, Clock, Event, EventSink, Evidence, Finding, Issue, IssueId, IssueStatus,
-    IssueTracker, IssueUpdate, LockTable, Repository, ReviewError, ReviewRequest, Reviewer,
-    SessionRequest,
+    IssueTracker, IssueUpdate, LockTable, Repository, ReviewError, ReviewRequest, ReviewSubject,
+    Reviewer, SessionRequest,
 };
 use mala_domain::{
     AttemptState, GateInput, GateVerdict, Marker, PromptKind, RequiredCommand, check_gate,
@@ -781,7 +781,7 @@ impl<'a> IssueRun<'a> {
             None => format!("The author's final message:\n{}", self.final_text),
         };
         Ok(ReviewRequest {
-            issue: self.issue.id.clone(),
+            subject: ReviewSubject::Issue(self.issue.id.clone()),
             description: format!(
                 "{}\n\n{}\n\nAcceptance criteria:\n{}",
                 self.issue.title, self.issue.description, self.issue.acceptance_criteria

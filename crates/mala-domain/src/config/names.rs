@@ -144,6 +144,18 @@ word_enum!(
 );
 
 impl FindingThreshold {
+    /// Whether a finding of `priority` fails a trigger's review: at the
+    /// threshold or more urgent; `none` fails nothing.
+    pub fn fails(self, priority: u8) -> bool {
+        match self {
+            Self::None => false,
+            Self::P3 => priority <= 3,
+            Self::P2 => priority <= 2,
+            Self::P1 => priority <= 1,
+            Self::P0 => priority == 0,
+        }
+    }
+
     /// The highest priority number that blocks a per-issue review: findings
     /// at this priority or more urgent go back to the agent. `none` keeps the
     /// original's fixed rule, P0 and P1 block; any other threshold moves the
@@ -232,6 +244,10 @@ mod tests {
             .collect();
         // none, P3, P2, P1, P0: unset keeps P0/P1 blocking.
         assert_eq!(line, vec![1, 3, 2, 1, 0]);
+        assert!(!FindingThreshold::None.fails(0));
+        assert!(FindingThreshold::P1.fails(1) && !FindingThreshold::P1.fails(2));
+        assert!(FindingThreshold::P0.fails(0) && !FindingThreshold::P0.fails(1));
+        assert!(FindingThreshold::P3.fails(3));
     }
 
     #[test]
