@@ -150,6 +150,7 @@ impl Tally {
                 issue,
                 usage,
                 cost_usd,
+                ..
             } => {
                 if let Some(row) = self.row(issue) {
                     row.tokens += usage.input_tokens
@@ -443,6 +444,7 @@ impl Console {
                 issue: id,
                 usage,
                 cost_usd,
+                ..
             } => format!(
                 "  {}  turn: {} · {} tokens · ${cost_usd:.2}",
                 issue(id),
@@ -622,6 +624,7 @@ mod tests {
     fn turn(issue: &str, input: u64, output: u64, cost: f64) -> Event {
         Event::TurnFinished {
             issue: id(issue),
+            session_id: None,
             usage: TokenUsage {
                 input_tokens: input,
                 output_tokens: output,

@@ -75,6 +75,9 @@ pub enum Event {
     /// An agent's turn ended: what it spent.
     TurnFinished {
         issue: IssueId,
+        /// The session the turn ran in, when the backend named it.
+        #[serde(default)]
+        session_id: Option<crate::SessionId>,
         usage: TokenUsage,
         /// Dollars this turn cost (the backend reports a running total per
         /// session; this is the part this turn added).

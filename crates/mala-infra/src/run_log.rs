@@ -79,6 +79,9 @@ pub struct RunLog {
     pub finished_at: Option<DateTime<Utc>>,
     /// `running`, `finished`, `drained`, `interrupted`, `aborted`.
     pub outcome: String,
+    /// What the run was set up to do (scope, width, checks, review, triggers).
+    #[serde(default)]
+    pub settings: serde_json::Value,
     pub issues: Vec<IssueRecord>,
 }
 
@@ -173,6 +176,7 @@ mod tests {
                 started_at: DateTime::from_timestamp(1_800_000_000 + minute * 60, 0).unwrap(),
                 finished_at: None,
                 outcome: "finished".into(),
+                settings: serde_json::Value::Null,
                 issues: vec![],
             }
             .write(dir.path())
@@ -196,6 +200,7 @@ mod tests {
             started_at: Utc::now(),
             finished_at: None,
             outcome: "running".into(),
+            settings: serde_json::Value::Null,
             issues: vec![],
         };
         run.write(dir.path()).unwrap();

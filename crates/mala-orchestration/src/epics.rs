@@ -16,6 +16,7 @@ use mala_infra::{EpicVerifier, normalize_label};
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sweep {
+    /// Epics closed this sweep (verified, or with verification off).
     pub closed: Vec<IssueId>,
     /// Epics whose verification found unmet criteria this sweep.
     pub failed: Vec<IssueId>,
@@ -97,14 +98,24 @@ async fn file_findings(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EpicCheck {
     /// Verified (and closed when asked to).
-    Passed { closed: bool, advisories: usize },
+    Passed {
+        /// Whether the epic was closed.
+        closed: bool,
+        /// Advisory (P2/P3) findings filed as `[Advisory]` issues.
+        advisories: usize,
+    },
     /// Not verified; remediation issues were filed (when closing was asked for).
     Failed {
+        /// What the verifier found.
         findings: Vec<Finding>,
+        /// The issues filed for them.
         filed: Vec<IssueId>,
     },
     /// Children are still open (use `--force` to verify anyway).
-    NotEligible { open_children: usize },
+    NotEligible {
+        /// How many.
+        open_children: usize,
+    },
 }
 
 /// Verifies one epic on request.

@@ -4,6 +4,8 @@
 //! [`Orchestrator`] runs a whole run over any implementations of the core
 //! ports; [`run`] is `mala run`, the same with the real adapters.
 
+#![warn(missing_docs)]
+
 mod deadlock_monitor;
 mod epics;
 mod orchestrator;

@@ -40,6 +40,7 @@ use crate::triggers::{
 /// The shutdown stages a Ctrl-C steps through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// Take issues as they become ready.
     Running,
     /// Take no new issues; let the running ones finish.
     Drain,
@@ -52,9 +53,13 @@ pub enum Stage {
 /// What a run works on and how wide, apart from the ports it works through.
 #[derive(Debug, Clone)]
 pub struct RunPlan {
+    /// Which issues (`--scope`).
     pub scope: Scope,
+    /// In what order (`--order`).
     pub order: Order,
+    /// Agents at once (`--max-agents`).
     pub max_agents: usize,
+    /// Issues started in all, at most (`--max-issues`).
     pub max_issues: Option<usize>,
     /// What happens to work in progress and earlier sessions.
     pub resume: ResumePolicy,
@@ -70,6 +75,7 @@ pub struct ResumePolicy {
     /// `--resume`: take up unassigned work in progress too, and continue any
     /// issue's earlier session. (A dead run's claims are taken up anyway.)
     pub take_up: bool,
+    /// What resumed issues do with their earlier sessions.
     pub sessions: SessionPolicy,
     /// `--review-wip`: work in progress is reviewed before any new turn.
     pub review_wip: bool,
@@ -104,11 +110,16 @@ impl Default for RunPlan {
 /// How the run went.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunSummary {
+    /// Issues closed.
     pub closed: Vec<IssueId>,
+    /// Issues that failed, with why (they carry needs-followup).
     pub failed: Vec<(IssueId, String)>,
+    /// Issues not worked on to the end, with why (claimed elsewhere,
+    /// blocked, stopped); nothing was recorded against them.
     pub skipped: Vec<(IssueId, String)>,
     /// Issues given way in a deadlock; open again for later.
     pub deferred: Vec<IssueId>,
+    /// A second or third Ctrl-C stopped the run.
     pub interrupted: bool,
     /// A validation trigger stopped the run (the command that failed).
     pub aborted: Option<String>,
@@ -119,10 +130,13 @@ pub struct RunSummary {
 /// A run that could not start, or whose tracker failed under it.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The tracker could not be read or written.
     #[error(transparent)]
     Tracker(#[from] TrackerError),
+    /// Something the run needs is missing or unusable (the message says what).
     #[error("{0}")]
     Setup(String),
+    /// The agent backend cannot start (missing binary, wrong version, no login).
     #[error(transparent)]
     Agent(#[from] mala_core::AgentError),
 }
@@ -130,6 +144,7 @@ pub enum RunError {
 /// Where the scheduler reads the whole tracker from, once per planning round.
 #[async_trait::async_trait]
 pub trait IssueSource: Send + Sync {
+    /// Every issue, as a graph, as of now.
     async fn snapshot(&self) -> Result<Arc<IssueGraph>, TrackerError>;
 }
 
@@ -150,6 +165,33 @@ pub fn state_dir(settings: &Settings, repo_root: &Path, run_id: &str) -> PathBuf
         .runs_dir
         .join(encode_repo(repo_root))
         .join(run_id)
+}
+
+/// What `run.json` says the run was set up to do.
+fn settings_summary(settings: &Settings, plan: &RunPlan) -> serde_json::Value {
+    let t = &settings.validation_triggers;
+    let triggers: Vec<&str> = [
+        ("session_end", t.session_end.is_some()),
+        ("periodic", t.periodic.is_some()),
+        ("epic_completion", t.epic_completion.is_some()),
+        ("run_end", t.run_end.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    serde_json::json!({
+        "scope": plan.scope.to_string(),
+        "order": format!("{:?}", plan.order),
+        "max_agents": plan.max_agents,
+        "max_issues": plan.max_issues,
+        "resume": plan.resume.take_up,
+        "model": settings.model,
+        "required_checks": settings.evidence_check.required,
+        "gate_rerun": settings.gate.rerun,
+        "per_issue_review": settings.per_issue_review.enabled.then(|| settings.per_issue_review.reviewer_type.to_string()),
+        "epic_verification": settings.epic_verification.enabled,
+        "triggers": triggers,
+    })
 }
 
 /// Triggers whose `code_review` is enabled (not built yet: said, not hidden).
@@ -667,6 +709,7 @@ impl Orchestrator {
                 started_at: Utc::now(),
                 finished_at: None,
                 outcome: "running".into(),
+                settings: settings_summary(settings, plan),
                 issues: Vec::new(),
             },
         ));

@@ -124,12 +124,16 @@ impl EventSink for RunRecorder {
             }
             Event::TurnFinished {
                 issue,
+                session_id,
                 usage,
                 cost_usd,
             } => {
                 let Some(record) = book.records.get_mut(issue) else {
                     return;
                 };
+                if let Some(id) = session_id {
+                    record.session_id = Some(id.to_string());
+                }
                 record.tokens += usage.input_tokens + usage.output_tokens;
                 record.cost_usd += cost_usd;
                 issue.clone()

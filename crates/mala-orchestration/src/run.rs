@@ -20,8 +20,11 @@ use crate::orchestrator::{
 /// What one `mala run` is asked to do.
 #[derive(Debug, Clone)]
 pub struct RunRequest {
+    /// The repository to work in.
     pub repo_root: PathBuf,
+    /// The resolved configuration.
     pub settings: Settings,
+    /// What to work on, how wide, and what to resume.
     pub plan: RunPlan,
     /// The `claude` binary (found by the caller).
     pub claude: PathBuf,

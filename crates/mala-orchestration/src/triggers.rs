@@ -21,13 +21,16 @@ use mala_pipeline::SessionEndCheck;
 /// How a trigger ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TriggerOutcome {
+    /// Every command passed (and the review, when there is one).
     Passed,
     /// Failed, and `failure_mode: continue` let the run go on.
     FailedContinued {
+        /// The command (or review) that failed.
         command: String,
     },
     /// Failed with `failure_mode: abort` (or remediation did not help): the run stops.
     Abort {
+        /// The command (or review) that failed.
         command: String,
     },
 }

@@ -476,3 +476,31 @@ async fn a_failed_trigger_review_with_remediate_gets_a_fixer_and_a_second_look()
     assert_eq!(summary.aborted, None, "the second look found nothing");
     assert_eq!(reviewer.asked.lock().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn the_run_is_on_record_with_its_settings_and_each_issues_session() {
+    let mut lazy = World::new(vec![task("m-1"), task("m-2")], Duration::from_millis(5));
+    lazy.backend = lazy.backend.clone().lazy_on(&["m-2"]);
+    let world = lazy;
+    let summary = world.run(plan(2)).await;
+    assert_eq!(summary.closed.len(), 1);
+    let runs = mala_infra::RunLog::list(&world.dir.path().join("runs"), Some(world.dir.path()));
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!(run.outcome, "finished");
+    assert_eq!(run.settings["max_agents"], 2);
+    let record = |id: &str| run.issues.iter().find(|r| r.issue == id).unwrap();
+    assert_eq!(record("m-1").status, "closed");
+    assert_eq!(record("m-1").session_id.as_deref(), Some("scripted-m-1"));
+    assert!(record("m-1").baseline.is_some());
+    assert_eq!(record("m-1").attempts, 1);
+    assert_eq!(record("m-2").status, "failed");
+    assert!(record("m-2").attempts >= 2, "{:?}", record("m-2"));
+    assert!(
+        record("m-2")
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("no commit")
+    );
+}

@@ -482,44 +482,15 @@ impl<'a> IssueRun<'a> {
             });
         };
         match session.turn(&prompt).await {
-            Ok(outcome) => {
-                // The backend reports the session's running total.
-                let cost_usd = (outcome.total_cost_usd - self.session_cost).max(0.0);
-                self.session_cost = outcome.total_cost_usd;
-                self.ports.events.emit(&Event::TurnFinished {
-                    issue: self.issue.id.clone(),
-                    usage: outcome.usage,
-                    cost_usd,
-                });
-                self.final_text = outcome.final_text;
-                self.resuming = false;
-                Step::Gate
-            }
+            Ok(outcome) => self.turn_ended(outcome),
             Err(error)
                 if self.resuming
                     && error.kind != AgentErrorKind::Cancelled
                     && *lock(&self.log.tool_uses) == 0 =>
             {
-                // The earlier session could not be picked up, and nothing ran.
-                self.resuming = false;
                 let _ = session.close().await;
                 self.session = None;
-                if self.resume.as_ref().is_some_and(|r| r.strict) {
-                    return Step::Finish(IssueResult::Failed {
-                        reason: format!("could not resume the earlier session: {error}"),
-                    });
-                }
-                self.ports.events.emit(&Event::Retrying {
-                    issue: self.issue.id.clone(),
-                    why: format!(
-                        "the earlier session could not be resumed ({error}); starting a new one"
-                    ),
-                });
-                if let Err(reason) = self.start_session(None).await {
-                    return Step::Finish(IssueResult::Failed { reason });
-                }
-                self.first_prompt()
-                    .unwrap_or_else(|reason| Step::Finish(IssueResult::Failed { reason }))
+                self.replace_unresumable(&error).await
             }
             Err(error) if error.is_retryable() && self.resumes < self.config.max_resumes => {
                 self.resumes += 1;
@@ -572,6 +543,42 @@ impl<'a> IssueRun<'a> {
                 reason: format!("the agent failed: {error}"),
             }),
         }
+    }
+
+    /// A turn ended: what it spent goes out, what it said is kept.
+    fn turn_ended(&mut self, outcome: mala_core::TurnOutcome) -> Step {
+        // The backend reports the session's running total.
+        let cost_usd = (outcome.total_cost_usd - self.session_cost).max(0.0);
+        self.session_cost = outcome.total_cost_usd;
+        self.ports.events.emit(&Event::TurnFinished {
+            issue: self.issue.id.clone(),
+            session_id: outcome.session_id.clone(),
+            usage: outcome.usage,
+            cost_usd,
+        });
+        self.final_text = outcome.final_text;
+        self.resuming = false;
+        Step::Gate
+    }
+
+    /// The earlier session could not be picked up, and nothing ran in it: a
+    /// new one gets the whole task (with `--strict`, the issue fails).
+    async fn replace_unresumable(&mut self, error: &mala_core::AgentError) -> Step {
+        self.resuming = false;
+        if self.resume.as_ref().is_some_and(|r| r.strict) {
+            return Step::Finish(IssueResult::Failed {
+                reason: format!("could not resume the earlier session: {error}"),
+            });
+        }
+        self.ports.events.emit(&Event::Retrying {
+            issue: self.issue.id.clone(),
+            why: format!("the earlier session could not be resumed ({error}); starting a new one"),
+        });
+        if let Err(reason) = self.start_session(None).await {
+            return Step::Finish(IssueResult::Failed { reason });
+        }
+        self.first_prompt()
+            .unwrap_or_else(|reason| Step::Finish(IssueResult::Failed { reason }))
     }
 
     async fn gate(&mut self) -> Step {

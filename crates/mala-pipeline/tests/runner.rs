@@ -1162,3 +1162,32 @@ async fn review_wip_with_blocking_findings_starts_the_agent_on_them() {
     );
     assert_eq!(reviewer.requests.lock().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn an_earlier_session_that_cannot_be_resumed_is_replaced_by_a_new_one() {
+    let h = Harness::new().await;
+    let gone = Turn {
+        fail: Some(AgentErrorKind::Crashed),
+        ..Turn::default()
+    };
+    let result = h
+        .run_from(
+            vec![gone, honest_turn(&h)],
+            None,
+            None,
+            Harness::config(),
+            Some(earlier_session()),
+        )
+        .await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    let world = h.world.lock().unwrap();
+    assert_eq!(
+        world.resumed,
+        vec![Some(SessionId::new("earlier-session")), None]
+    );
+    assert!(
+        world.prompts[1].contains("Fix the parser"),
+        "the new session gets the whole task: {}",
+        world.prompts[1]
+    );
+}
