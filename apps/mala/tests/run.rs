@@ -136,6 +136,45 @@ fn mala_run_closes_the_ready_issues_and_commits_the_tracker() {
     );
 }
 
+/// The issue the implementer prompt names.
+fn issue_of(text: &str) -> String {
+    text.split("working on issue ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or("x")
+        .to_owned()
+}
+
+/// The "model's" answer: the next tool call, or `done` when the plan is over.
+fn reply(next: Option<&(&str, serde_json::Value)>, done: &str) -> Reply {
+    match next {
+        Some((name, input)) => Reply::Message(vec![Block::ToolUse {
+            name: (*name).to_owned(),
+            input: input.clone(),
+        }]),
+        None => Reply::Message(vec![Block::Text(done.to_owned())]),
+    }
+}
+
+/// The next step of `plan`. A session a later run resumed starts over after
+/// the step `long` (its long command): what it did while mala was gone got
+/// no answers.
+fn next_step<'p>(
+    plan: &'p [(&'p str, serde_json::Value)],
+    conversation: Conversation<'_>,
+    long: usize,
+) -> Option<&'p (&'p str, serde_json::Value)> {
+    match conversation.tool_uses_since(RESUMED) {
+        Some(done) => plan
+            .iter()
+            .enumerate()
+            .filter(|(step, _)| *step != long)
+            .map(|(_, step)| step)
+            .nth(done),
+        None => plan.get(conversation.tool_uses_so_far()),
+    }
+}
+
 /// An honest agent: lock its file, write it, run the configured check, commit.
 fn script_with_check(repo: &Path) -> Script {
     let repo = repo.canonicalize().unwrap();
@@ -146,12 +185,7 @@ fn script_with_check(repo: &Path) -> Script {
                 r#"{"passed": true, "findings": []}"#.into(),
             )]);
         }
-        let issue = text
-            .split("working on issue ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or("x")
-            .to_owned();
+        let issue = issue_of(&text);
         let file = text
             .split("FILE=")
             .nth(1)
@@ -170,16 +204,10 @@ fn script_with_check(repo: &Path) -> Script {
                 json!({"paths": [file], "message": format!("bd-{issue}: fix {file}")}),
             ),
         ];
-        let done = conversation.tool_uses_so_far();
-        match plan.get(done) {
-            Some((name, input)) => Reply::Message(vec![Block::ToolUse {
-                name: (*name).to_owned(),
-                input: input.clone(),
-            }]),
-            None => Reply::Message(vec![Block::Text(format!(
-                "Fixed {file}; `ls src` passed; committed."
-            ))]),
-        }
+        reply(
+            plan.get(conversation.tool_uses_so_far()),
+            &format!("Fixed {file}; `ls src` passed; committed."),
+        )
     })
 }
 
@@ -188,12 +216,7 @@ fn slow_script(repo: &Path) -> Script {
     let repo = repo.canonicalize().unwrap();
     Script::from_fn(move |conversation: &Conversation<'_>| {
         let text = conversation.user_texts().join("\n");
-        let issue = text
-            .split("working on issue ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or("x")
-            .to_owned();
+        let issue = issue_of(&text);
         let plan = [
             ("Bash", json!({"command": "sleep 4"})),
             (
@@ -215,24 +238,7 @@ fn slow_script(repo: &Path) -> Script {
                 json!({"paths": ["src/a.txt"], "message": format!("bd-{issue}: fix a")}),
             ),
         ];
-        // A session resumed by a later run starts over after its long
-        // command: whatever it did while mala was gone got no answers.
-        let next = match conversation.tool_uses_since("picking your session up") {
-            Some(done) => plan
-                .iter()
-                .enumerate()
-                .filter(|(step, _)| *step != 0)
-                .map(|(_, step)| step)
-                .nth(done),
-            None => plan.get(conversation.tool_uses_so_far()),
-        };
-        match next {
-            Some((name, input)) => Reply::Message(vec![Block::ToolUse {
-                name: (*name).to_owned(),
-                input: input.clone(),
-            }]),
-            None => Reply::Message(vec![Block::Text("Done; committed.".into())]),
-        }
+        reply(next_step(&plan, *conversation, 0), "Done; committed.")
     })
 }
 
@@ -558,12 +564,7 @@ fn lock_then_wait_script(repo: &Path, once: &Path) -> Script {
     let once = once.to_path_buf();
     Script::from_fn(move |conversation: &Conversation<'_>| {
         let text = conversation.user_texts().join("\n");
-        let issue = text
-            .split("working on issue ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or("x")
-            .to_owned();
+        let issue = issue_of(&text);
         let wait = format!(
             "if [ ! -e {0} ]; then touch {0}; sleep 41; fi",
             once.display()
@@ -589,24 +590,7 @@ fn lock_then_wait_script(repo: &Path, once: &Path) -> Script {
                 json!({"paths": ["src/a.txt"], "message": format!("bd-{issue}: fix a")}),
             ),
         ];
-        // A session resumed by a later run starts over after its long
-        // command: whatever it did while mala was gone got no answers.
-        let next = match conversation.tool_uses_since("picking your session up") {
-            Some(done) => plan
-                .iter()
-                .enumerate()
-                .filter(|(step, _)| *step != 1)
-                .map(|(_, step)| step)
-                .nth(done),
-            None => plan.get(conversation.tool_uses_so_far()),
-        };
-        match next {
-            Some((name, input)) => Reply::Message(vec![Block::ToolUse {
-                name: (*name).to_owned(),
-                input: input.clone(),
-            }]),
-            None => Reply::Message(vec![Block::Text("Done; committed.".into())]),
-        }
+        reply(next_step(&plan, *conversation, 1), "Done; committed.")
     })
 }
 
@@ -986,12 +970,7 @@ fn resumable_script(repo: &Path) -> Script {
     let repo = repo.canonicalize().unwrap();
     Script::from_fn(move |conversation: &Conversation<'_>| {
         let text = conversation.user_texts().join("\n");
-        let issue = text
-            .split("working on issue ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or("x")
-            .to_owned();
+        let issue = issue_of(&text);
         let work = [
             (
                 "mcp__mala__lock_acquire",
@@ -1023,15 +1002,10 @@ fn resumable_script(repo: &Path) -> Script {
                 plan.get(conversation.tool_uses_so_far()).cloned()
             }
         };
-        match next {
-            Some((name, input)) => Reply::Message(vec![Block::ToolUse {
-                name: name.to_owned(),
-                input,
-            }]),
-            None => Reply::Message(vec![Block::Text(
-                "Done; src/a.txt is fixed, `ls src` passes, and the fix is committed.".into(),
-            )]),
-        }
+        reply(
+            next.as_ref(),
+            "Done; src/a.txt is fixed, `ls src` passes, and the fix is committed.",
+        )
     })
 }
 

@@ -185,15 +185,7 @@ async fn no_more_than_max_agents_run_at_once_and_max_issues_is_a_limit() {
 
 #[tokio::test]
 async fn an_epic_closes_with_its_last_child_when_verification_is_off() {
-    let mut epic = task("m-e");
-    epic.issue_type = IssueType::Epic;
-    let mut child = task("m-c");
-    child.parent = Some(IssueId::new("m-e"));
-    child.dependencies.push(Dependency {
-        depends_on: IssueId::new("m-e"),
-        kind: DependencyKind::ParentChild,
-    });
-    let world = World::new(vec![epic, child], Duration::from_millis(5));
+    let world = World::new(epic_with_child(), Duration::from_millis(5));
     let summary = world.run(plan(1)).await;
     assert_eq!(ids(&summary.closed), vec!["m-c"]);
     assert_eq!(world.status("m-e").await, IssueStatus::Closed);
