@@ -212,7 +212,8 @@ impl Tally {
     }
 
     fn cost(&self) -> f64 {
-        self.rows.iter().map(|r| r.cost).sum()
+        // Summing from 0.0: an empty f64 `sum` is -0.0, printed "$-0.00".
+        self.rows.iter().fold(0.0, |total, r| total + r.cost)
     }
 
     /// The live status line.
@@ -752,6 +753,12 @@ mod tests {
             (30, finished(RunOutcome::Drained)),
         ];
         insta::assert_snapshot!(screen(&events, 31));
+    }
+
+    #[test]
+    fn an_empty_run_costs_nothing_not_minus_nothing() {
+        let tally = Tally::new(Instant::now());
+        assert!(tally.status(Instant::now()).ends_with("0 tokens · $0.00"));
     }
 
     #[test]
