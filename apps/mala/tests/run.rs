@@ -105,6 +105,13 @@ fn mala_run_closes_the_ready_issues_and_commits_the_tracker() {
         "{list}"
     );
     let run_id = list.split_whitespace().next().unwrap().to_owned();
+    let status = logs(&["status"]);
+    assert!(
+        status.contains("no mala run")
+            && status.contains("recent runs:")
+            && status.contains(&run_id),
+        "{status}"
+    );
     let sessions = logs(&["logs", "sessions", "--issue", &issues[0], "--json"]);
     let sessions: serde_json::Value = serde_json::from_str(&sessions).unwrap();
     assert_eq!(sessions[0]["status"], "closed");

@@ -118,9 +118,19 @@ pub(crate) fn status(all: bool) -> Result<(), Failure> {
                 .map_or_else(String::new, |s| format!("  for {}", age(s, now))),
         );
     }
+    let runs = mala_infra::RunLog::list(&settings.paths.runs_dir, (!all).then_some(repo.as_path()));
+    if !runs.is_empty() {
+        let _ = writeln!(out, "recent runs:");
+    }
+    for run in runs.iter().take(RECENT_RUNS) {
+        let _ = writeln!(out, "  {}", super::logs::run_line(run, all));
+    }
     output::stdout(&out);
     Ok(())
 }
+
+/// How many finished runs `mala status` lists (`mala logs list` has them all).
+const RECENT_RUNS: usize = 5;
 
 pub(crate) fn clean(force: bool) -> Result<(), Failure> {
     let (_repo, settings) = repo_and_settings()?;

@@ -48,24 +48,29 @@ pub(crate) fn list(as_json: bool, all: bool, limit: u32) -> Result<(), Failure> 
     }
     let mut text = String::new();
     for run in &runs {
-        let _ = writeln!(
-            text,
-            "{}  {}  {:<11} {} closed, {} failed, {} skipped{}",
-            run.run_id,
-            run.started_at.format("%Y-%m-%d %H:%M"),
-            run.outcome,
-            count(run, "closed"),
-            count(run, "failed"),
-            count(run, "skipped"),
-            if all {
-                format!("  {}", run.repo_path.display())
-            } else {
-                String::new()
-            }
-        );
+        let _ = writeln!(text, "{}", run_line(run, all));
     }
     output::stdout(&text);
     Ok(())
+}
+
+/// One run on one line: id, start, outcome, counts (and the repository
+/// when listing every repository's).
+pub(crate) fn run_line(run: &RunLog, with_repo: bool) -> String {
+    format!(
+        "{}  {}  {:<11} {} closed, {} failed, {} skipped{}",
+        run.run_id,
+        run.started_at.format("%Y-%m-%d %H:%M"),
+        run.outcome,
+        count(run, "closed"),
+        count(run, "failed"),
+        count(run, "skipped"),
+        if with_repo {
+            format!("  {}", run.repo_path.display())
+        } else {
+            String::new()
+        }
+    )
 }
 
 pub(crate) fn sessions(issue: &str, as_json: bool, all: bool) -> Result<(), Failure> {
