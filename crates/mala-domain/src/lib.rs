@@ -36,7 +36,7 @@ pub use gate::{
 pub use guard::{Decision, GuardContext, ToolCall, check_tool, shell_writes};
 pub use prompts::{PromptError, PromptKind, Template, render_prompt};
 pub use run_options::{Order, ParseScopeError, Scope};
-pub use schedule::{DoneReason, SchedulerView, done, spawn_capacity};
+pub use schedule::{DoneReason, SchedulerView, done, run_end_fires, spawn_capacity};
 pub use tracker::{
     Blocker, Excluded, Exclusion, IssueGraph, QueueEntry, QueuePlan, QueueRequest, Readiness,
     UnknownIds, agent_name, claim_actor, parse_agent_name, plan_queue, run_of_actor,

@@ -59,6 +59,17 @@ pub fn done(view: &SchedulerView, watching: bool) -> Option<DoneReason> {
     Some(DoneReason::NothingLeft)
 }
 
+/// Whether the `run_end` trigger fires, by its `fire_on`: `success` when
+/// something closed, `failure` when something failed, `both` when anything
+/// was worked on. A run that worked on nothing does not fire it.
+pub fn run_end_fires(fire_on: crate::FireOn, closed: usize, failed: usize) -> bool {
+    match fire_on {
+        crate::FireOn::Success => closed > 0,
+        crate::FireOn::Failure => failed > 0,
+        crate::FireOn::Both => closed + failed > 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +154,18 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn run_end_fires_on_what_the_run_did() {
+        use crate::FireOn::{Both, Failure, Success};
+        assert!(run_end_fires(Success, 1, 3));
+        assert!(!run_end_fires(Success, 0, 3));
+        assert!(run_end_fires(Failure, 0, 1));
+        assert!(!run_end_fires(Failure, 2, 0));
+        assert!(run_end_fires(Both, 0, 1));
+        for fire_on in [Success, Failure, Both] {
+            assert!(!run_end_fires(fire_on, 0, 0), "nothing was worked on");
+        }
     }
 }

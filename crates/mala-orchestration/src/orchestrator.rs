@@ -20,7 +20,8 @@ use mala_core::{
 };
 use mala_domain::{
     EpicDepth, FireOn, IssueGraph, Order, QueueRequest, SchedulerView, Scope, Settings, agent_name,
-    claim_actor, done, plan_queue, required_commands, spawn_capacity, takeover_candidates,
+    claim_actor, done, plan_queue, required_commands, run_end_fires, spawn_capacity,
+    takeover_candidates,
 };
 use mala_infra::{
     EpicVerifier, IssueRecord, RunLog, RunMarker, SystemClock, commit_tracker_files, encode_repo,
@@ -1069,11 +1070,7 @@ impl Orchestrator {
             && !summary.interrupted
             && summary.aborted.is_none()
         {
-            let fire = match run_end.fire_on {
-                FireOn::Success => summary.failed.is_empty(),
-                FireOn::Failure => !summary.failed.is_empty(),
-                FireOn::Both => true,
-            };
+            let fire = run_end_fires(run_end.fire_on, summary.closed.len(), summary.failed.len());
             if fire
                 && let TriggerOutcome::Abort { command } = self
                     .fire(
