@@ -872,7 +872,12 @@ impl Orchestrator {
             if periodic_due && let Some(periodic) = &settings.validation_triggers.periodic {
                 if !active.is_empty() {
                     // Hold new spawns until the pool is idle, then validate.
+                    let closed_before = summary.closed.len();
                     wait_for_worker(&mut workers, &mut active, &mut summary, &events).await;
+                    // What closes meanwhile counts towards the next interval.
+                    let closed = summary.closed.len() - closed_before;
+                    closed_since_periodic += u32::try_from(closed).unwrap_or(u32::MAX);
+                    sweep_pending |= closed > 0;
                     continue;
                 }
                 periodic_due = false;

@@ -496,3 +496,38 @@ async fn the_run_is_on_record_with_its_settings_and_each_issues_session() {
             .contains("no commit")
     );
 }
+
+#[tokio::test]
+async fn periodic_validation_runs_every_interval_closes_with_the_pool_idle() {
+    let world = World::new(
+        (1..=5).map(|n| task(&format!("m-{n}"))).collect(),
+        Duration::from_millis(20),
+    );
+    let mut config = settings(world.dir.path());
+    config.validation_triggers.periodic = Some(mala_domain::PeriodicTrigger {
+        trigger: mala_domain::Trigger {
+            failure_mode: mala_domain::FailureMode::Continue,
+            max_retries: 0,
+            commands: vec![mala_domain::TriggerCommand {
+                name: "check".into(),
+                // What was closed when the check ran: the pool is idle then.
+                command: "echo ran >> periodic.txt".into(),
+                timeout: None,
+            }],
+            code_review: None,
+        },
+        interval: 2,
+    });
+    let orchestrator = Orchestrator::builder(config, world.dir.path())
+        .plan(plan(2))
+        .tracker(Arc::new(world.tracker.clone()))
+        .backend(Arc::new(world.backend.clone()))
+        .repository(Arc::new(world.repository.clone()))
+        .build()
+        .unwrap();
+    let (_stage, stages) = watch::channel(Stage::Running);
+    let summary = orchestrator.run(stages).await.unwrap();
+    assert_eq!(summary.closed.len(), 5);
+    let ran = std::fs::read_to_string(world.dir.path().join("periodic.txt")).unwrap();
+    assert_eq!(ran.lines().count(), 2, "after closes 2 and 4: {ran}");
+}
