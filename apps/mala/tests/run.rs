@@ -1063,6 +1063,16 @@ fn kill_then_resume(point: &str, ready: &dyn Fn(&Br, &TempRepo, &str) -> bool) {
     }
     first.kill().unwrap();
     first.wait().unwrap();
+    // The agents die with mala: none works on, unguarded, after it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !agents_of(&issue).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{point}: an agent outlived mala: {:?}",
+            agents_of(&issue)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert_eq!(
         br.json(&["show", &issue])[0]["status"],
         "in_progress",
@@ -1110,4 +1120,21 @@ fn a_run_killed_after_the_commit_but_before_the_close_is_not_done_twice() {
             .trim()
             .is_empty()
     });
+}
+
+/// `claude` processes started for an agent on `issue` (their environment
+/// names it).
+fn agents_of(issue: &str) -> Vec<u32> {
+    let needle = format!("MALA_AGENT_ID={issue}@");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| String::from_utf8_lossy(&env).contains(&needle))
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains("stream-json"))
+        })
+        .collect()
 }

@@ -34,6 +34,8 @@ pub struct RunRequest {
     pub cerberus: Option<PathBuf>,
     /// `CERBERUS_ROOT`, when the user set it.
     pub cerberus_root: Option<PathBuf>,
+    /// `setpriv`, when found: agents then die with mala, even on SIGKILL.
+    pub setpriv: Option<PathBuf>,
 }
 
 /// The real tracker reads its snapshot in process, cached between changes.
@@ -75,9 +77,7 @@ async fn assemble(
     let tracker_port = tracker.as_port();
     let state_dir = state_dir(settings, &repo_root, &request.plan.run_id);
 
-    let claude_config =
-        ClaudeConfig::from_settings(settings, request.claude.clone(), state_dir.clone());
-    mala_infra::check_claude(&claude_config).await?;
+    let claude_config = claude_config(&request, &state_dir).await?;
 
     let lock_dir = settings.paths.lock_dir.clone();
     let (lock_events, lock_inbox) = mpsc::unbounded_channel();
@@ -161,6 +161,21 @@ async fn assemble(
             .also_stop(backend);
     }
     builder.build()
+}
+
+/// How every session of the run starts `claude`, once it is known to work.
+async fn claude_config(
+    request: &RunRequest,
+    state_dir: &std::path::Path,
+) -> Result<ClaudeConfig, RunError> {
+    let mut config = ClaudeConfig::from_settings(
+        &request.settings,
+        request.claude.clone(),
+        state_dir.to_path_buf(),
+    );
+    config.parent_death_wrapper.clone_from(&request.setpriv);
+    mala_infra::check_claude(&config).await?;
+    Ok(config)
 }
 
 /// The backend of implementer and fixer sessions: the tool guard with the

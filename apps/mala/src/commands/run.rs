@@ -128,6 +128,7 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
         br: find_program("br"),
         cerberus: find_program("cerberus"),
         cerberus_root: std::env::var_os("CERBERUS_ROOT").map(std::path::PathBuf::from),
+        setpriv: find_program("setpriv"),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -248,8 +249,9 @@ pub(crate) fn epic_verify(args: &EpicVerifyArgs) -> Result<(), Failure> {
         );
         // Holding no locks, the verifier can only read.
         let guard = mala_infra::LockingGuard::new(&repo, locks, settings.coder_options.claude.disallowed_tools.clone());
-        let backend = mala_infra::ClaudeBackend::new(mala_infra::ClaudeConfig::from_settings(&settings, claude, state))
-            .with_guard(Arc::new(guard));
+        let mut config = mala_infra::ClaudeConfig::from_settings(&settings, claude, state);
+        config.parent_death_wrapper = find_program("setpriv");
+        let backend = mala_infra::ClaudeBackend::new(config).with_guard(Arc::new(guard));
         let verifier = mala_infra::EpicVerifier::new(Arc::new(backend), &repo);
         let check = mala_orchestration::verify_epic(port.as_ref(), &verifier, &epic, !args.no_close, args.force)
             .await

@@ -47,6 +47,10 @@ pub struct ClaudeConfig {
     /// Start from an empty environment (tests), then add `env`.
     pub clear_env: bool,
     pub env: Vec<(String, String)>,
+    /// `setpriv` (util-linux), to start `claude` with a parent-death signal:
+    /// when mala dies, even by SIGKILL, its agents die with it instead of
+    /// working on unguarded. `None` starts `claude` directly.
+    pub parent_death_wrapper: Option<PathBuf>,
 }
 
 impl ClaudeConfig {
@@ -64,6 +68,7 @@ impl ClaudeConfig {
             state_dir: state_dir.into(),
             clear_env: false,
             env: Vec::new(),
+            parent_death_wrapper: None,
         }
     }
 

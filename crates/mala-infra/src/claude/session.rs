@@ -448,7 +448,17 @@ impl Interrupter {
 
 /// The `claude` command line and environment for one session.
 fn claude_command(config: &ClaudeConfig, request: &SessionRequest) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(&config.binary);
+    let mut command = match &config.parent_death_wrapper {
+        // setpriv sets PR_SET_PDEATHSIG, then execs claude in its place.
+        Some(setpriv) => {
+            let mut command = tokio::process::Command::new(setpriv);
+            command
+                .args(["--pdeathsig", "KILL", "--"])
+                .arg(&config.binary);
+            command
+        }
+        None => tokio::process::Command::new(&config.binary),
+    };
     command
         .args(config.arguments(request))
         .current_dir(&request.cwd)
