@@ -59,12 +59,10 @@ impl Board {
     }
 
     fn blocking_graph(&mut self) -> Arc<IssueGraph> {
-        if self.blocking.is_none() {
-            self.blocking = Some(self.graph());
-        }
+        let issues = &self.issues;
         Arc::clone(
             self.blocking
-                .get_or_insert_with(|| Arc::new(IssueGraph::new(Vec::new()))),
+                .get_or_insert_with(|| Arc::new(IssueGraph::new(issues.clone()))),
         )
     }
 
