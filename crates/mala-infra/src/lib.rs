@@ -34,5 +34,5 @@ pub use locks::{
 pub use review::{
     AgentReviewer, EpicVerdict, EpicVerifier, parse_epic_answer, parse_review_answer,
 };
-pub use run_log::{IssueRecord, RunLog, encode_repo};
+pub use run_log::{IssueJournal, IssueRecord, RunLog, encode_repo};
 pub use run_marker::{Cleanup, RunMarker, is_run_alive, remove_stale};

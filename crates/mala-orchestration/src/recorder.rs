@@ -1,7 +1,11 @@
 //! The run's metadata, kept current from its events: each issue's record is
-//! rewritten the moment its claim, baseline, session, gate attempts, review
+//! rewritten as soon as its claim, baseline, session, gate attempts, review
 //! findings, spend or outcome change. A run killed at any point so leaves
 //! what `--resume` and `mala logs` need.
+//!
+//! The journal is written by one thread of its own: events only update the
+//! book and hand the record over, so no agent's task waits on the disk, and
+//! changes to one issue that pile up are written once.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,17 +27,54 @@ struct Book {
     agents: HashMap<AgentId, IssueId>,
 }
 
-/// Writes `run.json` and `issues/<id>.json` under the runs directory.
+/// What the writer thread is handed.
+enum Write {
+    Issue(IssueRecord),
+    /// Everything handed over before this is on disk; say so.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// Writes `run.json` and the `issues.jsonl` journal under the runs directory.
 pub(crate) struct RunRecorder {
     runs_dir: PathBuf,
     sessions_dir: PathBuf,
     book: Mutex<Book>,
+    writer: Mutex<std::sync::mpsc::Sender<Write>>,
+}
+
+/// The writer: takes whatever has piled up, keeps the newest record of each
+/// issue, appends them to the journal, and goes back to waiting.
+fn write_records(run: &RunLog, runs_dir: &Path, inbox: &std::sync::mpsc::Receiver<Write>) {
+    let mut journal = run.journal(runs_dir).ok();
+    while let Ok(first) = inbox.recv() {
+        let mut newest: HashMap<String, IssueRecord> = HashMap::new();
+        let mut flushed = Vec::new();
+        for write in std::iter::once(first).chain(inbox.try_iter()) {
+            match write {
+                Write::Issue(record) => {
+                    newest.insert(record.issue.clone(), record);
+                }
+                Write::Flush(done) => flushed.push(done),
+            }
+        }
+        if let Some(journal) = journal.as_mut() {
+            for record in newest.values() {
+                let _ = journal.append(record);
+            }
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
 }
 
 impl RunRecorder {
     /// Starts the record of a run (and writes `run.json`).
     pub(crate) fn start(runs_dir: &Path, sessions_dir: &Path, run: RunLog) -> Self {
         let _ = run.write(runs_dir);
+        let (writer, inbox) = std::sync::mpsc::channel();
+        let (for_writer, dir) = (run.clone(), runs_dir.to_path_buf());
+        std::thread::spawn(move || write_records(&for_writer, &dir, &inbox));
         Self {
             runs_dir: runs_dir.to_path_buf(),
             sessions_dir: sessions_dir.to_path_buf(),
@@ -42,7 +83,20 @@ impl RunRecorder {
                 records: HashMap::new(),
                 agents: HashMap::new(),
             }),
+            writer: Mutex::new(writer),
         }
+    }
+
+    fn hand_over(&self, write: Write) {
+        // The writer lives as long as the recorder; a send cannot fail before.
+        let _ = guard(&self.writer).send(write);
+    }
+
+    /// Waits until every record handed over so far is on disk.
+    fn flush(&self) {
+        let (done, wait) = std::sync::mpsc::channel();
+        self.hand_over(Write::Flush(done));
+        let _ = wait.recv();
     }
 
     /// Ends the record: the outcome, the issues that gave way in a deadlock,
@@ -54,9 +108,10 @@ impl RunRecorder {
             if let Some(record) = book.records.get_mut(issue) {
                 "deferred".clone_into(&mut record.status);
                 record.reason = Some("gave way in a deadlock".into());
-                let _ = book.run.write_issue(&self.runs_dir, record);
+                self.hand_over(Write::Issue(record.clone()));
             }
         }
+        self.flush();
         let mut issues: Vec<IssueRecord> = book.records.values().cloned().collect();
         issues.sort_by(|a, b| a.issue.cmp(&b.issue));
         book.run.issues = issues;
@@ -70,7 +125,7 @@ impl EventSink for RunRecorder {
     fn emit(&self, event: &Event) {
         let mut book = guard(&self.book);
         let book = &mut *book;
-        let issue = match event {
+        let (issue, now) = match event {
             Event::IssueClaimed { issue, agent } => {
                 book.agents.insert(agent.clone(), issue.clone());
                 let log_path = self.sessions_dir.join(format!(
@@ -81,7 +136,7 @@ impl EventSink for RunRecorder {
                 let record = book.records.entry(issue.clone()).or_insert(fresh);
                 "running".clone_into(&mut record.status);
                 record.reason = None;
-                issue.clone()
+                (issue.clone(), true)
             }
             Event::Agent {
                 agent,
@@ -97,21 +152,22 @@ impl EventSink for RunRecorder {
                     return;
                 }
                 record.session_id = Some(session_id.to_string());
-                issue
+                (issue, true)
             }
             Event::IssueStarted { issue, baseline } => {
                 let Some(record) = book.records.get_mut(issue) else {
                     return;
                 };
                 record.baseline = Some(*baseline);
-                issue.clone()
+                (issue.clone(), true)
             }
             Event::GateChecked { issue, attempt, .. } => {
                 let Some(record) = book.records.get_mut(issue) else {
                     return;
                 };
                 record.attempts = record.attempts.max(*attempt);
-                issue.clone()
+                // Written with the next change that matters for a resume.
+                (issue.clone(), false)
             }
             Event::Reviewed {
                 issue, findings, ..
@@ -120,7 +176,7 @@ impl EventSink for RunRecorder {
                     return;
                 };
                 record.findings.clone_from(findings);
-                issue.clone()
+                (issue.clone(), true)
             }
             Event::TurnFinished {
                 issue,
@@ -131,12 +187,14 @@ impl EventSink for RunRecorder {
                 let Some(record) = book.records.get_mut(issue) else {
                     return;
                 };
+                let known = record.session_id.clone();
                 if let Some(id) = session_id {
                     record.session_id = Some(id.to_string());
                 }
                 record.tokens += usage.input_tokens + usage.output_tokens;
                 record.cost_usd += cost_usd;
-                issue.clone()
+                // Spend alone waits for the next change; a new session does not.
+                (issue.clone(), record.session_id != known)
             }
             Event::IssueClosed { issue } => {
                 let Some(record) = book.records.get_mut(issue) else {
@@ -144,7 +202,7 @@ impl EventSink for RunRecorder {
                 };
                 "closed".clone_into(&mut record.status);
                 record.reason = None;
-                issue.clone()
+                (issue.clone(), true)
             }
             Event::IssueFailed { issue, reason } | Event::IssueSkipped { issue, reason } => {
                 let Some(record) = book.records.get_mut(issue) else {
@@ -157,12 +215,12 @@ impl EventSink for RunRecorder {
                 };
                 status.clone_into(&mut record.status);
                 record.reason = Some(reason.clone());
-                issue.clone()
+                (issue.clone(), true)
             }
             _ => return,
         };
-        if let Some(record) = book.records.get(&issue) {
-            let _ = book.run.write_issue(&self.runs_dir, record);
+        if now && let Some(record) = book.records.get(&issue) {
+            self.hand_over(Write::Issue(record.clone()));
         }
     }
 }
