@@ -360,7 +360,7 @@ impl JsonlStore {
     }
 }
 
-/// An `IssueTracker` handle to a shared [`JsonlStore`].
+/// An `IssueTracker` handle to the embedded store (shared; clones are cheap).
 #[derive(Debug, Clone)]
 pub struct JsonlTracker(Arc<JsonlStore>);
 
