@@ -218,119 +218,6 @@ fn script_with_check(repo: &Path) -> Script {
     })
 }
 
-/// An agent that first works for a while, so a run can be killed mid-issue.
-fn slow_script(repo: &Path) -> Script {
-    let repo = repo.canonicalize().unwrap();
-    Script::from_fn(move |conversation: &Conversation<'_>| {
-        let text = conversation.user_texts().join("\n");
-        let issue = issue_of(&text);
-        let plan = [
-            ("Bash", json!({"command": "sleep 4"})),
-            (
-                "mcp__mala__lock_acquire",
-                json!({"filepaths": ["src/a.txt"]}),
-            ),
-            (
-                "Write",
-                json!({"file_path": repo.join("src/a.txt"), "content": "fixed\n"}),
-            ),
-            ("Bash", json!({"command": "ls src"})),
-            // Again: a run that resumes this session holds no locks yet.
-            (
-                "mcp__mala__lock_acquire",
-                json!({"filepaths": ["src/a.txt"]}),
-            ),
-            (
-                "mcp__mala__commit",
-                json!({"paths": ["src/a.txt"], "message": format!("bd-{issue}: fix a")}),
-            ),
-        ];
-        reply(next_step(&plan, *conversation, 0), "Done; committed.")
-    })
-}
-
-#[test]
-fn a_killed_run_is_resumed_by_the_next_with_nothing_lost_or_done_twice() {
-    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
-    let repo = TempRepo::new();
-    std::fs::create_dir(repo.path().join("src")).unwrap();
-    std::fs::write(
-        repo.path().join("mala.yaml"),
-        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
-    )
-    .unwrap();
-    let br = Br::init(&br_binary, repo.path(), "kill");
-    let issue = br.create(&NewIssue {
-        title: "Fix a",
-        priority: 2,
-        ..NewIssue::default()
-    });
-    repo.git(&["add", "-A"]);
-    repo.git(&["commit", "-q", "-m", "setup"]);
-    let mock = MockAnthropic::start(slow_script(repo.path()));
-    let harness = ClaudeHarness::new(&claude, &mock);
-    let scratch = tempfile::tempdir().unwrap();
-    let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let env = run_env(&harness, &bin, scratch.path());
-    let mala = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_mala"));
-        command
-            .args(args)
-            .current_dir(repo.path())
-            .env_clear()
-            .envs(env.clone());
-        command
-    };
-
-    // The first run claims the issue, its agent starts working, and the run is killed -9.
-    let mut first = mala(&["run"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first run never got going"
-        );
-        let working = mock
-            .requests()
-            .iter()
-            .any(|r| r.body.to_string().contains("sleep 4"));
-        if working {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    first.kill().unwrap();
-    first.wait().unwrap();
-    assert_eq!(
-        br.json(&["show", &issue])[0]["status"],
-        "in_progress",
-        "the dead run's claim is still there"
-    );
-
-    // The next run takes the dead run's claim over and finishes the issue, once.
-    let output = mala(&["run"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(stdout.contains(&format!("✓ {issue}  closed")), "{stdout}");
-    assert_eq!(br.json(&["show", &issue])[0]["status"], "closed");
-    let commits = repo.git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")]);
-    assert_eq!(commits.lines().count(), 1, "done once: {commits}");
-    assert!(
-        mock.requests()
-            .iter()
-            .any(|r| r.body.to_string().contains("picking your session up")),
-        "the next run resumed the earlier session rather than starting over"
-    );
-}
-
 #[test]
 fn watch_mode_waits_for_work_and_a_ctrl_c_ends_it_cleanly() {
     let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
@@ -1016,9 +903,13 @@ fn resumable_script(repo: &Path) -> Script {
     })
 }
 
-/// Kills `mala run` with SIGKILL once `ready` says so, then runs
-/// `mala run --resume` and checks nothing was lost or done twice.
-fn kill_then_resume(point: &str, ready: &dyn Fn(&Br, &TempRepo, &str) -> bool) {
+/// What `kill_then_resume` waits for before the SIGKILL.
+type Ready<'a> = &'a dyn Fn(&Br, &TempRepo, &MockAnthropic, &str) -> bool;
+
+/// Kills `mala run` with SIGKILL once `ready` says so, then runs mala with
+/// `next` and checks nothing was lost or done twice (and, when `resumed`,
+/// that the agent's session was continued, not started over).
+fn kill_then_resume(point: &str, next: &[&str], resumed: bool, ready: Ready<'_>) {
     let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
     let repo = TempRepo::new();
     std::fs::create_dir(repo.path().join("src")).unwrap();
@@ -1054,7 +945,7 @@ fn kill_then_resume(point: &str, ready: &dyn Fn(&Br, &TempRepo, &str) -> bool) {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
-    while !ready(&br, &repo, &issue) {
+    while !ready(&br, &repo, &mock, &issue) {
         assert!(
             std::time::Instant::now() < deadline,
             "{point}: never got there"
@@ -1079,7 +970,7 @@ fn kill_then_resume(point: &str, ready: &dyn Fn(&Br, &TempRepo, &str) -> bool) {
         "{point}: the dead run's claim is still there"
     );
 
-    let output = mala(&["run", "--resume"]).output().unwrap();
+    let output = mala(next).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),
@@ -1087,6 +978,14 @@ fn kill_then_resume(point: &str, ready: &dyn Fn(&Br, &TempRepo, &str) -> bool) {
         "{point}: {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    if resumed {
+        assert!(
+            mock.requests()
+                .iter()
+                .any(|r| r.body.to_string().contains(RESUMED)),
+            "{point}: the next run continued the earlier session"
+        );
+    }
     assert_eq!(br.json(&["show", &issue])[0]["status"], "closed", "{point}");
     let commits = repo.git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")]);
     assert_eq!(commits.lines().count(), 1, "{point}: done once: {commits}");
@@ -1107,19 +1006,36 @@ fn kill_then_resume(point: &str, ready: &dyn Fn(&Br, &TempRepo, &str) -> bool) {
 
 #[test]
 fn a_run_killed_right_after_its_claim_is_finished_by_the_next() {
-    kill_then_resume("after the claim", &|br, _, issue| {
-        br.json(&["show", issue])[0]["status"] == "in_progress"
+    kill_then_resume(
+        "after the claim",
+        &["run", "--resume"],
+        false,
+        &|br, _, _, issue| br.json(&["show", issue])[0]["status"] == "in_progress",
+    );
+}
+
+#[test]
+fn a_run_killed_mid_turn_is_taken_over_by_a_plain_run_that_continues_the_session() {
+    kill_then_resume("mid-turn", &["run"], true, &|_, _, mock, _| {
+        mock.requests()
+            .iter()
+            .any(|r| r.body.to_string().contains("sleep 2"))
     });
 }
 
 #[test]
 fn a_run_killed_after_the_commit_but_before_the_close_is_not_done_twice() {
-    kill_then_resume("after the commit", &|_, repo, issue| {
-        !repo
-            .git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")])
-            .trim()
-            .is_empty()
-    });
+    kill_then_resume(
+        "after the commit",
+        &["run", "--resume"],
+        true,
+        &|_, repo, _, issue| {
+            !repo
+                .git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")])
+                .trim()
+                .is_empty()
+        },
+    );
 }
 
 /// `claude` processes started for an agent on `issue` (their environment
