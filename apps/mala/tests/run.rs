@@ -504,37 +504,20 @@ fn a_third_ctrl_c_kills_the_agents_and_still_cleans_up() {
 #[allow(clippy::too_many_lines)]
 fn stop_with_ctrl_c(presses: usize) {
     let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
-    let repo = TempRepo::new();
-    std::fs::create_dir(repo.path().join("src")).unwrap();
-    std::fs::write(
-        repo.path().join("mala.yaml"),
-        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
-    )
-    .unwrap();
-    let br = Br::init(&br_binary, repo.path(), "stop");
-    let issue = br.create(&NewIssue {
-        title: "Fix a",
-        priority: 2,
-        ..NewIssue::default()
+    let fix = OneIssue::new(&claude, &br_binary, "stop", |repo, scratch| {
+        lock_then_wait_script(repo, &scratch.join("slept-once"))
     });
-    repo.git(&["add", "-A"]);
-    repo.git(&["commit", "-q", "-m", "setup"]);
-    let scratch = tempfile::tempdir().unwrap();
-    let once = scratch.path().join("slept-once");
-    let mock = MockAnthropic::start(lock_then_wait_script(repo.path(), &once));
-    let harness = ClaudeHarness::new(&claude, &mock);
-    let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let env = run_env(&harness, &bin, scratch.path());
+    let once = fix.scratch.path().join("slept-once");
+    let OneIssue {
+        repo,
+        br,
+        issue,
+        mock,
+        scratch,
+        ..
+    } = &fix;
     let locks = scratch.path().join("locks");
-    let mala = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_mala"));
-        command
-            .args(args)
-            .current_dir(repo.path())
-            .env_clear()
-            .envs(env.clone());
-        command
-    };
+    let mala = |args: &[&str]| fix.mala(args);
     let files_ending = |suffix: &str| {
         std::fs::read_dir(&locks).map_or(0, |d| {
             d.filter(|e| {
@@ -593,7 +576,7 @@ fn stop_with_ctrl_c(presses: usize) {
     assert!(stdout.contains("■ stopped: interrupted"), "{stdout}");
     assert_eq!(files_ending(".lock"), 0, "the agent's lock was released");
     assert_eq!(files_ending(".marker"), 0, "the run marker was removed");
-    let shown = &br.json(&["show", &issue])[0];
+    let shown = &br.json(&["show", issue])[0];
     assert_eq!(shown["status"], "in_progress", "the claim is kept: {shown}");
     assert!(
         !shown["notes"]
@@ -621,7 +604,7 @@ fn stop_with_ctrl_c(presses: usize) {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(br.json(&["show", &issue])[0]["status"], "closed");
+    assert_eq!(br.json(&["show", issue])[0]["status"], "closed");
     let commits = repo.git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")]);
     assert_eq!(commits.lines().count(), 1, "done once: {commits}");
     assert!(
@@ -630,6 +613,70 @@ fn stop_with_ctrl_c(presses: usize) {
             .any(|r| r.body.to_string().contains("picking your session up")),
         "the next run resumed the earlier session rather than starting over"
     );
+}
+
+/// A repository with one issue, "Fix a" (the agent writes `src/a.txt`; the
+/// required check is `ls src`), the mock model playing `script`, and how to
+/// run mala there.
+struct OneIssue {
+    repo: TempRepo,
+    br: Br,
+    issue: String,
+    mock: MockAnthropic,
+    _harness: ClaudeHarness,
+    scratch: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl OneIssue {
+    /// `script` gets the repository and the scratch directory.
+    fn new(
+        claude: &Path,
+        br_binary: &Path,
+        prefix: &str,
+        script: impl FnOnce(&Path, &Path) -> Script,
+    ) -> Self {
+        let repo = TempRepo::new();
+        std::fs::create_dir(repo.path().join("src")).unwrap();
+        std::fs::write(
+            repo.path().join("mala.yaml"),
+            "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
+        )
+        .unwrap();
+        let br = Br::init(br_binary, repo.path(), prefix);
+        let issue = br.create(&NewIssue {
+            title: "Fix a",
+            priority: 2,
+            ..NewIssue::default()
+        });
+        repo.git(&["add", "-A"]);
+        repo.git(&["commit", "-q", "-m", "setup"]);
+        let scratch = tempfile::tempdir().unwrap();
+        let mock = MockAnthropic::start(script(repo.path(), scratch.path()));
+        let harness = ClaudeHarness::new(claude, &mock);
+        let bin = bin_dir(scratch.path(), br_binary, claude);
+        let env = run_env(&harness, &bin, scratch.path());
+        Self {
+            repo,
+            br,
+            issue,
+            mock,
+            _harness: harness,
+            scratch,
+            env,
+        }
+    }
+
+    /// `mala <args>` in the repository, with the test environment only.
+    fn mala(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mala"));
+        command
+            .args(args)
+            .current_dir(self.repo.path())
+            .env_clear()
+            .envs(self.env.clone());
+        command
+    }
 }
 
 /// The environment a test run of `mala` gets: the harness's (pointing claude
@@ -911,41 +958,24 @@ type Ready<'a> = &'a dyn Fn(&Br, &TempRepo, &MockAnthropic, &str) -> bool;
 /// that the agent's session was continued, not started over).
 fn kill_then_resume(point: &str, next: &[&str], resumed: bool, ready: Ready<'_>) {
     let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
-    let repo = TempRepo::new();
-    std::fs::create_dir(repo.path().join("src")).unwrap();
-    std::fs::write(
-        repo.path().join("mala.yaml"),
-        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
-    )
-    .unwrap();
-    let br = Br::init(&br_binary, repo.path(), "kill");
-    let issue = br.create(&NewIssue {
-        title: "Fix a",
-        priority: 2,
-        ..NewIssue::default()
+    let fix = OneIssue::new(&claude, &br_binary, "kill", |repo, _| {
+        resumable_script(repo)
     });
-    repo.git(&["add", "-A"]);
-    repo.git(&["commit", "-q", "-m", "setup"]);
-    let mock = MockAnthropic::start(resumable_script(repo.path()));
-    let harness = ClaudeHarness::new(&claude, &mock);
-    let scratch = tempfile::tempdir().unwrap();
-    let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let env = run_env(&harness, &bin, scratch.path());
-    let mala = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_mala"));
-        command
-            .args(args)
-            .current_dir(repo.path())
-            .env_clear()
-            .envs(env.clone());
-        command
-    };
+    let OneIssue {
+        repo,
+        br,
+        issue,
+        mock,
+        scratch,
+        ..
+    } = &fix;
+    let mala = |args: &[&str]| fix.mala(args);
     let mut first = mala(&["run"])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
-    while !ready(&br, &repo, &mock, &issue) {
+    while !ready(br, repo, mock, issue) {
         assert!(
             std::time::Instant::now() < deadline,
             "{point}: never got there"
@@ -956,16 +986,16 @@ fn kill_then_resume(point: &str, next: &[&str], resumed: bool, ready: Ready<'_>)
     first.wait().unwrap();
     // The agents die with mala: none works on, unguarded, after it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !agents_of(&issue).is_empty() {
+    while !agents_of(issue).is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "{point}: an agent outlived mala: {:?}",
-            agents_of(&issue)
+            agents_of(issue)
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(
-        br.json(&["show", &issue])[0]["status"],
+        br.json(&["show", issue])[0]["status"],
         "in_progress",
         "{point}: the dead run's claim is still there"
     );
@@ -986,7 +1016,7 @@ fn kill_then_resume(point: &str, next: &[&str], resumed: bool, ready: Ready<'_>)
             "{point}: the next run continued the earlier session"
         );
     }
-    assert_eq!(br.json(&["show", &issue])[0]["status"], "closed", "{point}");
+    assert_eq!(br.json(&["show", issue])[0]["status"], "closed", "{point}");
     let commits = repo.git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")]);
     assert_eq!(commits.lines().count(), 1, "{point}: done once: {commits}");
     let locks: Vec<String> = std::fs::read_dir(scratch.path().join("locks"))
