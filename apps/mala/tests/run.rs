@@ -1084,3 +1084,81 @@ fn agents_of(issue: &str) -> Vec<u32> {
         })
         .collect()
 }
+
+/// An agent that commits only half its work: the check passes in the shared
+/// tree (the other half is there, uncommitted), so only mala's own run of
+/// the check on the commit can tell. Told so, it commits the rest.
+fn half_committed_script(repo: &Path) -> Script {
+    let repo = repo.canonicalize().unwrap();
+    Script::from_fn(move |conversation: &Conversation<'_>| {
+        let text = conversation.user_texts().join("\n");
+        let issue = issue_of(&text);
+        let both = json!({"filepaths": ["src/a.txt", "src/b.txt"]});
+        let write = |name: &str| json!({"file_path": repo.join(format!("src/{name}.txt")), "content": "fixed\n"});
+        let commit = |paths: &[&str], what: &str| json!({"paths": paths, "message": format!("bd-{issue}: {what}")});
+        let first = [
+            ("mcp__mala__lock_acquire", both.clone()),
+            ("Write", write("a")),
+            ("Write", write("b")),
+            (
+                "Bash",
+                json!({"command": "test -f src/a.txt && test -f src/b.txt"}),
+            ),
+            ("mcp__mala__commit", commit(&["src/a.txt"], "fix a")),
+        ];
+        let second = [
+            ("mcp__mala__commit", commit(&["src/b.txt"], "add b too")),
+            (
+                "Bash",
+                json!({"command": "test -f src/a.txt && test -f src/b.txt"}),
+            ),
+        ];
+        let next = match conversation.tool_uses_since("clean checkout") {
+            Some(done) => second.get(done),
+            None => first.get(conversation.tool_uses_so_far()),
+        };
+        reply(next, "Done; the check passes and the work is committed.")
+    })
+}
+
+#[test]
+fn with_gate_rerun_mala_catches_a_commit_that_passes_only_in_the_shared_tree() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let fix = OneIssue::new(&claude, &br_binary, "rerun", |repo, _| {
+        half_committed_script(repo)
+    });
+    std::fs::write(
+        fix.repo.path().join("mala.yaml"),
+        "commands:\n  check: \"test -f src/a.txt && test -f src/b.txt\"\n\
+         evidence_check:\n  required: [check]\ngate:\n  rerun: true\n",
+    )
+    .unwrap();
+    fix.repo.git(&["commit", "-q", "-am", "rerun the checks"]);
+    let output = fix.mala(&["run"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("gate failed (attempt 1)") && stdout.contains("clean checkout"),
+        "the half commit was caught: {stdout}"
+    );
+    assert!(stdout.contains("gate passed (attempt 2)"), "{stdout}");
+    assert_eq!(fix.br.json(&["show", &fix.issue])[0]["status"], "closed");
+    let files = fix
+        .repo
+        .git(&["show", "--name-only", "--format=", "HEAD~1", "HEAD~2"]);
+    assert!(
+        files.contains("src/b.txt"),
+        "b was committed in the end: {files}"
+    );
+    let worktrees = fix.repo.git(&["worktree", "list"]);
+    assert_eq!(
+        worktrees.lines().count(),
+        1,
+        "no checkout left: {worktrees}"
+    );
+}

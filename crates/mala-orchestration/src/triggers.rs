@@ -273,7 +273,8 @@ pub(crate) async fn run_code_review(
         if commits.is_empty() {
             return TriggerOutcome::Passed;
         }
-        commits.sort_by_key(|c| c.time);
+        // Oldest first (git lists newest first, also within one second).
+        commits.reverse();
         let request = ReviewRequest {
             subject: ReviewSubject::Range(run.name.to_owned()),
             description: format!(

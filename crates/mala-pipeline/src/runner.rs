@@ -779,7 +779,9 @@ impl<'a> IssueRun<'a> {
             .into_iter()
             .filter(|c| is_issue_commit(&c.subject, &self.issue.id) && c.time >= self.baseline)
             .collect();
-        ours.sort_by_key(|c| c.time);
+        // Oldest first: git lists newest first, and that order also holds
+        // for commits made in the same second.
+        ours.reverse();
         let context = match &self.session_end {
             Some(session_end) => format!(
                 "The author's final message:\n{}\n\nThe session_end validation mala ran: {session_end}",

@@ -162,12 +162,14 @@ fn is_code_or_config(file: &str, input: &GateInput<'_>) -> bool {
 }
 
 /// The newest commit of the issue, and whether it is newer than the baseline.
+/// The issue's newest commit. The commits come newest first, as git lists
+/// them, so the first match is it: git's times have one-second precision,
+/// and two commits made in the same second must not be told apart by time.
 fn issue_commit<'c>(input: &GateInput<'c>) -> Option<&'c CommitInfo> {
     input
         .commits
         .iter()
-        .filter(|c| is_issue_commit(&c.subject, input.issue))
-        .max_by_key(|c| c.time)
+        .find(|c| is_issue_commit(&c.subject, input.issue))
 }
 
 fn describe(mismatch: &Mismatch) -> &'static str {

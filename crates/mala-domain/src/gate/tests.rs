@@ -423,3 +423,16 @@ fn markers_are_found_in_the_final_text() {
     assert_eq!(parse_marker("no marker here"), None);
     assert_eq!(parse_marker("ISSUE_UNKNOWN: x"), None);
 }
+
+#[test]
+fn of_two_commits_in_the_same_second_the_newer_one_is_judged() {
+    // Newest first, as git lists them; git's times have one-second precision.
+    let mut case = honest();
+    case.commits = vec![
+        commit("second", "bd-m-1: add the rest", 4, &["src/lexer.rs"]),
+        commit("first", "bd-m-1: fix the parser", 4, &["src/parser.rs"]),
+    ];
+    let verdict = case.judge();
+    assert!(verdict.passed, "{verdict:?}");
+    assert_eq!(verdict.commit.as_deref(), Some("second"));
+}
