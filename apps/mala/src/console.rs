@@ -123,6 +123,8 @@ impl Tally {
         match event {
             Event::IssueClaimed { issue, agent } => {
                 self.agents.insert(agent.clone(), issue.clone());
+                // A session that was cut off never reported its last turn.
+                self.tools.remove(issue);
                 if let Some(&i) = self.by_issue.get(issue) {
                     // Claimed again in the same run (after a deadlock): one row.
                     self.rows[i].outcome = "running";

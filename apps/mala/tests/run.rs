@@ -1162,3 +1162,101 @@ fn with_gate_rerun_mala_catches_a_commit_that_passes_only_in_the_shared_tree() {
         "no checkout left: {worktrees}"
     );
 }
+
+/// Two agents that each lock one file, pause, then want the other's: a
+/// deadlock, unless mala breaks it.
+fn crossing_script(repo: &Path) -> Script {
+    let repo = repo.canonicalize().unwrap();
+    Script::from_fn(move |conversation: &Conversation<'_>| {
+        let text = conversation.user_texts().join("\n");
+        let issue = issue_of(&text);
+        let word = |key: &str| {
+            text.split(key)
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or("src/x.txt")
+                .to_owned()
+        };
+        let (first, second) = (word("FIRST="), word("SECOND="));
+        let write =
+            |path: &str| json!({"file_path": repo.join(path), "content": format!("{issue}\n")});
+        let plan = [
+            ("mcp__mala__lock_acquire", json!({"filepaths": [first]})),
+            ("Bash", json!({"command": "sleep 2"})),
+            (
+                "mcp__mala__lock_acquire",
+                json!({"filepaths": [second], "timeout_seconds": 60}),
+            ),
+            // Claude Code writes over a file only after reading it, and the
+            // issue that gave way finds the other's files there.
+            ("Read", json!({"file_path": repo.join(&first)})),
+            ("Write", write(&first)),
+            ("Read", json!({"file_path": repo.join(&second)})),
+            ("Write", write(&second)),
+            ("Bash", json!({"command": "ls src"})),
+            (
+                "mcp__mala__commit",
+                json!({"paths": [first, second], "message": format!("bd-{issue}: both files")}),
+            ),
+        ];
+        reply(
+            plan.get(conversation.tool_uses_so_far()),
+            "Done; both files are fixed and committed.",
+        )
+    })
+}
+
+#[test]
+fn a_deadlock_between_two_agents_is_broken_and_both_issues_close() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = TempRepo::new();
+    std::fs::create_dir(repo.path().join("src")).unwrap();
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
+    )
+    .unwrap();
+    let br = Br::init(&br_binary, repo.path(), "dead");
+    let issues: Vec<String> = [("a", "b"), ("b", "a")]
+        .iter()
+        .map(|(first, second)| {
+            br.create(&NewIssue {
+                title: &format!("Fix {first} then {second}"),
+                priority: 2,
+                description: &format!("FIRST=src/{first}.txt SECOND=src/{second}.txt"),
+                ..NewIssue::default()
+            })
+        })
+        .collect();
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+    let mock = MockAnthropic::start(crossing_script(repo.path()));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = bin_dir(scratch.path(), &br_binary, &claude);
+    let output = Command::new(env!("CARGO_BIN_EXE_mala"))
+        .args(["run", "--max-agents", "2"])
+        .current_dir(repo.path())
+        .env_clear()
+        .envs(run_env(&harness, &bin, scratch.path()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("gave way in a deadlock"), "{stdout}");
+    assert!(
+        !stdout.contains("gate failed"),
+        "the victim stopped at once, and its issue ran again cleanly: {stdout}"
+    );
+    assert!(stdout.contains("2 closed, 0 failed"), "{stdout}");
+    for issue in &issues {
+        assert_eq!(br.json(&["show", issue])[0]["status"], "closed", "{stdout}");
+        let commits = repo.git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")]);
+        assert_eq!(commits.lines().count(), 1, "{issue}: {commits}");
+    }
+}

@@ -1,8 +1,9 @@
 //! The deadlock monitor: one task that follows the lock table's events,
 //! keeps the wait-for graph, and breaks each deadlock as it closes.
 //!
-//! The victim's session is the scheduler's to cancel: the monitor sends the
-//! resolution on `victims` and goes on.
+//! The victim's session is the scheduler's to cancel: the monitor names the
+//! victim on `victims` first, then releases its locks and records the
+//! deadlock in the tracker.
 
 use std::sync::Arc;
 
@@ -11,12 +12,23 @@ use mala_domain::{WaitForGraph, parse_agent_name};
 use mala_pipeline::{Resolution, resolve_deadlock};
 use tokio::sync::mpsc;
 
+/// What the monitor tells the scheduler about a deadlock, in this order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadlockNews {
+    /// Stop this agent now: it gives way (its locks are released next).
+    Stop(Resolution),
+    /// The deadlock is recorded in the tracker (the victim's issue depends
+    /// on the blocker's and is open again), or recording it failed: plan
+    /// again.
+    Recorded(Resolution),
+}
+
 /// Follows `events` until the lock table is dropped.
 pub async fn run_deadlock_monitor(
     mut events: mpsc::UnboundedReceiver<LockEvent>,
     tracker: Arc<dyn IssueTracker>,
     locks: Arc<dyn LockTable>,
-    victims: mpsc::UnboundedSender<Resolution>,
+    victims: mpsc::UnboundedSender<DeadlockNews>,
 ) {
     let mut graph = WaitForGraph::new();
     while let Some(event) = events.recv().await {
@@ -50,21 +62,26 @@ pub async fn run_deadlock_monitor(
         // The victim is out of the graph at once, so its own events cannot re-report it.
         graph.remove_agent(&deadlock.victim);
         let issue_of = |agent: &mala_core::AgentId| parse_agent_name(agent).map(|(issue, _)| issue);
-        match resolve_deadlock(&deadlock, issue_of, tracker.as_ref(), locks.as_ref()).await {
-            Ok(resolution) => {
-                let _ = victims.send(resolution);
-            }
+        // The scheduler stops the victim first: once its locks are released
+        // the others move on, and a victim still waiting would take the
+        // next lock that frees and work on without the ones it gave up.
+        let stop = Resolution {
+            victim: deadlock.victim.clone(),
+            victim_issue: issue_of(&deadlock.victim),
+            blocker_issue: issue_of(&deadlock.holder),
+            released: Vec::new(),
+        };
+        let _ = victims.send(DeadlockNews::Stop(stop.clone()));
+        let recorded = match resolve_deadlock(&deadlock, issue_of, tracker.as_ref(), locks.as_ref())
+            .await
+        {
+            Ok(resolution) => resolution,
             Err(error) => {
                 tracing::error!(%error, victim = %deadlock.victim, "could not record the deadlock");
-                // The locks are released first, so the others can still move; cancel anyway.
-                let _ = victims.send(Resolution {
-                    victim: deadlock.victim.clone(),
-                    victim_issue: issue_of(&deadlock.victim),
-                    blocker_issue: issue_of(&deadlock.holder),
-                    released: Vec::new(),
-                });
+                stop
             }
-        }
+        };
+        let _ = victims.send(DeadlockNews::Recorded(recorded));
     }
 }
 
@@ -142,12 +159,23 @@ mod tests {
             })
         };
 
-        let resolution = tokio::time::timeout(Duration::from_secs(5), cancelled.recv())
+        let within = Duration::from_secs(5);
+        let Some(DeadlockNews::Stop(stop)) = tokio::time::timeout(within, cancelled.recv())
             .await
             .unwrap()
-            .unwrap();
-        assert_eq!(resolution.victim, young);
-        assert_eq!(resolution.victim_issue, Some("m-2".into()));
+        else {
+            panic!("the victim is stopped first")
+        };
+        assert_eq!(stop.victim, young);
+        assert_eq!(stop.victim_issue, Some("m-2".into()));
+        let Some(DeadlockNews::Recorded(recorded)) = tokio::time::timeout(within, cancelled.recv())
+            .await
+            .unwrap()
+        else {
+            panic!("then the deadlock is recorded")
+        };
+        assert_eq!(recorded.victim, young);
+        assert_eq!(recorded.released.len(), 1, "{recorded:?}");
         // The old agent gets the lock the victim gave up, without waiting out its timeout.
         let report = tokio::time::timeout(Duration::from_secs(5), old_waits)
             .await

@@ -13,7 +13,7 @@ mod recorder;
 mod run;
 mod triggers;
 
-pub use deadlock_monitor::run_deadlock_monitor;
+pub use deadlock_monitor::{DeadlockNews, run_deadlock_monitor};
 pub use epics::{EpicBook, EpicCheck, Sweep, sweep_epics, verify_epic};
 pub use orchestrator::{
     IssueSource, Orchestrator, OrchestratorBuilder, ResumePolicy, RunError, RunPlan, RunSummary,

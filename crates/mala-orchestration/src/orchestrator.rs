@@ -33,10 +33,10 @@ use tokio::task::JoinSet;
 
 use crate::epics::{EpicBook, sweep_epics};
 use crate::recorder::{Recorded, RunRecorder};
-use crate::run_deadlock_monitor;
 use crate::triggers::{
     CodeReviewRun, SessionEndTrigger, TriggerOutcome, run_code_review, run_trigger,
 };
+use crate::{DeadlockNews, run_deadlock_monitor};
 
 /// The shutdown stages a Ctrl-C steps through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,6 +292,38 @@ async fn wait_for_worker(
             active.retain(|_, w| !w.abort.is_finished());
         }
         None => active.clear(),
+    }
+}
+
+/// The scheduler's part in a deadlock: stop the victim's worker at once
+/// (its issue is deferred), then, once the tracker has the deadlock, let the
+/// deferred issues be planned again.
+fn on_deadlock_news(
+    news: Option<DeadlockNews>,
+    active: &mut HashMap<IssueId, Worker>,
+    deferred: &mut HashSet<IssueId>,
+    attempted: &mut HashSet<IssueId>,
+    unrecorded: &mut usize,
+    events: &Arc<dyn EventSink>,
+) {
+    match news {
+        Some(DeadlockNews::Stop(stop)) => {
+            *unrecorded += 1;
+            if let Some((issue, worker)) = active.iter().find(|(_, w)| w.agent == stop.victim) {
+                let issue = issue.clone();
+                worker.abort.abort();
+                deferred.insert(issue.clone());
+                events.emit(&Event::IssueSkipped {
+                    issue,
+                    reason: "gave way in a deadlock; it runs again once its blocker closes".into(),
+                });
+            }
+        }
+        Some(DeadlockNews::Recorded(_)) => {
+            *unrecorded = unrecorded.saturating_sub(1);
+            attempted.retain(|id| !deferred.contains(id));
+        }
+        None => *unrecorded = 0,
     }
 }
 
@@ -831,6 +863,8 @@ impl Orchestrator {
         let mut active: HashMap<IssueId, Worker> = HashMap::new();
         let mut workers: JoinSet<(IssueId, IssueResult)> = JoinSet::new();
         let mut deferred: HashSet<IssueId> = HashSet::new();
+        // Deadlocks whose victim is stopped but not yet recorded.
+        let mut unrecorded = 0usize;
         let mut started = 0usize;
         let mut idle_said = false;
         let mut closed_since_periodic = 0u32;
@@ -992,6 +1026,21 @@ impl Orchestrator {
                     }),
                 }
             }
+            if active.is_empty() && unrecorded > 0 && victims_open {
+                // A deadlock is still being written down; its victim may be
+                // ready to run again when that is done.
+                let news = victims.recv().await;
+                victims_open = news.is_some();
+                on_deadlock_news(
+                    news,
+                    &mut active,
+                    &mut deferred,
+                    &mut attempted,
+                    &mut unrecorded,
+                    &events,
+                );
+                continue;
+            }
             if active.is_empty() {
                 if done(&view(0, started), plan.watch.is_some()).is_some() {
                     break;
@@ -1031,6 +1080,9 @@ impl Orchestrator {
                                 active.remove(&issue);
                                 if matches!(result, IssueResult::Closed { .. }) {
                                     sweep_pending = true;
+                                    // An issue that gave way in a deadlock may
+                                    // wait for this one: plan it again.
+                                    attempted.retain(|id| !deferred.contains(id));
                                     closed_since_periodic += 1;
                                     if let Some(periodic) = &settings.validation_triggers.periodic
                                         && periodic.interval > 0
@@ -1053,16 +1105,9 @@ impl Orchestrator {
                         }
                     }
                 }
-                victim = victims.recv(), if victims_open => {
-                    victims_open = victim.is_some();
-                    if let Some(resolution) = victim
-                        && let Some((issue, worker)) = active.iter().find(|(_, w)| w.agent == resolution.victim)
-                    {
-                        let issue = issue.clone();
-                        worker.abort.abort();
-                        deferred.insert(issue.clone());
-                        events.emit(&Event::IssueSkipped { issue, reason: "gave way in a deadlock; it runs again once its blocker closes".into() });
-                    }
+                news = victims.recv(), if victims_open => {
+                    victims_open = news.is_some();
+                    on_deadlock_news(news, &mut active, &mut deferred, &mut attempted, &mut unrecorded, &events);
                 }
                 changed = stage.changed(), if stage_open => {
                     // A closed sender means nobody can ask for a drain any more.
@@ -1096,7 +1141,16 @@ impl Orchestrator {
                 let _ = locks.release_all(&worker.agent).await;
             }
         }
-        summary.deferred = deferred.into_iter().collect();
+        // Deferred issues that ran again later in the run have their outcome.
+        let settled: HashSet<&IssueId> = summary
+            .closed
+            .iter()
+            .chain(summary.failed.iter().map(|(i, _)| i))
+            .collect();
+        summary.deferred = deferred
+            .into_iter()
+            .filter(|i| !settled.contains(i))
+            .collect();
         drop(ports);
         if let Some(monitor) = monitor {
             monitor.abort();

@@ -958,6 +958,11 @@ impl Drop for ClaudeSession {
             // A session dropped without close: take its whole group down.
             self.signal(rustix::process::Signal::KILL);
         }
+        // Requests still being answered (a lock wait above all) answer no
+        // one now; left running, a wait could take a lock for a dead agent.
+        for (_, handler) in lock(&self.shared.handlers).drain() {
+            handler.abort();
+        }
     }
 }
 
