@@ -1260,3 +1260,63 @@ fn a_deadlock_between_two_agents_is_broken_and_both_issues_close() {
         assert_eq!(commits.lines().count(), 1, "{issue}: {commits}");
     }
 }
+
+#[test]
+fn an_agent_whose_process_dies_mid_turn_is_resumed_by_its_session_id() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let fix = OneIssue::new(&claude, &br_binary, "crash", |repo, _| {
+        resumable_script(repo)
+    });
+    let run = fix
+        .mala(&["run"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the agent has started its first command, its claude process dies.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let agent = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never started"
+        );
+        let started = fix
+            .mock
+            .requests()
+            .iter()
+            .any(|r| r.body.to_string().contains("sleep 2"));
+        if let (true, Some(pid)) = (started, agents_of(&fix.issue).first().copied()) {
+            break pid;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let status = Command::new("kill")
+        .args(["-KILL", &agent.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = run.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("resuming (1/"), "{stdout}");
+    assert!(
+        fix.mock
+            .requests()
+            .iter()
+            .any(|r| r.body.to_string().contains("its process ended")),
+        "the same conversation went on with the resume prompt"
+    );
+    assert_eq!(fix.br.json(&["show", &fix.issue])[0]["status"], "closed");
+    let commits = fix.repo.git(&[
+        "log",
+        "--format=%s",
+        "--grep",
+        &format!("^bd-{}:", fix.issue),
+    ]);
+    assert_eq!(commits.lines().count(), 1, "{commits}");
+}
