@@ -183,14 +183,18 @@ fn next_step<'p>(
 }
 
 /// An honest agent: lock its file, write it, run the configured check, commit.
+/// Epic verifiers pass every epic.
 fn script_with_check(repo: &Path) -> Script {
+    honest_script(repo, |_| r#"{"passed": true, "findings": []}"#.to_owned())
+}
+
+/// An honest agent, and epic verifiers that answer `verdict(repo)`.
+fn honest_script(repo: &Path, verdict: impl Fn(&Path) -> String + Send + Sync + 'static) -> Script {
     let repo = repo.canonicalize().unwrap();
     Script::from_fn(move |conversation: &Conversation<'_>| {
         let text = conversation.user_texts().join("\n");
         if text.contains("All the issues under epic") {
-            return Reply::Message(vec![Block::Text(
-                r#"{"passed": true, "findings": []}"#.into(),
-            )]);
+            return Reply::Message(vec![Block::Text(verdict(&repo))]);
         }
         let issue = issue_of(&text);
         let file = text
@@ -1319,4 +1323,85 @@ fn an_agent_whose_process_dies_mid_turn_is_resumed_by_its_session_id() {
         &format!("^bd-{}:", fix.issue),
     ]);
     assert_eq!(commits.lines().count(), 1, "{commits}");
+}
+
+#[test]
+fn an_epic_that_fails_verification_gets_remediation_then_closes() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = TempRepo::new();
+    std::fs::create_dir(repo.path().join("src")).unwrap();
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
+    )
+    .unwrap();
+    let br = Br::init(&br_binary, repo.path(), "rem");
+    let epic = br.create(&NewIssue {
+        title: "Parts a and c",
+        issue_type: "epic",
+        priority: 1,
+        ..NewIssue::default()
+    });
+    let part = br.create(&NewIssue {
+        title: "Fix a",
+        priority: 2,
+        parent: Some(&epic),
+        description: "Write the word fixed into FILE=src/a.txt and commit it.",
+        ..NewIssue::default()
+    });
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+    // The verifier finds part c missing until it is there.
+    let mock = MockAnthropic::start(honest_script(repo.path(), |repo| {
+        if repo.join("src/c.txt").exists() {
+            r#"{"passed": true, "findings": []}"#.to_owned()
+        } else {
+            r#"{"passed": false, "findings": [{"priority": 1, "title": "Part c is missing", "body": "Write the word fixed into FILE=src/c.txt and commit it."}]}"#.to_owned()
+        }
+    }));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = bin_dir(scratch.path(), &br_binary, &claude);
+    let output = Command::new(env!("CARGO_BIN_EXE_mala"))
+        .arg("run")
+        .current_dir(repo.path())
+        .env_clear()
+        .envs(run_env(&harness, &bin, scratch.path()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "✗ {epic}  epic verification found 1 unmet criterion"
+        )),
+        "{stdout}"
+    );
+    let remediation = br.json(&["list", "--all", "--label", "auto_generated"]);
+    let remediation = remediation["issues"].as_array().unwrap();
+    assert_eq!(remediation.len(), 1, "{remediation:?}");
+    assert!(
+        remediation[0]["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("[Remediation] Part c is missing")
+    );
+    let remediation = remediation[0]["id"].as_str().unwrap().to_owned();
+    for issue in [&part, &remediation, &epic] {
+        assert_eq!(
+            br.json(&["show", issue])[0]["status"],
+            "closed",
+            "{issue}: {stdout}"
+        );
+    }
+    assert!(stdout.contains(&format!("✓ {epic}  closed")), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(repo.path().join("src/c.txt")).unwrap(),
+        "fixed\n"
+    );
 }
