@@ -194,6 +194,14 @@ async fn every_tracker_operation_works_against_real_br() {
         (reopened.status, reopened.assignee),
         (IssueStatus::Open, None)
     );
+    let cleared = IssueUpdate {
+        remove_labels: vec!["needs-followup".into()],
+        ..IssueUpdate::default()
+    };
+    tracker.update(&child, cleared).await.unwrap();
+    let cleared = tracker.show(&child).await.unwrap();
+    assert!(!cleared.has_label("needs-followup"), "{:?}", cleared.labels);
+    assert!(cleared.notes.contains("tests failed"), "the notes stay");
 
     tracker
         .update(

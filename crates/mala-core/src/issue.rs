@@ -334,6 +334,7 @@ pub struct IssueUpdate {
     pub priority: Option<Priority>,
     pub status: Option<IssueStatus>,
     pub add_labels: Vec<String>,
+    pub remove_labels: Vec<String>,
     pub notes: Option<String>,
 }
 

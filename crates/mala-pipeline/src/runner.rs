@@ -123,6 +123,9 @@ impl AgentObserver for SessionLog {
     }
 }
 
+/// The label of an issue a person (or a later run) should look at again.
+const NEEDS_FOLLOWUP: &str = "needs-followup";
+
 /// How a result cut short by a stop begins; the claim stays so the next run
 /// takes the issue over.
 const STOPPED: &str = "stopped before the end";
@@ -915,7 +918,17 @@ impl<'a> IssueRun<'a> {
                     (None, None) => "mala: passed the quality gate".to_owned(),
                 };
                 match self.ports.tracker.close(&id, &reason).await {
-                    Ok(()) => self.ports.events.emit(&Event::IssueClosed { issue: id }),
+                    Ok(()) => {
+                        if self.issue.has_label(NEEDS_FOLLOWUP) {
+                            // Done now: an earlier failure's label would say otherwise.
+                            let cleared = IssueUpdate {
+                                remove_labels: vec![NEEDS_FOLLOWUP.to_owned()],
+                                ..IssueUpdate::default()
+                            };
+                            let _ = self.ports.tracker.update(&id, cleared).await;
+                        }
+                        self.ports.events.emit(&Event::IssueClosed { issue: id });
+                    }
                     Err(error) => {
                         let reason =
                             format!("the work passed, but closing the issue failed: {error}");

@@ -1191,3 +1191,22 @@ async fn an_earlier_session_that_cannot_be_resumed_is_replaced_by_a_new_one() {
         world.prompts[1]
     );
 }
+
+#[tokio::test]
+async fn an_issue_that_closes_after_a_failure_loses_its_needs_followup_label() {
+    let h = Harness::new().await;
+    let lazy = Turn {
+        text: "Done.",
+        ..Turn::default()
+    };
+    let _ = h.run(vec![lazy], None).await;
+    let (status, followup, _) = h.status().await;
+    assert_eq!(status, IssueStatus::Open);
+    assert!(followup, "the failure is marked");
+    let result = h.run(vec![honest_turn(&h)], None).await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    let (status, followup, notes) = h.status().await;
+    assert_eq!(status, IssueStatus::Closed);
+    assert!(!followup, "closed work needs no follow-up");
+    assert!(notes.contains("mala: failed"), "the history stays: {notes}");
+}

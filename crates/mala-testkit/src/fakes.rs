@@ -316,6 +316,7 @@ impl IssueTracker for MemoryTracker {
                 issue.labels.push(label);
             }
         }
+        issue.labels.retain(|l| !update.remove_labels.contains(l));
         if let Some(notes) = update.notes {
             issue.notes = if issue.notes.is_empty() {
                 notes

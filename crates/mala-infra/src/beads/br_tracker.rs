@@ -383,6 +383,9 @@ impl IssueTracker for BrTracker {
         for label in &update.add_labels {
             argv.extend(["--add-label".to_owned(), normalize_label(label)]);
         }
+        for label in &update.remove_labels {
+            argv.extend(["--remove-label".to_owned(), normalize_label(label)]);
+        }
         if let Some(notes) = update.notes {
             argv.extend(["--append-notes".to_owned(), notes]);
         }

@@ -217,6 +217,12 @@ fn set(row: &mut Map<String, Value>, key: &str, value: impl Into<Value>) {
     row.insert(key.to_owned(), value.into());
 }
 
+fn remove_label(row: &mut Map<String, Value>, label: &str) {
+    if let Some(Value::Array(labels)) = row.get_mut("labels") {
+        labels.retain(|l| l.as_str() != Some(label));
+    }
+}
+
 fn add_label(row: &mut Map<String, Value>, label: &str) {
     let mut labels: Vec<String> = row
         .get("labels")
@@ -761,6 +767,9 @@ impl IssueTracker for JsonlTracker {
                     }
                     for label in &update.add_labels {
                         add_label(row, &normalize_label(label));
+                    }
+                    for label in &update.remove_labels {
+                        remove_label(row, &normalize_label(label));
                     }
                     if let Some(notes) = update.notes {
                         append_notes(row, &notes);
