@@ -166,6 +166,22 @@ pub struct Finding {
     pub line_end: Option<u32>,
 }
 
+impl Finding {
+    /// The least urgent priority that blocks by default: P0 and P1 block.
+    pub const BLOCKING_PRIORITY: u8 = 1;
+
+    /// Whether it blocks where findings at `threshold` or more urgent do
+    /// (0 is the most urgent).
+    pub fn is_blocking(&self, threshold: u8) -> bool {
+        self.priority <= threshold
+    }
+
+    /// Whether it blocks by the default rule (P0 and P1).
+    pub fn blocks(&self) -> bool {
+        self.is_blocking(Self::BLOCKING_PRIORITY)
+    }
+}
+
 /// What is under review.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReviewSubject {

@@ -389,7 +389,7 @@ fn with_verdict(verdict: &str, mut findings: Vec<Finding>) -> Result<Vec<Finding
         line_start: None,
         line_end: None,
     };
-    let blocked = findings.iter().any(|f| f.priority <= 1);
+    let blocked = findings.iter().any(Finding::blocks);
     let added = match (verdict, blocked) {
         ("pass" | "needs_work", _) | ("fail", true) => None,
         ("fail", false) => Some(blocking(

@@ -31,8 +31,6 @@ pub use git::{CommitRefusal, GitRepo, commit_as_agent};
 pub use locks::{
     FileLockTable, canonical_path, list_locks, lock_file_stem, paths_held_in, remove_lock,
 };
-pub use review::{
-    AgentReviewer, EpicVerdict, EpicVerifier, parse_epic_answer, parse_review_answer,
-};
+pub use review::{AgentReviewer, EpicVerifier};
 pub use run_log::{IssueJournal, IssueRecord, RunLog, encode_repo};
 pub use run_marker::{Cleanup, RunMarker, is_run_alive, remove_stale};

@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use mala_core::{
-    AgentBackend, AgentEvent, AgentId, AgentObserver, Finding, IssueTracker, ReviewError,
-    ReviewRequest, ReviewSubject, ReviewVerdict, Reviewer, SessionRequest, TurnStatus,
+    AgentBackend, AgentEvent, AgentId, AgentObserver, IssueTracker, ReviewError, ReviewRequest,
+    ReviewSubject, ReviewVerdict, Reviewer, SessionRequest, TurnStatus,
 };
-use mala_domain::{PromptKind, render_prompt};
-use serde::Deserialize;
+use mala_domain::{EpicVerdict, PromptKind, parse_epic_answer, parse_review_answer, render_prompt};
 
 struct Quiet;
 
@@ -46,65 +45,6 @@ impl AgentReviewer {
             repo_root: repo_root.to_path_buf(),
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Answer {
-    findings: Vec<RawFinding>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawFinding {
-    priority: u8,
-    title: String,
-    #[serde(default)]
-    body: String,
-    #[serde(default)]
-    file: Option<String>,
-    #[serde(default)]
-    line_start: Option<u32>,
-    #[serde(default)]
-    line_end: Option<u32>,
-}
-
-/// Reads the reviewer's answer: one JSON object `{"findings": [...]}`, maybe
-/// inside a code fence. Priorities are 0–3 and every finding has a title.
-pub fn parse_review_answer(text: &str) -> Result<ReviewVerdict, ReviewError> {
-    let start = text.find('{');
-    let end = text.rfind('}');
-    let (Some(start), Some(end)) = (start, end) else {
-        return Err(ReviewError::InvalidAnswer(format!(
-            "no JSON object in the answer: {}",
-            text.chars().take(200).collect::<String>()
-        )));
-    };
-    let answer: Answer = serde_json::from_str(&text[start..=end]).map_err(|e| {
-        ReviewError::InvalidAnswer(format!("the answer is not the expected JSON: {e}"))
-    })?;
-    let mut findings = Vec::new();
-    for raw in answer.findings {
-        if raw.priority > 3 {
-            return Err(ReviewError::InvalidAnswer(format!(
-                "priority {} is not 0-3",
-                raw.priority
-            )));
-        }
-        if raw.title.trim().is_empty() {
-            return Err(ReviewError::InvalidAnswer(
-                "a finding has no title".to_owned(),
-            ));
-        }
-        findings.push(Finding {
-            priority: raw.priority,
-            title: raw.title,
-            body: raw.body,
-            file: raw.file.filter(|f| !f.is_empty()),
-            line_start: raw.line_start,
-            line_end: raw.line_end,
-        });
-    }
-    Ok(ReviewVerdict { findings })
 }
 
 #[async_trait]
@@ -166,115 +106,6 @@ impl Reviewer for AgentReviewer {
         }
         parse_review_answer(&outcome.final_text)
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn epic_answers_fail_with_a_reason() {
-        let verdict = parse_epic_answer(
-            "{\"passed\": true, \"findings\": [{\"priority\": 3, \"title\": \"docs\"}]}",
-        )
-        .unwrap();
-        assert!(verdict.passed);
-        let verdict = parse_epic_answer("{\"passed\": false, \"findings\": []}").unwrap();
-        assert!(!verdict.passed && verdict.findings[0].priority == 1);
-        let verdict = parse_epic_answer(
-            "{\"passed\": true, \"findings\": [{\"priority\": 0, \"title\": \"missing\"}]}",
-        )
-        .unwrap();
-        assert!(
-            !verdict.passed,
-            "a blocking finding fails the epic whatever the flag says"
-        );
-        assert!(parse_epic_answer("yes it is fine").is_err());
-    }
-
-    #[test]
-    fn answers_are_checked_before_they_count() {
-        let verdict = parse_review_answer(
-            "Here is my review:\n```json\n{\"findings\": [{\"priority\": 1, \"title\": \"Off by one\", \"body\": \"loop\", \"file\": \"src/a.rs\", \"line_start\": 3, \"line_end\": 4}]}\n```",
-        )
-        .unwrap();
-        assert_eq!(verdict.findings.len(), 1);
-        assert_eq!(verdict.findings[0].file.as_deref(), Some("src/a.rs"));
-        assert!(
-            parse_review_answer("{\"findings\": []}")
-                .unwrap()
-                .findings
-                .is_empty()
-        );
-        for bad in [
-            "looks good to me",
-            "{\"findings\": [{\"priority\": 7, \"title\": \"x\"}]}",
-            "{\"findings\": [{\"priority\": 1, \"title\": \"  \"}]}",
-            "{\"verdict\": \"pass\"}",
-        ] {
-            assert!(
-                matches!(parse_review_answer(bad), Err(ReviewError::InvalidAnswer(_))),
-                "{bad}"
-            );
-        }
-    }
-}
-
-/// An epic verifier's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EpicVerdict {
-    pub passed: bool,
-    pub findings: Vec<Finding>,
-}
-
-#[derive(Debug, Deserialize)]
-struct EpicAnswer {
-    passed: bool,
-    #[serde(default)]
-    findings: Vec<RawFinding>,
-}
-
-/// Reads `{"passed": bool, "findings": [...]}`; a failed verdict without a
-/// blocking finding gets one, so the failure has a reason to act on.
-pub fn parse_epic_answer(text: &str) -> Result<EpicVerdict, ReviewError> {
-    let (Some(start), Some(end)) = (text.find('{'), text.rfind('}')) else {
-        return Err(ReviewError::InvalidAnswer(
-            "no JSON object in the answer".to_owned(),
-        ));
-    };
-    let answer: EpicAnswer = serde_json::from_str(&text[start..=end]).map_err(|e| {
-        ReviewError::InvalidAnswer(format!("the answer is not the expected JSON: {e}"))
-    })?;
-    let mut findings = Vec::new();
-    for raw in answer.findings {
-        if raw.priority > 3 || raw.title.trim().is_empty() {
-            return Err(ReviewError::InvalidAnswer(
-                "a finding needs a title and a priority 0-3".to_owned(),
-            ));
-        }
-        findings.push(Finding {
-            priority: raw.priority,
-            title: raw.title,
-            body: raw.body,
-            file: raw.file.filter(|f| !f.is_empty()),
-            line_start: raw.line_start,
-            line_end: raw.line_end,
-        });
-    }
-    if !answer.passed && !findings.iter().any(|f| f.priority <= 1) {
-        findings.push(Finding {
-            priority: 1,
-            title: "The epic's acceptance criteria are not met".to_owned(),
-            body: "The verifier failed the epic without naming a blocking finding; look at its acceptance criteria again.".to_owned(),
-            file: None,
-            line_start: None,
-            line_end: None,
-        });
-    }
-    Ok(EpicVerdict {
-        passed: answer.passed && !findings.iter().any(|f| f.priority <= 1),
-        findings,
-    })
 }
 
 /// Checks an epic's acceptance criteria against the code with a read-only agent.

@@ -57,7 +57,7 @@ async fn file_findings(
     let mut created = Vec::new();
     let mut previous: Option<IssueId> = None;
     for finding in findings {
-        let blocking = finding.priority <= 1;
+        let blocking = finding.blocks();
         let dedup = normalize_label(&format!("er:{epic}:{}", finding.title));
         if !tracker.find_by_label(&dedup).await?.is_empty() {
             continue;
@@ -148,7 +148,7 @@ pub async fn verify_epic(
         let advisories: Vec<Finding> = verdict
             .findings
             .iter()
-            .filter(|f| f.priority > 1)
+            .filter(|f| !f.blocks())
             .cloned()
             .collect();
         if close {
@@ -225,7 +225,7 @@ pub async fn sweep_epics(
             let advisories: Vec<Finding> = verdict
                 .findings
                 .iter()
-                .filter(|f| f.priority > 1)
+                .filter(|f| !f.blocks())
                 .cloned()
                 .collect();
             sweep
@@ -240,7 +240,7 @@ pub async fn sweep_epics(
             sweep.closed.push(epic_id);
             continue;
         }
-        let blocking = verdict.findings.iter().filter(|f| f.priority <= 1).count();
+        let blocking = verdict.findings.iter().filter(|f| f.blocks()).count();
         events.emit(&Event::IssueFailed {
             issue: epic_id.clone(),
             reason: format!("epic verification found {blocking} unmet criterion(s) (round {round}); remediation issues were filed"),
