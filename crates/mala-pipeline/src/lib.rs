@@ -6,9 +6,11 @@
 mod deadlock;
 mod runner;
 mod tracking;
+mod worker;
 
 pub use deadlock::{Resolution, ResolveError, resolve_deadlock};
 pub use runner::{
     IssueResult, Resume, RunnerConfig, RunnerPorts, SessionEndCheck, run_issue, run_issue_from,
 };
 pub use tracking::track_advisory_findings;
+pub use worker::{StopReason, StopSignal, WorkerStop, stop_line};

@@ -19,6 +19,7 @@ use mala_domain::{
 };
 
 use crate::tracking::track_advisory_findings;
+use crate::worker::{CatchUnwind, StopSignal, panic_message};
 
 /// What the runner needs to know about the project.
 #[derive(Debug, Clone)]
@@ -174,16 +175,20 @@ pub async fn run_issue(
     ports: &RunnerPorts,
     config: &RunnerConfig,
 ) -> IssueResult {
-    run_issue_from(issue_id, agent, ports, config, None).await
+    run_issue_from(issue_id, agent, ports, config, None, StopSignal::never()).await
 }
 
-/// Runs one issue to its end, picking up earlier work as `resume` says.
+/// Runs one issue to its end, picking up earlier work as `resume` says,
+/// until it ends by itself or `stop` is raised. Once claimed, the issue ends
+/// through [`IssueRun::finalize`] whatever happens: a stop, a panic in the
+/// runner, or this future being dropped.
 pub async fn run_issue_from(
     issue_id: &IssueId,
     agent: AgentId,
     ports: &RunnerPorts,
     config: &RunnerConfig,
     resume: Option<Resume>,
+    mut stop: StopSignal,
 ) -> IssueResult {
     let issue = match ports.tracker.show(issue_id).await {
         Ok(issue) => issue,
@@ -219,9 +224,42 @@ pub async fn run_issue_from(
         issue: issue_id.clone(),
         agent: agent.clone(),
     });
-    let mut run = IssueRun::new(issue, agent, ports, config, resume);
-    let result = run.drive().await;
-    run.finalize(result).await
+    let mut armed = Armed(Some(IssueRun::new(
+        issue,
+        agent,
+        ports.clone(),
+        config.clone(),
+        resume,
+    )));
+    let result = match armed.0.as_mut() {
+        Some(run) => run.drive_until(&mut stop).await,
+        None => return skip(ports, issue_id, format!("{STOPPED}: no runner")),
+    };
+    match armed.0.take() {
+        Some(mut run) => run.finalize(result).await,
+        None => result,
+    }
+}
+
+/// Holds a claimed issue's runner until it is finalized. Dropped before
+/// that (the worker's task was cancelled), it kills the session at once and
+/// finalizes the issue as stopped on a task of its own.
+struct Armed(Option<IssueRun>);
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        let Some(mut run) = self.0.take() else {
+            return;
+        };
+        // Dropping a session kills its process group and its in-flight requests.
+        drop(run.session.take());
+        let reason = format!("{STOPPED}: its worker was cancelled");
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                run.finalize(IssueResult::Skipped { reason }).await;
+            });
+        }
+    }
 }
 
 fn skip(ports: &RunnerPorts, issue: &IssueId, reason: String) -> IssueResult {
@@ -232,11 +270,11 @@ fn skip(ports: &RunnerPorts, issue: &IssueId, reason: String) -> IssueResult {
     IssueResult::Skipped { reason }
 }
 
-struct IssueRun<'a> {
+struct IssueRun {
     issue: Issue,
     agent: AgentId,
-    ports: &'a RunnerPorts,
-    config: &'a RunnerConfig,
+    ports: RunnerPorts,
+    config: RunnerConfig,
     log: Arc<SessionLog>,
     session: Option<Box<dyn AgentSession>>,
     /// Commits older than this are not this session's work (seconds: git's precision).
@@ -256,12 +294,12 @@ struct IssueRun<'a> {
     resuming: bool,
 }
 
-impl<'a> IssueRun<'a> {
+impl IssueRun {
     fn new(
         issue: Issue,
         agent: AgentId,
-        ports: &'a RunnerPorts,
-        config: &'a RunnerConfig,
+        ports: RunnerPorts,
+        config: RunnerConfig,
         resume: Option<Resume>,
     ) -> Self {
         let now = ports.clock.now();
@@ -364,6 +402,27 @@ impl<'a> IssueRun<'a> {
         self.session = Some(session);
         self.session_cost = 0.0;
         Ok(())
+    }
+
+    /// Drives the issue until it ends by itself, panics, or `stop` is
+    /// raised. A stopped or panicked session is killed here, before
+    /// finalize: such an agent must not act on.
+    async fn drive_until(&mut self, stop: &mut StopSignal) -> IssueResult {
+        let ended = tokio::select! {
+            caught = CatchUnwind::new(self.drive()) => caught.map_err(|payload| panic_message(payload.as_ref())),
+            reason = stop.stopped() => {
+                drop(self.session.take());
+                return IssueResult::Skipped { reason: reason.reason().to_owned() };
+            }
+        };
+        ended.unwrap_or_else(|panic| {
+            drop(self.session.take());
+            IssueResult::Failed {
+                reason: format!(
+                    "mala's runner panicked while working on this issue (a bug in mala, not in the work): {panic}"
+                ),
+            }
+        })
     }
 
     async fn drive(&mut self) -> IssueResult {
@@ -828,7 +887,7 @@ impl<'a> IssueRun<'a> {
         let (blocking, advisory): (Vec<Finding>, Vec<Finding>) = verdict
             .findings
             .into_iter()
-            .partition(|f| f.priority <= self.config.blocking_priority);
+            .partition(|f| f.is_blocking(self.config.blocking_priority));
         self.ports.events.emit(&Event::Reviewed {
             issue: self.issue.id.clone(),
             attempt: self.review_attempt,

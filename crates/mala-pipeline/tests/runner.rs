@@ -3,7 +3,7 @@
 //! git and the agent are fakes that follow the script.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // the harness panics to fail the test
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,13 +12,15 @@ use chrono::{DateTime, Utc};
 use mala_core::{
     AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession,
     CheckCommand, CheckFailure, CommandRun, CommitInfo, Event, EventSink, FileEdit, Finding,
-    IssueId, IssueStatus, IssueTracker, NewIssue, Repository, ReviewError, ReviewRequest,
-    ReviewVerdict, Reviewer, SessionId, SessionRequest, TokenUsage, TurnOutcome, TurnStatus,
+    IssueId, IssueStatus, IssueTracker, LockTable, NewIssue, Repository, ReviewError,
+    ReviewRequest, ReviewVerdict, Reviewer, SessionId, SessionRequest, TokenUsage, TurnOutcome,
+    TurnStatus,
 };
 use mala_domain::{Marker, RequiredCommand};
-use mala_infra::{JsonlTracker, SystemClock};
+use mala_infra::{FileLockTable, JsonlTracker, SystemClock};
 use mala_pipeline::{
-    IssueResult, Resume, RunnerConfig, RunnerPorts, SessionEndCheck, run_issue_from,
+    IssueResult, Resume, RunnerConfig, RunnerPorts, SessionEndCheck, StopReason, StopSignal,
+    run_issue_from, stop_line,
 };
 
 /// What the scripted agent does in one turn, in order: edit, run, commit, say.
@@ -41,6 +43,19 @@ struct World {
     /// Commits mala checked itself (gate.rerun), and subjects whose check fails.
     checked: Vec<String>,
     broken: Vec<&'static str>,
+    /// What the next turn does instead of following its script.
+    misbehave: Option<Misbehave>,
+    /// Sessions closed by the runner, and sessions dropped (killed).
+    closed: usize,
+    dropped: usize,
+    unstaged: Vec<PathBuf>,
+}
+
+/// A turn that never ends (after one edit), or one that panics inside mala.
+#[derive(Debug, Clone, Copy)]
+enum Misbehave {
+    Hang,
+    Panic,
 }
 
 impl World {
@@ -59,6 +74,7 @@ type Shared = Arc<Mutex<World>>;
 struct FakeBackend {
     world: Shared,
     turns: Arc<Mutex<Vec<Turn>>>,
+    hanging: Arc<tokio::sync::Notify>,
 }
 
 struct FakeSession {
@@ -66,6 +82,13 @@ struct FakeSession {
     turns: Arc<Mutex<Vec<Turn>>>,
     observer: Arc<dyn AgentObserver>,
     n: usize,
+    hanging: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for FakeSession {
+    fn drop(&mut self) {
+        self.world.lock().unwrap().dropped += 1;
+    }
 }
 
 #[async_trait]
@@ -81,6 +104,7 @@ impl AgentBackend for FakeBackend {
             turns: Arc::clone(&self.turns),
             observer,
             n: 0,
+            hanging: Arc::clone(&self.hanging),
         }))
     }
 }
@@ -104,6 +128,24 @@ impl AgentSession for FakeSession {
                 turns.remove(0)
             }
         };
+        let misbehave = self.world.lock().unwrap().misbehave.take();
+        match misbehave {
+            Some(Misbehave::Hang) => {
+                let at = self.world.lock().unwrap().tick();
+                self.observer.on_event(&AgentEvent::FileEdited {
+                    edit: FileEdit {
+                        tool_use_id: "hang".into(),
+                        tool: "Edit".into(),
+                        path: "/repo/src/parser.rs".into(),
+                        at,
+                    },
+                });
+                self.hanging.notify_one();
+                std::future::pending::<()>().await;
+            }
+            Some(Misbehave::Panic) => panic!("a bug inside the runner's turn"),
+            None => {}
+        }
         let mut world = self.world.lock().unwrap();
         world.prompts.push(prompt.to_owned());
         if let Some(kind) = turn.fail {
@@ -169,6 +211,7 @@ impl AgentSession for FakeSession {
     }
 
     async fn close(&mut self) -> Result<(), AgentError> {
+        self.world.lock().unwrap().closed += 1;
         Ok(())
     }
 }
@@ -197,7 +240,8 @@ impl Repository for FakeRepo {
         Ok(true)
     }
 
-    async fn unstage(&self, _: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    async fn unstage(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+        self.world.lock().unwrap().unstaged.extend_from_slice(paths);
         Ok(vec![])
     }
 
@@ -245,11 +289,25 @@ impl Reviewer for ScriptedReviewer {
 }
 
 #[derive(Default)]
-struct Events(Mutex<Vec<Event>>);
+struct Events(Mutex<Vec<Event>>, tokio::sync::Notify);
 
 impl EventSink for Events {
     fn emit(&self, event: &Event) {
         self.0.lock().unwrap().push(event.clone());
+        self.1.notify_waiters();
+    }
+}
+
+impl Events {
+    /// Waits until an event matches (each emit wakes the check).
+    async fn until(&self, wanted: impl Fn(&Event) -> bool) -> Event {
+        loop {
+            let woken = self.1.notified();
+            if let Some(event) = self.0.lock().unwrap().iter().find(|e| wanted(e)) {
+                return event.clone();
+            }
+            woken.await;
+        }
     }
 }
 
@@ -259,6 +317,7 @@ struct Harness {
     world: Shared,
     events: Arc<Events>,
     issue: IssueId,
+    hanging: Arc<tokio::sync::Notify>,
 }
 
 fn finding(priority: u8, title: &str) -> Finding {
@@ -293,6 +352,7 @@ impl Harness {
             world: Shared::default(),
             events: Arc::new(Events::default()),
             issue,
+            hanging: Arc::default(),
         }
     }
 
@@ -349,28 +409,42 @@ impl Harness {
         resume: Option<Resume>,
     ) -> IssueResult {
         let ports = RunnerPorts {
+            reviewer,
+            session_end,
+            ..self.ports(turns, None)
+        };
+        run_issue_from(
+            &self.issue,
+            self.agent(),
+            &ports,
+            &config,
+            resume,
+            StopSignal::never(),
+        )
+        .await
+    }
+
+    fn agent(&self) -> AgentId {
+        AgentId::new(format!("{}@test-run", self.issue))
+    }
+
+    fn ports(&self, turns: Vec<Turn>, locks: Option<Arc<dyn LockTable>>) -> RunnerPorts {
+        RunnerPorts {
             tracker: self.tracker.clone(),
             backend: Arc::new(FakeBackend {
                 world: Arc::clone(&self.world),
                 turns: Arc::new(Mutex::new(turns)),
+                hanging: Arc::clone(&self.hanging),
             }),
             repo: Arc::new(FakeRepo {
                 world: Arc::clone(&self.world),
             }),
-            reviewer,
-            locks: None,
+            reviewer: None,
+            locks,
             events: self.events.clone(),
             clock: Arc::new(SystemClock),
-            session_end,
-        };
-        run_issue_from(
-            &self.issue,
-            AgentId::new(format!("{}@test-run", self.issue)),
-            &ports,
-            &config,
-            resume,
-        )
-        .await
+            session_end: None,
+        }
     }
 
     fn prefix(&self) -> String {
@@ -1209,4 +1283,150 @@ async fn an_issue_that_closes_after_a_failure_loses_its_needs_followup_label() {
     assert_eq!(status, IssueStatus::Closed);
     assert!(!followup, "closed work needs no follow-up");
     assert!(notes.contains("mala: failed"), "the history stays: {notes}");
+}
+
+/// The worker boundary: a claimed issue ends through finalize whatever
+/// stops it. Each case holds a lock and has edited a file when it is
+/// stopped; afterwards the lock is free, the edit is unstaged, the session
+/// is killed, and an outcome event says what happened.
+mod boundary {
+    use super::*;
+
+    struct Stoppable {
+        h: Harness,
+        locks: Arc<FileLockTable>,
+        _lock_dir: tempfile::TempDir,
+    }
+
+    impl Stoppable {
+        async fn new(misbehave: Misbehave) -> Self {
+            let h = Harness::new().await;
+            h.world.lock().unwrap().misbehave = Some(misbehave);
+            let lock_dir = tempfile::tempdir().unwrap();
+            let locks = Arc::new(FileLockTable::new(lock_dir.path(), Path::new("/")).unwrap());
+            let held = locks
+                .acquire(&h.agent(), &["/repo/src/parser.rs".into()], Duration::ZERO)
+                .await
+                .unwrap();
+            assert!(!locks.held_by(&h.agent()).is_empty(), "{held:?}");
+            Self {
+                h,
+                locks,
+                _lock_dir: lock_dir,
+            }
+        }
+
+        fn spawn(
+            &self,
+        ) -> (
+            tokio::task::JoinHandle<IssueResult>,
+            mala_pipeline::WorkerStop,
+        ) {
+            let (stop, signal) = stop_line();
+            let ports = self
+                .h
+                .ports(vec![honest_turn(&self.h)], Some(self.locks.clone()));
+            let (issue, agent) = (self.h.issue.clone(), self.h.agent());
+            let handle = tokio::spawn(async move {
+                run_issue_from(&issue, agent, &ports, &Harness::config(), None, signal).await
+            });
+            (handle, stop)
+        }
+
+        fn assert_cleaned_up(&self) {
+            assert!(
+                self.locks.held_by(&self.h.agent()).is_empty(),
+                "the agent's locks are released"
+            );
+            let world = self.h.world.lock().unwrap();
+            assert_eq!(world.dropped, 1, "the session is killed (dropped)");
+            assert_eq!(world.closed, 0, "a stopped agent gets no graceful close");
+            assert!(
+                world
+                    .unstaged
+                    .contains(&PathBuf::from("/repo/src/parser.rs")),
+                "what it edited is unstaged: {:?}",
+                world.unstaged
+            );
+        }
+    }
+
+    async fn stopped_for(reason: StopReason) -> (Stoppable, IssueResult) {
+        let s = Stoppable::new(Misbehave::Hang).await;
+        let (handle, stop) = s.spawn();
+        s.h.hanging.notified().await;
+        stop.stop(reason);
+        let result = handle.await.unwrap();
+        (s, result)
+    }
+
+    #[tokio::test]
+    async fn a_deadlock_stop_kills_the_session_and_finalizes_as_giving_way() {
+        let (s, result) = stopped_for(StopReason::Deadlock).await;
+        let IssueResult::Skipped { reason } = &result else {
+            panic!("{result:?}")
+        };
+        assert!(reason.contains("gave way in a deadlock"), "{reason}");
+        s.assert_cleaned_up();
+        let said = s.h.events.0.lock().unwrap().clone();
+        assert!(
+            said.iter()
+                .any(|e| matches!(e, Event::IssueSkipped { reason: r, .. } if r == reason)),
+            "{said:?}"
+        );
+        let (status, followup, _) = s.h.status().await;
+        assert_eq!(
+            (status, followup),
+            (IssueStatus::InProgress, false),
+            "nothing is charged to the issue; the deadlock's resolution reopens it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ctrl_c_stop_kills_the_session_and_keeps_the_claim() {
+        let (s, result) = stopped_for(StopReason::Interrupted).await;
+        assert!(
+            matches!(&result, IssueResult::Skipped { reason } if reason.starts_with("stopped before the end")),
+            "{result:?}"
+        );
+        s.assert_cleaned_up();
+        let (status, followup, _) = s.h.status().await;
+        assert_eq!((status, followup), (IssueStatus::InProgress, false));
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_runner_fails_the_issue_through_finalize() {
+        let s = Stoppable::new(Misbehave::Panic).await;
+        let (handle, _stop) = s.spawn();
+        let result = handle.await.expect("the boundary catches the panic");
+        let IssueResult::Failed { reason } = &result else {
+            panic!("{result:?}")
+        };
+        assert!(
+            reason.contains("panicked") && reason.contains("a bug inside the runner's turn"),
+            "{reason}"
+        );
+        assert!(s.locks.held_by(&s.h.agent()).is_empty());
+        assert_eq!(s.h.world.lock().unwrap().dropped, 1);
+        let (_, followup, notes) = s.h.status().await;
+        assert!(followup && notes.contains("panicked"), "{notes}");
+    }
+
+    #[tokio::test]
+    async fn an_aborted_worker_is_still_finalized() {
+        let s = Stoppable::new(Misbehave::Hang).await;
+        let (handle, _stop) = s.spawn();
+        s.h.hanging.notified().await;
+        handle.abort();
+        assert!(handle.await.unwrap_err().is_cancelled());
+        let skipped =
+            s.h.events
+                .until(|e| matches!(e, Event::IssueSkipped { .. }))
+                .await;
+        assert!(
+            matches!(&skipped, Event::IssueSkipped { reason, .. } if reason.contains("its worker was cancelled")),
+            "{skipped:?}"
+        );
+        s.assert_cleaned_up();
+    }
 }
