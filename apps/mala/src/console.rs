@@ -499,6 +499,7 @@ impl Console {
                     "■ drained: the running issues ended, no new ones were started".to_owned()
                 }
                 RunOutcome::Aborted { reason } => format!("■ stopped: {reason}"),
+                RunOutcome::Interrupted => "■ stopped: interrupted".to_owned(),
             },
             Event::Agent { agent, event } => {
                 return Self::agent_line(agent, event, verbose, style)

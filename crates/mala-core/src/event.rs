@@ -14,8 +14,22 @@ pub enum RunOutcome {
     Finished,
     /// Stopped after a Ctrl-C drain.
     Drained,
-    /// Aborted, with the reason.
+    /// Aborted, with the reason (a validation trigger that failed).
     Aborted { reason: String },
+    /// Stopped by a second or third Ctrl-C.
+    Interrupted,
+}
+
+impl RunOutcome {
+    /// The one word `run.json` and `mala logs` say for it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Finished => "finished",
+            Self::Drained => "drained",
+            Self::Aborted { .. } => "aborted",
+            Self::Interrupted => "interrupted",
+        }
+    }
 }
 
 /// Everything that happens in a run, in one enum. It grows with the pipeline.

@@ -1,11 +1,12 @@
 //! Pure rules of mala: no I/O beyond what the caller hands in.
 //!
-//! Today this is the configuration: the mala.yaml schema, the shipped
-//! presets, and the layering of defaults, preset, file, environment and
-//! flags into one immutable [`Settings`]; and the tracker's issue graph
-//! with the run's queue. The gate, tool-guard and deadlock rules join it as
-//! they are built.
+//! The configuration (the mala.yaml schema, the shipped presets, and the
+//! layering of defaults, preset, file, environment and flags into one
+//! immutable [`Settings`]); the tracker's issue graph with the run's queue;
+//! the tool guard; the quality gate; reviewers' answers; the deadlock graph;
+//! and the scheduler's decisions.
 
+mod answers;
 mod commits;
 mod config;
 mod deadlock;
@@ -16,6 +17,7 @@ mod run_options;
 mod schedule;
 mod tracker;
 
+pub use answers::{EpicVerdict, parse_epic_answer, parse_review_answer};
 pub use commits::{check_commit_message, is_issue_commit};
 pub use config::{
     AgentSdkModel, AmpMode, BUILTIN_COMMANDS, Cerberus, ClaudeOptions, CodeReview, Coder,
@@ -36,7 +38,7 @@ pub use gate::{
 pub use guard::{Decision, GuardContext, ToolCall, check_tool, shell_writes};
 pub use prompts::{PromptError, PromptKind, Template, render_prompt};
 pub use run_options::{Order, ParseScopeError, Scope};
-pub use schedule::{DoneReason, SchedulerView, done, run_end_fires, spawn_capacity};
+pub use schedule::{DoneReason, SchedulerView, done, final_reason, run_end_fires, spawn_capacity};
 pub use tracker::{
     Blocker, Excluded, Exclusion, IssueGraph, QueueEntry, QueuePlan, QueueRequest, Readiness,
     UnknownIds, agent_name, claim_actor, parse_agent_name, plan_queue, run_of_actor,

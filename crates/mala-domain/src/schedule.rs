@@ -1,6 +1,7 @@
 //! The scheduler's decisions, as functions of what it knows at one moment:
 //! how many issues to start, and whether (and why) the run is over.
 
+use mala_core::RunOutcome;
 use serde::Serialize;
 
 /// What the scheduler knows when it decides.
@@ -30,7 +31,7 @@ pub fn spawn_capacity(view: &SchedulerView) -> usize {
 }
 
 /// Why a run ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DoneReason {
     /// Nothing ready in scope and nothing running.
@@ -39,6 +40,40 @@ pub enum DoneReason {
     IssueLimit,
     /// Drained after a Ctrl-C.
     Drained,
+    /// A validation trigger set to `abort` failed: the command that failed.
+    Aborted { command: String },
+    /// A second or third Ctrl-C stopped the running issues.
+    Interrupted,
+}
+
+impl DoneReason {
+    /// The run's outcome, the one `run.json`, the `RunFinished` event and
+    /// the exit code all come from.
+    pub fn outcome(&self) -> RunOutcome {
+        match self {
+            Self::NothingLeft | Self::IssueLimit => RunOutcome::Finished,
+            Self::Drained => RunOutcome::Drained,
+            Self::Aborted { command } => RunOutcome::Aborted {
+                reason: format!("validation trigger failed: `{command}`"),
+            },
+            Self::Interrupted => RunOutcome::Interrupted,
+        }
+    }
+}
+
+/// The run's end once its loop is over: a Ctrl-C stop beats a trigger's
+/// abort, which beats how the loop itself ended (a drain while an abort
+/// was pending is that abort).
+pub fn final_reason(loop_end: DoneReason, interrupted: bool, aborted: Option<&str>) -> DoneReason {
+    if interrupted {
+        return DoneReason::Interrupted;
+    }
+    match aborted {
+        Some(command) => DoneReason::Aborted {
+            command: command.to_owned(),
+        },
+        None => loop_end,
+    }
 }
 
 /// Whether the run is over, once nothing could be started: `None` while
@@ -154,6 +189,35 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn one_outcome_comes_from_each_way_a_run_ends() {
+        let ended = |end, interrupted, aborted| final_reason(end, interrupted, aborted).outcome();
+        assert_eq!(
+            ended(DoneReason::NothingLeft, false, None),
+            RunOutcome::Finished
+        );
+        assert_eq!(
+            ended(DoneReason::IssueLimit, false, None),
+            RunOutcome::Finished
+        );
+        assert_eq!(ended(DoneReason::Drained, false, None), RunOutcome::Drained);
+        let aborted = ended(DoneReason::Drained, false, Some("cargo test"));
+        assert_eq!(
+            aborted,
+            RunOutcome::Aborted {
+                reason: "validation trigger failed: `cargo test`".into()
+            },
+            "a session_end abort drains the pool, and the run says it aborted"
+        );
+        assert_eq!(aborted.label(), "aborted");
+        assert_eq!(
+            ended(DoneReason::NothingLeft, true, Some("cargo test")),
+            RunOutcome::Interrupted,
+            "a Ctrl-C stop is what the user did last"
+        );
+        assert_eq!(RunOutcome::Interrupted.label(), "interrupted");
     }
 
     #[test]

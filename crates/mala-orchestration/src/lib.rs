@@ -11,6 +11,8 @@ mod epics;
 mod orchestrator;
 mod recorder;
 mod run;
+mod scheduler;
+mod setup;
 mod triggers;
 
 pub use deadlock_monitor::{DeadlockNews, run_deadlock_monitor};

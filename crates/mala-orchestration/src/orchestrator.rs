@@ -8,35 +8,26 @@
 //! the deadlock monitor reports victims; the shutdown watch says when to
 //! drain, stop and kill.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mala_core::{
-    AgentBackend, AgentId, Clock, Event, EventSink, IssueId, IssueTracker, LockEvent, LockTable,
-    Repository, Reviewer, RunOutcome, SessionId, TrackerError,
+    AgentBackend, Clock, Event, EventSink, IssueId, IssueTracker, LockEvent, LockTable, Repository,
+    Reviewer, SessionId, TrackerError,
 };
 use mala_domain::{
-    EpicDepth, FireOn, IssueGraph, Order, QueueRequest, SchedulerView, Scope, Settings, agent_name,
-    claim_actor, done, plan_queue, required_commands, run_end_fires, spawn_capacity,
-    takeover_candidates,
+    DoneReason, EpicDepth, FireOn, IssueGraph, Order, Scope, Settings, final_reason,
 };
-use mala_infra::{
-    EpicVerifier, IssueRecord, RunLog, RunMarker, SystemClock, commit_tracker_files, encode_repo,
-    is_run_alive, remove_stale,
-};
-use mala_pipeline::{IssueResult, Resume, RunnerConfig, RunnerPorts, run_issue_from};
+use mala_infra::{EpicVerifier, IssueRecord, SystemClock, commit_tracker_files, encode_repo};
+use mala_pipeline::Resume;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 
-use crate::epics::{EpicBook, sweep_epics};
-use crate::recorder::{Recorded, RunRecorder};
-use crate::triggers::{
-    CodeReviewRun, SessionEndTrigger, TriggerOutcome, run_code_review, run_trigger,
-};
-use crate::{DeadlockNews, run_deadlock_monitor};
+use crate::scheduler::Scheduler;
+use crate::setup::RunContext;
+use crate::triggers::{CodeReviewRun, TriggerOutcome, run_code_review, run_trigger};
 
 /// The shutdown stages a Ctrl-C steps through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,34 +159,7 @@ pub fn state_dir(settings: &Settings, repo_root: &Path, run_id: &str) -> PathBuf
         .join(run_id)
 }
 
-/// What `run.json` says the run was set up to do.
-fn settings_summary(settings: &Settings, plan: &RunPlan) -> serde_json::Value {
-    let t = &settings.validation_triggers;
-    let triggers: Vec<&str> = [
-        ("session_end", t.session_end.is_some()),
-        ("periodic", t.periodic.is_some()),
-        ("epic_completion", t.epic_completion.is_some()),
-        ("run_end", t.run_end.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, on)| on.then_some(name))
-    .collect();
-    serde_json::json!({
-        "scope": plan.scope.to_string(),
-        "order": format!("{:?}", plan.order),
-        "max_agents": plan.max_agents,
-        "max_issues": plan.max_issues,
-        "resume": plan.resume.take_up,
-        "model": settings.model,
-        "required_checks": settings.evidence_check.required,
-        "gate_rerun": settings.gate.rerun,
-        "per_issue_review": settings.per_issue_review.enabled.then(|| settings.per_issue_review.reviewer_type.to_string()),
-        "epic_verification": settings.epic_verification.enabled,
-        "triggers": triggers,
-    })
-}
-
-/// Triggers whose `code_review` is enabled (not built yet: said, not hidden).
+/// Triggers whose `code_review` is enabled.
 fn triggers_with_code_review(settings: &Settings) -> Vec<&'static str> {
     let t = &settings.validation_triggers;
     let enabled = |trigger: Option<&mala_domain::Trigger>| {
@@ -217,32 +181,11 @@ fn triggers_with_code_review(settings: &Settings) -> Vec<&'static str> {
     .collect()
 }
 
-/// The newest record of each issue in this repository's earlier runs.
-fn prior_records(
-    runs_dir: &Path,
-    repo_root: &Path,
-    this_run: &str,
-) -> HashMap<IssueId, IssueRecord> {
-    let mut priors = HashMap::new();
-    // Newest run first: the first record of an issue wins.
-    for run in RunLog::list(runs_dir, Some(repo_root)) {
-        if run.run_id == this_run {
-            continue;
-        }
-        for record in run.issues {
-            priors
-                .entry(IssueId::new(record.issue.clone()))
-                .or_insert(record);
-        }
-    }
-    priors
-}
-
 /// How `issue`'s work picks up: a dead run's claim (`takeover`) always
 /// continues its earlier session; with `--resume` any issue with a record
 /// does. `--strict` applies to work in progress only: a new issue has no
 /// earlier session to miss.
-fn resume_for(
+pub(crate) fn resume_for(
     plan: &RunPlan,
     priors: &HashMap<IssueId, IssueRecord>,
     issue: &IssueId,
@@ -266,141 +209,25 @@ fn resume_for(
     })
 }
 
-struct Worker {
-    agent: AgentId,
-    abort: tokio::task::AbortHandle,
-}
-
-/// Waits for one worker to end and records its result.
-async fn wait_for_worker(
-    workers: &mut JoinSet<(IssueId, IssueResult)>,
-    active: &mut HashMap<IssueId, Worker>,
-    summary: &mut RunSummary,
-    events: &Arc<dyn EventSink>,
-) {
-    match workers.join_next().await {
-        Some(Ok((issue, result))) => {
-            active.remove(&issue);
-            record(summary, issue, result);
-        }
-        Some(Err(error)) => {
-            if !error.is_cancelled() {
-                events.emit(&Event::Warning {
-                    message: format!("an issue worker crashed: {error}"),
-                });
-            }
-            active.retain(|_, w| !w.abort.is_finished());
-        }
-        None => active.clear(),
-    }
-}
-
-/// The scheduler's part in a deadlock: stop the victim's worker at once
-/// (its issue is deferred), then, once the tracker has the deadlock, let the
-/// deferred issues be planned again.
-fn on_deadlock_news(
-    news: Option<DeadlockNews>,
-    active: &mut HashMap<IssueId, Worker>,
-    deferred: &mut HashSet<IssueId>,
-    attempted: &mut HashSet<IssueId>,
-    unrecorded: &mut usize,
-    events: &Arc<dyn EventSink>,
-) {
-    match news {
-        Some(DeadlockNews::Stop(stop)) => {
-            *unrecorded += 1;
-            if let Some((issue, worker)) = active.iter().find(|(_, w)| w.agent == stop.victim) {
-                let issue = issue.clone();
-                worker.abort.abort();
-                deferred.insert(issue.clone());
-                events.emit(&Event::IssueSkipped {
-                    issue,
-                    reason: "gave way in a deadlock; it runs again once its blocker closes".into(),
-                });
-            }
-        }
-        Some(DeadlockNews::Recorded(_)) => {
-            *unrecorded = unrecorded.saturating_sub(1);
-            attempted.retain(|id| !deferred.contains(id));
-        }
-        None => *unrecorded = 0,
-    }
-}
-
-/// How long stopped sessions get to end their turns and release their locks
-/// before their workers are cancelled outright.
-const STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// The second Ctrl-C: interrupt every session, give the workers a moment to
-/// record themselves as stopped (locks released, claims kept for the next
-/// run), then cancel whatever is still running. The third kills at once.
-async fn stop_workers(
-    backends: &[Arc<dyn AgentBackend>],
-    workers: &mut JoinSet<(IssueId, IssueResult)>,
-    active: &mut HashMap<IssueId, Worker>,
-    summary: &mut RunSummary,
-    events: &Arc<dyn EventSink>,
-    stage: &mut watch::Receiver<Stage>,
-) {
-    let kill = |backends: &[Arc<dyn AgentBackend>]| {
-        for backend in backends {
-            backend.kill_all();
-        }
-    };
-    if *stage.borrow() == Stage::Kill {
-        kill(backends);
-    } else {
-        for backend in backends {
-            backend.stop_all().await;
-        }
-    }
-    let deadline = tokio::time::Instant::now() + STOP_GRACE;
-    let mut stage_open = true;
-    while !workers.is_empty() {
-        tokio::select! {
-            () = wait_for_worker(workers, active, summary, events) => {}
-            () = tokio::time::sleep_until(deadline) => break,
-            changed = stage.changed(), if stage_open => {
-                stage_open = changed.is_ok();
-                if *stage.borrow() == Stage::Kill {
-                    // The third Ctrl-C: no more grace.
-                    kill(backends);
-                    break;
-                }
-            }
-        }
-    }
-    workers.abort_all();
-    while workers.join_next().await.is_some() {}
-}
-
-fn record(summary: &mut RunSummary, issue: IssueId, result: IssueResult) {
-    match result {
-        IssueResult::Closed { .. } => summary.closed.push(issue),
-        IssueResult::Failed { reason } => summary.failed.push((issue, reason)),
-        IssueResult::Skipped { reason } => summary.skipped.push((issue, reason)),
-    }
-}
-
 /// A run, ready to go. Build one with [`Orchestrator::builder`].
 pub struct Orchestrator {
-    settings: Settings,
-    repo_root: PathBuf,
-    plan: RunPlan,
-    source: Arc<dyn IssueSource>,
-    tracker: Arc<dyn IssueTracker>,
-    backend: Arc<dyn AgentBackend>,
-    reviewer: Option<Arc<dyn Reviewer>>,
-    trigger_reviewer: Option<Arc<dyn Reviewer>>,
-    epic_verifier: Option<EpicVerifier>,
-    repository: Arc<dyn Repository>,
-    locks: Option<Arc<dyn LockTable>>,
-    lock_events: Option<mpsc::UnboundedReceiver<LockEvent>>,
-    events: Arc<dyn EventSink>,
-    clock: Arc<dyn Clock>,
+    pub(crate) settings: Settings,
+    pub(crate) repo_root: PathBuf,
+    pub(crate) plan: RunPlan,
+    pub(crate) source: Arc<dyn IssueSource>,
+    pub(crate) tracker: Arc<dyn IssueTracker>,
+    pub(crate) backend: Arc<dyn AgentBackend>,
+    pub(crate) reviewer: Option<Arc<dyn Reviewer>>,
+    pub(crate) trigger_reviewer: Option<Arc<dyn Reviewer>>,
+    pub(crate) epic_verifier: Option<EpicVerifier>,
+    pub(crate) repository: Arc<dyn Repository>,
+    pub(crate) locks: Option<Arc<dyn LockTable>>,
+    pub(crate) lock_events: Option<mpsc::UnboundedReceiver<LockEvent>>,
+    pub(crate) events: Arc<dyn EventSink>,
+    pub(crate) clock: Arc<dyn Clock>,
     /// Every backend whose sessions a stop must reach.
-    stoppable: Vec<Arc<dyn AgentBackend>>,
-    commit_tracker: bool,
+    pub(crate) stoppable: Vec<Arc<dyn AgentBackend>>,
+    pub(crate) commit_tracker: bool,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -609,7 +436,7 @@ impl Orchestrator {
     /// The `epic_completion` trigger for the epics a sweep closed (success)
     /// or sent back (failure), as `fire_on` and `epic_depth` say. Returns
     /// the failed command when the trigger stops the run.
-    async fn epic_completion(
+    pub(crate) async fn epic_completion(
         &self,
         sweep: &crate::epics::Sweep,
         backend: &Arc<dyn AgentBackend>,
@@ -647,16 +474,25 @@ impl Orchestrator {
 }
 
 /// When each trigger's code review last ran, for `baseline: since_last_review`.
-struct Reviews {
+pub(crate) struct Reviews {
     run_started: DateTime<Utc>,
     last: HashMap<&'static str, DateTime<Utc>>,
+}
+
+impl Reviews {
+    pub(crate) fn new(run_started: DateTime<Utc>) -> Self {
+        Self {
+            run_started,
+            last: HashMap::new(),
+        }
+    }
 }
 
 impl Orchestrator {
     /// Runs a trigger's commands, then its code review when it has one and
     /// the commands did not stop the run. `kind` names the trigger in the
     /// settings; `name` in what the run says.
-    async fn fire(
+    pub(crate) async fn fire(
         &self,
         (kind, name): (&'static str, &str),
         trigger: &mala_domain::Trigger,
@@ -688,7 +524,7 @@ impl Orchestrator {
                 .unwrap_or(reviews.run_started),
             _ => reviews.run_started,
         };
-        let started = Utc::now();
+        let started = self.clock.now();
         let review_outcome = run_code_review(
             &CodeReviewRun {
                 name,
@@ -722,117 +558,87 @@ impl EventSink for Silent {
 impl Orchestrator {
     /// Runs the queue until it is empty, the issue limit is reached, or
     /// `stage` says stop.
-    #[allow(clippy::too_many_lines)] // one loop, read top to bottom
-    pub async fn run(mut self, mut stage: watch::Receiver<Stage>) -> Result<RunSummary, RunError> {
-        let lock_inbox = self.lock_events.take();
-        let settings = &self.settings;
-        let plan = &self.plan;
-        let repo_root = self.repo_root.clone();
-        let events = Arc::clone(&self.events);
-        let tracker = Arc::clone(&self.tracker);
-        let state_dir = state_dir(settings, &repo_root, &plan.run_id);
-        std::fs::create_dir_all(&state_dir)
-            .map_err(|e| RunError::Setup(format!("{}: {e}", state_dir.display())))?;
-        let recorder = Arc::new(RunRecorder::start(
-            &settings.paths.runs_dir,
-            &state_dir.join("sessions"),
-            RunLog {
-                run_id: plan.run_id.clone(),
-                repo_path: repo_root.clone(),
-                started_at: Utc::now(),
-                finished_at: None,
-                outcome: "running".into(),
-                settings: settings_summary(settings, plan),
-                issues: Vec::new(),
-            },
-        ));
-        let events: Arc<dyn EventSink> = Arc::new(Recorded {
-            recorder: Arc::clone(&recorder),
-            events,
+    pub async fn run(mut self, stage: watch::Receiver<Stage>) -> Result<RunSummary, RunError> {
+        let ctx = RunContext::start(&mut self)?;
+        self.say_unreviewed_triggers(ctx.events.as_ref());
+        ctx.events.emit(&Event::RunStarted {
+            run_id: self.plan.run_id.clone(),
+            repo: self.repo_root.display().to_string(),
+            max_agents: Some(self.plan.max_agents),
         });
+        let mut scheduler = Scheduler::new(&self, ctx, stage);
+        let ended = scheduler.run().await;
+        let loop_end = match ended {
+            Ok(reason) => reason,
+            Err(error) => {
+                // The tracker failed under the run: stop what runs, then take
+                // the run down as a stop would, and say why.
+                scheduler.ctx.events.emit(&Event::Warning {
+                    message: format!("the run stops: {error}"),
+                });
+                self.finish(scheduler, DoneReason::Interrupted).await;
+                return Err(error);
+            }
+        };
+        Ok(self.finish(scheduler, loop_end).await)
+    }
 
-        // Locks of runs that are gone are stale; ours are marked by our marker.
-        let lock_dir = settings.paths.lock_dir.clone();
-        let cleaned = remove_stale(&lock_dir);
-        if cleaned.locks_removed > 0 {
+    /// Everything after the loop: `run_end`, the run's locks, the tracker's
+    /// files, the record and the marker; one outcome for all of them.
+    async fn finish(&self, mut scheduler: Scheduler<'_>, loop_end: DoneReason) -> RunSummary {
+        if let Some(command) = scheduler.fire_run_end().await {
+            scheduler.summary.aborted = Some(command);
+        }
+        let reason = final_reason(
+            loop_end,
+            scheduler.summary.interrupted,
+            scheduler.summary.aborted.as_deref(),
+        );
+        // Whatever ends the run, this run's locks go and its marker with them.
+        if let Some(locks) = &self.locks {
+            for agent in scheduler.leftover_agents() {
+                let _ = locks.release_all(&agent).await;
+            }
+        }
+        scheduler.summary.deferred = scheduler.still_deferred();
+        let Scheduler {
+            mut ctx, summary, ..
+        } = scheduler;
+        if !summary.closed.is_empty() {
+            self.settle_tracker(ctx.events.as_ref()).await;
+        }
+        ctx.stop(&self.plan.run_id);
+        let outcome = reason.outcome();
+        ctx.recorder.finish(outcome.label(), &summary.deferred);
+        ctx.events.emit(&Event::RunFinished {
+            run_id: self.plan.run_id.clone(),
+            outcome,
+            succeeded: summary.closed.len(),
+            failed: summary.failed.len(),
+        });
+        summary
+    }
+
+    /// Flushes the tracker and, when asked to, commits `.beads/`.
+    async fn settle_tracker(&self, events: &dyn EventSink) {
+        if let Err(error) = self.tracker.flush().await {
             events.emit(&Event::Warning {
-                message: format!(
-                    "removed {} stale lock(s) of runs that are gone",
-                    cleaned.locks_removed
-                ),
+                message: format!("could not flush the tracker: {error}"),
             });
         }
-        let marker = RunMarker {
-            run_id: plan.run_id.clone(),
-            repo_path: repo_root.clone(),
-            started_at: Utc::now(),
-            pid: std::process::id(),
-            max_agents: u32::try_from(plan.max_agents).ok(),
-        };
-        marker.write(&lock_dir).map_err(|e| {
-            RunError::Setup(format!(
-                "cannot write the run marker in {}: {e}",
-                lock_dir.display()
-            ))
-        })?;
+        if self.commit_tracker
+            && let Err(error) =
+                commit_tracker_files(&self.repo_root, "mala: sync beads issues").await
+        {
+            events.emit(&Event::Warning {
+                message: format!("could not commit .beads/: {error}"),
+            });
+        }
+    }
 
-        let (victims_tx, mut victims) = mpsc::unbounded_channel();
-        let mut victims_open = true;
-        let monitor = match (&self.locks, lock_inbox) {
-            (Some(locks), Some(inbox)) => Some(tokio::spawn(run_deadlock_monitor(
-                inbox,
-                Arc::clone(&tracker),
-                Arc::clone(locks),
-                victims_tx,
-            ))),
-            _ => None,
-        };
-
-        let session_end_abort: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-        let ports = RunnerPorts {
-            tracker: Arc::clone(&tracker),
-            backend: Arc::clone(&self.backend),
-            repo: Arc::clone(&self.repository),
-            reviewer: self.reviewer.clone(),
-            locks: self.locks.clone(),
-            events: Arc::clone(&events),
-            clock: Arc::clone(&self.clock),
-            session_end: settings
-                .validation_triggers
-                .session_end
-                .as_ref()
-                .map(|trigger| {
-                    Arc::new(SessionEndTrigger {
-                        trigger: trigger.clone(),
-                        repo: repo_root.clone(),
-                        backend: Arc::clone(&self.backend),
-                        run_id: plan.run_id.clone(),
-                        events: Arc::clone(&events),
-                        abort: Arc::clone(&session_end_abort),
-                    }) as Arc<dyn mala_pipeline::SessionEndCheck>
-                }),
-        };
-        let runner_config = RunnerConfig {
-            repo_root: repo_root.clone(),
-            actor: claim_actor(&plan.run_id),
-            required: required_commands(&settings.evidence_check.required, &settings.commands),
-            code_patterns: settings.code_patterns.clone(),
-            config_files: settings.config_files.clone(),
-            setup_files: settings.setup_files.clone(),
-            max_gate_attempts: settings.max_gate_retries.max(1),
-            max_review_attempts: settings.per_issue_review.max_retries.max(1),
-            max_resumes: settings.max_idle_retries,
-            resume_backoff: Duration::from_secs(5),
-            retry_failed: settings.retry_failed,
-            record_dir: state_dir.join("sessions"),
-            blocking_priority: settings
-                .per_issue_review
-                .finding_threshold
-                .per_issue_blocking_priority(),
-            rerun: settings.gate.rerun,
-        };
-
-        for name in triggers_with_code_review(settings) {
+    /// A trigger's `code_review` that will not run says so once.
+    fn say_unreviewed_triggers(&self, events: &dyn EventSink) {
+        for name in triggers_with_code_review(&self.settings) {
             let why = if name == "session_end" {
                 "session_end reviews each issue already (per_issue_review); its code_review is not run"
             } else if self.trigger_reviewer.is_none() {
@@ -844,357 +650,12 @@ impl Orchestrator {
                 message: format!("validation_triggers.{name}.code_review: {why}"),
             });
         }
-        let mut reviews = Reviews {
-            run_started: Utc::now(),
-            last: HashMap::new(),
-        };
-        // Earlier runs' records: where interrupted work picks up.
-        let priors = prior_records(&settings.paths.runs_dir, &repo_root, &plan.run_id);
-        events.emit(&Event::RunStarted {
-            run_id: plan.run_id.clone(),
-            repo: repo_root.display().to_string(),
-            max_agents: Some(plan.max_agents),
-        });
-        let mut summary = RunSummary {
-            state_dir: state_dir.clone(),
-            ..RunSummary::default()
-        };
-        let mut attempted: HashSet<IssueId> = HashSet::new();
-        let mut active: HashMap<IssueId, Worker> = HashMap::new();
-        let mut workers: JoinSet<(IssueId, IssueResult)> = JoinSet::new();
-        let mut deferred: HashSet<IssueId> = HashSet::new();
-        // Deadlocks whose victim is stopped but not yet recorded.
-        let mut unrecorded = 0usize;
-        let mut started = 0usize;
-        let mut idle_said = false;
-        let mut closed_since_periodic = 0u32;
-        let mut sweep_pending = true;
-        let mut epic_book = EpicBook::default();
-        let max_epic_rounds = settings
-            .validation_triggers
-            .epic_completion
-            .as_ref()
-            .map_or(3, |t| t.max_epic_verification_retries.max(1));
-        let mut periodic_due = false;
-        let mut stage_open = true;
-        let issue_types = &settings.issue_types;
+    }
 
-        loop {
-            let current = *stage.borrow();
-            if matches!(current, Stage::Abort | Stage::Kill) {
-                stop_workers(
-                    &self.stoppable,
-                    &mut workers,
-                    &mut active,
-                    &mut summary,
-                    &events,
-                    &mut stage,
-                )
-                .await;
-                summary.interrupted = true;
-                break;
-            }
-            if summary.aborted.is_none()
-                && let Some(command) = session_end_abort
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .take()
-            {
-                // A session_end trigger set to abort failed: finish what runs, start nothing.
-                summary.aborted = Some(command);
-            }
-            if periodic_due && let Some(periodic) = &settings.validation_triggers.periodic {
-                if !active.is_empty() {
-                    // Hold new spawns until the pool is idle, then validate.
-                    let closed_before = summary.closed.len();
-                    wait_for_worker(&mut workers, &mut active, &mut summary, &events).await;
-                    // What closes meanwhile counts towards the next interval.
-                    let closed = summary.closed.len() - closed_before;
-                    closed_since_periodic += u32::try_from(closed).unwrap_or(u32::MAX);
-                    sweep_pending |= closed > 0;
-                    continue;
-                }
-                periodic_due = false;
-                let outcome = self
-                    .fire(
-                        ("periodic", "periodic"),
-                        &periodic.trigger,
-                        &ports.backend,
-                        &events,
-                        &mut reviews,
-                    )
-                    .await;
-                if let TriggerOutcome::Abort { command } = outcome {
-                    summary.aborted = Some(command);
-                    break;
-                }
-            }
-            let view = |active: usize, started: usize| SchedulerView {
-                active,
-                started,
-                max_agents: plan.max_agents,
-                max_issues: plan.max_issues,
-                draining: current != Stage::Running || summary.aborted.is_some(),
-                trigger_due: periodic_due,
-            };
-            if spawn_capacity(&view(active.len(), started)) > 0 {
-                let graph = self.source.snapshot().await?;
-                let takeover = takeover_candidates(graph.issues(), plan.resume.take_up, |run| {
-                    is_run_alive(&lock_dir, run)
-                });
-                let queue = plan_queue(
-                    &graph,
-                    &QueueRequest {
-                        scope: &plan.scope,
-                        order: plan.order,
-                        issue_types,
-                        skip: &attempted,
-                        takeover: &takeover,
-                        limit: None,
-                        now: Utc::now(),
-                    },
-                )
-                .map_err(|e| RunError::Setup(format!("--scope {}: {e}", plan.scope)))?;
-                let capacity = spawn_capacity(&view(active.len(), started));
-                events.emit(&Event::QueuePlanned {
-                    waiting: queue.entries.len().saturating_sub(capacity),
-                });
-                for entry in queue.entries {
-                    if spawn_capacity(&view(active.len(), started)) == 0 {
-                        break;
-                    }
-                    attempted.insert(entry.id.clone());
-                    if entry.takeover {
-                        // A dead run's claim (or, with --resume, unassigned work): take it over, once.
-                        let holder = graph.get(&entry.id).and_then(|i| i.assignee.clone());
-                        let taken = tracker
-                            .take_over(&entry.id, &runner_config.actor, holder)
-                            .await;
-                        if !matches!(taken, Ok(mala_core::ClaimOutcome::Claimed)) {
-                            continue;
-                        }
-                    }
-                    let agent = agent_name(&entry.id, &plan.run_id);
-                    let resume = resume_for(plan, &priors, &entry.id, entry.takeover);
-                    let (ports, config, issue, worker_agent) = (
-                        ports.clone(),
-                        runner_config.clone(),
-                        entry.id.clone(),
-                        agent.clone(),
-                    );
-                    let abort = workers.spawn(async move {
-                        let result =
-                            run_issue_from(&issue, worker_agent, &ports, &config, resume).await;
-                        (issue, result)
-                    });
-                    active.insert(entry.id.clone(), Worker { agent, abort });
-                    started += 1;
-                }
-            }
-            if active.is_empty()
-                && sweep_pending
-                && current == Stage::Running
-                && summary.aborted.is_none()
-            {
-                sweep_pending = false;
-                match sweep_epics(
-                    tracker.as_ref(),
-                    self.epic_verifier.as_ref(),
-                    &plan.scope,
-                    &mut epic_book,
-                    max_epic_rounds,
-                    events.as_ref(),
-                )
-                .await
-                {
-                    Ok(sweep) => {
-                        if let Some(command) = self
-                            .epic_completion(&sweep, &ports.backend, &events, &mut reviews)
-                            .await
-                        {
-                            summary.aborted = Some(command);
-                            break;
-                        }
-                        // A closed epic may complete its parent; new issues may be ready.
-                        sweep_pending = !sweep.closed.is_empty();
-                        if !sweep.closed.is_empty() || !sweep.created.is_empty() {
-                            continue;
-                        }
-                    }
-                    Err(error) => events.emit(&Event::Warning {
-                        message: format!("epic sweep failed: {error}"),
-                    }),
-                }
-            }
-            if active.is_empty() && unrecorded > 0 && victims_open {
-                // A deadlock is still being written down; its victim may be
-                // ready to run again when that is done.
-                let news = victims.recv().await;
-                victims_open = news.is_some();
-                on_deadlock_news(
-                    news,
-                    &mut active,
-                    &mut deferred,
-                    &mut attempted,
-                    &mut unrecorded,
-                    &events,
-                );
-                continue;
-            }
-            if active.is_empty() {
-                if done(&view(0, started), plan.watch.is_some()).is_some() {
-                    break;
-                }
-                let Some(poll) = plan.watch else {
-                    break;
-                };
-                if !idle_said {
-                    events.emit(&Event::Warning {
-                        message: format!(
-                            "watching: nothing ready; looking again every {} s (Ctrl-C to stop)",
-                            poll.as_secs()
-                        ),
-                    });
-                    idle_said = true;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(poll) => {}
-                    changed = stage.changed(), if stage_open => stage_open = changed.is_ok(),
-                }
-                continue;
-            }
-            idle_said = false;
-            tokio::select! {
-                finished = workers.join_next() => {
-                    let Some(first) = finished else { break };
-                    // Workers started together end together: take every one
-                    // that is done before planning again, so a wave costs one
-                    // plan instead of one per issue.
-                    let mut batch = vec![first];
-                    while let Some(next) = workers.try_join_next() {
-                        batch.push(next);
-                    }
-                    for finished in batch {
-                        match finished {
-                            Ok((issue, result)) => {
-                                active.remove(&issue);
-                                if matches!(result, IssueResult::Closed { .. }) {
-                                    sweep_pending = true;
-                                    // An issue that gave way in a deadlock may
-                                    // wait for this one: plan it again.
-                                    attempted.retain(|id| !deferred.contains(id));
-                                    closed_since_periodic += 1;
-                                    if let Some(periodic) = &settings.validation_triggers.periodic
-                                        && periodic.interval > 0
-                                        && closed_since_periodic >= periodic.interval
-                                    {
-                                        closed_since_periodic = 0;
-                                        periodic_due = true;
-                                    }
-                                }
-                                record(&mut summary, issue, result);
-                            }
-                            Err(join_error) if join_error.is_cancelled() => {
-                                // A deadlock victim, cancelled on purpose; handled when it was chosen.
-                                active.retain(|_, w| !w.abort.is_finished());
-                            }
-                            Err(join_error) => {
-                                events.emit(&Event::Warning { message: format!("an issue worker crashed: {join_error}") });
-                                active.retain(|_, w| !w.abort.is_finished());
-                            }
-                        }
-                    }
-                }
-                news = victims.recv(), if victims_open => {
-                    victims_open = news.is_some();
-                    on_deadlock_news(news, &mut active, &mut deferred, &mut attempted, &mut unrecorded, &events);
-                }
-                changed = stage.changed(), if stage_open => {
-                    // A closed sender means nobody can ask for a drain any more.
-                    stage_open = changed.is_ok();
-                }
-            }
+    /// SIGKILLs every session of every backend of the run.
+    pub(crate) fn kill_all(&self) {
+        for backend in &self.stoppable {
+            backend.kill_all();
         }
-
-        if let Some(run_end) = &settings.validation_triggers.run_end
-            && !summary.interrupted
-            && summary.aborted.is_none()
-        {
-            let fire = run_end_fires(run_end.fire_on, summary.closed.len(), summary.failed.len());
-            if fire
-                && let TriggerOutcome::Abort { command } = self
-                    .fire(
-                        ("run_end", "run_end"),
-                        &run_end.trigger,
-                        &ports.backend,
-                        &events,
-                        &mut reviews,
-                    )
-                    .await
-            {
-                summary.aborted = Some(command);
-            }
-        }
-        // Whatever ends the run, this run's locks go and its marker with them.
-        if let Some(locks) = &self.locks {
-            for worker in active.values() {
-                let _ = locks.release_all(&worker.agent).await;
-            }
-        }
-        // Deferred issues that ran again later in the run have their outcome.
-        let settled: HashSet<&IssueId> = summary
-            .closed
-            .iter()
-            .chain(summary.failed.iter().map(|(i, _)| i))
-            .collect();
-        summary.deferred = deferred
-            .into_iter()
-            .filter(|i| !settled.contains(i))
-            .collect();
-        drop(ports);
-        if let Some(monitor) = monitor {
-            monitor.abort();
-        }
-        if !summary.closed.is_empty() {
-            if let Err(error) = tracker.flush().await {
-                events.emit(&Event::Warning {
-                    message: format!("could not flush the tracker: {error}"),
-                });
-            }
-            if self.commit_tracker
-                && let Err(error) =
-                    commit_tracker_files(&repo_root, "mala: sync beads issues").await
-            {
-                events.emit(&Event::Warning {
-                    message: format!("could not commit .beads/: {error}"),
-                });
-            }
-        }
-        let _ = std::fs::remove_file(RunMarker::path(&lock_dir, &plan.run_id));
-        let outcome = if summary.interrupted {
-            "interrupted"
-        } else if summary.aborted.is_some() {
-            "aborted"
-        } else if *stage.borrow() == Stage::Drain {
-            "drained"
-        } else {
-            "finished"
-        };
-        recorder.finish(outcome, &summary.deferred);
-        events.emit(&Event::RunFinished {
-            run_id: plan.run_id.clone(),
-            outcome: if summary.interrupted {
-                RunOutcome::Aborted {
-                    reason: "interrupted".into(),
-                }
-            } else if *stage.borrow() == Stage::Drain {
-                RunOutcome::Drained
-            } else {
-                RunOutcome::Finished
-            },
-            succeeded: summary.closed.len(),
-            failed: summary.failed.len(),
-        });
-        Ok(summary)
     }
 }

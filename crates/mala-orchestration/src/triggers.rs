@@ -6,7 +6,7 @@
 //! run's recent commits together.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use mala_core::{
@@ -17,6 +17,7 @@ use mala_core::{
 use mala_domain::{CodeReview, FailureMode, PromptKind, Trigger, TriggerCommand, render_prompt};
 use mala_infra::run_commands;
 use mala_pipeline::SessionEndCheck;
+use tokio::sync::mpsc;
 
 /// How a trigger ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,14 +49,15 @@ fn check_commands(commands: &[TriggerCommand]) -> Vec<CheckCommand> {
 }
 
 /// The `session_end` trigger as the runner calls it. An `abort` failure
-/// records the failed command here; the run stops spawning and exits 3.
+/// sends the failed command to the scheduler, which stops spawning; the
+/// run then exits 3.
 pub(crate) struct SessionEndTrigger {
     pub(crate) trigger: Trigger,
     pub(crate) repo: PathBuf,
     pub(crate) backend: Arc<dyn AgentBackend>,
     pub(crate) run_id: String,
     pub(crate) events: Arc<dyn EventSink>,
-    pub(crate) abort: Arc<Mutex<Option<String>>>,
+    pub(crate) aborts: mpsc::UnboundedSender<String>,
 }
 
 #[async_trait::async_trait]
@@ -78,10 +80,8 @@ impl SessionEndCheck for SessionEndTrigger {
             }
             TriggerOutcome::Abort { command } => {
                 let said = format!("`{command}` failed; the run stops after the running issues");
-                self.abort
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .get_or_insert(command);
+                // The scheduler is gone only once the run is over.
+                let _ = self.aborts.send(command);
                 said
             }
         }
@@ -443,7 +443,7 @@ mod tests {
     #[tokio::test]
     async fn a_session_end_abort_is_reported_to_the_run_and_continue_is_not() {
         let dir = tempfile::tempdir().unwrap();
-        let abort = Arc::new(Mutex::new(None));
+        let (aborts, mut said_abort) = mpsc::unbounded_channel();
         let check = |mode| SessionEndTrigger {
             trigger: Trigger {
                 failure_mode: mode,
@@ -455,7 +455,7 @@ mod tests {
             backend: Arc::new(MockAgentBackend::new()),
             run_id: "r".into(),
             events: Arc::new(Collect::default()),
-            abort: Arc::clone(&abort),
+            aborts: aborts.clone(),
         };
         let issue = IssueId::new("m-1");
         let said = check(FailureMode::Continue).run(&issue).await;
@@ -463,9 +463,12 @@ mod tests {
             said.contains("exit 1") && said.contains("continue"),
             "{said}"
         );
-        assert_eq!(*abort.lock().unwrap(), None);
+        assert!(
+            said_abort.try_recv().is_err(),
+            "continue does not stop the run"
+        );
         let said = check(FailureMode::Abort).run(&issue).await;
         assert!(said.contains("run stops"), "{said}");
-        assert_eq!(abort.lock().unwrap().as_deref(), Some("exit 1"));
+        assert_eq!(said_abort.try_recv().ok().as_deref(), Some("exit 1"));
     }
 }
