@@ -1,49 +1,10 @@
 //! Separate processes contend for one file through the lock directory:
 //! exactly one holds it.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use mala_core::{AgentId, LockTable};
-use mala_infra::FileLockTable;
-
-const CHILD: &str = "MALA_LOCK_CONTENTION_CHILD";
 const CONTENDERS: usize = 12;
-
-/// Run as a child process: wait for the start signal, then try once.
-#[tokio::test]
-async fn lock_contention_child() {
-    let Ok(spec) = std::env::var(CHILD) else {
-        return; // Only meaningful when spawned by the test below.
-    };
-    let mut parts = spec.splitn(3, '|');
-    let (dir, repo, agent) = (
-        PathBuf::from(parts.next().unwrap()),
-        PathBuf::from(parts.next().unwrap()),
-        parts.next().unwrap().to_owned(),
-    );
-    while !dir.join("go").exists() {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let table = FileLockTable::new(dir.join("locks"), &repo).unwrap();
-    let report = table
-        .acquire(
-            &AgentId::new(agent),
-            &["src/shared.rs".to_owned()],
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
-    println!(
-        "RESULT {}",
-        if report.all_acquired {
-            "acquired"
-        } else {
-            "held"
-        }
-    );
-}
 
 #[test]
 fn processes_contending_for_one_file_get_exactly_one_holder() {
@@ -52,23 +13,25 @@ fn processes_contending_for_one_file_get_exactly_one_holder() {
     std::fs::create_dir_all(repo.join("src")).unwrap();
     let children: Vec<_> = (0..CONTENDERS)
         .map(|n| {
-            Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "locks::lock_contention_child",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(
-                    CHILD,
-                    format!("{}|{}|agent-{n}", dir.path().display(), repo.display()),
-                )
+            Command::new(env!("CARGO_BIN_EXE_lock-contender"))
+                .arg(dir.path())
+                .arg(&repo)
+                .arg(format!("agent-{n}"))
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Start them together, once every one has said it is ready.
+    let ready = |n: usize| dir.path().join(format!("ready-agent-{n}")).exists();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(0..CONTENDERS).all(ready) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the contenders never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     std::fs::write(dir.path().join("go"), "").unwrap();
     let mut acquired = 0;
     let mut held = 0;

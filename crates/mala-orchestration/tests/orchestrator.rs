@@ -19,15 +19,39 @@ use mala_testkit::{MemoryRepository, MemoryTracker, ScriptedBackend};
 use tokio::sync::watch;
 
 #[derive(Default)]
-struct Recorder(Mutex<Vec<Event>>);
+struct Recorder(Mutex<Vec<Event>>, tokio::sync::Notify);
 
 impl EventSink for Recorder {
     fn emit(&self, event: &Event) {
         self.0.lock().unwrap().push(event.clone());
+        self.1.notify_waiters();
     }
 }
 
 impl Recorder {
+    /// Waits until `count` events match: every emit wakes the check, so a
+    /// test acts on what the run did, never on how long it took.
+    async fn until(&self, count: usize, wanted: impl Fn(&Event) -> bool) {
+        let seen = async {
+            loop {
+                let woken = self.1.notified();
+                if self.0.lock().unwrap().iter().filter(|e| wanted(e)).count() >= count {
+                    return;
+                }
+                woken.await;
+            }
+        };
+        // A bound on a broken run, not a synchronisation.
+        tokio::time::timeout(Duration::from_secs(60), seen)
+            .await
+            .expect("the run never got there");
+    }
+
+    async fn until_started(&self, count: usize) {
+        self.until(count, |e| matches!(e, Event::IssueStarted { .. }))
+            .await;
+    }
+
     fn claimed(&self) -> Vec<String> {
         self.0
             .lock()
@@ -199,7 +223,7 @@ async fn a_drain_lets_running_issues_finish_and_starts_no_more() {
     );
     let (stage, stages) = watch::channel(Stage::Running);
     let run = tokio::spawn(world.orchestrator(plan(2)).run(stages));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    world.events.until_started(2).await;
     stage.send(Stage::Drain).unwrap();
     let summary = run.await.unwrap().unwrap();
     assert_eq!(summary.closed.len(), 2, "the two running issues finished");
@@ -215,7 +239,7 @@ async fn a_stop_ends_running_turns_and_keeps_their_claims() {
     );
     let (stage, stages) = watch::channel(Stage::Running);
     let run = tokio::spawn(world.orchestrator(plan(3)).run(stages));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    world.events.until_started(3).await;
     let started = std::time::Instant::now();
     stage.send(Stage::Abort).unwrap();
     let summary = run.await.unwrap().unwrap();
@@ -245,7 +269,14 @@ async fn watch_mode_picks_up_an_issue_added_mid_run() {
             })
             .run(stages),
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Idle and watching: the first issue is done and nothing else is ready.
+    world
+        .events
+        .until(
+            1,
+            |e| matches!(e, Event::Warning { message } if message.starts_with("watching")),
+        )
+        .await;
     let added = world
         .tracker
         .create(mala_core::NewIssue {
@@ -254,14 +285,13 @@ async fn watch_mode_picks_up_an_issue_added_mid_run() {
         })
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while world.status(added.as_str()).await != IssueStatus::Closed {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new issue was never taken"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    world
+        .events
+        .until(
+            1,
+            |e| matches!(e, Event::IssueClosed { issue } if *issue == added),
+        )
+        .await;
     stage.send(Stage::Drain).unwrap();
     let summary = run.await.unwrap().unwrap();
     assert_eq!(
@@ -346,11 +376,25 @@ async fn epic_completion_runs_when_an_epic_closes_and_can_stop_the_run() {
         .tracker(Arc::new(world.tracker.clone()))
         .backend(Arc::new(world.backend.clone()))
         .repository(Arc::new(world.repository.clone()))
+        .events(world.events.clone())
         .build()
         .unwrap();
     let (_stage, stages) = watch::channel(Stage::Running);
     let summary = orchestrator.run(stages).await.unwrap();
     assert_eq!(summary.aborted.as_deref(), Some("exit 4"));
+    // One outcome, said the same way in run.json and in the event stream.
+    let runs = mala_infra::RunLog::list(&world.dir.path().join("runs"), Some(world.dir.path()));
+    assert_eq!(runs[0].outcome, "aborted");
+    let finished = world.events.0.lock().unwrap().iter().find_map(|e| match e {
+        Event::RunFinished { outcome, .. } => Some(outcome.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        finished,
+        Some(mala_core::RunOutcome::Aborted {
+            reason: "validation trigger failed: `exit 4`".into()
+        })
+    );
 }
 
 /// A reviewer answering from a script, keeping what it was asked.
