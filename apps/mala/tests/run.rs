@@ -266,7 +266,7 @@ fn watch_mode_waits_for_work_and_a_ctrl_c_ends_it_cleanly() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The marker is written after mala listens for Ctrl-C: no wait is needed.
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -550,13 +550,17 @@ fn stop_with_ctrl_c(presses: usize) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let started = std::time::Instant::now();
-    for _ in 0..presses {
+    let mut child = child;
+    let stderr = Stderr::follow(&mut child);
+    let said = ["draining:", "stopping the agents", "killing the agents"];
+    for acknowledged in &said[..presses] {
         let status = Command::new("kill")
             .args(["-INT", &child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // Two signals before the handler looks again would count as one.
+        stderr.wait_for(acknowledged);
     }
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -564,7 +568,7 @@ fn stop_with_ctrl_c(presses: usize) {
         output.status.code(),
         Some(130),
         "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+        stderr.text()
     );
     assert!(
         started.elapsed() < std::time::Duration::from_secs(30),
@@ -617,6 +621,48 @@ fn stop_with_ctrl_c(presses: usize) {
             .any(|r| r.body.to_string().contains("picking your session up")),
         "the next run resumed the earlier session rather than starting over"
     );
+}
+
+/// A child's stderr, read line by line as it comes, so a test can wait for
+/// what mala says (each Ctrl-C is acknowledged there) instead of sleeping.
+struct Stderr {
+    lines: std::sync::Arc<(std::sync::Mutex<Vec<String>>, std::sync::Condvar)>,
+}
+
+impl Stderr {
+    fn follow(child: &mut std::process::Child) -> Self {
+        use std::io::BufRead;
+        let lines: std::sync::Arc<(std::sync::Mutex<Vec<String>>, std::sync::Condvar)> =
+            std::sync::Arc::default();
+        let stream = child.stderr.take().expect("stderr is piped");
+        let shared = std::sync::Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                shared.0.lock().unwrap().push(line);
+                shared.1.notify_all();
+            }
+        });
+        Self { lines }
+    }
+
+    /// Waits until a line contains `text`.
+    fn wait_for(&self, text: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let (lines, said) = &*self.lines;
+        let mut seen = lines.lock().unwrap();
+        while !seen.iter().any(|l| l.contains(text)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "mala never said {text:?}: {seen:?}");
+            seen = said.wait_timeout(seen, left).unwrap().0;
+        }
+    }
+
+    fn text(&self) -> String {
+        self.lines.0.lock().unwrap().join("\n")
+    }
 }
 
 /// A repository with one issue, "Fix a" (the agent writes `src/a.txt`; the

@@ -139,10 +139,20 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
         })?;
     let summary = runtime.block_on(async move {
         let (stage_tx, stage_rx) = watch::channel(Stage::Running);
+        // Listening before the run starts: a Ctrl-C as soon as the run's
+        // marker exists is seen, never lost to the default handler.
+        let mut interrupts =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(
+                |e| Failure::Other {
+                    message: format!("could not listen for Ctrl-C: {e}"),
+                    hint: None,
+                },
+            )?;
         tokio::spawn(async move {
             // First Ctrl-C: drain. Second: stop the agents. Third: kill them.
+            // Each press is said on stderr as it is taken.
             let mut presses = 0;
-            while tokio::signal::ctrl_c().await.is_ok() {
+            while interrupts.recv().await.is_some() {
                 presses += 1;
                 match presses {
                     1 => {
@@ -166,8 +176,8 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
                 }
             }
         });
-        mala_orchestration::run(request, events, stage_rx).await
-    });
+        Ok::<_, Failure>(mala_orchestration::run(request, events, stage_rx).await)
+    })?;
     report(&summary.map_err(run_failure)?, &console.summary())
 }
 
