@@ -830,6 +830,7 @@ impl Orchestrator {
                 .finding_threshold
                 .per_issue_blocking_priority(),
             rerun: settings.gate.rerun,
+            track_review_issues: settings.per_issue_review.track_review_issues,
         };
 
         for name in triggers_with_code_review(settings) {
