@@ -309,7 +309,6 @@ fn epic_completion(
         epic_depth: mala_domain::EpicDepth::TopLevel,
         fire_on: mala_domain::FireOn::Success,
         max_epic_verification_retries: 3,
-        epic_verify_lock_timeout_seconds: 300,
     }
 }
 

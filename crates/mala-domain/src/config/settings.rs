@@ -178,6 +178,9 @@ pub struct Trigger {
     /// Fixer rounds for `remediate`; 0 otherwise.
     pub max_retries: u32,
     pub commands: Vec<TriggerCommand>,
+    /// Left out of `config show` when absent: `session_end` never has one
+    /// from mala.yaml (refused; `per_issue_review` reviews each issue).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub code_review: Option<CodeReview>,
 }
 
