@@ -95,7 +95,7 @@ const NOT_BUILT_ENV: &[(&str, &str)] = &[
     ),
     (
         "MALA_VALIDATION_LOG_DIR",
-        "mala writes no validation logs: command output goes to the run's events; unset it",
+        "mala writes no validation logs; unset it",
     ),
     (
         "MALA_DISABLE_DEBUG_LOG",
