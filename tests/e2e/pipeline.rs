@@ -196,6 +196,7 @@ fn setup(claude: &Path, br_binary: &Path, agent: Agent, check: &str) -> Setup {
         record_dir: state.path().join("sessions"),
         blocking_priority: 1,
         rerun: false,
+        track_review_issues: true,
     };
     Setup {
         events,

@@ -54,7 +54,7 @@ pub(crate) struct CoderArgs {
     /// Agent backend
     #[arg(long, value_parser = parse_word::<Coder>)]
     pub(crate) coder: Option<Coder>,
-    /// Amp mode (amp only)
+    /// Amp mode (not built yet: refused)
     #[arg(long, value_parser = parse_word::<AmpMode>)]
     pub(crate) amp_mode: Option<AmpMode>,
     /// Reasoning effort: low, medium, high, xhigh, max
@@ -66,10 +66,10 @@ pub(crate) struct CoderArgs {
     /// Claude settings files to load: a comma-separated subset of local,project,user
     #[arg(long, value_parser = parse_sources)]
     pub(crate) claude_settings_sources: Option<SettingsSources>,
-    /// Codex approval policy (codex only)
+    /// Codex approval policy (not built yet: refused)
     #[arg(long, value_parser = parse_word::<CodexApprovalPolicy>)]
     pub(crate) codex_approval_policy: Option<CodexApprovalPolicy>,
-    /// Codex sandbox (codex only)
+    /// Codex sandbox (not built yet: refused)
     #[arg(long, value_parser = parse_word::<CodexSandbox>)]
     pub(crate) codex_sandbox: Option<CodexSandbox>,
 }

@@ -187,14 +187,29 @@ const MALFORMED: &[(&str, &str, &str)] = &[
         "only allowed on custom commands",
     ),
     (
-        "coverage without test",
-        "commands:\n  lint: make lint\ncoverage:\n  format: xml\n  file: cov.xml\n  threshold: 80\n",
-        "needs a `test` command",
+        "not built: coverage",
+        "preset: rust\ncoverage:\n  format: xml\n  file: cov.xml\n  threshold: 80\n",
+        "coverage: not built yet",
     ),
     (
-        "coverage threshold over 100",
-        "preset: rust\ncoverage:\n  format: xml\n  file: cov.xml\n  threshold: 180\n",
-        "percentage",
+        "not built: codex options",
+        "preset: rust\ncoder_options:\n  codex:\n    sandbox: read-only\n",
+        "coder_options.codex: not built yet",
+    ),
+    (
+        "not built: a key inside a trigger's review",
+        "preset: rust\nvalidation_triggers:\n  periodic:\n    failure_mode: continue\n    interval: 2\n    code_review:\n      track_review_issues: true\n",
+        "validation_triggers.periodic.code_review.track_review_issues: not built yet",
+    ),
+    (
+        "no commands at all",
+        "model: sonnet\n",
+        "no commands are configured",
+    ),
+    (
+        "every command disabled",
+        "preset: rust\ncommands:\n  setup: null\n  test: null\n  lint: null\n  format: null\n",
+        "no commands are configured",
     ),
     (
         "removed key",
@@ -477,6 +492,30 @@ fn a_bad_environment_variable_is_named() {
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("environment variable MALA_CODER"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn not_built_variables_and_flags_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mala.yaml"), "preset: rust\n").unwrap();
+    let output = mala_with_env(
+        dir.path(),
+        &["config", "check"],
+        &[("MALA_DISABLE_DEBUG_LOG", "1")],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("environment variable MALA_DISABLE_DEBUG_LOG: not built yet"),
+        "{}",
+        stderr(&output)
+    );
+    let output = mala(dir.path(), &["run", "--codex-sandbox", "read-only"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("flag --codex-sandbox: not built yet"),
         "{}",
         stderr(&output)
     );

@@ -21,14 +21,14 @@ pub use answers::{EpicVerdict, parse_epic_answer, parse_review_answer};
 pub use commits::{check_commit_message, is_issue_commit};
 pub use config::{
     AgentSdkModel, AmpMode, BUILTIN_COMMANDS, Cerberus, ClaudeOptions, CodeReview, Coder,
-    CoderOptions, CodexApprovalPolicy, CodexOptions, CodexSandbox, CommandSpec, ConfigError,
-    ConfigFile, ConfigSources, Coverage, CoverageFormat, Effort, EpicCompletionTrigger, EpicDepth,
-    EpicVerification, EvidenceCheck, FailureMode, FindingThreshold, FireOn, FlagOverrides, Gate,
-    Location, LockWait, LongRunning, OriginDisplay, Paths, PeriodicTrigger, PresetName,
-    RawCodeReview, RawCommand, RawCommandDetail, RawCommandRef, RawCommandRefDetail, RawConfig,
-    RawEvidenceCheck, RawRunEndTrigger, RawTriggers, RetryPolicy, ReviewBaseline, ReviewerType,
-    RunEndTrigger, Settings, SettingsSource, SpanIndex, TrackerKind, Trigger, TriggerCommand,
-    Triggers, UnknownWord, is_valid_command_name, load_preset, parse_config, preset_text, resolve,
+    CoderOptions, CodexApprovalPolicy, CodexSandbox, CommandSpec, ConfigError, ConfigFile,
+    ConfigSources, Effort, EpicCompletionTrigger, EpicDepth, EpicVerification, EvidenceCheck,
+    FailureMode, FindingThreshold, FireOn, FlagOverrides, Gate, IssueReview, Location,
+    NOT_BUILT_KEYS, NotBuiltKey, OriginDisplay, Paths, PeriodicTrigger, PresetName, RawCodeReview,
+    RawCommand, RawCommandDetail, RawCommandRef, RawCommandRefDetail, RawConfig, RawEvidenceCheck,
+    RawRunEndTrigger, RawTriggers, ReviewBaseline, ReviewerChoice, ReviewerType, RunEndTrigger,
+    Settings, SettingsSource, SpanIndex, TrackerKind, Trigger, TriggerCommand, Triggers,
+    UnknownWord, is_valid_command_name, load_preset, parse_config, preset_text, resolve,
 };
 pub use deadlock::{Deadlock, WaitForGraph};
 pub use gate::{

@@ -12,20 +12,18 @@ pub enum PromptKind {
     ReviewFollowup,
     IdleResume,
     RunResume,
-    LockResume,
     Fixer,
     Reviewer,
     EpicVerification,
 }
 
 impl PromptKind {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 8] = [
         Self::Implementer,
         Self::GateFollowup,
         Self::ReviewFollowup,
         Self::IdleResume,
         Self::RunResume,
-        Self::LockResume,
         Self::Fixer,
         Self::Reviewer,
         Self::EpicVerification,
@@ -52,10 +50,6 @@ impl PromptKind {
             Self::RunResume => (
                 "run_resume.md",
                 include_str!("../../../prompts/run_resume.md"),
-            ),
-            Self::LockResume => (
-                "lock_resume.md",
-                include_str!("../../../prompts/lock_resume.md"),
             ),
             Self::Fixer => ("fixer.md", include_str!("../../../prompts/fixer.md")),
             Self::Reviewer => ("reviewer.md", include_str!("../../../prompts/reviewer.md")),
@@ -95,7 +89,6 @@ impl PromptKind {
             ],
             Self::IdleResume => &["issue_id"],
             Self::RunResume => &["issue_id", "commit_prefix"],
-            Self::LockResume => &["issue_id", "status", "wait_paths"],
             Self::Fixer => &[
                 "attempt",
                 "max_attempts",

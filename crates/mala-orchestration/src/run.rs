@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use mala_core::{EventSink, LockTable, Reviewer, TrackerError};
-use mala_domain::{CodeReview, IssueGraph, Settings};
+use mala_domain::{IssueGraph, ReviewerChoice, Settings};
 use mala_infra::{
     AgentReviewer, CerberusConfig, CerberusReviewer, ClaudeBackend, ClaudeConfig, FileLockTable,
     GitRepo, LockingGuard, SystemClock, Tracker, check_cerberus,
@@ -88,22 +88,22 @@ async fn assemble(
     let git = Arc::new(GitRepo::new(&repo_root));
     let backend = implementer_backend(&request, &claude_config, &repo_root, &locks, &git);
     // Reviewers and epic verifiers read; a guard holding no locks refuses every write.
-    let read_only = || {
+    let read_only = |config: ClaudeConfig| {
         let guard = LockingGuard::new(
             &repo_root,
             Arc::clone(&locks),
             settings.coder_options.claude.disallowed_tools.clone(),
         );
-        Arc::new(ClaudeBackend::new(claude_config.clone()).with_guard(Arc::new(guard)))
+        Arc::new(ClaudeBackend::new(config).with_guard(Arc::new(guard)))
     };
-    let make_reviewer = |review: &CodeReview| -> Result<Reviewing, RunError> {
+    let make_reviewer = |review: &ReviewerChoice| -> Result<Reviewing, RunError> {
         Ok(match review.reviewer_type {
             mala_domain::ReviewerType::Cerberus => Reviewing {
                 reviewer: Arc::new(cerberus_reviewer(&request, review, &state_dir, &repo_root)?),
                 backend: None,
             },
             mala_domain::ReviewerType::AgentSdk => {
-                let backend = read_only();
+                let backend = read_only(claude_config.for_reviewer(review));
                 Reviewing {
                     reviewer: Arc::new(AgentReviewer::new(
                         Arc::clone(&backend) as Arc<dyn mala_core::AgentBackend>,
@@ -117,7 +117,7 @@ async fn assemble(
     };
     let per_issue = Some(&settings.per_issue_review)
         .filter(|r| r.enabled)
-        .map(make_reviewer)
+        .map(|r| make_reviewer(&r.reviewer))
         .transpose()?;
     // The triggers' code reviews read the run's commits together.
     let triggers = &settings.validation_triggers;
@@ -130,9 +130,12 @@ async fn assemble(
     .flatten()
     .filter_map(|t| t.code_review.as_ref())
     .find(|r| r.enabled)
-    .map(make_reviewer)
+    .map(|r| make_reviewer(&r.reviewer))
     .transpose()?;
-    let epic_backend = settings.epic_verification.enabled.then(read_only);
+    let epic_backend = settings
+        .epic_verification
+        .enabled
+        .then(|| read_only(claude_config.for_epic_verifier(&settings.epic_verification)));
     let mut builder = Orchestrator::builder(request.settings.clone(), repo_root)
         .plan(request.plan.clone())
         .issue_source(Arc::new(tracker))
@@ -221,7 +224,7 @@ struct Reviewing {
 /// The cerberus reviewer of `review`, once its installation is found and checked.
 fn cerberus_reviewer(
     request: &RunRequest,
-    review: &CodeReview,
+    review: &ReviewerChoice,
     state_dir: &std::path::Path,
     repo_root: &std::path::Path,
 ) -> Result<CerberusReviewer, RunError> {

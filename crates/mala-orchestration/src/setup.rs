@@ -193,6 +193,7 @@ fn runner_config(
             .finding_threshold
             .per_issue_blocking_priority(),
         rerun: settings.gate.rerun,
+        track_review_issues: settings.per_issue_review.track_review_issues,
     }
 }
 
@@ -217,7 +218,7 @@ fn settings_summary(settings: &Settings, plan: &RunPlan) -> serde_json::Value {
         "model": settings.model,
         "required_checks": settings.evidence_check.required,
         "gate_rerun": settings.gate.rerun,
-        "per_issue_review": settings.per_issue_review.enabled.then(|| settings.per_issue_review.reviewer_type.to_string()),
+        "per_issue_review": settings.per_issue_review.enabled.then(|| settings.per_issue_review.reviewer.reviewer_type.to_string()),
         "epic_verification": settings.epic_verification.enabled,
         "triggers": triggers,
     })

@@ -339,7 +339,6 @@ fn epic_completion(
         epic_depth: mala_domain::EpicDepth::TopLevel,
         fire_on: mala_domain::FireOn::Success,
         max_epic_verification_retries: 3,
-        epic_verify_lock_timeout_seconds: 300,
     }
 }
 
@@ -439,11 +438,14 @@ async fn run_end_review(
 ) -> (RunSummary, Arc<ScriptedReviewer>) {
     let world = World::new(vec![task("m-1"), task("m-2")], Duration::from_millis(5));
     let mut config = settings(world.dir.path());
-    let mut review = config.per_issue_review.clone();
-    review.enabled = true;
-    review.failure_mode = mode;
-    review.max_retries = 1;
-    review.finding_threshold = threshold;
+    let review = mala_domain::CodeReview {
+        enabled: true,
+        reviewer: config.per_issue_review.reviewer.clone(),
+        failure_mode: mode,
+        max_retries: 1,
+        finding_threshold: threshold,
+        baseline: None,
+    };
     config.validation_triggers.run_end = Some(mala_domain::RunEndTrigger {
         trigger: mala_domain::Trigger {
             failure_mode: mala_domain::FailureMode::Continue,

@@ -47,6 +47,9 @@ pub struct RunnerConfig {
     /// `gate.rerun`: mala runs the required commands itself on the agent's
     /// commit, in a clean worktree, before the gate can pass.
     pub rerun: bool,
+    /// `per_issue_review.track_review_issues`: advisory findings become a
+    /// `[Review]` tracking issue; with `false` the review event only counts them.
+    pub track_review_issues: bool,
 }
 
 /// The `session_end` trigger: mala runs the project's commands itself once
@@ -896,6 +899,7 @@ impl IssueRun {
             findings: blocking.clone(),
         });
         if !advisory.is_empty()
+            && self.config.track_review_issues
             && let Err(error) =
                 track_advisory_findings(self.ports.tracker.as_ref(), &self.issue, &advisory).await
         {

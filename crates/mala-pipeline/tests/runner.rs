@@ -376,6 +376,7 @@ impl Harness {
             record_dir: PathBuf::from("/state/sessions"),
             blocking_priority: 1,
             rerun: false,
+            track_review_issues: true,
         }
     }
 
@@ -789,6 +790,36 @@ async fn advisory_findings_close_the_issue_and_land_in_one_tracking_issue() {
     assert_eq!(again, None);
     let chained = format!("source:{}", tracking[0].id);
     assert!(h.tracker.find_by_label(&chained).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn with_track_review_issues_off_advisory_findings_file_no_tracking_issue() {
+    let h = Harness::new().await;
+    let reviewer = Arc::new(ScriptedReviewer {
+        answers: Mutex::new(vec![Ok(ReviewVerdict {
+            findings: vec![finding(2, "Name the constant")],
+        })]),
+        asked: Mutex::new(0),
+    });
+    let config = RunnerConfig {
+        track_review_issues: false,
+        ..Harness::config()
+    };
+    let result = h
+        .run_with(
+            vec![honest_turn(&h)],
+            Some(reviewer.clone() as Arc<dyn Reviewer>),
+            None,
+            config,
+        )
+        .await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    assert_eq!(*reviewer.asked.lock().unwrap(), 1, "the review ran");
+    let label = format!("source:{}", h.issue);
+    assert!(
+        h.tracker.find_by_label(&label).await.unwrap().is_empty(),
+        "no tracking issue with track_review_issues: false"
+    );
 }
 
 #[tokio::test]

@@ -4,7 +4,8 @@
 //! column. That tree gives every key its position (for errors and for
 //! `config show`), lets us treat `key: null` as "not set" (and
 //! `commands.<name>: null` as "disable the preset's command"), and catches
-//! removed keys with a migration hint before serde runs.
+//! removed keys with a migration hint and keys that are not built yet
+//! before serde runs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use marked_yaml::types::MarkedScalarNode;
 use marked_yaml::{LoadError, LoaderOptions, Marker, Node};
 
 use super::error::{ConfigError, Location, suggestion};
-use super::schema::{REMOVED_TOP_LEVEL_KEYS, RawConfig};
+use super::schema::{NOT_BUILT_KEYS, NotBuiltKey, REMOVED_TOP_LEVEL_KEYS, RawConfig};
 
 /// Line and column (both 1-based) of every key and list element in a file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -111,6 +112,16 @@ pub fn parse_config(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> 
                 );
             }
         }
+    }
+
+    if let Some((path, key)) = first_not_built(&root, "") {
+        let (line, column) = spans.find(&path).unwrap_or((1, 1));
+        return Err(ConfigError::new(
+            "not built yet: mala would accept it and change nothing, so it is refused",
+        )
+        .at(at(line, column))
+        .key(path)
+        .hint(key.hint));
     }
 
     let raw: RawConfig = marked_yaml::from_node(&root).map_err(|e| {
@@ -219,6 +230,22 @@ fn normalise(node: &mut Node, prefix: &str, spans: &mut SpanIndex, disabled: &mu
         }
         Node::Scalar(_) => {}
     }
+}
+
+/// The first key, in document order, that `NOT_BUILT_KEYS` names. Runs after
+/// `normalise`, so `key: null` ("not set") is not a setting.
+fn first_not_built(node: &Node, prefix: &str) -> Option<(String, &'static NotBuiltKey)> {
+    let map = node.as_mapping()?;
+    for (key, value) in map.iter() {
+        let path = join(prefix, key.as_str());
+        if let Some(not_built) = NOT_BUILT_KEYS.iter().find(|k| k.matches(&path)) {
+            return Some((path, not_built));
+        }
+        if let Some(found) = first_not_built(value, &path) {
+            return Some(found);
+        }
+    }
+    None
 }
 
 /// `~`, `null` or nothing, unquoted.

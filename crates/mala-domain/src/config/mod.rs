@@ -11,19 +11,18 @@ mod settings;
 pub use error::{ConfigError, Location};
 pub use load::{ConfigFile, SpanIndex, parse_config};
 pub use names::{
-    AgentSdkModel, AmpMode, BUILTIN_COMMANDS, Coder, CodexApprovalPolicy, CodexSandbox,
-    CoverageFormat, Effort, EpicDepth, FailureMode, FindingThreshold, FireOn, PresetName,
-    ReviewBaseline, ReviewerType, SettingsSource, TrackerKind, UnknownWord, is_valid_command_name,
+    AgentSdkModel, AmpMode, BUILTIN_COMMANDS, Coder, CodexApprovalPolicy, CodexSandbox, Effort,
+    EpicDepth, FailureMode, FindingThreshold, FireOn, PresetName, ReviewBaseline, ReviewerType,
+    SettingsSource, TrackerKind, UnknownWord, is_valid_command_name,
 };
 pub use presets::{load_preset, preset_text};
 pub use resolve::{ConfigSources, FlagOverrides, resolve};
 pub use schema::{
-    RawCodeReview, RawCommand, RawCommandDetail, RawCommandRef, RawCommandRefDetail, RawConfig,
-    RawEvidenceCheck, RawRunEndTrigger, RawTriggers,
+    NOT_BUILT_KEYS, NotBuiltKey, RawCodeReview, RawCommand, RawCommandDetail, RawCommandRef,
+    RawCommandRefDetail, RawConfig, RawEvidenceCheck, RawRunEndTrigger, RawTriggers,
 };
 pub use settings::{
-    Cerberus, ClaudeOptions, CodeReview, CoderOptions, CodexOptions, CommandSpec, Coverage,
-    EpicCompletionTrigger, EpicVerification, EvidenceCheck, Gate, LockWait, LongRunning,
-    OriginDisplay, Paths, PeriodicTrigger, RetryPolicy, RunEndTrigger, Settings, Trigger,
-    TriggerCommand, Triggers,
+    Cerberus, ClaudeOptions, CodeReview, CoderOptions, CommandSpec, EpicCompletionTrigger,
+    EpicVerification, EvidenceCheck, Gate, IssueReview, OriginDisplay, Paths, PeriodicTrigger,
+    ReviewerChoice, RunEndTrigger, Settings, Trigger, TriggerCommand, Triggers,
 };

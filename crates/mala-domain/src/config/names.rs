@@ -195,11 +195,6 @@ word_enum!(
     TrackerKind { Auto = "auto", Br = "br", Jsonl = "jsonl" }
 );
 
-word_enum!(
-    /// Coverage report format.
-    CoverageFormat { Xml = "xml" }
-);
-
 /// Built-in command names, in the order mala runs and shows them.
 pub const BUILTIN_COMMANDS: &[&str] = &[
     "setup",

@@ -16,10 +16,9 @@ use super::schema::{
     RawCerberus, RawCodeReview, RawCommand, RawCommandRef, RawConfig, RawTriggerCommon,
 };
 use super::settings::{
-    Cerberus, ClaudeOptions, CodeReview, CoderOptions, CodexOptions, CommandSpec, Coverage,
-    EpicCompletionTrigger, EpicVerification, EvidenceCheck, Gate, LockWait, LongRunning, Origins,
-    Paths, PeriodicTrigger, RetryPolicy, RunEndTrigger, Settings, Trigger, TriggerCommand,
-    Triggers,
+    Cerberus, ClaudeOptions, CodeReview, CoderOptions, CommandSpec, EpicCompletionTrigger,
+    EpicVerification, EvidenceCheck, Gate, IssueReview, Origins, Paths, PeriodicTrigger,
+    ReviewerChoice, RunEndTrigger, Settings, Trigger, TriggerCommand, Triggers,
 };
 
 /// Default seconds for a custom command.
@@ -30,11 +29,14 @@ const DEFAULT_TIMEOUT_MINUTES: u64 = 30;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlagOverrides {
     pub coder: Option<Coder>,
+    /// Refused: Amp is not built (kept so the flag is refused, not unknown).
     pub amp_mode: Option<AmpMode>,
     pub model: Option<String>,
     pub effort: Option<Effort>,
     pub claude_settings_sources: Option<Vec<SettingsSource>>,
+    /// Refused: Codex is not built.
     pub codex_approval_policy: Option<CodexApprovalPolicy>,
+    /// Refused: Codex is not built.
     pub codex_sandbox: Option<CodexSandbox>,
     pub timeout_minutes: Option<u64>,
 }
@@ -48,30 +50,61 @@ pub struct ConfigSources<'a> {
     pub flags: &'a FlagOverrides,
 }
 
-/// `MALA_*` variables that are read no more, with what replaces them.
+/// `MALA_*` variables that are read no more, with what to do instead.
 const DEPRECATED_ENV: &[(&str, &str)] = &[
     (
         "MALA_REVIEW_TIMEOUT",
-        "per_issue_review.agent_sdk_timeout in mala.yaml",
+        "set per_issue_review.agent_sdk_timeout in mala.yaml",
     ),
     (
         "MALA_CERBERUS_SPAWN_ARGS",
-        "per_issue_review.cerberus.spawn_args in mala.yaml",
+        "set per_issue_review.cerberus.spawn_args in mala.yaml",
     ),
     (
         "MALA_CERBERUS_WAIT_ARGS",
-        "per_issue_review.cerberus.wait_args in mala.yaml",
+        "set per_issue_review.cerberus.wait_args in mala.yaml",
     ),
     (
         "MALA_CERBERUS_ENV",
-        "per_issue_review.cerberus.env in mala.yaml",
+        "set per_issue_review.cerberus.env in mala.yaml",
     ),
     (
         "MALA_MAX_EPIC_VERIFICATION_RETRIES",
-        "validation_triggers.epic_completion.max_epic_verification_retries in mala.yaml",
+        "set validation_triggers.epic_completion.max_epic_verification_retries in mala.yaml",
     ),
-    ("MALA_MAX_DIFF_SIZE_KB", "max_diff_size_kb in mala.yaml"),
+    (
+        "MALA_MAX_DIFF_SIZE_KB",
+        "epic verification has no diff size limit (max_diff_size_kb is not built)",
+    ),
 ];
+
+/// `MALA_*` variables of features that are not built yet: setting one is an
+/// error, so nobody believes it took effect. With what to do instead.
+const NOT_BUILT_ENV: &[(&str, &str)] = &[
+    (
+        "MALA_AMP_MODE",
+        "only the Claude Code backend is built; unset it",
+    ),
+    (
+        "MALA_CODEX_APPROVAL_POLICY",
+        "only the Claude Code backend is built; unset it",
+    ),
+    (
+        "MALA_CODEX_SANDBOX",
+        "only the Claude Code backend is built; unset it",
+    ),
+    (
+        "MALA_VALIDATION_LOG_DIR",
+        "mala writes no validation logs; unset it",
+    ),
+    (
+        "MALA_DISABLE_DEBUG_LOG",
+        "mala writes no debug log (the session records are under the run's directory); unset it",
+    ),
+];
+
+/// Flags of backends that are not built yet.
+const NOT_BUILT_FLAGS: &str = "only the Claude Code backend is built; leave the flag out";
 
 /// Resolves every layer into one `Settings`.
 pub fn resolve(sources: ConfigSources<'_>) -> Result<Settings, ConfigError> {
@@ -92,9 +125,17 @@ pub fn resolve(sources: ConfigSources<'_>) -> Result<Settings, ConfigError> {
             settings.origins.record("preset", file.location("preset"));
         }
         apply_file(&mut settings, file)?;
+        if settings.commands.is_empty() {
+            return Err(file
+                .error(
+                    if file.spans.find("commands").is_some() { "commands" } else { "" },
+                    "no commands are configured, so no issue could pass the gate",
+                )
+                .hint("add `preset: <name>` (python-uv, node-npm, go, rust, gleam) or define a command under `commands:`, or run `mala init`"));
+        }
     }
     apply_env(&mut settings, sources.env)?;
-    apply_flags(&mut settings, sources.flags);
+    apply_flags(&mut settings, sources.flags)?;
     derive_backend_defaults(&mut settings);
     Ok(settings)
 }
@@ -113,11 +154,9 @@ fn defaults(env: &BTreeMap<String, String>) -> Settings {
         code_patterns: Vec::new(),
         config_files: Vec::new(),
         setup_files: Vec::new(),
-        coverage: None,
         evidence_check: EvidenceCheck::default(),
         claude_settings_sources: vec![SettingsSource::Local, SettingsSource::Project],
         coder: Coder::Claude,
-        amp_mode: AmpMode::Deep,
         model: None,
         effort: None,
         coder_options: CoderOptions {
@@ -125,42 +164,17 @@ fn defaults(env: &BTreeMap<String, String>) -> Settings {
                 binary: "claude".to_owned(),
                 disallowed_tools: vec!["TodoWrite".to_owned(), "Monitor".to_owned()],
             },
-            codex: CodexOptions {
-                approval_policy: CodexApprovalPolicy::Never,
-                sandbox: CodexSandbox::DangerFullAccess,
-                mcp_servers: BTreeMap::new(),
-            },
         },
         timeout_minutes,
         max_idle_retries: 2,
         idle_timeout_seconds: derived_idle_timeout(timeout_minutes),
-        max_diff_size_kb: None,
         max_gate_retries: 3,
         gate: Gate::default(),
         epic_verification: EpicVerification {
             enabled: true,
-            reviewer_type: ReviewerType::AgentSdk,
-            timeout: 600,
-            cerberus: default_cerberus(),
             agent_sdk_timeout: 300,
-            retry_policy: RetryPolicy {
-                timeout_retries: 3,
-                execution_retries: 2,
-                parse_retries: 1,
-            },
         },
-        per_issue_review: default_code_review(),
-        long_running: LongRunning {
-            enabled: true,
-            max_wait_seconds: 14_400,
-            max_resume_cycles: 3,
-        },
-        lock_wait: LockWait {
-            enabled: true,
-            max_wait_seconds: 1800,
-            max_resume_cycles: 3,
-            poll_interval_ms: 500,
-        },
+        per_issue_review: default_issue_review(),
         validation_triggers: Triggers::default(),
         tracker: TrackerKind::Auto,
         issue_types: ["task", "bug", "feature", "chore"]
@@ -170,9 +184,7 @@ fn defaults(env: &BTreeMap<String, String>) -> Settings {
         paths: Paths {
             runs_dir: config_home.join("mala").join("runs"),
             lock_dir: PathBuf::from("/tmp/mala-locks"),
-            validation_log_dir: PathBuf::from("/tmp/mala-validation-logs"),
         },
-        debug_log: true,
         origins: Origins::default(),
         warnings: Vec::new(),
     }
@@ -194,20 +206,35 @@ fn default_cerberus() -> Cerberus {
     }
 }
 
-/// Review defaults. We default to the agent reviewer (the original defaults to
-/// cerberus), because it needs nothing beyond the coder that is already there.
+/// Reviewer defaults. We default to the agent reviewer (the original defaults
+/// to cerberus), because it needs nothing beyond the coder that is already there.
+fn default_reviewer() -> ReviewerChoice {
+    ReviewerChoice {
+        reviewer_type: ReviewerType::AgentSdk,
+        cerberus: default_cerberus(),
+        agent_sdk_timeout: 300,
+        agent_sdk_model: AgentSdkModel::Opus,
+    }
+}
+
+fn default_issue_review() -> IssueReview {
+    IssueReview {
+        enabled: false,
+        reviewer: default_reviewer(),
+        max_retries: 3,
+        finding_threshold: FindingThreshold::None,
+        track_review_issues: true,
+    }
+}
+
 fn default_code_review() -> CodeReview {
     CodeReview {
         enabled: false,
-        reviewer_type: ReviewerType::AgentSdk,
+        reviewer: default_reviewer(),
         failure_mode: FailureMode::Continue,
         max_retries: 3,
         finding_threshold: FindingThreshold::None,
         baseline: None,
-        cerberus: default_cerberus(),
-        agent_sdk_timeout: 300,
-        agent_sdk_model: AgentSdkModel::Opus,
-        track_review_issues: true,
     }
 }
 
@@ -356,12 +383,10 @@ fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigEr
     }
     set!("claude_settings_sources", raw.claude_settings_sources.clone() => settings.claude_settings_sources);
     set!("coder", raw.coder => settings.coder);
-    set!("amp_mode", raw.amp_mode => settings.amp_mode);
     set!("model", raw.model.clone().map(Some) => settings.model);
     set!("effort", raw.effort.map(Some) => settings.effort);
     set!("timeout_minutes", raw.timeout_minutes => settings.timeout_minutes);
     set!("max_idle_retries", raw.max_idle_retries => settings.max_idle_retries);
-    set!("max_diff_size_kb", raw.max_diff_size_kb.map(Some) => settings.max_diff_size_kb);
     set!("max_gate_retries", raw.max_gate_retries => settings.max_gate_retries);
     set!("tracker", raw.tracker => settings.tracker);
     set!("retry_failed", raw.retry_failed => settings.retry_failed);
@@ -397,74 +422,20 @@ fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigEr
             .origins
             .record("issue_types", file.location("issue_types"));
     }
-    if let Some(options) = &raw.coder_options {
-        if let Some(claude) = &options.claude {
-            set!("coder_options.claude.binary", claude.binary.clone() => settings.coder_options.claude.binary);
-            set!("coder_options.claude.disallowed_tools", claude.disallowed_tools.clone() => settings.coder_options.claude.disallowed_tools);
-        }
-        if let Some(codex) = &options.codex {
-            set!("coder_options.codex.approval_policy", codex.approval_policy => settings.coder_options.codex.approval_policy);
-            set!("coder_options.codex.sandbox", codex.sandbox => settings.coder_options.codex.sandbox);
-            set!("coder_options.codex.mcp_servers", codex.mcp_servers.clone() => settings.coder_options.codex.mcp_servers);
-        }
+    if let Some(claude) = raw.coder_options.as_ref().and_then(|o| o.claude.as_ref()) {
+        set!("coder_options.claude.binary", claude.binary.clone() => settings.coder_options.claude.binary);
+        set!("coder_options.claude.disallowed_tools", claude.disallowed_tools.clone() => settings.coder_options.claude.disallowed_tools);
     }
     if let Some(gate) = &raw.gate {
         set!("gate.rerun", gate.rerun => settings.gate.rerun);
     }
-    if let Some(long) = &raw.long_running {
-        set!("long_running.enabled", long.enabled => settings.long_running.enabled);
-        set!("long_running.max_wait_seconds", long.max_wait_seconds => settings.long_running.max_wait_seconds);
-        set!("long_running.max_resume_cycles", long.max_resume_cycles => settings.long_running.max_resume_cycles);
-    }
-    if let Some(wait) = &raw.lock_wait {
-        set!("lock_wait.enabled", wait.enabled => settings.lock_wait.enabled);
-        set!("lock_wait.max_wait_seconds", wait.max_wait_seconds => settings.lock_wait.max_wait_seconds);
-        set!("lock_wait.max_resume_cycles", wait.max_resume_cycles => settings.lock_wait.max_resume_cycles);
-        set!("lock_wait.poll_interval_ms", wait.poll_interval_ms => settings.lock_wait.poll_interval_ms);
-        if settings.lock_wait.poll_interval_ms == 0 {
-            return Err(file.error("lock_wait.poll_interval_ms", "must be at least 1"));
-        }
-    }
     if let Some(epic) = &raw.epic_verification {
         let target = &mut settings.epic_verification;
         overlay(&mut target.enabled, epic.enabled);
-        overlay(&mut target.reviewer_type, epic.reviewer_type);
-        overlay(&mut target.timeout, epic.timeout);
         overlay(&mut target.agent_sdk_timeout, epic.agent_sdk_timeout);
-        if let Some(c) = &epic.cerberus {
-            merge_cerberus(&mut target.cerberus, c);
-        }
-        if let Some(p) = &epic.retry_policy {
-            overlay(&mut target.retry_policy.timeout_retries, p.timeout_retries);
-            overlay(
-                &mut target.retry_policy.execution_retries,
-                p.execution_retries,
-            );
-            overlay(&mut target.retry_policy.parse_retries, p.parse_retries);
-        }
     }
     if let Some(review) = &raw.per_issue_review {
-        settings.per_issue_review = code_review(review, default_code_review());
-    }
-    if let Some(coverage) = &raw.coverage {
-        if !settings.commands.contains_key("test") {
-            return Err(file
-                .error("coverage", "coverage needs a `test` command")
-                .hint("add `commands.test` or a preset that defines it"));
-        }
-        if !(0.0..=100.0).contains(&coverage.threshold) {
-            return Err(file.error(
-                "coverage.threshold",
-                "must be a percentage between 0 and 100",
-            ));
-        }
-        settings.coverage = Some(Coverage {
-            command: coverage.command.clone(),
-            format: coverage.format,
-            file: coverage.file.clone(),
-            threshold: coverage.threshold,
-            timeout: coverage.timeout,
-        });
+        settings.per_issue_review = issue_review(review);
     }
     if let Some(evidence) = &raw.evidence_check {
         let mut seen = BTreeSet::new();
@@ -504,9 +475,6 @@ fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigEr
                 epic_depth: raw.epic_depth,
                 fire_on: raw.fire_on,
                 max_epic_verification_retries: raw.max_epic_verification_retries.unwrap_or(3),
-                epic_verify_lock_timeout_seconds: raw
-                    .epic_verify_lock_timeout_seconds
-                    .unwrap_or(300),
             });
         }
         if let Some(raw) = &triggers.run_end {
@@ -612,28 +580,42 @@ fn trigger(
         failure_mode: raw.failure_mode(),
         max_retries,
         commands,
-        code_review: raw
-            .code_review()
-            .map(|r| code_review(r, default_code_review())),
+        code_review: raw.code_review().map(code_review),
     })
 }
 
-fn code_review(raw: &RawCodeReview, mut review: CodeReview) -> CodeReview {
+/// A trigger's review block. (`track_review_issues` was refused at load.)
+fn code_review(raw: &RawCodeReview) -> CodeReview {
+    let mut review = default_code_review();
     overlay(&mut review.enabled, raw.enabled);
-    overlay(&mut review.reviewer_type, raw.reviewer_type);
     overlay(&mut review.failure_mode, raw.failure_mode);
     overlay(&mut review.max_retries, raw.max_retries);
     overlay(&mut review.finding_threshold, raw.finding_threshold);
     if let Some(v) = raw.baseline {
         review.baseline = Some(v);
     }
-    overlay(&mut review.agent_sdk_timeout, raw.agent_sdk_timeout);
-    overlay(&mut review.agent_sdk_model, raw.agent_sdk_model);
-    overlay(&mut review.track_review_issues, raw.track_review_issues);
-    if let Some(c) = &raw.cerberus {
-        merge_cerberus(&mut review.cerberus, c);
-    }
+    reviewer_choice(raw, &mut review.reviewer);
     review
+}
+
+/// `per_issue_review`. (`failure_mode` and `baseline` were refused at load.)
+fn issue_review(raw: &RawCodeReview) -> IssueReview {
+    let mut review = default_issue_review();
+    overlay(&mut review.enabled, raw.enabled);
+    overlay(&mut review.max_retries, raw.max_retries);
+    overlay(&mut review.finding_threshold, raw.finding_threshold);
+    overlay(&mut review.track_review_issues, raw.track_review_issues);
+    reviewer_choice(raw, &mut review.reviewer);
+    review
+}
+
+fn reviewer_choice(raw: &RawCodeReview, target: &mut ReviewerChoice) {
+    overlay(&mut target.reviewer_type, raw.reviewer_type);
+    overlay(&mut target.agent_sdk_timeout, raw.agent_sdk_timeout);
+    overlay(&mut target.agent_sdk_model, raw.agent_sdk_model);
+    if let Some(c) = &raw.cerberus {
+        merge_cerberus(&mut target.cerberus, c);
+    }
 }
 
 /// Replaces `target` with `value` when the file set it.
@@ -688,10 +670,6 @@ fn apply_env(settings: &mut Settings, env: &BTreeMap<String, String>) -> Result<
         settings.coder = parse_env("MALA_CODER", v)?;
         settings.origins.record("coder", at("MALA_CODER"));
     }
-    if let Some(v) = get("MALA_AMP_MODE") {
-        settings.amp_mode = parse_env("MALA_AMP_MODE", v)?;
-        settings.origins.record("amp_mode", at("MALA_AMP_MODE"));
-    }
     if let Some(v) = get("MALA_MODEL") {
         settings.model = Some(v.to_owned());
         settings.origins.record("model", at("MALA_MODEL"));
@@ -709,19 +687,6 @@ fn apply_env(settings: &mut Settings, env: &BTreeMap<String, String>) -> Result<
             "claude_settings_sources",
             at("MALA_CLAUDE_SETTINGS_SOURCES"),
         );
-    }
-    if let Some(v) = get("MALA_CODEX_APPROVAL_POLICY") {
-        settings.coder_options.codex.approval_policy = parse_env("MALA_CODEX_APPROVAL_POLICY", v)?;
-        settings.origins.record(
-            "coder_options.codex.approval_policy",
-            at("MALA_CODEX_APPROVAL_POLICY"),
-        );
-    }
-    if let Some(v) = get("MALA_CODEX_SANDBOX") {
-        settings.coder_options.codex.sandbox = parse_env("MALA_CODEX_SANDBOX", v)?;
-        settings
-            .origins
-            .record("coder_options.codex.sandbox", at("MALA_CODEX_SANDBOX"));
     }
     if let Some(v) = get("MALA_CLAUDE_BINARY") {
         v.clone_into(&mut settings.coder_options.claude.binary);
@@ -741,48 +706,58 @@ fn apply_env(settings: &mut Settings, env: &BTreeMap<String, String>) -> Result<
             at("MALA_TRACK_REVIEW_ISSUES"),
         );
     }
-    for (var, key) in [
-        ("MALA_RUNS_DIR", "paths.runs_dir"),
-        ("MALA_LOCK_DIR", "paths.lock_dir"),
-        ("MALA_VALIDATION_LOG_DIR", "paths.validation_log_dir"),
-    ] {
-        if let Some(v) = get(var) {
-            let target = match key {
-                "paths.runs_dir" => &mut settings.paths.runs_dir,
-                "paths.lock_dir" => &mut settings.paths.lock_dir,
-                _ => &mut settings.paths.validation_log_dir,
-            };
-            *target = PathBuf::from(v);
-            settings.origins.record(key, at(var));
-        }
-    }
-    if let Some(v) = env.get("MALA_DISABLE_DEBUG_LOG") {
-        settings.debug_log = !parse_env_bool("MALA_DISABLE_DEBUG_LOG", v)?;
+    if let Some(v) = get("MALA_RUNS_DIR") {
+        settings.paths.runs_dir = PathBuf::from(v);
         settings
             .origins
-            .record("debug_log", at("MALA_DISABLE_DEBUG_LOG"));
+            .record("paths.runs_dir", at("MALA_RUNS_DIR"));
+    }
+    if let Some(v) = get("MALA_LOCK_DIR") {
+        settings.paths.lock_dir = PathBuf::from(v);
+        settings
+            .origins
+            .record("paths.lock_dir", at("MALA_LOCK_DIR"));
+    }
+    if let Some((var, hint)) = NOT_BUILT_ENV.iter().find(|(var, _)| get(var).is_some()) {
+        return Err(
+            ConfigError::new("not built yet: setting it would change nothing")
+                .at(at(var))
+                .hint(*hint),
+        );
     }
     for (var, instead) in DEPRECATED_ENV {
         if env.contains_key(*var) {
             settings
                 .warnings
-                .push(format!("{var} is no longer read; set {instead}"));
+                .push(format!("{var} is no longer read; {instead}"));
         }
     }
     Ok(())
 }
 
-fn apply_flags(settings: &mut Settings, flags: &FlagOverrides) {
+fn apply_flags(settings: &mut Settings, flags: &FlagOverrides) -> Result<(), ConfigError> {
     let at = |flag: &str| Location::Flag {
         flag: flag.to_owned(),
     };
+    for (set, flag) in [
+        (flags.amp_mode.is_some(), "--amp-mode"),
+        (
+            flags.codex_approval_policy.is_some(),
+            "--codex-approval-policy",
+        ),
+        (flags.codex_sandbox.is_some(), "--codex-sandbox"),
+    ] {
+        if set {
+            return Err(
+                ConfigError::new("not built yet: setting it would change nothing")
+                    .at(at(flag))
+                    .hint(NOT_BUILT_FLAGS),
+            );
+        }
+    }
     if let Some(v) = flags.coder {
         settings.coder = v;
         settings.origins.record("coder", at("--coder"));
-    }
-    if let Some(v) = flags.amp_mode {
-        settings.amp_mode = v;
-        settings.origins.record("amp_mode", at("--amp-mode"));
     }
     if let Some(v) = &flags.model {
         settings.model = Some(v.clone());
@@ -798,23 +773,11 @@ fn apply_flags(settings: &mut Settings, flags: &FlagOverrides) {
             .origins
             .record("claude_settings_sources", at("--claude-settings-sources"));
     }
-    if let Some(v) = flags.codex_approval_policy {
-        settings.coder_options.codex.approval_policy = v;
-        settings.origins.record(
-            "coder_options.codex.approval_policy",
-            at("--codex-approval-policy"),
-        );
-    }
-    if let Some(v) = flags.codex_sandbox {
-        settings.coder_options.codex.sandbox = v;
-        settings
-            .origins
-            .record("coder_options.codex.sandbox", at("--codex-sandbox"));
-    }
     if let Some(v) = flags.timeout_minutes {
         settings.timeout_minutes = v;
         settings.origins.record("timeout_minutes", at("--timeout"));
     }
+    Ok(())
 }
 
 /// Fills what depends on other values: a zero timeout means the default, the
@@ -835,10 +798,10 @@ fn derive_backend_defaults(settings: &mut Settings) {
         };
     }
     if settings.origin("effort").is_none() {
-        settings.effort = match (settings.coder, settings.amp_mode) {
-            (Coder::Claude, _) | (Coder::Amp, AmpMode::Smart) => Some(Effort::Xhigh),
-            (Coder::Codex, _) | (Coder::Amp, AmpMode::Deep) => Some(Effort::Medium),
-            (Coder::Amp, AmpMode::Rush) => None,
+        // Amp's effort follows its mode; `amp_mode` is not built, so Amp's default mode (deep).
+        settings.effort = match settings.coder {
+            Coder::Claude => Some(Effort::Xhigh),
+            Coder::Codex | Coder::Amp => Some(Effort::Medium),
         };
     }
 }
@@ -918,6 +881,142 @@ mod tests {
             None,
             "a derived default is still a default"
         );
+    }
+
+    #[test]
+    fn a_key_that_is_not_built_is_refused_where_it_stands() {
+        let text = "preset: rust\nlock_wait:\n  enabled: false\n";
+        let err = resolve_with(text, &[], &FlagOverrides::default()).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("lock_wait"));
+        assert!(err.message.contains("not built yet"), "{err}");
+        assert!(err.hint.is_some(), "{err}");
+        assert!(
+            err.to_string().starts_with("mala.yaml:2:1: lock_wait: "),
+            "{err}"
+        );
+        // Its old default is refused too: any setting would pretend.
+        let err = resolve_with(
+            "preset: rust\nmax_diff_size_kb: 0\n",
+            &[],
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("max_diff_size_kb"));
+        // `key: null` means "not set", so there is nothing to refuse.
+        resolve_with(
+            "preset: rust\nlong_running: null\n",
+            &[],
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn review_keys_are_refused_only_in_the_block_where_they_do_nothing() {
+        let flags = FlagOverrides::default();
+        let refused = [
+            (
+                "per_issue_review:\n  failure_mode: abort\n",
+                "per_issue_review.failure_mode",
+                2,
+            ),
+            (
+                "validation_triggers:\n  run_end:\n    failure_mode: continue\n    code_review:\n      track_review_issues: false\n",
+                "validation_triggers.run_end.code_review.track_review_issues",
+                5,
+            ),
+            (
+                "validation_triggers:\n  session_end:\n    failure_mode: continue\n    code_review:\n      enabled: true\n",
+                "validation_triggers.session_end.code_review",
+                4,
+            ),
+        ];
+        for (block, key, line) in refused {
+            let err = resolve_with(&format!("preset: rust\n{block}"), &[], &flags).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{err}");
+            assert!(
+                matches!(err.location, Some(Location::File { line: l, .. }) if l == line + 1),
+                "{err}"
+            );
+        }
+        let text = "preset: rust\nper_issue_review:\n  track_review_issues: false\n\
+                    validation_triggers:\n  run_end:\n    failure_mode: continue\n    \
+                    code_review:\n      failure_mode: abort\n      baseline: since_run_start\n";
+        let settings = resolve_with(text, &[], &flags).unwrap();
+        assert!(!settings.per_issue_review.track_review_issues);
+        let review = settings
+            .validation_triggers
+            .run_end
+            .unwrap()
+            .trigger
+            .code_review
+            .unwrap();
+        assert_eq!(review.failure_mode, FailureMode::Abort);
+    }
+
+    #[test]
+    fn not_built_variables_and_flags_are_refused_by_name() {
+        let err = resolve_with(
+            "preset: rust\n",
+            &[("MALA_VALIDATION_LOG_DIR", "/tmp/x")],
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.location,
+            Some(Location::Env {
+                var: "MALA_VALIDATION_LOG_DIR".into()
+            })
+        );
+        assert!(err.message.contains("not built yet"), "{err}");
+        // An empty variable is not set.
+        resolve_with(
+            "preset: rust\n",
+            &[("MALA_DISABLE_DEBUG_LOG", "")],
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        let flags = FlagOverrides {
+            codex_sandbox: Some(CodexSandbox::ReadOnly),
+            ..FlagOverrides::default()
+        };
+        let err = resolve_with("preset: rust\n", &[], &flags).unwrap_err();
+        assert_eq!(
+            err.location,
+            Some(Location::Flag {
+                flag: "--codex-sandbox".into()
+            })
+        );
+        assert!(err.message.contains("not built yet"), "{err}");
+    }
+
+    #[test]
+    fn a_file_without_commands_is_an_error() {
+        let flags = FlagOverrides::default();
+        let err = resolve_with("model: sonnet\n", &[], &flags).unwrap_err();
+        assert!(err.message.contains("no commands"), "{err}");
+        assert!(
+            err.hint.as_deref().is_some_and(|h| h.contains("preset")),
+            "{err}"
+        );
+        let all_disabled = "preset: go\ncommands:\n  setup: null\n  build: null\n  test: null\n  lint: null\n  format: null\n  typecheck: null\n  e2e: null\n";
+        let err = resolve_with(all_disabled, &[], &flags).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("commands"), "{err}");
+        assert!(err.message.contains("no commands"), "{err}");
+        resolve_with("commands:\n  check: ./check.sh\n", &[], &flags).unwrap();
+    }
+
+    #[test]
+    fn wired_review_and_verifier_limits_resolve_from_the_file() {
+        let text = "preset: rust\nper_issue_review:\n  agent_sdk_timeout: 42\n  agent_sdk_model: haiku\n\
+                    epic_verification:\n  agent_sdk_timeout: 77\n";
+        let settings = resolve_with(text, &[], &FlagOverrides::default()).unwrap();
+        assert_eq!(settings.per_issue_review.reviewer.agent_sdk_timeout, 42);
+        assert_eq!(
+            settings.per_issue_review.reviewer.agent_sdk_model,
+            AgentSdkModel::Haiku
+        );
+        assert_eq!(settings.epic_verification.agent_sdk_timeout, 77);
     }
 
     #[test]

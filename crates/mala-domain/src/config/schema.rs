@@ -10,9 +10,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor, value::MapAccessDeserial
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::names::{
-    AgentSdkModel, AmpMode, Coder, CodexApprovalPolicy, CodexSandbox, CoverageFormat, Effort,
-    EpicDepth, FailureMode, FindingThreshold, FireOn, PresetName, ReviewBaseline, ReviewerType,
-    SettingsSource, TrackerKind,
+    AgentSdkModel, Coder, Effort, EpicDepth, FailureMode, FindingThreshold, FireOn, PresetName,
+    ReviewBaseline, ReviewerType, SettingsSource, TrackerKind,
 };
 
 /// Top-level keys that existed in older versions, with what to write instead.
@@ -43,6 +42,97 @@ pub(crate) const REMOVED_TOP_LEVEL_KEYS: &[(&str, &str)] = &[
     ),
 ];
 
+/// A documented key whose feature is not built yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotBuiltKey {
+    /// Dotted path; `*` stands for any one key (a trigger's name).
+    pub path: &'static str,
+    /// What to do instead, for the error's hint.
+    pub hint: &'static str,
+}
+
+/// Keys the original documents whose effect mala does not have yet. Setting
+/// one (to any value, even its old default) is an error at load time rather
+/// than a setting that silently does nothing. They have no field in
+/// `RawConfig` or `Settings`; this list is all mala knows of them.
+pub const NOT_BUILT_KEYS: &[NotBuiltKey] = &[
+    NotBuiltKey {
+        path: "amp_mode",
+        hint: "only the Claude Code backend is built; remove `amp_mode`",
+    },
+    NotBuiltKey {
+        path: "coder_options.codex",
+        hint: "only the Claude Code backend is built; remove `coder_options.codex`",
+    },
+    NotBuiltKey {
+        path: "coverage",
+        hint: "the gate does not check coverage; run a coverage command as a custom `commands` entry and list it in `evidence_check.required`",
+    },
+    NotBuiltKey {
+        path: "max_diff_size_kb",
+        hint: "epic verification has no diff size limit; remove the key",
+    },
+    NotBuiltKey {
+        path: "long_running",
+        hint: "waiting for an agent's background task is not built; a turn is bounded by `timeout_minutes` and `idle_timeout_seconds`",
+    },
+    NotBuiltKey {
+        path: "lock_wait",
+        hint: "parking an agent that waits for a lock is not built; an agent waits inside `lock_acquire`, within its turn (docs/coordination.md)",
+    },
+    NotBuiltKey {
+        path: "epic_verification.reviewer_type",
+        hint: "epics are verified by an agent (agent_sdk) only; remove the key",
+    },
+    NotBuiltKey {
+        path: "epic_verification.cerberus",
+        hint: "epics are verified by an agent (agent_sdk) only; remove the key",
+    },
+    NotBuiltKey {
+        path: "epic_verification.timeout",
+        hint: "the agent verifier's limit is `epic_verification.agent_sdk_timeout`",
+    },
+    NotBuiltKey {
+        path: "epic_verification.retry_policy",
+        hint: "the verifier asks once more after an unreadable answer; other retries are not built",
+    },
+    NotBuiltKey {
+        path: "per_issue_review.failure_mode",
+        hint: "a per-issue review that keeps failing leaves the issue open with needs-followup; `failure_mode` applies to a trigger's `code_review`",
+    },
+    NotBuiltKey {
+        path: "per_issue_review.baseline",
+        hint: "a per-issue review reads that issue's commits; `baseline` applies to a trigger's `code_review`",
+    },
+    NotBuiltKey {
+        path: "validation_triggers.*.code_review.track_review_issues",
+        hint: "a trigger's review files no tracking issues; `track_review_issues` applies to `per_issue_review`",
+    },
+    NotBuiltKey {
+        path: "validation_triggers.session_end.code_review",
+        hint: "`per_issue_review` reviews each issue at its session's end",
+    },
+    NotBuiltKey {
+        path: "validation_triggers.epic_completion.epic_verify_lock_timeout_seconds",
+        hint: "epic verification takes no lock; remove the key",
+    },
+];
+
+impl NotBuiltKey {
+    /// Whether `path` (a key as written, dotted) is this key.
+    pub fn matches(&self, path: &str) -> bool {
+        let mut want = self.path.split('.');
+        let mut got = path.split('.');
+        loop {
+            match (want.next(), got.next()) {
+                (None, None) => return true,
+                (Some(w), Some(g)) if w == "*" || w == g => {}
+                _ => return false,
+            }
+        }
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,15 +148,11 @@ pub struct RawConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setup_files: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub coverage: Option<RawCoverage>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence_check: Option<RawEvidenceCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claude_settings_sources: Option<Vec<SettingsSource>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coder: Option<Coder>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub amp_mode: Option<AmpMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,8 +166,6 @@ pub struct RawConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_seconds: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_diff_size_kb: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_gate_retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<RawGate>,
@@ -89,10 +173,6 @@ pub struct RawConfig {
     pub epic_verification: Option<RawEpicVerification>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_issue_review: Option<RawCodeReview>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub long_running: Option<RawLongRunning>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lock_wait: Option<RawLockWait>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_triggers: Option<RawTriggers>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,18 +288,6 @@ impl<'de> Deserialize<'de> for RawCommandRef {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCoverage {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<String>,
-    pub format: CoverageFormat,
-    pub file: String,
-    pub threshold: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<u64>,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawEvidenceCheck {
@@ -232,8 +300,6 @@ pub struct RawEvidenceCheck {
 pub struct RawCoderOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claude: Option<RawClaudeOptions>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub codex: Option<RawCodexOptions>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -244,17 +310,6 @@ pub struct RawClaudeOptions {
     pub binary: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disallowed_tools: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCodexOptions {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approval_policy: Option<CodexApprovalPolicy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sandbox: Option<CodexSandbox>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mcp_servers: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -303,59 +358,16 @@ pub struct RawCodeReview {
     pub track_review_issues: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(clippy::struct_field_names)] // the names are mala.yaml's keys
-pub struct RawRetryPolicy {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_retries: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub execution_retries: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parse_retries: Option<u32>,
-}
-
 /// `epic_verification`, without the original's three dead keys
-/// (`max_retries`, `failure_mode`, `agent_sdk_model`).
+/// (`max_retries`, `failure_mode`, `agent_sdk_model`) and the ones in
+/// `NOT_BUILT_KEYS`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawEpicVerification {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reviewer_type: Option<ReviewerType>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cerberus: Option<RawCerberus>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_sdk_timeout: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_policy: Option<RawRetryPolicy>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLongRunning {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_wait_seconds: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_resume_cycles: Option<u32>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLockWait {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_wait_seconds: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_resume_cycles: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub poll_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -422,8 +434,6 @@ trigger_struct!(
         fire_on: FireOn,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_epic_verification_retries: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        epic_verify_lock_timeout_seconds: Option<u64>,
     }
 );
 

@@ -12,12 +12,15 @@ use serde::Serialize;
 
 use super::error::Location;
 use super::names::{
-    AgentSdkModel, AmpMode, Coder, CodexApprovalPolicy, CodexSandbox, CoverageFormat, Effort,
-    EpicDepth, FailureMode, FindingThreshold, FireOn, PresetName, ReviewBaseline, ReviewerType,
-    SettingsSource, TrackerKind,
+    AgentSdkModel, Coder, Effort, EpicDepth, FailureMode, FindingThreshold, FireOn, PresetName,
+    ReviewBaseline, ReviewerType, SettingsSource, TrackerKind,
 };
 
 /// Everything mala needs to know, from every layer, resolved once.
+///
+/// Every field here is read by the run (a test in `tests/settings_read.rs`
+/// fails otherwise). Documented keys whose feature is not built yet have no
+/// field: the loader refuses them (`NOT_BUILT_KEYS`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
     pub preset: Option<PresetName>,
@@ -25,11 +28,9 @@ pub struct Settings {
     pub code_patterns: Vec<String>,
     pub config_files: Vec<String>,
     pub setup_files: Vec<String>,
-    pub coverage: Option<Coverage>,
     pub evidence_check: EvidenceCheck,
     pub claude_settings_sources: Vec<SettingsSource>,
     pub coder: Coder,
-    pub amp_mode: AmpMode,
     /// `None`: the backend's own default (Amp has no model choice).
     pub model: Option<String>,
     pub effort: Option<Effort>,
@@ -39,13 +40,10 @@ pub struct Settings {
     pub max_idle_retries: u32,
     /// `0` disables the idle timeout.
     pub idle_timeout_seconds: f64,
-    pub max_diff_size_kb: Option<u64>,
     pub max_gate_retries: u32,
     pub gate: Gate,
     pub epic_verification: EpicVerification,
-    pub per_issue_review: CodeReview,
-    pub long_running: LongRunning,
-    pub lock_wait: LockWait,
+    pub per_issue_review: IssueReview,
     pub validation_triggers: Triggers,
     pub tracker: TrackerKind,
     /// Issue types a run works on.
@@ -53,8 +51,6 @@ pub struct Settings {
     /// How many later runs may retry an issue that failed.
     pub retry_failed: u32,
     pub paths: Paths,
-    /// Write a debug log next to each run's metadata.
-    pub debug_log: bool,
     #[serde(skip)]
     pub(crate) origins: Origins,
     #[serde(skip)]
@@ -88,25 +84,17 @@ pub struct CommandSpec {
     pub allow_fail: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Coverage {
-    pub command: Option<String>,
-    pub format: CoverageFormat,
-    pub file: String,
-    pub threshold: f64,
-    pub timeout: Option<u64>,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EvidenceCheck {
     /// Commands whose passing run must be on record before an issue closes.
     pub required: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Per-backend options. Only Claude Code is built; `coder_options.codex`
+/// is refused at load time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CoderOptions {
     pub claude: ClaudeOptions,
-    pub codex: CodexOptions,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -114,13 +102,6 @@ pub struct ClaudeOptions {
     /// The `claude` executable: a name looked up on PATH, or a path.
     pub binary: String,
     pub disallowed_tools: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CodexOptions {
-    pub approval_policy: CodexApprovalPolicy,
-    pub sandbox: CodexSandbox,
-    pub mcp_servers: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -137,50 +118,49 @@ pub struct Cerberus {
     pub env: BTreeMap<String, String>,
 }
 
+/// Which reviewer reads the commits, and how it runs. Shared by
+/// `per_issue_review` and a trigger's `code_review` (flattened: the keys sit
+/// directly in the review block).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReviewerChoice {
+    pub reviewer_type: ReviewerType,
+    pub cerberus: Cerberus,
+    /// Seconds: the agent reviewer's turn limit.
+    pub agent_sdk_timeout: u64,
+    /// The agent reviewer's model.
+    pub agent_sdk_model: AgentSdkModel,
+}
+
+/// `per_issue_review`: each issue's commits, reviewed before it closes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IssueReview {
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub reviewer: ReviewerChoice,
+    pub max_retries: u32,
+    pub finding_threshold: FindingThreshold,
+    /// Advisory findings become one `[Review]` tracking issue per source issue.
+    pub track_review_issues: bool,
+}
+
+/// A trigger's `code_review`: the run's issue commits, reviewed together.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CodeReview {
     pub enabled: bool,
-    pub reviewer_type: ReviewerType,
+    #[serde(flatten)]
+    pub reviewer: ReviewerChoice,
     pub failure_mode: FailureMode,
     pub max_retries: u32,
     pub finding_threshold: FindingThreshold,
     pub baseline: Option<ReviewBaseline>,
-    pub cerberus: Cerberus,
-    pub agent_sdk_timeout: u64,
-    pub agent_sdk_model: AgentSdkModel,
-    pub track_review_issues: bool,
 }
 
+/// Epic verification: an agent checks an epic's acceptance criteria.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct RetryPolicy {
-    pub timeout_retries: u32,
-    pub execution_retries: u32,
-    pub parse_retries: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EpicVerification {
     pub enabled: bool,
-    pub reviewer_type: ReviewerType,
-    pub timeout: u64,
-    pub cerberus: Cerberus,
+    /// Seconds: the verifier's turn limit.
     pub agent_sdk_timeout: u64,
-    pub retry_policy: RetryPolicy,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct LongRunning {
-    pub enabled: bool,
-    pub max_wait_seconds: u64,
-    pub max_resume_cycles: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct LockWait {
-    pub enabled: bool,
-    pub max_wait_seconds: u64,
-    pub max_resume_cycles: u32,
-    pub poll_interval_ms: u64,
 }
 
 /// One command a trigger runs, resolved against `commands`.
@@ -198,6 +178,9 @@ pub struct Trigger {
     /// Fixer rounds for `remediate`; 0 otherwise.
     pub max_retries: u32,
     pub commands: Vec<TriggerCommand>,
+    /// Left out of `config show` when absent: `session_end` never has one
+    /// from mala.yaml (refused; `per_issue_review` reviews each issue).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub code_review: Option<CodeReview>,
 }
 
@@ -215,7 +198,6 @@ pub struct EpicCompletionTrigger {
     pub epic_depth: EpicDepth,
     pub fire_on: FireOn,
     pub max_epic_verification_retries: u32,
-    pub epic_verify_lock_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -238,7 +220,6 @@ pub struct Triggers {
 pub struct Paths {
     pub runs_dir: PathBuf,
     pub lock_dir: PathBuf,
-    pub validation_log_dir: PathBuf,
 }
 
 /// Which layer set each dotted path. Absent paths hold built-in defaults.

@@ -98,6 +98,26 @@ impl ClaudeConfig {
         config
     }
 
+    /// The agent reviewer's sessions: the review block's model and turn
+    /// limit (`agent_sdk_model`, `agent_sdk_timeout`) instead of the
+    /// implementer's; everything else as the run's.
+    #[must_use]
+    pub fn for_reviewer(&self, reviewer: &mala_domain::ReviewerChoice) -> Self {
+        let mut config = self.clone();
+        config.model = Some(reviewer.agent_sdk_model.as_str().to_owned());
+        config.turn_timeout = Duration::from_secs(reviewer.agent_sdk_timeout.max(1));
+        config
+    }
+
+    /// The epic verifier's sessions: its turn limit is
+    /// `epic_verification.agent_sdk_timeout`.
+    #[must_use]
+    pub fn for_epic_verifier(&self, epic: &mala_domain::EpicVerification) -> Self {
+        let mut config = self.clone();
+        config.turn_timeout = Duration::from_secs(epic.agent_sdk_timeout.max(1));
+        config
+    }
+
     /// The command line, as the official SDKs build it.
     fn arguments(&self, request: &SessionRequest) -> Vec<String> {
         let mut args: Vec<String> = [
@@ -398,6 +418,42 @@ mod tests {
         assert!(parse_version("2.1.197 (Claude Code)").unwrap() >= MINIMUM_VERSION);
         assert!(parse_version("1.0.3").unwrap() < MINIMUM_VERSION);
         assert_eq!(parse_version("garbage"), None);
+    }
+
+    fn settings(text: &str) -> mala_domain::Settings {
+        let file = mala_domain::parse_config(Path::new("mala.yaml"), text).unwrap();
+        mala_domain::resolve(mala_domain::ConfigSources {
+            file: Some(&file),
+            env: &std::collections::BTreeMap::new(),
+            flags: &mala_domain::FlagOverrides::default(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn reviewer_sessions_take_the_review_blocks_model_and_turn_limit() {
+        let settings = settings(
+            "preset: rust\nper_issue_review:\n  enabled: true\n  \
+             agent_sdk_model: haiku\n  agent_sdk_timeout: 90\n",
+        );
+        let run = ClaudeConfig::from_settings(&settings, "claude".into(), "/state".into());
+        let reviewer = run.for_reviewer(&settings.per_issue_review.reviewer);
+        assert_eq!(reviewer.model.as_deref(), Some("haiku"));
+        assert_eq!(reviewer.turn_timeout, Duration::from_secs(90));
+        let args = reviewer.arguments(&SessionRequest::new(AgentId::new("r@x"), "/repo"));
+        assert!(args.join(" ").contains("--model haiku"), "{args:?}");
+        // The implementer keeps the run's own.
+        assert_eq!(run.model.as_deref(), Some("opus[1m]"));
+        assert_eq!(run.turn_timeout, Duration::from_secs(30 * 60));
+    }
+
+    #[test]
+    fn epic_verifier_sessions_take_epic_verifications_turn_limit() {
+        let settings = settings("preset: rust\nepic_verification:\n  agent_sdk_timeout: 45\n");
+        let run = ClaudeConfig::from_settings(&settings, "claude".into(), "/state".into());
+        let verifier = run.for_epic_verifier(&settings.epic_verification);
+        assert_eq!(verifier.turn_timeout, Duration::from_secs(45));
+        assert_eq!(verifier.model, run.model);
     }
 
     #[test]
