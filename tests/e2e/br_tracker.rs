@@ -441,7 +441,8 @@ async fn the_tracker_files_are_committed_alone_at_run_end() {
     };
     git(&["add", "other.txt"]);
 
-    let commit = mala_infra::commit_tracker_files(repo.path(), "mala: sync beads issues")
+    let git_repo = mala_infra::GitRepo::new(repo.path());
+    let commit = mala_core::Repository::commit_tracker_files(&git_repo, "mala: sync beads issues")
         .await
         .unwrap()
         .expect("a commit");
@@ -455,7 +456,7 @@ async fn the_tracker_files_are_committed_alone_at_run_end() {
         "other.txt"
     );
     assert_eq!(
-        mala_infra::commit_tracker_files(repo.path(), "again")
+        mala_core::Repository::commit_tracker_files(&git_repo, "again")
             .await
             .unwrap(),
         None,

@@ -369,7 +369,7 @@ async fn a_blocking_review_sends_the_agent_back_and_advisories_become_a_tracking
         config.env = setup.harness.env();
         config
     });
-    setup.ports.reviewer = Some(Arc::new(mala_infra::AgentReviewer::new(
+    setup.ports.reviewer = Some(Arc::new(mala_pipeline::AgentReviewer::new(
         Arc::new(reviewer_backend),
         Arc::clone(&setup.ports.tracker),
         &setup.config.repo_root,

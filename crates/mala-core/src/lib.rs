@@ -3,7 +3,7 @@
 //! This crate performs no I/O. It names things (issues, agents, events) and
 //! declares the traits through which the pipeline reaches the outside world:
 //! the issue tracker, the lock table, the agent backend, the reviewer, the
-//! event sink and the clock. With the `mocks` feature every trait also gets a mockall mock.
+//! event sink, the clock and the run store. With the `mocks` feature every trait also gets a mockall mock.
 
 mod agent;
 mod error;
@@ -12,6 +12,7 @@ mod evidence;
 mod issue;
 mod locks;
 mod ports;
+mod run_record;
 
 pub use agent::{
     AgentEvent, AgentId, SessionId, SessionRequest, TokenUsage, TurnOutcome, TurnStatus,
@@ -28,6 +29,7 @@ pub use ports::{
     AgentBackend, AgentObserver, AgentSession, Clock, EventSink, Finding, IssueTracker, LockTable,
     Repository, ReviewRequest, ReviewSubject, ReviewVerdict, Reviewer, ToolGuard,
 };
+pub use run_record::{IssueRecord, RunLog, RunStore, RunStoreError};
 
 #[cfg(feature = "mocks")]
 pub use ports::{

@@ -115,6 +115,10 @@ pub trait Repository: Send + Sync {
         commit: &str,
         commands: &[CheckCommand],
     ) -> Result<Option<CheckFailure>, String>;
+    /// Commits the tracker's files (`.beads/`) alone, whatever else is
+    /// staged, so the issues' new states travel with the code. Returns the
+    /// new commit, or `None` when they did not change (or there are none).
+    async fn commit_tracker_files(&self, message: &str) -> Result<Option<String>, String>;
 }
 
 /// Decides every tool call an agent makes (the coordination rules).

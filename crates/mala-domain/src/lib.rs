@@ -40,7 +40,7 @@ pub use prompts::{PromptError, PromptKind, Template, render_prompt};
 pub use run_options::{Order, ParseScopeError, Scope};
 pub use schedule::{DoneReason, SchedulerView, done, final_reason, run_end_fires, spawn_capacity};
 pub use tracker::{
-    Blocker, Excluded, Exclusion, IssueGraph, QueueEntry, QueuePlan, QueueRequest, Readiness,
-    UnknownIds, agent_name, claim_actor, parse_agent_name, plan_queue, run_of_actor,
-    takeover_candidates,
+    Blocker, Excluded, Exclusion, IssueGraph, NEEDS_FOLLOWUP, QueueEntry, QueuePlan, QueueRequest,
+    Readiness, UnknownIds, agent_name, claim_actor, normalize_label, parse_agent_name, plan_queue,
+    run_of_actor, takeover_candidates,
 };

@@ -196,8 +196,47 @@ impl GitRepo {
     }
 }
 
+impl GitRepo {
+    /// Stages `.beads/` (br's own `.gitignore` keeps the database out) and
+    /// commits only those paths, whatever else is staged, in the commit
+    /// queue. Repository hooks run, as they would for a person committing.
+    async fn commit_beads(&self, message: &str) -> Result<Option<String>, String> {
+        let _turn = self.queue.lock().await;
+        let run = |args: &'static [&'static str]| async move {
+            let output = self.git(args).await?;
+            if output.status.success() {
+                Ok(output)
+            } else {
+                Err(format!(
+                    "git {} failed: {}",
+                    args.join(" "),
+                    text(&output.stderr)
+                ))
+            }
+        };
+        run(&["add", "--", ".beads"]).await?;
+        let unchanged = self
+            .git(&["diff", "--cached", "--quiet", "--", ".beads"])
+            .await?;
+        if unchanged.status.success() {
+            return Ok(None);
+        }
+        let commit = ["commit", "--quiet", "-m", message, "--", ".beads"];
+        let output = self.git(&commit).await?;
+        if !output.status.success() {
+            return Err(format!("git commit failed: {}", text(&output.stderr)));
+        }
+        let head = run(&["rev-parse", "HEAD"]).await?;
+        Ok(Some(text(&head.stdout)))
+    }
+}
+
 #[async_trait::async_trait]
 impl mala_core::Repository for GitRepo {
+    async fn commit_tracker_files(&self, message: &str) -> Result<Option<String>, String> {
+        self.commit_beads(message).await
+    }
+
     async fn head(&self) -> Result<Option<String>, String> {
         let output = self.git(&["rev-parse", "--verify", "-q", "HEAD"]).await?;
         Ok(output.status.success().then(|| text(&output.stdout)))

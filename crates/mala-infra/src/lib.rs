@@ -12,13 +12,13 @@ mod clock;
 mod commands;
 mod git;
 mod locks;
-mod review;
 mod run_log;
 mod run_marker;
+mod run_store;
 
 pub use beads::{
     BR_INSTALL_HINT, BrCli, BrTracker, JsonlTracker, NEEDS_FOLLOWUP, Tracker, WriteRetry,
-    commit_tracker_files, normalize_label, parse_issues_jsonl, read_issues_jsonl,
+    normalize_label, parse_issues_jsonl, read_issues_jsonl,
 };
 pub use cerberus::{CerberusConfig, CerberusReviewer, check_cerberus};
 pub use claude::{
@@ -31,6 +31,6 @@ pub use git::{CommitRefusal, GitRepo, commit_as_agent};
 pub use locks::{
     FileLockTable, canonical_path, list_locks, lock_file_stem, paths_held_in, remove_lock,
 };
-pub use review::{AgentReviewer, EpicVerifier};
-pub use run_log::{IssueJournal, IssueRecord, RunLog, encode_repo};
+pub use run_log::{encode_repo, list_runs};
 pub use run_marker::{Cleanup, RunMarker, is_run_alive, remove_stale};
+pub use run_store::FileRunStore;

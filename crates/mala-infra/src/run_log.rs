@@ -10,55 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-
-/// One issue in a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IssueRecord {
-    pub issue: String,
-    pub agent: String,
-    /// `running`, `closed`, `failed`, `skipped`, `deferred`.
-    pub status: String,
-    pub reason: Option<String>,
-    /// The session record (`sessions/<agent>.jsonl`).
-    pub log_path: PathBuf,
-    /// The agent's session, for resuming it.
-    #[serde(default)]
-    pub session_id: Option<String>,
-    /// Commits older than this were not this issue's work.
-    #[serde(default)]
-    pub baseline: Option<DateTime<Utc>>,
-    /// Gate attempts so far.
-    #[serde(default)]
-    pub attempts: u32,
-    /// The last review's blocking findings, fed back on a resume.
-    #[serde(default)]
-    pub findings: Vec<mala_core::Finding>,
-    #[serde(default)]
-    pub tokens: u64,
-    #[serde(default)]
-    pub cost_usd: f64,
-}
-
-impl IssueRecord {
-    /// A record of `issue` just claimed by `agent`.
-    pub fn new(issue: &str, agent: &str, log_path: PathBuf) -> Self {
-        Self {
-            issue: issue.to_owned(),
-            agent: agent.to_owned(),
-            status: "running".to_owned(),
-            reason: None,
-            log_path,
-            session_id: None,
-            baseline: None,
-            attempts: 0,
-            findings: Vec::new(),
-            tokens: 0,
-            cost_usd: 0.0,
-        }
-    }
-}
+use mala_core::{IssueRecord, RunLog};
+use serde::Serialize;
 
 /// Writes `value` as JSON to `path` by way of a temporary file and a rename,
 /// so a reader (or a crash) never sees half of it.
@@ -79,13 +32,13 @@ const JOURNAL: &str = "issues.jsonl";
 
 /// A run's issue journal, open for appending.
 #[derive(Debug)]
-pub struct IssueJournal {
+pub(crate) struct IssueJournal {
     file: std::fs::File,
 }
 
 impl IssueJournal {
     /// Appends `record` as one line, in one write.
-    pub fn append(&mut self, record: &IssueRecord) -> std::io::Result<()> {
+    pub(crate) fn append(&mut self, record: &IssueRecord) -> std::io::Result<()> {
         use std::io::Write as _;
         let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         line.push(b'\n');
@@ -93,114 +46,99 @@ impl IssueJournal {
     }
 }
 
-/// A run as `mala logs` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunLog {
-    pub run_id: String,
-    pub repo_path: PathBuf,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    /// `running`, `finished`, `drained`, `interrupted`, `aborted`.
-    pub outcome: String,
-    /// What the run was set up to do (scope, width, checks, review, triggers).
-    #[serde(default)]
-    pub settings: serde_json::Value,
-    pub issues: Vec<IssueRecord>,
-}
-
 /// `/a/b_c` → `-a-b_c`: one directory per repository under the runs directory.
 pub fn encode_repo(path: &Path) -> String {
     path.to_string_lossy().replace(['/', '\\'], "-")
 }
 
-impl RunLog {
-    pub fn path(runs_dir: &Path, repo: &Path, run_id: &str) -> PathBuf {
-        runs_dir
-            .join(encode_repo(repo))
-            .join(run_id)
-            .join("run.json")
-    }
+/// `<runs dir>/<encoded repo>/<run id>/run.json`.
+pub(crate) fn run_json_path(runs_dir: &Path, repo: &Path, run_id: &str) -> PathBuf {
+    runs_dir
+        .join(encode_repo(repo))
+        .join(run_id)
+        .join("run.json")
+}
 
-    /// Writes atomically (temporary file, then rename).
-    pub fn write(&self, runs_dir: &Path) -> std::io::Result<()> {
-        write_atomically(&Self::path(runs_dir, &self.repo_path, &self.run_id), self)
-    }
+/// Writes `run.json` atomically (temporary file, then rename).
+pub(crate) fn write_run_json(runs_dir: &Path, run: &RunLog) -> std::io::Result<()> {
+    write_atomically(&run_json_path(runs_dir, &run.repo_path, &run.run_id), run)
+}
 
-    /// Opens this run's issue journal for appending.
-    pub fn journal(&self, runs_dir: &Path) -> std::io::Result<IssueJournal> {
-        let path = Self::path(runs_dir, &self.repo_path, &self.run_id).with_file_name(JOURNAL);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+/// Opens a run's issue journal for appending.
+pub(crate) fn open_journal(runs_dir: &Path, run: &RunLog) -> std::io::Result<IssueJournal> {
+    let path = run_json_path(runs_dir, &run.repo_path, &run.run_id).with_file_name(JOURNAL);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    Ok(IssueJournal { file })
+}
+
+/// The run in `dir`, with the issue records journaled since `run.json`.
+fn read_run(dir: &Path) -> Option<RunLog> {
+    let mut run: RunLog =
+        serde_json::from_slice(&std::fs::read(dir.join("run.json")).ok()?).ok()?;
+    let journal = std::fs::read_to_string(dir.join(JOURNAL)).unwrap_or_default();
+    let mut newest: Vec<IssueRecord> = Vec::new();
+    for record in journal
+        .lines()
+        .filter_map(|line| serde_json::from_str::<IssueRecord>(line).ok())
+    {
+        match newest.iter_mut().find(|r| r.issue == record.issue) {
+            Some(older) => *older = record,
+            None => newest.push(record),
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        Ok(IssueJournal { file })
     }
-
-    /// The run in `dir`, with the issue records journaled since `run.json`.
-    fn read(dir: &Path) -> Option<Self> {
-        let mut run: Self =
-            serde_json::from_slice(&std::fs::read(dir.join("run.json")).ok()?).ok()?;
-        let journal = std::fs::read_to_string(dir.join(JOURNAL)).unwrap_or_default();
-        let mut newest: Vec<IssueRecord> = Vec::new();
-        for record in journal
-            .lines()
-            .filter_map(|line| serde_json::from_str::<IssueRecord>(line).ok())
-        {
-            match newest.iter_mut().find(|r| r.issue == record.issue) {
-                Some(older) => *older = record,
-                None => newest.push(record),
+    newest.sort_by(|a, b| a.issue.cmp(&b.issue));
+    for record in newest {
+        match run.issues.iter_mut().find(|r| r.issue == record.issue) {
+            // The end of the run knows the outcome; the record knows the rest.
+            Some(known) => {
+                let (status, reason) = (known.status.clone(), known.reason.clone());
+                *known = IssueRecord {
+                    status,
+                    reason,
+                    ..record
+                };
             }
+            None => run.issues.push(record),
         }
-        newest.sort_by(|a, b| a.issue.cmp(&b.issue));
-        for record in newest {
-            match run.issues.iter_mut().find(|r| r.issue == record.issue) {
-                // The end of the run knows the outcome; the record knows the rest.
-                Some(known) => {
-                    let (status, reason) = (known.status.clone(), known.reason.clone());
-                    *known = IssueRecord {
-                        status,
-                        reason,
-                        ..record
-                    };
-                }
-                None => run.issues.push(record),
-            }
-        }
-        Some(run)
     }
+    Some(run)
+}
 
-    /// Runs of one repository (or of all with `repo: None`), newest first.
-    pub fn list(runs_dir: &Path, repo: Option<&Path>) -> Vec<Self> {
-        let repo_dirs: Vec<PathBuf> = match repo {
-            Some(repo) => vec![runs_dir.join(encode_repo(repo))],
-            None => std::fs::read_dir(runs_dir)
-                .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-                .unwrap_or_default(),
-        };
-        let mut runs: Vec<Self> = repo_dirs
-            .iter()
-            .filter_map(|dir| std::fs::read_dir(dir).ok())
-            .flat_map(|entries| entries.filter_map(Result::ok))
-            .filter_map(|entry| Self::read(&entry.path()))
-            .collect();
-        runs.sort_by_key(|r| std::cmp::Reverse(r.started_at));
-        runs
-    }
+/// Runs of one repository (or of all with `repo: None`), newest first.
+pub fn list_runs(runs_dir: &Path, repo: Option<&Path>) -> Vec<RunLog> {
+    let repo_dirs: Vec<PathBuf> = match repo {
+        Some(repo) => vec![runs_dir.join(encode_repo(repo))],
+        None => std::fs::read_dir(runs_dir)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default(),
+    };
+    let mut runs: Vec<RunLog> = repo_dirs
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flat_map(|entries| entries.filter_map(Result::ok))
+        .filter_map(|entry| read_run(&entry.path()))
+        .collect();
+    runs.sort_by_key(|r| std::cmp::Reverse(r.started_at));
+    runs
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, Utc};
 
     #[test]
     fn runs_are_written_and_listed_newest_first() {
         let dir = tempfile::tempdir().unwrap();
         let repo = Path::new("/work/repo");
         for (id, minute) in [("old", 1), ("new", 2)] {
-            RunLog {
+            let run = RunLog {
                 run_id: id.into(),
                 repo_path: repo.into(),
                 started_at: DateTime::from_timestamp(1_800_000_000 + minute * 60, 0).unwrap(),
@@ -208,17 +146,16 @@ mod tests {
                 outcome: "finished".into(),
                 settings: serde_json::Value::Null,
                 issues: vec![],
-            }
-            .write(dir.path())
-            .unwrap();
+            };
+            write_run_json(dir.path(), &run).unwrap();
         }
-        let runs = RunLog::list(dir.path(), Some(repo));
+        let runs = list_runs(dir.path(), Some(repo));
         assert_eq!(
             runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(),
             vec!["new", "old"]
         );
-        assert_eq!(RunLog::list(dir.path(), None).len(), 2);
-        assert!(RunLog::list(dir.path(), Some(Path::new("/other"))).is_empty());
+        assert_eq!(list_runs(dir.path(), None).len(), 2);
+        assert!(list_runs(dir.path(), Some(Path::new("/other"))).is_empty());
     }
 
     #[test]
@@ -233,8 +170,8 @@ mod tests {
             settings: serde_json::Value::Null,
             issues: vec![],
         };
-        run.write(dir.path()).unwrap();
-        let mut journal = run.journal(dir.path()).unwrap();
+        write_run_json(dir.path(), &run).unwrap();
+        let mut journal = open_journal(dir.path(), &run).unwrap();
         let mut record = IssueRecord::new("m-1", "m-1@r1", "/s/m-1@r1.jsonl".into());
         journal.append(&record).unwrap();
         record.session_id = Some("sess-1".into());
@@ -246,7 +183,7 @@ mod tests {
             .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"issue\":\"m-2\",\"ag"))
             .unwrap();
         // A killed run never rewrote run.json; its issue is still found.
-        let runs = RunLog::list(dir.path(), Some(Path::new("/work/repo")));
+        let runs = list_runs(dir.path(), Some(Path::new("/work/repo")));
         assert_eq!(runs[0].issues.len(), 1);
         assert_eq!(runs[0].issues[0].session_id.as_deref(), Some("sess-1"));
         assert_eq!(runs[0].issues[0].status, "running");

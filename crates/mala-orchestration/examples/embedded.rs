@@ -6,12 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // an example
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use mala_core::{Dependency, DependencyKind, Issue, IssueId, IssueType};
-use mala_domain::{ConfigSources, FlagOverrides, resolve};
+use mala_domain::{ConfigSources, FlagOverrides, Settings, resolve};
 use mala_orchestration::{Orchestrator, RunPlan, RunSummary, Stage};
 use mala_testkit::{MemoryRepository, MemoryTracker, ScriptedBackend};
 
@@ -38,26 +39,18 @@ fn issues() -> Vec<Issue> {
     vec![epic, lexer, parser, docs]
 }
 
-/// Runs the demo and returns what the run reports, with the tracker after it.
-async fn run_demo() -> (RunSummary, MemoryTracker, MemoryRepository) {
-    let state = tempfile::tempdir().unwrap();
-    // The defaults, as `mala.yaml` would refine them; mala's own files go
-    // to a temporary directory here.
-    let mut settings = resolve(ConfigSources {
-        file: None,
-        env: &BTreeMap::new(),
-        flags: &FlagOverrides::default(),
-    })
-    .unwrap();
-    settings.paths.runs_dir = state.path().join("runs");
-    settings.paths.lock_dir = state.path().join("locks");
-    settings.epic_verification.enabled = false;
-
+/// Runs the demo under `settings` and returns what the run reports, with
+/// the tracker after it. Nothing is written anywhere: every port is in
+/// memory, and without a run store the run keeps no record of itself.
+async fn run_demo_with(
+    settings: Settings,
+    repo: &Path,
+) -> (RunSummary, MemoryTracker, MemoryRepository) {
     let tracker = MemoryTracker::with_issues(issues());
     let repository = MemoryRepository::default();
     let backend =
         ScriptedBackend::honest(repository.clone(), Duration::from_millis(20)).lazy_on(&["demo-3"]);
-    let orchestrator = Orchestrator::builder(settings, state.path())
+    let orchestrator = Orchestrator::builder(settings, repo)
         .plan(RunPlan {
             max_agents: 2,
             run_id: "demo".into(),
@@ -72,6 +65,22 @@ async fn run_demo() -> (RunSummary, MemoryTracker, MemoryRepository) {
     let (_stop, stages) = tokio::sync::watch::channel(Stage::Running);
     let summary = orchestrator.run(stages).await.unwrap();
     (summary, tracker, repository)
+}
+
+/// The defaults, as `mala.yaml` would refine them.
+fn demo_settings() -> Settings {
+    let mut settings = resolve(ConfigSources {
+        file: None,
+        env: &BTreeMap::new(),
+        flags: &FlagOverrides::default(),
+    })
+    .unwrap();
+    settings.epic_verification.enabled = false;
+    settings
+}
+
+async fn run_demo() -> (RunSummary, MemoryTracker, MemoryRepository) {
+    run_demo_with(demo_settings(), Path::new("/demo/repo")).await
 }
 
 #[tokio::main]
@@ -104,4 +113,22 @@ async fn the_demo_closes_the_honest_work_and_the_epic_and_catches_the_lie() {
         "the epic too"
     );
     assert_eq!(repository.commits().len(), 2);
+}
+
+#[tokio::test]
+async fn the_demo_touches_no_file_of_its_own() {
+    // Every path mala would write to points into an empty directory; after
+    // the run it is still empty, and the repository path was never made.
+    let watched = tempfile::tempdir().unwrap();
+    let mut settings = demo_settings();
+    settings.paths.runs_dir = watched.path().join("runs");
+    settings.paths.lock_dir = watched.path().join("locks");
+    let repo = watched.path().join("repo");
+    let (summary, _, _) = run_demo_with(settings, &repo).await;
+    assert_eq!(summary.closed.len(), 2);
+    let left: Vec<_> = std::fs::read_dir(watched.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "the run wrote {left:?}");
 }

@@ -10,8 +10,9 @@ use std::collections::{HashMap, HashSet};
 use mala_core::{
     DependencyKind, Event, EventSink, Finding, IssueId, IssueTracker, NewIssue, Priority,
 };
+use mala_domain::normalize_label;
 use mala_domain::{IssueGraph, Scope};
-use mala_infra::{EpicVerifier, normalize_label};
+use mala_pipeline::EpicVerifier;
 
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -111,6 +112,8 @@ pub enum EpicCheck {
         /// The issues filed for them.
         filed: Vec<IssueId>,
     },
+    /// Closed on a person's word, unverified (`--human-override`).
+    Overridden,
     /// Children are still open (use `--force` to verify anyway).
     NotEligible {
         /// How many.

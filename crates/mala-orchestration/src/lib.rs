@@ -19,7 +19,7 @@ pub use deadlock_monitor::{DeadlockNews, run_deadlock_monitor};
 pub use epics::{EpicBook, EpicCheck, Sweep, sweep_epics, verify_epic};
 pub use orchestrator::{
     IssueSource, Orchestrator, OrchestratorBuilder, ResumePolicy, RunError, RunPlan, RunSummary,
-    SessionPolicy, Stage, state_dir,
+    SessionPolicy, Stage,
 };
-pub use run::{RunRequest, run};
+pub use run::{EpicVerifyRequest, RunRequest, run, verify_one_epic};
 pub use triggers::{TriggerOutcome, run_trigger};

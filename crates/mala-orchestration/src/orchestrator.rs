@@ -9,19 +9,20 @@
 //! drain, stop and kill.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mala_core::{
-    AgentBackend, Clock, Event, EventSink, IssueId, IssueTracker, LockEvent, LockTable, Repository,
-    Reviewer, SessionId, TrackerError,
+    AgentBackend, Clock, Event, EventSink, IssueId, IssueRecord, IssueTracker, LockEvent,
+    LockTable, Repository, Reviewer, RunLog, RunStore, RunStoreError, SessionId, TrackerError,
 };
 use mala_domain::{
     DoneReason, EpicDepth, FireOn, IssueGraph, Order, Scope, Settings, final_reason,
 };
-use mala_infra::{EpicVerifier, IssueRecord, SystemClock, commit_tracker_files, encode_repo};
+use mala_infra::SystemClock;
+use mala_pipeline::EpicVerifier;
 use mala_pipeline::Resume;
 use tokio::sync::{mpsc, watch};
 
@@ -131,6 +132,9 @@ pub enum RunError {
     /// The agent backend cannot start (missing binary, wrong version, no login).
     #[error(transparent)]
     Agent(#[from] mala_core::AgentError),
+    /// The run store could not keep the run's record or its mark.
+    #[error(transparent)]
+    Store(#[from] RunStoreError),
 }
 
 /// Where the scheduler reads the whole tracker from, once per planning round.
@@ -148,15 +152,6 @@ impl IssueSource for FromTracker {
     async fn snapshot(&self) -> Result<Arc<IssueGraph>, TrackerError> {
         Ok(Arc::new(IssueGraph::new(self.0.all_issues().await?)))
     }
-}
-
-/// The run's state directory: `<runs dir>/<encoded repo>/<run id>`.
-pub fn state_dir(settings: &Settings, repo_root: &Path, run_id: &str) -> PathBuf {
-    settings
-        .paths
-        .runs_dir
-        .join(encode_repo(repo_root))
-        .join(run_id)
 }
 
 /// Triggers whose `code_review` is enabled.
@@ -228,6 +223,7 @@ pub struct Orchestrator {
     /// Every backend whose sessions a stop must reach.
     pub(crate) stoppable: Vec<Arc<dyn AgentBackend>>,
     pub(crate) commit_tracker: bool,
+    pub(crate) run_store: Arc<dyn RunStore>,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -258,6 +254,7 @@ pub struct OrchestratorBuilder {
     clock: Option<Arc<dyn Clock>>,
     stoppable: Vec<Arc<dyn AgentBackend>>,
     commit_tracker: bool,
+    run_store: Option<Arc<dyn RunStore>>,
 }
 
 impl std::fmt::Debug for OrchestratorBuilder {
@@ -290,6 +287,7 @@ impl Orchestrator {
             clock: None,
             stoppable: Vec::new(),
             commit_tracker: false,
+            run_store: None,
         }
     }
 }
@@ -388,6 +386,14 @@ impl OrchestratorBuilder {
         self
     }
 
+    /// Where the run keeps its record and its mark (default: nowhere; every
+    /// other run's claims are then taken for live, so nothing is taken over).
+    #[must_use]
+    pub fn run_store(mut self, store: Arc<dyn RunStore>) -> Self {
+        self.run_store = Some(store);
+        self
+    }
+
     /// Commit `.beads/` after a run that closed something (a git checkout
     /// with a br tracker; off by default).
     #[must_use]
@@ -428,6 +434,7 @@ impl OrchestratorBuilder {
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
             stoppable,
             commit_tracker: self.commit_tracker,
+            run_store: self.run_store.unwrap_or_else(|| Arc::new(Unrecorded)),
         })
     }
 }
@@ -555,6 +562,35 @@ impl EventSink for Silent {
     fn emit(&self, _: &Event) {}
 }
 
+/// The store of a run that keeps nothing: no record, no mark, no earlier
+/// runs. Every other run counts as alive, so none of their work is taken.
+struct Unrecorded;
+
+impl RunStore for Unrecorded {
+    fn remove_stale(&self) -> usize {
+        0
+    }
+    fn mark_live(&self, _: &RunLog, _: Option<u32>) -> Result<(), RunStoreError> {
+        Ok(())
+    }
+    fn unmark(&self, _: &str) {}
+    fn is_alive(&self, _: &str) -> bool {
+        true
+    }
+    fn run_dir(&self, run_id: &str) -> PathBuf {
+        PathBuf::from(run_id)
+    }
+    fn write_run(&self, _: &RunLog) -> Result<(), RunStoreError> {
+        Ok(())
+    }
+    fn record_issue(&self, _: &RunLog, _: &IssueRecord) -> Result<(), RunStoreError> {
+        Ok(())
+    }
+    fn runs(&self) -> Vec<RunLog> {
+        Vec::new()
+    }
+}
+
 impl Orchestrator {
     /// Runs the queue until it is empty, the issue limit is reached, or
     /// `stage` says stop.
@@ -609,7 +645,8 @@ impl Orchestrator {
         }
         ctx.stop(&self.plan.run_id);
         let outcome = reason.outcome();
-        ctx.recorder.finish(outcome.label(), &summary.deferred);
+        ctx.recorder
+            .finish(self.clock.now(), outcome.label(), &summary.deferred);
         ctx.events.emit(&Event::RunFinished {
             run_id: self.plan.run_id.clone(),
             outcome,
@@ -627,8 +664,10 @@ impl Orchestrator {
             });
         }
         if self.commit_tracker
-            && let Err(error) =
-                commit_tracker_files(&self.repo_root, "mala: sync beads issues").await
+            && let Err(error) = self
+                .repository
+                .commit_tracker_files("mala: sync beads issues")
+                .await
         {
             events.emit(&Event::Warning {
                 message: format!("could not commit .beads/: {error}"),

@@ -9,11 +9,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use chrono::Utc;
-use mala_core::{AgentEvent, AgentId, Event, EventSink, IssueId};
-use mala_infra::{IssueRecord, RunLog};
+use chrono::{DateTime, Utc};
+use mala_core::{AgentEvent, AgentId, Event, EventSink, IssueId, IssueRecord, RunLog, RunStore};
 
 fn guard<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -34,9 +33,9 @@ enum Write {
     Flush(std::sync::mpsc::Sender<()>),
 }
 
-/// Writes `run.json` and the `issues.jsonl` journal under the runs directory.
+/// Keeps the run's record in its [`RunStore`].
 pub(crate) struct RunRecorder {
-    runs_dir: PathBuf,
+    store: Arc<dyn RunStore>,
     sessions_dir: PathBuf,
     book: Mutex<Book>,
     writer: Mutex<std::sync::mpsc::Sender<Write>>,
@@ -44,8 +43,7 @@ pub(crate) struct RunRecorder {
 
 /// The writer: takes whatever has piled up, keeps the newest record of each
 /// issue, appends them to the journal, and goes back to waiting.
-fn write_records(run: &RunLog, runs_dir: &Path, inbox: &std::sync::mpsc::Receiver<Write>) {
-    let mut journal = run.journal(runs_dir).ok();
+fn write_records(run: &RunLog, store: &dyn RunStore, inbox: &std::sync::mpsc::Receiver<Write>) {
     while let Ok(first) = inbox.recv() {
         let mut newest: HashMap<String, IssueRecord> = HashMap::new();
         let mut flushed = Vec::new();
@@ -57,10 +55,10 @@ fn write_records(run: &RunLog, runs_dir: &Path, inbox: &std::sync::mpsc::Receive
                 Write::Flush(done) => flushed.push(done),
             }
         }
-        if let Some(journal) = journal.as_mut() {
-            for record in newest.values() {
-                let _ = journal.append(record);
-            }
+        for record in newest.values() {
+            // A record the store cannot keep is lost to --resume only; the
+            // run itself goes on.
+            let _ = store.record_issue(run, record);
         }
         for done in flushed {
             let _ = done.send(());
@@ -70,13 +68,17 @@ fn write_records(run: &RunLog, runs_dir: &Path, inbox: &std::sync::mpsc::Receive
 
 impl RunRecorder {
     /// Starts the record of a run (and writes `run.json`).
-    pub(crate) fn start(runs_dir: &Path, sessions_dir: &Path, run: RunLog) -> Self {
-        let _ = run.write(runs_dir);
+    pub(crate) fn start(
+        store: Arc<dyn RunStore>,
+        sessions_dir: &Path,
+        run: RunLog,
+    ) -> Result<Self, mala_core::RunStoreError> {
+        store.write_run(&run)?;
         let (writer, inbox) = std::sync::mpsc::channel();
-        let (for_writer, dir) = (run.clone(), runs_dir.to_path_buf());
-        std::thread::spawn(move || write_records(&for_writer, &dir, &inbox));
-        Self {
-            runs_dir: runs_dir.to_path_buf(),
+        let (for_writer, writer_store) = (run.clone(), Arc::clone(&store));
+        std::thread::spawn(move || write_records(&for_writer, writer_store.as_ref(), &inbox));
+        Ok(Self {
+            store,
             sessions_dir: sessions_dir.to_path_buf(),
             book: Mutex::new(Book {
                 run,
@@ -84,7 +86,7 @@ impl RunRecorder {
                 agents: HashMap::new(),
             }),
             writer: Mutex::new(writer),
-        }
+        })
     }
 
     fn hand_over(&self, write: Write) {
@@ -101,7 +103,7 @@ impl RunRecorder {
 
     /// Ends the record: the outcome, the issues that gave way in a deadlock,
     /// and the full list in `run.json`.
-    pub(crate) fn finish(&self, outcome: &str, deferred: &[IssueId]) {
+    pub(crate) fn finish(&self, now: DateTime<Utc>, outcome: &str, deferred: &[IssueId]) {
         let mut book = guard(&self.book);
         let book = &mut *book;
         for issue in deferred {
@@ -115,9 +117,9 @@ impl RunRecorder {
         let mut issues: Vec<IssueRecord> = book.records.values().cloned().collect();
         issues.sort_by(|a, b| a.issue.cmp(&b.issue));
         book.run.issues = issues;
-        book.run.finished_at = Some(Utc::now());
+        book.run.finished_at = Some(now);
         outcome.clone_into(&mut book.run.outcome);
-        let _ = book.run.write(&self.runs_dir);
+        let _ = self.store.write_run(&book.run);
     }
 }
 
@@ -227,8 +229,8 @@ impl EventSink for RunRecorder {
 
 /// Sends each event to the recorder, then to the caller's sink.
 pub(crate) struct Recorded {
-    pub(crate) recorder: std::sync::Arc<RunRecorder>,
-    pub(crate) events: std::sync::Arc<dyn EventSink>,
+    pub(crate) recorder: Arc<RunRecorder>,
+    pub(crate) events: Arc<dyn EventSink>,
 }
 
 impl EventSink for Recorded {

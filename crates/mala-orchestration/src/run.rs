@@ -5,16 +5,19 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mala_core::{EventSink, LockTable, Reviewer, TrackerError};
+use mala_core::{EventSink, LockTable, Reviewer, RunStore, TrackerError};
 use mala_domain::{IssueGraph, ReviewerChoice, Settings};
+use mala_pipeline::{AgentReviewer, EpicVerifier};
+
+use crate::epics::{EpicCheck, verify_epic};
 use mala_infra::{
-    AgentReviewer, CerberusConfig, CerberusReviewer, ClaudeBackend, ClaudeConfig, FileLockTable,
+    CerberusConfig, CerberusReviewer, ClaudeBackend, ClaudeConfig, FileLockTable, FileRunStore,
     GitRepo, LockingGuard, SystemClock, Tracker, check_cerberus,
 };
 use tokio::sync::{mpsc, watch};
 
 use crate::orchestrator::{
-    IssueSource, Orchestrator, RunError, RunPlan, RunSummary, Stage, state_dir,
+    IssueSource, Orchestrator, OrchestratorBuilder, RunError, RunPlan, RunSummary, Stage,
 };
 
 /// What one `mala run` is asked to do.
@@ -75,11 +78,16 @@ async fn assemble(
         clock.clone(),
     )?;
     let tracker_port = tracker.as_port();
-    let state_dir = state_dir(settings, &repo_root, &request.plan.run_id);
+    let lock_dir = settings.paths.lock_dir.clone();
+    let run_store = Arc::new(FileRunStore::new(
+        &settings.paths.runs_dir,
+        &lock_dir,
+        &repo_root,
+    ));
+    let state_dir = run_store.run_dir(&request.plan.run_id);
 
     let claude_config = claude_config(&request, &state_dir).await?;
 
-    let lock_dir = settings.paths.lock_dir.clone();
     let (lock_events, lock_inbox) = mpsc::unbounded_channel();
     let locks_table = FileLockTable::new(&lock_dir, &repo_root)
         .map_err(|e| RunError::Setup(e.to_string()))?
@@ -87,83 +95,120 @@ async fn assemble(
     let locks: Arc<dyn LockTable> = Arc::new(locks_table);
     let git = Arc::new(GitRepo::new(&repo_root));
     let backend = implementer_backend(&request, &claude_config, &repo_root, &locks, &git);
-    // Reviewers and epic verifiers read; a guard holding no locks refuses every write.
-    let read_only = |config: ClaudeConfig| {
+    let builder = Orchestrator::builder(request.settings.clone(), repo_root.clone())
+        .plan(request.plan.clone())
+        .issue_source(Arc::new(tracker))
+        .tracker(Arc::clone(&tracker_port))
+        .backend(backend)
+        .repository(git)
+        .locks(Arc::clone(&locks), Some(lock_inbox))
+        .events(events)
+        .clock(clock)
+        .run_store(run_store)
+        .commit_tracker_files(true);
+    let readers = Readers {
+        request: &request,
+        repo_root: &repo_root,
+        state_dir: &state_dir,
+        claude: &claude_config,
+        locks: &locks,
+        tracker: &tracker_port,
+    };
+    readers.add_to(builder)?.build()
+}
+
+/// What the run's read-only sessions (reviewers, the epic verifier) are
+/// made from.
+struct Readers<'w> {
+    request: &'w RunRequest,
+    repo_root: &'w std::path::Path,
+    state_dir: &'w std::path::Path,
+    claude: &'w ClaudeConfig,
+    locks: &'w Arc<dyn LockTable>,
+    tracker: &'w Arc<dyn mala_core::IssueTracker>,
+}
+
+impl Readers<'_> {
+    /// A backend whose guard holds no locks, so it refuses every write.
+    fn read_only(&self, config: ClaudeConfig) -> Arc<ClaudeBackend> {
         let guard = LockingGuard::new(
-            &repo_root,
-            Arc::clone(&locks),
-            settings.coder_options.claude.disallowed_tools.clone(),
+            self.repo_root,
+            Arc::clone(self.locks),
+            self.request
+                .settings
+                .coder_options
+                .claude
+                .disallowed_tools
+                .clone(),
         );
         Arc::new(ClaudeBackend::new(config).with_guard(Arc::new(guard)))
-    };
-    let make_reviewer = |review: &ReviewerChoice| -> Result<Reviewing, RunError> {
+    }
+
+    fn reviewer(&self, review: &ReviewerChoice) -> Result<Reviewing, RunError> {
         Ok(match review.reviewer_type {
             mala_domain::ReviewerType::Cerberus => Reviewing {
-                reviewer: Arc::new(cerberus_reviewer(&request, review, &state_dir, &repo_root)?),
+                reviewer: Arc::new(cerberus_reviewer(
+                    self.request,
+                    review,
+                    self.state_dir,
+                    self.repo_root,
+                )?),
                 backend: None,
             },
             mala_domain::ReviewerType::AgentSdk => {
-                let backend = read_only(claude_config.for_reviewer(review));
+                let backend = self.read_only(self.claude.for_reviewer(review));
                 Reviewing {
                     reviewer: Arc::new(AgentReviewer::new(
                         Arc::clone(&backend) as Arc<dyn mala_core::AgentBackend>,
-                        Arc::clone(&tracker_port),
-                        &repo_root,
+                        Arc::clone(self.tracker),
+                        self.repo_root,
                     )),
                     backend: Some(backend),
                 }
             }
         })
-    };
-    let per_issue = Some(&settings.per_issue_review)
-        .filter(|r| r.enabled)
-        .map(|r| make_reviewer(&r.reviewer))
-        .transpose()?;
-    // The triggers' code reviews read the run's commits together.
-    let triggers = &settings.validation_triggers;
-    let for_triggers = [
-        triggers.periodic.as_ref().map(|t| &t.trigger),
-        triggers.epic_completion.as_ref().map(|t| &t.trigger),
-        triggers.run_end.as_ref().map(|t| &t.trigger),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(|t| t.code_review.as_ref())
-    .find(|r| r.enabled)
-    .map(|r| make_reviewer(&r.reviewer))
-    .transpose()?;
-    let epic_backend = settings
-        .epic_verification
-        .enabled
-        .then(|| read_only(claude_config.for_epic_verifier(&settings.epic_verification)));
-    let mut builder = Orchestrator::builder(request.settings.clone(), repo_root)
-        .plan(request.plan.clone())
-        .issue_source(Arc::new(tracker))
-        .tracker(tracker_port)
-        .backend(backend)
-        .repository(git)
-        .locks(locks, Some(lock_inbox))
-        .events(events)
-        .clock(clock)
-        .commit_tracker_files(true);
-    if let Some(Reviewing { reviewer, backend }) = per_issue {
-        builder = builder.reviewer(reviewer);
-        if let Some(backend) = backend {
-            builder = builder.also_stop(backend);
+    }
+
+    /// The per-issue reviewer, the triggers' reviewer and the epic
+    /// verifier the settings ask for; every backend among them is one a
+    /// stop must reach.
+    fn add_to(&self, mut builder: OrchestratorBuilder) -> Result<OrchestratorBuilder, RunError> {
+        let settings = &self.request.settings;
+        if settings.per_issue_review.enabled {
+            let Reviewing { reviewer, backend } =
+                self.reviewer(&settings.per_issue_review.reviewer)?;
+            builder = builder.reviewer(reviewer);
+            if let Some(backend) = backend {
+                builder = builder.also_stop(backend);
+            }
         }
-    }
-    if let Some(Reviewing { reviewer, backend }) = for_triggers {
-        builder = builder.trigger_reviewer(reviewer);
-        if let Some(backend) = backend {
-            builder = builder.also_stop(backend);
+        // The triggers' code reviews read the run's commits together.
+        let triggers = &settings.validation_triggers;
+        let for_triggers = [
+            triggers.periodic.as_ref().map(|t| &t.trigger),
+            triggers.epic_completion.as_ref().map(|t| &t.trigger),
+            triggers.run_end.as_ref().map(|t| &t.trigger),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.code_review.as_ref())
+        .find(|r| r.enabled);
+        if let Some(review) = for_triggers {
+            let Reviewing { reviewer, backend } = self.reviewer(&review.reviewer)?;
+            builder = builder.trigger_reviewer(reviewer);
+            if let Some(backend) = backend {
+                builder = builder.also_stop(backend);
+            }
         }
+        if settings.epic_verification.enabled {
+            let backend =
+                self.read_only(self.claude.for_epic_verifier(&settings.epic_verification));
+            builder = builder
+                .epic_backend(Arc::clone(&backend) as Arc<dyn mala_core::AgentBackend>)
+                .also_stop(backend);
+        }
+        Ok(builder)
     }
-    if let Some(backend) = epic_backend {
-        builder = builder
-            .epic_backend(Arc::clone(&backend) as Arc<dyn mala_core::AgentBackend>)
-            .also_stop(backend);
-    }
-    builder.build()
 }
 
 /// How every session of the run starts `claude`, once it is known to work.
@@ -247,4 +292,70 @@ fn cerberus_reviewer(
     };
     check_cerberus(&config).map_err(RunError::Setup)?;
     Ok(CerberusReviewer::new(config))
+}
+
+/// What one `mala epic-verify` is asked to do.
+#[derive(Debug, Clone)]
+pub struct EpicVerifyRequest {
+    /// The repository the epic's work is in.
+    pub repo_root: PathBuf,
+    /// The resolved configuration.
+    pub settings: Settings,
+    /// The `claude` binary (found by the caller).
+    pub claude: PathBuf,
+    /// The `br` binary, when found.
+    pub br: Option<PathBuf>,
+    /// `setpriv`, when found: the verifier then dies with mala.
+    pub setpriv: Option<PathBuf>,
+    /// The epic.
+    pub epic: mala_core::IssueId,
+    /// Close it when it passes (not `--no-close`).
+    pub close: bool,
+    /// Verify even with children still open (`--force`).
+    pub force: bool,
+    /// Close it on a person's word, without a verifier (`--human-override`).
+    pub human_override: bool,
+}
+
+/// `mala epic-verify`: one epic, verified by a read-only agent with the
+/// real adapters (the same wiring as a run's epic verifier).
+pub async fn verify_one_epic(request: &EpicVerifyRequest) -> Result<EpicCheck, RunError> {
+    let settings = &request.settings;
+    let repo = &request.repo_root;
+    let clock: Arc<dyn mala_core::Clock> = Arc::new(SystemClock);
+    let tracker = Tracker::open(settings.tracker, repo, request.br.clone(), clock)?;
+    let port = tracker.as_port();
+    if request.human_override {
+        port.close(
+            &request.epic,
+            "closed by a person's override (mala epic-verify --human-override)",
+        )
+        .await?;
+        return Ok(EpicCheck::Overridden);
+    }
+    let state = settings.paths.runs_dir.join("epic-verify");
+    let mut config = ClaudeConfig::from_settings(settings, request.claude.clone(), state)
+        .for_epic_verifier(&settings.epic_verification);
+    config.parent_death_wrapper.clone_from(&request.setpriv);
+    let locks: Arc<dyn LockTable> = Arc::new(
+        FileLockTable::new(&settings.paths.lock_dir, repo)
+            .map_err(|e| RunError::Setup(e.to_string()))?,
+    );
+    // Holding no locks, the verifier can only read.
+    let guard = LockingGuard::new(
+        repo,
+        locks,
+        settings.coder_options.claude.disallowed_tools.clone(),
+    );
+    let backend = ClaudeBackend::new(config).with_guard(Arc::new(guard));
+    let verifier = EpicVerifier::new(Arc::new(backend), repo);
+    verify_epic(
+        port.as_ref(),
+        &verifier,
+        &request.epic,
+        request.close,
+        request.force,
+    )
+    .await
+    .map_err(RunError::Setup)
 }

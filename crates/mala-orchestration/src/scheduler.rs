@@ -12,7 +12,6 @@ use mala_domain::{
     DoneReason, QueueRequest, SchedulerView, agent_name, done, plan_queue, run_end_fires,
     spawn_capacity, takeover_candidates,
 };
-use mala_infra::is_run_alive;
 use mala_pipeline::{IssueResult, StopReason, WorkerStop, run_issue_from, stop_line};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinError, JoinSet};
@@ -391,10 +390,9 @@ impl<'o> Scheduler<'o> {
         let orchestrator = self.orchestrator;
         let plan = &orchestrator.plan;
         let graph = orchestrator.source.snapshot().await?;
-        let lock_dir = &self.ctx.lock_dir;
-        let takeover = takeover_candidates(graph.issues(), plan.resume.take_up, |run| {
-            is_run_alive(lock_dir, run)
-        });
+        let ctx = &self.ctx;
+        let takeover =
+            takeover_candidates(graph.issues(), plan.resume.take_up, |run| ctx.is_alive(run));
         // Running issues are never planned twice, whatever the tracker says.
         let skip: HashSet<IssueId> = self
             .attempted

@@ -8,23 +8,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mala_core::{Event, EventSink, IssueId};
+use mala_core::{Event, EventSink, IssueId, IssueRecord, RunLog, RunStore};
 use mala_domain::{Settings, claim_actor, required_commands};
-use mala_infra::{IssueRecord, RunLog, RunMarker, remove_stale};
 use mala_pipeline::{RunnerConfig, RunnerPorts};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::DeadlockNews;
 use crate::deadlock_monitor::run_deadlock_monitor;
-use crate::orchestrator::{Orchestrator, RunError, RunPlan, state_dir};
+use crate::orchestrator::{Orchestrator, RunError, RunPlan};
 use crate::recorder::{Recorded, RunRecorder};
 use crate::triggers::SessionEndTrigger;
 
 /// A run's surroundings, from setup to teardown.
 pub(crate) struct RunContext {
     pub(crate) state_dir: PathBuf,
-    pub(crate) lock_dir: PathBuf,
+    store: Arc<dyn RunStore>,
     /// Every event of the run, through the recorder first.
     pub(crate) events: Arc<dyn EventSink>,
     pub(crate) recorder: Arc<RunRecorder>,
@@ -39,34 +38,33 @@ pub(crate) struct RunContext {
 }
 
 impl RunContext {
-    /// Sets the run up: nothing of it exists on disk before this returns Ok.
+    /// Sets the run up, through the ports alone: its record and its mark
+    /// are in the run store before the first issue is planned.
     pub(crate) fn start(orchestrator: &mut Orchestrator) -> Result<Self, RunError> {
         let lock_inbox = orchestrator.lock_events.take();
         let (settings, plan) = (&orchestrator.settings, &orchestrator.plan);
         let repo_root = orchestrator.repo_root.clone();
-        let state_dir = state_dir(settings, &repo_root, &plan.run_id);
-        std::fs::create_dir_all(&state_dir)
-            .map_err(|e| RunError::Setup(format!("{}: {e}", state_dir.display())))?;
-        let now = orchestrator.clock.now();
+        let store = Arc::clone(&orchestrator.run_store);
+        let state_dir = store.run_dir(&plan.run_id);
+        let run = RunLog {
+            run_id: plan.run_id.clone(),
+            repo_path: repo_root.clone(),
+            started_at: orchestrator.clock.now(),
+            finished_at: None,
+            outcome: "running".into(),
+            settings: settings_summary(settings, plan),
+            issues: Vec::new(),
+        };
         let recorder = Arc::new(RunRecorder::start(
-            &settings.paths.runs_dir,
+            Arc::clone(&store),
             &state_dir.join("sessions"),
-            RunLog {
-                run_id: plan.run_id.clone(),
-                repo_path: repo_root.clone(),
-                started_at: now,
-                finished_at: None,
-                outcome: "running".into(),
-                settings: settings_summary(settings, plan),
-                issues: Vec::new(),
-            },
-        ));
+            run.clone(),
+        )?);
         let events: Arc<dyn EventSink> = Arc::new(Recorded {
             recorder: Arc::clone(&recorder),
             events: Arc::clone(&orchestrator.events),
         });
-        let lock_dir = settings.paths.lock_dir.clone();
-        mark_the_run(&lock_dir, orchestrator, events.as_ref())?;
+        mark_the_run(store.as_ref(), &run, plan, events.as_ref())?;
 
         let (victims_tx, victims) = mpsc::unbounded_channel();
         let monitor = match (&orchestrator.locks, lock_inbox) {
@@ -81,10 +79,10 @@ impl RunContext {
         let (aborts_tx, aborts) = mpsc::unbounded_channel();
         let ports = runner_ports(orchestrator, &events, aborts_tx);
         let runner_config = runner_config(settings, plan, &repo_root, &state_dir);
-        let priors = prior_records(&settings.paths.runs_dir, &repo_root, &plan.run_id);
+        let priors = prior_records(store.as_ref(), &plan.run_id);
         Ok(Self {
             state_dir,
-            lock_dir,
+            store,
             events,
             recorder,
             ports,
@@ -96,46 +94,37 @@ impl RunContext {
         })
     }
 
-    /// Takes the run down: the monitor stops, the marker goes. Locks and
+    /// Whether the run named in a claim or a lock still runs.
+    pub(crate) fn is_alive(&self, run_id: &str) -> bool {
+        self.store.is_alive(run_id)
+    }
+
+    /// Takes the run down: the monitor stops, the mark goes. Locks and
     /// the tracker are the scheduler's to settle before this.
     pub(crate) fn stop(&mut self, run_id: &str) {
         if let Some(monitor) = self.monitor.take() {
             monitor.abort();
         }
-        let _ = std::fs::remove_file(RunMarker::path(&self.lock_dir, run_id));
+        self.store.unmark(run_id);
     }
 }
 
-/// Removes the locks of runs that are gone, then writes this run's marker,
+/// Removes what runs that are gone left behind, then marks this run live,
 /// which tells the next run that this one's locks are live.
 fn mark_the_run(
-    lock_dir: &Path,
-    orchestrator: &Orchestrator,
+    store: &dyn RunStore,
+    run: &RunLog,
+    plan: &RunPlan,
     events: &dyn EventSink,
 ) -> Result<(), RunError> {
-    let cleaned = remove_stale(lock_dir);
-    if cleaned.locks_removed > 0 {
+    let removed = store.remove_stale();
+    if removed > 0 {
         events.emit(&Event::Warning {
-            message: format!(
-                "removed {} stale lock(s) of runs that are gone",
-                cleaned.locks_removed
-            ),
+            message: format!("removed {removed} stale lock(s) of runs that are gone"),
         });
     }
-    let plan = &orchestrator.plan;
-    let marker = RunMarker {
-        run_id: plan.run_id.clone(),
-        repo_path: orchestrator.repo_root.clone(),
-        started_at: orchestrator.clock.now(),
-        pid: std::process::id(),
-        max_agents: u32::try_from(plan.max_agents).ok(),
-    };
-    marker.write(lock_dir).map(|_| ()).map_err(|e| {
-        RunError::Setup(format!(
-            "cannot write the run marker in {}: {e}",
-            lock_dir.display()
-        ))
-    })
+    store.mark_live(run, u32::try_from(plan.max_agents).ok())?;
+    Ok(())
 }
 
 fn runner_ports(
@@ -225,14 +214,10 @@ fn settings_summary(settings: &Settings, plan: &RunPlan) -> serde_json::Value {
 }
 
 /// The newest record of each issue in this repository's earlier runs.
-fn prior_records(
-    runs_dir: &Path,
-    repo_root: &Path,
-    this_run: &str,
-) -> HashMap<IssueId, IssueRecord> {
+fn prior_records(store: &dyn RunStore, this_run: &str) -> HashMap<IssueId, IssueRecord> {
     let mut priors = HashMap::new();
     // Newest run first: the first record of an issue wins.
-    for run in RunLog::list(runs_dir, Some(repo_root)) {
+    for run in store.runs() {
         if run.run_id == this_run {
             continue;
         }

@@ -104,6 +104,7 @@ impl World {
             .tracker(Arc::new(self.tracker.clone()))
             .backend(Arc::new(self.backend.clone()))
             .repository(Arc::new(self.repository.clone()))
+            .run_store(self.run_store())
             .events(self.events.clone())
             .build()
             .unwrap()
@@ -112,6 +113,16 @@ impl World {
     async fn run(&self, plan: RunPlan) -> RunSummary {
         let (_stage, stages) = watch::channel(Stage::Running);
         self.orchestrator(plan).run(stages).await.unwrap()
+    }
+
+    /// The run's record and marks in files under the world's directory.
+    fn run_store(&self) -> Arc<dyn mala_core::RunStore> {
+        let dir = self.dir.path();
+        Arc::new(mala_infra::FileRunStore::new(
+            &dir.join("runs"),
+            &dir.join("locks"),
+            dir,
+        ))
     }
 
     async fn status(&self, id: &str) -> IssueStatus {
@@ -355,6 +366,7 @@ async fn epic_completion_runs_when_an_epic_closes_and_can_stop_the_run() {
         .tracker(Arc::new(world.tracker.clone()))
         .backend(Arc::new(world.backend.clone()))
         .repository(Arc::new(world.repository.clone()))
+        .run_store(world.run_store())
         .build()
         .unwrap();
     let (_stage, stages) = watch::channel(Stage::Running);
@@ -375,6 +387,7 @@ async fn epic_completion_runs_when_an_epic_closes_and_can_stop_the_run() {
         .tracker(Arc::new(world.tracker.clone()))
         .backend(Arc::new(world.backend.clone()))
         .repository(Arc::new(world.repository.clone()))
+        .run_store(world.run_store())
         .events(world.events.clone())
         .build()
         .unwrap();
@@ -382,7 +395,7 @@ async fn epic_completion_runs_when_an_epic_closes_and_can_stop_the_run() {
     let summary = orchestrator.run(stages).await.unwrap();
     assert_eq!(summary.aborted.as_deref(), Some("exit 4"));
     // One outcome, said the same way in run.json and in the event stream.
-    let runs = mala_infra::RunLog::list(&world.dir.path().join("runs"), Some(world.dir.path()));
+    let runs = mala_infra::list_runs(&world.dir.path().join("runs"), Some(world.dir.path()));
     assert_eq!(runs[0].outcome, "aborted");
     let finished = world.events.0.lock().unwrap().iter().find_map(|e| match e {
         Event::RunFinished { outcome, .. } => Some(outcome.clone()),
@@ -468,6 +481,7 @@ async fn run_end_review(
         .tracker(Arc::new(world.tracker.clone()))
         .backend(Arc::new(world.backend.clone()))
         .repository(Arc::new(world.repository.clone()))
+        .run_store(world.run_store())
         .trigger_reviewer(reviewer.clone())
         .build()
         .unwrap();
@@ -522,7 +536,7 @@ async fn the_run_is_on_record_with_its_settings_and_each_issues_session() {
     let world = lazy;
     let summary = world.run(plan(2)).await;
     assert_eq!(summary.closed.len(), 1);
-    let runs = mala_infra::RunLog::list(&world.dir.path().join("runs"), Some(world.dir.path()));
+    let runs = mala_infra::list_runs(&world.dir.path().join("runs"), Some(world.dir.path()));
     assert_eq!(runs.len(), 1);
     let run = &runs[0];
     assert_eq!(run.outcome, "finished");
@@ -569,6 +583,7 @@ async fn periodic_validation_runs_every_interval_closes_with_the_pool_idle() {
         .tracker(Arc::new(world.tracker.clone()))
         .backend(Arc::new(world.backend.clone()))
         .repository(Arc::new(world.repository.clone()))
+        .run_store(world.run_store())
         .build()
         .unwrap();
     let (_stage, stages) = watch::channel(Stage::Running);

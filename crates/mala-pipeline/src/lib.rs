@@ -1,14 +1,17 @@
-//! One issue end to end: session runner, gate, review, finalize.
+//! One issue end to end: session runner, gate, review, finalize; and the
+//! agent reviewer and epic verifier, which drive an agent backend port.
 //!
 //! It depends on `mala-core` and `mala-domain` only, and reaches the world
 //! through the ports in `mala-core`.
 
 mod deadlock;
+mod reviewers;
 mod runner;
 mod tracking;
 mod worker;
 
 pub use deadlock::{Resolution, ResolveError, resolve_deadlock};
+pub use reviewers::{AgentReviewer, EpicVerifier};
 pub use runner::{
     IssueResult, Resume, RunnerConfig, RunnerPorts, SessionEndCheck, run_issue, run_issue_from,
 };

@@ -14,8 +14,8 @@ use mala_core::{
     Reviewer, SessionRequest,
 };
 use mala_domain::{
-    AttemptState, GateInput, GateVerdict, Marker, PromptKind, RequiredCommand, check_gate,
-    is_issue_commit, no_progress, render_prompt,
+    AttemptState, GateInput, GateVerdict, Marker, NEEDS_FOLLOWUP, PromptKind, RequiredCommand,
+    check_gate, is_issue_commit, no_progress, render_prompt,
 };
 
 use crate::tracking::track_advisory_findings;
@@ -126,9 +126,6 @@ impl AgentObserver for SessionLog {
         });
     }
 }
-
-/// The label of an issue a person (or a later run) should look at again.
-const NEEDS_FOLLOWUP: &str = "needs-followup";
 
 /// How a result cut short by a stop begins; the claim stays so the next run
 /// takes the issue over.

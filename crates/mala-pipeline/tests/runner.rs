@@ -222,6 +222,11 @@ struct FakeRepo {
 
 #[async_trait]
 impl Repository for FakeRepo {
+    async fn commit_tracker_files(&self, _: &str) -> Result<Option<String>, String> {
+        // No tracker files live here.
+        Ok(None)
+    }
+
     async fn head(&self) -> Result<Option<String>, String> {
         Ok(self
             .world

@@ -402,6 +402,11 @@ impl MemoryRepository {
 
 #[async_trait]
 impl Repository for MemoryRepository {
+    async fn commit_tracker_files(&self, _: &str) -> Result<Option<String>, String> {
+        // No tracker files live here.
+        Ok(None)
+    }
+
     async fn head(&self) -> Result<Option<String>, String> {
         Ok(guard(&self.commits).first().map(|c| c.id.clone()))
     }

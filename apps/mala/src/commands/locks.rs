@@ -118,7 +118,7 @@ pub(crate) fn status(all: bool) -> Result<(), Failure> {
                 .map_or_else(String::new, |s| format!("  for {}", age(s, now))),
         );
     }
-    let runs = mala_infra::RunLog::list(&settings.paths.runs_dir, (!all).then_some(repo.as_path()));
+    let runs = mala_infra::list_runs(&settings.paths.runs_dir, (!all).then_some(repo.as_path()));
     if !runs.is_empty() {
         let _ = writeln!(out, "recent runs:");
     }

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use mala_infra::RunLog;
+use mala_core::RunLog;
 
 use crate::failure::Failure;
 use crate::output;
@@ -17,7 +17,7 @@ fn runs(all: bool) -> Result<Vec<RunLog>, Failure> {
     })?;
     let repo = cwd.canonicalize().unwrap_or(cwd);
     let (settings, _) = load_settings(&ConfigPath::new(&repo, None), &flag_overrides(None, None))?;
-    Ok(RunLog::list(
+    Ok(mala_infra::list_runs(
         &settings.paths.runs_dir,
         (!all).then_some(repo.as_path()),
     ))
@@ -74,7 +74,7 @@ pub(crate) fn run_line(run: &RunLog, with_repo: bool) -> String {
 }
 
 pub(crate) fn sessions(issue: &str, as_json: bool, all: bool) -> Result<(), Failure> {
-    let rows: Vec<(String, mala_infra::IssueRecord)> = runs(all)?
+    let rows: Vec<(String, mala_core::IssueRecord)> = runs(all)?
         .into_iter()
         .flat_map(|run| {
             let id = run.run_id.clone();

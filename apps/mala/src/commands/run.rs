@@ -192,6 +192,10 @@ fn run_failure(error: mala_orchestration::RunError) -> Failure {
             message,
             hint: None,
         },
+        mala_orchestration::RunError::Store(error) => Failure::Other {
+            message: error.to_string(),
+            hint: Some("mala keeps its runs under paths.runs_dir and paths.lock_dir; check that both are writable".into()),
+        },
     }
 }
 
@@ -240,33 +244,32 @@ pub(crate) fn epic_verify(args: &EpicVerifyArgs) -> Result<(), Failure> {
             message: format!("could not start the async runtime: {e}"),
             hint: None,
         })?;
+    let claude = if args.human_override {
+        // A person's word needs no verifier.
+        std::path::PathBuf::new()
+    } else {
+        claude_binary(&settings)?
+    };
+    let request = mala_orchestration::EpicVerifyRequest {
+        repo_root: repo,
+        settings,
+        claude,
+        br: find_program("br"),
+        setpriv: find_program("setpriv"),
+        epic: epic.clone(),
+        close: !args.no_close,
+        force: args.force,
+        human_override: args.human_override,
+    };
     runtime.block_on(async {
-        let clock: Arc<dyn mala_core::Clock> = Arc::new(mala_infra::SystemClock);
-        let tracker = mala_infra::Tracker::open(settings.tracker, &repo, find_program("br"), clock)?;
-        let port = tracker.as_port();
-        if args.human_override {
-            port.close(&epic, "closed by a person's override (mala epic-verify --human-override)").await?;
-            output::stdout(&format!("✓ {epic}  closed by override\n"));
-            return Ok(());
-        }
-        let claude = claude_binary(&settings)?;
-        let state = settings.paths.runs_dir.join("epic-verify");
-        let locks: Arc<dyn mala_core::LockTable> = Arc::new(
-            mala_infra::FileLockTable::new(&settings.paths.lock_dir, &repo).map_err(|e| Failure::Other {
-                message: e.to_string(),
-                hint: None,
-            })?,
-        );
-        // Holding no locks, the verifier can only read.
-        let guard = mala_infra::LockingGuard::new(&repo, locks, settings.coder_options.claude.disallowed_tools.clone());
-        let mut config = mala_infra::ClaudeConfig::from_settings(&settings, claude, state);
-        config.parent_death_wrapper = find_program("setpriv");
-        let backend = mala_infra::ClaudeBackend::new(config).with_guard(Arc::new(guard));
-        let verifier = mala_infra::EpicVerifier::new(Arc::new(backend), &repo);
-        let check = mala_orchestration::verify_epic(port.as_ref(), &verifier, &epic, !args.no_close, args.force)
+        let check = mala_orchestration::verify_one_epic(&request)
             .await
-            .map_err(|message| Failure::Other { message, hint: None })?;
+            .map_err(run_failure)?;
         match check {
+            mala_orchestration::EpicCheck::Overridden => {
+                output::stdout(&format!("✓ {epic}  closed by override\n"));
+                Ok(())
+            }
             mala_orchestration::EpicCheck::Passed { closed, advisories } => {
                 output::stdout(&format!(
                     "✓ {epic}  meets its acceptance criteria{}{}\n",

@@ -2,7 +2,6 @@
 
 mod br_tracker;
 mod cli;
-mod commit;
 mod jsonl;
 mod store;
 mod writer;
@@ -12,43 +11,14 @@ use std::sync::Arc;
 
 use mala_core::{Clock, IssueTracker, TrackerError};
 use mala_domain::{IssueGraph, TrackerKind};
-use sha2::{Digest, Sha256};
 
 pub use br_tracker::BrTracker;
 pub use cli::{BR_INSTALL_HINT, BrCli};
-pub use commit::commit_tracker_files;
 pub use jsonl::{parse_issues_jsonl, read_issues_jsonl};
 pub use store::JsonlTracker;
 pub use writer::WriteRetry;
 
-/// The label mala puts on issues that need a person (or a later run).
-pub const NEEDS_FOLLOWUP: &str = "needs-followup";
-
-/// Labels br and the original mala agree on: `[A-Za-z0-9_:-]`, at most 50
-/// characters (longer ones keep a 41-character prefix and a hash).
-pub fn normalize_label(label: &str) -> String {
-    let clean: String = label
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if clean.len() <= 50 {
-        return clean;
-    }
-    let digest = Sha256::digest(clean.as_bytes());
-    let hash: String = digest.iter().take(4).fold(String::new(), |mut hex, b| {
-        use std::fmt::Write;
-        // Writing to a String cannot fail.
-        let _ = write!(hex, "{b:02x}");
-        hex
-    });
-    format!("{}:{hash}", &clean[..41])
-}
+pub use mala_domain::{NEEDS_FOLLOWUP, normalize_label};
 
 /// The tracker a run uses, with its in-memory snapshot.
 #[derive(Clone)]
@@ -117,20 +87,5 @@ impl Tracker {
             Self::Br(br) => Arc::clone(br) as Arc<dyn IssueTracker>,
             Self::Jsonl(store) => Arc::new(store.clone()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_are_normalised_like_the_original() {
-        assert_eq!(normalize_label("review:src/a b.rs"), "review:src-a-b-rs");
-        let long = "x".repeat(60);
-        let label = normalize_label(&long);
-        assert_eq!(label.len(), 50);
-        assert!(label.starts_with(&"x".repeat(41)));
-        assert_eq!(normalize_label(&long), label, "stable");
     }
 }

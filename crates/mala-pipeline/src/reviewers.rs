@@ -1,6 +1,7 @@
-//! The agent reviewer: a Claude Code session with the reviewer prompt that
-//! may read but not write (the tool guard refuses every write: it holds no
-//! locks), answering JSON findings that are checked before they count.
+//! The agent reviewer and the epic verifier: agent sessions with the
+//! reviewer or verifier prompt that may read but not write (the backend's
+//! tool guard holds no locks for them, so it refuses every write),
+//! answering JSON that `mala_domain` checks before it counts.
 
 use std::sync::Arc;
 
