@@ -237,7 +237,7 @@ fn watch_mode_waits_for_work_and_a_ctrl_c_ends_it_cleanly() {
     let scratch = tempfile::tempdir().unwrap();
     let bin = bin_dir(scratch.path(), &br_binary, &claude);
     let env = run_env(&harness, &bin, scratch.path());
-    let child = Command::new(env!("CARGO_BIN_EXE_mala"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mala"))
         .args(["run", "--watch"])
         .current_dir(repo.path())
         .env_clear()
@@ -258,29 +258,24 @@ fn watch_mode_waits_for_work_and_a_ctrl_c_ends_it_cleanly() {
             .count()
         })
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while markers() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the run never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    // The marker is written after mala listens for Ctrl-C: no wait is needed.
+    // Idle and watching (and, since the marker is written after mala
+    // listens for Ctrl-C, ready for one).
+    let stdout = Lines::stdout(&mut child);
+    stdout.wait_for("watching: nothing ready");
+    assert_eq!(markers(), 1, "the run is marked live while it watches");
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),
         Some(0),
-        "{stdout}\n{}",
+        "{}\n{}",
+        stdout.text(),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("watching: nothing ready"), "{stdout}");
     assert_eq!(markers(), 0, "the run marker is removed");
 }
 
@@ -551,7 +546,7 @@ fn stop_with_ctrl_c(presses: usize) {
     }
     let started = std::time::Instant::now();
     let mut child = child;
-    let stderr = Stderr::follow(&mut child);
+    let stderr = Lines::stderr(&mut child);
     let said = ["draining:", "stopping the agents", "killing the agents"];
     for acknowledged in &said[..presses] {
         let status = Command::new("kill")
@@ -597,10 +592,22 @@ fn stop_with_ctrl_c(presses: usize) {
         .args(["-f", "sleep 41"])
         .output()
         .unwrap();
+    let pids = String::from_utf8_lossy(&leftover.stdout).replace('\n', ",");
     assert!(
         leftover.stdout.is_empty(),
-        "the agent's command was left running: {}",
-        String::from_utf8_lossy(&leftover.stdout)
+        "the agent's command was left running:\n{}",
+        String::from_utf8_lossy(
+            &Command::new("ps")
+                .args([
+                    "-o",
+                    "pid,ppid,pgid,sid,stat,cmd",
+                    "-p",
+                    pids.trim_end_matches(',')
+                ])
+                .output()
+                .unwrap()
+                .stdout
+        )
     );
 
     // The next run takes the stopped claim over and finishes the issue once.
@@ -623,18 +630,26 @@ fn stop_with_ctrl_c(presses: usize) {
     );
 }
 
-/// A child's stderr, read line by line as it comes, so a test can wait for
-/// what mala says (each Ctrl-C is acknowledged there) instead of sleeping.
-struct Stderr {
+/// A child's output, read line by line as it comes, so a test can wait for
+/// what mala says (each Ctrl-C is acknowledged on stderr, watch mode says it
+/// is watching on stdout) instead of sleeping.
+struct Lines {
     lines: std::sync::Arc<(std::sync::Mutex<Vec<String>>, std::sync::Condvar)>,
 }
 
-impl Stderr {
-    fn follow(child: &mut std::process::Child) -> Self {
+impl Lines {
+    fn stderr(child: &mut std::process::Child) -> Self {
+        Self::follow(child.stderr.take().expect("stderr is piped"))
+    }
+
+    fn stdout(child: &mut std::process::Child) -> Self {
+        Self::follow(child.stdout.take().expect("stdout is piped"))
+    }
+
+    fn follow(stream: impl std::io::Read + Send + 'static) -> Self {
         use std::io::BufRead;
         let lines: std::sync::Arc<(std::sync::Mutex<Vec<String>>, std::sync::Condvar)> =
             std::sync::Arc::default();
-        let stream = child.stderr.take().expect("stderr is piped");
         let shared = std::sync::Arc::clone(&lines);
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stream)

@@ -12,6 +12,7 @@ mod clock;
 mod commands;
 mod git;
 mod locks;
+mod process_tree;
 mod run_log;
 mod run_marker;
 mod run_store;

@@ -432,16 +432,12 @@ impl Interrupter {
             .map(drop)
     }
 
-    /// SIGKILLs the session's whole process group: the last resort, with
-    /// no chance for the agent to finish anything.
+    /// SIGKILLs the session's whole process group and everything it
+    /// started: the last resort, with no chance for the agent to finish
+    /// anything.
     pub fn kill(&self) {
-        if let Some(group) = self
-            .pid
-            .and_then(|p| i32::try_from(p).ok())
-            .and_then(rustix::process::Pid::from_raw)
-        {
-            // The group may already be gone; nothing to do then.
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        if let Some(pid) = self.pid {
+            crate::process_tree::kill_tree(pid);
         }
     }
 }
@@ -641,17 +637,31 @@ impl ClaudeSession {
                 .ok()
                 .and_then(Result::ok);
         }
-        // Whatever is left of the group (the leader, or a background command
-        // it started) goes now; an empty group makes this a no-op.
-        self.signal(rustix::process::Signal::KILL);
+        // Whatever is left (the leader, or a background command it started)
+        // goes now. A reaped leader's pid may belong to someone else by now:
+        // then only its old group is signalled, never that pid's children.
         if status.is_none() {
+            self.signal(rustix::process::Signal::KILL);
             status = child.wait().await.ok();
+        } else {
+            self.signal_group(rustix::process::Signal::KILL);
         }
         self.exited = true;
         status
     }
 
+    /// Signals the live (unreaped) agent: SIGKILL takes its descendants
+    /// too, since a command a tool started outside the group must die with it.
     fn signal(&self, signal: rustix::process::Signal) {
+        match self.pid {
+            Some(pid) if signal == rustix::process::Signal::KILL => {
+                crate::process_tree::kill_tree(pid);
+            }
+            _ => self.signal_group(signal),
+        }
+    }
+
+    fn signal_group(&self, signal: rustix::process::Signal) {
         let Some(pid) = self
             .pid
             .and_then(|p| i32::try_from(p).ok())
