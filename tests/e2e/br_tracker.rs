@@ -304,6 +304,79 @@ async fn a_database_ahead_of_the_jsonl_is_exported_before_reading() {
     assert_eq!(issue.notes, "written behind our back");
 }
 
+/// A br that logs each command line to `log` before running the real one.
+fn logging_br(
+    real: &std::path::Path,
+    dir: &std::path::Path,
+    log: &std::path::Path,
+) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let wrapper = dir.join("br");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            log.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
+}
+
+#[tokio::test]
+async fn a_later_process_trusts_the_jsonl_only_while_br_s_files_are_as_br_left_them() {
+    let binary = require_tool!(Tool::Br);
+    let repo = TempRepo::new();
+    let br = Br::init(&binary, repo.path(), "fr");
+    let id = br.create(&NewIssue {
+        title: "t",
+        priority: 2,
+        ..NewIssue::default()
+    });
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("calls");
+    let wrapper = logging_br(&binary, scratch.path(), &log);
+    let asked = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("sync --status"))
+            .count()
+    };
+    // Each tracker is what a new mala process opens.
+    let fresh = || BrTracker::new(&wrapper, repo.path(), Arc::new(SystemClock));
+
+    fresh().snapshot().await.unwrap();
+    assert_eq!(asked(), 1, "the first process asks br");
+    fresh().snapshot().await.unwrap();
+    assert_eq!(
+        asked(),
+        1,
+        "the next one has br's word from the first, and nothing changed"
+    );
+
+    // A write br does not export: the database moves, the proof no longer holds.
+    br.run(&[
+        "update",
+        &id,
+        "--notes",
+        "behind our back",
+        "--no-auto-flush",
+    ]);
+    let issue = fresh().show(&id.as_str().into()).await.unwrap();
+    assert_eq!(issue.notes, "behind our back");
+    assert_eq!(asked(), 2, "a changed database sends mala back to br");
+
+    // The JSONL edited by hand is a change too.
+    let jsonl = repo.path().join(".beads/issues.jsonl");
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    std::fs::write(&jsonl, text.replace("behind our back", "by hand")).unwrap();
+    fresh().snapshot().await.unwrap();
+    assert_eq!(asked(), 3);
+}
+
 #[tokio::test]
 async fn the_embedded_store_writes_what_br_reads_and_keeps_other_rows_intact() {
     let binary = require_tool!(Tool::Br);

@@ -3,11 +3,15 @@
 //! ```text
 //! cargo run --release -p mala-infra --example bench_tracker -- ready [ISSUES]
 //! cargo run --release -p mala-infra --example bench_tracker -- claims BR [ISSUES] [PAIRS]
+//! cargo build --release -p mala && cargo run --release -p mala-infra --example bench_tracker -- dry-run BR target/release/mala [ISSUES] [RUNS]
 //! ```
 //!
 //! `ready`: the run's queue from a synthetic `issues.jsonl` (read, graph, plan).
 //! `claims`: PAIRS concurrent claim + close pairs through one `BrTracker` on a
 //! br repository of ISSUES issues; counts write-lock failures.
+//! `dry-run`: `mala run --dry-run` through the binary on a git checkout with a
+//! br repository of ISSUES issues, RUNS times after one warm-up, beside
+//! `br ready --json` on the same repository.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
@@ -145,6 +149,75 @@ async fn claims(binary: &Path, issues: usize, pairs: usize) {
     );
 }
 
+/// Times `program args` in `repo` with `PATH` set to `path`, `runs` times
+/// after one warm-up.
+fn timed(program: &Path, args: &[&str], repo: &Path, path: &str, runs: usize) -> Vec<Duration> {
+    let once = || {
+        let start = Instant::now();
+        let out = Command::new(program)
+            .args(args)
+            .current_dir(repo)
+            .env("PATH", path)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{program:?} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        start.elapsed()
+    };
+    once();
+    (0..runs).map(|_| once()).collect()
+}
+
+fn dry_run(br_binary: &Path, mala: &Path, issues: usize, runs: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path();
+    let git = |args: &[&str]| {
+        assert!(
+            Command::new("git")
+                .args(args)
+                .current_dir(repo)
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    git(&["init", "-q"]);
+    br(br_binary, repo, &["init", "--prefix", "bench"]);
+    std::fs::write(
+        repo.join(".beads/issues.jsonl"),
+        synthetic_tracker("bench", issues, 42),
+    )
+    .unwrap();
+    br(br_binary, repo, &["sync", "--import-only"]);
+    std::fs::write(repo.join("mala.yaml"), "preset: rust\n").unwrap();
+    // The binary finds br on PATH, as a user's shell would.
+    let path = format!(
+        "{}:{}",
+        br_binary.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mala_times = timed(mala, &["run", "--dry-run"], repo, &path, runs);
+    println!(
+        "mala run --dry-run on {issues} issues (br installed): {}",
+        figures(mala_times)
+    );
+    let br_times = timed(
+        br_binary,
+        &["ready", "--json", "--limit", "0"],
+        repo,
+        &path,
+        runs,
+    );
+    println!(
+        "br ready --json --limit 0 on the same repository: {}",
+        figures(br_times)
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -155,6 +228,18 @@ async fn main() {
             let binary = args.get(1).expect("claims needs the br binary");
             claims(Path::new(binary), number(2, 10_000), number(3, 32)).await;
         }
-        _ => println!("usage: bench_tracker ready [ISSUES] | claims BR [ISSUES] [PAIRS]"),
+        Some("dry-run") => {
+            let binary = args.get(1).expect("dry-run needs the br binary");
+            let mala = args.get(2).expect("dry-run needs the mala binary");
+            dry_run(
+                Path::new(binary),
+                Path::new(mala),
+                number(3, 10_000),
+                number(4, 30),
+            );
+        }
+        _ => println!(
+            "usage: bench_tracker ready [ISSUES] | claims BR [ISSUES] [PAIRS] | dry-run BR MALA [ISSUES] [RUNS]"
+        ),
     }
 }

@@ -1,9 +1,9 @@
 //! [`IssueTracker`] over the real `br`: reads from `.beads/issues.jsonl` in
 //! process, writes through the single writer queue.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use mala_core::{
@@ -14,34 +14,10 @@ use mala_domain::IssueGraph;
 use serde_json::Value;
 
 use super::cli::{BrCli, claim_refusal};
+use super::freshness::{FileStamp, Proof, Stamps, stamp};
 use super::jsonl::read_issues_jsonl;
 use super::writer::{WriteQueue, WriteRetry};
 use super::{NEEDS_FOLLOWUP, normalize_label};
-
-/// Identifies one version of the JSONL file without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    modified: SystemTime,
-    len: u64,
-}
-
-fn stamp(path: &Path) -> Option<FileStamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        modified: meta.modified().ok()?,
-        len: meta.len(),
-    })
-}
-
-/// The state of the JSONL and of br's database files (`beads.db`, its WAL).
-/// A change to the database that mala did not make means someone may have
-/// written without flushing, and the JSONL must be checked before it is trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamps {
-    jsonl: Option<FileStamp>,
-    db: Option<FileStamp>,
-    wal: Option<FileStamp>,
-}
 
 #[derive(Debug, Default)]
 struct Cache {
@@ -58,6 +34,8 @@ pub struct BrTracker {
     jsonl: PathBuf,
     db: PathBuf,
     wal: PathBuf,
+    /// What the last process to trust the JSONL left for the next one.
+    proof: Proof,
     cache: Mutex<Cache>,
 }
 
@@ -87,6 +65,7 @@ impl BrTracker {
             jsonl: repo.join(".beads").join("issues.jsonl"),
             db: repo.join(".beads").join("beads.db"),
             wal: repo.join(".beads").join("beads.db-wal"),
+            proof: Proof::for_repo(&repo),
             cli,
             cache: Mutex::new(Cache::default()),
         }
@@ -111,11 +90,11 @@ impl BrTracker {
     /// The current issue graph, read from the JSONL file when it is up to date.
     pub async fn snapshot(&self) -> Result<Arc<IssueGraph>, TrackerError> {
         let mut stamps = self.stamps();
-        let trusted = self.lock_cache().trusted;
+        let trusted = self.trusted();
         if stamps.jsonl.is_none() || Some(stamps) != trusted {
             self.bring_jsonl_up_to_date().await?;
             stamps = self.stamps();
-            self.lock_cache().trusted = Some(stamps);
+            self.trust(stamps);
         }
         let Some(current) = stamps.jsonl else {
             return Err(TrackerError::Corrupt(format!(
@@ -171,9 +150,25 @@ impl BrTracker {
         let result = self.writer.write(actor, argv).await;
         // br flushes the JSONL after every successful write (auto-flush).
         if result.is_ok() {
-            self.lock_cache().trusted = Some(self.stamps());
+            self.trust(self.stamps());
         }
         result
+    }
+
+    /// The stamps known to match: this process's, or the proof an earlier
+    /// process left.
+    fn trusted(&self) -> Option<Stamps> {
+        let known = self.lock_cache().trusted;
+        known.or_else(|| {
+            let kept = self.proof.load()?;
+            self.lock_cache().trusted = Some(kept);
+            Some(kept)
+        })
+    }
+
+    fn trust(&self, stamps: Stamps) {
+        self.lock_cache().trusted = Some(stamps);
+        self.proof.save(&stamps);
     }
 
     async fn issue(&self, id: &IssueId) -> Result<Issue, TrackerError> {

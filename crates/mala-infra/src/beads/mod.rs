@@ -2,6 +2,7 @@
 
 mod br_tracker;
 mod cli;
+mod freshness;
 mod jsonl;
 mod store;
 mod writer;
