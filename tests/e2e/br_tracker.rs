@@ -305,6 +305,7 @@ async fn a_database_ahead_of_the_jsonl_is_exported_before_reading() {
 }
 
 /// A br that logs each command line to `log` before running the real one.
+#[allow(clippy::unwrap_used)] // a test's helper: a failure fails the test
 fn logging_br(
     real: &std::path::Path,
     dir: &std::path::Path,

@@ -163,7 +163,8 @@ fn timed(program: &Path, args: &[&str], repo: &Path, path: &str, runs: usize) ->
             .unwrap();
         assert!(
             out.status.success(),
-            "{program:?} {args:?}: {}",
+            "{} {args:?}: {}",
+            program.display(),
             String::from_utf8_lossy(&out.stderr)
         );
         start.elapsed()

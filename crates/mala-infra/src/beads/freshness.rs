@@ -51,19 +51,25 @@ fn stamp_json(stamp: Option<FileStamp>) -> Value {
     })
 }
 
-fn stamp_from(value: &Value) -> Option<Option<FileStamp>> {
+/// A kept proof that does not read as one.
+struct Unreadable;
+
+/// A file's stamp as kept, where `null` stands for a file that did not exist.
+fn stamp_from(value: &Value) -> Result<Option<FileStamp>, Unreadable> {
     if value.is_null() {
-        return Some(None);
+        return Ok(None);
     }
-    let parts = value.as_array()?;
-    let [secs, nanos, len] = parts.as_slice() else {
-        return None;
+    let read = || {
+        let [secs, nanos, len] = value.as_array()?.as_slice() else {
+            return None;
+        };
+        let since = Duration::new(secs.as_u64()?, u32::try_from(nanos.as_u64()?).ok()?);
+        Some(FileStamp {
+            modified: SystemTime::UNIX_EPOCH.checked_add(since)?,
+            len: len.as_u64()?,
+        })
     };
-    let since = Duration::new(secs.as_u64()?, u32::try_from(nanos.as_u64()?).ok()?);
-    Some(Some(FileStamp {
-        modified: SystemTime::UNIX_EPOCH.checked_add(since)?,
-        len: len.as_u64()?,
-    }))
+    read().map(Some).ok_or(Unreadable)
 }
 
 /// Where the proof of one repository's tracker is kept.
@@ -84,9 +90,9 @@ impl Proof {
         let text = std::fs::read(self.path.as_ref()?).ok()?;
         let value: Value = serde_json::from_slice(&text).ok()?;
         Some(Stamps {
-            jsonl: stamp_from(value.get("jsonl")?)?,
-            db: stamp_from(value.get("db")?)?,
-            wal: stamp_from(value.get("wal")?)?,
+            jsonl: stamp_from(value.get("jsonl")?).ok()?,
+            db: stamp_from(value.get("db")?).ok()?,
+            wal: stamp_from(value.get("wal")?).ok()?,
         })
     }
 
