@@ -10,6 +10,7 @@ mod answers;
 mod commits;
 mod config;
 mod deadlock;
+mod findings;
 mod gate;
 mod guard;
 mod prompts;
@@ -31,6 +32,7 @@ pub use config::{
     UnknownWord, is_valid_command_name, load_preset, parse_config, preset_text, resolve,
 };
 pub use deadlock::{Deadlock, WaitForGraph};
+pub use findings::{finding_line, finding_place, findings_list};
 pub use gate::{
     AttemptState, CommitInfo, GateInput, GateVerdict, Marker, RequiredCommand, check_gate,
     glob_matches, no_progress, parse_marker, required_commands,

@@ -10,8 +10,8 @@ use std::collections::{HashMap, HashSet};
 use mala_core::{
     DependencyKind, Event, EventSink, Finding, IssueId, IssueTracker, NewIssue, Priority,
 };
-use mala_domain::normalize_label;
 use mala_domain::{IssueGraph, Scope};
+use mala_domain::{finding_place, normalize_label};
 use mala_pipeline::EpicVerifier;
 
 /// What one sweep did.
@@ -42,11 +42,10 @@ fn in_scope(graph: &IssueGraph, epic: &IssueId, scope: &Scope) -> bool {
 }
 
 fn finding_text(finding: &Finding) -> String {
-    let place = finding
-        .file
-        .as_deref()
-        .map_or_else(String::new, |f| format!("\n\nWhere: {f}"));
-    format!("{}{place}", finding.body)
+    if finding.file.is_none() {
+        return finding.body.clone();
+    }
+    format!("{}\n\nWhere: {}", finding.body, finding_place(finding))
 }
 
 /// Files the findings of a failed verification; returns the new issues.

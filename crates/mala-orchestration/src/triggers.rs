@@ -11,12 +11,13 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use mala_core::{
     AgentBackend, AgentEvent, AgentId, AgentObserver, CheckCommand, CommitInfo, Event, EventSink,
-    Finding, IssueId, Repository, ReviewError, ReviewRequest, ReviewSubject, Reviewer,
-    SessionRequest,
+    Finding, IssueId, Repository, ReviewRequest, ReviewSubject, Reviewer, SessionRequest,
 };
-use mala_domain::{CodeReview, FailureMode, PromptKind, Trigger, TriggerCommand, render_prompt};
+use mala_domain::{
+    CodeReview, FailureMode, PromptKind, Trigger, TriggerCommand, findings_list, render_prompt,
+};
 use mala_infra::run_commands;
-use mala_pipeline::SessionEndCheck;
+use mala_pipeline::{SessionEndCheck, ask_reviewer};
 use tokio::sync::mpsc;
 
 /// How a trigger ended.
@@ -291,11 +292,7 @@ pub(crate) async fn run_code_review(
                 .into(),
             session_id: None,
         };
-        let mut answer = run.reviewer.review(request.clone()).await;
-        if answer.as_ref().is_err_and(ReviewError::is_retryable) {
-            answer = run.reviewer.review(request).await;
-        }
-        let verdict = match answer {
+        let verdict = match ask_reviewer(run.reviewer, &request).await {
             Ok(verdict) => verdict,
             Err(error) => {
                 events.emit(&Event::Warning {
@@ -324,22 +321,7 @@ pub(crate) async fn run_code_review(
             return outcome_of_failure(run.review.failure_mode, label);
         }
         round += 1;
-        let listed: String = failing
-            .iter()
-            .map(|f| {
-                format!(
-                    "- [P{}] {}{}: {}",
-                    f.priority,
-                    f.title,
-                    f.file
-                        .as_deref()
-                        .map(|p| format!(" ({p})"))
-                        .unwrap_or_default(),
-                    f.body
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let listed = findings_list(failing.iter().copied());
         let fix = Fix {
             name: run.name,
             round,

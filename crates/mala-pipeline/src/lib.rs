@@ -11,7 +11,7 @@ mod tracking;
 mod worker;
 
 pub use deadlock::{Resolution, ResolveError, resolve_deadlock};
-pub use reviewers::{AgentReviewer, EpicVerifier};
+pub use reviewers::{AgentReviewer, EpicVerifier, ask_reviewer, ask_twice};
 pub use runner::{
     IssueResult, Resume, RunnerConfig, RunnerPorts, SessionEndCheck, run_issue, run_issue_from,
 };

@@ -92,13 +92,7 @@ impl Reviewer for AgentReviewer {
             .map_err(|e| ReviewError::Unavailable(format!("the reviewer could not start: {e}")))?;
         let outcome = session.turn(&prompt).await;
         let _ = session.close().await;
-        let outcome = outcome.map_err(|e| {
-            if e.kind == mala_core::AgentErrorKind::Cancelled {
-                ReviewError::Cancelled
-            } else {
-                ReviewError::Failed(e.to_string())
-            }
-        })?;
+        let outcome = outcome.map_err(|e| turn_failure(&e))?;
         if outcome.status != TurnStatus::Completed {
             return Err(ReviewError::Failed(format!(
                 "the reviewer's turn ended as {:?}",
@@ -157,30 +151,56 @@ impl EpicVerifier {
             ],
         )
         .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
-        let mut last = ReviewError::Failed("not run".to_owned());
-        // An unreadable answer is asked for again once.
-        for _ in 0..2 {
-            let request = SessionRequest::new(
-                AgentId::new(format!("verify-{}", epic.id)),
-                self.repo_root.clone(),
-            );
-            let mut session = self
-                .backend
-                .start(request, Arc::new(Quiet))
-                .await
-                .map_err(|e| {
-                    ReviewError::Unavailable(format!("the verifier could not start: {e}"))
-                })?;
-            let outcome = session.turn(&prompt).await;
-            let _ = session.close().await;
-            match outcome {
-                Ok(outcome) => match parse_epic_answer(&outcome.final_text) {
-                    Ok(verdict) => return Ok(verdict),
-                    Err(error) => last = error,
-                },
-                Err(error) => last = ReviewError::Failed(error.to_string()),
-            }
-        }
-        Err(last)
+        ask_twice(|| self.verify_once(&epic.id, &prompt)).await
     }
+
+    async fn verify_once(
+        &self,
+        epic: &mala_core::IssueId,
+        prompt: &str,
+    ) -> Result<EpicVerdict, ReviewError> {
+        let request = SessionRequest::new(
+            AgentId::new(format!("verify-{epic}")),
+            self.repo_root.clone(),
+        );
+        let mut session = self
+            .backend
+            .start(request, Arc::new(Quiet))
+            .await
+            .map_err(|e| ReviewError::Unavailable(format!("the verifier could not start: {e}")))?;
+        let outcome = session.turn(prompt).await;
+        let _ = session.close().await;
+        parse_epic_answer(&outcome.map_err(|e| turn_failure(&e))?.final_text)
+    }
+}
+
+/// A reviewer's turn that did not end with an answer: a stop is not a verdict.
+fn turn_failure(error: &mala_core::AgentError) -> ReviewError {
+    if error.kind == mala_core::AgentErrorKind::Cancelled {
+        ReviewError::Cancelled
+    } else {
+        ReviewError::Failed(error.to_string())
+    }
+}
+
+/// The one ask-again policy of every review: an unusable answer or a
+/// reviewer that failed is asked once more (the reviewer, not the author,
+/// gets the second chance); an unavailable reviewer or a stop is not.
+pub async fn ask_twice<T, F, Fut>(mut ask: F) -> Result<T, ReviewError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ReviewError>>,
+{
+    match ask().await {
+        Err(error) if error.is_retryable() => ask().await,
+        answer => answer,
+    }
+}
+
+/// Asks `reviewer` for a review under [`ask_twice`].
+pub async fn ask_reviewer(
+    reviewer: &dyn Reviewer,
+    request: &ReviewRequest,
+) -> Result<ReviewVerdict, ReviewError> {
+    ask_twice(|| reviewer.review(request.clone())).await
 }

@@ -15,9 +15,10 @@ use mala_core::{
 };
 use mala_domain::{
     AttemptState, GateInput, GateVerdict, Marker, NEEDS_FOLLOWUP, PromptKind, RequiredCommand,
-    check_gate, is_issue_commit, no_progress, render_prompt,
+    check_gate, findings_list, is_issue_commit, no_progress, render_prompt,
 };
 
+use crate::reviewers::ask_reviewer;
 use crate::tracking::track_advisory_findings;
 use crate::worker::{CatchUnwind, StopSignal, panic_message};
 
@@ -871,7 +872,7 @@ impl IssueRun {
             Ok(request) => request,
             Err(reason) => return Step::Finish(IssueResult::Failed { reason }),
         };
-        let verdict = match ask_reviewer(reviewer.as_ref(), request).await {
+        let verdict = match ask_reviewer(reviewer.as_ref(), &request).await {
             Ok(verdict) => verdict,
             Err(ReviewError::Cancelled) => {
                 return Step::Finish(IssueResult::Skipped {
@@ -910,7 +911,7 @@ impl IssueRun {
         if blocking.is_empty() {
             return Step::Finish(self.closed());
         }
-        let listed = describe_findings(&blocking);
+        let listed = findings_list(&blocking);
         if self.review_attempt >= self.config.max_review_attempts {
             return Step::Finish(IssueResult::Failed {
                 reason: format!(
@@ -938,7 +939,7 @@ impl IssueRun {
                 ("issue_id", self.issue.id.to_string()),
                 ("attempt", self.review_attempt.to_string()),
                 ("max_attempts", self.config.max_review_attempts.to_string()),
-                ("findings", describe_findings(findings)),
+                ("findings", findings_list(findings)),
                 ("commit_prefix", self.commit_prefix()),
             ],
         )
@@ -1044,20 +1045,6 @@ impl IssueRun {
     }
 }
 
-/// Asks for a review, twice if the first answer was unusable: the reviewer,
-/// not the author, gets the second chance.
-async fn ask_reviewer(
-    reviewer: &dyn Reviewer,
-    request: ReviewRequest,
-) -> Result<mala_core::ReviewVerdict, ReviewError> {
-    match reviewer.review(request.clone()).await {
-        Err(ReviewError::InvalidAnswer(_) | ReviewError::Failed(_)) => {
-            reviewer.review(request).await
-        }
-        answer => answer,
-    }
-}
-
 fn marker_text(marker: &Marker) -> String {
     match marker {
         Marker::NoChange(why) => format!("no change needed: {why}"),
@@ -1065,27 +1052,4 @@ fn marker_text(marker: &Marker) -> String {
         Marker::AlreadyComplete(why) => format!("already complete: {why}"),
         Marker::DocsOnly(why) => format!("documentation only: {why}"),
     }
-}
-
-/// Findings for the follow-up prompt, grouped by file.
-fn describe_findings(findings: &[Finding]) -> String {
-    let mut sorted: Vec<&Finding> = findings.iter().collect();
-    sorted.sort_by(|a, b| a.file.cmp(&b.file).then(a.line_start.cmp(&b.line_start)));
-    sorted
-        .iter()
-        .map(|f| {
-            let place = match (&f.file, f.line_start) {
-                (Some(file), Some(line)) => format!("{file}:{line}"),
-                (Some(file), None) => file.clone(),
-                _ => "(general)".to_owned(),
-            };
-            format!(
-                "- [P{}] {place}: {}\n  {}",
-                f.priority,
-                f.title,
-                f.body.replace('\n', "\n  ")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }

@@ -2,6 +2,7 @@
 //! per source issue; later findings are appended to it, never duplicated.
 
 use mala_core::{Finding, Issue, IssueTracker, IssueUpdate, NewIssue, Priority, TrackerError};
+use mala_domain::finding_place;
 
 /// The marker a finding leaves in the tracking issue, to recognise it later.
 fn fingerprint(finding: &Finding) -> String {
@@ -19,17 +20,12 @@ fn fingerprint(finding: &Finding) -> String {
 }
 
 fn section(finding: &Finding) -> String {
-    let place = match (&finding.file, finding.line_start, finding.line_end) {
-        (Some(file), Some(start), Some(end)) if end != start => format!("{file}:{start}-{end}"),
-        (Some(file), Some(start), _) => format!("{file}:{start}"),
-        (Some(file), None, _) => file.clone(),
-        (None, ..) => "(general)".to_owned(),
-    };
     format!(
-        "{}\n### [P{}] {}\n{place}\n\n{}\n",
+        "{}\n### [P{}] {}\n{}\n\n{}\n",
         fingerprint(finding),
         finding.priority,
         finding.title,
+        finding_place(finding),
         finding.body
     )
 }

@@ -285,7 +285,7 @@ pub(crate) fn epic_verify(args: &EpicVerifyArgs) -> Result<(), Failure> {
             mala_orchestration::EpicCheck::Failed { findings, filed } => {
                 let mut text = format!("✗ {epic}  does not meet its acceptance criteria:\n");
                 for finding in &findings {
-                    let _ = writeln!(text, "  [P{}] {}: {}", finding.priority, finding.title, finding.body.lines().next().unwrap_or_default());
+                    let _ = writeln!(text, "  {}\n      {}", mala_domain::finding_line(finding), finding.body.lines().next().unwrap_or_default());
                 }
                 if !filed.is_empty() {
                     let ids: Vec<&str> = filed.iter().map(mala_core::IssueId::as_str).collect();
