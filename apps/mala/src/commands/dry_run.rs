@@ -90,6 +90,10 @@ pub(crate) fn run(args: &RunArgs, settings: &Settings) -> Result<(), Failure> {
             &args.repo_path,
         ));
     }
+    // The process ends now: freeing a 10,000-issue graph and its queue one
+    // allocation at a time would cost more than printing them did.
+    std::mem::forget(plan);
+    std::mem::forget(graph);
     Ok(())
 }
 

@@ -3,7 +3,6 @@
 //!
 //! The rules are documented in docs/queue.md; keep the two together.
 
-use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
@@ -129,20 +128,13 @@ pub fn plan_queue(graph: &IssueGraph, request: &QueueRequest<'_>) -> Result<Queu
         .iter()
         .map(|issue| (&issue.id, issue.created_at))
         .collect();
-    let by_issue = |a: &QueueEntry, b: &QueueEntry| {
-        a.priority
-            .cmp(&b.priority)
-            .then_with(|| created.get(&a.id).cmp(&created.get(&b.id)))
-            .then_with(|| a.id.cmp(&b.id))
-    };
-
     match request.order {
         Order::Input => {
             // Entries already follow the ids' order (scope_members keeps it).
         }
-        Order::IssuePriority => entries.sort_by(by_issue),
+        Order::IssuePriority => sort_by_issue(&mut entries, &created),
         Order::EpicPriority | Order::Focus => {
-            entries = group_by_epic(graph, entries, &created, &by_issue);
+            entries = group_by_epic(graph, entries, &created);
             if request.order == Order::Focus
                 && let Some(first) = entries.first().map(|e| e.epic.clone())
             {
@@ -170,6 +162,12 @@ pub fn plan_queue(graph: &IssueGraph, request: &QueueRequest<'_>) -> Result<Queu
     Ok(QueuePlan { entries, excluded })
 }
 
+/// Issues by priority, then age, then id. Each entry's key is looked up
+/// once, not once per comparison.
+fn sort_by_issue(entries: &mut [QueueEntry], created: &HashMap<&IssueId, DateTime<Utc>>) {
+    entries.sort_by_cached_key(|e| (e.priority, created.get(&e.id).copied(), e.id.clone()));
+}
+
 /// Groups entries by epic: groups by the epic's priority (orphans by their best
 /// issue priority), then by the group's oldest issue, then by epic id; orphans
 /// after epics on a tie. Inside a group, issues by priority, age and id.
@@ -177,14 +175,17 @@ fn group_by_epic(
     graph: &IssueGraph,
     mut entries: Vec<QueueEntry>,
     created: &HashMap<&IssueId, DateTime<Utc>>,
-    by_issue: &dyn Fn(&QueueEntry, &QueueEntry) -> Ordering,
 ) -> Vec<QueueEntry> {
-    entries.sort_by(by_issue);
+    sort_by_issue(&mut entries, created);
     let mut groups: Vec<(Option<IssueId>, Vec<QueueEntry>)> = Vec::new();
+    let mut group_of: HashMap<Option<IssueId>, usize> = HashMap::new();
     for entry in entries {
-        match groups.iter_mut().find(|(epic, _)| *epic == entry.epic) {
-            Some((_, members)) => members.push(entry),
-            None => groups.push((entry.epic.clone(), vec![entry])),
+        match group_of.get(&entry.epic) {
+            Some(&at) => groups[at].1.push(entry),
+            None => {
+                group_of.insert(entry.epic.clone(), groups.len());
+                groups.push((entry.epic.clone(), vec![entry]));
+            }
         }
     }
     let key = |(epic, members): &(Option<IssueId>, Vec<QueueEntry>)| {
