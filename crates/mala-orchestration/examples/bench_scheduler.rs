@@ -62,6 +62,12 @@ fn main() {
             .tracker(Arc::new(tracker))
             .backend(Arc::new(backend))
             .repository(Arc::new(repository))
+            // The run's record and marks on disk, as `mala run` keeps them.
+            .run_store(Arc::new(mala_infra::FileRunStore::new(
+                &dir.path().join("runs"),
+                &dir.path().join("locks"),
+                dir.path(),
+            )))
             .build()
             .unwrap();
         let (_stage, stages) = tokio::sync::watch::channel(Stage::Running);

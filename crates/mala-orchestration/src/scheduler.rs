@@ -394,19 +394,26 @@ impl<'o> Scheduler<'o> {
         let takeover =
             takeover_candidates(graph.issues(), plan.resume.take_up, |run| ctx.is_alive(run));
         // Running issues are never planned twice, whatever the tracker says.
-        let skip: HashSet<IssueId> = self
-            .attempted
-            .iter()
-            .chain(self.active.keys())
-            .cloned()
-            .collect();
+        // They are all attempted but for a deadlock victim still finalizing.
+        let with_active: HashSet<IssueId>;
+        let skip = if self.active.keys().all(|id| self.attempted.contains(id)) {
+            &self.attempted
+        } else {
+            with_active = self
+                .attempted
+                .iter()
+                .chain(self.active.keys())
+                .cloned()
+                .collect();
+            &with_active
+        };
         let queue = plan_queue(
             &graph,
             &QueueRequest {
                 scope: &plan.scope,
                 order: plan.order,
                 issue_types: &orchestrator.settings.issue_types,
-                skip: &skip,
+                skip,
                 takeover: &takeover,
                 limit: None,
                 now: orchestrator.clock.now(),
