@@ -145,7 +145,7 @@ mod tests {
     #[test]
     fn tracker_failures_pass_on_the_message_and_hint_and_exit_1() {
         let failure = Failure::from(TrackerError::Rejected {
-            code: "DATABASE_LOCKED".into(),
+            code: Some(mala_core::BrCode::DatabaseLocked),
             message: "Timed out after 30000ms waiting for write lock".into(),
             hint: Some("Retry after the active writer finishes".into()),
             retryable: false,

@@ -176,7 +176,7 @@ impl IssueTracker for MemoryTracker {
         }
         if issue.status.is_terminal() {
             return Err(TrackerError::Rejected {
-                code: "VALIDATION_FAILED".into(),
+                code: Some(mala_core::BrCode::ValidationFailed),
                 message: format!("cannot claim {id}: it is {}", issue.status),
                 hint: None,
                 retryable: false,

@@ -13,11 +13,11 @@ async fn git(repo: &Path, args: &[&str]) -> Result<std::process::Output, Tracker
         .env("GIT_TERMINAL_PROMPT", "0")
         .output()
         .await
-        .map_err(|e| TrackerError::Io(format!("git {}: {e}", args.join(" "))))
+        .map_err(|e| TrackerError::io(format!("git {}", args.join(" ")), e))
 }
 
 fn failed(args: &[&str], output: &std::process::Output) -> TrackerError {
-    TrackerError::Io(format!(
+    TrackerError::Unavailable(format!(
         "git {} failed: {}",
         args.join(" "),
         String::from_utf8_lossy(&output.stderr).trim()

@@ -105,7 +105,7 @@ pub(crate) fn parse_issue_line(
 pub fn parse_issues_jsonl(reader: impl BufRead, name: &str) -> Result<Vec<Issue>, TrackerError> {
     let mut issues = Vec::new();
     for (index, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| TrackerError::Io(format!("{name}: {e}")))?;
+        let line = line.map_err(|e| TrackerError::io(name, e))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -116,8 +116,8 @@ pub fn parse_issues_jsonl(reader: impl BufRead, name: &str) -> Result<Vec<Issue>
 
 /// Reads issues.jsonl from disk.
 pub fn read_issues_jsonl(path: &Path) -> Result<Vec<Issue>, TrackerError> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| TrackerError::Io(format!("{}: {e}", path.display())))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| TrackerError::io(path.display().to_string(), e))?;
     parse_issues_jsonl(std::io::BufReader::new(file), &path.display().to_string())
 }
 
