@@ -156,6 +156,8 @@ impl PartialEq for SharedIoError {
     }
 }
 
+impl Eq for SharedIoError {}
+
 /// Why an agent session or turn failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentErrorKind {
@@ -224,7 +226,7 @@ impl ReviewError {
 
 /// A repository operation failed. Not retryable as such: git already waits
 /// out another process's `index.lock` before it reports `IndexLocked`.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RepoError {
     /// git itself could not be started (not installed, no permission).
     #[error("could not run git: {0}")]

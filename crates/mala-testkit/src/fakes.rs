@@ -15,7 +15,7 @@ use chrono::Utc;
 use mala_core::{
     AgentBackend, AgentError, AgentErrorKind, AgentObserver, AgentSession, CheckCommand,
     CheckFailure, ClaimOutcome, CommitInfo, Dependency, DependencyKind, EpicStatus, Issue, IssueId,
-    IssueStatus, IssueTracker, IssueType, IssueUpdate, NewIssue, Repository, SessionId,
+    IssueStatus, IssueTracker, IssueType, IssueUpdate, NewIssue, RepoError, Repository, SessionId,
     SessionRequest, TokenUsage, TrackerError, TurnOutcome, TurnStatus,
 };
 use mala_domain::{Blocker, IssueGraph};
@@ -402,19 +402,19 @@ impl MemoryRepository {
 
 #[async_trait]
 impl Repository for MemoryRepository {
-    async fn head(&self) -> Result<Option<String>, String> {
+    async fn head(&self) -> Result<Option<String>, RepoError> {
         Ok(guard(&self.commits).first().map(|c| c.id.clone()))
     }
 
-    async fn issue_commits(&self) -> Result<Vec<CommitInfo>, String> {
+    async fn issue_commits(&self) -> Result<Vec<CommitInfo>, RepoError> {
         Ok(self.commits())
     }
 
-    async fn is_clean(&self) -> Result<bool, String> {
+    async fn is_clean(&self) -> Result<bool, RepoError> {
         Ok(true)
     }
 
-    async fn unstage(&self, _: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    async fn unstage(&self, _: &[PathBuf]) -> Result<Vec<PathBuf>, RepoError> {
         Ok(Vec::new())
     }
 
@@ -422,7 +422,7 @@ impl Repository for MemoryRepository {
         &self,
         _: &str,
         _: &[CheckCommand],
-    ) -> Result<Option<CheckFailure>, String> {
+    ) -> Result<Option<CheckFailure>, RepoError> {
         Ok(None)
     }
 }
