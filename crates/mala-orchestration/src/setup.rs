@@ -45,8 +45,10 @@ impl RunContext {
         let (settings, plan) = (&orchestrator.settings, &orchestrator.plan);
         let repo_root = orchestrator.repo_root.clone();
         let state_dir = state_dir(settings, &repo_root, &plan.run_id);
-        std::fs::create_dir_all(&state_dir)
-            .map_err(|e| RunError::Setup(format!("{}: {e}", state_dir.display())))?;
+        std::fs::create_dir_all(&state_dir).map_err(|source| RunError::StateDir {
+            path: state_dir.clone(),
+            source,
+        })?;
         let now = orchestrator.clock.now();
         let recorder = Arc::new(RunRecorder::start(
             &settings.paths.runs_dir,
@@ -130,12 +132,13 @@ fn mark_the_run(
         pid: std::process::id(),
         max_agents: u32::try_from(plan.max_agents).ok(),
     };
-    marker.write(lock_dir).map(|_| ()).map_err(|e| {
-        RunError::Setup(format!(
-            "cannot write the run marker in {}: {e}",
-            lock_dir.display()
-        ))
-    })
+    marker
+        .write(lock_dir)
+        .map(|_| ())
+        .map_err(|source| RunError::RunMarker {
+            lock_dir: lock_dir.to_path_buf(),
+            source,
+        })
 }
 
 fn runner_ports(

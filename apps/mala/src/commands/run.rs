@@ -184,12 +184,10 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
 fn run_failure(error: mala_orchestration::RunError) -> Failure {
     match error {
         mala_orchestration::RunError::Tracker(error) => Failure::Tracker(error),
-        mala_orchestration::RunError::Agent(error) => Failure::Other {
-            message: error.message,
-            hint: None,
-        },
-        mala_orchestration::RunError::Setup(message) => Failure::Other {
-            message,
+        mala_orchestration::RunError::Agent(error) => Failure::from(error),
+        // Each of the others says what to do in its message already.
+        other => Failure::Other {
+            message: other.to_string(),
             hint: None,
         },
     }
@@ -265,7 +263,10 @@ pub(crate) fn epic_verify(args: &EpicVerifyArgs) -> Result<(), Failure> {
         let verifier = mala_infra::EpicVerifier::new(Arc::new(backend), &repo);
         let check = mala_orchestration::verify_epic(port.as_ref(), &verifier, &epic, !args.no_close, args.force)
             .await
-            .map_err(|message| Failure::Other { message, hint: None })?;
+            .map_err(|error| match error {
+                mala_orchestration::EpicError::Tracker(error) => Failure::Tracker(error),
+                other => Failure::Other { message: other.to_string(), hint: None },
+            })?;
         match check {
             mala_orchestration::EpicCheck::Passed { closed, advisories } => {
                 output::stdout(&format!(
