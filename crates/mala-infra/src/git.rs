@@ -310,7 +310,8 @@ pub async fn commit_as_agent(
             "agent {agent} works on no issue, so it has no commits to make"
         )));
     };
-    check_commit_message(message, &issue).map_err(CommitRefusal::BadMessage)?;
+    check_commit_message(message, &issue)
+        .map_err(|refusal| CommitRefusal::BadMessage(refusal.0))?;
     let held = locks.held_by(agent);
     let mut absolute = Vec::with_capacity(paths.len());
     for path in paths {
