@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use mala_core::TrackerError;
+use mala_core::{AgentError, AgentErrorKind, TrackerError};
 use mala_domain::ConfigError;
 
 /// Exit codes mala promises (docs/cli.md).
@@ -81,6 +81,34 @@ impl From<TrackerError> for Failure {
     }
 }
 
+/// How to get past an agent backend that cannot start, when mala knows.
+const LOGIN_HINT: &str = "log in with `claude` or set ANTHROPIC_API_KEY";
+
+impl From<AgentError> for Failure {
+    fn from(error: AgentError) -> Self {
+        match error.kind {
+            AgentErrorKind::Authentication => Self::Other {
+                message: error.message,
+                hint: Some(LOGIN_HINT.to_owned()),
+            },
+            // A missing or too old `claude`: the backend ends its message
+            // with the install hint, which belongs on the hint line here.
+            AgentErrorKind::CouldNotStart => Self::Other {
+                message: error
+                    .message
+                    .strip_suffix(mala_infra::CLAUDE_INSTALL_HINT)
+                    .map_or(error.message.as_str(), |m| m.trim_end_matches([' ', '.']))
+                    .to_owned(),
+                hint: Some(mala_infra::CLAUDE_INSTALL_HINT.to_owned()),
+            },
+            _ => Self::Other {
+                message: error.message,
+                hint: None,
+            },
+        }
+    }
+}
+
 impl From<ConfigError> for Failure {
     fn from(error: ConfigError) -> Self {
         Self::Config(error)
@@ -143,9 +171,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn refused_credentials_say_how_to_log_in() {
+        let failure = Failure::from(AgentError::new(
+            AgentErrorKind::Authentication,
+            "claude exited: Invalid API key",
+        ));
+        assert_eq!(
+            failure.to_string(),
+            format!("claude exited: Invalid API key\n  hint: {LOGIN_HINT}")
+        );
+        assert_eq!(failure.exit_code(), ExitCode::from(exit::FAILURE));
+    }
+
+    #[test]
+    fn a_claude_that_cannot_start_says_how_to_install_it_once() {
+        let install = mala_infra::CLAUDE_INSTALL_HINT;
+        let failure = Failure::from(AgentError::new(
+            AgentErrorKind::CouldNotStart,
+            format!("cannot run /opt/claude: No such file or directory (os error 2). {install}"),
+        ));
+        assert_eq!(
+            failure.to_string(),
+            format!(
+                "cannot run /opt/claude: No such file or directory (os error 2)\n  hint: {install}"
+            )
+        );
+        let bare = Failure::from(AgentError::new(AgentErrorKind::CouldNotStart, "refused"));
+        assert_eq!(bare.to_string(), format!("refused\n  hint: {install}"));
+    }
+
+    #[test]
+    fn other_agent_failures_have_no_hint() {
+        let failure = Failure::from(AgentError::new(AgentErrorKind::Protocol, "garbled"));
+        assert_eq!(failure.to_string(), "garbled");
+    }
+
+    #[test]
     fn tracker_failures_pass_on_the_message_and_hint_and_exit_1() {
         let failure = Failure::from(TrackerError::Rejected {
-            code: "DATABASE_LOCKED".into(),
+            code: Some(mala_core::BrCode::DatabaseLocked),
             message: "Timed out after 30000ms waiting for write lock".into(),
             hint: Some("Retry after the active writer finishes".into()),
             retryable: false,

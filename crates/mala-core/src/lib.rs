@@ -17,7 +17,10 @@ mod run_record;
 pub use agent::{
     AgentEvent, AgentId, SessionId, SessionRequest, TokenUsage, TurnOutcome, TurnStatus,
 };
-pub use error::{AgentError, AgentErrorKind, ReviewError, TrackerError};
+pub use error::{
+    AgentError, AgentErrorKind, BrCode, Refusal, RepoError, ReviewError, SharedIoError,
+    TrackerError,
+};
 pub use event::{Event, RunOutcome};
 pub use evidence::{CheckCommand, CheckFailure, CommandRun, CommitInfo, Evidence, FileEdit};
 pub use issue::{

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     AcquireReport, AgentError, AgentEvent, AgentId, CheckCommand, CheckFailure, ClaimOutcome,
     CommitInfo, DependencyKind, EpicStatus, Event, Issue, IssueId, IssueUpdate, LockError,
-    NewIssue, ReviewError, SessionId, SessionRequest, TrackerError, TurnOutcome, WaitReport,
+    NewIssue, Refusal, RepoError, ReviewError, SessionId, SessionRequest, TrackerError,
+    TurnOutcome, WaitReport,
 };
 
 /// The issue tracker (br, or the embedded JSONL store).
@@ -100,13 +101,13 @@ pub trait AgentObserver: Send + Sync {
 #[async_trait]
 pub trait Repository: Send + Sync {
     /// The current HEAD commit, if the repository has one.
-    async fn head(&self) -> Result<Option<String>, String>;
+    async fn head(&self) -> Result<Option<String>, RepoError>;
     /// Recent commits whose subject starts with `bd-`, newest first.
-    async fn issue_commits(&self) -> Result<Vec<CommitInfo>, String>;
+    async fn issue_commits(&self) -> Result<Vec<CommitInfo>, RepoError>;
     /// Whether the working tree and the index match HEAD.
-    async fn is_clean(&self) -> Result<bool, String>;
+    async fn is_clean(&self) -> Result<bool, RepoError>;
     /// Unstages those of `paths` that are staged; returns the ones it unstaged.
-    async fn unstage(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, String>;
+    async fn unstage(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, RepoError>;
     /// Runs `commands` in order in a clean checkout of `commit`, apart from
     /// the shared working tree, and stops at the first failure. `Err` means
     /// the checkout itself could not be made.
@@ -114,18 +115,18 @@ pub trait Repository: Send + Sync {
         &self,
         commit: &str,
         commands: &[CheckCommand],
-    ) -> Result<Option<CheckFailure>, String>;
+    ) -> Result<Option<CheckFailure>, RepoError>;
     /// Commits the tracker's files (`.beads/`) alone, whatever else is
     /// staged, so the issues' new states travel with the code. Returns the
     /// new commit, or `None` when they did not change (or there are none).
-    async fn commit_tracker_files(&self, message: &str) -> Result<Option<String>, String>;
+    async fn commit_tracker_files(&self, message: &str) -> Result<Option<String>, RepoError>;
 }
 
 /// Decides every tool call an agent makes (the coordination rules).
 #[cfg_attr(feature = "mocks", mockall::automock)]
 pub trait ToolGuard: Send + Sync {
-    /// `Err(reason)` refuses the call; the agent sees the reason.
-    fn check(&self, agent: &AgentId, tool: &str, input: &serde_json::Value) -> Result<(), String>;
+    /// `Err(refusal)` refuses the call; the agent sees the refusal's text.
+    fn check(&self, agent: &AgentId, tool: &str, input: &serde_json::Value) -> Result<(), Refusal>;
 }
 
 /// Starts agent sessions (Claude Code, later Codex).

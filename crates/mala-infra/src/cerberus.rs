@@ -67,20 +67,29 @@ impl CerberusConfig {
     }
 }
 
+/// Why the cerberus installation cannot serve a run; each says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CerberusSetupError {
+    #[error(
+        "cerberus is not installed at {}; install it, or set per_issue_review.reviewer_type: agent_sdk",
+        .0.display()
+    )]
+    NotInstalled(PathBuf),
+    #[error(
+        "CERBERUS_ROOT ({}) has no prompts/reviewers/; set CERBERUS_ROOT to the cerberus installation",
+        .0.display()
+    )]
+    NoPrompts(PathBuf),
+}
+
 /// Checks the installation before a run depends on it.
-pub fn check_cerberus(config: &CerberusConfig) -> Result<(), String> {
+pub fn check_cerberus(config: &CerberusConfig) -> Result<(), CerberusSetupError> {
     if !config.binary.is_file() {
-        return Err(format!(
-            "cerberus is not installed at {}; install it, or set per_issue_review.reviewer_type: agent_sdk",
-            config.binary.display()
-        ));
+        return Err(CerberusSetupError::NotInstalled(config.binary.clone()));
     }
     let prompts = config.root.join("prompts").join("reviewers");
     if !prompts.is_dir() {
-        return Err(format!(
-            "CERBERUS_ROOT ({}) has no prompts/reviewers/; set CERBERUS_ROOT to the cerberus installation",
-            config.root.display()
-        ));
+        return Err(CerberusSetupError::NoPrompts(config.root.clone()));
     }
     Ok(())
 }

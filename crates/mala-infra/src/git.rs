@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use mala_core::{AgentId, LockTable};
+use mala_core::{AgentId, LockTable, RepoError};
 use mala_domain::{check_commit_message, parse_agent_name};
 use tokio::process::Command;
 use tokio::sync::Mutex;
@@ -39,6 +39,8 @@ pub enum CommitRefusal {
     HookFailed(String),
     #[error("not committed: git failed: {0}")]
     Git(String),
+    #[error("not committed: {0}")]
+    Repository(#[from] RepoError),
 }
 
 /// One repository and its commit queue.
@@ -69,7 +71,7 @@ impl GitRepo {
     }
 
     /// Runs git in the repository, waiting out another process's `index.lock`.
-    pub async fn git(&self, args: &[&str]) -> Result<Output, String> {
+    pub async fn git(&self, args: &[&str]) -> Result<Output, RepoError> {
         let mut backoff = FIRST_BACKOFF;
         for _ in 0..LOCK_RETRIES {
             let output = Command::new("git")
@@ -78,17 +80,16 @@ impl GitRepo {
                 .env("GIT_TERMINAL_PROMPT", "0")
                 .output()
                 .await
-                .map_err(|e| format!("could not run git: {e}"))?;
+                .map_err(|e| RepoError::CouldNotRun(e.into()))?;
             if output.status.success() || !holds_index_lock(&output) {
                 return Ok(output);
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        Err(format!(
-            "git {} kept finding .git/index.lock held by another process",
-            args.join(" ")
-        ))
+        Err(RepoError::IndexLocked {
+            command: args.join(" "),
+        })
     }
 
     /// `path` relative to the repository root, if it is inside it.
@@ -122,36 +123,33 @@ impl GitRepo {
 
         let mut status_args = vec!["status", "--porcelain", "--untracked-files=all", "--"];
         status_args.extend(relative.iter().map(String::as_str));
-        let status = self.git(&status_args).await.map_err(CommitRefusal::Git)?;
+        let status = self.git(&status_args).await?;
         if text(&status.stdout).is_empty() {
             return Err(CommitRefusal::NothingToCommit(relative.join(", ")));
         }
 
         let mut add_args = vec!["add", "-A", "--"];
         add_args.extend(relative.iter().map(String::as_str));
-        let added = self.git(&add_args).await.map_err(CommitRefusal::Git)?;
+        let added = self.git(&add_args).await?;
         if !added.status.success() {
             return Err(CommitRefusal::Git(text(&added.stderr)));
         }
 
         let mut commit_args = vec!["commit", "--quiet", "--only", "-m", message, "--"];
         commit_args.extend(relative.iter().map(String::as_str));
-        let committed = self.git(&commit_args).await.map_err(CommitRefusal::Git)?;
+        let committed = self.git(&commit_args).await?;
         if !committed.status.success() {
             // Leave the index as it was for everyone else.
             let _ = self.unstage(paths).await;
             let output = format!("{}\n{}", text(&committed.stdout), text(&committed.stderr));
             return Err(CommitRefusal::HookFailed(output.trim().to_owned()));
         }
-        let head = self
-            .git(&["rev-parse", "HEAD"])
-            .await
-            .map_err(CommitRefusal::Git)?;
+        let head = self.git(&["rev-parse", "HEAD"]).await?;
         Ok(text(&head.stdout))
     }
 
     /// Paths currently staged (absolute).
-    pub async fn staged(&self) -> Result<Vec<PathBuf>, String> {
+    pub async fn staged(&self) -> Result<Vec<PathBuf>, RepoError> {
         let output = self.git(&["diff", "--cached", "--name-only", "-z"]).await?;
         Ok(output
             .stdout
@@ -163,7 +161,7 @@ impl GitRepo {
 
     /// Unstages those of `paths` that are staged, and nothing else: what an
     /// agent staged and left behind must not block the next agent.
-    pub async fn unstage(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    pub async fn unstage(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, RepoError> {
         let staged = self.staged().await?;
         let mine: Vec<String> = paths
             .iter()
@@ -190,7 +188,10 @@ impl GitRepo {
         args.extend(mine.iter().map(String::as_str));
         let output = self.git(&args).await?;
         if !output.status.success() {
-            return Err(text(&output.stderr));
+            return Err(RepoError::Git {
+                command: args.join(" "),
+                stderr: text(&output.stderr),
+            });
         }
         Ok(mine.iter().map(|rel| self.root.join(rel)).collect())
     }
@@ -200,18 +201,18 @@ impl GitRepo {
     /// Stages `.beads/` (br's own `.gitignore` keeps the database out) and
     /// commits only those paths, whatever else is staged, in the commit
     /// queue. Repository hooks run, as they would for a person committing.
-    async fn commit_beads(&self, message: &str) -> Result<Option<String>, String> {
+    async fn commit_beads(&self, message: &str) -> Result<Option<String>, RepoError> {
         let _turn = self.queue.lock().await;
+        let refused = |args: &[&str], output: &Output| RepoError::Git {
+            command: args.join(" "),
+            stderr: text(&output.stderr),
+        };
         let run = |args: &'static [&'static str]| async move {
             let output = self.git(args).await?;
             if output.status.success() {
                 Ok(output)
             } else {
-                Err(format!(
-                    "git {} failed: {}",
-                    args.join(" "),
-                    text(&output.stderr)
-                ))
+                Err(refused(args, &output))
             }
         };
         run(&["add", "--", ".beads"]).await?;
@@ -224,7 +225,7 @@ impl GitRepo {
         let commit = ["commit", "--quiet", "-m", message, "--", ".beads"];
         let output = self.git(&commit).await?;
         if !output.status.success() {
-            return Err(format!("git commit failed: {}", text(&output.stderr)));
+            return Err(refused(&commit, &output));
         }
         let head = run(&["rev-parse", "HEAD"]).await?;
         Ok(Some(text(&head.stdout)))
@@ -233,16 +234,16 @@ impl GitRepo {
 
 #[async_trait::async_trait]
 impl mala_core::Repository for GitRepo {
-    async fn commit_tracker_files(&self, message: &str) -> Result<Option<String>, String> {
+    async fn commit_tracker_files(&self, message: &str) -> Result<Option<String>, RepoError> {
         self.commit_beads(message).await
     }
 
-    async fn head(&self) -> Result<Option<String>, String> {
+    async fn head(&self) -> Result<Option<String>, RepoError> {
         let output = self.git(&["rev-parse", "--verify", "-q", "HEAD"]).await?;
         Ok(output.status.success().then(|| text(&output.stdout)))
     }
 
-    async fn issue_commits(&self) -> Result<Vec<mala_core::CommitInfo>, String> {
+    async fn issue_commits(&self) -> Result<Vec<mala_core::CommitInfo>, RepoError> {
         let output = self
             .git(&[
                 "log",
@@ -289,14 +290,14 @@ impl mala_core::Repository for GitRepo {
         Ok(commits)
     }
 
-    async fn is_clean(&self) -> Result<bool, String> {
+    async fn is_clean(&self) -> Result<bool, RepoError> {
         let output = self
             .git(&["status", "--porcelain", "--untracked-files=normal"])
             .await?;
         Ok(output.status.success() && text(&output.stdout).is_empty())
     }
 
-    async fn unstage(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    async fn unstage(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, RepoError> {
         GitRepo::unstage(self, paths).await
     }
 
@@ -304,7 +305,7 @@ impl mala_core::Repository for GitRepo {
         &self,
         commit: &str,
         commands: &[mala_core::CheckCommand],
-    ) -> Result<Option<mala_core::CheckFailure>, String> {
+    ) -> Result<Option<mala_core::CheckFailure>, RepoError> {
         // A detached worktree of its own: the commit as committed, without
         // anyone's uncommitted edits, and without touching the shared index.
         let tree =
@@ -314,10 +315,10 @@ impl mala_core::Repository for GitRepo {
             .git(&["worktree", "add", "--detach", "--quiet", &tree_arg, commit])
             .await?;
         if !added.status.success() {
-            return Err(format!(
-                "could not check out {commit} in a worktree: {}",
-                text(&added.stderr)
-            ));
+            return Err(RepoError::Checkout {
+                commit: commit.to_owned(),
+                stderr: text(&added.stderr),
+            });
         }
         let result = crate::run_commands(&tree, commands).await;
         let removed = self
@@ -348,7 +349,8 @@ pub async fn commit_as_agent(
             "agent {agent} works on no issue, so it has no commits to make"
         )));
     };
-    check_commit_message(message, &issue).map_err(CommitRefusal::BadMessage)?;
+    check_commit_message(message, &issue)
+        .map_err(|refusal| CommitRefusal::BadMessage(refusal.0))?;
     let held = locks.held_by(agent);
     let mut absolute = Vec::with_capacity(paths.len());
     for path in paths {
@@ -559,7 +561,11 @@ mod tests {
             "the shared working tree is untouched"
         );
         let missing = repo.check_commit("0123456789abcdef", &check).await;
-        assert!(missing.is_err_and(|e| e.contains("worktree")));
+        assert!(
+            matches!(&missing, Err(RepoError::Checkout { commit, .. }) if commit == "0123456789abcdef"),
+            "{missing:?}"
+        );
+        assert!(missing.is_err_and(|e| e.to_string().contains("worktree")));
     }
 
     #[tokio::test]

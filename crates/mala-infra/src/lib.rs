@@ -21,7 +21,7 @@ pub use beads::{
     BR_INSTALL_HINT, BrCli, BrTracker, JsonlTracker, NEEDS_FOLLOWUP, Tracker, WriteRetry,
     normalize_label, parse_issues_jsonl, read_issues_jsonl,
 };
-pub use cerberus::{CerberusConfig, CerberusReviewer, check_cerberus};
+pub use cerberus::{CerberusConfig, CerberusReviewer, CerberusSetupError, check_cerberus};
 pub use claude::{
     ClaudeBackend, ClaudeConfig, ClaudeSession, INSTALL_HINT as CLAUDE_INSTALL_HINT, Interrupter,
     LockingGuard, check_claude,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use mala_core::{IssueId, ReviewError, ReviewRequest, ReviewSubject, Reviewer, SessionId};
-use mala_infra::{CerberusConfig, CerberusReviewer, check_cerberus};
+use mala_infra::{CerberusConfig, CerberusReviewer, CerberusSetupError, check_cerberus};
 use mala_testkit::FakeCerberus;
 
 struct Fake {
@@ -216,9 +216,17 @@ fn the_installation_is_checked_before_a_run_depends_on_it() {
     let mut missing = fake.config("ok", "pass");
     missing.binary = fake.dir.path().join("nowhere/cerberus");
     let why = check_cerberus(&missing).unwrap_err();
-    assert!(why.contains("reviewer_type: agent_sdk"), "{why}");
+    assert_eq!(
+        why,
+        CerberusSetupError::NotInstalled(missing.binary.clone())
+    );
+    assert!(
+        why.to_string().contains("reviewer_type: agent_sdk"),
+        "{why}"
+    );
     let mut no_prompts = fake.config("ok", "pass");
     no_prompts.root = Path::new("/").to_path_buf();
     let why = check_cerberus(&no_prompts).unwrap_err();
-    assert!(why.contains("prompts/reviewers"), "{why}");
+    assert_eq!(why, CerberusSetupError::NoPrompts("/".into()));
+    assert!(why.to_string().contains("prompts/reviewers"), "{why}");
 }

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use mala_core::{
     DependencyKind, Event, EventSink, Finding, IssueId, IssueTracker, NewIssue, Priority,
+    ReviewError, TrackerError,
 };
 use mala_domain::{IssueGraph, Scope};
 use mala_domain::{finding_place, normalize_label};
@@ -120,6 +121,28 @@ pub enum EpicCheck {
     },
 }
 
+/// Why an epic could not be verified on request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EpicError {
+    /// The tracker has no issue with this id.
+    #[error("no issue {0} in the tracker")]
+    NoSuchIssue(IssueId),
+    /// The issue is not an epic.
+    #[error("{id} is a {kind}, not an epic")]
+    NotAnEpic {
+        /// The issue asked for.
+        id: IssueId,
+        /// Its type.
+        kind: mala_core::IssueType,
+    },
+    /// Reading the epic, filing findings or closing it failed.
+    #[error(transparent)]
+    Tracker(#[from] TrackerError),
+    /// The verifier could not give a verdict.
+    #[error(transparent)]
+    Verifier(#[from] ReviewError),
+}
+
 /// Verifies one epic on request.
 pub async fn verify_epic(
     tracker: &dyn IssueTracker,
@@ -127,13 +150,16 @@ pub async fn verify_epic(
     epic_id: &IssueId,
     close: bool,
     force: bool,
-) -> Result<EpicCheck, String> {
-    let graph = IssueGraph::new(tracker.all_issues().await.map_err(|e| e.to_string())?);
+) -> Result<EpicCheck, EpicError> {
+    let graph = IssueGraph::new(tracker.all_issues().await?);
     let epic = graph
         .get(epic_id)
-        .ok_or_else(|| format!("no issue {epic_id} in the tracker"))?;
+        .ok_or_else(|| EpicError::NoSuchIssue(epic_id.clone()))?;
     if epic.issue_type != mala_core::IssueType::Epic {
-        return Err(format!("{epic_id} is a {}, not an epic", epic.issue_type));
+        return Err(EpicError::NotAnEpic {
+            id: epic_id.clone(),
+            kind: epic.issue_type.clone(),
+        });
     }
     let children: Vec<_> = graph.descendants(epic_id).into_iter().cloned().collect();
     let open = children.iter().filter(|c| !c.status.is_terminal()).count();
@@ -142,10 +168,7 @@ pub async fn verify_epic(
             open_children: open,
         });
     }
-    let verdict = verifier
-        .verify(epic, &children)
-        .await
-        .map_err(|e| e.to_string())?;
+    let verdict = verifier.verify(epic, &children).await?;
     if verdict.passed {
         let advisories: Vec<Finding> = verdict
             .findings
@@ -154,13 +177,10 @@ pub async fn verify_epic(
             .cloned()
             .collect();
         if close {
-            file_findings(tracker, epic_id, &advisories)
-                .await
-                .map_err(|e| e.to_string())?;
+            file_findings(tracker, epic_id, &advisories).await?;
             tracker
                 .close(epic_id, "mala: verified against its acceptance criteria")
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
         }
         return Ok(EpicCheck::Passed {
             closed: close,
@@ -168,9 +188,7 @@ pub async fn verify_epic(
         });
     }
     let filed = if close {
-        file_findings(tracker, epic_id, &verdict.findings)
-            .await
-            .map_err(|e| e.to_string())?
+        file_findings(tracker, epic_id, &verdict.findings).await?
     } else {
         Vec::new()
     };

@@ -16,7 +16,7 @@ mod setup;
 mod triggers;
 
 pub use deadlock_monitor::{DeadlockNews, run_deadlock_monitor};
-pub use epics::{EpicBook, EpicCheck, Sweep, sweep_epics, verify_epic};
+pub use epics::{EpicBook, EpicCheck, EpicError, Sweep, sweep_epics, verify_epic};
 pub use orchestrator::{
     IssueSource, Orchestrator, OrchestratorBuilder, ResumePolicy, RunError, RunPlan, RunSummary,
     SessionPolicy, Stage,

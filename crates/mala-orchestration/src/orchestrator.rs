@@ -126,15 +126,57 @@ pub enum RunError {
     /// The tracker could not be read or written.
     #[error(transparent)]
     Tracker(#[from] TrackerError),
-    /// Something the run needs is missing or unusable (the message says what).
-    #[error("{0}")]
-    Setup(String),
+    /// The builder was not given a required port.
+    #[error("the orchestrator needs {0}")]
+    Incomplete(&'static str),
+    /// The run's state directory could not be made.
+    #[error("{}: {source}", path.display())]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why it could not be made.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The marker that tells other runs this one is alive could not be written.
+    #[error("cannot write the run marker in {}: {source}", lock_dir.display())]
+    RunMarker {
+        /// Where the marker goes.
+        lock_dir: PathBuf,
+        /// Why it could not be written.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The lock directory cannot serve as the run's lock table.
+    #[error(transparent)]
+    Locks(#[from] mala_core::LockError),
+    /// `--scope` names issues the tracker does not have.
+    #[error("--scope {scope}: {source}")]
+    Scope {
+        /// The scope as given.
+        scope: mala_domain::Scope,
+        /// The ids it names that the tracker does not have.
+        #[source]
+        source: mala_domain::UnknownIds,
+    },
+    /// Review by cerberus was asked for, and no `cerberus` was found.
+    #[error(
+        "per_issue_review.reviewer_type is cerberus, but `cerberus` is not on PATH; \
+         install it, or set per_issue_review.reviewer_type: agent_sdk"
+    )]
+    CerberusNotFound,
+    /// The cerberus installation found cannot serve the run.
+    #[error(transparent)]
+    Cerberus(#[from] mala_infra::CerberusSetupError),
     /// The agent backend cannot start (missing binary, wrong version, no login).
     #[error(transparent)]
     Agent(#[from] mala_core::AgentError),
     /// The run store could not keep the run's record or its mark.
     #[error(transparent)]
     Store(#[from] RunStoreError),
+    /// `mala epic-verify` could not verify the epic (the message says why).
+    #[error(transparent)]
+    Epic(#[from] crate::epics::EpicError),
 }
 
 /// Where the scheduler reads the whole tracker from, once per planning round.
@@ -404,7 +446,7 @@ impl OrchestratorBuilder {
 
     /// Checks that the required ports are there.
     pub fn build(self) -> Result<Orchestrator, RunError> {
-        let missing = |what: &str| RunError::Setup(format!("the orchestrator needs {what}"));
+        let missing = RunError::Incomplete;
         let tracker = self.tracker.ok_or_else(|| missing("a tracker"))?;
         let backend = self.backend.ok_or_else(|| missing("an agent backend"))?;
         let repository = self.repository.ok_or_else(|| missing("a repository"))?;

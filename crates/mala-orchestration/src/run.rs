@@ -90,7 +90,7 @@ async fn assemble(
 
     let (lock_events, lock_inbox) = mpsc::unbounded_channel();
     let locks_table = FileLockTable::new(&lock_dir, &repo_root)
-        .map_err(|e| RunError::Setup(e.to_string()))?
+        .map_err(RunError::Locks)?
         .with_events(lock_events);
     let locks: Arc<dyn LockTable> = Arc::new(locks_table);
     let git = Arc::new(GitRepo::new(&repo_root));
@@ -273,13 +273,7 @@ fn cerberus_reviewer(
     state_dir: &std::path::Path,
     repo_root: &std::path::Path,
 ) -> Result<CerberusReviewer, RunError> {
-    let binary = request.cerberus.clone().ok_or_else(|| {
-        RunError::Setup(
-            "per_issue_review.reviewer_type is cerberus, but `cerberus` is not on PATH; \
-             install it, or set per_issue_review.reviewer_type: agent_sdk"
-                .into(),
-        )
-    })?;
+    let binary = request.cerberus.clone().ok_or(RunError::CerberusNotFound)?;
     let config = CerberusConfig {
         root: CerberusConfig::default_root(&binary, request.cerberus_root.clone()),
         binary,
@@ -290,7 +284,7 @@ fn cerberus_reviewer(
         wait_args: review.cerberus.wait_args.clone(),
         env: review.cerberus.env.clone(),
     };
-    check_cerberus(&config).map_err(RunError::Setup)?;
+    check_cerberus(&config)?;
     Ok(CerberusReviewer::new(config))
 }
 
@@ -337,10 +331,7 @@ pub async fn verify_one_epic(request: &EpicVerifyRequest) -> Result<EpicCheck, R
     let mut config = ClaudeConfig::from_settings(settings, request.claude.clone(), state)
         .for_epic_verifier(&settings.epic_verification);
     config.parent_death_wrapper.clone_from(&request.setpriv);
-    let locks: Arc<dyn LockTable> = Arc::new(
-        FileLockTable::new(&settings.paths.lock_dir, repo)
-            .map_err(|e| RunError::Setup(e.to_string()))?,
-    );
+    let locks: Arc<dyn LockTable> = Arc::new(FileLockTable::new(&settings.paths.lock_dir, repo)?);
     // Holding no locks, the verifier can only read.
     let guard = LockingGuard::new(
         repo,
@@ -357,5 +348,5 @@ pub async fn verify_one_epic(request: &EpicVerifyRequest) -> Result<EpicCheck, R
         request.force,
     )
     .await
-    .map_err(RunError::Setup)
+    .map_err(RunError::from)
 }

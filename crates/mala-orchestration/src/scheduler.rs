@@ -419,7 +419,10 @@ impl<'o> Scheduler<'o> {
                 now: orchestrator.clock.now(),
             },
         )
-        .map_err(|e| RunError::Setup(format!("--scope {}: {e}", plan.scope)))?;
+        .map_err(|source| RunError::Scope {
+            scope: plan.scope.clone(),
+            source,
+        })?;
         let capacity = spawn_capacity(&self.view());
         self.events().emit(&Event::QueuePlanned {
             waiting: queue.entries.len().saturating_sub(capacity),

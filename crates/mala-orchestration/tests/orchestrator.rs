@@ -14,7 +14,7 @@ use mala_core::{
     IssueType,
 };
 use mala_domain::{ConfigSources, FlagOverrides, Settings, resolve};
-use mala_orchestration::{Orchestrator, RunPlan, RunSummary, Stage};
+use mala_orchestration::{Orchestrator, RunError, RunPlan, RunSummary, Stage};
 use mala_testkit::{MemoryRepository, MemoryTracker, ScriptedBackend};
 use tokio::sync::watch;
 
@@ -318,6 +318,26 @@ async fn a_builder_without_a_tracker_says_what_is_missing() {
         .build()
         .unwrap_err();
     assert_eq!(error.to_string(), "the orchestrator needs a tracker");
+}
+
+#[tokio::test]
+async fn a_scope_naming_issues_the_tracker_lacks_says_which() {
+    let world = World::new(vec![task("m-1")], Duration::from_millis(1));
+    let scope: mala_domain::Scope = "ids:m-1,m-nope".parse().unwrap();
+    let (_stage, stages) = watch::channel(Stage::Running);
+    let error = world
+        .orchestrator(RunPlan { scope, ..plan(1) })
+        .run(stages)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, RunError::Scope { source, .. } if source.0 == [IssueId::new("m-nope")]),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "--scope ids:m-1,m-nope: unknown issue id: m-nope"
+    );
 }
 
 fn epic_with_child() -> Vec<Issue> {

@@ -147,7 +147,7 @@ mod tests {
         let mut tracker = MockIssueTracker::new();
         tracker
             .expect_add_dependency()
-            .returning(|_, _, _| Err(TrackerError::Io("br vanished".into())));
+            .returning(|_, _, _| Err(TrackerError::Unavailable("br vanished".into())));
         let err = resolve_deadlock(&deadlock(), issue_of, &tracker, &locks)
             .await
             .unwrap_err();

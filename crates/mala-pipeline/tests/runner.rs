@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use mala_core::{
     AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession,
     CheckCommand, CheckFailure, CommandRun, CommitInfo, Event, EventSink, FileEdit, Finding,
-    IssueId, IssueStatus, IssueTracker, LockTable, NewIssue, Repository, ReviewError,
+    IssueId, IssueStatus, IssueTracker, LockTable, NewIssue, RepoError, Repository, ReviewError,
     ReviewRequest, ReviewVerdict, Reviewer, SessionId, SessionRequest, TokenUsage, TurnOutcome,
     TurnStatus,
 };
@@ -222,12 +222,12 @@ struct FakeRepo {
 
 #[async_trait]
 impl Repository for FakeRepo {
-    async fn commit_tracker_files(&self, _: &str) -> Result<Option<String>, String> {
+    async fn commit_tracker_files(&self, _: &str) -> Result<Option<String>, RepoError> {
         // No tracker files live here.
         Ok(None)
     }
 
-    async fn head(&self) -> Result<Option<String>, String> {
+    async fn head(&self) -> Result<Option<String>, RepoError> {
         Ok(self
             .world
             .lock()
@@ -237,15 +237,15 @@ impl Repository for FakeRepo {
             .map(|c| c.id.clone()))
     }
 
-    async fn issue_commits(&self) -> Result<Vec<CommitInfo>, String> {
+    async fn issue_commits(&self) -> Result<Vec<CommitInfo>, RepoError> {
         Ok(self.world.lock().unwrap().commits.clone())
     }
 
-    async fn is_clean(&self) -> Result<bool, String> {
+    async fn is_clean(&self) -> Result<bool, RepoError> {
         Ok(true)
     }
 
-    async fn unstage(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    async fn unstage(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, RepoError> {
         self.world.lock().unwrap().unstaged.extend_from_slice(paths);
         Ok(vec![])
     }
@@ -254,7 +254,7 @@ impl Repository for FakeRepo {
         &self,
         commit: &str,
         commands: &[CheckCommand],
-    ) -> Result<Option<CheckFailure>, String> {
+    ) -> Result<Option<CheckFailure>, RepoError> {
         let mut world = self.world.lock().unwrap();
         world.checked.push(commit.to_owned());
         let subject = world
@@ -262,7 +262,10 @@ impl Repository for FakeRepo {
             .iter()
             .find(|c| c.id == commit)
             .map(|c| c.subject.clone())
-            .ok_or_else(|| format!("no commit {commit}"))?;
+            .ok_or_else(|| RepoError::Checkout {
+                commit: commit.to_owned(),
+                stderr: "fatal: invalid reference".into(),
+            })?;
         Ok(world
             .broken
             .iter()

@@ -15,7 +15,7 @@ use chrono::Utc;
 use mala_core::{
     AgentBackend, AgentError, AgentErrorKind, AgentObserver, AgentSession, CheckCommand,
     CheckFailure, ClaimOutcome, CommitInfo, Dependency, DependencyKind, EpicStatus, Issue, IssueId,
-    IssueStatus, IssueTracker, IssueType, IssueUpdate, NewIssue, Repository, SessionId,
+    IssueStatus, IssueTracker, IssueType, IssueUpdate, NewIssue, RepoError, Repository, SessionId,
     SessionRequest, TokenUsage, TrackerError, TurnOutcome, TurnStatus,
 };
 use mala_domain::{Blocker, IssueGraph};
@@ -176,7 +176,7 @@ impl IssueTracker for MemoryTracker {
         }
         if issue.status.is_terminal() {
             return Err(TrackerError::Rejected {
-                code: "VALIDATION_FAILED".into(),
+                code: Some(mala_core::BrCode::ValidationFailed),
                 message: format!("cannot claim {id}: it is {}", issue.status),
                 hint: None,
                 retryable: false,
@@ -402,24 +402,24 @@ impl MemoryRepository {
 
 #[async_trait]
 impl Repository for MemoryRepository {
-    async fn commit_tracker_files(&self, _: &str) -> Result<Option<String>, String> {
+    async fn commit_tracker_files(&self, _: &str) -> Result<Option<String>, RepoError> {
         // No tracker files live here.
         Ok(None)
     }
 
-    async fn head(&self) -> Result<Option<String>, String> {
+    async fn head(&self) -> Result<Option<String>, RepoError> {
         Ok(guard(&self.commits).first().map(|c| c.id.clone()))
     }
 
-    async fn issue_commits(&self) -> Result<Vec<CommitInfo>, String> {
+    async fn issue_commits(&self) -> Result<Vec<CommitInfo>, RepoError> {
         Ok(self.commits())
     }
 
-    async fn is_clean(&self) -> Result<bool, String> {
+    async fn is_clean(&self) -> Result<bool, RepoError> {
         Ok(true)
     }
 
-    async fn unstage(&self, _: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    async fn unstage(&self, _: &[PathBuf]) -> Result<Vec<PathBuf>, RepoError> {
         Ok(Vec::new())
     }
 
@@ -427,7 +427,7 @@ impl Repository for MemoryRepository {
         &self,
         _: &str,
         _: &[CheckCommand],
-    ) -> Result<Option<CheckFailure>, String> {
+    ) -> Result<Option<CheckFailure>, RepoError> {
         Ok(None)
     }
 }

@@ -184,17 +184,18 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
 fn run_failure(error: mala_orchestration::RunError) -> Failure {
     match error {
         mala_orchestration::RunError::Tracker(error) => Failure::Tracker(error),
-        mala_orchestration::RunError::Agent(error) => Failure::Other {
-            message: error.message,
-            hint: None,
-        },
-        mala_orchestration::RunError::Setup(message) => Failure::Other {
-            message,
-            hint: None,
-        },
+        mala_orchestration::RunError::Agent(error) => Failure::from(error),
+        mala_orchestration::RunError::Epic(mala_orchestration::EpicError::Tracker(error)) => {
+            Failure::Tracker(error)
+        }
         mala_orchestration::RunError::Store(error) => Failure::Other {
             message: error.to_string(),
             hint: Some("mala keeps its runs under paths.runs_dir and paths.lock_dir; check that both are writable".into()),
+        },
+        // Each of the others says what to do in its message already.
+        other => Failure::Other {
+            message: other.to_string(),
+            hint: None,
         },
     }
 }

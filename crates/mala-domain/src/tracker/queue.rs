@@ -180,12 +180,11 @@ fn group_by_epic(
     let mut groups: Vec<(Option<IssueId>, Vec<QueueEntry>)> = Vec::new();
     let mut group_of: HashMap<Option<IssueId>, usize> = HashMap::new();
     for entry in entries {
-        match group_of.get(&entry.epic) {
-            Some(&at) => groups[at].1.push(entry),
-            None => {
-                group_of.insert(entry.epic.clone(), groups.len());
-                groups.push((entry.epic.clone(), vec![entry]));
-            }
+        if let Some(&at) = group_of.get(&entry.epic) {
+            groups[at].1.push(entry);
+        } else {
+            group_of.insert(entry.epic.clone(), groups.len());
+            groups.push((entry.epic.clone(), vec![entry]));
         }
     }
     let key = |(epic, members): &(Option<IssueId>, Vec<QueueEntry>)| {

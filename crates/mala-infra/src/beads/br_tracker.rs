@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mala_core::{
-    ClaimOutcome, Clock, DependencyKind, EpicStatus, Issue, IssueId, IssueTracker, IssueUpdate,
-    NewIssue, TrackerError,
+    BrCode, ClaimOutcome, Clock, DependencyKind, EpicStatus, Issue, IssueId, IssueTracker,
+    IssueUpdate, NewIssue, TrackerError,
 };
 use mala_domain::IssueGraph;
 use serde_json::Value;
@@ -114,7 +114,7 @@ impl BrTracker {
         let graph =
             tokio::task::spawn_blocking(move || read_issues_jsonl(&path).map(IssueGraph::new))
                 .await
-                .map_err(|e| TrackerError::Io(format!("reading issues.jsonl: {e}")))??;
+                .map_err(|e| TrackerError::Unavailable(format!("reading issues.jsonl: {e}")))??;
         let graph = Arc::new(graph);
         self.lock_cache().snapshot = Some((current, Arc::clone(&graph)));
         Ok(graph)
@@ -257,7 +257,7 @@ impl IssueTracker for BrTracker {
         match self.write(Some(actor), argv).await {
             Ok(_) => Ok(ClaimOutcome::Claimed),
             // Someone touched it since we read it: another run got there first.
-            Err(TrackerError::Rejected { code, .. }) if code == "UPDATE_PRECONDITION_FAILED" => {
+            Err(error) if error.code() == Some(&BrCode::UpdatePreconditionFailed) => {
                 let by = self.issue(id).await.ok().and_then(|i| i.assignee);
                 Ok(ClaimOutcome::AlreadyClaimed { by })
             }
@@ -275,11 +275,11 @@ impl IssueTracker for BrTracker {
         match self.write(None, argv).await {
             Ok(_) => Ok(()),
             // Closing twice (a resumed run finishing what a killed one closed) is fine.
-            Err(TrackerError::Rejected { code, message, .. })
-                if code == "NOTHING_TO_DO" && message.contains("already closed") =>
-            {
-                Ok(())
-            }
+            Err(TrackerError::Rejected {
+                code: Some(BrCode::NothingToDo),
+                message,
+                ..
+            }) if message.contains("already closed") => Ok(()),
             Err(error) => Err(error),
         }
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use mala_core::TrackerError;
+use mala_core::{BrCode, TrackerError};
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -62,19 +62,19 @@ impl BrCli {
                     hint: BR_INSTALL_HINT.to_owned(),
                 }
             } else {
-                TrackerError::Io(format!("could not start {}: {e}", self.binary.display()))
+                TrackerError::io(format!("could not start {}", self.binary.display()), e)
             }
         })?;
         let output = tokio::time::timeout(self.timeout, child.wait_with_output())
             .await
             .map_err(|_| {
-                TrackerError::Io(format!(
+                TrackerError::Unavailable(format!(
                     "br {} did not finish within {} s",
                     args.join(" "),
                     self.timeout.as_secs()
                 ))
             })?
-            .map_err(|e| TrackerError::Io(format!("br {}: {e}", args.join(" "))))?;
+            .map_err(|e| TrackerError::io(format!("br {}", args.join(" ")), e))?;
         interpret(
             output.status.success(),
             output.status.code(),
@@ -114,7 +114,7 @@ fn interpret(
         .find_map(|l| l.strip_prefix("Error: "))
         .map_or_else(|| stderr.trim().to_owned(), str::to_owned);
     Err(TrackerError::Rejected {
-        code: String::new(),
+        code: None,
         message: format!(
             "br {} failed (exit {}): {message}",
             args.join(" "),
@@ -127,9 +127,9 @@ fn interpret(
 
 fn rejection(error: &Value) -> TrackerError {
     let text = |key: &str| error.get(key).and_then(Value::as_str).map(str::to_owned);
-    let code = text("code").unwrap_or_default();
+    let code = text("code").map(|code| BrCode::parse(&code));
     let message = text("message").unwrap_or_else(|| error.to_string());
-    if code == "ISSUE_NOT_FOUND" {
+    if code == Some(BrCode::IssueNotFound) {
         let id = error
             .pointer("/context/searched_id")
             .and_then(Value::as_str)
@@ -147,9 +147,11 @@ fn rejection(error: &Value) -> TrackerError {
 /// br's reason for a refused claim, from its `VALIDATION_FAILED` context.
 pub(crate) fn claim_refusal(error: &TrackerError) -> Option<&str> {
     match error {
-        TrackerError::Rejected { code, message, .. } if code == "VALIDATION_FAILED" => {
-            message.strip_prefix("Validation failed: claim: ")
-        }
+        TrackerError::Rejected {
+            code: Some(BrCode::ValidationFailed),
+            message,
+            ..
+        } => message.strip_prefix("Validation failed: claim: "),
         _ => None,
     }
 }
@@ -179,7 +181,7 @@ mod tests {
         assert_eq!(
             err,
             TrackerError::Rejected {
-                code: "DATABASE_LOCKED".into(),
+                code: Some(BrCode::DatabaseLocked),
                 message: "Timed out".into(),
                 hint: Some("Retry".into()),
                 retryable: true
@@ -198,13 +200,14 @@ mod tests {
     fn an_error_after_a_result_still_counts() {
         let out = "{\"closed\":[],\"skipped\":[{\"id\":\"a\"}]}\n{\"error\":{\"code\":\"NOTHING_TO_DO\",\"message\":\"Nothing to do\",\"retryable\":false}}";
         let err = run(false, out, "").unwrap_err();
-        assert!(matches!(err, TrackerError::Rejected { code, .. } if code == "NOTHING_TO_DO"));
+        assert_eq!(err.code(), Some(&BrCode::NothingToDo), "{err:?}");
     }
 
     #[test]
     fn plain_failures_keep_the_stderr_message() {
         let err = run(false, "", "Warning: x\nError: something broke\n").unwrap_err();
         assert!(err.to_string().contains("something broke"), "{err}");
+        assert_eq!(err.code(), None, "no envelope, no code");
         assert_eq!(run(true, "[1]\n", "").unwrap(), serde_json::json!([1]));
         assert_eq!(run(true, "", "").unwrap(), Value::Null);
     }
@@ -212,7 +215,7 @@ mod tests {
     #[test]
     fn claim_refusals_are_recognised() {
         let err = TrackerError::Rejected {
-            code: "VALIDATION_FAILED".into(),
+            code: Some(BrCode::ValidationFailed),
             message: "Validation failed: claim: issue a-1 already assigned to bob".into(),
             hint: None,
             retryable: true,
@@ -220,6 +223,17 @@ mod tests {
         assert_eq!(
             claim_refusal(&err),
             Some("issue a-1 already assigned to bob")
+        );
+        let other = TrackerError::Rejected {
+            code: Some(BrCode::Other("CLAIM_FAILED".into())),
+            message: "Validation failed: claim: issue a-1 already assigned to bob".into(),
+            hint: None,
+            retryable: true,
+        };
+        assert_eq!(
+            claim_refusal(&other),
+            None,
+            "only VALIDATION_FAILED is a claim refusal"
         );
     }
 

@@ -105,7 +105,7 @@ pub(crate) fn parse_issue_line(
 pub fn parse_issues_jsonl(reader: impl BufRead, name: &str) -> Result<Vec<Issue>, TrackerError> {
     let mut issues = Vec::new();
     for (index, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| TrackerError::Io(format!("{name}: {e}")))?;
+        let line = line.map_err(|e| TrackerError::io(name, e))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -119,8 +119,7 @@ pub fn parse_issues_jsonl(reader: impl BufRead, name: &str) -> Result<Vec<Issue>
 /// 10,000-issue file is 5 MB; parsing is most of what a snapshot costs).
 pub fn read_issues_jsonl(path: &Path) -> Result<Vec<Issue>, TrackerError> {
     let name = path.display().to_string();
-    let text =
-        std::fs::read_to_string(path).map_err(|e| TrackerError::Io(format!("{name}: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| TrackerError::io(name.clone(), e))?;
     let lines: Vec<(usize, &str)> = text
         .lines()
         .enumerate()

@@ -78,7 +78,7 @@ impl Tracker {
                 let store = store.clone();
                 tokio::task::spawn_blocking(move || store.snapshot())
                     .await
-                    .map_err(|e| TrackerError::Io(format!("reading issues.jsonl: {e}")))?
+                    .map_err(|e| TrackerError::Unavailable(format!("reading issues.jsonl: {e}")))?
             }
         }
     }

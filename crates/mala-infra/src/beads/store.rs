@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
+use mala_core::BrCode;
 use mala_core::{
     ClaimOutcome, DependencyKind, EpicStatus, Issue, IssueId, IssueStatus, IssueTracker,
     IssueUpdate, NewIssue, TrackerError,
@@ -79,8 +80,8 @@ fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
-fn io_error(path: &Path, error: &std::io::Error) -> TrackerError {
-    TrackerError::Io(format!("{}: {error}", path.display()))
+fn io_error(path: &Path, error: std::io::Error) -> TrackerError {
+    TrackerError::io(path.display().to_string(), error)
 }
 
 /// One line of the file as read; `row` is filled in when the line is edited.
@@ -249,9 +250,10 @@ fn append_notes(row: &mut Map<String, Value>, notes: &str) {
     set(row, "notes", combined);
 }
 
-fn rejected(code: &str, message: String) -> TrackerError {
+/// A refusal with br's code, so callers treat both trackers alike.
+fn rejected(code: BrCode, message: String) -> TrackerError {
     TrackerError::Rejected {
-        code: code.to_owned(),
+        code: Some(code),
         message,
         hint: None,
         retryable: false,
@@ -288,7 +290,7 @@ impl JsonlStore {
         match std::fs::read_to_string(path) {
             Ok(text) => Ok(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-            Err(e) => Err(io_error(path, &e)),
+            Err(e) => Err(io_error(path, e)),
         }
     }
 
@@ -326,8 +328,8 @@ impl JsonlStore {
             .truncate(false)
             .write(true)
             .open(&self.lock)
-            .map_err(|e| io_error(&self.lock, &e))?;
-        lock.lock().map_err(|e| io_error(&self.lock, &e))?;
+            .map_err(|e| io_error(&self.lock, e))?;
+        lock.lock().map_err(|e| io_error(&self.lock, e))?;
         let text = Self::read_text(&self.jsonl)?;
         let mut document = Document::parse(&text, &self.jsonl.display().to_string(), Utc::now())?;
         let result = change(&mut document)?;
@@ -351,7 +353,7 @@ impl JsonlStore {
         };
         write().map_err(|e| {
             let _ = std::fs::remove_file(&temp);
-            io_error(&self.jsonl, &e)
+            io_error(&self.jsonl, e)
         })
     }
 
@@ -362,7 +364,7 @@ impl JsonlStore {
         let store = Arc::clone(self);
         tokio::task::spawn_blocking(move || work(&store))
             .await
-            .map_err(|e| TrackerError::Io(format!("tracker store task failed: {e}")))?
+            .map_err(|e| TrackerError::Unavailable(format!("tracker store task failed: {e}")))?
     }
 }
 
@@ -523,7 +525,7 @@ impl IssueTracker for JsonlTracker {
                     }
                     if issue.status.is_terminal() {
                         return Err(rejected(
-                            "VALIDATION_FAILED",
+                            BrCode::ValidationFailed,
                             format!("cannot claim {id}: it is {}", issue.status),
                         ));
                     }
@@ -576,7 +578,7 @@ impl IssueTracker for JsonlTracker {
                     if !by.is_empty() {
                         let by: Vec<&str> = by.iter().map(IssueId::as_str).collect();
                         return Err(rejected(
-                            "NOTHING_TO_DO",
+                            BrCode::NothingToDo,
                             format!("cannot close {id}: blocked by {}", by.join(", ")),
                         ));
                     }
@@ -623,7 +625,7 @@ impl IssueTracker for JsonlTracker {
                 s.mutate(|doc| {
                     if issue == depends_on {
                         return Err(rejected(
-                            "SELF_DEPENDENCY",
+                            BrCode::SelfDependency,
                             format!("{issue} cannot depend on itself"),
                         ));
                     }
@@ -638,7 +640,7 @@ impl IssueTracker for JsonlTracker {
                     }
                     if creates_cycle(&doc.graph, &issue, &depends_on) {
                         return Err(rejected(
-                            "CYCLE_DETECTED",
+                            BrCode::CycleDetected,
                             format!("{issue} -> {depends_on} would create a dependency cycle"),
                         ));
                     }
@@ -978,7 +980,7 @@ mod tests {
             .add_dependency(&"d-b".into(), &"d-a".into(), DependencyKind::Blocks)
             .await
             .unwrap_err();
-        assert!(matches!(err, TrackerError::Rejected { code, .. } if code == "CYCLE_DETECTED"));
+        assert_eq!(err.code(), Some(&BrCode::CycleDetected), "{err:?}");
         tracker.reopen(&"d-b".into()).await.unwrap();
         let b = tracker.show(&"d-b".into()).await.unwrap();
         assert_eq!(

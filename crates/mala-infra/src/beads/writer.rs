@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mala_core::{Clock, TrackerError};
+use mala_core::{BrCode, Clock, TrackerError};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
@@ -49,7 +49,14 @@ pub(crate) struct WriteQueue {
 
 /// Only a lock that br never got is safe to retry: nothing was written.
 fn worth_retrying(error: &TrackerError) -> bool {
-    matches!(error, TrackerError::Rejected { code, retryable: true, .. } if code == "DATABASE_LOCKED")
+    matches!(
+        error,
+        TrackerError::Rejected {
+            code: Some(BrCode::DatabaseLocked),
+            retryable: true,
+            ..
+        }
+    )
 }
 
 impl WriteQueue {
@@ -79,10 +86,10 @@ impl WriteQueue {
                 args,
                 reply,
             })
-            .map_err(|_| TrackerError::Io("the tracker writer has stopped".to_owned()))?;
+            .map_err(|_| TrackerError::Unavailable("the tracker writer has stopped".to_owned()))?;
         answer
             .await
-            .map_err(|_| TrackerError::Io("the tracker writer has stopped".to_owned()))?
+            .map_err(|_| TrackerError::Unavailable("the tracker writer has stopped".to_owned()))?
     }
 }
 
@@ -104,7 +111,7 @@ async fn run_with_retry(
             }
             Err(error) if worth_retrying(&error) => {
                 return Err(TrackerError::Rejected {
-                    code: "DATABASE_LOCKED".to_owned(),
+                    code: Some(BrCode::DatabaseLocked),
                     message: format!(
                         "br {} could not get the tracker's write lock after {attempt} attempts: {error}",
                         job.args.join(" ")
@@ -200,7 +207,8 @@ mod tests {
         let writes = queue(script, dir.path());
         let err = writes.write(None, vec!["update".into()]).await.unwrap_err();
         assert!(
-            matches!(err, TrackerError::Rejected { code, .. } if code == "UPDATE_PRECONDITION_FAILED")
+            err.code() == Some(&BrCode::UpdatePreconditionFailed),
+            "{err:?}"
         );
         assert_eq!(calls(dir.path()), 1);
     }

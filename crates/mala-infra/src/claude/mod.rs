@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mala_core::{
     AgentBackend, AgentError, AgentErrorKind, AgentId, AgentObserver, AgentSession, LockTable,
-    SessionRequest, ToolGuard,
+    Refusal, SessionRequest, ToolGuard,
 };
 use mala_domain::{GuardContext, ToolCall, check_tool};
 
@@ -391,7 +391,7 @@ impl LockingGuard {
 }
 
 impl ToolGuard for LockingGuard {
-    fn check(&self, agent: &AgentId, tool: &str, input: &serde_json::Value) -> Result<(), String> {
+    fn check(&self, agent: &AgentId, tool: &str, input: &serde_json::Value) -> Result<(), Refusal> {
         let held = self.locks.held_by(agent);
         let ctx = GuardContext {
             repo_root: &self.repo_root,
@@ -403,7 +403,7 @@ impl ToolGuard for LockingGuard {
         };
         match check_tool(&ToolCall::from_claude(tool, input), &ctx) {
             mala_domain::Decision::Allow => Ok(()),
-            mala_domain::Decision::Deny { reason } => Err(reason),
+            mala_domain::Decision::Deny { reason } => Err(Refusal(reason)),
         }
     }
 }
@@ -411,6 +411,37 @@ impl ToolGuard for LockingGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guard_refuses_with_the_rules_own_words_and_allows_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks: Arc<dyn LockTable> =
+            Arc::new(crate::FileLockTable::new(dir.path().join("locks"), dir.path()).unwrap());
+        let guard = LockingGuard::new(dir.path(), locks, vec!["WebFetch".into()]);
+        let agent = AgentId::new("m-1@run");
+        let call = |tool: &str, input: serde_json::Value| guard.check(&agent, tool, &input);
+        let edit = serde_json::json!({"file_path": dir.path().join("a.rs"), "content": "x"});
+        let expected = match check_tool(
+            &ToolCall::from_claude("Write", &edit),
+            &GuardContext {
+                repo_root: &guard.repo_root,
+                cwd: &guard.repo_root,
+                held: &[],
+                disallowed_tools: &guard.disallowed_tools,
+                staged: None,
+                require_locks: true,
+            },
+        ) {
+            mala_domain::Decision::Deny { reason } => reason,
+            mala_domain::Decision::Allow => panic!("an unlocked edit is refused"),
+        };
+        assert_eq!(call("Write", edit), Err(Refusal(expected)));
+        assert!(call("WebFetch", serde_json::json!({})).is_err());
+        assert_eq!(
+            call("Read", serde_json::json!({"file_path": "a.rs"})),
+            Ok(())
+        );
+    }
 
     #[test]
     fn versions_parse_and_compare() {

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mala_core::{
     AgentError, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession, CommandRun,
-    FileEdit, LockTable, SessionId, SessionRequest, ToolGuard, TurnOutcome,
+    FileEdit, LockTable, Refusal, SessionId, SessionRequest, ToolGuard, TurnOutcome,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -258,7 +258,7 @@ impl Shared {
                 Ok(match self.check(tool, &input) {
                     Ok(()) => json!({"behavior": "allow", "updatedInput": input}),
                     Err(reason) => {
-                        json!({"behavior": "deny", "message": reason, "interrupt": false})
+                        json!({"behavior": "deny", "message": reason.0, "interrupt": false})
                     }
                 })
             }
@@ -282,7 +282,7 @@ impl Shared {
         }
     }
 
-    fn check(&self, tool: &str, input: &Value) -> Result<(), String> {
+    fn check(&self, tool: &str, input: &Value) -> Result<(), Refusal> {
         let Some(guard) = &self.guard else {
             return Ok(());
         };
@@ -290,7 +290,7 @@ impl Shared {
         if let Err(reason) = &verdict {
             self.emit(&AgentEvent::ToolDenied {
                 tool: tool.to_owned(),
-                reason: reason.clone(),
+                reason: reason.0.clone(),
             });
         }
         verdict
@@ -315,7 +315,7 @@ impl Shared {
                     Err(reason) => json!({"hookSpecificOutput": {
                         "hookEventName": "PreToolUse",
                         "permissionDecision": "deny",
-                        "permissionDecisionReason": reason,
+                        "permissionDecisionReason": reason.0,
                     }}),
                 }
             }
