@@ -517,20 +517,7 @@ impl<'o> Scheduler<'o> {
             .validation_triggers
             .periodic
             .as_ref()?;
-        let events = self.events();
-        let outcome = orchestrator
-            .fire(
-                ("periodic", "periodic"),
-                &periodic.trigger,
-                &self.ctx.ports.backend,
-                &events,
-                &mut self.reviews,
-            )
-            .await;
-        match outcome {
-            TriggerOutcome::Abort { command } => Some(command),
-            _ => None,
-        }
+        self.fire("periodic", &periodic.trigger).await
     }
 
     /// `run_end`, when the run was not stopped and its `fire_on` says so.
@@ -545,11 +532,18 @@ impl<'o> Scheduler<'o> {
         {
             return None;
         }
+        self.fire("run_end", &run_end.trigger).await
+    }
+
+    /// Fires the trigger named `kind`; returns the failed command when it
+    /// stops the run.
+    async fn fire(&mut self, kind: &'static str, trigger: &mala_domain::Trigger) -> Option<String> {
         let events = self.events();
-        let outcome = orchestrator
+        let outcome = self
+            .orchestrator
             .fire(
-                ("run_end", "run_end"),
-                &run_end.trigger,
+                (kind, kind),
+                trigger,
                 &self.ctx.ports.backend,
                 &events,
                 &mut self.reviews,
