@@ -122,15 +122,17 @@ mod tests {
         );
         assert!(started.elapsed() < Duration::from_secs(10));
         let child = std::fs::read_to_string(dir.path().join("child")).unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.trim()));
-        assert!(
-            stat.map_or(true, |s| s
-                .split(") ")
-                .nth(1)
-                .is_some_and(|r| r.starts_with('Z'))),
-            "the command's own child was killed too"
-        );
+        // A signal's delivery is not instant: wait for the child to go.
+        let dead = || {
+            std::fs::read_to_string(format!("/proc/{}/stat", child.trim())).map_or(true, |s| {
+                s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z'))
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !dead() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(dead(), "the command's own child was killed too");
         assert!(
             run_commands(dir.path(), &[command("ok", "true", None)])
                 .await
