@@ -29,7 +29,8 @@ pub use config::{
     RawCommand, RawCommandDetail, RawCommandRef, RawCommandRefDetail, RawConfig, RawEvidenceCheck,
     RawRunEndTrigger, RawTriggers, ReviewBaseline, ReviewerChoice, ReviewerType, RunEndTrigger,
     Settings, SettingsSource, SpanIndex, TrackerKind, Trigger, TriggerCommand, Triggers,
-    UnknownWord, is_valid_command_name, load_preset, parse_config, preset_text, resolve,
+    UnknownWord, dotted_leaves, is_valid_command_name, load_preset, parse_config, preset_text,
+    resolve,
 };
 pub use deadlock::{Deadlock, WaitForGraph};
 pub use findings::{finding_line, finding_place, findings_list};

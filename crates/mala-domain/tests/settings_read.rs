@@ -12,8 +12,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mala_domain::{ConfigSources, FlagOverrides, NOT_BUILT_KEYS, Settings, parse_config, resolve};
-use serde_json::Value;
+use mala_domain::{
+    ConfigSources, FlagOverrides, NOT_BUILT_KEYS, Settings, dotted_leaves, parse_config, resolve,
+};
 
 /// A file that sets every optional part of `Settings`, so each leaf shows.
 const EVERYTHING: &str = "\
@@ -54,22 +55,12 @@ fn resolve_text(text: &str) -> Result<Settings, mala_domain::ConfigError> {
     })
 }
 
-/// The dotted leaf paths `mala config show` prints (objects become paths;
-/// lists, scalars and empty objects are leaves).
-fn leaves(prefix: &str, value: &Value, out: &mut Vec<String>) {
-    match value {
-        Value::Object(map) if !map.is_empty() => {
-            for (key, child) in map {
-                let path = if prefix.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{prefix}.{key}")
-                };
-                leaves(&path, child, out);
-            }
-        }
-        _ => out.push(prefix.to_owned()),
-    }
+/// The dotted leaf paths `mala config show` prints.
+fn leaves(settings: &Settings) -> Vec<String> {
+    dotted_leaves(&serde_json::to_value(settings).unwrap())
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect()
 }
 
 fn workspace_root() -> PathBuf {
@@ -134,8 +125,7 @@ fn reads(code: &str, field: &str) -> bool {
 #[test]
 fn every_settings_value_is_read_outside_the_config_module() {
     let settings = resolve_text(EVERYTHING).unwrap();
-    let mut paths = Vec::new();
-    leaves("", &serde_json::to_value(&settings).unwrap(), &mut paths);
+    let paths = leaves(&settings);
     assert!(
         paths.len() > 40,
         "the fixture should reach every part: {paths:?}"
@@ -163,8 +153,7 @@ fn every_settings_value_is_read_outside_the_config_module() {
 #[test]
 fn keys_that_are_not_built_have_no_value_in_settings() {
     let settings = resolve_text(EVERYTHING).unwrap();
-    let mut paths = Vec::new();
-    leaves("", &serde_json::to_value(&settings).unwrap(), &mut paths);
+    let paths = leaves(&settings);
     for path in &paths {
         // A refused block covers its children too: check every prefix.
         let mut prefix = String::new();

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use mala_domain::{FlagOverrides, OriginDisplay, Settings};
+use mala_domain::{FlagOverrides, OriginDisplay, Settings, dotted_leaves};
 use serde_json::{Map, Value, json};
 
 use crate::failure::Failure;
@@ -18,8 +18,7 @@ pub(crate) fn show(repo: &Path, config: Option<&Path>, as_json: bool) -> Result<
         message: format!("could not serialise the settings: {e}"),
         hint: None,
     })?;
-    let mut leaves = Vec::new();
-    flatten("", &values, &mut leaves);
+    let leaves = dotted_leaves(&values);
 
     if as_json {
         let origins: Map<String, Value> = leaves
@@ -95,21 +94,4 @@ pub(crate) fn check(repo: &Path, config: Option<&Path>) -> Result<(), Failure> {
 
 fn origin(settings: &Settings, path: &str) -> String {
     OriginDisplay(settings.origin(path)).to_string()
-}
-
-/// Objects become dotted paths; lists and scalars are leaves.
-fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, Value)>) {
-    match value {
-        Value::Object(map) if !map.is_empty() => {
-            for (key, child) in map {
-                let path = if prefix.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{prefix}.{key}")
-                };
-                flatten(&path, child, out);
-            }
-        }
-        _ => out.push((prefix.to_owned(), value.clone())),
-    }
 }

@@ -24,5 +24,5 @@ pub use schema::{
 pub use settings::{
     Cerberus, ClaudeOptions, CodeReview, CoderOptions, CommandSpec, EpicCompletionTrigger,
     EpicVerification, EvidenceCheck, Gate, IssueReview, OriginDisplay, Paths, PeriodicTrigger,
-    ReviewerChoice, RunEndTrigger, Settings, Trigger, TriggerCommand, Triggers,
+    ReviewerChoice, RunEndTrigger, Settings, Trigger, TriggerCommand, Triggers, dotted_leaves,
 };

@@ -257,3 +257,27 @@ impl fmt::Display for OriginDisplay<'_> {
         }
     }
 }
+
+/// A serialised value as dotted paths to its leaves, in order: objects become
+/// paths; lists, scalars and empty objects are leaves. These are the paths
+/// `mala config show` prints and `Settings::origin` takes.
+pub fn dotted_leaves(value: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    fn walk(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+        match value {
+            serde_json::Value::Object(map) if !map.is_empty() => {
+                for (key, child) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    walk(&path, child, out);
+                }
+            }
+            _ => out.push((prefix.to_owned(), value.clone())),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", value, &mut out);
+    out
+}
