@@ -56,10 +56,7 @@ fn parents() -> Vec<(u32, u32)> {
 fn leads_its_group(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|stat| {
-            let (_, after_name) = stat.rsplit_once(')')?;
-            after_name.split_whitespace().nth(2)?.parse::<u32>().ok()
-        })
+        .and_then(|stat| stat_number(&stat, 2))
         == Some(pid)
 }
 
@@ -68,11 +65,17 @@ fn leads_its_group(_: u32) -> bool {
     false
 }
 
-/// The parent pid in a `stat` line: `pid (comm) state ppid ...`, where the
-/// command name may itself hold spaces and parentheses.
+/// The parent pid in a `stat` line.
 fn parent_in_stat(stat: &str) -> Option<u32> {
+    stat_number(stat, 1)
+}
+
+/// The `index`th field after the command name of a `stat` line,
+/// `pid (comm) state ppid pgrp ...` (0 is the state), where the name may
+/// itself hold spaces and parentheses.
+fn stat_number(stat: &str, index: usize) -> Option<u32> {
     let (_, after_name) = stat.rsplit_once(')')?;
-    after_name.split_whitespace().nth(1)?.parse().ok()
+    after_name.split_whitespace().nth(index)?.parse().ok()
 }
 
 /// Every process below `root`, nearest first.
