@@ -13,7 +13,7 @@ use super::names::{
 };
 use super::presets::load_preset;
 use super::schema::{
-    RawCerberus, RawCodeReview, RawCommand, RawCommandRef, RawConfig, RawTriggerCommon,
+    RawCerberus, RawCodeReview, RawCommand, RawCommandRef, RawConfig, RawTriggerCommon, RawTriggers,
 };
 use super::settings::{
     Cerberus, ClaudeOptions, CodeReview, CoderOptions, CommandSpec, EpicCompletionTrigger,
@@ -356,7 +356,6 @@ fn check_command_text(file: &ConfigFile, key: &str, text: &str) -> Result<(), Co
     }
 }
 
-#[allow(clippy::too_many_lines)] // one assignment per mala.yaml key; splitting hides the mapping
 fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigError> {
     let raw = &file.raw;
     if raw.preset.is_none()
@@ -404,23 +403,7 @@ fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigEr
         );
     }
     if let Some(types) = &raw.issue_types {
-        if types.is_empty() {
-            return Err(file
-                .error("issue_types", "needs at least one issue type")
-                .hint("for example [task, bug, feature, chore]"));
-        }
-        if let Some(i) = types.iter().position(|t| t == "epic") {
-            return Err(file
-                .error(
-                    &format!("issue_types[{i}]"),
-                    "epics are verified, not implemented, and cannot be an issue type to run",
-                )
-                .hint("remove `epic`; epics close through epic verification"));
-        }
-        settings.issue_types.clone_from(types);
-        settings
-            .origins
-            .record("issue_types", file.location("issue_types"));
+        apply_issue_types(settings, file, types)?;
     }
     if let Some(claude) = raw.coder_options.as_ref().and_then(|o| o.claude.as_ref()) {
         set!("coder_options.claude.binary", claude.binary.clone() => settings.coder_options.claude.binary);
@@ -438,54 +421,102 @@ fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigEr
         settings.per_issue_review = issue_review(review);
     }
     if let Some(evidence) = &raw.evidence_check {
-        let mut seen = BTreeSet::new();
-        for (i, name) in evidence.required.iter().enumerate() {
-            let key = format!("evidence_check.required[{i}]");
-            if !seen.insert(name) {
-                return Err(file.error(&key, format!("`{name}` is listed twice")));
-            }
-            require_command(settings, file, &key, name)?;
-        }
-        settings
-            .evidence_check
-            .required
-            .clone_from(&evidence.required);
+        apply_evidence_check(settings, file, &evidence.required)?;
     }
     if let Some(triggers) = &raw.validation_triggers {
-        let t = &mut settings.validation_triggers;
-        let pool = &settings.commands;
-        if let Some(raw) = &triggers.session_end {
-            t.session_end = Some(trigger(file, "validation_triggers.session_end", raw, pool)?);
-        }
-        if let Some(raw) = &triggers.periodic {
-            if raw.interval == 0 {
-                return Err(file.error(
-                    "validation_triggers.periodic.interval",
-                    "must be at least 1 (issues between runs)",
-                ));
-            }
-            t.periodic = Some(PeriodicTrigger {
-                trigger: trigger(file, "validation_triggers.periodic", raw, pool)?,
-                interval: raw.interval,
-            });
-        }
-        if let Some(raw) = &triggers.epic_completion {
-            t.epic_completion = Some(EpicCompletionTrigger {
-                trigger: trigger(file, "validation_triggers.epic_completion", raw, pool)?,
-                epic_depth: raw.epic_depth,
-                fire_on: raw.fire_on,
-                max_epic_verification_retries: raw.max_epic_verification_retries.unwrap_or(3),
-            });
-        }
-        if let Some(raw) = &triggers.run_end {
-            t.run_end = Some(RunEndTrigger {
-                trigger: trigger(file, "validation_triggers.run_end", raw, pool)?,
-                fire_on: raw.fire_on.unwrap_or(FireOn::Success),
-            });
-        }
+        apply_triggers(settings, file, triggers)?;
     }
 
-    // Everything the file set, at the position it was set, for `config show`.
+    record_file_origins(settings, file);
+    Ok(())
+}
+
+/// `issue_types`: at least one, and never `epic`.
+fn apply_issue_types(
+    settings: &mut Settings,
+    file: &ConfigFile,
+    types: &[String],
+) -> Result<(), ConfigError> {
+    if types.is_empty() {
+        return Err(file
+            .error("issue_types", "needs at least one issue type")
+            .hint("for example [task, bug, feature, chore]"));
+    }
+    if let Some(i) = types.iter().position(|t| t == "epic") {
+        return Err(file
+            .error(
+                &format!("issue_types[{i}]"),
+                "epics are verified, not implemented, and cannot be an issue type to run",
+            )
+            .hint("remove `epic`; epics close through epic verification"));
+    }
+    settings.issue_types = types.to_vec();
+    settings
+        .origins
+        .record("issue_types", file.location("issue_types"));
+    Ok(())
+}
+
+/// `evidence_check.required`: each a configured command, none twice.
+fn apply_evidence_check(
+    settings: &mut Settings,
+    file: &ConfigFile,
+    required: &[String],
+) -> Result<(), ConfigError> {
+    let mut seen = BTreeSet::new();
+    for (i, name) in required.iter().enumerate() {
+        let key = format!("evidence_check.required[{i}]");
+        if !seen.insert(name) {
+            return Err(file.error(&key, format!("`{name}` is listed twice")));
+        }
+        require_command(settings, file, &key, name)?;
+    }
+    settings.evidence_check.required = required.to_vec();
+    Ok(())
+}
+
+/// The four validation triggers, each checked against the commands.
+fn apply_triggers(
+    settings: &mut Settings,
+    file: &ConfigFile,
+    triggers: &RawTriggers,
+) -> Result<(), ConfigError> {
+    let t = &mut settings.validation_triggers;
+    let pool = &settings.commands;
+    if let Some(raw) = &triggers.session_end {
+        t.session_end = Some(trigger(file, "validation_triggers.session_end", raw, pool)?);
+    }
+    if let Some(raw) = &triggers.periodic {
+        if raw.interval == 0 {
+            return Err(file.error(
+                "validation_triggers.periodic.interval",
+                "must be at least 1 (issues between runs)",
+            ));
+        }
+        t.periodic = Some(PeriodicTrigger {
+            trigger: trigger(file, "validation_triggers.periodic", raw, pool)?,
+            interval: raw.interval,
+        });
+    }
+    if let Some(raw) = &triggers.epic_completion {
+        t.epic_completion = Some(EpicCompletionTrigger {
+            trigger: trigger(file, "validation_triggers.epic_completion", raw, pool)?,
+            epic_depth: raw.epic_depth,
+            fire_on: raw.fire_on,
+            max_epic_verification_retries: raw.max_epic_verification_retries.unwrap_or(3),
+        });
+    }
+    if let Some(raw) = &triggers.run_end {
+        t.run_end = Some(RunEndTrigger {
+            trigger: trigger(file, "validation_triggers.run_end", raw, pool)?,
+            fire_on: raw.fire_on.unwrap_or(FireOn::Success),
+        });
+    }
+    Ok(())
+}
+
+/// Everything the file set, at the position it was set, for `config show`.
+fn record_file_origins(settings: &mut Settings, file: &ConfigFile) {
     for (path, (line, column)) in file.spans.paths() {
         if path.contains('[')
             || path == "commands"
@@ -503,7 +534,6 @@ fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigEr
             },
         );
     }
-    Ok(())
 }
 
 fn require_command(
