@@ -186,6 +186,15 @@ fn editing_after_the_last_run_needs_a_new_run() {
         .ran(run("cargo test > test.log 2>&1", 0, 5))
         .judge();
     assert!(verdict.passed, "{verdict:?}");
+    // Staging and committing after the checks change no file: not an edit.
+    let verdict = honest()
+        .ran(run(
+            "git add src/parser.rs && git commit -m 'bd-m-1: fix' -- src/parser.rs",
+            0,
+            5,
+        ))
+        .judge();
+    assert!(verdict.passed, "{verdict:?}");
     // And running them again after the edit passes.
     let verdict = honest()
         .edited(edit("src/parser.rs", 5))

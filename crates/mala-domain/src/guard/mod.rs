@@ -101,8 +101,9 @@ impl Decision {
     }
 }
 
-/// The repository files a shell command writes (literal targets only), for
-/// dating an agent's last edit.
+/// The repository files a shell command changes the content of (literal
+/// targets only), for dating an agent's last edit. `git add` and `git commit`
+/// need the locks of their paths but change no content, so they are not here.
 pub fn shell_writes(command: &str, repo_root: &Path) -> Vec<PathBuf> {
     let ctx = GuardContext {
         repo_root,
@@ -233,6 +234,21 @@ mod tests {
         assert!(shell_writes("cargo test > /tmp/log 2>&1", root).is_empty());
         assert!(shell_writes("cargo test", root).is_empty());
         assert!(shell_writes("echo x > $OUT", root).is_empty());
+        // Staging and committing need locks, but they edit nothing.
+        assert!(
+            shell_writes(
+                "git add src/a.rs && git commit -m 'bd-x-1: y' -- src/a.rs",
+                root
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            shell_writes("git mv src/a.rs src/b.rs && git add src/b.rs", root),
+            vec![
+                PathBuf::from("/repo/src/a.rs"),
+                PathBuf::from("/repo/src/b.rs")
+            ]
+        );
     }
 
     #[test]

@@ -667,6 +667,9 @@ impl Walker<'_> {
             "apply" | "am" if !(long("--check") || long("--stat") || long("--numstat")) => Err(format!(
                 "refused: git {sub} changes files named inside the patch, which mala cannot check against your locks. Edit the files you hold instead"
             )),
+            // Staging and committing need the paths' locks, but they change no
+            // file's content: they are not edits, so they are not collected.
+            "add" | "commit" if self.collected.is_some() => Ok(()),
             "add" => self.git_add(rest, &base),
             "commit" => self.git_commit(rest, &base),
             "rm" | "mv" => {
