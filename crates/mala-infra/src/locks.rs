@@ -54,8 +54,17 @@ fn io(error: &std::io::Error, path: &Path) -> LockError {
 }
 
 /// The canonical form of a path: absolute, `.`/`..` resolved, symlinks
-/// resolved for the part that exists.
+/// resolved for the part that exists. A path an agent wrote with a shell
+/// escape (`a\$b.rs`) means the file `a$b.rs` when that file exists, as
+/// the original reads it, so both name the same lock.
 pub fn canonical_path(base: &Path, path: &str) -> PathBuf {
+    if path.contains("\\$") {
+        let unescaped = path.replace("\\$", "$");
+        let candidate = base.join(&unescaped);
+        if candidate.exists() {
+            return canonical_path(base, &unescaped);
+        }
+    }
     let joined = if Path::new(path).is_absolute() {
         PathBuf::from(path)
     } else {
@@ -295,9 +304,10 @@ pub fn list_locks(dir: &Path) -> Vec<LockInfo> {
                 .ok()?
                 .trim()
                 .to_owned();
+            // The original ends its `.meta` with a newline; mala does not.
             let path = std::fs::read_to_string(dir.join(format!("{stem}.meta")))
                 .ok()
-                .map(PathBuf::from);
+                .map(|text| PathBuf::from(text.trim_end_matches(['\n', '\r'])));
             let since = entry
                 .metadata()
                 .ok()
@@ -497,6 +507,17 @@ mod tests {
             table.target("__test_mutex__").key,
             format!("{}:__test_mutex__", repo.display())
         );
+        // A shell-escaped `$` names the file with a `$` when it exists.
+        std::fs::write(repo.join("src/a$b.rs"), "").unwrap();
+        assert_eq!(
+            table.target("src/a\\$b.rs").key,
+            table.target("src/a$b.rs").key
+        );
+        assert_eq!(
+            table.target("src/c\\$d.rs").canonical,
+            repo.join("src/c\\$d.rs"),
+            "kept as written when no such file exists"
+        );
         // sha256("abc") starts with ba7816bf8f01cfea.
         assert_eq!(lock_file_stem("abc"), "ba7816bf8f01cfea");
     }
@@ -640,5 +661,18 @@ mod tests {
             .unwrap();
         assert!(!report.all_acquired);
         assert_eq!(report.results[0].holder, Some(AgentId::new("py-agent-1")));
+        // Its companion `.meta` ends with a newline; the path read back must not.
+        let canonical = dir.path().canonicalize().unwrap().join("shared.rs");
+        std::fs::write(
+            dir.path()
+                .join("locks")
+                .join(format!("{}.meta", lock_file_stem(&key))),
+            format!("{}\n", canonical.display()),
+        )
+        .unwrap();
+        assert_eq!(
+            paths_held_in(&dir.path().join("locks"), &AgentId::new("py-agent-1")),
+            vec![canonical]
+        );
     }
 }
