@@ -134,6 +134,14 @@ pub(crate) enum Mismatch {
     Different,
 }
 
+/// Whether any pipeline of `chains` runs `wanted` (alone, or feeding others).
+fn mentions(chains: &[Chain], wanted: &Pipe) -> bool {
+    chains
+        .iter()
+        .flat_map(|c| std::iter::once(&c.first).chain(c.rest.iter().map(|(_, p)| p)))
+        .any(|pipe| pipe.len() >= wanted.len() && pipe[..wanted.len()] == wanted[..])
+}
+
 /// Whether `recorded`, run in `cwd`, ran `configured` with its status intact.
 pub(crate) fn runs_command(
     recorded: &str,
@@ -143,7 +151,9 @@ pub(crate) fn runs_command(
 ) -> Result<(), Mismatch> {
     let expected = chains(configured).ok_or(Mismatch::Unreadable)?;
     let mut actual = chains(recorded).ok_or(Mismatch::Unreadable)?;
-    if expected.is_empty() {
+    if expected.is_empty() || !mentions(&actual, &expected[0].first) {
+        // A line that never runs the command is a different command, however
+        // its status is kept: saying it "hides the status" would be untrue.
         return Err(Mismatch::Different);
     }
     let mut pipefail = false;
@@ -291,6 +301,20 @@ mod tests {
         ];
         for (recorded, why) in cases {
             assert_eq!(check(recorded, "cargo test"), Err(why), "{recorded}");
+        }
+        // Lines that never run the command are different commands, not
+        // hidden statuses or other places.
+        for recorded in [
+            "git add src/a.rs && git commit -m 'bd-m-1: x' -- src/a.rs",
+            "cd src && git status",
+            "echo a; echo b",
+            "cargo build | tee log",
+        ] {
+            assert_eq!(
+                check(recorded, "cargo test"),
+                Err(Mismatch::Different),
+                "{recorded}"
+            );
         }
         assert_eq!(
             check("uv run pytest", "uv run pytest && uv run ruff check ."),

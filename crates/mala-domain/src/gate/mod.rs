@@ -181,22 +181,46 @@ fn describe(mismatch: &Mismatch) -> &'static str {
     }
 }
 
-/// When the agent last changed a file: a structured edit, or a shell command
-/// that writes inside the repository (other than a run of a required command,
-/// whose own output files do not count).
-fn last_edit(input: &GateInput<'_>) -> Option<DateTime<Utc>> {
-    let shell = input.evidence.commands.iter().filter(|run| {
-        !input.required.iter().any(|r| {
-            runs_command(&run.command, &r.command, input.repo_root, input.repo_root).is_ok()
-        }) && !crate::shell_writes(&run.command, input.repo_root).is_empty()
+/// The agent's last change to a file, and how the gate names it.
+struct LastEdit {
+    at: DateTime<Utc>,
+    what: String,
+}
+
+/// When the agent last changed a file: a recorded edit (structured, or seen
+/// in the working tree), or a shell command that writes inside the
+/// repository (other than a run of a required command, whose own output
+/// files do not count).
+fn last_edit(input: &GateInput<'_>) -> Option<LastEdit> {
+    let edits = input.evidence.edits.iter().map(|e| LastEdit {
+        at: e.at,
+        what: format!("{} of {}", e.tool, shown_path(&e.path, input.repo_root)),
     });
-    input
-        .evidence
-        .edits
-        .iter()
-        .map(|e| e.at)
-        .chain(shell.map(|run| run.ended_at))
-        .max()
+    let shell = input.evidence.commands.iter().filter_map(|run| {
+        if input.required.iter().any(|r| {
+            runs_command(&run.command, &r.command, input.repo_root, input.repo_root).is_ok()
+        }) {
+            return None;
+        }
+        let writes = crate::shell_writes(&run.command, input.repo_root);
+        let first = writes.first()?;
+        Some(LastEdit {
+            at: run.ended_at,
+            what: format!(
+                "`{}`, which writes {}",
+                run.command.lines().next().unwrap_or_default(),
+                shown_path(&first.to_string_lossy(), input.repo_root)
+            ),
+        })
+    });
+    edits.chain(shell).max_by_key(|e| e.at)
+}
+
+/// A path as the agent knows it: relative to the repository when inside it.
+fn shown_path(path: &str, repo_root: &Path) -> String {
+    Path::new(path)
+        .strip_prefix(repo_root)
+        .map_or_else(|_| path.to_owned(), |p| p.display().to_string())
 }
 
 /// Checks the required commands; returns the reasons and the names missing.
@@ -235,11 +259,11 @@ fn check_evidence(input: &GateInput<'_>) -> (Vec<String>, Vec<String>) {
             });
             reasons.push(match near {
                 Some((run, mismatch)) => format!(
-                    "`{}` ({}) has no run on record that counts: `{}` was run in {}",
+                    "`{}` ({}) ran only in {}: `{}`; run it as configured",
                     required.name,
                     required.command,
+                    describe(mismatch),
                     run.command.lines().next().unwrap_or_default(),
-                    describe(mismatch)
                 ),
                 None => format!("`{}` ({}) was never run", required.name, required.command),
             });
@@ -247,10 +271,10 @@ fn check_evidence(input: &GateInput<'_>) -> (Vec<String>, Vec<String>) {
             continue;
         };
         let started = last.started_at.unwrap_or(last.ended_at);
-        if since.is_some_and(|edit| edit > started) {
+        if let Some(edit) = since.as_ref().filter(|edit| edit.at > started) {
             reasons.push(format!(
-                "`{}` last ran before your last edit; run `{}` again",
-                required.name, required.command
+                "`{}` last ran before your last edit ({}); run `{}` again",
+                required.name, edit.what, required.command
             ));
             missing.push(required.name.clone());
             continue;
@@ -320,7 +344,8 @@ fn judge_already_complete(input: &GateInput<'_>, why: &str, marker: Option<Marke
         c.subject
             .split(':')
             .next()
-            .is_some_and(|head| head.starts_with("bd-") && why.contains(&head["bd-".len()..]))
+            .and_then(|head| head.trim().strip_prefix("bd-"))
+            .is_some_and(|id| names_id(why, id))
     });
     match issue_commit(input).or(named) {
         Some(c) => GateVerdict::pass(Some(c.id.clone()), marker),
@@ -334,6 +359,14 @@ fn judge_already_complete(input: &GateInput<'_>, why: &str, marker: Option<Marke
             vec![],
         ),
     }
+}
+
+/// Whether `text` names the issue `id` as a whole token (`m-9` or `bd-m-9`):
+/// `m-1` is not named by `m-10`, nor `a` by "already".
+fn names_id(text: &str, id: &str) -> bool {
+    text.split(|c: char| !(c.is_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        .map(|token| token.trim_end_matches('.'))
+        .any(|token| token == id || token.strip_prefix("bd-") == Some(id))
 }
 
 /// `ISSUE_DOCS_ONLY`: a fresh commit that touches no code or configuration.

@@ -240,6 +240,51 @@ fn an_old_commit_of_the_issue_is_not_this_sessions_work() {
 }
 
 #[test]
+fn each_reason_says_what_really_happened() {
+    let commit_line = "git add src/parser.rs && git commit -m 'bd-m-1: fix' -- src/parser.rs";
+    let judged = |case: Case| reasons(&case.judge());
+    // Never ran, though other commands did: not "a form that hides its status".
+    let never = judged(
+        Case::new()
+            .edited(edit("src/parser.rs", 1))
+            .ran(run("cargo clippy -- -D warnings", 0, 2))
+            .ran(run(commit_line, 0, 3))
+            .commit(commit("abc", "bd-m-1: fix", 4, &["src/parser.rs"])),
+    );
+    assert!(
+        never.contains("`test` (cargo test) was never run"),
+        "{never}"
+    );
+    assert!(!never.contains("hides"), "{never}");
+    // Ran and failed.
+    let failed = judged(honest().ran(run("cargo test", 101, 5)));
+    assert!(failed.contains("`test` failed (exit 101)"), "{failed}");
+    // Ran before the last edit, which is named.
+    let stale = judged(honest().edited(edit("src/lexer.rs", 5)));
+    assert!(
+        stale.contains("before your last edit (Edit of src/lexer.rs)"),
+        "{stale}"
+    );
+    let stale = judged(honest().ran(run("echo x >> src/lexer.rs", 0, 5)));
+    assert!(
+        stale.contains("`echo x >> src/lexer.rs`, which writes src/lexer.rs"),
+        "{stale}"
+    );
+    // Hid its status: only when it did run that way.
+    let hidden = judged(
+        Case::new()
+            .edited(edit("src/parser.rs", 1))
+            .ran(run("cargo test || true", 0, 2))
+            .ran(run("cargo clippy -- -D warnings", 0, 3))
+            .commit(commit("abc", "bd-m-1: fix", 4, &["src/parser.rs"])),
+    );
+    assert!(
+        hidden.contains("`cargo test || true`") && hidden.contains("hides its exit status"),
+        "{hidden}"
+    );
+}
+
+#[test]
 fn pretend_runs_do_not_count() {
     for (recorded, expected) in [
         ("echo cargo test", "was never run"),
@@ -323,6 +368,23 @@ fn markers_need_a_rationale_and_follow_the_original_rules() {
         .said("ISSUE_NO_CHANGE: nothing to do")
         .judge();
     assert!(!verdict.passed, "{verdict:?}");
+}
+
+#[test]
+fn already_complete_borrows_only_a_commit_whose_id_the_rationale_names_as_a_token() {
+    let borrowed = |subject: &str, why: &str| {
+        Case::new()
+            .commit(commit("c1", subject, -30, &["src/parser.rs"]))
+            .said(&format!("ISSUE_ALREADY_COMPLETE: {why}"))
+            .judge()
+            .passed
+    };
+    assert!(borrowed("bd-x-1: fix", "duplicate of x-1."));
+    assert!(borrowed("bd-x-1: fix", "done by bd-x-1, see c1"));
+    assert!(!borrowed("bd-x-1: fix", "duplicate of x-10"));
+    assert!(!borrowed("bd-x-10: fix", "duplicate of x-1"));
+    assert!(!borrowed("bd-a: fix", "already done upstream"));
+    assert!(!borrowed("bd-m-2: fix", "the parser already handles it"));
 }
 
 #[test]
