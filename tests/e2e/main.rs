@@ -13,3 +13,4 @@ mod forgotten_files;
 mod locks;
 mod pipeline;
 mod ready_parity;
+mod tree_watch;

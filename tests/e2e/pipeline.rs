@@ -12,6 +12,7 @@ use mala_core::{AgentId, Event, EventSink, IssueId, IssueStatus, LockTable};
 use mala_domain::RequiredCommand;
 use mala_infra::{
     BrTracker, ClaudeBackend, ClaudeConfig, FileLockTable, GitRepo, LockingGuard, SystemClock,
+    TreeWatch,
 };
 use mala_pipeline::{IssueResult, RunnerConfig, RunnerPorts, run_issue};
 use mala_testkit::{
@@ -117,7 +118,7 @@ fn script(repo: PathBuf, agent: Agent) -> Script {
 }
 
 #[derive(Default)]
-struct Events(Mutex<Vec<Event>>);
+pub(crate) struct Events(pub(crate) Mutex<Vec<Event>>);
 
 impl EventSink for Events {
     fn emit(&self, event: &Event) {
@@ -125,24 +126,35 @@ impl EventSink for Events {
     }
 }
 
-struct Setup {
-    events: Arc<Events>,
-    repo: TempRepo,
-    br: Br,
-    ports: RunnerPorts,
-    config: RunnerConfig,
-    _mock: MockAnthropic,
+pub(crate) struct Setup {
+    pub(crate) events: Arc<Events>,
+    pub(crate) repo: TempRepo,
+    pub(crate) br: Br,
+    pub(crate) ports: RunnerPorts,
+    pub(crate) config: RunnerConfig,
+    pub(crate) mock: MockAnthropic,
     harness: ClaudeHarness,
     state: tempfile::TempDir,
 }
 
 fn setup(claude: &Path, br_binary: &Path, agent: Agent, check: &str) -> Setup {
+    setup_scripted(claude, br_binary, |repo| script(repo, agent), check)
+}
+
+/// The runner's real ports (br, claude with the guard, the lock table, git
+/// and the working-tree watch) around a model that follows `script`.
+pub(crate) fn setup_scripted(
+    claude: &Path,
+    br_binary: &Path,
+    script: impl FnOnce(PathBuf) -> Script,
+    check: &str,
+) -> Setup {
     let repo = TempRepo::new();
     std::fs::create_dir(repo.path().join("src")).unwrap();
     let br = Br::init(br_binary, repo.path(), "pl");
     repo.git(&["add", "-A"]);
     repo.git(&["commit", "-q", "-m", "beads"]);
-    let mock = MockAnthropic::start(script(repo.path().canonicalize().unwrap(), agent));
+    let mock = MockAnthropic::start(script(repo.path().canonicalize().unwrap()));
     let harness = ClaudeHarness::new(claude, &mock);
     let state = tempfile::tempdir().unwrap();
     let mut claude_config = ClaudeConfig::new(claude, state.path());
@@ -160,7 +172,11 @@ fn setup(claude: &Path, br_binary: &Path, agent: Agent, check: &str) -> Setup {
             vec![],
         )))
         .with_locks(Arc::clone(&locks))
-        .with_git(Arc::clone(&git));
+        .with_git(Arc::clone(&git))
+        .with_tree_watch(Arc::new(
+            TreeWatch::new(repo.path(), Some(Arc::clone(&locks)))
+                .with_validation(vec![check.to_owned()]),
+        ));
     let tracker = Arc::new(BrTracker::new(
         br_binary,
         repo.path(),
@@ -204,13 +220,13 @@ fn setup(claude: &Path, br_binary: &Path, agent: Agent, check: &str) -> Setup {
         br,
         ports,
         config,
-        _mock: mock,
+        mock,
         harness,
         state,
     }
 }
 
-fn create_issue(br: &Br, title: &str, file: &str) -> IssueId {
+pub(crate) fn create_issue(br: &Br, title: &str, file: &str) -> IssueId {
     IssueId::new(br.create(&NewIssue {
         title,
         priority: 2,
@@ -219,7 +235,7 @@ fn create_issue(br: &Br, title: &str, file: &str) -> IssueId {
     }))
 }
 
-async fn status(setup: &Setup, issue: &IssueId) -> (IssueStatus, bool, String) {
+pub(crate) async fn status(setup: &Setup, issue: &IssueId) -> (IssueStatus, bool, String) {
     let shown = setup.ports.tracker.show(issue).await.unwrap();
     let followup = shown.has_label("needs-followup");
     (shown.status, followup, shown.notes)

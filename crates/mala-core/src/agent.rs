@@ -71,8 +71,12 @@ pub enum AgentEvent {
     },
     /// A shell command ran (recorded by a hook, with its status).
     CommandRan { run: crate::CommandRun },
-    /// A file was changed by a structured edit (recorded by a hook).
+    /// A file was changed by a structured edit (recorded by a hook), or
+    /// seen changed in the working tree after a tool call.
     FileEdited { edit: crate::FileEdit },
+    /// A file nobody holds the lock of was seen changed in the working tree
+    /// after one of the agent's tool calls (also sent as a `FileEdited`).
+    UnlockedWrite { edit: crate::FileEdit },
     /// A tool call was refused, with the reason the agent was given.
     ToolDenied { tool: String, reason: String },
 }

@@ -19,7 +19,8 @@ pub struct CommandRun {
     pub ended_at: DateTime<Utc>,
 }
 
-/// One file the agent changed with a structured edit.
+/// One file the agent changed: with a structured edit, or as seen in the
+/// working tree after a tool call (`tool` then says so).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEdit {
     pub tool_use_id: String,
@@ -33,6 +34,9 @@ pub struct FileEdit {
 pub struct Evidence {
     pub commands: Vec<CommandRun>,
     pub edits: Vec<FileEdit>,
+    /// Files changed without their lock, as seen in the working tree.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlocked: Vec<FileEdit>,
 }
 
 /// A commit, as the gate and the reviewer see it.

@@ -3,7 +3,7 @@
 //! Adapters live in `mala-infra`; fakes in `mala-testkit`; mocks are generated
 //! here with the `mocks` feature.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,6 +83,8 @@ pub trait LockTable: Send + Sync {
     async fn wait(&self, agent: &AgentId, paths: &[String]) -> Result<WaitReport, LockError>;
     /// The canonical paths this agent holds.
     fn held_by(&self, agent: &AgentId) -> Vec<PathBuf>;
+    /// Who holds the lock of `path` (absolute), in this process or another.
+    fn holder(&self, path: &Path) -> Option<AgentId>;
 }
 
 /// Receives what an agent does while a turn runs.
@@ -106,6 +108,9 @@ pub trait Repository: Send + Sync {
     async fn issue_commits(&self) -> Result<Vec<CommitInfo>, RepoError>;
     /// Whether the working tree and the index match HEAD.
     async fn is_clean(&self) -> Result<bool, RepoError>;
+    /// Those of `paths` (absolute) whose working-tree state differs from
+    /// HEAD: changed, removed, or new and not ignored.
+    async fn differs_from_head(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, RepoError>;
     /// Unstages those of `paths` that are staged; returns the ones it unstaged.
     async fn unstage(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, RepoError>;
     /// Runs `commands` in order in a clean checkout of `commit`, apart from

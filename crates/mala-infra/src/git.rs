@@ -301,6 +301,36 @@ impl mala_core::Repository for GitRepo {
         GitRepo::unstage(self, paths).await
     }
 
+    async fn differs_from_head(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, RepoError> {
+        let relative: Vec<(String, &PathBuf)> = paths
+            .iter()
+            .filter_map(|p| self.relative(p).map(|rel| (rel, p)))
+            .collect();
+        if relative.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec!["status", "--porcelain", "-z", "--untracked-files=all", "--"];
+        args.extend(relative.iter().map(|(rel, _)| rel.as_str()));
+        let output = self.git(&args).await?;
+        if !output.status.success() {
+            return Err(RepoError::Git {
+                command: args.join(" "),
+                stderr: text(&output.stderr),
+            });
+        }
+        // `XY path\0`, and a rename's old path as an entry of its own.
+        let listed = String::from_utf8_lossy(&output.stdout);
+        let listed: Vec<&str> = listed
+            .split('\0')
+            .map(|entry| entry.get(3..).unwrap_or(entry))
+            .collect();
+        Ok(relative
+            .into_iter()
+            .filter(|(rel, _)| listed.contains(&rel.as_str()))
+            .map(|(_, path)| path.clone())
+            .collect())
+    }
+
     async fn check_commit(
         &self,
         commit: &str,

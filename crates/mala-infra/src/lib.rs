@@ -16,6 +16,7 @@ mod process_tree;
 mod run_log;
 mod run_marker;
 mod run_store;
+mod tree_watch;
 
 pub use beads::{
     BR_INSTALL_HINT, BrCli, BrTracker, JsonlTracker, NEEDS_FOLLOWUP, Tracker, WriteRetry,
@@ -35,3 +36,4 @@ pub use locks::{
 pub use run_log::{encode_repo, list_runs};
 pub use run_marker::{Cleanup, RunMarker, is_run_alive, remove_stale};
 pub use run_store::FileRunStore;
+pub use tree_watch::{Observed, Snapshot, TreeWatch, WindowId};

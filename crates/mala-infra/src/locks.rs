@@ -457,6 +457,10 @@ impl LockTable for FileLockTable {
         })
     }
 
+    fn holder(&self, path: &Path) -> Option<AgentId> {
+        self.holder_of(&self.target(&path.to_string_lossy()).key)
+    }
+
     fn held_by(&self, agent: &AgentId) -> Vec<PathBuf> {
         self.lock_held()
             .get(agent)

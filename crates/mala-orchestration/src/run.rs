@@ -12,7 +12,7 @@ use mala_pipeline::{AgentReviewer, EpicVerifier};
 use crate::epics::{EpicCheck, verify_epic};
 use mala_infra::{
     CerberusConfig, CerberusReviewer, ClaudeBackend, ClaudeConfig, FileLockTable, FileRunStore,
-    GitRepo, LockingGuard, SystemClock, Tracker, check_cerberus,
+    GitRepo, LockingGuard, SystemClock, Tracker, TreeWatch, check_cerberus,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -246,16 +246,29 @@ fn implementer_backend(
             .disallowed_tools
             .clone(),
     );
-    let guard = if request.plan.max_agents <= 1 {
+    let alone = request.plan.max_agents <= 1;
+    let guard = if alone {
         guard.without_lock_enforcement()
     } else {
         guard
     };
+    // The second line: what each tool call changed in the tree. Alone, every
+    // change is the agent's edit; with others, a change nobody holds is an
+    // unlocked write.
+    let settings = &request.settings;
+    let validation =
+        mala_domain::required_commands(&settings.evidence_check.required, &settings.commands)
+            .into_iter()
+            .map(|r| r.command)
+            .collect();
+    let watch =
+        TreeWatch::new(repo_root, (!alone).then(|| Arc::clone(locks))).with_validation(validation);
     Arc::new(
         ClaudeBackend::new(config.clone())
             .with_guard(Arc::new(guard))
             .with_locks(Arc::clone(locks))
-            .with_git(Arc::clone(git)),
+            .with_git(Arc::clone(git))
+            .with_tree_watch(Arc::new(watch)),
     )
 }
 

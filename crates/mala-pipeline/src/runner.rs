@@ -118,6 +118,7 @@ impl AgentObserver for SessionLog {
         match event {
             AgentEvent::CommandRan { run } => lock(&self.evidence).commands.push(run.clone()),
             AgentEvent::FileEdited { edit } => lock(&self.evidence).edits.push(edit.clone()),
+            AgentEvent::UnlockedWrite { edit } => lock(&self.evidence).unlocked.push(edit.clone()),
             AgentEvent::ToolUse { .. } => *lock(&self.tool_uses) += 1,
             _ => {}
         }
@@ -644,6 +645,44 @@ impl IssueRun {
             .unwrap_or_else(|reason| Step::Finish(IssueResult::Failed { reason }))
     }
 
+    /// The files this agent was seen changing without their locks that are
+    /// still changed and still not its own. When git cannot say, they count:
+    /// the gate fails closed.
+    async fn still_unlocked(&self, evidence: &mala_core::Evidence) -> Vec<String> {
+        let mut paths: Vec<PathBuf> = evidence
+            .unlocked
+            .iter()
+            .map(|e| PathBuf::from(&e.path))
+            .collect();
+        paths.sort();
+        paths.dedup();
+        if paths.is_empty() {
+            return Vec::new();
+        }
+        let held = self
+            .ports
+            .locks
+            .as_ref()
+            .map(|locks| locks.held_by(&self.agent))
+            .unwrap_or_default();
+        paths.retain(|p| !held.contains(p));
+        let changed = self
+            .ports
+            .repo
+            .differs_from_head(&paths)
+            .await
+            .unwrap_or_else(|_| paths.clone());
+        changed
+            .iter()
+            .map(|p| {
+                p.strip_prefix(&self.config.repo_root)
+                    .unwrap_or(p)
+                    .display()
+                    .to_string()
+            })
+            .collect()
+    }
+
     async fn gate(&mut self) -> Step {
         let commits = match self.ports.repo.issue_commits().await {
             Ok(commits) => commits,
@@ -654,6 +693,7 @@ impl IssueRun {
             }
         };
         let evidence = lock(&self.log.evidence).clone();
+        let unlocked = self.still_unlocked(&evidence).await;
         let verdict = check_gate(&GateInput {
             issue: &self.issue.id,
             repo_root: &self.config.repo_root,
@@ -665,6 +705,7 @@ impl IssueRun {
             code_patterns: &self.config.code_patterns,
             config_files: &self.config.config_files,
             setup_files: &self.config.setup_files,
+            unlocked: &unlocked,
         });
         let mut verdict = verdict;
         if verdict.passed

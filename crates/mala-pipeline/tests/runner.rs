@@ -31,6 +31,8 @@ struct Turn {
     commit: Option<(&'static str, Vec<&'static str>)>,
     text: &'static str,
     fail: Option<AgentErrorKind>,
+    /// Files the working-tree watch saw the agent change without a lock.
+    unlocked: Vec<&'static str>,
 }
 
 /// The world the fakes share: time moves forward one second per action.
@@ -49,6 +51,8 @@ struct World {
     closed: usize,
     dropped: usize,
     unstaged: Vec<PathBuf>,
+    /// Paths git says differ from HEAD.
+    differs: Vec<PathBuf>,
 }
 
 /// A turn that never ends (after one edit), or one that panics inside mala.
@@ -167,6 +171,17 @@ impl AgentSession for FakeSession {
                 },
             });
         }
+        for path in &turn.unlocked {
+            let at = world.tick();
+            self.observer.on_event(&AgentEvent::UnlockedWrite {
+                edit: FileEdit {
+                    tool_use_id: "shell".into(),
+                    tool: "Bash (seen in the working tree)".into(),
+                    path: format!("/repo/{path}"),
+                    at,
+                },
+            });
+        }
         for (i, (command, exit)) in turn.runs.iter().enumerate() {
             let started = world.tick();
             let ended = world.tick();
@@ -248,6 +263,15 @@ impl Repository for FakeRepo {
     async fn unstage(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, RepoError> {
         self.world.lock().unwrap().unstaged.extend_from_slice(paths);
         Ok(vec![])
+    }
+
+    async fn differs_from_head(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, RepoError> {
+        let world = self.world.lock().unwrap();
+        Ok(paths
+            .iter()
+            .filter(|p| world.differs.contains(p))
+            .cloned()
+            .collect())
     }
 
     async fn check_commit(
@@ -481,8 +505,39 @@ fn honest_turn(h: &Harness) -> Turn {
         runs: vec![("cargo test", 0)],
         commit: Some((h.subject("handle empty input"), vec!["src/parser.rs"])),
         text: "Fixed the crash; cargo test passes; committed.",
-        fail: None,
+        ..Turn::default()
     }
+}
+
+#[tokio::test]
+async fn a_file_changed_without_its_lock_fails_the_gate_while_it_stays_changed() {
+    let h = Harness::new().await;
+    h.world
+        .lock()
+        .unwrap()
+        .differs
+        .push(PathBuf::from("/repo/src/theirs.rs"));
+    let turn = Turn {
+        unlocked: vec!["src/theirs.rs"],
+        ..honest_turn(&h)
+    };
+    expect_failure(
+        &h,
+        vec![turn],
+        "you changed src/theirs.rs without holding the lock",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_file_changed_without_its_lock_and_put_back_passes() {
+    let h = Harness::new().await;
+    let turn = Turn {
+        unlocked: vec!["src/theirs.rs"],
+        ..honest_turn(&h)
+    };
+    let result = h.run(vec![turn], None).await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
 }
 
 #[tokio::test]
@@ -522,6 +577,7 @@ async fn an_agent_that_fixes_its_work_after_a_follow_up_passes_on_attempt_two() 
         commit: Some((h.subject("fix the failing test"), vec!["src/parser.rs"])),
         text: "Fixed.",
         fail: None,
+        unlocked: vec![],
     };
     let result = h.run(vec![first, second], None).await;
     assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
@@ -622,7 +678,7 @@ async fn editing_after_the_checks_without_rerunning_is_caught() {
         runs: vec![],
         commit: Some((h.subject("one more tweak"), vec!["src/parser.rs"])),
         text: "Done.",
-        fail: None,
+        ..Turn::default()
     };
     let turns = vec![
         Turn {
@@ -668,6 +724,7 @@ async fn docs_only_with_a_code_change_is_caught() {
         )),
         text: "ISSUE_DOCS_ONLY: documentation only",
         fail: None,
+        unlocked: vec![],
     };
     expect_failure(
         &h,
@@ -720,6 +777,7 @@ async fn a_blocking_review_goes_back_to_the_agent_then_passes() {
         commit: Some((h.subject("fix the off-by-one"), vec!["src/parser.rs"])),
         text: "Fixed the review finding.",
         fail: None,
+        unlocked: vec![],
     };
     let result = h
         .run(vec![honest_turn(&h), fix], Some(reviewer.clone()))
@@ -952,6 +1010,7 @@ async fn a_finding_threshold_of_p2_sends_a_p2_finding_back_to_the_agent() {
         commit: Some((h.subject("rename"), vec!["src/parser.rs"])),
         text: "Renamed.",
         fail: None,
+        unlocked: vec![],
     };
     let config = RunnerConfig {
         blocking_priority: 2,
@@ -1007,6 +1066,7 @@ async fn with_gate_rerun_a_commit_that_fails_when_mala_runs_the_checks_goes_back
         commit: Some((h.subject("add the helper"), vec!["src/helper.rs"])),
         text: "Committed the missing file.",
         fail: None,
+        unlocked: vec![],
     };
     let config = RunnerConfig {
         rerun: true,

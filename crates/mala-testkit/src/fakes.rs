@@ -423,6 +423,11 @@ impl Repository for MemoryRepository {
         Ok(Vec::new())
     }
 
+    async fn differs_from_head(&self, _: &[PathBuf]) -> Result<Vec<PathBuf>, RepoError> {
+        // Its agents change no file outside their commits.
+        Ok(Vec::new())
+    }
+
     async fn check_commit(
         &self,
         _: &str,

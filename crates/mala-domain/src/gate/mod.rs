@@ -74,6 +74,9 @@ pub struct GateInput<'a> {
     pub code_patterns: &'a [String],
     pub config_files: &'a [String],
     pub setup_files: &'a [String],
+    /// Files (relative) the agent was seen changing without their lock that
+    /// are still changed and still not held by it: the caller checks both.
+    pub unlocked: &'a [String],
 }
 
 /// How the gate judged one attempt.
@@ -295,8 +298,27 @@ fn check_evidence(input: &GateInput<'_>) -> (Vec<String>, Vec<String>) {
     (reasons, missing)
 }
 
+/// Whether a shell command, run at the repository root, is a run of the
+/// configured validation command (its own output files are then not edits).
+pub fn is_validation_run(recorded: &str, configured: &str, repo_root: &Path) -> bool {
+    runs_command(recorded, configured, repo_root, repo_root).is_ok()
+}
+
 /// Judges one attempt.
 pub fn check_gate(input: &GateInput<'_>) -> GateVerdict {
+    let mut verdict = judge_resolution(input);
+    if !input.unlocked.is_empty() {
+        verdict.passed = false;
+        verdict.reasons.push(format!(
+            "you changed {} without holding the lock (mala saw it in the working tree); another agent may be \
+             editing it. Call lock_acquire with the path, then restore it or commit the change as yours",
+            input.unlocked.join(", ")
+        ));
+    }
+    verdict
+}
+
+fn judge_resolution(input: &GateInput<'_>) -> GateVerdict {
     let marker = parse_marker(input.final_text);
     match &marker {
         Some(Marker::NoChange(why) | Marker::Obsolete(why)) => {

@@ -41,6 +41,7 @@ struct Case {
     commits: Vec<CommitInfo>,
     evidence: Evidence,
     final_text: String,
+    unlocked: Vec<String>,
 }
 
 impl Case {
@@ -49,6 +50,7 @@ impl Case {
             commits: vec![],
             evidence: Evidence::default(),
             final_text: "Implemented the parser fix.".into(),
+            unlocked: vec![],
         }
     }
 
@@ -64,6 +66,11 @@ impl Case {
 
     fn edited(mut self, e: FileEdit) -> Self {
         self.evidence.edits.push(e);
+        self
+    }
+
+    fn unlocked(mut self, path: &str) -> Self {
+        self.unlocked.push(path.into());
         self
     }
 
@@ -99,6 +106,7 @@ impl Case {
             code_patterns: &patterns,
             config_files: &config,
             setup_files: &[],
+            unlocked: &self.unlocked,
         })
     }
 }
@@ -285,6 +293,21 @@ fn each_reason_says_what_really_happened() {
 }
 
 #[test]
+fn a_file_changed_without_its_lock_fails_every_kind_of_attempt() {
+    let verdict = honest().unlocked("src/theirs.rs").judge();
+    assert!(!verdict.passed);
+    assert!(
+        reasons(&verdict).contains("you changed src/theirs.rs without holding the lock"),
+        "{verdict:?}"
+    );
+    let verdict = Case::new()
+        .said("ISSUE_NO_CHANGE: nothing to do")
+        .unlocked("src/theirs.rs")
+        .judge();
+    assert!(!verdict.passed, "{verdict:?}");
+}
+
+#[test]
 fn pretend_runs_do_not_count() {
     for (recorded, expected) in [
         ("echo cargo test", "was never run"),
@@ -331,7 +354,7 @@ fn allow_fail_commands_may_fail() {
     }];
     let evidence = Evidence {
         commands: vec![run("mypy .", 1, 2)],
-        edits: vec![],
+        ..Evidence::default()
     };
     let commits = vec![commit("abc", "bd-m-1: x", 3, &["a.py"])];
     let verdict = check_gate(&GateInput {
@@ -345,6 +368,7 @@ fn allow_fail_commands_may_fail() {
         code_patterns: &[],
         config_files: &[],
         setup_files: &[],
+        unlocked: &[],
     });
     assert!(verdict.passed, "{verdict:?}");
 }

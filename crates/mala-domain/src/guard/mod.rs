@@ -116,6 +116,42 @@ pub fn shell_writes(command: &str, repo_root: &Path) -> Vec<PathBuf> {
     rules::repository_writes(command, &ctx)
 }
 
+/// Programs whose every write the guard reads from their words. Anything
+/// else (an interpreter, a build tool, a script, a wrapper) may write files
+/// no word names.
+const WORD_EFFECTS: &[&str] = &[
+    "cat", "ls", "echo", "printf", "grep", "egrep", "fgrep", "rg", "head", "tail", "wc", "sort",
+    "uniq", "cut", "tr", "diff", "cmp", "true", "false", "test", "[", "pwd", "cd", "which", "stat",
+    "file", "sed", "cp", "mv", "rm", "rmdir", "mkdir", "touch", "ln", "chmod", "tee", "git",
+    "sleep", "date", "basename", "dirname", "realpath", "readlink",
+];
+
+/// Whether everything a shell command runs is a program whose writes are
+/// all named by its words (so `shell_writes` lists them). Used to tell,
+/// among agents whose commands ran at the same moment, which could have
+/// written a file none of their words names.
+pub fn effects_are_known(command: &str) -> bool {
+    let Ok(script) = shell::parse_script(command) else {
+        return false;
+    };
+    script.functions.is_empty()
+        && script.invocations().all(|invocation| {
+            let Some(first) = invocation.words.first() else {
+                return true;
+            };
+            let name = first.literal().map(|n| n.rsplit('/').next().unwrap_or(n));
+            let words: Vec<&str> = invocation.words.iter().map(shell::Arg::raw).collect();
+            match name {
+                Some(shell::ENTER | shell::LEAVE) => true,
+                Some("find") => !words
+                    .iter()
+                    .any(|w| w.starts_with("-exec") || w.starts_with("-ok")),
+                Some(name) => WORD_EFFECTS.contains(&name),
+                None => false,
+            }
+        })
+}
+
 /// Decides one tool call.
 pub fn check_tool(call: &ToolCall, ctx: &GuardContext<'_>) -> Decision {
     let result = decide(call, ctx);
@@ -249,6 +285,32 @@ mod tests {
                 PathBuf::from("/repo/src/b.rs")
             ]
         );
+    }
+
+    #[test]
+    fn effects_are_known_only_when_no_program_could_write_unnamed_files() {
+        for known in [
+            "grep -q fixed src/a.txt",
+            "git add a && git commit -m 'bd-x-1: y' -- a",
+            "cd src && ls -la | sort",
+            "echo x > a.txt; (cat a.txt)",
+            "find . -name '*.rs'",
+        ] {
+            assert!(effects_are_known(known), "{known}");
+        }
+        for opaque in [
+            "python3 /tmp/w.py",
+            "make",
+            "./scripts/fix.sh",
+            "cargo test",
+            "grep x $(python3 -c 'print(1)')",
+            "find . -exec rm {} +",
+            "f() { echo; }; f",
+            "$TOOL run",
+            "echo 'unterminated",
+        ] {
+            assert!(!effects_are_known(opaque), "{opaque}");
+        }
     }
 
     #[test]

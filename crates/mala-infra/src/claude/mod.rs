@@ -214,6 +214,7 @@ pub(crate) struct Services {
     pub(crate) guard: Option<Arc<dyn ToolGuard>>,
     pub(crate) locks: Option<Arc<dyn LockTable>>,
     pub(crate) git: Option<Arc<crate::GitRepo>>,
+    pub(crate) watch: Option<Arc<crate::TreeWatch>>,
     pub(crate) stop: Arc<StopSwitch>,
 }
 
@@ -290,6 +291,14 @@ impl ClaudeBackend {
     #[must_use]
     pub fn with_locks(mut self, locks: Arc<dyn LockTable>) -> Self {
         self.services.locks = Some(locks);
+        self
+    }
+
+    /// Every tool call that may write is watched in the working tree: what
+    /// it changed is evidence, and a change without a lock is reported.
+    #[must_use]
+    pub fn with_tree_watch(mut self, watch: Arc<crate::TreeWatch>) -> Self {
+        self.services.watch = Some(watch);
         self
     }
 

@@ -69,6 +69,9 @@ struct Shared {
     guard: Option<Arc<dyn ToolGuard>>,
     locks: Option<Arc<dyn LockTable>>,
     git: Option<Arc<crate::GitRepo>>,
+    watch: Option<Arc<crate::TreeWatch>>,
+    /// The working-tree windows of tool calls in flight, by tool use id.
+    windows: Mutex<HashMap<String, crate::WindowId>>,
     outbox: mpsc::UnboundedSender<Value>,
     record: Arc<SessionRecord>,
     pending: Mutex<HashMap<String, oneshot::Sender<Result<Value, String>>>>,
@@ -137,6 +140,7 @@ impl Shared {
                 }
                 AgentEvent::CommandRan { run } => summary.evidence.commands.push(run.clone()),
                 AgentEvent::FileEdited { edit } => summary.evidence.edits.push(edit.clone()),
+                AgentEvent::UnlockedWrite { edit } => summary.evidence.unlocked.push(edit.clone()),
                 AgentEvent::ToolDenied { .. } => summary.denials += 1,
                 _ => {}
             }
@@ -146,6 +150,7 @@ impl Shared {
             event,
             AgentEvent::CommandRan { .. }
                 | AgentEvent::FileEdited { .. }
+                | AgentEvent::UnlockedWrite { .. }
                 | AgentEvent::ToolDenied { .. }
         ) {
             self.record
@@ -241,13 +246,15 @@ impl Shared {
         match request.get("subtype").and_then(Value::as_str) {
             Some("hook_callback") => {
                 let input = request.get("input").cloned().unwrap_or(Value::Null);
-                Ok(self.hook(
-                    request
-                        .get("callback_id")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default(),
-                    &input,
-                ))
+                let callback = request
+                    .get("callback_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let observed = match callback {
+                    "post_tool" | "post_tool_failure" => self.observe(&input).await,
+                    _ => None,
+                };
+                Ok(self.hook(callback, &input, observed))
             }
             Some("can_use_tool") => {
                 let tool = request
@@ -296,7 +303,64 @@ impl Shared {
         verdict
     }
 
-    fn hook(&self, callback: &str, input: &Value) -> Value {
+    /// Opens the working-tree window of a tool call that needs watching.
+    fn watch_open(&self, tool: &str, tool_use_id: &str, command: Option<&str>) {
+        if let Some(watch) = &self.watch
+            && needs_watching(tool)
+        {
+            let window = watch.open(&self.agent, command);
+            lock(&self.windows).insert(tool_use_id.to_owned(), window);
+        }
+    }
+
+    /// Closes a tool call's window (a scan of the tree, off the async threads).
+    async fn observe(&self, input: &Value) -> Option<crate::Observed> {
+        let watch = Arc::clone(self.watch.as_ref()?);
+        let tool_use_id = input.get("tool_use_id").and_then(Value::as_str)?;
+        let window = lock(&self.windows).remove(tool_use_id)?;
+        tokio::task::spawn_blocking(move || watch.close(window))
+            .await
+            .ok()
+    }
+
+    /// Records what a tool call was seen to change; returns what the agent
+    /// must be told about files it changed without their locks.
+    fn seen(&self, tool: &str, tool_use_id: &str, observed: &crate::Observed) -> Option<String> {
+        let now = Utc::now();
+        let record = |path: &std::path::Path| FileEdit {
+            tool_use_id: tool_use_id.to_owned(),
+            tool: format!("{tool} (seen in the working tree)"),
+            path: path.to_string_lossy().into_owned(),
+            at: now,
+        };
+        for path in observed.edits.iter().chain(&observed.unlocked) {
+            self.emit(&AgentEvent::FileEdited { edit: record(path) });
+        }
+        if observed.unlocked.is_empty() {
+            return None;
+        }
+        let root = self.watch.as_ref().map(|w| w.root().to_path_buf());
+        let names: Vec<String> = observed
+            .unlocked
+            .iter()
+            .map(|path| {
+                self.emit(&AgentEvent::UnlockedWrite { edit: record(path) });
+                root.as_ref()
+                    .and_then(|r| path.strip_prefix(r).ok())
+                    .unwrap_or(path)
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        Some(format!(
+            "mala saw this {tool} call change {}, which you do not hold the lock of; another agent may be \
+             editing it. Call lock_acquire with that path, then restore it or keep the change and commit it \
+             as yours: until then your work does not pass the gate.",
+            names.join(", ")
+        ))
+    }
+
+    fn hook(&self, callback: &str, input: &Value, observed: Option<crate::Observed>) -> Value {
         let tool = input
             .get("tool_name")
             .and_then(Value::as_str)
@@ -309,9 +373,13 @@ impl Shared {
             .to_owned();
         match callback {
             "pre_tool" => {
-                lock(&self.tool_started).insert(tool_use_id, Utc::now());
+                lock(&self.tool_started).insert(tool_use_id.clone(), Utc::now());
                 match self.check(tool, &tool_input) {
-                    Ok(()) => json!({}),
+                    Ok(()) => {
+                        let command = tool_input.get("command").and_then(Value::as_str);
+                        self.watch_open(tool, &tool_use_id, command);
+                        json!({})
+                    }
                     Err(reason) => json!({"hookSpecificOutput": {
                         "hookEventName": "PreToolUse",
                         "permissionDecision": "deny",
@@ -322,7 +390,13 @@ impl Shared {
             "post_tool" | "post_tool_failure" => {
                 let failed = callback == "post_tool_failure";
                 self.evidence(tool, &tool_input, &tool_use_id, failed, input);
-                json!({})
+                match observed.and_then(|seen| self.seen(tool, &tool_use_id, &seen)) {
+                    Some(context) => json!({"hookSpecificOutput": {
+                        "hookEventName": if failed { "PostToolUseFailure" } else { "PostToolUse" },
+                        "additionalContext": context,
+                    }}),
+                    None => json!({}),
+                }
             }
             "stop" => match self.observer.stop_feedback() {
                 Some(reason) => json!({"decision": "block", "reason": reason}),
@@ -395,6 +469,34 @@ impl Shared {
             _ => {}
         }
     }
+}
+
+/// Whether a tool call's effect on the tree must be watched: it could write
+/// files the guard cannot name in advance. Not Claude Code's tools that only
+/// read, nor its structured edits (the guard checked the one file each
+/// writes), nor mala's own tools (lock tools write no file; the commit tool
+/// commits locked paths); everything else (shells, subagents, tools mala
+/// does not know) is watched.
+fn needs_watching(tool: &str) -> bool {
+    const KNOWN: &[&str] = &[
+        "Read",
+        "Glob",
+        "Grep",
+        "LS",
+        "WebFetch",
+        "WebSearch",
+        "TodoWrite",
+        "NotebookRead",
+        "BashOutput",
+        "ExitPlanMode",
+        "ListMcpResourcesTool",
+        "ReadMcpResourceTool",
+        "Write",
+        "Edit",
+        "MultiEdit",
+        "NotebookEdit",
+    ];
+    !(KNOWN.contains(&tool) || tool.starts_with("mcp__mala__"))
 }
 
 /// "Exit code 3" (Claude Code's wording for a failed command) → 3.
@@ -526,6 +628,7 @@ impl ClaudeSession {
             guard,
             locks,
             git,
+            watch,
             stop,
         } = services;
         let mut child = claude_command(config, &request).spawn().map_err(|e| {
@@ -555,6 +658,8 @@ impl ClaudeSession {
             guard,
             locks,
             git,
+            watch,
+            windows: Mutex::new(HashMap::new()),
             outbox,
             record,
             pending: Mutex::new(HashMap::new()),

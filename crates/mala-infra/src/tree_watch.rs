@@ -1,0 +1,527 @@
+//! The second line behind the tool guard: which files in the working tree
+//! really changed while an agent's tool call ran, whatever the command line
+//! looked like.
+//!
+//! A scan is one walk of the working tree (tracked and untracked files, not
+//! ignored ones, not `.git` and not mala's own `.beads/`) that keeps each
+//! file's stat stamp. Two scans differ where a file appeared, disappeared or
+//! has a new stamp; the inode change time is in the stamp, and no program
+//! can set it back, so a write that restores the modification time is seen
+//! too.
+//!
+//! Every tool call that can write opens a window before it runs and closes
+//! it after. Each scan hands what changed since the previous scan to the
+//! windows open in between, narrowed to those open when the file's change
+//! time says it changed, so with several agents at work a change goes to the
+//! agents that could have made it. Closing a window sorts its changes by
+//! their locks: a file another agent holds is that agent's (never blamed on
+//! this one), a file this agent holds is its edit, and any other file is an
+//! unlocked write. docs/coordination.md explains the attribution.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use mala_core::{AgentId, LockTable};
+
+/// What a file's stat said at a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified_ns: i128,
+    changed_ns: i128,
+    size: u64,
+    inode: u64,
+    mode: u32,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+        Self {
+            modified_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            changed_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            size: meta.size(),
+            inode: meta.ino(),
+            mode: meta.mode(),
+        }
+    }
+}
+
+/// The working tree's files at one moment, by path relative to the root.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    files: HashMap<PathBuf, Stamp>,
+}
+
+impl Snapshot {
+    /// Walks the working tree under `root`, on two threads (the walk is
+    /// mostly waiting on the file system, one directory at a time).
+    pub fn scan(root: &Path) -> Self {
+        let walker = ignore::WalkBuilder::new(root)
+            .hidden(false)
+            .parents(false)
+            .git_ignore(true)
+            .git_exclude(true)
+            .git_global(true)
+            .require_git(false)
+            .threads(2)
+            .filter_entry(|entry| {
+                entry.depth() != 1 || !matches!(entry.file_name().to_str(), Some(".git" | ".beads"))
+            })
+            .build_parallel();
+        let found = Mutex::new(HashMap::new());
+        walker.visit(&mut Collectors {
+            root,
+            found: &found,
+        });
+        // `visit` returns after every visitor is dropped, which flushed it.
+        Self {
+            files: found.into_inner().unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// The files that differ from `earlier`, with the change time a changed
+    /// file carries now (`None` for a file that is gone).
+    pub fn changes_since(&self, earlier: &Self) -> Vec<(PathBuf, Option<i128>)> {
+        let mut out: Vec<(PathBuf, Option<i128>)> = self
+            .files
+            .iter()
+            .filter(|(path, stamp)| earlier.files.get(*path) != Some(stamp))
+            .map(|(path, stamp)| (path.clone(), Some(stamp.changed_ns)))
+            .collect();
+        out.extend(
+            earlier
+                .files
+                .keys()
+                .filter(|path| !self.files.contains_key(*path))
+                .map(|path| (path.clone(), None)),
+        );
+        out.sort();
+        out
+    }
+}
+
+/// One walking thread's findings, added to the scan when it is done.
+struct Collector<'s> {
+    root: &'s Path,
+    local: Vec<(PathBuf, Stamp)>,
+    found: &'s Mutex<HashMap<PathBuf, Stamp>>,
+}
+
+struct Collectors<'s> {
+    root: &'s Path,
+    found: &'s Mutex<HashMap<PathBuf, Stamp>>,
+}
+
+impl<'s> ignore::ParallelVisitorBuilder<'s> for Collectors<'s> {
+    fn build(&mut self) -> Box<dyn ignore::ParallelVisitor + 's> {
+        Box::new(Collector {
+            root: self.root,
+            local: Vec::new(),
+            found: self.found,
+        })
+    }
+}
+
+impl ignore::ParallelVisitor for Collector<'_> {
+    fn visit(&mut self, entry: Result<ignore::DirEntry, ignore::Error>) -> ignore::WalkState {
+        let Ok(entry) = entry else {
+            return ignore::WalkState::Continue;
+        };
+        if entry.file_type().is_some_and(|t| t.is_dir()) {
+            return ignore::WalkState::Continue;
+        }
+        if let (Ok(meta), Ok(relative)) = (
+            entry.path().symlink_metadata(),
+            entry.path().strip_prefix(self.root),
+        ) {
+            self.local.push((relative.to_path_buf(), Stamp::of(&meta)));
+        }
+        ignore::WalkState::Continue
+    }
+}
+
+impl Drop for Collector<'_> {
+    fn drop(&mut self) {
+        self.found
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(self.local.drain(..));
+    }
+}
+
+/// One open window: a tool call of one agent that is running.
+#[derive(Debug)]
+struct Window {
+    agent: AgentId,
+    opened_ns: i128,
+    /// The shell command the call runs (`None`: another kind of tool).
+    command: Option<String>,
+    /// A run of a validation command: what it leaves is not the agent's edit.
+    validation: bool,
+    seen: Vec<Seen>,
+}
+
+/// A change handed to a window.
+#[derive(Debug)]
+struct Seen {
+    /// Relative to the root.
+    path: PathBuf,
+    /// Whether this window's call could have written it (see `could_write`).
+    could: bool,
+    /// Whether another agent's window open at the same moment could have.
+    others_could: bool,
+}
+
+/// What one closed window saw, sorted by locks. Paths are absolute.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Files this agent holds (or every file, when edits need no locks).
+    pub edits: Vec<PathBuf>,
+    /// Files nobody holds: written without a lock.
+    pub unlocked: Vec<PathBuf>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    last: Option<Snapshot>,
+    open: HashMap<u64, Window>,
+    next: u64,
+}
+
+/// Opens a window per tool call; see the module documentation.
+pub struct TreeWatch {
+    root: PathBuf,
+    locks: Option<Arc<dyn LockTable>>,
+    /// The validation commands: what they leave behind is not an edit.
+    validation: Vec<String>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for TreeWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TreeWatch")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A window's handle, from `open` to `close`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowId(u64);
+
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
+}
+
+/// Change times and our clock come from the same kernel, but file systems
+/// round their times; a change this close before a window opened may be its.
+const SLACK_NS: i128 = 20_000_000;
+
+impl TreeWatch {
+    /// Watches the working tree at `root`. With a lock table, unlocked writes
+    /// are told apart from edits; without one, every change is an edit.
+    pub fn new(root: &Path, locks: Option<Arc<dyn LockTable>>) -> Self {
+        Self {
+            root: root.canonicalize().unwrap_or_else(|_| root.to_path_buf()),
+            locks,
+            validation: Vec::new(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// What a run of one of these commands changes (test caches, reports)
+    /// is the project's own doing, not the agent's: the gate does not count
+    /// those runs' outputs as edits either.
+    #[must_use]
+    pub fn with_validation(mut self, commands: Vec<String>) -> Self {
+        self.validation = commands;
+        self
+    }
+
+    /// The working tree's root (canonical).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Scans, and hands what changed since the last scan to the windows that
+    /// were open when it changed (a removed file, which has no change time
+    /// left, to every open window). A change from before every open window
+    /// (a structured edit between tool calls, say) goes to none.
+    /// The lock is held across the scan so two scans never interleave.
+    fn rescan(&self, state: &mut State) {
+        let now = Snapshot::scan(&self.root);
+        if let Some(last) = &state.last {
+            for (path, changed_ns) in now.changes_since(last) {
+                let open: Vec<(u64, AgentId, bool)> = state
+                    .open
+                    .iter()
+                    .filter(|(_, w)| changed_ns.is_none_or(|t| t + SLACK_NS >= w.opened_ns))
+                    .map(|(id, w)| (*id, w.agent.clone(), self.could_write(w, &path)))
+                    .collect();
+                for (id, agent, could) in &open {
+                    let others_could = open.iter().any(|(_, other, c)| other != agent && *c);
+                    if let Some(window) = state.open.get_mut(id) {
+                        window.seen.push(Seen {
+                            path: path.clone(),
+                            could: *could,
+                            others_could,
+                        });
+                    }
+                }
+            }
+        }
+        state.last = Some(now);
+    }
+
+    /// Whether a window's call could have written `path`: a command whose
+    /// words name it, or one that runs a program (or a tool that is not a
+    /// shell), which could write anything.
+    fn could_write(&self, window: &Window, path: &Path) -> bool {
+        let Some(command) = &window.command else {
+            return true;
+        };
+        !mala_domain::effects_are_known(command)
+            || mala_domain::shell_writes(command, &self.root).contains(&self.root.join(path))
+    }
+
+    /// Before a tool call runs; `command` is the shell command it runs, if
+    /// it is a shell. Only the first window scans: later ones compare with
+    /// the last scan, and change times tell which changes came after they
+    /// opened, so one observation costs one scan.
+    pub fn open(&self, agent: &AgentId, command: Option<&str>) -> WindowId {
+        let validation = command.is_some_and(|command| {
+            self.validation
+                .iter()
+                .any(|v| mala_domain::is_validation_run(command, v, &self.root))
+        });
+        let mut state = self.state();
+        if state.last.is_none() {
+            self.rescan(&mut state);
+        }
+        state.next += 1;
+        let id = state.next;
+        state.open.insert(
+            id,
+            Window {
+                agent: agent.clone(),
+                opened_ns: now_ns(),
+                command: command.map(str::to_owned),
+                validation,
+                seen: Vec::new(),
+            },
+        );
+        WindowId(id)
+    }
+
+    /// After the tool call ended: what it changed, sorted by locks. A change
+    /// that also fell in another agent's window goes to the calls that could
+    /// have made it; only when this call could not, and another could, is
+    /// it not this agent's.
+    pub fn close(&self, id: WindowId) -> Observed {
+        let window = {
+            let mut state = self.state();
+            self.rescan(&mut state);
+            state.open.remove(&id.0)
+        };
+        let Some(window) = window else {
+            return Observed::default();
+        };
+        if window.validation {
+            return Observed::default();
+        }
+        let mut paths: Vec<PathBuf> = window
+            .seen
+            .into_iter()
+            .filter(|seen| seen.could || !seen.others_could)
+            .map(|seen| seen.path)
+            .collect();
+        paths.sort();
+        paths.dedup();
+        self.sort_by_locks(&window.agent, paths)
+    }
+
+    fn sort_by_locks(&self, agent: &AgentId, seen: Vec<PathBuf>) -> Observed {
+        let mut observed = Observed::default();
+        for relative in seen {
+            let path = self.root.join(relative);
+            let Some(locks) = &self.locks else {
+                observed.edits.push(path);
+                continue;
+            };
+            match locks.holder(&path) {
+                Some(holder) if holder == *agent => observed.edits.push(path),
+                // Another agent holds it: its edit, never this agent's fault.
+                Some(_) => {}
+                None => observed.unlocked.push(path),
+            }
+        }
+        observed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FileLockTable;
+    use std::time::Duration;
+
+    fn repo() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("src")).unwrap();
+        std::fs::create_dir_all(dir.path().join(".git/refs")).unwrap();
+        std::fs::write(dir.path().join("src/a.rs"), "a").unwrap();
+        std::fs::write(dir.path().join("src/b.rs"), "b").unwrap();
+        std::fs::write(dir.path().join(".gitignore"), "target/\n").unwrap();
+        dir
+    }
+
+    fn relative(root: &Path, paths: &[PathBuf]) -> Vec<String> {
+        let root = root.canonicalize().unwrap();
+        paths
+            .iter()
+            .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_scan_sees_changed_new_and_removed_files_but_not_ignored_ones() {
+        let dir = repo();
+        let before = Snapshot::scan(dir.path());
+        assert_eq!(before.len(), 3, "src/a.rs, src/b.rs, .gitignore");
+        std::fs::write(dir.path().join("src/a.rs"), "changed").unwrap();
+        std::fs::write(dir.path().join("src/new.rs"), "new").unwrap();
+        std::fs::remove_file(dir.path().join("src/b.rs")).unwrap();
+        std::fs::create_dir_all(dir.path().join("target")).unwrap();
+        std::fs::write(dir.path().join("target/out"), "ignored").unwrap();
+        std::fs::write(dir.path().join(".git/refs/x"), "not the tree").unwrap();
+        let changed: Vec<String> = Snapshot::scan(dir.path())
+            .changes_since(&before)
+            .into_iter()
+            .map(|(p, _)| p.display().to_string())
+            .collect();
+        assert_eq!(changed, vec!["src/a.rs", "src/b.rs", "src/new.rs"]);
+    }
+
+    #[test]
+    fn a_rewrite_that_puts_the_modification_time_back_is_still_seen() {
+        let dir = repo();
+        let file = dir.path().join("src/a.rs");
+        let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+        let before = Snapshot::scan(dir.path());
+        std::fs::write(&file, "b").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        assert_eq!(Snapshot::scan(dir.path()).changes_since(&before).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_window_sorts_its_changes_by_who_holds_them() {
+        let dir = repo();
+        let locks: Arc<dyn LockTable> =
+            Arc::new(FileLockTable::new(dir.path().join(".git/locks"), dir.path()).unwrap());
+        let (me, other) = (AgentId::new("a@r"), AgentId::new("b@r"));
+        locks
+            .acquire(&me, &["src/a.rs".into()], Duration::ZERO)
+            .await
+            .unwrap();
+        locks
+            .acquire(&other, &["src/b.rs".into()], Duration::ZERO)
+            .await
+            .unwrap();
+        let watch = TreeWatch::new(dir.path(), Some(locks));
+        let window = watch.open(&me, None);
+        for file in ["src/a.rs", "src/b.rs", "src/c.rs"] {
+            std::fs::write(dir.path().join(file), "x").unwrap();
+        }
+        let seen = watch.close(window);
+        assert_eq!(relative(dir.path(), &seen.edits), vec!["src/a.rs"]);
+        assert_eq!(relative(dir.path(), &seen.unlocked), vec!["src/c.rs"]);
+        // Nothing changed since: the next window sees nothing.
+        let window = watch.open(&me, None);
+        assert_eq!(watch.close(window), Observed::default());
+    }
+
+    #[test]
+    fn a_change_goes_to_the_windows_open_when_it_happened() {
+        let dir = repo();
+        let watch = TreeWatch::new(dir.path(), None);
+        let (a, b) = (AgentId::new("a@r"), AgentId::new("b@r"));
+        let first = watch.open(&a, None);
+        std::fs::write(dir.path().join("src/a.rs"), "by a").unwrap();
+        // b's window must open after a's change, beyond the slack change times get.
+        let changed = Stamp::of(&std::fs::metadata(dir.path().join("src/a.rs")).unwrap());
+        while now_ns() <= changed.changed_ns + SLACK_NS {
+            std::thread::yield_now();
+        }
+        let second = watch.open(&b, None);
+        std::fs::write(dir.path().join("src/b.rs"), "by a or b").unwrap();
+        let of_a = watch.close(first);
+        let of_b = watch.close(second);
+        assert_eq!(
+            relative(dir.path(), &of_a.edits),
+            vec!["src/a.rs", "src/b.rs"]
+        );
+        assert_eq!(relative(dir.path(), &of_b.edits), vec!["src/b.rs"]);
+    }
+
+    #[test]
+    fn what_a_validation_run_leaves_is_not_an_edit() {
+        let dir = repo();
+        let watch = TreeWatch::new(dir.path(), None).with_validation(vec!["pytest -q".into()]);
+        let agent = AgentId::new("a@r");
+        let window = watch.open(&agent, Some("pytest -q"));
+        std::fs::write(dir.path().join("src/cache.txt"), "x").unwrap();
+        assert_eq!(watch.close(window), Observed::default());
+        let window = watch.open(&agent, Some("pytest -q; echo y > src/cache.txt"));
+        std::fs::write(dir.path().join("src/cache.txt"), "y").unwrap();
+        let seen = watch.close(window);
+        assert_eq!(relative(dir.path(), &seen.edits), vec!["src/cache.txt"]);
+    }
+
+    #[test]
+    fn of_two_agents_at_work_at_once_the_one_whose_command_could_write_it_is_told() {
+        let dir = repo();
+        let watch = TreeWatch::new(dir.path(), None);
+        let (honest, liar) = (AgentId::new("h@r"), AgentId::new("l@r"));
+        let checking = watch.open(&honest, Some("grep -q fixed src/a.rs"));
+        let running = watch.open(&liar, Some("python3 /tmp/w.py"));
+        std::fs::write(dir.path().join("src/b.rs"), "by the program").unwrap();
+        assert_eq!(watch.close(checking), Observed::default());
+        assert_eq!(
+            relative(dir.path(), &watch.close(running).edits),
+            vec!["src/b.rs"]
+        );
+        // Two programs at once: neither can be cleared, both are told.
+        let one = watch.open(&honest, Some("make"));
+        let two = watch.open(&liar, Some("python3 /tmp/w.py"));
+        std::fs::write(dir.path().join("src/b.rs"), "again").unwrap();
+        assert_eq!(
+            relative(dir.path(), &watch.close(one).edits),
+            vec!["src/b.rs"]
+        );
+        assert_eq!(
+            relative(dir.path(), &watch.close(two).edits),
+            vec!["src/b.rs"]
+        );
+    }
+}
