@@ -485,6 +485,33 @@ mod tests {
     }
 
     #[test]
+    fn a_write_is_seen_whatever_wrote_it() {
+        let dir = repo();
+        std::fs::write(dir.path().join("fix.sh"), "printf x > src/by-script.rs\n").unwrap();
+        let watch = TreeWatch::new(dir.path(), None);
+        let agent = AgentId::new("a@r");
+        for (command, file) in [
+            ("echo x > src/a.rs", "src/a.rs"),
+            ("sed -i -e s/b/c/ src/b.rs", "src/b.rs"),
+            (
+                "python3 -c \"open('src/py.rs', 'w').write('x')\"",
+                "src/py.rs",
+            ),
+            ("bash fix.sh", "src/by-script.rs"),
+        ] {
+            let window = watch.open(&agent, Some(command));
+            let status = std::process::Command::new("bash")
+                .args(["-c", command])
+                .current_dir(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "{command}");
+            let seen = watch.close(window);
+            assert_eq!(relative(dir.path(), &seen.edits), vec![file], "{command}");
+        }
+    }
+
+    #[test]
     fn what_a_validation_run_leaves_is_not_an_edit() {
         let dir = repo();
         let watch = TreeWatch::new(dir.path(), None).with_validation(vec!["pytest -q".into()]);
