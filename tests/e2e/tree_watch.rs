@@ -33,6 +33,28 @@ fn task(conversation: Conversation<'_>) -> (String, String, bool) {
     (issue, file, first.contains("ALSO-TOUCH-VICTIM"))
 }
 
+/// A program (written to /tmp, run by path) that deletes the branch `keep`
+/// behind git's back.
+fn ref_deleting_script(repo: PathBuf) -> Script {
+    Script::from_fn(move |conversation: &Conversation<'_>| {
+        let (issue, _, _) = task(*conversation);
+        let program = std::env::temp_dir().join(format!("mala-e2e-{issue}-ref.py"));
+        let keep = repo.join(".git/refs/heads/keep");
+        let plan = vec![
+            (
+                "Write",
+                json!({"file_path": program, "content": format!("import os\nos.remove({:?})\n", keep.display().to_string())}),
+            ),
+            (
+                "Bash",
+                json!({"command": format!("python3 {}", program.display())}),
+            ),
+            ("Bash", json!({"command": "echo still acting"})),
+        ];
+        step(*conversation, &plan)
+    })
+}
+
 fn step(conversation: Conversation<'_>, plan: &[(&str, Value)]) -> Reply {
     let done = conversation.tool_uses_so_far();
     match plan.get(done) {
@@ -174,4 +196,40 @@ async fn a_write_nobody_holds_through_a_program_is_caught_and_the_honest_neighbo
         )
     });
     assert!(told, "the tool result names the file");
+}
+
+#[tokio::test]
+async fn a_program_that_deletes_a_ref_stops_the_agent_and_fails_its_issue() {
+    let (claude, br) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let setup = setup_scripted(
+        &claude,
+        &br,
+        ref_deleting_script,
+        "grep -q fixed src/app.txt",
+    );
+    setup.repo.git(&["branch", "keep"]);
+    let issue = create_issue(&setup.br, "Fix the app", "src/app.txt");
+    let result = run_issue(
+        &issue,
+        AgentId::new(format!("{issue}@e2e-run")),
+        &setup.ports,
+        &setup.config,
+    )
+    .await;
+    let IssueResult::Failed { reason } = result else {
+        panic!("{result:?}")
+    };
+    assert!(
+        reason.contains(
+            "damaged the repository behind git's back: the ref refs/heads/keep was deleted"
+        ),
+        "{reason}"
+    );
+    // The session ended at that call: the agent's next command never ran.
+    let ran_on = setup
+        .mock
+        .requests()
+        .iter()
+        .any(|r| r.body.to_string().contains("still acting"));
+    assert!(!ran_on, "the agent was stopped");
 }

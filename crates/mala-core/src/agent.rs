@@ -77,6 +77,12 @@ pub enum AgentEvent {
     /// A file nobody holds the lock of was seen changed in the working tree
     /// after one of the agent's tool calls (also sent as a `FileEdited`).
     UnlockedWrite { edit: crate::FileEdit },
+    /// `.git` lost refs or objects while one of the agent's tool calls ran a
+    /// program (not through git's own vetted commands); the agent is stopped.
+    RepositoryDamaged {
+        tool_use_id: String,
+        what: Vec<String>,
+    },
     /// A tool call was refused, with the reason the agent was given.
     ToolDenied { tool: String, reason: String },
 }

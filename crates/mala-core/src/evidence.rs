@@ -37,6 +37,9 @@ pub struct Evidence {
     /// Files changed without their lock, as seen in the working tree.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unlocked: Vec<FileEdit>,
+    /// What `.git` lost behind git's back while the agent's programs ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repository_damage: Vec<String>,
 }
 
 /// A commit, as the gate and the reviewer see it.

@@ -18,7 +18,7 @@
 //! this one), a file this agent holds is its edit, and any other file is an
 //! unlocked write. docs/coordination.md explains the attribution.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -48,10 +48,52 @@ impl Stamp {
     }
 }
 
-/// The working tree's files at one moment, by path relative to the root.
+/// The working tree's files at one moment, by path relative to the root,
+/// and the repository's recovery data: its refs and its pack files.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     files: HashMap<PathBuf, Stamp>,
+    refs: BTreeSet<String>,
+    packs: BTreeSet<String>,
+}
+
+/// The refs a repository has (loose under `.git/refs`, and packed).
+fn read_refs(git: &Path) -> BTreeSet<String> {
+    fn walk(dir: &Path, name: &str, out: &mut BTreeSet<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let child = format!("{name}/{}", entry.file_name().to_string_lossy());
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&entry.path(), &child, out);
+            } else if !child.ends_with(".lock") {
+                out.insert(child);
+            }
+        }
+    }
+    let mut refs = BTreeSet::new();
+    walk(&git.join("refs"), "refs", &mut refs);
+    if let Ok(packed) = std::fs::read_to_string(git.join("packed-refs")) {
+        refs.extend(
+            packed
+                .lines()
+                .filter(|l| !l.starts_with(['#', '^']))
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .map(str::to_owned),
+        );
+    }
+    refs
+}
+
+fn read_packs(git: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(git.join("objects/pack"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".pack"))
+        .collect()
 }
 
 impl Snapshot {
@@ -76,9 +118,31 @@ impl Snapshot {
             found: &found,
         });
         // `visit` returns after every visitor is dropped, which flushed it.
+        let git = root.join(".git");
         Self {
             files: found.into_inner().unwrap_or_else(PoisonError::into_inner),
+            refs: read_refs(&git),
+            packs: read_packs(&git),
         }
+    }
+
+    /// What the repository lost since `earlier` that only a rewrite of its
+    /// history or its object store loses: refs that are gone, and packs
+    /// removed without a new one in their place (as `git gc` makes).
+    pub fn git_losses_since(&self, earlier: &Self) -> Vec<String> {
+        let mut lost: Vec<String> = earlier
+            .refs
+            .difference(&self.refs)
+            .map(|r| format!("the ref {r} was deleted"))
+            .collect();
+        let removed: Vec<&String> = earlier.packs.difference(&self.packs).collect();
+        if !removed.is_empty() && self.packs.is_subset(&earlier.packs) {
+            lost.push(format!(
+                "{} pack file(s) of the object store were removed",
+                removed.len()
+            ));
+        }
+        lost
     }
 
     pub fn len(&self) -> usize {
@@ -169,6 +233,8 @@ struct Window {
     /// A run of a validation command: what it leaves is not the agent's edit.
     validation: bool,
     seen: Vec<Seen>,
+    /// What `.git` lost while this call, which ran a program, was running.
+    git_losses: Vec<String>,
 }
 
 /// A change handed to a window.
@@ -189,6 +255,9 @@ pub struct Observed {
     pub edits: Vec<PathBuf>,
     /// Files nobody holds: written without a lock.
     pub unlocked: Vec<PathBuf>,
+    /// What `.git` lost that git's own commands (vetted by the guard) did
+    /// not take: refs deleted, objects removed, while this call ran a program.
+    pub git_losses: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -267,6 +336,20 @@ impl TreeWatch {
     fn rescan(&self, state: &mut State) {
         let now = Snapshot::scan(&self.root);
         if let Some(last) = &state.last {
+            let losses = now.git_losses_since(last);
+            if !losses.is_empty() {
+                // git's own commands come through the guard; a program that
+                // ran meanwhile is what could have done it behind git's back.
+                for window in state.open.values_mut() {
+                    let program = window
+                        .command
+                        .as_deref()
+                        .is_none_or(|c| !mala_domain::effects_are_known(c));
+                    if program {
+                        window.git_losses.extend(losses.iter().cloned());
+                    }
+                }
+            }
             for (path, changed_ns) in now.changes_since(last) {
                 let open: Vec<(u64, AgentId, bool)> = state
                     .open
@@ -324,6 +407,7 @@ impl TreeWatch {
                 command: command.map(str::to_owned),
                 validation,
                 seen: Vec::new(),
+                git_losses: Vec::new(),
             },
         );
         WindowId(id)
@@ -343,7 +427,10 @@ impl TreeWatch {
             return Observed::default();
         };
         if window.validation {
-            return Observed::default();
+            return Observed {
+                git_losses: window.git_losses,
+                ..Observed::default()
+            };
         }
         let mut paths: Vec<PathBuf> = window
             .seen
@@ -353,7 +440,9 @@ impl TreeWatch {
             .collect();
         paths.sort();
         paths.dedup();
-        self.sort_by_locks(&window.agent, paths)
+        let mut observed = self.sort_by_locks(&window.agent, paths);
+        observed.git_losses = window.git_losses;
+        observed
     }
 
     fn sort_by_locks(&self, agent: &AgentId, seen: Vec<PathBuf>) -> Observed {
@@ -509,6 +598,41 @@ mod tests {
             let seen = watch.close(window);
             assert_eq!(relative(dir.path(), &seen.edits), vec![file], "{command}");
         }
+    }
+
+    #[test]
+    fn refs_or_objects_lost_while_a_program_ran_are_reported_but_gits_own_work_is_not() {
+        let dir = repo();
+        let git = |args: &[&str]| {
+            let status = std::process::Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(status.status.success(), "git {args:?}");
+        };
+        std::fs::remove_dir_all(dir.path().join(".git")).unwrap();
+        git(&["init", "-q"]);
+        git(&["add", "-A"]);
+        git(&["commit", "-qm", "one"]);
+        git(&["branch", "keep"]);
+        git(&["branch", "topic"]);
+        let watch = TreeWatch::new(dir.path(), None);
+        let agent = AgentId::new("a@r");
+        // git's own command, which the guard vetted: not a loss to report.
+        let window = watch.open(&agent, Some("git branch -d topic"));
+        git(&["branch", "-d", "topic"]);
+        assert!(watch.close(window).git_losses.is_empty());
+        // `git gc` packs refs and objects: nothing is lost.
+        let window = watch.open(&agent, Some("git gc -q"));
+        git(&["gc", "-q"]);
+        assert!(watch.close(window).git_losses.is_empty());
+        // A program deleting a ref behind git's back.
+        let window = watch.open(&agent, Some("python3 /tmp/evil.py"));
+        git(&["update-ref", "-d", "refs/heads/keep"]);
+        let losses = watch.close(window).git_losses;
+        assert_eq!(losses, vec!["the ref refs/heads/keep was deleted"]);
     }
 
     #[test]

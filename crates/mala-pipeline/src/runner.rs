@@ -119,6 +119,9 @@ impl AgentObserver for SessionLog {
             AgentEvent::CommandRan { run } => lock(&self.evidence).commands.push(run.clone()),
             AgentEvent::FileEdited { edit } => lock(&self.evidence).edits.push(edit.clone()),
             AgentEvent::UnlockedWrite { edit } => lock(&self.evidence).unlocked.push(edit.clone()),
+            AgentEvent::RepositoryDamaged { what, .. } => lock(&self.evidence)
+                .repository_damage
+                .extend(what.iter().cloned()),
             AgentEvent::ToolUse { .. } => *lock(&self.tool_uses) += 1,
             _ => {}
         }
@@ -693,6 +696,15 @@ impl IssueRun {
             }
         };
         let evidence = lock(&self.log.evidence).clone();
+        if !evidence.repository_damage.is_empty() {
+            // Not something another turn can fix: a person must look.
+            return Step::Finish(IssueResult::Failed {
+                reason: format!(
+                    "the agent's commands damaged the repository behind git's back: {}",
+                    evidence.repository_damage.join("; ")
+                ),
+            });
+        }
         let unlocked = self.still_unlocked(&evidence).await;
         let verdict = check_gate(&GateInput {
             issue: &self.issue.id,

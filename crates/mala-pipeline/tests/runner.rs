@@ -53,6 +53,8 @@ struct World {
     unstaged: Vec<PathBuf>,
     /// Paths git says differ from HEAD.
     differs: Vec<PathBuf>,
+    /// The next turn damages `.git` behind git's back.
+    damage: bool,
 }
 
 /// A turn that never ends (after one edit), or one that panics inside mala.
@@ -169,6 +171,12 @@ impl AgentSession for FakeSession {
                     path: format!("/repo/{path}"),
                     at,
                 },
+            });
+        }
+        if std::mem::take(&mut world.damage) {
+            self.observer.on_event(&AgentEvent::RepositoryDamaged {
+                tool_use_id: "shell".into(),
+                what: vec!["the ref refs/heads/x was deleted".into()],
             });
         }
         for path in &turn.unlocked {
@@ -527,6 +535,22 @@ async fn a_file_changed_without_its_lock_fails_the_gate_while_it_stays_changed()
         "you changed src/theirs.rs without holding the lock",
     )
     .await;
+}
+
+#[tokio::test]
+async fn damage_to_the_repository_fails_the_issue_at_once() {
+    let h = Harness::new().await;
+    h.world.lock().unwrap().damage = true;
+    let result = h.run(vec![honest_turn(&h), honest_turn(&h)], None).await;
+    let IssueResult::Failed { reason } = result else {
+        panic!("{result:?}")
+    };
+    assert!(
+        reason
+            .contains("damaged the repository behind git's back: the ref refs/heads/x was deleted"),
+        "{reason}"
+    );
+    assert_eq!(h.world.lock().unwrap().prompts.len(), 1, "no second turn");
 }
 
 #[tokio::test]

@@ -141,6 +141,12 @@ impl Shared {
                 AgentEvent::CommandRan { run } => summary.evidence.commands.push(run.clone()),
                 AgentEvent::FileEdited { edit } => summary.evidence.edits.push(edit.clone()),
                 AgentEvent::UnlockedWrite { edit } => summary.evidence.unlocked.push(edit.clone()),
+                AgentEvent::RepositoryDamaged { what, .. } => {
+                    summary
+                        .evidence
+                        .repository_damage
+                        .extend(what.iter().cloned());
+                }
                 AgentEvent::ToolDenied { .. } => summary.denials += 1,
                 _ => {}
             }
@@ -151,6 +157,7 @@ impl Shared {
             AgentEvent::CommandRan { .. }
                 | AgentEvent::FileEdited { .. }
                 | AgentEvent::UnlockedWrite { .. }
+                | AgentEvent::RepositoryDamaged { .. }
                 | AgentEvent::ToolDenied { .. }
         ) {
             self.record
@@ -390,6 +397,20 @@ impl Shared {
             "post_tool" | "post_tool_failure" => {
                 let failed = callback == "post_tool_failure";
                 self.evidence(tool, &tool_input, &tool_use_id, failed, input);
+                if let Some(damage) = observed.as_ref().filter(|o| !o.git_losses.is_empty()) {
+                    self.emit(&AgentEvent::RepositoryDamaged {
+                        tool_use_id: tool_use_id.clone(),
+                        what: damage.git_losses.clone(),
+                    });
+                    // The agent does not act on after this: its turn ends here.
+                    return json!({
+                        "continue": false,
+                        "stopReason": format!(
+                            "mala stopped this session: while this {tool} call ran, {}",
+                            damage.git_losses.join("; ")
+                        ),
+                    });
+                }
                 match observed.and_then(|seen| self.seen(tool, &tool_use_id, &seen)) {
                     Some(context) => json!({"hookSpecificOutput": {
                         "hookEventName": if failed { "PostToolUseFailure" } else { "PostToolUse" },
