@@ -67,7 +67,7 @@ fn read_refs(git: &Path) -> BTreeSet<String> {
             let child = format!("{name}/{}", entry.file_name().to_string_lossy());
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 walk(&entry.path(), &child, out);
-            } else if !child.ends_with(".lock") {
+            } else if entry.path().extension().is_none_or(|e| e != "lock") {
                 out.insert(child);
             }
         }
@@ -91,8 +91,8 @@ fn read_packs(git: &Path) -> BTreeSet<String> {
         .into_iter()
         .flatten()
         .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".pack"))
         .collect()
 }
 

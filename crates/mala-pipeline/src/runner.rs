@@ -686,19 +686,23 @@ impl IssueRun {
             .collect()
     }
 
-    async fn gate(&mut self) -> Step {
-        let commits = match self.ports.repo.issue_commits().await {
-            Ok(commits) => commits,
-            Err(error) => {
-                return Step::Finish(IssueResult::Failed {
+    /// This attempt's verdict, from the commits, the recorded evidence, the
+    /// unlocked writes still standing and (with `gate.rerun`) mala's own run
+    /// of the checks. `Err` ends the issue: git could not be read, the
+    /// repository was damaged, or the rerun could not be set up.
+    async fn judge(&self) -> Result<(GateVerdict, mala_core::Evidence), IssueResult> {
+        let commits =
+            self.ports
+                .repo
+                .issue_commits()
+                .await
+                .map_err(|error| IssueResult::Failed {
                     reason: format!("could not read git: {error}"),
-                });
-            }
-        };
+                })?;
         let evidence = lock(&self.log.evidence).clone();
         if !evidence.repository_damage.is_empty() {
             // Not something another turn can fix: a person must look.
-            return Step::Finish(IssueResult::Failed {
+            return Err(IssueResult::Failed {
                 reason: format!(
                     "the agent's commands damaged the repository behind git's back: {}",
                     evidence.repository_damage.join("; ")
@@ -706,7 +710,7 @@ impl IssueRun {
             });
         }
         let unlocked = self.still_unlocked(&evidence).await;
-        let verdict = check_gate(&GateInput {
+        let mut verdict = check_gate(&GateInput {
             issue: &self.issue.id,
             repo_root: &self.config.repo_root,
             baseline: self.baseline,
@@ -719,20 +723,25 @@ impl IssueRun {
             setup_files: &self.config.setup_files,
             unlocked: &unlocked,
         });
-        let mut verdict = verdict;
         if verdict.passed
             && verdict.marker.is_none()
             && let Some(commit) = verdict.commit.clone()
+            && let Some(reason) = self
+                .rerun(&commit)
+                .await
+                .map_err(|reason| IssueResult::Failed { reason })?
         {
-            match self.rerun(&commit).await {
-                Ok(None) => {}
-                Ok(Some(reason)) => {
-                    verdict.passed = false;
-                    verdict.reasons.push(reason);
-                }
-                Err(reason) => return Step::Finish(IssueResult::Failed { reason }),
-            }
+            verdict.passed = false;
+            verdict.reasons.push(reason);
         }
+        Ok((verdict, evidence))
+    }
+
+    async fn gate(&mut self) -> Step {
+        let (verdict, evidence) = match self.judge().await {
+            Ok(judged) => judged,
+            Err(result) => return Step::Finish(result),
+        };
         self.ports.events.emit(&Event::GateChecked {
             issue: self.issue.id.clone(),
             attempt: self.gate_attempt,
