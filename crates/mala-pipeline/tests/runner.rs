@@ -115,6 +115,45 @@ impl AgentBackend for FakeBackend {
     }
 }
 
+impl FakeSession {
+    /// What the turn's hooks would have recorded: damage, edits, unlocked
+    /// writes and command runs, in that order.
+    fn report(&self, world: &mut World, turn: &Turn) {
+        if std::mem::take(&mut world.damage) {
+            self.observer.on_event(&AgentEvent::RepositoryDamaged {
+                tool_use_id: "shell".into(),
+                what: vec!["the ref refs/heads/x was deleted".into()],
+            });
+        }
+        for path in &turn.unlocked {
+            let at = world.tick();
+            self.observer.on_event(&AgentEvent::UnlockedWrite {
+                edit: FileEdit {
+                    tool_use_id: "shell".into(),
+                    tool: "Bash (seen in the working tree)".into(),
+                    path: format!("/repo/{path}"),
+                    at,
+                },
+            });
+        }
+        for (i, (command, exit)) in turn.runs.iter().enumerate() {
+            let started = world.tick();
+            let ended = world.tick();
+            self.observer.on_event(&AgentEvent::CommandRan {
+                run: CommandRun {
+                    tool_use_id: format!("r{i}"),
+                    command: (*command).to_owned(),
+                    exit_code: Some(*exit),
+                    failed: *exit != 0,
+                    error: (*exit != 0).then(|| format!("Exit code {exit}")),
+                    started_at: Some(started),
+                    ended_at: ended,
+                },
+            });
+        }
+    }
+}
+
 #[async_trait]
 impl AgentSession for FakeSession {
     fn session_id(&self) -> Option<SessionId> {
@@ -173,38 +212,7 @@ impl AgentSession for FakeSession {
                 },
             });
         }
-        if std::mem::take(&mut world.damage) {
-            self.observer.on_event(&AgentEvent::RepositoryDamaged {
-                tool_use_id: "shell".into(),
-                what: vec!["the ref refs/heads/x was deleted".into()],
-            });
-        }
-        for path in &turn.unlocked {
-            let at = world.tick();
-            self.observer.on_event(&AgentEvent::UnlockedWrite {
-                edit: FileEdit {
-                    tool_use_id: "shell".into(),
-                    tool: "Bash (seen in the working tree)".into(),
-                    path: format!("/repo/{path}"),
-                    at,
-                },
-            });
-        }
-        for (i, (command, exit)) in turn.runs.iter().enumerate() {
-            let started = world.tick();
-            let ended = world.tick();
-            self.observer.on_event(&AgentEvent::CommandRan {
-                run: CommandRun {
-                    tool_use_id: format!("r{i}"),
-                    command: (*command).to_owned(),
-                    exit_code: Some(*exit),
-                    failed: *exit != 0,
-                    error: (*exit != 0).then(|| format!("Exit code {exit}")),
-                    started_at: Some(started),
-                    ended_at: ended,
-                },
-            });
-        }
+        self.report(&mut world, &turn);
         if let Some((subject, files)) = &turn.commit {
             let time = world.tick();
             let id = format!("c{:04}", world.commits.len() + 1);
