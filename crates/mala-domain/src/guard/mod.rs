@@ -14,6 +14,7 @@
 //! `python -c` program can still write anything; the quality gate and the
 //! commit rules catch what such programs leave behind.
 
+mod options;
 mod rules;
 mod shell;
 

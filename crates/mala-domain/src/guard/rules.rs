@@ -3,6 +3,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
+mod wrappers;
+
 use super::GuardContext;
 use super::shell::{Arg, ENTER, Invocation, LEAVE, ParseFailure, Pipe, Script, parse_script};
 
@@ -15,9 +17,10 @@ const SHELLS: &[&str] = &["bash", "sh", "zsh", "dash", "ksh", "ash"];
 const STDIN_RUNNERS: &[&str] = &[
     "bash", "sh", "zsh", "dash", "ksh", "ash", "python", "python3", "perl", "ruby", "node",
 ];
-/// Programs that only run another command (after their own options).
+/// Programs that only run another command, for spotting `curl … | nice sh`.
 const WRAPPERS: &[&str] = &[
-    "time", "nice", "nohup", "command", "builtin", "exec", "stdbuf", "ionice",
+    "time", "nice", "nohup", "command", "builtin", "exec", "stdbuf", "ionice", "timeout", "setsid",
+    "chrt", "taskset", "unshare", "flock", "doas",
 ];
 /// Where writes outside the repository are harmless to other agents.
 const SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
@@ -278,13 +281,13 @@ impl Walker<'_> {
                 }
                 Ok(())
             }
-            "sudo" | "doas" | "su" => Err(
+            "sudo" | "doas" | "su" | "runuser" | "pkexec" => Err(
                 "refused: agents do not run commands as another user. Run the command itself, as you".to_owned(),
             ),
-            "env" => self.words(skip_env(args), depth),
-            "timeout" => self.words(skip_timeout(args), depth),
-            wrapper if WRAPPERS.contains(&wrapper) => self.words(skip_options(args), depth),
-            "xargs" => self.xargs(args, depth),
+            "chroot" => Err(
+                "refused: chroot runs the command under another root, where mala cannot tell which files its paths name. Run the command itself".to_owned(),
+            ),
+            wrapper if wrappers::is_wrapper(wrapper) => self.wrapper(wrapper, args, depth),
             shell if SHELLS.contains(&shell) => self.shell(args, depth),
             "eval" => self.nested(args, depth, "eval"),
             "git" => self.git(words),
@@ -374,18 +377,6 @@ impl Walker<'_> {
             i += 1;
         }
         Ok(())
-    }
-
-    fn xargs(&mut self, args: &[Arg], depth: usize) -> Result<(), Refusal> {
-        let with_values = ["-n", "-L", "-P", "-s", "-I", "-d", "-E", "-a"];
-        let rest = skip_options_with(args, &with_values);
-        if rest.is_empty() {
-            return Ok(());
-        }
-        // The arguments come from input: dynamic.
-        let mut command = rest.to_vec();
-        command.push(Arg::Dynamic("<input of xargs>".to_owned()));
-        self.words(&command, depth)
     }
 
     fn remove(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
@@ -842,51 +833,6 @@ fn operands<'a>(args: &'a [Arg], with_values: &[&str]) -> Vec<&'a Arg> {
         i += 1;
     }
     out
-}
-
-fn skip_options(args: &[Arg]) -> &[Arg] {
-    let start = args
-        .iter()
-        .position(|a| !a.raw().starts_with('-'))
-        .unwrap_or(args.len());
-    &args[start..]
-}
-
-fn skip_options_with<'a>(args: &'a [Arg], with_values: &[&str]) -> &'a [Arg] {
-    let mut i = 0;
-    while i < args.len() {
-        let raw = args[i].raw();
-        if with_values.contains(&raw) {
-            i += 2;
-        } else if raw.starts_with('-') {
-            i += 1;
-        } else {
-            break;
-        }
-    }
-    &args[i.min(args.len())..]
-}
-
-/// `env [-i] [-u NAME] [NAME=value]… COMMAND…` → COMMAND…
-fn skip_env(args: &[Arg]) -> &[Arg] {
-    let mut i = 0;
-    while i < args.len() {
-        let raw = args[i].raw();
-        if matches!(raw, "-u" | "--unset" | "-C" | "--chdir" | "-S") {
-            i += 2;
-        } else if raw.starts_with('-') || raw.contains('=') {
-            i += 1;
-        } else {
-            break;
-        }
-    }
-    &args[i.min(args.len())..]
-}
-
-/// `timeout [options] DURATION COMMAND…` → COMMAND…
-fn skip_timeout(args: &[Arg]) -> &[Arg] {
-    let rest = skip_options_with(args, &["-s", "--signal", "-k", "--kill-after"]);
-    rest.get(1..).unwrap_or(&[])
 }
 
 fn refuse_unless(args: &[Arg], safe: &[&str], why: &str) -> Result<(), Refusal> {

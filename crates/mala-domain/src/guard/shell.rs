@@ -70,6 +70,11 @@ impl Script {
     }
 }
 
+/// `word` quoted for the shell, so parsing it again gives back the word.
+pub(crate) fn quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
 /// Marks where a subshell starts and ends, so a `cd` inside it does not leak.
 pub(crate) const ENTER: &str = "\u{0}enter";
 pub(crate) const LEAVE: &str = "\u{0}leave";
