@@ -15,6 +15,7 @@
 //! commit rules catch what such programs leave behind.
 
 mod options;
+mod programs;
 mod rules;
 mod shell;
 

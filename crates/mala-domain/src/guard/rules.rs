@@ -3,9 +3,11 @@
 
 use std::path::{Component, Path, PathBuf};
 
+mod files;
 mod wrappers;
 
 use super::GuardContext;
+use super::programs;
 use super::shell::{Arg, ENTER, Invocation, LEAVE, ParseFailure, Pipe, Script, parse_script};
 
 /// A refusal, worded for the agent: what is wrong and what to do instead.
@@ -293,12 +295,12 @@ impl Walker<'_> {
             "git" => self.git(words),
             "rm" | "rmdir" | "unlink" | "shred" => self.remove(name, args),
             "touch" | "truncate" => self.each_operand(args, &["-d", "-r", "-t", "-s", "--reference", "--size"], name),
-            "chmod" | "chown" | "chgrp" => self.permissions(name, args),
-            "mv" => self.each_operand(args, &["-t", "--target-directory", "-S", "--suffix"], "mv"),
-            "cp" | "install" | "ln" => self.copy(name, args),
+            "chmod" | "chown" | "chgrp" => self.permissions(basename(name), args),
+            "cp" | "install" | "ln" | "mv" => self.copy(basename(name), args),
             "tee" => self.each_operand(args, &[], "tee"),
-            "sed" => self.in_place(args, "sed"),
-            "perl" => self.in_place(args, "perl"),
+            "sed" | "gsed" => self.sed(args),
+            "awk" | "gawk" => self.awk(basename(name), args),
+            interpreter if programs::language(interpreter).is_some() => self.interpreter(interpreter, args),
             "dd" => self.dd(args),
             "find" => self.find(args, depth),
             "patch" => refuse_unless(args, &["--dry-run", "-C", "--check"], "patch changes files named inside the patch"),
@@ -412,19 +414,6 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn permissions(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
-        let operands = operands(args, &["--reference"]);
-        for arg in operands.iter().skip(1) {
-            if arg.raw() == "/" {
-                return Err(format!(
-                    "refused: `{name}` on / changes the whole filesystem"
-                ));
-            }
-            self.write_target(arg, name)?;
-        }
-        Ok(())
-    }
-
     fn each_operand(&self, args: &[Arg], with_values: &[&str], name: &str) -> Result<(), Refusal> {
         let mut target_dir = None;
         let mut i = 0;
@@ -444,84 +433,31 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn copy(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
-        let with_values = [
-            "-t",
-            "--target-directory",
-            "-S",
-            "--suffix",
-            "-m",
-            "--mode",
-            "-o",
-            "-g",
-        ];
-        if let Some(i) = args
-            .iter()
-            .position(|a| matches!(a.raw(), "-t" | "--target-directory"))
-        {
-            let Some(dir) = args.get(i + 1) else {
-                return Ok(());
-            };
-            let Some(dir) = dir.literal() else {
-                return self.write_target(dir, name);
-            };
-            for source in operands(args, &with_values) {
-                let file = source
-                    .literal()
-                    .map(|s| basename(s).to_owned())
-                    .unwrap_or_default();
-                self.literal_write(&format!("{dir}/{file}"), name)?;
-            }
-            return Ok(());
+    /// An interpreter: `perl -i`/`ruby -i` edit their file operands, and an
+    /// inline program is read for the primitives that change files.
+    fn interpreter(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
+        let call = programs::inline(name, args);
+        if call.in_place {
+            self.edit_files(&call.files, &format!("{name} -i"))?;
         }
-        let operands = operands(args, &with_values);
-        let Some((dest, sources)) = operands.split_last() else {
+        let Some(lang) = programs::language(name) else {
             return Ok(());
         };
-        match dest.literal() {
-            Some(dir) if dir.ends_with('/') => {
-                for source in sources {
-                    let Some(source) = source.literal() else {
-                        return self.write_target(source, name);
-                    };
-                    self.literal_write(&format!("{dir}{}", basename(source)), name)?;
-                }
-                Ok(())
+        for code in &call.code {
+            let Some(text) = code.literal() else {
+                return Err(format!(
+                    "refused: the {name} program `{}` is only known when it runs, so mala cannot check what it writes. \
+                     Give the program literally, or make the change with a structured edit",
+                    code.raw()
+                ));
+            };
+            if let Some(primitive) = programs::writes(lang, text) {
+                return Err(format!(
+                    "refused: this inline {name} program can change files or run commands (it uses `{primitive}`), \
+                     and mala cannot read programs to check them against your locks. Make the change with a structured edit \
+                     (Edit/Write) of files you hold, or with shell commands mala can check, or write the program to a script file you can show"
+                ));
             }
-            _ => self.write_target(dest, name),
-        }
-    }
-
-    fn in_place(&self, args: &[Arg], name: &str) -> Result<(), Refusal> {
-        let in_place = args.iter().any(|a| {
-            let raw = a.raw();
-            raw.starts_with("--in-place")
-                || (raw.starts_with('-') && !raw.starts_with("--") && raw.contains('i'))
-        });
-        if !in_place {
-            return Ok(());
-        }
-        // The script is the first operand unless given with -e / -f.
-        let scripted = args
-            .iter()
-            .any(|a| matches!(a.raw(), "-e" | "-f" | "--expression" | "--file"))
-            || args.iter().any(|a| {
-                let raw = a.raw();
-                raw.starts_with('-')
-                    && !raw.starts_with("--")
-                    && raw.ends_with('e')
-                    && name == "perl"
-            });
-        let with_values = ["-e", "-f", "--expression", "--file", "-l"];
-        let mut operands = operands(args, &with_values);
-        if !scripted && !operands.is_empty() {
-            operands.remove(0);
-        }
-        if operands.is_empty() {
-            return Ok(());
-        }
-        for file in operands {
-            self.write_target(file, &format!("{name} -i"))?;
         }
         Ok(())
     }
