@@ -47,7 +47,7 @@ pub(crate) fn check_command(command: &str, ctx: &GuardContext<'_>) -> Result<(),
         ctx,
         collected: None,
         cwd: vec![ctx.cwd.to_path_buf()],
-        adds_in_line: script_adds(&script),
+        added: std::cell::Cell::new(false),
     };
     walker.script(&script, 0)
 }
@@ -62,7 +62,7 @@ pub(crate) fn repository_writes(command: &str, ctx: &GuardContext<'_>) -> Vec<Pa
         ctx,
         collected: Some(std::cell::RefCell::new(Vec::new())),
         cwd: vec![ctx.cwd.to_path_buf()],
-        adds_in_line: true,
+        added: std::cell::Cell::new(false),
     };
     let _ = walker.script(&script, 0);
     walker
@@ -77,7 +77,7 @@ pub(crate) fn check_edit(tool: &str, path: &str, ctx: &GuardContext<'_>) -> Resu
         ctx,
         collected: None,
         cwd: vec![ctx.cwd.to_path_buf()],
-        adds_in_line: false,
+        added: std::cell::Cell::new(false),
     };
     walker.literal_write(path, tool)
 }
@@ -88,14 +88,6 @@ fn parse(command: &str) -> Result<Script, Refusal> {
             "refused: mala could not read this command with confidence: {why}. \
              Run it as simpler commands, one at a time"
         )
-    })
-}
-
-/// Whether the line runs `git add` anywhere (a commit after it is then of added paths).
-fn script_adds(script: &Script) -> bool {
-    script.invocations().any(|i| {
-        let words: Vec<&str> = i.words.iter().filter_map(Arg::literal).collect();
-        matches!(git_subcommand(&words), Some(("add", _)))
     })
 }
 
@@ -155,7 +147,9 @@ struct Walker<'c> {
     collected: Option<std::cell::RefCell<Vec<PathBuf>>>,
     /// The working directory, innermost subshell last.
     cwd: Vec<PathBuf>,
-    adds_in_line: bool,
+    /// Whether a `git add` has run before the command being checked (a
+    /// commit after it is then of added paths); only adds that come first count.
+    added: std::cell::Cell<bool>,
 }
 
 impl Walker<'_> {
@@ -351,13 +345,10 @@ impl Walker<'_> {
             text.push_str(part);
         }
         let script = parse(&text)?;
-        let adds = self.adds_in_line || script_adds(&script);
-        let saved = std::mem::replace(&mut self.adds_in_line, adds);
         let current = self.cwd().to_path_buf();
         self.cwd.push(current);
         let result = self.script(&script, depth + 1);
         self.cwd.pop();
-        self.adds_in_line = saved;
         result
     }
 
@@ -544,6 +535,15 @@ impl Walker<'_> {
             rest.iter()
                 .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
         };
+        let global = &literal[1..literal.len() - rest.len() - 1];
+        if global
+            .iter()
+            .any(|w| w.to_ascii_lowercase().contains("expire"))
+        {
+            return Err(
+                "refused: this git command changes how long git keeps unreachable objects or reflogs, the data that recovers lost commits. Run it without that setting".to_owned(),
+            );
+        }
         match sub {
             "reset" => Err(
                 "refused: git reset rewrites the index or working tree that every agent shares. \
@@ -586,10 +586,12 @@ impl Walker<'_> {
             "submodule" if rest.first() == Some(&"deinit") && (short('f') || long("--force")) => Err(
                 "refused: git submodule deinit --force discards submodule changes".to_owned(),
             ),
-            "push" if (short('f') || long("--force") || rest.iter().any(|a| a.starts_with('+')))
-                && !long("--force-with-lease") => Err(
-                "refused: a force push overwrites history on the remote. Use --force-with-lease if you must, or do not push: mala does not need it"
-                    .to_owned(),
+            "push" => git_push(rest, &short, &long),
+            "gc" | "prune" | "reflog" | "update-ref" | "symbolic-ref" | "tag" => {
+                git_refs(sub, rest, &short, &long)
+            }
+            "branch" if short('f') || long("--force") || short('m') || short('M') || long("--move") || short('C') => Err(
+                "refused: moving, renaming or overwriting a branch changes refs other agents build on; mala agents move refs only by committing".to_owned(),
             ),
             "apply" | "am" if !(long("--check") || long("--stat") || long("--numstat")) => Err(format!(
                 "refused: git {sub} changes files named inside the patch, which mala cannot check against your locks. Edit the files you hold instead"
@@ -655,6 +657,7 @@ impl Walker<'_> {
             }
             self.git_path(path, base, "git add")?;
         }
+        self.added.set(true);
         Ok(())
     }
 
@@ -703,7 +706,7 @@ impl Walker<'_> {
             }
             self.git_path(path, base, "git commit")?;
         }
-        if paths.is_empty() && !self.adds_in_line {
+        if paths.is_empty() && !self.added.get() {
             return Err(format!(
                 "refused: a bare `git commit` commits whatever is staged, which may include other agents' files. {HINT}"
             ));
@@ -728,6 +731,78 @@ impl Walker<'_> {
         }
         Ok(())
     }
+}
+
+/// Git commands that delete recovery data or move refs other than by
+/// committing; their read-only forms pass.
+fn git_refs(
+    sub: &str,
+    rest: &[&str],
+    short: &dyn Fn(char) -> bool,
+    long: &dyn Fn(&str) -> bool,
+) -> Result<(), Refusal> {
+    match sub {
+            // Unreachable objects and reflogs are how a lost commit is found
+            // again; pruning them now takes that away from every agent.
+            "gc" if rest.iter().any(|a| matches!(*a, "--prune=now" | "--prune=all"))
+                || rest.windows(2).any(|w| w[0] == "--prune" && matches!(w[1], "now" | "all")) => Err(
+                "refused: `git gc --prune=now` deletes unreachable objects at once, the data that recovers lost commits. Run `git gc` without --prune=now, or leave it to git".to_owned(),
+            ),
+            "prune" => Err(
+                "refused: git prune deletes unreachable objects, the data that recovers lost commits. Leave it to git's own gc".to_owned(),
+            ),
+            "reflog" if matches!(rest.first().copied(), Some("expire" | "delete")) => Err(
+                "refused: expiring or deleting reflog entries loses the record that recovers commits. `git reflog` (show) is fine".to_owned(),
+            ),
+            "update-ref" => Err(
+                "refused: git update-ref moves or deletes a ref directly; mala agents move refs only by committing. Make a commit instead".to_owned(),
+            ),
+            "symbolic-ref" if short('d') || long("--delete") || git_paths(rest, &["-m"]).len() > 1 => Err(
+                "refused: changing a symbolic ref (HEAD) switches the shared checkout's branch under other agents. Reading it (`git symbolic-ref HEAD`) is fine".to_owned(),
+            ),
+            // A tag has no reflog: deleting or moving one cannot be undone
+            // from the repository itself. Creating and listing tags is fine.
+            "tag" if short('d') || long("--delete") || short('f') || long("--force") => Err(
+                "refused: deleting or moving a tag cannot be undone (tags keep no reflog), and other agents may rely on it. Leave existing tags alone".to_owned(),
+            ),
+        _ => Ok(()),
+    }
+}
+
+/// `git push`: ordinary pushes pass; anything that rewrites or deletes what
+/// the remote has is refused, `--force-with-lease` too (mala agents never
+/// need to rewrite the remote).
+fn git_push(
+    rest: &[&str],
+    short: &dyn Fn(char) -> bool,
+    long: &dyn Fn(&str) -> bool,
+) -> Result<(), Refusal> {
+    let forced = short('f')
+        || ["--force", "--force-with-lease", "--force-if-includes"]
+            .iter()
+            .any(|flag| long(flag))
+        || rest.iter().any(|a| a.starts_with('+'));
+    if forced {
+        return Err(
+            "refused: a force push (also --force-with-lease) overwrites history on the remote. Do not push with force: mala does not need it"
+                .to_owned(),
+        );
+    }
+    if long("--mirror") || long("--prune") {
+        return Err(
+            "refused: `git push --mirror`/`--prune` deletes remote branches that have no local counterpart. Push only your branch: `git push origin HEAD`"
+                .to_owned(),
+        );
+    }
+    let deletes =
+        short('d') || long("--delete") || rest.iter().any(|a| a.starts_with(':') && a.len() > 1);
+    if deletes {
+        return Err(
+            "refused: deleting a remote branch loses work other people may need. Leave remote branches alone; mala does not need them removed"
+                .to_owned(),
+        );
+    }
+    Ok(())
 }
 
 /// The non-option arguments of a git subcommand (everything after `--` counts).
