@@ -161,7 +161,12 @@ impl Walker<'_> {
         for pipe in &script.pipes {
             check_download_to_shell(pipe)?;
             for stage in &pipe.stages {
-                self.invocation(stage, depth)?;
+                let result = self.invocation(stage, depth);
+                // When collecting writes, a refused command does not hide
+                // the writes of the commands after it.
+                if self.collected.is_none() {
+                    result?;
+                }
             }
         }
         Ok(())
