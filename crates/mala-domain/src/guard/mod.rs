@@ -10,10 +10,16 @@
 //! `;`, `|`, command substitutions). A command it cannot read with
 //! confidence is refused with the reason.
 //!
-//! Scope: the guard reads commands, not programs. A script file or a
-//! `python -c` program can still write anything; the quality gate and the
-//! commit rules catch what such programs leave behind.
+//! Scope: the guard reads commands, not programs. Inline programs
+//! (`python -c`, `perl -e`, `node -e`…) are read conservatively for their
+//! language's write and command primitives (`programs.rs`); a script file can
+//! still write anything, and the working-tree observer, the quality gate and
+//! the commit rules catch what such programs leave behind. A tool the guard
+//! does not know is judged as a shell when it carries a command, and refused
+//! when it names a path.
 
+mod options;
+mod programs;
 mod rules;
 mod shell;
 
@@ -53,37 +59,137 @@ pub enum ToolCall {
     Shell { tool: String, command: String },
     /// A structured edit of one file.
     Edit { tool: String, path: String },
-    /// Anything else (reads, searches, MCP tools).
+    /// Anything else the guard lets through (reads, searches, mala's tools).
     Other { tool: String },
+    /// A tool the guard does not know that names a path (`key`): it may write.
+    Unknown { tool: String, key: String },
 }
+
+/// Claude Code's tools that only read, plan or report.
+const READ_ONLY_TOOLS: &[&str] = &[
+    "Read",
+    "Glob",
+    "Grep",
+    "LS",
+    "WebFetch",
+    "WebSearch",
+    "TodoWrite",
+    "Task",
+    "TaskOutput",
+    "ExitPlanMode",
+    "BashOutput",
+    "KillShell",
+    "KillBash",
+    "NotebookRead",
+    "ListMcpResourcesTool",
+    "ReadMcpResourceTool",
+];
+/// Shell tools of other backends, judged as shell commands by name.
+const SHELL_TOOLS: &[&str] = &[
+    "Bash",
+    "bash",
+    "shell",
+    "local_shell",
+    "exec_command",
+    "container.exec",
+    "run_shell_command",
+    "shell_command",
+];
+/// Input fields that name a file a tool may write.
+const PATH_KEYS: &[&str] = &[
+    "file_path",
+    "path",
+    "notebook_path",
+    "filename",
+    "target_file",
+    "file",
+    "paths",
+    "target",
+    "destination",
+    "source",
+    "old_path",
+    "new_path",
+    "directory",
+    "dir",
+];
 
 impl ToolCall {
     /// A Claude Code tool call (`tool_name`, `tool_input`).
     pub fn from_claude(tool: &str, input: &Value) -> Self {
         let text = |key: &str| input.get(key).and_then(Value::as_str).map(str::to_owned);
+        let owned = tool.to_owned();
         match tool {
-            "Bash" => Self::Shell {
-                tool: tool.to_owned(),
-                command: text("command").unwrap_or_default(),
+            "Write" | "Edit" | "MultiEdit" => {
+                return Self::Edit {
+                    tool: owned,
+                    path: text("file_path").unwrap_or_default(),
+                };
+            }
+            "NotebookEdit" => {
+                return Self::Edit {
+                    tool: owned,
+                    path: text("notebook_path").unwrap_or_default(),
+                };
+            }
+            _ if READ_ONLY_TOOLS.contains(&tool) || tool.starts_with("mcp__mala__") => {
+                return Self::Other { tool: owned };
+            }
+            _ => {}
+        }
+        // A shell under any name: its command is what runs.
+        if let Some(command) = shell_command(input) {
+            return Self::Shell {
+                tool: owned,
+                command,
+            };
+        }
+        if SHELL_TOOLS.contains(&tool) {
+            return Self::Shell {
+                tool: owned,
+                command: String::new(),
+            };
+        }
+        let path_key = PATH_KEYS.iter().find(|key| {
+            input
+                .get(**key)
+                .is_some_and(|v| v.is_string() || v.is_array())
+        });
+        match path_key {
+            Some(key) => Self::Unknown {
+                tool: owned,
+                key: (*key).to_owned(),
             },
-            "Write" | "Edit" | "MultiEdit" => Self::Edit {
-                tool: tool.to_owned(),
-                path: text("file_path").unwrap_or_default(),
-            },
-            "NotebookEdit" => Self::Edit {
-                tool: tool.to_owned(),
-                path: text("notebook_path").unwrap_or_default(),
-            },
-            _ => Self::Other {
-                tool: tool.to_owned(),
-            },
+            None => Self::Other { tool: owned },
         }
     }
 
     pub fn tool(&self) -> &str {
         match self {
-            Self::Shell { tool, .. } | Self::Edit { tool, .. } | Self::Other { tool } => tool,
+            Self::Shell { tool, .. }
+            | Self::Edit { tool, .. }
+            | Self::Other { tool }
+            | Self::Unknown { tool, .. } => tool,
         }
+    }
+}
+
+/// The command line of a shell-like input: a string `command` or `cmd`, or
+/// an argument vector (`["bash", "-lc", "…"]`), quoted back into a line. A
+/// `workdir` becomes a `cd` first, so relative paths resolve from it.
+fn shell_command(input: &Value) -> Option<String> {
+    let field = input.get("command").or_else(|| input.get("cmd"))?;
+    let line = match field {
+        Value::String(line) => line.clone(),
+        Value::Array(words) => words
+            .iter()
+            .map(|w| w.as_str().map(shell::quote))
+            .collect::<Option<Vec<_>>>()?
+            .join(" "),
+        _ => return None,
+    };
+    match input.get("workdir").and_then(Value::as_str) {
+        Some(dir) => Some(format!("cd {} && {line}", shell::quote(dir))),
+        None => Some(line),
     }
 }
 
@@ -177,6 +283,10 @@ fn decide(call: &ToolCall, ctx: &GuardContext<'_>) -> Result<(), String> {
             rules::check_edit(tool, path, ctx)
         }
         ToolCall::Other { .. } => Ok(()),
+        ToolCall::Unknown { tool, key } => Err(format!(
+            "refused: mala does not know the tool {tool}, which names a file (`{key}`), so it cannot tell whether the tool writes it. \
+             Edit files you hold with Edit/Write, and run commands with Bash"
+        )),
     }
 }
 
@@ -345,5 +455,116 @@ mod tests {
         ));
         assert!(denied.contains("theirs.rs"), "{denied}");
         assert!(check_tool(&shell("git commit -m 'bd-a-1: x' -- src/lib.rs"), &ctx).is_allowed());
+    }
+
+    #[allow(clippy::needless_pass_by_value)] // callers build the input inline
+    fn decide_claude(tool: &str, input: serde_json::Value) -> Decision {
+        let held = vec![PathBuf::from("/repo/src/lib.rs")];
+        check_tool(&ToolCall::from_claude(tool, &input), &ctx(&held, None, &[]))
+    }
+
+    #[test]
+    fn shells_under_other_names_are_judged_as_shell_commands() {
+        for tool in [
+            "bash",
+            "shell",
+            "local_shell",
+            "exec_command",
+            "container.exec",
+            "run_shell_command",
+            "my_runner",
+        ] {
+            let denied = reason(decide_claude(tool, json!({"command": "rm src/other.rs"})));
+            assert!(denied.contains("src/other.rs"), "{tool}: {denied}");
+            assert!(
+                decide_claude(tool, json!({"command": "cargo test"})).is_allowed(),
+                "{tool}"
+            );
+        }
+        let denied = reason(decide_claude("exec", json!({"cmd": "git reset --hard"})));
+        assert!(denied.contains("git reset"), "{denied}");
+        let codex = json!({"command": ["bash", "-lc", "echo x > src/other.rs"]});
+        assert!(!decide_claude("shell", codex).is_allowed());
+        let codex = json!({"command": ["bash", "-lc", "echo x > src/lib.rs"]});
+        assert!(decide_claude("shell", codex).is_allowed());
+        // Relative paths resolve from the shell's workdir.
+        let codex = json!({"command": ["touch", "lib.rs"], "workdir": "/repo/src"});
+        assert!(decide_claude("shell", codex).is_allowed());
+        let codex = json!({"command": ["touch", "lib.rs"], "workdir": "/repo/docs"});
+        assert!(!decide_claude("shell", codex).is_allowed());
+    }
+
+    #[test]
+    fn unknown_tools_that_name_a_path_are_refused() {
+        for key in [
+            "file_path",
+            "path",
+            "notebook_path",
+            "filename",
+            "target_file",
+        ] {
+            let denied = reason(decide_claude(
+                "mcp__fs__write_file",
+                json!({key: "/repo/x", "content": "y"}),
+            ));
+            assert!(
+                denied.contains("mcp__fs__write_file") && denied.contains(key),
+                "{denied}"
+            );
+        }
+        assert!(decide_claude("SomeTool", json!({"query": "x"})).is_allowed());
+    }
+
+    #[test]
+    fn known_read_only_tools_and_malas_own_tools_pass() {
+        for tool in [
+            "Read",
+            "Glob",
+            "Grep",
+            "LS",
+            "NotebookRead",
+            "BashOutput",
+            "KillShell",
+            "WebFetch",
+        ] {
+            let input = json!({"file_path": "/repo/src/other.rs", "path": "/repo", "pattern": "x"});
+            assert!(decide_claude(tool, input).is_allowed(), "{tool}");
+        }
+        let lock = json!({"path": "/repo/src/other.rs"});
+        assert!(decide_claude("mcp__mala__lock_acquire", lock).is_allowed());
+        assert!(decide_claude("TodoWrite", json!({"todos": []})).is_allowed());
+        assert!(decide_claude("Task", json!({"prompt": "x"})).is_allowed());
+    }
+
+    #[test]
+    fn shell_writes_lists_the_new_write_classes() {
+        let root = Path::new("/repo");
+        let one = |c: &str| shell_writes(c, root);
+        let p = |s: &str| vec![PathBuf::from(s)];
+        assert_eq!(one("sed -i -e s/a/b/ src/a.rs"), p("/repo/src/a.rs"));
+        assert_eq!(
+            one("sed --in-place --expression=s/a/b/ src/a.rs"),
+            p("/repo/src/a.rs")
+        );
+        assert_eq!(one("cp -t src README.md"), p("/repo/src/README.md"));
+        assert_eq!(one("cp --target-directory=src /tmp/x"), p("/repo/src/x"));
+        assert_eq!(one("echo x >& src/a.rs"), p("/repo/src/a.rs"));
+        assert_eq!(one("echo x 2>&src/a.rs"), p("/repo/src/a.rs"));
+        assert_eq!(one("echo x >| src/a.rs"), p("/repo/src/a.rs"));
+        assert_eq!(one("chmod -w src/a.rs"), p("/repo/src/a.rs"));
+        assert_eq!(one("chmod --reference R src/a.rs"), p("/repo/src/a.rs"));
+        assert_eq!(one("nice -n 10 touch src/a.rs"), p("/repo/src/a.rs"));
+        assert_eq!(one("timeout -s KILL 5 tee src/a.rs"), p("/repo/src/a.rs"));
+        assert_eq!(one("env -C src touch a.rs"), p("/repo/src/a.rs"));
+        assert_eq!(
+            one("touch src/{a,b}.rs"),
+            vec![
+                PathBuf::from("/repo/src/a.rs"),
+                PathBuf::from("/repo/src/b.rs")
+            ]
+        );
+        assert_eq!(one("mv src/a.rs /tmp/"), p("/repo/src/a.rs"));
+        // A refused command does not hide the writes after it.
+        assert_eq!(one("git reset --hard; touch src/a.rs"), p("/repo/src/a.rs"));
     }
 }

@@ -3,7 +3,11 @@
 
 use std::path::{Component, Path, PathBuf};
 
+mod files;
+mod wrappers;
+
 use super::GuardContext;
+use super::programs;
 use super::shell::{Arg, ENTER, Invocation, LEAVE, ParseFailure, Pipe, Script, parse_script};
 
 /// A refusal, worded for the agent: what is wrong and what to do instead.
@@ -15,9 +19,10 @@ const SHELLS: &[&str] = &["bash", "sh", "zsh", "dash", "ksh", "ash"];
 const STDIN_RUNNERS: &[&str] = &[
     "bash", "sh", "zsh", "dash", "ksh", "ash", "python", "python3", "perl", "ruby", "node",
 ];
-/// Programs that only run another command (after their own options).
+/// Programs that only run another command, for spotting `curl … | nice sh`.
 const WRAPPERS: &[&str] = &[
-    "time", "nice", "nohup", "command", "builtin", "exec", "stdbuf", "ionice",
+    "time", "nice", "nohup", "command", "builtin", "exec", "stdbuf", "ionice", "timeout", "setsid",
+    "chrt", "taskset", "unshare", "flock", "doas",
 ];
 /// Where writes outside the repository are harmless to other agents.
 const SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
@@ -42,7 +47,7 @@ pub(crate) fn check_command(command: &str, ctx: &GuardContext<'_>) -> Result<(),
         ctx,
         collected: None,
         cwd: vec![ctx.cwd.to_path_buf()],
-        adds_in_line: script_adds(&script),
+        added: std::cell::Cell::new(false),
     };
     walker.script(&script, 0)
 }
@@ -57,7 +62,7 @@ pub(crate) fn repository_writes(command: &str, ctx: &GuardContext<'_>) -> Vec<Pa
         ctx,
         collected: Some(std::cell::RefCell::new(Vec::new())),
         cwd: vec![ctx.cwd.to_path_buf()],
-        adds_in_line: true,
+        added: std::cell::Cell::new(false),
     };
     let _ = walker.script(&script, 0);
     walker
@@ -72,7 +77,7 @@ pub(crate) fn check_edit(tool: &str, path: &str, ctx: &GuardContext<'_>) -> Resu
         ctx,
         collected: None,
         cwd: vec![ctx.cwd.to_path_buf()],
-        adds_in_line: false,
+        added: std::cell::Cell::new(false),
     };
     walker.literal_write(path, tool)
 }
@@ -83,14 +88,6 @@ fn parse(command: &str) -> Result<Script, Refusal> {
             "refused: mala could not read this command with confidence: {why}. \
              Run it as simpler commands, one at a time"
         )
-    })
-}
-
-/// Whether the line runs `git add` anywhere (a commit after it is then of added paths).
-fn script_adds(script: &Script) -> bool {
-    script.invocations().any(|i| {
-        let words: Vec<&str> = i.words.iter().filter_map(Arg::literal).collect();
-        matches!(git_subcommand(&words), Some(("add", _)))
     })
 }
 
@@ -150,7 +147,9 @@ struct Walker<'c> {
     collected: Option<std::cell::RefCell<Vec<PathBuf>>>,
     /// The working directory, innermost subshell last.
     cwd: Vec<PathBuf>,
-    adds_in_line: bool,
+    /// Whether a `git add` has run before the command being checked (a
+    /// commit after it is then of added paths); only adds that come first count.
+    added: std::cell::Cell<bool>,
 }
 
 impl Walker<'_> {
@@ -162,7 +161,12 @@ impl Walker<'_> {
         for pipe in &script.pipes {
             check_download_to_shell(pipe)?;
             for stage in &pipe.stages {
-                self.invocation(stage, depth)?;
+                let result = self.invocation(stage, depth);
+                // When collecting writes, a refused command does not hide
+                // the writes of the commands after it.
+                if self.collected.is_none() {
+                    result?;
+                }
             }
         }
         Ok(())
@@ -278,24 +282,24 @@ impl Walker<'_> {
                 }
                 Ok(())
             }
-            "sudo" | "doas" | "su" => Err(
+            "sudo" | "doas" | "su" | "runuser" | "pkexec" => Err(
                 "refused: agents do not run commands as another user. Run the command itself, as you".to_owned(),
             ),
-            "env" => self.words(skip_env(args), depth),
-            "timeout" => self.words(skip_timeout(args), depth),
-            wrapper if WRAPPERS.contains(&wrapper) => self.words(skip_options(args), depth),
-            "xargs" => self.xargs(args, depth),
+            "chroot" => Err(
+                "refused: chroot runs the command under another root, where mala cannot tell which files its paths name. Run the command itself".to_owned(),
+            ),
+            wrapper if wrappers::is_wrapper(wrapper) => self.wrapper(wrapper, args, depth),
             shell if SHELLS.contains(&shell) => self.shell(args, depth),
             "eval" => self.nested(args, depth, "eval"),
             "git" => self.git(words),
             "rm" | "rmdir" | "unlink" | "shred" => self.remove(name, args),
             "touch" | "truncate" => self.each_operand(args, &["-d", "-r", "-t", "-s", "--reference", "--size"], name),
-            "chmod" | "chown" | "chgrp" => self.permissions(name, args),
-            "mv" => self.each_operand(args, &["-t", "--target-directory", "-S", "--suffix"], "mv"),
-            "cp" | "install" | "ln" => self.copy(name, args),
+            "chmod" | "chown" | "chgrp" => self.permissions(basename(name), args),
+            "cp" | "install" | "ln" | "mv" => self.copy(basename(name), args),
             "tee" => self.each_operand(args, &[], "tee"),
-            "sed" => self.in_place(args, "sed"),
-            "perl" => self.in_place(args, "perl"),
+            "sed" | "gsed" => self.sed(args),
+            "awk" | "gawk" => self.awk(basename(name), args),
+            interpreter if programs::language(interpreter).is_some() => self.interpreter(interpreter, args),
             "dd" => self.dd(args),
             "find" => self.find(args, depth),
             "patch" => refuse_unless(args, &["--dry-run", "-C", "--check"], "patch changes files named inside the patch"),
@@ -346,13 +350,10 @@ impl Walker<'_> {
             text.push_str(part);
         }
         let script = parse(&text)?;
-        let adds = self.adds_in_line || script_adds(&script);
-        let saved = std::mem::replace(&mut self.adds_in_line, adds);
         let current = self.cwd().to_path_buf();
         self.cwd.push(current);
         let result = self.script(&script, depth + 1);
         self.cwd.pop();
-        self.adds_in_line = saved;
         result
     }
 
@@ -374,18 +375,6 @@ impl Walker<'_> {
             i += 1;
         }
         Ok(())
-    }
-
-    fn xargs(&mut self, args: &[Arg], depth: usize) -> Result<(), Refusal> {
-        let with_values = ["-n", "-L", "-P", "-s", "-I", "-d", "-E", "-a"];
-        let rest = skip_options_with(args, &with_values);
-        if rest.is_empty() {
-            return Ok(());
-        }
-        // The arguments come from input: dynamic.
-        let mut command = rest.to_vec();
-        command.push(Arg::Dynamic("<input of xargs>".to_owned()));
-        self.words(&command, depth)
     }
 
     fn remove(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
@@ -421,19 +410,6 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn permissions(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
-        let operands = operands(args, &["--reference"]);
-        for arg in operands.iter().skip(1) {
-            if arg.raw() == "/" {
-                return Err(format!(
-                    "refused: `{name}` on / changes the whole filesystem"
-                ));
-            }
-            self.write_target(arg, name)?;
-        }
-        Ok(())
-    }
-
     fn each_operand(&self, args: &[Arg], with_values: &[&str], name: &str) -> Result<(), Refusal> {
         let mut target_dir = None;
         let mut i = 0;
@@ -453,84 +429,31 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn copy(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
-        let with_values = [
-            "-t",
-            "--target-directory",
-            "-S",
-            "--suffix",
-            "-m",
-            "--mode",
-            "-o",
-            "-g",
-        ];
-        if let Some(i) = args
-            .iter()
-            .position(|a| matches!(a.raw(), "-t" | "--target-directory"))
-        {
-            let Some(dir) = args.get(i + 1) else {
-                return Ok(());
-            };
-            let Some(dir) = dir.literal() else {
-                return self.write_target(dir, name);
-            };
-            for source in operands(args, &with_values) {
-                let file = source
-                    .literal()
-                    .map(|s| basename(s).to_owned())
-                    .unwrap_or_default();
-                self.literal_write(&format!("{dir}/{file}"), name)?;
-            }
-            return Ok(());
+    /// An interpreter: `perl -i`/`ruby -i` edit their file operands, and an
+    /// inline program is read for the primitives that change files.
+    fn interpreter(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
+        let call = programs::inline(name, args);
+        if call.in_place {
+            self.edit_files(&call.files, &format!("{name} -i"))?;
         }
-        let operands = operands(args, &with_values);
-        let Some((dest, sources)) = operands.split_last() else {
+        let Some(lang) = programs::language(name) else {
             return Ok(());
         };
-        match dest.literal() {
-            Some(dir) if dir.ends_with('/') => {
-                for source in sources {
-                    let Some(source) = source.literal() else {
-                        return self.write_target(source, name);
-                    };
-                    self.literal_write(&format!("{dir}{}", basename(source)), name)?;
-                }
-                Ok(())
+        for code in &call.code {
+            let Some(text) = code.literal() else {
+                return Err(format!(
+                    "refused: the {name} program `{}` is only known when it runs, so mala cannot check what it writes. \
+                     Give the program literally, or make the change with a structured edit",
+                    code.raw()
+                ));
+            };
+            if let Some(primitive) = programs::writes(lang, text) {
+                return Err(format!(
+                    "refused: this inline {name} program can change files or run commands (it uses `{primitive}`), \
+                     and mala cannot read programs to check them against your locks. Make the change with a structured edit \
+                     (Edit/Write) of files you hold, or with shell commands mala can check, or write the program to a script file you can show"
+                ));
             }
-            _ => self.write_target(dest, name),
-        }
-    }
-
-    fn in_place(&self, args: &[Arg], name: &str) -> Result<(), Refusal> {
-        let in_place = args.iter().any(|a| {
-            let raw = a.raw();
-            raw.starts_with("--in-place")
-                || (raw.starts_with('-') && !raw.starts_with("--") && raw.contains('i'))
-        });
-        if !in_place {
-            return Ok(());
-        }
-        // The script is the first operand unless given with -e / -f.
-        let scripted = args
-            .iter()
-            .any(|a| matches!(a.raw(), "-e" | "-f" | "--expression" | "--file"))
-            || args.iter().any(|a| {
-                let raw = a.raw();
-                raw.starts_with('-')
-                    && !raw.starts_with("--")
-                    && raw.ends_with('e')
-                    && name == "perl"
-            });
-        let with_values = ["-e", "-f", "--expression", "--file", "-l"];
-        let mut operands = operands(args, &with_values);
-        if !scripted && !operands.is_empty() {
-            operands.remove(0);
-        }
-        if operands.is_empty() {
-            return Ok(());
-        }
-        for file in operands {
-            self.write_target(file, &format!("{name} -i"))?;
         }
         Ok(())
     }
@@ -617,6 +540,15 @@ impl Walker<'_> {
             rest.iter()
                 .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
         };
+        let global = &literal[1..literal.len() - rest.len() - 1];
+        if global
+            .iter()
+            .any(|w| w.to_ascii_lowercase().contains("expire"))
+        {
+            return Err(
+                "refused: this git command changes how long git keeps unreachable objects or reflogs, the data that recovers lost commits. Run it without that setting".to_owned(),
+            );
+        }
         match sub {
             "reset" => Err(
                 "refused: git reset rewrites the index or working tree that every agent shares. \
@@ -659,10 +591,12 @@ impl Walker<'_> {
             "submodule" if rest.first() == Some(&"deinit") && (short('f') || long("--force")) => Err(
                 "refused: git submodule deinit --force discards submodule changes".to_owned(),
             ),
-            "push" if (short('f') || long("--force") || rest.iter().any(|a| a.starts_with('+')))
-                && !long("--force-with-lease") => Err(
-                "refused: a force push overwrites history on the remote. Use --force-with-lease if you must, or do not push: mala does not need it"
-                    .to_owned(),
+            "push" => git_push(rest, &short, &long),
+            "gc" | "prune" | "reflog" | "update-ref" | "symbolic-ref" | "tag" => {
+                git_refs(sub, rest, &short, &long)
+            }
+            "branch" if short('f') || long("--force") || short('m') || short('M') || long("--move") || short('C') => Err(
+                "refused: moving, renaming or overwriting a branch changes refs other agents build on; mala agents move refs only by committing".to_owned(),
             ),
             "apply" | "am" if !(long("--check") || long("--stat") || long("--numstat")) => Err(format!(
                 "refused: git {sub} changes files named inside the patch, which mala cannot check against your locks. Edit the files you hold instead"
@@ -728,6 +662,7 @@ impl Walker<'_> {
             }
             self.git_path(path, base, "git add")?;
         }
+        self.added.set(true);
         Ok(())
     }
 
@@ -776,7 +711,7 @@ impl Walker<'_> {
             }
             self.git_path(path, base, "git commit")?;
         }
-        if paths.is_empty() && !self.adds_in_line {
+        if paths.is_empty() && !self.added.get() {
             return Err(format!(
                 "refused: a bare `git commit` commits whatever is staged, which may include other agents' files. {HINT}"
             ));
@@ -801,6 +736,78 @@ impl Walker<'_> {
         }
         Ok(())
     }
+}
+
+/// Git commands that delete recovery data or move refs other than by
+/// committing; their read-only forms pass.
+fn git_refs(
+    sub: &str,
+    rest: &[&str],
+    short: &dyn Fn(char) -> bool,
+    long: &dyn Fn(&str) -> bool,
+) -> Result<(), Refusal> {
+    match sub {
+            // Unreachable objects and reflogs are how a lost commit is found
+            // again; pruning them now takes that away from every agent.
+            "gc" if rest.iter().any(|a| matches!(*a, "--prune=now" | "--prune=all"))
+                || rest.windows(2).any(|w| w[0] == "--prune" && matches!(w[1], "now" | "all")) => Err(
+                "refused: `git gc --prune=now` deletes unreachable objects at once, the data that recovers lost commits. Run `git gc` without --prune=now, or leave it to git".to_owned(),
+            ),
+            "prune" => Err(
+                "refused: git prune deletes unreachable objects, the data that recovers lost commits. Leave it to git's own gc".to_owned(),
+            ),
+            "reflog" if matches!(rest.first().copied(), Some("expire" | "delete")) => Err(
+                "refused: expiring or deleting reflog entries loses the record that recovers commits. `git reflog` (show) is fine".to_owned(),
+            ),
+            "update-ref" => Err(
+                "refused: git update-ref moves or deletes a ref directly; mala agents move refs only by committing. Make a commit instead".to_owned(),
+            ),
+            "symbolic-ref" if short('d') || long("--delete") || git_paths(rest, &["-m"]).len() > 1 => Err(
+                "refused: changing a symbolic ref (HEAD) switches the shared checkout's branch under other agents. Reading it (`git symbolic-ref HEAD`) is fine".to_owned(),
+            ),
+            // A tag has no reflog: deleting or moving one cannot be undone
+            // from the repository itself. Creating and listing tags is fine.
+            "tag" if short('d') || long("--delete") || short('f') || long("--force") => Err(
+                "refused: deleting or moving a tag cannot be undone (tags keep no reflog), and other agents may rely on it. Leave existing tags alone".to_owned(),
+            ),
+        _ => Ok(()),
+    }
+}
+
+/// `git push`: ordinary pushes pass; anything that rewrites or deletes what
+/// the remote has is refused, `--force-with-lease` too (mala agents never
+/// need to rewrite the remote).
+fn git_push(
+    rest: &[&str],
+    short: &dyn Fn(char) -> bool,
+    long: &dyn Fn(&str) -> bool,
+) -> Result<(), Refusal> {
+    let forced = short('f')
+        || ["--force", "--force-with-lease", "--force-if-includes"]
+            .iter()
+            .any(|flag| long(flag))
+        || rest.iter().any(|a| a.starts_with('+'));
+    if forced {
+        return Err(
+            "refused: a force push (also --force-with-lease) overwrites history on the remote. Do not push with force: mala does not need it"
+                .to_owned(),
+        );
+    }
+    if long("--mirror") || long("--prune") {
+        return Err(
+            "refused: `git push --mirror`/`--prune` deletes remote branches that have no local counterpart. Push only your branch: `git push origin HEAD`"
+                .to_owned(),
+        );
+    }
+    let deletes =
+        short('d') || long("--delete") || rest.iter().any(|a| a.starts_with(':') && a.len() > 1);
+    if deletes {
+        return Err(
+            "refused: deleting a remote branch loses work other people may need. Leave remote branches alone; mala does not need them removed"
+                .to_owned(),
+        );
+    }
+    Ok(())
 }
 
 /// The non-option arguments of a git subcommand (everything after `--` counts).
@@ -842,51 +849,6 @@ fn operands<'a>(args: &'a [Arg], with_values: &[&str]) -> Vec<&'a Arg> {
         i += 1;
     }
     out
-}
-
-fn skip_options(args: &[Arg]) -> &[Arg] {
-    let start = args
-        .iter()
-        .position(|a| !a.raw().starts_with('-'))
-        .unwrap_or(args.len());
-    &args[start..]
-}
-
-fn skip_options_with<'a>(args: &'a [Arg], with_values: &[&str]) -> &'a [Arg] {
-    let mut i = 0;
-    while i < args.len() {
-        let raw = args[i].raw();
-        if with_values.contains(&raw) {
-            i += 2;
-        } else if raw.starts_with('-') {
-            i += 1;
-        } else {
-            break;
-        }
-    }
-    &args[i.min(args.len())..]
-}
-
-/// `env [-i] [-u NAME] [NAME=value]… COMMAND…` → COMMAND…
-fn skip_env(args: &[Arg]) -> &[Arg] {
-    let mut i = 0;
-    while i < args.len() {
-        let raw = args[i].raw();
-        if matches!(raw, "-u" | "--unset" | "-C" | "--chdir" | "-S") {
-            i += 2;
-        } else if raw.starts_with('-') || raw.contains('=') {
-            i += 1;
-        } else {
-            break;
-        }
-    }
-    &args[i.min(args.len())..]
-}
-
-/// `timeout [options] DURATION COMMAND…` → COMMAND…
-fn skip_timeout(args: &[Arg]) -> &[Arg] {
-    let rest = skip_options_with(args, &["-s", "--signal", "-k", "--kill-after"]);
-    rest.get(1..).unwrap_or(&[])
 }
 
 fn refuse_unless(args: &[Arg], safe: &[&str], why: &str) -> Result<(), Refusal> {

@@ -65,9 +65,15 @@ pub(crate) struct Script {
 }
 
 impl Script {
+    #[cfg(test)]
     pub(crate) fn invocations(&self) -> impl Iterator<Item = &Invocation> {
         self.pipes.iter().flat_map(|p| p.stages.iter())
     }
+}
+
+/// `word` quoted for the shell, so parsing it again gives back the word.
+pub(crate) fn quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 /// Marks where a subshell starts and ends, so a `cd` inside it does not leak.
@@ -168,7 +174,9 @@ fn walk_command(
             script.functions.push(function.fname.value.clone());
             walk_compound(&function.body.0, script, depth + 1)?;
         }
-        Command::ExtendedTest(_, redirects) => {
+        Command::ExtendedTest(test, redirects) => {
+            // `[[ … ]]` expands its words: substitutions inside it run.
+            walk_test(&test.expr, script, depth)?;
             if let Some(redirects) = redirects {
                 let mut holder = Invocation::default();
                 for redirect in &redirects.0 {
@@ -194,8 +202,20 @@ fn walk_compound(
             script.pipes.push(marker(LEAVE));
             Ok(())
         }
-        CompoundCommand::ForClause(clause) => walk_list(&clause.body.list, script, depth),
-        CompoundCommand::ArithmeticForClause(clause) => walk_list(&clause.body.list, script, depth),
+        CompoundCommand::ForClause(clause) => {
+            // The list is expanded before the loop runs; substitutions in it run.
+            for value in clause.values.iter().flatten() {
+                resolve_word(&value.value, script, depth)?;
+            }
+            walk_list(&clause.body.list, script, depth)
+        }
+        CompoundCommand::ArithmeticForClause(clause) => {
+            let parts = [&clause.initializer, &clause.condition, &clause.updater];
+            for expr in parts.into_iter().flatten() {
+                expand_arithmetic(&expr.value, script, depth)?;
+            }
+            walk_list(&clause.body.list, script, depth)
+        }
         CompoundCommand::WhileClause(clause) | CompoundCommand::UntilClause(clause) => {
             walk_list(&clause.0, script, depth)?;
             walk_list(&clause.1.list, script, depth)
@@ -212,7 +232,11 @@ fn walk_compound(
             Ok(())
         }
         CompoundCommand::CaseClause(clause) => {
+            resolve_word(&clause.value.value, script, depth)?;
             for case in &clause.cases {
+                for pattern in &case.patterns {
+                    resolve_word(&pattern.value, script, depth)?;
+                }
                 if let Some(cmd) = &case.cmd {
                     walk_list(cmd, script, depth)?;
                 }
@@ -225,7 +249,48 @@ fn walk_compound(
             script.pipes.push(pipe);
             Ok(())
         }
-        CompoundCommand::Arithmetic(_) => Ok(()),
+        CompoundCommand::Arithmetic(arithmetic) => {
+            expand_arithmetic(&arithmetic.expr.value, script, depth)
+        }
+    }
+}
+
+/// The words of a `[[ … ]]` test, for the substitutions they run.
+fn walk_test(
+    expr: &ast::ExtendedTestExpr,
+    script: &mut Script,
+    depth: usize,
+) -> Result<(), ParseFailure> {
+    use ast::ExtendedTestExpr as E;
+    match expr {
+        E::And(left, right) | E::Or(left, right) => {
+            walk_test(left, script, depth)?;
+            walk_test(right, script, depth)
+        }
+        E::Not(inner) | E::Parenthesized(inner) => walk_test(inner, script, depth),
+        E::UnaryTest(_, word) => resolve_word(&word.value, script, depth).map(drop),
+        E::BinaryTest(_, left, right) => {
+            resolve_word(&left.value, script, depth)?;
+            resolve_word(&right.value, script, depth).map(drop)
+        }
+    }
+}
+
+/// An arithmetic expression is expanded like a word before it is evaluated,
+/// so the command substitutions inside it run.
+fn expand_arithmetic(text: &str, script: &mut Script, depth: usize) -> Result<(), ParseFailure> {
+    expand_inner(text, script, depth)
+}
+
+/// The commands that the text inside `${…}` or `$((…))` runs. Text that the
+/// word parser cannot read is only a problem when it may hold a substitution.
+fn expand_inner(text: &str, script: &mut Script, depth: usize) -> Result<(), ParseFailure> {
+    match word::parse(text, &options()) {
+        Ok(pieces) => collect(&pieces, text, &mut Chars::default(), script, depth + 1).map(drop),
+        Err(_) if text.contains("$(") || text.contains('`') => Err(ParseFailure(format!(
+            "the expansion `{text}` runs a command mala could not read"
+        ))),
+        Err(_) => Ok(()),
     }
 }
 
@@ -250,13 +315,13 @@ fn simple_invocation(
                 if let Some(name) = &simple.word_or_name {
                     invocation
                         .words
-                        .push(resolve_word(&name.value, script, depth)?);
+                        .extend(resolve_words(&name.value, script, depth)?);
                 }
             }
             Some(CommandPrefixOrSuffixItem::Word(w)) => {
                 invocation
                     .words
-                    .push(resolve_word(&w.value, script, depth)?);
+                    .extend(resolve_words(&w.value, script, depth)?);
             }
             Some(CommandPrefixOrSuffixItem::IoRedirect(redirect)) => {
                 add_redirect(redirect, &mut invocation, script, depth)?;
@@ -306,7 +371,20 @@ fn add_redirect(
                 IoFileRedirectTarget::ProcessSubstitution(_, sub) => {
                     walk_list(&sub.list, script, depth + 1)?;
                 }
-                IoFileRedirectTarget::Fd(_) | IoFileRedirectTarget::Duplicate(_) => {}
+                IoFileRedirectTarget::Duplicate(w) => {
+                    // `>&word` duplicates a descriptor when the word is a
+                    // number (or `-`); any other word is a file bash opens for
+                    // writing, like `&>`.
+                    let target = resolve_word(&w.value, script, depth)?;
+                    let descriptor = target.literal().is_some_and(|t| {
+                        let t = t.strip_suffix('-').unwrap_or(t);
+                        t.chars().all(|c| c.is_ascii_digit())
+                    });
+                    if matches!(kind, IoFileRedirectKind::DuplicateOutput) && !descriptor {
+                        invocation.writes.push(WriteRedirect { target });
+                    }
+                }
+                IoFileRedirectTarget::Fd(_) => {}
             }
         }
         IoRedirect::OutputAndError(w, _) => {
@@ -321,34 +399,85 @@ fn add_redirect(
 /// A word's value when it is literal; command substitutions inside it are
 /// parsed and their commands added to the script.
 fn resolve_word(raw: &str, script: &mut Script, depth: usize) -> Result<Arg, ParseFailure> {
+    let (arg, _) = resolve_chars(raw, script, depth)?;
+    Ok(arg)
+}
+
+/// The words a command word becomes: brace expansion (`src/{a,b}.rs`,
+/// `{touch,f}`) turns one literal word into several before anything runs.
+fn resolve_words(raw: &str, script: &mut Script, depth: usize) -> Result<Vec<Arg>, ParseFailure> {
+    let (arg, chars) = resolve_chars(raw, script, depth)?;
+    if matches!(arg, Arg::Dynamic(_)) {
+        return Ok(vec![arg]);
+    }
+    let mut out = Vec::new();
+    expand_braces(&chars.of_word(), &mut out)?;
+    Ok(out
+        .into_iter()
+        .map(|word| Arg::Literal(word.into_iter().map(|(c, _)| c).collect()))
+        .collect())
+}
+
+fn resolve_chars(
+    raw: &str,
+    script: &mut Script,
+    depth: usize,
+) -> Result<(Arg, Chars), ParseFailure> {
     let pieces = word::parse(raw, &options())
         .map_err(|e| ParseFailure(format!("the word `{raw}` could not be read ({e})")))?;
-    let mut text = String::new();
-    let dynamic = collect(&pieces, &mut text, script, depth)?;
+    let mut chars = Chars::default();
+    let dynamic = collect(&pieces, raw, &mut chars, script, depth)?;
     Ok(if dynamic {
-        Arg::Dynamic(raw.to_owned())
+        (Arg::Dynamic(raw.to_owned()), chars)
     } else {
-        Arg::Literal(text)
+        (Arg::Literal(chars.text.clone()), chars)
     })
+}
+
+/// A word's literal text, and which of its characters were unquoted (only
+/// those can be brace-expansion syntax).
+#[derive(Default)]
+struct Chars {
+    text: String,
+    unquoted: Vec<bool>,
+}
+
+impl Chars {
+    fn push(&mut self, s: &str, unquoted: bool) {
+        self.text.push_str(s);
+        self.unquoted.extend(s.chars().map(|_| unquoted));
+    }
+
+    fn of_word(&self) -> Vec<(char, bool)> {
+        self.text
+            .chars()
+            .zip(self.unquoted.iter().copied())
+            .collect()
+    }
 }
 
 /// Appends the literal text of `pieces`; returns whether any piece is dynamic.
 fn collect(
     pieces: &[WordPieceWithSource],
-    text: &mut String,
+    raw: &str,
+    chars: &mut Chars,
     script: &mut Script,
     depth: usize,
 ) -> Result<bool, ParseFailure> {
+    if depth > MAX_DEPTH {
+        return Err(ParseFailure("it nests commands too deeply".to_owned()));
+    }
     let mut dynamic = false;
     for piece in pieces {
         match &piece.piece {
-            WordPiece::Text(s) | WordPiece::SingleQuotedText(s) | WordPiece::AnsiCQuotedText(s) => {
-                text.push_str(s);
-            }
-            WordPiece::EscapeSequence(s) => text.push_str(s.strip_prefix('\\').unwrap_or(s)),
+            WordPiece::Text(s) => chars.push(s, true),
+            WordPiece::SingleQuotedText(s) | WordPiece::AnsiCQuotedText(s) => chars.push(s, false),
+            WordPiece::EscapeSequence(s) => chars.push(s.strip_prefix('\\').unwrap_or(s), false),
             WordPiece::DoubleQuotedSequence(inner)
             | WordPiece::GettextDoubleQuotedSequence(inner) => {
-                dynamic |= collect(inner, text, script, depth)?;
+                let mut quoted = Chars::default();
+                dynamic |= collect(inner, raw, &mut quoted, script, depth)?;
+                chars.push(&quoted.text, false);
             }
             WordPiece::CommandSubstitution(inner)
             | WordPiece::BackquotedCommandSubstitution(inner) => {
@@ -363,12 +492,122 @@ fn collect(
                 script.functions.extend(nested.functions);
                 dynamic = true;
             }
-            WordPiece::TildeExpansion(_)
-            | WordPiece::ParameterExpansion(_)
-            | WordPiece::ArithmeticExpression(_) => dynamic = true,
+            WordPiece::ParameterExpansion(_) => {
+                // `${X:-$(cmd)}`, `${X:=$(cmd)}`: the operand words are
+                // expanded too. The piece's source is `${…}` or `$X`.
+                let source = raw.get(piece.start_index..piece.end_index).unwrap_or("");
+                if let Some(inner) = source.strip_prefix("${").and_then(|s| s.strip_suffix('}')) {
+                    expand_inner(inner, script, depth)?;
+                }
+                dynamic = true;
+            }
+            WordPiece::ArithmeticExpression(expr) => {
+                expand_arithmetic(&expr.value, script, depth)?;
+                dynamic = true;
+            }
+            WordPiece::TildeExpansion(_) => dynamic = true,
         }
     }
     Ok(dynamic)
+}
+
+/// More words than this from one brace expansion is not a command to check.
+const MAX_BRACE_WORDS: usize = 256;
+
+/// Bash's brace expansion of a literal word: `a{b,c}d` → `abd acd`,
+/// `{1..3}` → `1 2 3`; braces that are quoted or hold no list stay as they are.
+fn expand_braces(
+    word: &[(char, bool)],
+    out: &mut Vec<Vec<(char, bool)>>,
+) -> Result<(), ParseFailure> {
+    if out.len() > MAX_BRACE_WORDS {
+        return Err(ParseFailure(
+            "a brace expansion in it makes too many words".to_owned(),
+        ));
+    }
+    for open in 0..word.len() {
+        if word[open] != ('{', true) {
+            continue;
+        }
+        let Some((close, alternatives)) = brace_list(word, open) else {
+            continue;
+        };
+        for alternative in alternatives {
+            let mut next = word[..open].to_vec();
+            next.extend(alternative);
+            next.extend_from_slice(&word[close + 1..]);
+            expand_braces(&next, out)?;
+        }
+        return Ok(());
+    }
+    out.push(word.to_vec());
+    Ok(())
+}
+
+/// The `}` matching the `{` at `open` and the alternatives between them, when
+/// they form a list (`a,b`) or a sequence (`1..5`, `a..e`).
+#[allow(clippy::type_complexity)] // a word is a list of (character, unquoted)
+fn brace_list(word: &[(char, bool)], open: usize) -> Option<(usize, Vec<Vec<(char, bool)>>)> {
+    let mut depth = 0;
+    let mut start = open + 1;
+    let mut parts = Vec::new();
+    for (i, &(c, unquoted)) in word.iter().enumerate().skip(open + 1) {
+        match (c, unquoted) {
+            ('{', true) => depth += 1,
+            ('}', true) if depth > 0 => depth -= 1,
+            ('}', true) => {
+                if parts.is_empty() {
+                    let inner: String = word[start..i].iter().map(|(c, _)| *c).collect();
+                    return sequence(&inner).map(|items| (i, items));
+                }
+                parts.push(word[start..i].to_vec());
+                return Some((i, parts));
+            }
+            (',', true) if depth == 0 => {
+                parts.push(word[start..i].to_vec());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `{1..3}`, `{a..c}`, `{0..10..2}`.
+#[allow(clippy::type_complexity)]
+fn sequence(inner: &str) -> Option<Vec<Vec<(char, bool)>>> {
+    let parts: Vec<&str> = inner.split("..").collect();
+    let (from, to, step) = match parts.as_slice() {
+        [from, to] => (*from, *to, 1),
+        [from, to, step] => (*from, *to, step.parse::<i64>().ok()?.unsigned_abs().max(1)),
+        _ => return None,
+    };
+    let word = |s: String| s.chars().map(|c| (c, false)).collect::<Vec<_>>();
+    if let (Ok(a), Ok(b)) = (from.parse::<i64>(), to.parse::<i64>()) {
+        let count = a.abs_diff(b) / step + 1;
+        if count > MAX_BRACE_WORDS as u64 {
+            return None;
+        }
+        let step = i64::try_from(step).ok()?;
+        let items = (0..i64::try_from(count).ok()?)
+            .map(|k| if a <= b { a + k * step } else { a - k * step })
+            .map(|n| word(n.to_string()))
+            .collect();
+        return Some(items);
+    }
+    let (mut a, mut b) = (from.chars(), to.chars());
+    let (Some(a), None, Some(b), None) = (a.next(), a.next(), b.next(), b.next()) else {
+        return None;
+    };
+    if !a.is_ascii_alphabetic() || !b.is_ascii_alphabetic() {
+        return None;
+    }
+    let range: Vec<char> = if a <= b {
+        (a..=b).step_by(usize::try_from(step).ok()?).collect()
+    } else {
+        (b..=a).rev().step_by(usize::try_from(step).ok()?).collect()
+    };
+    Some(range.into_iter().map(|c| word(c.to_string())).collect())
 }
 
 #[cfg(test)]
@@ -435,6 +674,59 @@ mod tests {
             targets.contains(&"log") && targets.contains(&"err"),
             "{targets:?}"
         );
+    }
+
+    #[test]
+    fn duplications_to_a_word_are_file_writes() {
+        let targets = |line: &str| -> Vec<String> {
+            parse_script(line)
+                .unwrap()
+                .invocations()
+                .flat_map(|i| i.writes.iter().map(|w| w.target.raw().to_owned()))
+                .collect()
+        };
+        assert_eq!(targets("cmd >& f"), vec!["f"]);
+        assert_eq!(targets("cmd 2>&g"), vec!["g"]);
+        assert_eq!(targets("cmd &>> h <> i >| j"), vec!["h", "i", "j"]);
+        assert!(targets("cmd 2>&1 >&2 3>&-").is_empty());
+    }
+
+    #[test]
+    fn braces_expand_into_words() {
+        let all = |line: &str| words(&parse_script(line).unwrap());
+        assert_eq!(all("{touch,f}"), vec![vec!["touch", "f"]]);
+        assert_eq!(
+            all("touch src/{x,y}.rs a{1..3}"),
+            vec![vec!["touch", "src/x.rs", "src/y.rs", "a1", "a2", "a3"]]
+        );
+        assert_eq!(all("echo {a,{b,c}}"), vec![vec!["echo", "a", "b", "c"]]);
+        assert_eq!(
+            all("find . -exec rm {} ; echo '{a,b}' \\{c,d} {x}"),
+            vec![
+                vec!["find", ".", "-exec", "rm", "{}"],
+                vec!["echo", "{a,b}", "{c,d}", "{x}"]
+            ]
+        );
+    }
+
+    #[test]
+    fn substitutions_inside_expansions_and_compounds_are_seen() {
+        for line in [
+            "echo $(( $(touch f) + 1 ))",
+            "echo ${X:-$(touch f)}",
+            ": \"${X:=$(touch f)}\"",
+            "for i in $(touch f); do :; done",
+            "(( $(touch f) ))",
+            "for (( i = $(touch f); i < 3; i++ )); do :; done",
+            "[[ -n $(touch f) ]]",
+            "case $(touch f) in *) ;; esac",
+        ] {
+            let all = words(&parse_script(line).unwrap());
+            assert!(
+                all.contains(&vec!["touch".to_owned(), "f".to_owned()]),
+                "{line}: {all:?}"
+            );
+        }
     }
 
     #[test]
