@@ -65,7 +65,6 @@ pub(crate) struct Script {
 }
 
 impl Script {
-    #[cfg(test)]
     pub(crate) fn invocations(&self) -> impl Iterator<Item = &Invocation> {
         self.pipes.iter().flat_map(|p| p.stages.iter())
     }
