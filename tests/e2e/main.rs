@@ -14,3 +14,4 @@ mod locks;
 mod pipeline;
 mod ready_parity;
 mod tree_watch;
+mod weakened_checks;

@@ -213,6 +213,7 @@ pub(crate) fn setup_scripted(
         blocking_priority: 1,
         rerun: false,
         track_review_issues: true,
+        protected_files: vec![],
     };
     Setup {
         events,

@@ -121,6 +121,16 @@ pub trait Repository: Send + Sync {
         commit: &str,
         commands: &[CheckCommand],
     ) -> Result<Option<CheckFailure>, RepoError>;
+    /// Like `check_commit`, with `restore` (relative paths) put back first
+    /// as they were at `baseline` (and removed where it lacks them): the
+    /// agent's code against the checks as they were before it changed them.
+    async fn check_commit_against(
+        &self,
+        commit: &str,
+        baseline: &str,
+        restore: &[String],
+        commands: &[CheckCommand],
+    ) -> Result<Option<CheckFailure>, RepoError>;
     /// Commits the tracker's files (`.beads/`) alone, whatever else is
     /// staged, so the issues' new states travel with the code. Returns the
     /// new commit, or `None` when they did not change (or there are none).

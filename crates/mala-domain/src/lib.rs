@@ -35,10 +35,13 @@ pub use config::{
 pub use deadlock::{Deadlock, WaitForGraph};
 pub use findings::{finding_line, finding_place, findings_list};
 pub use gate::{
-    AttemptState, CommitInfo, GateInput, GateVerdict, Marker, RequiredCommand, check_gate,
-    glob_matches, is_validation_run, no_progress, parse_marker, required_commands,
+    AttemptState, CommitInfo, GateInput, GateVerdict, Marker, ProtectedChanges, ProtectedFiles,
+    RequiredCommand, check_gate, glob_matches, is_validation_run, no_progress, parse_marker,
+    protected_changes, required_commands,
 };
-pub use guard::{Decision, GuardContext, ToolCall, check_tool, effects_are_known, shell_writes};
+pub use guard::{
+    Decision, GuardContext, ToolCall, check_tool, command_paths, effects_are_known, shell_writes,
+};
 pub use prompts::{PromptError, PromptKind, Template, render_prompt};
 pub use run_options::{Order, ParseScopeError, Scope};
 pub use schedule::{DoneReason, SchedulerView, done, final_reason, run_end_fires, spawn_capacity};

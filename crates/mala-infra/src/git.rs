@@ -336,8 +336,32 @@ impl mala_core::Repository for GitRepo {
         commit: &str,
         commands: &[mala_core::CheckCommand],
     ) -> Result<Option<mala_core::CheckFailure>, RepoError> {
-        // A detached worktree of its own: the commit as committed, without
-        // anyone's uncommitted edits, and without touching the shared index.
+        self.check_in_worktree(commit, None, commands).await
+    }
+
+    async fn check_commit_against(
+        &self,
+        commit: &str,
+        baseline: &str,
+        restore: &[String],
+        commands: &[mala_core::CheckCommand],
+    ) -> Result<Option<mala_core::CheckFailure>, RepoError> {
+        self.check_in_worktree(commit, Some((baseline, restore)), commands)
+            .await
+    }
+}
+
+impl GitRepo {
+    /// Runs `commands` in a detached worktree of `commit` of its own: the
+    /// commit as committed, without anyone's uncommitted edits, and without
+    /// touching the shared index. With `restore`, those paths are first put
+    /// back as they were at the baseline (removed where it lacks them).
+    async fn check_in_worktree(
+        &self,
+        commit: &str,
+        restore: Option<(&str, &[String])>,
+        commands: &[mala_core::CheckCommand],
+    ) -> Result<Option<mala_core::CheckFailure>, RepoError> {
         let tree =
             std::env::temp_dir().join(format!("mala-check-{}", uuid::Uuid::new_v4().simple()));
         let tree_arg = tree.to_string_lossy().into_owned();
@@ -350,7 +374,14 @@ impl mala_core::Repository for GitRepo {
                 stderr: text(&added.stderr),
             });
         }
-        let result = crate::run_commands(&tree, commands).await;
+        let restored = match restore {
+            Some((baseline, paths)) => restore_paths(&tree, baseline, paths).await,
+            None => Ok(()),
+        };
+        let result = match restored {
+            Ok(()) => Ok(crate::run_commands(&tree, commands).await.err()),
+            Err(error) => Err(error),
+        };
         let removed = self
             .git(&["worktree", "remove", "--force", &tree_arg])
             .await;
@@ -358,8 +389,33 @@ impl mala_core::Repository for GitRepo {
             let _ = std::fs::remove_dir_all(&tree);
             let _ = self.git(&["worktree", "prune"]).await;
         }
-        Ok(result.err())
+        result
     }
+}
+
+/// Puts `paths` in the worktree `tree` back as they were at `baseline`.
+async fn restore_paths(tree: &Path, baseline: &str, paths: &[String]) -> Result<(), RepoError> {
+    let at_tree = GitRepo::new(tree);
+    for path in paths {
+        let spec = format!("{baseline}:{path}");
+        let existed = at_tree
+            .git(&["cat-file", "-e", &spec])
+            .await?
+            .status
+            .success();
+        if existed {
+            let output = at_tree.git(&["checkout", baseline, "--", path]).await?;
+            if !output.status.success() {
+                return Err(RepoError::Git {
+                    command: format!("git checkout {baseline} -- {path}"),
+                    stderr: text(&output.stderr),
+                });
+            }
+        } else {
+            let _ = std::fs::remove_file(tree.join(path));
+        }
+    }
+    Ok(())
 }
 
 /// The commit tool: `agent` commits `paths` with `message`. Every path must

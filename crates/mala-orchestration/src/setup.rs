@@ -183,6 +183,7 @@ fn runner_config(
             .per_issue_blocking_priority(),
         rerun: settings.gate.rerun,
         track_review_issues: settings.per_issue_review.track_review_issues,
+        protected_files: settings.evidence_check.protected_files.clone(),
     }
 }
 

@@ -5,12 +5,14 @@
 //! through the ports in `mala-core`.
 
 mod deadlock;
+mod protected;
 mod reviewers;
 mod runner;
 mod tracking;
 mod worker;
 
 pub use deadlock::{Resolution, ResolveError, resolve_deadlock};
+pub use protected::CHECKS_CHANGED;
 pub use reviewers::{AgentReviewer, EpicVerifier, ask_reviewer, ask_twice};
 pub use runner::{
     IssueResult, Resume, RunnerConfig, RunnerPorts, SessionEndCheck, run_issue, run_issue_from,

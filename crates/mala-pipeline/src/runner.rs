@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Timelike, Utc};
 use mala_core::{
-    AgentBackend, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession, CheckCommand,
-    ClaimOutcome, Clock, Event, EventSink, Evidence, Finding, Issue, IssueId, IssueStatus,
-    IssueTracker, IssueUpdate, LockTable, Repository, ReviewError, ReviewRequest, ReviewSubject,
-    Reviewer, SessionRequest,
+    AgentBackend, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession, ClaimOutcome,
+    Clock, Event, EventSink, Evidence, Finding, Issue, IssueId, IssueStatus, IssueTracker,
+    IssueUpdate, LockTable, Repository, ReviewError, ReviewRequest, ReviewSubject, Reviewer,
+    SessionRequest,
 };
 use mala_domain::{
     AttemptState, GateInput, GateVerdict, Marker, NEEDS_FOLLOWUP, PromptKind, RequiredCommand,
@@ -51,6 +51,9 @@ pub struct RunnerConfig {
     /// `per_issue_review.track_review_issues`: advisory findings become a
     /// `[Review]` tracking issue; with `false` the review event only counts them.
     pub track_review_issues: bool,
+    /// `evidence_check.protected_files`: globs protected besides mala.yaml,
+    /// `config_files` and the files the required commands name.
+    pub protected_files: Vec<String>,
 }
 
 /// The `session_end` trigger: mala runs the project's commands itself once
@@ -734,6 +737,17 @@ impl IssueRun {
             verdict.passed = false;
             verdict.reasons.push(reason);
         }
+        if verdict.passed && verdict.marker.is_none() {
+            let mine = crate::protected::session_commits(&commits, &self.issue.id, self.baseline);
+            let weakened =
+                crate::protected::check_protected(&self.ports, &self.config, &self.issue.id, &mine)
+                    .await
+                    .map_err(|reason| IssueResult::Failed { reason })?;
+            if let Some(reason) = weakened {
+                verdict.passed = false;
+                verdict.reasons.push(reason);
+            }
+        }
         Ok((verdict, evidence))
     }
 
@@ -812,17 +826,7 @@ impl IssueRun {
         if !self.config.rerun {
             return Ok(None);
         }
-        let commands: Vec<CheckCommand> = self
-            .config
-            .required
-            .iter()
-            .filter(|r| !r.allow_fail)
-            .map(|r| CheckCommand {
-                name: r.name.clone(),
-                command: r.command.clone(),
-                timeout: None,
-            })
-            .collect();
+        let commands = crate::protected::required_checks(&self.config);
         if commands.is_empty() {
             return Ok(None);
         }

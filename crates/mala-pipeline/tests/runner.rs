@@ -45,6 +45,10 @@ struct World {
     /// Commits mala checked itself (gate.rerun), and subjects whose check fails.
     checked: Vec<String>,
     broken: Vec<&'static str>,
+    /// Checks re-run with protected files put back: (baseline, paths); and
+    /// whether the agent's code fails them.
+    against: Vec<(String, Vec<String>)>,
+    fails_as_they_were: bool,
     /// What the next turn does instead of following its script.
     misbehave: Option<Misbehave>,
     /// Sessions closed by the runner, and sessions dropped (killed).
@@ -281,6 +285,22 @@ impl Repository for FakeRepo {
         Ok(vec![])
     }
 
+    async fn check_commit_against(
+        &self,
+        _: &str,
+        baseline: &str,
+        restore: &[String],
+        commands: &[CheckCommand],
+    ) -> Result<Option<CheckFailure>, RepoError> {
+        let mut world = self.world.lock().unwrap();
+        world.against.push((baseline.to_owned(), restore.to_vec()));
+        Ok(world.fails_as_they_were.then(|| CheckFailure {
+            name: commands[0].name.clone(),
+            command: commands[0].command.clone(),
+            output: "1 failed".into(),
+        }))
+    }
+
     async fn differs_from_head(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, RepoError> {
         let world = self.world.lock().unwrap();
         Ok(paths
@@ -425,6 +445,7 @@ impl Harness {
             blocking_priority: 1,
             rerun: false,
             track_review_issues: true,
+            protected_files: vec![],
         }
     }
 
@@ -543,6 +564,75 @@ async fn a_file_changed_without_its_lock_fails_the_gate_while_it_stays_changed()
         "you changed src/theirs.rs without holding the lock",
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_commit_that_changes_the_checks_is_judged_by_the_checks_as_they_were() {
+    let h = Harness::new().await;
+    let mut config = Harness::config();
+    config.required[0].command = "uv run pytest tests/".into();
+    config.config_files = vec!["ruff.toml".into()];
+    let weakening = |h: &Harness| Turn {
+        runs: vec![("uv run pytest tests/", 0)],
+        commit: Some((
+            h.subject("fix"),
+            vec!["src/parser.rs", "tests/test_parser.py", "ruff.toml"],
+        )),
+        ..honest_turn(h)
+    };
+    h.world.lock().unwrap().fails_as_they_were = true;
+    let result = h
+        .run_with(
+            vec![weakening(&h), weakening(&h)],
+            None,
+            None,
+            config.clone(),
+        )
+        .await;
+    let IssueResult::Failed { reason } = result else {
+        panic!("{result:?}")
+    };
+    assert!(
+        reason.contains("(ruff.toml, tests/test_parser.py)")
+            && reason.contains("`test` (uv run pytest tests/) fails on your code: 1 failed"),
+        "{reason}"
+    );
+    let (baseline, restored) = h.world.lock().unwrap().against[0].clone();
+    assert!(
+        baseline.ends_with('^'),
+        "the parent of the first commit: {baseline}"
+    );
+    assert_eq!(restored, vec!["ruff.toml", "tests/test_parser.py"]);
+
+    // The same change that passes the checks as they were closes.
+    let h = Harness::new().await;
+    let result = h.run_with(vec![weakening(&h)], None, None, config).await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    assert_eq!(h.world.lock().unwrap().against.len(), 1);
+}
+
+#[tokio::test]
+async fn a_changed_manifest_the_checks_read_is_labelled_for_a_person() {
+    let h = Harness::new().await;
+    let mut config = Harness::config();
+    config.config_files = vec!["pyproject.toml".into()];
+    config.setup_files = vec!["pyproject.toml".into()];
+    let turn = Turn {
+        commit: Some((h.subject("fix"), vec!["src/parser.rs", "pyproject.toml"])),
+        ..honest_turn(&h)
+    };
+    let result = h.run_with(vec![turn], None, None, config).await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    let issue = h.tracker.show(&h.issue).await.unwrap();
+    assert!(
+        issue.has_label(mala_pipeline::CHECKS_CHANGED),
+        "{:?}",
+        issue.labels
+    );
+    assert!(
+        h.world.lock().unwrap().against.is_empty(),
+        "nothing to put back"
+    );
 }
 
 #[tokio::test]

@@ -423,6 +423,16 @@ impl Repository for MemoryRepository {
         Ok(Vec::new())
     }
 
+    async fn check_commit_against(
+        &self,
+        _: &str,
+        _: &str,
+        _: &[String],
+        _: &[CheckCommand],
+    ) -> Result<Option<CheckFailure>, RepoError> {
+        Ok(None)
+    }
+
     async fn differs_from_head(&self, _: &[PathBuf]) -> Result<Vec<PathBuf>, RepoError> {
         // Its agents change no file outside their commits.
         Ok(Vec::new())

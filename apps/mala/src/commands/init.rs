@@ -340,6 +340,7 @@ pub(crate) fn render(choices: &Choices) -> Result<String, Failure> {
             .collect(),
         evidence_check: (!choices.evidence.is_empty()).then(|| RawEvidenceCheck {
             required: choices.evidence.clone(),
+            protected_files: None,
         }),
         per_issue_review: choices
             .review

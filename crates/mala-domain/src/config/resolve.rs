@@ -422,6 +422,13 @@ fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigEr
     }
     if let Some(evidence) = &raw.evidence_check {
         apply_evidence_check(settings, file, &evidence.required)?;
+        if let Some(globs) = &evidence.protected_files {
+            settings.evidence_check.protected_files.clone_from(globs);
+            settings.origins.record(
+                "evidence_check.protected_files",
+                file.location("evidence_check.protected_files"),
+            );
+        }
     }
     if let Some(triggers) = &raw.validation_triggers {
         apply_triggers(settings, file, triggers)?;

@@ -293,6 +293,8 @@ impl<'de> Deserialize<'de> for RawCommandRef {
 pub struct RawEvidenceCheck {
     #[serde(default)]
     pub required: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_files: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

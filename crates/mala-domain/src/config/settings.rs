@@ -88,6 +88,9 @@ pub struct CommandSpec {
 pub struct EvidenceCheck {
     /// Commands whose passing run must be on record before an issue closes.
     pub required: Vec<String>,
+    /// Globs of files the checks read, protected besides mala.yaml, the
+    /// preset's `config_files` and the files the required commands name.
+    pub protected_files: Vec<String>,
 }
 
 /// Per-backend options. Only Claude Code is built; `coder_options.codex`

@@ -8,6 +8,7 @@
 //! text changes what is needed, as in the original.
 
 mod matching;
+mod protected;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 use crate::commits::is_issue_commit;
 use matching::{Mismatch, runs_command};
+pub use protected::{ProtectedChanges, ProtectedFiles, protected_changes};
 
 /// A command the gate requires, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]

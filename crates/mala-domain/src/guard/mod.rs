@@ -258,6 +258,44 @@ pub fn effects_are_known(command: &str) -> bool {
         })
 }
 
+/// Programs whose path operands are the check itself: the script an
+/// interpreter runs, the tests a test runner runs.
+const CHECK_RUNNERS: &[&str] = &[
+    "bash", "sh", "zsh", "dash", "python", "python3", "node", "ruby", "perl", "php", "deno", "bun",
+    "pytest", "py.test", "jest", "vitest", "mocha", "rspec", "tox", "nox", "phpunit", "bats",
+];
+
+/// The repository paths that are a command line's own logic: a script run
+/// by path (`./scripts/check.sh`), the script an interpreter runs
+/// (`bash check.sh`), the tests a test runner runs (`uv run pytest tests/`).
+/// Files a command only reads as data (`grep -q x src/app.txt`) are not:
+/// they are what the agent is asked to change.
+pub fn command_paths(command: &str) -> Vec<String> {
+    let Ok(script) = shell::parse_script(command) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for invocation in script.invocations() {
+        let mut runner = false;
+        for (i, word) in invocation.words.iter().enumerate() {
+            let Some(word) = word.literal() else { continue };
+            let name = word.rsplit('/').next().unwrap_or(word);
+            let path = word.strip_prefix("./").unwrap_or(word);
+            let is_path = path.contains(['/', '.'])
+                && !path.starts_with(['-', '/'])
+                && !path.contains('=')
+                && !matches!(path, "" | "." | "..")
+                && !path.starts_with("../")
+                && !path.starts_with('\u{0}');
+            if is_path && ((i == 0 && word.contains('/')) || (i > 0 && runner)) {
+                out.push(path.to_owned());
+            }
+            runner |= CHECK_RUNNERS.contains(&name);
+        }
+    }
+    out
+}
+
 /// Decides one tool call.
 pub fn check_tool(call: &ToolCall, ctx: &GuardContext<'_>) -> Decision {
     let result = decide(call, ctx);
