@@ -277,28 +277,14 @@ fn tail(text: &str) -> &str {
     &text[start..]
 }
 
-#[async_trait]
-impl Reviewer for CerberusReviewer {
-    async fn review(&self, request: ReviewRequest) -> Result<ReviewVerdict, ReviewError> {
-        if request.commits.is_empty() {
-            return Ok(ReviewVerdict { findings: vec![] });
-        }
-        let _turn = self.turn.lock().await;
-        let session = request.session_id.as_ref().map_or_else(
-            || format!("issue-{}", request.subject.name()),
-            ToString::to_string,
-        );
-        let run_key = format!("mala-{session}");
-        std::fs::create_dir_all(&self.config.state_root).map_err(|e| {
-            ReviewError::Unavailable(format!("{}: {e}", self.config.state_root.display()))
-        })?;
-        let context_file = self
-            .config
-            .state_root
-            .join(format!("{}.context.md", request.subject.name()));
-        std::fs::write(&context_file, &request.description)
-            .map_err(|e| ReviewError::Unavailable(format!("{}: {e}", context_file.display())))?;
-
+impl CerberusReviewer {
+    /// Step 1: the author's context for the reviewers.
+    async fn author_context(
+        &self,
+        request: &ReviewRequest,
+        run_key: &str,
+        session: &str,
+    ) -> Result<(), ReviewError> {
         let author = self
             .call(
                 &[
@@ -306,8 +292,8 @@ impl Reviewer for CerberusReviewer {
                     "--".into(),
                     request.context.clone(),
                 ],
-                &run_key,
-                &session,
+                run_key,
+                session,
                 QUICK_CALL,
             )
             .await?;
@@ -317,7 +303,18 @@ impl Reviewer for CerberusReviewer {
                 tail(&author.stderr)
             )));
         }
+        Ok(())
+    }
 
+    /// Step 2: start the review of the commits; `false` when the diff has
+    /// nothing to review.
+    async fn spawn_review(
+        &self,
+        request: &ReviewRequest,
+        context_file: &std::path::Path,
+        run_key: &str,
+        session: &str,
+    ) -> Result<bool, ReviewError> {
         let mut spawn: Vec<String> = vec![
             "spawn-code-review".into(),
             "--exclude".into(),
@@ -328,11 +325,10 @@ impl Reviewer for CerberusReviewer {
         spawn.extend(self.config.spawn_args.iter().cloned());
         spawn.push("--commit".into());
         spawn.extend(request.commits.iter().cloned());
-        let spawned = self.call(&spawn, &run_key, &session, QUICK_CALL).await?;
+        let spawned = self.call(&spawn, run_key, session, QUICK_CALL).await?;
         let said = format!("{}{}", spawned.stdout, spawned.stderr);
         if said.contains("no changes found") {
-            // Nothing to review in the diff: nothing can be wrong with it.
-            return Ok(ReviewVerdict { findings: vec![] });
+            return Ok(false);
         }
         let already_running = said.contains("already active") || said.contains("pending");
         if spawned.code != Some(0) && !already_running {
@@ -341,19 +337,23 @@ impl Reviewer for CerberusReviewer {
                 tail(&said)
             )));
         }
+        Ok(true)
+    }
 
+    /// Step 3: wait for the reviewers and read their gate.
+    async fn wait_for_gate(&self, run_key: &str, session: &str) -> Result<Gate, ReviewError> {
         let mut wait: Vec<String> = vec![
             "wait".into(),
             "--json".into(),
             "--finalize".into(),
             "--session-key".into(),
-            run_key.clone(),
+            run_key.to_owned(),
             "--timeout".into(),
             self.config.timeout.to_string(),
         ];
         wait.extend(self.config.wait_args.iter().cloned());
         let limit = Duration::from_secs(self.config.timeout) + WAIT_SLACK;
-        let waited = self.call(&wait, &run_key, &session, limit).await?;
+        let waited = self.call(&wait, run_key, session, limit).await?;
         match waited.code {
             Some(0) => {}
             Some(WAIT_TIMED_OUT) => {
@@ -381,6 +381,41 @@ impl Reviewer for CerberusReviewer {
                 gate.status
             )));
         }
+        Ok(gate)
+    }
+}
+
+#[async_trait]
+impl Reviewer for CerberusReviewer {
+    async fn review(&self, request: ReviewRequest) -> Result<ReviewVerdict, ReviewError> {
+        if request.commits.is_empty() {
+            return Ok(ReviewVerdict { findings: vec![] });
+        }
+        let _turn = self.turn.lock().await;
+        let session = request.session_id.as_ref().map_or_else(
+            || format!("issue-{}", request.subject.name()),
+            ToString::to_string,
+        );
+        let run_key = format!("mala-{session}");
+        std::fs::create_dir_all(&self.config.state_root).map_err(|e| {
+            ReviewError::Unavailable(format!("{}: {e}", self.config.state_root.display()))
+        })?;
+        let context_file = self
+            .config
+            .state_root
+            .join(format!("{}.context.md", request.subject.name()));
+        std::fs::write(&context_file, &request.description)
+            .map_err(|e| ReviewError::Unavailable(format!("{}: {e}", context_file.display())))?;
+
+        self.author_context(&request, &run_key, &session).await?;
+        if !self
+            .spawn_review(&request, &context_file, &run_key, &session)
+            .await?
+        {
+            // Nothing to review in the diff: nothing can be wrong with it.
+            return Ok(ReviewVerdict { findings: vec![] });
+        }
+        let gate = self.wait_for_gate(&run_key, &session).await?;
         let findings = self.read_findings(&gate)?;
         with_verdict(&gate.verdict, findings).map(|findings| ReviewVerdict { findings })
     }
