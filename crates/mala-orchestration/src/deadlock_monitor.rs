@@ -96,12 +96,24 @@ mod tests {
     #[tokio::test]
     async fn two_agents_waiting_on_each_other_are_untangled() {
         let dir = tempfile::tempdir().unwrap();
-        let (events, inbox) = mpsc::unbounded_channel();
+        let (events, mut table_events) = mpsc::unbounded_channel();
         let table = Arc::new(
             FileLockTable::new(dir.path().join("locks"), dir.path())
                 .unwrap()
                 .with_events(events),
         );
+        // The monitor sees every lock event; the test also learns when the
+        // first wait is on record, so the second wait surely comes after it.
+        let (to_monitor, inbox) = mpsc::unbounded_channel();
+        let (waits_tx, mut waits) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(event) = table_events.recv().await {
+                if let LockEvent::Waiting { agent, .. } = &event {
+                    let _ = waits_tx.send(agent.clone());
+                }
+                let _ = to_monitor.send(event);
+            }
+        });
         let mut tracker = MockIssueTracker::new();
         tracker
             .expect_add_dependency()
@@ -148,7 +160,8 @@ mod tests {
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let first = tokio::time::timeout(Duration::from_secs(5), waits.recv()).await;
+        assert_eq!(first.unwrap(), Some(old.clone()), "the old agent waits first");
         let young_waits = {
             let table = Arc::clone(&table);
             let young = young.clone();
