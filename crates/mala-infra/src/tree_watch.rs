@@ -445,6 +445,11 @@ impl TreeWatch {
         observed
     }
 
+    /// Drops a window whose call never reported its end, without a scan.
+    pub fn forget(&self, id: WindowId) {
+        self.state().open.remove(&id.0);
+    }
+
     fn sort_by_locks(&self, agent: &AgentId, seen: Vec<PathBuf>) -> Observed {
         let mut observed = Observed::default();
         for relative in seen {
@@ -547,6 +552,11 @@ mod tests {
         assert_eq!(relative(dir.path(), &seen.unlocked), vec!["src/c.rs"]);
         // Nothing changed since: the next window sees nothing.
         let window = watch.open(&me, None);
+        assert_eq!(watch.close(window), Observed::default());
+        // A forgotten window gathers nothing and closes empty.
+        let window = watch.open(&me, None);
+        watch.forget(window);
+        std::fs::write(dir.path().join("src/c.rs"), "again").unwrap();
         assert_eq!(watch.close(window), Observed::default());
     }
 

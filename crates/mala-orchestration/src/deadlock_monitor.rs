@@ -161,7 +161,11 @@ mod tests {
             })
         };
         let first = tokio::time::timeout(Duration::from_secs(5), waits.recv()).await;
-        assert_eq!(first.unwrap(), Some(old.clone()), "the old agent waits first");
+        assert_eq!(
+            first.unwrap(),
+            Some(old.clone()),
+            "the old agent waits first"
+        );
         let young_waits = {
             let table = Arc::clone(&table);
             let young = young.clone();

@@ -1099,6 +1099,13 @@ impl Drop for ClaudeSession {
         for (_, handler) in lock(&self.shared.handlers).drain() {
             handler.abort();
         }
+        // Tool calls that never reported their end (an interrupt, a kill)
+        // close no window; left open, they would gather every later change.
+        if let Some(watch) = &self.shared.watch {
+            for (_, window) in lock(&self.shared.windows).drain() {
+                watch.forget(window);
+            }
+        }
     }
 }
 
