@@ -161,6 +161,45 @@ async fn the_guard_denies_a_destructive_command_and_the_agent_sees_why() {
 }
 
 #[tokio::test]
+async fn a_command_in_the_background_is_refused_so_its_status_and_effects_stay_seen() {
+    let binary = require_tool!(Tool::Claude);
+    let mock = MockAnthropic::start(Script::steps(vec![
+        Step::tool(
+            "Bash",
+            json!({"command": "touch made-in-background", "run_in_background": true}),
+        ),
+        Step::Text("ok".into()),
+    ]));
+    let setup = Setup::new(&binary, &mock);
+    let repo = TempRepo::new();
+    let locks: Arc<dyn LockTable> =
+        Arc::new(FileLockTable::new(setup.state.path().join("locks"), repo.path()).unwrap());
+    let guard = Arc::new(
+        LockingGuard::new(repo.path(), Arc::clone(&locks), vec![]).without_lock_enforcement(),
+    );
+    let backend = ClaudeBackend::new(setup.config()).with_guard(guard);
+    let recorder = Arc::new(Recorder::default());
+    let mut session = backend
+        .start_session(request("m-3@r", &repo), recorder.clone())
+        .await
+        .unwrap();
+    session.turn("start it").await.unwrap();
+    session.close().await.unwrap();
+    let results: Vec<(bool, String)> = mock
+        .requests()
+        .last()
+        .map(|r| mala_testkit::Conversation { body: &r.body }.tool_results())
+        .unwrap();
+    assert!(
+        results
+            .iter()
+            .any(|(err, text)| *err && text.contains("without run_in_background")),
+        "{results:?}"
+    );
+    assert!(!repo.path().join("made-in-background").exists());
+}
+
+#[tokio::test]
 async fn locks_round_trip_through_the_in_process_mcp_server() {
     let binary = require_tool!(Tool::Claude);
     // The Write paths must be absolute, so build the script once the repo exists.

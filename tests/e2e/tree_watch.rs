@@ -88,7 +88,7 @@ fn script(repo: PathBuf) -> Script {
             let victim = repo.join("src/victim.txt");
             plan.push((
                 "Write",
-                json!({"file_path": program, "content": format!("open({:?}, 'w').write('mine')\n", victim.display().to_string())}),
+                json!({"file_path": program, "content": format!("import time\ntime.sleep(1)\nopen({:?}, 'w').write('mine')\n", victim.display().to_string())}),
             ));
             plan.push((
                 "Bash",

@@ -36,4 +36,4 @@ pub use locks::{
 pub use run_log::{encode_repo, list_runs};
 pub use run_marker::{Cleanup, RunMarker, is_run_alive, remove_stale};
 pub use run_store::FileRunStore;
-pub use tree_watch::{Observed, Snapshot, TreeWatch, WindowId};
+pub use tree_watch::{Call, Change, Observed, Snapshot, TreeWatch, WindowId};

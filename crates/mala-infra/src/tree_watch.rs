@@ -153,25 +153,43 @@ impl Snapshot {
         self.files.is_empty()
     }
 
-    /// The files that differ from `earlier`, with the change time a changed
-    /// file carries now (`None` for a file that is gone).
-    pub fn changes_since(&self, earlier: &Self) -> Vec<(PathBuf, Option<i128>)> {
-        let mut out: Vec<(PathBuf, Option<i128>)> = self
+    /// The files that differ from `earlier`.
+    pub fn changes_since(&self, earlier: &Self) -> Vec<Change> {
+        let mut out: Vec<Change> = self
             .files
             .iter()
             .filter(|(path, stamp)| earlier.files.get(*path) != Some(stamp))
-            .map(|(path, stamp)| (path.clone(), Some(stamp.changed_ns)))
+            .map(|(path, stamp)| Change {
+                path: path.clone(),
+                changed_ns: Some(stamp.changed_ns),
+                created: !earlier.files.contains_key(path),
+            })
             .collect();
         out.extend(
             earlier
                 .files
                 .keys()
                 .filter(|path| !self.files.contains_key(*path))
-                .map(|path| (path.clone(), None)),
+                .map(|path| Change {
+                    path: path.clone(),
+                    changed_ns: None,
+                    created: false,
+                }),
         );
-        out.sort();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
         out
     }
+}
+
+/// One file that differs between two scans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Relative to the root.
+    pub path: PathBuf,
+    /// Its inode change time now; `None` when it is gone.
+    pub changed_ns: Option<i128>,
+    /// It did not exist at the earlier scan.
+    pub created: bool,
 }
 
 /// One walking thread's findings, added to the scan when it is done.
@@ -223,13 +241,23 @@ impl Drop for Collector<'_> {
     }
 }
 
+/// What a watched tool call does, as far as mala can tell beforehand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// A shell command line.
+    Shell(String),
+    /// A structured edit of one file (absolute path): it writes that file only.
+    Edit(PathBuf),
+    /// A tool mala does not know: it could write anything.
+    Other,
+}
+
 /// One open window: a tool call of one agent that is running.
 #[derive(Debug)]
 struct Window {
     agent: AgentId,
     opened_ns: i128,
-    /// The shell command the call runs (`None`: another kind of tool).
-    command: Option<String>,
+    call: Call,
     /// A run of a validation command: what it leaves is not the agent's edit.
     validation: bool,
     seen: Vec<Seen>,
@@ -240,12 +268,9 @@ struct Window {
 /// A change handed to a window.
 #[derive(Debug)]
 struct Seen {
-    /// Relative to the root.
-    path: PathBuf,
-    /// Whether this window's call could have written it (see `could_write`).
-    could: bool,
-    /// Whether another agent's window open at the same moment could have.
-    others_could: bool,
+    change: Change,
+    /// Who held the file's lock when the change was seen.
+    holder: Option<AgentId>,
 }
 
 /// What one closed window saw, sorted by locks. Paths are absolute.
@@ -255,6 +280,8 @@ pub struct Observed {
     pub edits: Vec<PathBuf>,
     /// Files nobody holds: written without a lock.
     pub unlocked: Vec<PathBuf>,
+    /// Files another agent holds, with who: written behind its back.
+    pub held_by_others: Vec<(PathBuf, AgentId)>,
     /// What `.git` lost that git's own commands (vetted by the guard) did
     /// not take: refs deleted, objects removed, while this call ran a program.
     pub git_losses: Vec<String>,
@@ -328,42 +355,43 @@ impl TreeWatch {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Scans, and hands what changed since the last scan to the windows that
-    /// were open when it changed (a removed file, which has no change time
-    /// left, to every open window). A change from before every open window
-    /// (a structured edit between tool calls, say) goes to none.
+    /// Scans, and hands each change since the last scan to the calls that
+    /// made it, as far as mala can tell: of the windows open when it changed
+    /// (its change time says when; a removed file has none, so every open
+    /// window), those whose call could have written it. When the agent that
+    /// holds the file's lock is among them, the change is its own and no one
+    /// else's. A change no open call could have made (a structured edit
+    /// between calls, a process left in the background) goes to no one.
     /// The lock is held across the scan so two scans never interleave.
     fn rescan(&self, state: &mut State) {
         let now = Snapshot::scan(&self.root);
-        if let Some(last) = &state.last {
-            let losses = now.git_losses_since(last);
-            if !losses.is_empty() {
-                // git's own commands come through the guard; a program that
-                // ran meanwhile is what could have done it behind git's back.
-                for window in state.open.values_mut() {
-                    let program = window
-                        .command
-                        .as_deref()
-                        .is_none_or(|c| !mala_domain::effects_are_known(c));
-                    if program {
-                        window.git_losses.extend(losses.iter().cloned());
-                    }
-                }
-            }
-            for (path, changed_ns) in now.changes_since(last) {
-                let open: Vec<(u64, AgentId, bool)> = state
+        if let Some(last) = state.last.take() {
+            Self::hand_git_losses(state, &now.git_losses_since(&last));
+            for change in now.changes_since(&last) {
+                let holder = self
+                    .locks
+                    .as_ref()
+                    .and_then(|locks| locks.holder(&self.root.join(&change.path)));
+                let could: Vec<(u64, AgentId)> = state
                     .open
                     .iter()
-                    .filter(|(_, w)| changed_ns.is_none_or(|t| t + SLACK_NS >= w.opened_ns))
-                    .map(|(id, w)| (*id, w.agent.clone(), self.could_write(w, &path)))
+                    .filter(|(_, w)| {
+                        change
+                            .changed_ns
+                            .is_none_or(|t| t + SLACK_NS >= w.opened_ns)
+                    })
+                    .filter(|(_, w)| self.could_write(w, &change.path))
+                    .map(|(id, w)| (*id, w.agent.clone()))
                     .collect();
-                for (id, agent, could) in &open {
-                    let others_could = open.iter().any(|(_, other, c)| other != agent && *c);
-                    if let Some(window) = state.open.get_mut(id) {
+                let holder_did = could.iter().any(|(_, a)| Some(a) == holder.as_ref());
+                for (id, agent) in could {
+                    if holder_did && Some(&agent) != holder.as_ref() {
+                        continue;
+                    }
+                    if let Some(window) = state.open.get_mut(&id) {
                         window.seen.push(Seen {
-                            path: path.clone(),
-                            could: *could,
-                            others_could,
+                            change: change.clone(),
+                            holder: holder.clone(),
                         });
                     }
                 }
@@ -372,27 +400,63 @@ impl TreeWatch {
         state.last = Some(now);
     }
 
-    /// Whether a window's call could have written `path`: a command whose
-    /// words name it, or one that runs a program (or a tool that is not a
-    /// shell), which could write anything.
-    fn could_write(&self, window: &Window, path: &Path) -> bool {
-        let Some(command) = &window.command else {
-            return true;
-        };
-        !mala_domain::effects_are_known(command)
-            || mala_domain::shell_writes(command, &self.root).contains(&self.root.join(path))
+    /// `.git` lost refs or packs. git's own commands pass the guard first,
+    /// so while any call runs git with nothing else, the loss is taken as
+    /// git's; otherwise it goes to the calls that ran a program.
+    fn hand_git_losses(state: &mut State, losses: &[String]) {
+        if losses.is_empty() {
+            return;
+        }
+        let git_ran = state.open.values().any(|w| match &w.call {
+            Call::Shell(command) => {
+                mala_domain::effects_are_known(command)
+                    && command.split_whitespace().any(|word| word == "git")
+            }
+            Call::Edit(_) | Call::Other => false,
+        });
+        if git_ran {
+            return;
+        }
+        for window in state.open.values_mut() {
+            let program = match &window.call {
+                Call::Shell(command) => !mala_domain::effects_are_known(command),
+                Call::Edit(_) => false,
+                Call::Other => true,
+            };
+            if program {
+                window.git_losses.extend(losses.iter().cloned());
+            }
+        }
     }
 
-    /// Before a tool call runs; `command` is the shell command it runs, if
-    /// it is a shell. Only the first window scans: later ones compare with
-    /// the last scan, and change times tell which changes came after they
-    /// opened, so one observation costs one scan.
-    pub fn open(&self, agent: &AgentId, command: Option<&str>) -> WindowId {
-        let validation = command.is_some_and(|command| {
-            self.validation
+    /// Whether a window's call could have written `path`: a structured edit
+    /// its one file; a command whose words name it, or one that runs a
+    /// program, which could write anything; a tool mala does not know, anything.
+    fn could_write(&self, window: &Window, path: &Path) -> bool {
+        let absolute = self.root.join(path);
+        match &window.call {
+            Call::Edit(file) => {
+                crate::canonical_path(&self.root, &file.to_string_lossy()) == absolute
+            }
+            Call::Other => true,
+            Call::Shell(command) => {
+                !mala_domain::effects_are_known(command)
+                    || mala_domain::shell_writes(command, &self.root).contains(&absolute)
+            }
+        }
+    }
+
+    /// Before a tool call runs. Only the first window scans: later ones
+    /// compare with the last scan, and change times tell which changes came
+    /// after they opened, so one observation costs one scan.
+    pub fn open(&self, agent: &AgentId, call: Call) -> WindowId {
+        let validation = match &call {
+            Call::Shell(command) => self
+                .validation
                 .iter()
-                .any(|v| mala_domain::is_validation_run(command, v, &self.root))
-        });
+                .any(|v| mala_domain::is_validation_run(command, v, &self.root)),
+            Call::Edit(_) | Call::Other => false,
+        };
         let mut state = self.state();
         if state.last.is_none() {
             self.rescan(&mut state);
@@ -404,7 +468,7 @@ impl TreeWatch {
             Window {
                 agent: agent.clone(),
                 opened_ns: now_ns(),
-                command: command.map(str::to_owned),
+                call,
                 validation,
                 seen: Vec::new(),
                 git_losses: Vec::new(),
@@ -413,10 +477,10 @@ impl TreeWatch {
         WindowId(id)
     }
 
-    /// After the tool call ended: what it changed, sorted by locks. A change
-    /// that also fell in another agent's window goes to the calls that could
-    /// have made it; only when this call could not, and another could, is
-    /// it not this agent's.
+    /// After the tool call ended: what it changed, sorted by locks. What a
+    /// validation run creates (caches, reports) and changes in files the
+    /// agent may edit is not an edit; its changes to files the agent does
+    /// not hold still are what they are.
     pub fn close(&self, id: WindowId) -> Observed {
         let window = {
             let mut state = self.state();
@@ -426,46 +490,37 @@ impl TreeWatch {
         let Some(window) = window else {
             return Observed::default();
         };
-        if window.validation {
-            return Observed {
-                git_losses: window.git_losses,
-                ..Observed::default()
-            };
+        let mut seen = window.seen;
+        seen.sort_by(|a, b| a.change.path.cmp(&b.change.path));
+        seen.dedup_by(|a, b| a.change.path == b.change.path);
+        let mut observed = Observed {
+            git_losses: window.git_losses,
+            ..Observed::default()
+        };
+        for Seen { change, holder } in seen {
+            let path = self.root.join(&change.path);
+            match holder {
+                Some(holder) if holder == window.agent => {
+                    if !window.validation {
+                        observed.edits.push(path);
+                    }
+                }
+                Some(other) => observed.held_by_others.push((path, other)),
+                None if self.locks.is_none() => {
+                    if !window.validation {
+                        observed.edits.push(path);
+                    }
+                }
+                None if window.validation && change.created => {}
+                None => observed.unlocked.push(path),
+            }
         }
-        let mut paths: Vec<PathBuf> = window
-            .seen
-            .into_iter()
-            .filter(|seen| seen.could || !seen.others_could)
-            .map(|seen| seen.path)
-            .collect();
-        paths.sort();
-        paths.dedup();
-        let mut observed = self.sort_by_locks(&window.agent, paths);
-        observed.git_losses = window.git_losses;
         observed
     }
 
     /// Drops a window whose call never reported its end, without a scan.
     pub fn forget(&self, id: WindowId) {
         self.state().open.remove(&id.0);
-    }
-
-    fn sort_by_locks(&self, agent: &AgentId, seen: Vec<PathBuf>) -> Observed {
-        let mut observed = Observed::default();
-        for relative in seen {
-            let path = self.root.join(relative);
-            let Some(locks) = &self.locks else {
-                observed.edits.push(path);
-                continue;
-            };
-            match locks.holder(&path) {
-                Some(holder) if holder == *agent => observed.edits.push(path),
-                // Another agent holds it: its edit, never this agent's fault.
-                Some(_) => {}
-                None => observed.unlocked.push(path),
-            }
-        }
-        observed
     }
 }
 
@@ -507,7 +562,7 @@ mod tests {
         let changed: Vec<String> = Snapshot::scan(dir.path())
             .changes_since(&before)
             .into_iter()
-            .map(|(p, _)| p.display().to_string())
+            .map(|c| c.path.display().to_string())
             .collect();
         assert_eq!(changed, vec!["src/a.rs", "src/b.rs", "src/new.rs"]);
     }
@@ -543,18 +598,22 @@ mod tests {
             .await
             .unwrap();
         let watch = TreeWatch::new(dir.path(), Some(locks));
-        let window = watch.open(&me, None);
+        let window = watch.open(&me, Call::Other);
         for file in ["src/a.rs", "src/b.rs", "src/c.rs"] {
             std::fs::write(dir.path().join(file), "x").unwrap();
         }
         let seen = watch.close(window);
         assert_eq!(relative(dir.path(), &seen.edits), vec!["src/a.rs"]);
         assert_eq!(relative(dir.path(), &seen.unlocked), vec!["src/c.rs"]);
+        // b had no call running that could have written its own file.
+        let foreign: Vec<PathBuf> = seen.held_by_others.iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(relative(dir.path(), &foreign), vec!["src/b.rs"]);
+        assert_eq!(seen.held_by_others[0].1, other);
         // Nothing changed since: the next window sees nothing.
-        let window = watch.open(&me, None);
+        let window = watch.open(&me, Call::Other);
         assert_eq!(watch.close(window), Observed::default());
         // A forgotten window gathers nothing and closes empty.
-        let window = watch.open(&me, None);
+        let window = watch.open(&me, Call::Other);
         watch.forget(window);
         std::fs::write(dir.path().join("src/c.rs"), "again").unwrap();
         assert_eq!(watch.close(window), Observed::default());
@@ -565,14 +624,14 @@ mod tests {
         let dir = repo();
         let watch = TreeWatch::new(dir.path(), None);
         let (a, b) = (AgentId::new("a@r"), AgentId::new("b@r"));
-        let first = watch.open(&a, None);
+        let first = watch.open(&a, Call::Other);
         std::fs::write(dir.path().join("src/a.rs"), "by a").unwrap();
         // b's window must open after a's change, beyond the slack change times get.
         let changed = Stamp::of(&std::fs::metadata(dir.path().join("src/a.rs")).unwrap());
         while now_ns() <= changed.changed_ns + SLACK_NS {
             std::thread::yield_now();
         }
-        let second = watch.open(&b, None);
+        let second = watch.open(&b, Call::Other);
         std::fs::write(dir.path().join("src/b.rs"), "by a or b").unwrap();
         let of_a = watch.close(first);
         let of_b = watch.close(second);
@@ -598,7 +657,7 @@ mod tests {
             ),
             ("bash fix.sh", "src/by-script.rs"),
         ] {
-            let window = watch.open(&agent, Some(command));
+            let window = watch.open(&agent, Call::Shell(command.into()));
             let status = std::process::Command::new("bash")
                 .args(["-c", command])
                 .current_dir(dir.path())
@@ -631,18 +690,53 @@ mod tests {
         let watch = TreeWatch::new(dir.path(), None);
         let agent = AgentId::new("a@r");
         // git's own command, which the guard vetted: not a loss to report.
-        let window = watch.open(&agent, Some("git branch -d topic"));
+        let window = watch.open(&agent, Call::Shell("git branch -d topic".into()));
         git(&["branch", "-d", "topic"]);
         assert!(watch.close(window).git_losses.is_empty());
         // `git gc` packs refs and objects: nothing is lost.
-        let window = watch.open(&agent, Some("git gc -q"));
+        let window = watch.open(&agent, Call::Shell("git gc -q".into()));
         git(&["gc", "-q"]);
         assert!(watch.close(window).git_losses.is_empty());
         // A program deleting a ref behind git's back.
-        let window = watch.open(&agent, Some("python3 /tmp/evil.py"));
+        let window = watch.open(&agent, Call::Shell("python3 /tmp/evil.py".into()));
         git(&["update-ref", "-d", "refs/heads/keep"]);
         let losses = watch.close(window).git_losses;
         assert_eq!(losses, vec!["the ref refs/heads/keep was deleted"]);
+    }
+
+    #[tokio::test]
+    async fn a_file_its_holder_was_editing_is_never_blamed_on_another_agent() {
+        let dir = repo();
+        let locks: Arc<dyn LockTable> =
+            Arc::new(FileLockTable::new(dir.path().join(".git/locks"), dir.path()).unwrap());
+        let (holder, other) = (AgentId::new("h@r"), AgentId::new("o@r"));
+        locks
+            .acquire(&holder, &["src/a.rs".into()], Duration::ZERO)
+            .await
+            .unwrap();
+        let watch = TreeWatch::new(dir.path(), Some(locks));
+        let program = watch.open(&other, Call::Shell("cargo build".into()));
+        let edit = watch.open(&holder, Call::Edit(dir.path().join("src/a.rs")));
+        std::fs::write(dir.path().join("src/a.rs"), "the holder's edit").unwrap();
+        let of_holder = watch.close(edit);
+        assert_eq!(relative(dir.path(), &of_holder.edits), vec!["src/a.rs"]);
+        assert_eq!(watch.close(program), Observed::default());
+    }
+
+    #[tokio::test]
+    async fn a_validation_run_that_changes_a_file_nobody_holds_is_still_told() {
+        let dir = repo();
+        let locks: Arc<dyn LockTable> =
+            Arc::new(FileLockTable::new(dir.path().join(".git/locks"), dir.path()).unwrap());
+        let watch =
+            TreeWatch::new(dir.path(), Some(locks)).with_validation(vec!["pytest -q".into()]);
+        let agent = AgentId::new("a@r");
+        let window = watch.open(&agent, Call::Shell("pytest -q".into()));
+        std::fs::write(dir.path().join("src/cache.txt"), "a new cache file").unwrap();
+        std::fs::write(dir.path().join("src/b.rs"), "rewritten by the run").unwrap();
+        let seen = watch.close(window);
+        assert!(seen.edits.is_empty(), "{seen:?}");
+        assert_eq!(relative(dir.path(), &seen.unlocked), vec!["src/b.rs"]);
     }
 
     #[test]
@@ -650,10 +744,13 @@ mod tests {
         let dir = repo();
         let watch = TreeWatch::new(dir.path(), None).with_validation(vec!["pytest -q".into()]);
         let agent = AgentId::new("a@r");
-        let window = watch.open(&agent, Some("pytest -q"));
+        let window = watch.open(&agent, Call::Shell("pytest -q".into()));
         std::fs::write(dir.path().join("src/cache.txt"), "x").unwrap();
         assert_eq!(watch.close(window), Observed::default());
-        let window = watch.open(&agent, Some("pytest -q; echo y > src/cache.txt"));
+        let window = watch.open(
+            &agent,
+            Call::Shell("pytest -q; echo y > src/cache.txt".into()),
+        );
         std::fs::write(dir.path().join("src/cache.txt"), "y").unwrap();
         let seen = watch.close(window);
         assert_eq!(relative(dir.path(), &seen.edits), vec!["src/cache.txt"]);
@@ -664,8 +761,8 @@ mod tests {
         let dir = repo();
         let watch = TreeWatch::new(dir.path(), None);
         let (honest, liar) = (AgentId::new("h@r"), AgentId::new("l@r"));
-        let checking = watch.open(&honest, Some("grep -q fixed src/a.rs"));
-        let running = watch.open(&liar, Some("python3 /tmp/w.py"));
+        let checking = watch.open(&honest, Call::Shell("grep -q fixed src/a.rs".into()));
+        let running = watch.open(&liar, Call::Shell("python3 /tmp/w.py".into()));
         std::fs::write(dir.path().join("src/b.rs"), "by the program").unwrap();
         assert_eq!(watch.close(checking), Observed::default());
         assert_eq!(
@@ -673,8 +770,8 @@ mod tests {
             vec!["src/b.rs"]
         );
         // Two programs at once: neither can be cleared, both are told.
-        let one = watch.open(&honest, Some("make"));
-        let two = watch.open(&liar, Some("python3 /tmp/w.py"));
+        let one = watch.open(&honest, Call::Shell("make".into()));
+        let two = watch.open(&liar, Call::Shell("python3 /tmp/w.py".into()));
         std::fs::write(dir.path().join("src/b.rs"), "again").unwrap();
         assert_eq!(
             relative(dir.path(), &watch.close(one).edits),

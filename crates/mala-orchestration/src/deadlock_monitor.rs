@@ -93,19 +93,16 @@ mod tests {
     use mala_core::{AgentId, DependencyKind, MockIssueTracker};
     use mala_infra::FileLockTable;
 
-    #[tokio::test]
-    async fn two_agents_waiting_on_each_other_are_untangled() {
-        let dir = tempfile::tempdir().unwrap();
-        let (events, mut table_events) = mpsc::unbounded_channel();
-        let table = Arc::new(
-            FileLockTable::new(dir.path().join("locks"), dir.path())
-                .unwrap()
-                .with_events(events),
-        );
-        // The monitor sees every lock event; the test also learns when the
-        // first wait is on record, so the second wait surely comes after it.
+    /// The monitor sees every lock event; the test also learns when a wait
+    /// is on record, so a second wait surely comes after the first.
+    fn tee_waits(
+        mut table_events: mpsc::UnboundedReceiver<LockEvent>,
+    ) -> (
+        mpsc::UnboundedReceiver<LockEvent>,
+        mpsc::UnboundedReceiver<AgentId>,
+    ) {
         let (to_monitor, inbox) = mpsc::unbounded_channel();
-        let (waits_tx, mut waits) = mpsc::unbounded_channel();
+        let (waits_tx, waits) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(event) = table_events.recv().await {
                 if let LockEvent::Waiting { agent, .. } = &event {
@@ -114,6 +111,19 @@ mod tests {
                 let _ = to_monitor.send(event);
             }
         });
+        (inbox, waits)
+    }
+
+    #[tokio::test]
+    async fn two_agents_waiting_on_each_other_are_untangled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (events, table_events) = mpsc::unbounded_channel();
+        let table = Arc::new(
+            FileLockTable::new(dir.path().join("locks"), dir.path())
+                .unwrap()
+                .with_events(events),
+        );
+        let (inbox, mut waits) = tee_waits(table_events);
         let mut tracker = MockIssueTracker::new();
         tracker
             .expect_add_dependency()

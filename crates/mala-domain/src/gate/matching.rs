@@ -10,7 +10,8 @@
 use std::path::{Component, Path, PathBuf};
 
 use brush_parser::ast::{
-    self, Command, CommandPrefixOrSuffixItem, CompoundListItem, IoRedirect, SeparatorOperator,
+    self, Command, CommandPrefixOrSuffixItem, CompoundListItem, IoFileRedirectTarget, IoRedirect,
+    SeparatorOperator,
 };
 use brush_parser::{Parser, ParserOptions};
 
@@ -68,11 +69,43 @@ fn pipe(pipeline: &ast::Pipeline) -> Option<Pipe> {
         .seq
         .iter()
         .map(|command| match command {
-            Command::Simple(simple) => Some(words(simple)),
+            Command::Simple(simple) if !runs_more(simple) => Some(words(simple)),
             _ => None,
         })
         .collect()
 }
+
+/// Whether a simple command also runs something its words do not show: a
+/// process substitution, or a substitution inside a redirection or a
+/// here-string (`cargo test <<< "$(…)"`). Such a line is not a plain run.
+fn runs_more(simple: &ast::SimpleCommand) -> bool {
+    let items = simple
+        .prefix
+        .iter()
+        .flat_map(|p| p.0.iter())
+        .chain(simple.suffix.iter().flat_map(|s| s.0.iter()));
+    items.into_iter().any(|item| match item {
+        CommandPrefixOrSuffixItem::ProcessSubstitution(..) => true,
+        CommandPrefixOrSuffixItem::IoRedirect(redirect) => {
+            let substitutes = |w: &ast::Word| w.value.contains("$(") || w.value.contains('`');
+            match redirect {
+                IoRedirect::File(_, _, IoFileRedirectTarget::Filename(w))
+                | IoRedirect::HereString(_, w)
+                | IoRedirect::OutputAndError(w, _) => substitutes(w),
+                IoRedirect::File(_, _, IoFileRedirectTarget::ProcessSubstitution(..)) => true,
+                IoRedirect::File(..) => false,
+                IoRedirect::HereDocument(_, doc) => doc.requires_expansion && substitutes(&doc.doc),
+            }
+        }
+        CommandPrefixOrSuffixItem::Word(w) | CommandPrefixOrSuffixItem::AssignmentWord(_, w) => {
+            w.value.contains("<(") || w.value.contains(">(")
+        }
+    })
+}
+
+/// What may follow a check in a pipe under pipefail: programs that only
+/// pass its output on (and `tee`, which also keeps it in a file).
+const OUTPUT_FILTERS: &[&str] = &["tee", "tail", "head", "grep", "cat", "cut", "wc", "ts"];
 
 /// Words without quotes, assignments kept (`RUST_LOG=1 cargo test` differs
 /// from `cargo test`), redirections dropped (they do not change the status).
@@ -233,6 +266,14 @@ pub(crate) fn runs_command(
                 if !pipefail {
                     return Err(Mismatch::HiddenStatus);
                 }
+                let filters_only = got_pipe[want_pipe.len()..].iter().all(|stage| {
+                    stage.first().is_some_and(|name| {
+                        OUTPUT_FILTERS.contains(&name.rsplit('/').next().unwrap_or(name))
+                    })
+                });
+                if !filters_only {
+                    return Err(Mismatch::Different);
+                }
                 continue;
             }
             return Err(Mismatch::Different);
@@ -302,6 +343,23 @@ mod tests {
         for (recorded, why) in cases {
             assert_eq!(check(recorded, "cargo test"), Err(why), "{recorded}");
         }
+        // A check that also feeds or is fed by another program is not a
+        // plain run of it.
+        for recorded in [
+            "set -o pipefail; cargo test | python3 /tmp/evil.py",
+            "cargo test > >(python3 /tmp/evil.py)",
+            "cargo test < <(python3 /tmp/evil.py)",
+            "cargo test <<< \"$(python3 /tmp/evil.py)\"",
+        ] {
+            assert!(check(recorded, "cargo test").is_err(), "{recorded}");
+        }
+        assert_eq!(
+            check(
+                "set -o pipefail; cargo test 2>&1 | tee t.log | tail -5",
+                "cargo test"
+            ),
+            Ok(())
+        );
         // Lines that never run the command are different commands, not
         // hidden statuses or other places.
         for recorded in [

@@ -300,7 +300,19 @@ impl Shared {
         let Some(guard) = &self.guard else {
             return Ok(());
         };
-        let verdict = guard.check(&self.agent, tool, input);
+        let background = input.get("run_in_background").and_then(Value::as_bool) == Some(true);
+        let verdict = if background {
+            // A background call returns at once: its status is not yet known
+            // (so it proves no check) and what it writes later falls outside
+            // the working-tree watch of the call.
+            Err(Refusal(
+                "refused: mala needs each command's own status and effects, so agents run commands \
+                 in the foreground. Run it again without run_in_background"
+                    .to_owned(),
+            ))
+        } else {
+            guard.check(&self.agent, tool, input)
+        };
         if let Err(reason) = &verdict {
             self.emit(&AgentEvent::ToolDenied {
                 tool: tool.to_owned(),
@@ -311,13 +323,26 @@ impl Shared {
     }
 
     /// Opens the working-tree window of a tool call that needs watching.
-    fn watch_open(&self, tool: &str, tool_use_id: &str, command: Option<&str>) {
-        if let Some(watch) = &self.watch
-            && needs_watching(tool)
-        {
-            let window = watch.open(&self.agent, command);
-            lock(&self.windows).insert(tool_use_id.to_owned(), window);
+    fn watch_open(&self, tool: &str, tool_use_id: &str, input: &Value) {
+        let Some(watch) = &self.watch else {
+            return;
+        };
+        if !needs_watching(tool) {
+            return;
         }
+        let text = |key: &str| input.get(key).and_then(Value::as_str);
+        let call = match tool {
+            "Bash" => crate::Call::Shell(text("command").unwrap_or_default().to_owned()),
+            "Write" | "Edit" | "MultiEdit" | "NotebookEdit" => {
+                match text("file_path").or_else(|| text("notebook_path")) {
+                    Some(path) => crate::Call::Edit(path.into()),
+                    None => crate::Call::Other,
+                }
+            }
+            _ => crate::Call::Other,
+        };
+        let window = watch.open(&self.agent, call);
+        lock(&self.windows).insert(tool_use_id.to_owned(), window);
     }
 
     /// Closes a tool call's window (a scan of the tree, off the async threads).
@@ -340,31 +365,47 @@ impl Shared {
             path: path.to_string_lossy().into_owned(),
             at: now,
         };
-        for path in observed.edits.iter().chain(&observed.unlocked) {
+        let foreign = observed.held_by_others.iter().map(|(path, _)| path);
+        for path in observed
+            .edits
+            .iter()
+            .chain(&observed.unlocked)
+            .chain(foreign)
+        {
             self.emit(&AgentEvent::FileEdited { edit: record(path) });
         }
-        if observed.unlocked.is_empty() {
-            return None;
+        let shown = |path: &std::path::Path| {
+            let root = self.watch.as_ref().map(|w| w.root());
+            root.and_then(|r| path.strip_prefix(r).ok())
+                .unwrap_or(path)
+                .display()
+                .to_string()
+        };
+        let mut told = Vec::new();
+        if !observed.unlocked.is_empty() {
+            let names: Vec<String> = observed.unlocked.iter().map(|p| shown(p)).collect();
+            told.push(format!(
+                "mala saw this {tool} call change {}, which you do not hold the lock of; another agent may be \
+                 editing it. Call lock_acquire with that path, then restore it or keep the change and commit it \
+                 as yours: until then your work does not pass the gate.",
+                names.join(", ")
+            ));
         }
-        let root = self.watch.as_ref().map(|w| w.root().to_path_buf());
-        let names: Vec<String> = observed
+        for (path, holder) in &observed.held_by_others {
+            told.push(format!(
+                "mala saw this {tool} call change {}, which {holder} holds and is editing. Leave it alone: \
+                 until it is as {holder} left it, your work does not pass the gate.",
+                shown(path)
+            ));
+        }
+        for path in observed
             .unlocked
             .iter()
-            .map(|path| {
-                self.emit(&AgentEvent::UnlockedWrite { edit: record(path) });
-                root.as_ref()
-                    .and_then(|r| path.strip_prefix(r).ok())
-                    .unwrap_or(path)
-                    .display()
-                    .to_string()
-            })
-            .collect();
-        Some(format!(
-            "mala saw this {tool} call change {}, which you do not hold the lock of; another agent may be \
-             editing it. Call lock_acquire with that path, then restore it or keep the change and commit it \
-             as yours: until then your work does not pass the gate.",
-            names.join(", ")
-        ))
+            .chain(observed.held_by_others.iter().map(|(p, _)| p))
+        {
+            self.emit(&AgentEvent::UnlockedWrite { edit: record(path) });
+        }
+        (!told.is_empty()).then(|| told.join("\n"))
     }
 
     fn hook(&self, callback: &str, input: &Value, observed: Option<crate::Observed>) -> Value {
@@ -383,8 +424,7 @@ impl Shared {
                 lock(&self.tool_started).insert(tool_use_id.clone(), Utc::now());
                 match self.check(tool, &tool_input) {
                     Ok(()) => {
-                        let command = tool_input.get("command").and_then(Value::as_str);
-                        self.watch_open(tool, &tool_use_id, command);
+                        self.watch_open(tool, &tool_use_id, &tool_input);
                         json!({})
                     }
                     Err(reason) => json!({"hookSpecificOutput": {
@@ -492,12 +532,11 @@ impl Shared {
     }
 }
 
-/// Whether a tool call's effect on the tree must be watched: it could write
-/// files the guard cannot name in advance. Not Claude Code's tools that only
-/// read, nor its structured edits (the guard checked the one file each
-/// writes), nor mala's own tools (lock tools write no file; the commit tool
-/// commits locked paths); everything else (shells, subagents, tools mala
-/// does not know) is watched.
+/// Whether a tool call's effect on the tree must be watched. Not Claude
+/// Code's tools that only read, nor mala's own tools (lock tools write no
+/// file; the commit tool commits locked paths). Structured edits are, as
+/// writers of their one file: with their windows open, an agent's own edit
+/// is never taken for another agent's program's work.
 fn needs_watching(tool: &str) -> bool {
     const KNOWN: &[&str] = &[
         "Read",
@@ -512,10 +551,6 @@ fn needs_watching(tool: &str) -> bool {
         "ExitPlanMode",
         "ListMcpResourcesTool",
         "ReadMcpResourceTool",
-        "Write",
-        "Edit",
-        "MultiEdit",
-        "NotebookEdit",
     ];
     !(KNOWN.contains(&tool) || tool.starts_with("mcp__mala__"))
 }
@@ -595,6 +630,9 @@ fn claude_command(config: &ClaudeConfig, request: &SessionRequest) -> tokio::pro
         .env_remove("CLAUDECODE")
         .env("CLAUDE_CODE_ENTRYPOINT", "sdk-mala")
         .env("MALA_AGENT_ID", request.agent_id.as_str())
+        // Every Bash call starts in the repository, as the guard assumes when
+        // it resolves a command's relative paths; a `cd` lasts one call.
+        .env("CLAUDE_BASH_MAINTAIN_PROJECT_WORKING_DIR", "1")
         .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     command
 }
