@@ -3,7 +3,8 @@
 //! protected file, mala runs the required commands again on the agent's last
 //! commit with those files as they were before its first commit; a failure
 //! there fails the gate with the files named. A protected file that is also a
-//! dependency manifest cannot be put back; the issue is labelled for a person.
+//! dependency manifest cannot be put back; the issue is labelled for a person
+//! and closes only after a passing review (without a reviewer it fails).
 
 use mala_core::{CheckCommand, CommitInfo, IssueId, IssueUpdate};
 use mala_domain::{ProtectedFiles, command_paths, is_issue_commit, protected_changes};
@@ -29,7 +30,8 @@ pub(crate) fn required_checks(config: &RunnerConfig) -> Vec<CheckCommand> {
 }
 
 /// `Ok(Some(reason))` fails the gate: the agent's code fails the checks as
-/// they were. `Err` means the re-run could not be made.
+/// they were. `Err` ends the issue: the re-run could not be made, or the
+/// checks changed in a way only a review could pass and there is none.
 pub(crate) async fn check_protected(
     ports: &RunnerPorts,
     config: &RunnerConfig,
@@ -64,6 +66,15 @@ pub(crate) async fn check_protected(
     );
     if !protected.unverifiable.is_empty() {
         label_for_a_person(ports, issue).await;
+        if ports.reviewer.is_none() {
+            // Not the agent's to fix: the issue ends here, for a person.
+            return Err(format!(
+                "the commits change dependency manifests the checks read ({}); mala cannot re-run the \
+                 checks without them, so only a passing review could close the issue, and this run has \
+                 no reviewer (per_issue_review). Labelled {CHECKS_CHANGED} for a person",
+                protected.unverifiable.join(", ")
+            ));
+        }
     }
     let commands = required_checks(config);
     if protected.restorable.is_empty() || commands.is_empty() {

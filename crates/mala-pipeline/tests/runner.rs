@@ -612,17 +612,24 @@ async fn a_commit_that_changes_the_checks_is_judged_by_the_checks_as_they_were()
 }
 
 #[tokio::test]
-async fn a_changed_manifest_the_checks_read_is_labelled_for_a_person() {
-    let h = Harness::new().await;
+async fn a_changed_manifest_the_checks_read_is_labelled_and_needs_a_passing_review() {
     let mut config = Harness::config();
     config.config_files = vec!["pyproject.toml".into()];
     config.setup_files = vec!["pyproject.toml".into()];
-    let turn = Turn {
+    let turn = |h: &Harness| Turn {
         commit: Some((h.subject("fix"), vec!["src/parser.rs", "pyproject.toml"])),
-        ..honest_turn(&h)
+        ..honest_turn(h)
     };
-    let result = h.run_with(vec![turn], None, None, config).await;
-    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    let h = Harness::new().await;
+    let result = h.run_with(vec![turn(&h)], None, None, config.clone()).await;
+    let IssueResult::Failed { reason } = result else {
+        panic!("without a reviewer it cannot close: {result:?}")
+    };
+    assert!(
+        reason.contains("dependency manifests the checks read (pyproject.toml)")
+            && reason.contains("no reviewer"),
+        "{reason}"
+    );
     let issue = h.tracker.show(&h.issue).await.unwrap();
     assert!(
         issue.has_label(mala_pipeline::CHECKS_CHANGED),
@@ -633,6 +640,17 @@ async fn a_changed_manifest_the_checks_read_is_labelled_for_a_person() {
         h.world.lock().unwrap().against.is_empty(),
         "nothing to put back"
     );
+
+    // With a reviewer, its passing review closes it.
+    let h = Harness::new().await;
+    let reviewer: Arc<dyn Reviewer> = Arc::new(ScriptedReviewer {
+        answers: Mutex::new(vec![]),
+        asked: Mutex::new(0),
+    });
+    let result = h
+        .run_with(vec![turn(&h)], Some(reviewer), None, config)
+        .await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
 }
 
 #[tokio::test]
