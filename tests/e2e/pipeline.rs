@@ -33,6 +33,23 @@ enum Agent {
 
 const CHECK: &str = "grep -q fixed src/app.txt";
 
+/// The issue an agent works on and the file its description names
+/// (`FILE=…`), from the first prompt's text.
+pub(crate) fn task_of(first_prompt: &str) -> (String, String) {
+    let after = |marker: &str, default: &str| {
+        first_prompt
+            .split(marker)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or(default)
+            .to_owned()
+    };
+    (
+        after("working on issue ", "x"),
+        after("FILE=", "src/app.txt"),
+    )
+}
+
 /// The model: lock, write, (check), commit; on a gate follow-up, check.
 fn script(repo: PathBuf, agent: Agent) -> Script {
     Script::from_fn(move |conversation: &Conversation<'_>| {
@@ -51,18 +68,7 @@ fn script(repo: PathBuf, agent: Agent) -> Script {
             };
             return Reply::Message(vec![Block::Text(answer.to_owned())]);
         }
-        let issue = first
-            .split("working on issue ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or("x")
-            .to_owned();
-        let file = first
-            .split("FILE=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or("src/app.txt")
-            .to_owned();
+        let (issue, file) = task_of(&first);
         let followups = conversation
             .user_texts()
             .iter()

@@ -13,23 +13,13 @@ use mala_pipeline::{IssueResult, run_issue};
 use mala_testkit::{Block, Conversation, Reply, Script, Tool, require_tool};
 use serde_json::{Value, json};
 
-use crate::pipeline::{Setup, create_issue, setup_scripted, status};
+use crate::pipeline::{Setup, create_issue, setup_scripted, status, task_of};
 
-/// What the agent's first prompt says: its issue and its file.
+/// What the agent's first prompt says: its issue, its file, and whether it
+/// is the one told to touch the victim.
 fn task(conversation: Conversation<'_>) -> (String, String, bool) {
     let first = conversation.user_texts().join("\n");
-    let issue = first
-        .split("working on issue ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or("x")
-        .to_owned();
-    let file = first
-        .split("FILE=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or("src/app.txt")
-        .to_owned();
+    let (issue, file) = task_of(&first);
     (issue, file, first.contains("ALSO-TOUCH-VICTIM"))
 }
 

@@ -11,19 +11,13 @@ use mala_pipeline::{IssueResult, run_issue};
 use mala_testkit::{Block, Conversation, Reply, Script, Tool, require_tool};
 use serde_json::json;
 
-use crate::pipeline::{create_issue, setup_scripted, status};
+use crate::pipeline::{create_issue, setup_scripted, status, task_of};
 
 /// Locks the app and the check script, writes code that does not do what
 /// the check wants, makes the check always pass, runs it and commits both.
 fn weakening_script(repo: PathBuf) -> Script {
     Script::from_fn(move |conversation: &Conversation<'_>| {
-        let first = conversation.user_texts().join("\n");
-        let issue = first
-            .split("working on issue ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or("x")
-            .to_owned();
+        let (issue, _) = task_of(&conversation.user_texts().join("\n"));
         let plan = [
             (
                 "mcp__mala__lock_acquire",

@@ -92,13 +92,7 @@ pub(crate) async fn check_protected(
             )
         })?;
     Ok(failure.map(|f| {
-        let last = f
-            .output
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or_default()
-            .to_owned();
+        let last = last_line(&f.output);
         format!(
             "your commits change what the checks run or read ({}); with those files as they were before \
              your first commit, `{}` ({}) fails on your code: {last}. Make the code pass the checks \
@@ -108,6 +102,15 @@ pub(crate) async fn check_protected(
             f.command
         )
     }))
+}
+
+/// The last line of a check's output that says something.
+pub(crate) fn last_line(output: &str) -> &str {
+    output
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
 }
 
 /// The issue's commits of this session, newest first.

@@ -837,13 +837,7 @@ impl IssueRun {
             .await
             .map_err(|e| format!("mala could not re-run the checks on {commit}: {e}"))?;
         Ok(failure.map(|f| {
-            let last = f
-                .output
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or_default()
-                .to_owned();
+            let last = crate::protected::last_line(&f.output);
             format!(
                 "`{}` ({}) failed when mala ran it on commit {} in a clean checkout: {last}. \
                  Commit everything the check needs, then run it again",
