@@ -233,6 +233,19 @@ pub(crate) fn setup_scripted(
     }
 }
 
+impl Setup {
+    /// Runs one issue end to end under the run's usual agent name.
+    pub(crate) async fn run(&self, issue: &IssueId) -> IssueResult {
+        run_issue(
+            issue,
+            AgentId::new(format!("{issue}@e2e-run")),
+            &self.ports,
+            &self.config,
+        )
+        .await
+    }
+}
+
 pub(crate) fn create_issue(br: &Br, title: &str, file: &str) -> IssueId {
     IssueId::new(br.create(&NewIssue {
         title,
@@ -253,13 +266,7 @@ async fn the_honest_path_closes_the_issue() {
     let (claude, br) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
     let setup = setup(&claude, &br, Agent::Honest, CHECK);
     let issue = create_issue(&setup.br, "Fix the app", "src/app.txt");
-    let result = run_issue(
-        &issue,
-        AgentId::new(format!("{issue}@e2e-run")),
-        &setup.ports,
-        &setup.config,
-    )
-    .await;
+    let result = setup.run(&issue).await;
     assert!(
         matches!(
             result,
@@ -280,13 +287,7 @@ async fn the_gate_retry_path_closes_the_issue_on_attempt_two() {
     let (claude, br) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
     let setup = setup(&claude, &br, Agent::ChecksOnRequest, CHECK);
     let issue = create_issue(&setup.br, "Fix the app", "src/app.txt");
-    let result = run_issue(
-        &issue,
-        AgentId::new(format!("{issue}@e2e-run")),
-        &setup.ports,
-        &setup.config,
-    )
-    .await;
+    let result = setup.run(&issue).await;
     assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
     assert_eq!(status(&setup, &issue).await.0, IssueStatus::Closed);
     let gates: Vec<(u32, bool)> = setup
@@ -310,13 +311,7 @@ async fn committing_without_the_checks_leaves_the_issue_open_with_a_reason() {
     let (claude, br) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
     let setup = setup(&claude, &br, Agent::NeverChecks, CHECK);
     let issue = create_issue(&setup.br, "Fix the app", "src/app.txt");
-    let result = run_issue(
-        &issue,
-        AgentId::new(format!("{issue}@e2e-run")),
-        &setup.ports,
-        &setup.config,
-    )
-    .await;
+    let result = setup.run(&issue).await;
     let IssueResult::Failed { reason } = result else {
         panic!("{result:?}")
     };
@@ -398,13 +393,7 @@ async fn a_blocking_review_sends_the_agent_back_and_advisories_become_a_tracking
         &setup.config.repo_root,
     )));
     let issue = create_issue(&setup.br, "Fix the app", "src/app.txt");
-    let result = run_issue(
-        &issue,
-        AgentId::new(format!("{issue}@e2e-run")),
-        &setup.ports,
-        &setup.config,
-    )
-    .await;
+    let result = setup.run(&issue).await;
     assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
     let reviews: Vec<(u32, usize, usize)> = setup
         .events

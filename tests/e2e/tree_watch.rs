@@ -118,13 +118,7 @@ async fn an_agent_that_stages_and_commits_in_one_shell_call_closes_on_its_first_
     let (claude, br) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
     let setup = setup_scripted(&claude, &br, script, "grep -q fixed src/app.txt");
     let issue = create_issue(&setup.br, "Fix the app", "src/app.txt");
-    let result = run_issue(
-        &issue,
-        AgentId::new(format!("{issue}@e2e-run")),
-        &setup.ports,
-        &setup.config,
-    )
-    .await;
+    let result = setup.run(&issue).await;
     assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
     assert_eq!(gates(&setup, &issue), vec![(1, true)], "no second turn");
     let log = setup.repo.git(&["log", "--format=%s", "-n", "1"]);
@@ -199,13 +193,7 @@ async fn a_program_that_deletes_a_ref_stops_the_agent_and_fails_its_issue() {
     );
     setup.repo.git(&["branch", "keep"]);
     let issue = create_issue(&setup.br, "Fix the app", "src/app.txt");
-    let result = run_issue(
-        &issue,
-        AgentId::new(format!("{issue}@e2e-run")),
-        &setup.ports,
-        &setup.config,
-    )
-    .await;
+    let result = setup.run(&issue).await;
     let IssueResult::Failed { reason } = result else {
         panic!("{result:?}")
     };

@@ -6,8 +6,8 @@
 
 use std::path::PathBuf;
 
-use mala_core::{AgentId, IssueStatus};
-use mala_pipeline::{IssueResult, run_issue};
+use mala_core::IssueStatus;
+use mala_pipeline::IssueResult;
 use mala_testkit::{Block, Conversation, Reply, Script, Tool, require_tool};
 use serde_json::json;
 
@@ -62,13 +62,7 @@ async fn a_check_script_rewritten_to_pass_does_not_close_the_issue_and_the_reaso
     setup.repo.git(&["add", "check.sh"]);
     setup.repo.git(&["commit", "-q", "-m", "the check"]);
     let issue = create_issue(&setup.br, "Fix the app", "src/app.txt");
-    let result = run_issue(
-        &issue,
-        AgentId::new(format!("{issue}@e2e-run")),
-        &setup.ports,
-        &setup.config,
-    )
-    .await;
+    let result = setup.run(&issue).await;
     let IssueResult::Failed { reason } = result else {
         panic!("a weakened check must not close the issue: {result:?}")
     };
