@@ -197,6 +197,48 @@ fn deno(args: &[Arg]) -> Inline {
     }
 }
 
+/// Whether an interpreter reads its program from stdin: no inline program,
+/// no module (`-m`), and no script file, or `-` in its place.
+pub(crate) fn reads_program_from_stdin(name: &str, args: &[Arg]) -> bool {
+    if !inline(name, args).code.is_empty() {
+        return false;
+    }
+    let valued: &[&str] = match language(name) {
+        Some(Lang::Python) => &["-W", "-X"],
+        Some(Lang::Perl) => &["-I", "-M", "-m"],
+        Some(Lang::Ruby) => &["-I", "-r", "-C", "-E"],
+        Some(Lang::Node) => &[
+            "-r",
+            "--require",
+            "--import",
+            "--loader",
+            "-C",
+            "--conditions",
+            "--input-type",
+        ],
+        Some(Lang::Php) => &["-d", "-c", "-z"],
+        None => &[],
+    };
+    let mut i = 0;
+    while let Some(raw) = args.get(i).map(Arg::raw) {
+        if raw == "-" || raw == "--" {
+            return raw == "-" || args.get(i + 1).is_none_or(|a| a.raw() == "-");
+        }
+        if !raw.starts_with('-') {
+            return false;
+        }
+        let python_module = language(name) == Some(Lang::Python)
+            && raw.starts_with('-')
+            && !raw.starts_with("--")
+            && raw.contains('m');
+        if python_module || matches!(raw, "-v" | "--version" | "-V" | "-h" | "--help") {
+            return false;
+        }
+        i += 1 + usize::from(valued.contains(&raw));
+    }
+    true
+}
+
 fn same_kind(arg: &Arg, text: &str) -> Arg {
     match arg {
         Arg::Literal(_) => Arg::Literal(text.to_owned()),

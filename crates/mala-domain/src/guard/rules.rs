@@ -4,7 +4,11 @@
 use std::path::{Component, Path, PathBuf};
 
 mod files;
+mod git;
+mod shells;
 mod wrappers;
+
+use shells::Stdin;
 
 use super::GuardContext;
 use super::programs;
@@ -14,7 +18,9 @@ use super::shell::{Arg, ENTER, Invocation, LEAVE, ParseFailure, Pipe, Script, pa
 pub(crate) type Refusal = String;
 
 /// Shells whose `-c` argument is itself a command line.
-const SHELLS: &[&str] = &["bash", "sh", "zsh", "dash", "ksh", "ash"];
+const SHELLS: &[&str] = &[
+    "bash", "sh", "zsh", "dash", "ksh", "ash", "csh", "tcsh", "fish", "rbash", "mksh", "yash",
+];
 /// Interpreters that run whatever arrives on stdin.
 const STDIN_RUNNERS: &[&str] = &[
     "bash", "sh", "zsh", "dash", "ksh", "ash", "python", "python3", "perl", "ruby", "node",
@@ -48,6 +54,7 @@ pub(crate) fn check_command(command: &str, ctx: &GuardContext<'_>) -> Result<(),
         collected: None,
         cwd: vec![ctx.cwd.to_path_buf()],
         added: std::cell::Cell::new(false),
+        stdin: Stdin::Terminal,
     };
     walker.script(&script, 0)
 }
@@ -63,6 +70,7 @@ pub(crate) fn repository_writes(command: &str, ctx: &GuardContext<'_>) -> Vec<Pa
         collected: Some(std::cell::RefCell::new(Vec::new())),
         cwd: vec![ctx.cwd.to_path_buf()],
         added: std::cell::Cell::new(false),
+        stdin: Stdin::Terminal,
     };
     let _ = walker.script(&script, 0);
     walker
@@ -78,6 +86,7 @@ pub(crate) fn check_edit(tool: &str, path: &str, ctx: &GuardContext<'_>) -> Resu
         collected: None,
         cwd: vec![ctx.cwd.to_path_buf()],
         added: std::cell::Cell::new(false),
+        stdin: Stdin::Terminal,
     };
     walker.literal_write(path, tool)
 }
@@ -150,6 +159,8 @@ struct Walker<'c> {
     /// Whether a `git add` has run before the command being checked (a
     /// commit after it is then of added paths); only adds that come first count.
     added: std::cell::Cell<bool>,
+    /// Where the command being checked reads its stdin from.
+    stdin: Stdin,
 }
 
 impl Walker<'_> {
@@ -158,10 +169,17 @@ impl Walker<'_> {
     }
 
     fn script(&mut self, script: &Script, depth: usize) -> Result<(), Refusal> {
+        let outer = self.stdin.clone();
         for pipe in &script.pipes {
             check_download_to_shell(pipe)?;
-            for stage in &pipe.stages {
+            for (i, stage) in pipe.stages.iter().enumerate() {
+                self.stdin = match &stage.stdin {
+                    Some(text) => Stdin::Text(text.clone()),
+                    None if i > 0 => Stdin::Pipe,
+                    None => outer.clone(),
+                };
                 let result = self.invocation(stage, depth);
+                self.stdin = outer.clone();
                 // When collecting writes, a refused command does not hide
                 // the writes of the commands after it.
                 if self.collected.is_none() {
@@ -289,7 +307,10 @@ impl Walker<'_> {
                 "refused: chroot runs the command under another root, where mala cannot tell which files its paths name. Run the command itself".to_owned(),
             ),
             wrapper if wrappers::is_wrapper(wrapper) => self.wrapper(wrapper, args, depth),
-            shell if SHELLS.contains(&shell) => self.shell(args, depth),
+            shell if SHELLS.contains(&shell) => self.shell(shell, args, depth),
+            "busybox" => self.words(args, depth + 1),
+            "trap" => self.trap(args, depth),
+            "alias" | "shopt" | "source" | "." => shells::definitions(basename(name), args),
             "eval" => self.nested(args, depth, "eval"),
             "git" => self.git(words),
             "rm" | "rmdir" | "unlink" | "shred" => self.remove(name, args),
@@ -357,26 +378,6 @@ impl Walker<'_> {
         result
     }
 
-    fn shell(&mut self, args: &[Arg], depth: usize) -> Result<(), Refusal> {
-        let mut i = 0;
-        while i < args.len() {
-            let raw = args[i].raw();
-            if raw == "-c" || (raw.starts_with('-') && !raw.starts_with("--") && raw.contains('c'))
-            {
-                return match args.get(i + 1) {
-                    Some(script) => self.nested(std::slice::from_ref(script), depth, "the shell"),
-                    None => Ok(()),
-                };
-            }
-            if !raw.starts_with('-') {
-                // A script file: mala checks commands, not programs.
-                return Ok(());
-            }
-            i += 1;
-        }
-        Ok(())
-    }
-
     fn remove(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
         let recursive = args.iter().any(|a| {
             let raw = a.raw();
@@ -431,7 +432,10 @@ impl Walker<'_> {
 
     /// An interpreter: `perl -i`/`ruby -i` edit their file operands, and an
     /// inline program is read for the primitives that change files.
-    fn interpreter(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
+    fn interpreter(&mut self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
+        if programs::reads_program_from_stdin(name, args) {
+            return self.stdin_program(name, 0);
+        }
         let call = programs::inline(name, args);
         if call.in_place {
             self.edit_files(&call.files, &format!("{name} -i"))?;
@@ -522,10 +526,14 @@ impl Walker<'_> {
     }
 
     fn git(&self, words: &[Arg]) -> Result<(), Refusal> {
+        git::check_globals(words)?;
         let literal: Vec<&str> = words.iter().map(Arg::raw).collect();
         let Some((sub, rest)) = git_subcommand(&literal) else {
             return Ok(());
         };
+        if git::only_prints(sub, rest) {
+            return Ok(());
+        }
         // `git -C dir …` resolves its paths from dir.
         let base = literal
             .windows(2)
@@ -612,7 +620,7 @@ impl Walker<'_> {
                 }
                 Ok(())
             }
-            _ => Ok(()),
+            _ => self.git_more(sub, rest, &base),
         }
     }
 

@@ -48,6 +48,10 @@ pub(crate) struct WriteRedirect {
 pub(crate) struct Invocation {
     pub(crate) words: Vec<Arg>,
     pub(crate) writes: Vec<WriteRedirect>,
+    /// The text a here-string or here-document feeds the command's stdin.
+    pub(crate) stdin: Option<Arg>,
+    /// `NAME=value` words before the command name (alone, they set shell variables).
+    pub(crate) assigns: Vec<(String, Arg)>,
 }
 
 /// A pipeline: invocations whose output feeds the next one.
@@ -83,7 +87,7 @@ fn marker(name: &str) -> Pipe {
     Pipe {
         stages: vec![Invocation {
             words: vec![Arg::Literal(name.to_owned())],
-            writes: Vec::new(),
+            ..Invocation::default()
         }],
     }
 }
@@ -331,9 +335,9 @@ fn simple_invocation(
                     invocation
                         .words
                         .push(resolve_word(&word.value, script, depth)?);
-                } else if let ast::AssignmentValue::Scalar(w) = &assignment.value {
+                } else {
                     // `VAR=value cmd`: not an argument, but the value may run a substitution.
-                    resolve_word(&w.value, script, depth)?;
+                    assignment_value(assignment, &mut invocation, script, depth)?;
                 }
             }
             Some(CommandPrefixOrSuffixItem::ProcessSubstitution(_, sub)) => {
@@ -390,9 +394,79 @@ fn add_redirect(
             let target = resolve_word(&w.value, script, depth)?;
             invocation.writes.push(WriteRedirect { target });
         }
-        IoRedirect::HereDocument(..) | IoRedirect::HereString(..) => {}
+        IoRedirect::HereString(_, w) => {
+            // `<<< WORD` expands WORD like any other word.
+            invocation.stdin = Some(resolve_word(&w.value, script, depth)?);
+        }
+        IoRedirect::HereDocument(_, doc) => {
+            invocation.stdin = Some(here_document(doc, script, depth)?);
+        }
     }
     Ok(())
+}
+
+/// An assignment's value (and an array element's subscript, which bash
+/// evaluates arithmetically): the substitutions in them run.
+fn assignment_value(
+    assignment: &ast::Assignment,
+    invocation: &mut Invocation,
+    script: &mut Script,
+    depth: usize,
+) -> Result<(), ParseFailure> {
+    let name = match &assignment.name {
+        ast::AssignmentName::VariableName(name) => name.clone(),
+        ast::AssignmentName::ArrayElementName(name, index) => {
+            expand_arithmetic(index, script, depth)?;
+            format!("{name}[{index}]")
+        }
+    };
+    match &assignment.value {
+        ast::AssignmentValue::Scalar(w) => {
+            let value = resolve_word(&w.value, script, depth)?;
+            invocation.assigns.push((name, value));
+        }
+        ast::AssignmentValue::Array(items) => {
+            for (index, value) in items {
+                if let Some(index) = index {
+                    expand_arithmetic(&index.value, script, depth)?;
+                }
+                resolve_words(&value.value, script, depth)?;
+            }
+            invocation
+                .assigns
+                .push((name, Arg::Dynamic("(…)".to_owned())));
+        }
+    }
+    Ok(())
+}
+
+/// A here-document's body. With an unquoted delimiter, bash expands `$…`
+/// and backquotes in it (quotes are plain characters there), so its
+/// substitutions run; with a quoted one the body is literal text.
+fn here_document(
+    doc: &ast::IoHereDocument,
+    script: &mut Script,
+    depth: usize,
+) -> Result<Arg, ParseFailure> {
+    let body = &doc.doc.value;
+    if !doc.requires_expansion || !body.contains(['$', '`']) {
+        return Ok(Arg::Literal(body.clone()));
+    }
+    // Quotes are not special in the body: escape them so the word parser
+    // reads them as characters and finds every substitution.
+    let escaped = body
+        .replace('\\', "\\\\")
+        .replace('\'', "\\'")
+        .replace('"', "\\\"");
+    match word::parse(&escaped, &options()) {
+        Ok(pieces) => {
+            collect(&pieces, &escaped, &mut Chars::default(), script, depth)?;
+            Ok(Arg::Dynamic(body.clone()))
+        }
+        Err(_) => Err(ParseFailure(
+            "a here-document in it expands text mala could not read".to_owned(),
+        )),
+    }
 }
 
 /// A word's value when it is literal; command substitutions inside it are
