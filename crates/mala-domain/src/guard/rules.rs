@@ -5,6 +5,7 @@ use std::path::{Component, Path, PathBuf};
 
 mod files;
 mod git;
+mod runners;
 mod shells;
 mod wrappers;
 
@@ -307,6 +308,8 @@ impl Walker<'_> {
                 "refused: chroot runs the command under another root, where mala cannot tell which files its paths name. Run the command itself".to_owned(),
             ),
             wrapper if wrappers::is_wrapper(wrapper) => self.wrapper(wrapper, args, depth),
+            runner if runners::is_runner(runner) => self.runner(runner, args, depth),
+            "docker" | "podman" | "nerdctl" => self.container(basename(name), args),
             shell if SHELLS.contains(&shell) => self.shell(shell, args, depth),
             "busybox" => self.words(args, depth + 1),
             "trap" => self.trap(args, depth),
