@@ -119,7 +119,16 @@ fn clustered(args: &[Arg], valued: &str) -> Inline {
         if !raw.starts_with('-') || raw == "-" {
             break;
         }
+        let mut skip_digits = false;
         for (at, c) in raw.char_indices().skip(1) {
+            // `-0777`, `-0x1ff`, `-l015`: digits of the option before, then more options.
+            if skip_digits && (c.is_ascii_digit() || c == 'x') {
+                continue;
+            }
+            skip_digits = matches!(c, '0' | 'l');
+            if skip_digits {
+                continue;
+            }
             let rest = &raw[at + c.len_utf8()..];
             let takes_next = c == 'e' || c == 'E' || valued.contains(c);
             if takes_next {
@@ -138,7 +147,7 @@ fn clustered(args: &[Arg], valued: &str) -> Inline {
                 call.in_place = true;
                 break;
             }
-            if "l0FCdDxVTWK".contains(c) {
+            if "FCdDxVTWK".contains(c) {
                 break;
             }
         }

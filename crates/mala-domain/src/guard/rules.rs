@@ -6,8 +6,10 @@ use std::path::{Component, Path, PathBuf};
 mod files;
 mod git;
 mod runners;
+mod scripts;
 mod shells;
 mod wrappers;
+mod writers;
 
 use shells::Stdin;
 
@@ -325,6 +327,7 @@ impl Walker<'_> {
             "awk" | "gawk" => self.awk(basename(name), args),
             interpreter if programs::language(interpreter).is_some() => self.interpreter(interpreter, args),
             "dd" => self.dd(args),
+            writer if writers::is_writer(writer) => self.writer(writer, args),
             "find" => self.find(args, depth),
             "patch" => refuse_unless(args, &["--dry-run", "-C", "--check"], "patch changes files named inside the patch"),
             "curl" | "wget" => self.download(name, args),
