@@ -15,7 +15,7 @@ use shells::Stdin;
 
 use super::GuardContext;
 use super::programs;
-use super::shell::{Arg, ENTER, Invocation, LEAVE, ParseFailure, Pipe, Script, parse_script};
+use super::shell::{Arg, ENTER, Invocation, LEAVE, Link, ParseFailure, Pipe, Script, parse_script};
 
 /// A refusal, worded for the agent: what is wrong and what to do instead.
 pub(crate) type Refusal = String;
@@ -52,14 +52,7 @@ pub(crate) fn check_command(command: &str, ctx: &GuardContext<'_>) -> Result<(),
         );
     }
     let script = parse(command)?;
-    let mut walker = Walker {
-        ctx,
-        collected: None,
-        cwd: vec![ctx.cwd.to_path_buf()],
-        added: std::cell::Cell::new(false),
-        stdin: Stdin::Terminal,
-    };
-    walker.script(&script, 0)
+    Walker::new(ctx, None).script(&script, 0)
 }
 
 /// The repository files a command writes, as far as its words say (targets
@@ -68,13 +61,7 @@ pub(crate) fn repository_writes(command: &str, ctx: &GuardContext<'_>) -> Vec<Pa
     let Ok(script) = parse_script(command) else {
         return Vec::new();
     };
-    let mut walker = Walker {
-        ctx,
-        collected: Some(std::cell::RefCell::new(Vec::new())),
-        cwd: vec![ctx.cwd.to_path_buf()],
-        added: std::cell::Cell::new(false),
-        stdin: Stdin::Terminal,
-    };
+    let mut walker = Walker::new(ctx, Some(std::cell::RefCell::new(Vec::new())));
     let _ = walker.script(&script, 0);
     walker
         .collected
@@ -84,14 +71,7 @@ pub(crate) fn repository_writes(command: &str, ctx: &GuardContext<'_>) -> Vec<Pa
 
 /// Decides a structured edit of one file.
 pub(crate) fn check_edit(tool: &str, path: &str, ctx: &GuardContext<'_>) -> Result<(), Refusal> {
-    let walker = Walker {
-        ctx,
-        collected: None,
-        cwd: vec![ctx.cwd.to_path_buf()],
-        added: std::cell::Cell::new(false),
-        stdin: Stdin::Terminal,
-    };
-    walker.literal_write(path, tool)
+    Walker::new(ctx, None).literal_write(path, tool)
 }
 
 fn parse(command: &str) -> Result<Script, Refusal> {
@@ -164,6 +144,26 @@ struct Walker<'c> {
     added: std::cell::Cell<bool>,
     /// Where the command being checked reads its stdin from.
     stdin: Stdin,
+    /// Directories the shell may also be in, because a `cd` may have failed
+    /// (`cd X; …`), each with the subshell depth it was learnt at.
+    maybe: Vec<(usize, PathBuf)>,
+    /// The directories before the `cd`s of the current `&&` chain: the
+    /// shell is in one of them if the chain stopped early.
+    pending: Vec<(usize, PathBuf)>,
+}
+
+impl<'c> Walker<'c> {
+    fn new(ctx: &'c GuardContext<'c>, collected: Option<std::cell::RefCell<Vec<PathBuf>>>) -> Self {
+        Walker {
+            ctx,
+            collected,
+            cwd: vec![ctx.cwd.to_path_buf()],
+            added: std::cell::Cell::new(false),
+            stdin: Stdin::Terminal,
+            maybe: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
 }
 
 impl Walker<'_> {
@@ -171,11 +171,48 @@ impl Walker<'_> {
         self.cwd.last().map_or(self.ctx.cwd, PathBuf::as_path)
     }
 
+    /// Before a pipeline: one that does not follow `&&` may run after a
+    /// `cd` that failed, so the directories before it stay possible.
+    fn follow(&mut self, pipe: &Pipe) {
+        let marker = pipe
+            .stages
+            .first()
+            .and_then(|s| s.words.first())
+            .is_some_and(|w| matches!(w.raw(), ENTER | LEAVE));
+        if pipe.link != Link::And && !marker {
+            let pending = std::mem::take(&mut self.pending);
+            for entry in pending {
+                if !self.maybe.contains(&entry) {
+                    self.maybe.push(entry);
+                }
+            }
+        }
+    }
+
+    /// Every directory a relative path may be resolved from.
+    fn possible_dirs(&self) -> Vec<PathBuf> {
+        let level = self.cwd.len();
+        let mut dirs = vec![self.cwd().to_path_buf()];
+        for (at, dir) in &self.maybe {
+            if *at <= level && !dirs.contains(dir) {
+                dirs.push(dir.clone());
+            }
+        }
+        dirs
+    }
+
     fn script(&mut self, script: &Script, depth: usize) -> Result<(), Refusal> {
         let outer = self.stdin.clone();
         for pipe in &script.pipes {
             check_download_to_shell(pipe)?;
+            self.follow(pipe);
+            // Each command of a pipeline of several runs in a subshell.
+            let isolate = pipe.stages.len() > 1;
             for (i, stage) in pipe.stages.iter().enumerate() {
+                if isolate {
+                    let current = self.cwd().to_path_buf();
+                    self.cwd.push(current);
+                }
                 self.stdin = match &stage.stdin {
                     Some(text) => Stdin::Text(text.clone()),
                     None if i > 0 => Stdin::Pipe,
@@ -183,6 +220,9 @@ impl Walker<'_> {
                 };
                 let result = self.invocation(stage, depth);
                 self.stdin = outer.clone();
+                if isolate {
+                    self.leave();
+                }
                 // When collecting writes, a refused command does not hide
                 // the writes of the commands after it.
                 if self.collected.is_none() {
@@ -217,6 +257,15 @@ impl Walker<'_> {
     }
 
     fn literal_write(&self, path: &str, what: &str) -> Result<(), Refusal> {
+        if Path::new(path).is_absolute() {
+            return self.write_from(self.cwd(), path, what);
+        }
+        self.possible_dirs()
+            .iter()
+            .try_for_each(|dir| self.write_from(dir, path, what))
+    }
+
+    fn write_from(&self, base: &Path, path: &str, what: &str) -> Result<(), Refusal> {
         if HARMLESS_DEVICES.contains(&path)
             || path.starts_with("/dev/fd/")
             || path.starts_with("/proc/self/fd/")
@@ -233,7 +282,7 @@ impl Walker<'_> {
                 "refused: `{path}` is a pattern and may match files other agents hold. Name each file, and lock it first"
             ));
         }
-        let absolute = normalize(self.cwd(), path);
+        let absolute = normalize(base, path);
         let root = self.ctx.repo_root;
         if !absolute.starts_with(root) {
             if root.starts_with(&absolute) {
@@ -298,9 +347,7 @@ impl Walker<'_> {
                 Ok(())
             }
             LEAVE | "popd" => {
-                if self.cwd.len() > 1 {
-                    self.cwd.pop();
-                }
+                self.leave();
                 Ok(())
             }
             "sudo" | "doas" | "su" | "runuser" | "pkexec" => Err(
@@ -347,7 +394,19 @@ impl Walker<'_> {
         }
     }
 
+    /// Leaves a subshell: what was learnt about directories inside it is forgotten.
+    fn leave(&mut self) {
+        if self.cwd.len() > 1 {
+            self.cwd.pop();
+        }
+        let level = self.cwd.len();
+        self.maybe.retain(|(at, _)| *at <= level);
+        self.pending.retain(|(at, _)| *at <= level);
+    }
+
     fn change_dir(&mut self, args: &[Arg]) {
+        let entry = (self.cwd.len(), self.cwd().to_path_buf());
+        self.pending.push(entry);
         let target = args.iter().find(|a| !a.raw().starts_with('-'));
         let next = match target.and_then(Arg::literal) {
             Some(dir) => normalize(self.cwd(), dir),

@@ -58,6 +58,18 @@ pub(crate) struct Invocation {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Pipe {
     pub(crate) stages: Vec<Invocation>,
+    /// How it follows the pipeline before it.
+    pub(crate) link: Link,
+}
+
+/// How a pipeline follows the one before it: it starts a list item (after
+/// `;`, `&`, a newline, or at the start), or runs only after `&&` or `||`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Link {
+    #[default]
+    Start,
+    And,
+    Or,
 }
 
 /// Everything a command line would run.
@@ -89,6 +101,7 @@ fn marker(name: &str) -> Pipe {
             words: vec![Arg::Literal(name.to_owned())],
             ..Invocation::default()
         }],
+        link: Link::Start,
     }
 }
 
@@ -127,11 +140,20 @@ fn walk_list(list: &CompoundList, script: &mut Script, depth: usize) -> Result<(
     }
     for item in &list.0 {
         let and_or = &item.0;
-        walk_pipeline(&and_or.first, script, depth)?;
+        // A list run in the background (`… &`) runs in a subshell: its `cd` stays there.
+        let background = matches!(item.1, ast::SeparatorOperator::Async);
+        if background {
+            script.pipes.push(marker(ENTER));
+        }
+        walk_pipeline(&and_or.first, Link::Start, script, depth)?;
         for next in &and_or.additional {
             match next {
-                ast::AndOr::And(p) | ast::AndOr::Or(p) => walk_pipeline(p, script, depth)?,
+                ast::AndOr::And(p) => walk_pipeline(p, Link::And, script, depth)?,
+                ast::AndOr::Or(p) => walk_pipeline(p, Link::Or, script, depth)?,
             }
+        }
+        if background {
+            script.pipes.push(marker(LEAVE));
         }
     }
     Ok(())
@@ -139,12 +161,26 @@ fn walk_list(list: &CompoundList, script: &mut Script, depth: usize) -> Result<(
 
 fn walk_pipeline(
     pipeline: &ast::Pipeline,
+    link: Link,
     script: &mut Script,
     depth: usize,
 ) -> Result<(), ParseFailure> {
-    let mut pipe = Pipe::default();
+    let mut pipe = Pipe {
+        link,
+        ..Pipe::default()
+    };
+    // Each command of a pipeline of several runs in a subshell; a compound
+    // command's contents are pushed before the pipe, so mark them.
+    let isolate = pipeline.seq.len() > 1;
     for command in &pipeline.seq {
+        let compound = isolate && !matches!(command, Command::Simple(_));
+        if compound {
+            script.pipes.push(marker(ENTER));
+        }
         walk_command(command, &mut pipe, script, depth)?;
+        if compound {
+            script.pipes.push(marker(LEAVE));
+        }
     }
     script.pipes.push(pipe);
     Ok(())
@@ -248,8 +284,10 @@ fn walk_compound(
         }
         CompoundCommand::Coprocess(coprocess) => {
             let mut pipe = Pipe::default();
+            script.pipes.push(marker(ENTER));
             walk_command(&coprocess.body, &mut pipe, script, depth)?;
             script.pipes.push(pipe);
+            script.pipes.push(marker(LEAVE));
             Ok(())
         }
         CompoundCommand::Arithmetic(arithmetic) => {
