@@ -374,6 +374,7 @@ impl Walker<'_> {
             "awk" | "gawk" => self.awk(basename(name), args),
             interpreter if programs::language(interpreter).is_some() => self.interpreter(interpreter, args),
             "dd" => self.dd(args),
+            "apply_patch" | "applypatch" => self.apply_patch(args),
             writer if writers::is_writer(writer) => self.writer(writer, args),
             "find" => self.find(args, depth),
             "patch" => refuse_unless(args, &["--dry-run", "-C", "--check"], "patch changes files named inside the patch"),
@@ -525,6 +526,33 @@ impl Walker<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Codex's `apply_patch 'PATCH'` or `apply_patch <<'EOF'`: every path
+    /// the patch names is written.
+    fn apply_patch(&self, args: &[Arg]) -> Result<(), Refusal> {
+        let text = match (args.first(), &self.stdin) {
+            (Some(arg), _) => arg.clone(),
+            (None, Stdin::Text(text)) => text.clone(),
+            (None, _) => Arg::Dynamic("<stdin>".to_owned()),
+        };
+        let Arg::Literal(text) = text else {
+            return Err(
+                "refused: the patch given to apply_patch is only known when it runs, so mala cannot check which files it changes. \
+                 Give the patch literally (a quoted here-document)"
+                    .to_owned(),
+            );
+        };
+        let paths = super::patch::paths(&text);
+        if paths.is_empty() {
+            return Err(
+                "refused: mala found no `*** Add File:`, `*** Update File:` or `*** Delete File:` line in this patch, so it cannot check which files it changes"
+                    .to_owned(),
+            );
+        }
+        paths
+            .iter()
+            .try_for_each(|path| self.literal_write(path, "apply_patch"))
     }
 
     fn dd(&self, args: &[Arg]) -> Result<(), Refusal> {
