@@ -456,6 +456,10 @@ fn occurrences<'a>(code: &'a str, needle: &'a str) -> impl Iterator<Item = usize
 /// The primitive of `lang` that `code` uses to change files or run
 /// commands, if any.
 pub(crate) fn writes(lang: Lang, code: &str) -> Option<String> {
+    let code = &match lang {
+        Lang::Python => python_harmless(code),
+        _ => code.to_owned(),
+    };
     if let Some(found) = needles(lang)
         .iter()
         .find(|n| occurrences(code, n).next().is_some())
@@ -479,6 +483,45 @@ pub(crate) fn writes(lang: Lang, code: &str) -> Option<String> {
             .any(|at| !read_only_mode(&code[at + opener.len()..]))
             .then(|| format!("{opener}…) with a write mode"))
     })
+}
+
+/// Python with the uses that neither write nor run blanked out: importing
+/// a module alone (`import subprocess`, not `import subprocess as s`),
+/// `shutil.which`, `importlib.metadata`.
+fn python_harmless(code: &str) -> String {
+    let mut text = code.to_owned();
+    for harmless in [
+        "shutil.which",
+        "shutil.get_terminal_size",
+        "shutil.disk_usage",
+        "importlib.metadata",
+        "importlib.util.find_spec",
+    ] {
+        text = text.replace(harmless, " ");
+    }
+    for module in ["subprocess", "shutil", "importlib"] {
+        let statement = format!("import {module}");
+        let mut out = String::new();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find(&statement) {
+            let after = &rest[at + statement.len()..];
+            let starts = rest[..at]
+                .chars()
+                .next_back()
+                .is_none_or(|c| c.is_whitespace() || c == ';');
+            let ends = after
+                .trim_start_matches([' ', '\t'])
+                .chars()
+                .next()
+                .is_none_or(|c| c == ';' || c == '\n');
+            out.push_str(&rest[..at]);
+            out.push_str(if starts && ends { " " } else { &statement });
+            rest = after;
+        }
+        out.push_str(rest);
+        text = out;
+    }
+    text
 }
 
 /// Perl's `open`: a mode or path with `>`, `+<` or `|` writes or runs.

@@ -6,6 +6,7 @@ use std::path::{Component, Path, PathBuf};
 mod files;
 mod git;
 mod runners;
+mod scratch;
 mod scripts;
 mod shells;
 mod wrappers;
@@ -144,6 +145,8 @@ struct Walker<'c> {
     added: std::cell::Cell<bool>,
     /// Where the command being checked reads its stdin from.
     stdin: Stdin,
+    /// Shell variables that hold a path `mktemp` made under /tmp.
+    scratch: Vec<String>,
     /// Directories the shell may also be in, because a `cd` may have failed
     /// (`cd X; …`), each with the subshell depth it was learnt at.
     maybe: Vec<(usize, PathBuf)>,
@@ -160,6 +163,7 @@ impl<'c> Walker<'c> {
             cwd: vec![ctx.cwd.to_path_buf()],
             added: std::cell::Cell::new(false),
             stdin: Stdin::Terminal,
+            scratch: Vec::new(),
             maybe: Vec::new(),
             pending: Vec::new(),
         }
@@ -234,6 +238,7 @@ impl Walker<'_> {
     }
 
     fn invocation(&mut self, invocation: &Invocation, depth: usize) -> Result<(), Refusal> {
+        self.learn_variables(invocation);
         for redirect in &invocation.writes {
             self.write_target(&redirect.target, "this redirection")?;
         }
@@ -244,7 +249,7 @@ impl Walker<'_> {
     /// repository it must be locked by this agent.
     fn write_target(&self, target: &Arg, what: &str) -> Result<(), Refusal> {
         let Arg::Literal(path) = target else {
-            if self.collected.is_some() {
+            if self.collected.is_some() || self.is_scratch(target.raw()) {
                 return Ok(());
             }
             return Err(format!(

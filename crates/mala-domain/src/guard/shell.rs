@@ -246,6 +246,14 @@ fn walk_compound(
             for value in clause.values.iter().flatten() {
                 resolve_word(&value.value, script, depth)?;
             }
+            // The loop variable is assigned a value mala does not follow.
+            script.pipes.push(Pipe {
+                stages: vec![Invocation {
+                    assigns: vec![(clause.variable_name.clone(), Arg::Dynamic("…".to_owned()))],
+                    ..Invocation::default()
+                }],
+                link: Link::Start,
+            });
             walk_list(&clause.body.list, script, depth)
         }
         CompoundCommand::ArithmeticForClause(clause) => {
