@@ -27,7 +27,6 @@ fn start(name: &str) -> Option<(Start, usize)> {
             Start::Sub(&["run"])
         }
         "pnpm" | "yarn" | "npm" => Start::Sub(&["exec", "dlx", "x"]),
-        "bun" => Start::Sub(&["x", "exec"]),
         "bundle" | "bundler" => Start::Sub(&["exec"]),
         "mise" | "rtx" => Start::Sub(&["exec", "x"]),
         "direnv" => return Some((Start::Sub(&["exec"]), 1)),
