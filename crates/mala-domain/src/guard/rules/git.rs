@@ -27,6 +27,15 @@ fn harmless_config(key: &str) -> bool {
                 | "gc.auto"
                 | "maintenance.auto"
                 | "safe.directory"
+                | "protocol.version"
+                | "log.date"
+                | "log.decorate"
+                | "format.pretty"
+                | "diff.algorithm"
+                | "diff.colormoved"
+                | "status.short"
+                | "status.branch"
+                | "column.ui"
         )
 }
 
