@@ -19,6 +19,7 @@
 //! when it names a path.
 
 mod options;
+mod patch;
 mod programs;
 mod rules;
 mod shell;
@@ -63,6 +64,10 @@ pub enum ToolCall {
     Other { tool: String },
     /// A tool the guard does not know that names a path (`key`): it may write.
     Unknown { tool: String, key: String },
+    /// A patch (Codex's `apply_patch`): it adds, updates, deletes or moves these paths.
+    Patch { tool: String, paths: Vec<String> },
+    /// A tool whose input the guard cannot read (a shell without a command).
+    Unreadable { tool: String, why: String },
 }
 
 /// Claude Code's tools that only read, plan or report.
@@ -111,7 +116,21 @@ const PATH_KEYS: &[&str] = &[
     "new_path",
     "directory",
     "dir",
+    "file_paths",
+    "filePath",
+    "filepath",
+    "uri",
+    "to",
+    "output",
+    "output_path",
+    "dest",
 ];
+/// Input fields that hold a shell's command line.
+const COMMAND_KEYS: &[&str] = &["command", "cmd", "command_line", "commandLine"];
+/// Input fields that set the directory a shell command runs in.
+const DIR_KEYS: &[&str] = &["workdir", "cwd", "directory", "dir", "working_directory"];
+/// Input fields that hold a patch.
+const PATCH_KEYS: &[&str] = &["input", "patch"];
 
 impl ToolCall {
     /// A Claude Code tool call (`tool_name`, `tool_input`).
@@ -136,6 +155,12 @@ impl ToolCall {
             }
             _ => {}
         }
+        if let Some(text) = patch_text(tool, input) {
+            return Self::Patch {
+                tool: owned,
+                paths: patch::paths(&text),
+            };
+        }
         // A shell under any name: its command is what runs.
         if let Some(command) = shell_command(input) {
             return Self::Shell {
@@ -143,22 +168,15 @@ impl ToolCall {
                 command,
             };
         }
-        if SHELL_TOOLS.contains(&tool) {
-            return Self::Shell {
+        let has_command = COMMAND_KEYS.iter().any(|key| input.get(*key).is_some());
+        if SHELL_TOOLS.contains(&tool) || has_command {
+            return Self::Unreadable {
                 tool: owned,
-                command: String::new(),
+                why: "its input has no command line (a string `command` or `cmd`, or an argument array) that mala can read".to_owned(),
             };
         }
-        let path_key = PATH_KEYS.iter().find(|key| {
-            input
-                .get(**key)
-                .is_some_and(|v| v.is_string() || v.is_array())
-        });
-        match path_key {
-            Some(key) => Self::Unknown {
-                tool: owned,
-                key: (*key).to_owned(),
-            },
+        match path_key(input, 0) {
+            Some(key) => Self::Unknown { tool: owned, key },
             None => Self::Other { tool: owned },
         }
     }
@@ -168,7 +186,9 @@ impl ToolCall {
             Self::Shell { tool, .. }
             | Self::Edit { tool, .. }
             | Self::Other { tool }
-            | Self::Unknown { tool, .. } => tool,
+            | Self::Unknown { tool, .. }
+            | Self::Patch { tool, .. }
+            | Self::Unreadable { tool, .. } => tool,
         }
     }
 }
@@ -176,8 +196,42 @@ impl ToolCall {
 /// The command line of a shell-like input: a string `command` or `cmd`, or
 /// an argument vector (`["bash", "-lc", "…"]`), quoted back into a line. A
 /// `workdir` becomes a `cd` first, so relative paths resolve from it.
+/// The first key, at any depth of the input, that names a path.
+fn path_key(value: &Value, depth: usize) -> Option<String> {
+    if depth > 8 {
+        return None;
+    }
+    match value {
+        Value::Object(map) => map.iter().find_map(|(key, v)| {
+            let names = PATH_KEYS.contains(&key.as_str())
+                && (v.is_string() || v.as_array().is_some_and(|a| a.iter().any(Value::is_string)));
+            if names {
+                Some(key.clone())
+            } else {
+                path_key(v, depth + 1)
+            }
+        }),
+        Value::Array(items) => items.iter().find_map(|v| path_key(v, depth + 1)),
+        _ => None,
+    }
+}
+
+/// The text of a patch tool's input: Codex's `apply_patch` (a string input,
+/// or `input`/`patch`), or any input field holding a `*** Begin Patch`.
+fn patch_text(tool: &str, input: &Value) -> Option<String> {
+    if let Some(text) = input.as_str() {
+        return (tool == "apply_patch" || text.trim_start().starts_with(patch::BEGIN))
+            .then(|| text.to_owned());
+    }
+    PATCH_KEYS.iter().find_map(|key| {
+        let text = input.get(*key)?.as_str()?;
+        (tool == "apply_patch" || text.trim_start().starts_with(patch::BEGIN))
+            .then(|| text.to_owned())
+    })
+}
+
 fn shell_command(input: &Value) -> Option<String> {
-    let field = input.get("command").or_else(|| input.get("cmd"))?;
+    let field = COMMAND_KEYS.iter().find_map(|key| input.get(*key))?;
     let line = match field {
         Value::String(line) => line.clone(),
         Value::Array(words) => words
@@ -187,7 +241,10 @@ fn shell_command(input: &Value) -> Option<String> {
             .join(" "),
         _ => return None,
     };
-    match input.get("workdir").and_then(Value::as_str) {
+    match DIR_KEYS
+        .iter()
+        .find_map(|key| input.get(*key).and_then(Value::as_str))
+    {
         Some(dir) => Some(format!("cd {} && {line}", shell::quote(dir))),
         None => Some(line),
     }
@@ -321,6 +378,20 @@ fn decide(call: &ToolCall, ctx: &GuardContext<'_>) -> Result<(), String> {
             rules::check_edit(tool, path, ctx)
         }
         ToolCall::Other { .. } => Ok(()),
+        ToolCall::Patch { tool, paths } => {
+            if paths.is_empty() {
+                return Err(format!(
+                    "refused: mala found no `*** Add File:`, `*** Update File:` or `*** Delete File:` line in this {tool} patch, \
+                     so it cannot check which files it changes. Name each file in the patch, and lock it first"
+                ));
+            }
+            paths
+                .iter()
+                .try_for_each(|path| rules::check_edit(tool, path, ctx))
+        }
+        ToolCall::Unreadable { tool, why } => Err(format!(
+            "refused: mala cannot judge this {tool} call: {why}. Run commands with Bash, with the command line as a string"
+        )),
         ToolCall::Unknown { tool, key } => Err(format!(
             "refused: mala does not know the tool {tool}, which names a file (`{key}`), so it cannot tell whether the tool writes it. \
              Edit files you hold with Edit/Write, and run commands with Bash"
@@ -604,5 +675,58 @@ mod tests {
         assert_eq!(one("mv src/a.rs /tmp/"), p("/repo/src/a.rs"));
         // A refused command does not hide the writes after it.
         assert_eq!(one("git reset --hard; touch src/a.rs"), p("/repo/src/a.rs"));
+    }
+    #[test]
+    fn patches_are_edits_of_every_path_they_name() {
+        let patch = |paths: &str| format!("*** Begin Patch\n{paths}\n*** End Patch");
+        let ok = patch("*** Update File: src/lib.rs\n@@\n-a\n+b");
+        assert!(decide_claude("apply_patch", json!({"input": ok})).is_allowed());
+        let moved = patch("*** Update File: src/lib.rs\n*** Move to: src/other.rs");
+        let denied = reason(decide_claude("apply_patch", json!({"input": moved})));
+        assert!(denied.contains("src/other.rs"), "{denied}");
+        let added = patch("*** Add File: src/new.rs\n+x");
+        assert!(!decide_claude("custom", json!({"patch": added})).is_allowed());
+        let deleted = patch("*** Delete File: README.md");
+        assert!(!decide_claude("apply_patch", json!(deleted)).is_allowed());
+        assert!(!decide_claude("apply_patch", json!({"input": "garbage"})).is_allowed());
+        // Through the shell, as Codex runs it.
+        let line = format!(
+            "apply_patch <<'EOF'\n{}\nEOF",
+            patch("*** Add File: src/new.rs\n+x")
+        );
+        assert!(!decide_claude("shell", json!({"command": ["bash", "-lc", line]})).is_allowed());
+        let line = format!(
+            "apply_patch <<'EOF'\n{}\nEOF",
+            patch("*** Update File: src/lib.rs")
+        );
+        assert!(decide_claude("shell", json!({"command": ["bash", "-lc", line]})).is_allowed());
+    }
+
+    #[test]
+    fn nested_path_keys_and_shells_without_commands_are_refused() {
+        for input in [
+            json!({"edits": [{"path": "/repo/x"}]}),
+            json!({"args": {"path": "/repo/x"}}),
+            json!({"file_paths": ["/repo/x"]}),
+            json!({"filePath": "/repo/x"}),
+            json!({"uri": "file:///repo/x"}),
+            json!({"to": "/repo/x"}),
+            json!({"output": "/repo/x"}),
+        ] {
+            assert!(
+                !decide_claude("mcp__fs__edit", input.clone()).is_allowed(),
+                "{input}"
+            );
+        }
+        for tool in ["bash", "shell", "exec_command"] {
+            let denied = reason(decide_claude(tool, json!({"args": ["rm", "x"]})));
+            assert!(denied.contains(tool), "{denied}");
+        }
+        assert!(!decide_claude("runner", json!({"command": {"argv": "rm x"}})).is_allowed());
+        // A directory key sets where the command runs.
+        let at = |key: &str, dir: &str| json!({"command": "touch lib.rs", key: dir});
+        assert!(decide_claude("shell", at("cwd", "/repo/src")).is_allowed());
+        assert!(!decide_claude("shell", at("cwd", "/repo/docs")).is_allowed());
+        assert!(decide_claude("shell", at("directory", "/repo/src")).is_allowed());
     }
 }

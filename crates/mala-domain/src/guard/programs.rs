@@ -119,7 +119,16 @@ fn clustered(args: &[Arg], valued: &str) -> Inline {
         if !raw.starts_with('-') || raw == "-" {
             break;
         }
+        let mut skip_digits = false;
         for (at, c) in raw.char_indices().skip(1) {
+            // `-0777`, `-0x1ff`, `-l015`: digits of the option before, then more options.
+            if skip_digits && (c.is_ascii_digit() || c == 'x') {
+                continue;
+            }
+            skip_digits = matches!(c, '0' | 'l');
+            if skip_digits {
+                continue;
+            }
             let rest = &raw[at + c.len_utf8()..];
             let takes_next = c == 'e' || c == 'E' || valued.contains(c);
             if takes_next {
@@ -138,7 +147,7 @@ fn clustered(args: &[Arg], valued: &str) -> Inline {
                 call.in_place = true;
                 break;
             }
-            if "l0FCdDxVTWK".contains(c) {
+            if "FCdDxVTWK".contains(c) {
                 break;
             }
         }
@@ -195,6 +204,48 @@ fn deno(args: &[Arg]) -> Inline {
         code: code.into_iter().collect(),
         ..Inline::default()
     }
+}
+
+/// Whether an interpreter reads its program from stdin: no inline program,
+/// no module (`-m`), and no script file, or `-` in its place.
+pub(crate) fn reads_program_from_stdin(name: &str, args: &[Arg]) -> bool {
+    if !inline(name, args).code.is_empty() {
+        return false;
+    }
+    let valued: &[&str] = match language(name) {
+        Some(Lang::Python) => &["-W", "-X"],
+        Some(Lang::Perl) => &["-I", "-M", "-m"],
+        Some(Lang::Ruby) => &["-I", "-r", "-C", "-E"],
+        Some(Lang::Node) => &[
+            "-r",
+            "--require",
+            "--import",
+            "--loader",
+            "-C",
+            "--conditions",
+            "--input-type",
+        ],
+        Some(Lang::Php) => &["-d", "-c", "-z"],
+        None => &[],
+    };
+    let mut i = 0;
+    while let Some(raw) = args.get(i).map(Arg::raw) {
+        if raw == "-" || raw == "--" {
+            return raw == "-" || args.get(i + 1).is_none_or(|a| a.raw() == "-");
+        }
+        if !raw.starts_with('-') {
+            return false;
+        }
+        let python_module = language(name) == Some(Lang::Python)
+            && raw.starts_with('-')
+            && !raw.starts_with("--")
+            && raw.contains('m');
+        if python_module || matches!(raw, "-v" | "--version" | "-V" | "-h" | "--help") {
+            return false;
+        }
+        i += 1 + usize::from(valued.contains(&raw));
+    }
+    true
 }
 
 fn same_kind(arg: &Arg, text: &str) -> Arg {
@@ -405,6 +456,10 @@ fn occurrences<'a>(code: &'a str, needle: &'a str) -> impl Iterator<Item = usize
 /// The primitive of `lang` that `code` uses to change files or run
 /// commands, if any.
 pub(crate) fn writes(lang: Lang, code: &str) -> Option<String> {
+    let code = &match lang {
+        Lang::Python => python_harmless(code),
+        _ => code.to_owned(),
+    };
     if let Some(found) = needles(lang)
         .iter()
         .find(|n| occurrences(code, n).next().is_some())
@@ -428,6 +483,45 @@ pub(crate) fn writes(lang: Lang, code: &str) -> Option<String> {
             .any(|at| !read_only_mode(&code[at + opener.len()..]))
             .then(|| format!("{opener}…) with a write mode"))
     })
+}
+
+/// Python with the uses that neither write nor run blanked out: importing
+/// a module alone (`import subprocess`, not `import subprocess as s`),
+/// `shutil.which`, `importlib.metadata`.
+fn python_harmless(code: &str) -> String {
+    let mut text = code.to_owned();
+    for harmless in [
+        "shutil.which",
+        "shutil.get_terminal_size",
+        "shutil.disk_usage",
+        "importlib.metadata",
+        "importlib.util.find_spec",
+    ] {
+        text = text.replace(harmless, " ");
+    }
+    for module in ["subprocess", "shutil", "importlib"] {
+        let statement = format!("import {module}");
+        let mut out = String::new();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find(&statement) {
+            let after = &rest[at + statement.len()..];
+            let starts = rest[..at]
+                .chars()
+                .next_back()
+                .is_none_or(|c| c.is_whitespace() || c == ';');
+            let ends = after
+                .trim_start_matches([' ', '\t'])
+                .chars()
+                .next()
+                .is_none_or(|c| c == ';' || c == '\n');
+            out.push_str(&rest[..at]);
+            out.push_str(if starts && ends { " " } else { &statement });
+            rest = after;
+        }
+        out.push_str(rest);
+        text = out;
+    }
+    text
 }
 
 /// Perl's `open`: a mode or path with `>`, `+<` or `|` writes or runs.

@@ -4,17 +4,27 @@
 use std::path::{Component, Path, PathBuf};
 
 mod files;
+mod git;
+mod runners;
+mod scratch;
+mod scripts;
+mod shells;
 mod wrappers;
+mod writers;
+
+use shells::Stdin;
 
 use super::GuardContext;
 use super::programs;
-use super::shell::{Arg, ENTER, Invocation, LEAVE, ParseFailure, Pipe, Script, parse_script};
+use super::shell::{Arg, ENTER, Invocation, LEAVE, Link, ParseFailure, Pipe, Script, parse_script};
 
 /// A refusal, worded for the agent: what is wrong and what to do instead.
 pub(crate) type Refusal = String;
 
 /// Shells whose `-c` argument is itself a command line.
-const SHELLS: &[&str] = &["bash", "sh", "zsh", "dash", "ksh", "ash"];
+const SHELLS: &[&str] = &[
+    "bash", "sh", "zsh", "dash", "ksh", "ash", "csh", "tcsh", "fish", "rbash", "mksh", "yash",
+];
 /// Interpreters that run whatever arrives on stdin.
 const STDIN_RUNNERS: &[&str] = &[
     "bash", "sh", "zsh", "dash", "ksh", "ash", "python", "python3", "perl", "ruby", "node",
@@ -43,13 +53,7 @@ pub(crate) fn check_command(command: &str, ctx: &GuardContext<'_>) -> Result<(),
         );
     }
     let script = parse(command)?;
-    let mut walker = Walker {
-        ctx,
-        collected: None,
-        cwd: vec![ctx.cwd.to_path_buf()],
-        added: std::cell::Cell::new(false),
-    };
-    walker.script(&script, 0)
+    Walker::new(ctx, None).script(&script, 0)
 }
 
 /// The repository files a command writes, as far as its words say (targets
@@ -58,12 +62,7 @@ pub(crate) fn repository_writes(command: &str, ctx: &GuardContext<'_>) -> Vec<Pa
     let Ok(script) = parse_script(command) else {
         return Vec::new();
     };
-    let mut walker = Walker {
-        ctx,
-        collected: Some(std::cell::RefCell::new(Vec::new())),
-        cwd: vec![ctx.cwd.to_path_buf()],
-        added: std::cell::Cell::new(false),
-    };
+    let mut walker = Walker::new(ctx, Some(std::cell::RefCell::new(Vec::new())));
     let _ = walker.script(&script, 0);
     walker
         .collected
@@ -73,13 +72,7 @@ pub(crate) fn repository_writes(command: &str, ctx: &GuardContext<'_>) -> Vec<Pa
 
 /// Decides a structured edit of one file.
 pub(crate) fn check_edit(tool: &str, path: &str, ctx: &GuardContext<'_>) -> Result<(), Refusal> {
-    let walker = Walker {
-        ctx,
-        collected: None,
-        cwd: vec![ctx.cwd.to_path_buf()],
-        added: std::cell::Cell::new(false),
-    };
-    walker.literal_write(path, tool)
+    Walker::new(ctx, None).literal_write(path, tool)
 }
 
 fn parse(command: &str) -> Result<Script, Refusal> {
@@ -150,6 +143,31 @@ struct Walker<'c> {
     /// Whether a `git add` has run before the command being checked (a
     /// commit after it is then of added paths); only adds that come first count.
     added: std::cell::Cell<bool>,
+    /// Where the command being checked reads its stdin from.
+    stdin: Stdin,
+    /// Shell variables that hold a path `mktemp` made under /tmp.
+    scratch: Vec<String>,
+    /// Directories the shell may also be in, because a `cd` may have failed
+    /// (`cd X; …`), each with the subshell depth it was learnt at.
+    maybe: Vec<(usize, PathBuf)>,
+    /// The directories before the `cd`s of the current `&&` chain: the
+    /// shell is in one of them if the chain stopped early.
+    pending: Vec<(usize, PathBuf)>,
+}
+
+impl<'c> Walker<'c> {
+    fn new(ctx: &'c GuardContext<'c>, collected: Option<std::cell::RefCell<Vec<PathBuf>>>) -> Self {
+        Walker {
+            ctx,
+            collected,
+            cwd: vec![ctx.cwd.to_path_buf()],
+            added: std::cell::Cell::new(false),
+            stdin: Stdin::Terminal,
+            scratch: Vec::new(),
+            maybe: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
 }
 
 impl Walker<'_> {
@@ -157,11 +175,58 @@ impl Walker<'_> {
         self.cwd.last().map_or(self.ctx.cwd, PathBuf::as_path)
     }
 
+    /// Before a pipeline: one that does not follow `&&` may run after a
+    /// `cd` that failed, so the directories before it stay possible.
+    fn follow(&mut self, pipe: &Pipe) {
+        let marker = pipe
+            .stages
+            .first()
+            .and_then(|s| s.words.first())
+            .is_some_and(|w| matches!(w.raw(), ENTER | LEAVE));
+        if pipe.link != Link::And && !marker {
+            let pending = std::mem::take(&mut self.pending);
+            for entry in pending {
+                if !self.maybe.contains(&entry) {
+                    self.maybe.push(entry);
+                }
+            }
+        }
+    }
+
+    /// Every directory a relative path may be resolved from.
+    fn possible_dirs(&self) -> Vec<PathBuf> {
+        let level = self.cwd.len();
+        let mut dirs = vec![self.cwd().to_path_buf()];
+        for (at, dir) in &self.maybe {
+            if *at <= level && !dirs.contains(dir) {
+                dirs.push(dir.clone());
+            }
+        }
+        dirs
+    }
+
     fn script(&mut self, script: &Script, depth: usize) -> Result<(), Refusal> {
+        let outer = self.stdin.clone();
         for pipe in &script.pipes {
             check_download_to_shell(pipe)?;
-            for stage in &pipe.stages {
+            self.follow(pipe);
+            // Each command of a pipeline of several runs in a subshell.
+            let isolate = pipe.stages.len() > 1;
+            for (i, stage) in pipe.stages.iter().enumerate() {
+                if isolate {
+                    let current = self.cwd().to_path_buf();
+                    self.cwd.push(current);
+                }
+                self.stdin = match &stage.stdin {
+                    Some(text) => Stdin::Text(text.clone()),
+                    None if i > 0 => Stdin::Pipe,
+                    None => outer.clone(),
+                };
                 let result = self.invocation(stage, depth);
+                self.stdin = outer.clone();
+                if isolate {
+                    self.leave();
+                }
                 // When collecting writes, a refused command does not hide
                 // the writes of the commands after it.
                 if self.collected.is_none() {
@@ -173,6 +238,7 @@ impl Walker<'_> {
     }
 
     fn invocation(&mut self, invocation: &Invocation, depth: usize) -> Result<(), Refusal> {
+        self.learn_variables(invocation);
         for redirect in &invocation.writes {
             self.write_target(&redirect.target, "this redirection")?;
         }
@@ -183,7 +249,7 @@ impl Walker<'_> {
     /// repository it must be locked by this agent.
     fn write_target(&self, target: &Arg, what: &str) -> Result<(), Refusal> {
         let Arg::Literal(path) = target else {
-            if self.collected.is_some() {
+            if self.collected.is_some() || self.is_scratch(target.raw()) {
                 return Ok(());
             }
             return Err(format!(
@@ -196,6 +262,15 @@ impl Walker<'_> {
     }
 
     fn literal_write(&self, path: &str, what: &str) -> Result<(), Refusal> {
+        if Path::new(path).is_absolute() {
+            return self.write_from(self.cwd(), path, what);
+        }
+        self.possible_dirs()
+            .iter()
+            .try_for_each(|dir| self.write_from(dir, path, what))
+    }
+
+    fn write_from(&self, base: &Path, path: &str, what: &str) -> Result<(), Refusal> {
         if HARMLESS_DEVICES.contains(&path)
             || path.starts_with("/dev/fd/")
             || path.starts_with("/proc/self/fd/")
@@ -212,7 +287,7 @@ impl Walker<'_> {
                 "refused: `{path}` is a pattern and may match files other agents hold. Name each file, and lock it first"
             ));
         }
-        let absolute = normalize(self.cwd(), path);
+        let absolute = normalize(base, path);
         let root = self.ctx.repo_root;
         if !absolute.starts_with(root) {
             if root.starts_with(&absolute) {
@@ -277,9 +352,7 @@ impl Walker<'_> {
                 Ok(())
             }
             LEAVE | "popd" => {
-                if self.cwd.len() > 1 {
-                    self.cwd.pop();
-                }
+                self.leave();
                 Ok(())
             }
             "sudo" | "doas" | "su" | "runuser" | "pkexec" => Err(
@@ -289,7 +362,12 @@ impl Walker<'_> {
                 "refused: chroot runs the command under another root, where mala cannot tell which files its paths name. Run the command itself".to_owned(),
             ),
             wrapper if wrappers::is_wrapper(wrapper) => self.wrapper(wrapper, args, depth),
-            shell if SHELLS.contains(&shell) => self.shell(args, depth),
+            runner if runners::is_runner(runner) => self.runner(runner, args, depth),
+            "docker" | "podman" | "nerdctl" => self.container(basename(name), args),
+            shell if SHELLS.contains(&shell) => self.shell(shell, args, depth),
+            "busybox" => self.words(args, depth + 1),
+            "trap" => self.trap(args, depth),
+            "alias" | "shopt" | "source" | "." => shells::definitions(basename(name), args),
             "eval" => self.nested(args, depth, "eval"),
             "git" => self.git(words),
             "rm" | "rmdir" | "unlink" | "shred" => self.remove(name, args),
@@ -301,6 +379,8 @@ impl Walker<'_> {
             "awk" | "gawk" => self.awk(basename(name), args),
             interpreter if programs::language(interpreter).is_some() => self.interpreter(interpreter, args),
             "dd" => self.dd(args),
+            "apply_patch" | "applypatch" => self.apply_patch(args),
+            writer if writers::is_writer(writer) => self.writer(writer, args),
             "find" => self.find(args, depth),
             "patch" => refuse_unless(args, &["--dry-run", "-C", "--check"], "patch changes files named inside the patch"),
             "curl" | "wget" => self.download(name, args),
@@ -320,7 +400,19 @@ impl Walker<'_> {
         }
     }
 
+    /// Leaves a subshell: what was learnt about directories inside it is forgotten.
+    fn leave(&mut self) {
+        if self.cwd.len() > 1 {
+            self.cwd.pop();
+        }
+        let level = self.cwd.len();
+        self.maybe.retain(|(at, _)| *at <= level);
+        self.pending.retain(|(at, _)| *at <= level);
+    }
+
     fn change_dir(&mut self, args: &[Arg]) {
+        let entry = (self.cwd.len(), self.cwd().to_path_buf());
+        self.pending.push(entry);
         let target = args.iter().find(|a| !a.raw().starts_with('-'));
         let next = match target.and_then(Arg::literal) {
             Some(dir) => normalize(self.cwd(), dir),
@@ -355,26 +447,6 @@ impl Walker<'_> {
         let result = self.script(&script, depth + 1);
         self.cwd.pop();
         result
-    }
-
-    fn shell(&mut self, args: &[Arg], depth: usize) -> Result<(), Refusal> {
-        let mut i = 0;
-        while i < args.len() {
-            let raw = args[i].raw();
-            if raw == "-c" || (raw.starts_with('-') && !raw.starts_with("--") && raw.contains('c'))
-            {
-                return match args.get(i + 1) {
-                    Some(script) => self.nested(std::slice::from_ref(script), depth, "the shell"),
-                    None => Ok(()),
-                };
-            }
-            if !raw.starts_with('-') {
-                // A script file: mala checks commands, not programs.
-                return Ok(());
-            }
-            i += 1;
-        }
-        Ok(())
     }
 
     fn remove(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
@@ -431,7 +503,10 @@ impl Walker<'_> {
 
     /// An interpreter: `perl -i`/`ruby -i` edit their file operands, and an
     /// inline program is read for the primitives that change files.
-    fn interpreter(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
+    fn interpreter(&mut self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
+        if programs::reads_program_from_stdin(name, args) {
+            return self.stdin_program(name, 0);
+        }
         let call = programs::inline(name, args);
         if call.in_place {
             self.edit_files(&call.files, &format!("{name} -i"))?;
@@ -456,6 +531,33 @@ impl Walker<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Codex's `apply_patch 'PATCH'` or `apply_patch <<'EOF'`: every path
+    /// the patch names is written.
+    fn apply_patch(&self, args: &[Arg]) -> Result<(), Refusal> {
+        let text = match (args.first(), &self.stdin) {
+            (Some(arg), _) => arg.clone(),
+            (None, Stdin::Text(text)) => text.clone(),
+            (None, _) => Arg::Dynamic("<stdin>".to_owned()),
+        };
+        let Arg::Literal(text) = text else {
+            return Err(
+                "refused: the patch given to apply_patch is only known when it runs, so mala cannot check which files it changes. \
+                 Give the patch literally (a quoted here-document)"
+                    .to_owned(),
+            );
+        };
+        let paths = super::patch::paths(&text);
+        if paths.is_empty() {
+            return Err(
+                "refused: mala found no `*** Add File:`, `*** Update File:` or `*** Delete File:` line in this patch, so it cannot check which files it changes"
+                    .to_owned(),
+            );
+        }
+        paths
+            .iter()
+            .try_for_each(|path| self.literal_write(path, "apply_patch"))
     }
 
     fn dd(&self, args: &[Arg]) -> Result<(), Refusal> {
@@ -522,10 +624,14 @@ impl Walker<'_> {
     }
 
     fn git(&self, words: &[Arg]) -> Result<(), Refusal> {
+        git::check_globals(words)?;
         let literal: Vec<&str> = words.iter().map(Arg::raw).collect();
         let Some((sub, rest)) = git_subcommand(&literal) else {
             return Ok(());
         };
+        if git::only_prints(sub, rest) {
+            return Ok(());
+        }
         // `git -C dir …` resolves its paths from dir.
         let base = literal
             .windows(2)
@@ -612,7 +718,7 @@ impl Walker<'_> {
                 }
                 Ok(())
             }
-            _ => Ok(()),
+            _ => self.git_more(sub, rest, &base),
         }
     }
 

@@ -48,12 +48,28 @@ pub(crate) struct WriteRedirect {
 pub(crate) struct Invocation {
     pub(crate) words: Vec<Arg>,
     pub(crate) writes: Vec<WriteRedirect>,
+    /// The text a here-string or here-document feeds the command's stdin.
+    pub(crate) stdin: Option<Arg>,
+    /// `NAME=value` words before the command name (alone, they set shell variables).
+    pub(crate) assigns: Vec<(String, Arg)>,
 }
 
 /// A pipeline: invocations whose output feeds the next one.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Pipe {
     pub(crate) stages: Vec<Invocation>,
+    /// How it follows the pipeline before it.
+    pub(crate) link: Link,
+}
+
+/// How a pipeline follows the one before it: it starts a list item (after
+/// `;`, `&`, a newline, or at the start), or runs only after `&&` or `||`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Link {
+    #[default]
+    Start,
+    And,
+    Or,
 }
 
 /// Everything a command line would run.
@@ -83,8 +99,9 @@ fn marker(name: &str) -> Pipe {
     Pipe {
         stages: vec![Invocation {
             words: vec![Arg::Literal(name.to_owned())],
-            writes: Vec::new(),
+            ..Invocation::default()
         }],
+        link: Link::Start,
     }
 }
 
@@ -123,11 +140,20 @@ fn walk_list(list: &CompoundList, script: &mut Script, depth: usize) -> Result<(
     }
     for item in &list.0 {
         let and_or = &item.0;
-        walk_pipeline(&and_or.first, script, depth)?;
+        // A list run in the background (`… &`) runs in a subshell: its `cd` stays there.
+        let background = matches!(item.1, ast::SeparatorOperator::Async);
+        if background {
+            script.pipes.push(marker(ENTER));
+        }
+        walk_pipeline(&and_or.first, Link::Start, script, depth)?;
         for next in &and_or.additional {
             match next {
-                ast::AndOr::And(p) | ast::AndOr::Or(p) => walk_pipeline(p, script, depth)?,
+                ast::AndOr::And(p) => walk_pipeline(p, Link::And, script, depth)?,
+                ast::AndOr::Or(p) => walk_pipeline(p, Link::Or, script, depth)?,
             }
+        }
+        if background {
+            script.pipes.push(marker(LEAVE));
         }
     }
     Ok(())
@@ -135,12 +161,26 @@ fn walk_list(list: &CompoundList, script: &mut Script, depth: usize) -> Result<(
 
 fn walk_pipeline(
     pipeline: &ast::Pipeline,
+    link: Link,
     script: &mut Script,
     depth: usize,
 ) -> Result<(), ParseFailure> {
-    let mut pipe = Pipe::default();
+    let mut pipe = Pipe {
+        link,
+        ..Pipe::default()
+    };
+    // Each command of a pipeline of several runs in a subshell; a compound
+    // command's contents are pushed before the pipe, so mark them.
+    let isolate = pipeline.seq.len() > 1;
     for command in &pipeline.seq {
+        let compound = isolate && !matches!(command, Command::Simple(_));
+        if compound {
+            script.pipes.push(marker(ENTER));
+        }
         walk_command(command, &mut pipe, script, depth)?;
+        if compound {
+            script.pipes.push(marker(LEAVE));
+        }
     }
     script.pipes.push(pipe);
     Ok(())
@@ -206,6 +246,14 @@ fn walk_compound(
             for value in clause.values.iter().flatten() {
                 resolve_word(&value.value, script, depth)?;
             }
+            // The loop variable is assigned a value mala does not follow.
+            script.pipes.push(Pipe {
+                stages: vec![Invocation {
+                    assigns: vec![(clause.variable_name.clone(), Arg::Dynamic("…".to_owned()))],
+                    ..Invocation::default()
+                }],
+                link: Link::Start,
+            });
             walk_list(&clause.body.list, script, depth)
         }
         CompoundCommand::ArithmeticForClause(clause) => {
@@ -244,8 +292,10 @@ fn walk_compound(
         }
         CompoundCommand::Coprocess(coprocess) => {
             let mut pipe = Pipe::default();
+            script.pipes.push(marker(ENTER));
             walk_command(&coprocess.body, &mut pipe, script, depth)?;
             script.pipes.push(pipe);
+            script.pipes.push(marker(LEAVE));
             Ok(())
         }
         CompoundCommand::Arithmetic(arithmetic) => {
@@ -331,9 +381,9 @@ fn simple_invocation(
                     invocation
                         .words
                         .push(resolve_word(&word.value, script, depth)?);
-                } else if let ast::AssignmentValue::Scalar(w) = &assignment.value {
+                } else {
                     // `VAR=value cmd`: not an argument, but the value may run a substitution.
-                    resolve_word(&w.value, script, depth)?;
+                    assignment_value(assignment, &mut invocation, script, depth)?;
                 }
             }
             Some(CommandPrefixOrSuffixItem::ProcessSubstitution(_, sub)) => {
@@ -390,9 +440,79 @@ fn add_redirect(
             let target = resolve_word(&w.value, script, depth)?;
             invocation.writes.push(WriteRedirect { target });
         }
-        IoRedirect::HereDocument(..) | IoRedirect::HereString(..) => {}
+        IoRedirect::HereString(_, w) => {
+            // `<<< WORD` expands WORD like any other word.
+            invocation.stdin = Some(resolve_word(&w.value, script, depth)?);
+        }
+        IoRedirect::HereDocument(_, doc) => {
+            invocation.stdin = Some(here_document(doc, script, depth)?);
+        }
     }
     Ok(())
+}
+
+/// An assignment's value (and an array element's subscript, which bash
+/// evaluates arithmetically): the substitutions in them run.
+fn assignment_value(
+    assignment: &ast::Assignment,
+    invocation: &mut Invocation,
+    script: &mut Script,
+    depth: usize,
+) -> Result<(), ParseFailure> {
+    let name = match &assignment.name {
+        ast::AssignmentName::VariableName(name) => name.clone(),
+        ast::AssignmentName::ArrayElementName(name, index) => {
+            expand_arithmetic(index, script, depth)?;
+            format!("{name}[{index}]")
+        }
+    };
+    match &assignment.value {
+        ast::AssignmentValue::Scalar(w) => {
+            let value = resolve_word(&w.value, script, depth)?;
+            invocation.assigns.push((name, value));
+        }
+        ast::AssignmentValue::Array(items) => {
+            for (index, value) in items {
+                if let Some(index) = index {
+                    expand_arithmetic(&index.value, script, depth)?;
+                }
+                resolve_words(&value.value, script, depth)?;
+            }
+            invocation
+                .assigns
+                .push((name, Arg::Dynamic("(…)".to_owned())));
+        }
+    }
+    Ok(())
+}
+
+/// A here-document's body. With an unquoted delimiter, bash expands `$…`
+/// and backquotes in it (quotes are plain characters there), so its
+/// substitutions run; with a quoted one the body is literal text.
+fn here_document(
+    doc: &ast::IoHereDocument,
+    script: &mut Script,
+    depth: usize,
+) -> Result<Arg, ParseFailure> {
+    let body = &doc.doc.value;
+    if !doc.requires_expansion || !body.contains(['$', '`']) {
+        return Ok(Arg::Literal(body.clone()));
+    }
+    // Quotes are not special in the body: escape them so the word parser
+    // reads them as characters and finds every substitution.
+    let escaped = body
+        .replace('\\', "\\\\")
+        .replace('\'', "\\'")
+        .replace('"', "\\\"");
+    match word::parse(&escaped, &options()) {
+        Ok(pieces) => {
+            collect(&pieces, &escaped, &mut Chars::default(), script, depth)?;
+            Ok(Arg::Dynamic(body.clone()))
+        }
+        Err(_) => Err(ParseFailure(
+            "a here-document in it expands text mala could not read".to_owned(),
+        )),
+    }
 }
 
 /// A word's value when it is literal; command substitutions inside it are

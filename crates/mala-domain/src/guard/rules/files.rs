@@ -5,7 +5,7 @@
 
 use super::super::options::{self, Parsed, Spec};
 use super::super::shell::Arg;
-use super::{Refusal, Walker, basename};
+use super::{Refusal, Walker, basename, scripts};
 
 const fn spec(
     short_values: &'static str,
@@ -311,10 +311,16 @@ impl Walker<'_> {
             Err(_) if !mentions_in_place(args) => return Ok(()),
             Err(e) => return Err(unknown("sed", "it edits in place")(e)),
         };
+        let scripted = parsed.has(&["-e", "-f", "--expression", "--file"]);
+        let programs: Vec<&Arg> = if scripted {
+            parsed.values(&["-e", "--expression"]).collect()
+        } else {
+            parsed.operands.first().into_iter().collect()
+        };
+        self.program_writes(&programs, scripts::sed_writes, "sed's w command")?;
         if !parsed.has(&["-i", "--in-place"]) {
             return Ok(());
         }
-        let scripted = parsed.has(&["-e", "-f", "--expression", "--file"]);
         self.edit_files(
             &parsed.operands[usize::from(!scripted).min(parsed.operands.len())..],
             "sed -i",
@@ -329,6 +335,13 @@ impl Walker<'_> {
             Err(_) if !args.iter().any(|a| a.raw().contains("inplace")) => return Ok(()),
             Err(e) => return Err(unknown(name, "it edits in place")(e)),
         };
+        let sources: Vec<&Arg> = parsed.values(&["-e", "--source"]).collect();
+        let programs = if !sources.is_empty() || parsed.has(&["-f", "--file", "-E", "--exec"]) {
+            sources
+        } else {
+            parsed.operands.first().into_iter().collect()
+        };
+        self.program_writes(&programs, scripts::awk_writes, &format!("{name}'s print >"))?;
         let in_place = parsed.values(&["-i", "--include"]).any(|v| {
             let v = v.raw();
             v == "inplace" || basename(v) == "inplace.awk" || v.contains('$')
@@ -345,6 +358,25 @@ impl Walker<'_> {
             .cloned()
             .collect();
         self.edit_files(&files, &format!("{name} -i inplace"))
+    }
+
+    /// The files a sed or awk program names for writing.
+    fn program_writes(
+        &self,
+        programs: &[&Arg],
+        read: fn(&str) -> Result<Vec<String>, Refusal>,
+        what: &str,
+    ) -> Result<(), Refusal> {
+        for program in programs {
+            for file in read(program.raw())? {
+                let target = match program {
+                    Arg::Literal(_) => Arg::Literal(file),
+                    Arg::Dynamic(_) => Arg::Dynamic(file),
+                };
+                self.write_target(&target, what)?;
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn edit_files(&self, files: &[Arg], what: &str) -> Result<(), Refusal> {

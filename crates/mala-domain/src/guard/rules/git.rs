@@ -1,0 +1,279 @@
+//! Git beyond the destructive basics: global options that run programs or
+//! name the subcommand only at run time, and subcommands that rewrite the
+//! shared checkout, write files through output options, run arbitrary
+//! commands, install configuration for every agent, or delete recovery data.
+
+use super::super::shell::Arg;
+use super::{Refusal, Walker};
+
+/// `-c` keys whose values only change how git prints or who it says commits.
+fn harmless_config(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["color.", "user.", "advice.", "i18n."]
+        .iter()
+        .any(|prefix| key.starts_with(prefix) && !key.ends_with(".command"))
+        || matches!(
+            key.as_str(),
+            "core.quotepath"
+                | "core.abbrev"
+                | "core.autocrlf"
+                | "core.safecrlf"
+                | "init.defaultbranch"
+                | "commit.gpgsign"
+                | "tag.gpgsign"
+                | "log.showsignature"
+                | "diff.noprefix"
+                | "diff.renames"
+                | "gc.auto"
+                | "maintenance.auto"
+                | "safe.directory"
+                | "protocol.version"
+                | "log.date"
+                | "log.decorate"
+                | "format.pretty"
+                | "diff.algorithm"
+                | "diff.colormoved"
+                | "status.short"
+                | "status.branch"
+                | "column.ui"
+        )
+}
+
+/// The global options of a git command line, up to the subcommand: a
+/// subcommand only known at run time, and `-c`/`--config-env` settings that
+/// can run programs (aliases, pagers, hooks, editors, helpers), are refused.
+pub(super) fn check_globals(words: &[Arg]) -> Result<(), Refusal> {
+    let mut i = 1;
+    while let Some(word) = words.get(i) {
+        let Some(raw) = word.literal() else {
+            return Err(format!(
+                "refused: the git subcommand or option `{}` is only known when it runs, so mala cannot tell what git will do. \
+                 Name the git subcommand literally",
+                word.raw()
+            ));
+        };
+        let setting = match raw {
+            "-c" | "--config-env" => {
+                i += 1;
+                Some(words.get(i))
+            }
+            _ => raw
+                .strip_prefix("--config-env=")
+                .map(|_| Some(word))
+                .or_else(|| {
+                    raw.strip_prefix("-c")
+                        .filter(|s| !s.is_empty())
+                        .map(|_| Some(word))
+                }),
+        };
+        match setting {
+            Some(Some(value)) => check_setting(raw, value)?,
+            None if matches!(raw, "-C" | "--git-dir" | "--work-tree" | "--namespace") => i += 1,
+            None if raw.starts_with('-') => {}
+            Some(None) | None => return Ok(()),
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+fn check_setting(option: &str, value: &Arg) -> Result<(), Refusal> {
+    let text = value.literal().unwrap_or("");
+    let text = text
+        .strip_prefix("--config-env=")
+        .or_else(|| text.strip_prefix("-c"))
+        .unwrap_or(text);
+    let key = text.split('=').next().unwrap_or("");
+    if value.literal().is_some()
+        && option != "--config-env"
+        && !option.starts_with("--config-env=")
+        && harmless_config(key)
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "refused: `git {option} {}` sets a configuration mala does not know to be harmless (aliases, pagers, hooks, editors, \
+         helpers and external diff tools run programs). Run git without it; settings such as color.* and user.* are fine",
+        value.raw()
+    ))
+}
+
+impl Walker<'_> {
+    /// Subcommands beyond reset/checkout/push…: `Ok(())` when harmless.
+    pub(super) fn git_more(
+        &self,
+        sub: &str,
+        rest: &[&str],
+        base: &std::path::Path,
+    ) -> Result<(), Refusal> {
+        let has = |flags: &[&str]| {
+            rest.iter().any(|a| {
+                flags.iter().any(|f| {
+                    a == f
+                        || (f.starts_with("--") && a.starts_with(&format!("{f}=")))
+                        || (!f.starts_with("--")
+                            && a.starts_with('-')
+                            && !a.starts_with("--")
+                            && a.contains(&f[1..]))
+                })
+            })
+        };
+        let first = rest.iter().find(|a| !a.starts_with('-')).copied();
+        match sub {
+            "pull" | "merge" | "cherry-pick" | "revert" | "read-tree" | "checkout-index" => Err(format!(
+                "refused: git {sub} rewrites files or the index of the shared checkout, including files other agents hold \
+                 (a revert with --no-commit too). Make the change by editing the files you hold, and commit them"
+            )),
+            "submodule" if first == Some("foreach") => Err(
+                "refused: git submodule foreach runs a command mala cannot check in every submodule. Run the command in the submodule you need".to_owned(),
+            ),
+            "difftool" if has(&["-x", "--extcmd"]) => Err(
+                "refused: git difftool --extcmd runs a program mala cannot check. Use git diff".to_owned(),
+            ),
+            "bisect" if !matches!(first, Some("log" | "view" | "visualize")) => Err(
+                "refused: git bisect checks out other commits in the shared checkout (and `bisect run` runs a command). \
+                 Use git log and git show to study history"
+                    .to_owned(),
+            ),
+            "config" => git_config(rest),
+            "repack" if has(&["-d"]) && (has(&["-a"]) || has(&["--prune"])) => Err(
+                "refused: `git repack -a -d` drops unreachable objects, the data that recovers lost commits. Run `git repack` without -d, or leave it to git".to_owned(),
+            ),
+            "worktree" if first == Some("prune") && !has(&["-n", "--dry-run"]) => Err(
+                "refused: git worktree prune deletes the records of other working trees. Preview with `git worktree prune -n`".to_owned(),
+            ),
+            "fetch" => git_fetch(rest, &has),
+            "remote" if matches!(first, Some("remove" | "rm" | "set-url" | "rename")) => Err(
+                "refused: changing or removing a remote changes it for every agent. Leave the remotes as they are".to_owned(),
+            ),
+            "diff" | "log" | "show" | "archive" | "format-patch" | "whatchanged" => {
+                self.git_output(sub, rest, base)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `--output=F`, `-o F` (archive, format-patch): files git writes.
+    fn git_output(&self, sub: &str, rest: &[&str], base: &std::path::Path) -> Result<(), Refusal> {
+        let what = format!("git {sub}");
+        let mut wrote = false;
+        let mut i = 0;
+        while i < rest.len() {
+            let arg = rest[i];
+            let short = matches!(sub, "archive" | "format-patch") && arg == "-o";
+            let value = if arg == "--output" || arg == "--output-directory" || short {
+                i += 1;
+                rest.get(i).copied()
+            } else {
+                arg.strip_prefix("--output=")
+                    .or_else(|| arg.strip_prefix("--output-directory="))
+                    .or_else(|| {
+                        (matches!(sub, "archive" | "format-patch"))
+                            .then(|| arg.strip_prefix("-o"))
+                            .flatten()
+                            .filter(|v| !v.is_empty())
+                    })
+            };
+            if let Some(value) = value {
+                self.git_path(value, base, &what)?;
+                wrote = true;
+            }
+            i += 1;
+        }
+        if sub == "format-patch" && !wrote && !rest.contains(&"--stdout") {
+            return Err(
+                "refused: git format-patch writes its patch files into the current directory of the shared checkout. \
+                 Use `git format-patch -o /tmp/patches …` or `--stdout`"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `git config`: reading passes, anything that sets, unsets or edits is a
+/// setting for every agent.
+fn git_config(rest: &[&str]) -> Result<(), Refusal> {
+    const READS: &[&str] = &[
+        "--get",
+        "--get-all",
+        "--get-regexp",
+        "--get-urlmatch",
+        "-l",
+        "--list",
+        "--get-color",
+        "--get-colorbool",
+    ];
+    const VALUED: &[&str] = &["-f", "--file", "--blob", "--type", "--default", "--comment"];
+    const WRITES: &[&str] = &[
+        "--unset",
+        "--unset-all",
+        "--add",
+        "--replace-all",
+        "-e",
+        "--edit",
+        "--rename-section",
+        "--remove-section",
+    ];
+    let mut positional = Vec::new();
+    let mut i = 0;
+    while i < rest.len() {
+        let arg = rest[i];
+        if READS.contains(&arg) {
+            return Ok(());
+        }
+        if WRITES.contains(&arg) {
+            positional.push("set");
+        } else if VALUED.contains(&arg) {
+            i += 1;
+        } else if !arg.starts_with('-') {
+            positional.push(arg);
+        }
+        i += 1;
+    }
+    let reading = match positional.first().copied() {
+        Some("get" | "list") | None => true,
+        Some("set" | "unset" | "edit" | "rename-section" | "remove-section") => false,
+        Some(_) => positional.len() == 1,
+    };
+    if reading {
+        return Ok(());
+    }
+    Err(
+        "refused: `git config` that sets, unsets or edits a value changes git for every agent sharing this repository. \
+         Read settings with `git config --get KEY` or `git config --list`; pass a one-off setting with `git -c color.ui=never …`"
+            .to_owned(),
+    )
+}
+
+/// `git fetch`: fetching into remote-tracking refs passes; a refspec that
+/// writes a local branch, or a forced update, moves refs other agents build on.
+fn git_fetch(rest: &[&str], has: &dyn Fn(&[&str]) -> bool) -> Result<(), Refusal> {
+    let moves_local = rest.iter().filter(|a| !a.starts_with('-')).any(|spec| {
+        spec.starts_with('+')
+            || spec.split_once(':').is_some_and(|(_, dst)| {
+                !dst.is_empty()
+                    && !dst.starts_with("refs/remotes/")
+                    && !dst.starts_with("refs/tags/")
+            })
+    });
+    if moves_local || has(&["-f", "--force", "--update-head-ok"]) {
+        return Err(
+            "refused: this fetch updates local branches (a `SRC:DST` refspec into refs/heads, `+`, or --force), which moves refs other agents build on. \
+             Fetch into remote-tracking refs: `git fetch origin`"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// `-h`/`--help` and the dry runs of add, clean, prune and push only print.
+pub(super) fn only_prints(sub: &str, rest: &[&str]) -> bool {
+    let dry_short = matches!(sub, "add" | "clean" | "prune" | "push")
+        && rest
+            .iter()
+            .any(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('n'));
+    let dry_long =
+        matches!(sub, "add" | "commit" | "clean" | "prune" | "push") && rest.contains(&"--dry-run");
+    matches!(rest.first().copied(), Some("-h" | "--help")) || dry_short || dry_long
+}
