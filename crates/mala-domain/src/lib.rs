@@ -40,7 +40,8 @@ pub use gate::{
     protected_changes, required_commands,
 };
 pub use guard::{
-    Decision, GuardContext, ToolCall, check_tool, command_paths, effects_are_known, shell_writes,
+    Decision, GuardContext, ToolCall, check_tool, command_paths, effects_are_known,
+    is_read_only_tool, shell_writes,
 };
 pub use prompts::{PromptError, PromptKind, Template, render_prompt};
 pub use run_options::{Order, ParseScopeError, Scope};

@@ -150,7 +150,7 @@ impl ToolCall {
                     path: text("notebook_path").unwrap_or_default(),
                 };
             }
-            _ if READ_ONLY_TOOLS.contains(&tool) || tool.starts_with("mcp__mala__") => {
+            _ if is_read_only_tool(tool) => {
                 return Self::Other { tool: owned };
             }
             _ => {}
@@ -351,6 +351,13 @@ pub fn command_paths(command: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Whether a tool only reads, plans or reports (Claude Code's own such
+/// tools; a subagent's calls come through the hooks one by one), or is one of
+/// mala's own tools (locks, and the commit tool, which commits locked paths).
+pub fn is_read_only_tool(tool: &str) -> bool {
+    READ_ONLY_TOOLS.contains(&tool) || tool.starts_with("mcp__mala__")
 }
 
 /// Decides one tool call.

@@ -538,21 +538,7 @@ impl Shared {
 /// writers of their one file: with their windows open, an agent's own edit
 /// is never taken for another agent's program's work.
 fn needs_watching(tool: &str) -> bool {
-    const KNOWN: &[&str] = &[
-        "Read",
-        "Glob",
-        "Grep",
-        "LS",
-        "WebFetch",
-        "WebSearch",
-        "TodoWrite",
-        "NotebookRead",
-        "BashOutput",
-        "ExitPlanMode",
-        "ListMcpResourcesTool",
-        "ReadMcpResourceTool",
-    ];
-    !(KNOWN.contains(&tool) || tool.starts_with("mcp__mala__"))
+    !mala_domain::is_read_only_tool(tool)
 }
 
 /// "Exit code 3" (Claude Code's wording for a failed command) → 3.
