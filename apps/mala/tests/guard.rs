@@ -55,7 +55,10 @@ fn the_whole_table_through_mala_guard_check() {
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
     {
         let (verdict, command) = line.split_once('\t').unwrap();
-        let command = command.replace("\\n", "\n");
+        // The table's repository root is /repo; here it is the temp repository.
+        let command = command
+            .replace("\\n", "\n")
+            .replace("/repo", &repo.to_string_lossy());
         let mut args = vec!["guard", "check"];
         for path in HELD {
             args.extend(["--locked", path]);
