@@ -40,6 +40,7 @@ fn decide(command: &str) -> Decision {
         disallowed_tools: &[],
         staged: None,
         require_locks: true,
+        commit_prefix: None,
     };
     check_tool(
         &ToolCall::Shell {

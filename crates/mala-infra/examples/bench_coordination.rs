@@ -98,6 +98,7 @@ fn guard() {
         disallowed_tools: &[],
         staged: None,
         require_locks: true,
+        commit_prefix: None,
     };
     // `{n}` makes every command new, so no parser cache answers for us.
     for command in [

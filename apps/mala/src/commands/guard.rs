@@ -83,6 +83,7 @@ pub(crate) fn check(
         disallowed_tools: &settings.coder_options.claude.disallowed_tools,
         staged: None,
         require_locks: true,
+        commit_prefix: None,
     };
     let decision = check_tool(
         &ToolCall::Shell {
@@ -156,6 +157,10 @@ pub(crate) fn hook(
             let settings = settings_for(&repo)?;
             let agent = agent.map(str::to_owned).or_else(|| env.agent.clone());
             let held = held_paths(&repo, &settings, agent.as_deref(), &[]);
+            let prefix = agent.as_deref().and_then(|a| {
+                mala_domain::parse_agent_name(&AgentId::new(a))
+                    .map(|(issue, _)| issue.commit_prefix())
+            });
             let cwd = cwd.map_or_else(|| repo.clone(), |c| c.canonicalize().unwrap_or(c));
             let ctx = GuardContext {
                 repo_root: &repo,
@@ -165,6 +170,7 @@ pub(crate) fn hook(
                 staged: None,
                 // Without an agent there are no locks to check against.
                 require_locks: agent.is_some(),
+                commit_prefix: prefix.as_deref(),
             };
             let tool = payload
                 .get("tool_name")

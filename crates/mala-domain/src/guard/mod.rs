@@ -45,6 +45,9 @@ pub struct GuardContext<'a> {
     pub staged: Option<&'a [PathBuf]>,
     /// Whether edits need locks (off when a run has no other agents to protect).
     pub require_locks: bool,
+    /// The prefix this agent's commits must carry (`bd-<id>:`) when it works
+    /// on an issue: a commit under another subject would hide from the gate.
+    pub commit_prefix: Option<&'a str>,
 }
 
 impl GuardContext<'_> {
@@ -275,6 +278,7 @@ pub fn shell_writes(command: &str, repo_root: &Path) -> Vec<PathBuf> {
         disallowed_tools: &[],
         staged: None,
         require_locks: true,
+        commit_prefix: None,
     };
     rules::repository_writes(command, &ctx)
 }
@@ -423,6 +427,7 @@ mod tests {
             disallowed_tools: disallowed,
             staged,
             require_locks: true,
+            commit_prefix: None,
         }
     }
 
@@ -473,6 +478,7 @@ mod tests {
     fn without_lock_enforcement_only_danger_is_refused() {
         let ctx = GuardContext {
             require_locks: false,
+            commit_prefix: None,
             ..ctx(&[], None, &[])
         };
         let shell = |c: &str| ToolCall::Shell {
@@ -536,6 +542,44 @@ mod tests {
             "echo 'unterminated",
         ] {
             assert!(!effects_are_known(opaque), "{opaque}");
+        }
+    }
+
+    #[test]
+    fn an_agents_commit_must_name_its_issue() {
+        let held = vec![PathBuf::from("/repo/src/lib.rs")];
+        let ctx = GuardContext {
+            commit_prefix: Some("bd-m-1:"),
+            ..ctx(&held, None, &[])
+        };
+        let shell = |c: &str| ToolCall::Shell {
+            tool: "Bash".into(),
+            command: c.into(),
+        };
+        for allowed in [
+            "git commit -m 'bd-m-1: fix' -- src/lib.rs",
+            "git commit --message='bd-m-1: fix' -- src/lib.rs",
+            "git commit -m'bd-m-1: fix' -- src/lib.rs",
+            "git commit --dry-run -- src/lib.rs",
+        ] {
+            assert!(check_tool(&shell(allowed), &ctx).is_allowed(), "{allowed}");
+        }
+        for (refused, why) in [
+            (
+                "git commit -m 'chore: tidy' -- src/lib.rs",
+                "must start with `bd-m-1:`",
+            ),
+            (
+                "git commit -m 'bd-m-10: fix' -- src/lib.rs",
+                "must start with `bd-m-1:`",
+            ),
+            (
+                "git commit -F /tmp/msg -- src/lib.rs",
+                "give the commit message with -m",
+            ),
+        ] {
+            let denied = reason(check_tool(&shell(refused), &ctx));
+            assert!(denied.contains(why), "{refused}: {denied}");
         }
     }
 

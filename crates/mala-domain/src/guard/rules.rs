@@ -822,6 +822,7 @@ impl Walker<'_> {
                 "refused: a bare `git commit` commits whatever is staged, which may include other agents' files. {HINT}"
             ));
         }
+        self.commit_subject(rest)?;
         if let Some(staged) = self.ctx.staged {
             let foreign: Vec<String> = staged
                 .iter()
@@ -841,6 +842,38 @@ impl Walker<'_> {
             }
         }
         Ok(())
+    }
+}
+
+impl Walker<'_> {
+    /// An agent's commit names its issue: the gate and the checks' re-run
+    /// look at the issue's commits, so a commit under another subject
+    /// (`chore: …`) would slip past both.
+    fn commit_subject(&self, rest: &[&str]) -> Result<(), Refusal> {
+        let Some(prefix) = self.ctx.commit_prefix else {
+            return Ok(());
+        };
+        if rest
+            .iter()
+            .any(|a| matches!(*a, "--dry-run" | "-h" | "--help"))
+        {
+            return Ok(());
+        }
+        let message = rest.iter().enumerate().find_map(|(i, arg)| match *arg {
+            "-m" | "--message" => rest.get(i + 1).copied(),
+            _ => arg
+                .strip_prefix("--message=")
+                .or_else(|| arg.strip_prefix("-m").filter(|m| !m.is_empty())),
+        });
+        match message {
+            Some(message) if message.trim_start().starts_with(prefix) => Ok(()),
+            Some(_) => Err(format!(
+                "refused: your commit message must start with `{prefix}` (your issue's prefix), so the gate sees the commit as yours"
+            )),
+            None => Err(format!(
+                "refused: give the commit message with -m, starting with `{prefix}`, so mala can see it names your issue"
+            )),
+        }
     }
 }
 

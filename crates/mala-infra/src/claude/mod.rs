@@ -402,6 +402,7 @@ impl LockingGuard {
 impl ToolGuard for LockingGuard {
     fn check(&self, agent: &AgentId, tool: &str, input: &serde_json::Value) -> Result<(), Refusal> {
         let held = self.locks.held_by(agent);
+        let prefix = mala_domain::parse_agent_name(agent).map(|(issue, _)| issue.commit_prefix());
         let ctx = GuardContext {
             repo_root: &self.repo_root,
             cwd: &self.repo_root,
@@ -409,6 +410,7 @@ impl ToolGuard for LockingGuard {
             disallowed_tools: &self.disallowed_tools,
             staged: None,
             require_locks: self.require_locks,
+            commit_prefix: prefix.as_deref(),
         };
         match check_tool(&ToolCall::from_claude(tool, input), &ctx) {
             mala_domain::Decision::Allow => Ok(()),
@@ -439,6 +441,7 @@ mod tests {
                 disallowed_tools: &guard.disallowed_tools,
                 staged: None,
                 require_locks: true,
+                commit_prefix: None,
             },
         ) {
             mala_domain::Decision::Deny { reason } => reason,
