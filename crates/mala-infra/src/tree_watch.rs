@@ -282,6 +282,9 @@ pub struct Observed {
     pub unlocked: Vec<PathBuf>,
     /// Files another agent holds, with who: written behind its back.
     pub held_by_others: Vec<(PathBuf, AgentId)>,
+    /// Files this agent holds that other agents' calls changed since its
+    /// last call ended, with who: it should look before it commits them.
+    pub changed_by_others: Vec<(PathBuf, AgentId)>,
     /// What `.git` lost that git's own commands (vetted by the guard) did
     /// not take: refs deleted, objects removed, while this call ran a program.
     pub git_losses: Vec<String>,
@@ -290,6 +293,8 @@ pub struct Observed {
 #[derive(Debug, Default)]
 struct State {
     last: Option<Snapshot>,
+    /// For each lock holder, its files other agents' calls changed.
+    notices: HashMap<AgentId, Vec<(PathBuf, AgentId)>>,
     open: HashMap<u64, Window>,
     next: u64,
 }
@@ -384,6 +389,12 @@ impl TreeWatch {
                     .map(|(id, w)| (*id, w.agent.clone()))
                     .collect();
                 let holder_did = could.iter().any(|(_, a)| Some(a) == holder.as_ref());
+                if let Some(holder) = holder.as_ref().filter(|_| !holder_did) {
+                    let notices = state.notices.entry(holder.clone()).or_default();
+                    for (_, agent) in &could {
+                        notices.push((self.root.join(&change.path), agent.clone()));
+                    }
+                }
                 for (id, agent) in could {
                     if holder_did && Some(&agent) != holder.as_ref() {
                         continue;
@@ -495,6 +506,11 @@ impl TreeWatch {
         seen.dedup_by(|a, b| a.change.path == b.change.path);
         let mut observed = Observed {
             git_losses: window.git_losses,
+            changed_by_others: self
+                .state()
+                .notices
+                .remove(&window.agent)
+                .unwrap_or_default(),
             ..Observed::default()
         };
         for Seen { change, holder } in seen {
@@ -609,6 +625,16 @@ mod tests {
         let foreign: Vec<PathBuf> = seen.held_by_others.iter().map(|(p, _)| p.clone()).collect();
         assert_eq!(relative(dir.path(), &foreign), vec!["src/b.rs"]);
         assert_eq!(seen.held_by_others[0].1, other);
+        // And b hears of it at its next call.
+        let next = watch.open(&other, Call::Other);
+        let told = watch.close(next).changed_by_others;
+        assert_eq!(
+            told,
+            vec![(
+                dir.path().canonicalize().unwrap().join("src/b.rs"),
+                me.clone()
+            )]
+        );
         // Nothing changed since: the next window sees nothing.
         let window = watch.open(&me, Call::Other);
         assert_eq!(watch.close(window), Observed::default());

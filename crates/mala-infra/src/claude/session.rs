@@ -398,6 +398,13 @@ impl Shared {
                 shown(path)
             ));
         }
+        for (path, by) in &observed.changed_by_others {
+            told.push(format!(
+                "mala saw {} change {}, which you hold. Look at it before you commit it: the change is not yours",
+                by,
+                shown(path)
+            ));
+        }
         for path in observed
             .unlocked
             .iter()
