@@ -233,6 +233,13 @@ pub(crate) fn runs_command(
     if dir != repo_root {
         return Err(Mismatch::Elsewhere(dir.display().to_string()));
     }
+    same_chains(&actual, &expected, pipefail)
+}
+
+/// The recorded chains, setup stripped, against the configured ones: the
+/// same commands joined the same way, a pipe into output filters allowed
+/// only under pipefail.
+fn same_chains(actual: &[Chain], expected: &[Chain], pipefail: bool) -> Result<(), Mismatch> {
     if actual.len() != expected.len() {
         return Err(if actual.len() > expected.len() {
             Mismatch::HiddenStatus
@@ -240,7 +247,7 @@ pub(crate) fn runs_command(
             Mismatch::Different
         });
     }
-    for (got, want) in actual.iter().zip(&expected) {
+    for (got, want) in actual.iter().zip(expected) {
         if got.rest.len() != want.rest.len() {
             return Err(if got.rest.len() > want.rest.len() {
                 Mismatch::HiddenStatus
@@ -258,28 +265,33 @@ pub(crate) fn runs_command(
             if got_and != want_and {
                 return Err(Mismatch::Different);
             }
-            if got_pipe == want_pipe {
-                continue;
-            }
-            // `cmd | tee log` keeps cmd's status only under pipefail.
-            if got_pipe.len() > want_pipe.len() && got_pipe[..want_pipe.len()] == want_pipe[..] {
-                if !pipefail {
-                    return Err(Mismatch::HiddenStatus);
-                }
-                let filters_only = got_pipe[want_pipe.len()..].iter().all(|stage| {
-                    stage.first().is_some_and(|name| {
-                        OUTPUT_FILTERS.contains(&name.rsplit('/').next().unwrap_or(name))
-                    })
-                });
-                if !filters_only {
-                    return Err(Mismatch::Different);
-                }
-                continue;
-            }
-            return Err(Mismatch::Different);
+            same_pipe(got_pipe, want_pipe, pipefail)?;
         }
     }
     Ok(())
+}
+
+fn same_pipe(got: &Pipe, want: &Pipe, pipefail: bool) -> Result<(), Mismatch> {
+    if got == want {
+        return Ok(());
+    }
+    // `cmd | tee log` keeps cmd's status only under pipefail.
+    if got.len() > want.len() && got[..want.len()] == want[..] {
+        if !pipefail {
+            return Err(Mismatch::HiddenStatus);
+        }
+        let filters_only = got[want.len()..].iter().all(|stage| {
+            stage.first().is_some_and(|name| {
+                OUTPUT_FILTERS.contains(&name.rsplit('/').next().unwrap_or(name))
+            })
+        });
+        return if filters_only {
+            Ok(())
+        } else {
+            Err(Mismatch::Different)
+        };
+    }
+    Err(Mismatch::Different)
 }
 
 #[cfg(test)]
