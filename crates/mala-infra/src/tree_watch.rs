@@ -320,6 +320,25 @@ impl std::fmt::Debug for TreeWatch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowId(u64);
 
+/// Directories tools fill with caches of their own, whatever the project.
+const CACHE_DIRS: &[&str] = &[
+    "__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    ".tox",
+    ".nox",
+    "node_modules",
+    ".eslintcache",
+];
+
+fn is_cache_file(path: &Path) -> bool {
+    path.components()
+        .any(|c| CACHE_DIRS.iter().any(|dir| c.as_os_str() == *dir))
+        || path.extension().is_some_and(|e| e == "pyc")
+}
+
 fn now_ns() -> i128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -514,6 +533,11 @@ impl TreeWatch {
             ..Observed::default()
         };
         for Seen { change, holder } in seen {
+            if change.created && is_cache_file(&change.path) {
+                // An interpreter's or tool's cache in a repository that does
+                // not ignore it: nobody's edit, and nothing to lock.
+                continue;
+            }
             let path = self.root.join(&change.path);
             match holder {
                 Some(holder) if holder == window.agent => {
@@ -763,6 +787,22 @@ mod tests {
         let seen = watch.close(window);
         assert!(seen.edits.is_empty(), "{seen:?}");
         assert_eq!(relative(dir.path(), &seen.unlocked), vec!["src/b.rs"]);
+    }
+
+    #[test]
+    fn a_new_cache_file_is_nobodys_edit() {
+        let dir = repo();
+        let watch = TreeWatch::new(dir.path(), None);
+        let agent = AgentId::new("a@r");
+        let window = watch.open(
+            &agent,
+            Call::Shell("python3 -m pytest tests/test_x.py".into()),
+        );
+        std::fs::create_dir_all(dir.path().join("src/__pycache__")).unwrap();
+        std::fs::write(dir.path().join("src/__pycache__/a.cpython-311.pyc"), "x").unwrap();
+        std::fs::write(dir.path().join("src/b.rs"), "changed").unwrap();
+        let seen = watch.close(window);
+        assert_eq!(relative(dir.path(), &seen.edits), vec!["src/b.rs"]);
     }
 
     #[test]
