@@ -73,11 +73,11 @@ fn main() {
     let watch = TreeWatch::new(root, None);
     let agent = AgentId::new("bench@run");
     let target = root.join("src/d0/f0.rs");
-    let _ = watch.close(watch.open(&agent, mala_infra::Call::Other));
+    let _ = watch.close(watch.open(&agent, &mala_infra::Call::Other));
     let mut observations = Vec::with_capacity(runs);
     for n in 0..runs {
         let start = Instant::now();
-        let window = watch.open(&agent, mala_infra::Call::Other);
+        let window = watch.open(&agent, &mala_infra::Call::Other);
         std::fs::write(&target, format!("// {n}\n")).unwrap();
         let seen = watch.close(window);
         observations.push(start.elapsed());

@@ -257,12 +257,39 @@ pub enum Call {
 struct Window {
     agent: AgentId,
     opened_ns: i128,
-    call: Call,
+    /// The files the call can write, worked out once when it opens (every
+    /// scan asks, for every change).
+    reach: Reach,
+    /// It runs git with nothing but programs whose writes its words name.
+    runs_git: bool,
     /// A run of a validation command: what it leaves is not the agent's edit.
     validation: bool,
     seen: Vec<Seen>,
     /// What `.git` lost while this call, which ran a program, was running.
     git_losses: Vec<String>,
+}
+
+/// What a call can write: any file (a program, a tool mala does not know),
+/// or only the files named (a structured edit, a command whose programs
+/// write only what their words name).
+#[derive(Debug)]
+enum Reach {
+    Anything,
+    Only(Vec<PathBuf>),
+}
+
+impl Reach {
+    fn of(call: &Call, root: &Path) -> Self {
+        match call {
+            Call::Edit(file) => {
+                Self::Only(vec![crate::canonical_path(root, &file.to_string_lossy())])
+            }
+            Call::Shell(command) if mala_domain::effects_are_known(command) => {
+                Self::Only(mala_domain::shell_writes(command, root))
+            }
+            Call::Other | Call::Shell(_) => Self::Anything,
+        }
+    }
 }
 
 /// A change handed to a window.
@@ -434,53 +461,33 @@ impl TreeWatch {
     /// so while any call runs git with nothing else, the loss is taken as
     /// git's; otherwise it goes to the calls that ran a program.
     fn hand_git_losses(state: &mut State, losses: &[String]) {
-        if losses.is_empty() {
-            return;
-        }
-        let git_ran = state.open.values().any(|w| match &w.call {
-            Call::Shell(command) => {
-                mala_domain::effects_are_known(command)
-                    && command.split_whitespace().any(|word| word == "git")
-            }
-            Call::Edit(_) | Call::Other => false,
-        });
-        if git_ran {
+        if losses.is_empty() || state.open.values().any(|w| w.runs_git) {
             return;
         }
         for window in state.open.values_mut() {
-            let program = match &window.call {
-                Call::Shell(command) => !mala_domain::effects_are_known(command),
-                Call::Edit(_) => false,
-                Call::Other => true,
-            };
+            let program = matches!(window.reach, Reach::Anything);
             if program {
                 window.git_losses.extend(losses.iter().cloned());
             }
         }
     }
 
-    /// Whether a window's call could have written `path`: a structured edit
-    /// its one file; a command whose words name it, or one that runs a
-    /// program, which could write anything; a tool mala does not know, anything.
+    /// Whether a window's call could have written `path` (see `Reach`).
     fn could_write(&self, window: &Window, path: &Path) -> bool {
-        let absolute = self.root.join(path);
-        match &window.call {
-            Call::Edit(file) => {
-                crate::canonical_path(&self.root, &file.to_string_lossy()) == absolute
-            }
-            Call::Other => true,
-            Call::Shell(command) => {
-                !mala_domain::effects_are_known(command)
-                    || mala_domain::shell_writes(command, &self.root).contains(&absolute)
-            }
+        match &window.reach {
+            Reach::Anything => true,
+            Reach::Only(files) => files.contains(&self.root.join(path)),
         }
     }
 
     /// Before a tool call runs. Only the first window scans: later ones
     /// compare with the last scan, and change times tell which changes came
     /// after they opened, so one observation costs one scan.
-    pub fn open(&self, agent: &AgentId, call: Call) -> WindowId {
-        let validation = match &call {
+    pub fn open(&self, agent: &AgentId, call: &Call) -> WindowId {
+        let reach = Reach::of(call, &self.root);
+        let runs_git = matches!(call, Call::Shell(command)
+            if matches!(reach, Reach::Only(_)) && command.split_whitespace().any(|word| word == "git"));
+        let validation = match call {
             Call::Shell(command) => self
                 .validation
                 .iter()
@@ -498,7 +505,8 @@ impl TreeWatch {
             Window {
                 agent: agent.clone(),
                 opened_ns: now_ns(),
-                call,
+                reach,
+                runs_git,
                 validation,
                 seen: Vec::new(),
                 git_losses: Vec::new(),
@@ -638,7 +646,7 @@ mod tests {
             .await
             .unwrap();
         let watch = TreeWatch::new(dir.path(), Some(locks));
-        let window = watch.open(&me, Call::Other);
+        let window = watch.open(&me, &Call::Other);
         for file in ["src/a.rs", "src/b.rs", "src/c.rs"] {
             std::fs::write(dir.path().join(file), "x").unwrap();
         }
@@ -650,7 +658,7 @@ mod tests {
         assert_eq!(relative(dir.path(), &foreign), vec!["src/b.rs"]);
         assert_eq!(seen.held_by_others[0].1, other);
         // And b hears of it at its next call.
-        let next = watch.open(&other, Call::Other);
+        let next = watch.open(&other, &Call::Other);
         let told = watch.close(next).changed_by_others;
         assert_eq!(
             told,
@@ -660,10 +668,10 @@ mod tests {
             )]
         );
         // Nothing changed since: the next window sees nothing.
-        let window = watch.open(&me, Call::Other);
+        let window = watch.open(&me, &Call::Other);
         assert_eq!(watch.close(window), Observed::default());
         // A forgotten window gathers nothing and closes empty.
-        let window = watch.open(&me, Call::Other);
+        let window = watch.open(&me, &Call::Other);
         watch.forget(window);
         std::fs::write(dir.path().join("src/c.rs"), "again").unwrap();
         assert_eq!(watch.close(window), Observed::default());
@@ -674,14 +682,14 @@ mod tests {
         let dir = repo();
         let watch = TreeWatch::new(dir.path(), None);
         let (a, b) = (AgentId::new("a@r"), AgentId::new("b@r"));
-        let first = watch.open(&a, Call::Other);
+        let first = watch.open(&a, &Call::Other);
         std::fs::write(dir.path().join("src/a.rs"), "by a").unwrap();
         // b's window must open after a's change, beyond the slack change times get.
         let changed = Stamp::of(&std::fs::metadata(dir.path().join("src/a.rs")).unwrap());
         while now_ns() <= changed.changed_ns + SLACK_NS {
             std::thread::yield_now();
         }
-        let second = watch.open(&b, Call::Other);
+        let second = watch.open(&b, &Call::Other);
         std::fs::write(dir.path().join("src/b.rs"), "by a or b").unwrap();
         let of_a = watch.close(first);
         let of_b = watch.close(second);
@@ -707,7 +715,7 @@ mod tests {
             ),
             ("bash fix.sh", "src/by-script.rs"),
         ] {
-            let window = watch.open(&agent, Call::Shell(command.into()));
+            let window = watch.open(&agent, &Call::Shell(command.into()));
             let status = std::process::Command::new("bash")
                 .args(["-c", command])
                 .current_dir(dir.path())
@@ -740,15 +748,15 @@ mod tests {
         let watch = TreeWatch::new(dir.path(), None);
         let agent = AgentId::new("a@r");
         // git's own command, which the guard vetted: not a loss to report.
-        let window = watch.open(&agent, Call::Shell("git branch -d topic".into()));
+        let window = watch.open(&agent, &Call::Shell("git branch -d topic".into()));
         git(&["branch", "-d", "topic"]);
         assert!(watch.close(window).git_losses.is_empty());
         // `git gc` packs refs and objects: nothing is lost.
-        let window = watch.open(&agent, Call::Shell("git gc -q".into()));
+        let window = watch.open(&agent, &Call::Shell("git gc -q".into()));
         git(&["gc", "-q"]);
         assert!(watch.close(window).git_losses.is_empty());
         // A program deleting a ref behind git's back.
-        let window = watch.open(&agent, Call::Shell("python3 /tmp/evil.py".into()));
+        let window = watch.open(&agent, &Call::Shell("python3 /tmp/evil.py".into()));
         git(&["update-ref", "-d", "refs/heads/keep"]);
         let losses = watch.close(window).git_losses;
         assert_eq!(losses, vec!["the ref refs/heads/keep was deleted"]);
@@ -765,8 +773,8 @@ mod tests {
             .await
             .unwrap();
         let watch = TreeWatch::new(dir.path(), Some(locks));
-        let program = watch.open(&other, Call::Shell("cargo build".into()));
-        let edit = watch.open(&holder, Call::Edit(dir.path().join("src/a.rs")));
+        let program = watch.open(&other, &Call::Shell("cargo build".into()));
+        let edit = watch.open(&holder, &Call::Edit(dir.path().join("src/a.rs")));
         std::fs::write(dir.path().join("src/a.rs"), "the holder's edit").unwrap();
         let of_holder = watch.close(edit);
         assert_eq!(relative(dir.path(), &of_holder.edits), vec!["src/a.rs"]);
@@ -781,7 +789,7 @@ mod tests {
         let watch =
             TreeWatch::new(dir.path(), Some(locks)).with_validation(vec!["pytest -q".into()]);
         let agent = AgentId::new("a@r");
-        let window = watch.open(&agent, Call::Shell("pytest -q".into()));
+        let window = watch.open(&agent, &Call::Shell("pytest -q".into()));
         std::fs::write(dir.path().join("src/cache.txt"), "a new cache file").unwrap();
         std::fs::write(dir.path().join("src/b.rs"), "rewritten by the run").unwrap();
         let seen = watch.close(window);
@@ -796,7 +804,7 @@ mod tests {
         let agent = AgentId::new("a@r");
         let window = watch.open(
             &agent,
-            Call::Shell("python3 -m pytest tests/test_x.py".into()),
+            &Call::Shell("python3 -m pytest tests/test_x.py".into()),
         );
         std::fs::create_dir_all(dir.path().join("src/__pycache__")).unwrap();
         std::fs::write(dir.path().join("src/__pycache__/a.cpython-311.pyc"), "x").unwrap();
@@ -810,12 +818,12 @@ mod tests {
         let dir = repo();
         let watch = TreeWatch::new(dir.path(), None).with_validation(vec!["pytest -q".into()]);
         let agent = AgentId::new("a@r");
-        let window = watch.open(&agent, Call::Shell("pytest -q".into()));
+        let window = watch.open(&agent, &Call::Shell("pytest -q".into()));
         std::fs::write(dir.path().join("src/cache.txt"), "x").unwrap();
         assert_eq!(watch.close(window), Observed::default());
         let window = watch.open(
             &agent,
-            Call::Shell("pytest -q; echo y > src/cache.txt".into()),
+            &Call::Shell("pytest -q; echo y > src/cache.txt".into()),
         );
         std::fs::write(dir.path().join("src/cache.txt"), "y").unwrap();
         let seen = watch.close(window);
@@ -827,8 +835,8 @@ mod tests {
         let dir = repo();
         let watch = TreeWatch::new(dir.path(), None);
         let (honest, liar) = (AgentId::new("h@r"), AgentId::new("l@r"));
-        let checking = watch.open(&honest, Call::Shell("grep -q fixed src/a.rs".into()));
-        let running = watch.open(&liar, Call::Shell("python3 /tmp/w.py".into()));
+        let checking = watch.open(&honest, &Call::Shell("grep -q fixed src/a.rs".into()));
+        let running = watch.open(&liar, &Call::Shell("python3 /tmp/w.py".into()));
         std::fs::write(dir.path().join("src/b.rs"), "by the program").unwrap();
         assert_eq!(watch.close(checking), Observed::default());
         assert_eq!(
@@ -836,8 +844,8 @@ mod tests {
             vec!["src/b.rs"]
         );
         // Two programs at once: neither can be cleared, both are told.
-        let one = watch.open(&honest, Call::Shell("make".into()));
-        let two = watch.open(&liar, Call::Shell("python3 /tmp/w.py".into()));
+        let one = watch.open(&honest, &Call::Shell("make".into()));
+        let two = watch.open(&liar, &Call::Shell("python3 /tmp/w.py".into()));
         std::fs::write(dir.path().join("src/b.rs"), "again").unwrap();
         assert_eq!(
             relative(dir.path(), &watch.close(one).edits),

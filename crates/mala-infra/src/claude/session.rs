@@ -341,7 +341,7 @@ impl Shared {
             }
             _ => crate::Call::Other,
         };
-        let window = watch.open(&self.agent, call);
+        let window = watch.open(&self.agent, &call);
         lock(&self.windows).insert(tool_use_id.to_owned(), window);
     }
 
