@@ -198,6 +198,7 @@ pub(crate) fn setup_scripted(
         events: events.clone(),
         clock: Arc::new(SystemClock),
         session_end: None,
+        faults: mala_pipeline::FaultLine::detached(),
     };
     let config = RunnerConfig {
         repo_root: repo.path().canonicalize().unwrap(),

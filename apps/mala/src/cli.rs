@@ -119,6 +119,9 @@ pub(crate) struct RunArgs {
     /// Keep polling for new ready issues instead of exiting when idle
     #[arg(long)]
     pub(crate) watch: bool,
+    /// Longest a usage or rate limit may pause the run, in minutes; past it the run stops (default 360)
+    #[arg(long, value_name = "MINUTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_pause: Option<u64>,
     /// Print the queue a run would take, and claim nothing
     #[arg(short = 'd', long)]
     pub(crate) dry_run: bool,

@@ -415,6 +415,25 @@ impl Console {
         }
     }
 
+    /// What the environment did to the run: faults, issues given back, pauses.
+    fn environment_line(event: &Event, style: Style) -> Vec<String> {
+        let line = match event {
+            Event::EnvironmentFault { issue, fault, .. } => {
+                format!("! {}  {}", style.issue(issue), fault.summary())
+            }
+            Event::IssueReleased { issue, reason } => {
+                format!("○ {}  given back untouched: {reason}", style.issue(issue))
+            }
+            Event::RunPaused { reason, until } => format!(
+                "⏸ paused until {}: {reason}",
+                until.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            Event::RunResumed => "▶ resumed".to_owned(),
+            _ => return Vec::new(),
+        };
+        vec![line]
+    }
+
     /// The lines an event adds, given what the run has done so far.
     pub(crate) fn lines(
         tally: &mut Tally,
@@ -492,13 +511,19 @@ impl Console {
                 format!("{} {}  {reason}", style.bad("✗"), issue(id))
             }
             Event::Warning { message } => format!("! {message}"),
+            Event::EnvironmentFault { .. }
+            | Event::IssueReleased { .. }
+            | Event::RunPaused { .. }
+            | Event::RunResumed => return Self::environment_line(event, style),
             // The counts follow in the summary; say only how it ended.
             Event::RunFinished { outcome, .. } => match outcome {
                 RunOutcome::Finished => return Vec::new(),
                 RunOutcome::Drained => {
                     "■ drained: the running issues ended, no new ones were started".to_owned()
                 }
-                RunOutcome::Aborted { reason } => format!("■ stopped: {reason}"),
+                RunOutcome::Aborted { reason } | RunOutcome::Stopped { reason } => {
+                    format!("■ stopped: {reason}")
+                }
                 RunOutcome::Interrupted => "■ stopped: interrupted".to_owned(),
             },
             Event::Agent { agent, event } => {

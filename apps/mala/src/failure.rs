@@ -12,6 +12,7 @@ pub(crate) mod exit {
     pub(crate) const FAILURE: u8 = 1;
     pub(crate) const USAGE: u8 = 2;
     pub(crate) const ABORTED: u8 = 3;
+    pub(crate) const ENVIRONMENT: u8 = 4;
     pub(crate) const INTERRUPTED: u8 = 130;
 }
 
@@ -43,6 +44,9 @@ pub(crate) enum Failure {
     Interrupted,
     /// A validation trigger with `failure_mode: abort` failed; the command.
     Aborted(String),
+    /// The environment stopped the run (credentials, agents that cannot
+    /// start, a pause past --max-pause): why, with the fix.
+    Environment(String),
     /// The issue tracker failed or refused; its message and hint are passed on.
     Tracker(TrackerError),
     /// Anything else that went wrong, with a hint when there is one.
@@ -63,6 +67,7 @@ impl Failure {
             | Self::IssuesFailed(_) => exit::FAILURE,
             Self::Interrupted => exit::INTERRUPTED,
             Self::Aborted(_) => exit::ABORTED,
+            Self::Environment(_) => exit::ENVIRONMENT,
             Self::Usage { .. } | Self::NotBuilt { .. } => exit::USAGE,
         })
     }
@@ -84,12 +89,20 @@ impl From<TrackerError> for Failure {
 /// How to get past an agent backend that cannot start, when mala knows.
 const LOGIN_HINT: &str = "log in with `claude` or set ANTHROPIC_API_KEY";
 
+/// Claude Code refuses to skip permission prompts as root.
+const ROOT_HINT: &str = "Claude Code will not run agents with permissions bypassed as root: run mala as \
+     an ordinary user, or, inside a container or sandbox you trust, set IS_SANDBOX=1";
+
 impl From<AgentError> for Failure {
     fn from(error: AgentError) -> Self {
         match error.kind {
             AgentErrorKind::Authentication => Self::Other {
                 message: error.message,
                 hint: Some(LOGIN_HINT.to_owned()),
+            },
+            AgentErrorKind::CouldNotStart if error.message.contains("root/sudo") => Self::Other {
+                message: error.message,
+                hint: Some(ROOT_HINT.to_owned()),
             },
             // A missing or too old `claude`: the backend ends its message
             // with the install hint, which belongs on the hint line here.
@@ -149,6 +162,10 @@ impl fmt::Display for Failure {
             Self::Aborted(command) => write!(
                 f,
                 "the run was aborted: validation failed at `{command}`\n  hint: fix it, or set the trigger's failure_mode to continue or remediate"
+            ),
+            Self::Environment(reason) => write!(
+                f,
+                "the run stopped: {reason}\n  hint: the issues it could not work on were given back untouched (open, unassigned, no label)"
             ),
             Self::Tracker(error) => match error {
                 TrackerError::NotInstalled { program, hint } => {

@@ -11,6 +11,9 @@ use mala_testkit::{
 };
 use serde_json::json;
 
+#[path = "run/environment.rs"]
+mod environment;
+
 /// A directory with `br` and `claude` under those names, for PATH.
 fn bin_dir(dir: &Path, br: &Path, claude: &Path) -> std::path::PathBuf {
     let bin = dir.join("bin");

@@ -165,8 +165,15 @@ pub enum AgentErrorKind {
     CouldNotStart,
     /// Credentials were refused. Not retryable.
     Authentication,
-    /// Rate limited or overloaded. Retryable after the delay, if given.
+    /// Overloaded or a server error. Retryable after the delay, if given.
     Overloaded { retry_after: Option<Duration> },
+    /// A rate or usage limit: no call succeeds before `resets_at` (when
+    /// the API said). Waiting helps; resuming at once does not.
+    RateLimited {
+        resets_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// The model API could not be reached (refused, reset, DNS). Retryable.
+    Network,
     /// The process died. Retryable by resuming the session.
     Crashed,
     /// No output for the idle timeout, or the turn ran past its hard limit. Retryable by resuming.
@@ -196,8 +203,40 @@ impl AgentError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind,
-            AgentErrorKind::Overloaded { .. } | AgentErrorKind::Crashed | AgentErrorKind::TimedOut
+            AgentErrorKind::Overloaded { .. }
+                | AgentErrorKind::Network
+                | AgentErrorKind::Crashed
+                | AgentErrorKind::TimedOut
         )
+    }
+}
+
+/// A failure of the environment the agents run in, not of the issue an
+/// agent was given: every issue would have failed the same way.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "fault", rename_all = "snake_case")]
+pub enum EnvFault {
+    /// The agent could not be started (missing, too old, refused to run).
+    CouldNotStart,
+    /// The model API refused the credentials.
+    Authentication,
+    /// A rate or usage limit; `until` is the reset time when the API gave one.
+    UsageLimit {
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// The model API stayed overloaded or unreachable through every retry.
+    Unavailable,
+}
+
+impl EnvFault {
+    /// The fault in a few words, for the console and the run log.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            Self::CouldNotStart => "the agent could not start",
+            Self::Authentication => "the model API refused the credentials",
+            Self::UsageLimit { .. } => "a usage or rate limit was reached",
+            Self::Unavailable => "the model API was overloaded or unreachable",
+        }
     }
 }
 

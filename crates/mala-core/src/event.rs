@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use chrono::{DateTime, Utc};
 
-use crate::{AgentEvent, AgentId, Finding, IssueId, TokenUsage};
+use crate::{AgentEvent, AgentId, EnvFault, Finding, IssueId, TokenUsage};
 
 /// Why a run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +18,9 @@ pub enum RunOutcome {
     Aborted { reason: String },
     /// Stopped by a second or third Ctrl-C.
     Interrupted,
+    /// Stopped because the environment cannot work (credentials, the agent
+    /// failing to start, a pause longer than allowed): the reason and its fix.
+    Stopped { reason: String },
 }
 
 impl RunOutcome {
@@ -28,6 +31,7 @@ impl RunOutcome {
             Self::Drained => "drained",
             Self::Aborted { .. } => "aborted",
             Self::Interrupted => "interrupted",
+            Self::Stopped { .. } => "stopped",
         }
     }
 }
@@ -111,4 +115,22 @@ pub enum Event {
     Warning {
         message: String,
     },
+    /// The environment failed an agent; its issue was given back untouched
+    /// (open, unassigned, no label, no note).
+    EnvironmentFault {
+        issue: IssueId,
+        fault: EnvFault,
+        message: String,
+    },
+    /// The issue was given back untouched because of the environment.
+    IssueReleased {
+        issue: IssueId,
+        reason: String,
+    },
+    /// No new turns and no new claims until `until`.
+    RunPaused {
+        reason: String,
+        until: DateTime<Utc>,
+    },
+    RunResumed,
 }

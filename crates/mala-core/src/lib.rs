@@ -18,7 +18,7 @@ pub use agent::{
     AgentEvent, AgentId, SessionId, SessionRequest, TokenUsage, TurnOutcome, TurnStatus,
 };
 pub use error::{
-    AgentError, AgentErrorKind, BrCode, Refusal, RepoError, ReviewError, SharedIoError,
+    AgentError, AgentErrorKind, BrCode, EnvFault, Refusal, RepoError, ReviewError, SharedIoError,
     TrackerError,
 };
 pub use event::{Event, RunOutcome};

@@ -10,6 +10,7 @@ mod answers;
 mod commits;
 mod config;
 mod deadlock;
+mod faults;
 mod findings;
 mod gate;
 mod guard;
@@ -33,6 +34,9 @@ pub use config::{
     resolve,
 };
 pub use deadlock::{Deadlock, WaitForGraph};
+pub use faults::{
+    Blame, FaultAction, FaultContext, START_FAILURES_TO_STOP, blame, respond as respond_to_fault,
+};
 pub use findings::{finding_line, finding_place, findings_list};
 pub use gate::{
     AttemptState, CommitInfo, GateInput, GateVerdict, Marker, ProtectedChanges, ProtectedFiles,
@@ -45,7 +49,9 @@ pub use guard::{
 };
 pub use prompts::{PromptError, PromptKind, Template, render_prompt};
 pub use run_options::{Order, ParseScopeError, Scope};
-pub use schedule::{DoneReason, SchedulerView, done, final_reason, run_end_fires, spawn_capacity};
+pub use schedule::{
+    CutShort, DoneReason, SchedulerView, done, final_reason, run_end_fires, spawn_capacity,
+};
 pub use tracker::{
     Blocker, Excluded, Exclusion, IssueGraph, NEEDS_FOLLOWUP, QueueEntry, QueuePlan, QueueRequest,
     Readiness, UnknownIds, agent_name, claim_actor, normalize_label, parse_agent_name, plan_queue,

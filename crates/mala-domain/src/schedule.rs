@@ -16,11 +16,13 @@ pub struct SchedulerView {
     pub draining: bool,
     /// A validation trigger waits for the pool to be idle; hold new spawns.
     pub trigger_due: bool,
+    /// A usage limit paused the run: no new claims until it ends.
+    pub paused: bool,
 }
 
 /// How many new issues may start now.
 pub fn spawn_capacity(view: &SchedulerView) -> usize {
-    if view.draining || view.trigger_due {
+    if view.draining || view.trigger_due || view.paused {
         return 0;
     }
     let by_agents = view.max_agents.saturating_sub(view.active);
@@ -44,6 +46,9 @@ pub enum DoneReason {
     Aborted { command: String },
     /// A second or third Ctrl-C stopped the running issues.
     Interrupted,
+    /// The environment stopped the run (credentials, agents that cannot
+    /// start, a pause longer than allowed): why, and the fix.
+    Stopped { reason: String },
 }
 
 impl DoneReason {
@@ -57,17 +62,37 @@ impl DoneReason {
                 reason: format!("validation trigger failed: `{command}`"),
             },
             Self::Interrupted => RunOutcome::Interrupted,
+            Self::Stopped { reason } => RunOutcome::Stopped {
+                reason: reason.clone(),
+            },
         }
     }
 }
 
-/// The run's end once its loop is over: a Ctrl-C stop beats a trigger's
-/// abort, which beats how the loop itself ended (a drain while an abort
-/// was pending is that abort).
-pub fn final_reason(loop_end: DoneReason, interrupted: bool, aborted: Option<&str>) -> DoneReason {
-    if interrupted {
+/// How the run was cut short, besides how its loop ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CutShort<'a> {
+    /// A second or third Ctrl-C.
+    pub interrupted: bool,
+    /// The environment stopped it: why.
+    pub stopped: Option<&'a str>,
+    /// A validation trigger aborted it: the command.
+    pub aborted: Option<&'a str>,
+}
+
+/// The run's end once its loop is over: a Ctrl-C stop beats the
+/// environment's stop, which beats a trigger's abort, which beats how the
+/// loop itself ended (a drain while an abort was pending is that abort).
+pub fn final_reason(loop_end: DoneReason, cut: CutShort<'_>) -> DoneReason {
+    if cut.interrupted {
         return DoneReason::Interrupted;
     }
+    if let Some(reason) = cut.stopped {
+        return DoneReason::Stopped {
+            reason: reason.to_owned(),
+        };
+    }
+    let aborted = cut.aborted;
     match aborted {
         Some(command) => DoneReason::Aborted {
             command: command.to_owned(),
@@ -79,7 +104,7 @@ pub fn final_reason(loop_end: DoneReason, interrupted: bool, aborted: Option<&st
 /// Whether the run is over, once nothing could be started: `None` while
 /// issues are running (or, in watch mode, while waiting for new ones).
 pub fn done(view: &SchedulerView, watching: bool) -> Option<DoneReason> {
-    if view.active > 0 || view.trigger_due {
+    if view.active > 0 || view.trigger_due || view.paused {
         return None;
     }
     if view.draining {
@@ -193,7 +218,14 @@ mod tests {
 
     #[test]
     fn one_outcome_comes_from_each_way_a_run_ends() {
-        let ended = |end, interrupted, aborted| final_reason(end, interrupted, aborted).outcome();
+        let ended = |end, interrupted, aborted| {
+            let cut = CutShort {
+                interrupted,
+                aborted,
+                stopped: None,
+            };
+            final_reason(end, cut).outcome()
+        };
         assert_eq!(
             ended(DoneReason::NothingLeft, false, None),
             RunOutcome::Finished
@@ -218,6 +250,38 @@ mod tests {
             "a Ctrl-C stop is what the user did last"
         );
         assert_eq!(RunOutcome::Interrupted.label(), "interrupted");
+        let stopped = CutShort {
+            stopped: Some("bad key"),
+            aborted: Some("cargo test"),
+            interrupted: false,
+        };
+        let outcome = final_reason(DoneReason::Drained, stopped).outcome();
+        assert_eq!(
+            outcome,
+            RunOutcome::Stopped {
+                reason: "bad key".into()
+            },
+            "the environment's stop explains the rest"
+        );
+        assert_eq!(outcome.label(), "stopped");
+        let both = CutShort {
+            interrupted: true,
+            ..stopped
+        };
+        assert_eq!(
+            final_reason(DoneReason::Drained, both),
+            DoneReason::Interrupted
+        );
+    }
+
+    #[test]
+    fn a_paused_run_claims_nothing_and_is_not_over() {
+        let paused = SchedulerView {
+            paused: true,
+            ..view(0, 1)
+        };
+        assert_eq!(spawn_capacity(&paused), 0);
+        assert_eq!(done(&paused, false), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 mod deadlock_monitor;
 mod epics;
 mod orchestrator;
+mod pauses;
 mod recorder;
 mod run;
 mod scheduler;
@@ -21,5 +22,6 @@ pub use orchestrator::{
     IssueSource, Orchestrator, OrchestratorBuilder, ResumePolicy, RunError, RunPlan, RunSummary,
     SessionPolicy, Stage,
 };
+pub use pauses::PausePolicy;
 pub use run::{EpicVerifyRequest, RunRequest, run, verify_one_epic};
 pub use triggers::{TriggerOutcome, run_trigger};

@@ -19,13 +19,14 @@ use mala_core::{
     LockTable, Repository, Reviewer, RunLog, RunStore, RunStoreError, SessionId, TrackerError,
 };
 use mala_domain::{
-    DoneReason, EpicDepth, FireOn, IssueGraph, Order, Scope, Settings, final_reason,
+    CutShort, DoneReason, EpicDepth, FireOn, IssueGraph, Order, Scope, Settings, final_reason,
 };
 use mala_infra::SystemClock;
 use mala_pipeline::EpicVerifier;
 use mala_pipeline::Resume;
 use tokio::sync::{mpsc, watch};
 
+use crate::pauses::PausePolicy;
 use crate::scheduler::Scheduler;
 use crate::setup::RunContext;
 use crate::triggers::{CodeReviewRun, TriggerOutcome, run_code_review, run_trigger};
@@ -60,6 +61,8 @@ pub struct RunPlan {
     pub watch: Option<Duration>,
     /// Names this run in claims, agent names, locks and its state directory.
     pub run_id: String,
+    /// How long a usage limit may pause the run (`--max-pause`).
+    pub pauses: PausePolicy,
 }
 
 /// `--resume` and its companions.
@@ -96,6 +99,7 @@ impl Default for RunPlan {
             resume: ResumePolicy::default(),
             watch: None,
             run_id: "run".to_owned(),
+            pauses: PausePolicy::default(),
         }
     }
 }
@@ -116,6 +120,10 @@ pub struct RunSummary {
     pub interrupted: bool,
     /// A validation trigger stopped the run (the command that failed).
     pub aborted: Option<String>,
+    /// Issues given back untouched because the environment failed, with why.
+    pub released: Vec<(IssueId, String)>,
+    /// The environment stopped the run: why, and the fix.
+    pub stopped: Option<String>,
     /// Where this run's session records are.
     pub state_dir: PathBuf,
 }
@@ -667,10 +675,14 @@ impl Orchestrator {
         if let Some(command) = scheduler.fire_run_end().await {
             scheduler.summary.aborted = Some(command);
         }
+        let summary = &scheduler.summary;
         let reason = final_reason(
             loop_end,
-            scheduler.summary.interrupted,
-            scheduler.summary.aborted.as_deref(),
+            CutShort {
+                interrupted: summary.interrupted,
+                stopped: summary.stopped.as_deref(),
+                aborted: summary.aborted.as_deref(),
+            },
         );
         // Whatever ends the run, this run's locks go and its marker with them.
         if let Some(locks) = &self.locks {

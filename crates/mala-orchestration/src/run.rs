@@ -95,6 +95,7 @@ async fn assemble(
     let locks: Arc<dyn LockTable> = Arc::new(locks_table);
     let git = Arc::new(GitRepo::new(&repo_root));
     let backend = implementer_backend(&request, &claude_config, &repo_root, &locks, &git);
+    preflight(&backend, &repo_root, &request.plan.run_id).await?;
     let builder = Orchestrator::builder(request.settings.clone(), repo_root.clone())
         .plan(request.plan.clone())
         .issue_source(Arc::new(tracker))
@@ -209,6 +210,27 @@ impl Readers<'_> {
         }
         Ok(builder)
     }
+}
+
+/// Proves, before anything is claimed, that an agent starts here with
+/// mala's hooks and lock tools: one session's handshake (the CLI takes the
+/// hook registrations and the `mala` MCP server, or exits saying why), no
+/// model call. A CLI that refuses to run (as root without IS_SANDBOX, too
+/// old, broken) stops the run here, with the tracker untouched.
+async fn preflight(
+    backend: &ClaudeBackend,
+    repo_root: &std::path::Path,
+    run_id: &str,
+) -> Result<(), RunError> {
+    struct Quiet;
+    impl mala_core::AgentObserver for Quiet {
+        fn on_event(&self, _: &mala_core::AgentEvent) {}
+    }
+    let agent = mala_core::AgentId::new(format!("preflight@{run_id}"));
+    let request = mala_core::SessionRequest::new(agent, repo_root.to_path_buf());
+    let mut session = backend.start_session(request, Arc::new(Quiet)).await?;
+    mala_core::AgentSession::close(&mut session).await?;
+    Ok(())
 }
 
 /// How every session of the run starts `claude`, once it is known to work.

@@ -12,13 +12,14 @@ use mala_domain::{
     DoneReason, QueueRequest, SchedulerView, agent_name, done, plan_queue, run_end_fires,
     spawn_capacity, takeover_candidates,
 };
-use mala_pipeline::{IssueResult, StopReason, WorkerStop, run_issue_from, stop_line};
+use mala_pipeline::{FaultReport, IssueResult, StopReason, WorkerStop, run_issue_from, stop_line};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinError, JoinSet};
 
 use crate::DeadlockNews;
 use crate::epics::{EpicBook, sweep_epics};
 use crate::orchestrator::{Orchestrator, Reviews, RunError, RunSummary, Stage, resume_for};
+use crate::pauses::Pauses;
 use crate::setup::RunContext;
 use crate::triggers::TriggerOutcome;
 
@@ -36,6 +37,10 @@ pub(crate) enum Input {
     SessionEndAbort(Option<String>),
     /// Watch mode's interval passed with nothing ready.
     WatchTick,
+    /// A runner met a fault of the environment.
+    Fault(FaultReport),
+    /// The run's pause is over.
+    PauseOver,
 }
 
 /// What one pass of the loop decided.
@@ -92,6 +97,8 @@ pub(crate) struct Scheduler<'o> {
     sweep_pending: bool,
     epic_book: EpicBook,
     pub(crate) reviews: Reviews,
+    /// The run's pause and the environment's stop.
+    pauses: Pauses,
 }
 
 impl<'o> Scheduler<'o> {
@@ -104,6 +111,7 @@ impl<'o> Scheduler<'o> {
             ctx.victims.take().unwrap_or_else(closed_channel),
             ctx.session_end_aborts.take().unwrap_or_else(closed_channel),
         );
+        let pauses = Pauses::new(ctx.fault_desk.take(), orchestrator.plan.pauses);
         let summary = RunSummary {
             state_dir: ctx.state_dir.clone(),
             ..RunSummary::default()
@@ -133,6 +141,7 @@ impl<'o> Scheduler<'o> {
             periodic_due: false,
             sweep_pending: true,
             epic_book: EpicBook::default(),
+            pauses,
         }
     }
 
@@ -208,7 +217,9 @@ impl<'o> Scheduler<'o> {
     }
 
     fn may_start_work(&self) -> bool {
-        self.stage() == Stage::Running && self.summary.aborted.is_none()
+        self.stage() == Stage::Running
+            && self.summary.aborted.is_none()
+            && self.pauses.stopped.is_none()
     }
 
     fn abort(&mut self, command: String) -> DoneReason {
@@ -225,6 +236,7 @@ impl<'o> Scheduler<'o> {
             max_issues: plan.max_issues,
             draining: !self.may_start_work(),
             trigger_due: self.periodic_due,
+            paused: self.pauses.until().is_some(),
         }
     }
 
@@ -233,6 +245,19 @@ impl<'o> Scheduler<'o> {
         let watch = self.orchestrator.plan.watch;
         if let Some(reason) = done(&self.view(), watch.is_some()) {
             return Pass::Over(reason);
+        }
+        let clock = Arc::clone(&self.orchestrator.clock);
+        if let Some(left) = self.pause_left()
+            && watch.is_none()
+        {
+            let input = tokio::select! {
+                () = clock.sleep(left) => Input::PauseOver,
+                changed = self.inbox.stage.changed(), if self.inbox.stage_open => {
+                    Input::StageChanged { open: changed.is_ok() }
+                }
+            };
+            self.on(input);
+            return Pass::Again;
         }
         let Some(poll) = watch else {
             return Pass::Over(DoneReason::NothingLeft);
@@ -246,9 +271,13 @@ impl<'o> Scheduler<'o> {
             });
             self.idle_said = true;
         }
-        let clock = Arc::clone(&self.orchestrator.clock);
+        let (paused, pause_left) = match self.pause_left() {
+            Some(left) => (true, left),
+            None => (false, Duration::ZERO),
+        };
         let input = tokio::select! {
             () = clock.sleep(poll) => Input::WatchTick,
+            () = clock.sleep(pause_left), if paused => Input::PauseOver,
             changed = self.inbox.stage.changed(), if self.inbox.stage_open => {
                 Input::StageChanged { open: changed.is_ok() }
             }
@@ -257,10 +286,30 @@ impl<'o> Scheduler<'o> {
         Pass::Again
     }
 
+    /// How long the run's pause has left; `None` when it is not paused.
+    fn pause_left(&self) -> Option<Duration> {
+        let until = self.pauses.until()?;
+        Some(
+            (until - self.orchestrator.clock.now())
+                .to_std()
+                .unwrap_or_default(),
+        )
+    }
+
     /// Waits for the next input while workers run.
     async fn next_input(&mut self) -> Input {
+        let clock = Arc::clone(&self.orchestrator.clock);
+        let (paused, pause_left) = match self.pause_left() {
+            Some(left) => (true, left),
+            None => (false, Duration::ZERO),
+        };
         let inbox = &mut self.inbox;
         tokio::select! {
+            report = self.pauses.next_report() => match report {
+                Some(report) => Input::Fault(report),
+                None => Input::WorkersEnded(Vec::new()),
+            },
+            () = clock.sleep(pause_left), if paused => Input::PauseOver,
             first = self.workers.join_next_with_id(), if !self.workers.is_empty() => {
                 let mut batch: Vec<_> = first.into_iter().collect();
                 while let Some(next) = self.workers.try_join_next_with_id() {
@@ -296,6 +345,17 @@ impl<'o> Scheduler<'o> {
             }
             Input::SessionEndAbort(None) => self.inbox.session_end_open = false,
             Input::WatchTick => {}
+            Input::Fault(report) => {
+                let now = self.orchestrator.clock.now();
+                self.pauses.on_report(report, now, self.ctx.events.as_ref());
+                if let Some(reason) = &self.pauses.stopped {
+                    self.summary.stopped.get_or_insert_with(|| reason.clone());
+                }
+            }
+            Input::PauseOver => self.pauses.pause_over(self.ctx.events.as_ref()),
+        }
+        if self.stage() != Stage::Running {
+            self.pauses.give_back_waiting();
         }
     }
 
@@ -312,10 +372,20 @@ impl<'o> Scheduler<'o> {
         if matches!(result, IssueResult::Closed { .. }) {
             self.closed_one();
         }
+        if matches!(
+            result,
+            IssueResult::Closed { .. } | IssueResult::Failed { .. }
+        ) {
+            self.pauses.issue_worked();
+        }
         match result {
             IssueResult::Closed { .. } => self.summary.closed.push(issue),
             IssueResult::Failed { reason } => self.summary.failed.push((issue, reason)),
             IssueResult::Skipped { reason } => self.summary.skipped.push((issue, reason)),
+            IssueResult::Released { reason } => {
+                // Given back untouched: planned again only by a later run.
+                self.summary.released.push((issue, reason));
+            }
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mala_core::{Event, EventSink, IssueId, IssueRecord, RunLog, RunStore};
 use mala_domain::{Settings, claim_actor, required_commands};
-use mala_pipeline::{RunnerConfig, RunnerPorts};
+use mala_pipeline::{FaultDesk, FaultLine, RunnerConfig, RunnerPorts, fault_line};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -35,6 +35,7 @@ pub(crate) struct RunContext {
     /// The scheduler's inputs from outside it, taken once by the scheduler.
     pub(crate) victims: Option<mpsc::UnboundedReceiver<DeadlockNews>>,
     pub(crate) session_end_aborts: Option<mpsc::UnboundedReceiver<String>>,
+    pub(crate) fault_desk: Option<FaultDesk>,
 }
 
 impl RunContext {
@@ -77,7 +78,8 @@ impl RunContext {
             _ => None,
         };
         let (aborts_tx, aborts) = mpsc::unbounded_channel();
-        let ports = runner_ports(orchestrator, &events, aborts_tx);
+        let (faults, fault_desk) = fault_line();
+        let ports = runner_ports(orchestrator, &events, aborts_tx, faults);
         let runner_config = runner_config(settings, plan, &repo_root, &state_dir);
         let priors = prior_records(store.as_ref(), &plan.run_id);
         Ok(Self {
@@ -91,6 +93,7 @@ impl RunContext {
             monitor,
             victims: Some(victims),
             session_end_aborts: Some(aborts),
+            fault_desk: Some(fault_desk),
         })
     }
 
@@ -131,6 +134,7 @@ fn runner_ports(
     orchestrator: &Orchestrator,
     events: &Arc<dyn EventSink>,
     session_end_aborts: mpsc::UnboundedSender<String>,
+    faults: FaultLine,
 ) -> RunnerPorts {
     let settings = &orchestrator.settings;
     RunnerPorts {
@@ -155,6 +159,7 @@ fn runner_ports(
                     aborts: session_end_aborts,
                 }) as Arc<dyn mala_pipeline::SessionEndCheck>
             }),
+        faults,
     }
 }
 

@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Timelike, Utc};
 use mala_core::{
-    AgentBackend, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession, ClaimOutcome,
-    Clock, Event, EventSink, Evidence, Finding, Issue, IssueId, IssueStatus, IssueTracker,
-    IssueUpdate, LockTable, Repository, ReviewError, ReviewRequest, ReviewSubject, Reviewer,
-    SessionRequest,
+    AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession,
+    ClaimOutcome, Clock, Event, EventSink, Evidence, Finding, Issue, IssueId, IssueStatus,
+    IssueTracker, IssueUpdate, LockTable, Repository, ReviewError, ReviewRequest, ReviewSubject,
+    Reviewer, SessionRequest,
 };
 use mala_domain::{
-    AttemptState, GateInput, GateVerdict, Marker, NEEDS_FOLLOWUP, PromptKind, RequiredCommand,
-    check_gate, findings_list, is_issue_commit, no_progress, render_prompt,
+    AttemptState, Blame, GateInput, GateVerdict, Marker, NEEDS_FOLLOWUP, PromptKind,
+    RequiredCommand, blame, check_gate, findings_list, is_issue_commit, no_progress, render_prompt,
 };
 
+use crate::faults::{FaultLine, GoOn};
 use crate::reviewers::ask_reviewer;
 use crate::tracking::track_advisory_findings;
 use crate::worker::{CatchUnwind, StopSignal, panic_message};
@@ -77,6 +78,8 @@ pub struct RunnerPorts {
     pub events: Arc<dyn EventSink>,
     pub clock: Arc<dyn Clock>,
     pub session_end: Option<Arc<dyn SessionEndCheck>>,
+    /// Where environment faults are reported and pauses waited out.
+    pub faults: FaultLine,
 }
 
 impl std::fmt::Debug for RunnerPorts {
@@ -99,6 +102,9 @@ pub enum IssueResult {
     Failed { reason: String },
     /// Not taken: someone else holds it, or it is blocked.
     Skipped { reason: String },
+    /// Given back untouched (open, unassigned, no label, no note): the
+    /// environment failed, not the issue.
+    Released { reason: String },
 }
 
 /// Collects what the agent does; forwards it as events.
@@ -396,20 +402,50 @@ impl IssueRun {
         .map_err(|e| e.to_string())
     }
 
-    async fn start_session(&mut self, resume: Option<mala_core::SessionId>) -> Result<(), String> {
+    async fn start_session(
+        &mut self,
+        resume: Option<mala_core::SessionId>,
+    ) -> Result<(), IssueResult> {
         let mut request = SessionRequest::new(self.agent.clone(), self.config.repo_root.clone());
         request.issue_id = Some(self.issue.id.clone());
         request.resume = resume;
         let observer: Arc<dyn AgentObserver> = self.log.clone();
-        let session = self
-            .ports
-            .backend
-            .start(request, observer)
-            .await
-            .map_err(|e| format!("could not start the agent: {e}"))?;
-        self.session = Some(session);
-        self.session_cost = 0.0;
-        Ok(())
+        match self.ports.backend.start(request, observer).await {
+            Ok(session) => {
+                self.session = Some(session);
+                self.session_cost = 0.0;
+                Ok(())
+            }
+            Err(error) => Err(self.failed_for(&error, "could not start the agent")),
+        }
+    }
+
+    /// An agent error nothing more will be tried for: the issue's failure,
+    /// or, when the environment is to blame, the issue given back and the
+    /// run told.
+    fn failed_for(&self, error: &AgentError, what: &str) -> IssueResult {
+        match blame(&error.kind) {
+            Blame::Issue => IssueResult::Failed {
+                reason: format!("{what}: {error}"),
+            },
+            Blame::Environment(fault) => {
+                self.fault_seen(&fault, error);
+                self.ports
+                    .faults
+                    .report(&self.issue.id, fault.clone(), &error.message);
+                IssueResult::Released {
+                    reason: format!("{}: {what}: {error}", fault.summary()),
+                }
+            }
+        }
+    }
+
+    fn fault_seen(&self, fault: &mala_core::EnvFault, error: &AgentError) {
+        self.ports.events.emit(&Event::EnvironmentFault {
+            issue: self.issue.id.clone(),
+            fault: fault.clone(),
+            message: error.message.clone(),
+        });
     }
 
     /// Drives the issue until it ends by itself, panics, or `stop` is
@@ -438,10 +474,7 @@ impl IssueRun {
             issue: self.issue.id.clone(),
             baseline: self.baseline,
         });
-        let mut step = match self.opening().await {
-            Ok(step) => step,
-            Err(reason) => Step::Finish(IssueResult::Failed { reason }),
-        };
+        let mut step = self.opening().await.unwrap_or_else(Step::Finish);
         loop {
             step = match step {
                 Step::Turn(prompt) => self.turn(prompt).await,
@@ -455,19 +488,23 @@ impl IssueRun {
     /// The first step: a review of existing work (`--review-wip`), a
     /// resumed session told to carry on, or a new session with the
     /// implementer prompt (and any earlier findings).
-    async fn opening(&mut self) -> Result<Step, String> {
+    async fn opening(&mut self) -> Result<Step, IssueResult> {
         let resume = self.resume.clone().unwrap_or_default();
+        let failed = |reason| IssueResult::Failed { reason };
         if resume.strict && resume.session_id.is_none() {
-            return Err(format!(
+            return Err(failed(format!(
                 "no earlier session of {} to resume (--strict)",
                 self.issue.id
-            ));
+            )));
         }
-        if resume.review_first && self.ports.reviewer.is_some() && self.has_commits().await? {
+        if resume.review_first
+            && self.ports.reviewer.is_some()
+            && self.has_commits().await.map_err(failed)?
+        {
             return Ok(Step::Review);
         }
         self.open_session().await?;
-        self.first_prompt()
+        self.first_prompt().map_err(failed)
     }
 
     async fn has_commits(&self) -> Result<bool, String> {
@@ -484,7 +521,7 @@ impl IssueRun {
 
     /// Starts the issue's session: the earlier one when there is one to
     /// resume, else a new one.
-    async fn open_session(&mut self) -> Result<(), String> {
+    async fn open_session(&mut self) -> Result<(), IssueResult> {
         let earlier = self
             .resume
             .as_ref()
@@ -496,9 +533,14 @@ impl IssueRun {
                     self.resuming = true;
                     return Ok(());
                 }
-                Err(reason) if self.resume.as_ref().is_some_and(|r| r.strict) => {
-                    return Err(format!("could not resume the earlier session: {reason}"));
+                Err(IssueResult::Failed { reason })
+                    if self.resume.as_ref().is_some_and(|r| r.strict) =>
+                {
+                    return Err(IssueResult::Failed {
+                        reason: format!("could not resume the earlier session: {reason}"),
+                    });
                 }
+                Err(released @ IssueResult::Released { .. }) => return Err(released),
                 Err(_) => {}
             }
         }
@@ -540,10 +582,17 @@ impl IssueRun {
     }
 
     async fn turn(&mut self, prompt: String) -> Step {
+        if !self.ports.faults.turn_may_start().await {
+            return Step::Finish(IssueResult::Released {
+                reason:
+                    "the run stopped for a fault of the environment before this issue's next turn"
+                        .into(),
+            });
+        }
         if self.session.is_none() {
             // A review of existing work came first and sent it back.
-            if let Err(reason) = self.open_session().await {
-                return Step::Finish(IssueResult::Failed { reason });
+            if let Err(result) = self.open_session().await {
+                return Step::Finish(result);
             }
         }
         let Some(session) = self.session.as_mut() else {
@@ -551,66 +600,90 @@ impl IssueRun {
                 reason: "no agent session".into(),
             });
         };
-        match session.turn(&prompt).await {
-            Ok(outcome) => self.turn_ended(outcome),
-            Err(error)
-                if self.resuming
-                    && error.kind != AgentErrorKind::Cancelled
-                    && *lock(&self.log.tool_uses) == 0 =>
-            {
-                let _ = session.close().await;
-                self.session = None;
-                self.replace_unresumable(&error).await
-            }
-            Err(error) if error.is_retryable() && self.resumes < self.config.max_resumes => {
-                self.resumes += 1;
-                let session_id = session.session_id();
-                let _ = session.close().await;
-                self.ports.events.emit(&Event::Retrying {
-                    issue: self.issue.id.clone(),
-                    why: format!(
-                        "{error}; resuming ({}/{})",
-                        self.resumes, self.config.max_resumes
-                    ),
-                });
-                self.ports
-                    .clock
-                    .sleep(self.config.resume_backoff * self.resumes)
+        let error = match session.turn(&prompt).await {
+            Ok(outcome) => return self.turn_ended(outcome),
+            Err(error) => error,
+        };
+        if error.kind == AgentErrorKind::Cancelled {
+            return Step::Finish(IssueResult::Skipped {
+                reason: format!("{STOPPED}: {error}"),
+            });
+        }
+        if self.resuming && *lock(&self.log.tool_uses) == 0 {
+            self.close_session().await;
+            return self.replace_unresumable(&error).await;
+        }
+        if error.is_retryable() && self.resumes < self.config.max_resumes {
+            self.resumes += 1;
+            self.ports.events.emit(&Event::Retrying {
+                issue: self.issue.id.clone(),
+                why: format!(
+                    "{error}; resuming ({}/{})",
+                    self.resumes, self.config.max_resumes
+                ),
+            });
+            let backoff = self.config.resume_backoff * self.resumes;
+            self.ports.clock.sleep(backoff).await;
+            return self.pick_up(&error, prompt).await;
+        }
+        match blame(&error.kind) {
+            Blame::Environment(
+                fault @ (mala_core::EnvFault::UsageLimit { .. } | mala_core::EnvFault::Unavailable),
+            ) => {
+                self.fault_seen(&fault, &error);
+                let answer = self
+                    .ports
+                    .faults
+                    .wait_out(&self.issue.id, fault.clone(), &error.message)
                     .await;
-                let worked = *lock(&self.log.tool_uses) > 0;
-                match (session_id, worked) {
-                    (Some(id), _) => match self.start_session(Some(id)).await {
-                        Ok(()) => match render_prompt(
-                            PromptKind::IdleResume,
-                            &[("issue_id", self.issue.id.to_string())],
-                        ) {
-                            Ok(resume) => Step::Turn(resume),
-                            Err(e) => Step::Finish(IssueResult::Failed {
-                                reason: e.to_string(),
-                            }),
-                        },
-                        Err(reason) => Step::Finish(IssueResult::Failed { reason }),
-                    },
-                    // Nothing happened yet: starting over repeats no side effect.
-                    (None, false) => match self.start_session(None).await {
-                        Ok(()) => Step::Turn(prompt),
-                        Err(reason) => Step::Finish(IssueResult::Failed { reason }),
-                    },
-                    (None, true) => Step::Finish(IssueResult::Failed {
-                        reason: format!(
-                            "the agent's session was lost ({error}) after it had started working, and it cannot be resumed; \
-                             mala does not replay a prompt after its tools have run"
-                        ),
+                match answer {
+                    GoOn::Resume => self.pick_up(&error, prompt).await,
+                    GoOn::GiveBack => Step::Finish(IssueResult::Released {
+                        reason: format!("{}: {error}", fault.summary()),
                     }),
                 }
             }
-            Err(error) if error.kind == AgentErrorKind::Cancelled => {
-                Step::Finish(IssueResult::Skipped {
-                    reason: format!("{STOPPED}: {error}"),
-                })
+            _ => Step::Finish(self.failed_for(&error, "the agent failed")),
+        }
+    }
+
+    async fn close_session(&mut self) {
+        if let Some(mut session) = self.session.take() {
+            let _ = session.close().await;
+        }
+    }
+
+    /// Carries on after a failed turn: the same session resumed when it has
+    /// an id, a new one with the same prompt when nothing ran yet.
+    async fn pick_up(&mut self, error: &AgentError, prompt: String) -> Step {
+        let session_id = self.session.as_ref().and_then(|s| s.session_id());
+        self.close_session().await;
+        let worked = *lock(&self.log.tool_uses) > 0;
+        match (session_id, worked) {
+            (Some(id), _) => {
+                if let Err(result) = self.start_session(Some(id)).await {
+                    return Step::Finish(result);
+                }
+                match render_prompt(
+                    PromptKind::IdleResume,
+                    &[("issue_id", self.issue.id.to_string())],
+                ) {
+                    Ok(resume) => Step::Turn(resume),
+                    Err(e) => Step::Finish(IssueResult::Failed {
+                        reason: e.to_string(),
+                    }),
+                }
             }
-            Err(error) => Step::Finish(IssueResult::Failed {
-                reason: format!("the agent failed: {error}"),
+            // Nothing happened yet: starting over repeats no side effect.
+            (None, false) => match self.start_session(None).await {
+                Ok(()) => Step::Turn(prompt),
+                Err(result) => Step::Finish(result),
+            },
+            (None, true) => Step::Finish(IssueResult::Failed {
+                reason: format!(
+                    "the agent's session was lost ({error}) after it had started working, and it cannot be resumed; \
+                     mala does not replay a prompt after its tools have run"
+                ),
             }),
         }
     }
@@ -644,8 +717,8 @@ impl IssueRun {
             issue: self.issue.id.clone(),
             why: format!("the earlier session could not be resumed ({error}); starting a new one"),
         });
-        if let Err(reason) = self.start_session(None).await {
-            return Step::Finish(IssueResult::Failed { reason });
+        if let Err(result) = self.start_session(None).await {
+            return Step::Finish(result);
         }
         self.first_prompt()
             .unwrap_or_else(|reason| Step::Finish(IssueResult::Failed { reason }))
@@ -1016,9 +1089,7 @@ impl IssueRun {
 
     /// Ends the session, cleans up after the agent and records the outcome.
     async fn finalize(&mut self, result: IssueResult) -> IssueResult {
-        if let Some(mut session) = self.session.take() {
-            let _ = session.close().await;
-        }
+        self.close_session().await;
         // Whatever this agent staged and left behind must not block the next one.
         let mut touched: Vec<PathBuf> = lock(&self.log.evidence)
             .edits
@@ -1070,6 +1141,18 @@ impl IssueRun {
             }
             IssueResult::Skipped { reason } => {
                 self.ports.events.emit(&Event::IssueSkipped {
+                    issue: id,
+                    reason: reason.clone(),
+                });
+            }
+            IssueResult::Released { reason } => {
+                // Open and unassigned, as before the claim: nothing is charged to it.
+                if let Err(error) = self.ports.tracker.reopen(&id).await {
+                    self.ports.events.emit(&Event::Warning {
+                        message: format!("{id}: could not give the issue back: {error}"),
+                    });
+                }
+                self.ports.events.emit(&Event::IssueReleased {
                     issue: id,
                     reason: reason.clone(),
                 });

@@ -481,6 +481,7 @@ impl Harness {
         let ports = RunnerPorts {
             reviewer,
             session_end,
+            faults: mala_pipeline::FaultLine::detached(),
             ..self.ports(turns, None)
         };
         run_issue_from(
@@ -514,6 +515,7 @@ impl Harness {
             events: self.events.clone(),
             clock: Arc::new(SystemClock),
             session_end: None,
+            faults: mala_pipeline::FaultLine::detached(),
         }
     }
 

@@ -75,6 +75,11 @@ impl Script {
         Self(Arc::new(f))
     }
 
+    /// What this script answers to `conversation`, for a script that wraps another.
+    pub fn reply(&self, conversation: &Conversation<'_>) -> Reply {
+        (self.0)(conversation)
+    }
+
     /// Tool calls in order, one per model call, then the final text (the
     /// last `Step::Text`, or "done"). The step to take is the number of tool
     /// calls already in the conversation.

@@ -123,6 +123,7 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
             },
             watch: args.watch.then_some(std::time::Duration::from_secs(60)),
             run_id,
+            pauses: pause_policy(args.max_pause),
         },
         claude,
         br: find_program("br"),
@@ -181,6 +182,14 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
     report(&summary.map_err(run_failure)?, &console.summary())
 }
 
+fn pause_policy(max_pause_minutes: Option<u64>) -> mala_orchestration::PausePolicy {
+    let mut policy = mala_orchestration::PausePolicy::default();
+    if let Some(minutes) = max_pause_minutes {
+        policy.max_pause = std::time::Duration::from_secs(minutes.saturating_mul(60));
+    }
+    policy
+}
+
 fn run_failure(error: mala_orchestration::RunError) -> Failure {
     match error {
         mala_orchestration::RunError::Tracker(error) => Failure::Tracker(error),
@@ -203,10 +212,18 @@ fn run_failure(error: mala_orchestration::RunError) -> Failure {
 fn report(summary: &RunSummary, table: &str) -> Result<(), Failure> {
     output::stdout(table);
     let mut text = format!(
-        "{} closed, {} failed, {} skipped{}\nsession records: {}\n",
+        "{} closed, {} failed, {} skipped{}{}\nsession records: {}\n",
         summary.closed.len(),
         summary.failed.len(),
         summary.skipped.len(),
+        if summary.released.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} given back untouched (environment)",
+                summary.released.len()
+            )
+        },
         if summary.deferred.is_empty() {
             String::new()
         } else {
@@ -217,9 +234,15 @@ fn report(summary: &RunSummary, table: &str) -> Result<(), Failure> {
     for (issue, reason) in &summary.failed {
         let _ = writeln!(text, "  ✗ {issue}: {reason}");
     }
+    for (issue, reason) in &summary.released {
+        let _ = writeln!(text, "  ○ {issue}: {reason}");
+    }
     output::stdout(&text);
     if summary.interrupted {
         return Err(Failure::Interrupted);
+    }
+    if let Some(reason) = &summary.stopped {
+        return Err(Failure::Environment(reason.clone()));
     }
     if let Some(command) = &summary.aborted {
         return Err(Failure::Aborted(command.clone()));

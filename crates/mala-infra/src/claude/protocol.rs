@@ -130,6 +130,9 @@ pub(crate) fn turn_outcome(result: &Value) -> Result<TurnOutcome, AgentError> {
     if is_error && let Some(status) = result.get("api_error_status").and_then(Value::as_u64) {
         return Err(api_error(status, &failure_text(result)));
     }
+    if is_error && let Some(error) = unreachable_api(result) {
+        return Err(error);
+    }
     let status = match (is_error, subtype) {
         (false, _) => TurnStatus::Completed,
         (true, "error_during_execution") => TurnStatus::Interrupted,
@@ -178,16 +181,41 @@ pub(crate) fn turn_outcome(result: &Value) -> Result<TurnOutcome, AgentError> {
     })
 }
 
-/// An HTTP status from the model API, classified.
+/// An HTTP status from the model API, classified. A 429 is a limit to
+/// wait out (its reset time, when the stream gave one, is added by the
+/// session); a 5xx or 529 is an overload to retry.
 pub(crate) fn api_error(status: u64, text: &str) -> AgentError {
     let kind = match status {
         401 | 403 => AgentErrorKind::Authentication,
-        408 | 429 | 500..=599 => AgentErrorKind::Overloaded {
-            retry_after: Some(Duration::from_secs(if status == 429 { 30 } else { 10 })),
+        429 => AgentErrorKind::RateLimited { resets_at: None },
+        408 | 500..=599 => AgentErrorKind::Overloaded {
+            retry_after: Some(Duration::from_secs(10)),
         },
         _ => AgentErrorKind::Protocol,
     };
     AgentError::new(kind, format!("model API error {status}: {text}"))
+}
+
+/// A failed result with no HTTP status whose text is the CLI's "API Error":
+/// the model API was never reached (refused, reset, DNS, TLS).
+fn unreachable_api(result: &Value) -> Option<AgentError> {
+    let text = result.get("result").and_then(Value::as_str)?;
+    text.starts_with("API Error")
+        .then(|| AgentError::new(AgentErrorKind::Network, text.to_owned()))
+}
+
+/// The reset time a `rate_limit_event` gives when it says calls are
+/// refused (`status: rejected`); `None` for any other line.
+pub(crate) fn rejected_until(message: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    if message.get("type").and_then(Value::as_str) != Some("rate_limit_event") {
+        return None;
+    }
+    let info = message.get("rate_limit_info")?;
+    if info.get("status").and_then(Value::as_str) != Some("rejected") {
+        return None;
+    }
+    let resets = info.get("resetsAt").and_then(Value::as_i64)?;
+    chrono::DateTime::from_timestamp(resets, 0)
 }
 
 #[cfg(test)]
@@ -242,6 +270,53 @@ mod tests {
             }
         }
         assert!(results >= 9, "{results}");
+    }
+
+    fn error_fixture(name: &str) -> Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/claude-errors")
+            .join(name);
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// Results the real CLI (2.1.197) printed for each failure of the model
+    /// API, recorded against a local server answering that status.
+    #[test]
+    fn recorded_api_failures_are_classified_by_what_waiting_can_do() {
+        let kind = |name| turn_outcome(&error_fixture(name)).unwrap_err().kind;
+        assert_eq!(kind("http-401.result.json"), AgentErrorKind::Authentication);
+        assert_eq!(kind("http-403.result.json"), AgentErrorKind::Authentication);
+        assert_eq!(
+            kind("http-429.result.json"),
+            AgentErrorKind::RateLimited { resets_at: None }
+        );
+        assert!(matches!(
+            kind("http-529.result.json"),
+            AgentErrorKind::Overloaded { .. }
+        ));
+        assert_eq!(
+            kind("connection-refused.result.json"),
+            AgentErrorKind::Network
+        );
+        let refused = turn_outcome(&error_fixture("connection-refused.result.json")).unwrap_err();
+        assert!(refused.message.contains("ConnectionRefused"), "{refused}");
+        let honest = json!({"type":"result","subtype":"success","is_error":true,"result":"I could not finish"});
+        assert!(
+            turn_outcome(&honest).is_ok(),
+            "the agent's own failure is an outcome"
+        );
+    }
+
+    #[test]
+    fn a_rejected_rate_limit_event_gives_its_reset_time() {
+        let rejected = json!({"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":1_800_000_000,"rateLimitType":"five_hour"}});
+        assert_eq!(
+            rejected_until(&rejected),
+            chrono::DateTime::from_timestamp(1_800_000_000, 0)
+        );
+        let allowed = json!({"type":"rate_limit_event","rate_limit_info":{"status":"allowed_warning","resetsAt":1_800_000_000}});
+        assert_eq!(rejected_until(&allowed), None);
+        assert_eq!(rejected_until(&json!({"type":"assistant"})), None);
     }
 
     #[test]

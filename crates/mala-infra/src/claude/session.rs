@@ -84,6 +84,8 @@ struct Shared {
     epoch: Instant,
     tool_started: Mutex<HashMap<String, DateTime<Utc>>>,
     stderr_tail: Mutex<String>,
+    /// When a usage limit the CLI reported refused calls resets.
+    limit_resets: Mutex<Option<DateTime<Utc>>>,
     next_request: AtomicU64,
     summary: Mutex<Summary>,
 }
@@ -168,6 +170,9 @@ impl Shared {
 
     /// Follows conversation messages: session id, text, tool calls and results.
     fn follow(&self, message: &Value) {
+        if let Some(until) = protocol::rejected_until(message) {
+            *lock(&self.limit_resets) = Some(until);
+        }
         match message.get("type").and_then(Value::as_str) {
             Some("system") if message.get("subtype").and_then(Value::as_str) == Some("init") => {
                 if let Some(id) = message.get("session_id").and_then(Value::as_str) {
@@ -626,6 +631,9 @@ fn claude_command(config: &ClaudeConfig, request: &SessionRequest) -> tokio::pro
         // Every Bash call starts in the repository, as the guard assumes when
         // it resolves a command's relative paths; a `cd` lasts one call.
         .env("CLAUDE_BASH_MAINTAIN_PROJECT_WORKING_DIR", "1")
+        // A few quick retries of the CLI's own (about 4 s in all); past
+        // them mala resumes, then pauses the whole run, which a limit needs.
+        .env("CLAUDE_CODE_MAX_RETRIES", "3")
         .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     command
 }
@@ -722,6 +730,7 @@ impl ClaudeSession {
             epoch: Instant::now(),
             tool_started: Mutex::new(HashMap::new()),
             stderr_tail: Mutex::new(String::new()),
+            limit_resets: Mutex::new(None),
             next_request: AtomicU64::new(0),
             summary: Mutex::new(Summary {
                 agent: request.agent_id.to_string(),
@@ -1073,7 +1082,14 @@ impl AgentSession for ClaudeSession {
             }
         };
         self.shared.record.flush();
-        let outcome = result.and_then(|result| protocol::turn_outcome(&result));
+        let outcome = result
+            .and_then(|result| protocol::turn_outcome(&result))
+            .map_err(|mut error| {
+                if let AgentErrorKind::RateLimited { resets_at } = &mut error.kind {
+                    *resets_at = resets_at.or(*lock(&self.shared.limit_resets));
+                }
+                error
+            });
         if let Ok(TurnOutcome {
             session_id: Some(id),
             ..

@@ -1,0 +1,225 @@
+//! Environment faults are not the issue's fault: `mala run` with the real
+//! br and claude against a mock model that refuses credentials, or rate
+//! limits for a while, and a claude that will not start.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+
+/// Two ready issues under no epic, committed.
+fn two_issues(br: &Br, repo: &TempRepo) -> Vec<String> {
+    let issues = ["a", "b"]
+        .iter()
+        .map(|name| {
+            br.create(&NewIssue {
+                title: &format!("Fix {name}"),
+                priority: 2,
+                description: &format!(
+                    "Write the word fixed into FILE=src/{name}.txt and commit it."
+                ),
+                ..NewIssue::default()
+            })
+        })
+        .collect();
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+    issues
+}
+
+fn setup() -> TempRepo {
+    let repo = TempRepo::new();
+    std::fs::create_dir(repo.path().join("src")).unwrap();
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
+    )
+    .unwrap();
+    repo
+}
+
+/// The issue exactly as it was before the run: open, unassigned, no
+/// label, no note.
+fn assert_untouched(br: &Br, issue: &str) {
+    let shown = &br.json(&["show", issue])[0];
+    assert_eq!(shown["status"], "open", "{shown}");
+    assert_eq!(
+        shown["assignee"].as_str().unwrap_or_default(),
+        "",
+        "{shown}"
+    );
+    assert!(
+        shown["labels"].as_array().is_none_or(Vec::is_empty),
+        "{shown}"
+    );
+    assert_eq!(shown["notes"].as_str().unwrap_or_default(), "", "{shown}");
+}
+
+fn mala_run(repo: &TempRepo, env: &[(String, String)], args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mala"))
+        .arg("run")
+        .args(args)
+        .current_dir(repo.path())
+        .env_clear()
+        .envs(env.iter().cloned())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn refused_credentials_stop_the_run_and_charge_no_issue() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = setup();
+    let br = Br::init(&br_binary, repo.path(), "auth");
+    let issues = two_issues(&br, &repo);
+    let mock = MockAnthropic::start(Script::from_fn(|_| Reply::HttpError(401)));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let env = run_env(
+        &harness,
+        &bin_dir(scratch.path(), &br_binary, &claude),
+        scratch.path(),
+    );
+
+    let output = mala_run(&repo, &env, &["--max-agents", "2"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(4),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("refused the agent's credentials"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("/login"), "{stderr}");
+    assert!(stdout.contains("0 failed"), "{stdout}");
+    for issue in &issues {
+        assert_untouched(&br, issue);
+    }
+    // The next run may take them: nothing marks them as tried.
+    assert_eq!(br.ready_ids().len(), 2);
+}
+
+#[test]
+fn a_claude_that_refuses_to_start_stops_the_run_before_any_claim() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = setup();
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    if uid != 0 {
+        eprintln!(
+            "NOTE: not root, so claude has no reason to refuse; this test checks the root case only as root"
+        );
+        return;
+    }
+    let br = Br::init(&br_binary, repo.path(), "root");
+    let issues = two_issues(&br, &repo);
+    let mock = MockAnthropic::start(script_with_check(repo.path()));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let mut env = run_env(
+        &harness,
+        &bin_dir(scratch.path(), &br_binary, &claude),
+        scratch.path(),
+    );
+    env.retain(|(k, _)| k != "IS_SANDBOX");
+
+    let output = mala_run(&repo, &env, &["--max-agents", "2"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("root/sudo"), "{stderr}");
+    assert!(
+        stderr.contains("IS_SANDBOX=1"),
+        "the hint names the fix: {stderr}"
+    );
+    for issue in &issues {
+        assert_untouched(&br, issue);
+    }
+    assert!(
+        mock.requests().iter().all(|r| r.path() != "/v1/messages"),
+        "no model call"
+    );
+}
+
+#[test]
+fn a_rate_limit_pauses_the_run_which_then_resumes_and_closes_the_issue() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = setup();
+    let br = Br::init(&br_binary, repo.path(), "limit");
+    let issues = two_issues(&br, &repo);
+    let honest = script_with_check(repo.path());
+    // The first model calls are refused: the CLI's own retries, then more.
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&refused);
+    let script = Script::from_fn(move |conversation: &Conversation<'_>| {
+        if conversation.offers_tools() && counter.fetch_add(1, Ordering::SeqCst) < 5 {
+            return Reply::HttpError(429);
+        }
+        honest.reply(conversation)
+    });
+    let mock = MockAnthropic::start(script);
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let env = run_env(
+        &harness,
+        &bin_dir(scratch.path(), &br_binary, &claude),
+        scratch.path(),
+    );
+    let events = scratch.path().join("events.jsonl");
+
+    let output = mala_run(
+        &repo,
+        &env,
+        &[
+            "--max-issues",
+            "1",
+            "--events-jsonl",
+            events.to_str().unwrap(),
+        ],
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("paused until"), "{stdout}");
+    assert!(stdout.contains("resumed"), "{stdout}");
+    let closed: Vec<&String> = issues
+        .iter()
+        .filter(|i| br.json(&["show", i])[0]["status"] == "closed")
+        .collect();
+    assert_eq!(closed.len(), 1, "{stdout}");
+    let log = std::fs::read_to_string(&events).unwrap();
+    let kinds: Vec<String> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    let paused = kinds
+        .iter()
+        .position(|k| k == "run_paused")
+        .expect("run_paused");
+    let resumed = kinds
+        .iter()
+        .position(|k| k == "run_resumed")
+        .expect("run_resumed");
+    assert!(paused < resumed, "{kinds:?}");
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| k == "issue_failed" || k == "issue_released"),
+        "{kinds:?}"
+    );
+    assert!(refused.load(Ordering::SeqCst) >= 5);
+}

@@ -1,0 +1,193 @@
+//! The scheduler's part in environment faults: the run's pause, and the
+//! decision to stop. The scheduler owns this state; runners reach it only
+//! through their `FaultLine` (reports in, the run's gate out).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mala_core::{EnvFault, Event, EventSink};
+use mala_domain::{FaultAction, FaultContext, respond_to_fault};
+use mala_pipeline::{FaultDesk, FaultReport, GoOn, RunGate};
+use tokio::sync::oneshot;
+
+/// How long the run may pause, and how it backs off with no reset time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PausePolicy {
+    /// The longest one stretch of pauses may last (`--max-pause`).
+    pub max_pause: Duration,
+    /// The first pause when the API gives no reset time; it doubles after.
+    pub backoff: Duration,
+}
+
+impl Default for PausePolicy {
+    fn default() -> Self {
+        Self {
+            max_pause: Duration::from_secs(6 * 3600),
+            backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A pause in progress.
+#[derive(Debug)]
+struct Pause {
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    /// Runners waiting for the pause to end.
+    waiting: Vec<oneshot::Sender<GoOn>>,
+}
+
+/// The run's fault state.
+#[derive(Debug)]
+pub(crate) struct Pauses {
+    desk: Option<FaultDesk>,
+    policy: PausePolicy,
+    pause: Option<Pause>,
+    start_failures_in_row: u32,
+    in_a_row: u32,
+    /// Why the environment stopped the run.
+    pub(crate) stopped: Option<String>,
+}
+
+impl Pauses {
+    pub(crate) fn new(desk: Option<FaultDesk>, policy: PausePolicy) -> Self {
+        Self {
+            desk,
+            policy,
+            pause: None,
+            start_failures_in_row: 0,
+            in_a_row: 0,
+            stopped: None,
+        }
+    }
+
+    /// When the pause ends; `None` when the run is not paused.
+    pub(crate) fn until(&self) -> Option<DateTime<Utc>> {
+        self.pause.as_ref().map(|p| p.until)
+    }
+
+    /// The next report, once one comes; `None` when no runner can report.
+    pub(crate) async fn next_report(&mut self) -> Option<FaultReport> {
+        match &mut self.desk {
+            Some(desk) => desk.reports.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// An issue made progress (closed or failed on its own): the faults
+    /// before it were not in a row.
+    pub(crate) fn issue_worked(&mut self) {
+        self.start_failures_in_row = 0;
+        if self.pause.is_none() {
+            self.in_a_row = 0;
+        }
+    }
+
+    /// Decides about one report: pause, stop, or carry on.
+    pub(crate) fn on_report(
+        &mut self,
+        report: FaultReport,
+        now: DateTime<Utc>,
+        events: &dyn EventSink,
+    ) {
+        if matches!(report.fault, EnvFault::CouldNotStart) {
+            self.start_failures_in_row += 1;
+        }
+        if self.stopped.is_some() {
+            answer(report.reply, GoOn::GiveBack);
+            return;
+        }
+        let ctx = FaultContext {
+            now,
+            start_failures_in_row: self.start_failures_in_row,
+            paused_since: self.pause.as_ref().map(|p| p.since),
+            pauses_in_row: self.in_a_row,
+            max_pause: self.policy.max_pause,
+            backoff: self.policy.backoff,
+        };
+        match respond_to_fault(&report.fault, &report.message, &ctx) {
+            FaultAction::Stop { reason } => {
+                answer(report.reply, GoOn::GiveBack);
+                self.stop(reason, events);
+            }
+            FaultAction::Pause { until } => self.pause_until(until, report, now, events),
+            FaultAction::CarryOn => answer(report.reply, GoOn::GiveBack),
+        }
+    }
+
+    fn pause_until(
+        &mut self,
+        until: DateTime<Utc>,
+        report: FaultReport,
+        now: DateTime<Utc>,
+        events: &dyn EventSink,
+    ) {
+        let new = self.pause.is_none();
+        let pause = self.pause.get_or_insert_with(|| Pause {
+            since: now,
+            until,
+            waiting: Vec::new(),
+        });
+        let longer = until > pause.until;
+        pause.until = pause.until.max(until);
+        pause.waiting.extend(report.reply);
+        if new || longer {
+            let until = pause.until;
+            self.set_gate(RunGate::Paused);
+            events.emit(&Event::RunPaused {
+                reason: format!("{}: {}", report.fault.summary(), report.message),
+                until,
+            });
+        }
+    }
+
+    /// The pause's time is up: the waiting runners carry on.
+    pub(crate) fn pause_over(&mut self, events: &dyn EventSink) {
+        let Some(pause) = self.pause.take() else {
+            return;
+        };
+        self.in_a_row += 1;
+        for waiting in pause.waiting {
+            answer(Some(waiting), GoOn::Resume);
+        }
+        if self.stopped.is_none() {
+            self.set_gate(RunGate::Open);
+            events.emit(&Event::RunResumed);
+        }
+    }
+
+    /// The run stops for the environment: no new turns, waiting runners give
+    /// their issues back.
+    pub(crate) fn stop(&mut self, reason: String, events: &dyn EventSink) {
+        events.emit(&Event::Warning {
+            message: format!("the run stops: {reason}"),
+        });
+        self.stopped.get_or_insert(reason);
+        self.give_back_waiting();
+        self.set_gate(RunGate::Stopping);
+    }
+
+    /// The run drains (Ctrl-C): runners waiting out a pause give their
+    /// issues back instead of waiting for it to end.
+    pub(crate) fn give_back_waiting(&mut self) {
+        if let Some(pause) = self.pause.take() {
+            for waiting in pause.waiting {
+                answer(Some(waiting), GoOn::GiveBack);
+            }
+            // The others would meet the same limit at their next turn.
+            self.set_gate(RunGate::Stopping);
+        }
+    }
+
+    fn set_gate(&self, gate: RunGate) {
+        if let Some(desk) = &self.desk {
+            desk.gate.send_replace(gate);
+        }
+    }
+}
+
+fn answer(reply: Option<oneshot::Sender<GoOn>>, go_on: GoOn) {
+    if let Some(reply) = reply {
+        let _ = reply.send(go_on);
+    }
+}

@@ -1,0 +1,118 @@
+//! The line between a runner and the run for environment faults. The
+//! runner reports a fault and, for a limit, waits for the run's answer; the
+//! run (the scheduler, which owns the pause) decides whether to pause, stop
+//! or carry on. Before each turn a runner waits out a pause.
+
+use mala_core::{EnvFault, IssueId};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// A fault, as a runner reports it.
+#[derive(Debug)]
+pub struct FaultReport {
+    pub issue: IssueId,
+    pub fault: EnvFault,
+    /// What the agent's error said.
+    pub message: String,
+    /// Where the run answers a limit: go on once the pause is over, or give
+    /// the issue back. `None` for faults the runner gives its issue back for
+    /// at once (credentials, a start that failed).
+    pub reply: Option<oneshot::Sender<GoOn>>,
+}
+
+/// The run's answer to a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoOn {
+    /// The pause is over: carry on in the same session.
+    Resume,
+    /// The run is stopping: give the issue back untouched.
+    GiveBack,
+}
+
+/// Whether turns may start, as the run says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunGate {
+    Open,
+    Paused,
+    /// The environment stopped the run: no new turns.
+    Stopping,
+}
+
+/// A runner's end of the line.
+#[derive(Debug, Clone)]
+pub struct FaultLine {
+    reports: Option<mpsc::UnboundedSender<FaultReport>>,
+    gate: watch::Receiver<RunGate>,
+}
+
+/// The run's end of the line.
+#[derive(Debug)]
+pub struct FaultDesk {
+    pub reports: mpsc::UnboundedReceiver<FaultReport>,
+    pub gate: watch::Sender<RunGate>,
+}
+
+/// A line and its desk.
+pub fn fault_line() -> (FaultLine, FaultDesk) {
+    let (reports_tx, reports) = mpsc::unbounded_channel();
+    let (gate, gate_rx) = watch::channel(RunGate::Open);
+    (
+        FaultLine {
+            reports: Some(reports_tx),
+            gate: gate_rx,
+        },
+        FaultDesk { reports, gate },
+    )
+}
+
+impl FaultLine {
+    /// A line with no run behind it (a runner on its own): the gate stays
+    /// open and every limit gives the issue back.
+    pub fn detached() -> Self {
+        let (_, gate) = watch::channel(RunGate::Open);
+        Self {
+            reports: None,
+            gate,
+        }
+    }
+
+    /// Tells the run; the issue is given back whatever it answers.
+    pub(crate) fn report(&self, issue: &IssueId, fault: EnvFault, message: &str) {
+        if let Some(reports) = &self.reports {
+            let _ = reports.send(FaultReport {
+                issue: issue.clone(),
+                fault,
+                message: message.to_owned(),
+                reply: None,
+            });
+        }
+    }
+
+    /// Tells the run about a limit and waits for its answer. A run that is
+    /// gone answers `GiveBack`.
+    pub(crate) async fn wait_out(&self, issue: &IssueId, fault: EnvFault, message: &str) -> GoOn {
+        let Some(reports) = &self.reports else {
+            return GoOn::GiveBack;
+        };
+        let (reply, answer) = oneshot::channel();
+        let report = FaultReport {
+            issue: issue.clone(),
+            fault,
+            message: message.to_owned(),
+            reply: Some(reply),
+        };
+        if reports.send(report).is_err() {
+            return GoOn::GiveBack;
+        }
+        answer.await.unwrap_or(GoOn::GiveBack)
+    }
+
+    /// Waits while the run is paused; `false` when it is stopping.
+    pub(crate) async fn turn_may_start(&self) -> bool {
+        let mut gate = self.gate.clone();
+        match gate.wait_for(|g| *g != RunGate::Paused).await {
+            Ok(open) => *open == RunGate::Open,
+            // The run is gone: nothing holds turns back any more.
+            Err(_) => true,
+        }
+    }
+}
