@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p mala-infra --example bench_claude -- parse
 //! cargo run --release -p mala-infra --example bench_claude -- sessions CLAUDE [N]
+//! cargo run --release -p mala-infra --example bench_claude -- preflight CLAUDE [N]
 //! ```
 //!
 //! - parse: a fake CLI prints ~200 MB of recorded stream-json lines in one
@@ -11,6 +12,9 @@
 //! - sessions: N (default 32) real claude sessions stream against the mock
 //!   model (run in a child process, so its CPU is not counted); mala's own
 //!   CPU time and RSS growth are printed per session.
+//! - preflight: N (default 10) times what `mala run` does before its first
+//!   claim: start one session (the handshake with mala's hooks and lock
+//!   tools) and close it. No model call is made.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 #![allow(clippy::cast_precision_loss)] // figures for people: f64 is precise enough
 
@@ -149,7 +153,8 @@ async fn serve_mock() {
     std::future::pending::<()>().await;
 }
 
-async fn sessions(claude: PathBuf, count: usize) {
+/// The mock model in a child process (its CPU is not mala's), and its URL.
+fn mock_child() -> (std::process::Child, String) {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .arg("serve-mock")
         .stdout(std::process::Stdio::piped())
@@ -161,32 +166,74 @@ async fn sessions(claude: PathBuf, count: usize) {
         &mut url,
     )
     .unwrap();
-    let url = url.trim().to_owned();
-    let state = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(state.path().join("home")).unwrap();
-    let repo = tempfile::tempdir().unwrap();
-    let mut config = ClaudeConfig::new(&claude, state.path().join("state"));
+    (child, url.trim().to_owned())
+}
+
+/// claude kept offline against the mock at `url`.
+fn offline_config(claude: &Path, url: &str, state: &Path) -> ClaudeConfig {
+    std::fs::create_dir_all(state.join("home")).unwrap();
+    let mut config = ClaudeConfig::new(claude, state.join("state"));
     config.model = Some("claude-sonnet-4-5".into());
     config.clear_env = true;
     config.env = [
         ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
-        ("HOME", state.path().join("home").display().to_string()),
+        ("HOME", state.join("home").display().to_string()),
         (
             "CLAUDE_CONFIG_DIR",
-            state.path().join("config").display().to_string(),
+            state.join("config").display().to_string(),
         ),
-        ("ANTHROPIC_BASE_URL", url.clone()),
+        ("ANTHROPIC_BASE_URL", url.to_owned()),
         ("ANTHROPIC_API_KEY", "sk-ant-offline-bench".to_owned()),
         ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
         ("CLAUDE_CODE_MAX_RETRIES", "0".to_owned()),
         ("IS_SANDBOX", "1".to_owned()),
-        ("HTTPS_PROXY", url.clone()),
-        ("HTTP_PROXY", url.clone()),
+        ("HTTPS_PROXY", url.to_owned()),
+        ("HTTP_PROXY", url.to_owned()),
         ("NO_PROXY", "127.0.0.1,localhost".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    config
+}
+
+/// What a run's preflight costs: one session's handshake, then close.
+async fn preflight(claude: PathBuf, count: usize) {
+    let (mut child, url) = mock_child();
+    let state = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let backend = ClaudeBackend::new(offline_config(&claude, &url, state.path()));
+    let mut times = Vec::new();
+    for n in 0..count {
+        let start = Instant::now();
+        let request = SessionRequest::new(
+            AgentId::new(format!("preflight@{n}")),
+            repo.path().to_path_buf(),
+        );
+        let mut session = backend
+            .start_session(request, Arc::new(Quiet))
+            .await
+            .unwrap();
+        session.close().await.unwrap();
+        times.push(start.elapsed());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "preflight, {count} runs: median {:.0} ms, p95 {:.0} ms, min {:.0} ms",
+        ms(times[count / 2]),
+        ms(times[(count * 95 / 100).min(count - 1)]),
+        ms(times[0])
+    );
+}
+
+async fn sessions(claude: PathBuf, count: usize) {
+    let (mut child, url) = mock_child();
+    let state = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let config = offline_config(&claude, &url, state.path());
     let backend = ClaudeBackend::new(config);
     let rss_before = own_rss_kb();
     let cpu_before = own_cpu();
@@ -243,11 +290,16 @@ async fn main() {
     match args.first().map(String::as_str) {
         Some("parse") => parse().await,
         Some("serve-mock") => serve_mock().await,
+        Some("preflight") => {
+            let claude = PathBuf::from(args.get(1).expect("preflight needs the claude binary"));
+            let count = args.get(2).map_or(10, |n| n.parse().unwrap());
+            preflight(claude, count).await;
+        }
         Some("sessions") => {
             let claude = PathBuf::from(args.get(1).expect("sessions needs the claude binary"));
             let count = args.get(2).map_or(32, |n| n.parse().unwrap());
             sessions(claude, count).await;
         }
-        _ => println!("usage: bench_claude parse | sessions CLAUDE [N]"),
+        _ => println!("usage: bench_claude parse | sessions CLAUDE [N] | preflight CLAUDE [N]"),
     }
 }

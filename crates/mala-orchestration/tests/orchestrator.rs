@@ -612,3 +612,110 @@ async fn periodic_validation_runs_every_interval_closes_with_the_pool_idle() {
     let ran = std::fs::read_to_string(world.dir.path().join("periodic.txt")).unwrap();
     assert_eq!(ran.lines().count(), 2, "after closes 2 and 4: {ran}");
 }
+
+fn pausing(max_pause: Duration) -> mala_orchestration::PausePolicy {
+    mala_orchestration::PausePolicy {
+        max_pause,
+        backoff: Duration::from_millis(20),
+    }
+}
+
+#[tokio::test]
+async fn refused_credentials_stop_the_run_and_leave_every_issue_as_it_was() {
+    let mut world = World::new(
+        (1..=4).map(|n| task(&format!("m-{n}"))).collect(),
+        Duration::from_millis(5),
+    );
+    world.backend = world
+        .backend
+        .clone()
+        .failing_first(usize::MAX, mala_core::AgentErrorKind::Authentication);
+    let summary = world.run(plan(1)).await;
+    assert!(
+        summary
+            .stopped
+            .as_deref()
+            .is_some_and(|r| r.contains("credentials")),
+        "{summary:?}"
+    );
+    assert_eq!(
+        summary.released.len(),
+        1,
+        "one agent learned it; no other started"
+    );
+    assert!(summary.failed.is_empty(), "{:?}", summary.failed);
+    assert_eq!(world.events.claimed().len(), 1);
+    for n in 1..=4 {
+        let issue = world
+            .tracker
+            .show(&IssueId::new(format!("m-{n}")))
+            .await
+            .unwrap();
+        assert_eq!(issue.status, IssueStatus::Open);
+        assert!(issue.assignee.is_none_or(|a| a.is_empty()), "m-{n}");
+        assert!(issue.labels.is_empty() && issue.notes.is_empty(), "m-{n}");
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limit_pauses_every_agent_then_the_run_resumes_and_closes_all() {
+    let mut world = World::new(
+        (1..=3).map(|n| task(&format!("m-{n}"))).collect(),
+        Duration::from_millis(5),
+    );
+    world.backend = world.backend.clone().failing_first(
+        2,
+        mala_core::AgentErrorKind::RateLimited { resets_at: None },
+    );
+    let summary = world
+        .run(RunPlan {
+            pauses: pausing(Duration::from_secs(60)),
+            ..plan(2)
+        })
+        .await;
+    assert_eq!(
+        ids(&summary.closed),
+        vec!["m-1", "m-2", "m-3"],
+        "{summary:?}"
+    );
+    assert!(summary.released.is_empty() && summary.stopped.is_none());
+    let events = world.events.0.lock().unwrap().clone();
+    let paused = events
+        .iter()
+        .position(|e| matches!(e, Event::RunPaused { .. }))
+        .expect("the run paused");
+    let resumed = events
+        .iter()
+        .position(|e| matches!(e, Event::RunResumed))
+        .expect("the run resumed");
+    assert!(paused < resumed);
+    let claims_while_paused = events[paused..resumed]
+        .iter()
+        .filter(|e| matches!(e, Event::IssueClaimed { .. }))
+        .count();
+    assert_eq!(claims_while_paused, 0, "no claim while paused: {events:?}");
+}
+
+#[tokio::test]
+async fn a_limit_that_resets_after_max_pause_stops_the_run_and_gives_the_issue_back() {
+    let mut world = World::new(vec![task("m-1"), task("m-2")], Duration::from_millis(5));
+    let tomorrow = chrono::Utc::now() + chrono::Duration::hours(24);
+    world.backend = world.backend.clone().failing_first(
+        usize::MAX,
+        mala_core::AgentErrorKind::RateLimited {
+            resets_at: Some(tomorrow),
+        },
+    );
+    let summary = world
+        .run(RunPlan {
+            pauses: pausing(Duration::from_secs(3600)),
+            ..plan(1)
+        })
+        .await;
+    let reason = summary.stopped.clone().expect("stopped");
+    assert!(reason.contains("--max-pause"), "{reason}");
+    assert_eq!(summary.released.len(), 1);
+    assert_eq!(world.status("m-1").await, IssueStatus::Open);
+    assert_eq!(world.status("m-2").await, IssueStatus::Open);
+    assert!(summary.failed.is_empty());
+}

@@ -1671,3 +1671,136 @@ mod boundary {
         s.assert_cleaned_up();
     }
 }
+
+/// Runs the issue with `faults` as its line to the run.
+async fn run_on_line(
+    h: &Harness,
+    turns: Vec<Turn>,
+    faults: mala_pipeline::FaultLine,
+) -> IssueResult {
+    let ports = RunnerPorts {
+        faults,
+        ..h.ports(turns, None)
+    };
+    run_issue_from(
+        &h.issue,
+        h.agent(),
+        &ports,
+        &Harness::config(),
+        None,
+        StopSignal::never(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn refused_credentials_give_the_issue_back_untouched_and_tell_the_run() {
+    let h = Harness::new().await;
+    let (line, mut desk) = mala_pipeline::fault_line();
+    let refused = Turn {
+        fail: Some(AgentErrorKind::Authentication),
+        ..Turn::default()
+    };
+    let result = run_on_line(&h, vec![refused], line).await;
+    assert!(
+        matches!(&result, IssueResult::Released { reason } if reason.contains("credentials")),
+        "{result:?}"
+    );
+    let issue = h.tracker.show(&h.issue).await.unwrap();
+    assert_eq!(issue.status, IssueStatus::Open);
+    assert_eq!(issue.assignee.as_deref().unwrap_or_default(), "");
+    assert!(issue.labels.is_empty(), "{:?}", issue.labels);
+    assert_eq!(issue.notes, "");
+    let report = desk.reports.try_recv().unwrap();
+    assert_eq!(report.fault, mala_core::EnvFault::Authentication);
+    assert!(report.reply.is_none(), "nothing to wait for");
+}
+
+#[tokio::test]
+async fn a_session_error_of_its_own_is_still_the_issue_s_failure() {
+    let h = Harness::new().await;
+    let (line, mut desk) = mala_pipeline::fault_line();
+    let crashed = Turn {
+        fail: Some(AgentErrorKind::Protocol),
+        ..Turn::default()
+    };
+    let result = run_on_line(&h, vec![crashed], line).await;
+    assert!(matches!(result, IssueResult::Failed { .. }), "{result:?}");
+    let (_, followup, notes) = h.status().await;
+    assert!(followup && notes.contains("mala: failed"), "{notes}");
+    assert!(desk.reports.try_recv().is_err(), "the run is not told");
+}
+
+#[tokio::test]
+async fn a_limit_waits_for_the_run_then_resumes_the_same_session_and_closes() {
+    let h = Harness::new().await;
+    let (line, mut desk) = mala_pipeline::fault_line();
+    let limited = Turn {
+        fail: Some(AgentErrorKind::RateLimited { resets_at: None }),
+        ..Turn::default()
+    };
+    let answered = tokio::spawn(async move {
+        let report = desk.reports.recv().await.unwrap();
+        let fault = report.fault.clone();
+        report
+            .reply
+            .unwrap()
+            .send(mala_pipeline::GoOn::Resume)
+            .unwrap();
+        fault
+    });
+    let result = run_on_line(&h, vec![limited, honest_turn(&h)], line).await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    assert_eq!(
+        answered.await.unwrap(),
+        mala_core::EnvFault::UsageLimit { until: None }
+    );
+    let resumed = h.world.lock().unwrap().resumed.clone();
+    assert_eq!(
+        resumed.last().unwrap().as_ref().map(SessionId::as_str),
+        Some("fake-session")
+    );
+}
+
+#[tokio::test]
+async fn a_limit_the_run_stops_on_gives_the_issue_back() {
+    let h = Harness::new().await;
+    let (line, mut desk) = mala_pipeline::fault_line();
+    let limited = Turn {
+        fail: Some(AgentErrorKind::Network),
+        ..Turn::default()
+    };
+    tokio::spawn(async move {
+        while let Some(report) = desk.reports.recv().await {
+            if let Some(reply) = report.reply {
+                reply.send(mala_pipeline::GoOn::GiveBack).unwrap();
+            }
+        }
+    });
+    let config = RunnerConfig {
+        max_resumes: 0,
+        ..Harness::config()
+    };
+    let ports = RunnerPorts {
+        faults: line,
+        ..h.ports(vec![limited], None)
+    };
+    let result = run_issue_from(
+        &h.issue,
+        h.agent(),
+        &ports,
+        &config,
+        None,
+        StopSignal::never(),
+    )
+    .await;
+    assert!(
+        matches!(&result, IssueResult::Released { reason } if reason.contains("unreachable")),
+        "{result:?}"
+    );
+    let (status, followup, notes) = h.status().await;
+    assert_eq!(
+        (status, followup, notes.as_str()),
+        (IssueStatus::Open, false, "")
+    );
+}

@@ -457,6 +457,8 @@ pub struct ScriptedBackend {
     lazy: Arc<Vec<IssueId>>,
     sessions: Arc<Mutex<usize>>,
     stopped: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Turns of any session still to fail, and how.
+    failing: Arc<Mutex<(usize, Option<AgentErrorKind>)>>,
 }
 
 impl std::fmt::Debug for ScriptedBackend {
@@ -477,7 +479,16 @@ impl ScriptedBackend {
             lazy: Arc::new(Vec::new()),
             sessions: Arc::default(),
             stopped: Arc::new(tokio::sync::watch::Sender::new(false)),
+            failing: Arc::default(),
         }
+    }
+
+    /// The next `turns` turns, of whichever sessions come first, fail with
+    /// `kind` (as an environment fault would: the model API refused).
+    #[must_use]
+    pub fn failing_first(self, turns: usize, kind: AgentErrorKind) -> Self {
+        *guard(&self.failing) = (turns, Some(kind));
+        self
     }
 
     /// The agents on these issues claim to be done but commit nothing.
@@ -537,6 +548,15 @@ impl AgentSession for ScriptedSession {
         tokio::select! {
             () = tokio::time::sleep(self.backend.work) => {}
             _ = stopped.wait_for(|stop| *stop) => return Err(cancelled()),
+        }
+        {
+            let mut failing = guard(&self.backend.failing);
+            if failing.0 > 0
+                && let Some(kind) = failing.1.clone()
+            {
+                failing.0 -= 1;
+                return Err(AgentError::new(kind, "scripted: the model API refused"));
+            }
         }
         self.turns += 1;
         let Some(issue) = &self.issue else {
