@@ -201,6 +201,7 @@ pub(crate) fn setup_scripted(
         faults: mala_pipeline::FaultLine::detached(),
     };
     let config = RunnerConfig {
+        issue_budget: mala_domain::Spend::default(),
         repo_root: repo.path().canonicalize().unwrap(),
         actor: "mala:e2e-run".into(),
         required: vec![RequiredCommand {

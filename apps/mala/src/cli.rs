@@ -122,6 +122,12 @@ pub(crate) struct RunArgs {
     /// Longest a usage or rate limit may pause the run, in minutes; past it the run stops (default 360)
     #[arg(long, value_name = "MINUTES", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) max_pause: Option<u64>,
+    /// Dollars the whole run may spend (budget.run.max_cost_usd); then it drains
+    #[arg(long, value_name = "DOLLARS")]
+    pub(crate) max_cost: Option<f64>,
+    /// Tokens the whole run may spend (budget.run.max_tokens); then it drains
+    #[arg(long, value_name = "TOKENS")]
+    pub(crate) max_tokens: Option<u64>,
     /// Print the queue a run would take, and claim nothing
     #[arg(short = 'd', long)]
     pub(crate) dry_run: bool,

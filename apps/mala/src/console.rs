@@ -429,6 +429,14 @@ impl Console {
                 until.format("%Y-%m-%d %H:%M:%S UTC")
             ),
             Event::RunResumed => "▶ resumed".to_owned(),
+            Event::BudgetReached {
+                scope,
+                issue,
+                spent,
+            } => format!(
+                "$ {}  the {scope}'s budget was reached: {spent}",
+                style.issue(issue)
+            ),
             _ => return Vec::new(),
         };
         vec![line]
@@ -514,7 +522,8 @@ impl Console {
             Event::EnvironmentFault { .. }
             | Event::IssueReleased { .. }
             | Event::RunPaused { .. }
-            | Event::RunResumed => return Self::environment_line(event, style),
+            | Event::RunResumed
+            | Event::BudgetReached { .. } => return Self::environment_line(event, style),
             // The counts follow in the summary; say only how it ended.
             Event::RunFinished { outcome, .. } => match outcome {
                 RunOutcome::Finished => return Vec::new(),
@@ -525,6 +534,9 @@ impl Console {
                     format!("■ stopped: {reason}")
                 }
                 RunOutcome::Interrupted => "■ stopped: interrupted".to_owned(),
+                RunOutcome::BudgetReached { spent } => format!(
+                    "■ budget reached: {spent}; nothing new was started, the issues left are open for the next run"
+                ),
             },
             Event::Agent { agent, event } => {
                 return Self::agent_line(agent, event, verbose, style)

@@ -46,6 +46,26 @@ const MALFORMED: &[(&str, &str, &str)] = &[
     ),
     ("top level is a scalar", "just words\n", "must be a mapping"),
     (
+        "a budget of 0 dollars",
+        "preset: rust\nbudget:\n  issue:\n    max_cost_usd: 0\n",
+        "budget.issue.max_cost_usd",
+    ),
+    (
+        "a negative run budget",
+        "preset: rust\nbudget:\n  run:\n    max_cost_usd: -5\n",
+        "must be more than 0 dollars",
+    ),
+    (
+        "a budget of 0 tokens",
+        "preset: rust\nbudget:\n  run:\n    max_tokens: 0\n",
+        "must be more than 0 tokens",
+    ),
+    (
+        "a misspelt budget key",
+        "preset: rust\nbudget:\n  issue:\n    max_cost: 3\n",
+        "max_cost_usd",
+    ),
+    (
         "bad YAML syntax",
         "preset: rust\ncommands:\n  test: [unclosed\n",
         "invalid YAML",

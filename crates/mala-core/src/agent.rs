@@ -101,9 +101,13 @@ pub struct TokenUsage {
 #[serde(rename_all = "snake_case")]
 pub enum TurnStatus {
     Completed,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     Interrupted,
     MaxTurns,
+    /// The backend stopped the turn at the dollar limit it was given.
+    BudgetReached,
 }
 
 /// The end of one turn.
@@ -132,6 +136,8 @@ pub struct SessionRequest {
     pub resume: Option<SessionId>,
     /// Extra instructions appended to the backend's system prompt.
     pub system_prompt_append: Option<String>,
+    /// Dollars the session may spend before the backend stops it mid-turn.
+    pub max_cost_usd: Option<f64>,
 }
 
 impl SessionRequest {
@@ -143,6 +149,7 @@ impl SessionRequest {
             cwd: cwd.into(),
             resume: None,
             system_prompt_append: None,
+            max_cost_usd: None,
         }
     }
 }

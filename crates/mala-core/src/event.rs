@@ -21,6 +21,8 @@ pub enum RunOutcome {
     /// Stopped because the environment cannot work (credentials, the agent
     /// failing to start, a pause longer than allowed): the reason and its fix.
     Stopped { reason: String },
+    /// The run's budget was reached: no new claims, the issues left open.
+    BudgetReached { spent: String },
 }
 
 impl RunOutcome {
@@ -32,6 +34,7 @@ impl RunOutcome {
             Self::Aborted { .. } => "aborted",
             Self::Interrupted => "interrupted",
             Self::Stopped { .. } => "stopped",
+            Self::BudgetReached { .. } => "budget_reached",
         }
     }
 }
@@ -133,4 +136,11 @@ pub enum Event {
         until: DateTime<Utc>,
     },
     RunResumed,
+    /// A budget was reached: `issue` (that issue fails) or `run` (the run
+    /// drains; its open issues are left for the next run).
+    BudgetReached {
+        scope: String,
+        issue: IssueId,
+        spent: String,
+    },
 }

@@ -7,6 +7,7 @@
 //! and the scheduler's decisions.
 
 mod answers;
+mod budget;
 mod commits;
 mod config;
 mod deadlock;
@@ -20,16 +21,17 @@ mod schedule;
 mod tracker;
 
 pub use answers::{EpicVerdict, parse_epic_answer, parse_review_answer};
+pub use budget::{Spent, budget_reached, dollars_left};
 pub use commits::{check_commit_message, is_issue_commit};
 pub use config::{
-    AgentSdkModel, AmpMode, BUILTIN_COMMANDS, Cerberus, ClaudeOptions, CodeReview, Coder,
+    AgentSdkModel, AmpMode, BUILTIN_COMMANDS, Budget, Cerberus, ClaudeOptions, CodeReview, Coder,
     CoderOptions, CodexApprovalPolicy, CodexSandbox, CommandSpec, ConfigError, ConfigFile,
     ConfigSources, Effort, EpicCompletionTrigger, EpicDepth, EpicVerification, EvidenceCheck,
     FailureMode, FindingThreshold, FireOn, FlagOverrides, Gate, IssueReview, Location,
     NOT_BUILT_KEYS, NotBuiltKey, OriginDisplay, Paths, PeriodicTrigger, PresetName, RawCodeReview,
     RawCommand, RawCommandDetail, RawCommandRef, RawCommandRefDetail, RawConfig, RawEvidenceCheck,
     RawRunEndTrigger, RawTriggers, ReviewBaseline, ReviewerChoice, ReviewerType, RunEndTrigger,
-    Settings, SettingsSource, SpanIndex, TrackerKind, Trigger, TriggerCommand, Triggers,
+    Settings, SettingsSource, SpanIndex, Spend, TrackerKind, Trigger, TriggerCommand, Triggers,
     UnknownWord, dotted_leaves, is_valid_command_name, load_preset, parse_config, preset_text,
     resolve,
 };

@@ -49,6 +49,8 @@ pub enum DoneReason {
     /// The environment stopped the run (credentials, agents that cannot
     /// start, a pause longer than allowed): why, and the fix.
     Stopped { reason: String },
+    /// The run's budget was reached and the running issues ended.
+    BudgetReached { spent: String },
 }
 
 impl DoneReason {
@@ -65,6 +67,9 @@ impl DoneReason {
             Self::Stopped { reason } => RunOutcome::Stopped {
                 reason: reason.clone(),
             },
+            Self::BudgetReached { spent } => RunOutcome::BudgetReached {
+                spent: spent.clone(),
+            },
         }
     }
 }
@@ -78,6 +83,8 @@ pub struct CutShort<'a> {
     pub stopped: Option<&'a str>,
     /// A validation trigger aborted it: the command.
     pub aborted: Option<&'a str>,
+    /// The run's budget was reached: what was spent.
+    pub budget: Option<&'a str>,
 }
 
 /// The run's end once its loop is over: a Ctrl-C stop beats the
@@ -90,6 +97,13 @@ pub fn final_reason(loop_end: DoneReason, cut: CutShort<'_>) -> DoneReason {
     if let Some(reason) = cut.stopped {
         return DoneReason::Stopped {
             reason: reason.to_owned(),
+        };
+    }
+    if let Some(spent) = cut.budget
+        && cut.aborted.is_none()
+    {
+        return DoneReason::BudgetReached {
+            spent: spent.to_owned(),
         };
     }
     let aborted = cut.aborted;
@@ -223,6 +237,7 @@ mod tests {
                 interrupted,
                 aborted,
                 stopped: None,
+                budget: None,
             };
             final_reason(end, cut).outcome()
         };
@@ -254,6 +269,7 @@ mod tests {
             stopped: Some("bad key"),
             aborted: Some("cargo test"),
             interrupted: false,
+            budget: None,
         };
         let outcome = final_reason(DoneReason::Drained, stopped).outcome();
         assert_eq!(

@@ -105,7 +105,7 @@ impl Default for RunPlan {
 }
 
 /// How the run went.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunSummary {
     /// Issues closed.
     pub closed: Vec<IssueId>,
@@ -124,6 +124,10 @@ pub struct RunSummary {
     pub released: Vec<(IssueId, String)>,
     /// The environment stopped the run: why, and the fix.
     pub stopped: Option<String>,
+    /// The run's budget was reached: what was spent.
+    pub budget_reached: Option<String>,
+    /// What the run's agents spent, in dollars and tokens.
+    pub spent: mala_domain::Spent,
     /// Where this run's session records are.
     pub state_dir: PathBuf,
 }
@@ -681,6 +685,7 @@ impl Orchestrator {
             CutShort {
                 interrupted: summary.interrupted,
                 stopped: summary.stopped.as_deref(),
+                budget: summary.budget_reached.as_deref(),
                 aborted: summary.aborted.as_deref(),
             },
         );
@@ -691,6 +696,7 @@ impl Orchestrator {
             }
         }
         scheduler.summary.deferred = scheduler.still_deferred();
+        scheduler.summary.spent = scheduler.spent();
         let Scheduler {
             mut ctx, summary, ..
         } = scheduler;

@@ -61,6 +61,16 @@ impl Pauses {
         }
     }
 
+    /// Wakes when the run's budget is reached; pending without a desk.
+    pub(crate) fn budget_crossing(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.desk.as_ref().map(|desk| desk.ledger.crossing())
+    }
+
+    /// Why the run's budget is reached; `None` while it is not.
+    pub(crate) fn budget_reached(&self) -> Option<String> {
+        self.desk.as_ref()?.ledger.reached()
+    }
+
     /// When the pause ends; `None` when the run is not paused.
     pub(crate) fn until(&self) -> Option<DateTime<Utc>> {
         self.pause.as_ref().map(|p| p.until)
@@ -72,6 +82,11 @@ impl Pauses {
             Some(desk) => desk.reports.recv().await,
             None => std::future::pending().await,
         }
+    }
+
+    /// A report already sent, without waiting.
+    pub(crate) fn try_report(&mut self) -> Option<FaultReport> {
+        self.desk.as_mut()?.reports.try_recv().ok()
     }
 
     /// An issue made progress (closed or failed on its own): the faults

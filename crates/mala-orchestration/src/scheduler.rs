@@ -41,6 +41,8 @@ pub(crate) enum Input {
     Fault(FaultReport),
     /// The run's pause is over.
     PauseOver,
+    /// The run's budget was reached.
+    BudgetReached,
 }
 
 /// What one pass of the loop decided.
@@ -66,6 +68,8 @@ const FINALIZE_GRACE: Duration = Duration::from_secs(5);
 
 /// The scheduler's sources of input besides its own workers.
 struct Inbox {
+    /// Wakes when the run's budget is reached (`None`: no budget to watch).
+    budget: Option<watch::Receiver<bool>>,
     stage: watch::Receiver<Stage>,
     stage_open: bool,
     victims: mpsc::UnboundedReceiver<DeadlockNews>,
@@ -121,6 +125,7 @@ impl<'o> Scheduler<'o> {
             orchestrator,
             ctx,
             inbox: Inbox {
+                budget: pauses.budget_crossing(),
                 stage,
                 stage_open: true,
                 victims,
@@ -220,6 +225,7 @@ impl<'o> Scheduler<'o> {
         self.stage() == Stage::Running
             && self.summary.aborted.is_none()
             && self.pauses.stopped.is_none()
+            && self.summary.budget_reached.is_none()
     }
 
     fn abort(&mut self, command: String) -> DoneReason {
@@ -310,6 +316,12 @@ impl<'o> Scheduler<'o> {
                 None => Input::WorkersEnded(Vec::new()),
             },
             () = clock.sleep(pause_left), if paused => Input::PauseOver,
+            crossed = budget_crossed(inbox.budget.as_mut()) => {
+                if !crossed {
+                    inbox.budget = None;
+                }
+                Input::BudgetReached
+            }
             first = self.workers.join_next_with_id(), if !self.workers.is_empty() => {
                 let mut batch: Vec<_> = first.into_iter().collect();
                 while let Some(next) = self.workers.try_join_next_with_id() {
@@ -333,6 +345,11 @@ impl<'o> Scheduler<'o> {
     pub(crate) fn on(&mut self, input: Input) {
         match input {
             Input::WorkersEnded(results) => {
+                // A runner reports its fault before its worker ends: the
+                // fault decides first whether anything more may start.
+                while let Some(report) = self.pauses.try_report() {
+                    self.on(Input::Fault(report));
+                }
                 for result in results {
                     self.worker_ended(result);
                 }
@@ -353,6 +370,7 @@ impl<'o> Scheduler<'o> {
                 }
             }
             Input::PauseOver => self.pauses.pause_over(self.ctx.events.as_ref()),
+            Input::BudgetReached => self.budget_reached(),
         }
         if self.stage() != Stage::Running {
             self.pauses.give_back_waiting();
@@ -360,6 +378,9 @@ impl<'o> Scheduler<'o> {
     }
 
     fn worker_ended(&mut self, result: Result<(IssueId, IssueResult), JoinError>) {
+        if self.summary.budget_reached.is_none() {
+            self.summary.budget_reached = self.pauses.budget_reached();
+        }
         let (issue, result) = match result {
             Ok(ended) => ended,
             Err(error) => return self.worker_lost(&error),
@@ -410,6 +431,18 @@ impl<'o> Scheduler<'o> {
                 message: format!("{issue}: {reason}"),
             });
             self.summary.skipped.push((issue, reason));
+        }
+    }
+
+    /// The run's budget is reached: nothing new starts, and the running
+    /// issues stop where they are and are left open for the next run.
+    fn budget_reached(&mut self) {
+        self.inbox.budget = None;
+        if self.summary.budget_reached.is_none() {
+            self.summary.budget_reached = self.pauses.budget_reached();
+        }
+        for worker in self.active.values() {
+            worker.stop.stop(StopReason::Budget);
         }
     }
 
@@ -675,6 +708,11 @@ impl<'o> Scheduler<'o> {
 
     /// The agents still listed as active when the run ends (their workers
     /// were cancelled): their locks must not outlive the run.
+    /// What the run's agents spent so far.
+    pub(crate) fn spent(&self) -> mala_domain::Spent {
+        self.ctx.ports.faults.spent()
+    }
+
     pub(crate) fn leftover_agents(&self) -> Vec<AgentId> {
         self.active.values().map(|w| w.agent.clone()).collect()
     }
@@ -696,6 +734,15 @@ impl<'o> Scheduler<'o> {
 }
 
 /// A receiver whose sender is gone: for an input nobody will send.
+/// Resolves once the budget is reached (`true`), or when nothing can reach
+/// it any more (`false`); pending without a budget.
+async fn budget_crossed(budget: Option<&mut watch::Receiver<bool>>) -> bool {
+    match budget {
+        Some(budget) => budget.wait_for(|crossed| *crossed).await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
 fn closed_channel<T>() -> mpsc::UnboundedReceiver<T> {
     mpsc::unbounded_channel().1
 }

@@ -78,7 +78,7 @@ impl RunContext {
             _ => None,
         };
         let (aborts_tx, aborts) = mpsc::unbounded_channel();
-        let (faults, fault_desk) = fault_line();
+        let (faults, fault_desk) = fault_line(settings.budget.run);
         let ports = runner_ports(orchestrator, &events, aborts_tx, faults);
         let runner_config = runner_config(settings, plan, &repo_root, &state_dir);
         let priors = prior_records(store.as_ref(), &plan.run_id);
@@ -170,6 +170,7 @@ fn runner_config(
     state_dir: &Path,
 ) -> RunnerConfig {
     RunnerConfig {
+        issue_budget: settings.budget.issue,
         repo_root: repo_root.to_path_buf(),
         actor: claim_actor(&plan.run_id),
         required: required_commands(&settings.evidence_check.required, &settings.commands),

@@ -719,3 +719,61 @@ async fn a_limit_that_resets_after_max_pause_stops_the_run_and_gives_the_issue_b
     assert_eq!(world.status("m-2").await, IssueStatus::Open);
     assert!(summary.failed.is_empty());
 }
+
+#[tokio::test]
+async fn a_run_budget_drains_the_run_and_leaves_what_it_stopped_open() {
+    let mut world = World::new(
+        (1..=5).map(|n| task(&format!("m-{n}"))).collect(),
+        Duration::from_millis(20),
+    );
+    // m-1's agent commits nothing: it would need a second turn.
+    world.backend = world.backend.clone().costing(1.0).lazy_on(&["m-1"]);
+    let mut settings = settings(world.dir.path());
+    settings.budget.run = mala_domain::Spend {
+        max_cost_usd: Some(1.5),
+        max_tokens: None,
+    };
+    let (_stage, stages) = watch::channel(Stage::Running);
+    let summary = Orchestrator::builder(settings, world.dir.path())
+        .plan(plan(2))
+        .tracker(Arc::new(world.tracker.clone()))
+        .backend(Arc::new(world.backend.clone()))
+        .repository(Arc::new(world.repository.clone()))
+        .run_store(world.run_store())
+        .events(world.events.clone())
+        .build()
+        .unwrap()
+        .run(stages)
+        .await
+        .unwrap();
+    let spent = summary
+        .budget_reached
+        .clone()
+        .expect("the budget was reached");
+    assert!(spent.contains("of $1.50"), "{spent}");
+    assert!(summary.failed.is_empty(), "{:?}", summary.failed);
+    let claimed = world.events.claimed();
+    assert_eq!(
+        claimed.len(),
+        2,
+        "nothing new after the budget: {claimed:?}"
+    );
+    assert_eq!(
+        world.status("m-1").await,
+        IssueStatus::Open,
+        "left open, not failed"
+    );
+    let m1 = world.tracker.show(&IssueId::new("m-1")).await.unwrap();
+    assert!(m1.labels.is_empty() && m1.notes.is_empty(), "{m1:?}");
+    for n in 3..=5 {
+        assert_eq!(world.status(&format!("m-{n}")).await, IssueStatus::Open);
+    }
+    let outcome = world.events.0.lock().unwrap().iter().find_map(|e| match e {
+        Event::RunFinished { outcome, .. } => Some(outcome.clone()),
+        _ => None,
+    });
+    assert!(
+        matches!(outcome, Some(mala_core::RunOutcome::BudgetReached { .. })),
+        "{outcome:?}"
+    );
+}

@@ -3,7 +3,11 @@
 //! run (the scheduler, which owns the pause) decides whether to pause, stop
 //! or carry on. Before each turn a runner waits out a pause.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
 use mala_core::{EnvFault, IssueId};
+use mala_domain::{Spend, Spent, budget_reached};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// A fault, as a runner reports it.
@@ -37,11 +41,77 @@ pub enum RunGate {
     Stopping,
 }
 
+/// What the whole run has spent against its budget. Runners add each
+/// turn's spend; the scheduler reads whether the budget is reached.
+#[derive(Debug)]
+pub struct RunLedger {
+    limit: Spend,
+    spent: Mutex<Spent>,
+    said: AtomicBool,
+    /// Becomes true once the budget is reached.
+    crossed: watch::Sender<bool>,
+}
+
+impl Default for RunLedger {
+    fn default() -> Self {
+        Self::new(Spend::default())
+    }
+}
+
+impl RunLedger {
+    pub fn new(limit: Spend) -> Self {
+        Self {
+            limit,
+            spent: Mutex::default(),
+            said: AtomicBool::new(false),
+            crossed: watch::Sender::new(false),
+        }
+    }
+
+    /// Wakes when the budget is reached.
+    pub fn crossing(&self) -> watch::Receiver<bool> {
+        self.crossed.subscribe()
+    }
+
+    pub fn limit(&self) -> Spend {
+        self.limit
+    }
+
+    pub fn spent(&self) -> Spent {
+        *self
+            .spent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn add(&self, cost_usd: f64, tokens: u64) {
+        self.spent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .add(cost_usd, tokens);
+        if self.reached().is_some() {
+            self.crossed
+                .send_if_modified(|crossed| !std::mem::replace(crossed, true));
+        }
+    }
+
+    /// Why the run's budget is reached; `None` while it is not.
+    pub fn reached(&self) -> Option<String> {
+        budget_reached(&self.limit, &self.spent())
+    }
+
+    /// True the first time only: the budget is said once.
+    pub(crate) fn first_to_say(&self) -> bool {
+        !self.said.swap(true, Ordering::Relaxed)
+    }
+}
+
 /// A runner's end of the line.
 #[derive(Debug, Clone)]
 pub struct FaultLine {
     reports: Option<mpsc::UnboundedSender<FaultReport>>,
     gate: watch::Receiver<RunGate>,
+    pub(crate) ledger: Arc<RunLedger>,
 }
 
 /// The run's end of the line.
@@ -49,18 +119,25 @@ pub struct FaultLine {
 pub struct FaultDesk {
     pub reports: mpsc::UnboundedReceiver<FaultReport>,
     pub gate: watch::Sender<RunGate>,
+    pub ledger: Arc<RunLedger>,
 }
 
-/// A line and its desk.
-pub fn fault_line() -> (FaultLine, FaultDesk) {
+/// A line and its desk, for a run that may spend `run_budget`.
+pub fn fault_line(run_budget: Spend) -> (FaultLine, FaultDesk) {
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let (gate, gate_rx) = watch::channel(RunGate::Open);
+    let ledger = Arc::new(RunLedger::new(run_budget));
     (
         FaultLine {
             reports: Some(reports_tx),
             gate: gate_rx,
+            ledger: Arc::clone(&ledger),
         },
-        FaultDesk { reports, gate },
+        FaultDesk {
+            reports,
+            gate,
+            ledger,
+        },
     )
 }
 
@@ -72,7 +149,13 @@ impl FaultLine {
         Self {
             reports: None,
             gate,
+            ledger: Arc::default(),
         }
+    }
+
+    /// What the run has spent so far.
+    pub fn spent(&self) -> Spent {
+        self.ledger.spent()
     }
 
     /// Tells the run; the issue is given back whatever it answers.

@@ -13,7 +13,7 @@ mod tracking;
 mod worker;
 
 pub use deadlock::{Resolution, ResolveError, resolve_deadlock};
-pub use faults::{FaultDesk, FaultLine, FaultReport, GoOn, RunGate, fault_line};
+pub use faults::{FaultDesk, FaultLine, FaultReport, GoOn, RunGate, RunLedger, fault_line};
 pub use protected::CHECKS_CHANGED;
 pub use reviewers::{AgentReviewer, EpicVerifier, ask_reviewer, ask_twice};
 pub use runner::{

@@ -21,7 +21,7 @@ use mala_domain::{
 use crate::faults::{FaultLine, GoOn};
 use crate::reviewers::ask_reviewer;
 use crate::tracking::track_advisory_findings;
-use crate::worker::{CatchUnwind, StopSignal, panic_message};
+use crate::worker::{CatchUnwind, StopReason, StopSignal, panic_message};
 
 /// What the runner needs to know about the project.
 #[derive(Debug, Clone)]
@@ -55,6 +55,8 @@ pub struct RunnerConfig {
     /// `evidence_check.protected_files`: globs protected besides mala.yaml,
     /// `config_files` and the files the required commands name.
     pub protected_files: Vec<String>,
+    /// `budget.issue`: what one issue may spend.
+    pub issue_budget: mala_domain::Spend,
 }
 
 /// The `session_end` trigger: mala runs the project's commands itself once
@@ -306,6 +308,8 @@ struct IssueRun {
     resume: Option<Resume>,
     /// The session is an earlier run's, resumed, and has not answered yet.
     resuming: bool,
+    /// What this issue has spent in this run.
+    spent: mala_domain::Spent,
 }
 
 impl IssueRun {
@@ -353,6 +357,7 @@ impl IssueRun {
             session_cost: 0.0,
             resume,
             resuming: false,
+            spent: mala_domain::Spent::default(),
         }
     }
 
@@ -409,6 +414,12 @@ impl IssueRun {
         let mut request = SessionRequest::new(self.agent.clone(), self.config.repo_root.clone());
         request.issue_id = Some(self.issue.id.clone());
         request.resume = resume;
+        let ledger = &self.ports.faults.ledger;
+        let (run_limit, run_spent) = (ledger.limit(), ledger.spent());
+        request.max_cost_usd = mala_domain::dollars_left(&[
+            (&self.config.issue_budget, &self.spent),
+            (&run_limit, &run_spent),
+        ]);
         let observer: Arc<dyn AgentObserver> = self.log.clone();
         match self.ports.backend.start(request, observer).await {
             Ok(session) => {
@@ -456,7 +467,11 @@ impl IssueRun {
             caught = CatchUnwind::new(self.drive()) => caught.map_err(|payload| panic_message(payload.as_ref())),
             reason = stop.stopped() => {
                 drop(self.session.take());
-                return IssueResult::Skipped { reason: reason.reason().to_owned() };
+                let why = reason.reason().to_owned();
+                return match reason {
+                    StopReason::Budget => IssueResult::Released { reason: why },
+                    StopReason::Deadlock | StopReason::Interrupted => IssueResult::Skipped { reason: why },
+                };
             }
         };
         ended.unwrap_or_else(|panic| {
@@ -582,6 +597,9 @@ impl IssueRun {
     }
 
     async fn turn(&mut self, prompt: String) -> Step {
+        if let Some(over) = self.over_budget() {
+            return Step::Finish(over);
+        }
         if !self.ports.faults.turn_may_start().await {
             return Step::Finish(IssueResult::Released {
                 reason:
@@ -693,6 +711,13 @@ impl IssueRun {
         // The backend reports the session's running total.
         let cost_usd = (outcome.total_cost_usd - self.session_cost).max(0.0);
         self.session_cost = outcome.total_cost_usd;
+        let usage = &outcome.usage;
+        let tokens = usage.input_tokens
+            + usage.output_tokens
+            + usage.cache_read_input_tokens
+            + usage.cache_creation_input_tokens;
+        self.spent.add(cost_usd, tokens);
+        self.ports.faults.ledger.add(cost_usd, tokens);
         self.ports.events.emit(&Event::TurnFinished {
             issue: self.issue.id.clone(),
             session_id: outcome.session_id.clone(),
@@ -921,7 +946,42 @@ impl IssueRun {
         }))
     }
 
+    /// No more turns once a budget is reached: the issue's fails it, the
+    /// run's leaves it open for the next run.
+    fn over_budget(&self) -> Option<IssueResult> {
+        let issue = mala_domain::budget_reached(&self.config.issue_budget, &self.spent);
+        if let Some(spent) = issue {
+            self.say_budget("issue", &spent);
+            return Some(IssueResult::Failed {
+                reason: format!(
+                    "this issue's budget was reached ({spent}); mala gives it no more turns"
+                ),
+            });
+        }
+        let ledger = &self.ports.faults.ledger;
+        let spent = ledger.reached()?;
+        if ledger.first_to_say() {
+            self.say_budget("run", &spent);
+        }
+        Some(IssueResult::Released {
+            reason: format!(
+                "the run's budget was reached ({spent}); the issue is left open for the next run"
+            ),
+        })
+    }
+
+    fn say_budget(&self, scope: &str, spent: &str) {
+        self.ports.events.emit(&Event::BudgetReached {
+            scope: scope.to_owned(),
+            issue: self.issue.id.clone(),
+            spent: spent.to_owned(),
+        });
+    }
+
     fn gate_followup(&self, verdict: &GateVerdict) -> Step {
+        if let Some(over) = self.over_budget() {
+            return Step::Finish(over);
+        }
         let commands: Vec<String> = self
             .config
             .required

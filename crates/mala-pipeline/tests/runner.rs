@@ -31,6 +31,8 @@ struct Turn {
     commit: Option<(&'static str, Vec<&'static str>)>,
     text: &'static str,
     fail: Option<AgentErrorKind>,
+    /// Dollars the turn costs.
+    cost_usd: f64,
     /// Files the working-tree watch saw the agent change without a lock.
     unlocked: Vec<&'static str>,
 }
@@ -42,6 +44,10 @@ struct World {
     commits: Vec<CommitInfo>,
     prompts: Vec<String>,
     resumed: Vec<Option<SessionId>>,
+    /// The dollar limit each session was started with.
+    session_budgets: Vec<Option<f64>>,
+    /// The session's running cost, as a backend reports it.
+    session_cost: f64,
     /// Commits mala checked itself (gate.rerun), and subjects whose check fails.
     checked: Vec<String>,
     broken: Vec<&'static str>,
@@ -108,7 +114,11 @@ impl AgentBackend for FakeBackend {
         request: SessionRequest,
         observer: Arc<dyn AgentObserver>,
     ) -> Result<Box<dyn AgentSession>, AgentError> {
-        self.world.lock().unwrap().resumed.push(request.resume);
+        let mut world = self.world.lock().unwrap();
+        world.resumed.push(request.resume);
+        world.session_budgets.push(request.max_cost_usd);
+        world.session_cost = 0.0;
+        drop(world);
         Ok(Box::new(FakeSession {
             world: Arc::clone(&self.world),
             turns: Arc::clone(&self.turns),
@@ -235,7 +245,10 @@ impl AgentSession for FakeSession {
             session_id: Some(SessionId::new("fake-session")),
             final_text: turn.text.to_owned(),
             usage: TokenUsage::default(),
-            total_cost_usd: 0.0,
+            total_cost_usd: {
+                world.session_cost += turn.cost_usd;
+                world.session_cost
+            },
             num_turns: 1,
             permission_denials: vec![],
         })
@@ -426,6 +439,7 @@ impl Harness {
 
     fn config() -> RunnerConfig {
         RunnerConfig {
+            issue_budget: mala_domain::Spend::default(),
             repo_root: PathBuf::from("/repo"),
             actor: "mala:test-run".into(),
             required: vec![RequiredCommand {
@@ -720,6 +734,7 @@ async fn an_agent_that_fixes_its_work_after_a_follow_up_passes_on_attempt_two() 
         text: "Fixed.",
         fail: None,
         unlocked: vec![],
+        cost_usd: 0.0,
     };
     let result = h.run(vec![first, second], None).await;
     assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
@@ -867,6 +882,7 @@ async fn docs_only_with_a_code_change_is_caught() {
         text: "ISSUE_DOCS_ONLY: documentation only",
         fail: None,
         unlocked: vec![],
+        cost_usd: 0.0,
     };
     expect_failure(
         &h,
@@ -920,6 +936,7 @@ async fn a_blocking_review_goes_back_to_the_agent_then_passes() {
         text: "Fixed the review finding.",
         fail: None,
         unlocked: vec![],
+        cost_usd: 0.0,
     };
     let result = h
         .run(vec![honest_turn(&h), fix], Some(reviewer.clone()))
@@ -1153,6 +1170,7 @@ async fn a_finding_threshold_of_p2_sends_a_p2_finding_back_to_the_agent() {
         text: "Renamed.",
         fail: None,
         unlocked: vec![],
+        cost_usd: 0.0,
     };
     let config = RunnerConfig {
         blocking_priority: 2,
@@ -1209,6 +1227,7 @@ async fn with_gate_rerun_a_commit_that_fails_when_mala_runs_the_checks_goes_back
         text: "Committed the missing file.",
         fail: None,
         unlocked: vec![],
+        cost_usd: 0.0,
     };
     let config = RunnerConfig {
         rerun: true,
@@ -1696,7 +1715,7 @@ async fn run_on_line(
 #[tokio::test]
 async fn refused_credentials_give_the_issue_back_untouched_and_tell_the_run() {
     let h = Harness::new().await;
-    let (line, mut desk) = mala_pipeline::fault_line();
+    let (line, mut desk) = mala_pipeline::fault_line(mala_domain::Spend::default());
     let refused = Turn {
         fail: Some(AgentErrorKind::Authentication),
         ..Turn::default()
@@ -1719,7 +1738,7 @@ async fn refused_credentials_give_the_issue_back_untouched_and_tell_the_run() {
 #[tokio::test]
 async fn a_session_error_of_its_own_is_still_the_issue_s_failure() {
     let h = Harness::new().await;
-    let (line, mut desk) = mala_pipeline::fault_line();
+    let (line, mut desk) = mala_pipeline::fault_line(mala_domain::Spend::default());
     let crashed = Turn {
         fail: Some(AgentErrorKind::Protocol),
         ..Turn::default()
@@ -1734,7 +1753,7 @@ async fn a_session_error_of_its_own_is_still_the_issue_s_failure() {
 #[tokio::test]
 async fn a_limit_waits_for_the_run_then_resumes_the_same_session_and_closes() {
     let h = Harness::new().await;
-    let (line, mut desk) = mala_pipeline::fault_line();
+    let (line, mut desk) = mala_pipeline::fault_line(mala_domain::Spend::default());
     let limited = Turn {
         fail: Some(AgentErrorKind::RateLimited { resets_at: None }),
         ..Turn::default()
@@ -1765,7 +1784,7 @@ async fn a_limit_waits_for_the_run_then_resumes_the_same_session_and_closes() {
 #[tokio::test]
 async fn a_limit_the_run_stops_on_gives_the_issue_back() {
     let h = Harness::new().await;
-    let (line, mut desk) = mala_pipeline::fault_line();
+    let (line, mut desk) = mala_pipeline::fault_line(mala_domain::Spend::default());
     let limited = Turn {
         fail: Some(AgentErrorKind::Network),
         ..Turn::default()
@@ -1803,4 +1822,50 @@ async fn a_limit_the_run_stops_on_gives_the_issue_back() {
         (status, followup, notes.as_str()),
         (IssueStatus::Open, false, "")
     );
+}
+
+#[tokio::test]
+async fn an_issue_over_its_budget_gets_no_more_turns_and_fails_saying_so() {
+    let h = Harness::new().await;
+    let config = RunnerConfig {
+        issue_budget: mala_domain::Spend {
+            max_cost_usd: Some(1.0),
+            max_tokens: None,
+        },
+        ..Harness::config()
+    };
+    // The first turn commits nothing and costs 1.25: no follow-up follows.
+    let costly = Turn {
+        text: "Still thinking.",
+        cost_usd: 1.25,
+        ..Turn::default()
+    };
+    let ports = h.ports(vec![costly, honest_turn(&h)], None);
+    let result = run_issue_from(
+        &h.issue,
+        h.agent(),
+        &ports,
+        &config,
+        None,
+        StopSignal::never(),
+    )
+    .await;
+    let IssueResult::Failed { reason } = &result else {
+        panic!("{result:?}")
+    };
+    assert!(
+        reason.contains("this issue's budget was reached ($1.25 spent of $1.00)"),
+        "{reason}"
+    );
+    assert_eq!(h.prompts().len(), 1, "no turn after the budget");
+    let budgets = h.world.lock().unwrap().session_budgets.clone();
+    assert_eq!(
+        budgets,
+        vec![Some(1.0)],
+        "the backend is given what is left"
+    );
+    assert!(h.events.0.lock().unwrap().iter().any(|e| matches!(
+        e,
+        Event::BudgetReached { scope, .. } if scope == "issue"
+    )));
 }

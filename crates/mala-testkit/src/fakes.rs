@@ -459,6 +459,8 @@ pub struct ScriptedBackend {
     stopped: Arc<tokio::sync::watch::Sender<bool>>,
     /// Turns of any session still to fail, and how.
     failing: Arc<Mutex<(usize, Option<AgentErrorKind>)>>,
+    /// Dollars each turn costs.
+    turn_cost: f64,
 }
 
 impl std::fmt::Debug for ScriptedBackend {
@@ -480,7 +482,15 @@ impl ScriptedBackend {
             sessions: Arc::default(),
             stopped: Arc::new(tokio::sync::watch::Sender::new(false)),
             failing: Arc::default(),
+            turn_cost: 0.0,
         }
+    }
+
+    /// Each turn costs `dollars`, reported as the session's running total.
+    #[must_use]
+    pub fn costing(mut self, dollars: f64) -> Self {
+        self.turn_cost = dollars;
+        self
     }
 
     /// The next `turns` turns, of whichever sessions come first, fail with
@@ -580,7 +590,7 @@ impl AgentSession for ScriptedSession {
                 format!("Committed the work for {issue}.")
             },
             usage: TokenUsage::default(),
-            total_cost_usd: 0.0,
+            total_cost_usd: self.backend.turn_cost * f64::from(self.turns),
             num_turns: self.turns,
             permission_denials: Vec::new(),
         })

@@ -32,7 +32,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         ));
     }
     let config = ConfigPath::new(&args.repo_path, args.config.as_deref());
-    let flags = flag_overrides(Some(&args.coder), args.timeout);
+    let mut flags = flag_overrides(Some(&args.coder), args.timeout);
+    flags.max_cost_usd = args.max_cost;
+    flags.max_tokens = args.max_tokens;
     let (settings, file) = load_settings(&config, &flags)?;
     if args.dry_run {
         // A dry run only reads the tracker; mala.yaml is optional for it.
@@ -107,6 +109,7 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
     } else {
         SessionPolicy::Continue
     };
+    let budget = settings.budget;
     let request = RunRequest {
         repo_root: args.repo_path.clone(),
         settings,
@@ -179,7 +182,7 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
         });
         Ok::<_, Failure>(mala_orchestration::run(request, events, stage_rx).await)
     })?;
-    report(&summary.map_err(run_failure)?, &console.summary())
+    report(&summary.map_err(run_failure)?, &console.summary(), &budget)
 }
 
 fn pause_policy(max_pause_minutes: Option<u64>) -> mala_orchestration::PausePolicy {
@@ -209,7 +212,30 @@ fn run_failure(error: mala_orchestration::RunError) -> Failure {
     }
 }
 
-fn report(summary: &RunSummary, table: &str) -> Result<(), Failure> {
+/// What the run spent, against its budget when it has one.
+fn spend_line(spent: &mala_domain::Spent, budget: &mala_domain::Budget) -> String {
+    let mut line = format!("spent: ${:.2}, {} tokens", spent.cost_usd, spent.tokens);
+    let run = &budget.run;
+    if run.max_cost_usd.is_some() || run.max_tokens.is_some() {
+        let limits: Vec<String> = [
+            run.max_cost_usd.map(|d| format!("${d:.2}")),
+            run.max_tokens.map(|t| format!("{t} tokens")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let _ = write!(line, " (run budget: {})", limits.join(", "));
+    }
+    if let Some(d) = budget.issue.max_cost_usd {
+        let _ = write!(line, "; per issue at most ${d:.2}");
+    }
+    if let Some(t) = budget.issue.max_tokens {
+        let _ = write!(line, "; per issue at most {t} tokens");
+    }
+    line
+}
+
+fn report(summary: &RunSummary, table: &str, budget: &mala_domain::Budget) -> Result<(), Failure> {
     output::stdout(table);
     let mut text = format!(
         "{} closed, {} failed, {} skipped{}{}\nsession records: {}\n",
@@ -231,6 +257,7 @@ fn report(summary: &RunSummary, table: &str) -> Result<(), Failure> {
         },
         summary.state_dir.display()
     );
+    let _ = writeln!(text, "{}", spend_line(&summary.spent, budget));
     for (issue, reason) in &summary.failed {
         let _ = writeln!(text, "  ✗ {issue}: {reason}");
     }

@@ -223,3 +223,70 @@ fn a_rate_limit_pauses_the_run_which_then_resumes_and_closes_the_issue() {
     );
     assert!(refused.load(Ordering::SeqCst) >= 5);
 }
+
+#[test]
+fn an_issue_budget_stops_its_agent_mid_turn_and_fails_it_saying_so() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = setup();
+    // Each mock call costs about $0.09 at claude-sonnet-4-5's prices: the
+    // agent's plan needs five, the budget allows about two.
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\nbudget:\n  issue:\n    max_cost_usd: 0.2\n",
+    )
+    .unwrap();
+    let br = Br::init(&br_binary, repo.path(), "budget");
+    let issues = two_issues(&br, &repo);
+    let mock = MockAnthropic::start(script_with_check(repo.path()));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let env = run_env(
+        &harness,
+        &bin_dir(scratch.path(), &br_binary, &claude),
+        scratch.path(),
+    );
+
+    let output = mala_run(&repo, &env, &["--max-issues", "1"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("the issue's budget was reached"),
+        "{stdout}"
+    );
+    let failed: Vec<serde_json::Value> = issues
+        .iter()
+        .map(|i| br.json(&["show", i])[0].clone())
+        .filter(|shown| {
+            shown["notes"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("mala: failed")
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{stdout}");
+    let note = failed[0]["notes"].as_str().unwrap();
+    assert!(
+        note.contains("this issue's budget was reached") && note.contains("of $0.20"),
+        "{note}"
+    );
+    let calls = mock
+        .requests()
+        .iter()
+        .filter(|r| r.path() == "/v1/messages" && r.body.get("tools").is_some())
+        .count();
+    assert!(
+        calls < 5,
+        "claude stopped the turn at the budget: {calls} calls"
+    );
+    assert!(
+        !repo.git(&["log", "--format=%s"]).contains("bd-"),
+        "no commit was made within the budget"
+    );
+}

@@ -22,7 +22,8 @@ pub use schema::{
     RawCommandRefDetail, RawConfig, RawEvidenceCheck, RawRunEndTrigger, RawTriggers,
 };
 pub use settings::{
-    Cerberus, ClaudeOptions, CodeReview, CoderOptions, CommandSpec, EpicCompletionTrigger,
+    Budget, Cerberus, ClaudeOptions, CodeReview, CoderOptions, CommandSpec, EpicCompletionTrigger,
     EpicVerification, EvidenceCheck, Gate, IssueReview, OriginDisplay, Paths, PeriodicTrigger,
-    ReviewerChoice, RunEndTrigger, Settings, Trigger, TriggerCommand, Triggers, dotted_leaves,
+    ReviewerChoice, RunEndTrigger, Settings, Spend, Trigger, TriggerCommand, Triggers,
+    dotted_leaves,
 };

@@ -13,7 +13,8 @@ use super::names::{
 };
 use super::presets::load_preset;
 use super::schema::{
-    RawCerberus, RawCodeReview, RawCommand, RawCommandRef, RawConfig, RawTriggerCommon, RawTriggers,
+    RawBudget, RawCerberus, RawCodeReview, RawCommand, RawCommandRef, RawConfig, RawTriggerCommon,
+    RawTriggers,
 };
 use super::settings::{
     Cerberus, ClaudeOptions, CodeReview, CoderOptions, CommandSpec, EpicCompletionTrigger,
@@ -26,7 +27,7 @@ const CUSTOM_COMMAND_TIMEOUT: u64 = 120;
 const DEFAULT_TIMEOUT_MINUTES: u64 = 30;
 
 /// Overrides given as command-line flags. `None` leaves lower layers alone.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct FlagOverrides {
     pub coder: Option<Coder>,
     /// Refused: Amp is not built (kept so the flag is refused, not unknown).
@@ -39,6 +40,10 @@ pub struct FlagOverrides {
     /// Refused: Codex is not built.
     pub codex_sandbox: Option<CodexSandbox>,
     pub timeout_minutes: Option<u64>,
+    /// `--max-cost`: dollars the whole run may spend.
+    pub max_cost_usd: Option<f64>,
+    /// `--max-tokens`: tokens the whole run may spend.
+    pub max_tokens: Option<u64>,
 }
 
 /// Everything resolution reads. Libraries never read the process environment,
@@ -170,6 +175,7 @@ fn defaults(env: &BTreeMap<String, String>) -> Settings {
         idle_timeout_seconds: derived_idle_timeout(timeout_minutes),
         max_gate_retries: 3,
         gate: Gate::default(),
+        budget: super::settings::Budget::default(),
         epic_verification: EpicVerification {
             enabled: true,
             agent_sdk_timeout: 300,
@@ -411,6 +417,9 @@ fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigEr
     }
     if let Some(gate) = &raw.gate {
         set!("gate.rerun", gate.rerun => settings.gate.rerun);
+    }
+    if let Some(budget) = &raw.budget {
+        apply_budget(settings, file, budget)?;
     }
     if let Some(epic) = &raw.epic_verification {
         let target = &mut settings.epic_verification;
@@ -772,6 +781,44 @@ fn apply_env(settings: &mut Settings, env: &BTreeMap<String, String>) -> Result<
     Ok(())
 }
 
+/// `budget:`: each limit more than 0, where it stands in the file.
+fn apply_budget(
+    settings: &mut Settings,
+    file: &ConfigFile,
+    budget: &RawBudget,
+) -> Result<(), ConfigError> {
+    let scopes = [
+        ("issue", budget.issue.as_ref(), &mut settings.budget.issue),
+        ("run", budget.run.as_ref(), &mut settings.budget.run),
+    ];
+    for (scope, raw, spend) in scopes {
+        let Some(raw) = raw else { continue };
+        if let Some(cost) = raw.max_cost_usd {
+            let key = format!("budget.{scope}.max_cost_usd");
+            if !(cost.is_finite() && cost > 0.0) {
+                return Err(file.error(
+                    &key,
+                    "must be more than 0 dollars (leave it out for no limit)",
+                ));
+            }
+            spend.max_cost_usd = Some(cost);
+            settings.origins.record(&key, file.location(&key));
+        }
+        if let Some(tokens) = raw.max_tokens {
+            let key = format!("budget.{scope}.max_tokens");
+            if tokens == 0 {
+                return Err(file.error(
+                    &key,
+                    "must be more than 0 tokens (leave it out for no limit)",
+                ));
+            }
+            spend.max_tokens = Some(tokens);
+            settings.origins.record(&key, file.location(&key));
+        }
+    }
+    Ok(())
+}
+
 fn apply_flags(settings: &mut Settings, flags: &FlagOverrides) -> Result<(), ConfigError> {
     let at = |flag: &str| Location::Flag {
         flag: flag.to_owned(),
@@ -813,6 +860,24 @@ fn apply_flags(settings: &mut Settings, flags: &FlagOverrides) -> Result<(), Con
     if let Some(v) = flags.timeout_minutes {
         settings.timeout_minutes = v;
         settings.origins.record("timeout_minutes", at("--timeout"));
+    }
+    if let Some(v) = flags.max_cost_usd {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(ConfigError::new("must be more than 0 dollars").at(at("--max-cost")));
+        }
+        settings.budget.run.max_cost_usd = Some(v);
+        settings
+            .origins
+            .record("budget.run.max_cost_usd", at("--max-cost"));
+    }
+    if let Some(v) = flags.max_tokens {
+        if v == 0 {
+            return Err(ConfigError::new("must be more than 0 tokens").at(at("--max-tokens")));
+        }
+        settings.budget.run.max_tokens = Some(v);
+        settings
+            .origins
+            .record("budget.run.max_tokens", at("--max-tokens"));
     }
     Ok(())
 }

@@ -170,6 +170,8 @@ pub struct RawConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<RawGate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RawBudget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epic_verification: Option<RawEpicVerification>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_issue_review: Option<RawCodeReview>,
@@ -320,6 +322,27 @@ pub struct RawGate {
     /// Re-run the required commands on the agent's commit in a clean worktree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun: Option<bool>,
+}
+
+/// `budget:`: what an issue, and the whole run, may spend.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue: Option<RawSpend>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RawSpend>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpend {
+    /// Dollars, as the backend reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    /// Input and output tokens, cache reads and writes included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

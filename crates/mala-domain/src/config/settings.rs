@@ -42,6 +42,7 @@ pub struct Settings {
     pub idle_timeout_seconds: f64,
     pub max_gate_retries: u32,
     pub gate: Gate,
+    pub budget: Budget,
     pub epic_verification: EpicVerification,
     pub per_issue_review: IssueReview,
     pub validation_triggers: Triggers,
@@ -111,6 +112,20 @@ pub struct ClaudeOptions {
 pub struct Gate {
     /// Re-run the required commands on the agent's commit in a clean worktree.
     pub rerun: bool,
+}
+
+/// What an issue, and the whole run, may spend (`budget:`, `--max-cost`,
+/// `--max-tokens`). No limit where `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Budget {
+    pub issue: Spend,
+    pub run: Spend,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Spend {
+    pub max_cost_usd: Option<f64>,
+    pub max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -155,6 +155,9 @@ impl ClaudeConfig {
         if let Some(append) = &request.system_prompt_append {
             args.extend(["--append-system-prompt".to_owned(), append.clone()]);
         }
+        if let Some(dollars) = request.max_cost_usd {
+            args.push(format!("--max-budget-usd={dollars:.4}"));
+        }
         if let Some(resume) = &request.resume {
             // The equals form keeps an id from ever being read as a flag.
             args.push(format!("--resume={resume}"));

@@ -137,6 +137,7 @@ pub(crate) fn turn_outcome(result: &Value) -> Result<TurnOutcome, AgentError> {
         (false, _) => TurnStatus::Completed,
         (true, "error_during_execution") => TurnStatus::Interrupted,
         (true, "error_max_turns") => TurnStatus::MaxTurns,
+        (true, "error_max_budget_usd") => TurnStatus::BudgetReached,
         (true, _) => TurnStatus::Failed {
             reason: failure_text(result),
         },
@@ -366,6 +367,12 @@ mod tests {
         assert_eq!(
             turn_outcome(&auth).unwrap_err().kind,
             AgentErrorKind::Authentication
+        );
+        // As 2.1.197 printed it with --max-budget-usd 0.3 against the mock.
+        let budget = json!({"type":"result","subtype":"error_max_budget_usd","is_error":true,"total_cost_usd":0.350_976,"num_turns":4,"errors":["Reached maximum budget ($0.3)"]});
+        assert_eq!(
+            turn_outcome(&budget).unwrap().status,
+            TurnStatus::BudgetReached
         );
         let denied = json!({"type":"result","subtype":"success","is_error":false,"permission_denials":[{"tool_name":"Bash"}]});
         assert_eq!(
