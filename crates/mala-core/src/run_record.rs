@@ -103,4 +103,8 @@ pub trait RunStore: Send + Sync {
     fn record_issue(&self, run: &RunLog, record: &IssueRecord) -> Result<(), RunStoreError>;
     /// Earlier runs of the repository, newest first, with their issues.
     fn runs(&self) -> Vec<RunLog>;
+    /// Whether the required checks passed on `commit` before (its baseline).
+    fn baseline_passed(&self, commit: &str) -> bool;
+    /// Remembers that the required checks pass on `commit`.
+    fn record_baseline_passed(&self, commit: &str);
 }

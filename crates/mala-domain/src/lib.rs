@@ -24,16 +24,16 @@ pub use answers::{EpicVerdict, parse_epic_answer, parse_review_answer};
 pub use budget::{Spent, budget_reached, dollars_left};
 pub use commits::{check_commit_message, is_issue_commit};
 pub use config::{
-    AgentSdkModel, AmpMode, BUILTIN_COMMANDS, Budget, Cerberus, ClaudeOptions, CodeReview, Coder,
-    CoderOptions, CodexApprovalPolicy, CodexSandbox, CommandSpec, ConfigError, ConfigFile,
-    ConfigSources, Effort, EpicCompletionTrigger, EpicDepth, EpicVerification, EvidenceCheck,
-    FailureMode, FindingThreshold, FireOn, FlagOverrides, Gate, IssueReview, Location,
-    NOT_BUILT_KEYS, NotBuiltKey, OriginDisplay, Paths, PeriodicTrigger, PresetName, RawCodeReview,
-    RawCommand, RawCommandDetail, RawCommandRef, RawCommandRefDetail, RawConfig, RawEvidenceCheck,
-    RawRunEndTrigger, RawTriggers, ReviewBaseline, ReviewerChoice, ReviewerType, RunEndTrigger,
-    Settings, SettingsSource, SpanIndex, Spend, TrackerKind, Trigger, TriggerCommand, Triggers,
-    UnknownWord, dotted_leaves, is_valid_command_name, load_preset, parse_config, preset_text,
-    resolve,
+    AgentSdkModel, AmpMode, BUILTIN_COMMANDS, BaselinePolicy, Budget, Cerberus, ClaudeOptions,
+    CodeReview, Coder, CoderOptions, CodexApprovalPolicy, CodexSandbox, CommandSpec, ConfigError,
+    ConfigFile, ConfigSources, Effort, EpicCompletionTrigger, EpicDepth, EpicVerification,
+    EvidenceCheck, FailureMode, FindingThreshold, FireOn, FlagOverrides, Gate, IssueReview,
+    Location, NOT_BUILT_KEYS, NotBuiltKey, OriginDisplay, Paths, PeriodicTrigger, PresetName,
+    RawCodeReview, RawCommand, RawCommandDetail, RawCommandRef, RawCommandRefDetail, RawConfig,
+    RawEvidenceCheck, RawRunEndTrigger, RawTriggers, ReviewBaseline, ReviewerChoice, ReviewerType,
+    RunEndTrigger, Settings, SettingsSource, SpanIndex, Spend, TrackerKind, Trigger,
+    TriggerCommand, Triggers, UnknownWord, dotted_leaves, is_valid_command_name, load_preset,
+    parse_config, preset_text, resolve,
 };
 pub use deadlock::{Deadlock, WaitForGraph};
 pub use faults::{

@@ -37,6 +37,15 @@ fn failed(what: String) -> impl FnOnce(std::io::Error) -> RunStoreError {
     move |source| RunStoreError { what, source }
 }
 
+impl FileRunStore {
+    /// The commits whose baseline passed, one per line.
+    fn baseline_file(&self) -> PathBuf {
+        self.runs_dir
+            .join(encode_repo(&self.repo_root))
+            .join("baseline-passed")
+    }
+}
+
 impl RunStore for FileRunStore {
     fn remove_stale(&self) -> usize {
         remove_stale(&self.lock_dir).locks_removed
@@ -65,6 +74,27 @@ impl RunStore for FileRunStore {
 
     fn is_alive(&self, run_id: &str) -> bool {
         is_run_alive(&self.lock_dir, run_id)
+    }
+
+    fn baseline_passed(&self, commit: &str) -> bool {
+        std::fs::read_to_string(self.baseline_file())
+            .is_ok_and(|text| text.lines().any(|line| line == commit))
+    }
+
+    fn record_baseline_passed(&self, commit: &str) {
+        use std::io::Write as _;
+        let file = self.baseline_file();
+        if let Some(dir) = file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        // One line per commit, appended whole: a cut line names no commit.
+        if let Ok(mut out) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file)
+        {
+            let _ = out.write_all(format!("{commit}\n").as_bytes());
+        }
     }
 
     fn run_dir(&self, run_id: &str) -> PathBuf {

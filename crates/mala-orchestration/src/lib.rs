@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+mod baseline;
 mod deadlock_monitor;
 mod epics;
 mod orchestrator;

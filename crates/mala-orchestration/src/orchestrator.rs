@@ -183,6 +183,12 @@ pub enum RunError {
     /// The agent backend cannot start (missing binary, wrong version, no login).
     #[error(transparent)]
     Agent(#[from] mala_core::AgentError),
+    /// The required checks fail before any agent worked (`baseline: stop`).
+    #[error("{message}")]
+    RedBaseline {
+        /// The failing command, where, and the end of its output.
+        message: String,
+    },
     /// The run store could not keep the run's record or its mark.
     #[error(transparent)]
     Store(#[from] RunStoreError),
@@ -640,6 +646,10 @@ impl RunStore for Unrecorded {
     fn record_issue(&self, _: &RunLog, _: &IssueRecord) -> Result<(), RunStoreError> {
         Ok(())
     }
+    fn baseline_passed(&self, _: &str) -> bool {
+        false
+    }
+    fn record_baseline_passed(&self, _: &str) {}
     fn runs(&self) -> Vec<RunLog> {
         Vec::new()
     }
@@ -657,6 +667,15 @@ impl Orchestrator {
             max_agents: Some(self.plan.max_agents),
         });
         let mut scheduler = Scheduler::new(&self, ctx, stage);
+        match crate::baseline::check_baseline(&self, &scheduler.ctx).await {
+            Ok(first) => scheduler.first = first,
+            Err(error) => {
+                let reason = error.to_string();
+                scheduler.summary.stopped = Some(reason.clone());
+                self.finish(scheduler, DoneReason::Stopped { reason }).await;
+                return Err(error);
+            }
+        }
         let ended = scheduler.run().await;
         let loop_end = match ended {
             Ok(reason) => reason,

@@ -103,6 +103,8 @@ pub(crate) struct Scheduler<'o> {
     pub(crate) reviews: Reviews,
     /// The run's pause and the environment's stop.
     pauses: Pauses,
+    /// An issue that runs alone before any other (a red baseline's).
+    pub(crate) first: Option<IssueId>,
 }
 
 impl<'o> Scheduler<'o> {
@@ -147,6 +149,7 @@ impl<'o> Scheduler<'o> {
             sweep_pending: true,
             epic_book: EpicBook::default(),
             pauses,
+            first: None,
         }
     }
 
@@ -224,7 +227,7 @@ impl<'o> Scheduler<'o> {
     fn may_start_work(&self) -> bool {
         self.stage() == Stage::Running
             && self.summary.aborted.is_none()
-            && self.pauses.stopped.is_none()
+            && self.summary.stopped.is_none()
             && self.summary.budget_reached.is_none()
     }
 
@@ -393,6 +396,9 @@ impl<'o> Scheduler<'o> {
         if matches!(result, IssueResult::Closed { .. }) {
             self.closed_one();
         }
+        if self.first.as_ref() == Some(&issue) {
+            self.first_ended(&issue, &result);
+        }
         if matches!(
             result,
             IssueResult::Closed { .. } | IssueResult::Failed { .. }
@@ -432,6 +438,23 @@ impl<'o> Scheduler<'o> {
             });
             self.summary.skipped.push((issue, reason));
         }
+    }
+
+    /// The issue that ran first ended: the others may go once it closed;
+    /// otherwise nothing else can pass, and the run stops.
+    fn first_ended(&mut self, issue: &IssueId, result: &IssueResult) {
+        self.first = None;
+        let why = match result {
+            IssueResult::Closed { .. } => return,
+            IssueResult::Failed { reason }
+            | IssueResult::Skipped { reason }
+            | IssueResult::Released { reason } => reason,
+        };
+        self.summary.stopped.get_or_insert_with(|| {
+            format!(
+                "the baseline issue {issue} did not close ({why}); no other issue can pass the gate while the required checks fail"
+            )
+        });
     }
 
     /// The run's budget is reached: nothing new starts, and the running
@@ -526,6 +549,11 @@ impl<'o> Scheduler<'o> {
             scope: plan.scope.clone(),
             source,
         })?;
+        let mut queue = queue;
+        if let Some(first) = &self.first {
+            // Alone, until it is done.
+            queue.entries.retain(|entry| &entry.id == first);
+        }
         let capacity = spawn_capacity(&self.view());
         self.events().emit(&Event::QueuePlanned {
             waiting: queue.entries.len().saturating_sub(capacity),

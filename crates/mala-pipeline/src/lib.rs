@@ -14,7 +14,7 @@ mod worker;
 
 pub use deadlock::{Resolution, ResolveError, resolve_deadlock};
 pub use faults::{FaultDesk, FaultLine, FaultReport, GoOn, RunGate, RunLedger, fault_line};
-pub use protected::CHECKS_CHANGED;
+pub use protected::{CHECKS_CHANGED, required_checks};
 pub use reviewers::{AgentReviewer, EpicVerifier, ask_reviewer, ask_twice};
 pub use runner::{
     IssueResult, Resume, RunnerConfig, RunnerPorts, SessionEndCheck, run_issue, run_issue_from,

@@ -16,7 +16,7 @@ pub const CHECKS_CHANGED: &str = "checks-changed";
 
 /// The required commands, as mala runs them itself (those allowed to fail
 /// prove nothing either way).
-pub(crate) fn required_checks(config: &RunnerConfig) -> Vec<CheckCommand> {
+pub fn required_checks(config: &RunnerConfig) -> Vec<CheckCommand> {
     config
         .required
         .iter()

@@ -197,6 +197,9 @@ fn run_failure(error: mala_orchestration::RunError) -> Failure {
     match error {
         mala_orchestration::RunError::Tracker(error) => Failure::Tracker(error),
         mala_orchestration::RunError::Agent(error) => Failure::from(error),
+        mala_orchestration::RunError::RedBaseline { message } => Failure::Environment(format!(
+            "{message}\n  hint: fix it first, or set `baseline: file_issue` to have an agent fix it first, or `baseline: warn` to run anyway"
+        )),
         mala_orchestration::RunError::Epic(mala_orchestration::EpicError::Tracker(error)) => {
             Failure::Tracker(error)
         }

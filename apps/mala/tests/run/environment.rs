@@ -290,3 +290,201 @@ fn an_issue_budget_stops_its_agent_mid_turn_and_fails_it_saying_so() {
         "no commit was made within the budget"
     );
 }
+
+/// mala.yaml whose one required check passes once `ok.txt` exists.
+fn baseline_config(repo: &TempRepo, policy: &str) {
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        format!("commands:\n  check: \"test -f ok.txt\"\nevidence_check:\n  required: [check]\nbaseline: {policy}\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_red_baseline_with_stop_stops_the_run_before_any_claim() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = setup();
+    baseline_config(&repo, "stop");
+    let br = Br::init(&br_binary, repo.path(), "red");
+    let issues = two_issues(&br, &repo);
+    let mock = MockAnthropic::start(script_with_check(repo.path()));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let env = run_env(
+        &harness,
+        &bin_dir(scratch.path(), &br_binary, &claude),
+        scratch.path(),
+    );
+
+    let output = mala_run(&repo, &env, &["--max-agents", "2"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("`check` (test -f ok.txt) already fails on"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("baseline: file_issue"),
+        "the hint: {stderr}"
+    );
+    for issue in &issues {
+        assert_untouched(&br, issue);
+    }
+    assert!(
+        mock.requests().iter().all(|r| r.path() != "/v1/messages"),
+        "no agent was started"
+    );
+}
+
+#[test]
+fn a_red_baseline_with_file_issue_is_filed_and_worked_before_the_rest() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = setup();
+    baseline_config(&repo, "file_issue");
+    let br = Br::init(&br_binary, repo.path(), "fix");
+    let issues = two_issues(&br, &repo);
+    let root = repo.path().canonicalize().unwrap();
+    // The baseline's agent makes the check pass; the others do their work
+    // and run the same check.
+    let script = Script::from_fn(move |conversation: &Conversation<'_>| {
+        let text = conversation.user_texts().join("\n");
+        let issue = issue_of(&text);
+        let file = if text.contains("[Baseline]") {
+            "ok.txt".to_owned()
+        } else {
+            text.split("FILE=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or("src/x.txt")
+                .to_owned()
+        };
+        let plan = [
+            ("mcp__mala__lock_acquire", json!({"filepaths": [file]})),
+            (
+                "Write",
+                json!({"file_path": root.join(&file), "content": "ok\n"}),
+            ),
+            ("Bash", json!({"command": "test -f ok.txt"})),
+            (
+                "mcp__mala__commit",
+                json!({"paths": [file], "message": format!("bd-{issue}: {file}")}),
+            ),
+        ];
+        reply(
+            plan.get(conversation.tool_uses_so_far()),
+            "Done; the check passes; committed.",
+        )
+    });
+    let mock = MockAnthropic::start(script);
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let env = run_env(
+        &harness,
+        &bin_dir(scratch.path(), &br_binary, &claude),
+        scratch.path(),
+    );
+    let events = scratch.path().join("events.jsonl");
+
+    let output = mala_run(
+        &repo,
+        &env,
+        &[
+            "--max-agents",
+            "2",
+            "--events-jsonl",
+            events.to_str().unwrap(),
+        ],
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let baseline: Vec<serde_json::Value> = br.json(&["list", "--all", "--label", "mala-baseline"])
+        ["issues"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(baseline.len(), 1, "{baseline:?}\n{stdout}\n{stderr}");
+    let baseline_id = baseline[0]["id"].as_str().unwrap().to_owned();
+    assert!(
+        baseline[0]["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("[Baseline] test -f ok.txt fails on "),
+        "{baseline:?}"
+    );
+    assert_eq!(baseline[0]["priority"], 0);
+    for issue in issues.iter().chain([&baseline_id]) {
+        assert_eq!(
+            br.json(&["show", issue])[0]["status"],
+            "closed",
+            "{issue}: {stdout}"
+        );
+    }
+    let log = std::fs::read_to_string(&events).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let claimed: Vec<&str> = lines
+        .iter()
+        .filter(|e| e["kind"] == "issue_claimed")
+        .map(|e| e["issue"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        claimed.first().copied(),
+        Some(baseline_id.as_str()),
+        "{claimed:?}"
+    );
+    let closed_at = lines
+        .iter()
+        .position(|e| e["kind"] == "issue_closed" && e["issue"] == baseline_id.as_str())
+        .unwrap();
+    let second_claim = lines
+        .iter()
+        .position(|e| e["kind"] == "issue_claimed" && e["issue"] != baseline_id.as_str())
+        .unwrap();
+    assert!(closed_at < second_claim, "the others waited behind it");
+}
+
+#[test]
+fn a_green_baseline_on_a_clean_head_is_not_paid_for_twice() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = setup();
+    let scratch = tempfile::tempdir().unwrap();
+    let counter = scratch.path().join("baseline-runs");
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        format!(
+            "commands:\n  check: \"echo ran >> {}\"\nevidence_check:\n  required: [check]\n",
+            counter.display()
+        ),
+    )
+    .unwrap();
+    let _br = Br::init(&br_binary, repo.path(), "green");
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+    let mock = MockAnthropic::start(script_with_check(repo.path()));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let env = run_env(
+        &harness,
+        &bin_dir(scratch.path(), &br_binary, &claude),
+        scratch.path(),
+    );
+    for _ in 0..2 {
+        let output = mala_run(&repo, &env, &[]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let runs = std::fs::read_to_string(&counter).unwrap();
+    assert_eq!(runs.lines().count(), 1, "cached by commit: {runs}");
+}

@@ -11,9 +11,9 @@ mod settings;
 pub use error::{ConfigError, Location};
 pub use load::{ConfigFile, SpanIndex, parse_config};
 pub use names::{
-    AgentSdkModel, AmpMode, BUILTIN_COMMANDS, Coder, CodexApprovalPolicy, CodexSandbox, Effort,
-    EpicDepth, FailureMode, FindingThreshold, FireOn, PresetName, ReviewBaseline, ReviewerType,
-    SettingsSource, TrackerKind, UnknownWord, is_valid_command_name,
+    AgentSdkModel, AmpMode, BUILTIN_COMMANDS, BaselinePolicy, Coder, CodexApprovalPolicy,
+    CodexSandbox, Effort, EpicDepth, FailureMode, FindingThreshold, FireOn, PresetName,
+    ReviewBaseline, ReviewerType, SettingsSource, TrackerKind, UnknownWord, is_valid_command_name,
 };
 pub use presets::{load_preset, preset_text};
 pub use resolve::{ConfigSources, FlagOverrides, resolve};

@@ -195,6 +195,12 @@ word_enum!(
     TrackerKind { Auto = "auto", Br = "br", Jsonl = "jsonl" }
 );
 
+word_enum!(
+    /// What a run does when the required checks already fail before any
+    /// agent works (`baseline:`).
+    BaselinePolicy { Warn = "warn", Stop = "stop", FileIssue = "file_issue", Off = "off" }
+);
+
 /// Built-in command names, in the order mala runs and shows them.
 pub const BUILTIN_COMMANDS: &[&str] = &[
     "setup",

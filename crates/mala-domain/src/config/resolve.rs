@@ -7,9 +7,9 @@ use std::str::FromStr;
 use super::error::{ConfigError, Location, suggestion};
 use super::load::ConfigFile;
 use super::names::{
-    AgentSdkModel, AmpMode, BUILTIN_COMMANDS, Coder, CodexApprovalPolicy, CodexSandbox, Effort,
-    FailureMode, FindingThreshold, FireOn, ReviewerType, SettingsSource, TrackerKind,
-    is_valid_command_name,
+    AgentSdkModel, AmpMode, BUILTIN_COMMANDS, BaselinePolicy, Coder, CodexApprovalPolicy,
+    CodexSandbox, Effort, FailureMode, FindingThreshold, FireOn, ReviewerType, SettingsSource,
+    TrackerKind, is_valid_command_name,
 };
 use super::presets::load_preset;
 use super::schema::{
@@ -187,6 +187,7 @@ fn defaults(env: &BTreeMap<String, String>) -> Settings {
             .map(str::to_owned)
             .to_vec(),
         retry_failed: 1,
+        baseline: BaselinePolicy::Warn,
         paths: Paths {
             runs_dir: config_home.join("mala").join("runs"),
             lock_dir: PathBuf::from("/tmp/mala-locks"),
@@ -395,6 +396,7 @@ fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigEr
     set!("max_gate_retries", raw.max_gate_retries => settings.max_gate_retries);
     set!("tracker", raw.tracker => settings.tracker);
     set!("retry_failed", raw.retry_failed => settings.retry_failed);
+    set!("baseline", raw.baseline => settings.baseline);
     if let Some(seconds) = raw.idle_timeout_seconds {
         if !(seconds.is_finite() && seconds >= 0.0) {
             return Err(file.error(

@@ -10,8 +10,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor, value::MapAccessDeserial
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::names::{
-    AgentSdkModel, Coder, Effort, EpicDepth, FailureMode, FindingThreshold, FireOn, PresetName,
-    ReviewBaseline, ReviewerType, SettingsSource, TrackerKind,
+    AgentSdkModel, BaselinePolicy, Coder, Effort, EpicDepth, FailureMode, FindingThreshold, FireOn,
+    PresetName, ReviewBaseline, ReviewerType, SettingsSource, TrackerKind,
 };
 
 /// Top-level keys that existed in older versions, with what to write instead.
@@ -183,6 +183,8 @@ pub struct RawConfig {
     pub issue_types: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_failed: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselinePolicy>,
 }
 
 /// A command: a shell string, or an object with overrides.

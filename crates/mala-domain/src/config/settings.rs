@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use super::error::Location;
 use super::names::{
-    AgentSdkModel, Coder, Effort, EpicDepth, FailureMode, FindingThreshold, FireOn, PresetName,
-    ReviewBaseline, ReviewerType, SettingsSource, TrackerKind,
+    AgentSdkModel, BaselinePolicy, Coder, Effort, EpicDepth, FailureMode, FindingThreshold, FireOn,
+    PresetName, ReviewBaseline, ReviewerType, SettingsSource, TrackerKind,
 };
 
 /// Everything mala needs to know, from every layer, resolved once.
@@ -51,6 +51,8 @@ pub struct Settings {
     pub issue_types: Vec<String>,
     /// How many later runs may retry an issue that failed.
     pub retry_failed: u32,
+    /// What a red baseline does to the run (`baseline:`).
+    pub baseline: BaselinePolicy,
     pub paths: Paths,
     #[serde(skip)]
     pub(crate) origins: Origins,

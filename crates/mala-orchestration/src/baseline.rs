@@ -1,0 +1,125 @@
+//! The baseline: the required checks, run once before the first claim
+//! where the agents will run them (the shared working tree), so a red
+//! baseline is said before any agent is blamed for it.
+//!
+//! Not a clean checkout: projects whose checks need files git does not
+//! track (installed dependencies, a local `.env`, an empty directory) would
+//! read as red there while every agent's checks pass in the tree.
+
+use mala_core::{CheckFailure, Event, IssueId, NewIssue, Priority};
+use mala_domain::BaselinePolicy;
+use mala_infra::run_commands;
+use mala_pipeline::required_checks;
+
+use crate::orchestrator::{Orchestrator, RunError};
+use crate::setup::RunContext;
+
+/// The label of the issue a red baseline files.
+pub(crate) const BASELINE_LABEL: &str = "mala-baseline";
+
+/// Checks the baseline as `baseline:` asks. `Ok(Some(id))`: the issue to
+/// run first (`file_issue`); `Err`: the run stops (`stop`).
+pub(crate) async fn check_baseline(
+    orchestrator: &Orchestrator,
+    ctx: &RunContext,
+) -> Result<Option<IssueId>, RunError> {
+    let policy = orchestrator.settings.baseline;
+    let commands = required_checks(&ctx.runner_config);
+    if policy == BaselinePolicy::Off || commands.is_empty() {
+        return Ok(None);
+    }
+    let repo = &orchestrator.repository;
+    let head = repo.head().await.ok().flatten().unwrap_or_default();
+    // A clean tree is HEAD itself: its verdict holds for the next run too.
+    let clean = !head.is_empty() && repo.is_clean().await.unwrap_or(false);
+    if clean && orchestrator.run_store.baseline_passed(&head) {
+        return Ok(None);
+    }
+    let Err(failure) = run_commands(&orchestrator.repo_root, &commands).await else {
+        if clean {
+            orchestrator.run_store.record_baseline_passed(&head);
+        }
+        return Ok(None);
+    };
+    let short = &head[..head.len().min(12)];
+    let said = red_message(&failure, short);
+    match policy {
+        BaselinePolicy::Warn | BaselinePolicy::Off => {
+            ctx.events.emit(&Event::Warning {
+                message: format!(
+                    "{said}; agents will be asked to make it pass (set `baseline: stop` to stop instead)"
+                ),
+            });
+            Ok(None)
+        }
+        BaselinePolicy::Stop => Err(RunError::RedBaseline { message: said }),
+        BaselinePolicy::FileIssue => file_issue(orchestrator, ctx, &failure, short, &said)
+            .await
+            .map(Some),
+    }
+}
+
+fn red_message(failure: &CheckFailure, commit: &str) -> String {
+    let tail: Vec<&str> = failure
+        .output
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .rev()
+        .take(5)
+        .collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    format!(
+        "the required check `{}` ({}) already fails on {commit}, before any agent worked: {}",
+        failure.name,
+        failure.command,
+        if tail.is_empty() {
+            "(no output)".to_owned()
+        } else {
+            tail.join(" | ")
+        }
+    )
+}
+
+/// One open `[Baseline]` issue at a time: an earlier run's is worked again.
+async fn file_issue(
+    orchestrator: &Orchestrator,
+    ctx: &RunContext,
+    failure: &CheckFailure,
+    commit: &str,
+    said: &str,
+) -> Result<IssueId, RunError> {
+    let tracker = &orchestrator.tracker;
+    let open = tracker
+        .find_by_label(BASELINE_LABEL)
+        .await?
+        .into_iter()
+        .find(|issue| !issue.status.is_terminal());
+    let id = if let Some(issue) = open {
+        issue.id
+    } else {
+        let new = NewIssue {
+            title: format!("[Baseline] {} fails on {commit}", failure.command),
+            description: format!(
+                "The required check `{}` (`{}`) fails on {commit} before any agent worked, so \
+                 no issue can pass the quality gate until it passes again.\n\nIts output ends:\n\n```\n{}\n```",
+                failure.name,
+                failure.command,
+                output_tail(&failure.output)
+            ),
+            priority: Some(Priority::P0),
+            labels: vec![BASELINE_LABEL.to_owned()],
+            ..NewIssue::default()
+        };
+        tracker.create(new).await?
+    };
+    ctx.events.emit(&Event::Warning {
+        message: format!("{said}; {id} is worked first, the other issues wait behind it"),
+    });
+    Ok(id)
+}
+
+fn output_tail(output: &str) -> String {
+    let lines: Vec<&str> = output.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
