@@ -336,17 +336,11 @@ fn a_red_baseline_with_stop_stops_the_run_before_any_claim() {
     );
 }
 
-#[test]
-fn a_red_baseline_with_file_issue_is_filed_and_worked_before_the_rest() {
-    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
-    let repo = setup();
-    baseline_config(&repo, "file_issue");
-    let br = Br::init(&br_binary, repo.path(), "fix");
-    let issues = two_issues(&br, &repo);
-    let root = repo.path().canonicalize().unwrap();
-    // The baseline's agent makes the check pass; the others do their work
-    // and run the same check.
-    let script = Script::from_fn(move |conversation: &Conversation<'_>| {
+/// The baseline's agent makes the check pass; the others do their work
+/// and run the same check.
+fn baseline_fixing_script(repo: &Path) -> Script {
+    let root = repo.canonicalize().unwrap();
+    Script::from_fn(move |conversation: &Conversation<'_>| {
         let text = conversation.user_texts().join("\n");
         let issue = issue_of(&text);
         let file = if text.contains("[Baseline]") {
@@ -374,7 +368,17 @@ fn a_red_baseline_with_file_issue_is_filed_and_worked_before_the_rest() {
             plan.get(conversation.tool_uses_so_far()),
             "Done; the check passes; committed.",
         )
-    });
+    })
+}
+
+#[test]
+fn a_red_baseline_with_file_issue_is_filed_and_worked_before_the_rest() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = setup();
+    baseline_config(&repo, "file_issue");
+    let br = Br::init(&br_binary, repo.path(), "fix");
+    let issues = two_issues(&br, &repo);
+    let script = baseline_fixing_script(repo.path());
     let mock = MockAnthropic::start(script);
     let harness = ClaudeHarness::new(&claude, &mock);
     let scratch = tempfile::tempdir().unwrap();
