@@ -777,3 +777,52 @@ async fn a_run_budget_drains_the_run_and_leaves_what_it_stopped_open() {
         "{outcome:?}"
     );
 }
+
+#[tokio::test]
+async fn one_agent_that_cannot_start_gives_its_issue_back_and_a_second_in_a_row_stops_the_run() {
+    let mut world = World::new(
+        (1..=3).map(|n| task(&format!("m-{n}"))).collect(),
+        Duration::from_millis(5),
+    );
+    world.backend = world.backend.clone().refusing_to_start(2);
+    let summary = world.run(plan(1)).await;
+    let reason = summary.stopped.clone().expect("stopped");
+    assert!(
+        reason.contains("2 agents in a row could not start"),
+        "{reason}"
+    );
+    assert_eq!(summary.released.len(), 2, "{summary:?}");
+    assert!(summary.failed.is_empty());
+    assert_eq!(
+        world.events.claimed().len(),
+        2,
+        "the third was never claimed"
+    );
+    for n in 1..=3 {
+        let issue = world
+            .tracker
+            .show(&IssueId::new(format!("m-{n}")))
+            .await
+            .unwrap();
+        assert_eq!(issue.status, IssueStatus::Open, "m-{n}");
+        assert!(issue.assignee.is_none_or(|a| a.is_empty()), "m-{n}");
+        assert!(issue.labels.is_empty() && issue.notes.is_empty(), "m-{n}");
+    }
+}
+
+#[tokio::test]
+async fn a_start_failure_between_good_sessions_is_not_in_a_row() {
+    let mut world = World::new(
+        (1..=3).map(|n| task(&format!("m-{n}"))).collect(),
+        Duration::from_millis(5),
+    );
+    world.backend = world.backend.clone().refusing_to_start(1);
+    let summary = world.run(plan(1)).await;
+    assert!(summary.stopped.is_none(), "{summary:?}");
+    assert_eq!(summary.released.len(), 1);
+    assert_eq!(
+        summary.closed.len(),
+        2,
+        "the others close; the given-back one waits for the next run"
+    );
+}

@@ -461,6 +461,8 @@ pub struct ScriptedBackend {
     failing: Arc<Mutex<(usize, Option<AgentErrorKind>)>>,
     /// Dollars each turn costs.
     turn_cost: f64,
+    /// Sessions still to refuse to start.
+    refusing: Arc<Mutex<usize>>,
 }
 
 impl std::fmt::Debug for ScriptedBackend {
@@ -483,7 +485,15 @@ impl ScriptedBackend {
             stopped: Arc::new(tokio::sync::watch::Sender::new(false)),
             failing: Arc::default(),
             turn_cost: 0.0,
+            refusing: Arc::default(),
         }
+    }
+
+    /// The next `sessions` sessions refuse to start, as a CLI that cannot run would.
+    #[must_use]
+    pub fn refusing_to_start(self, sessions: usize) -> Self {
+        *guard(&self.refusing) = sessions;
+        self
     }
 
     /// Each turn costs `dollars`, reported as the session's running total.
@@ -527,6 +537,16 @@ impl AgentBackend for ScriptedBackend {
         request: SessionRequest,
         _: Arc<dyn AgentObserver>,
     ) -> Result<Box<dyn AgentSession>, AgentError> {
+        {
+            let mut refusing = guard(&self.refusing);
+            if *refusing > 0 {
+                *refusing -= 1;
+                return Err(AgentError::new(
+                    AgentErrorKind::CouldNotStart,
+                    "scripted: the agent refused to start",
+                ));
+            }
+        }
         *guard(&self.sessions) += 1;
         Ok(Box::new(ScriptedSession {
             backend: self.clone(),
