@@ -217,6 +217,8 @@ fn settings_summary(settings: &Settings, plan: &RunPlan) -> serde_json::Value {
         "per_issue_review": settings.per_issue_review.enabled.then(|| settings.per_issue_review.reviewer.reviewer_type.to_string()),
         "epic_verification": settings.epic_verification.enabled,
         "triggers": triggers,
+        "budget": settings.budget,
+        "baseline": settings.baseline.to_string(),
     })
 }
 

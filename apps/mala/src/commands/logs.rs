@@ -58,19 +58,40 @@ pub(crate) fn list(as_json: bool, all: bool, limit: u32) -> Result<(), Failure> 
 /// when listing every repository's).
 pub(crate) fn run_line(run: &RunLog, with_repo: bool) -> String {
     format!(
-        "{}  {}  {:<11} {} closed, {} failed, {} skipped{}",
+        "{}  {}  {:<11} {} closed, {} failed, {} skipped, {}{}",
         run.run_id,
         run.started_at.format("%Y-%m-%d %H:%M"),
         run.outcome,
         count(run, "closed"),
         count(run, "failed"),
         count(run, "skipped"),
+        spend(run),
         if with_repo {
             format!("  {}", run.repo_path.display())
         } else {
             String::new()
         }
     )
+}
+
+/// What the run spent, against the run's budget when it had one (as its
+/// record says).
+fn spend(run: &RunLog) -> String {
+    let cost: f64 = run.issues.iter().map(|i| i.cost_usd).sum();
+    let tokens: u64 = run.issues.iter().map(|i| i.tokens).sum();
+    let budget = &run.settings["budget"]["run"];
+    let limits: Vec<String> = [
+        budget["max_cost_usd"].as_f64().map(|d| format!("${d:.2}")),
+        budget["max_tokens"].as_u64().map(|t| format!("{t} tokens")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut line = format!("${cost:.2}, {tokens} tokens");
+    if !limits.is_empty() {
+        let _ = write!(line, " of a {} budget", limits.join(" / "));
+    }
+    line
 }
 
 pub(crate) fn sessions(issue: &str, as_json: bool, all: bool) -> Result<(), Failure> {

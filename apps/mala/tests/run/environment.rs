@@ -246,7 +246,7 @@ fn an_issue_budget_stops_its_agent_mid_turn_and_fails_it_saying_so() {
         scratch.path(),
     );
 
-    let output = mala_run(&repo, &env, &["--max-issues", "1"]);
+    let output = mala_run(&repo, &env, &["--max-issues", "1", "--max-cost", "5"]);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
@@ -260,6 +260,19 @@ fn an_issue_budget_stops_its_agent_mid_turn_and_fails_it_saying_so() {
         stdout.contains("the issue's budget was reached"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("(run budget: $5.00); per issue at most $0.20"),
+        "the summary says spend against budget: {stdout}"
+    );
+    let status = Command::new(env!("CARGO_BIN_EXE_mala"))
+        .arg("status")
+        .current_dir(repo.path())
+        .env_clear()
+        .envs(env.iter().cloned())
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("of a $5.00 budget"), "{status}");
     let failed: Vec<serde_json::Value> = issues
         .iter()
         .map(|i| br.json(&["show", i])[0].clone())
