@@ -255,11 +255,18 @@ pub enum ReviewError {
     /// mala is stopping; the review was cut short. Not a verdict on the work.
     #[error("the review was stopped")]
     Cancelled,
+    /// The reviewer's agent met a fault of the environment (credentials, a
+    /// limit, an API that stays down): not a verdict, and not the issue's.
+    #[error("{message}")]
+    Environment { fault: EnvFault, message: String },
 }
 
 impl ReviewError {
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Unavailable(_) | Self::Cancelled)
+        !matches!(
+            self,
+            Self::Unavailable(_) | Self::Cancelled | Self::Environment { .. }
+        )
     }
 }
 

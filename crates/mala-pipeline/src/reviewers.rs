@@ -89,7 +89,7 @@ impl Reviewer for AgentReviewer {
             .backend
             .start(session_request, Arc::new(Quiet))
             .await
-            .map_err(|e| ReviewError::Unavailable(format!("the reviewer could not start: {e}")))?;
+            .map_err(|e| start_failure(&e, "the reviewer"))?;
         let outcome = session.turn(&prompt).await;
         let _ = session.close().await;
         let outcome = outcome.map_err(|e| turn_failure(&e))?;
@@ -167,19 +167,41 @@ impl EpicVerifier {
             .backend
             .start(request, Arc::new(Quiet))
             .await
-            .map_err(|e| ReviewError::Unavailable(format!("the verifier could not start: {e}")))?;
+            .map_err(|e| start_failure(&e, "the verifier"))?;
         let outcome = session.turn(prompt).await;
         let _ = session.close().await;
         parse_epic_answer(&outcome.map_err(|e| turn_failure(&e))?.final_text)
     }
 }
 
-/// A reviewer's turn that did not end with an answer: a stop is not a verdict.
+/// A reviewer's session that did not start: the environment's fault when
+/// it is to blame, else the reviewer is unavailable.
+fn start_failure(error: &mala_core::AgentError, who: &str) -> ReviewError {
+    match mala_domain::blame(&error.kind) {
+        mala_domain::Blame::Environment(fault) => ReviewError::Environment {
+            fault,
+            message: format!("{who} could not start: {error}"),
+        },
+        mala_domain::Blame::Issue => {
+            ReviewError::Unavailable(format!("{who} could not start: {error}"))
+        }
+    }
+}
+
+/// A reviewer's turn that did not end with an answer: a stop is not a
+/// verdict, and neither is a fault of the environment.
 fn turn_failure(error: &mala_core::AgentError) -> ReviewError {
     if error.kind == mala_core::AgentErrorKind::Cancelled {
-        ReviewError::Cancelled
-    } else {
-        ReviewError::Failed(error.to_string())
+        return ReviewError::Cancelled;
+    }
+    match mala_domain::blame(&error.kind) {
+        mala_domain::Blame::Environment(fault) if !error.is_retryable() => {
+            ReviewError::Environment {
+                fault,
+                message: error.to_string(),
+            }
+        }
+        _ => ReviewError::Failed(error.to_string()),
     }
 }
 

@@ -440,7 +440,7 @@ impl IssueRun {
                 reason: format!("{what}: {error}"),
             },
             Blame::Environment(fault) => {
-                self.fault_seen(&fault, error);
+                self.fault_seen(&fault, &error.message);
                 self.ports
                     .faults
                     .report(&self.issue.id, fault.clone(), &error.message);
@@ -451,11 +451,11 @@ impl IssueRun {
         }
     }
 
-    fn fault_seen(&self, fault: &mala_core::EnvFault, error: &AgentError) {
+    fn fault_seen(&self, fault: &mala_core::EnvFault, message: &str) {
         self.ports.events.emit(&Event::EnvironmentFault {
             issue: self.issue.id.clone(),
             fault: fault.clone(),
-            message: error.message.clone(),
+            message: message.to_owned(),
         });
     }
 
@@ -648,7 +648,7 @@ impl IssueRun {
             Blame::Environment(
                 fault @ (mala_core::EnvFault::UsageLimit { .. } | mala_core::EnvFault::Unavailable),
             ) => {
-                self.fault_seen(&fault, &error);
+                self.fault_seen(&fault, &error.message);
                 let answer = self
                     .ports
                     .faults
@@ -1072,6 +1072,9 @@ impl IssueRun {
                     reason: format!("{STOPPED}: during review"),
                 });
             }
+            Err(ReviewError::Environment { fault, message }) => {
+                return self.review_met(fault, &message).await;
+            }
             Err(error) => {
                 return Step::Finish(IssueResult::Failed {
                     reason: format!("the review could not be completed: {error}"),
@@ -1125,6 +1128,36 @@ impl IssueRun {
     }
 
     /// The prompt that sends blocking findings back to the agent.
+    /// The reviewer's agent met a fault of the environment: a limit is
+    /// waited out and the review asked again; anything else gives the issue
+    /// back, as for the implementer.
+    async fn review_met(&mut self, fault: mala_core::EnvFault, message: &str) -> Step {
+        let error = AgentError::new(AgentErrorKind::Protocol, message);
+        self.fault_seen(&fault, &error.message);
+        let limit = matches!(
+            fault,
+            mala_core::EnvFault::UsageLimit { .. } | mala_core::EnvFault::Unavailable
+        );
+        if limit
+            && self
+                .ports
+                .faults
+                .wait_out(&self.issue.id, fault.clone(), message)
+                .await
+                == GoOn::Resume
+        {
+            return Step::Review;
+        }
+        if !limit {
+            self.ports
+                .faults
+                .report(&self.issue.id, fault.clone(), message);
+        }
+        Step::Finish(IssueResult::Released {
+            reason: format!("{} during the review: {message}", fault.summary()),
+        })
+    }
+
     fn review_followup(&self, findings: &[Finding]) -> Result<String, String> {
         render_prompt(
             PromptKind::ReviewFollowup,

@@ -1869,3 +1869,80 @@ async fn an_issue_over_its_budget_gets_no_more_turns_and_fails_saying_so() {
         Event::BudgetReached { scope, .. } if scope == "issue"
     )));
 }
+
+#[tokio::test]
+async fn a_reviewer_refused_credentials_gives_the_issue_back_not_a_failure() {
+    let h = Harness::new().await;
+    let (line, mut desk) = mala_pipeline::fault_line(mala_domain::Spend::default());
+    let reviewer: Arc<dyn Reviewer> = Arc::new(ScriptedReviewer {
+        answers: Mutex::new(vec![Err(ReviewError::Environment {
+            fault: mala_core::EnvFault::Authentication,
+            message: "model API error 401: bad key".into(),
+        })]),
+        asked: Mutex::new(0),
+    });
+    let ports = RunnerPorts {
+        reviewer: Some(reviewer),
+        faults: line,
+        ..h.ports(vec![honest_turn(&h)], None)
+    };
+    let result = run_issue_from(
+        &h.issue,
+        h.agent(),
+        &ports,
+        &Harness::config(),
+        None,
+        StopSignal::never(),
+    )
+    .await;
+    assert!(
+        matches!(&result, IssueResult::Released { reason } if reason.contains("during the review")),
+        "{result:?}"
+    );
+    let (status, followup, notes) = h.status().await;
+    assert_eq!(
+        (status, followup, notes.as_str()),
+        (IssueStatus::Open, false, "")
+    );
+    assert_eq!(
+        desk.reports.try_recv().unwrap().fault,
+        mala_core::EnvFault::Authentication
+    );
+}
+
+#[tokio::test]
+async fn a_reviewer_rate_limited_waits_for_the_run_and_is_asked_again() {
+    let h = Harness::new().await;
+    let (line, mut desk) = mala_pipeline::fault_line(mala_domain::Spend::default());
+    let reviewer = Arc::new(ScriptedReviewer {
+        answers: Mutex::new(vec![Err(ReviewError::Environment {
+            fault: mala_core::EnvFault::UsageLimit { until: None },
+            message: "model API error 429".into(),
+        })]),
+        asked: Mutex::new(0),
+    });
+    tokio::spawn(async move {
+        let report = desk.reports.recv().await.unwrap();
+        report
+            .reply
+            .unwrap()
+            .send(mala_pipeline::GoOn::Resume)
+            .unwrap();
+    });
+    let ports = RunnerPorts {
+        reviewer: Some(reviewer.clone()),
+        faults: line,
+        ..h.ports(vec![honest_turn(&h)], None)
+    };
+    let result = run_issue_from(
+        &h.issue,
+        h.agent(),
+        &ports,
+        &Harness::config(),
+        None,
+        StopSignal::never(),
+    )
+    .await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    assert_eq!(*reviewer.asked.lock().unwrap(), 2);
+}
