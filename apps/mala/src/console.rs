@@ -433,10 +433,13 @@ impl Console {
                 scope,
                 issue,
                 spent,
-            } => format!(
-                "$ {}  the {scope}'s budget was reached: {spent}",
-                style.issue(issue)
-            ),
+            } => match issue {
+                Some(issue) => format!(
+                    "$ {}  the {scope}'s budget was reached: {spent}",
+                    style.issue(issue)
+                ),
+                None => format!("$ the {scope}'s budget was reached: {spent}"),
+            },
             _ => return Vec::new(),
         };
         vec![line]
@@ -479,7 +482,7 @@ impl Console {
                 "  {}  turn: {} · {} tokens · ${cost_usd:.2}",
                 issue(id),
                 tally.take_tools(id),
-                tokens(usage.input_tokens + usage.output_tokens)
+                tokens(usage.total())
             ),
             Event::GateChecked {
                 issue: id,

@@ -165,7 +165,7 @@ impl fmt::Display for Failure {
             ),
             Self::Environment(reason) => write!(
                 f,
-                "the run stopped: {reason}\n  hint: the issues it could not work on were given back untouched (open, unassigned, no label)"
+                "the run stopped: {reason}\n  hint: fix what it names and run again; the issues the stop kept from working were given back open and unassigned, with nothing recorded against them"
             ),
             Self::Tracker(error) => match error {
                 TrackerError::NotInstalled { program, hint } => {

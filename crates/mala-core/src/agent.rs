@@ -96,6 +96,17 @@ pub struct TokenUsage {
     pub cache_creation_input_tokens: u64,
 }
 
+impl TokenUsage {
+    /// Every token the turn moved: input, output, cache reads and writes.
+    /// The one count the console, the run's record and budgets use.
+    pub fn total(&self) -> u64 {
+        self.input_tokens
+            .saturating_add(self.output_tokens)
+            .saturating_add(self.cache_read_input_tokens)
+            .saturating_add(self.cache_creation_input_tokens)
+    }
+}
+
 /// How a turn ended, judged by the backend's own error flag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -174,6 +174,9 @@ pub enum AgentErrorKind {
     },
     /// The model API could not be reached (refused, reset, DNS). Retryable.
     Network,
+    /// The model API refuses this setup whatever the request (no credit
+    /// left, a model that does not exist). Not retryable.
+    Refused,
     /// The process died. Retryable by resuming the session.
     Crashed,
     /// No output for the idle timeout, or the turn ran past its hard limit. Retryable by resuming.
@@ -226,6 +229,8 @@ pub enum EnvFault {
     },
     /// The model API stayed overloaded or unreachable through every retry.
     Unavailable,
+    /// The model API refuses this setup (billing, an unknown model).
+    Refused,
 }
 
 impl EnvFault {
@@ -236,6 +241,7 @@ impl EnvFault {
             Self::Authentication => "the model API refused the credentials",
             Self::UsageLimit { .. } => "a usage or rate limit was reached",
             Self::Unavailable => "the model API was overloaded or unreachable",
+            Self::Refused => "the model API refused the account or the model",
         }
     }
 }

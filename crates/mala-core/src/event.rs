@@ -140,7 +140,8 @@ pub enum Event {
     /// drains; its open issues are left for the next run).
     BudgetReached {
         scope: String,
-        issue: IssueId,
+        /// The issue whose turn crossed it, when one did.
+        issue: Option<IssueId>,
         spent: String,
     },
 }

@@ -26,6 +26,7 @@ pub fn blame(kind: &AgentErrorKind) -> Blame {
         AgentErrorKind::Authentication => EnvFault::Authentication,
         AgentErrorKind::RateLimited { resets_at } => EnvFault::UsageLimit { until: *resets_at },
         AgentErrorKind::Overloaded { .. } | AgentErrorKind::Network => EnvFault::Unavailable,
+        AgentErrorKind::Refused => EnvFault::Refused,
         AgentErrorKind::Crashed
         | AgentErrorKind::TimedOut
         | AgentErrorKind::Cancelled
@@ -77,7 +78,14 @@ pub fn respond(fault: &EnvFault, message: &str, ctx: &FaultContext) -> FaultActi
         EnvFault::Authentication => FaultAction::Stop {
             reason: format!(
                 "the model API refused the agent's credentials ({message}); log in with `claude` \
-                 (then /login) or set ANTHROPIC_API_KEY, and run again"
+                 (then /login) or set ANTHROPIC_API_KEY (for a 403, check the key's permissions), \
+                 and run again"
+            ),
+        },
+        EnvFault::Refused => FaultAction::Stop {
+            reason: format!(
+                "the model API refuses every request of this setup ({message}); check the model \
+                 (`model:`, --model) and the account's credit, and run again"
             ),
         },
         EnvFault::CouldNotStart if ctx.start_failures_in_row >= START_FAILURES_TO_STOP => {

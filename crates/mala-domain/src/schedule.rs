@@ -118,7 +118,8 @@ pub fn final_reason(loop_end: DoneReason, cut: CutShort<'_>) -> DoneReason {
 /// Whether the run is over, once nothing could be started: `None` while
 /// issues are running (or, in watch mode, while waiting for new ones).
 pub fn done(view: &SchedulerView, watching: bool) -> Option<DoneReason> {
-    if view.active > 0 || view.trigger_due || view.paused {
+    // A pause holds the run open only while it may still start work.
+    if view.active > 0 || view.trigger_due || (view.paused && !view.draining) {
         return None;
     }
     if view.draining {

@@ -31,7 +31,6 @@ impl Default for PausePolicy {
 /// A pause in progress.
 #[derive(Debug)]
 struct Pause {
-    since: DateTime<Utc>,
     until: DateTime<Utc>,
     /// Runners waiting for the pause to end.
     waiting: Vec<oneshot::Sender<GoOn>>,
@@ -45,6 +44,9 @@ pub(crate) struct Pauses {
     pause: Option<Pause>,
     start_failures_in_row: u32,
     in_a_row: u32,
+    /// When the current stretch of back-to-back pauses began; it ends when
+    /// an issue gets somewhere, not when one pause does.
+    stretch_since: Option<DateTime<Utc>>,
     /// Why the environment stopped the run.
     pub(crate) stopped: Option<String>,
 }
@@ -57,6 +59,7 @@ impl Pauses {
             pause: None,
             start_failures_in_row: 0,
             in_a_row: 0,
+            stretch_since: None,
             stopped: None,
         }
     }
@@ -69,6 +72,21 @@ impl Pauses {
     /// Why the run's budget is reached; `None` while it is not.
     pub(crate) fn budget_reached(&self) -> Option<String> {
         self.desk.as_ref()?.ledger.reached()
+    }
+
+    /// Says the run's budget is reached, once in the run (a runner may
+    /// have said it first).
+    pub(crate) fn say_budget(&self, events: &dyn EventSink) {
+        let Some(desk) = &self.desk else { return };
+        if let Some(spent) = desk.ledger.reached()
+            && desk.ledger.first_to_say()
+        {
+            events.emit(&Event::BudgetReached {
+                scope: "run".into(),
+                issue: None,
+                spent,
+            });
+        }
     }
 
     /// When the pause ends; `None` when the run is not paused.
@@ -95,6 +113,7 @@ impl Pauses {
         self.start_failures_in_row = 0;
         if self.pause.is_none() {
             self.in_a_row = 0;
+            self.stretch_since = None;
         }
     }
 
@@ -115,7 +134,7 @@ impl Pauses {
         let ctx = FaultContext {
             now,
             start_failures_in_row: self.start_failures_in_row,
-            paused_since: self.pause.as_ref().map(|p| p.since),
+            paused_since: self.stretch_since,
             pauses_in_row: self.in_a_row,
             max_pause: self.policy.max_pause,
             backoff: self.policy.backoff,
@@ -138,8 +157,8 @@ impl Pauses {
         events: &dyn EventSink,
     ) {
         let new = self.pause.is_none();
+        self.stretch_since.get_or_insert(now);
         let pause = self.pause.get_or_insert_with(|| Pause {
-            since: now,
             until,
             waiting: Vec::new(),
         });

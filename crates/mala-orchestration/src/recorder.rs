@@ -193,7 +193,7 @@ impl EventSink for RunRecorder {
                 if let Some(id) = session_id {
                     record.session_id = Some(id.to_string());
                 }
-                record.tokens += usage.input_tokens + usage.output_tokens;
+                record.tokens += usage.total();
                 record.cost_usd += cost_usd;
                 // Spend alone waits for the next change; a new session does not.
                 (issue.clone(), record.session_id != known)

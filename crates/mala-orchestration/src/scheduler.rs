@@ -461,6 +461,9 @@ impl<'o> Scheduler<'o> {
     /// issues stop where they are and are left open for the next run.
     fn budget_reached(&mut self) {
         self.inbox.budget = None;
+        // Runners waiting out a pause give their issues back now.
+        self.pauses.give_back_waiting();
+        self.pauses.say_budget(self.ctx.events.as_ref());
         if self.summary.budget_reached.is_none() {
             self.summary.budget_reached = self.pauses.budget_reached();
         }
@@ -550,9 +553,19 @@ impl<'o> Scheduler<'o> {
             source,
         })?;
         let mut queue = queue;
-        if let Some(first) = &self.first {
+        if let Some(first) = self.first.clone() {
             // Alone, until it is done.
-            queue.entries.retain(|entry| &entry.id == first);
+            queue.entries.retain(|entry| entry.id == first);
+            if queue.entries.is_empty() && !self.active.contains_key(&first) {
+                self.first = None;
+                self.summary.stopped.get_or_insert_with(|| {
+                    format!(
+                        "the baseline issue {first} cannot be worked in this run (blocked, outside --scope, \
+                         or claimed by another run); no other issue can pass the gate while the required checks fail"
+                    )
+                });
+                return Ok(());
+            }
         }
         let capacity = spawn_capacity(&self.view());
         self.events().emit(&Event::QueuePlanned {
@@ -657,8 +670,11 @@ impl<'o> Scheduler<'o> {
         let orchestrator = self.orchestrator;
         let run_end = orchestrator.settings.validation_triggers.run_end.as_ref()?;
         let summary = &self.summary;
+        // Nothing more is spent once the environment or the budget stopped the run.
         if summary.interrupted
             || summary.aborted.is_some()
+            || summary.stopped.is_some()
+            || summary.budget_reached.is_some()
             || !run_end_fires(run_end.fire_on, summary.closed.len(), summary.failed.len())
         {
             return None;

@@ -101,7 +101,7 @@ impl RunLedger {
     }
 
     /// True the first time only: the budget is said once.
-    pub(crate) fn first_to_say(&self) -> bool {
+    pub fn first_to_say(&self) -> bool {
         !self.said.swap(true, Ordering::Relaxed)
     }
 }

@@ -195,12 +195,10 @@ fn turn_failure(error: &mala_core::AgentError) -> ReviewError {
         return ReviewError::Cancelled;
     }
     match mala_domain::blame(&error.kind) {
-        mala_domain::Blame::Environment(fault) if !error.is_retryable() => {
-            ReviewError::Environment {
-                fault,
-                message: error.to_string(),
-            }
-        }
+        mala_domain::Blame::Environment(fault) => ReviewError::Environment {
+            fault,
+            message: error.to_string(),
+        },
         _ => ReviewError::Failed(error.to_string()),
     }
 }

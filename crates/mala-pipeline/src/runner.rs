@@ -627,7 +627,10 @@ impl IssueRun {
                 reason: format!("{STOPPED}: {error}"),
             });
         }
-        if self.resuming && *lock(&self.log.tool_uses) == 0 {
+        let blamed = blame(&error.kind);
+        if self.resuming && *lock(&self.log.tool_uses) == 0 && blamed == Blame::Issue {
+            // The earlier session itself would not carry on; the API's
+            // faults are not the session's.
             self.close_session().await;
             return self.replace_unresumable(&error).await;
         }
@@ -644,7 +647,7 @@ impl IssueRun {
             self.ports.clock.sleep(backoff).await;
             return self.pick_up(&error, prompt).await;
         }
-        match blame(&error.kind) {
+        match blamed {
             Blame::Environment(
                 fault @ (mala_core::EnvFault::UsageLimit { .. } | mala_core::EnvFault::Unavailable),
             ) => {
@@ -711,11 +714,7 @@ impl IssueRun {
         // The backend reports the session's running total.
         let cost_usd = (outcome.total_cost_usd - self.session_cost).max(0.0);
         self.session_cost = outcome.total_cost_usd;
-        let usage = &outcome.usage;
-        let tokens = usage.input_tokens
-            + usage.output_tokens
-            + usage.cache_read_input_tokens
-            + usage.cache_creation_input_tokens;
+        let tokens = outcome.usage.total();
         self.spent.add(cost_usd, tokens);
         self.ports.faults.ledger.add(cost_usd, tokens);
         self.ports.events.emit(&Event::TurnFinished {
@@ -973,7 +972,7 @@ impl IssueRun {
     fn say_budget(&self, scope: &str, spent: &str) {
         self.ports.events.emit(&Event::BudgetReached {
             scope: scope.to_owned(),
-            issue: self.issue.id.clone(),
+            issue: Some(self.issue.id.clone()),
             spent: spent.to_owned(),
         });
     }

@@ -249,7 +249,7 @@ fn report(summary: &RunSummary, table: &str, budget: &mala_domain::Budget) -> Re
             String::new()
         } else {
             format!(
-                ", {} given back untouched (environment)",
+                ", {} given back untouched",
                 summary.released.len()
             )
         },

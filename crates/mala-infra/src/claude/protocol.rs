@@ -189,12 +189,22 @@ pub(crate) fn api_error(status: u64, text: &str) -> AgentError {
     let kind = match status {
         401 | 403 => AgentErrorKind::Authentication,
         429 => AgentErrorKind::RateLimited { resets_at: None },
+        // Whatever the request: a model that does not exist, no credit left.
+        404 => AgentErrorKind::Refused,
+        400 if refuses_the_account(text) => AgentErrorKind::Refused,
         408 | 500..=599 => AgentErrorKind::Overloaded {
             retry_after: Some(Duration::from_secs(10)),
         },
         _ => AgentErrorKind::Protocol,
     };
     AgentError::new(kind, format!("model API error {status}: {text}"))
+}
+
+/// A 400 about the account, not the request (which a 400 usually is: a
+/// prompt too long is the issue's).
+fn refuses_the_account(text: &str) -> bool {
+    let text = text.to_lowercase();
+    text.contains("credit balance") || text.contains("billing")
 }
 
 /// A failed result with no HTTP status whose text is the CLI's "API Error":
@@ -301,6 +311,21 @@ mod tests {
         );
         let refused = turn_outcome(&error_fixture("connection-refused.result.json")).unwrap_err();
         assert!(refused.message.contains("ConnectionRefused"), "{refused}");
+        let no_model = json!({"type":"result","subtype":"success","is_error":true,"api_error_status":404,"result":"API Error: 404 model: claude-nope"});
+        assert_eq!(
+            turn_outcome(&no_model).unwrap_err().kind,
+            AgentErrorKind::Refused
+        );
+        let broke = json!({"type":"result","subtype":"success","is_error":true,"api_error_status":400,"result":"API Error: 400 Your credit balance is too low to access the Anthropic API."});
+        assert_eq!(
+            turn_outcome(&broke).unwrap_err().kind,
+            AgentErrorKind::Refused
+        );
+        let too_long = json!({"type":"result","subtype":"success","is_error":true,"api_error_status":400,"result":"API Error: 400 prompt is too long"});
+        assert_eq!(
+            turn_outcome(&too_long).unwrap_err().kind,
+            AgentErrorKind::Protocol
+        );
         let honest = json!({"type":"result","subtype":"success","is_error":true,"result":"I could not finish"});
         assert!(
             turn_outcome(&honest).is_ok(),

@@ -847,6 +847,21 @@ impl ClaudeSession {
         }
     }
 
+    /// A failed turn after the CLI said calls are refused until a reset is
+    /// that limit, whatever the result's own words.
+    fn limited(&self, outcome: TurnOutcome) -> Result<TurnOutcome, AgentError> {
+        let resets_at = *lock(&self.shared.limit_resets);
+        match (&outcome.status, resets_at) {
+            (mala_core::TurnStatus::Failed { reason }, Some(until)) => Err(AgentError::new(
+                AgentErrorKind::RateLimited {
+                    resets_at: Some(until),
+                },
+                format!("usage limit until {until}: {reason}"),
+            )),
+            _ => Ok(outcome),
+        }
+    }
+
     fn stderr_tail(&self) -> String {
         lock(&self.shared.stderr_tail).clone()
     }
@@ -1036,6 +1051,8 @@ impl AgentSession for ClaudeSession {
     }
 
     async fn turn(&mut self, prompt: &str) -> Result<TurnOutcome, AgentError> {
+        // A limit counts for the turn it refused.
+        *lock(&self.shared.limit_resets) = None;
         if self.stop.stopping() {
             return Err(AgentError::new(
                 AgentErrorKind::Cancelled,
@@ -1089,7 +1106,8 @@ impl AgentSession for ClaudeSession {
                     *resets_at = resets_at.or(*lock(&self.shared.limit_resets));
                 }
                 error
-            });
+            })
+            .and_then(|outcome| self.limited(outcome));
         if let Ok(TurnOutcome {
             session_id: Some(id),
             ..
