@@ -104,6 +104,9 @@ pub trait AgentObserver: Send + Sync {
 pub trait Repository: Send + Sync {
     /// The current HEAD commit, if the repository has one.
     async fn head(&self) -> Result<Option<String>, RepoError>;
+    /// An id of HEAD's content apart from the tracker's files (`.beads/`):
+    /// equal for two commits that differ only in issues. `None` without HEAD.
+    async fn content_id(&self) -> Result<Option<String>, RepoError>;
     /// Recent commits whose subject starts with `bd-`, newest first.
     async fn issue_commits(&self) -> Result<Vec<CommitInfo>, RepoError>;
     /// Whether the working tree and the index match HEAD.

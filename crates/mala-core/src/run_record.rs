@@ -103,8 +103,9 @@ pub trait RunStore: Send + Sync {
     fn record_issue(&self, run: &RunLog, record: &IssueRecord) -> Result<(), RunStoreError>;
     /// Earlier runs of the repository, newest first, with their issues.
     fn runs(&self) -> Vec<RunLog>;
-    /// Whether the required checks passed on `commit` before (its baseline).
-    fn baseline_passed(&self, commit: &str) -> bool;
-    /// Remembers that the required checks pass on `commit`.
-    fn record_baseline_passed(&self, commit: &str);
+    /// Whether the required checks passed before on the content `key`
+    /// (`Repository::content_id` of a clean tree).
+    fn baseline_passed(&self, key: &str) -> bool;
+    /// Remembers that the required checks pass on the content `key`.
+    fn record_baseline_passed(&self, key: &str);
 }

@@ -299,6 +299,15 @@ mod tests {
         };
         assert_eq!(spawn_capacity(&paused), 0);
         assert_eq!(done(&paused, false), None);
+        let draining = SchedulerView {
+            draining: true,
+            ..paused
+        };
+        assert_eq!(
+            done(&draining, false),
+            Some(DoneReason::Drained),
+            "a drain does not wait out a pause"
+        );
     }
 
     #[test]

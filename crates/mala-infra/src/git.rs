@@ -243,6 +243,24 @@ impl mala_core::Repository for GitRepo {
         Ok(output.status.success().then(|| text(&output.stdout)))
     }
 
+    async fn content_id(&self) -> Result<Option<String>, RepoError> {
+        use sha2::Digest as _;
+        let output = self.git(&["ls-tree", "HEAD"]).await?;
+        if !output.status.success() {
+            return Ok(None);
+        }
+        // The top-level entries' ids, but the tracker's: what the checks see.
+        let listing = String::from_utf8_lossy(&output.stdout);
+        let mut hasher = sha2::Sha256::new();
+        for line in listing.lines() {
+            if line.split('\t').nth(1) != Some(".beads") {
+                hasher.update(line.as_bytes());
+                hasher.update(b"\n");
+            }
+        }
+        Ok(Some(format!("{:x}", hasher.finalize())))
+    }
+
     async fn issue_commits(&self) -> Result<Vec<mala_core::CommitInfo>, RepoError> {
         let output = self
             .git(&[

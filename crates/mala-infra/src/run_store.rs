@@ -38,7 +38,7 @@ fn failed(what: String) -> impl FnOnce(std::io::Error) -> RunStoreError {
 }
 
 impl FileRunStore {
-    /// The commits whose baseline passed, one per line.
+    /// The content keys whose baseline passed, one per line.
     fn baseline_file(&self) -> PathBuf {
         self.runs_dir
             .join(encode_repo(&self.repo_root))
@@ -76,24 +76,24 @@ impl RunStore for FileRunStore {
         is_run_alive(&self.lock_dir, run_id)
     }
 
-    fn baseline_passed(&self, commit: &str) -> bool {
+    fn baseline_passed(&self, key: &str) -> bool {
         std::fs::read_to_string(self.baseline_file())
-            .is_ok_and(|text| text.lines().any(|line| line == commit))
+            .is_ok_and(|text| text.lines().any(|line| line == key))
     }
 
-    fn record_baseline_passed(&self, commit: &str) {
+    fn record_baseline_passed(&self, key: &str) {
         use std::io::Write as _;
         let file = self.baseline_file();
         if let Some(dir) = file.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        // One line per commit, appended whole: a cut line names no commit.
+        // One line per key, appended whole: a cut line names no key.
         if let Ok(mut out) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&file)
         {
-            let _ = out.write_all(format!("{commit}\n").as_bytes());
+            let _ = out.write_all(format!("{key}\n").as_bytes());
         }
     }
 

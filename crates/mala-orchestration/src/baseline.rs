@@ -30,14 +30,20 @@ pub(crate) async fn check_baseline(
     }
     let repo = &orchestrator.repository;
     let head = repo.head().await.ok().flatten().unwrap_or_default();
-    // A clean tree is HEAD itself: its verdict holds for the next run too.
-    let clean = !head.is_empty() && repo.is_clean().await.unwrap_or(false);
-    if clean && orchestrator.run_store.baseline_passed(&head) {
+    // A clean tree is HEAD itself, and HEAD's content apart from the
+    // tracker's files is what the checks see: a run that only committed
+    // `.beads/` leaves the verdict standing for the next.
+    let content = repo.content_id().await.ok().flatten();
+    let clean = repo.is_clean().await.unwrap_or(false);
+    let key = content.filter(|_| clean);
+    if let Some(key) = &key
+        && orchestrator.run_store.baseline_passed(key)
+    {
         return Ok(None);
     }
     let Err(failure) = run_commands(&orchestrator.repo_root, &commands).await else {
-        if clean {
-            orchestrator.run_store.record_baseline_passed(&head);
+        if let Some(key) = &key {
+            orchestrator.run_store.record_baseline_passed(key);
         }
         return Ok(None);
     };

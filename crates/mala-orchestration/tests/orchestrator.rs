@@ -826,3 +826,33 @@ async fn a_start_failure_between_good_sessions_is_not_in_a_row() {
         "the others close; the given-back one waits for the next run"
     );
 }
+
+#[tokio::test]
+async fn back_to_back_pauses_count_together_against_max_pause() {
+    let mut world = World::new(vec![task("m-1")], Duration::from_millis(5));
+    // Limited with no reset time, for ever: backoffs of 20, 40, 80 ms… each
+    // short, together past the 100 ms allowed.
+    world.backend = world.backend.clone().failing_first(
+        usize::MAX,
+        mala_core::AgentErrorKind::RateLimited { resets_at: None },
+    );
+    let summary = world
+        .run(RunPlan {
+            pauses: pausing(Duration::from_millis(100)),
+            ..plan(1)
+        })
+        .await;
+    let reason = summary.stopped.clone().expect("stopped");
+    assert!(reason.contains("--max-pause"), "{reason}");
+    assert_eq!(summary.released.len(), 1);
+    assert_eq!(world.status("m-1").await, IssueStatus::Open);
+    let pauses = world
+        .events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, Event::RunPaused { .. }))
+        .count();
+    assert!(pauses >= 2, "it paused, resumed and paused again: {pauses}");
+}

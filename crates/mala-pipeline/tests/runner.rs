@@ -270,6 +270,10 @@ struct FakeRepo {
 
 #[async_trait]
 impl Repository for FakeRepo {
+    async fn content_id(&self) -> Result<Option<String>, RepoError> {
+        Ok(None)
+    }
+
     async fn commit_tracker_files(&self, _: &str) -> Result<Option<String>, RepoError> {
         // No tracker files live here.
         Ok(None)

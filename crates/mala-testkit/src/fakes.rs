@@ -402,6 +402,10 @@ impl MemoryRepository {
 
 #[async_trait]
 impl Repository for MemoryRepository {
+    async fn content_id(&self) -> Result<Option<String>, RepoError> {
+        Ok(self.head().await?.map(|head| format!("content-of-{head}")))
+    }
+
     async fn commit_tracker_files(&self, _: &str) -> Result<Option<String>, RepoError> {
         // No tracker files live here.
         Ok(None)

@@ -248,10 +248,7 @@ fn report(summary: &RunSummary, table: &str, budget: &mala_domain::Budget) -> Re
         if summary.released.is_empty() {
             String::new()
         } else {
-            format!(
-                ", {} given back untouched",
-                summary.released.len()
-            )
+            format!(", {} given back untouched", summary.released.len())
         },
         if summary.deferred.is_empty() {
             String::new()
