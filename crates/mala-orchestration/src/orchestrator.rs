@@ -247,10 +247,13 @@ pub(crate) fn resume_for(
     takeover: bool,
 ) -> Option<Resume> {
     let policy = plan.resume;
-    if !takeover && !policy.take_up {
+    let prior = priors.get(issue);
+    // Given back by a fault that was not its own: carried on as if the run
+    // had crashed, so its session and its commits still count.
+    let released = prior.is_some_and(|p| p.status == crate::recorder::RELEASED);
+    if !takeover && !policy.take_up && !released {
         return None;
     }
-    let prior = priors.get(issue);
     if prior.is_none() && !takeover {
         return None;
     }
@@ -775,5 +778,31 @@ impl Orchestrator {
         for backend in &self.stoppable {
             backend.kill_all();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_issue_the_environment_gave_back_carries_its_session_on_in_a_plain_run() {
+        let plan = RunPlan::default();
+        let id = IssueId::new("m-1");
+        let mut record = IssueRecord::new("m-1", "m-1@earlier", PathBuf::from("m-1.jsonl"));
+        record.session_id = Some("sess-1".into());
+        record.baseline = Some(chrono::DateTime::UNIX_EPOCH);
+        record.status = crate::recorder::RELEASED.to_owned();
+        let mut priors = HashMap::from([(id.clone(), record.clone())]);
+        let resume = resume_for(&plan, &priors, &id, false).expect("carried on");
+        assert_eq!(resume.session_id, Some(SessionId::new("sess-1")));
+        assert_eq!(resume.baseline, Some(chrono::DateTime::UNIX_EPOCH));
+        record.status = "failed".to_owned();
+        priors.insert(id.clone(), record);
+        assert_eq!(
+            resume_for(&plan, &priors, &id, false),
+            None,
+            "a failure starts over, as before"
+        );
     }
 }

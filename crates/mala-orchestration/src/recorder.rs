@@ -14,6 +14,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use mala_core::{AgentEvent, AgentId, Event, EventSink, IssueId, IssueRecord, RunLog, RunStore};
 
+/// The record status of an issue the environment (or the budget) gave
+/// back: the next run carries its session on, as after a crash.
+pub(crate) const RELEASED: &str = "released";
+
 fn guard<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -206,14 +210,16 @@ impl EventSink for RunRecorder {
                 record.reason = None;
                 (issue.clone(), true)
             }
-            Event::IssueFailed { issue, reason } | Event::IssueSkipped { issue, reason } => {
+            Event::IssueFailed { issue, reason }
+            | Event::IssueSkipped { issue, reason }
+            | Event::IssueReleased { issue, reason } => {
                 let Some(record) = book.records.get_mut(issue) else {
                     return;
                 };
-                let status = if matches!(event, Event::IssueFailed { .. }) {
-                    "failed"
-                } else {
-                    "skipped"
+                let status = match event {
+                    Event::IssueFailed { .. } => "failed",
+                    Event::IssueReleased { .. } => RELEASED,
+                    _ => "skipped",
                 };
                 status.clone_into(&mut record.status);
                 record.reason = Some(reason.clone());

@@ -199,7 +199,7 @@ fn turn_failure(error: &mala_core::AgentError) -> ReviewError {
             fault,
             message: error.to_string(),
         },
-        _ => ReviewError::Failed(error.to_string()),
+        mala_domain::Blame::Issue => ReviewError::Failed(error.to_string()),
     }
 }
 
