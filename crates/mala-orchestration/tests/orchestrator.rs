@@ -125,6 +125,21 @@ impl World {
         ))
     }
 
+    /// Issues m-1 to m-`count` are as before the run: open, unassigned,
+    /// no label, no note.
+    async fn assert_untouched(&self, count: usize) {
+        for n in 1..=count {
+            let issue = self
+                .tracker
+                .show(&IssueId::new(format!("m-{n}")))
+                .await
+                .unwrap();
+            assert_eq!(issue.status, IssueStatus::Open, "m-{n}");
+            assert!(issue.assignee.is_none_or(|a| a.is_empty()), "m-{n}");
+            assert!(issue.labels.is_empty() && issue.notes.is_empty(), "m-{n}");
+        }
+    }
+
     async fn status(&self, id: &str) -> IssueStatus {
         self.tracker.show(&IssueId::new(id)).await.unwrap().status
     }
@@ -645,16 +660,7 @@ async fn refused_credentials_stop_the_run_and_leave_every_issue_as_it_was() {
     );
     assert!(summary.failed.is_empty(), "{:?}", summary.failed);
     assert_eq!(world.events.claimed().len(), 1);
-    for n in 1..=4 {
-        let issue = world
-            .tracker
-            .show(&IssueId::new(format!("m-{n}")))
-            .await
-            .unwrap();
-        assert_eq!(issue.status, IssueStatus::Open);
-        assert!(issue.assignee.is_none_or(|a| a.is_empty()), "m-{n}");
-        assert!(issue.labels.is_empty() && issue.notes.is_empty(), "m-{n}");
-    }
+    world.assert_untouched(4).await;
 }
 
 #[tokio::test]
@@ -798,16 +804,7 @@ async fn one_agent_that_cannot_start_gives_its_issue_back_and_a_second_in_a_row_
         2,
         "the third was never claimed"
     );
-    for n in 1..=3 {
-        let issue = world
-            .tracker
-            .show(&IssueId::new(format!("m-{n}")))
-            .await
-            .unwrap();
-        assert_eq!(issue.status, IssueStatus::Open, "m-{n}");
-        assert!(issue.assignee.is_none_or(|a| a.is_empty()), "m-{n}");
-        assert!(issue.labels.is_empty() && issue.notes.is_empty(), "m-{n}");
-    }
+    world.assert_untouched(3).await;
 }
 
 #[tokio::test]

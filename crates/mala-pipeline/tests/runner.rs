@@ -1695,6 +1695,19 @@ mod boundary {
     }
 }
 
+/// Runs the issue with these ports and settings, from the start.
+async fn run_ports(h: &Harness, ports: &RunnerPorts, config: &RunnerConfig) -> IssueResult {
+    run_issue_from(
+        &h.issue,
+        h.agent(),
+        ports,
+        config,
+        None,
+        StopSignal::never(),
+    )
+    .await
+}
+
 /// Runs the issue with `faults` as its line to the run.
 async fn run_on_line(
     h: &Harness,
@@ -1705,15 +1718,7 @@ async fn run_on_line(
         faults,
         ..h.ports(turns, None)
     };
-    run_issue_from(
-        &h.issue,
-        h.agent(),
-        &ports,
-        &Harness::config(),
-        None,
-        StopSignal::never(),
-    )
-    .await
+    run_ports(h, &ports, &Harness::config()).await
 }
 
 #[tokio::test]
@@ -1808,15 +1813,7 @@ async fn a_limit_the_run_stops_on_gives_the_issue_back() {
         faults: line,
         ..h.ports(vec![limited], None)
     };
-    let result = run_issue_from(
-        &h.issue,
-        h.agent(),
-        &ports,
-        &config,
-        None,
-        StopSignal::never(),
-    )
-    .await;
+    let result = run_ports(&h, &ports, &config).await;
     assert!(
         matches!(&result, IssueResult::Released { reason } if reason.contains("unreachable")),
         "{result:?}"
@@ -1845,15 +1842,7 @@ async fn an_issue_over_its_budget_gets_no_more_turns_and_fails_saying_so() {
         ..Turn::default()
     };
     let ports = h.ports(vec![costly, honest_turn(&h)], None);
-    let result = run_issue_from(
-        &h.issue,
-        h.agent(),
-        &ports,
-        &config,
-        None,
-        StopSignal::never(),
-    )
-    .await;
+    let result = run_ports(&h, &ports, &config).await;
     let IssueResult::Failed { reason } = &result else {
         panic!("{result:?}")
     };
@@ -1890,15 +1879,7 @@ async fn a_reviewer_refused_credentials_gives_the_issue_back_not_a_failure() {
         faults: line,
         ..h.ports(vec![honest_turn(&h)], None)
     };
-    let result = run_issue_from(
-        &h.issue,
-        h.agent(),
-        &ports,
-        &Harness::config(),
-        None,
-        StopSignal::never(),
-    )
-    .await;
+    let result = run_ports(&h, &ports, &Harness::config()).await;
     assert!(
         matches!(&result, IssueResult::Released { reason } if reason.contains("during the review")),
         "{result:?}"
@@ -1938,15 +1919,7 @@ async fn a_reviewer_rate_limited_waits_for_the_run_and_is_asked_again() {
         faults: line,
         ..h.ports(vec![honest_turn(&h)], None)
     };
-    let result = run_issue_from(
-        &h.issue,
-        h.agent(),
-        &ports,
-        &Harness::config(),
-        None,
-        StopSignal::never(),
-    )
-    .await;
+    let result = run_ports(&h, &ports, &Harness::config()).await;
     assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
     assert_eq!(*reviewer.asked.lock().unwrap(), 2);
 }

@@ -7,6 +7,32 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
 
+/// The mock model, the claude harness that points at it, a scratch
+/// directory and the environment `mala run` gets.
+struct Offline {
+    mock: MockAnthropic,
+    harness: ClaudeHarness,
+    scratch: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+fn offline(script: Script, claude: &Path, br_binary: &Path) -> Offline {
+    let mock = MockAnthropic::start(script);
+    let harness = ClaudeHarness::new(claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let env = run_env(
+        &harness,
+        &bin_dir(scratch.path(), br_binary, claude),
+        scratch.path(),
+    );
+    Offline {
+        mock,
+        harness,
+        scratch,
+        env,
+    }
+}
+
 /// Two ready issues under no epic, committed.
 fn two_issues(br: &Br, repo: &TempRepo) -> Vec<String> {
     let issues = ["a", "b"]
@@ -72,13 +98,15 @@ fn refused_credentials_stop_the_run_and_charge_no_issue() {
     let repo = setup();
     let br = Br::init(&br_binary, repo.path(), "auth");
     let issues = two_issues(&br, &repo);
-    let mock = MockAnthropic::start(Script::from_fn(|_| Reply::HttpError(401)));
-    let harness = ClaudeHarness::new(&claude, &mock);
-    let scratch = tempfile::tempdir().unwrap();
-    let env = run_env(
-        &harness,
-        &bin_dir(scratch.path(), &br_binary, &claude),
-        scratch.path(),
+    let Offline {
+        mock: _mock,
+        harness: _harness,
+        scratch: _scratch,
+        env,
+    } = offline(
+        Script::from_fn(|_| Reply::HttpError(401)),
+        &claude,
+        &br_binary,
     );
 
     let output = mala_run(&repo, &env, &["--max-agents", "2"]);
@@ -117,14 +145,12 @@ fn a_claude_that_refuses_to_start_stops_the_run_before_any_claim() {
     }
     let br = Br::init(&br_binary, repo.path(), "root");
     let issues = two_issues(&br, &repo);
-    let mock = MockAnthropic::start(script_with_check(repo.path()));
-    let harness = ClaudeHarness::new(&claude, &mock);
-    let scratch = tempfile::tempdir().unwrap();
-    let mut env = run_env(
-        &harness,
-        &bin_dir(scratch.path(), &br_binary, &claude),
-        scratch.path(),
-    );
+    let Offline {
+        mock,
+        harness: _harness,
+        scratch: _scratch,
+        mut env,
+    } = offline(script_with_check(repo.path()), &claude, &br_binary);
     env.retain(|(k, _)| k != "IS_SANDBOX");
 
     let output = mala_run(&repo, &env, &["--max-agents", "2"]);
@@ -160,14 +186,12 @@ fn a_rate_limit_pauses_the_run_which_then_resumes_and_closes_the_issue() {
         }
         honest.reply(conversation)
     });
-    let mock = MockAnthropic::start(script);
-    let harness = ClaudeHarness::new(&claude, &mock);
-    let scratch = tempfile::tempdir().unwrap();
-    let env = run_env(
-        &harness,
-        &bin_dir(scratch.path(), &br_binary, &claude),
-        scratch.path(),
-    );
+    let Offline {
+        mock: _mock,
+        harness: _harness,
+        scratch,
+        env,
+    } = offline(script, &claude, &br_binary);
     let events = scratch.path().join("events.jsonl");
 
     let output = mala_run(
@@ -237,14 +261,12 @@ fn an_issue_budget_stops_its_agent_mid_turn_and_fails_it_saying_so() {
     .unwrap();
     let br = Br::init(&br_binary, repo.path(), "budget");
     let issues = two_issues(&br, &repo);
-    let mock = MockAnthropic::start(script_with_check(repo.path()));
-    let harness = ClaudeHarness::new(&claude, &mock);
-    let scratch = tempfile::tempdir().unwrap();
-    let env = run_env(
-        &harness,
-        &bin_dir(scratch.path(), &br_binary, &claude),
-        scratch.path(),
-    );
+    let Offline {
+        mock,
+        harness: _harness,
+        scratch: _scratch,
+        env,
+    } = offline(script_with_check(repo.path()), &claude, &br_binary);
 
     let output = mala_run(&repo, &env, &["--max-issues", "1", "--max-cost", "5"]);
     let (stdout, stderr) = (
@@ -320,14 +342,12 @@ fn a_red_baseline_with_stop_stops_the_run_before_any_claim() {
     baseline_config(&repo, "stop");
     let br = Br::init(&br_binary, repo.path(), "red");
     let issues = two_issues(&br, &repo);
-    let mock = MockAnthropic::start(script_with_check(repo.path()));
-    let harness = ClaudeHarness::new(&claude, &mock);
-    let scratch = tempfile::tempdir().unwrap();
-    let env = run_env(
-        &harness,
-        &bin_dir(scratch.path(), &br_binary, &claude),
-        scratch.path(),
-    );
+    let Offline {
+        mock,
+        harness: _harness,
+        scratch: _scratch,
+        env,
+    } = offline(script_with_check(repo.path()), &claude, &br_binary);
 
     let output = mala_run(&repo, &env, &["--max-agents", "2"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -392,14 +412,12 @@ fn a_red_baseline_with_file_issue_is_filed_and_worked_before_the_rest() {
     let br = Br::init(&br_binary, repo.path(), "fix");
     let issues = two_issues(&br, &repo);
     let script = baseline_fixing_script(repo.path());
-    let mock = MockAnthropic::start(script);
-    let harness = ClaudeHarness::new(&claude, &mock);
-    let scratch = tempfile::tempdir().unwrap();
-    let env = run_env(
-        &harness,
-        &bin_dir(scratch.path(), &br_binary, &claude),
-        scratch.path(),
-    );
+    let Offline {
+        mock: _mock,
+        harness: _harness,
+        scratch,
+        env,
+    } = offline(script, &claude, &br_binary);
     let events = scratch.path().join("events.jsonl");
 
     let output = mala_run(
