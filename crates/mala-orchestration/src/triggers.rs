@@ -224,9 +224,22 @@ async fn run_fixer(
         .await
     {
         Ok(mut session) => {
-            let _ = session.turn(&prompt).await;
+            let turn = session.turn(&prompt).await;
             let _ = session.close().await;
-            true
+            match turn.map_err(|error| (mala_domain::blame(&error.kind), error)) {
+                Err((mala_domain::Blame::Environment(fault), error)) => {
+                    // Another round would meet the same fault: say the real cause.
+                    events.emit(&Event::Warning {
+                        message: format!(
+                            "the {} trigger's fixer could not work: {} ({error}); its remediation stops",
+                            fix.name,
+                            fault.summary()
+                        ),
+                    });
+                    false
+                }
+                _ => true,
+            }
         }
         Err(error) => {
             events.emit(&Event::Warning {
@@ -420,6 +433,43 @@ mod tests {
         };
         let outcome = run_trigger("periodic", &remediate, dir.path(), &fixing, "r", &events).await;
         assert_eq!(outcome, TriggerOutcome::Passed);
+    }
+
+    #[tokio::test]
+    async fn a_fixer_refused_by_the_api_stops_remediating_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let collect = Arc::new(Collect::default());
+        let events: Arc<dyn EventSink> = collect.clone();
+        let mut refused = MockAgentBackend::new();
+        // One fixer only: a second round would meet the same 401.
+        refused.expect_start().times(1).returning(|_, _| {
+            let mut session = mala_core::MockAgentSession::new();
+            session.expect_turn().returning(|_| {
+                Err(mala_core::AgentError::new(
+                    mala_core::AgentErrorKind::Authentication,
+                    "model API error 401: bad key",
+                ))
+            });
+            session.expect_close().returning(|| Ok(()));
+            Ok(Box::new(session))
+        });
+        let backend: Arc<dyn AgentBackend> = Arc::new(refused);
+        let remediate = Trigger {
+            failure_mode: FailureMode::Remediate,
+            max_retries: 3,
+            commands: vec![command("check", "exit 1")],
+            code_review: None,
+        };
+        let outcome = run_trigger("run_end", &remediate, dir.path(), &backend, "r", &events).await;
+        assert!(
+            matches!(outcome, TriggerOutcome::Abort { .. }),
+            "{outcome:?}"
+        );
+        let said = collect.0.lock().unwrap().join("\n");
+        assert!(
+            said.contains("fixer could not work: the model API refused the credentials"),
+            "{said}"
+        );
     }
 
     #[tokio::test]
