@@ -177,6 +177,9 @@ pub enum AgentErrorKind {
     /// The model API refuses this setup whatever the request (no credit
     /// left, a model that does not exist). Not retryable.
     Refused,
+    /// Tools ran that mala's hooks never saw: the guard is not in the loop
+    /// (hooks turned off by a setting or a policy). Not retryable.
+    Unguarded,
     /// The process died. Retryable by resuming the session.
     Crashed,
     /// No output for the idle timeout, or the turn ran past its hard limit. Retryable by resuming.
@@ -231,6 +234,8 @@ pub enum EnvFault {
     Unavailable,
     /// The model API refuses this setup (billing, an unknown model).
     Refused,
+    /// The agent's tools ran without mala's hooks: nothing guards them.
+    Unguarded,
 }
 
 impl EnvFault {
@@ -242,6 +247,7 @@ impl EnvFault {
             Self::UsageLimit { .. } => "a usage or rate limit was reached",
             Self::Unavailable => "the model API was overloaded or unreachable",
             Self::Refused => "the model API refused the account or the model",
+            Self::Unguarded => "the agent's tools ran without mala's hooks",
         }
     }
 }

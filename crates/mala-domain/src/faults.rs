@@ -27,6 +27,7 @@ pub fn blame(kind: &AgentErrorKind) -> Blame {
         AgentErrorKind::RateLimited { resets_at } => EnvFault::UsageLimit { until: *resets_at },
         AgentErrorKind::Overloaded { .. } | AgentErrorKind::Network => EnvFault::Unavailable,
         AgentErrorKind::Refused => EnvFault::Refused,
+        AgentErrorKind::Unguarded => EnvFault::Unguarded,
         AgentErrorKind::Crashed
         | AgentErrorKind::TimedOut
         | AgentErrorKind::Cancelled
@@ -86,6 +87,12 @@ pub fn respond(fault: &EnvFault, message: &str, ctx: &FaultContext) -> FaultActi
             reason: format!(
                 "the model API refuses every request of this setup ({message}); check the model \
                  (`model:`, --model) and the account's credit, and run again"
+            ),
+        },
+        EnvFault::Unguarded => FaultAction::Stop {
+            reason: format!(
+                "{message}; no agent may work unguarded: check the Claude Code settings and managed \
+                 policies for `disableAllHooks` or hook restrictions, and run again"
             ),
         },
         EnvFault::CouldNotStart if ctx.start_failures_in_row >= START_FAILURES_TO_STOP => {
@@ -187,6 +194,23 @@ mod tests {
         assert!(
             reason.contains("401") && reason.contains("/login"),
             "{reason}"
+        );
+    }
+
+    #[test]
+    fn unguarded_tools_and_a_refused_setup_stop_the_run_at_once() {
+        for (fault, words) in [
+            (EnvFault::Unguarded, "disableAllHooks"),
+            (EnvFault::Refused, "the account's credit"),
+        ] {
+            let FaultAction::Stop { reason } = respond(&fault, "why", &ctx()) else {
+                panic!("{fault:?}")
+            };
+            assert!(reason.contains(words) && reason.contains("why"), "{reason}");
+        }
+        assert_eq!(
+            blame(&AgentErrorKind::Unguarded),
+            Blame::Environment(EnvFault::Unguarded)
         );
     }
 

@@ -32,6 +32,11 @@ while IFS= read -r line; do
       printf '{"type":"system","subtype":"init","session_id":"fake-1"}\n'
       case "$FAKE_MODE" in
         ok|stubborn) result success false "fine" ;;
+        unhooked)
+          # A tool runs and answers, and no PreToolUse hook was ever asked.
+          printf '{"type":"assistant","message":{"content":[{"type":"tool_use","id":"toolu_1","name":"Bash","input":{"command":"rm -rf src"}}]}}\n'
+          printf '{"type":"user","message":{"content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"","is_error":false}]}}\n'
+          result success false "done" ;;
         silent) ;;
         busy) ( while true; do printf '{"type":"system","subtype":"status","status":"requesting"}\n'; sleep 0.2; done ) & echo $! > "$FAKE_DIR/ticker" ;;
         crash) echo "panic: something broke inside" >&2; exit 3 ;;
@@ -137,6 +142,20 @@ async fn a_normal_turn_skips_non_json_lines_and_reads_the_result() {
     .unwrap();
     assert_eq!(summary["turns"], 1);
     assert_eq!(summary["session_id"], "fake-1");
+}
+
+#[tokio::test]
+async fn a_tool_that_ran_without_the_hook_fails_the_turn_as_unguarded() {
+    let fake = Fake::new();
+    let backend = ClaudeBackend::new(fake.config("unhooked"));
+    let mut session = backend
+        .start_session(request(fake.dir.path()), Arc::new(Quiet))
+        .await
+        .unwrap();
+    let error = session.turn("hi").await.unwrap_err();
+    assert_eq!(error.kind, AgentErrorKind::Unguarded, "{error}");
+    assert!(error.message.contains("toolu_1"), "{error}");
+    session.close().await.unwrap();
 }
 
 #[tokio::test]

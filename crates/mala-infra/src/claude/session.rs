@@ -2,7 +2,7 @@
 //! requests), the answers to the CLI's requests (hooks, permissions, the MCP
 //! server), and the turn loop with its timeouts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -86,6 +86,10 @@ struct Shared {
     stderr_tail: Mutex<String>,
     /// When a usage limit the CLI reported refused calls resets.
     limit_resets: Mutex<Option<DateTime<Utc>>>,
+    /// Tool calls the PreToolUse hook saw, by tool use id.
+    guarded: Mutex<HashSet<String>>,
+    /// Tool calls of this turn that ran, though the hook never saw them.
+    unguarded: Mutex<Vec<String>>,
     next_request: AtomicU64,
     summary: Mutex<Summary>,
 }
@@ -234,16 +238,23 @@ impl Shared {
                             Some(other) => other.to_string(),
                             None => String::new(),
                         };
+                        let id = block
+                            .get("tool_use_id")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned();
+                        let is_error = block
+                            .get("is_error")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false);
+                        // The hook is answered before the tool runs, so a
+                        // tool that ran is one the hook saw, if hooks work.
+                        if !is_error && !lock(&self.guarded).contains(&id) {
+                            lock(&self.unguarded).push(id.clone());
+                        }
                         self.emit(&AgentEvent::ToolResult {
-                            id: block
-                                .get("tool_use_id")
-                                .and_then(Value::as_str)
-                                .unwrap_or_default()
-                                .to_owned(),
-                            is_error: block
-                                .get("is_error")
-                                .and_then(Value::as_bool)
-                                .unwrap_or(false),
+                            id,
+                            is_error,
                             content,
                         });
                     }
@@ -434,6 +445,7 @@ impl Shared {
         match callback {
             "pre_tool" => {
                 lock(&self.tool_started).insert(tool_use_id.clone(), Utc::now());
+                lock(&self.guarded).insert(tool_use_id.clone());
                 match self.check(tool, &tool_input) {
                     Ok(()) => {
                         self.watch_open(tool, &tool_use_id, &tool_input);
@@ -731,6 +743,8 @@ impl ClaudeSession {
             tool_started: Mutex::new(HashMap::new()),
             stderr_tail: Mutex::new(String::new()),
             limit_resets: Mutex::new(None),
+            guarded: Mutex::default(),
+            unguarded: Mutex::default(),
             next_request: AtomicU64::new(0),
             summary: Mutex::new(Summary {
                 agent: request.agent_id.to_string(),
@@ -845,6 +859,23 @@ impl ClaudeSession {
         if let Ok(text) = serde_json::to_string_pretty(&*summary) {
             let _ = std::fs::write(path, text);
         }
+    }
+
+    /// A turn in which tools ran that mala's PreToolUse hook never saw is
+    /// refused whatever it achieved: the guard was not in the loop.
+    fn guarded_throughout(&self, outcome: TurnOutcome) -> Result<TurnOutcome, AgentError> {
+        let unguarded = lock(&self.shared.unguarded).clone();
+        if unguarded.is_empty() {
+            return Ok(outcome);
+        }
+        Err(AgentError::new(
+            AgentErrorKind::Unguarded,
+            format!(
+                "{} tool call(s) ran without mala's PreToolUse hook seeing them ({})",
+                unguarded.len(),
+                unguarded.join(", ")
+            ),
+        ))
     }
 
     /// A failed turn after the CLI said calls are refused until a reset is
@@ -1053,6 +1084,7 @@ impl AgentSession for ClaudeSession {
     async fn turn(&mut self, prompt: &str) -> Result<TurnOutcome, AgentError> {
         // A limit counts for the turn it refused.
         *lock(&self.shared.limit_resets) = None;
+        lock(&self.shared.unguarded).clear();
         if self.stop.stopping() {
             return Err(AgentError::new(
                 AgentErrorKind::Cancelled,
@@ -1107,7 +1139,8 @@ impl AgentSession for ClaudeSession {
                 }
                 error
             })
-            .and_then(|outcome| self.limited(outcome));
+            .and_then(|outcome| self.limited(outcome))
+            .and_then(|outcome| self.guarded_throughout(outcome));
         if let Ok(TurnOutcome {
             session_id: Some(id),
             ..
