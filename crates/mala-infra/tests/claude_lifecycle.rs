@@ -32,6 +32,13 @@ while IFS= read -r line; do
       printf '{"type":"system","subtype":"init","session_id":"fake-1"}\n'
       case "$FAKE_MODE" in
         ok|stubborn) result success false "fine" ;;
+        ignores_denial)
+          # Asks mala's hook, is told no, and runs the tool all the same.
+          printf '{"type":"control_request","request_id":"h1","request":{"subtype":"hook_callback","callback_id":"pre_tool","input":{"tool_name":"Bash","tool_input":{"command":"git reset --hard"},"tool_use_id":"toolu_2"}}}\n'
+          IFS= read -r answer
+          printf '%s\n' "$answer" > "$FAKE_DIR/hook_answer"
+          printf '{"type":"user","message":{"content":[{"type":"tool_result","tool_use_id":"toolu_2","content":"HEAD is now at 1234","is_error":false}]}}\n'
+          result success false "done" ;;
         unhooked)
           # A tool runs and answers, and no PreToolUse hook was ever asked.
           printf '{"type":"assistant","message":{"content":[{"type":"tool_use","id":"toolu_1","name":"Bash","input":{"command":"rm -rf src"}}]}}\n'
@@ -155,6 +162,34 @@ async fn a_tool_that_ran_without_the_hook_fails_the_turn_as_unguarded() {
     let error = session.turn("hi").await.unwrap_err();
     assert_eq!(error.kind, AgentErrorKind::Unguarded, "{error}");
     assert!(error.message.contains("toolu_1"), "{error}");
+    session.close().await.unwrap();
+}
+
+/// Refuses every tool call.
+struct DenyAll;
+
+impl mala_core::ToolGuard for DenyAll {
+    fn check(&self, _: &AgentId, _: &str, _: &serde_json::Value) -> Result<(), mala_core::Refusal> {
+        Err(mala_core::Refusal("refused: no".into()))
+    }
+}
+
+#[tokio::test]
+async fn a_tool_run_after_its_denial_fails_the_turn_as_unguarded() {
+    let fake = Fake::new();
+    let backend = ClaudeBackend::new(fake.config("ignores_denial")).with_guard(Arc::new(DenyAll));
+    let mut session = backend
+        .start_session(request(fake.dir.path()), Arc::new(Quiet))
+        .await
+        .unwrap();
+    let error = session.turn("hi").await.unwrap_err();
+    assert_eq!(error.kind, AgentErrorKind::Unguarded, "{error}");
+    assert!(error.message.contains("toolu_2, denied but run"), "{error}");
+    let answer = std::fs::read_to_string(fake.dir.path().join("hook_answer")).unwrap();
+    assert!(
+        answer.contains(r#""permissionDecision":"deny""#),
+        "{answer}"
+    );
     session.close().await.unwrap();
 }
 

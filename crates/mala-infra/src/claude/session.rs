@@ -2,7 +2,7 @@
 //! requests), the answers to the CLI's requests (hooks, permissions, the MCP
 //! server), and the turn loop with its timeouts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -86,8 +86,8 @@ struct Shared {
     stderr_tail: Mutex<String>,
     /// When a usage limit the CLI reported refused calls resets.
     limit_resets: Mutex<Option<DateTime<Utc>>>,
-    /// Tool calls the PreToolUse hook saw, by tool use id.
-    guarded: Mutex<HashSet<String>>,
+    /// Tool calls the PreToolUse hook saw, by tool use id: allowed or denied.
+    guarded: Mutex<HashMap<String, bool>>,
     /// Tool calls of this turn that ran, though the hook never saw them.
     unguarded: Mutex<Vec<String>>,
     next_request: AtomicU64,
@@ -248,9 +248,17 @@ impl Shared {
                             .and_then(Value::as_bool)
                             .unwrap_or(false);
                         // The hook is answered before the tool runs, so a
-                        // tool that ran is one the hook saw, if hooks work.
-                        if !is_error && !lock(&self.guarded).contains(&id) {
-                            lock(&self.unguarded).push(id.clone());
+                        // tool that ran is one the hook saw and allowed, if
+                        // hooks work.
+                        let seen = lock(&self.guarded).get(&id).copied();
+                        let unguarded = match seen {
+                            _ if is_error => None,
+                            Some(true) => None,
+                            Some(false) => Some("denied but run"),
+                            None => Some("never seen"),
+                        };
+                        if let Some(how) = unguarded {
+                            lock(&self.unguarded).push(format!("{id}, {how}"));
                         }
                         self.emit(&AgentEvent::ToolResult {
                             id,
@@ -445,8 +453,9 @@ impl Shared {
         match callback {
             "pre_tool" => {
                 lock(&self.tool_started).insert(tool_use_id.clone(), Utc::now());
-                lock(&self.guarded).insert(tool_use_id.clone());
-                match self.check(tool, &tool_input) {
+                let verdict = self.check(tool, &tool_input);
+                lock(&self.guarded).insert(tool_use_id.clone(), verdict.is_ok());
+                match verdict {
                     Ok(()) => {
                         self.watch_open(tool, &tool_use_id, &tool_input);
                         json!({})
