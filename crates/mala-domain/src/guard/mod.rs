@@ -71,6 +71,9 @@ pub enum ToolCall {
     Patch { tool: String, paths: Vec<String> },
     /// A tool whose input the guard cannot read (a shell without a command).
     Unreadable { tool: String, why: String },
+    /// A call asked to run in the background: it returns before it ends,
+    /// so neither its status nor its effects would be seen.
+    Background { tool: String },
 }
 
 /// Claude Code's tools that only read, plan or report.
@@ -140,6 +143,9 @@ impl ToolCall {
     pub fn from_claude(tool: &str, input: &Value) -> Self {
         let text = |key: &str| input.get(key).and_then(Value::as_str).map(str::to_owned);
         let owned = tool.to_owned();
+        if input.get("run_in_background").and_then(Value::as_bool) == Some(true) {
+            return Self::Background { tool: owned };
+        }
         match tool {
             "Write" | "Edit" | "MultiEdit" => {
                 return Self::Edit {
@@ -191,7 +197,8 @@ impl ToolCall {
             | Self::Other { tool }
             | Self::Unknown { tool, .. }
             | Self::Patch { tool, .. }
-            | Self::Unreadable { tool, .. } => tool,
+            | Self::Unreadable { tool, .. }
+            | Self::Background { tool } => tool,
         }
     }
 }
@@ -400,6 +407,11 @@ fn decide(call: &ToolCall, ctx: &GuardContext<'_>) -> Result<(), String> {
                 .iter()
                 .try_for_each(|path| rules::check_edit(tool, path, ctx))
         }
+        ToolCall::Background { .. } => Err(
+            "refused: mala needs each command's own status and effects, so agents run commands \
+             in the foreground. Run it again without run_in_background"
+                .to_owned(),
+        ),
         ToolCall::Unreadable { tool, why } => Err(format!(
             "refused: mala cannot judge this {tool} call: {why}. Run commands with Bash, with the command line as a string"
         )),
@@ -472,6 +484,31 @@ mod tests {
             )
             .is_allowed()
         );
+    }
+
+    #[test]
+    fn a_call_in_the_background_is_refused_whatever_it_runs() {
+        let ctx = GuardContext {
+            require_locks: false,
+            commit_prefix: None,
+            ..ctx(&[], None, &[])
+        };
+        let background = ToolCall::from_claude(
+            "Bash",
+            &json!({"command": "echo harmless", "run_in_background": true}),
+        );
+        assert_eq!(
+            background,
+            ToolCall::Background {
+                tool: "Bash".into()
+            }
+        );
+        assert!(reason(check_tool(&background, &ctx)).contains("without run_in_background"));
+        let foreground = ToolCall::from_claude(
+            "Bash",
+            &json!({"command": "echo harmless", "run_in_background": false}),
+        );
+        assert!(check_tool(&foreground, &ctx).is_allowed());
     }
 
     #[test]

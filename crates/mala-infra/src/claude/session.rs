@@ -324,19 +324,7 @@ impl Shared {
         let Some(guard) = &self.guard else {
             return Ok(());
         };
-        let background = input.get("run_in_background").and_then(Value::as_bool) == Some(true);
-        let verdict = if background {
-            // A background call returns at once: its status is not yet known
-            // (so it proves no check) and what it writes later falls outside
-            // the working-tree watch of the call.
-            Err(Refusal(
-                "refused: mala needs each command's own status and effects, so agents run commands \
-                 in the foreground. Run it again without run_in_background"
-                    .to_owned(),
-            ))
-        } else {
-            guard.check(&self.agent, tool, input)
-        };
+        let verdict = guard.check(&self.agent, tool, input);
         if let Err(reason) = &verdict {
             self.emit(&AgentEvent::ToolDenied {
                 tool: tool.to_owned(),
