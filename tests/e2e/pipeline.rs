@@ -202,6 +202,7 @@ pub(crate) fn setup_scripted(
     };
     let config = RunnerConfig {
         issue_budget: mala_domain::Spend::default(),
+        red_baseline: Vec::new(),
         repo_root: repo.path().canonicalize().unwrap(),
         actor: "mala:e2e-run".into(),
         required: vec![RequiredCommand {

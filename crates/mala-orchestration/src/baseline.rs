@@ -17,16 +17,24 @@ use crate::setup::RunContext;
 /// The label of the issue a red baseline files.
 pub(crate) const BASELINE_LABEL: &str = "mala-baseline";
 
-/// Checks the baseline as `baseline:` asks. `Ok(Some(id))`: the issue to
-/// run first (`file_issue`); `Err`: the run stops (`stop`).
+/// What the baseline check found, for the rest of the run.
+#[derive(Debug, Default)]
+pub(crate) struct Baseline {
+    /// The issue to run before any other (`file_issue`).
+    pub(crate) first: Option<IssueId>,
+    /// The required checks that already fail (`warn`).
+    pub(crate) red: Vec<String>,
+}
+
+/// Checks the baseline as `baseline:` asks; `Err`: the run stops (`stop`).
 pub(crate) async fn check_baseline(
     orchestrator: &Orchestrator,
     ctx: &RunContext,
-) -> Result<Option<IssueId>, RunError> {
+) -> Result<Baseline, RunError> {
     let policy = orchestrator.settings.baseline;
     let commands = required_checks(&ctx.runner_config);
     if policy == BaselinePolicy::Off || commands.is_empty() {
-        return Ok(None);
+        return Ok(Baseline::default());
     }
     let repo = &orchestrator.repository;
     let head = repo.head().await.ok().flatten().unwrap_or_default();
@@ -39,13 +47,13 @@ pub(crate) async fn check_baseline(
     if let Some(key) = &key
         && orchestrator.run_store.baseline_passed(key)
     {
-        return Ok(None);
+        return Ok(Baseline::default());
     }
     let Err(failure) = run_commands(&orchestrator.repo_root, &commands).await else {
         if let Some(key) = &key {
             orchestrator.run_store.record_baseline_passed(key);
         }
-        return Ok(None);
+        return Ok(Baseline::default());
     };
     let short = &head[..head.len().min(12)];
     let said = red_message(&failure, short);
@@ -56,12 +64,18 @@ pub(crate) async fn check_baseline(
                     "{said}; agents will be asked to make it pass (set `baseline: stop` to stop instead)"
                 ),
             });
-            Ok(None)
+            Ok(Baseline {
+                first: None,
+                red: vec![failure.name.clone()],
+            })
         }
         BaselinePolicy::Stop => Err(RunError::RedBaseline { message: said }),
         BaselinePolicy::FileIssue => file_issue(orchestrator, ctx, &failure, short, &said)
             .await
-            .map(Some),
+            .map(|id| Baseline {
+                first: Some(id),
+                red: Vec::new(),
+            }),
     }
 }
 

@@ -671,7 +671,10 @@ impl Orchestrator {
         });
         let mut scheduler = Scheduler::new(&self, ctx, stage);
         match crate::baseline::check_baseline(&self, &scheduler.ctx).await {
-            Ok(first) => scheduler.first = first,
+            Ok(baseline) => {
+                scheduler.first = baseline.first;
+                scheduler.ctx.runner_config.red_baseline = baseline.red;
+            }
             Err(error) => {
                 let reason = error.to_string();
                 scheduler.summary.stopped = Some(reason.clone());

@@ -171,6 +171,7 @@ fn runner_config(
 ) -> RunnerConfig {
     RunnerConfig {
         issue_budget: settings.budget.issue,
+        red_baseline: Vec::new(),
         repo_root: repo_root.to_path_buf(),
         actor: claim_actor(&plan.run_id),
         required: required_commands(&settings.evidence_check.required, &settings.commands),

@@ -57,6 +57,9 @@ pub struct RunnerConfig {
     pub protected_files: Vec<String>,
     /// `budget.issue`: what one issue may spend.
     pub issue_budget: mala_domain::Spend,
+    /// Required checks that already failed before any agent worked (a red
+    /// baseline the run went on with): a gate failure on them says so.
+    pub red_baseline: Vec<String>,
 }
 
 /// The `session_end` trigger: mala runs the project's commands itself once
@@ -886,8 +889,9 @@ impl IssueRun {
         if self.gate_attempt >= self.config.max_gate_attempts {
             return Step::Finish(IssueResult::Failed {
                 reason: format!(
-                    "Quality gate failed after {} attempt(s): {reasons}",
-                    self.gate_attempt
+                    "Quality gate failed after {} attempt(s): {reasons}{}",
+                    self.gate_attempt,
+                    self.red_before(&verdict)
                 ),
             });
         }
@@ -903,7 +907,8 @@ impl IssueRun {
         {
             return Step::Finish(IssueResult::Failed {
                 reason: format!(
-                    "Quality gate failed and the last follow-up changed nothing: {reasons}"
+                    "Quality gate failed and the last follow-up changed nothing: {reasons}{}",
+                    self.red_before(&verdict)
                 ),
             });
         }
@@ -943,6 +948,24 @@ impl IssueRun {
                 &commit[..commit.len().min(12)]
             )
         }))
+    }
+
+    /// What a failure reason adds when a check the gate missed already
+    /// failed before any agent worked.
+    fn red_before(&self, verdict: &GateVerdict) -> String {
+        let red: Vec<&String> = verdict
+            .missing
+            .iter()
+            .filter(|name| self.config.red_baseline.contains(name))
+            .collect();
+        if red.is_empty() {
+            return String::new();
+        }
+        let names: Vec<String> = red.iter().map(|n| format!("`{n}`")).collect();
+        format!(
+            " ({} already failed before any agent worked, on the run's baseline: the cause may not be this issue)",
+            names.join(", ")
+        )
     }
 
     /// No more turns once a budget is reached: the issue's fails it, the

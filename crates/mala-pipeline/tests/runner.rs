@@ -444,6 +444,7 @@ impl Harness {
     fn config() -> RunnerConfig {
         RunnerConfig {
             issue_budget: mala_domain::Spend::default(),
+            red_baseline: Vec::new(),
             repo_root: PathBuf::from("/repo"),
             actor: "mala:test-run".into(),
             required: vec![RequiredCommand {
@@ -1922,4 +1923,44 @@ async fn a_reviewer_rate_limited_waits_for_the_run_and_is_asked_again() {
     let result = run_ports(&h, &ports, &Harness::config()).await;
     assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
     assert_eq!(*reviewer.asked.lock().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn a_gate_failure_on_a_check_red_before_any_agent_says_so() {
+    let h = Harness::new().await;
+    let config = RunnerConfig {
+        red_baseline: vec!["test".into()],
+        ..Harness::config()
+    };
+    // The agent commits, and its `cargo test` fails, as it did before it began.
+    let turn = Turn {
+        edits: vec!["src/parser.rs"],
+        runs: vec![("cargo test", 101)],
+        commit: Some((h.subject("handle empty input"), vec!["src/parser.rs"])),
+        text: "Committed; the tests still fail.",
+        ..Turn::default()
+    };
+    let ports = h.ports(vec![turn], None);
+    let result = run_ports(&h, &ports, &config).await;
+    let IssueResult::Failed { reason } = &result else {
+        panic!("{result:?}")
+    };
+    assert!(
+        reason.contains("`test` already failed before any agent worked"),
+        "{reason}"
+    );
+    // Without a red baseline the same failure says nothing of the kind.
+    let h = Harness::new().await;
+    let turn = Turn {
+        edits: vec!["src/parser.rs"],
+        runs: vec![("cargo test", 101)],
+        commit: Some((h.subject("handle empty input"), vec!["src/parser.rs"])),
+        text: "Committed; the tests still fail.",
+        ..Turn::default()
+    };
+    let ports = h.ports(vec![turn], None);
+    let IssueResult::Failed { reason } = run_ports(&h, &ports, &Harness::config()).await else {
+        panic!()
+    };
+    assert!(!reason.contains("baseline"), "{reason}");
 }
