@@ -415,6 +415,24 @@ impl Console {
         }
     }
 
+    /// How the run ended, when that is not plainly finished (the counts
+    /// follow in the summary).
+    fn finished_line(outcome: &RunOutcome) -> Option<String> {
+        Some(match outcome {
+            RunOutcome::Finished => return None,
+            RunOutcome::Drained => {
+                "■ drained: the running issues ended, no new ones were started".to_owned()
+            }
+            RunOutcome::Aborted { reason } | RunOutcome::Stopped { reason } => {
+                format!("■ stopped: {reason}")
+            }
+            RunOutcome::Interrupted => "■ stopped: interrupted".to_owned(),
+            RunOutcome::BudgetReached { spent } => format!(
+                "■ budget reached: {spent}; nothing new was started, the issues left are open for the next run"
+            ),
+        })
+    }
+
     /// What the environment did to the run: faults, issues given back, pauses.
     fn environment_line(event: &Event, style: Style) -> Vec<String> {
         let line = match event {
@@ -527,20 +545,9 @@ impl Console {
             | Event::RunPaused { .. }
             | Event::RunResumed
             | Event::BudgetReached { .. } => return Self::environment_line(event, style),
-            // The counts follow in the summary; say only how it ended.
-            Event::RunFinished { outcome, .. } => match outcome {
-                RunOutcome::Finished => return Vec::new(),
-                RunOutcome::Drained => {
-                    "■ drained: the running issues ended, no new ones were started".to_owned()
-                }
-                RunOutcome::Aborted { reason } | RunOutcome::Stopped { reason } => {
-                    format!("■ stopped: {reason}")
-                }
-                RunOutcome::Interrupted => "■ stopped: interrupted".to_owned(),
-                RunOutcome::BudgetReached { spent } => format!(
-                    "■ budget reached: {spent}; nothing new was started, the issues left are open for the next run"
-                ),
-            },
+            Event::RunFinished { outcome, .. } => {
+                return Self::finished_line(outcome).into_iter().collect();
+            }
             Event::Agent { agent, event } => {
                 return Self::agent_line(agent, event, verbose, style)
                     .into_iter()

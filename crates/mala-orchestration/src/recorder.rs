@@ -202,27 +202,16 @@ impl EventSink for RunRecorder {
                 // Spend alone waits for the next change; a new session does not.
                 (issue.clone(), record.session_id != known)
             }
-            Event::IssueClosed { issue } => {
+            Event::IssueClosed { issue }
+            | Event::IssueFailed { issue, .. }
+            | Event::IssueSkipped { issue, .. }
+            | Event::IssueReleased { issue, .. } => {
                 let Some(record) = book.records.get_mut(issue) else {
                     return;
                 };
-                "closed".clone_into(&mut record.status);
-                record.reason = None;
-                (issue.clone(), true)
-            }
-            Event::IssueFailed { issue, reason }
-            | Event::IssueSkipped { issue, reason }
-            | Event::IssueReleased { issue, reason } => {
-                let Some(record) = book.records.get_mut(issue) else {
-                    return;
-                };
-                let status = match event {
-                    Event::IssueFailed { .. } => "failed",
-                    Event::IssueReleased { .. } => RELEASED,
-                    _ => "skipped",
-                };
+                let (status, reason) = how_it_ended(event);
                 status.clone_into(&mut record.status);
-                record.reason = Some(reason.clone());
+                record.reason = reason;
                 (issue.clone(), true)
             }
             _ => return,
@@ -230,6 +219,16 @@ impl EventSink for RunRecorder {
         if now && let Some(record) = book.records.get(&issue) {
             self.hand_over(Write::Issue(record.clone()));
         }
+    }
+}
+
+/// An issue's outcome as its record says it: the status, and why.
+fn how_it_ended(event: &Event) -> (&'static str, Option<String>) {
+    match event {
+        Event::IssueFailed { reason, .. } => ("failed", Some(reason.clone())),
+        Event::IssueSkipped { reason, .. } => ("skipped", Some(reason.clone())),
+        Event::IssueReleased { reason, .. } => (RELEASED, Some(reason.clone())),
+        _ => ("closed", None),
     }
 }
 

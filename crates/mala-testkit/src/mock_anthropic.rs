@@ -537,38 +537,52 @@ fn sample_for_schema(schema: &Value) -> Value {
     }
 }
 
-#[allow(clippy::too_many_lines)] // the SSE event sequence reads best in one place
-fn messages_response(body: &Value, shared: &Shared) -> String {
+/// What the "model" answers: the script for a conversation with tools;
+/// for a side request (title, summary), a short text, or JSON when a
+/// schema is asked for.
+fn reply_to(body: &Value, shared: &Shared) -> Reply {
     let conversation = Conversation { body };
-    let reply = if conversation.offers_tools() {
-        (shared.script.0)(&conversation)
+    if conversation.offers_tools() {
+        return (shared.script.0)(&conversation);
+    }
+    let format = &body["output_config"]["format"];
+    let text = if format["type"] == "json_schema" {
+        sample_for_schema(&format["schema"]).to_string()
     } else {
-        // Side request (title, summary): short text, or JSON when a schema is asked for.
-        let format = &body["output_config"]["format"];
-        let text = if format["type"] == "json_schema" {
-            sample_for_schema(&format["schema"]).to_string()
-        } else {
-            "Mock side reply".to_owned()
-        };
-        Reply::Message(vec![Block::Text(text)])
+        "Mock side reply".to_owned()
     };
-    let blocks = match reply {
-        Reply::HttpError(status) => {
-            let kind = match status {
-                400 => "invalid_request_error",
-                401 => "authentication_error",
-                403 => "permission_error",
-                429 => "rate_limit_error",
-                529 => "overloaded_error",
-                _ => "api_error",
-            };
-            let error = json!({"type": "error", "error": {"type": kind, "message": format!("mock: scripted HTTP {status}")}});
-            return http_response(status, "application/json", &error.to_string(), false);
-        }
+    Reply::Message(vec![Block::Text(text)])
+}
+
+/// The API's error envelope for a scripted HTTP status.
+fn error_response(status: u16) -> String {
+    let kind = match status {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    };
+    let error = json!({"type": "error", "error": {"type": kind, "message": format!("mock: scripted HTTP {status}")}});
+    http_response(status, "application/json", &error.to_string(), false)
+}
+
+/// One assistant message, as the API would answer it.
+struct Answer<'a> {
+    id: String,
+    model: &'a str,
+    content: Vec<Value>,
+    stop_reason: &'static str,
+    input_tokens: u64,
+    output_tokens: u64,
+}
+
+fn messages_response(body: &Value, shared: &Shared) -> String {
+    let blocks = match reply_to(body, shared) {
+        Reply::HttpError(status) => return error_response(status),
         Reply::Message(blocks) => blocks,
     };
-    let model = body["model"].as_str().unwrap_or("mock-model");
-    let input_tokens = rough_tokens(body);
     let stop_reason = if blocks.iter().any(|b| matches!(b, Block::ToolUse { .. })) {
         "tool_use"
     } else {
@@ -586,16 +600,34 @@ fn messages_response(body: &Value, shared: &Shared) -> String {
         .map(|c| c.to_string().len() as u64 / 4)
         .sum::<u64>()
         + 1;
-    let message_id = shared.next_id("msg");
+    let answer = Answer {
+        id: shared.next_id("msg"),
+        model: body["model"].as_str().unwrap_or("mock-model"),
+        content,
+        stop_reason,
+        input_tokens: rough_tokens(body),
+        output_tokens,
+    };
     if body["stream"] != true {
         let message = json!({
-            "id": message_id, "type": "message", "role": "assistant", "model": model,
-            "content": content, "stop_reason": stop_reason, "stop_sequence": null,
-            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens,
+            "id": answer.id, "type": "message", "role": "assistant", "model": answer.model,
+            "content": answer.content, "stop_reason": stop_reason, "stop_sequence": null,
+            "usage": {"input_tokens": answer.input_tokens, "output_tokens": output_tokens,
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
         });
         return http_response(200, "application/json", &message.to_string(), false);
     }
+    http_response(
+        200,
+        "text/event-stream; charset=utf-8",
+        &sse_events(&answer),
+        false,
+    )
+}
+
+/// The answer as the API streams it: message start, each block's start,
+/// delta and stop, then the message's delta and stop.
+fn sse_events(answer: &Answer<'_>) -> String {
     let mut sse = String::new();
     let mut event = |name: &str, payload: Value| {
         let _ = write!(sse, "event: {name}\ndata: {payload}\n\n");
@@ -603,34 +635,32 @@ fn messages_response(body: &Value, shared: &Shared) -> String {
     event(
         "message_start",
         json!({"type": "message_start", "message": {
-        "id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
+        "id": answer.id, "type": "message", "role": "assistant", "model": answer.model, "content": [],
         "stop_reason": null, "stop_sequence": null,
-        "usage": {"input_tokens": input_tokens, "output_tokens": 1,
+        "usage": {"input_tokens": answer.input_tokens, "output_tokens": 1,
                   "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}),
     );
     event("ping", json!({"type": "ping"}));
-    for (index, block) in content.iter().enumerate() {
-        if block["type"] == "text" {
-            event(
-                "content_block_start",
-                json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}),
-            );
-            event(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": block["text"]}}),
-            );
+    for (index, block) in answer.content.iter().enumerate() {
+        let (start, delta) = if block["type"] == "text" {
+            (
+                json!({"type": "text", "text": ""}),
+                json!({"type": "text_delta", "text": block["text"]}),
+            )
         } else {
-            event(
-                "content_block_start",
-                json!({"type": "content_block_start", "index": index,
-                "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}}),
-            );
-            event(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": index,
-                "delta": {"type": "input_json_delta", "partial_json": block["input"].to_string()}}),
-            );
-        }
+            (
+                json!({"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}),
+                json!({"type": "input_json_delta", "partial_json": block["input"].to_string()}),
+            )
+        };
+        event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": start}),
+        );
+        event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        );
         event(
             "content_block_stop",
             json!({"type": "content_block_stop", "index": index}),
@@ -638,10 +668,10 @@ fn messages_response(body: &Value, shared: &Shared) -> String {
     }
     event(
         "message_delta",
-        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": output_tokens}}),
+        json!({"type": "message_delta", "delta": {"stop_reason": answer.stop_reason, "stop_sequence": null}, "usage": {"output_tokens": answer.output_tokens}}),
     );
     event("message_stop", json!({"type": "message_stop"}));
-    http_response(200, "text/event-stream; charset=utf-8", &sse, false)
+    sse
 }
 
 #[cfg(test)]

@@ -96,38 +96,11 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
         sinks.push(Arc::new(sink));
     }
     let events: Arc<dyn EventSink> = Arc::new(Fanout(sinks));
-    let run_id: String = uuid::Uuid::new_v4()
-        .simple()
-        .to_string()
-        .chars()
-        .take(12)
-        .collect();
-    let sessions = if args.fresh {
-        SessionPolicy::Fresh
-    } else if args.strict {
-        SessionPolicy::Strict
-    } else {
-        SessionPolicy::Continue
-    };
     let budget = settings.budget;
     let request = RunRequest {
         repo_root: args.repo_path.clone(),
         settings,
-        plan: RunPlan {
-            scope: args.scope.clone(),
-            order: args.order,
-            max_agents: args.max_agents.map_or(1, |n| n as usize),
-            max_issues: args.max_issues.map(|n| n as usize),
-            resume: ResumePolicy {
-                // Reviewing work in progress means taking it up.
-                take_up: args.resume || args.review_wip,
-                sessions,
-                review_wip: args.review_wip,
-            },
-            watch: args.watch.then_some(std::time::Duration::from_secs(60)),
-            run_id,
-            pauses: pause_policy(args.max_pause),
-        },
+        plan: run_plan(args),
         claude,
         br: find_program("br"),
         cerberus: find_program("cerberus"),
@@ -183,6 +156,38 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
         Ok::<_, Failure>(mala_orchestration::run(request, events, stage_rx).await)
     })?;
     report(&summary.map_err(run_failure)?, &console.summary(), &budget)
+}
+
+/// The run's plan from its flags, under a new run id.
+fn run_plan(args: &RunArgs) -> RunPlan {
+    let run_id: String = uuid::Uuid::new_v4()
+        .simple()
+        .to_string()
+        .chars()
+        .take(12)
+        .collect();
+    let sessions = if args.fresh {
+        SessionPolicy::Fresh
+    } else if args.strict {
+        SessionPolicy::Strict
+    } else {
+        SessionPolicy::Continue
+    };
+    RunPlan {
+        scope: args.scope.clone(),
+        order: args.order,
+        max_agents: args.max_agents.map_or(1, |n| n as usize),
+        max_issues: args.max_issues.map(|n| n as usize),
+        resume: ResumePolicy {
+            // Reviewing work in progress means taking it up.
+            take_up: args.resume || args.review_wip,
+            sessions,
+            review_wip: args.review_wip,
+        },
+        watch: args.watch.then_some(std::time::Duration::from_secs(60)),
+        run_id,
+        pauses: pause_policy(args.max_pause),
+    }
 }
 
 fn pause_policy(max_pause_minutes: Option<u64>) -> mala_orchestration::PausePolicy {
