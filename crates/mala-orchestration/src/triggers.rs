@@ -23,7 +23,9 @@ use tokio::sync::mpsc;
 /// How a trigger ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TriggerOutcome {
-    /// Every command passed (and the review, when there is one).
+    /// Every command passed, and the review when there is one (or it could
+    /// not run for a fault of the environment, which a warning says: that
+    /// is no verdict on the code).
     Passed,
     /// Failed, and `failure_mode: continue` let the run go on.
     FailedContinued {
@@ -307,6 +309,15 @@ pub(crate) async fn run_code_review(
         };
         let verdict = match ask_reviewer(run.reviewer, &request).await {
             Ok(verdict) => verdict,
+            Err(mala_core::ReviewError::Environment { fault, message }) => {
+                events.emit(&Event::Warning {
+                    message: format!(
+                        "{label} could not run: {} ({message}); it is skipped, not failed",
+                        fault.summary()
+                    ),
+                });
+                return TriggerOutcome::Passed;
+            }
             Err(error) => {
                 events.emit(&Event::Warning {
                     message: format!("{label} could not be completed: {error}"),

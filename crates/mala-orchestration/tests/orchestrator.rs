@@ -449,6 +449,8 @@ async fn epic_completion_runs_when_an_epic_closes_and_can_stop_the_run() {
 struct ScriptedReviewer {
     answers: Mutex<Vec<Vec<mala_core::Finding>>>,
     asked: Mutex<Vec<mala_core::ReviewRequest>>,
+    /// Every answer is this error instead, when set.
+    refused: Option<mala_core::ReviewError>,
 }
 
 #[async_trait::async_trait]
@@ -458,6 +460,9 @@ impl mala_core::Reviewer for ScriptedReviewer {
         request: mala_core::ReviewRequest,
     ) -> Result<mala_core::ReviewVerdict, mala_core::ReviewError> {
         self.asked.lock().unwrap().push(request);
+        if let Some(error) = &self.refused {
+            return Err(error.clone());
+        }
         let mut answers = self.answers.lock().unwrap();
         let findings = if answers.is_empty() {
             Vec::new()
@@ -484,6 +489,18 @@ async fn run_end_review(
     threshold: mala_domain::FindingThreshold,
     answers: Vec<Vec<mala_core::Finding>>,
 ) -> (RunSummary, Arc<ScriptedReviewer>) {
+    let reviewer = ScriptedReviewer {
+        answers: Mutex::new(answers),
+        ..ScriptedReviewer::default()
+    };
+    run_end_review_by(mode, threshold, reviewer).await
+}
+
+async fn run_end_review_by(
+    mode: mala_domain::FailureMode,
+    threshold: mala_domain::FindingThreshold,
+    reviewer: ScriptedReviewer,
+) -> (RunSummary, Arc<ScriptedReviewer>) {
     let world = World::new(vec![task("m-1"), task("m-2")], Duration::from_millis(5));
     let mut config = settings(world.dir.path());
     let review = mala_domain::CodeReview {
@@ -507,10 +524,7 @@ async fn run_end_review(
         },
         fire_on: mala_domain::FireOn::Success,
     });
-    let reviewer = Arc::new(ScriptedReviewer {
-        answers: Mutex::new(answers),
-        ..ScriptedReviewer::default()
-    });
+    let reviewer = Arc::new(reviewer);
     let orchestrator = Orchestrator::builder(config, world.dir.path())
         .plan(plan(2))
         .tracker(Arc::new(world.tracker.clone()))
@@ -562,6 +576,29 @@ async fn a_failed_trigger_review_with_remediate_gets_a_fixer_and_a_second_look()
     .await;
     assert_eq!(summary.aborted, None, "the second look found nothing");
     assert_eq!(reviewer.asked.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_trigger_review_the_environment_kept_from_running_is_skipped_not_an_abort() {
+    let refused = ScriptedReviewer {
+        refused: Some(mala_core::ReviewError::Environment {
+            fault: mala_core::EnvFault::Authentication,
+            message: "model API error 401".into(),
+        }),
+        ..ScriptedReviewer::default()
+    };
+    let (summary, reviewer) = run_end_review_by(
+        mala_domain::FailureMode::Abort,
+        mala_domain::FindingThreshold::P1,
+        refused,
+    )
+    .await;
+    assert_eq!(summary.aborted, None, "no verdict on the code: {summary:?}");
+    assert_eq!(
+        reviewer.asked.lock().unwrap().len(),
+        1,
+        "asked once, not twice"
+    );
 }
 
 #[tokio::test]
