@@ -22,7 +22,26 @@ fn tail(text: &str) -> String {
     text[start..].to_owned()
 }
 
-/// Runs `commands` in `dir` in order; stops at the first failure.
+/// A command's process group, killed whole if the command is abandoned
+/// (its future dropped at a stop) before it ended.
+struct Running(Option<rustix::process::Pid>);
+
+impl Running {
+    fn ended(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// Runs `commands` in `dir` in order; stops at the first failure. Dropped
+/// mid-way, it kills the running command's whole process group.
 pub async fn run_commands(dir: &Path, commands: &[CheckCommand]) -> Result<(), CheckFailure> {
     for spec in commands {
         let timeout = spec
@@ -47,7 +66,10 @@ pub async fn run_commands(dir: &Path, commands: &[CheckCommand]) -> Result<(), C
             .id()
             .and_then(|p| i32::try_from(p).ok())
             .and_then(rustix::process::Pid::from_raw);
-        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        let running = Running(group);
+        let waited = tokio::time::timeout(timeout, child.wait_with_output()).await;
+        running.ended();
+        match waited {
             Ok(Ok(output)) if output.status.success() => {}
             Ok(Ok(output)) => {
                 let text = format!(

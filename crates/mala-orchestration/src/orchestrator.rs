@@ -267,6 +267,19 @@ pub(crate) fn resume_for(
     })
 }
 
+/// The stage once it is no longer `Running`; pending for ever when nobody
+/// can change it any more.
+async fn stopped(stage: &mut watch::Receiver<Stage>) -> Stage {
+    let now = stage
+        .wait_for(|now| *now != Stage::Running)
+        .await
+        .map(|now| *now);
+    match now {
+        Ok(now) => now,
+        Err(_) => std::future::pending().await,
+    }
+}
+
 /// A run, ready to go. Build one with [`Orchestrator::builder`].
 pub struct Orchestrator {
     pub(crate) settings: Settings,
@@ -669,8 +682,23 @@ impl Orchestrator {
             repo: self.repo_root.display().to_string(),
             max_agents: Some(self.plan.max_agents),
         });
+        let mut stopping = stage.clone();
         let mut scheduler = Scheduler::new(&self, ctx, stage);
-        match crate::baseline::check_baseline(&self, &scheduler.ctx).await {
+        let baseline = tokio::select! {
+            checked = crate::baseline::check_baseline(&self, &scheduler.ctx) => checked,
+            // A Ctrl-C while the checks run: nothing was claimed, so the run
+            // is over; dropping the checks kills their process groups.
+            now = stopped(&mut stopping) => {
+                let end = if now == Stage::Drain {
+                    DoneReason::Drained
+                } else {
+                    scheduler.summary.interrupted = true;
+                    DoneReason::Interrupted
+                };
+                return Ok(self.finish(scheduler, end).await);
+            }
+        };
+        match baseline {
             Ok(baseline) => {
                 scheduler.first = baseline.first;
                 scheduler.ctx.runner_config.red_baseline = baseline.red;

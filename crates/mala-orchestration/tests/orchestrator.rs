@@ -890,3 +890,65 @@ async fn back_to_back_pauses_count_together_against_max_pause() {
         .count();
     assert!(pauses >= 2, "it paused, resumed and paused again: {pauses}");
 }
+
+/// Waits for `done` to hold, as a bound on a broken run, not a clock.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let waited = async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), waited)
+        .await
+        .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+#[tokio::test]
+async fn a_ctrl_c_during_the_baseline_ends_the_run_and_kills_the_checks() {
+    let world = World::new(vec![task("m-1")], Duration::from_millis(5));
+    let mut config = settings(world.dir.path());
+    config.commands.insert(
+        "check".into(),
+        mala_domain::CommandSpec {
+            // The sleep is the shell's child: only a kill of the whole
+            // process group takes it down with the shell.
+            command: "sleep 30 & echo $! > check.pid; wait".into(),
+            timeout: None,
+            allow_fail: false,
+        },
+    );
+    config.evidence_check.required = vec!["check".into()];
+    let orchestrator = Orchestrator::builder(config, world.dir.path())
+        .plan(plan(1))
+        .tracker(Arc::new(world.tracker.clone()))
+        .backend(Arc::new(world.backend.clone()))
+        .repository(Arc::new(world.repository.clone()))
+        .run_store(world.run_store())
+        .events(world.events.clone())
+        .build()
+        .unwrap();
+    let (stage, stages) = watch::channel(Stage::Running);
+    let run = tokio::spawn(orchestrator.run(stages));
+    let pid_file = world.dir.path().join("check.pid");
+    eventually("the baseline check started", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|t| t.ends_with('\n'))
+    })
+    .await;
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    stage.send(Stage::Drain).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the run ends at the Ctrl-C, not after the checks")
+        .unwrap()
+        .unwrap();
+    assert!(summary.closed.is_empty() && summary.failed.is_empty());
+    assert!(world.events.claimed().is_empty(), "nothing was claimed");
+    let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+    eventually("the check's own child is gone", || {
+        std::fs::read_to_string(proc.join("stat")).map_or(true, |stat| stat.contains(") Z "))
+    })
+    .await;
+}
