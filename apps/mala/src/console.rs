@@ -155,10 +155,7 @@ impl Tally {
                 ..
             } => {
                 if let Some(row) = self.row(issue) {
-                    row.tokens += usage.input_tokens
-                        + usage.output_tokens
-                        + usage.cache_read_input_tokens
-                        + usage.cache_creation_input_tokens;
+                    row.tokens += usage.total();
                     row.cost += cost_usd;
                 }
             }
@@ -182,6 +179,9 @@ impl Tally {
             }
             Event::IssueSkipped { issue, reason } => {
                 self.end(issue, "skipped", Some(reason.clone()), now);
+            }
+            Event::IssueReleased { issue, reason } => {
+                self.end(issue, "given back", Some(reason.clone()), now);
             }
             _ => {}
         }

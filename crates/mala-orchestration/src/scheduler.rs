@@ -229,6 +229,8 @@ impl<'o> Scheduler<'o> {
             && self.summary.aborted.is_none()
             && self.summary.stopped.is_none()
             && self.summary.budget_reached.is_none()
+            // The ledger itself: a turn may cross the budget while a plan runs.
+            && self.pauses.budget_reached().is_none()
     }
 
     fn abort(&mut self, command: String) -> DoneReason {
@@ -457,8 +459,9 @@ impl<'o> Scheduler<'o> {
         });
     }
 
-    /// The run's budget is reached: nothing new starts, and the running
-    /// issues stop where they are and are left open for the next run.
+    /// The run's budget is reached: nothing new starts. Running turns stop
+    /// where they are (each runner watches the ledger), and their issues
+    /// are left open for the next run; gates already under way finish.
     fn budget_reached(&mut self) {
         self.inbox.budget = None;
         // Runners waiting out a pause give their issues back now.
@@ -466,9 +469,6 @@ impl<'o> Scheduler<'o> {
         self.pauses.say_budget(self.ctx.events.as_ref());
         if self.summary.budget_reached.is_none() {
             self.summary.budget_reached = self.pauses.budget_reached();
-        }
-        for worker in self.active.values() {
-            worker.stop.stop(StopReason::Budget);
         }
     }
 

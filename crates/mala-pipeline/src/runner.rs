@@ -21,7 +21,7 @@ use mala_domain::{
 use crate::faults::{FaultLine, GoOn};
 use crate::reviewers::ask_reviewer;
 use crate::tracking::track_advisory_findings;
-use crate::worker::{CatchUnwind, StopReason, StopSignal, panic_message};
+use crate::worker::{CatchUnwind, StopSignal, panic_message};
 
 /// What the runner needs to know about the project.
 #[derive(Debug, Clone)]
@@ -417,6 +417,10 @@ impl IssueRun {
         let mut request = SessionRequest::new(self.agent.clone(), self.config.repo_root.clone());
         request.issue_id = Some(self.issue.id.clone());
         request.resume = resume;
+        // No session starts past a budget (and the backend takes no limit of 0).
+        if let Some(over) = self.over_budget() {
+            return Err(over);
+        }
         let ledger = &self.ports.faults.ledger;
         let (run_limit, run_spent) = (ledger.limit(), ledger.spent());
         request.max_cost_usd = mala_domain::dollars_left(&[
@@ -470,11 +474,7 @@ impl IssueRun {
             caught = CatchUnwind::new(self.drive()) => caught.map_err(|payload| panic_message(payload.as_ref())),
             reason = stop.stopped() => {
                 drop(self.session.take());
-                let why = reason.reason().to_owned();
-                return match reason {
-                    StopReason::Budget => IssueResult::Released { reason: why },
-                    StopReason::Deadlock | StopReason::Interrupted => IssueResult::Skipped { reason: why },
-                };
+                return IssueResult::Skipped { reason: reason.reason().to_owned() };
             }
         };
         ended.unwrap_or_else(|panic| {
@@ -621,9 +621,23 @@ impl IssueRun {
                 reason: "no agent session".into(),
             });
         };
-        let error = match session.turn(&prompt).await {
-            Ok(outcome) => return self.turn_ended(outcome),
-            Err(error) => error,
+        // The run's budget cuts a turn where it is; what is done already
+        // (a gate, a close) costs nothing more and goes on.
+        let mut crossing = self.ports.faults.ledger.crossing();
+        let turned = tokio::select! {
+            turned = session.turn(&prompt) => Some(turned),
+            _ = crossing.wait_for(|crossed| *crossed) => None,
+        };
+        let error = match turned {
+            Some(Ok(outcome)) => return self.turn_ended(outcome),
+            Some(Err(error)) => error,
+            None => {
+                // Dropped, not closed: the agent must not act on.
+                drop(self.session.take());
+                return Step::Finish(self.over_budget().unwrap_or(IssueResult::Released {
+                    reason: "the run's budget was reached during this issue's turn".into(),
+                }));
+            }
         };
         if error.kind == AgentErrorKind::Cancelled {
             return Step::Finish(IssueResult::Skipped {
@@ -1083,6 +1097,15 @@ impl IssueRun {
         let Some(reviewer) = self.ports.reviewer.clone() else {
             return Step::Finish(self.closed());
         };
+        // A review spends too: past the run's budget its commit waits for
+        // the next run.
+        if let Some(spent) = self.ports.faults.ledger.reached() {
+            return Step::Finish(IssueResult::Released {
+                reason: format!(
+                    "the run's budget was reached ({spent}) before this issue's review; it is left open for the next run"
+                ),
+            });
+        }
         let request = match self.review_request().await {
             Ok(request) => request,
             Err(reason) => return Step::Finish(IssueResult::Failed { reason }),

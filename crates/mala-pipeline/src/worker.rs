@@ -19,9 +19,6 @@ pub enum StopReason {
     Deadlock,
     /// The run is being stopped (Ctrl-C); the claim stays for the next run.
     Interrupted,
-    /// The run's budget was reached: the issue is given back, open, for
-    /// the next run.
-    Budget,
 }
 
 impl StopReason {
@@ -30,9 +27,6 @@ impl StopReason {
         match self {
             Self::Deadlock => "gave way in a deadlock; it runs again once its blocker closes",
             Self::Interrupted => "stopped before the end: the run was interrupted",
-            Self::Budget => {
-                "stopped before the end: the run's budget was reached; the issue is left open for the next run"
-            }
         }
     }
 }

@@ -536,3 +536,81 @@ fn a_green_baseline_on_a_clean_head_is_not_paid_for_twice() {
     let runs = std::fs::read_to_string(&counter).unwrap();
     assert_eq!(runs.lines().count(), 1, "remembered by content: {runs}");
 }
+
+#[test]
+fn a_run_budget_reached_with_three_agents_running_drains_the_run_and_fails_nothing() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = setup();
+    // One agent's whole plan costs about $0.45: the second to end crosses it.
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\nbudget:\n  run:\n    max_cost_usd: 0.5\n",
+    )
+    .unwrap();
+    let br = Br::init(&br_binary, repo.path(), "drain");
+    let issues: Vec<String> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|name| {
+            br.create(&NewIssue {
+                title: &format!("Fix {name}"),
+                priority: 2,
+                description: &format!(
+                    "Write the word fixed into FILE=src/{name}.txt and commit it."
+                ),
+                ..NewIssue::default()
+            })
+        })
+        .collect();
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+    let Offline {
+        mock: _mock,
+        harness: _harness,
+        scratch: _scratch,
+        env,
+    } = offline(script_with_check(repo.path()), &claude, &br_binary);
+
+    let output = mala_run(&repo, &env, &["--max-agents", "3"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("■ budget reached"), "{stdout}");
+    assert!(stdout.contains("0 failed"), "{stdout}");
+    let shown: Vec<serde_json::Value> = issues
+        .iter()
+        .map(|i| br.json(&["show", i])[0].clone())
+        .collect();
+    let closed = shown.iter().filter(|s| s["status"] == "closed").count();
+    assert!((1..=3).contains(&closed), "{stdout}");
+    for issue in shown.iter().filter(|s| s["status"] != "closed") {
+        // Stopped or never started: open for the next run, nothing recorded.
+        assert_eq!(issue["status"], "open", "{issue}");
+        assert_eq!(
+            issue["assignee"].as_str().unwrap_or_default(),
+            "",
+            "{issue}"
+        );
+        assert_eq!(issue["notes"].as_str().unwrap_or_default(), "", "{issue}");
+    }
+    let reached = stdout
+        .find("the run's budget was reached")
+        .expect("the budget is said");
+    assert!(
+        !stdout[reached..].contains("claimed by"),
+        "nothing is claimed after the budget: {stdout}"
+    );
+    assert!(
+        stdout.contains("given back untouched: the run's budget was reached"),
+        "the running issues were stopped where they were: {stdout}"
+    );
+    assert!(
+        !stdout.contains(" running "),
+        "no issue is left shown as running: {stdout}"
+    );
+}

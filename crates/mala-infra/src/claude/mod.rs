@@ -156,7 +156,7 @@ impl ClaudeConfig {
             args.extend(["--append-system-prompt".to_owned(), append.clone()]);
         }
         if let Some(dollars) = request.max_cost_usd {
-            args.push(format!("--max-budget-usd={dollars:.4}"));
+            args.push(format!("--max-budget-usd={dollars}"));
         }
         if let Some(resume) = &request.resume {
             // The equals form keeps an id from ever being read as a flag.
