@@ -22,8 +22,9 @@ fn tail(text: &str) -> String {
     text[start..].to_owned()
 }
 
-/// A command's process group, killed whole if the command is abandoned
-/// (its future dropped at a stop) before it ended.
+/// A command's process group, killed whole unless the command ended by
+/// itself: at its timeout, or when it is abandoned (its future dropped at
+/// a stop). Whatever the command started goes with it.
 struct Running(Option<rustix::process::Pid>);
 
 impl Running {
@@ -68,7 +69,9 @@ pub async fn run_commands(dir: &Path, commands: &[CheckCommand]) -> Result<(), C
             .and_then(rustix::process::Pid::from_raw);
         let running = Running(group);
         let waited = tokio::time::timeout(timeout, child.wait_with_output()).await;
-        running.ended();
+        if waited.is_ok() {
+            running.ended();
+        }
         match waited {
             Ok(Ok(output)) if output.status.success() => {}
             Ok(Ok(output)) => {
@@ -81,14 +84,8 @@ pub async fn run_commands(dir: &Path, commands: &[CheckCommand]) -> Result<(), C
                 return Err(failed(tail(&text)));
             }
             Ok(Err(e)) => return Err(failed(format!("could not run it: {e}"))),
-            Err(_) => {
-                // Whatever the command started goes with it.
-                if let Some(group) = group {
-                    let _ =
-                        rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-                }
-                return Err(failed(format!("timed out after {} s", timeout.as_secs())));
-            }
+            // Returning drops `running`, which kills the group.
+            Err(_) => return Err(failed(format!("timed out after {} s", timeout.as_secs()))),
         }
     }
     Ok(())
