@@ -86,7 +86,8 @@ struct Shared {
     stderr_tail: Mutex<String>,
     /// When a usage limit the CLI reported refused calls resets.
     limit_resets: Mutex<Option<DateTime<Utc>>>,
-    /// Tool calls the PreToolUse hook saw, by tool use id: allowed or denied.
+    /// Tool calls the PreToolUse hook saw and whose result has not come
+    /// yet, by tool use id: allowed or denied.
     guarded: Mutex<HashMap<String, bool>>,
     /// Tool calls of this turn that ran, though the hook never saw them.
     unguarded: Mutex<Vec<String>>,
@@ -250,7 +251,7 @@ impl Shared {
                         // The hook is answered before the tool runs, so a
                         // tool that ran is one the hook saw and allowed, if
                         // hooks work.
-                        let seen = lock(&self.guarded).get(&id).copied();
+                        let seen = lock(&self.guarded).remove(&id);
                         let unguarded = match seen {
                             _ if is_error => None,
                             Some(true) => None,
@@ -875,18 +876,33 @@ impl ClaudeSession {
         ))
     }
 
-    /// A failed turn after the CLI said calls are refused until a reset is
-    /// that limit, whatever the result's own words.
-    fn limited(&self, outcome: TurnOutcome) -> Result<TurnOutcome, AgentError> {
-        let resets_at = *lock(&self.shared.limit_resets);
-        match (&outcome.status, resets_at) {
-            (mala_core::TurnStatus::Failed { reason }, Some(until)) => Err(AgentError::new(
+    /// The turn in the light of a limit the CLI said refuses calls until a
+    /// reset: a 429 gets its reset time, and a failed turn is that limit,
+    /// whatever the result's own words.
+    fn limited(
+        &self,
+        outcome: Result<TurnOutcome, AgentError>,
+    ) -> Result<TurnOutcome, AgentError> {
+        let Some(until) = *lock(&self.shared.limit_resets) else {
+            return outcome;
+        };
+        match outcome {
+            Err(mut error) => {
+                if let AgentErrorKind::RateLimited { resets_at } = &mut error.kind {
+                    resets_at.get_or_insert(until);
+                }
+                Err(error)
+            }
+            Ok(TurnOutcome {
+                status: mala_core::TurnStatus::Failed { reason },
+                ..
+            }) => Err(AgentError::new(
                 AgentErrorKind::RateLimited {
                     resets_at: Some(until),
                 },
                 format!("usage limit until {until}: {reason}"),
             )),
-            _ => Ok(outcome),
+            Ok(outcome) => Ok(outcome),
         }
     }
 
@@ -1128,15 +1144,8 @@ impl AgentSession for ClaudeSession {
             }
         };
         self.shared.record.flush();
-        let outcome = result
-            .and_then(|result| protocol::turn_outcome(&result))
-            .map_err(|mut error| {
-                if let AgentErrorKind::RateLimited { resets_at } = &mut error.kind {
-                    *resets_at = resets_at.or(*lock(&self.shared.limit_resets));
-                }
-                error
-            })
-            .and_then(|outcome| self.limited(outcome))
+        let outcome = self
+            .limited(result.and_then(|result| protocol::turn_outcome(&result)))
             .and_then(|outcome| self.guarded_throughout(outcome));
         if let Ok(TurnOutcome {
             session_id: Some(id),
