@@ -729,6 +729,7 @@ impl Orchestrator {
     /// Everything after the loop: `run_end`, the run's locks, the tracker's
     /// files, the record and the marker; one outcome for all of them.
     async fn finish(&self, mut scheduler: Scheduler<'_>, loop_end: DoneReason) -> RunSummary {
+        scheduler.settle_spend();
         if let Some(command) = scheduler.fire_run_end().await {
             scheduler.summary.aborted = Some(command);
         }
@@ -749,7 +750,6 @@ impl Orchestrator {
             }
         }
         scheduler.summary.deferred = scheduler.still_deferred();
-        scheduler.summary.spent = scheduler.spent();
         let Scheduler {
             mut ctx, summary, ..
         } = scheduler;

@@ -74,13 +74,9 @@ impl Pauses {
         self.desk.as_ref()?.ledger.reached()
     }
 
-    /// Says the run's budget is reached, once in the run (a runner may
-    /// have said it first).
+    /// Says the run's budget is reached, when it is.
     pub(crate) fn say_budget(&self, events: &dyn EventSink) {
-        let Some(desk) = &self.desk else { return };
-        if let Some(spent) = desk.ledger.reached()
-            && desk.ledger.first_to_say()
-        {
+        if let Some(spent) = self.budget_reached() {
             events.emit(&Event::BudgetReached {
                 scope: "run".into(),
                 issue: None,

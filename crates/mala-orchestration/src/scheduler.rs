@@ -228,7 +228,6 @@ impl<'o> Scheduler<'o> {
         self.stage() == Stage::Running
             && self.summary.aborted.is_none()
             && self.summary.stopped.is_none()
-            && self.summary.budget_reached.is_none()
             // The ledger itself: a turn may cross the budget while a plan runs.
             && self.pauses.budget_reached().is_none()
     }
@@ -257,23 +256,14 @@ impl<'o> Scheduler<'o> {
         if let Some(reason) = done(&self.view(), watch.is_some()) {
             return Pass::Over(reason);
         }
-        let clock = Arc::clone(&self.orchestrator.clock);
-        if let Some(left) = self.pause_left()
-            && watch.is_none()
-        {
-            let input = tokio::select! {
-                () = clock.sleep(left) => Input::PauseOver,
-                changed = self.inbox.stage.changed(), if self.inbox.stage_open => {
-                    Input::StageChanged { open: changed.is_ok() }
-                }
-            };
-            self.on(input);
-            return Pass::Again;
-        }
-        let Some(poll) = watch else {
+        // Nothing runs, yet a pause or watch mode keeps the run waiting.
+        let pause = self.pause_left();
+        if watch.is_none() && pause.is_none() {
             return Pass::Over(DoneReason::NothingLeft);
-        };
-        if !self.idle_said {
+        }
+        if let Some(poll) = watch
+            && !self.idle_said
+        {
             self.events().emit(&Event::Warning {
                 message: format!(
                     "watching: nothing ready; looking again every {} s (Ctrl-C to stop)",
@@ -282,13 +272,10 @@ impl<'o> Scheduler<'o> {
             });
             self.idle_said = true;
         }
-        let (paused, pause_left) = match self.pause_left() {
-            Some(left) => (true, left),
-            None => (false, Duration::ZERO),
-        };
+        let clock = Arc::clone(&self.orchestrator.clock);
         let input = tokio::select! {
-            () = clock.sleep(poll) => Input::WatchTick,
-            () = clock.sleep(pause_left), if paused => Input::PauseOver,
+            () = clock.sleep(watch.unwrap_or_default()), if watch.is_some() => Input::WatchTick,
+            () = clock.sleep(pause.unwrap_or_default()), if pause.is_some() => Input::PauseOver,
             changed = self.inbox.stage.changed(), if self.inbox.stage_open => {
                 Input::StageChanged { open: changed.is_ok() }
             }
@@ -310,23 +297,15 @@ impl<'o> Scheduler<'o> {
     /// Waits for the next input while workers run.
     async fn next_input(&mut self) -> Input {
         let clock = Arc::clone(&self.orchestrator.clock);
-        let (paused, pause_left) = match self.pause_left() {
-            Some(left) => (true, left),
-            None => (false, Duration::ZERO),
-        };
+        let pause = self.pause_left();
         let inbox = &mut self.inbox;
         tokio::select! {
             report = self.pauses.next_report() => match report {
                 Some(report) => Input::Fault(report),
                 None => Input::WorkersEnded(Vec::new()),
             },
-            () = clock.sleep(pause_left), if paused => Input::PauseOver,
-            crossed = budget_crossed(inbox.budget.as_mut()) => {
-                if !crossed {
-                    inbox.budget = None;
-                }
-                Input::BudgetReached
-            }
+            () = clock.sleep(pause.unwrap_or_default()), if pause.is_some() => Input::PauseOver,
+            () = budget_crossed(inbox.budget.as_mut()) => Input::BudgetReached,
             first = self.workers.join_next_with_id(), if !self.workers.is_empty() => {
                 let mut batch: Vec<_> = first.into_iter().collect();
                 while let Some(next) = self.workers.try_join_next_with_id() {
@@ -383,9 +362,6 @@ impl<'o> Scheduler<'o> {
     }
 
     fn worker_ended(&mut self, result: Result<(IssueId, IssueResult), JoinError>) {
-        if self.summary.budget_reached.is_none() {
-            self.summary.budget_reached = self.pauses.budget_reached();
-        }
         let (issue, result) = match result {
             Ok(ended) => ended,
             Err(error) => return self.worker_lost(&error),
@@ -459,17 +435,26 @@ impl<'o> Scheduler<'o> {
         });
     }
 
-    /// The run's budget is reached: nothing new starts. Running turns stop
-    /// where they are (each runner watches the ledger), and their issues
-    /// are left open for the next run; gates already under way finish.
+    /// The run's budget is reached: nothing new starts (`may_start_work`
+    /// reads the ledger). Running turns stop where they are (each runner
+    /// watches the ledger), and their issues are left open for the next
+    /// run; gates already under way finish. Said once: the inbox stops
+    /// watching.
     fn budget_reached(&mut self) {
         self.inbox.budget = None;
         // Runners waiting out a pause give their issues back now.
         self.pauses.give_back_waiting();
         self.pauses.say_budget(self.ctx.events.as_ref());
-        if self.summary.budget_reached.is_none() {
-            self.summary.budget_reached = self.pauses.budget_reached();
+    }
+
+    /// What the run spent, for its summary, once its loop is over; a
+    /// budget crossed by the last turns is said now if it was not yet.
+    pub(crate) fn settle_spend(&mut self) {
+        if self.inbox.budget.is_some() && self.pauses.budget_reached().is_some() {
+            self.budget_reached();
         }
+        self.summary.budget_reached = self.pauses.budget_reached();
+        self.summary.spent = self.ctx.ports.faults.spent();
     }
 
     fn closed_one(&mut self) {
@@ -752,11 +737,6 @@ impl<'o> Scheduler<'o> {
 
     /// The agents still listed as active when the run ends (their workers
     /// were cancelled): their locks must not outlive the run.
-    /// What the run's agents spent so far.
-    pub(crate) fn spent(&self) -> mala_domain::Spent {
-        self.ctx.ports.faults.spent()
-    }
-
     pub(crate) fn leftover_agents(&self) -> Vec<AgentId> {
         self.active.values().map(|w| w.agent.clone()).collect()
     }
@@ -777,16 +757,18 @@ impl<'o> Scheduler<'o> {
     }
 }
 
-/// A receiver whose sender is gone: for an input nobody will send.
-/// Resolves once the budget is reached (`true`), or when nothing can reach
-/// it any more (`false`); pending without a budget.
-async fn budget_crossed(budget: Option<&mut watch::Receiver<bool>>) -> bool {
-    match budget {
-        Some(budget) => budget.wait_for(|crossed| *crossed).await.is_ok(),
-        None => std::future::pending().await,
+/// Resolves once the budget is reached; pending without a budget to watch
+/// (or once nothing can reach it any more).
+async fn budget_crossed(budget: Option<&mut watch::Receiver<bool>>) {
+    if let Some(budget) = budget
+        && budget.wait_for(|crossed| *crossed).await.is_ok()
+    {
+        return;
     }
+    std::future::pending::<()>().await;
 }
 
+/// A receiver whose sender is gone: for an input nobody will send.
 fn closed_channel<T>() -> mpsc::UnboundedReceiver<T> {
     mpsc::unbounded_channel().1
 }

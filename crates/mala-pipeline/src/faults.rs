@@ -3,7 +3,6 @@
 //! run (the scheduler, which owns the pause) decides whether to pause, stop
 //! or carry on. Before each turn a runner waits out a pause.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mala_core::{EnvFault, IssueId};
@@ -47,7 +46,6 @@ pub enum RunGate {
 pub struct RunLedger {
     limit: Spend,
     spent: Mutex<Spent>,
-    said: AtomicBool,
     /// Becomes true once the budget is reached.
     crossed: watch::Sender<bool>,
 }
@@ -63,7 +61,6 @@ impl RunLedger {
         Self {
             limit,
             spent: Mutex::default(),
-            said: AtomicBool::new(false),
             crossed: watch::Sender::new(false),
         }
     }
@@ -98,11 +95,6 @@ impl RunLedger {
     /// Why the run's budget is reached; `None` while it is not.
     pub fn reached(&self) -> Option<String> {
         budget_reached(&self.limit, &self.spent())
-    }
-
-    /// True the first time only: the budget is said once.
-    pub fn first_to_say(&self) -> bool {
-        !self.said.swap(true, Ordering::Relaxed)
     }
 }
 

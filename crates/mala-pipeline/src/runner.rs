@@ -987,18 +987,19 @@ impl IssueRun {
     fn over_budget(&self) -> Option<IssueResult> {
         let issue = mala_domain::budget_reached(&self.config.issue_budget, &self.spent);
         if let Some(spent) = issue {
-            self.say_budget("issue", &spent);
+            self.ports.events.emit(&Event::BudgetReached {
+                scope: "issue".to_owned(),
+                issue: Some(self.issue.id.clone()),
+                spent: spent.clone(),
+            });
             return Some(IssueResult::Failed {
                 reason: format!(
                     "this issue's budget was reached ({spent}); mala gives it no more turns"
                 ),
             });
         }
-        let ledger = &self.ports.faults.ledger;
-        let spent = ledger.reached()?;
-        if ledger.first_to_say() {
-            self.say_budget("run", &spent);
-        }
+        // The run's budget is said once, by the run.
+        let spent = self.ports.faults.ledger.reached()?;
         Some(IssueResult::Released {
             reason: format!(
                 "the run's budget was reached ({spent}); the issue is left open for the next run"
@@ -1006,18 +1007,7 @@ impl IssueRun {
         })
     }
 
-    fn say_budget(&self, scope: &str, spent: &str) {
-        self.ports.events.emit(&Event::BudgetReached {
-            scope: scope.to_owned(),
-            issue: Some(self.issue.id.clone()),
-            spent: spent.to_owned(),
-        });
-    }
-
     fn gate_followup(&self, verdict: &GateVerdict) -> Step {
-        if let Some(over) = self.over_budget() {
-            return Step::Finish(over);
-        }
         let commands: Vec<String> = self
             .config
             .required
@@ -1172,13 +1162,11 @@ impl IssueRun {
         }
     }
 
-    /// The prompt that sends blocking findings back to the agent.
     /// The reviewer's agent met a fault of the environment: a limit is
     /// waited out and the review asked again; anything else gives the issue
     /// back, as for the implementer.
     async fn review_met(&mut self, fault: mala_core::EnvFault, message: &str) -> Step {
-        let error = AgentError::new(AgentErrorKind::Protocol, message);
-        self.fault_seen(&fault, &error.message);
+        self.fault_seen(&fault, message);
         let limit = matches!(
             fault,
             mala_core::EnvFault::UsageLimit { .. } | mala_core::EnvFault::Unavailable
@@ -1203,6 +1191,7 @@ impl IssueRun {
         })
     }
 
+    /// The prompt that sends blocking findings back to the agent.
     fn review_followup(&self, findings: &[Finding]) -> Result<String, String> {
         render_prompt(
             PromptKind::ReviewFollowup,

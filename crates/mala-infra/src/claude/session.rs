@@ -879,10 +879,7 @@ impl ClaudeSession {
     /// The turn in the light of a limit the CLI said refuses calls until a
     /// reset: a 429 gets its reset time, and a failed turn is that limit,
     /// whatever the result's own words.
-    fn limited(
-        &self,
-        outcome: Result<TurnOutcome, AgentError>,
-    ) -> Result<TurnOutcome, AgentError> {
+    fn limited(&self, outcome: Result<TurnOutcome, AgentError>) -> Result<TurnOutcome, AgentError> {
         let Some(until) = *lock(&self.shared.limit_resets) else {
             return outcome;
         };
