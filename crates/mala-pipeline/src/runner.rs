@@ -209,6 +209,14 @@ pub async fn run_issue_from(
     resume: Option<Resume>,
     mut stop: StopSignal,
 ) -> IssueResult {
+    // A plan may race the run's budget: past it nothing more is claimed.
+    if let Some(spent) = ports.faults.ledger.reached() {
+        return skip(
+            ports,
+            issue_id,
+            format!("the run's budget was reached ({spent}) before it was claimed"),
+        );
+    }
     let issue = match ports.tracker.show(issue_id).await {
         Ok(issue) => issue,
         Err(error) => {
@@ -731,15 +739,16 @@ impl IssueRun {
         // The backend reports the session's running total.
         let cost_usd = (outcome.total_cost_usd - self.session_cost).max(0.0);
         self.session_cost = outcome.total_cost_usd;
-        let tokens = outcome.usage.total();
-        self.spent.add(cost_usd, tokens);
-        self.ports.faults.ledger.add(cost_usd, tokens);
         self.ports.events.emit(&Event::TurnFinished {
             issue: self.issue.id.clone(),
             session_id: outcome.session_id.clone(),
             usage: outcome.usage,
             cost_usd,
         });
+        // Said first, then counted: a budget this turn crosses is said after it.
+        let tokens = outcome.usage.total();
+        self.spent.add(cost_usd, tokens);
+        self.ports.faults.ledger.add(cost_usd, tokens);
         self.final_text = outcome.final_text;
         self.resuming = false;
         Step::Gate

@@ -81,15 +81,31 @@ fn assert_untouched(br: &Br, issue: &str) {
     assert_eq!(shown["notes"].as_str().unwrap_or_default(), "", "{shown}");
 }
 
-fn mala_run(repo: &TempRepo, env: &[(String, String)], args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mala"))
+/// `mala run` with `args`, which must exit with `code`; its stdout and stderr.
+fn mala_run_expecting(
+    repo: &TempRepo,
+    env: &[(String, String)],
+    args: &[&str],
+    code: i32,
+) -> (String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_mala"))
         .arg("run")
         .args(args)
         .current_dir(repo.path())
         .env_clear()
         .envs(env.iter().cloned())
         .output()
-        .unwrap()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    (stdout, stderr)
 }
 
 #[test]
@@ -109,16 +125,7 @@ fn refused_credentials_stop_the_run_and_charge_no_issue() {
         &br_binary,
     );
 
-    let output = mala_run(&repo, &env, &["--max-agents", "2"]);
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    assert_eq!(
-        output.status.code(),
-        Some(4),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, stderr) = mala_run_expecting(&repo, &env, &["--max-agents", "2"], 4);
     assert!(
         stderr.contains("refused the agent's credentials"),
         "{stderr}"
@@ -153,9 +160,7 @@ fn a_claude_that_refuses_to_start_stops_the_run_before_any_claim() {
     } = offline(script_with_check(repo.path()), &claude, &br_binary);
     env.retain(|(k, _)| k != "IS_SANDBOX");
 
-    let output = mala_run(&repo, &env, &["--max-agents", "2"]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = mala_run_expecting(&repo, &env, &["--max-agents", "2"], 1);
     assert!(stderr.contains("root/sudo"), "{stderr}");
     assert!(
         stderr.contains("IS_SANDBOX=1"),
@@ -194,7 +199,7 @@ fn a_rate_limit_pauses_the_run_which_then_resumes_and_closes_the_issue() {
     } = offline(script, &claude, &br_binary);
     let events = scratch.path().join("events.jsonl");
 
-    let output = mala_run(
+    let (stdout, _) = mala_run_expecting(
         &repo,
         &env,
         &[
@@ -203,15 +208,7 @@ fn a_rate_limit_pauses_the_run_which_then_resumes_and_closes_the_issue() {
             "--events-jsonl",
             events.to_str().unwrap(),
         ],
-    );
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
+        0,
     );
     assert!(stdout.contains("paused until"), "{stdout}");
     assert!(stdout.contains("resumed"), "{stdout}");
@@ -268,16 +265,7 @@ fn an_issue_budget_stops_its_agent_mid_turn_and_fails_it_saying_so() {
         env,
     } = offline(script_with_check(repo.path()), &claude, &br_binary);
 
-    let output = mala_run(&repo, &env, &["--max-issues", "1", "--max-cost", "5"]);
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, _) = mala_run_expecting(&repo, &env, &["--max-issues", "1", "--max-cost", "5"], 1);
     assert!(
         stdout.contains("the issue's budget was reached"),
         "{stdout}"
@@ -349,9 +337,7 @@ fn a_red_baseline_with_stop_stops_the_run_before_any_claim() {
         env,
     } = offline(script_with_check(repo.path()), &claude, &br_binary);
 
-    let output = mala_run(&repo, &env, &["--max-agents", "2"]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    let (_, stderr) = mala_run_expecting(&repo, &env, &["--max-agents", "2"], 4);
     assert!(
         stderr.contains("`check` (test -f ok.txt) already fails on"),
         "{stderr}"
@@ -420,7 +406,7 @@ fn a_red_baseline_with_file_issue_is_filed_and_worked_before_the_rest() {
     } = offline(script, &claude, &br_binary);
     let events = scratch.path().join("events.jsonl");
 
-    let output = mala_run(
+    let (stdout, stderr) = mala_run_expecting(
         &repo,
         &env,
         &[
@@ -429,15 +415,7 @@ fn a_red_baseline_with_file_issue_is_filed_and_worked_before_the_rest() {
             "--events-jsonl",
             events.to_str().unwrap(),
         ],
-    );
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
+        0,
     );
     let baseline: Vec<serde_json::Value> = br.json(&["list", "--all", "--label", "mala-baseline"])
         ["issues"]
@@ -525,13 +503,7 @@ fn a_green_baseline_on_a_clean_head_is_not_paid_for_twice() {
             repo.git(&["add", ".beads"]);
             repo.git(&["commit", "-q", "-m", "beads"]);
         }
-        let output = mala_run(&repo, &env, &[]);
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        mala_run_expecting(&repo, &env, &[], 0);
     }
     let runs = std::fs::read_to_string(&counter).unwrap();
     assert_eq!(runs.lines().count(), 1, "remembered by content: {runs}");
@@ -570,16 +542,7 @@ fn a_run_budget_reached_with_three_agents_running_drains_the_run_and_fails_nothi
         env,
     } = offline(script_with_check(repo.path()), &claude, &br_binary);
 
-    let output = mala_run(&repo, &env, &["--max-agents", "3"]);
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, _) = mala_run_expecting(&repo, &env, &["--max-agents", "3"], 0);
     assert!(stdout.contains("■ budget reached"), "{stdout}");
     assert!(stdout.contains("0 failed"), "{stdout}");
     let shown: Vec<serde_json::Value> = issues
@@ -601,10 +564,20 @@ fn a_run_budget_reached_with_three_agents_running_drains_the_run_and_fails_nothi
     let reached = stdout
         .find("the run's budget was reached")
         .expect("the budget is said");
+    // A claim already in flight when the budget is crossed may be said
+    // after it; no such issue gets a turn, and each is given back.
+    let after = &stdout[reached..];
     assert!(
-        !stdout[reached..].contains("claimed by"),
-        "nothing is claimed after the budget: {stdout}"
+        !after.contains("  turn: "),
+        "no turn ends after the budget: {stdout}"
     );
+    for line in after.lines().filter(|l| l.contains("claimed by")) {
+        let issue = line.split_whitespace().nth(1).unwrap();
+        assert!(
+            after.contains(&format!("○ {issue}  given back untouched")),
+            "{issue}, claimed as the budget was crossed, is given back: {stdout}"
+        );
+    }
     assert!(
         stdout.contains("given back untouched: the run's budget was reached"),
         "the running issues were stopped where they were: {stdout}"
