@@ -79,14 +79,10 @@ pub(crate) fn run_line(run: &RunLog, with_repo: bool) -> String {
 fn spend(run: &RunLog) -> String {
     let cost: f64 = run.issues.iter().map(|i| i.cost_usd).sum();
     let tokens: u64 = run.issues.iter().map(|i| i.tokens).sum();
-    let budget = &run.settings["budget"]["run"];
-    let limits: Vec<String> = [
-        budget["max_cost_usd"].as_f64().map(|d| format!("${d:.2}")),
-        budget["max_tokens"].as_u64().map(|t| format!("{t} tokens")),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    // A record from before budgets has none: no limit.
+    let budget: mala_domain::Budget =
+        serde_json::from_value(run.settings["budget"].clone()).unwrap_or_default();
+    let limits = budget.run.limits();
     let mut line = format!("${cost:.2}, {tokens} tokens");
     if !limits.is_empty() {
         let _ = write!(line, " of a {} budget", limits.join(" / "));

@@ -223,22 +223,12 @@ fn run_failure(error: mala_orchestration::RunError) -> Failure {
 /// What the run spent, against its budget when it has one.
 fn spend_line(spent: &mala_domain::Spent, budget: &mala_domain::Budget) -> String {
     let mut line = format!("spent: ${:.2}, {} tokens", spent.cost_usd, spent.tokens);
-    let run = &budget.run;
-    if run.max_cost_usd.is_some() || run.max_tokens.is_some() {
-        let limits: Vec<String> = [
-            run.max_cost_usd.map(|d| format!("${d:.2}")),
-            run.max_tokens.map(|t| format!("{t} tokens")),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let _ = write!(line, " (run budget: {})", limits.join(", "));
+    let run = budget.run.limits();
+    if !run.is_empty() {
+        let _ = write!(line, " (run budget: {})", run.join(", "));
     }
-    if let Some(d) = budget.issue.max_cost_usd {
-        let _ = write!(line, "; per issue at most ${d:.2}");
-    }
-    if let Some(t) = budget.issue.max_tokens {
-        let _ = write!(line, "; per issue at most {t} tokens");
+    for limit in budget.issue.limits() {
+        let _ = write!(line, "; per issue at most {limit}");
     }
     line
 }

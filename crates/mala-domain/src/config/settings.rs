@@ -117,17 +117,30 @@ pub struct Gate {
 }
 
 /// What an issue, and the whole run, may spend (`budget:`, `--max-cost`,
-/// `--max-tokens`). No limit where `None`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+/// `--max-tokens`). No limit where `None`. Read back from a run's record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Budget {
     pub issue: Spend,
     pub run: Spend,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Spend {
     pub max_cost_usd: Option<f64>,
     pub max_tokens: Option<u64>,
+}
+
+impl Spend {
+    /// Its limits in words (`$5.00`, `1000 tokens`); empty for no limit.
+    pub fn limits(&self) -> Vec<String> {
+        [
+            self.max_cost_usd.map(|d| format!("${d:.2}")),
+            self.max_tokens.map(|t| format!("{t} tokens")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
