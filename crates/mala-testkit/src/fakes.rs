@@ -462,7 +462,7 @@ pub struct ScriptedBackend {
     sessions: Arc<Mutex<usize>>,
     stopped: Arc<tokio::sync::watch::Sender<bool>>,
     /// Turns of any session still to fail, and how.
-    failing: Arc<Mutex<(usize, Option<AgentErrorKind>)>>,
+    failing: Arc<Mutex<Option<(usize, AgentErrorKind)>>>,
     /// Dollars each turn costs.
     turn_cost: f64,
     /// Sessions still to refuse to start.
@@ -511,7 +511,7 @@ impl ScriptedBackend {
     /// `kind` (as an environment fault would: the model API refused).
     #[must_use]
     pub fn failing_first(self, turns: usize, kind: AgentErrorKind) -> Self {
-        *guard(&self.failing) = (turns, Some(kind));
+        *guard(&self.failing) = Some((turns, kind));
         self
     }
 
@@ -585,11 +585,12 @@ impl AgentSession for ScriptedSession {
         }
         {
             let mut failing = guard(&self.backend.failing);
-            if failing.0 > 0
-                && let Some(kind) = failing.1.clone()
-            {
-                failing.0 -= 1;
-                return Err(AgentError::new(kind, "scripted: the model API refused"));
+            if let Some((left @ 1.., kind)) = failing.as_mut() {
+                *left -= 1;
+                return Err(AgentError::new(
+                    kind.clone(),
+                    "scripted: the model API refused",
+                ));
             }
         }
         self.turns += 1;
