@@ -99,15 +99,24 @@ impl World {
     }
 
     fn orchestrator(&self, plan: RunPlan) -> Orchestrator {
-        Orchestrator::builder(settings(self.dir.path()), self.dir.path())
+        self.builder(settings(self.dir.path()), plan)
+            .build()
+            .unwrap()
+    }
+
+    /// An orchestrator on this world's ports and events, with `settings`.
+    fn builder(
+        &self,
+        settings: Settings,
+        plan: RunPlan,
+    ) -> mala_orchestration::OrchestratorBuilder {
+        Orchestrator::builder(settings, self.dir.path())
             .plan(plan)
             .tracker(Arc::new(self.tracker.clone()))
             .backend(Arc::new(self.backend.clone()))
             .repository(Arc::new(self.repository.clone()))
             .run_store(self.run_store())
             .events(self.events.clone())
-            .build()
-            .unwrap()
     }
 
     async fn run(&self, plan: RunPlan) -> RunSummary {
@@ -396,14 +405,7 @@ async fn epic_completion_runs_when_an_epic_closes_and_can_stop_the_run() {
         mala_domain::FailureMode::Abort,
         "echo done >> epic-checked.txt",
     ));
-    let orchestrator = Orchestrator::builder(config, world.dir.path())
-        .plan(plan(1))
-        .tracker(Arc::new(world.tracker.clone()))
-        .backend(Arc::new(world.backend.clone()))
-        .repository(Arc::new(world.repository.clone()))
-        .run_store(world.run_store())
-        .build()
-        .unwrap();
+    let orchestrator = world.builder(config, plan(1)).build().unwrap();
     let (_stage, stages) = watch::channel(Stage::Running);
     let summary = orchestrator.run(stages).await.unwrap();
     assert_eq!(summary.aborted, None);
@@ -417,15 +419,7 @@ async fn epic_completion_runs_when_an_epic_closes_and_can_stop_the_run() {
     let mut config = settings(world.dir.path());
     config.validation_triggers.epic_completion =
         Some(epic_completion(mala_domain::FailureMode::Abort, "exit 4"));
-    let orchestrator = Orchestrator::builder(config, world.dir.path())
-        .plan(plan(1))
-        .tracker(Arc::new(world.tracker.clone()))
-        .backend(Arc::new(world.backend.clone()))
-        .repository(Arc::new(world.repository.clone()))
-        .run_store(world.run_store())
-        .events(world.events.clone())
-        .build()
-        .unwrap();
+    let orchestrator = world.builder(config, plan(1)).build().unwrap();
     let (_stage, stages) = watch::channel(Stage::Running);
     let summary = orchestrator.run(stages).await.unwrap();
     assert_eq!(summary.aborted.as_deref(), Some("exit 4"));
@@ -525,12 +519,8 @@ async fn run_end_review_by(
         fire_on: mala_domain::FireOn::Success,
     });
     let reviewer = Arc::new(reviewer);
-    let orchestrator = Orchestrator::builder(config, world.dir.path())
-        .plan(plan(2))
-        .tracker(Arc::new(world.tracker.clone()))
-        .backend(Arc::new(world.backend.clone()))
-        .repository(Arc::new(world.repository.clone()))
-        .run_store(world.run_store())
+    let orchestrator = world
+        .builder(config, plan(2))
         .trigger_reviewer(reviewer.clone())
         .build()
         .unwrap();
@@ -650,14 +640,7 @@ async fn periodic_validation_runs_every_interval_closes_with_the_pool_idle() {
         },
         interval: 2,
     });
-    let orchestrator = Orchestrator::builder(config, world.dir.path())
-        .plan(plan(2))
-        .tracker(Arc::new(world.tracker.clone()))
-        .backend(Arc::new(world.backend.clone()))
-        .repository(Arc::new(world.repository.clone()))
-        .run_store(world.run_store())
-        .build()
-        .unwrap();
+    let orchestrator = world.builder(config, plan(2)).build().unwrap();
     let (_stage, stages) = watch::channel(Stage::Running);
     let summary = orchestrator.run(stages).await.unwrap();
     assert_eq!(summary.closed.len(), 5);
@@ -777,13 +760,8 @@ async fn a_run_budget_drains_the_run_and_leaves_what_it_stopped_open() {
         max_tokens: None,
     };
     let (_stage, stages) = watch::channel(Stage::Running);
-    let summary = Orchestrator::builder(settings, world.dir.path())
-        .plan(plan(2))
-        .tracker(Arc::new(world.tracker.clone()))
-        .backend(Arc::new(world.backend.clone()))
-        .repository(Arc::new(world.repository.clone()))
-        .run_store(world.run_store())
-        .events(world.events.clone())
+    let summary = world
+        .builder(settings, plan(2))
         .build()
         .unwrap()
         .run(stages)
@@ -918,15 +896,7 @@ async fn a_ctrl_c_during_the_baseline_ends_the_run_and_kills_the_checks() {
         },
     );
     config.evidence_check.required = vec!["check".into()];
-    let orchestrator = Orchestrator::builder(config, world.dir.path())
-        .plan(plan(1))
-        .tracker(Arc::new(world.tracker.clone()))
-        .backend(Arc::new(world.backend.clone()))
-        .repository(Arc::new(world.repository.clone()))
-        .run_store(world.run_store())
-        .events(world.events.clone())
-        .build()
-        .unwrap();
+    let orchestrator = world.builder(config, plan(1)).build().unwrap();
     let (stage, stages) = watch::channel(Stage::Running);
     let run = tokio::spawn(orchestrator.run(stages));
     let pid_file = world.dir.path().join("check.pid");
