@@ -90,6 +90,9 @@ impl From<TrackerError> for Failure {
 const LOGIN_HINT: &str = "log in with `claude` or set ANTHROPIC_API_KEY";
 
 /// Claude Code refuses to skip permission prompts as root.
+const NETWORK_HINT: &str =
+    "check the network, and ANTHROPIC_BASE_URL and the proxy variables (HTTPS_PROXY) if set";
+
 const ROOT_HINT: &str = "Claude Code will not run agents with permissions bypassed as root: run mala as \
      an ordinary user, or, inside a container or sandbox you trust, set IS_SANDBOX=1";
 
@@ -113,6 +116,10 @@ impl From<AgentError> for Failure {
                     .map_or(error.message.as_str(), |m| m.trim_end_matches([' ', '.']))
                     .to_owned(),
                 hint: Some(mala_infra::CLAUDE_INSTALL_HINT.to_owned()),
+            },
+            AgentErrorKind::Network => Self::Other {
+                message: error.message,
+                hint: Some(NETWORK_HINT.to_owned()),
             },
             _ => Self::Other {
                 message: error.message,

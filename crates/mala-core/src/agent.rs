@@ -149,6 +149,10 @@ pub struct SessionRequest {
     pub system_prompt_append: Option<String>,
     /// Dollars the session may spend before the backend stops it mid-turn.
     pub max_cost_usd: Option<f64>,
+    /// A check, not work (the run's preflight): the backend offers its
+    /// shell tool alone and a short system prompt of its own, so the check
+    /// costs as few tokens as it can. Hooks and mala's tools are as ever.
+    pub probe: bool,
 }
 
 impl SessionRequest {
@@ -161,6 +165,7 @@ impl SessionRequest {
             resume: None,
             system_prompt_append: None,
             max_cost_usd: None,
+            probe: false,
         }
     }
 }

@@ -15,6 +15,7 @@ mod faults;
 mod findings;
 mod gate;
 mod guard;
+mod preflight;
 mod prompts;
 mod run_options;
 mod schedule;
@@ -48,6 +49,9 @@ pub use gate::{
 pub use guard::{
     Decision, GuardContext, ToolCall, check_tool, command_paths, effects_are_known,
     is_read_only_tool, shell_writes,
+};
+pub use preflight::{
+    CANARY_REFUSAL, PREFLIGHT_CANARY, PreflightFailure, judge_preflight, preflight_prompt,
 };
 pub use prompts::{PromptError, PromptKind, Template, render_prompt};
 pub use run_options::{Order, ParseScopeError, Scope};

@@ -13,8 +13,9 @@
 //!   model (run in a child process, so its CPU is not counted); mala's own
 //!   CPU time and RSS growth are printed per session.
 //! - preflight: N (default 10) times what `mala run` does before its first
-//!   claim: start one session (the handshake with mala's hooks and lock
-//!   tools) and close it. No model call is made.
+//!   claim: one probe session behind mala's guard whose one turn asks for
+//!   the canary command, which the guard refuses (two model calls against
+//!   the mock), then close. The tokens are the mock's rough count.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 #![allow(clippy::cast_precision_loss)] // figures for people: f64 is precise enough
 
@@ -197,35 +198,57 @@ fn offline_config(claude: &Path, url: &str, state: &Path) -> ClaudeConfig {
     config
 }
 
-/// What a run's preflight costs: one session's handshake, then close.
+/// Keeps a turn's tool events, to judge the preflight as a run does.
+#[derive(Default)]
+struct Kept(std::sync::Mutex<Vec<AgentEvent>>);
+
+impl AgentObserver for Kept {
+    fn on_event(&self, event: &AgentEvent) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+/// What a run's preflight costs: one probe session behind mala's guard,
+/// one canary turn (two model calls), then close; as `mala run` does it.
 async fn preflight(claude: PathBuf, count: usize) {
     let (mut child, url) = mock_child();
     let state = tempfile::tempdir().unwrap();
     let repo = tempfile::tempdir().unwrap();
-    let backend = ClaudeBackend::new(offline_config(&claude, &url, state.path()));
-    let mut times = Vec::new();
+    let locks: Arc<dyn mala_core::LockTable> =
+        Arc::new(mala_infra::FileLockTable::new(state.path().join("locks"), repo.path()).unwrap());
+    let guard = mala_infra::LockingGuard::new(repo.path(), locks, Vec::new());
+    let backend =
+        ClaudeBackend::new(offline_config(&claude, &url, state.path())).with_guard(Arc::new(guard));
+    let (mut times, mut tokens) = (Vec::new(), Vec::new());
     for n in 0..count {
         let start = Instant::now();
-        let request = SessionRequest::new(
+        let mut request = SessionRequest::new(
             AgentId::new(format!("preflight@{n}")),
             repo.path().to_path_buf(),
         );
-        let mut session = backend
-            .start_session(request, Arc::new(Quiet))
+        request.probe = true;
+        let kept = Arc::new(Kept::default());
+        let mut session = backend.start_session(request, kept.clone()).await.unwrap();
+        let outcome = session
+            .turn(&mala_domain::preflight_prompt())
             .await
             .unwrap();
         session.close().await.unwrap();
         times.push(start.elapsed());
+        mala_domain::judge_preflight(&kept.0.lock().unwrap())
+            .expect("the guard refused the canary");
+        tokens.push(outcome.usage.total());
     }
     let _ = child.kill();
     let _ = child.wait();
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "preflight, {count} runs: median {:.0} ms, p95 {:.0} ms, min {:.0} ms",
+        "preflight, {count} runs: median {:.0} ms, p95 {:.0} ms, min {:.0} ms; {} tokens each (mock's count)",
         ms(times[count / 2]),
         ms(times[(count * 95 / 100).min(count - 1)]),
-        ms(times[0])
+        ms(times[0]),
+        tokens[0]
     );
 }
 

@@ -11,6 +11,7 @@ mod deadlock_monitor;
 mod epics;
 mod orchestrator;
 mod pauses;
+mod preflight;
 mod recorder;
 mod run;
 mod scheduler;
@@ -24,5 +25,6 @@ pub use orchestrator::{
     SessionPolicy, Stage,
 };
 pub use pauses::PausePolicy;
+pub use preflight::PreflightError;
 pub use run::{EpicVerifyRequest, RunRequest, run, verify_one_epic};
 pub use triggers::{TriggerOutcome, run_trigger};

@@ -22,8 +22,8 @@ use mala_domain::{
     CutShort, DoneReason, EpicDepth, FireOn, IssueGraph, Order, Scope, Settings, final_reason,
 };
 use mala_infra::SystemClock;
-use mala_pipeline::EpicVerifier;
 use mala_pipeline::Resume;
+use mala_pipeline::{EpicVerifier, Metered, RunLedger};
 use tokio::sync::{mpsc, watch};
 
 use crate::pauses::PausePolicy;
@@ -183,6 +183,9 @@ pub enum RunError {
     /// The agent backend cannot start (missing binary, wrong version, no login).
     #[error(transparent)]
     Agent(#[from] mala_core::AgentError),
+    /// The preflight found the agent unable to work here.
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
     /// The required checks fail before any agent worked (`baseline: stop`).
     #[error("{message}")]
     RedBaseline {
@@ -280,6 +283,13 @@ async fn stopped(stage: &mut watch::Receiver<Stage>) -> Stage {
     }
 }
 
+/// A run that ended before its first claim: how, and the error to return
+/// when it was not a Ctrl-C.
+struct EndedEarly {
+    reason: DoneReason,
+    error: Option<RunError>,
+}
+
 /// A run, ready to go. Build one with [`Orchestrator::builder`].
 pub struct Orchestrator {
     pub(crate) settings: Settings,
@@ -300,6 +310,12 @@ pub struct Orchestrator {
     pub(crate) stoppable: Vec<Arc<dyn AgentBackend>>,
     pub(crate) commit_tracker: bool,
     pub(crate) run_store: Arc<dyn RunStore>,
+    pub(crate) preflight: bool,
+    /// What the whole run has spent against its budget.
+    pub(crate) ledger: Arc<RunLedger>,
+    /// The backend of trigger fixers: the implementers', counted in the
+    /// ledger (no runner counts their turns).
+    pub(crate) fixers: Arc<dyn AgentBackend>,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -331,6 +347,8 @@ pub struct OrchestratorBuilder {
     stoppable: Vec<Arc<dyn AgentBackend>>,
     commit_tracker: bool,
     run_store: Option<Arc<dyn RunStore>>,
+    preflight: bool,
+    ledger: Arc<RunLedger>,
 }
 
 impl std::fmt::Debug for OrchestratorBuilder {
@@ -347,6 +365,7 @@ impl Orchestrator {
     /// review, triggers, epics are all read from there).
     pub fn builder(settings: Settings, repo_root: impl Into<PathBuf>) -> OrchestratorBuilder {
         OrchestratorBuilder {
+            ledger: Arc::new(RunLedger::new(settings.budget.run)),
             settings,
             repo_root: repo_root.into(),
             plan: RunPlan::default(),
@@ -363,6 +382,7 @@ impl Orchestrator {
             clock: None,
             stoppable: Vec::new(),
             commit_tracker: false,
+            preflight: false,
             run_store: None,
         }
     }
@@ -478,6 +498,21 @@ impl OrchestratorBuilder {
         self
     }
 
+    /// Prove the backend before the first claim: one short turn whose
+    /// canary command the guard must refuse (off by default; `mala run`
+    /// turns it on).
+    #[must_use]
+    pub fn preflight(mut self, preflight: bool) -> Self {
+        self.preflight = preflight;
+        self
+    }
+
+    /// The run's ledger, for the sessions the orchestrator does not start
+    /// itself (a reviewer's): wrap their backend in a `Metered` on it.
+    pub fn run_ledger(&self) -> Arc<RunLedger> {
+        Arc::clone(&self.ledger)
+    }
+
     /// Checks that the required ports are there.
     pub fn build(self) -> Result<Orchestrator, RunError> {
         let missing = RunError::Incomplete;
@@ -490,7 +525,11 @@ impl OrchestratorBuilder {
         let epic_verifier = self
             .epic_backend
             .filter(|_| self.settings.epic_verification.enabled)
-            .map(|backend| EpicVerifier::new(backend, &self.repo_root));
+            .map(|backend| {
+                let metered = Metered::new(backend, Arc::clone(&self.ledger));
+                EpicVerifier::new(Arc::new(metered), &self.repo_root)
+            });
+        let fixers = Arc::new(Metered::new(Arc::clone(&backend), Arc::clone(&self.ledger)));
         let mut stoppable = vec![Arc::clone(&backend)];
         stoppable.extend(self.stoppable);
         Ok(Orchestrator {
@@ -511,6 +550,9 @@ impl OrchestratorBuilder {
             stoppable,
             commit_tracker: self.commit_tracker,
             run_store: self.run_store.unwrap_or_else(|| Arc::new(Unrecorded)),
+            preflight: self.preflight,
+            ledger: self.ledger,
+            fixers,
         })
     }
 }
@@ -710,6 +752,11 @@ impl Orchestrator {
                 return Err(error);
             }
         }
+        // After the baseline, which costs no tokens: a red one stops first.
+        if let Err(ended) = self.preflight_run(&mut scheduler, &mut stopping).await {
+            let summary = self.finish(scheduler, ended.reason).await;
+            return ended.error.map_or(Ok(summary), Err);
+        }
         let ended = scheduler.run().await;
         let loop_end = match ended {
             Ok(reason) => reason,
@@ -724,6 +771,52 @@ impl Orchestrator {
             }
         };
         Ok(self.finish(scheduler, loop_end).await)
+    }
+
+    /// The preflight, when asked for; what it spent counts toward the
+    /// run's budget. A Ctrl-C during it ends the run with nothing claimed.
+    async fn preflight_run(
+        &self,
+        scheduler: &mut Scheduler<'_>,
+        stopping: &mut watch::Receiver<Stage>,
+    ) -> Result<(), EndedEarly> {
+        if !self.preflight {
+            return Ok(());
+        }
+        let check = crate::preflight::Preflight {
+            backend: self.backend.as_ref(),
+            cwd: &self.repo_root,
+            run_id: &self.plan.run_id,
+            pauses: self.plan.pauses,
+            events: scheduler.ctx.events.as_ref(),
+            clock: self.clock.as_ref(),
+        };
+        match check.run(stopping).await {
+            Ok(spent) => {
+                scheduler.ctx.ports.faults.count(spent);
+                Ok(())
+            }
+            Err(RunError::Preflight(crate::preflight::PreflightError::Interrupted)) => {
+                let reason = if *stopping.borrow() == Stage::Drain {
+                    DoneReason::Drained
+                } else {
+                    scheduler.summary.interrupted = true;
+                    DoneReason::Interrupted
+                };
+                Err(EndedEarly {
+                    reason,
+                    error: None,
+                })
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                scheduler.summary.stopped = Some(reason.clone());
+                Err(EndedEarly {
+                    reason: DoneReason::Stopped { reason },
+                    error: Some(error),
+                })
+            }
+        }
     }
 
     /// Everything after the loop: `run_end`, the run's locks, the tracker's

@@ -95,7 +95,6 @@ async fn assemble(
     let locks: Arc<dyn LockTable> = Arc::new(locks_table);
     let git = Arc::new(GitRepo::new(&repo_root));
     let backend = implementer_backend(&request, &claude_config, &repo_root, &locks, &git);
-    preflight(&backend, &repo_root, &request.plan.run_id).await?;
     let builder = Orchestrator::builder(request.settings.clone(), repo_root.clone())
         .plan(request.plan.clone())
         .issue_source(Arc::new(tracker))
@@ -106,8 +105,10 @@ async fn assemble(
         .events(events)
         .clock(clock)
         .run_store(run_store)
-        .commit_tracker_files(true);
+        .commit_tracker_files(true)
+        .preflight(true);
     let readers = Readers {
+        ledger: builder.run_ledger(),
         request: &request,
         repo_root: &repo_root,
         state_dir: &state_dir,
@@ -121,6 +122,8 @@ async fn assemble(
 /// What the run's read-only sessions (reviewers, the epic verifier) are
 /// made from.
 struct Readers<'w> {
+    /// Their sessions count in the run's budget.
+    ledger: Arc<mala_pipeline::RunLedger>,
     request: &'w RunRequest,
     repo_root: &'w std::path::Path,
     state_dir: &'w std::path::Path,
@@ -158,9 +161,13 @@ impl Readers<'_> {
             },
             mala_domain::ReviewerType::AgentSdk => {
                 let backend = self.read_only(self.claude.for_reviewer(review));
+                let metered = mala_pipeline::Metered::new(
+                    Arc::clone(&backend) as Arc<dyn mala_core::AgentBackend>,
+                    Arc::clone(&self.ledger),
+                );
                 Reviewing {
                     reviewer: Arc::new(AgentReviewer::new(
-                        Arc::clone(&backend) as Arc<dyn mala_core::AgentBackend>,
+                        Arc::new(metered),
                         Arc::clone(self.tracker),
                         self.repo_root,
                     )),
@@ -210,27 +217,6 @@ impl Readers<'_> {
         }
         Ok(builder)
     }
-}
-
-/// Proves, before anything is claimed, that an agent starts here with
-/// mala's hooks and lock tools: one session's handshake (the CLI takes the
-/// hook registrations and the `mala` MCP server, or exits saying why), no
-/// model call. A CLI that refuses to run (as root without IS_SANDBOX, too
-/// old, broken) stops the run here, with the tracker untouched.
-async fn preflight(
-    backend: &ClaudeBackend,
-    repo_root: &std::path::Path,
-    run_id: &str,
-) -> Result<(), RunError> {
-    struct Quiet;
-    impl mala_core::AgentObserver for Quiet {
-        fn on_event(&self, _: &mala_core::AgentEvent) {}
-    }
-    let agent = mala_core::AgentId::new(format!("preflight@{run_id}"));
-    let request = mala_core::SessionRequest::new(agent, repo_root.to_path_buf());
-    let mut session = backend.start_session(request, Arc::new(Quiet)).await?;
-    mala_core::AgentSession::close(&mut session).await?;
-    Ok(())
 }
 
 /// How every session of the run starts `claude`, once it is known to work.

@@ -629,7 +629,7 @@ impl<'o> Scheduler<'o> {
             }
         };
         if let Some(command) = orchestrator
-            .epic_completion(&sweep, &self.ctx.ports.backend, &events, &mut self.reviews)
+            .epic_completion(&sweep, &orchestrator.fixers, &events, &mut self.reviews)
             .await
         {
             return Some(Err(command));
@@ -676,7 +676,7 @@ impl<'o> Scheduler<'o> {
             .fire(
                 (kind, kind),
                 trigger,
-                &self.ctx.ports.backend,
+                &self.orchestrator.fixers,
                 &events,
                 &mut self.reviews,
             )

@@ -78,7 +78,7 @@ impl RunContext {
             _ => None,
         };
         let (aborts_tx, aborts) = mpsc::unbounded_channel();
-        let (faults, fault_desk) = fault_line(settings.budget.run);
+        let (faults, fault_desk) = fault_line(Arc::clone(&orchestrator.ledger));
         let ports = runner_ports(orchestrator, &events, aborts_tx, faults);
         let runner_config = runner_config(settings, plan, &repo_root, &state_dir);
         let priors = prior_records(store.as_ref(), &plan.run_id);
@@ -153,7 +153,7 @@ fn runner_ports(
                 Arc::new(SessionEndTrigger {
                     trigger: trigger.clone(),
                     repo: orchestrator.repo_root.clone(),
-                    backend: Arc::clone(&orchestrator.backend),
+                    backend: Arc::clone(&orchestrator.fixers),
                     run_id: orchestrator.plan.run_id.clone(),
                     events: Arc::clone(events),
                     aborts: session_end_aborts,

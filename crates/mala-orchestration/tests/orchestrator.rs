@@ -922,3 +922,160 @@ async fn a_ctrl_c_during_the_baseline_ends_the_run_and_kills_the_checks() {
     })
     .await;
 }
+
+/// A run with the preflight on, to its end or its error.
+async fn run_with_preflight(world: &World, plan: RunPlan) -> Result<RunSummary, RunError> {
+    let (_stage, stages) = watch::channel(Stage::Running);
+    world
+        .builder(settings(world.dir.path()), plan)
+        .preflight(true)
+        .build()
+        .unwrap()
+        .run(stages)
+        .await
+}
+
+#[tokio::test]
+async fn a_preflight_that_proves_the_guard_lets_the_run_go_on_and_counts_its_spend() {
+    let mut world = World::new(vec![task("m-1")], Duration::from_millis(5));
+    world.backend = world.backend.clone().costing(0.25);
+    let summary = run_with_preflight(&world, plan(1)).await.unwrap();
+    assert_eq!(ids(&summary.closed), vec!["m-1"]);
+    assert_eq!(
+        world.backend.sessions(),
+        2,
+        "the preflight's and the issue's"
+    );
+    assert!(
+        (summary.spent.cost_usd - 0.5).abs() < 1e-9,
+        "the preflight's turn is spent too: {:?}",
+        summary.spent
+    );
+}
+
+#[tokio::test]
+async fn refused_credentials_at_preflight_claim_nothing() {
+    let mut world = World::new(vec![task("m-1"), task("m-2")], Duration::from_millis(5));
+    world.backend = world
+        .backend
+        .clone()
+        .failing_first(usize::MAX, mala_core::AgentErrorKind::Authentication);
+    let error = run_with_preflight(&world, plan(2)).await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            RunError::Preflight(mala_orchestration::PreflightError::Environment(reason))
+                if reason.contains("credentials")
+        ),
+        "{error:?}"
+    );
+    assert!(world.events.claimed().is_empty());
+    world.assert_untouched(2).await;
+}
+
+#[tokio::test]
+async fn hooks_that_let_the_canary_run_stop_the_run_before_any_claim() {
+    let mut world = World::new(vec![task("m-1")], Duration::from_millis(5));
+    world.backend = world.backend.clone().unguarded();
+    let error = run_with_preflight(&world, plan(1)).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            RunError::Preflight(mala_orchestration::PreflightError::Unproven(
+                mala_domain::PreflightFailure::NotRefused
+            ))
+        ),
+        "{error:?}"
+    );
+    assert!(world.events.claimed().is_empty());
+    world.assert_untouched(1).await;
+}
+
+#[tokio::test]
+async fn a_limit_at_preflight_pauses_before_the_first_claim_then_the_run_goes_on() {
+    let mut world = World::new(vec![task("m-1")], Duration::from_millis(5));
+    world.backend = world.backend.clone().failing_first(
+        2,
+        mala_core::AgentErrorKind::RateLimited { resets_at: None },
+    );
+    let summary = run_with_preflight(
+        &world,
+        RunPlan {
+            pauses: pausing(Duration::from_secs(60)),
+            ..plan(1)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&summary.closed), vec!["m-1"]);
+    let events = world.events.0.lock().unwrap().clone();
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RunPaused { .. } => Some("paused"),
+            Event::RunResumed => Some("resumed"),
+            Event::IssueClaimed { .. } => Some("claimed"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["paused", "resumed", "paused", "resumed", "claimed"]);
+}
+
+#[tokio::test]
+async fn a_limit_at_preflight_past_max_pause_stops_with_nothing_claimed() {
+    let mut world = World::new(vec![task("m-1")], Duration::from_millis(5));
+    let tomorrow = chrono::Utc::now() + chrono::Duration::hours(24);
+    world.backend = world.backend.clone().failing_first(
+        usize::MAX,
+        mala_core::AgentErrorKind::RateLimited {
+            resets_at: Some(tomorrow),
+        },
+    );
+    let error = run_with_preflight(
+        &world,
+        RunPlan {
+            pauses: pausing(Duration::from_secs(3600)),
+            ..plan(1)
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("--max-pause"), "{error}");
+    assert!(world.events.claimed().is_empty());
+    world.assert_untouched(1).await;
+}
+
+#[tokio::test]
+async fn ctrl_c_during_a_preflight_pause_ends_the_run_with_nothing_claimed() {
+    let mut world = World::new(vec![task("m-1")], Duration::from_millis(5));
+    world.backend = world.backend.clone().failing_first(
+        usize::MAX,
+        mala_core::AgentErrorKind::RateLimited { resets_at: None },
+    );
+    let (stage, stages) = watch::channel(Stage::Running);
+    let events = world.events.clone();
+    let orchestrator = world
+        .builder(
+            settings(world.dir.path()),
+            RunPlan {
+                pauses: mala_orchestration::PausePolicy {
+                    max_pause: Duration::from_secs(3600),
+                    backoff: Duration::from_secs(600),
+                },
+                ..plan(1)
+            },
+        )
+        .preflight(true)
+        .build()
+        .unwrap();
+    let run = tokio::spawn(orchestrator.run(stages));
+    // Ctrl-C once the run has said it is paused.
+    events
+        .until(1, |e| matches!(e, Event::RunPaused { .. }))
+        .await;
+    stage.send_replace(Stage::Drain);
+    let summary = run.await.unwrap().unwrap();
+    assert!(summary.closed.is_empty() && summary.released.is_empty());
+    assert!(world.events.claimed().is_empty());
+    world.assert_untouched(1).await;
+}

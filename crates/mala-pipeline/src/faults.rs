@@ -114,11 +114,10 @@ pub struct FaultDesk {
     pub ledger: Arc<RunLedger>,
 }
 
-/// A line and its desk, for a run that may spend `run_budget`.
-pub fn fault_line(run_budget: Spend) -> (FaultLine, FaultDesk) {
+/// A line and its desk, for a run that spends through `ledger`.
+pub fn fault_line(ledger: Arc<RunLedger>) -> (FaultLine, FaultDesk) {
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let (gate, gate_rx) = watch::channel(RunGate::Open);
-    let ledger = Arc::new(RunLedger::new(run_budget));
     (
         FaultLine {
             reports: Some(reports_tx),
@@ -146,6 +145,11 @@ impl FaultLine {
     }
 
     /// What the run has spent so far.
+    /// Counts spend made outside any issue (the run's preflight).
+    pub fn count(&self, spent: Spent) {
+        self.ledger.add(spent.cost_usd, spent.tokens);
+    }
+
     pub fn spent(&self) -> Spent {
         self.ledger.spent()
     }

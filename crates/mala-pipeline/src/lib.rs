@@ -6,6 +6,7 @@
 
 mod deadlock;
 mod faults;
+mod metered;
 mod protected;
 mod reviewers;
 mod runner;
@@ -14,6 +15,7 @@ mod worker;
 
 pub use deadlock::{Resolution, ResolveError, resolve_deadlock};
 pub use faults::{FaultDesk, FaultLine, FaultReport, GoOn, RunGate, RunLedger, fault_line};
+pub use metered::Metered;
 pub use protected::{CHECKS_CHANGED, required_checks};
 pub use reviewers::{AgentReviewer, EpicVerifier, ask_reviewer, ask_twice};
 pub use runner::{

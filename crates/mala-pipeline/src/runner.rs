@@ -1119,6 +1119,15 @@ impl IssueRun {
             Err(ReviewError::Environment { fault, message }) => {
                 return self.review_met(fault, &message).await;
             }
+            // The reviewer's session was cut, or not started, at the run's
+            // budget: not the issue's fault either.
+            Err(_) if let Some(spent) = self.ports.faults.ledger.reached() => {
+                return Step::Finish(IssueResult::Released {
+                    reason: format!(
+                        "the run's budget was reached ({spent}) during this issue's review; it is left open for the next run"
+                    ),
+                });
+            }
             Err(error) => {
                 return Step::Finish(IssueResult::Failed {
                     reason: format!("the review could not be completed: {error}"),

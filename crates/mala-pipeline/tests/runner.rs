@@ -1725,7 +1725,7 @@ async fn run_on_line(
 #[tokio::test]
 async fn refused_credentials_give_the_issue_back_untouched_and_tell_the_run() {
     let h = Harness::new().await;
-    let (line, mut desk) = mala_pipeline::fault_line(mala_domain::Spend::default());
+    let (line, mut desk) = mala_pipeline::fault_line(Arc::default());
     let refused = Turn {
         fail: Some(AgentErrorKind::Authentication),
         ..Turn::default()
@@ -1748,7 +1748,7 @@ async fn refused_credentials_give_the_issue_back_untouched_and_tell_the_run() {
 #[tokio::test]
 async fn a_session_error_of_its_own_is_still_the_issue_s_failure() {
     let h = Harness::new().await;
-    let (line, mut desk) = mala_pipeline::fault_line(mala_domain::Spend::default());
+    let (line, mut desk) = mala_pipeline::fault_line(Arc::default());
     let crashed = Turn {
         fail: Some(AgentErrorKind::Protocol),
         ..Turn::default()
@@ -1763,7 +1763,7 @@ async fn a_session_error_of_its_own_is_still_the_issue_s_failure() {
 #[tokio::test]
 async fn a_limit_waits_for_the_run_then_resumes_the_same_session_and_closes() {
     let h = Harness::new().await;
-    let (line, mut desk) = mala_pipeline::fault_line(mala_domain::Spend::default());
+    let (line, mut desk) = mala_pipeline::fault_line(Arc::default());
     let limited = Turn {
         fail: Some(AgentErrorKind::RateLimited { resets_at: None }),
         ..Turn::default()
@@ -1794,7 +1794,7 @@ async fn a_limit_waits_for_the_run_then_resumes_the_same_session_and_closes() {
 #[tokio::test]
 async fn a_limit_the_run_stops_on_gives_the_issue_back() {
     let h = Harness::new().await;
-    let (line, mut desk) = mala_pipeline::fault_line(mala_domain::Spend::default());
+    let (line, mut desk) = mala_pipeline::fault_line(Arc::default());
     let limited = Turn {
         fail: Some(AgentErrorKind::Network),
         ..Turn::default()
@@ -1867,7 +1867,7 @@ async fn an_issue_over_its_budget_gets_no_more_turns_and_fails_saying_so() {
 #[tokio::test]
 async fn a_reviewer_refused_credentials_gives_the_issue_back_not_a_failure() {
     let h = Harness::new().await;
-    let (line, mut desk) = mala_pipeline::fault_line(mala_domain::Spend::default());
+    let (line, mut desk) = mala_pipeline::fault_line(Arc::default());
     let reviewer: Arc<dyn Reviewer> = Arc::new(ScriptedReviewer {
         answers: Mutex::new(vec![Err(ReviewError::Environment {
             fault: mala_core::EnvFault::Authentication,
@@ -1899,7 +1899,7 @@ async fn a_reviewer_refused_credentials_gives_the_issue_back_not_a_failure() {
 #[tokio::test]
 async fn a_reviewer_rate_limited_waits_for_the_run_and_is_asked_again() {
     let h = Harness::new().await;
-    let (line, mut desk) = mala_pipeline::fault_line(mala_domain::Spend::default());
+    let (line, mut desk) = mala_pipeline::fault_line(Arc::default());
     let reviewer = Arc::new(ScriptedReviewer {
         answers: Mutex::new(vec![Err(ReviewError::Environment {
             fault: mala_core::EnvFault::UsageLimit { until: None },
@@ -1923,6 +1923,50 @@ async fn a_reviewer_rate_limited_waits_for_the_run_and_is_asked_again() {
     let result = run_ports(&h, &ports, &Harness::config()).await;
     assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
     assert_eq!(*reviewer.asked.lock().unwrap(), 2);
+}
+
+/// A reviewer whose session spends past the run's budget and is cut there.
+struct CostlyReviewer(mala_pipeline::FaultLine);
+
+#[async_trait::async_trait]
+impl Reviewer for CostlyReviewer {
+    async fn review(
+        &self,
+        _: mala_core::ReviewRequest,
+    ) -> Result<mala_core::ReviewVerdict, ReviewError> {
+        self.0.count(mala_domain::Spent {
+            cost_usd: 2.0,
+            tokens: 0,
+        });
+        Err(ReviewError::Failed(
+            "the reviewer's turn ended as BudgetReached".into(),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_review_cut_at_the_run_budget_gives_the_issue_back_not_a_failure() {
+    let h = Harness::new().await;
+    let ledger = Arc::new(mala_pipeline::RunLedger::new(mala_domain::Spend {
+        max_cost_usd: Some(1.0),
+        max_tokens: None,
+    }));
+    let (line, _desk) = mala_pipeline::fault_line(ledger);
+    let ports = RunnerPorts {
+        reviewer: Some(Arc::new(CostlyReviewer(line.clone()))),
+        faults: line,
+        ..h.ports(vec![honest_turn(&h)], None)
+    };
+    let result = run_ports(&h, &ports, &Harness::config()).await;
+    assert!(
+        matches!(&result, IssueResult::Released { reason } if reason.contains("during this issue's review")),
+        "{result:?}"
+    );
+    let (status, followup, notes) = h.status().await;
+    assert_eq!(
+        (status, followup, notes.as_str()),
+        (IssueStatus::Open, false, "")
+    );
 }
 
 #[tokio::test]

@@ -13,10 +13,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use mala_core::{
-    AgentBackend, AgentError, AgentErrorKind, AgentObserver, AgentSession, CheckCommand,
-    CheckFailure, ClaimOutcome, CommitInfo, Dependency, DependencyKind, EpicStatus, Issue, IssueId,
-    IssueStatus, IssueTracker, IssueType, IssueUpdate, NewIssue, RepoError, Repository, SessionId,
-    SessionRequest, TokenUsage, TrackerError, TurnOutcome, TurnStatus,
+    AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentObserver, AgentSession,
+    CheckCommand, CheckFailure, ClaimOutcome, CommitInfo, Dependency, DependencyKind, EpicStatus,
+    Issue, IssueId, IssueStatus, IssueTracker, IssueType, IssueUpdate, NewIssue, RepoError,
+    Repository, SessionId, SessionRequest, TokenUsage, TrackerError, TurnOutcome, TurnStatus,
 };
 use mala_domain::{Blocker, IssueGraph};
 
@@ -467,6 +467,8 @@ pub struct ScriptedBackend {
     turn_cost: f64,
     /// Sessions still to refuse to start.
     refusing: Arc<Mutex<usize>>,
+    /// Its tools run with no guard: the preflight canary runs.
+    unguarded: bool,
 }
 
 impl std::fmt::Debug for ScriptedBackend {
@@ -490,7 +492,16 @@ impl ScriptedBackend {
             failing: Arc::default(),
             turn_cost: 0.0,
             refusing: Arc::default(),
+            unguarded: false,
         }
+    }
+
+    /// Its tools run with no guard (hooks switched off): the preflight's
+    /// canary command runs instead of being refused.
+    #[must_use]
+    pub fn unguarded(mut self) -> Self {
+        self.unguarded = true;
+        self
     }
 
     /// The next `sessions` sessions refuse to start, as a CLI that cannot run would.
@@ -532,6 +543,7 @@ struct ScriptedSession {
     backend: ScriptedBackend,
     issue: Option<IssueId>,
     turns: u32,
+    observer: Arc<dyn AgentObserver>,
 }
 
 #[async_trait]
@@ -539,7 +551,7 @@ impl AgentBackend for ScriptedBackend {
     async fn start(
         &self,
         request: SessionRequest,
-        _: Arc<dyn AgentObserver>,
+        observer: Arc<dyn AgentObserver>,
     ) -> Result<Box<dyn AgentSession>, AgentError> {
         {
             let mut refusing = guard(&self.refusing);
@@ -556,6 +568,7 @@ impl AgentBackend for ScriptedBackend {
             backend: self.clone(),
             issue: request.issue_id,
             turns: 0,
+            observer,
         }))
     }
 
@@ -568,6 +581,46 @@ impl AgentBackend for ScriptedBackend {
     }
 }
 
+impl ScriptedSession {
+    /// The preflight turn, as an agent does it: it runs the canary, which
+    /// the guard refuses (or, unguarded, which runs), then says ready.
+    fn canary(&self) -> TurnOutcome {
+        let id = "scripted-canary".to_owned();
+        let emit = |event: AgentEvent| self.observer.on_event(&event);
+        emit(AgentEvent::ToolUse {
+            id: id.clone(),
+            name: "Bash".to_owned(),
+            input: serde_json::json!({"command": mala_domain::PREFLIGHT_CANARY}),
+        });
+        if self.backend.unguarded {
+            emit(AgentEvent::ToolResult {
+                id,
+                is_error: true,
+                content: "command not found".to_owned(),
+            });
+        } else {
+            emit(AgentEvent::ToolDenied {
+                tool: "Bash".to_owned(),
+                reason: mala_domain::CANARY_REFUSAL.to_owned(),
+            });
+            emit(AgentEvent::ToolResult {
+                id,
+                is_error: true,
+                content: mala_domain::CANARY_REFUSAL.to_owned(),
+            });
+        }
+        TurnOutcome {
+            status: TurnStatus::Completed,
+            session_id: None,
+            final_text: "ready".to_owned(),
+            usage: TokenUsage::default(),
+            total_cost_usd: self.backend.turn_cost,
+            num_turns: 1,
+            permission_denials: Vec::new(),
+        }
+    }
+}
+
 #[async_trait]
 impl AgentSession for ScriptedSession {
     fn session_id(&self) -> Option<SessionId> {
@@ -576,7 +629,7 @@ impl AgentSession for ScriptedSession {
             .map(|issue| SessionId::new(format!("scripted-{issue}")))
     }
 
-    async fn turn(&mut self, _prompt: &str) -> Result<TurnOutcome, AgentError> {
+    async fn turn(&mut self, prompt: &str) -> Result<TurnOutcome, AgentError> {
         let mut stopped = self.backend.stopped.subscribe();
         let cancelled = || AgentError::new(AgentErrorKind::Cancelled, "stopped");
         tokio::select! {
@@ -594,6 +647,9 @@ impl AgentSession for ScriptedSession {
             }
         }
         self.turns += 1;
+        if prompt == mala_domain::preflight_prompt() {
+            return Ok(self.canary());
+        }
         let Some(issue) = &self.issue else {
             return Err(AgentError::new(
                 AgentErrorKind::Protocol,

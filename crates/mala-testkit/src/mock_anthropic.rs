@@ -174,6 +174,13 @@ impl<'a> Conversation<'a> {
         self.body["tools"].as_array().is_some_and(|t| !t.is_empty())
     }
 
+    /// Whether this is mala's preflight turn (its prompt names the canary).
+    pub fn is_preflight(self) -> bool {
+        self.user_texts()
+            .iter()
+            .any(|text| text.contains(&mala_domain::preflight_prompt()))
+    }
+
     /// Number of `tool_use` blocks the assistant has already produced.
     pub fn tool_uses_so_far(self) -> usize {
         self.blocks("assistant", "tool_use").count()
@@ -306,6 +313,18 @@ impl RecordedRequest {
     /// The path without its query string.
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or(&self.target)
+    }
+
+    /// The input tokens the mock reported for this request (its rough count).
+    pub fn input_tokens(&self) -> u64 {
+        rough_tokens(&self.body)
+    }
+
+    /// A call of an agent at work: a model call offering tools that is not
+    /// mala's preflight turn.
+    pub fn is_agent_call(&self) -> bool {
+        let conversation = Conversation { body: &self.body };
+        self.path() == "/v1/messages" && conversation.offers_tools() && !conversation.is_preflight()
     }
 }
 
@@ -542,6 +561,9 @@ fn sample_for_schema(schema: &Value) -> Value {
 /// schema is asked for.
 fn reply_to(body: &Value, shared: &Shared) -> Reply {
     let conversation = Conversation { body };
+    if conversation.is_preflight() {
+        return preflight_reply(conversation, &shared.script);
+    }
     if conversation.offers_tools() {
         return (shared.script.0)(&conversation);
     }
@@ -552,6 +574,24 @@ fn reply_to(body: &Value, shared: &Shared) -> Reply {
         "Mock side reply".to_owned()
     };
     Reply::Message(vec![Block::Text(text)])
+}
+
+/// mala's preflight turn, as a model would do it: run the canary once,
+/// then say ready. The test's script is asked first, so a script that
+/// fails calls (401, 429 for a while) fails the preflight's calls too; any
+/// message it answers is put aside, so no script needs to know the
+/// preflight.
+fn preflight_reply(conversation: Conversation<'_>, script: &Script) -> Reply {
+    if let error @ Reply::HttpError(_) = script.reply(&conversation) {
+        return error;
+    }
+    if conversation.tool_uses_so_far() == 0 {
+        return Reply::Message(vec![Block::ToolUse {
+            name: "Bash".to_owned(),
+            input: json!({"command": mala_domain::PREFLIGHT_CANARY, "description": "mala preflight"}),
+        }]);
+    }
+    Reply::Message(vec![Block::Text("ready".to_owned())])
 }
 
 /// The API's error envelope for a scripted HTTP status.

@@ -202,6 +202,7 @@ fn run_failure(error: mala_orchestration::RunError) -> Failure {
     match error {
         mala_orchestration::RunError::Tracker(error) => Failure::Tracker(error),
         mala_orchestration::RunError::Agent(error) => Failure::from(error),
+        mala_orchestration::RunError::Preflight(error) => preflight_failure(error),
         mala_orchestration::RunError::RedBaseline { message } => Failure::Environment(format!(
             "{message}\n  hint: fix it first, or set `baseline: file_issue` to have an agent fix it first, or `baseline: warn` to run anyway"
         )),
@@ -215,6 +216,37 @@ fn run_failure(error: mala_orchestration::RunError) -> Failure {
         // Each of the others says what to do in its message already.
         other => Failure::Other {
             message: other.to_string(),
+            hint: None,
+        },
+    }
+}
+
+/// A preflight that failed: exit 1, with what to fix.
+fn preflight_failure(error: mala_orchestration::PreflightError) -> Failure {
+    use mala_orchestration::PreflightError;
+    match error {
+        PreflightError::Agent(mut error) => {
+            error.message = format!("preflight: {}", error.message);
+            Failure::from(error)
+        }
+        PreflightError::Unproven(failure) => {
+            let hint = match failure {
+                mala_domain::PreflightFailure::NoCanary => {
+                    "run again; if it keeps happening, check the model (`model:` in mala.yaml)"
+                }
+                _ => {
+                    "check the Claude Code settings and managed policies for `disableAllHooks` or \
+                     hook restrictions: mala lets no agent work unguarded"
+                }
+            };
+            Failure::Other {
+                message: format!("preflight: {failure}"),
+                hint: Some(hint.to_owned()),
+            }
+        }
+        PreflightError::Interrupted => Failure::Interrupted,
+        error @ PreflightError::Environment(_) => Failure::Other {
+            message: error.to_string(),
             hint: None,
         },
     }

@@ -120,7 +120,14 @@ fn refused_credentials_stop_the_run_and_charge_no_issue() {
         scratch: _scratch,
         env,
     } = offline(
-        Script::from_fn(|_| Reply::HttpError(401)),
+        // The preflight passes; every agent's call is refused.
+        Script::from_fn(|conversation| {
+            if conversation.is_preflight() {
+                Reply::Message(Vec::new())
+            } else {
+                Reply::HttpError(401)
+            }
+        }),
         &claude,
         &br_binary,
     );
@@ -137,6 +144,76 @@ fn refused_credentials_stop_the_run_and_charge_no_issue() {
     }
     // The next run may take them: nothing marks them as tried.
     assert_eq!(br.ready_ids().len(), 2);
+}
+
+#[test]
+fn refused_credentials_at_preflight_stop_the_run_before_any_claim() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = setup();
+    let br = Br::init(&br_binary, repo.path(), "key");
+    let issues = two_issues(&br, &repo);
+    let Offline {
+        mock,
+        harness: _harness,
+        scratch: _scratch,
+        env,
+    } = offline(
+        Script::from_fn(|_| Reply::HttpError(401)),
+        &claude,
+        &br_binary,
+    );
+
+    let (_, stderr) = mala_run_expecting(&repo, &env, &["--max-agents", "2"], 1);
+    assert!(
+        stderr.contains("preflight: the model API refused the agent's credentials"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("/login"), "{stderr}");
+    for issue in &issues {
+        assert_untouched(&br, issue);
+    }
+    let requests = mock.requests();
+    assert!(
+        requests.iter().any(|r| r.path() == "/v1/messages"),
+        "the preflight asked the model"
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(mala_testkit::RecordedRequest::is_agent_call),
+        "no agent worked"
+    );
+}
+
+#[test]
+fn the_preflight_canary_is_refused_by_the_guard_through_the_real_hooks() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = setup();
+    let br = Br::init(&br_binary, repo.path(), "canary");
+    two_issues(&br, &repo);
+    let Offline {
+        mock,
+        harness: _harness,
+        scratch: _scratch,
+        env,
+    } = offline(script_with_check(repo.path()), &claude, &br_binary);
+
+    mala_run_expecting(&repo, &env, &["--max-issues", "1"], 0);
+    // The preflight's second call carries the canary's tool result: the
+    // guard's refusal, as an error.
+    let refusals: Vec<(bool, String)> = mock
+        .requests()
+        .iter()
+        .map(|r| Conversation { body: &r.body })
+        .filter(|c| c.is_preflight())
+        .flat_map(Conversation::tool_results)
+        .collect();
+    assert!(
+        refusals
+            .iter()
+            .any(|(is_error, text)| *is_error && text.contains(mala_domain::CANARY_REFUSAL)),
+        "{refusals:?}"
+    );
 }
 
 #[test]
@@ -299,11 +376,7 @@ fn an_issue_budget_stops_its_agent_mid_turn_and_fails_it_saying_so() {
         note.contains("this issue's budget was reached") && note.contains("of $0.20"),
         "{note}"
     );
-    let calls = mock
-        .requests()
-        .iter()
-        .filter(|r| r.path() == "/v1/messages" && r.body.get("tools").is_some())
-        .count();
+    let calls = mock.requests().iter().filter(|r| r.is_agent_call()).count();
     assert!(
         calls < 5,
         "claude stopped the turn at the budget: {calls} calls"
@@ -585,5 +658,84 @@ fn a_run_budget_reached_with_three_agents_running_drains_the_run_and_fails_nothi
     assert!(
         !stdout.contains(" running "),
         "no issue is left shown as running: {stdout}"
+    );
+}
+
+#[test]
+fn the_epic_verifiers_spend_counts_in_the_runs() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = setup();
+    let br = Br::init(&br_binary, repo.path(), "meter");
+    let epic = br.create(&NewIssue {
+        title: "One file",
+        issue_type: "epic",
+        priority: 1,
+        ..NewIssue::default()
+    });
+    br.create(&NewIssue {
+        title: "Fix a",
+        priority: 2,
+        parent: Some(&epic),
+        description: "Write the word fixed into FILE=src/a.txt and commit it.",
+        ..NewIssue::default()
+    });
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+    let Offline {
+        mock,
+        harness: _harness,
+        scratch,
+        env,
+    } = offline(script_with_check(repo.path()), &claude, &br_binary);
+    let events = scratch.path().join("events.jsonl");
+
+    let (stdout, _) = mala_run_expecting(
+        &repo,
+        &env,
+        &[
+            "--max-cost",
+            "50",
+            "--events-jsonl",
+            events.to_str().unwrap(),
+        ],
+        0,
+    );
+    assert_eq!(br.json(&["show", &epic])[0]["status"], "closed", "{stdout}");
+    let issue_tokens: u64 = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|event| event["kind"] == "turn_finished")
+        .map(|event| {
+            [
+                "input_tokens",
+                "output_tokens",
+                "cache_read_input_tokens",
+                "cache_creation_input_tokens",
+            ]
+            .iter()
+            .map(|key| event["usage"][key].as_u64().unwrap_or(0))
+            .sum::<u64>()
+        })
+        .sum();
+    let run_tokens: u64 = stdout
+        .split("spent: $")
+        .nth(1)
+        .and_then(|rest| rest.split(", ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a spend line: {stdout}"));
+    let verifier_input: u64 = mock
+        .requests()
+        .iter()
+        .filter(|r| r.body.to_string().contains("All the issues under epic"))
+        .map(mala_testkit::RecordedRequest::input_tokens)
+        .sum();
+    assert!(verifier_input > 0, "the epic was verified by an agent");
+    // Beyond the issue's own turns the run counted at least the verifier's
+    // input (and the preflight, which alone is far less).
+    assert!(
+        run_tokens - issue_tokens >= verifier_input,
+        "run {run_tokens}, issue {issue_tokens}, verifier input {verifier_input}"
     );
 }

@@ -152,6 +152,17 @@ impl ClaudeConfig {
                 self.disallowed_tools.join(","),
             ]);
         }
+        if request.probe {
+            args.extend(
+                [
+                    "--tools",
+                    "Bash",
+                    "--system-prompt",
+                    "You check a coding agent's setup. Do exactly what the user asks, then stop.",
+                ]
+                .map(str::to_owned),
+            );
+        }
         if let Some(append) = &request.system_prompt_append {
             args.extend(["--append-system-prompt".to_owned(), append.clone()]);
         }
@@ -518,5 +529,26 @@ mod tests {
         assert!(joined.contains("--disallowedTools TodoWrite,Monitor"));
         assert!(args.contains(&"--resume=s-1".to_owned()));
         assert!(joined.contains(r#""mala":{"type":"sdk""#));
+        assert!(!joined.contains("--tools"), "work sessions keep every tool");
+    }
+
+    #[test]
+    fn a_probe_session_offers_the_shell_alone_with_a_short_system_prompt() {
+        let config = ClaudeConfig::new("claude", "/state");
+        let mut request = SessionRequest::new(AgentId::new("preflight@r"), "/repo");
+        request.probe = true;
+        let args = config.arguments(&request);
+        let tools = args.iter().position(|a| a == "--tools").expect("--tools");
+        assert_eq!(args[tools + 1], "Bash");
+        let prompt = args
+            .iter()
+            .position(|a| a == "--system-prompt")
+            .expect("--system-prompt");
+        assert!(args[prompt + 1].len() < 200, "{args:?}");
+        // The hooks' permission mode and mala's tools are as for any session.
+        assert!(
+            args.join(" ")
+                .contains("--permission-mode bypassPermissions --mcp-config")
+        );
     }
 }

@@ -1,0 +1,160 @@
+//! The run's preflight, before anything is claimed: one short session whose
+//! one turn asks the agent to run a canary command that mala's guard always
+//! refuses. It proves, at the cost of one short turn, what no issue should
+//! pay to find out: the agent starts here, the model answers (credentials,
+//! network, limits), and the guard sees the agent's commands and its
+//! refusal reaches the agent. A limit met here pauses before the run as it
+//! would during it; anything else stops the run with the tracker untouched.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use mala_core::{
+    AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentId, AgentObserver, Clock, Event,
+    EventSink, SessionRequest, TurnStatus,
+};
+use mala_domain::{
+    Blame, FaultAction, FaultContext, PreflightFailure, START_FAILURES_TO_STOP, Spent, blame,
+    judge_preflight, preflight_prompt, respond_to_fault,
+};
+use tokio::sync::watch;
+
+use crate::orchestrator::{RunError, Stage};
+use crate::pauses::PausePolicy;
+
+/// Why the preflight stopped the run.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    /// The agent could not start, or its turn failed (the kind says why).
+    #[error("preflight: {0}")]
+    Agent(AgentError),
+    /// The turn ended, and did not prove the guard.
+    #[error("preflight: {0}")]
+    Unproven(PreflightFailure),
+    /// A limit outlasts `--max-pause`, or credentials or the account were
+    /// refused: the reason, with the fix.
+    #[error("preflight: {0}")]
+    Environment(String),
+    /// Ctrl-C before the preflight was done.
+    #[error("the run was stopped during its preflight")]
+    Interrupted,
+}
+
+/// What the preflight needs around it.
+pub(crate) struct Preflight<'a> {
+    pub(crate) backend: &'a dyn AgentBackend,
+    pub(crate) cwd: &'a Path,
+    pub(crate) run_id: &'a str,
+    pub(crate) pauses: PausePolicy,
+    pub(crate) events: &'a dyn EventSink,
+    pub(crate) clock: &'a dyn Clock,
+}
+
+impl Preflight<'_> {
+    /// Runs the preflight, waiting out limits within `--max-pause`; what it
+    /// spent, for the run's budget.
+    pub(crate) async fn run(&self, stage: &mut watch::Receiver<Stage>) -> Result<Spent, RunError> {
+        let mut spent = Spent::default();
+        let mut stretch_since = None;
+        let mut pauses_in_row = 0;
+        loop {
+            let tried = tokio::select! {
+                tried = self.try_once(&mut spent) => tried,
+                _ = stage.wait_for(|now| *now != Stage::Running) => {
+                    return Err(PreflightError::Interrupted.into());
+                }
+            };
+            let Err(error) = tried else {
+                return Ok(spent);
+            };
+            let PreflightError::Agent(agent_error) = &error else {
+                return Err(error.into());
+            };
+            let Blame::Environment(fault) = blame(&agent_error.kind) else {
+                return Err(error.into());
+            };
+            let now = self.clock.now();
+            let ctx = FaultContext {
+                now,
+                start_failures_in_row: START_FAILURES_TO_STOP,
+                paused_since: Some(*stretch_since.get_or_insert(now)),
+                pauses_in_row,
+                max_pause: self.pauses.max_pause,
+                backoff: self.pauses.backoff,
+            };
+            let until = match respond_to_fault(&fault, &agent_error.message, &ctx) {
+                FaultAction::Pause { until } => until,
+                FaultAction::Stop { reason }
+                    if !matches!(agent_error.kind, AgentErrorKind::CouldNotStart) =>
+                {
+                    return Err(PreflightError::Environment(reason).into());
+                }
+                FaultAction::Stop { .. } | FaultAction::CarryOn => return Err(error.into()),
+            };
+            self.events.emit(&Event::RunPaused {
+                reason: format!("{}: {}", fault.summary(), agent_error.message),
+                until,
+            });
+            pauses_in_row += 1;
+            let wait = (until - self.clock.now()).to_std().unwrap_or_default();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => self.events.emit(&Event::RunResumed),
+                _ = stage.wait_for(|now| *now != Stage::Running) => {
+                    return Err(PreflightError::Interrupted.into());
+                }
+            }
+        }
+    }
+
+    /// One session, one canary turn, then close.
+    async fn try_once(&self, spent: &mut Spent) -> Result<(), PreflightError> {
+        let seen = Arc::new(Seen::default());
+        let agent = AgentId::new(format!("preflight@{}", self.run_id));
+        let mut request = SessionRequest::new(agent, self.cwd.to_path_buf());
+        request.probe = true;
+        let observer: Arc<dyn AgentObserver> = seen.clone();
+        let mut session = self
+            .backend
+            .start(request, observer)
+            .await
+            .map_err(PreflightError::Agent)?;
+        let turn = session.turn(&preflight_prompt()).await;
+        // The session's process goes whatever the turn did.
+        let _ = session.close().await;
+        let outcome = turn.map_err(PreflightError::Agent)?;
+        spent.add(outcome.total_cost_usd, outcome.usage.total());
+        if let TurnStatus::Failed { reason } = &outcome.status {
+            return Err(PreflightError::Agent(AgentError::new(
+                AgentErrorKind::Crashed,
+                format!("the preflight turn failed: {reason}"),
+            )));
+        }
+        judge_preflight(&seen.take()).map_err(PreflightError::Unproven)
+    }
+}
+
+/// The preflight turn's events, kept for judging.
+#[derive(Default)]
+struct Seen(Mutex<Vec<AgentEvent>>);
+
+impl Seen {
+    fn take(&self) -> Vec<AgentEvent> {
+        std::mem::take(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl AgentObserver for Seen {
+    fn on_event(&self, event: &AgentEvent) {
+        if matches!(
+            event,
+            AgentEvent::ToolUse { .. }
+                | AgentEvent::ToolResult { .. }
+                | AgentEvent::ToolDenied { .. }
+        ) {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(event.clone());
+        }
+    }
+}
