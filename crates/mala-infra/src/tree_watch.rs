@@ -520,24 +520,22 @@ impl TreeWatch {
     /// agent may edit is not an edit; its changes to files the agent does
     /// not hold still are what they are.
     pub fn close(&self, id: WindowId) -> Observed {
-        let window = {
+        // One lock: the window and the notices for its agent leave together.
+        let (window, notices) = {
             let mut state = self.state();
             self.rescan(&mut state);
-            state.open.remove(&id.0)
-        };
-        let Some(window) = window else {
-            return Observed::default();
+            let Some(window) = state.open.remove(&id.0) else {
+                return Observed::default();
+            };
+            let notices = state.notices.remove(&window.agent).unwrap_or_default();
+            (window, notices)
         };
         let mut seen = window.seen;
         seen.sort_by(|a, b| a.change.path.cmp(&b.change.path));
         seen.dedup_by(|a, b| a.change.path == b.change.path);
         let mut observed = Observed {
             git_losses: window.git_losses,
-            changed_by_others: self
-                .state()
-                .notices
-                .remove(&window.agent)
-                .unwrap_or_default(),
+            changed_by_others: notices,
             ..Observed::default()
         };
         for Seen { change, holder } in seen {

@@ -24,6 +24,10 @@ pub struct Sweep {
     pub failed: Vec<IssueId>,
     /// Issues created from blocking or advisory findings.
     pub created: Vec<IssueId>,
+    /// A fault of the environment that kept the verifier from working: the
+    /// sweep ends there (every other epic would meet it too), and the epic
+    /// is tried again by a later sweep.
+    pub fault: Option<(IssueId, mala_core::EnvFault, String)>,
 }
 
 /// Per-run memory of the sweeps: rounds per epic, epics given up on.
@@ -231,6 +235,16 @@ pub async fn sweep_epics(
         let children: Vec<_> = graph.descendants(&epic_id).into_iter().cloned().collect();
         let verdict = match verifier.verify(epic, &children).await {
             Ok(verdict) => verdict,
+            Err(ReviewError::Environment { fault, message }) => {
+                events.emit(&Event::Warning {
+                    message: format!(
+                        "epic {epic_id}: verification could not run: {} ({message}); it stays open",
+                        fault.summary()
+                    ),
+                });
+                sweep.fault = Some((epic_id, fault, message));
+                break;
+            }
             Err(error) => {
                 events.emit(&Event::Warning {
                     message: format!("epic {epic_id}: verification could not run: {error}"),

@@ -567,7 +567,7 @@ impl Orchestrator {
         backend: &Arc<dyn AgentBackend>,
         events: &Arc<dyn EventSink>,
         reviews: &mut Reviews,
-    ) -> Option<String> {
+    ) -> Option<crate::triggers::TriggerStop> {
         let trigger = self.settings.validation_triggers.epic_completion.as_ref()?;
         let succeeded = sweep.closed.iter().map(|e| (e, true));
         let failed = sweep.failed.iter().map(|e| (e, false));
@@ -590,8 +590,8 @@ impl Orchestrator {
                     reviews,
                 )
                 .await;
-            if let TriggerOutcome::Abort { command } = outcome {
-                return Some(command);
+            if let Some(stop) = outcome.stop() {
+                return Some(stop);
             }
         }
         None
@@ -638,7 +638,10 @@ impl Orchestrator {
         let (Some(review), Some(reviewer)) = (review, &self.trigger_reviewer) else {
             return outcome;
         };
-        if matches!(outcome, TriggerOutcome::Abort { .. }) {
+        if matches!(
+            outcome,
+            TriggerOutcome::Abort { .. } | TriggerOutcome::Environment { .. }
+        ) {
             return outcome;
         }
         let since = match review.baseline {
@@ -667,9 +670,14 @@ impl Orchestrator {
         .await;
         reviews.last.insert(kind, started);
         match (outcome, review_outcome) {
-            (_, abort @ TriggerOutcome::Abort { .. }) => abort,
+            (_, stop @ (TriggerOutcome::Abort { .. } | TriggerOutcome::Environment { .. })) => stop,
             (failed @ TriggerOutcome::FailedContinued { .. }, _) => failed,
-            (TriggerOutcome::Passed | TriggerOutcome::Abort { .. }, second) => second,
+            (
+                TriggerOutcome::Passed
+                | TriggerOutcome::Abort { .. }
+                | TriggerOutcome::Environment { .. },
+                second,
+            ) => second,
         }
     }
 }
@@ -823,8 +831,8 @@ impl Orchestrator {
     /// files, the record and the marker; one outcome for all of them.
     async fn finish(&self, mut scheduler: Scheduler<'_>, loop_end: DoneReason) -> RunSummary {
         scheduler.settle_spend();
-        if let Some(command) = scheduler.fire_run_end().await {
-            scheduler.summary.aborted = Some(command);
+        if let Some(stop) = scheduler.fire_run_end().await {
+            scheduler.trigger_stopped(stop);
         }
         let summary = &scheduler.summary;
         let reason = final_reason(

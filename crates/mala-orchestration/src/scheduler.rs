@@ -21,7 +21,7 @@ use crate::epics::{EpicBook, sweep_epics};
 use crate::orchestrator::{Orchestrator, Reviews, RunError, RunSummary, Stage, resume_for};
 use crate::pauses::Pauses;
 use crate::setup::RunContext;
-use crate::triggers::TriggerOutcome;
+use crate::triggers::TriggerStop;
 
 /// Everything that can reach the scheduler while it waits.
 #[derive(Debug)]
@@ -34,7 +34,7 @@ pub(crate) enum Input {
     StageChanged { open: bool },
     /// A `session_end` trigger set to abort failed: the command; `None`
     /// once no trigger can say so any more.
-    SessionEndAbort(Option<String>),
+    SessionEndAbort(Option<crate::triggers::TriggerStop>),
     /// Watch mode's interval passed with nothing ready.
     WatchTick,
     /// A runner met a fault of the environment.
@@ -74,7 +74,7 @@ struct Inbox {
     stage_open: bool,
     victims: mpsc::UnboundedReceiver<DeadlockNews>,
     victims_open: bool,
-    session_end: mpsc::UnboundedReceiver<String>,
+    session_end: mpsc::UnboundedReceiver<TriggerStop>,
     session_end_open: bool,
 }
 
@@ -178,8 +178,8 @@ impl<'o> Scheduler<'o> {
             self.summary.interrupted = true;
             return Ok(Pass::Over(DoneReason::Interrupted));
         }
-        while let Ok(command) = self.inbox.session_end.try_recv() {
-            self.on(Input::SessionEndAbort(Some(command)));
+        while let Ok(stop) = self.inbox.session_end.try_recv() {
+            self.on(Input::SessionEndAbort(Some(stop)));
         }
         if self.periodic_due {
             if !self.active.is_empty() {
@@ -189,16 +189,21 @@ impl<'o> Scheduler<'o> {
                 return Ok(Pass::Again);
             }
             self.periodic_due = false;
-            if let Some(command) = self.fire_periodic().await {
-                return Ok(Pass::Over(self.abort(command)));
+            if let Some(stop) = self.fire_periodic().await {
+                return Ok(Pass::Over(self.trigger_stopped(stop)));
             }
         }
         if spawn_capacity(&self.view()) > 0 {
             self.plan_and_spawn().await?;
         }
-        if self.active.is_empty() && self.sweep_pending && self.may_start_work() {
+        // A paused run sweeps once the pause is over: a verifier meets limits too.
+        if self.active.is_empty()
+            && self.sweep_pending
+            && self.may_start_work()
+            && self.pauses.until().is_none()
+        {
             match self.sweep().await {
-                Some(Err(command)) => return Ok(Pass::Over(self.abort(command))),
+                Some(Err(stop)) => return Ok(Pass::Over(self.trigger_stopped(stop))),
                 Some(Ok(())) => return Ok(Pass::Again),
                 None => {}
             }
@@ -232,9 +237,21 @@ impl<'o> Scheduler<'o> {
             && self.pauses.budget_reached().is_none()
     }
 
-    fn abort(&mut self, command: String) -> DoneReason {
-        self.summary.aborted = Some(command.clone());
-        DoneReason::Aborted { command }
+    /// A trigger stops the run: its validation failed for good (exit 3),
+    /// or the environment stopped its fixer, as it would stop a runner's
+    /// agent (exit 4). The first stop is the one said.
+    pub(crate) fn trigger_stopped(&mut self, stop: TriggerStop) -> DoneReason {
+        match stop {
+            TriggerStop::Abort { command } => {
+                let command = self.summary.aborted.get_or_insert(command).clone();
+                DoneReason::Aborted { command }
+            }
+            TriggerStop::Environment { reason } => {
+                self.pauses.stop(reason.clone(), self.ctx.events.as_ref());
+                let reason = self.summary.stopped.get_or_insert(reason).clone();
+                DoneReason::Stopped { reason }
+            }
+        }
     }
 
     fn view(&self) -> SchedulerView {
@@ -340,9 +357,9 @@ impl<'o> Scheduler<'o> {
             }
             Input::Deadlock(news) => self.deadlock_news(news),
             Input::StageChanged { open } => self.inbox.stage_open = open,
-            Input::SessionEndAbort(Some(command)) => {
-                // Finish what runs, start nothing; the first abort is the one said.
-                self.summary.aborted.get_or_insert(command);
+            Input::SessionEndAbort(Some(stop)) => {
+                // Finish what runs, start nothing.
+                self.trigger_stopped(stop);
             }
             Input::SessionEndAbort(None) => self.inbox.session_end_open = false,
             Input::WatchTick => {}
@@ -600,7 +617,7 @@ impl<'o> Scheduler<'o> {
     /// Verifies or closes the eligible epics. `None` when nothing changed,
     /// `Some(Ok)` when the queue may have (plan again), `Some(Err)` with
     /// the failed command when `epic_completion` stops the run.
-    async fn sweep(&mut self) -> Option<Result<(), String>> {
+    async fn sweep(&mut self) -> Option<Result<(), TriggerStop>> {
         self.sweep_pending = false;
         let orchestrator = self.orchestrator;
         let max_rounds = orchestrator
@@ -628,18 +645,30 @@ impl<'o> Scheduler<'o> {
                 return None;
             }
         };
-        if let Some(command) = orchestrator
+        if let Some((epic, fault, message)) = sweep.fault.clone() {
+            // As a runner's agent would: the run pauses or stops; after a
+            // pause a later sweep tries the epic again.
+            self.on(Input::Fault(mala_pipeline::FaultReport {
+                issue: epic,
+                fault,
+                message,
+                reply: None,
+            }));
+            self.sweep_pending = self.summary.stopped.is_none();
+        }
+        if let Some(stop) = orchestrator
             .epic_completion(&sweep, &orchestrator.fixers, &events, &mut self.reviews)
             .await
         {
-            return Some(Err(command));
+            return Some(Err(stop));
         }
-        // A closed epic may complete its parent; new issues may be ready.
-        self.sweep_pending = !sweep.closed.is_empty();
+        // A closed epic may complete its parent; new issues may be ready;
+        // an epic a pause kept from its verifier is tried again.
+        self.sweep_pending |= !sweep.closed.is_empty();
         (!sweep.closed.is_empty() || !sweep.created.is_empty()).then_some(Ok(()))
     }
 
-    async fn fire_periodic(&mut self) -> Option<String> {
+    async fn fire_periodic(&mut self) -> Option<TriggerStop> {
         let orchestrator = self.orchestrator;
         let periodic = orchestrator
             .settings
@@ -651,7 +680,7 @@ impl<'o> Scheduler<'o> {
 
     /// `run_end`, when the run was not stopped and its `fire_on` says so.
     /// Returns the failed command when it aborts.
-    pub(crate) async fn fire_run_end(&mut self) -> Option<String> {
+    pub(crate) async fn fire_run_end(&mut self) -> Option<TriggerStop> {
         let orchestrator = self.orchestrator;
         let run_end = orchestrator.settings.validation_triggers.run_end.as_ref()?;
         let summary = &self.summary;
@@ -669,7 +698,11 @@ impl<'o> Scheduler<'o> {
 
     /// Fires the trigger named `kind`; returns the failed command when it
     /// stops the run.
-    async fn fire(&mut self, kind: &'static str, trigger: &mala_domain::Trigger) -> Option<String> {
+    async fn fire(
+        &mut self,
+        kind: &'static str,
+        trigger: &mala_domain::Trigger,
+    ) -> Option<TriggerStop> {
         let events = self.events();
         let outcome = self
             .orchestrator
@@ -681,10 +714,7 @@ impl<'o> Scheduler<'o> {
                 &mut self.reviews,
             )
             .await;
-        match outcome {
-            TriggerOutcome::Abort { command } => Some(command),
-            _ => None,
-        }
+        outcome.stop()
     }
 
     /// The second Ctrl-C: interrupt every session and give the workers a

@@ -34,7 +34,7 @@ pub(crate) struct RunContext {
     monitor: Option<JoinHandle<()>>,
     /// The scheduler's inputs from outside it, taken once by the scheduler.
     pub(crate) victims: Option<mpsc::UnboundedReceiver<DeadlockNews>>,
-    pub(crate) session_end_aborts: Option<mpsc::UnboundedReceiver<String>>,
+    pub(crate) session_end_aborts: Option<mpsc::UnboundedReceiver<crate::triggers::TriggerStop>>,
     pub(crate) fault_desk: Option<FaultDesk>,
 }
 
@@ -133,7 +133,7 @@ fn mark_the_run(
 fn runner_ports(
     orchestrator: &Orchestrator,
     events: &Arc<dyn EventSink>,
-    session_end_aborts: mpsc::UnboundedSender<String>,
+    session_end_aborts: mpsc::UnboundedSender<crate::triggers::TriggerStop>,
     faults: FaultLine,
 ) -> RunnerPorts {
     let settings = &orchestrator.settings;

@@ -37,6 +37,32 @@ pub enum TriggerOutcome {
         /// The command (or review) that failed.
         command: String,
     },
+    /// The environment kept the fixer from working (credentials, a limit,
+    /// an API down): the run stops for the environment, not for the code.
+    Environment {
+        /// What the fixer met, and the fix.
+        reason: String,
+    },
+}
+
+/// How a trigger stops the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TriggerStop {
+    /// Its validation failed for good (exit 3).
+    Abort { command: String },
+    /// The environment stopped its fixer (exit 4).
+    Environment { reason: String },
+}
+
+impl TriggerOutcome {
+    /// The stop this outcome means for the run, if any.
+    pub(crate) fn stop(self) -> Option<TriggerStop> {
+        match self {
+            Self::Abort { command } => Some(TriggerStop::Abort { command }),
+            Self::Environment { reason } => Some(TriggerStop::Environment { reason }),
+            Self::Passed | Self::FailedContinued { .. } => None,
+        }
+    }
 }
 
 /// The trigger's commands as mala runs them.
@@ -60,7 +86,7 @@ pub(crate) struct SessionEndTrigger {
     pub(crate) backend: Arc<dyn AgentBackend>,
     pub(crate) run_id: String,
     pub(crate) events: Arc<dyn EventSink>,
-    pub(crate) aborts: mpsc::UnboundedSender<String>,
+    pub(crate) aborts: mpsc::UnboundedSender<TriggerStop>,
 }
 
 #[async_trait::async_trait]
@@ -84,7 +110,12 @@ impl SessionEndCheck for SessionEndTrigger {
             TriggerOutcome::Abort { command } => {
                 let said = format!("`{command}` failed; the run stops after the running issues");
                 // The scheduler is gone only once the run is over.
-                let _ = self.aborts.send(command);
+                let _ = self.aborts.send(TriggerStop::Abort { command });
+                said
+            }
+            TriggerOutcome::Environment { reason } => {
+                let said = format!("{reason}; the run stops after the running issues");
+                let _ = self.aborts.send(TriggerStop::Environment { reason });
                 said
             }
         }
@@ -165,10 +196,14 @@ pub async fn run_trigger(
                     events,
                 )
                 .await;
-                if !fixed {
-                    return TriggerOutcome::Abort {
-                        command: failed.command,
-                    };
+                match fixed {
+                    Fixer::Worked => {}
+                    Fixer::CouldNotRun => {
+                        return TriggerOutcome::Abort {
+                            command: failed.command,
+                        };
+                    }
+                    Fixer::Environment(reason) => return TriggerOutcome::Environment { reason },
                 }
             }
         }
@@ -184,7 +219,17 @@ struct Fix<'a> {
     output: &'a str,
 }
 
-/// One fixer session on `fix`. `false` when no fixer could run at all.
+/// How one fixer session went.
+enum Fixer {
+    /// It worked (whether it fixed anything, the commands say next).
+    Worked,
+    /// No fixer could run, for a reason of its own.
+    CouldNotRun,
+    /// The environment kept it from working; what it met.
+    Environment(String),
+}
+
+/// One fixer session on `fix`.
 async fn run_fixer(
     fix: &Fix<'_>,
     commands: &[TriggerCommand],
@@ -192,7 +237,7 @@ async fn run_fixer(
     backend: &Arc<dyn AgentBackend>,
     run_id: &str,
     events: &Arc<dyn EventSink>,
-) -> bool {
+) -> Fixer {
     let listed: Vec<String> = commands
         .iter()
         .map(|c| format!("- `{}`", c.command))
@@ -215,7 +260,7 @@ async fn run_fixer(
         ],
     );
     let Ok(prompt) = prompt else {
-        return false;
+        return Fixer::CouldNotRun;
     };
     let fixer = AgentId::new(format!("fixer-{}-{}@{run_id}", fix.name, fix.round));
     match backend
@@ -228,26 +273,40 @@ async fn run_fixer(
         Ok(mut session) => {
             let turn = session.turn(&prompt).await;
             let _ = session.close().await;
-            match turn.map_err(|error| (mala_domain::blame(&error.kind), error)) {
-                Err((mala_domain::Blame::Environment(fault), error)) => {
-                    // Another round would meet the same fault: say the real cause.
-                    events.emit(&Event::Warning {
-                        message: format!(
-                            "the {} trigger's fixer could not work: {} ({error}); its remediation stops",
-                            fix.name,
-                            fault.summary()
-                        ),
-                    });
-                    false
-                }
-                _ => true,
+            match turn {
+                Err(error) => fixer_failed(fix, &error, events, Fixer::Worked),
+                Ok(_) => Fixer::Worked,
             }
         }
-        Err(error) => {
+        Err(error) => fixer_failed(fix, &error, events, Fixer::CouldNotRun),
+    }
+}
+
+/// A fixer's error: the environment's stops the run (another round would
+/// meet the same fault); any other is the fixer's own, `otherwise`.
+fn fixer_failed(
+    fix: &Fix<'_>,
+    error: &mala_core::AgentError,
+    events: &Arc<dyn EventSink>,
+    otherwise: Fixer,
+) -> Fixer {
+    match mala_domain::blame(&error.kind) {
+        mala_domain::Blame::Environment(fault) => {
+            let reason = format!(
+                "the {} trigger's fixer could not work: {} ({error}); its remediation stops",
+                fix.name,
+                fault.summary()
+            );
             events.emit(&Event::Warning {
-                message: format!("the fixer could not start: {error}"),
+                message: reason.clone(),
             });
-            false
+            Fixer::Environment(reason)
+        }
+        mala_domain::Blame::Issue => {
+            events.emit(&Event::Warning {
+                message: format!("the {} trigger's fixer failed: {error}", fix.name),
+            });
+            otherwise
         }
     }
 }
@@ -353,8 +412,10 @@ pub(crate) async fn run_code_review(
             failed: &label,
             output: &listed,
         };
-        if !run_fixer(&fix, run.commands, repo, backend, run_id, events).await {
-            return outcome_of_failure(FailureMode::Abort, label);
+        match run_fixer(&fix, run.commands, repo, backend, run_id, events).await {
+            Fixer::Worked => {}
+            Fixer::CouldNotRun => return outcome_of_failure(FailureMode::Abort, label),
+            Fixer::Environment(reason) => return TriggerOutcome::Environment { reason },
         }
     }
 }
@@ -473,7 +534,7 @@ mod tests {
         };
         let outcome = run_trigger("run_end", &remediate, dir.path(), &backend, "r", &events).await;
         assert!(
-            matches!(outcome, TriggerOutcome::Abort { .. }),
+            matches!(&outcome, TriggerOutcome::Environment { reason } if reason.contains("credentials")),
             "{outcome:?}"
         );
         let said = collect.0.lock().unwrap().join("\n");
@@ -512,6 +573,11 @@ mod tests {
         );
         let said = check(FailureMode::Abort).run(&issue).await;
         assert!(said.contains("run stops"), "{said}");
-        assert_eq!(said_abort.try_recv().ok().as_deref(), Some("exit 1"));
+        assert_eq!(
+            said_abort.try_recv().ok(),
+            Some(TriggerStop::Abort {
+                command: "exit 1".into()
+            })
+        );
     }
 }

@@ -1079,3 +1079,139 @@ async fn ctrl_c_during_a_preflight_pause_ends_the_run_with_nothing_claimed() {
     assert!(world.events.claimed().is_empty());
     world.assert_untouched(1).await;
 }
+
+#[tokio::test]
+async fn a_fixer_the_environment_refuses_stops_the_run_for_the_environment_not_as_an_abort() {
+    let mut world = World::new(vec![task("m-1")], Duration::from_millis(5));
+    world.backend = world
+        .backend
+        .clone()
+        .failing_fixers(mala_core::AgentErrorKind::Authentication);
+    let mut config = settings(world.dir.path());
+    config.validation_triggers.run_end = Some(mala_domain::RunEndTrigger {
+        trigger: mala_domain::Trigger {
+            failure_mode: mala_domain::FailureMode::Remediate,
+            max_retries: 3,
+            commands: vec![mala_domain::TriggerCommand {
+                name: "check".into(),
+                command: "exit 1".into(),
+                timeout: None,
+            }],
+            code_review: None,
+        },
+        fire_on: mala_domain::FireOn::Both,
+    });
+    let (_stage, stages) = watch::channel(Stage::Running);
+    let summary = world
+        .builder(config, plan(1))
+        .build()
+        .unwrap()
+        .run(stages)
+        .await
+        .unwrap();
+    assert_eq!(ids(&summary.closed), vec!["m-1"]);
+    assert_eq!(summary.aborted, None, "{summary:?}");
+    let stopped = summary
+        .stopped
+        .clone()
+        .expect("stopped for the environment");
+    assert!(
+        stopped.contains("fixer could not work") && stopped.contains("credentials"),
+        "{stopped}"
+    );
+    assert_eq!(
+        world.backend.sessions(),
+        2,
+        "the issue's, and one fixer only"
+    );
+}
+
+/// An epic verifier whose first `failing` turns fail with `kind`, then
+/// pass every epic.
+fn verifier_meeting(
+    kind: mala_core::AgentErrorKind,
+    failing: usize,
+) -> mala_core::MockAgentBackend {
+    let turns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut backend = mala_core::MockAgentBackend::new();
+    backend.expect_start().returning(move |_, _| {
+        let mut session = mala_core::MockAgentSession::new();
+        let (turns, kind) = (Arc::clone(&turns), kind.clone());
+        session.expect_turn().returning(move |_| {
+            if turns.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < failing {
+                return Err(mala_core::AgentError::new(
+                    kind.clone(),
+                    "scripted: refused",
+                ));
+            }
+            Ok(mala_core::TurnOutcome {
+                status: mala_core::TurnStatus::Completed,
+                session_id: None,
+                final_text: r#"{"passed": true, "findings": []}"#.into(),
+                usage: mala_core::TokenUsage::default(),
+                total_cost_usd: 0.0,
+                num_turns: 1,
+                permission_denials: Vec::new(),
+            })
+        });
+        session.expect_close().returning(|| Ok(()));
+        Ok(Box::new(session))
+    });
+    backend
+}
+
+#[tokio::test]
+async fn an_epic_verifier_meeting_a_limit_pauses_the_run_then_verifies_the_epic() {
+    let world = World::new(epic_with_child(), Duration::from_millis(5));
+    let mut config = settings(world.dir.path());
+    config.epic_verification.enabled = true;
+    let verifier = verifier_meeting(
+        mala_core::AgentErrorKind::RateLimited { resets_at: None },
+        1,
+    );
+    let (_stage, stages) = watch::channel(Stage::Running);
+    let summary = world
+        .builder(
+            config,
+            RunPlan {
+                pauses: pausing(Duration::from_secs(60)),
+                ..plan(1)
+            },
+        )
+        .epic_backend(Arc::new(verifier))
+        .build()
+        .unwrap()
+        .run(stages)
+        .await
+        .unwrap();
+    assert_eq!(summary.stopped, None, "{summary:?}");
+    let events = world.events.0.lock().unwrap().clone();
+    assert!(events.iter().any(|e| matches!(e, Event::RunPaused { .. })));
+    assert!(events.iter().any(|e| matches!(e, Event::RunResumed)));
+    assert_eq!(
+        world.status("m-e").await,
+        IssueStatus::Closed,
+        "verified after the pause"
+    );
+}
+
+#[tokio::test]
+async fn an_epic_verifier_refused_credentials_stops_the_run_and_leaves_the_epic_open() {
+    let world = World::new(epic_with_child(), Duration::from_millis(5));
+    let mut config = settings(world.dir.path());
+    config.epic_verification.enabled = true;
+    let verifier = verifier_meeting(mala_core::AgentErrorKind::Authentication, usize::MAX);
+    let (_stage, stages) = watch::channel(Stage::Running);
+    let summary = world
+        .builder(config, plan(1))
+        .epic_backend(Arc::new(verifier))
+        .build()
+        .unwrap()
+        .run(stages)
+        .await
+        .unwrap();
+    let stopped = summary.stopped.clone().expect("stopped");
+    assert!(stopped.contains("credentials"), "{stopped}");
+    assert_eq!(world.status("m-e").await, IssueStatus::Open);
+    assert_eq!(world.status("m-c").await, IssueStatus::Closed);
+}

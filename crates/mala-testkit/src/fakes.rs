@@ -469,6 +469,8 @@ pub struct ScriptedBackend {
     refusing: Arc<Mutex<usize>>,
     /// Its tools run with no guard: the preflight canary runs.
     unguarded: bool,
+    /// How the turns of sessions on no issue (trigger fixers) fail.
+    fixers_fail: Option<AgentErrorKind>,
 }
 
 impl std::fmt::Debug for ScriptedBackend {
@@ -493,7 +495,16 @@ impl ScriptedBackend {
             turn_cost: 0.0,
             refusing: Arc::default(),
             unguarded: false,
+            fixers_fail: None,
         }
+    }
+
+    /// The turns of sessions on no issue (a trigger's fixers) fail with
+    /// `kind`, as the model API would refuse them.
+    #[must_use]
+    pub fn failing_fixers(mut self, kind: AgentErrorKind) -> Self {
+        self.fixers_fail = Some(kind);
+        self
     }
 
     /// Its tools run with no guard (hooks switched off): the preflight's
@@ -652,7 +663,10 @@ impl AgentSession for ScriptedSession {
         }
         let Some(issue) = &self.issue else {
             return Err(AgentError::new(
-                AgentErrorKind::Protocol,
+                self.backend
+                    .fixers_fail
+                    .clone()
+                    .unwrap_or(AgentErrorKind::Protocol),
                 "the scripted agent works on issues only",
             ));
         };
