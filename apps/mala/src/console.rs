@@ -86,6 +86,8 @@ pub(crate) struct Tally {
     /// Tool calls per issue since its last turn ended, by tool name.
     tools: HashMap<IssueId, BTreeMap<String, u32>>,
     waiting: usize,
+    /// When the run's pause ends, while it is paused.
+    paused_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Tally {
@@ -97,6 +99,7 @@ impl Tally {
             agents: HashMap::new(),
             tools: HashMap::new(),
             waiting: 0,
+            paused_until: None,
         }
     }
 
@@ -173,6 +176,8 @@ impl Tally {
                 }
             }
             Event::QueuePlanned { waiting } => self.waiting = *waiting,
+            Event::RunPaused { until, .. } => self.paused_until = Some(*until),
+            Event::RunResumed | Event::RunFinished { .. } => self.paused_until = None,
             Event::IssueClosed { issue } => self.end(issue, "closed", None, now),
             Event::IssueFailed { issue, reason } => {
                 self.end(issue, "failed", Some(reason.clone()), now);
@@ -220,8 +225,12 @@ impl Tally {
 
     /// The live status line.
     pub(crate) fn status(&self, now: Instant) -> String {
+        let state = match self.paused_until {
+            Some(until) => format!("⏸ paused until {} ·", until.format("%H:%M:%S UTC")),
+            None => "⏵".to_owned(),
+        };
         format!(
-            "⏵ {} running · {} waiting · {} closed · {} failed · {} · {} tokens · ${:.2}",
+            "{state} {} running · {} waiting · {} closed · {} failed · {} · {} tokens · ${:.2}",
             self.running(),
             self.waiting,
             self.count("closed"),
@@ -803,6 +812,30 @@ mod tests {
             (30, finished(RunOutcome::Drained)),
         ];
         insta::assert_snapshot!(screen(&events, 31));
+    }
+
+    #[test]
+    fn the_status_line_says_a_pause_and_its_end_until_the_run_resumes() {
+        let mut tally = Tally::new(Instant::now());
+        let until = chrono::DateTime::parse_from_rfc3339("2026-12-02T23:05:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        tally.observe(
+            &Event::RunPaused {
+                reason: "a usage or rate limit was reached: 429".into(),
+                until,
+            },
+            Instant::now(),
+        );
+        assert!(
+            tally
+                .status(Instant::now())
+                .starts_with("⏸ paused until 23:05:00 UTC · 0 running"),
+            "{}",
+            tally.status(Instant::now())
+        );
+        tally.observe(&Event::RunResumed, Instant::now());
+        assert!(tally.status(Instant::now()).starts_with("⏵ 0 running"));
     }
 
     #[test]
