@@ -89,10 +89,11 @@ impl From<TrackerError> for Failure {
 /// How to get past an agent backend that cannot start, when mala knows.
 const LOGIN_HINT: &str = "log in with `claude` or set ANTHROPIC_API_KEY";
 
-/// Claude Code refuses to skip permission prompts as root.
+/// The model API could not be reached.
 const NETWORK_HINT: &str =
     "check the network, and ANTHROPIC_BASE_URL and the proxy variables (HTTPS_PROXY) if set";
 
+/// Claude Code refuses to skip permission prompts as root.
 const ROOT_HINT: &str = "Claude Code will not run agents with permissions bypassed as root: run mala as \
      an ordinary user, or, inside a container or sandbox you trust, set IS_SANDBOX=1";
 

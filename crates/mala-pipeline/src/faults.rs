@@ -144,12 +144,12 @@ impl FaultLine {
         }
     }
 
-    /// What the run has spent so far.
     /// Counts spend made outside any issue (the run's preflight).
     pub fn count(&self, spent: Spent) {
         self.ledger.add(spent.cost_usd, spent.tokens);
     }
 
+    /// What the run has spent so far.
     pub fn spent(&self) -> Spent {
         self.ledger.spent()
     }
