@@ -272,7 +272,7 @@ pub(crate) fn resume_for(
 
 /// The stage once it is no longer `Running`; pending for ever when nobody
 /// can change it any more.
-async fn stopped(stage: &mut watch::Receiver<Stage>) -> Stage {
+pub(crate) async fn stopped(stage: &mut watch::Receiver<Stage>) -> Stage {
     let now = stage
         .wait_for(|now| *now != Stage::Running)
         .await

@@ -19,7 +19,7 @@ use mala_domain::{
 };
 use tokio::sync::watch;
 
-use crate::orchestrator::{RunError, Stage};
+use crate::orchestrator::{RunError, Stage, stopped};
 use crate::pauses::PausePolicy;
 
 /// Why the preflight stopped the run.
@@ -60,7 +60,7 @@ impl Preflight<'_> {
         loop {
             let tried = tokio::select! {
                 tried = self.try_once(&mut spent) => tried,
-                _ = stage.wait_for(|now| *now != Stage::Running) => {
+                _ = stopped(stage) => {
                     return Err(PreflightError::Interrupted.into());
                 }
             };
@@ -98,8 +98,8 @@ impl Preflight<'_> {
             pauses_in_row += 1;
             let wait = (until - self.clock.now()).to_std().unwrap_or_default();
             tokio::select! {
-                () = tokio::time::sleep(wait) => self.events.emit(&Event::RunResumed),
-                _ = stage.wait_for(|now| *now != Stage::Running) => {
+                () = self.clock.sleep(wait) => self.events.emit(&Event::RunResumed),
+                _ = stopped(stage) => {
                     return Err(PreflightError::Interrupted.into());
                 }
             }
