@@ -27,4 +27,4 @@ pub use orchestrator::{
 pub use pauses::PausePolicy;
 pub use preflight::PreflightError;
 pub use run::{EpicVerifyRequest, RunRequest, run, verify_one_epic};
-pub use triggers::{TriggerOutcome, run_trigger};
+pub use triggers::TriggerOutcome;

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 use crate::pauses::PausePolicy;
 use crate::scheduler::Scheduler;
 use crate::setup::RunContext;
-use crate::triggers::{CodeReviewRun, TriggerOutcome, run_code_review, run_trigger};
+use crate::triggers::{CodeReviewRun, TriggerOutcome, TriggerSite, run_code_review, run_trigger};
 
 /// The shutdown stages a Ctrl-C steps through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -564,7 +564,6 @@ impl Orchestrator {
     pub(crate) async fn epic_completion(
         &self,
         sweep: &crate::epics::Sweep,
-        backend: &Arc<dyn AgentBackend>,
         events: &Arc<dyn EventSink>,
         reviews: &mut Reviews,
     ) -> Option<crate::triggers::TriggerStop> {
@@ -585,7 +584,6 @@ impl Orchestrator {
                 .fire(
                     ("epic_completion", &format!("epic_completion ({epic})")),
                     &trigger.trigger,
-                    backend,
                     events,
                     reviews,
                 )
@@ -614,6 +612,17 @@ impl Reviews {
 }
 
 impl Orchestrator {
+    /// Where the run's triggers run, saying things to `events`.
+    pub(crate) fn trigger_site(&self, events: &Arc<dyn EventSink>) -> TriggerSite {
+        TriggerSite {
+            repo: self.repo_root.clone(),
+            fixers: Arc::clone(&self.fixers),
+            ledger: Arc::clone(&self.ledger),
+            run_id: self.plan.run_id.clone(),
+            events: Arc::clone(events),
+        }
+    }
+
     /// Runs a trigger's commands, then its code review when it has one and
     /// the commands did not stop the run. `kind` names the trigger in the
     /// settings; `name` in what the run says.
@@ -621,27 +630,16 @@ impl Orchestrator {
         &self,
         (kind, name): (&'static str, &str),
         trigger: &mala_domain::Trigger,
-        backend: &Arc<dyn AgentBackend>,
         events: &Arc<dyn EventSink>,
         reviews: &mut Reviews,
     ) -> TriggerOutcome {
-        let outcome = run_trigger(
-            name,
-            trigger,
-            &self.repo_root,
-            backend,
-            &self.plan.run_id,
-            events,
-        )
-        .await;
+        let site = self.trigger_site(events);
+        let outcome = run_trigger(name, trigger, &site).await;
         let review = trigger.code_review.as_ref().filter(|r| r.enabled);
         let (Some(review), Some(reviewer)) = (review, &self.trigger_reviewer) else {
             return outcome;
         };
-        if matches!(
-            outcome,
-            TriggerOutcome::Abort { .. } | TriggerOutcome::Environment { .. }
-        ) {
+        if outcome.stops_the_review() {
             return outcome;
         }
         let since = match review.baseline {
@@ -662,22 +660,14 @@ impl Orchestrator {
                 repository: self.repository.as_ref(),
                 since,
             },
-            &self.repo_root,
-            backend,
-            &self.plan.run_id,
-            events,
+            &site,
         )
         .await;
         reviews.last.insert(kind, started);
         match (outcome, review_outcome) {
-            (_, stop @ (TriggerOutcome::Abort { .. } | TriggerOutcome::Environment { .. })) => stop,
+            (_, stop) if stop.stops_the_review() => stop,
             (failed @ TriggerOutcome::FailedContinued { .. }, _) => failed,
-            (
-                TriggerOutcome::Passed
-                | TriggerOutcome::Abort { .. }
-                | TriggerOutcome::Environment { .. },
-                second,
-            ) => second,
+            (_, second) => second,
         }
     }
 }

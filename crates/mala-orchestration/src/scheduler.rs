@@ -657,7 +657,7 @@ impl<'o> Scheduler<'o> {
             self.sweep_pending = self.summary.stopped.is_none();
         }
         if let Some(stop) = orchestrator
-            .epic_completion(&sweep, &orchestrator.fixers, &events, &mut self.reviews)
+            .epic_completion(&sweep, &events, &mut self.reviews)
             .await
         {
             return Some(Err(stop));
@@ -706,13 +706,7 @@ impl<'o> Scheduler<'o> {
         let events = self.events();
         let outcome = self
             .orchestrator
-            .fire(
-                (kind, kind),
-                trigger,
-                &self.orchestrator.fixers,
-                &events,
-                &mut self.reviews,
-            )
+            .fire((kind, kind), trigger, &events, &mut self.reviews)
             .await;
         outcome.stop()
     }

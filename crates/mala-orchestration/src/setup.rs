@@ -152,10 +152,7 @@ fn runner_ports(
             .map(|trigger| {
                 Arc::new(SessionEndTrigger {
                     trigger: trigger.clone(),
-                    repo: orchestrator.repo_root.clone(),
-                    backend: Arc::clone(&orchestrator.fixers),
-                    run_id: orchestrator.plan.run_id.clone(),
-                    events: Arc::clone(events),
+                    site: orchestrator.trigger_site(events),
                     aborts: session_end_aborts,
                 }) as Arc<dyn mala_pipeline::SessionEndCheck>
             }),

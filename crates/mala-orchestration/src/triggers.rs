@@ -5,7 +5,7 @@
 //! and the commands run again. A trigger's `code_review` then reads the
 //! run's recent commits together.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -17,7 +17,7 @@ use mala_domain::{
     CodeReview, FailureMode, PromptKind, Trigger, TriggerCommand, findings_list, render_prompt,
 };
 use mala_infra::run_commands;
-use mala_pipeline::{SessionEndCheck, ask_reviewer};
+use mala_pipeline::{RunLedger, SessionEndCheck, ask_reviewer};
 use tokio::sync::mpsc;
 
 /// How a trigger ended.
@@ -43,6 +43,13 @@ pub enum TriggerOutcome {
         /// What the fixer met, and the fix.
         reason: String,
     },
+    /// The run's budget was reached before the fixer or the review could
+    /// finish: no verdict on the code. The run is draining for its budget
+    /// already, so this stops nothing more.
+    BudgetReached {
+        /// What the run had spent.
+        spent: String,
+    },
 }
 
 /// How a trigger stops the run.
@@ -55,12 +62,21 @@ pub(crate) enum TriggerStop {
 }
 
 impl TriggerOutcome {
+    /// Whether the commands' outcome leaves the trigger's review unasked
+    /// (and, from the review, beats the commands' outcome).
+    pub(crate) fn stops_the_review(&self) -> bool {
+        matches!(
+            self,
+            Self::Abort { .. } | Self::Environment { .. } | Self::BudgetReached { .. }
+        )
+    }
+
     /// The stop this outcome means for the run, if any.
     pub(crate) fn stop(self) -> Option<TriggerStop> {
         match self {
             Self::Abort { command } => Some(TriggerStop::Abort { command }),
             Self::Environment { reason } => Some(TriggerStop::Environment { reason }),
-            Self::Passed | Self::FailedContinued { .. } => None,
+            Self::Passed | Self::FailedContinued { .. } | Self::BudgetReached { .. } => None,
         }
     }
 }
@@ -77,15 +93,23 @@ fn check_commands(commands: &[TriggerCommand]) -> Vec<CheckCommand> {
         .collect()
 }
 
+/// Where a trigger runs: the repository, the backend its fixers start on
+/// (metered), the run's ledger they spend from, and where it says things.
+#[derive(Clone)]
+pub(crate) struct TriggerSite {
+    pub(crate) repo: PathBuf,
+    pub(crate) fixers: Arc<dyn AgentBackend>,
+    pub(crate) ledger: Arc<RunLedger>,
+    pub(crate) run_id: String,
+    pub(crate) events: Arc<dyn EventSink>,
+}
+
 /// The `session_end` trigger as the runner calls it. An `abort` failure
 /// sends the failed command to the scheduler, which stops spawning; the
 /// run then exits 3.
 pub(crate) struct SessionEndTrigger {
     pub(crate) trigger: Trigger,
-    pub(crate) repo: PathBuf,
-    pub(crate) backend: Arc<dyn AgentBackend>,
-    pub(crate) run_id: String,
-    pub(crate) events: Arc<dyn EventSink>,
+    pub(crate) site: TriggerSite,
     pub(crate) aborts: mpsc::UnboundedSender<TriggerStop>,
 }
 
@@ -93,15 +117,7 @@ pub(crate) struct SessionEndTrigger {
 impl SessionEndCheck for SessionEndTrigger {
     async fn run(&self, issue: &IssueId) -> String {
         let name = format!("session_end ({issue})");
-        let outcome = run_trigger(
-            &name,
-            &self.trigger,
-            &self.repo,
-            &self.backend,
-            &self.run_id,
-            &self.events,
-        )
-        .await;
+        let outcome = run_trigger(&name, &self.trigger, &self.site).await;
         match outcome {
             TriggerOutcome::Passed => "passed".to_owned(),
             TriggerOutcome::FailedContinued { command } => {
@@ -118,6 +134,9 @@ impl SessionEndCheck for SessionEndTrigger {
                 let _ = self.aborts.send(TriggerStop::Environment { reason });
                 said
             }
+            TriggerOutcome::BudgetReached { spent } => {
+                format!("not finished: the run's budget was reached ({spent})")
+            }
         }
     }
 }
@@ -129,18 +148,16 @@ impl AgentObserver for Quiet {
 }
 
 /// Runs one trigger, with remediation when configured.
-pub async fn run_trigger(
+pub(crate) async fn run_trigger(
     name: &str,
     trigger: &Trigger,
-    repo: &Path,
-    backend: &Arc<dyn AgentBackend>,
-    run_id: &str,
-    events: &Arc<dyn EventSink>,
+    site: &TriggerSite,
 ) -> TriggerOutcome {
+    let events = &site.events;
     let commands = check_commands(&trigger.commands);
     let mut round = 0;
     loop {
-        let result = run_commands(repo, &commands).await;
+        let result = run_commands(&site.repo, &commands).await;
         let Err(failed) = result else {
             events.emit(&Event::Warning {
                 message: format!(
@@ -175,6 +192,12 @@ pub async fn run_trigger(
                 };
             }
             FailureMode::Remediate if round >= trigger.max_retries => {
+                // The last fixer may have been cut at the budget.
+                if round > 0
+                    && let Some(spent) = site.ledger.reached()
+                {
+                    return TriggerOutcome::BudgetReached { spent };
+                }
                 return TriggerOutcome::Abort {
                     command: failed.command,
                 };
@@ -190,10 +213,7 @@ pub async fn run_trigger(
                         output: &failed.output,
                     },
                     &trigger.commands,
-                    repo,
-                    backend,
-                    run_id,
-                    events,
+                    site,
                 )
                 .await;
                 match fixed {
@@ -203,7 +223,7 @@ pub async fn run_trigger(
                             command: failed.command,
                         };
                     }
-                    Fixer::Environment(reason) => return TriggerOutcome::Environment { reason },
+                    Fixer::Stopped(outcome) => return outcome,
                 }
             }
         }
@@ -225,19 +245,18 @@ enum Fixer {
     Worked,
     /// No fixer could run, for a reason of its own.
     CouldNotRun,
-    /// The environment kept it from working; what it met.
-    Environment(String),
+    /// The environment or the run's budget kept it from working: how the
+    /// trigger ends.
+    Stopped(TriggerOutcome),
 }
 
-/// One fixer session on `fix`.
-async fn run_fixer(
-    fix: &Fix<'_>,
-    commands: &[TriggerCommand],
-    repo: &Path,
-    backend: &Arc<dyn AgentBackend>,
-    run_id: &str,
-    events: &Arc<dyn EventSink>,
-) -> Fixer {
+/// One fixer session on `fix`. Past the run's budget none starts, and one
+/// whose session the budget cut ends the remediation: the budget, not the
+/// code, decided.
+async fn run_fixer(fix: &Fix<'_>, commands: &[TriggerCommand], site: &TriggerSite) -> Fixer {
+    if let Some(spent) = site.ledger.reached() {
+        return Fixer::Stopped(TriggerOutcome::BudgetReached { spent });
+    }
     let listed: Vec<String> = commands
         .iter()
         .map(|c| format!("- `{}`", c.command))
@@ -262,10 +281,11 @@ async fn run_fixer(
     let Ok(prompt) = prompt else {
         return Fixer::CouldNotRun;
     };
-    let fixer = AgentId::new(format!("fixer-{}-{}@{run_id}", fix.name, fix.round));
-    match backend
+    let fixer = AgentId::new(format!("fixer-{}-{}@{}", fix.name, fix.round, site.run_id));
+    let ended = match site
+        .fixers
         .start(
-            SessionRequest::new(fixer, repo.to_path_buf()),
+            SessionRequest::new(fixer, site.repo.clone()),
             Arc::new(Quiet),
         )
         .await
@@ -273,12 +293,16 @@ async fn run_fixer(
         Ok(mut session) => {
             let turn = session.turn(&prompt).await;
             let _ = session.close().await;
-            match turn {
-                Err(error) => fixer_failed(fix, &error, events, Fixer::Worked),
-                Ok(_) => Fixer::Worked,
-            }
+            turn.map(|_| ()).map_err(|error| (error, Fixer::Worked))
         }
-        Err(error) => fixer_failed(fix, &error, events, Fixer::CouldNotRun),
+        Err(error) => Err((error, Fixer::CouldNotRun)),
+    };
+    match ended {
+        Ok(()) => Fixer::Worked,
+        Err(_) if let Some(spent) = site.ledger.reached() => {
+            Fixer::Stopped(TriggerOutcome::BudgetReached { spent })
+        }
+        Err((error, otherwise)) => fixer_failed(fix, &error, &site.events, otherwise),
     }
 }
 
@@ -300,7 +324,7 @@ fn fixer_failed(
             events.emit(&Event::Warning {
                 message: reason.clone(),
             });
-            Fixer::Environment(reason)
+            Fixer::Stopped(TriggerOutcome::Environment { reason })
         }
         mala_domain::Blame::Issue => {
             events.emit(&Event::Warning {
@@ -326,16 +350,14 @@ pub(crate) struct CodeReviewRun<'a> {
 /// together by the reviewer. Findings at `finding_threshold` or more urgent
 /// fail it (`none`: nothing does); `failure_mode` then applies, and with
 /// `remediate` a fixer gets the findings and the review runs again.
-pub(crate) async fn run_code_review(
-    run: &CodeReviewRun<'_>,
-    repo: &Path,
-    backend: &Arc<dyn AgentBackend>,
-    run_id: &str,
-    events: &Arc<dyn EventSink>,
-) -> TriggerOutcome {
+pub(crate) async fn run_code_review(run: &CodeReviewRun<'_>, site: &TriggerSite) -> TriggerOutcome {
+    let events = &site.events;
     let label = format!("the {} code review", run.name);
     let mut round = 0;
     loop {
+        if let Some(spent) = site.ledger.reached() {
+            return TriggerOutcome::BudgetReached { spent };
+        }
         let mut commits: Vec<CommitInfo> = match run.repository.issue_commits().await {
             Ok(all) => all.into_iter().filter(|c| c.time >= run.since).collect(),
             Err(error) => {
@@ -377,6 +399,10 @@ pub(crate) async fn run_code_review(
                 });
                 return TriggerOutcome::Passed;
             }
+            // The reviewer's session was cut, or not started, at the budget.
+            Err(_) if let Some(spent) = site.ledger.reached() => {
+                return TriggerOutcome::BudgetReached { spent };
+            }
             Err(error) => {
                 events.emit(&Event::Warning {
                     message: format!("{label} could not be completed: {error}"),
@@ -412,10 +438,10 @@ pub(crate) async fn run_code_review(
             failed: &label,
             output: &listed,
         };
-        match run_fixer(&fix, run.commands, repo, backend, run_id, events).await {
+        match run_fixer(&fix, run.commands, site).await {
             Fixer::Worked => {}
             Fixer::CouldNotRun => return outcome_of_failure(FailureMode::Abort, label),
-            Fixer::Environment(reason) => return TriggerOutcome::Environment { reason },
+            Fixer::Stopped(outcome) => return outcome,
         }
     }
 }
@@ -443,6 +469,20 @@ mod tests {
     #[derive(Default)]
     struct Collect(std::sync::Mutex<Vec<String>>);
 
+    fn site(
+        dir: &std::path::Path,
+        fixers: Arc<dyn AgentBackend>,
+        events: &Arc<dyn EventSink>,
+    ) -> TriggerSite {
+        TriggerSite {
+            repo: dir.to_path_buf(),
+            fixers,
+            ledger: Arc::new(RunLedger::default()),
+            run_id: "r".into(),
+            events: Arc::clone(events),
+        }
+    }
+
     impl EventSink for Collect {
         fn emit(&self, event: &Event) {
             if let Event::Warning { message } = event {
@@ -455,32 +495,16 @@ mod tests {
     async fn failure_modes_continue_abort_and_remediate() {
         let dir = tempfile::tempdir().unwrap();
         let events: Arc<dyn EventSink> = Arc::new(Collect::default());
-        let backend: Arc<dyn AgentBackend> = Arc::new(MockAgentBackend::new());
+        let idle = site(dir.path(), Arc::new(MockAgentBackend::new()), &events);
         let failing = |mode| Trigger {
             failure_mode: mode,
             max_retries: 0,
             commands: vec![command("check", "test -f fixed.txt")],
             code_review: None,
         };
-        let outcome = run_trigger(
-            "run_end",
-            &failing(FailureMode::Continue),
-            dir.path(),
-            &backend,
-            "r",
-            &events,
-        )
-        .await;
+        let outcome = run_trigger("run_end", &failing(FailureMode::Continue), &idle).await;
         assert!(matches!(outcome, TriggerOutcome::FailedContinued { .. }));
-        let outcome = run_trigger(
-            "run_end",
-            &failing(FailureMode::Abort),
-            dir.path(),
-            &backend,
-            "r",
-            &events,
-        )
-        .await;
+        let outcome = run_trigger("run_end", &failing(FailureMode::Abort), &idle).await;
         assert!(matches!(outcome, TriggerOutcome::Abort { .. }));
 
         // The fixer "fixes" the tree; the commands then pass.
@@ -498,12 +522,12 @@ mod tests {
             session.expect_close().returning(|| Ok(()));
             Ok(Box::new(session))
         });
-        let fixing: Arc<dyn AgentBackend> = Arc::new(fixing);
+        let fixing = site(dir.path(), Arc::new(fixing), &events);
         let remediate = Trigger {
             max_retries: 2,
             ..failing(FailureMode::Remediate)
         };
-        let outcome = run_trigger("periodic", &remediate, dir.path(), &fixing, "r", &events).await;
+        let outcome = run_trigger("periodic", &remediate, &fixing).await;
         assert_eq!(outcome, TriggerOutcome::Passed);
     }
 
@@ -525,14 +549,18 @@ mod tests {
             session.expect_close().returning(|| Ok(()));
             Ok(Box::new(session))
         });
-        let backend: Arc<dyn AgentBackend> = Arc::new(refused);
         let remediate = Trigger {
             failure_mode: FailureMode::Remediate,
             max_retries: 3,
             commands: vec![command("check", "exit 1")],
             code_review: None,
         };
-        let outcome = run_trigger("run_end", &remediate, dir.path(), &backend, "r", &events).await;
+        let outcome = run_trigger(
+            "run_end",
+            &remediate,
+            &site(dir.path(), Arc::new(refused), &events),
+        )
+        .await;
         assert!(
             matches!(&outcome, TriggerOutcome::Environment { reason } if reason.contains("credentials")),
             "{outcome:?}"
@@ -555,10 +583,11 @@ mod tests {
                 commands: vec![command("lint", "exit 1")],
                 code_review: None,
             },
-            repo: dir.path().to_path_buf(),
-            backend: Arc::new(MockAgentBackend::new()),
-            run_id: "r".into(),
-            events: Arc::new(Collect::default()),
+            site: site(
+                dir.path(),
+                Arc::new(MockAgentBackend::new()),
+                &(Arc::new(Collect::default()) as Arc<dyn EventSink>),
+            ),
             aborts: aborts.clone(),
         };
         let issue = IssueId::new("m-1");
@@ -578,6 +607,64 @@ mod tests {
             Some(TriggerStop::Abort {
                 command: "exit 1".into()
             })
+        );
+    }
+
+    /// A fixer the run's budget cuts (or keeps from starting) is no verdict
+    /// on the code: the trigger ends for the budget, not as an abort (which
+    /// would turn a budget stop into exit 3).
+    #[tokio::test]
+    async fn a_fixer_cut_at_the_run_budget_ends_the_trigger_for_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let events: Arc<dyn EventSink> = Arc::new(Collect::default());
+        let ledger = Arc::new(RunLedger::new(mala_domain::Spend {
+            max_cost_usd: Some(1.0),
+            max_tokens: None,
+        }));
+        let mut cut = MockAgentBackend::new();
+        // The first fixer spends the whole budget; the mock allows one start.
+        cut.expect_start().times(1).returning(|_, _| {
+            let mut session = mala_core::MockAgentSession::new();
+            session.expect_turn().returning(|_| {
+                Ok(mala_core::TurnOutcome {
+                    status: mala_core::TurnStatus::BudgetReached,
+                    session_id: None,
+                    final_text: String::new(),
+                    usage: mala_core::TokenUsage::default(),
+                    total_cost_usd: 1.0,
+                    num_turns: 1,
+                    permission_denials: Vec::new(),
+                })
+            });
+            session.expect_close().returning(|| Ok(()));
+            Ok(Box::new(session))
+        });
+        let metered = mala_pipeline::Metered::new(Arc::new(cut), Arc::clone(&ledger));
+        let site = TriggerSite {
+            ledger: Arc::clone(&ledger),
+            ..site(dir.path(), Arc::new(metered), &events)
+        };
+        let remediate = Trigger {
+            failure_mode: FailureMode::Remediate,
+            max_retries: 3,
+            commands: vec![command("check", "exit 1")],
+            code_review: None,
+        };
+        let outcome = run_trigger("periodic", &remediate, &site).await;
+        assert!(
+            matches!(&outcome, TriggerOutcome::BudgetReached { spent } if spent.contains("$1.00")),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            outcome.clone().stop(),
+            None,
+            "the budget's drain ends the run"
+        );
+        // Once reached, no fixer starts at all.
+        let again = run_trigger("periodic", &remediate, &site).await;
+        assert!(
+            matches!(again, TriggerOutcome::BudgetReached { .. }),
+            "{again:?}"
         );
     }
 }
