@@ -254,16 +254,28 @@ fn a_claude_that_refuses_to_start_stops_the_run_before_any_claim() {
 
 #[test]
 fn a_rate_limit_pauses_the_run_which_then_resumes_and_closes_the_issue() {
+    // The agent's calls meet the limit: its turn waits out the pause.
+    rate_limited_run(|conversation| conversation.offers_tools() && !conversation.is_preflight());
+}
+
+#[test]
+fn a_rate_limit_at_preflight_pauses_before_any_claim_then_runs() {
+    rate_limited_run(|conversation| conversation.is_preflight());
+}
+
+/// A run whose first five model calls that `limited` picks answer 429 (the
+/// CLI's own retries, then more): it pauses, resumes and closes an issue,
+/// and charges none.
+fn rate_limited_run(limited: fn(&Conversation<'_>) -> bool) {
     let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
     let repo = setup();
     let br = Br::init(&br_binary, repo.path(), "limit");
     let issues = two_issues(&br, &repo);
     let honest = script_with_check(repo.path());
-    // The first model calls are refused: the CLI's own retries, then more.
     let refused = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&refused);
     let script = Script::from_fn(move |conversation: &Conversation<'_>| {
-        if conversation.offers_tools() && counter.fetch_add(1, Ordering::SeqCst) < 5 {
+        if limited(conversation) && counter.fetch_add(1, Ordering::SeqCst) < 5 {
             return Reply::HttpError(429);
         }
         honest.reply(conversation)
