@@ -51,7 +51,8 @@ pub use guard::{
     is_read_only_tool, shell_writes,
 };
 pub use preflight::{
-    CANARY_REFUSAL, PREFLIGHT_CANARY, PreflightFailure, judge_preflight, preflight_prompt,
+    CANARY_REFUSAL, PREFLIGHT_CANARY, PreflightFailure, check_probe_tool, is_preflight_agent,
+    judge_preflight, preflight_agent, preflight_prompt,
 };
 pub use prompts::{PromptError, PromptKind, Template, render_prompt};
 pub use run_options::{Order, ParseScopeError, Scope};

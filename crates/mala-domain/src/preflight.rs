@@ -3,7 +3,9 @@
 //! proves that the model answers (credentials, network, limits) and that
 //! the guard sees the agent's commands and its refusal reaches the agent.
 
-use mala_core::AgentEvent;
+use mala_core::{AgentEvent, AgentId};
+
+use crate::{Decision, ToolCall};
 
 /// The command the preflight asks for; the guard refuses it, always.
 pub const PREFLIGHT_CANARY: &str = "mala-preflight-canary";
@@ -11,6 +13,34 @@ pub const PREFLIGHT_CANARY: &str = "mala-preflight-canary";
 /// What the guard answers the canary.
 pub const CANARY_REFUSAL: &str = "refused: this is mala's preflight canary, and mala's guard refuses it \
      to prove it sees your commands. Do not run it again; reply with the word ready";
+
+/// What the guard answers any other call of the preflight's probe.
+const PROBE_REFUSAL: &str = "refused: mala's preflight runs nothing but its canary command";
+
+/// The preflight probe's agent name in run `run_id`.
+pub fn preflight_agent(run_id: &str) -> AgentId {
+    AgentId::new(format!("preflight@{run_id}"))
+}
+
+/// Whether `agent` is a run's preflight probe, whose tool calls
+/// [`check_probe_tool`] decides instead of the coordination rules.
+pub fn is_preflight_agent(agent: &AgentId) -> bool {
+    agent.as_str().starts_with("preflight@")
+}
+
+/// The guard's answer to the preflight probe: the canary is refused with
+/// [`CANARY_REFUSAL`], which is what the probe is for, and every other call
+/// is refused too (the probe has nothing to do). Other agents never meet
+/// the canary rule: an agent that greps for the word is not refused.
+pub fn check_probe_tool(call: &ToolCall) -> Decision {
+    let reason = match call {
+        ToolCall::Shell { command, .. } if runs_canary(command) => CANARY_REFUSAL,
+        _ => PROBE_REFUSAL,
+    };
+    Decision::Deny {
+        reason: reason.to_owned(),
+    }
+}
 
 /// The preflight turn's prompt.
 pub fn preflight_prompt() -> String {
@@ -51,7 +81,14 @@ pub fn judge_preflight(events: &[AgentEvent]) -> Result<(), PreflightFailure> {
     let canary_calls: Vec<&str> = events
         .iter()
         .filter_map(|event| match event {
-            AgentEvent::ToolUse { id, input, .. } if mentions_canary(input) => Some(id.as_str()),
+            AgentEvent::ToolUse { id, input, .. }
+                if input
+                    .get("command")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(runs_canary) =>
+            {
+                Some(id.as_str())
+            }
             _ => None,
         })
         .collect();
@@ -85,18 +122,11 @@ pub fn judge_preflight(events: &[AgentEvent]) -> Result<(), PreflightFailure> {
     }
 }
 
-/// Whether a shell command runs the canary (it is one of its words).
-pub(crate) fn is_canary(command: &str) -> bool {
-    command
-        .split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')' | '`'))
-        .any(|word| word == PREFLIGHT_CANARY)
-}
-
-fn mentions_canary(input: &serde_json::Value) -> bool {
-    input
-        .get("command")
-        .and_then(serde_json::Value::as_str)
-        .is_some_and(|command| command.contains(PREFLIGHT_CANARY))
+/// Whether a probe's shell command is its canary: the guard and the judge
+/// ask this one question, so however the model quotes, redirects or wraps
+/// the command, both see the same call.
+fn runs_canary(command: &str) -> bool {
+    command.contains(PREFLIGHT_CANARY)
 }
 
 #[cfg(test)]
@@ -177,7 +207,56 @@ mod tests {
     }
 
     #[test]
-    fn the_guard_refuses_the_canary_in_any_position() {
+    fn the_probe_is_refused_the_canary_however_written_and_everything_else() {
+        for command in [
+            PREFLIGHT_CANARY.to_owned(),
+            format!("true; {PREFLIGHT_CANARY} --now"),
+            format!("'{PREFLIGHT_CANARY}'"),
+            format!("{PREFLIGHT_CANARY} 2>&1"),
+        ] {
+            let call = ToolCall::Shell {
+                tool: "Bash".to_owned(),
+                command: command.clone(),
+            };
+            assert_eq!(
+                check_probe_tool(&call),
+                Decision::Deny {
+                    reason: CANARY_REFUSAL.to_owned()
+                },
+                "{command}"
+            );
+            // The judge counts the same call as the canary.
+            let events = [
+                AgentEvent::ToolUse {
+                    id: "t1".to_owned(),
+                    name: "Bash".to_owned(),
+                    input: json!({ "command": command }),
+                },
+                refusal(),
+                result("t1", true, CANARY_REFUSAL),
+            ];
+            assert_eq!(judge_preflight(&events), Ok(()), "{command}");
+        }
+        let other = ToolCall::Shell {
+            tool: "Bash".to_owned(),
+            command: "ls".to_owned(),
+        };
+        assert_eq!(
+            check_probe_tool(&other),
+            Decision::Deny {
+                reason: PROBE_REFUSAL.to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn only_the_probe_is_a_preflight_agent() {
+        assert!(is_preflight_agent(&preflight_agent("r-1")));
+        assert!(!is_preflight_agent(&AgentId::new("m-1@r-1")));
+    }
+
+    #[test]
+    fn an_issue_agent_that_names_the_canary_is_not_refused_for_it() {
         let root = std::path::Path::new("/repo");
         let ctx = crate::GuardContext {
             repo_root: root,
@@ -188,22 +267,10 @@ mod tests {
             require_locks: false,
             commit_prefix: None,
         };
-        for command in [
-            PREFLIGHT_CANARY.to_owned(),
-            format!("true; {PREFLIGHT_CANARY} --now"),
-            format!("echo x | {PREFLIGHT_CANARY}"),
-        ] {
-            let call = crate::ToolCall::Shell {
-                tool: "Bash".to_owned(),
-                command: command.clone(),
-            };
-            assert_eq!(
-                crate::check_tool(&call, &ctx),
-                crate::Decision::Deny {
-                    reason: CANARY_REFUSAL.to_owned()
-                },
-                "{command}"
-            );
-        }
+        let call = ToolCall::Shell {
+            tool: "Bash".to_owned(),
+            command: format!("grep -r {PREFLIGHT_CANARY} docs"),
+        };
+        assert_eq!(crate::check_tool(&call, &ctx), Decision::Allow);
     }
 }

@@ -20,10 +20,21 @@ pub(crate) const BASELINE_LABEL: &str = "mala-baseline";
 /// What the baseline check found, for the rest of the run.
 #[derive(Debug, Default)]
 pub(crate) struct Baseline {
-    /// The issue to run before any other (`file_issue`).
-    pub(crate) first: Option<IssueId>,
+    /// The red check to file an issue for (`file_issue`), once the
+    /// preflight has passed: a run that cannot work leaves the tracker be.
+    pub(crate) to_file: Option<RedCheck>,
     /// The required checks that already fail (`warn`).
     pub(crate) red: Vec<String>,
+}
+
+/// A required check that fails on the run's head.
+#[derive(Debug)]
+pub(crate) struct RedCheck {
+    failure: CheckFailure,
+    /// The head's short id.
+    commit: String,
+    /// What the run says about it.
+    said: String,
 }
 
 /// Checks the baseline as `baseline:` asks; `Err`: the run stops (`stop`).
@@ -65,17 +76,19 @@ pub(crate) async fn check_baseline(
                 ),
             });
             Ok(Baseline {
-                first: None,
+                to_file: None,
                 red: vec![failure.name.clone()],
             })
         }
         BaselinePolicy::Stop => Err(RunError::RedBaseline { message: said }),
-        BaselinePolicy::FileIssue => file_issue(orchestrator, ctx, &failure, short, &said)
-            .await
-            .map(|id| Baseline {
-                first: Some(id),
-                red: Vec::new(),
+        BaselinePolicy::FileIssue => Ok(Baseline {
+            to_file: Some(RedCheck {
+                commit: short.to_owned(),
+                failure,
+                said,
             }),
+            red: Vec::new(),
+        }),
     }
 }
 
@@ -101,14 +114,18 @@ fn red_message(failure: &CheckFailure, commit: &str) -> String {
     )
 }
 
-/// One open `[Baseline]` issue at a time: an earlier run's is worked again.
-async fn file_issue(
+/// Files `red` as the issue to work first. One open `[Baseline]` issue at
+/// a time: an earlier run's is worked again.
+pub(crate) async fn file_issue(
     orchestrator: &Orchestrator,
     ctx: &RunContext,
-    failure: &CheckFailure,
-    commit: &str,
-    said: &str,
+    red: &RedCheck,
 ) -> Result<IssueId, RunError> {
+    let RedCheck {
+        failure,
+        commit,
+        said,
+    } = red;
     let tracker = &orchestrator.tracker;
     let open = tracker
         .find_by_label(BASELINE_LABEL)

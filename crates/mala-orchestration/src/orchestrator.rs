@@ -290,6 +290,32 @@ struct EndedEarly {
     error: Option<RunError>,
 }
 
+impl EndedEarly {
+    /// A Ctrl-C at stage `now`.
+    fn by_stop(now: Stage, scheduler: &mut Scheduler<'_>) -> Self {
+        let reason = if now == Stage::Drain {
+            DoneReason::Drained
+        } else {
+            scheduler.summary.interrupted = true;
+            DoneReason::Interrupted
+        };
+        Self {
+            reason,
+            error: None,
+        }
+    }
+
+    /// A stop for `error`, which the run returns once it is wound up.
+    fn by_error(error: RunError, scheduler: &mut Scheduler<'_>) -> Self {
+        let reason = error.to_string();
+        scheduler.summary.stopped = Some(reason.clone());
+        Self {
+            reason: DoneReason::Stopped { reason },
+            error: Some(error),
+        }
+    }
+}
+
 /// A run, ready to go. Build one with [`Orchestrator::builder`].
 pub struct Orchestrator {
     pub(crate) settings: Settings,
@@ -724,34 +750,7 @@ impl Orchestrator {
         });
         let mut stopping = stage.clone();
         let mut scheduler = Scheduler::new(&self, ctx, stage);
-        let baseline = tokio::select! {
-            checked = crate::baseline::check_baseline(&self, &scheduler.ctx) => checked,
-            // A Ctrl-C while the checks run: nothing was claimed, so the run
-            // is over; dropping the checks kills their process groups.
-            now = stopped(&mut stopping) => {
-                let end = if now == Stage::Drain {
-                    DoneReason::Drained
-                } else {
-                    scheduler.summary.interrupted = true;
-                    DoneReason::Interrupted
-                };
-                return Ok(self.finish(scheduler, end).await);
-            }
-        };
-        match baseline {
-            Ok(baseline) => {
-                scheduler.first = baseline.first;
-                scheduler.ctx.runner_config.red_baseline = baseline.red;
-            }
-            Err(error) => {
-                let reason = error.to_string();
-                scheduler.summary.stopped = Some(reason.clone());
-                self.finish(scheduler, DoneReason::Stopped { reason }).await;
-                return Err(error);
-            }
-        }
-        // After the baseline, which costs no tokens: a red one stops first.
-        if let Err(ended) = self.preflight_run(&mut scheduler, &mut stopping).await {
+        if let Err(ended) = self.before_first_claim(&mut scheduler, &mut stopping).await {
             let summary = self.finish(scheduler, ended.reason).await;
             return ended.error.map_or(Ok(summary), Err);
         }
@@ -769,6 +768,35 @@ impl Orchestrator {
             }
         };
         Ok(self.finish(scheduler, loop_end).await)
+    }
+
+    /// The baseline, then the preflight when there is anything to claim,
+    /// then the baseline's issue when it is red and `file_issue` says so:
+    /// the tracker is written only once the agent is proven. The baseline
+    /// goes first as it costs no tokens: a red one stops before a turn is
+    /// paid.
+    async fn before_first_claim(
+        &self,
+        scheduler: &mut Scheduler<'_>,
+        stopping: &mut watch::Receiver<Stage>,
+    ) -> Result<(), EndedEarly> {
+        let baseline = tokio::select! {
+            checked = crate::baseline::check_baseline(self, &scheduler.ctx) => checked,
+            // A Ctrl-C while the checks run: nothing was claimed, so the run
+            // is over; dropping the checks kills their process groups.
+            now = stopped(stopping) => return Err(EndedEarly::by_stop(now, scheduler)),
+        };
+        let baseline = baseline.map_err(|error| EndedEarly::by_error(error, scheduler))?;
+        scheduler.ctx.runner_config.red_baseline = baseline.red;
+        // A tracker that cannot be read now is met again, and said, by the loop.
+        if baseline.to_file.is_some() || scheduler.may_claim().await.unwrap_or(true) {
+            self.preflight_run(scheduler, stopping).await?;
+        }
+        if let Some(red) = baseline.to_file {
+            let filed = crate::baseline::file_issue(self, &scheduler.ctx, &red).await;
+            scheduler.first = Some(filed.map_err(|error| EndedEarly::by_error(error, scheduler))?);
+        }
+        Ok(())
     }
 
     /// The preflight, when asked for; what it spent counts toward the
@@ -790,30 +818,12 @@ impl Orchestrator {
             clock: self.clock.as_ref(),
         };
         match check.run(stopping).await {
-            Ok(spent) => {
+            Ok(crate::preflight::Proven::Ready(spent)) => {
                 scheduler.ctx.ports.faults.count(spent);
                 Ok(())
             }
-            Err(RunError::Preflight(crate::preflight::PreflightError::Interrupted)) => {
-                let reason = if *stopping.borrow() == Stage::Drain {
-                    DoneReason::Drained
-                } else {
-                    scheduler.summary.interrupted = true;
-                    DoneReason::Interrupted
-                };
-                Err(EndedEarly {
-                    reason,
-                    error: None,
-                })
-            }
-            Err(error) => {
-                let reason = error.to_string();
-                scheduler.summary.stopped = Some(reason.clone());
-                Err(EndedEarly {
-                    reason: DoneReason::Stopped { reason },
-                    error: Some(error),
-                })
-            }
+            Ok(crate::preflight::Proven::Stopped(now)) => Err(EndedEarly::by_stop(now, scheduler)),
+            Err(error) => Err(EndedEarly::by_error(error, scheduler)),
         }
     }
 

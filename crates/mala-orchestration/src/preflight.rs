@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use mala_core::{
-    AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentId, AgentObserver, Clock, Event,
-    EventSink, SessionRequest, TurnStatus,
+    AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentObserver, Clock, Event, EventSink,
+    SessionRequest, TurnStatus,
 };
 use mala_domain::{
     Blame, FaultAction, FaultContext, PreflightFailure, START_FAILURES_TO_STOP, Spent, blame,
@@ -35,9 +35,14 @@ pub enum PreflightError {
     /// refused: the reason, with the fix.
     #[error("preflight: {0}")]
     Environment(String),
-    /// Ctrl-C before the preflight was done.
-    #[error("the run was stopped during its preflight")]
-    Interrupted,
+}
+
+/// How a preflight that stopped no run ended.
+pub(crate) enum Proven {
+    /// The agent works: what proving it spent, for the run's budget.
+    Ready(Spent),
+    /// A Ctrl-C came first, at this stage.
+    Stopped(Stage),
 }
 
 /// What the preflight needs around it.
@@ -51,21 +56,18 @@ pub(crate) struct Preflight<'a> {
 }
 
 impl Preflight<'_> {
-    /// Runs the preflight, waiting out limits within `--max-pause`; what it
-    /// spent, for the run's budget.
-    pub(crate) async fn run(&self, stage: &mut watch::Receiver<Stage>) -> Result<Spent, RunError> {
+    /// Runs the preflight, waiting out limits within `--max-pause`.
+    pub(crate) async fn run(&self, stage: &mut watch::Receiver<Stage>) -> Result<Proven, RunError> {
         let mut spent = Spent::default();
         let mut stretch_since = None;
         let mut pauses_in_row = 0;
         loop {
             let tried = tokio::select! {
                 tried = self.try_once(&mut spent) => tried,
-                _ = stopped(stage) => {
-                    return Err(PreflightError::Interrupted.into());
-                }
+                now = stopped(stage) => return Ok(Proven::Stopped(now)),
             };
             let Err(error) = tried else {
-                return Ok(spent);
+                return Ok(Proven::Ready(spent));
             };
             let PreflightError::Agent(agent_error) = &error else {
                 return Err(error.into());
@@ -73,6 +75,12 @@ impl Preflight<'_> {
             let Blame::Environment(fault) = blame(&agent_error.kind) else {
                 return Err(error.into());
             };
+            // An API unreachable at the start (after the CLI's own retries)
+            // is a setup to fix, not a moment to wait out, unlike a limit
+            // or an overload.
+            if agent_error.kind == AgentErrorKind::Network {
+                return Err(error.into());
+            }
             let now = self.clock.now();
             let ctx = FaultContext {
                 now,
@@ -99,9 +107,7 @@ impl Preflight<'_> {
             let wait = (until - self.clock.now()).to_std().unwrap_or_default();
             tokio::select! {
                 () = self.clock.sleep(wait) => self.events.emit(&Event::RunResumed),
-                _ = stopped(stage) => {
-                    return Err(PreflightError::Interrupted.into());
-                }
+                now = stopped(stage) => return Ok(Proven::Stopped(now)),
             }
         }
     }
@@ -109,7 +115,7 @@ impl Preflight<'_> {
     /// One session, one canary turn, then close.
     async fn try_once(&self, spent: &mut Spent) -> Result<(), PreflightError> {
         let seen = Arc::new(Seen::default());
-        let agent = AgentId::new(format!("preflight@{}", self.run_id));
+        let agent = mala_domain::preflight_agent(&self.run_id);
         let mut request = SessionRequest::new(agent, self.cwd.to_path_buf());
         request.probe = true;
         let observer: Arc<dyn AgentObserver> = seen.clone();

@@ -517,7 +517,17 @@ impl<'o> Scheduler<'o> {
     }
 
     /// Plans from a fresh snapshot and starts workers up to the capacity.
-    async fn plan_and_spawn(&mut self) -> Result<(), RunError> {
+    /// Whether the run has anything to claim now, or may have later (watch
+    /// mode): a run with nothing pays no preflight.
+    pub(crate) async fn may_claim(&self) -> Result<bool, RunError> {
+        Ok(self.orchestrator.plan.watch.is_some() || !self.queue().await?.1.entries.is_empty())
+    }
+
+    /// The tracker's graph, and the issues this run could take now from it,
+    /// best first, beside the running and the attempted ones.
+    async fn queue(
+        &self,
+    ) -> Result<(Arc<mala_domain::IssueGraph>, mala_domain::QueuePlan), RunError> {
         let orchestrator = self.orchestrator;
         let plan = &orchestrator.plan;
         let graph = orchestrator.source.snapshot().await?;
@@ -554,7 +564,11 @@ impl<'o> Scheduler<'o> {
             scope: plan.scope.clone(),
             source,
         })?;
-        let mut queue = queue;
+        Ok((graph, queue))
+    }
+
+    async fn plan_and_spawn(&mut self) -> Result<(), RunError> {
+        let (graph, mut queue) = self.queue().await?;
         if let Some(first) = self.first.clone() {
             // Alone, until it is done.
             queue.entries.retain(|entry| entry.id == first);
@@ -581,7 +595,8 @@ impl<'o> Scheduler<'o> {
             if entry.takeover {
                 // A dead run's claim (or, with --resume, unassigned work): take it over, once.
                 let holder = graph.get(&entry.id).and_then(|i| i.assignee.clone());
-                let taken = orchestrator
+                let taken = self
+                    .orchestrator
                     .tracker
                     .take_over(&entry.id, &self.ctx.runner_config.actor, holder)
                     .await;

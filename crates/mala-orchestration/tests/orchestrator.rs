@@ -992,6 +992,82 @@ async fn hooks_that_let_the_canary_run_stop_the_run_before_any_claim() {
 }
 
 #[tokio::test]
+async fn a_run_with_nothing_to_claim_pays_no_preflight() {
+    let world = World::new(Vec::new(), Duration::from_millis(5));
+    let summary = run_with_preflight(&world, plan(1)).await.unwrap();
+    assert!(summary.closed.is_empty());
+    assert_eq!(world.backend.sessions(), 0, "no probe session");
+}
+
+#[tokio::test]
+async fn an_unreachable_api_at_preflight_stops_at_once_without_a_pause() {
+    let mut world = World::new(vec![task("m-1")], Duration::from_millis(5));
+    world.backend = world
+        .backend
+        .clone()
+        .failing_first(usize::MAX, mala_core::AgentErrorKind::Network);
+    let error = run_with_preflight(
+        &world,
+        RunPlan {
+            pauses: pausing(Duration::from_secs(3600)),
+            ..plan(1)
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            RunError::Preflight(mala_orchestration::PreflightError::Agent(e))
+                if e.kind == mala_core::AgentErrorKind::Network
+        ),
+        "{error:?}"
+    );
+    let paused = world
+        .events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e, Event::RunPaused { .. }));
+    assert!(!paused, "a setup to fix is not waited out");
+    world.assert_untouched(1).await;
+}
+
+#[tokio::test]
+async fn a_red_baseline_to_file_is_not_filed_when_the_preflight_fails() {
+    let mut world = World::new(vec![task("m-1")], Duration::from_millis(5));
+    world.backend = world
+        .backend
+        .clone()
+        .failing_first(usize::MAX, mala_core::AgentErrorKind::Authentication);
+    let mut config = settings(world.dir.path());
+    config.commands.insert(
+        "check".into(),
+        mala_domain::CommandSpec {
+            command: "exit 1".into(),
+            timeout: None,
+            allow_fail: false,
+        },
+    );
+    config.evidence_check.required = vec!["check".into()];
+    config.baseline = mala_domain::BaselinePolicy::FileIssue;
+    let (_stage, stages) = watch::channel(Stage::Running);
+    let error = world
+        .builder(config, plan(1))
+        .preflight(true)
+        .build()
+        .unwrap()
+        .run(stages)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, RunError::Preflight(_)), "{error:?}");
+    let issues = world.tracker.all_issues().await.unwrap();
+    assert_eq!(issues.len(), 1, "no [Baseline] issue: {issues:?}");
+    world.assert_untouched(1).await;
+}
+
+#[tokio::test]
 async fn a_limit_at_preflight_pauses_before_the_first_claim_then_the_run_goes_on() {
     let mut world = World::new(vec![task("m-1")], Duration::from_millis(5));
     world.backend = world.backend.clone().failing_first(

@@ -244,7 +244,6 @@ fn preflight_failure(error: mala_orchestration::PreflightError) -> Failure {
                 hint: Some(hint.to_owned()),
             }
         }
-        PreflightError::Interrupted => Failure::Interrupted,
         error @ PreflightError::Environment(_) => Failure::Other {
             message: error.to_string(),
             hint: None,

@@ -381,11 +381,6 @@ pub fn check_tool(call: &ToolCall, ctx: &GuardContext<'_>) -> Decision {
 }
 
 fn decide(call: &ToolCall, ctx: &GuardContext<'_>) -> Result<(), String> {
-    if let ToolCall::Shell { command, .. } = call
-        && crate::preflight::is_canary(command)
-    {
-        return Err(crate::preflight::CANARY_REFUSAL.to_owned());
-    }
     if ctx.disallowed_tools.iter().any(|t| t == call.tool()) {
         return Err(format!(
             "refused: the {} tool is disabled for mala agents (disallowed_tools in mala.yaml)",

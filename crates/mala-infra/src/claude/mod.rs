@@ -146,7 +146,10 @@ impl ClaudeConfig {
         if let Some(sources) = &self.setting_sources {
             args.push(format!("--setting-sources={}", sources.join(",")));
         }
-        if !self.disallowed_tools.is_empty() {
+        // The probe's one tool is Bash, which a project may disallow for
+        // its agents: the probe runs nothing (the guard refuses its every
+        // call), so the setting has nothing to keep from it.
+        if !self.disallowed_tools.is_empty() && !request.probe {
             args.extend([
                 "--disallowedTools".to_owned(),
                 self.disallowed_tools.join(","),
@@ -415,6 +418,14 @@ impl LockingGuard {
 
 impl ToolGuard for LockingGuard {
     fn check(&self, agent: &AgentId, tool: &str, input: &serde_json::Value) -> Result<(), Refusal> {
+        let call = ToolCall::from_claude(tool, input);
+        if mala_domain::is_preflight_agent(agent) {
+            let mala_domain::Decision::Deny { reason } = mala_domain::check_probe_tool(&call)
+            else {
+                return Ok(());
+            };
+            return Err(Refusal(reason));
+        }
         let held = self.locks.held_by(agent);
         let prefix = mala_domain::parse_agent_name(agent).map(|(issue, _)| issue.commit_prefix());
         let ctx = GuardContext {
@@ -426,7 +437,7 @@ impl ToolGuard for LockingGuard {
             require_locks: self.require_locks,
             commit_prefix: prefix.as_deref(),
         };
-        match check_tool(&ToolCall::from_claude(tool, input), &ctx) {
+        match check_tool(&call, &ctx) {
             mala_domain::Decision::Allow => Ok(()),
             mala_domain::Decision::Deny { reason } => Err(Refusal(reason)),
         }
@@ -463,6 +474,24 @@ mod tests {
         };
         assert_eq!(call("Write", edit), Err(Refusal(expected)));
         assert!(call("WebFetch", serde_json::json!({})).is_err());
+        // The preflight probe meets its own rule: everything refused, the
+        // canary with the refusal the preflight looks for.
+        let probe = mala_domain::preflight_agent("run");
+        let canary = serde_json::json!({"command": mala_domain::PREFLIGHT_CANARY});
+        assert_eq!(
+            guard.check(&probe, "Bash", &canary),
+            Err(Refusal(mala_domain::CANARY_REFUSAL.to_owned()))
+        );
+        assert!(
+            guard
+                .check(&probe, "Read", &serde_json::json!({"file_path": "a.rs"}))
+                .is_err()
+        );
+        assert_eq!(
+            guard.check(&agent, "Bash", &canary),
+            Ok(()),
+            "only the probe's"
+        );
         assert_eq!(
             call("Read", serde_json::json!({"file_path": "a.rs"})),
             Ok(())
@@ -534,7 +563,10 @@ mod tests {
 
     #[test]
     fn a_probe_session_offers_the_shell_alone_with_a_short_system_prompt() {
-        let config = ClaudeConfig::new("claude", "/state");
+        let mut config = ClaudeConfig::new("claude", "/state");
+        // A project that keeps Bash from its agents still gets a probe with
+        // a shell (the guard refuses its every call).
+        config.disallowed_tools = vec!["Bash".into()];
         let mut request = SessionRequest::new(AgentId::new("preflight@r"), "/repo");
         request.probe = true;
         let args = config.arguments(&request);
@@ -545,6 +577,7 @@ mod tests {
             .position(|a| a == "--system-prompt")
             .expect("--system-prompt");
         assert!(args[prompt + 1].len() < 200, "{args:?}");
+        assert!(!args.contains(&"--disallowedTools".to_owned()), "{args:?}");
         // The hooks' permission mode and mala's tools are as for any session.
         assert!(
             args.join(" ")
