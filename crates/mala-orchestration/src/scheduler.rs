@@ -100,6 +100,8 @@ pub(crate) struct Scheduler<'o> {
     periodic_due: bool,
     sweep_pending: bool,
     epic_book: EpicBook,
+    /// Epics whose `epic_completion` waits out a pause a verifier met.
+    completion_due: crate::epics::Sweep,
     pub(crate) reviews: Reviews,
     /// The run's pause and the environment's stop.
     pauses: Pauses,
@@ -148,6 +150,7 @@ impl<'o> Scheduler<'o> {
             periodic_due: false,
             sweep_pending: true,
             epic_book: EpicBook::default(),
+            completion_due: crate::epics::Sweep::default(),
             pauses,
             first: None,
         }
@@ -660,9 +663,15 @@ impl<'o> Scheduler<'o> {
                 return None;
             }
         };
+        let mut due = std::mem::take(&mut self.completion_due);
+        due.closed.extend(sweep.closed.iter().cloned());
+        due.failed.extend(sweep.failed.iter().cloned());
         if let Some((epic, fault, message)) = sweep.fault.clone() {
             // As a runner's agent would: the run pauses or stops; after a
-            // pause a later sweep tries the epic again.
+            // pause a later sweep tries the epic again, and fires the
+            // completion triggers of the epics this one settled (their
+            // fixers would meet the same fault now). A stopped run spends
+            // nothing more.
             self.on(Input::Fault(mala_pipeline::FaultReport {
                 issue: epic,
                 fault,
@@ -670,9 +679,11 @@ impl<'o> Scheduler<'o> {
                 reply: None,
             }));
             self.sweep_pending = self.summary.stopped.is_none();
-        }
-        if let Some(stop) = orchestrator
-            .epic_completion(&sweep, &events, &mut self.reviews)
+            if self.sweep_pending {
+                self.completion_due = due;
+            }
+        } else if let Some(stop) = orchestrator
+            .epic_completion(&due, &events, &mut self.reviews)
             .await
         {
             return Some(Err(stop));

@@ -1202,19 +1202,19 @@ async fn a_fixer_the_environment_refuses_stops_the_run_for_the_environment_not_a
     );
 }
 
-/// An epic verifier whose first `failing` turns fail with `kind`, then
-/// pass every epic.
+/// An epic verifier whose turns numbered in `failing` (from 0) fail with
+/// `kind`; the others pass their epic.
 fn verifier_meeting(
     kind: mala_core::AgentErrorKind,
-    failing: usize,
+    failing: std::ops::Range<usize>,
 ) -> mala_core::MockAgentBackend {
     let turns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut backend = mala_core::MockAgentBackend::new();
     backend.expect_start().returning(move |_, _| {
         let mut session = mala_core::MockAgentSession::new();
-        let (turns, kind) = (Arc::clone(&turns), kind.clone());
+        let (turns, kind, failing) = (Arc::clone(&turns), kind.clone(), failing.clone());
         session.expect_turn().returning(move |_| {
-            if turns.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < failing {
+            if failing.contains(&turns.fetch_add(1, std::sync::atomic::Ordering::SeqCst)) {
                 return Err(mala_core::AgentError::new(
                     kind.clone(),
                     "scripted: refused",
@@ -1243,7 +1243,7 @@ async fn an_epic_verifier_meeting_a_limit_pauses_the_run_then_verifies_the_epic(
     config.epic_verification.enabled = true;
     let verifier = verifier_meeting(
         mala_core::AgentErrorKind::RateLimited { resets_at: None },
-        1,
+        0..1,
     );
     let (_stage, stages) = watch::channel(Stage::Running);
     let summary = world
@@ -1276,7 +1276,7 @@ async fn an_epic_verifier_refused_credentials_stops_the_run_and_leaves_the_epic_
     let world = World::new(epic_with_child(), Duration::from_millis(5));
     let mut config = settings(world.dir.path());
     config.epic_verification.enabled = true;
-    let verifier = verifier_meeting(mala_core::AgentErrorKind::Authentication, usize::MAX);
+    let verifier = verifier_meeting(mala_core::AgentErrorKind::Authentication, 0..usize::MAX);
     let (_stage, stages) = watch::channel(Stage::Running);
     let summary = world
         .builder(config, plan(1))
@@ -1290,4 +1290,106 @@ async fn an_epic_verifier_refused_credentials_stops_the_run_and_leaves_the_epic_
     assert!(stopped.contains("credentials"), "{stopped}");
     assert_eq!(world.status("m-e").await, IssueStatus::Open);
     assert_eq!(world.status("m-c").await, IssueStatus::Closed);
+}
+
+/// Two epics whose children are already closed: the first sweep verifies
+/// both, the first passing and the second meeting whatever its verifier
+/// meets.
+fn two_settled_epics() -> Vec<Issue> {
+    let mut issues = Vec::new();
+    for n in 1..=2 {
+        let mut epic = task(&format!("m-e{n}"));
+        epic.issue_type = IssueType::Epic;
+        let mut child = task(&format!("m-c{n}"));
+        child.status = IssueStatus::Closed;
+        child.parent = Some(epic.id.clone());
+        child.dependencies.push(Dependency {
+            depends_on: epic.id.clone(),
+            kind: DependencyKind::ParentChild,
+        });
+        issues.extend([epic, child]);
+    }
+    issues
+}
+
+/// Where the `epic_completion` trigger passed, and the pause ended, in the
+/// run's events.
+fn completions_and_resume(world: &World) -> (Vec<usize>, Option<usize>) {
+    let events = world.events.0.lock().unwrap().clone();
+    let completions = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e, Event::Warning { message } if message.starts_with("epic_completion (")))
+        .map(|(at, _)| at)
+        .collect();
+    let resumed = events.iter().position(|e| matches!(e, Event::RunResumed));
+    (completions, resumed)
+}
+
+#[tokio::test]
+async fn an_epics_completion_trigger_waits_out_a_pause_another_epics_verifier_met() {
+    let world = World::new(two_settled_epics(), Duration::from_millis(5));
+    let mut config = settings(world.dir.path());
+    config.epic_verification.enabled = true;
+    config.validation_triggers.epic_completion = Some(epic_completion(
+        mala_domain::FailureMode::Abort,
+        "echo done >> epic-checked.txt",
+    ));
+    let verifier = verifier_meeting(
+        mala_core::AgentErrorKind::RateLimited { resets_at: None },
+        1..2,
+    );
+    let (_stage, stages) = watch::channel(Stage::Running);
+    let summary = world
+        .builder(
+            config,
+            RunPlan {
+                pauses: pausing(Duration::from_secs(60)),
+                ..plan(1)
+            },
+        )
+        .epic_backend(Arc::new(verifier))
+        .build()
+        .unwrap()
+        .run(stages)
+        .await
+        .unwrap();
+    assert_eq!(summary.stopped, None, "{summary:?}");
+    assert_eq!(world.status("m-e1").await, IssueStatus::Closed);
+    assert_eq!(world.status("m-e2").await, IssueStatus::Closed);
+    let (completions, resumed) = completions_and_resume(&world);
+    let resumed = resumed.expect("the run resumed");
+    assert_eq!(completions.len(), 2, "once per epic");
+    assert!(
+        completions.iter().all(|at| *at > resumed),
+        "no trigger (nor its fixer) runs into the pause: {completions:?} vs {resumed}"
+    );
+}
+
+#[tokio::test]
+async fn an_epics_completion_trigger_does_not_run_once_a_verifier_stopped_the_run() {
+    let world = World::new(two_settled_epics(), Duration::from_millis(5));
+    let mut config = settings(world.dir.path());
+    config.epic_verification.enabled = true;
+    config.validation_triggers.epic_completion = Some(epic_completion(
+        mala_domain::FailureMode::Abort,
+        "echo done >> epic-checked.txt",
+    ));
+    let verifier = verifier_meeting(mala_core::AgentErrorKind::Authentication, 1..usize::MAX);
+    let (_stage, stages) = watch::channel(Stage::Running);
+    let summary = world
+        .builder(config, plan(1))
+        .epic_backend(Arc::new(verifier))
+        .build()
+        .unwrap()
+        .run(stages)
+        .await
+        .unwrap();
+    assert!(summary.stopped.is_some(), "{summary:?}");
+    let (completions, _) = completions_and_resume(&world);
+    assert!(
+        completions.is_empty(),
+        "nothing more is spent: {completions:?}"
+    );
+    assert!(!world.dir.path().join("epic-checked.txt").exists());
 }
