@@ -799,8 +799,10 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// The preflight, when asked for; what it spent counts toward the
-    /// run's budget. A Ctrl-C during it ends the run with nothing claimed.
+    /// The preflight, when asked for: its session is metered like any
+    /// other, so its spend counts toward the run's budget and its probe
+    /// starts with what the budget leaves. A Ctrl-C during it ends the run
+    /// with nothing claimed.
     async fn preflight_run(
         &self,
         scheduler: &mut Scheduler<'_>,
@@ -809,8 +811,9 @@ impl Orchestrator {
         if !self.preflight {
             return Ok(());
         }
+        let metered = Metered::new(Arc::clone(&self.backend), Arc::clone(&self.ledger));
         let check = crate::preflight::Preflight {
-            backend: self.backend.as_ref(),
+            backend: &metered,
             cwd: &self.repo_root,
             run_id: &self.plan.run_id,
             pauses: self.plan.pauses,
@@ -818,10 +821,7 @@ impl Orchestrator {
             clock: self.clock.as_ref(),
         };
         match check.run(stopping).await {
-            Ok(crate::preflight::Proven::Ready(spent)) => {
-                scheduler.ctx.ports.faults.count(spent);
-                Ok(())
-            }
+            Ok(crate::preflight::Proven::Ready) => Ok(()),
             Ok(crate::preflight::Proven::Stopped(now)) => Err(EndedEarly::by_stop(now, scheduler)),
             Err(error) => Err(EndedEarly::by_error(error, scheduler)),
         }

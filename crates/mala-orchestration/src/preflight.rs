@@ -14,7 +14,7 @@ use mala_core::{
     SessionRequest, TurnStatus,
 };
 use mala_domain::{
-    Blame, FaultAction, FaultContext, PreflightFailure, START_FAILURES_TO_STOP, Spent, blame,
+    Blame, FaultAction, FaultContext, PreflightFailure, START_FAILURES_TO_STOP, blame,
     judge_preflight, preflight_prompt, respond_to_fault,
 };
 use tokio::sync::watch;
@@ -39,8 +39,8 @@ pub enum PreflightError {
 
 /// How a preflight that stopped no run ended.
 pub(crate) enum Proven {
-    /// The agent works: what proving it spent, for the run's budget.
-    Ready(Spent),
+    /// The agent works.
+    Ready,
     /// A Ctrl-C came first, at this stage.
     Stopped(Stage),
 }
@@ -58,16 +58,15 @@ pub(crate) struct Preflight<'a> {
 impl Preflight<'_> {
     /// Runs the preflight, waiting out limits within `--max-pause`.
     pub(crate) async fn run(&self, stage: &mut watch::Receiver<Stage>) -> Result<Proven, RunError> {
-        let mut spent = Spent::default();
         let mut stretch_since = None;
         let mut pauses_in_row = 0;
         loop {
             let tried = tokio::select! {
-                tried = self.try_once(&mut spent) => tried,
+                tried = self.try_once() => tried,
                 now = stopped(stage) => return Ok(Proven::Stopped(now)),
             };
             let Err(error) = tried else {
-                return Ok(Proven::Ready(spent));
+                return Ok(Proven::Ready);
             };
             let PreflightError::Agent(agent_error) = &error else {
                 return Err(error.into());
@@ -113,7 +112,7 @@ impl Preflight<'_> {
     }
 
     /// One session, one canary turn, then close.
-    async fn try_once(&self, spent: &mut Spent) -> Result<(), PreflightError> {
+    async fn try_once(&self) -> Result<(), PreflightError> {
         let seen = Arc::new(Seen::default());
         let agent = mala_domain::preflight_agent(&self.run_id);
         let mut request = SessionRequest::new(agent, self.cwd.to_path_buf());
@@ -128,11 +127,10 @@ impl Preflight<'_> {
         // The session's process goes whatever the turn did.
         let _ = session.close().await;
         let outcome = turn.map_err(PreflightError::Agent)?;
-        spent.add(outcome.total_cost_usd, outcome.usage.total());
         if let TurnStatus::Failed { reason } = &outcome.status {
             return Err(PreflightError::Agent(AgentError::new(
                 AgentErrorKind::Crashed,
-                format!("the preflight turn failed: {reason}"),
+                format!("the probe's turn failed: {reason}"),
             )));
         }
         judge_preflight(&seen.take()).map_err(PreflightError::Unproven)

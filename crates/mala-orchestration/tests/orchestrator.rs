@@ -954,6 +954,24 @@ async fn a_preflight_that_proves_the_guard_lets_the_run_go_on_and_counts_its_spe
 }
 
 #[tokio::test]
+async fn the_preflight_probe_may_spend_no_more_than_the_run_budget() {
+    let world = World::new(vec![task("m-1")], Duration::from_millis(5));
+    let mut config = settings(world.dir.path());
+    config.budget.run.max_cost_usd = Some(0.75);
+    let (_stage, stages) = watch::channel(Stage::Running);
+    world
+        .builder(config, plan(1))
+        .preflight(true)
+        .build()
+        .unwrap()
+        .run(stages)
+        .await
+        .unwrap();
+    let probe = world.backend.requests().into_iter().find(|r| r.probe);
+    assert_eq!(probe.expect("a probe session").max_cost_usd, Some(0.75));
+}
+
+#[tokio::test]
 async fn refused_credentials_at_preflight_claim_nothing() {
     let mut world = World::new(vec![task("m-1"), task("m-2")], Duration::from_millis(5));
     world.backend = world

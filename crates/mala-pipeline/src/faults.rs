@@ -144,7 +144,7 @@ impl FaultLine {
         }
     }
 
-    /// Counts spend made outside any issue (the run's preflight).
+    /// Counts spend no metered session reported (a port's own).
     pub fn count(&self, spent: Spent) {
         self.ledger.add(spent.cost_usd, spent.tokens);
     }

@@ -459,7 +459,8 @@ pub struct ScriptedBackend {
     repository: MemoryRepository,
     work: Duration,
     lazy: Arc<Vec<IssueId>>,
-    sessions: Arc<Mutex<usize>>,
+    /// What each started session was asked, in order.
+    started: Arc<Mutex<Vec<SessionRequest>>>,
     stopped: Arc<tokio::sync::watch::Sender<bool>>,
     /// Turns of any session still to fail, and how.
     failing: Arc<Mutex<Option<(usize, AgentErrorKind)>>>,
@@ -489,7 +490,7 @@ impl ScriptedBackend {
             repository,
             work,
             lazy: Arc::new(Vec::new()),
-            sessions: Arc::default(),
+            started: Arc::default(),
             stopped: Arc::new(tokio::sync::watch::Sender::new(false)),
             failing: Arc::default(),
             turn_cost: 0.0,
@@ -546,7 +547,12 @@ impl ScriptedBackend {
 
     /// How many sessions were started.
     pub fn sessions(&self) -> usize {
-        *guard(&self.sessions)
+        guard(&self.started).len()
+    }
+
+    /// What each started session was asked, in order.
+    pub fn requests(&self) -> Vec<SessionRequest> {
+        guard(&self.started).clone()
     }
 }
 
@@ -574,7 +580,7 @@ impl AgentBackend for ScriptedBackend {
                 ));
             }
         }
-        *guard(&self.sessions) += 1;
+        guard(&self.started).push(request.clone());
         Ok(Box::new(ScriptedSession {
             backend: self.clone(),
             issue: request.issue_id,
