@@ -136,6 +136,23 @@ pub struct TurnOutcome {
     pub permission_denials: Vec<String>,
 }
 
+impl TurnOutcome {
+    /// A turn that completed with `final_text`, as the first of its
+    /// session, having spent nothing: the start of what a test double or
+    /// a backend reports.
+    pub fn completed(final_text: impl Into<String>) -> Self {
+        Self {
+            status: TurnStatus::Completed,
+            session_id: None,
+            final_text: final_text.into(),
+            usage: TokenUsage::default(),
+            total_cost_usd: 0.0,
+            num_turns: 1,
+            permission_denials: Vec::new(),
+        }
+    }
+}
+
 /// Everything a backend needs to start one session.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionRequest {

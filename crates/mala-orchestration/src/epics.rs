@@ -294,9 +294,7 @@ pub async fn sweep_epics(
 mod tests {
     use std::sync::Arc;
 
-    use mala_core::{
-        AgentSession, MockAgentBackend, MockAgentSession, TokenUsage, TurnOutcome, TurnStatus,
-    };
+    use mala_core::{AgentSession, MockAgentBackend, MockAgentSession, TurnOutcome};
     use mala_infra::JsonlTracker;
 
     use super::*;
@@ -313,17 +311,9 @@ mod tests {
         backend.expect_start().returning(move |_, _| {
             let answer = answers.lock().unwrap().remove(0);
             let mut session = MockAgentSession::new();
-            session.expect_turn().returning(move |_| {
-                Ok(TurnOutcome {
-                    status: TurnStatus::Completed,
-                    session_id: None,
-                    final_text: answer.to_owned(),
-                    usage: TokenUsage::default(),
-                    total_cost_usd: 0.0,
-                    num_turns: 1,
-                    permission_denials: vec![],
-                })
-            });
+            session
+                .expect_turn()
+                .returning(move |_| Ok(TurnOutcome::completed(answer)));
             session.expect_close().returning(|| Ok(()));
             Ok(Box::new(session) as Box<dyn AgentSession>)
         });

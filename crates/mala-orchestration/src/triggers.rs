@@ -282,14 +282,16 @@ async fn run_fixer(fix: &Fix<'_>, commands: &[TriggerCommand], site: &TriggerSit
         return Fixer::CouldNotRun;
     };
     let fixer = AgentId::new(format!("fixer-{}-{}@{}", fix.name, fix.round, site.run_id));
-    let ended = match site
-        .fixers
-        .start(
-            SessionRequest::new(fixer, site.repo.clone()),
-            Arc::new(Quiet),
-        )
-        .await
+    let request = SessionRequest::new(fixer, site.repo.clone());
+    let mut started = site.fixers.start(request.clone(), Arc::new(Quiet)).await;
+    if let Err(error) = &started
+        && error.kind == mala_core::AgentErrorKind::CouldNotStart
     {
+        // As for issue agents, one start failure is not yet the
+        // environment's: it takes two in a row.
+        started = site.fixers.start(request, Arc::new(Quiet)).await;
+    }
+    let ended = match started {
         Ok(mut session) => {
             let turn = session.turn(&prompt).await;
             let _ = session.close().await;
@@ -532,6 +534,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_fixer_that_fails_to_start_once_is_started_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let events: Arc<dyn EventSink> = Arc::new(Collect::default());
+        let mut flaky = MockAgentBackend::new();
+        let mut seq = mockall::Sequence::new();
+        flaky
+            .expect_start()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| {
+                Err(mala_core::AgentError::new(
+                    mala_core::AgentErrorKind::CouldNotStart,
+                    "spawn failed",
+                ))
+            });
+        let root = dir.path().to_path_buf();
+        flaky
+            .expect_start()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |_, _| {
+                std::fs::write(root.join("fixed.txt"), "").unwrap();
+                let mut session = mala_core::MockAgentSession::new();
+                session
+                    .expect_turn()
+                    .returning(|_| Ok(mala_core::TurnOutcome::completed("fixed")));
+                session.expect_close().returning(|| Ok(()));
+                Ok(Box::new(session))
+            });
+        let remediate = Trigger {
+            failure_mode: FailureMode::Remediate,
+            max_retries: 1,
+            commands: vec![command("check", "test -f fixed.txt")],
+            code_review: None,
+        };
+        let outcome = run_trigger(
+            "periodic",
+            &remediate,
+            &site(dir.path(), Arc::new(flaky), &events),
+        )
+        .await;
+        assert_eq!(outcome, TriggerOutcome::Passed);
+    }
+
+    #[tokio::test]
     async fn a_fixer_refused_by_the_api_stops_remediating_and_says_why() {
         let dir = tempfile::tempdir().unwrap();
         let collect = Arc::new(Collect::default());
@@ -628,12 +675,8 @@ mod tests {
             session.expect_turn().returning(|_| {
                 Ok(mala_core::TurnOutcome {
                     status: mala_core::TurnStatus::BudgetReached,
-                    session_id: None,
-                    final_text: String::new(),
-                    usage: mala_core::TokenUsage::default(),
                     total_cost_usd: 1.0,
-                    num_turns: 1,
-                    permission_denials: Vec::new(),
+                    ..mala_core::TurnOutcome::completed("")
                 })
             });
             session.expect_close().returning(|| Ok(()));

@@ -1238,15 +1238,9 @@ fn verifier_meeting(
                     "scripted: refused",
                 ));
             }
-            Ok(mala_core::TurnOutcome {
-                status: mala_core::TurnStatus::Completed,
-                session_id: None,
-                final_text: r#"{"passed": true, "findings": []}"#.into(),
-                usage: mala_core::TokenUsage::default(),
-                total_cost_usd: 0.0,
-                num_turns: 1,
-                permission_denials: Vec::new(),
-            })
+            Ok(mala_core::TurnOutcome::completed(
+                r#"{"passed": true, "findings": []}"#,
+            ))
         });
         session.expect_close().returning(|| Ok(()));
         Ok(Box::new(session))

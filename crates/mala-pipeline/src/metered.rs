@@ -103,21 +103,17 @@ impl AgentSession for MeteredSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mala_core::{AgentId, MockAgentBackend, MockAgentSession, TokenUsage, TurnStatus};
+    use mala_core::{AgentId, MockAgentBackend, MockAgentSession, TokenUsage};
     use mala_domain::Spend;
 
     fn outcome(total_cost_usd: f64, tokens: u64) -> TurnOutcome {
         TurnOutcome {
-            status: TurnStatus::Completed,
-            session_id: None,
-            final_text: String::new(),
             usage: TokenUsage {
                 input_tokens: tokens,
                 ..TokenUsage::default()
             },
             total_cost_usd,
-            num_turns: 1,
-            permission_denials: Vec::new(),
+            ..TurnOutcome::completed("")
         }
     }
 

@@ -13,8 +13,7 @@ use mala_core::{
     AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession,
     CheckCommand, CheckFailure, CommandRun, CommitInfo, Event, EventSink, FileEdit, Finding,
     IssueId, IssueStatus, IssueTracker, LockTable, NewIssue, RepoError, Repository, ReviewError,
-    ReviewRequest, ReviewVerdict, Reviewer, SessionId, SessionRequest, TokenUsage, TurnOutcome,
-    TurnStatus,
+    ReviewRequest, ReviewVerdict, Reviewer, SessionId, SessionRequest, TurnOutcome,
 };
 use mala_domain::{Marker, RequiredCommand};
 use mala_infra::{FileLockTable, JsonlTracker, SystemClock};
@@ -240,17 +239,11 @@ impl AgentSession for FakeSession {
                 },
             );
         }
+        world.session_cost += turn.cost_usd;
         Ok(TurnOutcome {
-            status: TurnStatus::Completed,
             session_id: Some(SessionId::new("fake-session")),
-            final_text: turn.text.to_owned(),
-            usage: TokenUsage::default(),
-            total_cost_usd: {
-                world.session_cost += turn.cost_usd;
-                world.session_cost
-            },
-            num_turns: 1,
-            permission_denials: vec![],
+            total_cost_usd: world.session_cost,
+            ..TurnOutcome::completed(turn.text)
         })
     }
 

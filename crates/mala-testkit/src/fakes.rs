@@ -16,7 +16,7 @@ use mala_core::{
     AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentObserver, AgentSession,
     CheckCommand, CheckFailure, ClaimOutcome, CommitInfo, Dependency, DependencyKind, EpicStatus,
     Issue, IssueId, IssueStatus, IssueTracker, IssueType, IssueUpdate, NewIssue, RepoError,
-    Repository, SessionId, SessionRequest, TokenUsage, TrackerError, TurnOutcome, TurnStatus,
+    Repository, SessionId, SessionRequest, TrackerError, TurnOutcome,
 };
 use mala_domain::{Blocker, IssueGraph};
 
@@ -627,13 +627,8 @@ impl ScriptedSession {
             });
         }
         TurnOutcome {
-            status: TurnStatus::Completed,
-            session_id: None,
-            final_text: "ready".to_owned(),
-            usage: TokenUsage::default(),
             total_cost_usd: self.backend.turn_cost,
-            num_turns: 1,
-            permission_denials: Vec::new(),
+            ..TurnOutcome::completed("ready")
         }
     }
 }
@@ -682,18 +677,16 @@ impl AgentSession for ScriptedSession {
                 .repository
                 .commit(&format!("bd-{issue}: done"), &["src/lib.rs"]);
         }
+        let said = if lazy {
+            "Done.".to_owned()
+        } else {
+            format!("Committed the work for {issue}.")
+        };
         Ok(TurnOutcome {
-            status: TurnStatus::Completed,
             session_id: self.session_id(),
-            final_text: if lazy {
-                "Done.".into()
-            } else {
-                format!("Committed the work for {issue}.")
-            },
-            usage: TokenUsage::default(),
             total_cost_usd: self.backend.turn_cost * f64::from(self.turns),
             num_turns: self.turns,
-            permission_denials: Vec::new(),
+            ..TurnOutcome::completed(said)
         })
     }
 
