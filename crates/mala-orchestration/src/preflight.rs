@@ -114,7 +114,7 @@ impl Preflight<'_> {
     /// One session, one canary turn, then close.
     async fn try_once(&self) -> Result<(), PreflightError> {
         let seen = Arc::new(Seen::default());
-        let agent = mala_domain::preflight_agent(&self.run_id);
+        let agent = mala_domain::preflight_agent(self.run_id);
         let mut request = SessionRequest::new(agent, self.cwd.to_path_buf());
         request.probe = true;
         let observer: Arc<dyn AgentObserver> = seen.clone();
