@@ -85,6 +85,10 @@ pub enum AgentEvent {
     },
     /// A tool call was refused, with the reason the agent was given.
     ToolDenied { tool: String, reason: String },
+    /// What the running turn has used so far, as the backend learns it
+    /// from each model response; the turn's outcome has the final figure.
+    /// A budget in tokens cuts a turn on it.
+    TurnUsage { usage: TokenUsage },
 }
 
 /// Tokens spent, as reported by the backend.
@@ -104,6 +108,37 @@ impl TokenUsage {
             .saturating_add(self.output_tokens)
             .saturating_add(self.cache_read_input_tokens)
             .saturating_add(self.cache_creation_input_tokens)
+    }
+
+    /// Each count the larger of the two: one model response reported twice,
+    /// the second time further on.
+    #[must_use]
+    pub fn max_each(self, other: Self) -> Self {
+        Self {
+            input_tokens: self.input_tokens.max(other.input_tokens),
+            output_tokens: self.output_tokens.max(other.output_tokens),
+            cache_read_input_tokens: self
+                .cache_read_input_tokens
+                .max(other.cache_read_input_tokens),
+            cache_creation_input_tokens: self
+                .cache_creation_input_tokens
+                .max(other.cache_creation_input_tokens),
+        }
+    }
+
+    /// Both together.
+    #[must_use]
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            input_tokens: self.input_tokens.saturating_add(other.input_tokens),
+            output_tokens: self.output_tokens.saturating_add(other.output_tokens),
+            cache_read_input_tokens: self
+                .cache_read_input_tokens
+                .saturating_add(other.cache_read_input_tokens),
+            cache_creation_input_tokens: self
+                .cache_creation_input_tokens
+                .saturating_add(other.cache_creation_input_tokens),
+        }
     }
 }
 

@@ -98,6 +98,66 @@ impl RunLedger {
     }
 }
 
+/// One session's running turn in the run's ledger: the turn's usage goes
+/// in as the backend reports it, so a run budget in tokens cuts running
+/// turns where they are; the turn's final figure settles it.
+#[derive(Debug)]
+pub(crate) struct TurnMeter {
+    ledger: Arc<RunLedger>,
+    /// Tokens of the running turn already in the ledger.
+    counted: Mutex<u64>,
+    /// The running turn's tokens so far, for an issue's own budget.
+    so_far: watch::Sender<u64>,
+}
+
+impl TurnMeter {
+    pub(crate) fn new(ledger: Arc<RunLedger>) -> Self {
+        Self {
+            ledger,
+            counted: Mutex::new(0),
+            so_far: watch::Sender::new(0),
+        }
+    }
+
+    fn counted(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.counted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The running turn has used `tokens` so far.
+    pub(crate) fn running(&self, tokens: u64) {
+        let mut counted = self.counted();
+        let more = tokens.saturating_sub(*counted);
+        *counted += more;
+        drop(counted);
+        self.so_far.send_replace(tokens);
+        if more > 0 {
+            self.ledger.add(0.0, more);
+        }
+    }
+
+    /// Watches the running turn's tokens.
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
+        self.so_far.subscribe()
+    }
+
+    /// The turn ended having spent `cost_usd` and `tokens` in all; the
+    /// meter is ready for the next.
+    pub(crate) fn settle(&self, cost_usd: f64, tokens: u64) {
+        let counted = std::mem::take(&mut *self.counted());
+        self.so_far.send_replace(0);
+        self.ledger.add(cost_usd, tokens.saturating_sub(counted));
+    }
+
+    /// The turn was cut before its end: what the ledger has of it, which is
+    /// all that is known.
+    pub(crate) fn cut(&self) -> u64 {
+        self.so_far.send_replace(0);
+        std::mem::take(&mut *self.counted())
+    }
+}
+
 /// A runner's end of the line.
 #[derive(Debug, Clone)]
 pub struct FaultLine {

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use mala_core::{
-    AgentBackend, AgentError, AgentErrorKind, AgentObserver, AgentSession, SessionId,
+    AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentObserver, AgentSession, SessionId,
     SessionRequest, TurnOutcome,
 };
 use mala_domain::dollars_left;
 
 use crate::RunLedger;
+use crate::faults::TurnMeter;
 
 /// A backend whose sessions count in the run's budget.
 pub struct Metered {
@@ -52,10 +53,15 @@ impl AgentBackend for Metered {
             (Some(asked), Some(left)) => Some(asked.min(left)),
             (asked, left) => asked.or(left),
         };
+        let meter = Arc::new(TurnMeter::new(Arc::clone(&self.ledger)));
+        let observer = Arc::new(MeteredObserver {
+            inner: observer,
+            meter: Arc::clone(&meter),
+        });
         let inner = self.inner.start(request, observer).await?;
         Ok(Box::new(MeteredSession {
             inner,
-            ledger: Arc::clone(&self.ledger),
+            meter,
             counted_usd: 0.0,
         }))
     }
@@ -69,9 +75,24 @@ impl AgentBackend for Metered {
     }
 }
 
+/// Passes a session's events on, metering its running turn.
+struct MeteredObserver {
+    inner: Arc<dyn AgentObserver>,
+    meter: Arc<TurnMeter>,
+}
+
+impl AgentObserver for MeteredObserver {
+    fn on_event(&self, event: &AgentEvent) {
+        if let AgentEvent::TurnUsage { usage } = event {
+            self.meter.running(usage.total());
+        }
+        self.inner.on_event(event);
+    }
+}
+
 struct MeteredSession {
     inner: Box<dyn AgentSession>,
-    ledger: Arc<RunLedger>,
+    meter: Arc<TurnMeter>,
     /// The session's running total already in the ledger.
     counted_usd: f64,
 }
@@ -83,11 +104,18 @@ impl AgentSession for MeteredSession {
     }
 
     async fn turn(&mut self, prompt: &str) -> Result<TurnOutcome, AgentError> {
-        let outcome = self.inner.turn(prompt).await?;
+        let outcome = match self.inner.turn(prompt).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // What the turn used before it failed stays counted.
+                self.meter.cut();
+                return Err(error);
+            }
+        };
         // The backend reports the session's running total.
         let cost = (outcome.total_cost_usd - self.counted_usd).max(0.0);
         self.counted_usd = self.counted_usd.max(outcome.total_cost_usd);
-        self.ledger.add(cost, outcome.usage.total());
+        self.meter.settle(cost, outcome.usage.total());
         Ok(outcome)
     }
 

@@ -118,6 +118,8 @@ struct SessionLog {
     events: Arc<dyn EventSink>,
     evidence: Mutex<Evidence>,
     tool_uses: Mutex<usize>,
+    /// The running turn's tokens, into the run's ledger as they come.
+    meter: crate::faults::TurnMeter,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -137,6 +139,7 @@ impl AgentObserver for SessionLog {
                 .repository_damage
                 .extend(what.iter().cloned()),
             AgentEvent::ToolUse { .. } => *lock(&self.tool_uses) += 1,
+            AgentEvent::TurnUsage { usage } => self.meter.running(usage.total()),
             _ => {}
         }
         self.events.emit(&Event::Agent {
@@ -349,6 +352,7 @@ impl IssueRun {
             events: Arc::clone(&ports.events),
             evidence: Mutex::new(Evidence::default()),
             tool_uses: Mutex::new(0),
+            meter: crate::faults::TurnMeter::new(Arc::clone(&ports.faults.ledger)),
         });
         Self {
             issue,
@@ -629,19 +633,28 @@ impl IssueRun {
                 reason: "no agent session".into(),
             });
         };
-        // The run's budget cuts a turn where it is; what is done already
-        // (a gate, a close) costs nothing more and goes on.
+        // The run's budget, and the issue's in tokens, cut a turn where it
+        // is; what is done already (a gate, a close) costs nothing more and
+        // goes on. (Claude cuts a turn at the issue's dollars itself.)
         let mut crossing = self.ports.faults.ledger.crossing();
+        let issue_tokens = self.config.issue_budget.max_tokens;
+        let before = self.spent.tokens;
+        let mut so_far = self.log.meter.watch();
         let turned = tokio::select! {
             turned = session.turn(&prompt) => Some(turned),
             _ = crossing.wait_for(|crossed| *crossed) => None,
+            _ = so_far.wait_for(|tokens| issue_tokens.is_some_and(|max| before + tokens >= max)) => None,
         };
         let error = match turned {
             Some(Ok(outcome)) => return self.turn_ended(outcome),
-            Some(Err(error)) => error,
+            Some(Err(error)) => {
+                self.spent.add(0.0, self.log.meter.cut());
+                error
+            }
             None => {
                 // Dropped, not closed: the agent must not act on.
                 drop(self.session.take());
+                self.spent.add(0.0, self.log.meter.cut());
                 return Step::Finish(self.over_budget().unwrap_or(IssueResult::Released {
                     reason: "the run's budget was reached during this issue's turn".into(),
                 }));
@@ -748,7 +761,7 @@ impl IssueRun {
         // Said first, then counted: a budget this turn crosses is said after it.
         let tokens = outcome.usage.total();
         self.spent.add(cost_usd, tokens);
-        self.ports.faults.ledger.add(cost_usd, tokens);
+        self.log.meter.settle(cost_usd, tokens);
         self.final_text = outcome.final_text;
         self.resuming = false;
         Step::Gate

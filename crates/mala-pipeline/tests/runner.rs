@@ -71,6 +71,8 @@ struct World {
 enum Misbehave {
     Hang,
     Panic,
+    /// Reports this many tokens used so far in the turn, then never ends it.
+    SpendAndHang(u64),
 }
 
 impl World {
@@ -202,6 +204,17 @@ impl AgentSession for FakeSession {
                 std::future::pending::<()>().await;
             }
             Some(Misbehave::Panic) => panic!("a bug inside the runner's turn"),
+            Some(Misbehave::SpendAndHang(tokens)) => {
+                for step in [tokens / 2, tokens] {
+                    self.observer.on_event(&AgentEvent::TurnUsage {
+                        usage: mala_core::TokenUsage {
+                            input_tokens: step,
+                            ..mala_core::TokenUsage::default()
+                        },
+                    });
+                }
+                std::future::pending::<()>().await;
+            }
             None => {}
         }
         let mut world = self.world.lock().unwrap();
@@ -1816,6 +1829,66 @@ async fn a_limit_the_run_stops_on_gives_the_issue_back() {
     assert_eq!(
         (status, followup, notes.as_str()),
         (IssueStatus::Open, false, "")
+    );
+}
+
+#[tokio::test]
+async fn an_issue_token_budget_cuts_its_turn_mid_way_and_fails_it_saying_so() {
+    let h = Harness::new().await;
+    let config = RunnerConfig {
+        issue_budget: mala_domain::Spend {
+            max_cost_usd: None,
+            max_tokens: Some(10_000),
+        },
+        ..Harness::config()
+    };
+    h.world.lock().unwrap().misbehave = Some(Misbehave::SpendAndHang(12_000));
+    let ports = h.ports(vec![honest_turn(&h)], None);
+    // The turn never ends by itself: only the budget can end it.
+    let result = tokio::time::timeout(Duration::from_secs(20), run_ports(&h, &ports, &config))
+        .await
+        .expect("the budget cut the turn");
+    let IssueResult::Failed { reason } = &result else {
+        panic!("{result:?}")
+    };
+    assert!(
+        reason.contains("this issue's budget was reached"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("12000") || reason.contains("12,000"),
+        "{reason}"
+    );
+    assert_eq!(
+        ports.faults.spent().tokens,
+        12_000,
+        "the run counts what the cut turn used"
+    );
+}
+
+#[tokio::test]
+async fn a_run_token_budget_cuts_a_running_turn_and_gives_the_issue_back() {
+    let h = Harness::new().await;
+    let (faults, _desk) = mala_pipeline::fault_line(Arc::new(mala_pipeline::RunLedger::new(
+        mala_domain::Spend {
+            max_cost_usd: None,
+            max_tokens: Some(10_000),
+        },
+    )));
+    h.world.lock().unwrap().misbehave = Some(Misbehave::SpendAndHang(12_000));
+    let ports = RunnerPorts {
+        faults,
+        ..h.ports(vec![honest_turn(&h)], None)
+    };
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        run_ports(&h, &ports, &Harness::config()),
+    )
+    .await
+    .expect("the run's budget cut the turn");
+    assert!(
+        matches!(&result, IssueResult::Released { reason } if reason.contains("run's budget")),
+        "{result:?}"
     );
 }
 

@@ -335,6 +335,56 @@ fn rate_limited_run(limited: fn(&Conversation<'_>) -> bool) {
 }
 
 #[test]
+fn an_issue_token_budget_cuts_its_agents_turn_mid_way_and_fails_it_saying_so() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = setup();
+    // Each mock call reads about 20,000 input tokens: the agent's plan
+    // needs five calls, the budget allows two; only mala can cut the turn,
+    // from the usage each response reports.
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\nbudget:\n  issue:\n    max_tokens: 45000\n",
+    )
+    .unwrap();
+    let br = Br::init(&br_binary, repo.path(), "tokens");
+    let issues = two_issues(&br, &repo);
+    let Offline {
+        mock,
+        harness: _harness,
+        scratch: _scratch,
+        env,
+    } = offline(script_with_check(repo.path()), &claude, &br_binary);
+
+    let (stdout, _) = mala_run_expecting(&repo, &env, &["--max-issues", "1"], 1);
+    assert!(
+        stdout.contains("the issue's budget was reached"),
+        "{stdout}"
+    );
+    let notes: Vec<String> = issues
+        .iter()
+        .map(|i| {
+            br.json(&["show", i])[0]["notes"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .filter(|notes| notes.contains("mala: failed"))
+        .collect();
+    assert_eq!(notes.len(), 1, "{stdout}");
+    assert!(
+        notes[0].contains("tokens spent of 45000"),
+        "the note says the budget and the spend: {}",
+        notes[0]
+    );
+    let calls = mock.requests().iter().filter(|r| r.is_agent_call()).count();
+    assert!(calls < 5, "mala cut the turn at the budget: {calls} calls");
+    assert!(
+        !repo.git(&["log", "--format=%s"]).contains("bd-"),
+        "no commit was made within the budget"
+    );
+}
+
+#[test]
 fn an_issue_budget_stops_its_agent_mid_turn_and_fails_it_saying_so() {
     let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
     let repo = setup();

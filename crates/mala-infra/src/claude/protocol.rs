@@ -118,6 +118,44 @@ fn failure_text(result: &Value) -> String {
 /// What a `result` line says about the turn. An API error (the model could
 /// not be reached) is an error for the caller to retry or give up on; every
 /// other result is an outcome, judged by `is_error`, never by `subtype`.
+/// A `usage` object as the API and the CLI write it.
+fn usage_of(usage: &Value) -> TokenUsage {
+    TokenUsage {
+        input_tokens: number(usage, "input_tokens"),
+        output_tokens: number(usage, "output_tokens"),
+        cache_read_input_tokens: number(usage, "cache_read_input_tokens"),
+        cache_creation_input_tokens: number(usage, "cache_creation_input_tokens"),
+    }
+}
+
+/// The model response an `assistant` line belongs to, and its usage as
+/// far as that line knows (the CLI writes one line per content block, each
+/// with the response's usage so far).
+pub(crate) fn response_usage(message: &Value) -> Option<(&str, TokenUsage)> {
+    let response = message.get("message")?;
+    let id = response.get("id")?.as_str()?;
+    Some((id, usage_of(response.get("usage")?)))
+}
+
+/// The running turn's usage, response by response.
+#[derive(Debug, Default)]
+pub(crate) struct TurnTally {
+    responses: Vec<(String, TokenUsage)>,
+}
+
+impl TurnTally {
+    /// Adds what a line says of response `id`; the turn's usage so far.
+    pub(crate) fn add(&mut self, id: &str, usage: TokenUsage) -> TokenUsage {
+        match self.responses.iter_mut().find(|(seen, _)| seen == id) {
+            Some((_, known)) => *known = known.max_each(usage),
+            None => self.responses.push((id.to_owned(), usage)),
+        }
+        self.responses
+            .iter()
+            .fold(TokenUsage::default(), |sum, (_, usage)| sum.plus(*usage))
+    }
+}
+
 pub(crate) fn turn_outcome(result: &Value) -> Result<TurnOutcome, AgentError> {
     let is_error = result
         .get("is_error")
@@ -142,7 +180,7 @@ pub(crate) fn turn_outcome(result: &Value) -> Result<TurnOutcome, AgentError> {
             reason: failure_text(result),
         },
     };
-    let usage = result.get("usage").cloned().unwrap_or(Value::Null);
+    let usage = result.get("usage").unwrap_or(&Value::Null);
     Ok(TurnOutcome {
         status,
         session_id: result
@@ -155,12 +193,7 @@ pub(crate) fn turn_outcome(result: &Value) -> Result<TurnOutcome, AgentError> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned(),
-        usage: TokenUsage {
-            input_tokens: number(&usage, "input_tokens"),
-            output_tokens: number(&usage, "output_tokens"),
-            cache_read_input_tokens: number(&usage, "cache_read_input_tokens"),
-            cache_creation_input_tokens: number(&usage, "cache_creation_input_tokens"),
-        },
+        usage: usage_of(usage),
         total_cost_usd: result
             .get("total_cost_usd")
             .and_then(Value::as_f64)
@@ -343,6 +376,42 @@ mod tests {
         let allowed = json!({"type":"rate_limit_event","rate_limit_info":{"status":"allowed_warning","resetsAt":1_800_000_000}});
         assert_eq!(rejected_until(&allowed), None);
         assert_eq!(rejected_until(&json!({"type":"assistant"})), None);
+    }
+
+    #[test]
+    fn a_turns_usage_counts_each_response_once_at_its_latest() {
+        let usage = |input, output| TokenUsage {
+            input_tokens: input,
+            output_tokens: output,
+            ..TokenUsage::default()
+        };
+        let mut tally = TurnTally::default();
+        assert_eq!(tally.add("m1", usage(100, 1)).total(), 101);
+        assert_eq!(
+            tally.add("m1", usage(100, 30)).total(),
+            130,
+            "the same response, further on"
+        );
+        assert_eq!(tally.add("m2", usage(150, 5)).total(), 285);
+        // In every recorded turn the running figure reaches the result's
+        // input tokens, and never more than its total (output comes last).
+        let mut turns = 0;
+        let mut tally = TurnTally::default();
+        let mut so_far = TokenUsage::default();
+        for (name, line) in fixture_lines() {
+            if let Some((id, seen)) = response_usage(&line) {
+                so_far = tally.add(id, seen);
+            }
+            if line["type"] == "result" {
+                let outcome = turn_outcome(&line).unwrap();
+                assert_eq!(so_far.input_tokens, outcome.usage.input_tokens, "{name}");
+                assert!(so_far.total() <= outcome.usage.total(), "{name}");
+                turns += 1;
+                tally = TurnTally::default();
+                so_far = TokenUsage::default();
+            }
+        }
+        assert!(turns >= 5, "{turns}");
     }
 
     #[test]

@@ -86,6 +86,8 @@ struct Shared {
     stderr_tail: Mutex<String>,
     /// When a usage limit the CLI reported refused calls resets.
     limit_resets: Mutex<Option<DateTime<Utc>>>,
+    /// The running turn's usage so far.
+    turn_usage: Mutex<protocol::TurnTally>,
     /// Tool calls the PreToolUse hook saw and whose result has not come
     /// yet, by tool use id: allowed or denied.
     guarded: Mutex<HashMap<String, bool>>,
@@ -187,6 +189,10 @@ impl Shared {
                 }
             }
             Some("assistant") => {
+                if let Some((id, usage)) = protocol::response_usage(message) {
+                    let usage = lock(&self.turn_usage).add(id, usage);
+                    self.emit(&AgentEvent::TurnUsage { usage });
+                }
                 for block in message
                     .pointer("/message/content")
                     .and_then(Value::as_array)
@@ -741,6 +747,7 @@ impl ClaudeSession {
             tool_started: Mutex::new(HashMap::new()),
             stderr_tail: Mutex::new(String::new()),
             limit_resets: Mutex::new(None),
+            turn_usage: Mutex::default(),
             guarded: Mutex::default(),
             unguarded: Mutex::default(),
             next_request: AtomicU64::new(0),
@@ -1094,6 +1101,7 @@ impl AgentSession for ClaudeSession {
     async fn turn(&mut self, prompt: &str) -> Result<TurnOutcome, AgentError> {
         // A limit counts for the turn it refused.
         *lock(&self.shared.limit_resets) = None;
+        *lock(&self.shared.turn_usage) = protocol::TurnTally::default();
         lock(&self.shared.unguarded).clear();
         if self.stop.stopping() {
             return Err(AgentError::new(
