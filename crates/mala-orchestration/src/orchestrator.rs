@@ -812,15 +812,15 @@ impl Orchestrator {
             return Ok(());
         }
         let metered = Metered::new(Arc::clone(&self.backend), Arc::clone(&self.ledger));
+        let events = Arc::clone(&scheduler.ctx.events);
         let check = crate::preflight::Preflight {
             backend: &metered,
             cwd: &self.repo_root,
             run_id: &self.plan.run_id,
-            pauses: self.plan.pauses,
-            events: scheduler.ctx.events.as_ref(),
+            events: events.as_ref(),
             clock: self.clock.as_ref(),
         };
-        match check.run(stopping).await {
+        match check.run(&mut scheduler.pauses, stopping).await {
             Ok(crate::preflight::Proven::Ready) => Ok(()),
             Ok(crate::preflight::Proven::Stopped(now)) => Err(EndedEarly::by_stop(now, scheduler)),
             Err(error) => Err(EndedEarly::by_error(error, scheduler)),

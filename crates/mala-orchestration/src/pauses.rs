@@ -127,6 +127,26 @@ impl Pauses {
             answer(report.reply, GoOn::GiveBack);
             return;
         }
+        match self.respond(&report.fault, &report.message, now) {
+            FaultAction::Stop { reason } => {
+                answer(report.reply, GoOn::GiveBack);
+                self.stop(reason, events);
+            }
+            FaultAction::Pause { until } => {
+                let reason = format!("{}: {}", report.fault.summary(), report.message);
+                self.pause_until(until, &reason, report.reply, now, events);
+            }
+            FaultAction::CarryOn => answer(report.reply, GoOn::GiveBack),
+        }
+    }
+
+    /// What the run does about `fault` at `now`, by its faults so far.
+    pub(crate) fn respond(
+        &self,
+        fault: &EnvFault,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> FaultAction {
         let ctx = FaultContext {
             now,
             start_failures_in_row: self.start_failures_in_row,
@@ -135,20 +155,16 @@ impl Pauses {
             max_pause: self.policy.max_pause,
             backoff: self.policy.backoff,
         };
-        match respond_to_fault(&report.fault, &report.message, &ctx) {
-            FaultAction::Stop { reason } => {
-                answer(report.reply, GoOn::GiveBack);
-                self.stop(reason, events);
-            }
-            FaultAction::Pause { until } => self.pause_until(until, report, now, events),
-            FaultAction::CarryOn => answer(report.reply, GoOn::GiveBack),
-        }
+        respond_to_fault(fault, message, &ctx)
     }
 
-    fn pause_until(
+    /// Pauses the run until `until` (or keeps a longer pause), for `reason`;
+    /// `waiting` carries on when it ends.
+    pub(crate) fn pause_until(
         &mut self,
         until: DateTime<Utc>,
-        report: FaultReport,
+        reason: &str,
+        waiting: Option<oneshot::Sender<GoOn>>,
         now: DateTime<Utc>,
         events: &dyn EventSink,
     ) {
@@ -160,12 +176,12 @@ impl Pauses {
         });
         let longer = until > pause.until;
         pause.until = pause.until.max(until);
-        pause.waiting.extend(report.reply);
+        pause.waiting.extend(waiting);
         if new || longer {
             let until = pause.until;
             self.set_gate(RunGate::Paused);
             events.emit(&Event::RunPaused {
-                reason: format!("{}: {}", report.fault.summary(), report.message),
+                reason: reason.to_owned(),
                 until,
             });
         }

@@ -10,17 +10,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use mala_core::{
-    AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentObserver, Clock, Event, EventSink,
+    AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentObserver, Clock, EventSink,
     SessionRequest, TurnStatus,
 };
-use mala_domain::{
-    Blame, FaultAction, FaultContext, PreflightFailure, START_FAILURES_TO_STOP, blame,
-    judge_preflight, preflight_prompt, respond_to_fault,
-};
+use mala_domain::{Blame, FaultAction, PreflightFailure, blame, judge_preflight, preflight_prompt};
 use tokio::sync::watch;
 
 use crate::orchestrator::{RunError, Stage, stopped};
-use crate::pauses::PausePolicy;
+use crate::pauses::Pauses;
 
 /// Why the preflight stopped the run.
 #[derive(Debug, thiserror::Error)]
@@ -50,16 +47,18 @@ pub(crate) struct Preflight<'a> {
     pub(crate) backend: &'a dyn AgentBackend,
     pub(crate) cwd: &'a Path,
     pub(crate) run_id: &'a str,
-    pub(crate) pauses: PausePolicy,
     pub(crate) events: &'a dyn EventSink,
     pub(crate) clock: &'a dyn Clock,
 }
 
 impl Preflight<'_> {
-    /// Runs the preflight, waiting out limits within `--max-pause`.
-    pub(crate) async fn run(&self, stage: &mut watch::Receiver<Stage>) -> Result<Proven, RunError> {
-        let mut stretch_since = None;
-        let mut pauses_in_row = 0;
+    /// Runs the preflight, waiting out limits within `--max-pause`. Its
+    /// pauses are the run's: a limit met later carries on the same stretch.
+    pub(crate) async fn run(
+        &self,
+        pauses: &mut Pauses,
+        stage: &mut watch::Receiver<Stage>,
+    ) -> Result<Proven, RunError> {
         loop {
             let tried = tokio::select! {
                 tried = self.try_once() => tried,
@@ -74,38 +73,28 @@ impl Preflight<'_> {
             let Blame::Environment(fault) = blame(&agent_error.kind) else {
                 return Err(error.into());
             };
-            // An API unreachable at the start (after the CLI's own retries)
-            // is a setup to fix, not a moment to wait out, unlike a limit
-            // or an overload.
-            if agent_error.kind == AgentErrorKind::Network {
+            // An agent that cannot start, or an API unreachable at the
+            // start (after the CLI's own retries), is a setup to fix, not a
+            // moment to wait out, unlike a limit or an overload.
+            if matches!(
+                agent_error.kind,
+                AgentErrorKind::Network | AgentErrorKind::CouldNotStart
+            ) {
                 return Err(error.into());
             }
             let now = self.clock.now();
-            let ctx = FaultContext {
-                now,
-                start_failures_in_row: START_FAILURES_TO_STOP,
-                paused_since: Some(*stretch_since.get_or_insert(now)),
-                pauses_in_row,
-                max_pause: self.pauses.max_pause,
-                backoff: self.pauses.backoff,
-            };
-            let until = match respond_to_fault(&fault, &agent_error.message, &ctx) {
+            let until = match pauses.respond(&fault, &agent_error.message, now) {
                 FaultAction::Pause { until } => until,
-                FaultAction::Stop { reason }
-                    if !matches!(agent_error.kind, AgentErrorKind::CouldNotStart) =>
-                {
+                FaultAction::Stop { reason } => {
                     return Err(PreflightError::Environment(reason).into());
                 }
-                FaultAction::Stop { .. } | FaultAction::CarryOn => return Err(error.into()),
+                FaultAction::CarryOn => return Err(error.into()),
             };
-            self.events.emit(&Event::RunPaused {
-                reason: format!("{}: {}", fault.summary(), agent_error.message),
-                until,
-            });
-            pauses_in_row += 1;
+            let reason = format!("{}: {}", fault.summary(), agent_error.message);
+            pauses.pause_until(until, &reason, None, now, self.events);
             let wait = (until - self.clock.now()).to_std().unwrap_or_default();
             tokio::select! {
-                () = self.clock.sleep(wait) => self.events.emit(&Event::RunResumed),
+                () = self.clock.sleep(wait) => pauses.pause_over(self.events),
                 now = stopped(stage) => return Ok(Proven::Stopped(now)),
             }
         }

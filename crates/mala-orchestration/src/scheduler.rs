@@ -104,7 +104,7 @@ pub(crate) struct Scheduler<'o> {
     completion_due: crate::epics::Sweep,
     pub(crate) reviews: Reviews,
     /// The run's pause and the environment's stop.
-    pauses: Pauses,
+    pub(crate) pauses: Pauses,
     /// An issue that runs alone before any other (a red baseline's).
     pub(crate) first: Option<IssueId>,
 }
