@@ -13,6 +13,15 @@ pub fn finding_place(finding: &Finding) -> String {
     }
 }
 
+/// Its body, with where it is when it has a place: the text of an issue
+/// filed for it.
+pub fn finding_detail(finding: &Finding) -> String {
+    if finding.file.is_none() {
+        return finding.body.clone();
+    }
+    format!("{}\n\nWhere: {}", finding.body, finding_place(finding))
+}
+
 /// One line: `[P1] src/a.rs:3: Off by one`.
 pub fn finding_line(finding: &Finding) -> String {
     format!(

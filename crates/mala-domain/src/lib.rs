@@ -40,7 +40,7 @@ pub use deadlock::{Deadlock, WaitForGraph};
 pub use faults::{
     Blame, FaultAction, FaultContext, START_FAILURES_TO_STOP, blame, respond as respond_to_fault,
 };
-pub use findings::{finding_line, finding_place, findings_list};
+pub use findings::{finding_detail, finding_line, finding_place, findings_list};
 pub use gate::{
     AttemptState, CommitInfo, GateInput, GateVerdict, Marker, ProtectedChanges, ProtectedFiles,
     RequiredCommand, check_gate, glob_matches, is_validation_run, no_progress, parse_marker,

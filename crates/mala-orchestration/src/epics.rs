@@ -7,13 +7,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use mala_core::{
-    DependencyKind, Event, EventSink, Finding, IssueId, IssueTracker, NewIssue, Priority,
-    ReviewError, TrackerError,
-};
+use mala_core::{Event, EventSink, Finding, IssueId, IssueTracker, ReviewError, TrackerError};
 use mala_domain::{IssueGraph, Scope};
-use mala_domain::{finding_place, normalize_label};
-use mala_pipeline::EpicVerifier;
+use mala_pipeline::{EpicVerifier, file_epic_findings};
 
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,59 +40,6 @@ fn in_scope(graph: &IssueGraph, epic: &IssueId, scope: &Scope) -> bool {
         Scope::Ids(ids) => ids.contains(epic),
         Scope::Orphans => false,
     }
-}
-
-fn finding_text(finding: &Finding) -> String {
-    if finding.file.is_none() {
-        return finding.body.clone();
-    }
-    format!("{}\n\nWhere: {}", finding.body, finding_place(finding))
-}
-
-/// Files the findings of a failed verification; returns the new issues.
-async fn file_findings(
-    tracker: &dyn IssueTracker,
-    epic: &IssueId,
-    findings: &[Finding],
-) -> Result<Vec<IssueId>, mala_core::TrackerError> {
-    let mut created = Vec::new();
-    let mut previous: Option<IssueId> = None;
-    for finding in findings {
-        let blocking = finding.blocks();
-        let dedup = normalize_label(&format!("er:{epic}:{}", finding.title));
-        if !tracker.find_by_label(&dedup).await?.is_empty() {
-            continue;
-        }
-        let id = tracker
-            .create(NewIssue {
-                title: format!(
-                    "[{}] {}",
-                    if blocking { "Remediation" } else { "Advisory" },
-                    finding.title.chars().take(80).collect::<String>()
-                ),
-                description: format!(
-                    "Found while verifying epic {epic}.\n\n{}",
-                    finding_text(finding)
-                ),
-                priority: Priority::new(finding.priority),
-                labels: vec![dedup, "auto_generated".into()],
-                // Remediation belongs to the epic, so the epic waits for it.
-                parent: blocking.then(|| epic.clone()),
-                ..NewIssue::default()
-            })
-            .await?;
-        if blocking {
-            // One after another, so they do not collide in the same code.
-            if let Some(before) = &previous {
-                tracker
-                    .add_dependency(&id, before, DependencyKind::Blocks)
-                    .await?;
-            }
-            previous = Some(id.clone());
-        }
-        created.push(id);
-    }
-    Ok(created)
 }
 
 /// How `mala epic-verify` went for one epic.
@@ -181,7 +124,7 @@ pub async fn verify_epic(
             .cloned()
             .collect();
         if close {
-            file_findings(tracker, epic_id, &advisories).await?;
+            file_epic_findings(tracker, epic_id, &advisories).await?;
             tracker
                 .close(epic_id, "mala: verified against its acceptance criteria")
                 .await?;
@@ -192,7 +135,7 @@ pub async fn verify_epic(
         });
     }
     let filed = if close {
-        file_findings(tracker, epic_id, &verdict.findings).await?
+        file_epic_findings(tracker, epic_id, &verdict.findings).await?
     } else {
         Vec::new()
     };
@@ -264,7 +207,7 @@ pub async fn sweep_epics(
                 .collect();
             sweep
                 .created
-                .extend(file_findings(tracker, &epic_id, &advisories).await?);
+                .extend(file_epic_findings(tracker, &epic_id, &advisories).await?);
             tracker
                 .close(&epic_id, "mala: verified against its acceptance criteria")
                 .await?;
@@ -285,7 +228,7 @@ pub async fn sweep_epics(
         sweep.failed.push(epic_id.clone());
         sweep
             .created
-            .extend(file_findings(tracker, &epic_id, &verdict.findings).await?);
+            .extend(file_epic_findings(tracker, &epic_id, &verdict.findings).await?);
     }
     Ok(sweep)
 }
@@ -294,7 +237,7 @@ pub async fn sweep_epics(
 mod tests {
     use std::sync::Arc;
 
-    use mala_core::{AgentSession, MockAgentBackend, MockAgentSession, TurnOutcome};
+    use mala_core::{AgentSession, MockAgentBackend, MockAgentSession, NewIssue, TurnOutcome};
     use mala_infra::JsonlTracker;
 
     use super::*;
@@ -401,7 +344,7 @@ mod tests {
             mala_core::IssueStatus::Open
         );
         // The same findings again are not filed twice.
-        let again = file_findings(
+        let again = file_epic_findings(
             &tracker,
             &epic,
             &[Finding {

@@ -19,8 +19,8 @@ use mala_domain::{
 };
 
 use crate::faults::{FaultLine, GoOn};
+use crate::filing::track_advisory_findings;
 use crate::reviewers::ask_reviewer;
-use crate::tracking::track_advisory_findings;
 use crate::worker::{CatchUnwind, StopSignal, panic_message};
 
 /// What the runner needs to know about the project.

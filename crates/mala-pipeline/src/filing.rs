@@ -1,8 +1,18 @@
-//! Non-blocking review findings (P2/P3) become one `[Review]` tracking issue
-//! per source issue; later findings are appended to it, never duplicated.
+//! Findings become issues, two ways, as in the original (the behaviour of
+//! record):
+//! - a review's non-blocking findings (P2/P3) go into one `[Review]`
+//!   tracking issue per source issue, later ones appended, never twice;
+//! - an epic verifier's findings each become an issue of their own, so
+//!   remediation runs through the queue: `[Remediation]` (blocking, under
+//!   the epic, chained one after another) or `[Advisory]`, never twice.
+//!
+//! Both read a finding the same way (`mala_domain::finding_detail`).
 
-use mala_core::{Finding, Issue, IssueTracker, IssueUpdate, NewIssue, Priority, TrackerError};
-use mala_domain::finding_place;
+use mala_core::{
+    DependencyKind, Finding, Issue, IssueId, IssueTracker, IssueUpdate, NewIssue, Priority,
+    TrackerError,
+};
+use mala_domain::{finding_detail, normalize_label};
 
 /// The marker a finding leaves in the tracking issue, to recognise it later.
 fn fingerprint(finding: &Finding) -> String {
@@ -21,12 +31,11 @@ fn fingerprint(finding: &Finding) -> String {
 
 fn section(finding: &Finding) -> String {
     format!(
-        "{}\n### [P{}] {}\n{}\n\n{}\n",
+        "{}\n### [P{}] {}\n{}\n",
         fingerprint(finding),
         finding.priority,
         finding.title,
-        finding_place(finding),
-        finding.body
+        finding_detail(finding)
     )
 }
 
@@ -113,4 +122,52 @@ pub async fn track_advisory_findings(
             .await?;
         Ok(Some(id))
     }
+}
+
+/// Files an epic verifier's findings for `epic`, each as an issue of its
+/// own; returns the new ones. A finding already filed for the epic (by its
+/// label) is not filed again.
+pub async fn file_epic_findings(
+    tracker: &dyn IssueTracker,
+    epic: &IssueId,
+    findings: &[Finding],
+) -> Result<Vec<IssueId>, TrackerError> {
+    let mut created = Vec::new();
+    let mut previous: Option<IssueId> = None;
+    for finding in findings {
+        let blocking = finding.blocks();
+        let dedup = normalize_label(&format!("er:{epic}:{}", finding.title));
+        if !tracker.find_by_label(&dedup).await?.is_empty() {
+            continue;
+        }
+        let id = tracker
+            .create(NewIssue {
+                title: format!(
+                    "[{}] {}",
+                    if blocking { "Remediation" } else { "Advisory" },
+                    finding.title.chars().take(80).collect::<String>()
+                ),
+                description: format!(
+                    "Found while verifying epic {epic}.\n\n{}",
+                    finding_detail(finding)
+                ),
+                priority: Priority::new(finding.priority),
+                labels: vec![dedup, "auto_generated".into()],
+                // Remediation belongs to the epic, so the epic waits for it.
+                parent: blocking.then(|| epic.clone()),
+                ..NewIssue::default()
+            })
+            .await?;
+        if blocking {
+            // One after another, so they do not collide in the same code.
+            if let Some(before) = &previous {
+                tracker
+                    .add_dependency(&id, before, DependencyKind::Blocks)
+                    .await?;
+            }
+            previous = Some(id.clone());
+        }
+        created.push(id);
+    }
+    Ok(created)
 }
