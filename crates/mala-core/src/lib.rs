@@ -29,13 +29,14 @@ pub use issue::{
 };
 pub use locks::{AcquireReport, LockError, LockEvent, LockInfo, PathLock, WaitReport, WaitTarget};
 pub use ports::{
-    AgentBackend, AgentObserver, AgentSession, Clock, EventSink, Finding, IssueTracker, LockTable,
-    Repository, ReviewRequest, ReviewSubject, ReviewVerdict, Reviewer, ToolGuard,
+    AgentBackend, AgentObserver, AgentSession, Clock, CommandRunner, EventSink, Finding,
+    IssueTracker, LockTable, Repository, ReviewRequest, ReviewSubject, ReviewVerdict, Reviewer,
+    ToolGuard,
 };
 pub use run_record::{IssueRecord, RunLog, RunStore, RunStoreError};
 
 #[cfg(feature = "mocks")]
 pub use ports::{
-    MockAgentBackend, MockAgentObserver, MockAgentSession, MockClock, MockEventSink,
-    MockIssueTracker, MockLockTable, MockRepository, MockReviewer, MockToolGuard,
+    MockAgentBackend, MockAgentObserver, MockAgentSession, MockClock, MockCommandRunner,
+    MockEventSink, MockIssueTracker, MockLockTable, MockRepository, MockReviewer, MockToolGuard,
 };

@@ -257,6 +257,16 @@ pub trait EventSink: Send + Sync {
     fn emit(&self, event: &Event);
 }
 
+/// Runs the project's commands where mala itself runs them, in the shared
+/// working tree: validation triggers and the baseline.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait CommandRunner: Send + Sync {
+    /// Runs `commands` in order in `dir`, and stops at the first failure.
+    /// Dropped mid-way, it stops the running command and its children.
+    async fn run(&self, dir: &Path, commands: &[CheckCommand]) -> Result<(), CheckFailure>;
+}
+
 /// Time, injected so that backoff and timeouts can be tested without waiting.
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]

@@ -6,8 +6,19 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use mala_core::{CheckCommand, CheckFailure};
+use mala_core::{CheckCommand, CheckFailure, CommandRunner};
 use tokio::process::Command;
+
+/// The `CommandRunner` of a real run: [`run_commands`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShellCommands;
+
+#[async_trait::async_trait]
+impl CommandRunner for ShellCommands {
+    async fn run(&self, dir: &Path, commands: &[CheckCommand]) -> Result<(), CheckFailure> {
+        run_commands(dir, commands).await
+    }
+}
 
 /// A command without its own timeout gets this long.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);

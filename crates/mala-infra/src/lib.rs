@@ -28,7 +28,7 @@ pub use claude::{
     LockingGuard, check_claude,
 };
 pub use clock::SystemClock;
-pub use commands::{DEFAULT_COMMAND_TIMEOUT, run_commands};
+pub use commands::{DEFAULT_COMMAND_TIMEOUT, ShellCommands, run_commands};
 pub use git::{CommitRefusal, GitRepo, commit_as_agent};
 pub use locks::{
     FileLockTable, canonical_path, list_locks, lock_file_stem, paths_held_in, remove_lock,

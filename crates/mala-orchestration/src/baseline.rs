@@ -8,7 +8,6 @@
 
 use mala_core::{CheckFailure, Event, IssueId, NewIssue, Priority};
 use mala_domain::BaselinePolicy;
-use mala_infra::run_commands;
 use mala_pipeline::required_checks;
 
 use crate::orchestrator::{Orchestrator, RunError};
@@ -60,7 +59,11 @@ pub(crate) async fn check_baseline(
     {
         return Ok(Baseline::default());
     }
-    let Err(failure) = run_commands(&orchestrator.repo_root, &commands).await else {
+    let checked = orchestrator
+        .commands
+        .run(&orchestrator.repo_root, &commands)
+        .await;
+    let Err(failure) = checked else {
         if let Some(key) = &key {
             orchestrator.run_store.record_baseline_passed(key);
         }

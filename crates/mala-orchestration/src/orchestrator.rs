@@ -15,13 +15,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mala_core::{
-    AgentBackend, Clock, Event, EventSink, IssueId, IssueRecord, IssueTracker, LockEvent,
-    LockTable, Repository, Reviewer, RunLog, RunStore, RunStoreError, SessionId, TrackerError,
+    AgentBackend, Clock, CommandRunner, Event, EventSink, IssueId, IssueRecord, IssueTracker,
+    LockEvent, LockTable, Repository, Reviewer, RunLog, RunStore, RunStoreError, SessionId,
+    TrackerError,
 };
 use mala_domain::{
     CutShort, DoneReason, EpicDepth, FireOn, IssueGraph, Order, Scope, Settings, final_reason,
 };
-use mala_infra::SystemClock;
+use mala_infra::{ShellCommands, SystemClock};
 use mala_pipeline::Resume;
 use mala_pipeline::{EpicVerifier, Metered, RunLedger};
 use tokio::sync::{mpsc, watch};
@@ -332,6 +333,8 @@ pub struct Orchestrator {
     pub(crate) lock_events: Option<mpsc::UnboundedReceiver<LockEvent>>,
     pub(crate) events: Arc<dyn EventSink>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Runs the triggers' and the baseline's commands.
+    pub(crate) commands: Arc<dyn CommandRunner>,
     /// Every backend whose sessions a stop must reach.
     pub(crate) stoppable: Vec<Arc<dyn AgentBackend>>,
     pub(crate) commit_tracker: bool,
@@ -370,6 +373,7 @@ pub struct OrchestratorBuilder {
     lock_events: Option<mpsc::UnboundedReceiver<LockEvent>>,
     events: Option<Arc<dyn EventSink>>,
     clock: Option<Arc<dyn Clock>>,
+    commands: Option<Arc<dyn CommandRunner>>,
     stoppable: Vec<Arc<dyn AgentBackend>>,
     commit_tracker: bool,
     run_store: Option<Arc<dyn RunStore>>,
@@ -406,6 +410,7 @@ impl Orchestrator {
             lock_events: None,
             events: None,
             clock: None,
+            commands: None,
             stoppable: Vec::new(),
             commit_tracker: false,
             preflight: false,
@@ -501,6 +506,14 @@ impl OrchestratorBuilder {
         self
     }
 
+    /// What runs the triggers' and the baseline's commands (default: a
+    /// shell in the repository, each command in its own process group).
+    #[must_use]
+    pub fn command_runner(mut self, commands: Arc<dyn CommandRunner>) -> Self {
+        self.commands = Some(commands);
+        self
+    }
+
     /// Another backend whose sessions a Ctrl-C must stop (a reviewer's).
     #[must_use]
     pub fn also_stop(mut self, backend: Arc<dyn AgentBackend>) -> Self {
@@ -573,6 +586,7 @@ impl OrchestratorBuilder {
             lock_events: self.lock_events,
             events: self.events.unwrap_or_else(|| Arc::new(Silent)),
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            commands: self.commands.unwrap_or_else(|| Arc::new(ShellCommands)),
             stoppable,
             commit_tracker: self.commit_tracker,
             run_store: self.run_store.unwrap_or_else(|| Arc::new(Unrecorded)),
@@ -642,6 +656,7 @@ impl Orchestrator {
     pub(crate) fn trigger_site(&self, events: &Arc<dyn EventSink>) -> TriggerSite {
         TriggerSite {
             repo: self.repo_root.clone(),
+            commands: Arc::clone(&self.commands),
             fixers: Arc::clone(&self.fixers),
             ledger: Arc::clone(&self.ledger),
             run_id: self.plan.run_id.clone(),

@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use mala_core::{
-    AgentBackend, AgentEvent, AgentId, AgentObserver, CheckCommand, CommitInfo, Event, EventSink,
-    Finding, IssueId, Repository, ReviewRequest, ReviewSubject, Reviewer, SessionRequest,
+    AgentBackend, AgentEvent, AgentId, AgentObserver, CheckCommand, CommandRunner, CommitInfo,
+    Event, EventSink, Finding, IssueId, Repository, ReviewRequest, ReviewSubject, Reviewer,
+    SessionRequest,
 };
 use mala_domain::{
     CodeReview, FailureMode, PromptKind, Trigger, TriggerCommand, findings_list, render_prompt,
 };
-use mala_infra::run_commands;
 use mala_pipeline::{RunLedger, SessionEndCheck, ask_reviewer};
 use tokio::sync::mpsc;
 
@@ -93,11 +93,13 @@ fn check_commands(commands: &[TriggerCommand]) -> Vec<CheckCommand> {
         .collect()
 }
 
-/// Where a trigger runs: the repository, the backend its fixers start on
-/// (metered), the run's ledger they spend from, and where it says things.
+/// Where a trigger runs: the repository and what runs its commands there,
+/// the backend its fixers start on (metered), the run's ledger they spend
+/// from, and where it says things.
 #[derive(Clone)]
 pub(crate) struct TriggerSite {
     pub(crate) repo: PathBuf,
+    pub(crate) commands: Arc<dyn CommandRunner>,
     pub(crate) fixers: Arc<dyn AgentBackend>,
     pub(crate) ledger: Arc<RunLedger>,
     pub(crate) run_id: String,
@@ -157,7 +159,7 @@ pub(crate) async fn run_trigger(
     let commands = check_commands(&trigger.commands);
     let mut round = 0;
     loop {
-        let result = run_commands(&site.repo, &commands).await;
+        let result = site.commands.run(&site.repo, &commands).await;
         let Err(failed) = result else {
             events.emit(&Event::Warning {
                 message: format!(
@@ -478,6 +480,7 @@ mod tests {
     ) -> TriggerSite {
         TriggerSite {
             repo: dir.to_path_buf(),
+            commands: Arc::new(mala_infra::ShellCommands),
             fixers,
             ledger: Arc::new(RunLedger::default()),
             run_id: "r".into(),

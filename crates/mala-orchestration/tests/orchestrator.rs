@@ -1405,3 +1405,68 @@ async fn an_epics_completion_trigger_does_not_run_once_a_verifier_stopped_the_ru
     );
     assert!(!world.dir.path().join("epic-checked.txt").exists());
 }
+
+/// A command runner that runs nothing and keeps what it was asked.
+#[derive(Default)]
+struct RecordingCommands(Mutex<Vec<String>>);
+
+#[async_trait::async_trait]
+impl mala_core::CommandRunner for RecordingCommands {
+    async fn run(
+        &self,
+        _: &std::path::Path,
+        commands: &[mala_core::CheckCommand],
+    ) -> Result<(), mala_core::CheckFailure> {
+        let mut asked = self.0.lock().unwrap();
+        asked.extend(commands.iter().map(|c| c.command.clone()));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_baseline_and_the_triggers_run_their_commands_through_the_injected_runner() {
+    let world = World::new(vec![task("m-1")], Duration::from_millis(5));
+    let mut config = settings(world.dir.path());
+    let shell_ran = world.dir.path().join("ran-by-a-shell");
+    let command = format!("touch {}; exit 1", shell_ran.display());
+    config.commands.insert(
+        "check".into(),
+        mala_domain::CommandSpec {
+            command: command.clone(),
+            timeout: None,
+            allow_fail: false,
+        },
+    );
+    config.evidence_check.required = vec!["check".into()];
+    config.baseline = mala_domain::BaselinePolicy::Stop;
+    config.validation_triggers.run_end = Some(mala_domain::RunEndTrigger {
+        trigger: mala_domain::Trigger {
+            failure_mode: mala_domain::FailureMode::Abort,
+            max_retries: 0,
+            commands: vec![mala_domain::TriggerCommand {
+                name: "end".into(),
+                command: command.clone(),
+                timeout: None,
+            }],
+            code_review: None,
+        },
+        fire_on: mala_domain::FireOn::Both,
+    });
+    let runner = Arc::new(RecordingCommands::default());
+    let (_stage, stages) = watch::channel(Stage::Running);
+    let summary = world
+        .builder(config, plan(1))
+        .command_runner(runner.clone())
+        .build()
+        .unwrap()
+        .run(stages)
+        .await
+        .unwrap();
+    assert_eq!(summary.aborted, None, "the runner said the commands pass");
+    assert_eq!(
+        *runner.0.lock().unwrap(),
+        vec![command.clone(), command],
+        "the baseline's check, then run_end's"
+    );
+    assert!(!shell_ran.exists(), "no shell ran them");
+}
