@@ -175,6 +175,47 @@ impl Shared {
         self.observer.on_event(event);
     }
 
+    /// An assistant message: the turn's usage so far, its text and tool calls.
+    fn follow_assistant(&self, message: &Value) {
+        if let Some((id, usage)) = protocol::response_usage(message) {
+            let usage = lock(&self.turn_usage).add(id, usage);
+            self.emit(&AgentEvent::TurnUsage { usage });
+        }
+        for block in message
+            .pointer("/message/content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            match block.get("type").and_then(Value::as_str) {
+                Some("text") => self.emit(&AgentEvent::Text {
+                    text: block
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                }),
+                Some("tool_use") => {
+                    self.busy.fetch_add(1, Ordering::Relaxed);
+                    self.emit(&AgentEvent::ToolUse {
+                        id: block
+                            .get("id")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        name: block
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        input: block.get("input").cloned().unwrap_or(Value::Null),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Follows conversation messages: session id, text, tool calls and results.
     fn follow(&self, message: &Value) {
         if let Some(until) = protocol::rejected_until(message) {
@@ -188,45 +229,7 @@ impl Shared {
                     self.emit(&AgentEvent::SessionStarted { session_id: id });
                 }
             }
-            Some("assistant") => {
-                if let Some((id, usage)) = protocol::response_usage(message) {
-                    let usage = lock(&self.turn_usage).add(id, usage);
-                    self.emit(&AgentEvent::TurnUsage { usage });
-                }
-                for block in message
-                    .pointer("/message/content")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    match block.get("type").and_then(Value::as_str) {
-                        Some("text") => self.emit(&AgentEvent::Text {
-                            text: block
-                                .get("text")
-                                .and_then(Value::as_str)
-                                .unwrap_or_default()
-                                .to_owned(),
-                        }),
-                        Some("tool_use") => {
-                            self.busy.fetch_add(1, Ordering::Relaxed);
-                            self.emit(&AgentEvent::ToolUse {
-                                id: block
-                                    .get("id")
-                                    .and_then(Value::as_str)
-                                    .unwrap_or_default()
-                                    .to_owned(),
-                                name: block
-                                    .get("name")
-                                    .and_then(Value::as_str)
-                                    .unwrap_or_default()
-                                    .to_owned(),
-                                input: block.get("input").cloned().unwrap_or(Value::Null),
-                            });
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            Some("assistant") => self.follow_assistant(message),
             Some("user") => {
                 for block in message
                     .pointer("/message/content")
