@@ -9,6 +9,7 @@ mod beads;
 mod cerberus;
 mod claude;
 mod clock;
+mod codex;
 mod commands;
 mod git;
 mod locks;

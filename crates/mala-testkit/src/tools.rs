@@ -1,15 +1,18 @@
-//! Finding the external binaries tests run: `br` and `claude`.
+//! Finding the external binaries tests run: `br`, `claude` and `codex`.
 
 use std::path::{Path, PathBuf};
 
 /// The pinned Claude Code version; `scripts/install-claude.sh` installs it.
 const CLAUDE_PIN: &str = "2.1.197";
+/// The pinned Codex CLI version; `scripts/install-codex.sh` installs it.
+const CODEX_PIN: &str = "0.171.0";
 
 /// An external program some tests need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {
     Br,
     Claude,
+    Codex,
 }
 
 impl Tool {
@@ -17,6 +20,7 @@ impl Tool {
         match self {
             Self::Br => "MALA_TEST_BR",
             Self::Claude => "MALA_TEST_CLAUDE",
+            Self::Codex => "MALA_TEST_CODEX",
         }
     }
 
@@ -28,12 +32,13 @@ impl Tool {
             Self::Claude => {
                 "scripts/install-claude.sh (npm package @anthropic-ai/claude-code 2.1.197)"
             }
+            Self::Codex => "scripts/install-codex.sh (npm package @openai/codex 0.171.0)",
         }
     }
 }
 
-/// Where the tool is: `$MALA_TEST_BR` / `$MALA_TEST_CLAUDE`, then the
-/// install scripts' locations, then PATH.
+/// Where the tool is: `$MALA_TEST_BR` / `$MALA_TEST_CLAUDE` /
+/// `$MALA_TEST_CODEX`, then the install scripts' locations, then PATH.
 pub fn find_tool(tool: Tool) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(tool.env_var()).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
@@ -52,10 +57,19 @@ pub fn find_tool(tool: Tool) -> Option<PathBuf> {
                     .join("node_modules/@anthropic-ai/claude-code-linux-x64/claude")
             })
             .collect(),
+        Tool::Codex => tools_dir
+            .iter()
+            .map(|d| {
+                d.join(format!("codex-{CODEX_PIN}")).join(
+                    "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex",
+                )
+            })
+            .collect(),
     };
     let name = match tool {
         Tool::Br => "br",
         Tool::Claude => "claude",
+        Tool::Codex => "codex",
     };
     candidates
         .into_iter()
