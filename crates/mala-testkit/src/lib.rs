@@ -26,6 +26,7 @@ mod cerberus;
 mod claude;
 mod fakes;
 mod git;
+mod http;
 mod mock_anthropic;
 mod synthetic;
 mod tools;
@@ -35,8 +36,7 @@ pub use cerberus::FakeCerberus;
 pub use claude::{CLAUDE_VERSION, ClaudeHarness, ClaudeRun};
 pub use fakes::{MemoryRepository, MemoryTracker, ScriptedBackend};
 pub use git::TempRepo;
-pub use mock_anthropic::{
-    Block, Conversation, MockAnthropic, RecordedRequest, Reply, Script, Step,
-};
+pub use http::RecordedRequest;
+pub use mock_anthropic::{Block, Conversation, MockAnthropic, Reply, Script, Step};
 pub use synthetic::{synthetic_ids, synthetic_tracker};
 pub use tools::{Tool, find_tool, tool_or_skip};

@@ -8,16 +8,13 @@
 //! absolute URIs) with 403 and records them, so pointing `HTTPS_PROXY` at it
 //! catches any attempt to reach another host.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+
+use crate::http::{HttpServer, RecordedRequest, http_response};
 
 /// One content block the mock model produces.
 #[derive(Debug, Clone, PartialEq)]
@@ -299,22 +296,7 @@ fn text_of(content: &Value) -> String {
     }
 }
 
-/// One request the mock received.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RecordedRequest {
-    pub method: String,
-    /// The request target as sent (`/v1/messages?beta=true`, or `host:443` for CONNECT).
-    pub target: String,
-    pub headers: BTreeMap<String, String>,
-    pub body: Value,
-}
-
 impl RecordedRequest {
-    /// The path without its query string.
-    pub fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or(&self.target)
-    }
-
     /// The input tokens the mock reported for this request (its rough count).
     pub fn input_tokens(&self) -> u64 {
         rough_tokens(&self.body)
@@ -330,7 +312,6 @@ impl RecordedRequest {
 
 struct Shared {
     script: Script,
-    requests: Mutex<Vec<RecordedRequest>>,
     ids: AtomicU64,
 }
 
@@ -344,19 +325,9 @@ impl Shared {
 }
 
 /// The running mock. Stops when dropped.
+#[derive(Debug)]
 pub struct MockAnthropic {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for MockAnthropic {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MockAnthropic")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
-    }
+    server: HttpServer,
 }
 
 impl MockAnthropic {
@@ -364,167 +335,45 @@ impl MockAnthropic {
     pub fn start(script: Script) -> Self {
         let shared = Arc::new(Shared {
             script,
-            requests: Mutex::new(Vec::new()),
             ids: AtomicU64::new(0),
         });
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        std_listener
-            .set_nonblocking(true)
-            .expect("non-blocking listener");
-        let addr = std_listener.local_addr().expect("local address");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let serving = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("mock-anthropic".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("mock runtime");
-                runtime.block_on(async move {
-                    let listener = TcpListener::from_std(std_listener).expect("tokio listener");
-                    tokio::select! {
-                        () = accept_loop(listener, serving) => {}
-                        _ = stopped => {}
-                    }
-                });
-                runtime.shutdown_background();
-            })
-            .expect("spawn mock thread");
+        let route = move |request: &RecordedRequest| route(request, &shared);
         Self {
-            addr,
-            shared,
-            stop: Some(stop),
-            thread: Some(thread),
+            server: HttpServer::start("mock-anthropic", Arc::new(route)),
         }
     }
 
     /// `http://127.0.0.1:<port>`, for ANTHROPIC_BASE_URL and the proxy trap.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// Every request received so far.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.shared.requests.lock().expect("request log").clone()
+        self.server.requests()
     }
 }
 
-impl Drop for MockAnthropic {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+/// The Messages API's routes.
+fn route(request: &RecordedRequest, shared: &Shared) -> String {
+    let (method, path) = (request.method.as_str(), request.path());
+    if method == "POST" && path == "/v1/messages" {
+        messages_response(&request.body, shared)
+    } else if method == "POST" && path == "/v1/messages/count_tokens" {
+        let tokens = rough_tokens(&request.body);
+        http_response(
+            200,
+            "application/json",
+            &json!({"input_tokens": tokens}).to_string(),
+            false,
+        )
+    } else if (method == "HEAD" || method == "GET") && path == "/" {
+        http_response(200, "text/plain", "", false)
+    } else {
+        let target = &request.target;
+        let body = json!({"type": "error", "error": {"type": "not_found_error", "message": format!("mock: no route {method} {target}")}});
+        http_response(404, "application/json", &body.to_string(), false)
     }
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let _ = serve_connection(stream, &shared).await;
-        });
-    }
-}
-
-/// Serves requests on one keep-alive connection until the client closes it.
-async fn serve_connection(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    let mut stream = BufReader::new(stream);
-    loop {
-        let mut request_line = String::new();
-        if stream.read_line(&mut request_line).await? == 0 {
-            return Ok(());
-        }
-        let mut parts = request_line.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_owned();
-        let target = parts.next().unwrap_or_default().to_owned();
-        let mut headers = BTreeMap::new();
-        loop {
-            let mut line = String::new();
-            if stream.read_line(&mut line).await? == 0 {
-                return Ok(());
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
-            }
-        }
-        let length: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut raw = vec![0; length];
-        stream.read_exact(&mut raw).await?;
-        let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-
-        let proxied =
-            method == "CONNECT" || target.starts_with("http://") || target.starts_with("https://");
-        shared
-            .requests
-            .lock()
-            .expect("request log")
-            .push(RecordedRequest {
-                method: method.clone(),
-                target: target.clone(),
-                headers,
-                body: body.clone(),
-            });
-        let path = target.split('?').next().unwrap_or_default();
-        let response = if proxied {
-            let response = http_response(
-                403,
-                "application/json",
-                r#"{"error":"mock proxy refuses"}"#,
-                true,
-            );
-            stream.get_mut().write_all(response.as_bytes()).await?;
-            return Ok(());
-        } else if method == "POST" && path == "/v1/messages" {
-            messages_response(&body, shared)
-        } else if method == "POST" && path == "/v1/messages/count_tokens" {
-            let tokens = rough_tokens(&body);
-            http_response(
-                200,
-                "application/json",
-                &json!({"input_tokens": tokens}).to_string(),
-                false,
-            )
-        } else if (method == "HEAD" || method == "GET") && path == "/" {
-            http_response(200, "text/plain", "", false)
-        } else {
-            let body = json!({"type": "error", "error": {"type": "not_found_error", "message": format!("mock: no route {method} {target}")}});
-            http_response(404, "application/json", &body.to_string(), false)
-        };
-        stream.get_mut().write_all(response.as_bytes()).await?;
-        stream.get_mut().flush().await?;
-    }
-}
-
-fn http_response(status: u16, content_type: &str, body: &str, close: bool) -> String {
-    let reason = match status {
-        200 => "OK",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        429 => "Too Many Requests",
-        529 => "Overloaded",
-        _ => "Error",
-    };
-    let connection = if close { "close" } else { "keep-alive" };
-    format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nrequest-id: req_mock\r\nretry-after: 0\r\nconnection: {connection}\r\n\r\n{body}",
-        body.len()
-    )
 }
 
 fn rough_tokens(body: &Value) -> u64 {
