@@ -9,3 +9,6 @@
 
 mod rpc;
 mod server;
+
+#[cfg(test)]
+mod offline_tests;
