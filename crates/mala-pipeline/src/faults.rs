@@ -98,40 +98,73 @@ impl RunLedger {
     }
 }
 
-/// One session's running turn in the run's ledger: the turn's usage goes
-/// in as the backend reports it, so a run budget in tokens cuts running
-/// turns where they are; the turn's final figure settles it.
+/// Running turns in the run's ledger: a turn's usage goes in as the
+/// backend reports it, so a run budget in tokens cuts running turns where
+/// they are; the turn's final figure settles it.
+///
+/// Reports count only for the turn that is running, in the session that is
+/// current: a session's reports carry the ticket it was given at its start
+/// ([`TurnMeter::new_session`]), so what a dropped session's reader still
+/// had to say, or a report after its turn was settled or cut, counts for
+/// nothing.
 #[derive(Debug)]
 pub(crate) struct TurnMeter {
     ledger: Arc<RunLedger>,
-    /// Tokens of the running turn already in the ledger.
-    counted: Mutex<u64>,
+    state: Mutex<Metering>,
     /// The running turn's tokens so far, for an issue's own budget.
     so_far: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Metering {
+    /// The current session's ticket.
+    session: u64,
+    /// Whether a turn is running in it.
+    open: bool,
+    /// Tokens of the running turn already in the ledger.
+    counted: u64,
 }
 
 impl TurnMeter {
     pub(crate) fn new(ledger: Arc<RunLedger>) -> Self {
         Self {
             ledger,
-            counted: Mutex::new(0),
+            state: Mutex::default(),
             so_far: watch::Sender::new(0),
         }
     }
 
-    fn counted(&self) -> std::sync::MutexGuard<'_, u64> {
-        self.counted
+    fn state(&self) -> std::sync::MutexGuard<'_, Metering> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The running turn has used `tokens` so far.
-    pub(crate) fn running(&self, tokens: u64) {
-        let mut counted = self.counted();
-        let more = tokens.saturating_sub(*counted);
-        *counted += more;
-        drop(counted);
-        self.so_far.send_replace(tokens);
+    /// A new session is current; its reports carry the ticket returned.
+    pub(crate) fn new_session(&self) -> u64 {
+        let mut state = self.state();
+        state.session += 1;
+        state.open = false;
+        state.session
+    }
+
+    /// A turn starts in the current session.
+    pub(crate) fn begin(&self) {
+        let mut state = self.state();
+        state.open = true;
+        state.counted = 0;
+        self.so_far.send_replace(0);
+    }
+
+    /// Session `ticket`'s running turn has used `tokens` so far.
+    pub(crate) fn running(&self, ticket: u64, tokens: u64) {
+        let mut state = self.state();
+        if !state.open || state.session != ticket {
+            return;
+        }
+        let more = tokens.saturating_sub(state.counted);
+        state.counted += more;
+        self.so_far.send_replace(state.counted);
         if more > 0 {
             self.ledger.add(0.0, more);
         }
@@ -142,19 +175,76 @@ impl TurnMeter {
         self.so_far.subscribe()
     }
 
-    /// The turn ended having spent `cost_usd` and `tokens` in all; the
-    /// meter is ready for the next.
-    pub(crate) fn settle(&self, cost_usd: f64, tokens: u64) {
-        let counted = std::mem::take(&mut *self.counted());
-        self.so_far.send_replace(0);
+    /// The turn ended having spent `cost_usd` and `tokens` by the backend's
+    /// final figure; returns the tokens the ledger has of it (the larger of
+    /// that and what its reports said), for the issue's own count.
+    pub(crate) fn settle(&self, cost_usd: f64, tokens: u64) -> u64 {
+        let mut state = self.state();
+        state.open = false;
+        let counted = std::mem::take(&mut state.counted);
         self.ledger.add(cost_usd, tokens.saturating_sub(counted));
+        tokens.max(counted)
     }
 
-    /// The turn was cut before its end: what the ledger has of it, which is
-    /// all that is known.
+    /// The turn was cut, or failed, before its end: what the ledger has of
+    /// it, which is all that is known.
     pub(crate) fn cut(&self) -> u64 {
-        self.so_far.send_replace(0);
-        std::mem::take(&mut *self.counted())
+        let mut state = self.state();
+        state.open = false;
+        std::mem::take(&mut state.counted)
+    }
+}
+
+#[cfg(test)]
+mod meter_tests {
+    use super::*;
+
+    #[test]
+    fn reports_count_once_and_only_for_the_running_turn_of_the_current_session() {
+        let ledger = Arc::new(RunLedger::default());
+        let meter = TurnMeter::new(Arc::clone(&ledger));
+        let first = meter.new_session();
+        meter.running(first, 500);
+        assert_eq!(ledger.spent().tokens, 0, "no turn is running");
+        meter.begin();
+        meter.running(first, 100);
+        meter.running(first, 100);
+        meter.running(first, 150);
+        assert_eq!(*meter.watch().borrow(), 150);
+        assert_eq!(ledger.spent().tokens, 150);
+        // The turn is cut; its session's reader still has a line to give.
+        assert_eq!(meter.cut(), 150);
+        meter.running(first, 180);
+        assert_eq!(
+            ledger.spent().tokens,
+            150,
+            "a report after the cut counts for nothing"
+        );
+        let second = meter.new_session();
+        meter.begin();
+        assert_eq!(
+            *meter.watch().borrow(),
+            0,
+            "the next turn starts from nothing"
+        );
+        meter.running(first, 400);
+        assert_eq!(
+            ledger.spent().tokens,
+            150,
+            "the dropped session's report does not count"
+        );
+        meter.running(second, 40);
+        // The backend's final figure settles the turn, whichever is larger.
+        assert_eq!(meter.settle(0.5, 60), 60);
+        assert_eq!(ledger.spent().tokens, 210);
+        meter.begin();
+        meter.running(second, 90);
+        assert_eq!(
+            meter.settle(0.0, 70),
+            90,
+            "reports past the final figure stay counted"
+        );
+        assert_eq!(ledger.spent().tokens, 300);
     }
 }
 
@@ -202,11 +292,6 @@ impl FaultLine {
             gate,
             ledger: Arc::default(),
         }
-    }
-
-    /// Counts spend no metered session reported (a port's own).
-    pub fn count(&self, spent: Spent) {
-        self.ledger.add(spent.cost_usd, spent.tokens);
     }
 
     /// What the run has spent so far.

@@ -56,6 +56,7 @@ impl AgentBackend for Metered {
         let meter = Arc::new(TurnMeter::new(Arc::clone(&self.ledger)));
         let observer = Arc::new(MeteredObserver {
             inner: observer,
+            ticket: meter.new_session(),
             meter: Arc::clone(&meter),
         });
         let inner = self.inner.start(request, observer).await?;
@@ -79,12 +80,13 @@ impl AgentBackend for Metered {
 struct MeteredObserver {
     inner: Arc<dyn AgentObserver>,
     meter: Arc<TurnMeter>,
+    ticket: u64,
 }
 
 impl AgentObserver for MeteredObserver {
     fn on_event(&self, event: &AgentEvent) {
         if let AgentEvent::TurnUsage { usage } = event {
-            self.meter.running(usage.total());
+            self.meter.running(self.ticket, usage.total());
         }
         self.inner.on_event(event);
     }
@@ -104,6 +106,7 @@ impl AgentSession for MeteredSession {
     }
 
     async fn turn(&mut self, prompt: &str) -> Result<TurnOutcome, AgentError> {
+        self.meter.begin();
         let outcome = match self.inner.turn(prompt).await {
             Ok(outcome) => outcome,
             Err(error) => {

@@ -139,13 +139,28 @@ impl AgentObserver for SessionLog {
                 .repository_damage
                 .extend(what.iter().cloned()),
             AgentEvent::ToolUse { .. } => *lock(&self.tool_uses) += 1,
-            AgentEvent::TurnUsage { usage } => self.meter.running(usage.total()),
             _ => {}
         }
         self.events.emit(&Event::Agent {
             agent: self.agent.clone(),
             event: event.clone(),
         });
+    }
+}
+
+/// One session's view of the log: its usage reports carry its ticket, so
+/// the meter counts them for its running turn only.
+struct SessionObserver {
+    log: Arc<SessionLog>,
+    ticket: u64,
+}
+
+impl AgentObserver for SessionObserver {
+    fn on_event(&self, event: &AgentEvent) {
+        if let AgentEvent::TurnUsage { usage } = event {
+            self.log.meter.running(self.ticket, usage.total());
+        }
+        self.log.on_event(event);
     }
 }
 
@@ -439,7 +454,10 @@ impl IssueRun {
             (&self.config.issue_budget, &self.spent),
             (&run_limit, &run_spent),
         ]);
-        let observer: Arc<dyn AgentObserver> = self.log.clone();
+        let observer: Arc<dyn AgentObserver> = Arc::new(SessionObserver {
+            log: Arc::clone(&self.log),
+            ticket: self.log.meter.new_session(),
+        });
         match self.ports.backend.start(request, observer).await {
             Ok(session) => {
                 self.session = Some(session);
@@ -639,6 +657,7 @@ impl IssueRun {
         let mut crossing = self.ports.faults.ledger.crossing();
         let issue_tokens = self.config.issue_budget.max_tokens;
         let before = self.spent.tokens;
+        self.log.meter.begin();
         let mut so_far = self.log.meter.watch();
         let turned = tokio::select! {
             turned = session.turn(&prompt) => Some(turned),
@@ -760,8 +779,8 @@ impl IssueRun {
         });
         // Said first, then counted: a budget this turn crosses is said after it.
         let tokens = outcome.usage.total();
+        let tokens = self.log.meter.settle(cost_usd, tokens);
         self.spent.add(cost_usd, tokens);
-        self.log.meter.settle(cost_usd, tokens);
         self.final_text = outcome.final_text;
         self.resuming = false;
         Step::Gate

@@ -1991,8 +1991,9 @@ async fn a_reviewer_rate_limited_waits_for_the_run_and_is_asked_again() {
     assert_eq!(*reviewer.asked.lock().unwrap(), 2);
 }
 
-/// A reviewer whose session spends past the run's budget and is cut there.
-struct CostlyReviewer(mala_pipeline::FaultLine);
+/// A reviewer whose session, metered in the run's ledger, spends past the
+/// run's budget and is cut there.
+struct CostlyReviewer(mala_pipeline::Metered);
 
 #[async_trait::async_trait]
 impl Reviewer for CostlyReviewer {
@@ -2000,14 +2001,40 @@ impl Reviewer for CostlyReviewer {
         &self,
         _: mala_core::ReviewRequest,
     ) -> Result<mala_core::ReviewVerdict, ReviewError> {
-        self.0.count(mala_domain::Spent {
-            cost_usd: 2.0,
-            tokens: 0,
-        });
-        Err(ReviewError::Failed(
-            "the reviewer's turn ended as BudgetReached".into(),
-        ))
+        struct Quiet;
+        impl AgentObserver for Quiet {
+            fn on_event(&self, _: &AgentEvent) {}
+        }
+        let request = SessionRequest::new(mala_core::AgentId::new("review-x"), "/repo");
+        // Asked again, it cannot start: the budget is spent.
+        let mut session = self
+            .0
+            .start(request, Arc::new(Quiet))
+            .await
+            .map_err(|error| ReviewError::Unavailable(error.to_string()))?;
+        let outcome = session.turn("review").await.unwrap();
+        Err(ReviewError::Failed(format!(
+            "the reviewer's turn ended as {:?}",
+            outcome.status
+        )))
     }
+}
+
+/// A backend whose one turn costs $2 and ends at its budget.
+fn spending_backend() -> Arc<dyn AgentBackend> {
+    let mut backend = mala_core::MockAgentBackend::new();
+    backend.expect_start().returning(|_, _| {
+        let mut session = mala_core::MockAgentSession::new();
+        session.expect_turn().returning(|_| {
+            Ok(TurnOutcome {
+                status: mala_core::TurnStatus::BudgetReached,
+                total_cost_usd: 2.0,
+                ..TurnOutcome::completed("")
+            })
+        });
+        Ok(Box::new(session))
+    });
+    Arc::new(backend)
 }
 
 #[tokio::test]
@@ -2017,9 +2044,10 @@ async fn a_review_cut_at_the_run_budget_gives_the_issue_back_not_a_failure() {
         max_cost_usd: Some(1.0),
         max_tokens: None,
     }));
-    let (line, _desk) = mala_pipeline::fault_line(ledger);
+    let (line, _desk) = mala_pipeline::fault_line(Arc::clone(&ledger));
+    let metered = mala_pipeline::Metered::new(spending_backend(), ledger);
     let ports = RunnerPorts {
-        reviewer: Some(Arc::new(CostlyReviewer(line.clone()))),
+        reviewer: Some(Arc::new(CostlyReviewer(metered))),
         faults: line,
         ..h.ports(vec![honest_turn(&h)], None)
     };
