@@ -65,6 +65,8 @@ impl Preflight<'_> {
                 now = stopped(stage) => return Ok(Proven::Stopped(now)),
             };
             let Err(error) = tried else {
+                // The API answered: the pauses before were not in a row with any to come.
+                pauses.issue_worked();
                 return Ok(Proven::Ready);
             };
             let PreflightError::Agent(agent_error) = &error else {
@@ -116,13 +118,25 @@ impl Preflight<'_> {
         // The session's process goes whatever the turn did.
         let _ = session.close().await;
         let outcome = turn.map_err(PreflightError::Agent)?;
-        if let TurnStatus::Failed { reason } = &outcome.status {
-            return Err(PreflightError::Agent(AgentError::new(
-                AgentErrorKind::Crashed,
-                format!("the probe's turn failed: {reason}"),
-            )));
-        }
-        judge_preflight(&seen.take()).map_err(PreflightError::Unproven)
+        let ended = match &outcome.status {
+            TurnStatus::Completed => {
+                return judge_preflight(&seen.take()).map_err(PreflightError::Unproven);
+            }
+            TurnStatus::BudgetReached => {
+                return Err(PreflightError::Environment(
+                    "the run's budget left too little for the preflight's one short turn; raise \
+                     --max-cost (budget.run.max_cost_usd)"
+                        .to_owned(),
+                ));
+            }
+            TurnStatus::Failed { reason } => format!("failed: {reason}"),
+            TurnStatus::Interrupted => "was interrupted".to_owned(),
+            TurnStatus::MaxTurns => "ran out of turns (max_turns)".to_owned(),
+        };
+        Err(PreflightError::Agent(AgentError::new(
+            AgentErrorKind::Crashed,
+            format!("the probe's turn {ended}"),
+        )))
     }
 }
 

@@ -519,11 +519,20 @@ impl<'o> Scheduler<'o> {
         }
     }
 
-    /// Plans from a fresh snapshot and starts workers up to the capacity.
-    /// Whether the run has anything to claim now, or may have later (watch
-    /// mode): a run with nothing pays no preflight.
+    /// Whether the run will start an agent: it has anything to claim now,
+    /// may have later (watch mode), or has an open epic for its verifier.
+    /// A run that will start none pays no preflight.
     pub(crate) async fn may_claim(&self) -> Result<bool, RunError> {
-        Ok(self.orchestrator.plan.watch.is_some() || !self.queue().await?.1.entries.is_empty())
+        let orchestrator = self.orchestrator;
+        if orchestrator.plan.watch.is_some() {
+            return Ok(true);
+        }
+        let (graph, queue) = self.queue().await?;
+        let epic_to_verify = orchestrator.epic_verifier.is_some()
+            && graph.issues().iter().any(|issue| {
+                issue.issue_type == mala_core::IssueType::Epic && !issue.status.is_terminal()
+            });
+        Ok(!queue.entries.is_empty() || epic_to_verify)
     }
 
     /// The tracker's graph, and the issues this run could take now from it,
@@ -570,6 +579,7 @@ impl<'o> Scheduler<'o> {
         Ok((graph, queue))
     }
 
+    /// Plans from a fresh snapshot and starts workers up to the capacity.
     async fn plan_and_spawn(&mut self) -> Result<(), RunError> {
         let (graph, mut queue) = self.queue().await?;
         if let Some(first) = self.first.clone() {

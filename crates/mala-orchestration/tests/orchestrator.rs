@@ -1470,3 +1470,63 @@ async fn the_baseline_and_the_triggers_run_their_commands_through_the_injected_r
     );
     assert!(!shell_ran.exists(), "no shell ran them");
 }
+
+#[tokio::test]
+async fn a_probe_its_budget_cut_says_the_budget_is_too_small_not_that_hooks_are_off() {
+    let world = World::new(vec![task("m-1")], Duration::from_millis(5));
+    let mut cut = mala_core::MockAgentBackend::new();
+    cut.expect_start().returning(|_, _| {
+        let mut session = mala_core::MockAgentSession::new();
+        session.expect_turn().returning(|_| {
+            Ok(mala_core::TurnOutcome {
+                status: mala_core::TurnStatus::BudgetReached,
+                ..mala_core::TurnOutcome::completed("")
+            })
+        });
+        session.expect_close().returning(|| Ok(()));
+        Ok(Box::new(session))
+    });
+    let (_stage, stages) = watch::channel(Stage::Running);
+    let error = world
+        .builder(settings(world.dir.path()), plan(1))
+        .backend(Arc::new(cut))
+        .preflight(true)
+        .build()
+        .unwrap()
+        .run(stages)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            RunError::Preflight(mala_orchestration::PreflightError::Environment(reason))
+                if reason.contains("--max-cost")
+        ),
+        "{error:?}"
+    );
+    world.assert_untouched(1).await;
+}
+
+#[tokio::test]
+async fn an_open_epic_for_the_verifier_is_reason_enough_for_a_preflight() {
+    let mut epic = task("m-e");
+    epic.issue_type = IssueType::Epic;
+    let world = World::new(vec![epic], Duration::from_millis(5));
+    let mut config = settings(world.dir.path());
+    config.epic_verification.enabled = true;
+    let (_stage, stages) = watch::channel(Stage::Running);
+    world
+        .builder(config, plan(1))
+        .epic_backend(Arc::new(verifier_meeting(
+            mala_core::AgentErrorKind::Authentication,
+            0..0,
+        )))
+        .preflight(true)
+        .build()
+        .unwrap()
+        .run(stages)
+        .await
+        .unwrap();
+    let probed = world.backend.requests().iter().any(|r| r.probe);
+    assert!(probed, "the verifier's agent is proven first");
+}
