@@ -198,7 +198,8 @@ pub(crate) async fn run_trigger(
                 if round > 0
                     && let Some(spent) = site.ledger.reached()
                 {
-                    return TriggerOutcome::BudgetReached { spent };
+                    let stop = TriggerOutcome::BudgetReached { spent };
+                    return unremedied(name, &failed.command, stop, events);
                 }
                 return TriggerOutcome::Abort {
                     command: failed.command,
@@ -225,11 +226,31 @@ pub(crate) async fn run_trigger(
                             command: failed.command,
                         };
                     }
-                    Fixer::Stopped(outcome) => return outcome,
+                    Fixer::Stopped(outcome) => {
+                        return unremedied(name, &failed.command, outcome, events);
+                    }
                 }
             }
         }
     }
+}
+
+/// How a trigger ends when its remediation stopped; a stop at the budget is
+/// no verdict, so what still fails is said here, or nowhere.
+fn unremedied(
+    name: &str,
+    failed: &str,
+    outcome: TriggerOutcome,
+    events: &Arc<dyn EventSink>,
+) -> TriggerOutcome {
+    if let TriggerOutcome::BudgetReached { spent } = &outcome {
+        events.emit(&Event::Warning {
+            message: format!(
+                "{name}: `{failed}` still fails; its remediation stopped at the run's budget ({spent})"
+            ),
+        });
+    }
+    outcome
 }
 
 /// What a fixer agent is asked to repair.
@@ -445,7 +466,7 @@ pub(crate) async fn run_code_review(run: &CodeReviewRun<'_>, site: &TriggerSite)
         match run_fixer(&fix, run.commands, site).await {
             Fixer::Worked => {}
             Fixer::CouldNotRun => return outcome_of_failure(FailureMode::Abort, label),
-            Fixer::Stopped(outcome) => return outcome,
+            Fixer::Stopped(outcome) => return unremedied(run.name, &label, outcome, events),
         }
     }
 }
@@ -666,7 +687,8 @@ mod tests {
     #[tokio::test]
     async fn a_fixer_cut_at_the_run_budget_ends_the_trigger_for_the_budget() {
         let dir = tempfile::tempdir().unwrap();
-        let events: Arc<dyn EventSink> = Arc::new(Collect::default());
+        let collect = Arc::new(Collect::default());
+        let events: Arc<dyn EventSink> = collect.clone();
         let ledger = Arc::new(RunLedger::new(mala_domain::Spend {
             max_cost_usd: Some(1.0),
             max_tokens: None,
@@ -705,6 +727,11 @@ mod tests {
             outcome.clone().stop(),
             None,
             "the budget's drain ends the run"
+        );
+        let said = collect.0.lock().unwrap().join("\n");
+        assert!(
+            said.contains("`exit 1` still fails; its remediation stopped at the run's budget"),
+            "what still fails is said: {said}"
         );
         // Once reached, no fixer starts at all.
         let again = run_trigger("periodic", &remediate, &site).await;
