@@ -82,6 +82,11 @@ impl<'a> ResponsesConversation<'a> {
             .count()
     }
 
+    /// The texts of the user's messages in a request's `body`, oldest first.
+    pub fn user_texts_of(body: &Value) -> Vec<String> {
+        ResponsesConversation { body }.user_texts()
+    }
+
     /// The outputs the tools gave back in a request's `body`, oldest first.
     pub fn tool_outputs_of(body: &Value) -> Vec<String> {
         ResponsesConversation { body }.tool_outputs()

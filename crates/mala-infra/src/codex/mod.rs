@@ -9,6 +9,7 @@
 
 mod rpc;
 mod server;
+mod session;
 
 #[cfg(test)]
 mod offline_tests;

@@ -171,3 +171,198 @@ async fn an_accepted_command_runs_and_its_exit_code_is_reported() {
         "{ran}"
     );
 }
+
+/// A guard that refuses any call whose input mentions `word`.
+struct Refusing(&'static str);
+
+impl mala_core::ToolGuard for Refusing {
+    fn check(
+        &self,
+        _: &mala_core::AgentId,
+        _: &str,
+        input: &Value,
+    ) -> Result<(), mala_core::Refusal> {
+        if input.to_string().contains(self.0) {
+            return Err(mala_core::Refusal(format!("no {} here", self.0)));
+        }
+        Ok(())
+    }
+}
+
+/// Every event the session reports.
+#[derive(Default)]
+struct Events(std::sync::Mutex<Vec<mala_core::AgentEvent>>);
+
+impl mala_core::AgentObserver for Events {
+    fn on_event(&self, event: &mala_core::AgentEvent) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+/// A session of the pinned binary against `script`, its guard refusing
+/// `refused`, in a fresh repository.
+struct Fixture {
+    session: super::session::CodexSession,
+    events: Arc<Events>,
+    mock: MockResponses,
+    repo: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+use std::sync::Arc;
+
+async fn fixture(script: ResponsesScript, refused: &'static str) -> Option<Fixture> {
+    let binary = mala_testkit::tool_or_skip(Tool::Codex, module_path!())?;
+    let mock = MockResponses::start(script);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("keep.txt"), "precious\n").unwrap();
+    let command = offline(&binary, &mock, &dir.path().join("home"));
+    let events = Arc::new(Events::default());
+    let request = mala_core::SessionRequest::new(mala_core::AgentId::new("m-1@r"), &repo);
+    let session = super::session::CodexSession::start(
+        &command,
+        &request,
+        Some("gpt-5.5"),
+        events.clone(),
+        Some(Arc::new(Refusing(refused))),
+    )
+    .await
+    .unwrap();
+    Some(Fixture {
+        session,
+        events,
+        mock,
+        repo,
+        _dir: dir,
+    })
+}
+
+#[tokio::test]
+async fn the_guard_declines_a_command_the_file_survives_and_the_model_reads_why() {
+    use mala_core::AgentSession as _;
+    let script = ResponsesScript::steps(vec![ResponsesReply::shell("rm -f keep.txt")], "done");
+    let Some(mut f) = fixture(script, "rm -f").await else {
+        return;
+    };
+    let outcome = f.session.turn("clean up").await.unwrap();
+    assert_eq!(outcome.status, mala_core::TurnStatus::Completed);
+    assert_eq!(outcome.final_text, "done");
+    assert_eq!(outcome.permission_denials, ["Bash"]);
+    assert_eq!(
+        std::fs::read_to_string(f.repo.join("keep.txt")).unwrap(),
+        "precious\n"
+    );
+    let events = f.events.0.lock().unwrap().clone();
+    assert!(events.iter().any(|e| matches!(
+        e,
+        mala_core::AgentEvent::ToolDenied { reason, .. } if reason == "no rm -f here"
+    )));
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, mala_core::AgentEvent::CommandRan { .. })),
+        "nothing ran: {events:?}"
+    );
+    let told = f.mock.requests().iter().any(|r| {
+        mala_testkit::ResponsesConversation::user_texts_of(&r.body)
+            .iter()
+            .any(|t| t.contains("mala refused that call: no rm -f here"))
+    });
+    assert!(told, "the reason reached the model");
+    f.session.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn commands_are_recorded_with_their_exit_codes_and_a_follow_up_turn_shares_the_thread() {
+    use mala_core::AgentSession as _;
+    let script = ResponsesScript::from_fn(|conversation| {
+        let texts = conversation.user_texts();
+        let second = texts.iter().any(|t| t.contains("again"));
+        match (second, conversation.calls_so_far()) {
+            (false, 0) => ResponsesReply::shell("exit 3"),
+            (true, 1) => ResponsesReply::shell("true"),
+            _ => ResponsesReply::Message(format!("turn with {} texts", texts.len())),
+        }
+    });
+    let Some(mut f) = fixture(script, "never").await else {
+        return;
+    };
+    let first = f.session.turn("fail once").await.unwrap();
+    let second = f.session.turn("again").await.unwrap();
+    assert_eq!(first.session_id, second.session_id, "one thread");
+    assert_eq!(second.num_turns, 2);
+    assert!(second.final_text.starts_with("turn with"), "{second:?}");
+    let last = f.mock.requests().last().cloned().unwrap();
+    let texts = mala_testkit::ResponsesConversation::user_texts_of(&last.body);
+    assert!(
+        texts.iter().any(|t| t == "fail once") && texts.iter().any(|t| t == "again"),
+        "the follow-up carries the first turn: {texts:?}"
+    );
+    assert!(
+        first.usage.total() > 0 && second.usage.total() > 0,
+        "{first:?}"
+    );
+    let runs: Vec<mala_core::CommandRun> = f
+        .events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            mala_core::AgentEvent::CommandRan { run } => Some(run.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!((runs[0].exit_code, runs[0].failed), (Some(3), true));
+    assert_eq!((runs[1].exit_code, runs[1].failed), (Some(0), false));
+    assert!(runs[0].command.contains("exit 3"), "{:?}", runs[0]);
+    assert!(
+        runs.iter()
+            .all(|r| r.started_at.is_some_and(|s| s <= r.ended_at))
+    );
+    f.session.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_patch_is_decided_by_its_paths_and_recorded_as_edits() {
+    use mala_core::AgentSession as _;
+    let patch =
+        |name: &str| format!("*** Begin Patch\n*** Add File: {name}\n+hello\n*** End Patch\n");
+    let script = ResponsesScript::steps(
+        vec![
+            ResponsesReply::Patch(patch("secret.txt")),
+            ResponsesReply::Patch(patch("notes.txt")),
+        ],
+        "done",
+    );
+    let Some(mut f) = fixture(script, "secret.txt").await else {
+        return;
+    };
+    let outcome = f.session.turn("write").await.unwrap();
+    assert_eq!(outcome.permission_denials, ["apply_patch"]);
+    assert!(
+        !f.repo.join("secret.txt").exists(),
+        "the refused patch was not applied"
+    );
+    assert_eq!(
+        std::fs::read_to_string(f.repo.join("notes.txt")).unwrap(),
+        "hello\n"
+    );
+    let edited: Vec<String> = f
+        .events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            mala_core::AgentEvent::FileEdited { edit } => Some(edit.path.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(edited.len(), 1, "{edited:?}");
+    assert!(edited[0].ends_with("notes.txt"), "{edited:?}");
+    f.session.close().await.unwrap();
+}

@@ -1,0 +1,419 @@
+//! One Codex conversation (an app-server thread) as an [`AgentSession`].
+//!
+//! The thread asks before every command and file change (`approvalPolicy:
+//! untrusted`), and mala's guard answers each request: the same pure rules
+//! the Claude backend's hooks apply. A refusal is declined, and its reason
+//! reaches the model as a message steered into the turn (a decline itself
+//! carries none). What ran is recorded from the protocol's items: commands
+//! with their exit codes, files with the changes' paths.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mala_core::{
+    AgentError, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession, CommandRun,
+    FileEdit, SessionId, SessionRequest, TokenUsage, ToolGuard, TurnOutcome, TurnStatus,
+};
+use serde_json::{Value, json};
+
+use super::rpc::Inbound;
+use super::server::{AppServer, AppServerCommand};
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// A running Codex thread.
+pub(crate) struct CodexSession {
+    server: Option<AppServer>,
+    thread: String,
+    agent: AgentId,
+    observer: Arc<dyn AgentObserver>,
+    guard: Option<Arc<dyn ToolGuard>>,
+    /// The thread's token totals when the running turn began.
+    thread_usage: TokenUsage,
+    turns: u32,
+    /// The last turn started, which `interrupt` names.
+    last_turn: Option<String>,
+}
+
+impl std::fmt::Debug for CodexSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodexSession")
+            .field("thread", &self.thread)
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one turn saw, as it went.
+#[derive(Default)]
+struct TurnLog {
+    turn: Option<String>,
+    /// Paths of file changes by item id: the approval request names none.
+    changes: HashMap<String, Vec<(String, String)>>,
+    final_text: String,
+    usage: TokenUsage,
+    /// The last error the server gave up on.
+    error: Option<Value>,
+    denials: Vec<String>,
+}
+
+impl CodexSession {
+    /// Starts the app-server and its thread in `request.cwd` (or picks up
+    /// `request.resume`'s thread in a new process).
+    pub(crate) async fn start(
+        command: &AppServerCommand,
+        request: &SessionRequest,
+        model: Option<&str>,
+        observer: Arc<dyn AgentObserver>,
+        guard: Option<Arc<dyn ToolGuard>>,
+    ) -> Result<Self, AgentError> {
+        let server = AppServer::start(command, &request.cwd)?;
+        server.initialize(START_TIMEOUT).await?;
+        let mut params = json!({
+            "cwd": request.cwd,
+            // Every command and file change comes to mala first.
+            "approvalPolicy": "untrusted",
+            "sandbox": "danger-full-access",
+        });
+        if let Some(model) = model {
+            params["model"] = json!(model);
+        }
+        let method = match &request.resume {
+            Some(thread) => {
+                params["threadId"] = json!(thread.as_str());
+                "thread/resume"
+            }
+            None => "thread/start",
+        };
+        let started =
+            server.rpc.request(method, params).await.map_err(|error| {
+                AgentError::new(AgentErrorKind::CouldNotStart, error.to_string())
+            })?;
+        let Some(thread) = started.pointer("/thread/id").and_then(Value::as_str) else {
+            return Err(AgentError::new(
+                AgentErrorKind::Protocol,
+                format!("`{method}` answered without a thread id: {started}"),
+            ));
+        };
+        let thread = thread.to_owned();
+        observer.on_event(&AgentEvent::SessionStarted {
+            session_id: SessionId::new(thread.clone()),
+        });
+        Ok(Self {
+            server: Some(server),
+            thread,
+            agent: request.agent_id.clone(),
+            observer,
+            guard,
+            thread_usage: TokenUsage::default(),
+            turns: 0,
+            last_turn: None,
+        })
+    }
+
+    fn server(&mut self) -> Result<&mut AppServer, AgentError> {
+        self.server.as_mut().ok_or_else(|| {
+            AgentError::new(
+                AgentErrorKind::Crashed,
+                "the codex app-server has been closed",
+            )
+        })
+    }
+
+    /// The guard's answer to a request to run `command`: `None` allows it.
+    fn refusal(&self, tool: &str, input: &Value) -> Option<String> {
+        let guard = self.guard.as_ref()?;
+        guard.check(&self.agent, tool, input).err().map(|r| r.0)
+    }
+
+    /// Answers one approval request by the guard; a refusal is steered into
+    /// the turn first, so the model reads why.
+    async fn answer(&mut self, id: Value, method: &str, params: &Value, log: &mut TurnLog) {
+        let (tool, input) = if method == "item/commandExecution/requestApproval" {
+            let command = params["command"].as_str().unwrap_or_default();
+            ("Bash", json!({"command": command}))
+        } else {
+            let item = params["itemId"].as_str().unwrap_or_default();
+            let patch = patch_naming(log.changes.get(item).map_or(&[][..], Vec::as_slice));
+            ("apply_patch", json!({"input": patch}))
+        };
+        let refusal = self.refusal(tool, &input);
+        let thread = self.thread.clone();
+        let turn = log.turn.clone();
+        let Ok(server) = self.server() else {
+            return;
+        };
+        let Some(reason) = refusal else {
+            server.rpc.respond(id, json!({"decision": "accept"}));
+            return;
+        };
+        let steer = json!({
+            "threadId": thread, "expectedTurnId": turn,
+            "input": [{"type": "text", "text": format!("mala refused that call: {reason}")}],
+        });
+        // The reason is worth a try; the decline stands whatever the answer.
+        let _ = server.rpc.request("turn/steer", steer).await;
+        server.rpc.respond(id, json!({"decision": "decline"}));
+        log.denials.push(tool.to_owned());
+        self.observer.on_event(&AgentEvent::ToolDenied {
+            tool: tool.to_owned(),
+            reason,
+        });
+    }
+
+    /// Takes one notification into the turn's log; `Some` once the turn is over.
+    fn note(&mut self, method: &str, params: &Value, log: &mut TurnLog) -> Option<TurnStatus> {
+        match method {
+            "item/started" => note_started(&params["item"], log),
+            "item/completed" => self.note_completed(params, log),
+            "thread/tokenUsage/updated" => {
+                let total = usage_of(&params["tokenUsage"]["total"]);
+                log.usage = minus(total, self.thread_usage);
+                self.observer
+                    .on_event(&AgentEvent::TurnUsage { usage: log.usage });
+            }
+            "error" if params["willRetry"] != json!(true) => {
+                log.error = Some(params["error"].clone());
+            }
+            "turn/started" => {
+                log.turn = params["turn"]["id"].as_str().map(str::to_owned);
+            }
+            "turn/completed" => return Some(turn_status(&params["turn"])),
+            _ => {}
+        }
+        None
+    }
+
+    fn note_completed(&self, params: &Value, log: &mut TurnLog) {
+        let item = &params["item"];
+        let at = millis(&params["completedAtMs"]).unwrap_or_else(Utc::now);
+        let id = item["id"].as_str().unwrap_or_default().to_owned();
+        match item["type"].as_str() {
+            Some("commandExecution") if item["status"] != "declined" => {
+                let exit_code = item["exitCode"]
+                    .as_i64()
+                    .and_then(|c| i32::try_from(c).ok());
+                let failed = item["status"] == "failed" || exit_code.is_some_and(|c| c != 0);
+                let duration = item["durationMs"]
+                    .as_i64()
+                    .map(chrono::Duration::milliseconds);
+                self.observer.on_event(&AgentEvent::CommandRan {
+                    run: CommandRun {
+                        tool_use_id: id,
+                        command: item["command"].as_str().unwrap_or_default().to_owned(),
+                        exit_code,
+                        failed,
+                        error: failed.then(|| format!("Exit code {}", exit_code.unwrap_or(-1))),
+                        started_at: duration.map(|d| at - d),
+                        ended_at: at,
+                    },
+                });
+            }
+            Some("fileChange") if item["status"] == "completed" => {
+                for change in item["changes"].as_array().into_iter().flatten() {
+                    let path = change["path"].as_str().unwrap_or_default().to_owned();
+                    self.observer.on_event(&AgentEvent::FileEdited {
+                        edit: FileEdit {
+                            tool_use_id: id.clone(),
+                            tool: "apply_patch".to_owned(),
+                            path,
+                            at,
+                        },
+                    });
+                }
+            }
+            Some("agentMessage") => {
+                let text = item["text"].as_str().unwrap_or_default().to_owned();
+                self.observer
+                    .on_event(&AgentEvent::Text { text: text.clone() });
+                log.final_text = text;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Keeps a file change's paths for its approval request.
+fn note_started(item: &Value, log: &mut TurnLog) {
+    if item["type"] != "fileChange" {
+        return;
+    }
+    let changes = item["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|change| {
+            let kind = change["kind"]["type"]
+                .as_str()
+                .unwrap_or("update")
+                .to_owned();
+            (kind, change["path"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect();
+    let id = item["id"].as_str().unwrap_or_default().to_owned();
+    log.changes.insert(id, changes);
+}
+
+/// An `apply_patch` text naming `changes`, for the guard, which reads a
+/// patch's file lines (it decides on paths, not on the diff).
+fn patch_naming(changes: &[(String, String)]) -> String {
+    let mut patch = String::from("*** Begin Patch\n");
+    for (kind, path) in changes {
+        let verb = match kind.as_str() {
+            "add" => "Add",
+            "delete" => "Delete",
+            _ => "Update",
+        };
+        let _ = writeln!(patch, "*** {verb} File: {path}");
+    }
+    patch.push_str("*** End Patch\n");
+    patch
+}
+
+fn millis(value: &Value) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(value.as_i64()?)
+}
+
+fn usage_of(total: &Value) -> TokenUsage {
+    let n = |key: &str| total[key].as_u64().unwrap_or(0);
+    TokenUsage {
+        input_tokens: n("inputTokens").saturating_sub(n("cachedInputTokens")),
+        output_tokens: n("outputTokens"),
+        cache_read_input_tokens: n("cachedInputTokens"),
+        cache_creation_input_tokens: n("cacheWriteInputTokens"),
+    }
+}
+
+fn minus(total: TokenUsage, before: TokenUsage) -> TokenUsage {
+    TokenUsage {
+        input_tokens: total.input_tokens.saturating_sub(before.input_tokens),
+        output_tokens: total.output_tokens.saturating_sub(before.output_tokens),
+        cache_read_input_tokens: total
+            .cache_read_input_tokens
+            .saturating_sub(before.cache_read_input_tokens),
+        cache_creation_input_tokens: total
+            .cache_creation_input_tokens
+            .saturating_sub(before.cache_creation_input_tokens),
+    }
+}
+
+fn turn_status(turn: &Value) -> TurnStatus {
+    match turn["status"].as_str() {
+        Some("completed") => TurnStatus::Completed,
+        Some("interrupted") => TurnStatus::Interrupted,
+        _ => TurnStatus::Failed {
+            reason: turn["error"]["message"]
+                .as_str()
+                .unwrap_or("the turn failed")
+                .to_owned(),
+        },
+    }
+}
+
+/// A failed turn's error as mala's kinds: what waiting can do about it.
+fn turn_error(error: &Value, reason: &str) -> AgentError {
+    let info = &error["codexErrorInfo"];
+    let status = [
+        "responseTooManyFailedAttempts",
+        "httpConnectionFailed",
+        "responseStreamDisconnected",
+    ]
+    .iter()
+    .find_map(|key| info[*key]["httpStatusCode"].as_u64());
+    let kind = match (status, info.as_str()) {
+        (Some(401 | 403), _) | (_, Some("unauthorized")) => AgentErrorKind::Authentication,
+        (Some(429), _) | (_, Some("usageLimitExceeded")) => {
+            AgentErrorKind::RateLimited { resets_at: None }
+        }
+        (Some(500..=599), _) | (_, Some("internalServerError" | "serverOverloaded")) => {
+            AgentErrorKind::Overloaded { retry_after: None }
+        }
+        (None, Some("httpConnectionFailed")) => AgentErrorKind::Network,
+        _ => AgentErrorKind::Crashed,
+    };
+    AgentError::new(kind, format!("codex: {reason}"))
+}
+
+#[async_trait]
+impl AgentSession for CodexSession {
+    fn session_id(&self) -> Option<SessionId> {
+        Some(SessionId::new(self.thread.clone()))
+    }
+
+    async fn turn(&mut self, prompt: &str) -> Result<TurnOutcome, AgentError> {
+        let thread = self.thread.clone();
+        let params = json!({"threadId": thread, "input": [{"type": "text", "text": prompt}]});
+        let started = self.server()?.rpc.request("turn/start", params).await;
+        let started =
+            started.map_err(|e| AgentError::new(AgentErrorKind::Crashed, e.to_string()))?;
+        let mut log = TurnLog {
+            turn: started
+                .pointer("/turn/id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            ..TurnLog::default()
+        };
+        self.last_turn.clone_from(&log.turn);
+        let status = loop {
+            let Some(message) = self.server()?.inbox.recv().await else {
+                return Err(AgentError::new(
+                    AgentErrorKind::Crashed,
+                    "the codex app-server ended during the turn",
+                ));
+            };
+            match message {
+                Inbound::Request { id, method, params } if method.ends_with("/requestApproval") => {
+                    self.answer(id, &method, &params, &mut log).await;
+                }
+                // Nothing else is served: no tool of the server's asks mala.
+                Inbound::Request { id, method, .. } => {
+                    let refusal = format!("mala does not serve `{method}`");
+                    self.server()?.rpc.respond_error(id, -32601, &refusal);
+                }
+                Inbound::Notification { method, params } => {
+                    if let Some(status) = self.note(&method, &params, &mut log) {
+                        break status;
+                    }
+                }
+                Inbound::Unknown(_) | Inbound::Unreadable(_) => {}
+            }
+        };
+        self.thread_usage = self.thread_usage.plus(log.usage);
+        self.turns += 1;
+        if let (TurnStatus::Failed { reason }, Some(error)) = (&status, &log.error) {
+            return Err(turn_error(error, reason));
+        }
+        Ok(TurnOutcome {
+            status,
+            session_id: self.session_id(),
+            final_text: log.final_text,
+            usage: log.usage,
+            // Codex reports tokens, not dollars.
+            total_cost_usd: 0.0,
+            num_turns: self.turns,
+            permission_denials: log.denials,
+        })
+    }
+
+    async fn interrupt(&mut self) -> Result<(), AgentError> {
+        let params = json!({"threadId": self.thread, "turnId": self.last_turn});
+        self.server()?
+            .rpc
+            .request("turn/interrupt", params)
+            .await
+            .map(drop)
+            .map_err(|e| AgentError::new(AgentErrorKind::Protocol, e.to_string()))
+    }
+
+    async fn close(&mut self) -> Result<(), AgentError> {
+        if let Some(server) = self.server.take() {
+            server.close(CLOSE_GRACE).await;
+        }
+        Ok(())
+    }
+}
