@@ -114,30 +114,33 @@ impl TokenUsage {
     /// the second time further on.
     #[must_use]
     pub fn max_each(self, other: Self) -> Self {
-        Self {
-            input_tokens: self.input_tokens.max(other.input_tokens),
-            output_tokens: self.output_tokens.max(other.output_tokens),
-            cache_read_input_tokens: self
-                .cache_read_input_tokens
-                .max(other.cache_read_input_tokens),
-            cache_creation_input_tokens: self
-                .cache_creation_input_tokens
-                .max(other.cache_creation_input_tokens),
-        }
+        self.each(other, u64::max)
     }
 
     /// Both together.
     #[must_use]
     pub fn plus(self, other: Self) -> Self {
+        self.each(other, u64::saturating_add)
+    }
+
+    /// What `self` has beyond `before` (a running total less an earlier one).
+    #[must_use]
+    pub fn minus(self, before: Self) -> Self {
+        self.each(before, u64::saturating_sub)
+    }
+
+    fn each(self, other: Self, op: fn(u64, u64) -> u64) -> Self {
         Self {
-            input_tokens: self.input_tokens.saturating_add(other.input_tokens),
-            output_tokens: self.output_tokens.saturating_add(other.output_tokens),
-            cache_read_input_tokens: self
-                .cache_read_input_tokens
-                .saturating_add(other.cache_read_input_tokens),
-            cache_creation_input_tokens: self
-                .cache_creation_input_tokens
-                .saturating_add(other.cache_creation_input_tokens),
+            input_tokens: op(self.input_tokens, other.input_tokens),
+            output_tokens: op(self.output_tokens, other.output_tokens),
+            cache_read_input_tokens: op(
+                self.cache_read_input_tokens,
+                other.cache_read_input_tokens,
+            ),
+            cache_creation_input_tokens: op(
+                self.cache_creation_input_tokens,
+                other.cache_creation_input_tokens,
+            ),
         }
     }
 }

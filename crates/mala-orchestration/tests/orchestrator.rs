@@ -1248,6 +1248,24 @@ fn verifier_meeting(
     backend
 }
 
+/// A run of one agent whose epics `verifier` verifies, pausing by `pauses`.
+async fn run_verifying(
+    world: &World,
+    config: Settings,
+    verifier: mala_core::MockAgentBackend,
+    pauses: mala_orchestration::PausePolicy,
+) -> RunSummary {
+    let (_stage, stages) = watch::channel(Stage::Running);
+    world
+        .builder(config, RunPlan { pauses, ..plan(1) })
+        .epic_backend(Arc::new(verifier))
+        .build()
+        .unwrap()
+        .run(stages)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_epic_verifier_meeting_a_limit_pauses_the_run_then_verifies_the_epic() {
     let world = World::new(epic_with_child(), Duration::from_millis(5));
@@ -1257,21 +1275,7 @@ async fn an_epic_verifier_meeting_a_limit_pauses_the_run_then_verifies_the_epic(
         mala_core::AgentErrorKind::RateLimited { resets_at: None },
         0..1,
     );
-    let (_stage, stages) = watch::channel(Stage::Running);
-    let summary = world
-        .builder(
-            config,
-            RunPlan {
-                pauses: pausing(Duration::from_secs(60)),
-                ..plan(1)
-            },
-        )
-        .epic_backend(Arc::new(verifier))
-        .build()
-        .unwrap()
-        .run(stages)
-        .await
-        .unwrap();
+    let summary = run_verifying(&world, config, verifier, pausing(Duration::from_secs(60))).await;
     assert_eq!(summary.stopped, None, "{summary:?}");
     let events = world.events.0.lock().unwrap().clone();
     assert!(events.iter().any(|e| matches!(e, Event::RunPaused { .. })));
@@ -1289,15 +1293,7 @@ async fn an_epic_verifier_refused_credentials_stops_the_run_and_leaves_the_epic_
     let mut config = settings(world.dir.path());
     config.epic_verification.enabled = true;
     let verifier = verifier_meeting(mala_core::AgentErrorKind::Authentication, 0..usize::MAX);
-    let (_stage, stages) = watch::channel(Stage::Running);
-    let summary = world
-        .builder(config, plan(1))
-        .epic_backend(Arc::new(verifier))
-        .build()
-        .unwrap()
-        .run(stages)
-        .await
-        .unwrap();
+    let summary = run_verifying(&world, config, verifier, plan(1).pauses).await;
     let stopped = summary.stopped.clone().expect("stopped");
     assert!(stopped.contains("credentials"), "{stopped}");
     assert_eq!(world.status("m-e").await, IssueStatus::Open);
@@ -1351,21 +1347,7 @@ async fn an_epics_completion_trigger_waits_out_a_pause_another_epics_verifier_me
         mala_core::AgentErrorKind::RateLimited { resets_at: None },
         1..2,
     );
-    let (_stage, stages) = watch::channel(Stage::Running);
-    let summary = world
-        .builder(
-            config,
-            RunPlan {
-                pauses: pausing(Duration::from_secs(60)),
-                ..plan(1)
-            },
-        )
-        .epic_backend(Arc::new(verifier))
-        .build()
-        .unwrap()
-        .run(stages)
-        .await
-        .unwrap();
+    let summary = run_verifying(&world, config, verifier, pausing(Duration::from_secs(60))).await;
     assert_eq!(summary.stopped, None, "{summary:?}");
     assert_eq!(world.status("m-e1").await, IssueStatus::Closed);
     assert_eq!(world.status("m-e2").await, IssueStatus::Closed);
@@ -1388,15 +1370,7 @@ async fn an_epics_completion_trigger_does_not_run_once_a_verifier_stopped_the_ru
         "echo done >> epic-checked.txt",
     ));
     let verifier = verifier_meeting(mala_core::AgentErrorKind::Authentication, 1..usize::MAX);
-    let (_stage, stages) = watch::channel(Stage::Running);
-    let summary = world
-        .builder(config, plan(1))
-        .epic_backend(Arc::new(verifier))
-        .build()
-        .unwrap()
-        .run(stages)
-        .await
-        .unwrap();
+    let summary = run_verifying(&world, config, verifier, plan(1).pauses).await;
     assert!(summary.stopped.is_some(), "{summary:?}");
     let (completions, _) = completions_and_resume(&world);
     assert!(

@@ -173,7 +173,7 @@ impl CodexSession {
             "item/completed" => self.note_completed(params, log),
             "thread/tokenUsage/updated" => {
                 let total = usage_of(&params["tokenUsage"]["total"]);
-                log.usage = minus(total, self.thread_usage);
+                log.usage = total.minus(self.thread_usage);
                 self.observer
                     .on_event(&AgentEvent::TurnUsage { usage: log.usage });
             }
@@ -286,19 +286,6 @@ fn usage_of(total: &Value) -> TokenUsage {
         output_tokens: n("outputTokens"),
         cache_read_input_tokens: n("cachedInputTokens"),
         cache_creation_input_tokens: n("cacheWriteInputTokens"),
-    }
-}
-
-fn minus(total: TokenUsage, before: TokenUsage) -> TokenUsage {
-    TokenUsage {
-        input_tokens: total.input_tokens.saturating_sub(before.input_tokens),
-        output_tokens: total.output_tokens.saturating_sub(before.output_tokens),
-        cache_read_input_tokens: total
-            .cache_read_input_tokens
-            .saturating_sub(before.cache_read_input_tokens),
-        cache_creation_input_tokens: total
-            .cache_creation_input_tokens
-            .saturating_sub(before.cache_creation_input_tokens),
     }
 }
 
