@@ -366,3 +366,46 @@ async fn a_patch_is_decided_by_its_paths_and_recorded_as_edits() {
     assert!(edited[0].ends_with("notes.txt"), "{edited:?}");
     f.session.close().await.unwrap();
 }
+
+/// `write_stdin` into an approved interactive shell asks no approval: the
+/// typed command would pass no guard. mala stops the turn when it sees it.
+#[tokio::test]
+async fn input_typed_into_a_running_shell_stops_the_turn_and_fails_it_saying_so() {
+    use mala_core::AgentSession as _;
+    let script = ResponsesScript::from_fn(|conversation| {
+        let outputs = conversation.tool_outputs();
+        match conversation.calls_so_far() {
+            0 => ResponsesReply::Call {
+                name: "exec_command".into(),
+                arguments: json!({"cmd": "bash", "tty": true, "yield_time_ms": 500}),
+            },
+            1 => {
+                let session = outputs
+                    .first()
+                    .and_then(|o| o.split("session ID ").nth(1))
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+                ResponsesReply::Call {
+                    name: "write_stdin".into(),
+                    arguments: json!({"session_id": session, "chars": "touch typed.txt; exit\n"}),
+                }
+            }
+            _ => ResponsesReply::Message("done".into()),
+        }
+    });
+    let Some(mut f) = fixture(script, "never-refused").await else {
+        return;
+    };
+    let outcome = f.session.turn("open a shell").await.unwrap();
+    assert!(
+        matches!(&outcome.status, mala_core::TurnStatus::Failed { reason } if reason.contains("write_stdin")),
+        "{outcome:?}"
+    );
+    let events = f.events.0.lock().unwrap().clone();
+    assert!(events.iter().any(|e| matches!(
+        e,
+        mala_core::AgentEvent::ToolDenied { tool, .. } if tool == "write_stdin"
+    )));
+    f.session.close().await.unwrap();
+}

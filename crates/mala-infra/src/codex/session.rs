@@ -59,6 +59,8 @@ struct TurnLog {
     usage: TokenUsage,
     /// The last error the server gave up on.
     error: Option<Value>,
+    /// Why mala stopped the turn, when it did.
+    violation: Option<String>,
     denials: Vec<String>,
 }
 
@@ -238,6 +240,27 @@ impl CodexSession {
     }
 }
 
+impl CodexSession {
+    /// The agent wrote to a program still running from an approved
+    /// command (`write_stdin`), which asks no approval: what it typed there
+    /// no guard saw. The turn is stopped at once and ends failed, saying so.
+    async fn stop_for_input(&mut self, log: &mut TurnLog) {
+        log.violation = Some(
+            "the agent typed input into a program still running from an earlier command \
+             (write_stdin), which mala's guard cannot check; mala stopped the turn"
+                .to_owned(),
+        );
+        self.observer.on_event(&AgentEvent::ToolDenied {
+            tool: "write_stdin".to_owned(),
+            reason: log.violation.clone().unwrap_or_default(),
+        });
+        let params = json!({"threadId": self.thread, "turnId": log.turn});
+        if let Ok(server) = self.server() {
+            let _ = server.rpc.request("turn/interrupt", params).await;
+        }
+    }
+}
+
 /// Keeps a file change's paths for its approval request.
 fn note_started(item: &Value, log: &mut TurnLog) {
     if item["type"] != "fileChange" {
@@ -362,6 +385,12 @@ impl AgentSession for CodexSession {
                     let refusal = format!("mala does not serve `{method}`");
                     self.server()?.rpc.respond_error(id, -32601, &refusal);
                 }
+                Inbound::Notification { method, .. }
+                    if method == "item/commandExecution/terminalInteraction"
+                        && log.violation.is_none() =>
+                {
+                    self.stop_for_input(&mut log).await;
+                }
                 Inbound::Notification { method, params } => {
                     if let Some(status) = self.note(&method, &params, &mut log) {
                         break status;
@@ -372,6 +401,10 @@ impl AgentSession for CodexSession {
         };
         self.thread_usage = self.thread_usage.plus(log.usage);
         self.turns += 1;
+        let status = match log.violation.take() {
+            Some(reason) => TurnStatus::Failed { reason },
+            None => status,
+        };
         if let (TurnStatus::Failed { reason }, Some(error)) = (&status, &log.error) {
             return Err(turn_error(error, reason));
         }
