@@ -5,6 +5,7 @@
 //! files, the Claude Code transport, the command runner, run metadata and the event sinks arrive
 //! with their issues.
 
+mod agent_tools;
 mod beads;
 mod cerberus;
 mod claude;

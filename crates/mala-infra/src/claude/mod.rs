@@ -1,7 +1,6 @@
 //! The Claude Code backend: the real `claude` binary over its stream-json
 //! control protocol, behind the `AgentBackend` port.
 
-mod mcp;
 mod protocol;
 mod record;
 mod session;

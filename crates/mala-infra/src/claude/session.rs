@@ -22,9 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::ClaudeConfig;
-use super::mcp;
 use super::protocol::{self, Inbound};
 use super::record::SessionRecord;
+use crate::agent_tools as mcp;
 
 /// The longest stdout line accepted (tool results can carry whole files).
 const MAX_LINE: usize = 64 * 1024 * 1024;

@@ -212,6 +212,18 @@ struct Fixture {
 use std::sync::Arc;
 
 async fn fixture(script: ResponsesScript, refused: &'static str) -> Option<Fixture> {
+    let around = super::session::Surroundings {
+        guard: Some(Arc::new(Refusing(refused))),
+        ..super::session::Surroundings::default()
+    };
+    fixture_with(script, |_| around).await
+}
+
+/// The same, with what `around` gives the agent (given the repository).
+async fn fixture_with(
+    script: ResponsesScript,
+    around: impl FnOnce(&Path) -> super::session::Surroundings,
+) -> Option<Fixture> {
     let binary = mala_testkit::tool_or_skip(Tool::Codex, module_path!())?;
     let mock = MockResponses::start(script);
     let dir = tempfile::tempdir().unwrap();
@@ -226,7 +238,7 @@ async fn fixture(script: ResponsesScript, refused: &'static str) -> Option<Fixtu
         &request,
         Some("gpt-5.5"),
         events.clone(),
-        Some(Arc::new(Refusing(refused))),
+        around(&repo),
     )
     .await
     .unwrap();
@@ -407,5 +419,52 @@ async fn input_typed_into_a_running_shell_stops_the_turn_and_fails_it_saying_so(
         e,
         mala_core::AgentEvent::ToolDenied { tool, .. } if tool == "write_stdin"
     )));
+    f.session.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_lock_tools_are_the_threads_own_and_take_the_lock_table() {
+    use mala_core::{AgentSession as _, LockTable as _};
+    let script = ResponsesScript::steps(
+        vec![ResponsesReply::Call {
+            name: "lock_acquire".into(),
+            arguments: json!({"filepaths": ["src/a.txt"]}),
+        }],
+        "locked",
+    );
+    let table: std::sync::OnceLock<Arc<crate::FileLockTable>> = std::sync::OnceLock::new();
+    let Some(mut f) = fixture_with(script, |repo| {
+        let locks = Arc::new(crate::FileLockTable::new(repo.join(".locks"), repo).unwrap());
+        let _ = table.set(Arc::clone(&locks));
+        super::session::Surroundings {
+            locks: Some(locks),
+            ..super::session::Surroundings::default()
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let outcome = f.session.turn("lock it").await.unwrap();
+    let offered = f.mock.requests()[0].body["tools"].to_string();
+    assert!(offered.contains("lock_acquire"), "{offered}");
+    assert_eq!(outcome.final_text, "locked");
+    let held = table
+        .get()
+        .unwrap()
+        .held_by(&mala_core::AgentId::new("m-1@r"));
+    let expected = crate::canonical_path(&f.repo, "src/a.txt");
+    assert_eq!(
+        held,
+        vec![expected],
+        "the agent holds the lock it asked for"
+    );
+    let last = f.mock.requests().last().cloned().unwrap();
+    let outputs = mala_testkit::ResponsesConversation::tool_outputs_of(&last.body);
+    assert_eq!(
+        outputs.len(),
+        1,
+        "the model got the tool's answer: {outputs:?}"
+    );
     f.session.close().await.unwrap();
 }

@@ -16,15 +16,40 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mala_core::{
     AgentError, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession, CommandRun,
-    FileEdit, SessionId, SessionRequest, TokenUsage, ToolGuard, TurnOutcome, TurnStatus,
+    FileEdit, LockTable, SessionId, SessionRequest, TokenUsage, ToolGuard, TurnOutcome, TurnStatus,
 };
 use serde_json::{Value, json};
 
 use super::rpc::Inbound;
 use super::server::{AppServer, AppServerCommand};
+use crate::GitRepo;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// What a session's agent is given besides the model: mala's guard on
+/// every command and file change, and mala's tools.
+#[derive(Default, Clone)]
+pub(crate) struct Surroundings {
+    pub(crate) guard: Option<Arc<dyn ToolGuard>>,
+    pub(crate) locks: Option<Arc<dyn LockTable>>,
+    pub(crate) git: Option<Arc<GitRepo>>,
+}
+
+/// mala's tools as the thread's dynamic tools: the model calls them as
+/// plain functions, and each call comes to mala as `item/tool/call`.
+fn dynamic_tools() -> Value {
+    let tools = crate::agent_tools::tool_list();
+    let tools = tools.as_array().into_iter().flatten().map(|tool| {
+        json!({
+            "type": "function",
+            "name": tool["name"],
+            "description": tool["description"],
+            "inputSchema": tool["inputSchema"],
+        })
+    });
+    Value::Array(tools.collect())
+}
 
 /// A running Codex thread.
 pub(crate) struct CodexSession {
@@ -33,6 +58,9 @@ pub(crate) struct CodexSession {
     agent: AgentId,
     observer: Arc<dyn AgentObserver>,
     guard: Option<Arc<dyn ToolGuard>>,
+    /// What mala's own tools act on (the lock table, the repository).
+    locks: Option<Arc<dyn LockTable>>,
+    git: Option<Arc<GitRepo>>,
     /// The thread's token totals when the running turn began.
     thread_usage: TokenUsage,
     turns: u32,
@@ -72,7 +100,7 @@ impl CodexSession {
         request: &SessionRequest,
         model: Option<&str>,
         observer: Arc<dyn AgentObserver>,
-        guard: Option<Arc<dyn ToolGuard>>,
+        around: Surroundings,
     ) -> Result<Self, AgentError> {
         let server = AppServer::start(command, &request.cwd)?;
         server.initialize(START_TIMEOUT).await?;
@@ -82,6 +110,9 @@ impl CodexSession {
             "approvalPolicy": "untrusted",
             "sandbox": "danger-full-access",
         });
+        if around.locks.is_some() {
+            params["dynamicTools"] = dynamic_tools();
+        }
         if let Some(model) = model {
             params["model"] = json!(model);
         }
@@ -111,7 +142,9 @@ impl CodexSession {
             thread,
             agent: request.agent_id.clone(),
             observer,
-            guard,
+            guard: around.guard,
+            locks: around.locks,
+            git: around.git,
             thread_usage: TokenUsage::default(),
             turns: 0,
             last_turn: None,
@@ -241,6 +274,18 @@ impl CodexSession {
 }
 
 impl CodexSession {
+    /// Runs one of mala's tools for the agent; the answer for the server.
+    async fn serve_tool(&self, params: &Value) -> Value {
+        let tools = crate::agent_tools::Tools {
+            agent: &self.agent,
+            locks: self.locks.as_ref(),
+            git: self.git.as_ref(),
+        };
+        let name = params["tool"].as_str().unwrap_or_default();
+        let (text, is_error) = crate::agent_tools::call(name, &params["arguments"], &tools).await;
+        json!({"success": !is_error, "contentItems": [{"type": "inputText", "text": text}]})
+    }
+
     /// The agent wrote to a program still running from an approved
     /// command (`write_stdin`), which asks no approval: what it typed there
     /// no guard saw. The turn is stopped at once and ends failed, saying so.
@@ -380,7 +425,11 @@ impl AgentSession for CodexSession {
                 Inbound::Request { id, method, params } if method.ends_with("/requestApproval") => {
                     self.answer(id, &method, &params, &mut log).await;
                 }
-                // Nothing else is served: no tool of the server's asks mala.
+                Inbound::Request { id, method, params } if method == "item/tool/call" => {
+                    let answer = self.serve_tool(&params).await;
+                    self.server()?.rpc.respond(id, answer);
+                }
+                // Nothing else is served.
                 Inbound::Request { id, method, .. } => {
                     let refusal = format!("mala does not serve `{method}`");
                     self.server()?.rpc.respond_error(id, -32601, &refusal);

@@ -1,6 +1,8 @@
-//! The in-process MCP server `mala`, answered over the control channel: the
-//! lock tools, backed by the lock table. Because it runs inside mala, every
-//! call is known to come from this session's agent.
+//! mala's own tools for agents, whatever the backend: the lock tools, backed
+//! by the lock table, and `commit`. Claude Code reaches them as the
+//! in-process MCP server `mala`, answered over its control channel
+//! ([`handle`]); Codex as dynamic tools of its thread. Because they run
+//! inside mala, every call is known to come from the session's agent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +24,8 @@ pub(crate) const SERVER: &str = "mala";
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
-fn tool_list() -> Value {
+/// The tools, each with `name`, `description` and `inputSchema`.
+pub(crate) fn tool_list() -> Value {
     let paths = json!({"type": "array", "items": {"type": "string"}, "minItems": 1,
                        "description": "Repository paths (relative to the repository root, or absolute)"});
     json!([
@@ -113,7 +116,8 @@ fn paths(arguments: &Value) -> Vec<String> {
     }
 }
 
-async fn call(name: &str, arguments: &Value, tools: &Tools<'_>) -> (String, bool) {
+/// Runs tool `name` for the agent: its answer, and whether it is an error.
+pub(crate) async fn call(name: &str, arguments: &Value, tools: &Tools<'_>) -> (String, bool) {
     let agent = tools.agent;
     let Some(locks) = tools.locks.map(AsRef::as_ref) else {
         return (
