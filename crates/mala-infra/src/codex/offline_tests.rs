@@ -468,3 +468,87 @@ async fn the_lock_tools_are_the_threads_own_and_take_the_lock_table() {
     );
     f.session.close().await.unwrap();
 }
+
+/// The backend over the pinned binary, its every command allowed, against
+/// a model that runs `sleep 30`; the session and whether its first command
+/// has started (for a stop to land in a running turn).
+async fn sleeping_session(
+    mock: &MockResponses,
+    dir: &Path,
+) -> Option<(
+    Arc<super::CodexBackend>,
+    Box<dyn mala_core::AgentSession>,
+    Arc<Events>,
+)> {
+    let binary = mala_testkit::tool_or_skip(Tool::Codex, module_path!())?;
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let around = super::session::Surroundings {
+        guard: Some(Arc::new(Refusing("never-refused"))),
+        ..super::session::Surroundings::default()
+    };
+    let backend = Arc::new(super::CodexBackend::new(
+        offline(&binary, mock, &dir.join("home")),
+        Some("gpt-5.5".into()),
+        around,
+    ));
+    let events = Arc::new(Events::default());
+    let request = mala_core::SessionRequest::new(mala_core::AgentId::new("m-1@r"), &repo);
+    let session = mala_core::AgentBackend::start(backend.as_ref(), request, events.clone())
+        .await
+        .unwrap();
+    Some((backend, session, events))
+}
+
+async fn stopped_by(kill: bool) {
+    let mock = MockResponses::start(ResponsesScript::steps(
+        vec![ResponsesReply::shell("sleep 30")],
+        "done",
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let Some((backend, mut session, _events)) = sleeping_session(&mock, dir.path()).await else {
+        return;
+    };
+    let stopper = Arc::clone(&backend);
+    let requests = Arc::new(mock);
+    let seen = Arc::clone(&requests);
+    tokio::spawn(async move {
+        // Once the model has asked for the command, it is approved and runs.
+        while seen.requests().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if kill {
+            mala_core::AgentBackend::kill_all(stopper.as_ref());
+        } else {
+            mala_core::AgentBackend::stop_all(stopper.as_ref()).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(20), session.turn("sleep"))
+        .await
+        .expect("the stop ended the turn, not the 30 s command")
+        .unwrap_err();
+    assert_eq!(error.kind, mala_core::AgentErrorKind::Cancelled, "{error}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let again = session.turn("more").await.unwrap_err();
+    assert_eq!(
+        again.kind,
+        mala_core::AgentErrorKind::Cancelled,
+        "no turn after a stop"
+    );
+    session.close().await.unwrap();
+    assert!(
+        backend.live.lock().unwrap().is_empty(),
+        "nothing left to kill"
+    );
+}
+
+#[tokio::test]
+async fn stop_all_ends_a_running_turn_as_cancelled_and_starts_no_more() {
+    stopped_by(false).await;
+}
+
+#[tokio::test]
+async fn kill_all_takes_the_app_servers_down_and_their_turns_end_cancelled() {
+    stopped_by(true).await;
+}

@@ -7,9 +7,9 @@
 //! carries none). What ran is recorded from the protocol's items: commands
 //! with their exit codes, files with the changes' paths.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,6 +19,7 @@ use mala_core::{
     FileEdit, LockTable, SessionId, SessionRequest, TokenUsage, ToolGuard, TurnOutcome, TurnStatus,
 };
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use super::rpc::Inbound;
 use super::server::{AppServer, AppServerCommand};
@@ -34,6 +35,10 @@ pub(crate) struct Surroundings {
     pub(crate) guard: Option<Arc<dyn ToolGuard>>,
     pub(crate) locks: Option<Arc<dyn LockTable>>,
     pub(crate) git: Option<Arc<GitRepo>>,
+    /// Becomes true when mala stops every session (a Ctrl-C's drain or abort).
+    pub(crate) stop: Option<watch::Receiver<bool>>,
+    /// The app-servers alive, by process id, for a kill of them all.
+    pub(crate) live: Option<Arc<Mutex<HashSet<u32>>>>,
 }
 
 /// mala's tools as the thread's dynamic tools: the model calls them as
@@ -66,6 +71,19 @@ pub(crate) struct CodexSession {
     turns: u32,
     /// The last turn started, which `interrupt` names.
     last_turn: Option<String>,
+    stop: watch::Receiver<bool>,
+    live: Option<(Arc<Mutex<HashSet<u32>>>, u32)>,
+}
+
+impl Drop for CodexSession {
+    fn drop(&mut self) {
+        // Its process goes with it (kill on drop): it is not alive to kill.
+        if let Some((live, pid)) = &self.live {
+            live.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(pid);
+        }
+    }
 }
 
 impl std::fmt::Debug for CodexSession {
@@ -103,6 +121,13 @@ impl CodexSession {
         around: Surroundings,
     ) -> Result<Self, AgentError> {
         let server = AppServer::start(command, &request.cwd)?;
+        let live = around.live.clone().zip(server.pid());
+        if let Some((registry, pid)) = &live {
+            registry
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(*pid);
+        }
         server.initialize(START_TIMEOUT).await?;
         let mut params = json!({
             "cwd": request.cwd,
@@ -148,6 +173,8 @@ impl CodexSession {
             thread_usage: TokenUsage::default(),
             turns: 0,
             last_turn: None,
+            stop: around.stop.unwrap_or_else(|| watch::channel(false).1),
+            live,
         })
     }
 
@@ -274,6 +301,28 @@ impl CodexSession {
 }
 
 impl CodexSession {
+    /// The server's next message, or `Cancelled` once mala stops every
+    /// session: the turn is interrupted then, and what it did stays recorded.
+    async fn next_message(&mut self) -> Result<Option<Inbound>, AgentError> {
+        let Some(server) = self.server.as_mut() else {
+            return Ok(None);
+        };
+        let stopped = tokio::select! {
+            message = server.inbox.recv() => return Ok(message),
+            stopped = self.stop.wait_for(|stopping| *stopping) => stopped.is_ok(),
+        };
+        if !stopped {
+            // Nobody can stop the sessions any more: wait for the server alone.
+            return Ok(server.inbox.recv().await);
+        }
+        let params = json!({"threadId": self.thread, "turnId": self.last_turn});
+        let _ = server.rpc.request("turn/interrupt", params).await;
+        Err(AgentError::new(
+            AgentErrorKind::Cancelled,
+            "mala is stopping",
+        ))
+    }
+
     /// Runs one of mala's tools for the agent; the answer for the server.
     async fn serve_tool(&self, params: &Value) -> Value {
         let tools = crate::agent_tools::Tools {
@@ -401,6 +450,12 @@ impl AgentSession for CodexSession {
     }
 
     async fn turn(&mut self, prompt: &str) -> Result<TurnOutcome, AgentError> {
+        if *self.stop.borrow() {
+            return Err(AgentError::new(
+                AgentErrorKind::Cancelled,
+                "mala is stopping",
+            ));
+        }
         let thread = self.thread.clone();
         let params = json!({"threadId": thread, "input": [{"type": "text", "text": prompt}]});
         let started = self.server()?.rpc.request("turn/start", params).await;
@@ -415,7 +470,7 @@ impl AgentSession for CodexSession {
         };
         self.last_turn.clone_from(&log.turn);
         let status = loop {
-            let Some(message) = self.server()?.inbox.recv().await else {
+            let Some(message) = self.next_message().await? else {
                 return Err(AgentError::new(
                     AgentErrorKind::Crashed,
                     "the codex app-server ended during the turn",
@@ -480,6 +535,11 @@ impl AgentSession for CodexSession {
     }
 
     async fn close(&mut self) -> Result<(), AgentError> {
+        if let Some((live, pid)) = self.live.take() {
+            live.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&pid);
+        }
         if let Some(server) = self.server.take() {
             server.close(CLOSE_GRACE).await;
         }
