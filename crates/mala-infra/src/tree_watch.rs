@@ -570,6 +570,71 @@ impl TreeWatch {
     }
 }
 
+/// What a tool call was seen to change, as the agent's events: every
+/// change a `FileEdited` for the gate, a file it does not hold also an
+/// `UnlockedWrite`. Returns what the agent must be told (files changed
+/// without their locks, or changed by others under its own), if anything.
+pub(crate) fn report(
+    observed: &Observed,
+    tool: &str,
+    tool_use_id: &str,
+    root: Option<&Path>,
+    emit: &dyn Fn(&mala_core::AgentEvent),
+) -> Option<String> {
+    use mala_core::{AgentEvent, FileEdit};
+    let now = chrono::Utc::now();
+    let record = |path: &Path| FileEdit {
+        tool_use_id: tool_use_id.to_owned(),
+        tool: format!("{tool} (seen in the working tree)"),
+        path: path.to_string_lossy().into_owned(),
+        at: now,
+    };
+    let foreign = observed.held_by_others.iter().map(|(path, _)| path);
+    for path in observed
+        .edits
+        .iter()
+        .chain(&observed.unlocked)
+        .chain(foreign)
+    {
+        emit(&AgentEvent::FileEdited { edit: record(path) });
+    }
+    let shown = |path: &Path| {
+        root.and_then(|r| path.strip_prefix(r).ok())
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    };
+    let mut told = Vec::new();
+    if !observed.unlocked.is_empty() {
+        let names: Vec<String> = observed.unlocked.iter().map(|p| shown(p)).collect();
+        told.push(format!(
+            "mala saw this {tool} call change {}, which you do not hold the lock of; another agent may be \
+             editing it. Call lock_acquire with that path, then restore it or keep the change and commit it \
+             as yours: until then your work does not pass the gate.",
+            names.join(", ")
+        ));
+    }
+    for (path, holder) in &observed.held_by_others {
+        told.push(format!(
+            "mala saw this {tool} call change {}, which {holder} holds and is editing. Leave it alone: \
+             until it is as {holder} left it, your work does not pass the gate.",
+            shown(path)
+        ));
+    }
+    for (path, by) in &observed.changed_by_others {
+        told.push(format!(
+            "mala saw {} change {}, which you hold. Look at it before you commit it: the change is not yours",
+            by,
+            shown(path)
+        ));
+    }
+    let behind_backs = observed.held_by_others.iter().map(|(p, _)| p);
+    for path in observed.unlocked.iter().chain(behind_backs) {
+        emit(&AgentEvent::UnlockedWrite { edit: record(path) });
+    }
+    (!told.is_empty()).then(|| told.join("\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

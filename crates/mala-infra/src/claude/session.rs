@@ -380,61 +380,10 @@ impl Shared {
     /// Records what a tool call was seen to change; returns what the agent
     /// must be told about files it changed without their locks.
     fn seen(&self, tool: &str, tool_use_id: &str, observed: &crate::Observed) -> Option<String> {
-        let now = Utc::now();
-        let record = |path: &std::path::Path| FileEdit {
-            tool_use_id: tool_use_id.to_owned(),
-            tool: format!("{tool} (seen in the working tree)"),
-            path: path.to_string_lossy().into_owned(),
-            at: now,
-        };
-        let foreign = observed.held_by_others.iter().map(|(path, _)| path);
-        for path in observed
-            .edits
-            .iter()
-            .chain(&observed.unlocked)
-            .chain(foreign)
-        {
-            self.emit(&AgentEvent::FileEdited { edit: record(path) });
-        }
-        let shown = |path: &std::path::Path| {
-            let root = self.watch.as_ref().map(|w| w.root());
-            root.and_then(|r| path.strip_prefix(r).ok())
-                .unwrap_or(path)
-                .display()
-                .to_string()
-        };
-        let mut told = Vec::new();
-        if !observed.unlocked.is_empty() {
-            let names: Vec<String> = observed.unlocked.iter().map(|p| shown(p)).collect();
-            told.push(format!(
-                "mala saw this {tool} call change {}, which you do not hold the lock of; another agent may be \
-                 editing it. Call lock_acquire with that path, then restore it or keep the change and commit it \
-                 as yours: until then your work does not pass the gate.",
-                names.join(", ")
-            ));
-        }
-        for (path, holder) in &observed.held_by_others {
-            told.push(format!(
-                "mala saw this {tool} call change {}, which {holder} holds and is editing. Leave it alone: \
-                 until it is as {holder} left it, your work does not pass the gate.",
-                shown(path)
-            ));
-        }
-        for (path, by) in &observed.changed_by_others {
-            told.push(format!(
-                "mala saw {} change {}, which you hold. Look at it before you commit it: the change is not yours",
-                by,
-                shown(path)
-            ));
-        }
-        for path in observed
-            .unlocked
-            .iter()
-            .chain(observed.held_by_others.iter().map(|(p, _)| p))
-        {
-            self.emit(&AgentEvent::UnlockedWrite { edit: record(path) });
-        }
-        (!told.is_empty()).then(|| told.join("\n"))
+        let root = self.watch.as_ref().map(|w| w.root().to_path_buf());
+        crate::tree_watch::report(observed, tool, tool_use_id, root.as_deref(), &|event| {
+            self.emit(event);
+        })
     }
 
     fn hook(&self, callback: &str, input: &Value, observed: Option<crate::Observed>) -> Value {

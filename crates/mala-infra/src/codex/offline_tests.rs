@@ -552,3 +552,45 @@ async fn stop_all_ends_a_running_turn_as_cancelled_and_starts_no_more() {
 async fn kill_all_takes_the_app_servers_down_and_their_turns_end_cancelled() {
     stopped_by(true).await;
 }
+
+#[tokio::test]
+async fn the_working_tree_watch_sees_a_write_no_lock_covers_and_the_agent_is_told() {
+    use mala_core::AgentSession as _;
+    let script =
+        ResponsesScript::steps(vec![ResponsesReply::shell("echo x > unlocked.txt")], "done");
+    let Some(mut f) = fixture_with(script, |repo| {
+        let locks: Arc<dyn mala_core::LockTable> =
+            Arc::new(crate::FileLockTable::new(repo.join(".locks"), repo).unwrap());
+        super::session::Surroundings {
+            // The guard lets it pass, as a parser that missed the write would.
+            guard: Some(Arc::new(Refusing("never-refused"))),
+            watch: Some(Arc::new(crate::TreeWatch::new(
+                repo,
+                Some(Arc::clone(&locks)),
+            ))),
+            locks: Some(locks),
+            ..super::session::Surroundings::default()
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    f.session.turn("write it").await.unwrap();
+    assert!(f.repo.join("unlocked.txt").exists());
+    let events = f.events.0.lock().unwrap().clone();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            mala_core::AgentEvent::UnlockedWrite { edit } if edit.path.ends_with("unlocked.txt")
+        )),
+        "{events:?}"
+    );
+    let told = f.mock.requests().iter().any(|r| {
+        mala_testkit::ResponsesConversation::user_texts_of(&r.body)
+            .iter()
+            .any(|t| t.contains("which you do not hold the lock of"))
+    });
+    assert!(told, "the agent is told in its turn");
+    f.session.close().await.unwrap();
+}

@@ -39,6 +39,8 @@ pub(crate) struct Surroundings {
     pub(crate) stop: Option<watch::Receiver<bool>>,
     /// The app-servers alive, by process id, for a kill of them all.
     pub(crate) live: Option<Arc<Mutex<HashSet<u32>>>>,
+    /// The working tree, watched around every command and file change.
+    pub(crate) watch: Option<Arc<crate::TreeWatch>>,
 }
 
 /// mala's tools as the thread's dynamic tools: the model calls them as
@@ -73,6 +75,9 @@ pub(crate) struct CodexSession {
     last_turn: Option<String>,
     stop: watch::Receiver<bool>,
     live: Option<(Arc<Mutex<HashSet<u32>>>, u32)>,
+    tree: Option<Arc<crate::TreeWatch>>,
+    /// The working-tree windows of approved items still running, by item id.
+    windows: HashMap<String, crate::WindowId>,
 }
 
 impl Drop for CodexSession {
@@ -175,6 +180,8 @@ impl CodexSession {
             last_turn: None,
             stop: around.stop.unwrap_or_else(|| watch::channel(false).1),
             live,
+            tree: around.watch,
+            windows: HashMap::new(),
         })
     }
 
@@ -212,6 +219,7 @@ impl CodexSession {
         };
         let Some(reason) = refusal else {
             server.rpc.respond(id, json!({"decision": "accept"}));
+            self.watch_open(params, &input, log);
             return;
         };
         let steer = json!({
@@ -301,6 +309,73 @@ impl CodexSession {
 }
 
 impl CodexSession {
+    /// Opens the working-tree window of an approved item.
+    fn watch_open(&mut self, params: &Value, input: &Value, log: &TurnLog) {
+        let Some(tree) = &self.tree else {
+            return;
+        };
+        let item = params["itemId"].as_str().unwrap_or_default().to_owned();
+        let call = match input["command"].as_str() {
+            Some(command) => crate::Call::Shell(command.to_owned()),
+            None => match log.changes.get(&item).map(Vec::as_slice) {
+                Some([(_, path)]) => crate::Call::Edit(path.into()),
+                _ => crate::Call::Other,
+            },
+        };
+        let window = tree.open(&self.agent, &call);
+        self.windows.insert(item, window);
+    }
+
+    /// Closes a finished item's window and reports what it changed: the
+    /// agent is told in the turn of files it changed without their locks,
+    /// and damage to `.git` stops the turn.
+    async fn observe(&mut self, item: &Value, log: &mut TurnLog) {
+        let id = item["id"].as_str().unwrap_or_default();
+        let (Some(tree), Some(window)) = (self.tree.clone(), self.windows.remove(id)) else {
+            return;
+        };
+        let observed = tokio::task::spawn_blocking({
+            let tree = Arc::clone(&tree);
+            move || tree.close(window)
+        })
+        .await
+        .unwrap_or_default();
+        let tool = if item["type"] == "fileChange" {
+            "apply_patch"
+        } else {
+            "exec_command"
+        };
+        let events = Arc::clone(&self.observer);
+        let told = crate::tree_watch::report(&observed, tool, id, Some(tree.root()), &|event| {
+            events.on_event(event);
+        });
+        if !observed.git_losses.is_empty() {
+            self.observer.on_event(&AgentEvent::RepositoryDamaged {
+                tool_use_id: id.to_owned(),
+                what: observed.git_losses.clone(),
+            });
+            log.violation = Some(format!(
+                "this call damaged the repository ({}); mala stopped the agent",
+                observed.git_losses.join("; ")
+            ));
+            let params = json!({"threadId": self.thread, "turnId": log.turn});
+            if let Ok(server) = self.server() {
+                let _ = server.rpc.request("turn/interrupt", params).await;
+            }
+            return;
+        }
+        let Some(told) = told else {
+            return;
+        };
+        let steer = json!({
+            "threadId": self.thread, "expectedTurnId": log.turn,
+            "input": [{"type": "text", "text": told}],
+        });
+        if let Ok(server) = self.server() {
+            let _ = server.rpc.request("turn/steer", steer).await;
+        }
+    }
+
     /// The server's next message, or `Cancelled` once mala stops every
     /// session: the turn is interrupted then, and what it did stays recorded.
     async fn next_message(&mut self) -> Result<Option<Inbound>, AgentError> {
@@ -496,6 +571,9 @@ impl AgentSession for CodexSession {
                     self.stop_for_input(&mut log).await;
                 }
                 Inbound::Notification { method, params } => {
+                    if method == "item/completed" {
+                        self.observe(&params["item"], &mut log).await;
+                    }
                     if let Some(status) = self.note(&method, &params, &mut log) {
                         break status;
                     }
