@@ -27,6 +27,8 @@ pub enum ResponsesReply {
     Message(String),
     /// Answers with this HTTP status and an error body.
     HttpError(u16),
+    /// Says nothing for this long, then this: a model that is slow to answer.
+    Stall(std::time::Duration, String),
 }
 
 impl ResponsesReply {
@@ -202,6 +204,14 @@ fn route(request: &RecordedRequest, script: &ResponsesScript, ids: &AtomicU64) -
             "type": "custom_tool_call", "id": format!("ctc_mock_{n}"), "call_id": format!("call_mock_{n}"),
             "name": "apply_patch", "input": patch, "status": "completed",
         }),
+        ResponsesReply::Stall(silence, text) => {
+            // Holds one of the mock's threads: fine for the one request a test stalls.
+            std::thread::sleep(silence);
+            json!({
+                "type": "message", "id": format!("msg_mock_{n}"), "role": "assistant", "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            })
+        }
         ResponsesReply::Message(text) => json!({
             "type": "message", "id": format!("msg_mock_{n}"), "role": "assistant", "status": "completed",
             "content": [{"type": "output_text", "text": text, "annotations": []}],

@@ -594,3 +594,53 @@ async fn the_working_tree_watch_sees_a_write_no_lock_covers_and_the_agent_is_tol
     assert!(told, "the agent is told in its turn");
     f.session.close().await.unwrap();
 }
+
+async fn timed_out(
+    script: ResponsesScript,
+    timeouts: super::session::Timeouts,
+) -> Option<mala_core::AgentError> {
+    use mala_core::AgentSession as _;
+    let mut f = fixture_with(script, |_| super::session::Surroundings {
+        guard: Some(Arc::new(Refusing("never-refused"))),
+        timeouts,
+        ..super::session::Surroundings::default()
+    })
+    .await?;
+    let error = tokio::time::timeout(Duration::from_secs(20), f.session.turn("go"))
+        .await
+        .expect("the timeout ended the turn")
+        .unwrap_err();
+    f.session.close().await.unwrap();
+    Some(error)
+}
+
+#[tokio::test]
+async fn a_turn_past_its_limit_is_interrupted_and_times_out() {
+    let script = ResponsesScript::steps(vec![ResponsesReply::shell("sleep 30")], "done");
+    let timeouts = super::session::Timeouts {
+        idle: Some(Duration::from_secs(1)),
+        turn: Duration::from_secs(3),
+    };
+    let Some(error) = timed_out(script, timeouts).await else {
+        return;
+    };
+    // The command runs silently for longer than the idle limit: only the
+    // turn's limit ends it.
+    assert_eq!(error.kind, mala_core::AgentErrorKind::TimedOut, "{error}");
+    assert!(error.message.contains("ran past its limit"), "{error}");
+}
+
+#[tokio::test]
+async fn a_silent_model_with_nothing_running_times_out_idle() {
+    let script =
+        ResponsesScript::from_fn(|_| ResponsesReply::Stall(Duration::from_secs(5), "late".into()));
+    let timeouts = super::session::Timeouts {
+        idle: Some(Duration::from_secs(1)),
+        turn: Duration::from_secs(60),
+    };
+    let Some(error) = timed_out(script, timeouts).await else {
+        return;
+    };
+    assert_eq!(error.kind, mala_core::AgentErrorKind::TimedOut, "{error}");
+    assert!(error.message.contains("said nothing"), "{error}");
+}

@@ -41,6 +41,23 @@ pub(crate) struct Surroundings {
     pub(crate) live: Option<Arc<Mutex<HashSet<u32>>>>,
     /// The working tree, watched around every command and file change.
     pub(crate) watch: Option<Arc<crate::TreeWatch>>,
+    pub(crate) timeouts: Timeouts,
+}
+
+/// How long a turn may run, and stay silent with nothing running.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub(crate) idle: Option<Duration>,
+    pub(crate) turn: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            idle: None,
+            turn: Duration::from_secs(30 * 60),
+        }
+    }
 }
 
 /// mala's tools as the thread's dynamic tools: the model calls them as
@@ -74,8 +91,12 @@ pub(crate) struct CodexSession {
     /// The last turn started, which `interrupt` names.
     last_turn: Option<String>,
     stop: watch::Receiver<bool>,
+    /// A sender of the session's own: once nobody else can stop it, the
+    /// stop watch is this one's, which never fires.
+    unstoppable: watch::Sender<bool>,
     live: Option<(Arc<Mutex<HashSet<u32>>>, u32)>,
     tree: Option<Arc<crate::TreeWatch>>,
+    timeouts: Timeouts,
     /// The working-tree windows of approved items still running, by item id.
     windows: HashMap<String, crate::WindowId>,
 }
@@ -112,6 +133,10 @@ struct TurnLog {
     error: Option<Value>,
     /// Why mala stopped the turn, when it did.
     violation: Option<String>,
+    /// Items running now (commands, file changes, tool calls), by id.
+    running: HashSet<String>,
+    /// When the turn runs out of time.
+    deadline: Option<tokio::time::Instant>,
     denials: Vec<String>,
 }
 
@@ -164,6 +189,7 @@ impl CodexSession {
             ));
         };
         let thread = thread.to_owned();
+        let unstoppable = watch::Sender::new(false);
         observer.on_event(&AgentEvent::SessionStarted {
             session_id: SessionId::new(thread.clone()),
         });
@@ -178,9 +204,11 @@ impl CodexSession {
             thread_usage: TokenUsage::default(),
             turns: 0,
             last_turn: None,
-            stop: around.stop.unwrap_or_else(|| watch::channel(false).1),
+            stop: around.stop.unwrap_or_else(|| unstoppable.subscribe()),
+            unstoppable,
             live,
             tree: around.watch,
+            timeouts: around.timeouts,
             windows: HashMap::new(),
         })
     }
@@ -239,8 +267,16 @@ impl CodexSession {
     /// Takes one notification into the turn's log; `Some` once the turn is over.
     fn note(&mut self, method: &str, params: &Value, log: &mut TurnLog) -> Option<TurnStatus> {
         match method {
-            "item/started" => note_started(&params["item"], log),
-            "item/completed" => self.note_completed(params, log),
+            "item/started" => {
+                log.running
+                    .insert(params["item"]["id"].as_str().unwrap_or_default().to_owned());
+                note_started(&params["item"], log);
+            }
+            "item/completed" => {
+                log.running
+                    .remove(params["item"]["id"].as_str().unwrap_or_default());
+                self.note_completed(params, log);
+            }
             "thread/tokenUsage/updated" => {
                 let total = usage_of(&params["tokenUsage"]["total"]);
                 log.usage = total.minus(self.thread_usage);
@@ -378,24 +414,48 @@ impl CodexSession {
 
     /// The server's next message, or `Cancelled` once mala stops every
     /// session: the turn is interrupted then, and what it did stays recorded.
-    async fn next_message(&mut self) -> Result<Option<Inbound>, AgentError> {
+    async fn next_message(&mut self, log: &TurnLog) -> Result<Option<Inbound>, AgentError> {
         let Some(server) = self.server.as_mut() else {
             return Ok(None);
         };
-        let stopped = tokio::select! {
-            message = server.inbox.recv() => return Ok(message),
-            stopped = self.stop.wait_for(|stopping| *stopping) => stopped.is_ok(),
+        // Silence counts only while nothing runs: a long build says nothing.
+        let idle = self.timeouts.idle.filter(|_| log.running.is_empty());
+        let idle = async move {
+            match idle {
+                Some(idle) => tokio::time::sleep(idle).await,
+                None => std::future::pending().await,
+            }
         };
-        if !stopped {
-            // Nobody can stop the sessions any more: wait for the server alone.
-            return Ok(server.inbox.recv().await);
-        }
+        let deadline = log.deadline;
+        let over = async move {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        let ended = tokio::select! {
+            message = server.inbox.recv() => return Ok(message),
+            // `None`: nobody can stop the sessions any more.
+            stopping = self.stop.wait_for(|stopping| *stopping) => stopping
+                .is_ok()
+                .then(|| AgentError::new(AgentErrorKind::Cancelled, "mala is stopping")),
+            () = idle => Some(AgentError::new(
+                AgentErrorKind::TimedOut,
+                format!("codex said nothing for {:?} with nothing running", self.timeouts.idle.unwrap_or_default()),
+            )),
+            () = over => Some(AgentError::new(
+                AgentErrorKind::TimedOut,
+                format!("the turn ran past its limit of {:?}", self.timeouts.turn),
+            )),
+        };
+        let Some(ended) = ended else {
+            // The backend is gone: from now on nothing but the session stops it.
+            self.stop = self.unstoppable.subscribe();
+            return Box::pin(self.next_message(log)).await;
+        };
         let params = json!({"threadId": self.thread, "turnId": self.last_turn});
         let _ = server.rpc.request("turn/interrupt", params).await;
-        Err(AgentError::new(
-            AgentErrorKind::Cancelled,
-            "mala is stopping",
-        ))
+        Err(ended)
     }
 
     /// Runs one of mala's tools for the agent; the answer for the server.
@@ -537,6 +597,7 @@ impl AgentSession for CodexSession {
         let started =
             started.map_err(|e| AgentError::new(AgentErrorKind::Crashed, e.to_string()))?;
         let mut log = TurnLog {
+            deadline: Some(tokio::time::Instant::now() + self.timeouts.turn),
             turn: started
                 .pointer("/turn/id")
                 .and_then(Value::as_str)
@@ -545,7 +606,7 @@ impl AgentSession for CodexSession {
         };
         self.last_turn.clone_from(&log.turn);
         let status = loop {
-            let Some(message) = self.next_message().await? else {
+            let Some(message) = self.next_message(&log).await? else {
                 return Err(AgentError::new(
                     AgentErrorKind::Crashed,
                     "the codex app-server ended during the turn",
