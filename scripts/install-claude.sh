@@ -4,22 +4,8 @@
 # executable sits in the @anthropic-ai/claude-code-linux-x64 dependency.
 # Prints the path of the binary as its last line.
 set -euo pipefail
+source "$(dirname "$0")/lib/npm-pinned.sh"
 
 CLAUDE_VERSION="2.1.197"
-TOOLS_DIR="${MALA_TOOLS_DIR:-$HOME/.cache/mala-tools}"
-PREFIX="$TOOLS_DIR/claude-$CLAUDE_VERSION"
-BINARY="$PREFIX/node_modules/@anthropic-ai/claude-code-linux-x64/claude"
-
-if [ -x "$BINARY" ] && "$BINARY" --version 2>/dev/null | grep -q "^$CLAUDE_VERSION "; then
-  echo "claude $CLAUDE_VERSION already installed" >&2
-  echo "$BINARY"
-  exit 0
-fi
-
-command -v npm >/dev/null || { echo "error: npm is needed to install Claude Code (apt-get install npm)" >&2; exit 1; }
-echo "installing @anthropic-ai/claude-code@$CLAUDE_VERSION into $PREFIX" >&2
-mkdir -p "$PREFIX"
-(cd "$PREFIX" && npm install --no-audit --no-fund --loglevel=error "@anthropic-ai/claude-code@$CLAUDE_VERSION" >&2)
-[ -x "$BINARY" ] || { echo "error: $BINARY missing after npm install" >&2; exit 1; }
-"$BINARY" --version >&2
-echo "$BINARY"
+install_pinned_npm "@anthropic-ai/claude-code" "$CLAUDE_VERSION" claude \
+  "node_modules/@anthropic-ai/claude-code-linux-x64/claude" "^$CLAUDE_VERSION "
