@@ -644,3 +644,47 @@ async fn a_silent_model_with_nothing_running_times_out_idle() {
     assert_eq!(error.kind, mala_core::AgentErrorKind::TimedOut, "{error}");
     assert!(error.message.contains("said nothing"), "{error}");
 }
+
+/// mala's preflight, through Codex: the canary is asked for, mala's real
+/// guard refuses it to the probe, and the refusal reaches the model; the
+/// same judge as for Claude finds the guard proven.
+#[tokio::test]
+async fn the_preflight_canary_is_refused_through_codex_and_the_judge_is_satisfied() {
+    use mala_core::AgentSession as _;
+    let script = ResponsesScript::steps(
+        vec![ResponsesReply::shell(mala_domain::PREFLIGHT_CANARY)],
+        "ready",
+    );
+    let Some(binary) = mala_testkit::tool_or_skip(Tool::Codex, module_path!()) else {
+        return;
+    };
+    let mock = MockResponses::start(script);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let locks: Arc<dyn mala_core::LockTable> =
+        Arc::new(crate::FileLockTable::new(dir.path().join("locks"), &repo).unwrap());
+    let around = super::session::Surroundings {
+        guard: Some(Arc::new(crate::LockingGuard::new(&repo, locks, Vec::new()))),
+        ..super::session::Surroundings::default()
+    };
+    let events = Arc::new(Events::default());
+    let request = mala_core::SessionRequest::new(mala_domain::preflight_agent("r"), &repo);
+    let command = offline(&binary, &mock, &dir.path().join("home"));
+    let mut session = super::session::CodexSession::start(
+        &command,
+        &request,
+        Some("gpt-5.5"),
+        events.clone(),
+        around,
+    )
+    .await
+    .unwrap();
+    session
+        .turn(&mala_domain::preflight_prompt())
+        .await
+        .unwrap();
+    session.close().await.unwrap();
+    let seen = events.0.lock().unwrap().clone();
+    assert_eq!(mala_domain::judge_preflight(&seen), Ok(()), "{seen:?}");
+}

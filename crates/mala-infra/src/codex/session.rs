@@ -133,6 +133,8 @@ struct TurnLog {
     error: Option<Value>,
     /// Why mala stopped the turn, when it did.
     violation: Option<String>,
+    /// What the model was told of each item mala declined, by item id.
+    told: HashMap<String, String>,
     /// Items running now (commands, file changes, tool calls), by id.
     running: HashSet<String>,
     /// When the turn runs out of time.
@@ -239,6 +241,12 @@ impl CodexSession {
             let patch = patch_naming(log.changes.get(item).map_or(&[][..], Vec::as_slice));
             ("apply_patch", json!({"input": patch}))
         };
+        let item = params["itemId"].as_str().unwrap_or_default().to_owned();
+        self.observer.on_event(&AgentEvent::ToolUse {
+            id: item.clone(),
+            name: tool.to_owned(),
+            input: input.clone(),
+        });
         let refusal = self.refusal(tool, &input);
         let thread = self.thread.clone();
         let turn = log.turn.clone();
@@ -250,13 +258,22 @@ impl CodexSession {
             self.watch_open(params, &input, log);
             return;
         };
+        let said = format!("mala refused that call: {reason}");
         let steer = json!({
             "threadId": thread, "expectedTurnId": turn,
-            "input": [{"type": "text", "text": format!("mala refused that call: {reason}")}],
+            "input": [{"type": "text", "text": said}],
         });
         // The reason is worth a try; the decline stands whatever the answer.
-        let _ = server.rpc.request("turn/steer", steer).await;
+        let steered = server.rpc.request("turn/steer", steer).await.is_ok();
         server.rpc.respond(id, json!({"decision": "decline"}));
+        // What the model reads of it: the reason when the steer took, else
+        // only codex's own words for a decline.
+        let told = if steered {
+            said
+        } else {
+            "rejected by user".to_owned()
+        };
+        log.told.insert(item, told);
         log.denials.push(tool.to_owned());
         self.observer.on_event(&AgentEvent::ToolDenied {
             tool: tool.to_owned(),
@@ -295,10 +312,35 @@ impl CodexSession {
         None
     }
 
+    /// A command's or file change's end as the model saw it: a declined
+    /// one carries what it was told.
+    fn tool_result(&self, item: &Value, id: &str, log: &TurnLog) {
+        if !matches!(
+            item["type"].as_str(),
+            Some("commandExecution" | "fileChange")
+        ) {
+            return;
+        }
+        let (is_error, content) = if let Some(told) = log.told.get(id) {
+            (true, told.clone())
+        } else {
+            let failed = item["status"] != "completed"
+                || item["exitCode"].as_i64().is_some_and(|code| code != 0);
+            let output = item["aggregatedOutput"].as_str().unwrap_or_default();
+            (failed, output.to_owned())
+        };
+        self.observer.on_event(&AgentEvent::ToolResult {
+            id: id.to_owned(),
+            is_error,
+            content,
+        });
+    }
+
     fn note_completed(&self, params: &Value, log: &mut TurnLog) {
         let item = &params["item"];
         let at = millis(&params["completedAtMs"]).unwrap_or_else(Utc::now);
         let id = item["id"].as_str().unwrap_or_default().to_owned();
+        self.tool_result(item, &id, log);
         match item["type"].as_str() {
             Some("commandExecution") if item["status"] != "declined" => {
                 let exit_code = item["exitCode"]
