@@ -247,25 +247,19 @@ impl CodexSession {
             name: tool.to_owned(),
             input: input.clone(),
         });
-        let refusal = self.refusal(tool, &input);
-        let thread = self.thread.clone();
-        let turn = log.turn.clone();
-        let Ok(server) = self.server() else {
-            return;
-        };
-        let Some(reason) = refusal else {
-            server.rpc.respond(id, json!({"decision": "accept"}));
+        let Some(reason) = self.refusal(tool, &input) else {
+            if let Ok(server) = self.server() {
+                server.rpc.respond(id, json!({"decision": "accept"}));
+            }
             self.watch_open(params, &input, log);
             return;
         };
         let said = format!("mala refused that call: {reason}");
-        let steer = json!({
-            "threadId": thread, "expectedTurnId": turn,
-            "input": [{"type": "text", "text": said}],
-        });
         // The reason is worth a try; the decline stands whatever the answer.
-        let steered = server.rpc.request("turn/steer", steer).await.is_ok();
-        server.rpc.respond(id, json!({"decision": "decline"}));
+        let steered = self.steer(&said).await;
+        if let Ok(server) = self.server() {
+            server.rpc.respond(id, json!({"decision": "decline"}));
+        }
         // What the model reads of it: the reason when the steer took, else
         // only codex's own words for a decline.
         let told = if steered {
@@ -436,21 +430,36 @@ impl CodexSession {
                 "this call damaged the repository ({}); mala stopped the agent",
                 observed.git_losses.join("; ")
             ));
-            let params = json!({"threadId": self.thread, "turnId": log.turn});
-            if let Ok(server) = self.server() {
-                let _ = server.rpc.request("turn/interrupt", params).await;
-            }
+            let _ = self.interrupt_turn().await;
             return;
         }
-        let Some(told) = told else {
-            return;
-        };
-        let steer = json!({
-            "threadId": self.thread, "expectedTurnId": log.turn,
-            "input": [{"type": "text", "text": told}],
+        if let Some(told) = told {
+            self.steer(&told).await;
+        }
+    }
+
+    /// Asks codex to end the running turn, which then completes
+    /// `interrupted`.
+    async fn interrupt_turn(&mut self) -> Result<(), AgentError> {
+        let params = json!({"threadId": self.thread, "turnId": self.last_turn});
+        self.server()?
+            .rpc
+            .request("turn/interrupt", params)
+            .await
+            .map(drop)
+            .map_err(|e| AgentError::new(AgentErrorKind::Protocol, e.to_string()))
+    }
+
+    /// Puts `text` into the running turn as a message the model reads next;
+    /// whether it took.
+    async fn steer(&mut self, text: &str) -> bool {
+        let params = json!({
+            "threadId": self.thread, "expectedTurnId": self.last_turn,
+            "input": [{"type": "text", "text": text}],
         });
-        if let Ok(server) = self.server() {
-            let _ = server.rpc.request("turn/steer", steer).await;
+        match self.server() {
+            Ok(server) => server.rpc.request("turn/steer", params).await.is_ok(),
+            Err(_) => false,
         }
     }
 
@@ -495,8 +504,7 @@ impl CodexSession {
             self.stop = self.unstoppable.subscribe();
             return Box::pin(self.next_message(log)).await;
         };
-        let params = json!({"threadId": self.thread, "turnId": self.last_turn});
-        let _ = server.rpc.request("turn/interrupt", params).await;
+        let _ = self.interrupt_turn().await;
         Err(ended)
     }
 
@@ -525,10 +533,7 @@ impl CodexSession {
             tool: "write_stdin".to_owned(),
             reason: log.violation.clone().unwrap_or_default(),
         });
-        let params = json!({"threadId": self.thread, "turnId": log.turn});
-        if let Ok(server) = self.server() {
-            let _ = server.rpc.request("turn/interrupt", params).await;
-        }
+        let _ = self.interrupt_turn().await;
     }
 }
 
@@ -706,13 +711,7 @@ impl AgentSession for CodexSession {
     }
 
     async fn interrupt(&mut self) -> Result<(), AgentError> {
-        let params = json!({"threadId": self.thread, "turnId": self.last_turn});
-        self.server()?
-            .rpc
-            .request("turn/interrupt", params)
-            .await
-            .map(drop)
-            .map_err(|e| AgentError::new(AgentErrorKind::Protocol, e.to_string()))
+        self.interrupt_turn().await
     }
 
     async fn close(&mut self) -> Result<(), AgentError> {
