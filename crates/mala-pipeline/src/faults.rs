@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use mala_core::{EnvFault, IssueId};
+use mala_core::{AgentEvent, AgentObserver, EnvFault, IssueId};
 use mala_domain::{Spend, Spent, budget_reached};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -140,12 +140,21 @@ impl TurnMeter {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A new session is current; its reports carry the ticket returned.
-    pub(crate) fn new_session(&self) -> u64 {
+    /// A new session is current: the observer to start it with, which
+    /// meters its usage reports (under the session's ticket) and passes
+    /// every event on to `inner`.
+    pub(crate) fn new_session(
+        self: &Arc<Self>,
+        inner: Arc<dyn AgentObserver>,
+    ) -> Arc<dyn AgentObserver> {
         let mut state = self.state();
         state.session += 1;
         state.open = false;
-        state.session
+        Arc::new(MeteringObserver {
+            inner,
+            meter: Arc::clone(self),
+            ticket: state.session,
+        })
     }
 
     /// A turn starts in the current session.
@@ -195,50 +204,77 @@ impl TurnMeter {
     }
 }
 
+/// One session's events on their way: its usage into the meter, under its
+/// ticket, then every event to where it was going.
+struct MeteringObserver {
+    inner: Arc<dyn AgentObserver>,
+    meter: Arc<TurnMeter>,
+    ticket: u64,
+}
+
+impl AgentObserver for MeteringObserver {
+    fn on_event(&self, event: &AgentEvent) {
+        if let AgentEvent::TurnUsage { usage } = event {
+            self.meter.running(self.ticket, usage.total());
+        }
+        self.inner.on_event(event);
+    }
+}
+
 #[cfg(test)]
 mod meter_tests {
     use super::*;
 
     #[test]
     fn reports_count_once_and_only_for_the_running_turn_of_the_current_session() {
+        struct Nowhere;
+        impl AgentObserver for Nowhere {
+            fn on_event(&self, _: &AgentEvent) {}
+        }
+        let used = |tokens| AgentEvent::TurnUsage {
+            usage: mala_core::TokenUsage {
+                input_tokens: tokens,
+                ..mala_core::TokenUsage::default()
+            },
+        };
         let ledger = Arc::new(RunLedger::default());
-        let meter = TurnMeter::new(Arc::clone(&ledger));
-        let first = meter.new_session();
-        meter.running(first, 500);
+        let meter = Arc::new(TurnMeter::new(Arc::clone(&ledger)));
+        let first = meter.new_session(Arc::new(Nowhere));
+        first.on_event(&used(500));
         assert_eq!(ledger.spent().tokens, 0, "no turn is running");
         meter.begin();
-        meter.running(first, 100);
-        meter.running(first, 100);
-        meter.running(first, 150);
+        first.on_event(&used(100));
+        first.on_event(&used(100));
+        first.on_event(&used(150));
         assert_eq!(*meter.watch().borrow(), 150);
         assert_eq!(ledger.spent().tokens, 150);
         // The turn is cut; its session's reader still has a line to give.
         assert_eq!(meter.cut(), 150);
-        meter.running(first, 180);
+        first.on_event(&used(180));
         assert_eq!(
             ledger.spent().tokens,
             150,
             "a report after the cut counts for nothing"
         );
-        let second = meter.new_session();
+        let second = meter.new_session(Arc::new(Nowhere));
         meter.begin();
         assert_eq!(
             *meter.watch().borrow(),
             0,
             "the next turn starts from nothing"
         );
-        meter.running(first, 400);
+        first.on_event(&used(400));
         assert_eq!(
             ledger.spent().tokens,
             150,
             "the dropped session's report does not count"
         );
-        meter.running(second, 40);
+        second.on_event(&used(40));
         // The backend's final figure settles the turn, whichever is larger.
         assert_eq!(meter.settle(0.5, 60), 60);
         assert_eq!(ledger.spent().tokens, 210);
         meter.begin();
-        meter.running(second, 90);
+        second.on_event(&used(90));
         assert_eq!(
             meter.settle(0.0, 70),
             90,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use mala_core::{
-    AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentObserver, AgentSession, SessionId,
+    AgentBackend, AgentError, AgentErrorKind, AgentObserver, AgentSession, SessionId,
     SessionRequest, TurnOutcome,
 };
 use mala_domain::dollars_left;
@@ -54,11 +54,7 @@ impl AgentBackend for Metered {
             (asked, left) => asked.or(left),
         };
         let meter = Arc::new(TurnMeter::new(Arc::clone(&self.ledger)));
-        let observer = Arc::new(MeteredObserver {
-            inner: observer,
-            ticket: meter.new_session(),
-            meter: Arc::clone(&meter),
-        });
+        let observer = meter.new_session(observer);
         let inner = self.inner.start(request, observer).await?;
         Ok(Box::new(MeteredSession {
             inner,
@@ -73,22 +69,6 @@ impl AgentBackend for Metered {
 
     fn kill_all(&self) {
         self.inner.kill_all();
-    }
-}
-
-/// Passes a session's events on, metering its running turn.
-struct MeteredObserver {
-    inner: Arc<dyn AgentObserver>,
-    meter: Arc<TurnMeter>,
-    ticket: u64,
-}
-
-impl AgentObserver for MeteredObserver {
-    fn on_event(&self, event: &AgentEvent) {
-        if let AgentEvent::TurnUsage { usage } = event {
-            self.meter.running(self.ticket, usage.total());
-        }
-        self.inner.on_event(event);
     }
 }
 

@@ -119,7 +119,7 @@ struct SessionLog {
     evidence: Mutex<Evidence>,
     tool_uses: Mutex<usize>,
     /// The running turn's tokens, into the run's ledger as they come.
-    meter: crate::faults::TurnMeter,
+    meter: Arc<crate::faults::TurnMeter>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -145,22 +145,6 @@ impl AgentObserver for SessionLog {
             agent: self.agent.clone(),
             event: event.clone(),
         });
-    }
-}
-
-/// One session's view of the log: its usage reports carry its ticket, so
-/// the meter counts them for its running turn only.
-struct SessionObserver {
-    log: Arc<SessionLog>,
-    ticket: u64,
-}
-
-impl AgentObserver for SessionObserver {
-    fn on_event(&self, event: &AgentEvent) {
-        if let AgentEvent::TurnUsage { usage } = event {
-            self.log.meter.running(self.ticket, usage.total());
-        }
-        self.log.on_event(event);
     }
 }
 
@@ -367,7 +351,9 @@ impl IssueRun {
             events: Arc::clone(&ports.events),
             evidence: Mutex::new(Evidence::default()),
             tool_uses: Mutex::new(0),
-            meter: crate::faults::TurnMeter::new(Arc::clone(&ports.faults.ledger)),
+            meter: Arc::new(crate::faults::TurnMeter::new(Arc::clone(
+                &ports.faults.ledger,
+            ))),
         });
         Self {
             issue,
@@ -454,10 +440,7 @@ impl IssueRun {
             (&self.config.issue_budget, &self.spent),
             (&run_limit, &run_spent),
         ]);
-        let observer: Arc<dyn AgentObserver> = Arc::new(SessionObserver {
-            log: Arc::clone(&self.log),
-            ticket: self.log.meter.new_session(),
-        });
+        let observer = self.log.meter.new_session(self.log.clone());
         match self.ports.backend.start(request, observer).await {
             Ok(session) => {
                 self.session = Some(session);
