@@ -803,8 +803,11 @@ impl Orchestrator {
         };
         let baseline = baseline.map_err(|error| EndedEarly::by_error(error, scheduler))?;
         scheduler.ctx.runner_config.red_baseline = baseline.red;
-        // A tracker that cannot be read now is met again, and said, by the loop.
-        if baseline.to_file.is_some() || scheduler.may_claim().await.unwrap_or(true) {
+        // A tracker that cannot be read now is met again, and said, by the
+        // loop. Without a preflight the tracker is not read here at all.
+        if self.preflight
+            && (baseline.to_file.is_some() || scheduler.may_claim().await.unwrap_or(true))
+        {
             self.preflight_run(scheduler, stopping).await?;
         }
         if let Some(red) = baseline.to_file {
@@ -814,7 +817,7 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// The preflight, when asked for: its session is metered like any
+    /// The preflight: its session is metered like any
     /// other, so its spend counts toward the run's budget and its probe
     /// starts with what the budget leaves. A Ctrl-C during it ends the run
     /// with nothing claimed.
@@ -823,9 +826,6 @@ impl Orchestrator {
         scheduler: &mut Scheduler<'_>,
         stopping: &mut watch::Receiver<Stage>,
     ) -> Result<(), EndedEarly> {
-        if !self.preflight {
-            return Ok(());
-        }
         let metered = Metered::new(Arc::clone(&self.backend), Arc::clone(&self.ledger));
         let events = Arc::clone(&scheduler.ctx.events);
         let check = crate::preflight::Preflight {
