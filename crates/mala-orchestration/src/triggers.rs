@@ -307,12 +307,15 @@ async fn run_fixer(fix: &Fix<'_>, commands: &[TriggerCommand], site: &TriggerSit
     let fixer = AgentId::new(format!("fixer-{}-{}@{}", fix.name, fix.round, site.run_id));
     let request = SessionRequest::new(fixer, site.repo.clone());
     let mut started = site.fixers.start(request.clone(), Arc::new(Quiet)).await;
-    if let Err(error) = &started
-        && error.kind == mala_core::AgentErrorKind::CouldNotStart
-    {
-        // As for issue agents, one start failure is not yet the
-        // environment's: it takes two in a row.
-        started = site.fixers.start(request, Arc::new(Quiet)).await;
+    // As for issue agents, start failures are the environment's only when
+    // they come `START_FAILURES_TO_STOP` in a row.
+    for _ in 1..mala_domain::START_FAILURES_TO_STOP {
+        match &started {
+            Err(error) if error.kind == mala_core::AgentErrorKind::CouldNotStart => {
+                started = site.fixers.start(request.clone(), Arc::new(Quiet)).await;
+            }
+            _ => break,
+        }
     }
     let ended = match started {
         Ok(mut session) => {
