@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mala_core::{AgentId, LockTable};
+use serde_json::{Value, json};
 
 use crate::{GitRepo, commit_as_agent};
 
@@ -17,7 +18,6 @@ pub(crate) struct Tools<'a> {
     pub(crate) locks: Option<&'a Arc<dyn LockTable>>,
     pub(crate) git: Option<&'a Arc<GitRepo>>,
 }
-use serde_json::{Value, json};
 
 /// The server's name; the model sees its tools as `mcp__mala__<tool>`.
 pub(crate) const SERVER: &str = "mala";

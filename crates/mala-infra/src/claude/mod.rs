@@ -418,25 +418,24 @@ impl LockingGuard {
 impl ToolGuard for LockingGuard {
     fn check(&self, agent: &AgentId, tool: &str, input: &serde_json::Value) -> Result<(), Refusal> {
         let call = ToolCall::from_claude(tool, input);
-        if mala_domain::is_preflight_agent(agent) {
-            let mala_domain::Decision::Deny { reason } = mala_domain::check_probe_tool(&call)
-            else {
-                return Ok(());
+        let decision = if mala_domain::is_preflight_agent(agent) {
+            mala_domain::check_probe_tool(&call)
+        } else {
+            let held = self.locks.held_by(agent);
+            let prefix =
+                mala_domain::parse_agent_name(agent).map(|(issue, _)| issue.commit_prefix());
+            let ctx = GuardContext {
+                repo_root: &self.repo_root,
+                cwd: &self.repo_root,
+                held: &held,
+                disallowed_tools: &self.disallowed_tools,
+                staged: None,
+                require_locks: self.require_locks,
+                commit_prefix: prefix.as_deref(),
             };
-            return Err(Refusal(reason));
-        }
-        let held = self.locks.held_by(agent);
-        let prefix = mala_domain::parse_agent_name(agent).map(|(issue, _)| issue.commit_prefix());
-        let ctx = GuardContext {
-            repo_root: &self.repo_root,
-            cwd: &self.repo_root,
-            held: &held,
-            disallowed_tools: &self.disallowed_tools,
-            staged: None,
-            require_locks: self.require_locks,
-            commit_prefix: prefix.as_deref(),
+            check_tool(&call, &ctx)
         };
-        match check_tool(&call, &ctx) {
+        match decision {
             mala_domain::Decision::Allow => Ok(()),
             mala_domain::Decision::Deny { reason } => Err(Refusal(reason)),
         }
