@@ -191,7 +191,13 @@ fn route(request: &RecordedRequest, script: &ResponsesScript, ids: &AtomicU64) -
         body: &request.body,
     };
     let n = ids.fetch_add(1, Ordering::Relaxed) + 1;
-    let item = match (script.0)(&conversation) {
+    let mut reply = (script.0)(&conversation);
+    if let ResponsesReply::Stall(silence, text) = reply {
+        // Holds one of the mock's threads: fine for the one request a test stalls.
+        std::thread::sleep(silence);
+        reply = ResponsesReply::Message(text);
+    }
+    let item = match reply {
         ResponsesReply::HttpError(status) => {
             let body = json!({"error": {"message": format!("mock: status {status}"), "type": "mock_error", "code": status}});
             return http_response(status, "application/json", &body.to_string(), false);
@@ -204,15 +210,7 @@ fn route(request: &RecordedRequest, script: &ResponsesScript, ids: &AtomicU64) -
             "type": "custom_tool_call", "id": format!("ctc_mock_{n}"), "call_id": format!("call_mock_{n}"),
             "name": "apply_patch", "input": patch, "status": "completed",
         }),
-        ResponsesReply::Stall(silence, text) => {
-            // Holds one of the mock's threads: fine for the one request a test stalls.
-            std::thread::sleep(silence);
-            json!({
-                "type": "message", "id": format!("msg_mock_{n}"), "role": "assistant", "status": "completed",
-                "content": [{"type": "output_text", "text": text, "annotations": []}],
-            })
-        }
-        ResponsesReply::Message(text) => json!({
+        ResponsesReply::Message(text) | ResponsesReply::Stall(_, text) => json!({
             "type": "message", "id": format!("msg_mock_{n}"), "role": "assistant", "status": "completed",
             "content": [{"type": "output_text", "text": text, "annotations": []}],
         }),
