@@ -11,6 +11,8 @@ use mala_testkit::{
 };
 use serde_json::json;
 
+#[path = "run/codex.rs"]
+mod codex;
 #[path = "run/environment.rs"]
 mod environment;
 

@@ -48,7 +48,7 @@ pub use gate::{
 };
 pub use guard::{
     Decision, GuardContext, ToolCall, check_tool, command_paths, effects_are_known,
-    is_read_only_tool, shell_writes,
+    is_read_only_tool, launched_script, shell_writes,
 };
 pub use preflight::{
     CANARY_REFUSAL, PREFLIGHT_CANARY, PreflightFailure, check_probe_tool, is_preflight_agent,

@@ -1,15 +1,17 @@
 //! Adapters with real I/O behind the ports of `mala-core`.
 //!
-//! So far: the system clock and the beads tracker (the real `br` with
-//! in-process reads and one writer, or the embedded JSONL store). Git, lock
-//! files, the Claude Code transport, the command runner, run metadata and the event sinks arrive
-//! with their issues.
+//! The system clock; the beads tracker (the real `br` with in-process reads
+//! and one writer, or the embedded JSONL store); git, the lock files and the
+//! working-tree watch; the agent backends (Claude Code over stream-json,
+//! Codex over `codex app-server`) and mala's tools for their agents; the
+//! command runner, the cerberus reviewer, and the run's records.
 
 mod agent_tools;
 mod beads;
 mod cerberus;
 mod claude;
 mod clock;
+mod coder;
 mod codex;
 mod commands;
 mod git;
@@ -30,6 +32,8 @@ pub use claude::{
     LockingGuard, check_claude,
 };
 pub use clock::SystemClock;
+pub use coder::{AgentServices, CoderConfig};
+pub use codex::{CodexBackend, CodexConfig, INSTALL_HINT as CODEX_INSTALL_HINT, check_codex};
 pub use commands::{DEFAULT_COMMAND_TIMEOUT, ShellCommands, run_commands};
 pub use git::{CommitRefusal, GitRepo, commit_as_agent};
 pub use locks::{

@@ -1,17 +1,18 @@
 //! `mala run`: the real adapters wired into an [`Orchestrator`]: the br
-//! tracker (or the embedded store), Claude Code sessions behind the tool
-//! guard, the file lock table, git, and the configured reviewer.
+//! tracker (or the embedded store), the chosen coder's sessions (Claude
+//! Code or Codex) behind the tool guard, the file lock table, git, and the
+//! configured reviewer.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mala_core::{EventSink, LockTable, Reviewer, RunStore, TrackerError};
+use mala_core::{AgentBackend, EventSink, LockTable, Reviewer, RunStore, TrackerError};
 use mala_domain::{IssueGraph, ReviewerChoice, Settings};
 use mala_pipeline::{AgentReviewer, EpicVerifier};
 
 use crate::epics::{EpicCheck, verify_epic};
 use mala_infra::{
-    CerberusConfig, CerberusReviewer, ClaudeBackend, ClaudeConfig, FileLockTable, FileRunStore,
+    AgentServices, CerberusConfig, CerberusReviewer, CoderConfig, FileLockTable, FileRunStore,
     GitRepo, LockingGuard, SystemClock, Tracker, TreeWatch, check_cerberus,
 };
 use tokio::sync::{mpsc, watch};
@@ -29,8 +30,11 @@ pub struct RunRequest {
     pub settings: Settings,
     /// What to work on, how wide, and what to resume.
     pub plan: RunPlan,
-    /// The `claude` binary (found by the caller).
-    pub claude: PathBuf,
+    /// The coder's binary (`claude` or `codex`, as `settings.coder` says;
+    /// found by the caller).
+    pub coder: PathBuf,
+    /// `--fast` (codex only: the fast service tier).
+    pub fast: bool,
     /// The `br` binary, when found.
     pub br: Option<PathBuf>,
     /// The `cerberus` binary, when found (needed only for the cerberus reviewer).
@@ -59,7 +63,7 @@ pub async fn run(
     assemble(request, events).await?.run(stage).await
 }
 
-/// Opens the tracker, checks claude (and cerberus when configured), and
+/// Opens the tracker, checks the coder (and cerberus when configured), and
 /// wires every adapter into an orchestrator.
 async fn assemble(
     request: RunRequest,
@@ -86,7 +90,7 @@ async fn assemble(
     ));
     let state_dir = run_store.run_dir(&request.plan.run_id);
 
-    let claude_config = claude_config(&request, &state_dir).await?;
+    let coder = coder_config(&request, &state_dir).await?;
 
     let (lock_events, lock_inbox) = mpsc::unbounded_channel();
     let locks_table = FileLockTable::new(&lock_dir, &repo_root)
@@ -94,7 +98,7 @@ async fn assemble(
         .with_events(lock_events);
     let locks: Arc<dyn LockTable> = Arc::new(locks_table);
     let git = Arc::new(GitRepo::new(&repo_root));
-    let backend = implementer_backend(&request, &claude_config, &repo_root, &locks, &git);
+    let backend = implementer_backend(&request, &coder, &repo_root, &locks, &git);
     let builder = Orchestrator::builder(request.settings.clone(), repo_root.clone())
         .plan(request.plan.clone())
         .issue_source(Arc::new(tracker))
@@ -112,7 +116,7 @@ async fn assemble(
         request: &request,
         repo_root: &repo_root,
         state_dir: &state_dir,
-        claude: &claude_config,
+        coder: &coder,
         locks: &locks,
         tracker: &tracker_port,
     };
@@ -127,25 +131,23 @@ struct Readers<'w> {
     request: &'w RunRequest,
     repo_root: &'w std::path::Path,
     state_dir: &'w std::path::Path,
-    claude: &'w ClaudeConfig,
+    coder: &'w CoderConfig,
     locks: &'w Arc<dyn LockTable>,
     tracker: &'w Arc<dyn mala_core::IssueTracker>,
 }
 
 impl Readers<'_> {
     /// A backend whose guard holds no locks, so it refuses every write.
-    fn read_only(&self, config: ClaudeConfig) -> Arc<ClaudeBackend> {
+    fn read_only(&self, config: &CoderConfig) -> Arc<dyn AgentBackend> {
         let guard = LockingGuard::new(
             self.repo_root,
             Arc::clone(self.locks),
-            self.request
-                .settings
-                .coder_options
-                .claude
-                .disallowed_tools
-                .clone(),
+            disallowed_tools(&self.request.settings),
         );
-        Arc::new(ClaudeBackend::new(config).with_guard(Arc::new(guard)))
+        config.backend(AgentServices {
+            guard: Some(Arc::new(guard)),
+            ..AgentServices::default()
+        })
     }
 
     fn reviewer(&self, review: &ReviewerChoice) -> Result<Reviewing, RunError> {
@@ -160,11 +162,9 @@ impl Readers<'_> {
                 backend: None,
             },
             mala_domain::ReviewerType::AgentSdk => {
-                let backend = self.read_only(self.claude.for_reviewer(review));
-                let metered = mala_pipeline::Metered::new(
-                    Arc::clone(&backend) as Arc<dyn mala_core::AgentBackend>,
-                    Arc::clone(&self.ledger),
-                );
+                let backend = self.read_only(&self.coder.for_reviewer(review));
+                let metered =
+                    mala_pipeline::Metered::new(Arc::clone(&backend), Arc::clone(&self.ledger));
                 Reviewing {
                     reviewer: Arc::new(AgentReviewer::new(
                         Arc::new(metered),
@@ -210,28 +210,37 @@ impl Readers<'_> {
         }
         if settings.epic_verification.enabled {
             let backend =
-                self.read_only(self.claude.for_epic_verifier(&settings.epic_verification));
+                self.read_only(&self.coder.for_epic_verifier(&settings.epic_verification));
             builder = builder
-                .epic_backend(Arc::clone(&backend) as Arc<dyn mala_core::AgentBackend>)
+                .epic_backend(Arc::clone(&backend))
                 .also_stop(backend);
         }
         Ok(builder)
     }
 }
 
-/// How every session of the run starts `claude`, once it is known to work.
-async fn claude_config(
+/// How every session of the run starts the coder, once it is known to work.
+async fn coder_config(
     request: &RunRequest,
     state_dir: &std::path::Path,
-) -> Result<ClaudeConfig, RunError> {
-    let mut config = ClaudeConfig::from_settings(
+) -> Result<CoderConfig, RunError> {
+    let mut config = CoderConfig::from_settings(
         &request.settings,
-        request.claude.clone(),
+        request.coder.clone(),
         state_dir.to_path_buf(),
-    );
-    config.parent_death_wrapper.clone_from(&request.setpriv);
-    mala_infra::check_claude(&config).await?;
+        request.fast,
+    )?;
+    config.set_parent_death_wrapper(request.setpriv.clone());
+    config.check().await?;
     Ok(config)
+}
+
+/// Tools the guard refuses by name: Claude Code's names, so only for Claude.
+fn disallowed_tools(settings: &Settings) -> Vec<String> {
+    match settings.coder {
+        mala_domain::Coder::Claude => settings.coder_options.claude.disallowed_tools.clone(),
+        mala_domain::Coder::Codex | mala_domain::Coder::Amp => Vec::new(),
+    }
 }
 
 /// The backend of implementer and fixer sessions: the tool guard with the
@@ -239,20 +248,15 @@ async fn claude_config(
 /// refused all the same), the lock tools and the commit tool.
 fn implementer_backend(
     request: &RunRequest,
-    config: &ClaudeConfig,
+    config: &CoderConfig,
     repo_root: &std::path::Path,
     locks: &Arc<dyn LockTable>,
     git: &Arc<GitRepo>,
-) -> Arc<ClaudeBackend> {
+) -> Arc<dyn AgentBackend> {
     let guard = LockingGuard::new(
         repo_root,
         Arc::clone(locks),
-        request
-            .settings
-            .coder_options
-            .claude
-            .disallowed_tools
-            .clone(),
+        disallowed_tools(&request.settings),
     );
     let alone = request.plan.max_agents <= 1;
     let guard = if alone {
@@ -271,20 +275,19 @@ fn implementer_backend(
             .collect();
     let watch =
         TreeWatch::new(repo_root, (!alone).then(|| Arc::clone(locks))).with_validation(validation);
-    Arc::new(
-        ClaudeBackend::new(config.clone())
-            .with_guard(Arc::new(guard))
-            .with_locks(Arc::clone(locks))
-            .with_git(Arc::clone(git))
-            .with_tree_watch(Arc::new(watch)),
-    )
+    config.backend(AgentServices {
+        guard: Some(Arc::new(guard)),
+        locks: Some(Arc::clone(locks)),
+        git: Some(Arc::clone(git)),
+        watch: Some(Arc::new(watch)),
+    })
 }
 
 /// A reviewer, and the backend of its sessions when it has one (a Ctrl-C
 /// must reach them too).
 struct Reviewing {
     reviewer: Arc<dyn Reviewer>,
-    backend: Option<Arc<ClaudeBackend>>,
+    backend: Option<Arc<dyn AgentBackend>>,
 }
 
 /// The cerberus reviewer of `review`, once its installation is found and checked.
@@ -316,8 +319,8 @@ pub struct EpicVerifyRequest {
     pub repo_root: PathBuf,
     /// The resolved configuration.
     pub settings: Settings,
-    /// The `claude` binary (found by the caller).
-    pub claude: PathBuf,
+    /// The coder's binary (found by the caller).
+    pub coder: PathBuf,
     /// The `br` binary, when found.
     pub br: Option<PathBuf>,
     /// `setpriv`, when found: the verifier then dies with mala.
@@ -349,18 +352,17 @@ pub async fn verify_one_epic(request: &EpicVerifyRequest) -> Result<EpicCheck, R
         return Ok(EpicCheck::Overridden);
     }
     let state = settings.paths.runs_dir.join("epic-verify");
-    let mut config = ClaudeConfig::from_settings(settings, request.claude.clone(), state)
+    let mut config = CoderConfig::from_settings(settings, request.coder.clone(), state, false)?
         .for_epic_verifier(&settings.epic_verification);
-    config.parent_death_wrapper.clone_from(&request.setpriv);
+    config.set_parent_death_wrapper(request.setpriv.clone());
     let locks: Arc<dyn LockTable> = Arc::new(FileLockTable::new(&settings.paths.lock_dir, repo)?);
     // Holding no locks, the verifier can only read.
-    let guard = LockingGuard::new(
-        repo,
-        locks,
-        settings.coder_options.claude.disallowed_tools.clone(),
-    );
-    let backend = ClaudeBackend::new(config).with_guard(Arc::new(guard));
-    let verifier = EpicVerifier::new(Arc::new(backend), repo);
+    let guard = LockingGuard::new(repo, locks, disallowed_tools(settings));
+    let backend = config.backend(AgentServices {
+        guard: Some(Arc::new(guard)),
+        ..AgentServices::default()
+    });
+    let verifier = EpicVerifier::new(backend, repo);
     verify_epic(
         port.as_ref(),
         &verifier,

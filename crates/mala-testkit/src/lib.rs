@@ -8,6 +8,8 @@
 //!   `codex` binary.
 //! - [`ClaudeHarness`]: the real `claude` binary, pointed at the mock, with a
 //!   private config directory and no way to reach the internet.
+//! - [`CodexHarness`]: a private `CODEX_HOME` whose config.toml makes the
+//!   Responses mock the real `codex` binary's model provider.
 //! - [`synthetic_tracker`]: a large, deterministic br tracker for benchmarks.
 //! - [`MemoryTracker`], [`ScriptedBackend`], [`MemoryRepository`]: in-memory
 //!   ports for embedding the orchestrator in tests, examples and benchmarks.
@@ -26,6 +28,7 @@
 mod br;
 mod cerberus;
 mod claude;
+mod codex;
 mod fakes;
 mod git;
 mod http;
@@ -37,6 +40,7 @@ mod tools;
 pub use br::{Br, NewIssue};
 pub use cerberus::FakeCerberus;
 pub use claude::{CLAUDE_VERSION, ClaudeHarness, ClaudeRun};
+pub use codex::CodexHarness;
 pub use fakes::{MemoryRepository, MemoryTracker, ScriptedBackend};
 pub use git::TempRepo;
 pub use http::RecordedRequest;

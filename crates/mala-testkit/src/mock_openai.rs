@@ -72,6 +72,33 @@ impl<'a> ResponsesConversation<'a> {
             .collect()
     }
 
+    /// Tool calls made since the last user message that contains `marker`
+    /// (a follow-up's words); `None` when no message does.
+    pub fn calls_since(self, marker: &str) -> Option<usize> {
+        let items: Vec<&Value> = self.items().collect();
+        let from = items.iter().rposition(|item| {
+            item.get("role").and_then(Value::as_str) == Some("user")
+                && item.to_string().contains(marker)
+        })?;
+        Some(
+            items[from..]
+                .iter()
+                .filter(|item| {
+                    matches!(
+                        item.get("type").and_then(Value::as_str),
+                        Some("function_call" | "custom_tool_call")
+                    )
+                })
+                .count(),
+        )
+    }
+
+    /// Whether this is mala's preflight turn (its prompt names the canary).
+    pub fn is_preflight(self) -> bool {
+        let prompt = mala_domain::preflight_prompt();
+        self.user_texts().iter().any(|text| text.contains(&prompt))
+    }
+
     /// Tool calls the model has made so far in the conversation.
     pub fn calls_so_far(self) -> usize {
         self.items()
@@ -87,6 +114,11 @@ impl<'a> ResponsesConversation<'a> {
     /// The texts of the user's messages in a request's `body`, oldest first.
     pub fn user_texts_of(body: &Value) -> Vec<String> {
         ResponsesConversation { body }.user_texts()
+    }
+
+    /// The names of the tools a request's `body` offers.
+    pub fn tool_names_of(body: &Value) -> Vec<String> {
+        ResponsesConversation { body }.tool_names()
     }
 
     /// The outputs the tools gave back in a request's `body`, oldest first.
@@ -191,7 +223,11 @@ fn route(request: &RecordedRequest, script: &ResponsesScript, ids: &AtomicU64) -
         body: &request.body,
     };
     let n = ids.fetch_add(1, Ordering::Relaxed) + 1;
-    let mut reply = (script.0)(&conversation);
+    let mut reply = if conversation.is_preflight() {
+        preflight_reply(conversation, script)
+    } else {
+        (script.0)(&conversation)
+    };
     if let ResponsesReply::Stall(silence, text) = reply {
         // Holds one of the mock's threads: fine for the one request a test stalls.
         std::thread::sleep(silence);
@@ -222,6 +258,23 @@ fn route(request: &RecordedRequest, script: &ResponsesScript, ids: &AtomicU64) -
         &sse(n, &item, input_tokens),
         false,
     )
+}
+
+/// mala's preflight turn, as a model would do it: run the canary once, then
+/// say ready. The test's script is asked first, so a script that fails
+/// calls fails the preflight's too; any other answer is put aside, so no
+/// script needs to know the preflight.
+fn preflight_reply(
+    conversation: ResponsesConversation<'_>,
+    script: &ResponsesScript,
+) -> ResponsesReply {
+    if let error @ ResponsesReply::HttpError(_) = (script.0)(&conversation) {
+        return error;
+    }
+    if conversation.calls_so_far() == 0 {
+        return ResponsesReply::shell(mala_domain::PREFLIGHT_CANARY);
+    }
+    ResponsesReply::Message("ready".to_owned())
 }
 
 /// The event stream of one response holding `item`.

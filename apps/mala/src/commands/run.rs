@@ -49,26 +49,38 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     if args.fast && settings.coder != Coder::Codex {
         output::note("note: --fast only applies to --coder codex; ignored");
     }
-    if settings.coder != Coder::Claude {
+    if settings.coder == Coder::Amp {
         return Err(Failure::NotBuilt {
-            command: "run with --coder codex or amp",
-            needs: "their backends (only Claude Code is built)",
+            command: "run with --coder amp",
+            needs: "the Amp backend (Claude Code and Codex are built)",
         });
     }
     execute(args, settings)
 }
 
-/// The `claude` named in the settings: a path, or a name looked up on PATH.
-fn claude_binary(settings: &Settings) -> Result<std::path::PathBuf, Failure> {
-    let named = &settings.coder_options.claude.binary;
+/// The coder's binary named in the settings (`coder_options.<coder>.binary`):
+/// a path, or a name looked up on PATH.
+fn coder_binary(settings: &Settings) -> Result<std::path::PathBuf, Failure> {
+    let (product, named, hint) = match settings.coder {
+        Coder::Codex => (
+            "the Codex CLI",
+            &settings.coder_options.codex.binary,
+            mala_infra::CODEX_INSTALL_HINT,
+        ),
+        Coder::Claude | Coder::Amp => (
+            "Claude Code",
+            &settings.coder_options.claude.binary,
+            mala_infra::CLAUDE_INSTALL_HINT,
+        ),
+    };
     let found = if named.contains('/') {
         Some(std::path::PathBuf::from(named)).filter(|p| p.is_file())
     } else {
         find_program(named)
     };
     found.ok_or_else(|| Failure::Other {
-        message: format!("Claude Code (`{named}`) was not found"),
-        hint: Some(mala_infra::CLAUDE_INSTALL_HINT.to_owned()),
+        message: format!("{product} (`{named}`) was not found"),
+        hint: Some(hint.to_owned()),
     })
 }
 
@@ -83,7 +95,7 @@ fn terminal() -> (bool, bool) {
 }
 
 fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
-    let claude = claude_binary(&settings)?;
+    let coder = coder_binary(&settings)?;
     let (color, live) = terminal();
     let console = Arc::new(Console::new(args.verbose, Style::new(color), live));
     let mut sinks: Vec<Arc<dyn EventSink>> = vec![console.clone()];
@@ -101,7 +113,8 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
         repo_root: args.repo_path.clone(),
         settings,
         plan: run_plan(args),
-        claude,
+        coder,
+        fast: args.fast,
         br: find_program("br"),
         cerberus: find_program("cerberus"),
         cerberus_root: std::env::var_os("CERBERUS_ROOT").map(std::path::PathBuf::from),
@@ -235,8 +248,9 @@ fn preflight_failure(error: mala_orchestration::PreflightError) -> Failure {
                     "run again; if it keeps happening, check the model (`model:` in mala.yaml)"
                 }
                 _ => {
-                    "check the Claude Code settings and managed policies for `disableAllHooks` or \
-                     hook restrictions: mala lets no agent work unguarded"
+                    "check the agent's own settings: for Claude Code, `disableAllHooks` or hook \
+                     restrictions in its settings and managed policies; for Codex, rules in its \
+                     configuration that allow commands without asking. mala lets no agent work unguarded"
                 }
             };
             Failure::Other {
@@ -321,16 +335,16 @@ pub(crate) fn epic_verify(args: &EpicVerifyArgs) -> Result<(), Failure> {
             message: format!("could not start the async runtime: {e}"),
             hint: None,
         })?;
-    let claude = if args.human_override {
+    let coder = if args.human_override {
         // A person's word needs no verifier.
         std::path::PathBuf::new()
     } else {
-        claude_binary(&settings)?
+        coder_binary(&settings)?
     };
     let request = mala_orchestration::EpicVerifyRequest {
         repo_root: repo,
         settings,
-        claude,
+        coder,
         br: find_program("br"),
         setpriv: find_program("setpriv"),
         epic: epic.clone(),

@@ -17,9 +17,9 @@ use super::schema::{
     RawTriggers,
 };
 use super::settings::{
-    Cerberus, ClaudeOptions, CodeReview, CoderOptions, CommandSpec, EpicCompletionTrigger,
-    EpicVerification, EvidenceCheck, Gate, IssueReview, Origins, Paths, PeriodicTrigger,
-    ReviewerChoice, RunEndTrigger, Settings, Trigger, TriggerCommand, Triggers,
+    Cerberus, ClaudeOptions, CodeReview, CoderOptions, CodexOptions, CommandSpec,
+    EpicCompletionTrigger, EpicVerification, EvidenceCheck, Gate, IssueReview, Origins, Paths,
+    PeriodicTrigger, ReviewerChoice, RunEndTrigger, Settings, Trigger, TriggerCommand, Triggers,
 };
 
 /// Default seconds for a custom command.
@@ -35,9 +35,9 @@ pub struct FlagOverrides {
     pub model: Option<String>,
     pub effort: Option<Effort>,
     pub claude_settings_sources: Option<Vec<SettingsSource>>,
-    /// Refused: Codex is not built.
+    /// Refused: mala's guard answers codex's every approval.
     pub codex_approval_policy: Option<CodexApprovalPolicy>,
-    /// Refused: Codex is not built.
+    /// Refused: choosing codex's sandbox is not built.
     pub codex_sandbox: Option<CodexSandbox>,
     pub timeout_minutes: Option<u64>,
     /// `--max-cost`: dollars the whole run may spend.
@@ -86,18 +86,9 @@ const DEPRECATED_ENV: &[(&str, &str)] = &[
 /// `MALA_*` variables of features that are not built yet: setting one is an
 /// error, so nobody believes it took effect. With what to do instead.
 const NOT_BUILT_ENV: &[(&str, &str)] = &[
-    (
-        "MALA_AMP_MODE",
-        "only the Claude Code backend is built; unset it",
-    ),
-    (
-        "MALA_CODEX_APPROVAL_POLICY",
-        "only the Claude Code backend is built; unset it",
-    ),
-    (
-        "MALA_CODEX_SANDBOX",
-        "only the Claude Code backend is built; unset it",
-    ),
+    ("MALA_AMP_MODE", "the Amp backend is not built; unset it"),
+    ("MALA_CODEX_APPROVAL_POLICY", CODEX_APPROVAL_HINT),
+    ("MALA_CODEX_SANDBOX", CODEX_SANDBOX_HINT),
     (
         "MALA_VALIDATION_LOG_DIR",
         "mala writes no validation logs; unset it",
@@ -108,8 +99,10 @@ const NOT_BUILT_ENV: &[(&str, &str)] = &[
     ),
 ];
 
-/// Flags of backends that are not built yet.
-const NOT_BUILT_FLAGS: &str = "only the Claude Code backend is built; leave the flag out";
+/// Why codex's approval policy is mala's alone.
+const CODEX_APPROVAL_HINT: &str = "mala has codex ask before every command and answers from its guard; \
+     a policy that asks less would let commands run unguarded; leave it out";
+const CODEX_SANDBOX_HINT: &str = "codex runs with full access inside mala's guard; choosing its sandbox is not built; leave it out";
 
 /// Resolves every layer into one `Settings`.
 pub fn resolve(sources: ConfigSources<'_>) -> Result<Settings, ConfigError> {
@@ -142,7 +135,39 @@ pub fn resolve(sources: ConfigSources<'_>) -> Result<Settings, ConfigError> {
     apply_env(&mut settings, sources.env)?;
     apply_flags(&mut settings, sources.flags)?;
     derive_backend_defaults(&mut settings);
+    check_coder_settings(&settings, sources.file)?;
     Ok(settings)
+}
+
+/// Settings that the chosen coder cannot honour, refused rather than ignored.
+fn check_coder_settings(settings: &Settings, file: Option<&ConfigFile>) -> Result<(), ConfigError> {
+    if settings.coder != Coder::Codex {
+        return Ok(());
+    }
+    // A codex agent reviews with the run's model: a Claude model is for Claude.
+    let reviewers = ["per_issue_review"].into_iter().map(str::to_owned).chain(
+        ["periodic", "epic_completion", "run_end"]
+            .map(|t| format!("validation_triggers.{t}.code_review")),
+    );
+    for reviewer in reviewers {
+        let key = format!("{reviewer}.agent_sdk_model");
+        if let Some(file) = file.filter(|f| f.spans.find(&key).is_some()) {
+            return Err(file
+                .error(&key, "names a Claude model, and with `coder: codex` the agent reviewer runs on codex")
+                .hint("remove it: the reviewer uses `model` (or `--model`) like the implementer"));
+        }
+    }
+    for key in ["budget.run.max_cost_usd", "budget.issue.max_cost_usd"] {
+        if let Some(origin) = settings.origin(key) {
+            return Err(ConfigError::new(
+                "codex reports tokens, not dollars, and mala has no price table for its models: a dollar budget would never be reached",
+            )
+            .at(origin.clone())
+            .key(key)
+            .hint("budget codex runs in tokens (`max_tokens`, `--max-tokens`)"));
+        }
+    }
+    Ok(())
 }
 
 fn defaults(env: &BTreeMap<String, String>) -> Settings {
@@ -168,6 +193,9 @@ fn defaults(env: &BTreeMap<String, String>) -> Settings {
             claude: ClaudeOptions {
                 binary: "claude".to_owned(),
                 disallowed_tools: vec!["TodoWrite".to_owned(), "Monitor".to_owned()],
+            },
+            codex: CodexOptions {
+                binary: "codex".to_owned(),
             },
         },
         timeout_minutes,
@@ -416,6 +444,9 @@ fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigEr
     if let Some(claude) = raw.coder_options.as_ref().and_then(|o| o.claude.as_ref()) {
         set!("coder_options.claude.binary", claude.binary.clone() => settings.coder_options.claude.binary);
         set!("coder_options.claude.disallowed_tools", claude.disallowed_tools.clone() => settings.coder_options.claude.disallowed_tools);
+    }
+    if let Some(codex) = raw.coder_options.as_ref().and_then(|o| o.codex.as_ref()) {
+        set!("coder_options.codex.binary", codex.binary.clone() => settings.coder_options.codex.binary);
     }
     if let Some(gate) = &raw.gate {
         set!("gate.rerun", gate.rerun => settings.gate.rerun);
@@ -742,6 +773,12 @@ fn apply_env(settings: &mut Settings, env: &BTreeMap<String, String>) -> Result<
             .origins
             .record("coder_options.claude.binary", at("MALA_CLAUDE_BINARY"));
     }
+    if let Some(v) = get("MALA_CODEX_BINARY") {
+        v.clone_into(&mut settings.coder_options.codex.binary);
+        settings
+            .origins
+            .record("coder_options.codex.binary", at("MALA_CODEX_BINARY"));
+    }
     if let Some(v) = get("MALA_TRACKER") {
         settings.tracker = parse_env("MALA_TRACKER", v)?;
         settings.origins.record("tracker", at("MALA_TRACKER"));
@@ -825,19 +862,28 @@ fn apply_flags(settings: &mut Settings, flags: &FlagOverrides) -> Result<(), Con
     let at = |flag: &str| Location::Flag {
         flag: flag.to_owned(),
     };
-    for (set, flag) in [
-        (flags.amp_mode.is_some(), "--amp-mode"),
+    for (set, flag, hint) in [
+        (
+            flags.amp_mode.is_some(),
+            "--amp-mode",
+            "the Amp backend is not built; leave the flag out",
+        ),
         (
             flags.codex_approval_policy.is_some(),
             "--codex-approval-policy",
+            CODEX_APPROVAL_HINT,
         ),
-        (flags.codex_sandbox.is_some(), "--codex-sandbox"),
+        (
+            flags.codex_sandbox.is_some(),
+            "--codex-sandbox",
+            CODEX_SANDBOX_HINT,
+        ),
     ] {
         if set {
             return Err(
                 ConfigError::new("not built yet: setting it would change nothing")
                     .at(at(flag))
-                    .hint(NOT_BUILT_FLAGS),
+                    .hint(hint),
             );
         }
     }
@@ -1133,5 +1179,82 @@ mod tests {
         assert!((derived.idle_timeout_seconds - 720.0).abs() < f64::EPSILON);
         let set = resolve_with("preset: rust\nidle_timeout_seconds: 42\n", &[], &flags).unwrap();
         assert!((set.idle_timeout_seconds - 42.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn the_codex_binary_comes_from_the_file_then_the_environment() {
+        let flags = FlagOverrides::default();
+        let text = "preset: rust\ncoder_options:\n  codex:\n    binary: /opt/codex\n";
+        let from_file = resolve_with(text, &[], &flags).unwrap();
+        assert_eq!(from_file.coder_options.codex.binary, "/opt/codex");
+        let from_env = resolve_with(text, &[("MALA_CODEX_BINARY", "/env/codex")], &flags).unwrap();
+        assert_eq!(from_env.coder_options.codex.binary, "/env/codex");
+        let default = resolve_with("preset: rust\n", &[], &flags).unwrap();
+        assert_eq!(default.coder_options.codex.binary, "codex");
+    }
+
+    #[test]
+    fn codex_options_mala_cannot_honour_are_refused_with_why() {
+        let flags = FlagOverrides::default();
+        let text = "preset: rust\ncoder_options:\n  codex:\n    approval_policy: never\n";
+        let err = resolve_with(text, &[], &flags).unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("coder_options.codex.approval_policy")
+        );
+        assert!(
+            err.hint
+                .as_deref()
+                .unwrap_or_default()
+                .contains("unguarded"),
+            "{err}"
+        );
+        let flags = FlagOverrides {
+            codex_approval_policy: Some(CodexApprovalPolicy::Never),
+            ..FlagOverrides::default()
+        };
+        let err = resolve_with("preset: rust\n", &[], &flags).unwrap_err();
+        assert!(
+            err.hint
+                .as_deref()
+                .unwrap_or_default()
+                .contains("unguarded"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn with_codex_a_claude_reviewer_model_and_a_dollar_budget_are_refused() {
+        let codex = FlagOverrides {
+            coder: Some(Coder::Codex),
+            ..FlagOverrides::default()
+        };
+        let text = "preset: rust\nper_issue_review:\n  enabled: true\n  agent_sdk_model: haiku\n";
+        let err = resolve_with(text, &[], &codex).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("per_issue_review.agent_sdk_model"));
+        assert!(
+            matches!(err.location, Some(Location::File { line: 4, .. })),
+            "{err}"
+        );
+        // The same file is fine for Claude.
+        resolve_with(text, &[], &FlagOverrides::default()).unwrap();
+
+        let dollars = FlagOverrides {
+            max_cost_usd: Some(5.0),
+            ..codex.clone()
+        };
+        let err = resolve_with("preset: rust\n", &[], &dollars).unwrap_err();
+        assert_eq!(
+            err.location,
+            Some(Location::Flag {
+                flag: "--max-cost".into()
+            })
+        );
+        assert!(err.message.contains("tokens, not dollars"), "{err}");
+        let tokens = FlagOverrides {
+            max_tokens: Some(1000),
+            ..codex
+        };
+        resolve_with("preset: rust\n", &[], &tokens).unwrap();
     }
 }

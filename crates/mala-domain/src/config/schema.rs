@@ -58,11 +58,19 @@ pub struct NotBuiltKey {
 pub const NOT_BUILT_KEYS: &[NotBuiltKey] = &[
     NotBuiltKey {
         path: "amp_mode",
-        hint: "only the Claude Code backend is built; remove `amp_mode`",
+        hint: "the Amp backend is not built; remove `amp_mode`",
     },
     NotBuiltKey {
-        path: "coder_options.codex",
-        hint: "only the Claude Code backend is built; remove `coder_options.codex`",
+        path: "coder_options.codex.approval_policy",
+        hint: "mala has codex ask before every command and file change and answers from its guard; a policy that asks less would let commands run unguarded, so it cannot be set",
+    },
+    NotBuiltKey {
+        path: "coder_options.codex.sandbox",
+        hint: "codex runs with full access inside mala's guard; choosing its sandbox is not built, remove the key",
+    },
+    NotBuiltKey {
+        path: "coder_options.codex.mcp_servers",
+        hint: "a codex agent gets mala's tools only: calls to other MCP servers ask no approval, so mala's guard could not see them",
     },
     NotBuiltKey {
         path: "coverage",
@@ -306,6 +314,16 @@ pub struct RawEvidenceCheck {
 pub struct RawCoderOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claude: Option<RawClaudeOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codex: Option<RawCodexOptions>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCodexOptions {
+    /// Path or name of the `codex` executable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -96,11 +96,17 @@ pub struct EvidenceCheck {
     pub protected_files: Vec<String>,
 }
 
-/// Per-backend options. Only Claude Code is built; `coder_options.codex`
-/// is refused at load time.
+/// Per-backend options (Amp's are refused at load time).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CoderOptions {
     pub claude: ClaudeOptions,
+    pub codex: CodexOptions,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CodexOptions {
+    /// The `codex` executable: a name looked up on PATH, or a path.
+    pub binary: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

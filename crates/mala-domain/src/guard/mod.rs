@@ -290,6 +290,34 @@ pub fn shell_writes(command: &str, repo_root: &Path) -> Vec<PathBuf> {
     rules::repository_writes(command, &ctx)
 }
 
+/// The script of a command that is only a shell launching it
+/// (`/bin/bash -lc 'ls src'` is `ls src`): how an agent backend that wraps
+/// every command in the user's shell reports it. `None` for anything else.
+pub fn launched_script(command: &str) -> Option<String> {
+    let script = shell::parse_script(command).ok()?;
+    let [pipe] = script.pipes.as_slice() else {
+        return None;
+    };
+    let [invocation] = pipe.stages.as_slice() else {
+        return None;
+    };
+    if !invocation.writes.is_empty() || invocation.stdin.is_some() || !invocation.assigns.is_empty()
+    {
+        return None;
+    }
+    let words: Vec<&str> = invocation
+        .words
+        .iter()
+        .map(shell::Arg::literal)
+        .collect::<Option<_>>()?;
+    let [program, flag, text] = words.as_slice() else {
+        return None;
+    };
+    let shell_name = program.rsplit('/').next().unwrap_or(program);
+    let is_shell = matches!(shell_name, "bash" | "sh" | "zsh" | "dash");
+    (is_shell && matches!(*flag, "-c" | "-lc")).then(|| (*text).to_owned())
+}
+
 /// Programs whose every write the guard reads from their words. Anything
 /// else (an interpreter, a build tool, a script, a wrapper) may write files
 /// no word names.
@@ -816,5 +844,28 @@ mod tests {
         assert!(decide_claude("shell", at("cwd", "/repo/src")).is_allowed());
         assert!(!decide_claude("shell", at("cwd", "/repo/docs")).is_allowed());
         assert!(decide_claude("shell", at("directory", "/repo/src")).is_allowed());
+    }
+
+    #[test]
+    fn a_shell_launching_a_script_is_that_script() {
+        assert_eq!(
+            launched_script("/bin/bash -lc 'ls src'").as_deref(),
+            Some("ls src")
+        );
+        assert_eq!(
+            launched_script("bash -c \"cargo test && git add a\"").as_deref(),
+            Some("cargo test && git add a")
+        );
+        assert_eq!(launched_script("/bin/zsh -lc ls").as_deref(), Some("ls"));
+        for other in [
+            "ls src",
+            "bash -lc 'ls' > out",
+            "bash -lc 'ls' && rm x",
+            "bash script.sh",
+            "bash -lc \"$X\"",
+            "python -c 'print(1)'",
+        ] {
+            assert_eq!(launched_script(other), None, "{other}");
+        }
     }
 }

@@ -296,6 +296,22 @@ impl ClaudeBackend {
         }
     }
 
+    /// Everything of `services` its agents get.
+    #[must_use]
+    pub fn with_services(mut self, services: crate::AgentServices) -> Self {
+        let crate::AgentServices {
+            guard,
+            locks,
+            git,
+            watch,
+        } = services;
+        self.services.guard = guard;
+        self.services.locks = locks;
+        self.services.git = git;
+        self.services.watch = watch;
+        self
+    }
+
     /// Every tool call goes through `guard` (PreToolUse and `can_use_tool`).
     #[must_use]
     pub fn with_guard(mut self, guard: Arc<dyn ToolGuard>) -> Self {

@@ -49,6 +49,14 @@ fn offline(binary: &Path, mock: &MockResponses, home: &Path) -> AppServerCommand
     command
 }
 
+/// The model the tests name (the mock answers any).
+fn gpt() -> super::session::ThreadSettings {
+    super::session::ThreadSettings {
+        model: Some("gpt-5.5".to_owned()),
+        ..super::session::ThreadSettings::default()
+    }
+}
+
 /// Starts a thread in `repo` whose every command and file change asks
 /// first, and a turn on it; returns the server.
 async fn asking_turn(command: &AppServerCommand, repo: &Path) -> AppServer {
@@ -236,7 +244,7 @@ async fn fixture_with(
     let session = super::session::CodexSession::start(
         &command,
         &request,
-        Some("gpt-5.5"),
+        &gpt(),
         events.clone(),
         around(&repo),
     )
@@ -487,9 +495,9 @@ async fn sleeping_session(
         guard: Some(Arc::new(Refusing("never-refused"))),
         ..super::session::Surroundings::default()
     };
-    let backend = Arc::new(super::CodexBackend::new(
+    let backend = Arc::new(super::CodexBackend::with_command(
         offline(&binary, mock, &dir.join("home")),
-        Some("gpt-5.5".into()),
+        gpt(),
         around,
     ));
     let events = Arc::new(Events::default());
@@ -671,15 +679,10 @@ async fn the_preflight_canary_is_refused_through_codex_and_the_judge_is_satisfie
     let events = Arc::new(Events::default());
     let request = mala_core::SessionRequest::new(mala_domain::preflight_agent("r"), &repo);
     let command = offline(&binary, &mock, &dir.path().join("home"));
-    let mut session = super::session::CodexSession::start(
-        &command,
-        &request,
-        Some("gpt-5.5"),
-        events.clone(),
-        around,
-    )
-    .await
-    .unwrap();
+    let mut session =
+        super::session::CodexSession::start(&command, &request, &gpt(), events.clone(), around)
+            .await
+            .unwrap();
     session
         .turn(&mala_domain::preflight_prompt())
         .await
@@ -687,4 +690,183 @@ async fn the_preflight_canary_is_refused_through_codex_and_the_judge_is_satisfie
     session.close().await.unwrap();
     let seen = events.0.lock().unwrap().clone();
     assert_eq!(mala_domain::judge_preflight(&seen), Ok(()), "{seen:?}");
+}
+
+/// The commands the model ran, and the commands mala judged, from `events`.
+fn ran_and_judged(events: &[mala_core::AgentEvent]) -> (Vec<String>, Vec<String>) {
+    let mut ran = Vec::new();
+    let mut judged = Vec::new();
+    for event in events {
+        match event {
+            mala_core::AgentEvent::CommandRan { run } => ran.push(run.command.clone()),
+            mala_core::AgentEvent::ToolUse { input, .. } => {
+                judged.extend(input["command"].as_str().map(str::to_owned));
+            }
+            _ => {}
+        }
+    }
+    (ran, judged)
+}
+
+/// Read-only commands too come to mala before they run: with the pinned
+/// binary no command runs unasked.
+#[tokio::test]
+async fn read_only_commands_ask_first_too() {
+    use mala_core::AgentSession as _;
+    let script = ResponsesScript::steps(
+        vec![
+            ResponsesReply::shell("ls"),
+            ResponsesReply::shell("cat keep.txt"),
+        ],
+        "done",
+    );
+    let Some(mut f) = fixture(script, "keep.txt").await else {
+        return;
+    };
+    let outcome = f.session.turn("look around").await.unwrap();
+    assert_eq!(outcome.status, mala_core::TurnStatus::Completed);
+    let events = f.events.0.lock().unwrap().clone();
+    let (ran, judged) = ran_and_judged(&events);
+    assert_eq!(ran, ["ls"], "{events:?}");
+    assert_eq!(
+        judged,
+        ["ls", "cat keep.txt"],
+        "each asked once: {events:?}"
+    );
+    assert_eq!(outcome.permission_denials, ["Bash"], "{events:?}");
+    f.session.close().await.unwrap();
+}
+
+/// A rule in the user's codex configuration lets a command run without
+/// asking: mala still judges it, and one its guard refuses fails the turn.
+#[tokio::test]
+async fn a_command_a_users_rule_lets_run_unasked_is_judged_and_fails_the_turn() {
+    use mala_core::AgentSession as _;
+    let script = ResponsesScript::steps(vec![ResponsesReply::shell("cat keep.txt")], "done");
+    let Some(mut f) = fixture_with(script, |repo| {
+        let rules = repo.parent().unwrap().join("home/codex/rules");
+        std::fs::create_dir_all(&rules).unwrap();
+        std::fs::write(
+            rules.join("default.rules"),
+            "prefix_rule(pattern = [\"cat\"], decision = \"allow\")\n",
+        )
+        .unwrap();
+        super::session::Surroundings {
+            guard: Some(Arc::new(Refusing("keep.txt"))),
+            ..super::session::Surroundings::default()
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let outcome = f.session.turn("look").await.unwrap();
+    let events = f.events.0.lock().unwrap().clone();
+    let (ran, judged) = ran_and_judged(&events);
+    assert_eq!(ran.len(), 1, "the rule let it run unasked: {events:?}");
+    assert_eq!(judged.len(), 1, "{events:?}");
+    let mala_core::TurnStatus::Failed { reason } = &outcome.status else {
+        panic!("{outcome:?}");
+    };
+    assert!(reason.contains("without asking mala"), "{reason}");
+    assert!(reason.contains("no keep.txt here"), "{reason}");
+    f.session.close().await.unwrap();
+}
+
+/// The user's codex configuration is theirs (the thread uses its model
+/// provider), but a session whose agent it would give MCP servers does not
+/// start: their calls ask no approval, so mala's guard could not see them.
+/// Switched off, they are no reason to refuse.
+#[tokio::test]
+async fn the_users_config_is_kept_but_mcp_servers_it_enables_are_refused() {
+    let Some(binary) = mala_testkit::tool_or_skip(Tool::Codex, module_path!()) else {
+        return;
+    };
+    let mock = MockResponses::start(ResponsesScript::steps(Vec::new(), "done"));
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let mut command = offline(&binary, &mock, &dir.path().join("home"));
+    // The provider comes from the user's file, not from mala.
+    command.settings.retain(|(key, _)| key != "model_provider");
+    let config = dir.path().join("home/codex/config.toml");
+    let user = "model_provider = \"mock\"\n[mcp_servers.writer]\ncommand = \"/bin/true\"\n";
+    std::fs::write(&config, user).unwrap();
+    let start = || {
+        let request = mala_core::SessionRequest::new(mala_core::AgentId::new("m-1@r"), &repo);
+        let events = Arc::new(Events::default());
+        let command = command.clone();
+        async move {
+            super::session::CodexSession::start(
+                &command,
+                &request,
+                &gpt(),
+                events,
+                super::session::Surroundings::default(),
+            )
+            .await
+        }
+    };
+    let error = start().await.unwrap_err();
+    assert_eq!(error.kind, mala_core::AgentErrorKind::CouldNotStart);
+    assert!(error.message.contains("MCP servers (writer)"), "{error}");
+    std::fs::write(&config, format!("{user}enabled = false\n")).unwrap();
+    let server = AppServer::start(&command, &repo).unwrap();
+    server.initialize(Duration::from_secs(30)).await.unwrap();
+    let started = server
+        .rpc
+        .request(
+            "thread/start",
+            json!({"cwd": repo, "approvalPolicy": "untrusted", "sandbox": "danger-full-access"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(started["modelProvider"], "mock", "{started}");
+    server.close(Duration::from_secs(20)).await;
+    let mut session = start().await.unwrap();
+    mala_core::AgentSession::close(&mut session).await.unwrap();
+}
+
+/// `model`, `effort` and `--fast` (the tier the model lists, "priority")
+/// have their effect: the model's requests name them. Sub-agents and the
+/// tools that act outside the guard's reach are not offered.
+#[tokio::test]
+async fn the_model_its_effort_and_the_fast_tier_reach_the_model() {
+    use mala_core::AgentSession as _;
+    let Some(binary) = mala_testkit::tool_or_skip(Tool::Codex, module_path!()) else {
+        return;
+    };
+    let mock = MockResponses::start(ResponsesScript::steps(Vec::new(), "done"));
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let command = offline(&binary, &mock, &dir.path().join("home"));
+    let settings = super::session::ThreadSettings {
+        model: Some("gpt-5.5".to_owned()),
+        effort: Some("high".to_owned()),
+        service_tier: Some("fast".to_owned()),
+    };
+    let request = mala_core::SessionRequest::new(mala_core::AgentId::new("m-1@r"), &repo);
+    let events = Arc::new(Events::default());
+    let mut session = super::session::CodexSession::start(
+        &command,
+        &request,
+        &settings,
+        events,
+        super::session::Surroundings::default(),
+    )
+    .await
+    .unwrap();
+    session.turn("hello").await.unwrap();
+    session.close().await.unwrap();
+    let requests = mock.requests();
+    let body = &requests.last().unwrap().body;
+    assert_eq!(body["model"], "gpt-5.5", "{body}");
+    assert_eq!(body["reasoning"]["effort"], "high", "{body}");
+    assert_eq!(body["service_tier"], "priority", "{body}");
+    let tools = mala_testkit::ResponsesConversation::tool_names_of(body);
+    assert!(tools.iter().any(|t| t == "exec_command"), "{tools:?}");
+    for off in ["spawn_agent", "image_gen", "browser", "computer"] {
+        assert!(!tools.iter().any(|t| t.contains(off)), "{off}: {tools:?}");
+    }
 }

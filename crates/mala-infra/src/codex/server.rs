@@ -13,9 +13,21 @@ use tokio::sync::mpsc;
 use super::rpc::{Inbound, RpcClient};
 
 /// What mala turns off in every app-server: features whose start-up talks
-/// to the network (plugin and app catalogues on github.com and chatgpt.com)
-/// and that an unattended agent does not use.
-const DISABLED_FEATURES: [&str; 4] = ["plugins", "remote_plugin", "apps", "plugin_sharing"];
+/// to the network (plugin and app catalogues on github.com and chatgpt.com),
+/// and tools that act outside the commands and file changes mala's guard
+/// answers (sub-agents, which mala runs itself; a browser, the desktop,
+/// images written to disk).
+const DISABLED_FEATURES: [&str; 9] = [
+    "plugins",
+    "remote_plugin",
+    "apps",
+    "plugin_sharing",
+    "multi_agent",
+    "browser_use",
+    "in_app_browser",
+    "computer_use",
+    "image_generation",
+];
 
 /// How to start `codex app-server`.
 #[derive(Debug, Clone)]
@@ -28,6 +40,8 @@ pub(crate) struct AppServerCommand {
     /// machine's own setup leaks in).
     pub(crate) clear_env: bool,
     pub(crate) env: Vec<(String, String)>,
+    /// `setpriv`: the server dies with mala, even when mala is SIGKILLed.
+    pub(crate) parent_death_wrapper: Option<PathBuf>,
 }
 
 impl AppServerCommand {
@@ -37,11 +51,22 @@ impl AppServerCommand {
             settings: vec![("analytics.enabled".to_owned(), "false".to_owned())],
             clear_env: false,
             env: Vec::new(),
+            parent_death_wrapper: None,
         }
     }
 
     fn command(&self, cwd: &Path) -> Command {
-        let mut command = Command::new(&self.binary);
+        let mut command = match &self.parent_death_wrapper {
+            // setpriv sets PR_SET_PDEATHSIG, then execs codex in its place.
+            Some(setpriv) => {
+                let mut command = Command::new(setpriv);
+                command
+                    .args(["--pdeathsig", "KILL", "--"])
+                    .arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
         command.arg("app-server");
         for (key, value) in &self.settings {
             command.arg("-c").arg(format!("{key}={value}"));
@@ -136,6 +161,37 @@ impl AppServer {
             user_agent: text("userAgent"),
             codex_home: text("codexHome"),
         })
+    }
+
+    /// Refuses a configuration whose MCP servers the agent would get, as
+    /// codex sees it from `cwd`: their calls ask no approval, so mala's
+    /// guard could not see them (and codex merges, not replaces, a `-c`
+    /// that would switch them all off).
+    pub(crate) async fn refuse_mcp_servers(&self, cwd: &Path) -> Result<(), AgentError> {
+        let read = self.rpc.request("config/read", json!({"cwd": cwd})).await;
+        let config =
+            read.map_err(|e| AgentError::new(AgentErrorKind::CouldNotStart, e.to_string()))?;
+        let servers = config
+            .pointer("/config/mcp_servers")
+            .and_then(Value::as_object);
+        let enabled: Vec<&str> = servers
+            .into_iter()
+            .flatten()
+            .filter(|(_, server)| server["enabled"] != json!(false))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if enabled.is_empty() {
+            return Ok(());
+        }
+        Err(AgentError::new(
+            AgentErrorKind::CouldNotStart,
+            format!(
+                "the codex configuration gives the agent MCP servers ({}); calls to them ask no \
+                 approval, so mala's guard could not see them. Set `enabled = false` on them \
+                 (or run mala with a CODEX_HOME without them)",
+                enabled.join(", ")
+            ),
+        ))
     }
 
     /// The process's id, while it runs.

@@ -44,6 +44,19 @@ pub(crate) struct Surroundings {
     pub(crate) timeouts: Timeouts,
 }
 
+/// What mala sets on every thread and turn; `None` leaves it to the user's
+/// codex configuration.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ThreadSettings {
+    pub(crate) model: Option<String>,
+    pub(crate) effort: Option<String>,
+    pub(crate) service_tier: Option<String>,
+}
+
+/// The preflight's instructions: the probe is asked to do one thing.
+const PROBE_INSTRUCTIONS: &str =
+    "You check a coding agent's setup. Do exactly what the user asks, then stop.";
+
 /// How long a turn may run, and stay silent with nothing running.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timeouts {
@@ -99,6 +112,10 @@ pub(crate) struct CodexSession {
     timeouts: Timeouts,
     /// The working-tree windows of approved items still running, by item id.
     windows: HashMap<String, crate::WindowId>,
+    /// Every turn's reasoning effort, when mala sets it.
+    effort: Option<String>,
+    /// The session's working directory (the thread's cwd).
+    cwd: std::path::PathBuf,
 }
 
 impl Drop for CodexSession {
@@ -139,6 +156,8 @@ struct TurnLog {
     running: HashSet<String>,
     /// When the turn runs out of time.
     deadline: Option<tokio::time::Instant>,
+    /// Items mala has judged (asked for, or seen starting unasked).
+    judged: HashSet<String>,
     denials: Vec<String>,
 }
 
@@ -148,10 +167,17 @@ impl CodexSession {
     pub(crate) async fn start(
         command: &AppServerCommand,
         request: &SessionRequest,
-        model: Option<&str>,
+        settings: &ThreadSettings,
         observer: Arc<dyn AgentObserver>,
         around: Surroundings,
     ) -> Result<Self, AgentError> {
+        if request.max_cost_usd.is_some() {
+            // The settings refuse dollar budgets with codex; this says why if one slips through.
+            return Err(AgentError::new(
+                AgentErrorKind::CouldNotStart,
+                "codex reports tokens, not dollars: a session cannot be held to a dollar limit",
+            ));
+        }
         let server = AppServer::start(command, &request.cwd)?;
         let live = around.live.clone().zip(server.pid());
         if let Some((registry, pid)) = &live {
@@ -161,6 +187,7 @@ impl CodexSession {
                 .insert(*pid);
         }
         server.initialize(START_TIMEOUT).await?;
+        server.refuse_mcp_servers(&request.cwd).await?;
         let mut params = json!({
             "cwd": request.cwd,
             // Every command and file change comes to mala first.
@@ -170,8 +197,19 @@ impl CodexSession {
         if around.locks.is_some() {
             params["dynamicTools"] = dynamic_tools();
         }
-        if let Some(model) = model {
+        if let Some(model) = &settings.model {
             params["model"] = json!(model);
+        }
+        if let Some(tier) = &settings.service_tier {
+            params["serviceTier"] = json!(tier);
+        }
+        let instructions = if request.probe {
+            Some(PROBE_INSTRUCTIONS)
+        } else {
+            request.system_prompt_append.as_deref()
+        };
+        if let Some(instructions) = instructions {
+            params["developerInstructions"] = json!(instructions);
         }
         let method = match &request.resume {
             Some(thread) => {
@@ -212,6 +250,8 @@ impl CodexSession {
             tree: around.watch,
             timeouts: around.timeouts,
             windows: HashMap::new(),
+            effort: settings.effort.clone(),
+            cwd: request.cwd.clone(),
         })
     }
 
@@ -230,24 +270,49 @@ impl CodexSession {
         guard.check(&self.agent, tool, input).err().map(|r| r.0)
     }
 
+    /// A command as the agent wrote it, from codex's report of it (`item`
+    /// or an approval request): without the shell codex wraps every command
+    /// in, and run in its working directory when that is not the session's.
+    fn agent_command(&self, reported: &Value) -> String {
+        let command = reported["command"].as_str().unwrap_or_default();
+        let script = mala_domain::launched_script(command).unwrap_or_else(|| command.to_owned());
+        match reported["cwd"].as_str().map(std::path::Path::new) {
+            Some(cwd) if !same_dir(cwd, &self.cwd) => {
+                let quoted = format!("'{}'", cwd.display().to_string().replace('\'', r"'\''"));
+                format!("cd {quoted} && {script}")
+            }
+            _ => script,
+        }
+    }
+
     /// Answers one approval request by the guard; a refusal is steered into
     /// the turn first, so the model reads why.
     async fn answer(&mut self, id: Value, method: &str, params: &Value, log: &mut TurnLog) {
         let (tool, input) = if method == "item/commandExecution/requestApproval" {
-            let command = params["command"].as_str().unwrap_or_default();
-            ("Bash", json!({"command": command}))
+            ("Bash", json!({"command": self.agent_command(params)}))
         } else {
             let item = params["itemId"].as_str().unwrap_or_default();
             let patch = patch_naming(log.changes.get(item).map_or(&[][..], Vec::as_slice));
             ("apply_patch", json!({"input": patch}))
         };
         let item = params["itemId"].as_str().unwrap_or_default().to_owned();
+        log.judged.insert(item.clone());
         self.observer.on_event(&AgentEvent::ToolUse {
             id: item.clone(),
             name: tool.to_owned(),
             input: input.clone(),
         });
-        let Some(reason) = self.refusal(tool, &input) else {
+        // Input for a program already running is not a command the guard can read.
+        let typed = !matches!(params["kind"].as_str(), None | Some("command"));
+        let refusal = if typed {
+            Some(
+                "mala cannot check what is typed into a running program; run a new command instead"
+                    .to_owned(),
+            )
+        } else {
+            self.refusal(tool, &input)
+        };
+        let Some(reason) = refusal else {
             if let Ok(server) = self.server() {
                 server.rpc.respond(id, json!({"decision": "accept"}));
             }
@@ -347,7 +412,7 @@ impl CodexSession {
                 self.observer.on_event(&AgentEvent::CommandRan {
                     run: CommandRun {
                         tool_use_id: id,
-                        command: item["command"].as_str().unwrap_or_default().to_owned(),
+                        command: self.agent_command(item),
                         exit_code,
                         failed,
                         error: failed.then(|| format!("Exit code {}", exit_code.unwrap_or(-1))),
@@ -516,8 +581,52 @@ impl CodexSession {
             git: self.git.as_ref(),
         };
         let name = params["tool"].as_str().unwrap_or_default();
+        let id = params["callId"].as_str().unwrap_or_default().to_owned();
+        self.observer.on_event(&AgentEvent::ToolUse {
+            id: id.clone(),
+            name: name.to_owned(),
+            input: params["arguments"].clone(),
+        });
         let (text, is_error) = crate::agent_tools::call(name, &params["arguments"], &tools).await;
+        self.observer.on_event(&AgentEvent::ToolResult {
+            id,
+            is_error,
+            content: text.clone(),
+        });
         json!({"success": !is_error, "contentItems": [{"type": "inputText", "text": text}]})
+    }
+
+    /// A command codex ran without asking mala (a rule in the user's codex
+    /// configuration allows it) is judged once it is over, the first moment
+    /// it is known to have run unasked (its item starts before the approval
+    /// request would come): one the guard refuses stops the turn, which ends
+    /// failed, saying so.
+    async fn judge_unasked(&mut self, item: &Value, log: &mut TurnLog) {
+        let id = item["id"].as_str().unwrap_or_default().to_owned();
+        if item["type"] != "commandExecution" || !log.judged.insert(id.clone()) {
+            return;
+        }
+        let command = self.agent_command(item);
+        let input = json!({"command": command});
+        self.observer.on_event(&AgentEvent::ToolUse {
+            id: id.clone(),
+            name: "Bash".to_owned(),
+            input: input.clone(),
+        });
+        let Some(reason) = self.refusal("Bash", &input) else {
+            return;
+        };
+        let violation = format!(
+            "codex ran `{command}` without asking mala, and mala's guard refuses it ({reason}); \
+             mala stopped the turn"
+        );
+        self.observer.on_event(&AgentEvent::ToolDenied {
+            tool: "Bash".to_owned(),
+            reason: violation.clone(),
+        });
+        log.denials.push("Bash".to_owned());
+        log.violation.get_or_insert(violation);
+        let _ = self.interrupt_turn().await;
     }
 
     /// The agent wrote to a program still running from an approved
@@ -535,6 +644,12 @@ impl CodexSession {
         });
         let _ = self.interrupt_turn().await;
     }
+}
+
+/// Whether two paths name one directory (symlinks resolved where they can be).
+fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let resolve = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    a == b || resolve(a) == resolve(b)
 }
 
 /// Keeps a file change's paths for its approval request.
@@ -639,7 +754,10 @@ impl AgentSession for CodexSession {
             ));
         }
         let thread = self.thread.clone();
-        let params = json!({"threadId": thread, "input": [{"type": "text", "text": prompt}]});
+        let mut params = json!({"threadId": thread, "input": [{"type": "text", "text": prompt}]});
+        if let Some(effort) = &self.effort {
+            params["effort"] = json!(effort);
+        }
         let started = self.server()?.rpc.request("turn/start", params).await;
         let started =
             started.map_err(|e| AgentError::new(AgentErrorKind::Crashed, e.to_string()))?;
@@ -660,7 +778,10 @@ impl AgentSession for CodexSession {
                 ));
             };
             match message {
-                Inbound::Request { id, method, params } if method.ends_with("/requestApproval") => {
+                Inbound::Request { id, method, params }
+                    if method == "item/commandExecution/requestApproval"
+                        || method == "item/fileChange/requestApproval" =>
+                {
                     self.answer(id, &method, &params, &mut log).await;
                 }
                 Inbound::Request { id, method, params } if method == "item/tool/call" => {
@@ -680,6 +801,7 @@ impl AgentSession for CodexSession {
                 }
                 Inbound::Notification { method, params } => {
                     if method == "item/completed" {
+                        self.judge_unasked(&params["item"], &mut log).await;
                         self.observe(&params["item"], &mut log).await;
                     }
                     if let Some(status) = self.note(&method, &params, &mut log) {
