@@ -175,6 +175,11 @@ impl ResponsesScript {
         Self(Arc::new(f))
     }
 
+    /// What the script answers `conversation` (for scripts made of scripts).
+    pub fn reply(&self, conversation: &ResponsesConversation<'_>) -> ResponsesReply {
+        (self.0)(conversation)
+    }
+
     /// The replies in order, one per tool call made so far, then `done`.
     pub fn steps(steps: Vec<ResponsesReply>, done: &str) -> Self {
         let done = done.to_owned();

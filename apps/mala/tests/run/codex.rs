@@ -16,7 +16,7 @@ struct CodexRun {
     issues: Vec<String>,
     mock: MockResponses,
     _harness: CodexHarness,
-    _scratch: tempfile::TempDir,
+    scratch: tempfile::TempDir,
     env: Vec<(String, String)>,
 }
 
@@ -75,21 +75,26 @@ impl CodexRun {
             issues,
             mock,
             _harness: harness,
-            _scratch: scratch,
+            scratch,
             env,
         })
     }
 
-    /// `mala run --coder codex ARGS`: its exit code and stdout.
-    fn run(&self, args: &[&str]) -> (Option<i32>, String) {
-        let output = Command::new(env!("CARGO_BIN_EXE_mala"))
+    /// `mala run --coder codex ARGS`, to be started.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mala"));
+        command
             .args(["run", "--coder", "codex"])
             .args(args)
             .current_dir(self.repo.path())
             .env_clear()
-            .envs(self.env.clone())
-            .output()
-            .unwrap();
+            .envs(self.env.clone());
+        command
+    }
+
+    /// `mala run --coder codex ARGS`: its exit code and stdout.
+    fn run(&self, args: &[&str]) -> (Option<i32>, String) {
+        let output = self.command(args).output().unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&output.stderr);
         (
@@ -133,40 +138,77 @@ fn tool(name: &str, arguments: serde_json::Value) -> ResponsesReply {
     }
 }
 
-/// An honest codex agent: lock its file, write it with a patch, run the
-/// check, commit through mala's tool.
+/// An honest codex agent's plan: lock its file, write it with a patch,
+/// run the check, commit through mala's tool.
+fn honest_plan(conversation: ResponsesConversation<'_>) -> Vec<ResponsesReply> {
+    let (issue, file) = issue_and_file(conversation);
+    vec![
+        tool("lock_acquire", json!({"filepaths": [file]})),
+        patch_adding(&file),
+        ResponsesReply::shell("ls src"),
+        tool(
+            "commit",
+            json!({"paths": [file], "message": format!("bd-{issue}: fix {file}")}),
+        ),
+    ]
+}
+
+/// The plan's next call, or its report once the plan is done.
+fn following(plan: &[ResponsesReply], conversation: ResponsesConversation<'_>) -> ResponsesReply {
+    plan.get(conversation.calls_so_far())
+        .cloned()
+        .unwrap_or_else(|| {
+            ResponsesReply::Message("Fixed it; `ls src` passed; committed.".to_owned())
+        })
+}
+
 fn honest() -> ResponsesScript {
-    ResponsesScript::from_fn(|conversation| {
-        let (issue, file) = issue_and_file(*conversation);
-        let plan = [
-            tool("lock_acquire", json!({"filepaths": [file]})),
-            patch_adding(&file),
-            ResponsesReply::shell("ls src"),
-            tool(
-                "commit",
-                json!({"paths": [file], "message": format!("bd-{issue}: fix {file}")}),
-            ),
-        ];
-        plan.get(conversation.calls_so_far())
-            .cloned()
-            .unwrap_or_else(|| {
-                ResponsesReply::Message(format!("Fixed {file}; `ls src` passed; committed."))
-            })
+    ResponsesScript::from_fn(|conversation| following(&honest_plan(*conversation), *conversation))
+}
+
+/// The honest agent, whose first command waits (up to 30 s) until `count`
+/// agents have arrived in `dir`, then writes how many it saw to `dir/seen`.
+fn meeting(dir: &Path, count: usize) -> ResponsesScript {
+    let here = dir.join("here");
+    let seen = dir.join("seen");
+    std::fs::create_dir_all(&here).unwrap();
+    std::fs::create_dir_all(&seen).unwrap();
+    ResponsesScript::from_fn(move |conversation| {
+        let (issue, _) = issue_and_file(*conversation);
+        let (here, seen) = (here.display(), seen.display());
+        let mut plan = vec![ResponsesReply::shell(&format!(
+            "touch {here}/{issue}; for i in $(seq 300); do [ \"$(ls {here} | wc -l)\" -ge {count} ] && break; sleep 0.1; done; ls {here} | wc -l > {seen}/{issue}"
+        ))];
+        plan.extend(honest_plan(*conversation));
+        following(&plan, *conversation)
     })
 }
 
 #[test]
-fn three_codex_agents_close_their_issues_each_committed_and_checked() {
-    let Some(run) = CodexRun::new(&["a", "b", "c"], CHECKED, honest()) else {
+fn eight_codex_agents_at_once_close_their_issues_each_committed_and_checked() {
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let meet = tempfile::tempdir().unwrap();
+    let Some(run) = CodexRun::new(&names, CHECKED, meeting(meet.path(), names.len())) else {
         return;
     };
-    let (code, out) = run.run(&["--max-agents", "3"]);
+    let (code, out) = run.run(&["--max-agents", "8"]);
     assert_eq!(code, Some(0), "{out}");
+    // All eight were at work together: each saw the seven others arrive.
+    let seen: Vec<String> = std::fs::read_dir(meet.path().join("seen"))
+        .unwrap()
+        .map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(seen, vec!["8"; 8], "{out}");
     for issue in &run.issues {
         assert_eq!(run.status(issue), "closed", "{issue}: {out}");
     }
     let log = run.repo.git(&["log", "--format=%s", "--name-only"]);
-    for name in ["a", "b", "c"] {
+    for name in names {
         assert!(log.contains(&format!("src/{name}.txt")), "{log}");
     }
     assert_eq!(
@@ -263,4 +305,206 @@ fn a_lying_codex_agent_is_caught_and_its_destructive_command_refused() {
             .all(|l| !l.contains(&format!("bd-{}", run.issues[0]))),
         "nothing was committed for it: {log} (setup was {head})"
     );
+}
+
+/// An agent that pauses before and after its work, so mala can be killed
+/// there, and that acts sensibly when a later run resumes its thread: if its
+/// commit went through it only runs the check again, else it redoes its steps.
+fn resumable() -> ResponsesScript {
+    ResponsesScript::from_fn(|conversation| {
+        let (issue, file) = issue_and_file(*conversation);
+        let work = [
+            tool("lock_acquire", json!({"filepaths": [file]})),
+            patch_adding(&file),
+            ResponsesReply::shell("ls src"),
+            tool(
+                "commit",
+                json!({"paths": [file], "message": format!("bd-{issue}: fix {file}")}),
+            ),
+        ];
+        let committed = conversation
+            .tool_outputs()
+            .iter()
+            .any(|text| text.contains("\"commit\""));
+        let next = match conversation.calls_since(RESUMED) {
+            Some(0) if committed => Some(ResponsesReply::shell("ls src")),
+            Some(_) if committed => None,
+            Some(done) => work.get(done).cloned(),
+            None => {
+                let mut plan = vec![ResponsesReply::shell("sleep 2")];
+                plan.extend(work.iter().cloned());
+                plan.push(ResponsesReply::shell("sleep 3"));
+                plan.get(conversation.calls_so_far()).cloned()
+            }
+        };
+        next.unwrap_or_else(|| {
+            ResponsesReply::Message("Done; fixed, checked and committed.".to_owned())
+        })
+    })
+}
+
+/// `codex app-server` processes working in `repo`.
+fn app_servers_in(repo: &Path) -> Vec<u32> {
+    let repo = repo.canonicalize().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains("app-server"))
+                && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == repo)
+        })
+        .collect()
+}
+
+/// Kills `mala run --coder codex` with SIGKILL once `ready` says so, then
+/// runs it with `next`: the issue closes, once, the killed run's thread
+/// continued (not started over), and nothing stale is left.
+fn kill_then_resume(point: &str, next: &[&str], ready: &dyn Fn(&CodexRun) -> bool) {
+    let Some(run) = CodexRun::new(&["a"], CHECKED, resumable()) else {
+        return;
+    };
+    let issue = &run.issues[0];
+    let mut first = run
+        .command(&[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while !ready(&run) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{point}: never got there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !app_servers_in(run.repo.path()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{point}: codex outlived mala: {:?}",
+            app_servers_in(run.repo.path())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        run.status(issue),
+        "in_progress",
+        "{point}: the claim is kept"
+    );
+    let threads_before = run.mock.requests().len();
+    let (code, out) = run.run(next);
+    assert_eq!(code, Some(0), "{point}: {out}");
+    assert_eq!(run.status(issue), "closed", "{point}: {out}");
+    let resumed = run.mock.requests()[threads_before..].iter().any(|r| {
+        let body = r.body.to_string();
+        body.contains(RESUMED) && body.contains("sleep 2")
+    });
+    assert!(
+        resumed,
+        "{point}: the next run continued the killed run's thread"
+    );
+    let commits = run
+        .repo
+        .git(&["log", "--format=%s", "--grep", &format!("^bd-{issue}:")]);
+    assert_eq!(commits.lines().count(), 1, "{point}: done once: {commits}");
+    let stale: Vec<_> = std::fs::read_dir(run.scratch.path().join("locks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "lock" || x == "marker"))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "{point}: nothing stale is left: {stale:?}"
+    );
+}
+
+#[test]
+fn a_codex_run_killed_mid_turn_is_taken_over_by_a_plain_run_that_continues_the_thread() {
+    kill_then_resume("mid-turn", &[], &|run| {
+        run.mock
+            .requests()
+            .iter()
+            .any(|r| r.body.to_string().contains("sleep 2"))
+    });
+}
+
+#[test]
+fn a_codex_run_killed_after_the_commit_is_resumed_and_not_done_twice() {
+    kill_then_resume("after the commit", &["--resume"], &|run| {
+        !run.repo
+            .git(&[
+                "log",
+                "--format=%s",
+                "--grep",
+                &format!("^bd-{}:", run.issues[0]),
+            ])
+            .trim()
+            .is_empty()
+    });
+}
+
+/// The honest agent, a reviewer that reads the commit and tries one write
+/// (which its read-only guard refuses) before passing it, and an epic
+/// verifier that passes the epic.
+fn reviewed() -> ResponsesScript {
+    let implementer = honest();
+    ResponsesScript::from_fn(move |conversation| {
+        let text = conversation.user_texts().join("\n");
+        if text.contains("All the issues under epic") {
+            return ResponsesReply::Message(r#"{"passed": true, "findings": []}"#.to_owned());
+        }
+        if text.contains("You review a change") {
+            let plan = [
+                ResponsesReply::shell("git show --stat HEAD"),
+                ResponsesReply::shell("touch reviewed.txt"),
+            ];
+            return plan
+                .get(conversation.calls_so_far())
+                .cloned()
+                .unwrap_or_else(|| ResponsesReply::Message(r#"{"findings": []}"#.to_owned()));
+        }
+        implementer.reply(conversation)
+    })
+}
+
+#[test]
+fn codex_reviews_the_issue_read_only_and_verifies_its_epic() {
+    let yaml = format!("{CHECKED}per_issue_review:\n  enabled: true\n");
+    let Some(run) = CodexRun::new(&[], &yaml, reviewed()) else {
+        return;
+    };
+    let epic = run.br.create(&NewIssue {
+        title: "Everything fixed",
+        issue_type: "epic",
+        priority: 1,
+        ..NewIssue::default()
+    });
+    let issue = run.br.create(&NewIssue {
+        title: "Fix a",
+        priority: 2,
+        parent: Some(&epic),
+        description: "Write the word fixed into FILE=src/a.txt and commit it.",
+        ..NewIssue::default()
+    });
+    run.repo.git(&["add", "-A"]);
+    run.repo.git(&["commit", "-q", "-m", "the epic"]);
+    let (code, out) = run.run(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(run.status(&issue), "closed", "{out}");
+    assert_eq!(run.status(&epic), "closed", "the verifier passed it: {out}");
+    assert!(
+        !run.repo.join("reviewed.txt").exists(),
+        "the reviewer's write was refused"
+    );
+    let reviewer_told = run.mock.requests().iter().any(|r| {
+        let texts = ResponsesConversation::user_texts_of(&r.body);
+        texts.iter().any(|t| t.contains("You review a change"))
+            && texts.iter().any(|t| t.contains("mala refused that call"))
+    });
+    assert!(reviewer_told, "the review ran on codex, and read only");
 }

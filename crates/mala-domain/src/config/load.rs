@@ -32,6 +32,11 @@ impl SpanIndex {
         }
     }
 
+    /// Whether the file sets `path` itself.
+    pub fn contains(&self, path: &str) -> bool {
+        self.0.contains_key(path)
+    }
+
     /// Every recorded path, in order.
     pub fn paths(&self) -> impl Iterator<Item = (&str, (usize, usize))> {
         self.0.iter().map(|(k, v)| (k.as_str(), *v))

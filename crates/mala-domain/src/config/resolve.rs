@@ -151,7 +151,7 @@ fn check_coder_settings(settings: &Settings, file: Option<&ConfigFile>) -> Resul
     );
     for reviewer in reviewers {
         let key = format!("{reviewer}.agent_sdk_model");
-        if let Some(file) = file.filter(|f| f.spans.find(&key).is_some()) {
+        if let Some(file) = file.filter(|f| f.spans.contains(&key)) {
             return Err(file
                 .error(&key, "names a Claude model, and with `coder: codex` the agent reviewer runs on codex")
                 .hint("remove it: the reviewer uses `model` (or `--model`) like the implementer"));
@@ -1236,8 +1236,10 @@ mod tests {
             matches!(err.location, Some(Location::File { line: 4, .. })),
             "{err}"
         );
-        // The same file is fine for Claude.
+        // The same file is fine for Claude, and a review without the key for codex.
         resolve_with(text, &[], &FlagOverrides::default()).unwrap();
+        let unset = "preset: rust\nper_issue_review:\n  enabled: true\n";
+        resolve_with(unset, &[], &codex).unwrap();
 
         let dollars = FlagOverrides {
             max_cost_usd: Some(5.0),
