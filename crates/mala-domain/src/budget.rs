@@ -16,6 +16,29 @@ impl Spent {
     }
 }
 
+/// What a model's tokens cost, in dollars per million (`coder_options.codex.prices`):
+/// for a backend that reports tokens, not dollars.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct TokenPrice {
+    pub input: f64,
+    /// Input read from the provider's cache.
+    pub cached_input: f64,
+    pub output: f64,
+}
+
+impl TokenPrice {
+    /// The dollars `usage` costs.
+    pub fn cost(&self, usage: &mala_core::TokenUsage) -> f64 {
+        #[allow(clippy::cast_precision_loss)] // token counts are far below 2^52
+        let dollars = |tokens: u64, per_million: f64| tokens as f64 * per_million / 1e6;
+        dollars(
+            usage.input_tokens + usage.cache_creation_input_tokens,
+            self.input,
+        ) + dollars(usage.cache_read_input_tokens, self.cached_input)
+            + dollars(usage.output_tokens, self.output)
+    }
+}
+
 /// Why `spent` is at or past `limit`, in words; `None` while it is under.
 pub fn budget_reached(limit: &Spend, spent: &Spent) -> Option<String> {
     if let Some(max) = limit.max_cost_usd
@@ -110,5 +133,25 @@ mod tests {
             tokens: 0,
         };
         assert_eq!(dollars_left(&[(&issue, &over)]), Some(0.0));
+    }
+
+    #[test]
+    fn a_price_counts_fresh_cached_and_output_tokens_per_million() {
+        let price = TokenPrice {
+            input: 2.0,
+            cached_input: 0.5,
+            output: 10.0,
+        };
+        let usage = mala_core::TokenUsage {
+            input_tokens: 1_000_000,
+            output_tokens: 100_000,
+            cache_read_input_tokens: 2_000_000,
+            cache_creation_input_tokens: 0,
+        };
+        assert!(
+            (price.cost(&usage) - 4.0).abs() < 1e-9,
+            "{}",
+            price.cost(&usage)
+        );
     }
 }

@@ -22,7 +22,7 @@ mod schedule;
 mod tracker;
 
 pub use answers::{EpicVerdict, parse_epic_answer, parse_review_answer};
-pub use budget::{Spent, budget_reached, dollars_left};
+pub use budget::{Spent, TokenPrice, budget_reached, dollars_left};
 pub use commits::{check_commit_message, is_issue_commit};
 pub use config::{
     AgentSdkModel, AmpMode, BUILTIN_COMMANDS, BaselinePolicy, Budget, Cerberus, ClaudeOptions,

@@ -157,14 +157,17 @@ fn check_coder_settings(settings: &Settings, file: Option<&ConfigFile>) -> Resul
                 .hint("remove it: the reviewer uses `model` (or `--model`) like the implementer"));
         }
     }
+    if !settings.coder_options.codex.prices.is_empty() {
+        return Ok(());
+    }
     for key in ["budget.run.max_cost_usd", "budget.issue.max_cost_usd"] {
         if let Some(origin) = settings.origin(key) {
             return Err(ConfigError::new(
-                "codex reports tokens, not dollars, and mala has no price table for its models: a dollar budget would never be reached",
+                "codex reports tokens, not dollars, and no prices are set: a dollar budget would never be reached",
             )
             .at(origin.clone())
             .key(key)
-            .hint("budget codex runs in tokens (`max_tokens`, `--max-tokens`)"));
+            .hint("set `coder_options.codex.prices.<model>: {input, cached_input, output}` (dollars per million tokens), or budget in tokens (`max_tokens`, `--max-tokens`)"));
         }
     }
     Ok(())
@@ -196,6 +199,7 @@ fn defaults(env: &BTreeMap<String, String>) -> Settings {
             },
             codex: CodexOptions {
                 binary: "codex".to_owned(),
+                prices: BTreeMap::new(),
             },
         },
         timeout_minutes,
@@ -441,12 +445,8 @@ fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigEr
     if let Some(types) = &raw.issue_types {
         apply_issue_types(settings, file, types)?;
     }
-    if let Some(claude) = raw.coder_options.as_ref().and_then(|o| o.claude.as_ref()) {
-        set!("coder_options.claude.binary", claude.binary.clone() => settings.coder_options.claude.binary);
-        set!("coder_options.claude.disallowed_tools", claude.disallowed_tools.clone() => settings.coder_options.claude.disallowed_tools);
-    }
-    if let Some(codex) = raw.coder_options.as_ref().and_then(|o| o.codex.as_ref()) {
-        set!("coder_options.codex.binary", codex.binary.clone() => settings.coder_options.codex.binary);
+    if let Some(options) = &raw.coder_options {
+        apply_coder_options(settings, file, options)?;
     }
     if let Some(gate) = &raw.gate {
         set!("gate.rerun", gate.rerun => settings.gate.rerun);
@@ -477,6 +477,53 @@ fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigEr
     }
 
     record_file_origins(settings, file);
+    Ok(())
+}
+
+/// `coder_options`: each backend's own keys.
+fn apply_coder_options(
+    settings: &mut Settings,
+    file: &ConfigFile,
+    options: &super::schema::RawCoderOptions,
+) -> Result<(), ConfigError> {
+    macro_rules! set {
+        ($key:literal, $value:expr => $target:expr) => {
+            if let Some(value) = $value {
+                $target = value;
+                settings.origins.record($key, file.location($key));
+            }
+        };
+    }
+    if let Some(claude) = &options.claude {
+        set!("coder_options.claude.binary", claude.binary.clone() => settings.coder_options.claude.binary);
+        set!("coder_options.claude.disallowed_tools", claude.disallowed_tools.clone() => settings.coder_options.claude.disallowed_tools);
+    }
+    let Some(codex) = &options.codex else {
+        return Ok(());
+    };
+    set!("coder_options.codex.binary", codex.binary.clone() => settings.coder_options.codex.binary);
+    for (model, raw_price) in codex.prices.iter().flatten() {
+        let key = format!("coder_options.codex.prices.{model}");
+        let price = crate::TokenPrice {
+            input: raw_price.input,
+            cached_input: raw_price.cached_input.unwrap_or(raw_price.input),
+            output: raw_price.output,
+        };
+        if ![price.input, price.cached_input, price.output]
+            .iter()
+            .all(|p| p.is_finite() && *p >= 0.0)
+        {
+            return Err(file
+                .error(&key, "prices must be 0 or more dollars per million tokens")
+                .hint("write e.g. `{input: 1.25, cached_input: 0.125, output: 10}`"));
+        }
+        settings
+            .coder_options
+            .codex
+            .prices
+            .insert(model.clone(), price);
+        settings.origins.record(&key, file.location(&key));
+    }
     Ok(())
 }
 
@@ -940,18 +987,20 @@ fn derive_backend_defaults(settings: &mut Settings) {
     if settings.origin("idle_timeout_seconds").is_none() {
         settings.idle_timeout_seconds = derived_idle_timeout(settings.timeout_minutes);
     }
+    // Codex's model and effort are the user's codex configuration's (its
+    // config.toml or profile, else codex's own defaults) unless mala is told.
     if settings.origin("model").is_none() {
         settings.model = match settings.coder {
             Coder::Claude => Some("opus[1m]".to_owned()),
-            Coder::Codex => Some("gpt-5.5".to_owned()),
-            Coder::Amp => None,
+            Coder::Codex | Coder::Amp => None,
         };
     }
     if settings.origin("effort").is_none() {
         // Amp's effort follows its mode; `amp_mode` is not built, so Amp's default mode (deep).
         settings.effort = match settings.coder {
             Coder::Claude => Some(Effort::Xhigh),
-            Coder::Codex | Coder::Amp => Some(Effort::Medium),
+            Coder::Amp => Some(Effort::Medium),
+            Coder::Codex => None,
         };
     }
 }
@@ -1023,14 +1072,18 @@ mod tests {
             coder: Some(Coder::Codex),
             ..FlagOverrides::default()
         };
+        // Codex's own configuration (the user's config.toml) chooses, unless mala is told.
         let codex = resolve_with("preset: rust\n", &[], &flags).unwrap();
+        assert_eq!(codex.model, None);
+        assert_eq!(codex.effort, None);
+        let told = FlagOverrides {
+            model: Some("gpt-5.5".into()),
+            effort: Some(Effort::High),
+            ..flags
+        };
+        let codex = resolve_with("preset: rust\n", &[], &told).unwrap();
         assert_eq!(codex.model.as_deref(), Some("gpt-5.5"));
-        assert_eq!(codex.effort, Some(Effort::Medium));
-        assert_eq!(
-            codex.origin("model"),
-            None,
-            "a derived default is still a default"
-        );
+        assert_eq!(codex.effort, Some(Effort::High));
     }
 
     #[test]
@@ -1255,8 +1308,22 @@ mod tests {
         assert!(err.message.contains("tokens, not dollars"), "{err}");
         let tokens = FlagOverrides {
             max_tokens: Some(1000),
-            ..codex
+            ..codex.clone()
         };
         resolve_with("preset: rust\n", &[], &tokens).unwrap();
+        // With prices, dollars can be counted.
+        let priced = "preset: rust\ncoder_options:\n  codex:\n    prices:\n      gpt-5.5: {input: 1.25, output: 10}\n";
+        let settings = resolve_with(priced, &[], &dollars).unwrap();
+        let price = settings.coder_options.codex.prices["gpt-5.5"];
+        assert!(
+            (price.cached_input - 1.25).abs() < f64::EPSILON,
+            "cached defaults to input"
+        );
+        let negative = priced.replace("10}", "-1}");
+        let err = resolve_with(&negative, &[], &codex).unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("coder_options.codex.prices.gpt-5.5")
+        );
     }
 }

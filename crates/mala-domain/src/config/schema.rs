@@ -324,6 +324,19 @@ pub struct RawCodexOptions {
     /// Path or name of the `codex` executable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<String>,
+    /// Dollars per million tokens, by model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<BTreeMap<String, RawTokenPrice>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenPrice {
+    pub input: f64,
+    /// Defaults to `input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<f64>,
+    pub output: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -31,7 +31,8 @@ pub struct Settings {
     pub evidence_check: EvidenceCheck,
     pub claude_settings_sources: Vec<SettingsSource>,
     pub coder: Coder,
-    /// `None`: the backend's own default (Amp has no model choice).
+    /// `None`: the backend's own choice (codex: the user's codex
+    /// configuration; Amp has no model choice).
     pub model: Option<String>,
     pub effort: Option<Effort>,
     pub coder_options: CoderOptions,
@@ -97,16 +98,18 @@ pub struct EvidenceCheck {
 }
 
 /// Per-backend options (Amp's are refused at load time).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CoderOptions {
     pub claude: ClaudeOptions,
     pub codex: CodexOptions,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CodexOptions {
     /// The `codex` executable: a name looked up on PATH, or a path.
     pub binary: String,
+    /// What each model's tokens cost (codex reports no dollars).
+    pub prices: BTreeMap<String, crate::TokenPrice>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -42,6 +42,8 @@ pub struct CodexConfig {
     pub effort: Option<String>,
     /// `--fast`: the fast service tier.
     pub fast: bool,
+    /// What each model's tokens cost (`coder_options.codex.prices`).
+    pub prices: std::collections::BTreeMap<String, mala_domain::TokenPrice>,
     /// No message (and nothing running) for this long ends the turn; `None` disables it.
     pub idle_timeout: Option<Duration>,
     pub turn_timeout: Duration,
@@ -59,6 +61,7 @@ impl CodexConfig {
             model: None,
             effort: None,
             fast: false,
+            prices: std::collections::BTreeMap::new(),
             idle_timeout: None,
             turn_timeout: Duration::from_secs(30 * 60),
             clear_env: false,
@@ -74,6 +77,9 @@ impl CodexConfig {
         config.model.clone_from(&settings.model);
         config.effort = settings.effort.map(|e| e.as_str().to_owned());
         config.fast = fast;
+        config
+            .prices
+            .clone_from(&settings.coder_options.codex.prices);
         config.turn_timeout = Duration::from_secs(settings.timeout_minutes.max(1) * 60);
         config.idle_timeout = (settings.idle_timeout_seconds > 0.0)
             .then(|| Duration::from_secs_f64(settings.idle_timeout_seconds));
@@ -117,6 +123,7 @@ impl CodexConfig {
             model: self.model.clone(),
             effort: self.effort.clone(),
             service_tier: self.fast.then(|| "fast".to_owned()),
+            prices: self.prices.clone(),
         }
     }
 }

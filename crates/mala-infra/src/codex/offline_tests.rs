@@ -845,6 +845,7 @@ async fn the_model_its_effort_and_the_fast_tier_reach_the_model() {
         model: Some("gpt-5.5".to_owned()),
         effort: Some("high".to_owned()),
         service_tier: Some("fast".to_owned()),
+        ..super::session::ThreadSettings::default()
     };
     let request = mala_core::SessionRequest::new(mala_core::AgentId::new("m-1@r"), &repo);
     let events = Arc::new(Events::default());
@@ -868,5 +869,96 @@ async fn the_model_its_effort_and_the_fast_tier_reach_the_model() {
     assert!(tools.iter().any(|t| t == "exec_command"), "{tools:?}");
     for off in ["spawn_agent", "image_gen", "browser", "computer"] {
         assert!(!tools.iter().any(|t| t.contains(off)), "{off}: {tools:?}");
+    }
+}
+
+/// With a price for the thread's model, a turn's tokens are dollars; a
+/// session held to a dollar limit has its turn cut once the limit is
+/// spent, and one whose model has no price does not start.
+#[tokio::test]
+async fn dollars_come_from_the_price_table_and_a_dollar_limit_cuts_the_turn() {
+    use mala_core::AgentSession as _;
+    let Some(binary) = mala_testkit::tool_or_skip(Tool::Codex, module_path!()) else {
+        return;
+    };
+    let script = ResponsesScript::steps(
+        vec![
+            ResponsesReply::shell("echo one"),
+            ResponsesReply::shell("echo two"),
+            ResponsesReply::shell("echo three"),
+        ],
+        "done",
+    );
+    let mock = MockResponses::start(script);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let command = offline(&binary, &mock, &dir.path().join("home"));
+    // A dollar per thousand tokens: each of the mock's answers costs about $10.
+    let dear = mala_domain::TokenPrice {
+        input: 1000.0,
+        cached_input: 1000.0,
+        output: 1000.0,
+    };
+    let mut settings = gpt();
+    let mut request = mala_core::SessionRequest::new(mala_core::AgentId::new("m-1@r"), &repo);
+    request.max_cost_usd = Some(15.0);
+    let start = |settings: super::session::ThreadSettings| {
+        let (command, request) = (command.clone(), request.clone());
+        async move {
+            super::session::CodexSession::start(
+                &command,
+                &request,
+                &settings,
+                Arc::new(Events::default()),
+                super::session::Surroundings::default(),
+            )
+            .await
+        }
+    };
+    let error = start(settings.clone()).await.unwrap_err();
+    assert!(error.message.contains("no price"), "{error}");
+    settings.prices.insert("gpt-5.5".to_owned(), dear);
+    let mut session = start(settings).await.unwrap();
+    let outcome = session.turn("count").await.unwrap();
+    assert_eq!(
+        outcome.status,
+        mala_core::TurnStatus::BudgetReached,
+        "{outcome:?}"
+    );
+    assert!(outcome.total_cost_usd >= 15.0, "{outcome:?}");
+    let expected = dear.cost(&outcome.usage);
+    assert!(
+        (outcome.total_cost_usd - expected).abs() < 1e-9,
+        "{outcome:?}"
+    );
+    let asked_for_three = mock.requests().iter().any(|r| {
+        mala_testkit::ResponsesConversation::tool_outputs_of(&r.body)
+            .iter()
+            .any(|t| t.contains("two"))
+    });
+    assert!(!asked_for_three, "the turn was cut before its third call");
+    session.close().await.unwrap();
+}
+
+/// A model that refuses the request: the turn's error says what waiting can
+/// do about it (a limit waits, bad credentials stop the run).
+#[tokio::test]
+async fn a_429_is_a_limit_and_a_401_is_credentials() {
+    use mala_core::AgentSession as _;
+    for (status, kind) in [
+        (
+            429,
+            mala_core::AgentErrorKind::RateLimited { resets_at: None },
+        ),
+        (401, mala_core::AgentErrorKind::Authentication),
+    ] {
+        let script = ResponsesScript::from_fn(move |_| ResponsesReply::HttpError(status));
+        let Some(mut f) = fixture(script, "never-refused").await else {
+            return;
+        };
+        let error = f.session.turn("go").await.unwrap_err();
+        assert_eq!(error.kind, kind, "{status}: {error}");
+        f.session.close().await.unwrap();
     }
 }

@@ -51,6 +51,8 @@ pub(crate) struct ThreadSettings {
     pub(crate) model: Option<String>,
     pub(crate) effort: Option<String>,
     pub(crate) service_tier: Option<String>,
+    /// What each model's tokens cost; a session held to dollars needs its model's.
+    pub(crate) prices: std::collections::BTreeMap<String, mala_domain::TokenPrice>,
 }
 
 /// The preflight's instructions: the probe is asked to do one thing.
@@ -116,6 +118,12 @@ pub(crate) struct CodexSession {
     effort: Option<String>,
     /// The session's working directory (the thread's cwd).
     cwd: std::path::PathBuf,
+    /// What the thread's model's tokens cost, when the settings say.
+    price: Option<mala_domain::TokenPrice>,
+    /// Dollars the session may spend; its turn is cut when they are spent.
+    max_cost_usd: Option<f64>,
+    /// Dollars the session's finished turns cost.
+    cost_so_far: f64,
 }
 
 impl Drop for CodexSession {
@@ -158,6 +166,9 @@ struct TurnLog {
     deadline: Option<tokio::time::Instant>,
     /// Items mala has judged (asked for, or seen starting unasked).
     judged: HashSet<String>,
+    /// The session's dollars ran out during the turn; `cut` once it is interrupted.
+    over_budget: bool,
+    cut: bool,
     denials: Vec<String>,
 }
 
@@ -171,13 +182,6 @@ impl CodexSession {
         observer: Arc<dyn AgentObserver>,
         around: Surroundings,
     ) -> Result<Self, AgentError> {
-        if request.max_cost_usd.is_some() {
-            // The settings refuse dollar budgets with codex; this says why if one slips through.
-            return Err(AgentError::new(
-                AgentErrorKind::CouldNotStart,
-                "codex reports tokens, not dollars: a session cannot be held to a dollar limit",
-            ));
-        }
         let server = AppServer::start(command, &request.cwd)?;
         let live = around.live.clone().zip(server.pid());
         if let Some((registry, pid)) = &live {
@@ -229,6 +233,8 @@ impl CodexSession {
             ));
         };
         let thread = thread.to_owned();
+        refuse_unguarded(&started)?;
+        let price = priced(&started, settings, request.max_cost_usd)?;
         let unstoppable = watch::Sender::new(false);
         observer.on_event(&AgentEvent::SessionStarted {
             session_id: SessionId::new(thread.clone()),
@@ -242,6 +248,9 @@ impl CodexSession {
             locks: around.locks,
             git: around.git,
             thread_usage: TokenUsage::default(),
+            price,
+            max_cost_usd: request.max_cost_usd,
+            cost_so_far: 0.0,
             turns: 0,
             last_turn: None,
             stop: around.stop.unwrap_or_else(|| unstoppable.subscribe()),
@@ -358,6 +367,9 @@ impl CodexSession {
                 log.usage = total.minus(self.thread_usage);
                 self.observer
                     .on_event(&AgentEvent::TurnUsage { usage: log.usage });
+                if let (Some(max), Some(price)) = (self.max_cost_usd, self.price) {
+                    log.over_budget |= self.cost_so_far + price.cost(&log.usage) >= max;
+                }
             }
             "error" if params["willRetry"] != json!(true) => {
                 log.error = Some(params["error"].clone());
@@ -646,6 +658,43 @@ impl CodexSession {
     }
 }
 
+/// Refuses a thread that did not take mala's approval policy (a managed
+/// requirement of the user's setup may forbid it): its commands would run
+/// without asking mala.
+fn refuse_unguarded(started: &Value) -> Result<(), AgentError> {
+    match &started["approvalPolicy"] {
+        Value::String(policy) if policy == "untrusted" => Ok(()),
+        other => Err(AgentError::new(
+            AgentErrorKind::CouldNotStart,
+            format!(
+                "codex runs this thread with approval policy {other}, not `untrusted`, so its commands \
+                 would not all come to mala's guard first; check the codex configuration's requirements"
+            ),
+        )),
+    }
+}
+
+/// The price of the thread's model; a session held to a dollar limit
+/// cannot start without one (its dollars could not be counted).
+fn priced(
+    started: &Value,
+    settings: &ThreadSettings,
+    max_cost_usd: Option<f64>,
+) -> Result<Option<mala_domain::TokenPrice>, AgentError> {
+    let model = started["model"].as_str().unwrap_or_default();
+    let price = settings.prices.get(model).copied();
+    if price.is_none() && max_cost_usd.is_some() {
+        return Err(AgentError::new(
+            AgentErrorKind::CouldNotStart,
+            format!(
+                "the thread's model `{model}` has no price in coder_options.codex.prices, and a \
+                 dollar budget needs one (codex reports tokens, not dollars)"
+            ),
+        ));
+    }
+    Ok(price)
+}
+
 /// Whether two paths name one directory (symlinks resolved where they can be).
 fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
     let resolve = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
@@ -807,14 +856,21 @@ impl AgentSession for CodexSession {
                     if let Some(status) = self.note(&method, &params, &mut log) {
                         break status;
                     }
+                    if log.over_budget && !log.cut {
+                        log.cut = true;
+                        let _ = self.interrupt_turn().await;
+                    }
                 }
                 Inbound::Unknown(_) | Inbound::Unreadable(_) => {}
             }
         };
         self.thread_usage = self.thread_usage.plus(log.usage);
         self.turns += 1;
+        let cost = self.price.map_or(0.0, |price| price.cost(&log.usage));
+        self.cost_so_far += cost;
         let status = match log.violation.take() {
             Some(reason) => TurnStatus::Failed { reason },
+            None if log.over_budget => TurnStatus::BudgetReached,
             None => status,
         };
         if let (TurnStatus::Failed { reason }, Some(error)) = (&status, &log.error) {
@@ -825,8 +881,8 @@ impl AgentSession for CodexSession {
             session_id: self.session_id(),
             final_text: log.final_text,
             usage: log.usage,
-            // Codex reports tokens, not dollars.
-            total_cost_usd: 0.0,
+            // Codex reports tokens; dollars are the price table's.
+            total_cost_usd: cost,
             num_turns: self.turns,
             permission_denials: log.denials,
         })
