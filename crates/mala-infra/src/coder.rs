@@ -42,7 +42,7 @@ impl CoderConfig {
                 settings, binary, state_dir,
             ))),
             Coder::Codex => Ok(Self::Codex(CodexConfig::from_settings(
-                settings, binary, fast,
+                settings, binary, state_dir, fast,
             ))),
             Coder::Amp => Err(AgentError::new(
                 AgentErrorKind::CouldNotStart,

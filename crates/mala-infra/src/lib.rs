@@ -20,6 +20,7 @@ mod process_tree;
 mod run_log;
 mod run_marker;
 mod run_store;
+mod session_record;
 mod tree_watch;
 
 pub use beads::{

@@ -265,6 +265,33 @@ fn a_codex_agent_told_by_the_gate_runs_the_check_in_the_same_thread_and_closes()
             && ResponsesConversation::tool_outputs_of(&r.body).len() >= 2
     });
     assert!(followed, "the gate's follow-up continued the thread");
+    // The session's record holds both turns' protocol lines.
+    let records: Vec<String> = walk(&run.scratch.path().join("runs"))
+        .into_iter()
+        .filter(|p| p.parent().is_some_and(|d| d.ends_with("sessions")))
+        .filter(|p| p.display().to_string().contains(&run.issues[0]))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1, "one record for the issue's agent");
+    assert_eq!(
+        records[0].matches("\"turn/start\"").count(),
+        2,
+        "both turns recorded"
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 /// An agent that says it committed, and ran the check, and did neither;

@@ -2,7 +2,6 @@
 //! control protocol, behind the `AgentBackend` port.
 
 mod protocol;
-mod record;
 mod session;
 
 use std::path::{Path, PathBuf};

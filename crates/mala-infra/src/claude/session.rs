@@ -3,7 +3,6 @@
 //! server), and the turn loop with its timeouts.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,8 +22,8 @@ use tokio::task::JoinHandle;
 
 use super::ClaudeConfig;
 use super::protocol::{self, Inbound};
-use super::record::SessionRecord;
 use crate::agent_tools as mcp;
+use crate::session_record::{SessionRecord, record_path};
 
 /// The longest stdout line accepted (tool results can carry whole files).
 const MAX_LINE: usize = 64 * 1024 * 1024;
@@ -1168,14 +1167,6 @@ impl Drop for ClaudeSession {
             }
         }
     }
-}
-
-/// Where session records go, by agent.
-pub(crate) fn record_path(state_dir: &Path, agent: &AgentId) -> std::path::PathBuf {
-    state_dir.join("sessions").join(format!(
-        "{}.jsonl",
-        agent.as_str().replace(['/', '\\'], "_")
-    ))
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ mod session;
 
 #[cfg(test)]
 mod offline_tests;
+#[cfg(test)]
+mod replay_tests;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -52,6 +54,8 @@ pub struct CodexConfig {
     pub env: Vec<(String, String)>,
     /// `setpriv`, to start `codex` with a parent-death signal (as for claude).
     pub parent_death_wrapper: Option<PathBuf>,
+    /// Where session records go (`<state dir>/sessions/`); `None` keeps none.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl CodexConfig {
@@ -67,13 +71,20 @@ impl CodexConfig {
             clear_env: false,
             env: Vec::new(),
             parent_death_wrapper: None,
+            state_dir: None,
         }
     }
 
     /// The backend's part of the resolved settings; `binary` is the `codex`
     /// the caller found.
-    pub fn from_settings(settings: &mala_domain::Settings, binary: PathBuf, fast: bool) -> Self {
+    pub fn from_settings(
+        settings: &mala_domain::Settings,
+        binary: PathBuf,
+        state_dir: PathBuf,
+        fast: bool,
+    ) -> Self {
         let mut config = Self::new(binary);
+        config.state_dir = Some(state_dir);
         config.model.clone_from(&settings.model);
         config.effort = settings.effort.map(|e| e.as_str().to_owned());
         config.fast = fast;
@@ -110,6 +121,7 @@ impl CodexConfig {
         command
             .parent_death_wrapper
             .clone_from(&self.parent_death_wrapper);
+        command.state_dir.clone_from(&self.state_dir);
         if self.fast {
             command
                 .settings

@@ -962,3 +962,47 @@ async fn a_429_is_a_limit_and_a_401_is_credentials() {
         f.session.close().await.unwrap();
     }
 }
+
+/// The turn the replay tests play back: a command the guard refuses, a
+/// patch, a command that runs. Not a test: it records the fixture from the
+/// pinned binary (`cargo test -p mala-infra --lib record_the_replay_fixture
+/// -- --ignored`), which the replay tests then read.
+#[tokio::test]
+#[ignore = "records crates/mala-infra/tests/data/codex/guarded-turn.jsonl"]
+async fn record_the_replay_fixture() {
+    use mala_core::AgentSession as _;
+    let script = ResponsesScript::steps(
+        vec![
+            ResponsesReply::shell("rm -f keep.txt"),
+            ResponsesReply::Patch(
+                "*** Begin Patch\n*** Add File: notes.txt\n+hello\n*** End Patch\n".to_owned(),
+            ),
+            ResponsesReply::shell("cat notes.txt"),
+        ],
+        "done",
+    );
+    let binary = mala_testkit::tool_or_skip(Tool::Codex, module_path!()).unwrap();
+    let mock = MockResponses::start(script);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("keep.txt"), "precious\n").unwrap();
+    let mut command = offline(&binary, &mock, &dir.path().join("home"));
+    command.state_dir = Some(dir.path().join("state"));
+    let agent = mala_core::AgentId::new("m-1@r");
+    let request = mala_core::SessionRequest::new(agent.clone(), &repo);
+    let around = super::session::Surroundings {
+        guard: Some(Arc::new(Refusing("rm -f"))),
+        ..super::session::Surroundings::default()
+    };
+    let events = Arc::new(Events::default());
+    let mut session =
+        super::session::CodexSession::start(&command, &request, &gpt(), events, around)
+            .await
+            .unwrap();
+    session.turn("tidy up and take notes").await.unwrap();
+    session.close().await.unwrap();
+    let recorded = crate::session_record::record_path(&dir.path().join("state"), &agent);
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/codex/guarded-turn.jsonl");
+    std::fs::copy(recorded, fixture).unwrap();
+}

@@ -17,6 +17,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::session_record::SessionRecord;
+
 /// The longest line the server may write: a turn's whole diff fits.
 const MAX_LINE: usize = 64 * 1024 * 1024;
 
@@ -80,15 +82,30 @@ impl Drop for RpcClient {
 impl RpcClient {
     /// Starts the reader and the writer; what the server sends that is not
     /// an answer comes out of the receiver, which ends with the connection.
+    #[cfg(test)]
     pub(crate) fn start(
         input: impl AsyncRead + Unpin + Send + 'static,
         output: impl AsyncWrite + Unpin + Send + 'static,
     ) -> (Self, mpsc::UnboundedReceiver<Inbound>) {
+        Self::start_recorded(input, output, None)
+    }
+
+    /// The same, every line in both directions also kept in `record`.
+    pub(crate) fn start_recorded(
+        input: impl AsyncRead + Unpin + Send + 'static,
+        output: impl AsyncWrite + Unpin + Send + 'static,
+        record: Option<Arc<SessionRecord>>,
+    ) -> (Self, mpsc::UnboundedReceiver<Inbound>) {
         let (outbox, queued) = mpsc::unbounded_channel();
         let (inbound, inbox) = mpsc::unbounded_channel();
         let pending = Pending::default();
-        let reader = tokio::spawn(read_loop(input, Arc::clone(&pending), inbound));
-        let writer = tokio::spawn(write_loop(output, queued));
+        let reader = tokio::spawn(read_loop(
+            input,
+            Arc::clone(&pending),
+            inbound,
+            record.clone(),
+        ));
+        let writer = tokio::spawn(write_loop(output, queued, record));
         let client = Self {
             outbox,
             pending,
@@ -154,9 +171,13 @@ fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
 async fn write_loop(
     mut output: impl AsyncWrite + Unpin,
     mut queued: mpsc::UnboundedReceiver<Value>,
+    record: Option<Arc<SessionRecord>>,
 ) {
     while let Some(message) = queued.recv().await {
         let mut line = message.to_string().into_bytes();
+        if let Some(record) = &record {
+            record.write_raw("out", &line);
+        }
         line.push(b'\n');
         if output.write_all(&line).await.is_err() || output.flush().await.is_err() {
             return;
@@ -168,6 +189,7 @@ async fn read_loop(
     input: impl AsyncRead + Unpin,
     pending: Pending,
     inbound: mpsc::UnboundedSender<Inbound>,
+    record: Option<Arc<SessionRecord>>,
 ) {
     let mut input = BufReader::new(input);
     let mut line = Vec::new();
@@ -190,7 +212,12 @@ async fn read_loop(
             continue;
         }
         let message = match serde_json::from_str::<Value>(text) {
-            Ok(message) => message,
+            Ok(message) => {
+                if let Some(record) = &record {
+                    record.write_raw("in", text.as_bytes());
+                }
+                message
+            }
             Err(error) => {
                 let _ = inbound.send(Inbound::Unreadable(format!("{error}: {text}")));
                 continue;

@@ -5,12 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use mala_core::{AgentError, AgentErrorKind};
+use std::sync::Arc;
+
+use mala_core::{AgentError, AgentErrorKind, AgentId};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use super::rpc::{Inbound, RpcClient};
+use crate::session_record::SessionRecord;
 
 /// What mala turns off in every app-server: features whose start-up talks
 /// to the network (plugin and app catalogues on github.com and chatgpt.com),
@@ -42,6 +45,8 @@ pub(crate) struct AppServerCommand {
     pub(crate) env: Vec<(String, String)>,
     /// `setpriv`: the server dies with mala, even when mala is SIGKILLed.
     pub(crate) parent_death_wrapper: Option<PathBuf>,
+    /// Where session records go (`<state dir>`); `None` keeps none.
+    pub(crate) state_dir: Option<PathBuf>,
 }
 
 impl AppServerCommand {
@@ -52,6 +57,7 @@ impl AppServerCommand {
             clear_env: false,
             env: Vec::new(),
             parent_death_wrapper: None,
+            state_dir: None,
         }
     }
 
@@ -94,10 +100,13 @@ impl AppServerCommand {
 /// A running app-server.
 #[derive(Debug)]
 pub(crate) struct AppServer {
-    child: Child,
+    /// `None` for a test's server on in-memory pipes.
+    child: Option<Child>,
     pub(crate) rpc: RpcClient,
     /// What the server sends that is not an answer to us.
     pub(crate) inbox: mpsc::UnboundedReceiver<Inbound>,
+    /// Every line of the connection, when kept.
+    record: Option<Arc<SessionRecord>>,
 }
 
 /// What `initialize` told mala about the server.
@@ -108,8 +117,39 @@ pub(crate) struct ServerInfo {
 }
 
 impl AppServer {
+    /// A server on the other end of in-memory pipes (tests play it).
+    #[cfg(test)]
+    pub(crate) fn over(
+        input: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+        output: impl tokio::io::AsyncWrite + Unpin + Send + 'static,
+    ) -> Self {
+        let (rpc, inbox) = RpcClient::start(input, output);
+        Self {
+            child: None,
+            rpc,
+            inbox,
+            record: None,
+        }
+    }
+
     /// Starts the server in `cwd`.
+    #[cfg(test)]
     pub(crate) fn start(command: &AppServerCommand, cwd: &Path) -> Result<Self, AgentError> {
+        Self::start_for(command, cwd, None)
+    }
+
+    /// Starts the server in `cwd` for `agent`, whose session record (when
+    /// the command keeps records) gets every line of the connection.
+    pub(crate) fn start_for(
+        command: &AppServerCommand,
+        cwd: &Path,
+        agent: Option<&AgentId>,
+    ) -> Result<Self, AgentError> {
+        let record = command
+            .state_dir
+            .as_deref()
+            .zip(agent)
+            .map(|(dir, agent)| Arc::new(SessionRecord::open(dir, agent)));
         let mut child = command.command(cwd).spawn().map_err(|error| {
             AgentError::new(
                 AgentErrorKind::CouldNotStart,
@@ -122,8 +162,13 @@ impl AppServer {
                 "codex app-server started without its pipes",
             ));
         };
-        let (rpc, inbox) = RpcClient::start(stdout, stdin);
-        Ok(Self { child, rpc, inbox })
+        let (rpc, inbox) = RpcClient::start_recorded(stdout, stdin, record.clone());
+        Ok(Self {
+            child: Some(child),
+            rpc,
+            inbox,
+            record,
+        })
     }
 
     /// The handshake: `initialize` (with the experimental API, which
@@ -194,22 +239,30 @@ impl AppServer {
         ))
     }
 
+    /// Writes out what the record holds so far (at every turn's end).
+    pub(crate) fn flush_record(&self) {
+        if let Some(record) = &self.record {
+            record.flush();
+        }
+    }
+
     /// The process's id, while it runs.
     pub(crate) fn pid(&self) -> Option<u32> {
-        self.child.id()
+        self.child.as_ref()?.id()
     }
 
     /// Waits for the process to end by itself (its stdin closed), or kills
     /// its group after `grace`.
     pub(crate) async fn close(mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         drop(self.rpc);
-        if let Ok(Ok(status)) = tokio::time::timeout(grace, self.child.wait()).await {
+        let mut child = self.child.take()?;
+        if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
             return Some(status);
         }
-        if let Some(pid) = self.child.id() {
+        if let Some(pid) = child.id() {
             crate::process_tree::kill_tree(pid);
         }
-        let _ = self.child.wait().await;
+        let _ = child.wait().await;
         None
     }
 }
@@ -255,5 +308,54 @@ mod tests {
             .expect_err("no binary");
         assert_eq!(error.kind, AgentErrorKind::CouldNotStart);
         assert!(error.message.contains("could not start"), "{error}");
+    }
+
+    /// A server that ignores its input closing and SIGTERM, with a command
+    /// of its own running: after the grace, its whole group is killed.
+    #[tokio::test]
+    async fn a_server_that_will_not_end_is_killed_with_its_commands_after_the_grace() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("stubborn");
+        let child_pid = dir.path().join("child.pid");
+        std::fs::write(
+            &binary,
+            format!(
+                "#!/bin/sh\ntrap '' TERM HUP\nsleep 600 &\necho $! > {}\nexec 0<&-\nwhile :; do sleep 1; done\n",
+                child_pid.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let server = AppServer::start(&AppServerCommand::new(&binary), dir.path()).unwrap();
+        let pid = server.pid().unwrap();
+        for _ in 0..250 {
+            if child_pid.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let sleeper: u32 = std::fs::read_to_string(&child_pid)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let status = server.close(Duration::from_millis(200)).await;
+        assert!(status.is_none(), "it did not end by itself: {status:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let alive = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| !stat.contains(") Z "))
+        };
+        assert!(!alive(pid), "the server is gone");
+        // The group's kill reaches the command it started, even as an orphan.
+        for _ in 0..100 {
+            if !alive(sleeper) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!alive(sleeper), "its command is gone too");
     }
 }

@@ -182,7 +182,19 @@ impl CodexSession {
         observer: Arc<dyn AgentObserver>,
         around: Surroundings,
     ) -> Result<Self, AgentError> {
-        let server = AppServer::start(command, &request.cwd)?;
+        let server = AppServer::start_for(command, &request.cwd, Some(&request.agent_id))?;
+        Self::open(server, request, settings, observer, around).await
+    }
+
+    /// Starts the thread on a running `server`: the handshake, the checks of
+    /// the user's configuration, then `thread/start` or `thread/resume`.
+    pub(crate) async fn open(
+        server: AppServer,
+        request: &SessionRequest,
+        settings: &ThreadSettings,
+        observer: Arc<dyn AgentObserver>,
+        around: Surroundings,
+    ) -> Result<Self, AgentError> {
         let live = around.live.clone().zip(server.pid());
         if let Some((registry, pid)) = &live {
             registry
@@ -864,6 +876,9 @@ impl AgentSession for CodexSession {
                 Inbound::Unknown(_) | Inbound::Unreadable(_) => {}
             }
         };
+        if let Some(server) = &self.server {
+            server.flush_record();
+        }
         self.thread_usage = self.thread_usage.plus(log.usage);
         self.turns += 1;
         let cost = self.price.map_or(0.0, |price| price.cost(&log.usage));

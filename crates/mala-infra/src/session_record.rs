@@ -1,6 +1,7 @@
-//! The session record: every protocol line in both directions, plus the
-//! evidence mala derived, appended to `<state dir>/sessions/<agent>.jsonl`.
-//! Flushed at every turn end, so a crash loses at most the current turn.
+//! The session record: every protocol line in both directions (Claude
+//! Code's stream-json, Codex's JSON-RPC), plus the evidence mala derived,
+//! appended to `<state dir>/sessions/<agent>.jsonl`. Flushed at every turn
+//! end, so a crash loses at most the current turn.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -9,7 +10,16 @@ use std::sync::Mutex;
 
 use chrono::Utc;
 use mala_core::AgentId;
+
 use serde_json::{Value, json};
+
+/// Where session records go, by agent.
+pub(crate) fn record_path(state_dir: &Path, agent: &AgentId) -> std::path::PathBuf {
+    state_dir.join("sessions").join(format!(
+        "{}.jsonl",
+        agent.as_str().replace(['/', '\\'], "_")
+    ))
+}
 
 #[derive(Debug)]
 pub(crate) struct SessionRecord {
@@ -20,7 +30,7 @@ impl SessionRecord {
     /// Opens (appending) the record of `agent`; a record that cannot be
     /// opened is skipped with a warning rather than stopping the session.
     pub(crate) fn open(state_dir: &Path, agent: &AgentId) -> Self {
-        let path = super::session::record_path(state_dir, agent);
+        let path = record_path(state_dir, agent);
         let file = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
