@@ -17,12 +17,17 @@ pub struct CodexHarness {
 
 impl CodexHarness {
     pub fn new(mock: &MockResponses) -> Self {
+        Self::for_url(&mock.url())
+    }
+
+    /// The same for a mock served at `url` (one in another process).
+    pub fn for_url(url: &str) -> Self {
         let state = tempfile::Builder::new()
             .prefix("mala-codex-")
             .tempdir()
             .expect("create codex state directory");
         let harness = Self {
-            base_url: mock.url(),
+            base_url: url.to_owned(),
             state,
         };
         std::fs::create_dir_all(harness.state.path().join("home")).expect("create home");
