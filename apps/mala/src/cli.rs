@@ -51,7 +51,7 @@ pub(crate) enum Command {
 /// Flags that choose and tune the agent backend (run and epic-verify).
 #[derive(Debug, Clone, Args)]
 pub(crate) struct CoderArgs {
-    /// Agent backend
+    /// Agent backend: claude or codex (amp is not built)
     #[arg(long, value_parser = parse_word::<Coder>)]
     pub(crate) coder: Option<Coder>,
     /// Amp mode (not built yet: refused)
@@ -66,7 +66,7 @@ pub(crate) struct CoderArgs {
     /// Claude settings files to load: a comma-separated subset of local,project,user
     #[arg(long, value_parser = parse_sources)]
     pub(crate) claude_settings_sources: Option<SettingsSources>,
-    /// Codex approval policy (not built yet: refused)
+    /// Codex approval policy (refused: mala's guard answers every approval)
     #[arg(long, value_parser = parse_word::<CodexApprovalPolicy>)]
     pub(crate) codex_approval_policy: Option<CodexApprovalPolicy>,
     /// Codex sandbox (not built yet: refused)
@@ -140,7 +140,7 @@ pub(crate) struct RunArgs {
     /// Write every event as one JSON line to this file
     #[arg(long, value_name = "PATH")]
     pub(crate) events_jsonl: Option<PathBuf>,
-    /// Codex fast mode (codex only)
+    /// Codex's fast service tier (codex only)
     #[arg(long)]
     pub(crate) fast: bool,
     #[command(flatten)]
