@@ -535,3 +535,39 @@ fn codex_reviews_the_issue_read_only_and_verifies_its_epic() {
     });
     assert!(reviewer_told, "the review ran on codex, and read only");
 }
+
+/// An agent that writes and commits its file but never runs the check.
+fn commits_unchecked() -> ResponsesScript {
+    ResponsesScript::from_fn(|conversation| {
+        let (issue, file) = issue_and_file(*conversation);
+        let plan = [
+            tool("lock_acquire", json!({"filepaths": [file]})),
+            patch_adding(&file),
+            tool(
+                "commit",
+                json!({"paths": [file], "message": format!("bd-{issue}: fix {file}")}),
+            ),
+        ];
+        following(&plan, *conversation)
+    })
+}
+
+#[test]
+fn a_codex_agent_that_commits_without_running_the_check_stays_open() {
+    let yaml = format!("{CHECKED}max_gate_retries: 2\n");
+    let Some(run) = CodexRun::new(&["a"], &yaml, commits_unchecked()) else {
+        return;
+    };
+    let (code, out) = run.run(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert_ne!(run.status(&run.issues[0]), "closed", "{out}");
+    assert!(
+        out.contains("`check` (ls src) was never run"),
+        "the reason says what is missing: {out}"
+    );
+    let log = run.repo.git(&["log", "--format=%s"]);
+    assert!(
+        log.contains(&format!("bd-{}:", run.issues[0])),
+        "its commit is there: {log}"
+    );
+}

@@ -1006,3 +1006,64 @@ async fn record_the_replay_fixture() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/codex/guarded-turn.jsonl");
     std::fs::copy(recorded, fixture).unwrap();
 }
+
+/// With mala's real guard and lock table: the lock the agent takes lets its
+/// patch through, a patch to a file it holds no lock on is declined, and
+/// its release empties its hold.
+#[tokio::test]
+async fn a_lock_round_trip_lets_the_locked_patch_through_and_declines_the_unlocked_one() {
+    use mala_core::{AgentSession as _, LockTable as _};
+    let add = |path: &str| {
+        ResponsesReply::Patch(format!(
+            "*** Begin Patch\n*** Add File: {path}\n+fixed\n*** End Patch\n"
+        ))
+    };
+    let tool = |name: &str, arguments: Value| ResponsesReply::Call {
+        name: name.to_owned(),
+        arguments,
+    };
+    let script = ResponsesScript::steps(
+        vec![
+            tool("lock_acquire", json!({"filepaths": ["a.txt"]})),
+            add("a.txt"),
+            add("b.txt"),
+            tool("lock_release", json!({"all": true})),
+        ],
+        "done",
+    );
+    let table: std::sync::OnceLock<Arc<crate::FileLockTable>> = std::sync::OnceLock::new();
+    let Some(mut f) = fixture_with(script, |repo| {
+        let locks = Arc::new(crate::FileLockTable::new(repo.join(".locks"), repo).unwrap());
+        let _ = table.set(Arc::clone(&locks));
+        let port: Arc<dyn mala_core::LockTable> = locks;
+        super::session::Surroundings {
+            guard: Some(Arc::new(crate::LockingGuard::new(
+                repo,
+                Arc::clone(&port),
+                Vec::new(),
+            ))),
+            locks: Some(port),
+            ..super::session::Surroundings::default()
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let outcome = f.session.turn("fix a, and b too").await.unwrap();
+    assert_eq!(outcome.permission_denials, ["apply_patch"], "{outcome:?}");
+    assert!(
+        f.repo.join("a.txt").exists(),
+        "the locked patch went through"
+    );
+    assert!(!f.repo.join("b.txt").exists(), "the unlocked one did not");
+    let agent = mala_core::AgentId::new("m-1@r");
+    assert!(table.get().unwrap().held_by(&agent).is_empty(), "released");
+    let told = f.mock.requests().iter().any(|r| {
+        mala_testkit::ResponsesConversation::user_texts_of(&r.body)
+            .iter()
+            .any(|t| t.contains("mala refused that call") && t.contains("b.txt"))
+    });
+    assert!(told, "the model read why b.txt was refused");
+    f.session.close().await.unwrap();
+}
