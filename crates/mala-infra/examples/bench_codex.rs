@@ -16,6 +16,7 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 #![allow(clippy::cast_precision_loss)] // figures for people: f64 is precise enough
 
+use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,14 +66,15 @@ fn fake_server(dir: &Path, stream: &Path) -> PathBuf {
     for answer in answers {
         script.push_str("IFS= read -r line\n");
         if !answer.is_empty() {
-            script.push_str(&format!("printf '%s\\n' '{answer}'\n"));
+            let _ = writeln!(script, "printf '%s\\n' '{answer}'");
         }
     }
-    script.push_str(&format!(
-        "cat '{}'\nprintf '%s\\n' '{}'\nwhile IFS= read -r line; do :; done\n",
+    let end = r#"{"method":"turn/completed","params":{"turn":{"id":"u-1","status":"completed"}}}"#;
+    let _ = write!(
+        script,
+        "cat '{}'\nprintf '%s\\n' '{end}'\nwhile IFS= read -r line; do :; done\n",
         stream.display(),
-        r#"{"method":"turn/completed","params":{"turn":{"id":"u-1","status":"completed"}}}"#
-    ));
+    );
     std::fs::write(&fake, script).unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     fake
