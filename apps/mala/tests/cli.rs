@@ -214,7 +214,7 @@ const MALFORMED: &[(&str, &str, &str)] = &[
     (
         "not built: codex options",
         "preset: rust\ncoder_options:\n  codex:\n    sandbox: read-only\n",
-        "coder_options.codex: not built yet",
+        "coder_options.codex.sandbox: not built yet",
     ),
     (
         "not built: a key inside a trigger's review",

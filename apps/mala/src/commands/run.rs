@@ -36,6 +36,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     flags.max_cost_usd = args.max_cost;
     flags.max_tokens = args.max_tokens;
     let (settings, file) = load_settings(&config, &flags)?;
+    for warning in settings.warnings() {
+        output::note(&format!("warning: {warning}"));
+    }
     if args.dry_run {
         // A dry run only reads the tracker; mala.yaml is optional for it.
         return dry_run::run(args, &settings);

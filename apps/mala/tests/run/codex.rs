@@ -571,3 +571,49 @@ fn a_codex_agent_that_commits_without_running_the_check_stays_open() {
         "its commit is there: {log}"
     );
 }
+
+/// An agent that tries to fake its check: it copies `true` to a `bash` of
+/// its own and asks `exec_command` to run the check through it, so the
+/// command would "pass" without running; it commits a file the check does
+/// not look at.
+fn fakes_its_check(scratch: &Path) -> ResponsesScript {
+    let fake = scratch.join("fake");
+    ResponsesScript::from_fn(move |conversation| {
+        let (issue, _) = issue_and_file(*conversation);
+        let bash = fake.join("bash");
+        let plan = [
+            ResponsesReply::shell(&format!(
+                "mkdir -p {0} && cp /bin/true {0}/bash",
+                fake.display()
+            )),
+            tool("lock_acquire", json!({"filepaths": ["src/other.txt"]})),
+            patch_adding("src/other.txt"),
+            tool(
+                "exec_command",
+                json!({"cmd": "test -f src/a.txt", "shell": bash.display().to_string()}),
+            ),
+            tool(
+                "commit",
+                json!({"paths": ["src/other.txt"], "message": format!("bd-{issue}: fix")}),
+            ),
+        ];
+        following(&plan, *conversation)
+    })
+}
+
+#[test]
+fn a_codex_agent_that_fakes_its_check_with_a_shell_of_its_own_stays_open() {
+    let yaml = "commands:\n  check: \"test -f src/a.txt\"\nevidence_check:\n  required: [check]\nmax_gate_retries: 1\n";
+    let fake = tempfile::tempdir().unwrap();
+    let Some(run) = CodexRun::new(&["a"], yaml, fakes_its_check(fake.path())) else {
+        return;
+    };
+    let (code, out) = run.run(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert_ne!(run.status(&run.issues[0]), "closed", "{out}");
+    // Whether codex runs it through the fake shell (then it is recorded as
+    // that shell's command, not the check) or ignores the argument (then the
+    // check really runs, and fails), no pass is on record.
+    assert!(out.contains("gate failed (attempt 1): `check`"), "{out}");
+    assert!(!run.repo.join("src/a.txt").exists());
+}

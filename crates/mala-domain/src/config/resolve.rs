@@ -135,14 +135,44 @@ pub fn resolve(sources: ConfigSources<'_>) -> Result<Settings, ConfigError> {
     apply_env(&mut settings, sources.env)?;
     apply_flags(&mut settings, sources.flags)?;
     derive_backend_defaults(&mut settings);
-    check_coder_settings(&settings, sources.file)?;
+    check_coder_settings(&mut settings, sources.file)?;
     Ok(settings)
 }
 
 /// Settings that the chosen coder cannot honour, refused rather than ignored.
-fn check_coder_settings(settings: &Settings, file: Option<&ConfigFile>) -> Result<(), ConfigError> {
+fn check_coder_settings(
+    settings: &mut Settings,
+    file: Option<&ConfigFile>,
+) -> Result<(), ConfigError> {
     if settings.coder != Coder::Codex {
         return Ok(());
+    }
+    if let Some(origin @ Location::Flag { .. }) = settings.origin("claude_settings_sources") {
+        return Err(
+            ConfigError::new("applies to Claude Code, and `--coder codex` starts none")
+                .at(origin.clone())
+                .hint("leave it out with --coder codex"),
+        );
+    }
+    if settings.effort == Some(Effort::Max)
+        && let Some(origin) = settings.origin("effort")
+    {
+        return Err(ConfigError::new("codex has no `max` reasoning effort")
+            .at(origin.clone())
+            .key("effort")
+            .hint("use `xhigh`, codex's highest"));
+    }
+    // Claude's own keys, in a file shared by both coders, do nothing here: said, not refused.
+    for key in [
+        "claude_settings_sources",
+        "coder_options.claude.binary",
+        "coder_options.claude.disallowed_tools",
+    ] {
+        if let Some(origin) = settings.origin(key) {
+            let warning =
+                format!("{origin}: `{key}` applies to Claude Code; a codex run ignores it");
+            settings.warnings.push(warning);
+        }
     }
     // A codex agent reviews with the run's model: a Claude model is for Claude.
     let reviewers = ["per_issue_review"].into_iter().map(str::to_owned).chain(
@@ -1289,6 +1319,21 @@ mod tests {
             matches!(err.location, Some(Location::File { line: 4, .. })),
             "{err}"
         );
+        let claude_keys = "preset: rust\nclaude_settings_sources: [local]\n";
+        let said = resolve_with(claude_keys, &[], &codex).unwrap();
+        assert!(
+            said.warnings()
+                .iter()
+                .any(|w| w.contains("claude_settings_sources") && w.contains("ignores")),
+            "{:?}",
+            said.warnings()
+        );
+        let max = FlagOverrides {
+            effort: Some(Effort::Max),
+            ..codex.clone()
+        };
+        let err = resolve_with("preset: rust\n", &[], &max).unwrap_err();
+        assert!(err.message.contains("no `max`"), "{err}");
         // The same file is fine for Claude, and a review without the key for codex.
         resolve_with(text, &[], &FlagOverrides::default()).unwrap();
         let unset = "preset: rust\nper_issue_review:\n  enabled: true\n";

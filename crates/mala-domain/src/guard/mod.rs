@@ -290,9 +290,23 @@ pub fn shell_writes(command: &str, repo_root: &Path) -> Vec<PathBuf> {
     rules::repository_writes(command, &ctx)
 }
 
-/// The script of a command that is only a shell launching it
+/// Where a system shell can be: a launcher elsewhere (a `bash` the agent
+/// copied `true` to, say) is not unwrapped, so what it ran is recorded as it is.
+const SYSTEM_SHELLS: &[&str] = &[
+    "/bin/bash",
+    "/usr/bin/bash",
+    "/bin/sh",
+    "/usr/bin/sh",
+    "/bin/dash",
+    "/usr/bin/dash",
+    "/bin/zsh",
+    "/usr/bin/zsh",
+];
+
+/// The script of a command that is only a system shell launching it
 /// (`/bin/bash -lc 'ls src'` is `ls src`): how an agent backend that wraps
-/// every command in the user's shell reports it. `None` for anything else.
+/// every command in the user's shell reports it. `None` for anything else,
+/// and for a zsh script with parentheses, which bash would read otherwise.
 pub fn launched_script(command: &str) -> Option<String> {
     let script = shell::parse_script(command).ok()?;
     let [pipe] = script.pipes.as_slice() else {
@@ -313,9 +327,9 @@ pub fn launched_script(command: &str) -> Option<String> {
     let [program, flag, text] = words.as_slice() else {
         return None;
     };
-    let shell_name = program.rsplit('/').next().unwrap_or(program);
-    let is_shell = matches!(shell_name, "bash" | "sh" | "zsh" | "dash");
-    (is_shell && matches!(*flag, "-c" | "-lc")).then(|| (*text).to_owned())
+    let bash_like = !program.ends_with("zsh") || !text.contains('(');
+    (SYSTEM_SHELLS.contains(program) && bash_like && matches!(*flag, "-c" | "-lc"))
+        .then(|| (*text).to_owned())
 }
 
 /// Programs whose every write the guard reads from their words. Anything
@@ -853,13 +867,16 @@ mod tests {
             Some("ls src")
         );
         assert_eq!(
-            launched_script("bash -c \"cargo test && git add a\"").as_deref(),
+            launched_script("/usr/bin/bash -c \"cargo test && git add a\"").as_deref(),
             Some("cargo test && git add a")
         );
         assert_eq!(launched_script("/bin/zsh -lc ls").as_deref(), Some("ls"));
         for other in [
             "ls src",
-            "bash -lc 'ls' > out",
+            "bash -lc ls",
+            "/tmp/f/bash -lc 'cargo test'",
+            "/bin/zsh -lc 'echo ${(e)x}'",
+            "/bin/bash -lc 'ls' > out",
             "bash -lc 'ls' && rm x",
             "bash script.sh",
             "bash -lc \"$X\"",

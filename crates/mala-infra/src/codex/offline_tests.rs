@@ -737,40 +737,38 @@ async fn read_only_commands_ask_first_too() {
     f.session.close().await.unwrap();
 }
 
-/// A rule in the user's codex configuration lets a command run without
-/// asking: mala still judges it, and one its guard refuses fails the turn.
+/// A rule in the user's codex configuration would let commands run
+/// without asking: the session does not start, and says which file.
 #[tokio::test]
-async fn a_command_a_users_rule_lets_run_unasked_is_judged_and_fails_the_turn() {
-    use mala_core::AgentSession as _;
-    let script = ResponsesScript::steps(vec![ResponsesReply::shell("cat keep.txt")], "done");
-    let Some(mut f) = fixture_with(script, |repo| {
-        let rules = repo.parent().unwrap().join("home/codex/rules");
-        std::fs::create_dir_all(&rules).unwrap();
-        std::fs::write(
-            rules.join("default.rules"),
-            "prefix_rule(pattern = [\"cat\"], decision = \"allow\")\n",
-        )
-        .unwrap();
-        super::session::Surroundings {
-            guard: Some(Arc::new(Refusing("keep.txt"))),
-            ..super::session::Surroundings::default()
-        }
-    })
-    .await
-    else {
+async fn a_users_rule_that_allows_commands_is_refused_at_start() {
+    let Some(binary) = mala_testkit::tool_or_skip(Tool::Codex, module_path!()) else {
         return;
     };
-    let outcome = f.session.turn("look").await.unwrap();
-    let events = f.events.0.lock().unwrap().clone();
-    let (ran, judged) = ran_and_judged(&events);
-    assert_eq!(ran.len(), 1, "the rule let it run unasked: {events:?}");
-    assert_eq!(judged.len(), 1, "{events:?}");
-    let mala_core::TurnStatus::Failed { reason } = &outcome.status else {
-        panic!("{outcome:?}");
-    };
-    assert!(reason.contains("without asking mala"), "{reason}");
-    assert!(reason.contains("no keep.txt here"), "{reason}");
-    f.session.close().await.unwrap();
+    let mock = MockResponses::start(ResponsesScript::steps(Vec::new(), "done"));
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let command = offline(&binary, &mock, &dir.path().join("home"));
+    let rules = dir.path().join("home/codex/rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("default.rules"),
+        "# written by the TUI\nprefix_rule(pattern = [\"cat\"], decision = \"allow\")\n",
+    )
+    .unwrap();
+    let request = mala_core::SessionRequest::new(mala_core::AgentId::new("m-1@r"), &repo);
+    let error = super::session::CodexSession::start(
+        &command,
+        &request,
+        &gpt(),
+        Arc::new(Events::default()),
+        super::session::Surroundings::default(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.kind, mala_core::AgentErrorKind::CouldNotStart);
+    assert!(error.message.contains("default.rules"), "{error}");
+    assert!(mock.requests().is_empty(), "no model call was made");
 }
 
 /// The user's codex configuration is theirs (the thread uses its model
@@ -1066,4 +1064,68 @@ async fn a_lock_round_trip_lets_the_locked_patch_through_and_declines_the_unlock
     });
     assert!(told, "the model read why b.txt was refused");
     f.session.close().await.unwrap();
+}
+
+/// A patch that moves a file is judged by where the file goes as well as
+/// where it comes from.
+#[tokio::test]
+async fn a_patch_that_moves_a_file_is_judged_by_its_destination_too() {
+    use mala_core::AgentSession as _;
+    let patch = "*** Begin Patch\n*** Update File: keep.txt\n*** Move to: moved.txt\n@@\n-precious\n+moved\n*** End Patch\n";
+    let script = ResponsesScript::steps(vec![ResponsesReply::Patch(patch.to_owned())], "done");
+    let Some(mut f) = fixture(script, "moved.txt").await else {
+        return;
+    };
+    let outcome = f.session.turn("move it").await.unwrap();
+    assert_eq!(outcome.permission_denials, ["apply_patch"], "{outcome:?}");
+    assert!(f.repo.join("keep.txt").exists(), "not moved");
+    assert!(!f.repo.join("moved.txt").exists());
+    f.session.close().await.unwrap();
+}
+
+/// A session's dollars add up over its turns: each outcome says what the
+/// session has cost so far, as the Claude backend's do.
+#[tokio::test]
+async fn the_sessions_cost_adds_up_over_its_turns() {
+    use mala_core::AgentSession as _;
+    let price = mala_domain::TokenPrice {
+        input: 2.0,
+        cached_input: 1.0,
+        output: 8.0,
+    };
+    let Some(mut f) = fixture_with(ResponsesScript::steps(Vec::new(), "done"), |_| {
+        super::session::Surroundings::default()
+    })
+    .await
+    else {
+        return;
+    };
+    // The fixture's session has no prices; this one's thread settings do.
+    f.session.close().await.unwrap();
+    let mut settings = gpt();
+    settings.prices.insert("gpt-5.5".to_owned(), price);
+    let command = offline(
+        &mala_testkit::tool_or_skip(Tool::Codex, module_path!()).unwrap(),
+        &f.mock,
+        &f.repo.parent().unwrap().join("home"),
+    );
+    let request = mala_core::SessionRequest::new(mala_core::AgentId::new("m-2@r"), &f.repo);
+    let mut session = super::session::CodexSession::start(
+        &command,
+        &request,
+        &settings,
+        f.events.clone(),
+        super::session::Surroundings::default(),
+    )
+    .await
+    .unwrap();
+    let first = session.turn("one").await.unwrap();
+    let second = session.turn("two").await.unwrap();
+    let expected = price.cost(&first.usage) + price.cost(&second.usage);
+    assert!(first.total_cost_usd > 0.0);
+    assert!(
+        (second.total_cost_usd - expected).abs() < 1e-9,
+        "{first:?} {second:?}"
+    );
+    session.close().await.unwrap();
 }

@@ -67,35 +67,59 @@ enum End {
 }
 
 /// Plays `lines` as the server, then ends as `end` says. Each line mala
-/// sends must be of the kind recorded at that point; what it sent, in order.
+/// sends must be of the kind recorded at that point, except that a
+/// `turn/interrupt` (which no recording has) is answered at once and let
+/// by; what mala sent, in order.
 async fn play(
     lines: Vec<Line>,
     end: End,
     to_mala: tokio::io::DuplexStream,
     from_mala: tokio::io::DuplexStream,
 ) -> Result<Vec<String>, String> {
-    let (mut to_mala, mut from_mala) = (to_mala, BufReader::new(from_mala).lines());
+    let (out, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let writer = tokio::spawn(async move {
+        let mut to_mala = to_mala;
+        while let Some(line) = outgoing.recv().await {
+            if to_mala.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    // Weak: once the player drops its sender, the connection closes.
+    let answers = out.downgrade();
+    tokio::spawn(async move {
+        let mut from_mala = BufReader::new(from_mala).lines();
+        while let Ok(Some(line)) = from_mala.next_line().await {
+            let Ok(message) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if message["method"] == "turn/interrupt"
+                && let Some(answers) = answers.upgrade()
+            {
+                let _ = answers.send(format!("{}\n", json!({"id": message["id"], "result": {}})));
+            }
+            let _ = seen_tx.send(message);
+        }
+    });
     let mut sent = Vec::new();
-    let mut next_from_mala = async |sent: &mut Vec<String>| {
-        let line = tokio::time::timeout(Duration::from_secs(10), from_mala.next_line())
+    let mut next = async |sent: &mut Vec<String>| {
+        let message = tokio::time::timeout(Duration::from_secs(10), seen.recv())
             .await
             .map_err(|_| format!("mala sent nothing more after {sent:?}"))?
-            .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("mala closed the connection after {sent:?}"))?;
-        let message: Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
         sent.push(kind(&message));
         Ok::<_, String>(message)
     };
     for Line { from_server, line } in lines {
         if from_server {
-            let text = format!("{line}\n");
-            to_mala
-                .write_all(text.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
+            let _ = out.send(format!("{line}\n"));
             continue;
         }
-        let message = next_from_mala(&mut sent).await?;
+        let mut message = next(&mut sent).await?;
+        while message["method"] == "turn/interrupt" {
+            message = next(&mut sent).await?;
+        }
         if kind(&message) != kind(&line) {
             return Err(format!(
                 "mala sent {} where {} was recorded",
@@ -105,8 +129,10 @@ async fn play(
         }
     }
     if let End::Silent = end {
-        while next_from_mala(&mut sent).await?["method"] != "turn/interrupt" {}
+        while next(&mut sent).await?["method"] != "turn/interrupt" {}
     }
+    drop(out);
+    let _ = writer.await;
     Ok(sent)
 }
 
@@ -120,29 +146,32 @@ impl mala_core::AgentObserver for Events {
     }
 }
 
-/// A guard that refuses any call whose input mentions `rm -f`, as the
-/// recording's did.
-struct RefusingRm;
+/// A guard that refuses any call whose input mentions one of its words
+/// (the recording's refused `rm -f`).
+struct Refusing(&'static [&'static str]);
 
-impl mala_core::ToolGuard for RefusingRm {
+impl mala_core::ToolGuard for Refusing {
     fn check(
         &self,
         _: &mala_core::AgentId,
         _: &str,
         input: &Value,
     ) -> Result<(), mala_core::Refusal> {
-        if input.to_string().contains("rm -f") {
-            return Err(mala_core::Refusal("no rm -f here".to_owned()));
+        match self.0.iter().find(|word| input.to_string().contains(*word)) {
+            Some(word) => Err(mala_core::Refusal(format!("no {word} here"))),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
+
+const AS_RECORDED: Refusing = Refusing(&["rm -f"]);
 
 /// A session over a fake server playing `lines`, started as the recording's was.
 async fn session_over(
     lines: Vec<Line>,
     end: End,
     timeouts: Timeouts,
+    guard: Refusing,
 ) -> (
     Result<CodexSession, mala_core::AgentError>,
     tokio::task::JoinHandle<Result<Vec<String>, String>>,
@@ -159,7 +188,7 @@ async fn session_over(
         ..ThreadSettings::default()
     };
     let around = Surroundings {
-        guard: Some(Arc::new(RefusingRm)),
+        guard: Some(Arc::new(guard)),
         timeouts,
         ..Surroundings::default()
     };
@@ -177,7 +206,7 @@ async fn session_over(
 #[tokio::test]
 async fn a_recorded_turn_plays_back_to_the_same_requests_decisions_and_evidence() {
     let (session, player, events) =
-        session_over(transcript(), End::Hangs, Timeouts::default()).await;
+        session_over(transcript(), End::Hangs, Timeouts::default(), AS_RECORDED).await;
     let mut session = session.unwrap();
     let outcome = session.turn("tidy up and take notes").await.unwrap();
     let sent = player.await.unwrap().unwrap();
@@ -231,7 +260,8 @@ async fn a_server_that_dies_mid_turn_ends_the_turn_as_crashed() {
         .position(|l| l.line["method"] == "item/fileChange/requestApproval")
         .unwrap();
     lines.truncate(approval);
-    let (session, player, _) = session_over(lines, End::Hangs, Timeouts::default()).await;
+    let (session, player, _) =
+        session_over(lines, End::Hangs, Timeouts::default(), AS_RECORDED).await;
     let error = session.unwrap().turn("tidy up").await.unwrap_err();
     player.await.unwrap().unwrap();
     assert_eq!(error.kind, mala_core::AgentErrorKind::Crashed, "{error}");
@@ -247,7 +277,7 @@ async fn a_thread_the_server_refuses_does_not_start_and_says_why() {
         .unwrap();
     lines[start].line = json!({"id": 3, "error": {"code": -32600, "message": "no such model"}});
     lines.truncate(start + 1);
-    let (session, _, _) = session_over(lines, End::Hangs, Timeouts::default()).await;
+    let (session, _, _) = session_over(lines, End::Hangs, Timeouts::default(), AS_RECORDED).await;
     let error = session.unwrap_err();
     assert_eq!(
         error.kind,
@@ -265,7 +295,7 @@ async fn silent_turn(timeouts: Timeouts) -> (mala_core::AgentError, Vec<String>)
         .position(|l| l.line["method"] == "turn/started")
         .unwrap();
     lines.truncate(started + 1);
-    let (session, player, _) = session_over(lines, End::Silent, timeouts).await;
+    let (session, player, _) = session_over(lines, End::Silent, timeouts, AS_RECORDED).await;
     let error = session.unwrap().turn("tidy up").await.unwrap_err();
     (error, player.await.unwrap().unwrap())
 }
@@ -292,4 +322,62 @@ async fn a_turn_past_its_limit_times_out_and_is_interrupted() {
     assert_eq!(error.kind, mala_core::AgentErrorKind::TimedOut, "{error}");
     assert!(error.message.contains("past its limit"), "{error}");
     assert_eq!(sent.last().map(String::as_str), Some("turn/interrupt"));
+}
+
+/// A command codex ran without asking (here: the recording with the
+/// approval of `cat notes.txt` taken out, as a rule of the user's would
+/// make it) is judged at its end; one the guard refuses fails the turn.
+#[tokio::test]
+async fn a_command_that_ran_unasked_is_judged_and_a_refused_one_fails_the_turn() {
+    let lines = transcript();
+    let asked = lines
+        .iter()
+        .position(|l| {
+            l.line["method"] == "item/commandExecution/requestApproval"
+                && l.line["params"]["itemId"] == "call_mock_3"
+        })
+        .unwrap();
+    let request_id = lines[asked].line["id"].clone();
+    let unasked: Vec<Line> = lines
+        .into_iter()
+        .enumerate()
+        .filter(|(i, l)| {
+            *i != asked
+                // mala's answer to it (the server's ids are a space of their own)
+                && !(!l.from_server && l.line["id"] == request_id && l.line.get("method").is_none())
+                && l.line["params"]["requestId"] != request_id
+        })
+        .map(|(_, l)| l)
+        .collect();
+    let guard = Refusing(&["rm -f", "cat notes"]);
+    let (session, player, events) =
+        session_over(unasked, End::Silent, Timeouts::default(), guard).await;
+    let mut session = session.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(20), session.turn("tidy up"))
+        .await
+        .expect("the turn ended")
+        .unwrap();
+    let sent = tokio::time::timeout(Duration::from_secs(20), player)
+        .await
+        .expect("the player ended")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        sent.last().map(String::as_str),
+        Some("turn/interrupt"),
+        "mala stopped the turn"
+    );
+    let mala_core::TurnStatus::Failed { reason } = &outcome.status else {
+        panic!("{outcome:?}");
+    };
+    assert!(reason.contains("without asking mala"), "{reason}");
+    assert!(reason.contains("no cat notes here"), "{reason}");
+    let judged = events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, AgentEvent::ToolUse { input, .. } if input["command"] == "cat notes.txt"))
+        .count();
+    assert_eq!(judged, 1);
 }

@@ -62,6 +62,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Answers the server's requests, from any task; an answer after the
+/// connection ended goes nowhere.
+#[derive(Debug, Clone)]
+pub(crate) struct Responder(mpsc::UnboundedSender<Value>);
+
+impl Responder {
+    pub(crate) fn respond(&self, id: Value, result: Value) {
+        let _ = self.0.send(object([("id", id), ("result", result)]));
+    }
+}
+
 /// Our end of the connection.
 #[derive(Debug)]
 pub(crate) struct RpcClient {
@@ -149,6 +160,11 @@ impl RpcClient {
     /// Answers the server's request `id`.
     pub(crate) fn respond(&self, id: Value, result: Value) {
         let _ = self.outbox.send(object([("id", id), ("result", result)]));
+    }
+
+    /// A handle that answers the server's requests from another task.
+    pub(crate) fn responder(&self) -> Responder {
+        Responder(self.outbox.clone())
     }
 
     /// Refuses the server's request `id` (a method mala does not serve).

@@ -20,7 +20,7 @@ use crate::session_record::SessionRecord;
 /// and tools that act outside the commands and file changes mala's guard
 /// answers (sub-agents, which mala runs itself; a browser, the desktop,
 /// images written to disk).
-const DISABLED_FEATURES: [&str; 9] = [
+const DISABLED_FEATURES: [&str; 11] = [
     "plugins",
     "remote_plugin",
     "apps",
@@ -30,6 +30,8 @@ const DISABLED_FEATURES: [&str; 9] = [
     "in_app_browser",
     "computer_use",
     "image_generation",
+    "code_mode",
+    "code_mode_only",
 ];
 
 /// How to start `codex app-server`.
@@ -206,6 +208,42 @@ impl AppServer {
             user_agent: text("userAgent"),
             codex_home: text("codexHome"),
         })
+    }
+
+    /// Refuses execution-policy rules that allow commands (`decision =
+    /// "allow"` in a `rules/*.rules` file of the user's codex home, the
+    /// project's `.codex/` or `/etc/codex/`): codex runs what they allow
+    /// without asking, so before mala's guard could refuse it.
+    pub(crate) fn refuse_allow_rules(codex_home: &Path, cwd: &Path) -> Result<(), AgentError> {
+        let dirs = [
+            codex_home.join("rules"),
+            cwd.join(".codex").join("rules"),
+            PathBuf::from("/etc/codex/rules"),
+        ];
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for path in entries.flatten().map(|e| e.path()) {
+                let allows = std::fs::read_to_string(&path).is_ok_and(|text| {
+                    text.lines()
+                        .filter(|line| !line.trim_start().starts_with('#'))
+                        .any(|line| line.contains("allow"))
+                });
+                if allows {
+                    return Err(AgentError::new(
+                        AgentErrorKind::CouldNotStart,
+                        format!(
+                            "{} has codex rules that allow commands; codex runs those without \
+                             asking, before mala's guard could refuse them. Move the file away \
+                             (or run mala with a CODEX_HOME without it)",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Refuses a configuration whose MCP servers the agent would get, as

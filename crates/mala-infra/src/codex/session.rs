@@ -27,6 +27,8 @@ use crate::GitRepo;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long mala waits for codex to answer a request of its own mid-turn.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a session's agent is given besides the model: mala's guard on
 /// every command and file change, and mala's tools.
@@ -54,6 +56,31 @@ pub(crate) struct ThreadSettings {
     /// What each model's tokens cost; a session held to dollars needs its model's.
     pub(crate) prices: std::collections::BTreeMap<String, mala_domain::TokenPrice>,
 }
+
+/// Items that act: they hold the idle timer while they run.
+const ACTING_ITEMS: [&str; 3] = ["commandExecution", "fileChange", "dynamicToolCall"];
+
+/// Items mala lets pass: the ones its guard decides (commands, file
+/// changes), its own tools, and the ones that change nothing. Any other
+/// (another MCP server's tool, a sub-agent, an image written to disk, a
+/// kind this version does not know) stops the turn.
+const KNOWN_ITEMS: [&str; 15] = [
+    "commandExecution",
+    "fileChange",
+    "dynamicToolCall",
+    "userMessage",
+    "hookPrompt",
+    "agentMessage",
+    "functionCallOutput",
+    "plan",
+    "reasoning",
+    "webSearch",
+    "imageView",
+    "sleep",
+    "contextCompaction",
+    "enteredReviewMode",
+    "exitedReviewMode",
+];
 
 /// The preflight's instructions: the probe is asked to do one thing.
 const PROBE_INSTRUCTIONS: &str =
@@ -102,6 +129,9 @@ pub(crate) struct CodexSession {
     git: Option<Arc<GitRepo>>,
     /// The thread's token totals when the running turn began.
     thread_usage: TokenUsage,
+    /// A resumed thread's totals before its first turn here are not known
+    /// until codex reports them.
+    resumed_usage_unknown: bool,
     turns: u32,
     /// The last turn started, which `interrupt` names.
     last_turn: Option<String>,
@@ -151,7 +181,7 @@ impl std::fmt::Debug for CodexSession {
 struct TurnLog {
     turn: Option<String>,
     /// Paths of file changes by item id: the approval request names none.
-    changes: HashMap<String, Vec<(String, String)>>,
+    changes: HashMap<String, Vec<PatchPath>>,
     final_text: String,
     usage: TokenUsage,
     /// The last error the server gave up on.
@@ -202,12 +232,15 @@ impl CodexSession {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(*pid);
         }
-        server.initialize(START_TIMEOUT).await?;
+        let info = server.initialize(START_TIMEOUT).await?;
+        AppServer::refuse_allow_rules(std::path::Path::new(&info.codex_home), &request.cwd)?;
         server.refuse_mcp_servers(&request.cwd).await?;
         let mut params = json!({
             "cwd": request.cwd,
-            // Every command and file change comes to mala first.
+            // Every command and file change comes to mala first, and to
+            // mala alone (not to codex's own reviewer).
             "approvalPolicy": "untrusted",
+            "approvalsReviewer": "user",
             "sandbox": "danger-full-access",
         });
         if around.locks.is_some() {
@@ -260,6 +293,7 @@ impl CodexSession {
             locks: around.locks,
             git: around.git,
             thread_usage: TokenUsage::default(),
+            resumed_usage_unknown: request.resume.is_some(),
             price,
             max_cost_usd: request.max_cost_usd,
             cost_so_far: 0.0,
@@ -325,11 +359,14 @@ impl CodexSession {
         });
         // Input for a program already running is not a command the guard can read.
         let typed = !matches!(params["kind"].as_str(), None | Some("command"));
+        let unnamed = tool == "Bash" && params["command"].as_str().is_none_or(str::is_empty);
         let refusal = if typed {
             Some(
                 "mala cannot check what is typed into a running program; run a new command instead"
                     .to_owned(),
             )
+        } else if unnamed {
+            Some("codex asked to run a command it did not name".to_owned())
         } else {
             self.refusal(tool, &input)
         };
@@ -365,8 +402,11 @@ impl CodexSession {
     fn note(&mut self, method: &str, params: &Value, log: &mut TurnLog) -> Option<TurnStatus> {
         match method {
             "item/started" => {
-                log.running
-                    .insert(params["item"]["id"].as_str().unwrap_or_default().to_owned());
+                // What runs holds the idle timer; a message or reasoning does not.
+                if ACTING_ITEMS.contains(&params["item"]["type"].as_str().unwrap_or_default()) {
+                    log.running
+                        .insert(params["item"]["id"].as_str().unwrap_or_default().to_owned());
+                }
                 note_started(&params["item"], log);
             }
             "item/completed" => {
@@ -376,6 +416,13 @@ impl CodexSession {
             }
             "thread/tokenUsage/updated" => {
                 let total = usage_of(&params["tokenUsage"]["total"]);
+                if self.resumed_usage_unknown {
+                    // A resumed thread's totals start from its history: what
+                    // came before this response is not this turn's.
+                    let last = usage_of(&params["tokenUsage"]["last"]);
+                    self.thread_usage = total.minus(last);
+                    self.resumed_usage_unknown = false;
+                }
                 log.usage = total.minus(self.thread_usage);
                 self.observer
                     .on_event(&AgentEvent::TurnUsage { usage: log.usage });
@@ -446,8 +493,10 @@ impl CodexSession {
                 });
             }
             Some("fileChange") if item["status"] == "completed" => {
-                for change in item["changes"].as_array().into_iter().flatten() {
-                    let path = change["path"].as_str().unwrap_or_default().to_owned();
+                let paths = patch_paths(item)
+                    .into_iter()
+                    .flat_map(|change| std::iter::once(change.path).chain(change.moved_to));
+                for path in paths {
                     self.observer.on_event(&AgentEvent::FileEdited {
                         edit: FileEdit {
                             tool_use_id: id.clone(),
@@ -479,7 +528,15 @@ impl CodexSession {
         let call = match input["command"].as_str() {
             Some(command) => crate::Call::Shell(command.to_owned()),
             None => match log.changes.get(&item).map(Vec::as_slice) {
-                Some([(_, path)]) => crate::Call::Edit(path.into()),
+                Some(
+                    [
+                        PatchPath {
+                            path,
+                            moved_to: None,
+                            ..
+                        },
+                    ],
+                ) => crate::Call::Edit(path.into()),
                 _ => crate::Call::Other,
             },
         };
@@ -531,12 +588,16 @@ impl CodexSession {
     /// `interrupted`.
     async fn interrupt_turn(&mut self) -> Result<(), AgentError> {
         let params = json!({"threadId": self.thread, "turnId": self.last_turn});
-        self.server()?
-            .rpc
-            .request("turn/interrupt", params)
-            .await
-            .map(drop)
-            .map_err(|e| AgentError::new(AgentErrorKind::Protocol, e.to_string()))
+        let asked = self.server()?.rpc.request("turn/interrupt", params);
+        match tokio::time::timeout(ANSWER_TIMEOUT, asked).await {
+            Ok(answer) => answer
+                .map(drop)
+                .map_err(|e| AgentError::new(AgentErrorKind::Protocol, e.to_string())),
+            Err(_) => Err(AgentError::new(
+                AgentErrorKind::Protocol,
+                format!("codex did not answer `turn/interrupt` within {ANSWER_TIMEOUT:?}"),
+            )),
+        }
     }
 
     /// Puts `text` into the running turn as a message the model reads next;
@@ -547,7 +608,10 @@ impl CodexSession {
             "input": [{"type": "text", "text": text}],
         });
         match self.server() {
-            Ok(server) => server.rpc.request("turn/steer", params).await.is_ok(),
+            Ok(server) => {
+                let asked = server.rpc.request("turn/steer", params);
+                matches!(tokio::time::timeout(ANSWER_TIMEOUT, asked).await, Ok(Ok(_)))
+            }
             Err(_) => false,
         }
     }
@@ -597,27 +661,91 @@ impl CodexSession {
         Err(ended)
     }
 
-    /// Runs one of mala's tools for the agent; the answer for the server.
-    async fn serve_tool(&self, params: &Value) -> Value {
-        let tools = crate::agent_tools::Tools {
-            agent: &self.agent,
-            locks: self.locks.as_ref(),
-            git: self.git.as_ref(),
-        };
-        let name = params["tool"].as_str().unwrap_or_default();
-        let id = params["callId"].as_str().unwrap_or_default().to_owned();
-        self.observer.on_event(&AgentEvent::ToolUse {
-            id: id.clone(),
-            name: name.to_owned(),
-            input: params["arguments"].clone(),
+    /// Runs one of mala's tools for the agent on a task of its own (a
+    /// `lock_acquire` may wait minutes), which answers the server: the turn
+    /// goes on meanwhile, its limits and a stop with it.
+    fn serve_tool(&self, id: Value, params: &Value) -> Result<(), AgentError> {
+        let responder = self
+            .server
+            .as_ref()
+            .map(|s| s.rpc.responder())
+            .ok_or_else(|| {
+                AgentError::new(
+                    AgentErrorKind::Crashed,
+                    "the codex app-server has been closed",
+                )
+            })?;
+        let (agent, locks, git) = (self.agent.clone(), self.locks.clone(), self.git.clone());
+        let observer = Arc::clone(&self.observer);
+        let name = params["tool"].as_str().unwrap_or_default().to_owned();
+        let call_id = params["callId"].as_str().unwrap_or_default().to_owned();
+        let arguments = params["arguments"].clone();
+        observer.on_event(&AgentEvent::ToolUse {
+            id: call_id.clone(),
+            name: name.clone(),
+            input: arguments.clone(),
         });
-        let (text, is_error) = crate::agent_tools::call(name, &params["arguments"], &tools).await;
-        self.observer.on_event(&AgentEvent::ToolResult {
-            id,
-            is_error,
-            content: text.clone(),
+        tokio::spawn(async move {
+            let tools = crate::agent_tools::Tools {
+                agent: &agent,
+                locks: locks.as_ref(),
+                git: git.as_ref(),
+            };
+            let (text, is_error) = crate::agent_tools::call(&name, &arguments, &tools).await;
+            observer.on_event(&AgentEvent::ToolResult {
+                id: call_id,
+                is_error,
+                content: text.clone(),
+            });
+            let answer = json!({"success": !is_error, "contentItems": [{"type": "inputText", "text": text}]});
+            responder.respond(id, answer);
         });
-        json!({"success": !is_error, "contentItems": [{"type": "inputText", "text": text}]})
+        Ok(())
+    }
+
+    /// Takes one notification in: what mala must act on at once (an item
+    /// it cannot judge, a command that ran unasked, what the working tree
+    /// saw, a budget spent), then the turn's log; `Some` once the turn is over.
+    async fn take(
+        &mut self,
+        method: &str,
+        params: &Value,
+        log: &mut TurnLog,
+    ) -> Option<TurnStatus> {
+        match method {
+            "item/started" => self.refuse_unknown(&params["item"], log).await,
+            "item/completed" => {
+                self.judge_unasked(&params["item"], log).await;
+                self.observe(&params["item"], log).await;
+            }
+            _ => {}
+        }
+        let status = self.note(method, params, log);
+        if status.is_none() && log.over_budget && !log.cut {
+            log.cut = true;
+            let _ = self.interrupt_turn().await;
+        }
+        status
+    }
+
+    /// An item of a kind mala's guard cannot judge (another MCP server's
+    /// tool, a sub-agent, an image written to disk, a kind this version does
+    /// not know) stops the turn, which ends failed, saying so.
+    async fn refuse_unknown(&mut self, item: &Value, log: &mut TurnLog) {
+        let kind = item["type"].as_str().unwrap_or_default();
+        if KNOWN_ITEMS.contains(&kind) || log.violation.is_some() {
+            return;
+        }
+        let violation = format!(
+            "codex started a `{kind}` item, which mala's guard cannot judge; mala stopped the turn"
+        );
+        self.observer.on_event(&AgentEvent::ToolDenied {
+            tool: kind.to_owned(),
+            reason: violation.clone(),
+        });
+        log.denials.push(kind.to_owned());
+        log.violation = Some(violation);
+        let _ = self.interrupt_turn().await;
     }
 
     /// A command codex ran without asking mala (a rule in the user's codex
@@ -674,16 +802,18 @@ impl CodexSession {
 /// requirement of the user's setup may forbid it): its commands would run
 /// without asking mala.
 fn refuse_unguarded(started: &Value) -> Result<(), AgentError> {
-    match &started["approvalPolicy"] {
-        Value::String(policy) if policy == "untrusted" => Ok(()),
-        other => Err(AgentError::new(
-            AgentErrorKind::CouldNotStart,
-            format!(
-                "codex runs this thread with approval policy {other}, not `untrusted`, so its commands \
-                 would not all come to mala's guard first; check the codex configuration's requirements"
-            ),
-        )),
+    let (policy, reviewer) = (&started["approvalPolicy"], &started["approvalsReviewer"]);
+    if policy == "untrusted" && (reviewer.is_null() || reviewer == "user") {
+        return Ok(());
     }
+    Err(AgentError::new(
+        AgentErrorKind::CouldNotStart,
+        format!(
+            "codex runs this thread with approval policy {policy} and approvals reviewer {reviewer}, \
+             not `untrusted` answered by mala, so its commands would not all come to mala's guard \
+             first; check the codex configuration (`approvals_reviewer`) and its requirements"
+        ),
+    ))
 }
 
 /// The price of the thread's model; a session held to a dollar limit
@@ -713,38 +843,56 @@ fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
     a == b || resolve(a) == resolve(b)
 }
 
-/// Keeps a file change's paths for its approval request.
+/// One path of a file change: added, deleted or updated, and where an
+/// update moves the file to.
+#[derive(Debug, Clone)]
+struct PatchPath {
+    kind: String,
+    path: String,
+    moved_to: Option<String>,
+}
+
+/// The paths of a file change item, its moves' destinations included.
+fn patch_paths(item: &Value) -> Vec<PatchPath> {
+    item["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|change| PatchPath {
+            kind: change["kind"]["type"]
+                .as_str()
+                .unwrap_or("update")
+                .to_owned(),
+            path: change["path"].as_str().unwrap_or_default().to_owned(),
+            moved_to: change["kind"]["move_path"].as_str().map(str::to_owned),
+        })
+        .collect()
+}
+
+/// Keeps a file change's paths for its approval request, which names none.
 fn note_started(item: &Value, log: &mut TurnLog) {
     if item["type"] != "fileChange" {
         return;
     }
-    let changes = item["changes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|change| {
-            let kind = change["kind"]["type"]
-                .as_str()
-                .unwrap_or("update")
-                .to_owned();
-            (kind, change["path"].as_str().unwrap_or_default().to_owned())
-        })
-        .collect();
     let id = item["id"].as_str().unwrap_or_default().to_owned();
-    log.changes.insert(id, changes);
+    log.changes.insert(id, patch_paths(item));
 }
 
 /// An `apply_patch` text naming `changes`, for the guard, which reads a
-/// patch's file lines (it decides on paths, not on the diff).
-fn patch_naming(changes: &[(String, String)]) -> String {
+/// patch's file lines (it decides on paths, a move's destination among
+/// them, not on the diff).
+fn patch_naming(changes: &[PatchPath]) -> String {
     let mut patch = String::from("*** Begin Patch\n");
-    for (kind, path) in changes {
-        let verb = match kind.as_str() {
+    for change in changes {
+        let verb = match change.kind.as_str() {
             "add" => "Add",
             "delete" => "Delete",
             _ => "Update",
         };
-        let _ = writeln!(patch, "*** {verb} File: {path}");
+        let _ = writeln!(patch, "*** {verb} File: {}", change.path);
+        if let Some(to) = &change.moved_to {
+            let _ = writeln!(patch, "*** Move to: {to}");
+        }
     }
     patch.push_str("*** End Patch\n");
     patch
@@ -757,7 +905,10 @@ fn millis(value: &Value) -> Option<DateTime<Utc>> {
 fn usage_of(total: &Value) -> TokenUsage {
     let n = |key: &str| total[key].as_u64().unwrap_or(0);
     TokenUsage {
-        input_tokens: n("inputTokens").saturating_sub(n("cachedInputTokens")),
+        // Codex's input count includes the cached reads and writes.
+        input_tokens: n("inputTokens")
+            .saturating_sub(n("cachedInputTokens"))
+            .saturating_sub(n("cacheWriteInputTokens")),
         output_tokens: n("outputTokens"),
         cache_read_input_tokens: n("cachedInputTokens"),
         cache_creation_input_tokens: n("cacheWriteInputTokens"),
@@ -846,31 +997,26 @@ impl AgentSession for CodexSession {
                     self.answer(id, &method, &params, &mut log).await;
                 }
                 Inbound::Request { id, method, params } if method == "item/tool/call" => {
-                    let answer = self.serve_tool(&params).await;
-                    self.server()?.rpc.respond(id, answer);
+                    self.serve_tool(id, &params)?;
                 }
                 // Nothing else is served.
                 Inbound::Request { id, method, .. } => {
                     let refusal = format!("mala does not serve `{method}`");
                     self.server()?.rpc.respond_error(id, -32601, &refusal);
                 }
-                Inbound::Notification { method, .. }
+                // An empty write only waits on the running program.
+                Inbound::Notification { method, params }
                     if method == "item/commandExecution/terminalInteraction"
+                        && params["stdin"]
+                            .as_str()
+                            .is_some_and(|typed| !typed.is_empty())
                         && log.violation.is_none() =>
                 {
                     self.stop_for_input(&mut log).await;
                 }
                 Inbound::Notification { method, params } => {
-                    if method == "item/completed" {
-                        self.judge_unasked(&params["item"], &mut log).await;
-                        self.observe(&params["item"], &mut log).await;
-                    }
-                    if let Some(status) = self.note(&method, &params, &mut log) {
+                    if let Some(status) = self.take(&method, &params, &mut log).await {
                         break status;
-                    }
-                    if log.over_budget && !log.cut {
-                        log.cut = true;
-                        let _ = self.interrupt_turn().await;
                     }
                 }
                 Inbound::Unknown(_) | Inbound::Unreadable(_) => {}
@@ -896,8 +1042,8 @@ impl AgentSession for CodexSession {
             session_id: self.session_id(),
             final_text: log.final_text,
             usage: log.usage,
-            // Codex reports tokens; dollars are the price table's.
-            total_cost_usd: cost,
+            // Codex reports tokens; dollars are the price table's, for the session so far.
+            total_cost_usd: self.cost_so_far,
             num_turns: self.turns,
             permission_denials: log.denials,
         })

@@ -6,6 +6,10 @@ use super::super::programs;
 use super::super::shell::Arg;
 use super::{Refusal, SHELLS, Walker};
 
+/// Shells whose grammar is bash's or a subset of it: the guard reads their
+/// `-c` scripts as it reads bash.
+pub(crate) const BASH_FAMILY: &[&str] = &["bash", "sh", "dash", "ash", "rbash"];
+
 /// Where a command reads its stdin from.
 #[derive(Debug, Clone)]
 pub(super) enum Stdin {
@@ -42,6 +46,14 @@ impl Walker<'_> {
             }
         }
         let operand = args.get(i);
+        if command && !BASH_FAMILY.contains(&name) && operand.is_some_and(|l| l.raw().contains('('))
+        {
+            return Err(format!(
+                "refused: mala reads shell commands as bash, and under {name} parentheses can run code \
+                 bash would not (zsh's `${{(e)…}}`, glob qualifiers `*(e:…:)`, `=(…)`; fish's `(…)`). \
+                 Write the command without them, or run it with bash"
+            ));
+        }
         if command {
             return match operand {
                 Some(line) => self.nested(std::slice::from_ref(line), depth, "the shell"),
