@@ -34,6 +34,8 @@ const WRAPPERS: &[&str] = &[
     "time", "nice", "nohup", "command", "builtin", "exec", "stdbuf", "ionice", "timeout", "setsid",
     "chrt", "taskset", "unshare", "flock", "doas",
 ];
+/// The coding agents' own project settings (Claude Code's, Codex's).
+const AGENT_SETTINGS: &[&str] = &[".claude", ".codex"];
 /// Where writes outside the repository are harmless to other agents.
 const SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
 const HARMLESS_DEVICES: &[&str] = &[
@@ -314,6 +316,13 @@ impl Walker<'_> {
         if relative.as_os_str().is_empty() {
             return Err(format!(
                 "refused: {what} would change the repository root itself"
+            ));
+        }
+        if let Some(dir) = AGENT_SETTINGS.iter().find(|dir| relative.starts_with(dir)) {
+            return Err(format!(
+                "refused: {what} writes {}: the project's {dir} settings decide what every later \
+                 agent may do (its hooks, permissions, approvals), so only a person changes them",
+                relative.display()
             ));
         }
         if let Some(collected) = &self.collected {
