@@ -26,6 +26,15 @@ pub(crate) fn kill_tree(pid: u32) {
     }
 }
 
+/// SIGKILLs every process below `root` (and the groups they lead),
+/// leaving `root` itself running.
+pub(crate) fn kill_descendants(root: u32) {
+    for member in descendants(root).into_iter().filter_map(to_pid) {
+        let _ = kill_process(member, Signal::KILL);
+        let _ = kill_process_group(member, Signal::KILL);
+    }
+}
+
 fn to_pid(pid: u32) -> Option<Pid> {
     i32::try_from(pid).ok().and_then(Pid::from_raw)
 }

@@ -1129,3 +1129,61 @@ async fn the_sessions_cost_adds_up_over_its_turns() {
     );
     session.close().await.unwrap();
 }
+
+/// Processes whose command line names `marker`.
+fn processes_naming(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(marker))
+        })
+        .count()
+}
+
+/// Codex lets a command go on after its call returns (`yield_time_ms`): one
+/// still running when the turn ends is stopped, and the turn fails saying
+/// so; the session goes on.
+#[tokio::test]
+async fn a_command_still_running_at_the_turns_end_is_stopped_and_the_turn_fails() {
+    use mala_core::AgentSession as _;
+    let script = ResponsesScript::from_fn(|conversation| {
+        let texts = conversation.user_texts();
+        if texts.iter().any(|t| t.contains("again")) {
+            return match conversation.calls_since("again") {
+                Some(0) => ResponsesReply::shell("echo still here"),
+                _ => ResponsesReply::Message("fine".to_owned()),
+            };
+        }
+        match conversation.calls_so_far() {
+            0 => ResponsesReply::Call {
+                name: "exec_command".into(),
+                arguments: json!({"cmd": "sleep 7.31; touch late.txt", "yield_time_ms": 250}),
+            },
+            _ => ResponsesReply::Message("done".to_owned()),
+        }
+    });
+    let Some(mut f) = fixture(script, "never-refused").await else {
+        return;
+    };
+    let outcome = f.session.turn("go").await.unwrap();
+    let mala_core::TurnStatus::Failed { reason } = &outcome.status else {
+        panic!("{outcome:?}");
+    };
+    assert!(
+        reason.contains("still running when its turn ended"),
+        "{reason}"
+    );
+    assert!(reason.contains("sleep 7.31"), "{reason}");
+    assert_eq!(processes_naming("sleep 7.31"), 0, "it was stopped");
+    let again = f.session.turn("again").await.unwrap();
+    assert_eq!(again.status, mala_core::TurnStatus::Completed, "{again:?}");
+    assert!(!f.repo.join("late.txt").exists());
+    f.session.close().await.unwrap();
+}

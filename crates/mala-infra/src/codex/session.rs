@@ -192,6 +192,8 @@ struct TurnLog {
     told: HashMap<String, String>,
     /// Items running now (commands, file changes, tool calls), by id.
     running: HashSet<String>,
+    /// The commands started this turn, as the agent wrote them, by item id.
+    commands: HashMap<String, String>,
     /// When the turn runs out of time.
     deadline: Option<tokio::time::Instant>,
     /// Items mala has judged (asked for, or seen starting unasked).
@@ -408,6 +410,10 @@ impl CodexSession {
                         .insert(params["item"]["id"].as_str().unwrap_or_default().to_owned());
                 }
                 note_started(&params["item"], log);
+                if params["item"]["type"] == "commandExecution" {
+                    let id = params["item"]["id"].as_str().unwrap_or_default().to_owned();
+                    log.commands.insert(id, self.agent_command(&params["item"]));
+                }
             }
             "item/completed" => {
                 log.running
@@ -728,6 +734,37 @@ impl CodexSession {
         status
     }
 
+    /// A command still running when its turn ended (codex lets one go on
+    /// after its call returns) is stopped with everything else the server
+    /// started, and the turn fails saying so: what it did next would come
+    /// after mala's checks, its locks and its commit.
+    async fn stop_lingering(&mut self, log: &mut TurnLog) {
+        let mut lingering: Vec<&str> = log
+            .running
+            .iter()
+            .filter_map(|id| log.commands.get(id))
+            .map(String::as_str)
+            .collect();
+        if lingering.is_empty() {
+            return;
+        }
+        lingering.sort_unstable();
+        if let Some(pid) = self.server.as_ref().and_then(AppServer::pid) {
+            let _ = tokio::task::spawn_blocking(move || crate::process_tree::kill_descendants(pid))
+                .await;
+        }
+        let violation = format!(
+            "the agent's command `{}` was still running when its turn ended; mala stopped it \
+             (commands must finish within the turn: run them in the foreground and wait)",
+            lingering.join("`, `")
+        );
+        self.observer.on_event(&AgentEvent::ToolDenied {
+            tool: "Bash".to_owned(),
+            reason: violation.clone(),
+        });
+        log.violation.get_or_insert(violation);
+    }
+
     /// An item of a kind mala's guard cannot judge (another MCP server's
     /// tool, a sub-agent, an image written to disk, a kind this version does
     /// not know) stops the turn, which ends failed, saying so.
@@ -1022,6 +1059,7 @@ impl AgentSession for CodexSession {
                 Inbound::Unknown(_) | Inbound::Unreadable(_) => {}
             }
         };
+        self.stop_lingering(&mut log).await;
         if let Some(server) = &self.server {
             server.flush_record();
         }
