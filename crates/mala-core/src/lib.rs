@@ -30,8 +30,8 @@ pub use issue::{
 pub use locks::{AcquireReport, LockError, LockEvent, LockInfo, PathLock, WaitReport, WaitTarget};
 pub use ports::{
     AgentBackend, AgentObserver, AgentSession, Clock, CommandRunner, EventSink, Finding,
-    IssueTracker, LockTable, Repository, ReviewRequest, ReviewSubject, ReviewVerdict, Reviewer,
-    ToolGuard,
+    IssueTracker, Landing, LockTable, Repository, ReviewRequest, ReviewSubject, ReviewVerdict,
+    Reviewer, ToolGuard, Workspace, Workspaces,
 };
 pub use run_record::{IssueRecord, RunLog, RunStore, RunStoreError};
 
@@ -39,4 +39,5 @@ pub use run_record::{IssueRecord, RunLog, RunStore, RunStoreError};
 pub use ports::{
     MockAgentBackend, MockAgentObserver, MockAgentSession, MockClock, MockCommandRunner,
     MockEventSink, MockIssueTracker, MockLockTable, MockRepository, MockReviewer, MockToolGuard,
+    MockWorkspaces,
 };

@@ -140,6 +140,54 @@ pub trait Repository: Send + Sync {
     async fn commit_tracker_files(&self, message: &str) -> Result<Option<String>, RepoError>;
 }
 
+/// Where each issue's agent works when agents are isolated
+/// (`isolation: worktree`): a working tree and branch of its own, and the
+/// one queue per target branch that lands finished branches.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait Workspaces: Send + Sync {
+    /// The issue's workspace: made from the target's head, or the one an
+    /// earlier run left for it, its work kept (a rebase or merge that run
+    /// left half done is aborted first).
+    async fn open(&self, issue: &IssueId) -> Result<Workspace, RepoError>;
+    /// Puts the issue's branch on the target's latest head, runs `validate`
+    /// on the result in the issue's working tree, then fast-forwards the
+    /// target, one issue at a time in the order they ask. A branch the
+    /// target already contains is landed, without a second merge.
+    async fn land(&self, issue: &IssueId, validate: &[CheckCommand]) -> Result<Landing, RepoError>;
+    /// Removes the issue's working tree once it is closed; its branch too,
+    /// unless branches are kept.
+    async fn remove(&self, issue: &IssueId) -> Result<(), RepoError>;
+}
+
+/// One issue's working tree, its branch, and git in it.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // a trait object
+pub struct Workspace {
+    pub root: std::path::PathBuf,
+    pub branch: String,
+    pub repo: Arc<dyn Repository>,
+}
+
+/// How an issue's branch went through the merge queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Landing {
+    /// The target now contains the branch at `commit`. `note` says what the
+    /// user should know (their checkout left alone, say).
+    Landed {
+        commit: String,
+        note: Option<String>,
+    },
+    /// The branch does not apply on `onto` (the target's head): `files` conflict.
+    Conflict {
+        onto: String,
+        files: Vec<String>,
+        detail: String,
+    },
+    /// The branch applies on `onto`, but validation failed on the result.
+    Failed { onto: String, failure: CheckFailure },
+}
+
 /// Decides every tool call an agent makes (the coordination rules).
 #[cfg_attr(feature = "mocks", mockall::automock)]
 pub trait ToolGuard: Send + Sync {

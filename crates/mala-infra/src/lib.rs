@@ -22,6 +22,7 @@ mod run_marker;
 mod run_store;
 mod session_record;
 mod tree_watch;
+mod worktrees;
 
 pub use beads::{
     BR_INSTALL_HINT, BrCli, BrTracker, JsonlTracker, NEEDS_FOLLOWUP, Tracker, WriteRetry,
@@ -44,3 +45,6 @@ pub use run_log::{encode_repo, list_runs};
 pub use run_marker::{Cleanup, RunMarker, is_run_alive, remove_stale};
 pub use run_store::FileRunStore;
 pub use tree_watch::{Call, Change, Observed, Snapshot, TreeWatch, WindowId};
+pub use worktrees::{
+    GitWorktrees, LiveWorktree, MERGED_BRANCH, MergeStrategy, issue_branch, issue_worktree,
+};

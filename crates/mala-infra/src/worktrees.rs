@@ -1,0 +1,478 @@
+//! Worktree isolation: each issue's agent in a git worktree of its own, on
+//! the branch `mala/<issue id>`, and one merge queue per target branch that
+//! lands finished branches on it.
+//!
+//! The queue is a fair lock: issues land one at a time in the order they
+//! asked. Landing puts the branch on the target's latest head (rebase or
+//! merge), runs the validation commands on the result in the issue's own
+//! working tree, and only then moves the target, by compare-and-swap, so a
+//! target that moved meanwhile is never overwritten. The user's checkout is
+//! touched only when it has the target checked out and nothing uncommitted
+//! (apart from the tracker's `.beads/`); otherwise the merged commits go on
+//! `mala/merged`, and later branches build on that.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use mala_core::{CheckCommand, IssueId, Landing, RepoError, Workspace, Workspaces};
+use tokio::sync::Mutex;
+
+use crate::{GitRepo, run_commands};
+
+/// Where merged commits go while the user's checkout of the target has
+/// uncommitted work.
+pub const MERGED_BRANCH: &str = "mala/merged";
+
+/// How many times a landing starts over when the target moved under it.
+const MAX_RACES: u32 = 3;
+
+/// How an issue's branch is put on the target's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeStrategy {
+    /// The branch's commits replayed on the head: a straight history.
+    Rebase,
+    /// A merge commit of the head into the branch.
+    Merge,
+}
+
+/// The branch an issue's agent works on.
+#[must_use]
+pub fn issue_branch(issue: &IssueId) -> String {
+    format!("mala/{issue}")
+}
+
+/// The issue's working tree under `dir`; the guard judges the agent's
+/// writes against it.
+#[must_use]
+pub fn issue_worktree(dir: &Path, issue: &IssueId) -> PathBuf {
+    dir.join(issue.as_str().replace(['/', '\\'], "_"))
+}
+
+/// One live worktree of mala's, for `mala status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveWorktree {
+    pub path: PathBuf,
+    pub branch: Option<String>,
+    /// Uncommitted changes in it.
+    pub dirty: bool,
+}
+
+/// The `Workspaces` port over git worktrees.
+#[derive(Debug)]
+pub struct GitWorktrees {
+    main: GitRepo,
+    dir: PathBuf,
+    target: String,
+    strategy: MergeStrategy,
+    keep_branches: bool,
+    /// `git worktree` and branch changes, one at a time.
+    admin: Mutex<()>,
+    /// The merge queue (tokio's mutex is fair: first come, first landed).
+    queue: Mutex<()>,
+    /// Issues in the queue, the one landing included.
+    queued: AtomicUsize,
+}
+
+impl GitWorktrees {
+    /// Worktrees of the repository at `main` under `dir`, landing on the
+    /// branch `main` has checked out. Refused on a detached HEAD: there
+    /// would be no branch to land on.
+    pub async fn new(main: &Path, dir: &Path) -> Result<Self, RepoError> {
+        let repo = GitRepo::new(main);
+        let out = repo
+            .git(&["symbolic-ref", "--quiet", "--short", "HEAD"])
+            .await?;
+        if !out.status.success() {
+            return Err(RepoError::Git {
+                command: "symbolic-ref HEAD".into(),
+                stderr: "the checkout is on a detached HEAD; worktree isolation lands issues on a branch, so check one out first".into(),
+            });
+        }
+        let target = text(&out.stdout);
+        Self::on_branch(main, dir, &target)
+    }
+
+    /// Worktrees landing on `target`.
+    pub fn on_branch(main: &Path, dir: &Path, target: &str) -> Result<Self, RepoError> {
+        std::fs::create_dir_all(dir).map_err(|e| RepoError::CouldNotRun(e.into()))?;
+        Ok(Self {
+            main: GitRepo::new(main),
+            dir: dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()),
+            target: target.to_owned(),
+            strategy: MergeStrategy::Rebase,
+            keep_branches: false,
+            admin: Mutex::new(()),
+            queue: Mutex::new(()),
+            queued: AtomicUsize::new(0),
+        })
+    }
+
+    #[must_use]
+    pub fn strategy(mut self, strategy: MergeStrategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Keep an issue's branch after it landed.
+    #[must_use]
+    pub fn keep_branches(mut self, keep: bool) -> Self {
+        self.keep_branches = keep;
+        self
+    }
+
+    /// The branch issues land on.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// How many issues are in the merge queue, the one landing included.
+    pub fn queue_len(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// Where the issues' working trees are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// mala's worktrees of this repository that git knows.
+    pub async fn live(&self) -> Result<Vec<LiveWorktree>, RepoError> {
+        let out = checked(&self.main, &["worktree", "list", "--porcelain"]).await?;
+        let mut live = Vec::new();
+        for block in out.split("\n\n") {
+            let mut path = None;
+            let mut branch = None;
+            for line in block.lines() {
+                if let Some(p) = line.strip_prefix("worktree ") {
+                    path = Some(PathBuf::from(p));
+                } else if let Some(b) = line.strip_prefix("branch refs/heads/") {
+                    branch = Some(b.to_owned());
+                }
+            }
+            let Some(path) = path.filter(|p| p.starts_with(&self.dir)) else {
+                continue;
+            };
+            let dirty =
+                path.is_dir() && !changed_paths(&GitRepo::new(&path), true).await?.is_empty();
+            live.push(LiveWorktree {
+                path,
+                branch,
+                dirty,
+            });
+        }
+        Ok(live)
+    }
+
+    /// Removes the worktrees no run is using that hold nothing uncommitted
+    /// (their branches stay), and git's records of ones whose directory is
+    /// gone. Returns the removed and the kept (with uncommitted work).
+    pub async fn clean(&self) -> Result<(Vec<PathBuf>, Vec<PathBuf>), RepoError> {
+        let _admin = self.admin.lock().await;
+        let (mut removed, mut kept) = (Vec::new(), Vec::new());
+        for tree in self.live().await? {
+            if !tree.path.is_dir() {
+                let path = tree.path.to_string_lossy().into_owned();
+                checked(&self.main, &["worktree", "remove", "--force", &path]).await?;
+                removed.push(tree.path);
+            } else if tree.dirty {
+                kept.push(tree.path);
+            } else {
+                let path = tree.path.to_string_lossy().into_owned();
+                checked(&self.main, &["worktree", "remove", &path]).await?;
+                removed.push(tree.path);
+            }
+        }
+        Ok((removed, kept))
+    }
+
+    /// The ref new branches start from and land on, and its commit: the
+    /// target, or `mala/merged` while it is ahead of the target.
+    async fn base(&self) -> Result<(String, String), RepoError> {
+        let target = format!("refs/heads/{}", self.target);
+        let target_head = rev(&self.main, &target).await?;
+        let merged = format!("refs/heads/{MERGED_BRANCH}");
+        if let Ok(merged_head) = rev(&self.main, &merged).await
+            && merged_head != target_head
+            && is_ancestor(&self.main, &target_head, &merged_head).await?
+        {
+            return Ok((merged, merged_head));
+        }
+        Ok((target, target_head))
+    }
+
+    /// A rebase or merge an earlier run left half done in `tree` is undone:
+    /// the branch is as it was before it, and landing redoes it.
+    async fn abort_half_done(tree: &GitRepo) -> Result<(), RepoError> {
+        for (marker, abort) in [
+            ("rebase-merge", ["rebase", "--abort"]),
+            ("rebase-apply", ["rebase", "--abort"]),
+            ("MERGE_HEAD", ["merge", "--abort"]),
+        ] {
+            let path = checked(tree, &["rev-parse", "--git-path", marker]).await?;
+            let path = tree.root().join(path.trim());
+            if path.exists() {
+                checked(tree, &abort).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the tree's branch on `onto`; the conflicting files when it does
+    /// not apply (the branch is then as it was).
+    async fn put_on(&self, tree: &GitRepo, onto: &str) -> Result<Option<Landing>, RepoError> {
+        let args: Vec<&str> = match self.strategy {
+            MergeStrategy::Rebase => vec!["rebase", "--quiet", onto],
+            MergeStrategy::Merge => vec!["merge", "--quiet", "--no-edit", onto],
+        };
+        let out = tree.git(&args).await?;
+        if out.status.success() {
+            return Ok(None);
+        }
+        let conflicted = tree
+            .git(&["diff", "--name-only", "--diff-filter=U"])
+            .await?;
+        let files: Vec<String> = text(&conflicted.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let detail = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        Self::abort_half_done(tree).await?;
+        Ok(Some(Landing::Conflict {
+            onto: onto.to_owned(),
+            files,
+            detail,
+        }))
+    }
+
+    /// Moves the landing ref from `old` to `new`. `Ok(None)`: it moved
+    /// meanwhile, nothing was changed. `Ok(Some(note))`: landed, with what
+    /// the user should know.
+    async fn advance(
+        &self,
+        base_ref: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<Option<Option<String>>, RepoError> {
+        let head = self.main.git(&["symbolic-ref", "--quiet", "HEAD"]).await?;
+        let target_ref = format!("refs/heads/{}", self.target);
+        let checked_out = text(&head.stdout) == target_ref;
+        if !checked_out {
+            return Ok(cas(&self.main, base_ref, new, old).await?.then_some(None));
+        }
+        let user_changes = changed_paths(&self.main, false).await?;
+        if user_changes.iter().all(|p| p.starts_with(".beads/"))
+            && rev(&self.main, &target_ref).await? == old_target(self, base_ref, old).await?
+        {
+            let ff = self
+                .main
+                .git(&["merge", "--ff-only", "--quiet", new])
+                .await?;
+            if ff.status.success() {
+                return Ok(Some(None));
+            }
+        }
+        // The user's own work comes first: their branch and files stay.
+        let merged = format!("refs/heads/{MERGED_BRANCH}");
+        let previous = rev(&self.main, &merged).await.ok();
+        let moved = match previous.as_deref() {
+            Some(previous) if base_ref == merged => cas(&self.main, &merged, new, previous).await?,
+            _ => checked(&self.main, &["update-ref", &merged, new])
+                .await
+                .is_ok(),
+        };
+        Ok(moved.then(|| {
+            Some(format!(
+                "your checkout of `{}` has uncommitted changes, so mala left it alone and put the merged commits on `{MERGED_BRANCH}`",
+                self.target
+            ))
+        }))
+    }
+}
+
+/// The target's head a landing on `base_ref` expects: `old` itself, or the
+/// target's current head when landing on `mala/merged`.
+async fn old_target(
+    worktrees: &GitWorktrees,
+    base_ref: &str,
+    old: &str,
+) -> Result<String, RepoError> {
+    if base_ref.ends_with(MERGED_BRANCH) {
+        rev(&worktrees.main, &format!("refs/heads/{}", worktrees.target)).await
+    } else {
+        Ok(old.to_owned())
+    }
+}
+
+#[async_trait]
+impl Workspaces for GitWorktrees {
+    async fn open(&self, issue: &IssueId) -> Result<Workspace, RepoError> {
+        let _admin = self.admin.lock().await;
+        let path = issue_worktree(&self.dir, issue);
+        let branch = issue_branch(issue);
+        let path_arg = path.to_string_lossy().into_owned();
+        let registered = self.live().await?.iter().any(|t| t.path == path);
+        if registered && path.is_dir() {
+            Self::abort_half_done(&GitRepo::new(&path)).await?;
+        } else {
+            // `-f`: a tree whose directory went away is made again.
+            let branch_ref = format!("refs/heads/{branch}");
+            if rev(&self.main, &branch_ref).await.is_ok() {
+                checked(
+                    &self.main,
+                    &["worktree", "add", "-f", "--quiet", &path_arg, &branch],
+                )
+                .await?;
+            } else {
+                let (_, base) = self.base().await?;
+                checked(
+                    &self.main,
+                    &[
+                        "worktree", "add", "-f", "--quiet", "-b", &branch, &path_arg, &base,
+                    ],
+                )
+                .await?;
+            }
+        }
+        Ok(Workspace {
+            root: path.clone(),
+            branch,
+            repo: Arc::new(GitRepo::new(&path)),
+        })
+    }
+
+    async fn land(&self, issue: &IssueId, validate: &[CheckCommand]) -> Result<Landing, RepoError> {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let _left = Left(&self.queued);
+        let _turn = self.queue.lock().await;
+        let tree = GitRepo::new(&issue_worktree(&self.dir, issue));
+        Self::abort_half_done(&tree).await?;
+        for _ in 0..MAX_RACES {
+            let (base_ref, onto) = self.base().await?;
+            let head = rev(&tree, "HEAD").await?;
+            if is_ancestor(&tree, &head, &onto).await? {
+                // Landed before (a run that stopped before the close).
+                return Ok(Landing::Landed {
+                    commit: head,
+                    note: None,
+                });
+            }
+            if let Some(conflict) = self.put_on(&tree, &onto).await? {
+                return Ok(conflict);
+            }
+            if let Err(failure) = run_commands(tree.root(), validate).await {
+                return Ok(Landing::Failed { onto, failure });
+            }
+            let new = rev(&tree, "HEAD").await?;
+            if let Some(note) = self.advance(&base_ref, &onto, &new).await? {
+                return Ok(Landing::Landed { commit: new, note });
+            }
+        }
+        Err(RepoError::Git {
+            command: format!("update-ref refs/heads/{}", self.target),
+            stderr: format!("the branch kept moving while mala landed {issue} ({MAX_RACES} tries)"),
+        })
+    }
+
+    async fn remove(&self, issue: &IssueId) -> Result<(), RepoError> {
+        let _admin = self.admin.lock().await;
+        let path = issue_worktree(&self.dir, issue);
+        let path_arg = path.to_string_lossy().into_owned();
+        if self.live().await?.iter().any(|t| t.path == path) {
+            checked(&self.main, &["worktree", "remove", "--force", &path_arg]).await?;
+        }
+        let branch = issue_branch(issue);
+        let branch_ref = format!("refs/heads/{branch}");
+        let (_, landed_on) = self.base().await?;
+        if !self.keep_branches
+            && let Ok(tip) = rev(&self.main, &branch_ref).await
+            && is_ancestor(&self.main, &tip, &landed_on).await?
+        {
+            checked(&self.main, &["branch", "-D", "--quiet", &branch]).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Leaves the queue's count when the landing ends, however it ends.
+struct Left<'a>(&'a AtomicUsize);
+
+impl Drop for Left<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_owned()
+}
+
+/// Runs git and fails on a non-zero exit; its stdout.
+async fn checked(repo: &GitRepo, args: &[&str]) -> Result<String, RepoError> {
+    let out = repo.git(args).await?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(RepoError::Git {
+            command: args.join(" "),
+            stderr: text(&out.stderr),
+        })
+    }
+}
+
+async fn rev(repo: &GitRepo, name: &str) -> Result<String, RepoError> {
+    let spec = format!("{name}^{{commit}}");
+    Ok(checked(repo, &["rev-parse", "--verify", "--quiet", &spec])
+        .await?
+        .trim()
+        .to_owned())
+}
+
+async fn is_ancestor(repo: &GitRepo, ancestor: &str, of: &str) -> Result<bool, RepoError> {
+    let out = repo
+        .git(&["merge-base", "--is-ancestor", ancestor, of])
+        .await?;
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(RepoError::Git {
+            command: "merge-base --is-ancestor".into(),
+            stderr: text(&out.stderr),
+        }),
+    }
+}
+
+/// The paths `git status` lists (with `untracked`, untracked ones too).
+async fn changed_paths(repo: &GitRepo, untracked: bool) -> Result<Vec<String>, RepoError> {
+    let flag = if untracked {
+        "--untracked-files=all"
+    } else {
+        "--untracked-files=no"
+    };
+    let out = checked(repo, &["status", "--porcelain", "-z", flag]).await?;
+    let mut paths = Vec::new();
+    let mut entries = out.split('\0').filter(|e| !e.is_empty());
+    while let Some(entry) = entries.next() {
+        let (status, path) = entry.split_at(entry.len().min(3));
+        paths.push(path.to_owned());
+        if status.starts_with('R') || status.starts_with('C') {
+            // The source path follows a rename or copy.
+            entries.next();
+        }
+    }
+    Ok(paths)
+}
+
+/// `update-ref name new old`: false when `name` is no longer at `old`.
+async fn cas(repo: &GitRepo, name: &str, new: &str, old: &str) -> Result<bool, RepoError> {
+    Ok(repo
+        .git(&["update-ref", name, new, old])
+        .await?
+        .status
+        .success())
+}
+
+#[cfg(test)]
+#[path = "worktrees_tests.rs"]
+mod tests;
