@@ -199,6 +199,7 @@ pub(crate) fn setup_scripted(
         clock: Arc::new(SystemClock),
         session_end: None,
         faults: mala_pipeline::FaultLine::detached(),
+        workspaces: None,
     };
     let config = RunnerConfig {
         issue_budget: mala_domain::Spend::default(),
@@ -223,6 +224,8 @@ pub(crate) fn setup_scripted(
         rerun: false,
         track_review_issues: true,
         protected_files: vec![],
+        merge_validate: true,
+        merge_retries: 2,
     };
     Setup {
         events,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use mala_domain::{
-    AmpMode, Coder, CodexApprovalPolicy, CodexSandbox, Effort, Order, PresetName, Scope,
+    AmpMode, Coder, CodexApprovalPolicy, CodexSandbox, Effort, Isolation, Order, PresetName, Scope,
     SettingsSource,
 };
 
@@ -143,6 +143,10 @@ pub(crate) struct RunArgs {
     /// Codex's fast service tier (codex only)
     #[arg(long)]
     pub(crate) fast: bool,
+    /// Where agents work: shared (one checkout, file locks) or worktree (each
+    /// issue in a git worktree of its own, landed through a merge queue)
+    #[arg(long, value_parser = parse_word::<Isolation>)]
+    pub(crate) isolation: Option<Isolation>,
     #[command(flatten)]
     pub(crate) coder: CoderArgs,
 }

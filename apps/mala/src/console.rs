@@ -472,6 +472,32 @@ impl Console {
         vec![line]
     }
 
+    /// A line of worktree isolation: where an issue works, its branch queued, landed.
+    fn worktree_line(event: &Event, style: Style) -> String {
+        match event {
+            Event::WorktreeOpened { issue, branch, .. } => {
+                format!("  {}  works on {}", style.issue(issue), style.dim(branch))
+            }
+            Event::Landed {
+                issue,
+                target,
+                commit,
+                note,
+            } => format!(
+                "  {}  {} on {target} at {}{}",
+                style.issue(issue),
+                style.good("landed"),
+                &commit[..commit.len().min(12)],
+                note.as_ref()
+                    .map_or_else(String::new, |n| format!(" ({n})"))
+            ),
+            Event::MergeQueued { issue, .. } => {
+                format!("  {}  in the merge queue", style.issue(issue))
+            }
+            _ => String::new(),
+        }
+    }
+
     /// The lines an event adds, given what the run has done so far.
     pub(crate) fn lines(
         tally: &mut Tally,
@@ -542,6 +568,9 @@ impl Console {
                 issue(id)
             ),
             Event::Retrying { issue: id, why } => format!("↻ {}  {why}", issue(id)),
+            Event::WorktreeOpened { .. } | Event::MergeQueued { .. } | Event::Landed { .. } => {
+                Self::worktree_line(event, style)
+            }
             Event::IssueClosed { issue: id } => {
                 format!("{} {}  closed", style.good("✓"), issue(id))
             }

@@ -15,6 +15,8 @@ use serde_json::json;
 mod codex;
 #[path = "run/environment.rs"]
 mod environment;
+#[path = "run/worktree.rs"]
+mod worktree;
 
 /// A directory with `br` and `claude` under those names, for PATH.
 fn bin_dir(dir: &Path, br: &Path, claude: &Path) -> std::path::PathBuf {

@@ -71,6 +71,25 @@ pub enum Event {
         agent: AgentId,
         event: AgentEvent,
     },
+    /// Worktree isolation: the issue's agent works in `path` on `branch`.
+    WorktreeOpened {
+        issue: IssueId,
+        branch: String,
+        path: std::path::PathBuf,
+    },
+    /// The issue's branch passed its gate and review and waits in the merge queue.
+    MergeQueued {
+        issue: IssueId,
+        branch: String,
+    },
+    /// The issue's branch landed: `target` contains `commit`. `note` says
+    /// what the user should know (their checkout left alone).
+    Landed {
+        issue: IssueId,
+        target: String,
+        commit: String,
+        note: Option<String>,
+    },
     /// The quality gate judged an attempt.
     GateChecked {
         issue: IssueId,

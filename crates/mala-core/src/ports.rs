@@ -166,6 +166,8 @@ pub trait Workspaces: Send + Sync {
 pub struct Workspace {
     pub root: std::path::PathBuf,
     pub branch: String,
+    /// The branch it lands on.
+    pub target: String,
     pub repo: Arc<dyn Repository>,
 }
 

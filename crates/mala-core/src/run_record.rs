@@ -35,6 +35,14 @@ pub struct IssueRecord {
     pub tokens: u64,
     #[serde(default)]
     pub cost_usd: f64,
+    /// Worktree isolation: the issue's branch and its worktree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree: Option<PathBuf>,
+    /// Where its branch is in the merge queue: `queued`, or `landed <commit>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<String>,
 }
 
 impl IssueRecord {
@@ -52,6 +60,9 @@ impl IssueRecord {
             findings: Vec::new(),
             tokens: 0,
             cost_usd: 0.0,
+            branch: None,
+            worktree: None,
+            merge: None,
         }
     }
 }

@@ -28,13 +28,14 @@ pub use config::{
     AgentSdkModel, AmpMode, BUILTIN_COMMANDS, BaselinePolicy, Budget, Cerberus, ClaudeOptions,
     CodeReview, Coder, CoderOptions, CodexApprovalPolicy, CodexSandbox, CommandSpec, ConfigError,
     ConfigFile, ConfigSources, Effort, EpicCompletionTrigger, EpicDepth, EpicVerification,
-    EvidenceCheck, FailureMode, FindingThreshold, FireOn, FlagOverrides, Gate, IssueReview,
-    Location, NOT_BUILT_KEYS, NotBuiltKey, OriginDisplay, Paths, PeriodicTrigger, PresetName,
-    RawCodeReview, RawCommand, RawCommandDetail, RawCommandRef, RawCommandRefDetail, RawConfig,
-    RawEvidenceCheck, RawRunEndTrigger, RawTriggers, ReviewBaseline, ReviewerChoice, ReviewerType,
-    RunEndTrigger, Settings, SettingsSource, SpanIndex, Spend, TrackerKind, Trigger,
-    TriggerCommand, Triggers, UnknownWord, dotted_leaves, is_valid_command_name, load_preset,
-    parse_config, preset_text, resolve,
+    EvidenceCheck, FailureMode, FindingThreshold, FireOn, FlagOverrides, Gate, Isolation,
+    IsolationSettings, IssueReview, Location, MergeQueue, MergeStrategy, NOT_BUILT_KEYS,
+    NotBuiltKey, OriginDisplay, Paths, PeriodicTrigger, PresetName, RawCodeReview, RawCommand,
+    RawCommandDetail, RawCommandRef, RawCommandRefDetail, RawConfig, RawEvidenceCheck,
+    RawRunEndTrigger, RawTriggers, ReviewBaseline, ReviewerChoice, ReviewerType, RunEndTrigger,
+    Settings, SettingsSource, SpanIndex, Spend, TrackerKind, Trigger, TriggerCommand, Triggers,
+    UnknownWord, dotted_leaves, is_valid_command_name, load_preset, parse_config, preset_text,
+    resolve,
 };
 pub use deadlock::{Deadlock, WaitForGraph};
 pub use faults::{

@@ -266,6 +266,7 @@ mod tests {
             staged: None,
             require_locks: false,
             commit_prefix: None,
+            own_branch: None,
         };
         let call = ToolCall::Shell {
             tool: "Bash".to_owned(),

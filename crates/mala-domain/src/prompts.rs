@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PromptKind {
     Implementer,
+    /// The implementer in a worktree of its own (`isolation: worktree`).
+    ImplementerWorktree,
     GateFollowup,
     ReviewFollowup,
     IdleResume,
@@ -15,11 +17,15 @@ pub enum PromptKind {
     Fixer,
     Reviewer,
     EpicVerification,
+    /// A landed branch that conflicted or failed on the merged result.
+    MergeFollowup,
 }
 
 impl PromptKind {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::Implementer,
+        Self::ImplementerWorktree,
+        Self::MergeFollowup,
         Self::GateFollowup,
         Self::ReviewFollowup,
         Self::IdleResume,
@@ -34,6 +40,14 @@ impl PromptKind {
             Self::Implementer => (
                 "implementer.md",
                 include_str!("../../../prompts/implementer.md"),
+            ),
+            Self::ImplementerWorktree => (
+                "implementer_worktree.md",
+                include_str!("../../../prompts/implementer_worktree.md"),
+            ),
+            Self::MergeFollowup => (
+                "merge_followup.md",
+                include_str!("../../../prompts/merge_followup.md"),
             ),
             Self::GateFollowup => (
                 "gate_followup.md",
@@ -63,7 +77,7 @@ impl PromptKind {
     /// The variables this kind of prompt takes.
     pub fn variables(self) -> &'static [&'static str] {
         match self {
-            Self::Implementer => &[
+            Self::Implementer | Self::ImplementerWorktree => &[
                 "issue_id",
                 "repo_path",
                 "title",
@@ -78,6 +92,17 @@ impl PromptKind {
                 "max_attempts",
                 "failure_reasons",
                 "commands_to_run",
+                "commit_how",
+                "commit_prefix",
+            ],
+            Self::MergeFollowup => &[
+                "issue_id",
+                "attempt",
+                "max_attempts",
+                "target",
+                "onto",
+                "problem",
+                "validation_commands",
                 "commit_prefix",
             ],
             Self::ReviewFollowup => &[
@@ -85,6 +110,7 @@ impl PromptKind {
                 "attempt",
                 "max_attempts",
                 "findings",
+                "locking",
                 "commit_prefix",
             ],
             Self::IdleResume => &["issue_id"],

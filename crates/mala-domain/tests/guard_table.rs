@@ -41,6 +41,7 @@ fn decide(command: &str) -> Decision {
         staged: None,
         require_locks: true,
         commit_prefix: None,
+        own_branch: None,
     };
     check_tool(
         &ToolCall::Shell {

@@ -99,6 +99,7 @@ fn guard() {
         staged: None,
         require_locks: true,
         commit_prefix: None,
+        own_branch: None,
     };
     // `{n}` makes every command new, so no parser cache answers for us.
     for command in [

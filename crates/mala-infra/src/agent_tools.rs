@@ -24,8 +24,23 @@ pub(crate) const SERVER: &str = "mala";
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
-/// The tools, each with `name`, `description` and `inputSchema`.
-pub(crate) fn tool_list() -> Value {
+/// The tools a session has, each with `name`, `description` and
+/// `inputSchema`: the lock tools with a lock table, the commit tool with
+/// git too (it commits only locked paths).
+pub(crate) fn tool_list(locks: bool, git: bool) -> Value {
+    let all = every_tool();
+    let offered = all
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|tool| match tool["name"].as_str() {
+            Some("commit") => locks && git,
+            _ => locks,
+        });
+    Value::Array(offered.cloned().collect())
+}
+
+fn every_tool() -> Value {
     let paths = json!({"type": "array", "items": {"type": "string"}, "minItems": 1,
                        "description": "Repository paths (relative to the repository root, or absolute)"});
     json!([
@@ -78,7 +93,9 @@ pub(crate) async fn handle(message: &Value, tools: &Tools<'_>) -> Value {
             "capabilities": {"tools": {}},
             "serverInfo": {"name": SERVER, "version": env!("CARGO_PKG_VERSION")},
         })),
-        "tools/list" => reply(json!({"tools": tool_list()})),
+        "tools/list" => {
+            reply(json!({"tools": tool_list(tools.locks.is_some(), tools.git.is_some())}))
+        }
         "tools/call" => {
             let name = message
                 .pointer("/params/name")
@@ -252,10 +269,17 @@ mod tests {
             .iter()
             .map(|t| t["name"].as_str().unwrap())
             .collect();
-        assert_eq!(
-            names,
-            vec!["lock_acquire", "lock_release", "commit", "lock_wait"]
-        );
+        // No git here, so no commit tool; no lock table, no tools at all.
+        assert_eq!(names, vec!["lock_acquire", "lock_release", "lock_wait"]);
+        let names_of = |list: Value| {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert!(names_of(tool_list(true, true)).contains(&"commit".to_owned()));
+        assert!(names_of(tool_list(false, true)).is_empty());
 
         let (got, err) = text(
             &handle(

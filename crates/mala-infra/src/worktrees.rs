@@ -338,6 +338,7 @@ impl Workspaces for GitWorktrees {
         Ok(Workspace {
             root: path.clone(),
             branch,
+            target: self.target.clone(),
             repo: Arc::new(GitRepo::new(&path)),
         })
     }

@@ -49,7 +49,7 @@ fn check(command: &str) -> CheckCommand {
 
 struct Fixture {
     repo: TempRepo,
-    _state: tempfile::TempDir,
+    state: tempfile::TempDir,
     trees: GitWorktrees,
 }
 
@@ -59,11 +59,7 @@ async fn fixture() -> Fixture {
     let trees = GitWorktrees::new(repo.path(), &state.path().join("worktrees"))
         .await
         .unwrap();
-    Fixture {
-        repo,
-        _state: state,
-        trees,
-    }
+    Fixture { repo, state, trees }
 }
 
 impl Fixture {
@@ -181,8 +177,8 @@ async fn sixteen_branches_land_in_queue_order_each_validated_on_the_head_it_land
         let ws = trees.open(issue).await.unwrap();
         work(&ws.root, &format!("{issue}.txt"), "done\n", issue.as_str());
     }
-    let log = fix._state.path().join("validated.log");
-    let gate = fix._state.path().join("go");
+    let log = fix.state.path().join("validated.log");
+    let gate = fix.state.path().join("go");
     // Each validation records the tree it ran in and the head it ran on;
     // the first waits until all sixteen are queued.
     let validate = format!(
@@ -294,7 +290,7 @@ async fn branches_that_pass_alone_but_fail_together_are_caught_on_the_merged_res
         commit: a_landed, ..
     } = fix
         .trees
-        .land(&id("bd-a"), &[both_is_wrong.clone()])
+        .land(&id("bd-a"), std::slice::from_ref(&both_is_wrong))
         .await
         .unwrap()
     else {

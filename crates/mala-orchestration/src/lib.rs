@@ -26,5 +26,5 @@ pub use orchestrator::{
 };
 pub use pauses::PausePolicy;
 pub use preflight::PreflightError;
-pub use run::{EpicVerifyRequest, RunRequest, run, verify_one_epic};
+pub use run::{EpicVerifyRequest, RunRequest, run, verify_one_epic, worktrees_dir};
 pub use triggers::TriggerOutcome;

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use mala_core::{
     AgentBackend, Clock, CommandRunner, Event, EventSink, IssueId, IssueRecord, IssueTracker,
     LockEvent, LockTable, Repository, Reviewer, RunLog, RunStore, RunStoreError, SessionId,
-    TrackerError,
+    TrackerError, Workspaces,
 };
 use mala_domain::{
     CutShort, DoneReason, EpicDepth, FireOn, IssueGraph, Order, Scope, Settings, final_reason,
@@ -163,6 +163,9 @@ pub enum RunError {
     /// The lock directory cannot serve as the run's lock table.
     #[error(transparent)]
     Locks(#[from] mala_core::LockError),
+    /// Worktree isolation could not be set up (a detached HEAD, say).
+    #[error("worktree isolation: {0}")]
+    Worktrees(#[source] mala_core::RepoError),
     /// `--scope` names issues the tracker does not have.
     #[error("--scope {scope}: {source}")]
     Scope {
@@ -330,6 +333,8 @@ pub struct Orchestrator {
     pub(crate) epic_verifier: Option<EpicVerifier>,
     pub(crate) repository: Arc<dyn Repository>,
     pub(crate) locks: Option<Arc<dyn LockTable>>,
+    /// Worktree isolation's trees and merge queue.
+    pub(crate) workspaces: Option<Arc<dyn Workspaces>>,
     pub(crate) lock_events: Option<mpsc::UnboundedReceiver<LockEvent>>,
     pub(crate) events: Arc<dyn EventSink>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -370,6 +375,7 @@ pub struct OrchestratorBuilder {
     epic_backend: Option<Arc<dyn AgentBackend>>,
     repository: Option<Arc<dyn Repository>>,
     locks: Option<Arc<dyn LockTable>>,
+    workspaces: Option<Arc<dyn Workspaces>>,
     lock_events: Option<mpsc::UnboundedReceiver<LockEvent>>,
     events: Option<Arc<dyn EventSink>>,
     clock: Option<Arc<dyn Clock>>,
@@ -407,6 +413,7 @@ impl Orchestrator {
             epic_backend: None,
             repository: None,
             locks: None,
+            workspaces: None,
             lock_events: None,
             events: None,
             clock: None,
@@ -492,6 +499,14 @@ impl OrchestratorBuilder {
         self
     }
 
+    /// Each issue's own worktree and the merge queue; required with
+    /// `isolation: worktree`.
+    #[must_use]
+    pub fn workspaces(mut self, workspaces: Arc<dyn Workspaces>) -> Self {
+        self.workspaces = Some(workspaces);
+        self
+    }
+
     /// Where events go (default: nowhere).
     #[must_use]
     pub fn events(mut self, events: Arc<dyn EventSink>) -> Self {
@@ -558,6 +573,10 @@ impl OrchestratorBuilder {
         let tracker = self.tracker.ok_or_else(|| missing("a tracker"))?;
         let backend = self.backend.ok_or_else(|| missing("an agent backend"))?;
         let repository = self.repository.ok_or_else(|| missing("a repository"))?;
+        let isolated = self.settings.isolation.isolation == mala_domain::Isolation::Worktree;
+        if isolated && self.workspaces.is_none() {
+            return Err(missing("worktrees (isolation: worktree)"));
+        }
         let source = self
             .source
             .unwrap_or_else(|| Arc::new(FromTracker(Arc::clone(&tracker))));
@@ -583,6 +602,7 @@ impl OrchestratorBuilder {
             epic_verifier,
             repository,
             locks: self.locks,
+            workspaces: self.workspaces.filter(|_| isolated),
             lock_events: self.lock_events,
             events: self.events.unwrap_or_else(|| Arc::new(Silent)),
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),

@@ -32,7 +32,7 @@ struct Book {
 
 /// What the writer thread is handed.
 enum Write {
-    Issue(IssueRecord),
+    Issue(Box<IssueRecord>),
     /// Everything handed over before this is on disk; say so.
     Flush(std::sync::mpsc::Sender<()>),
 }
@@ -54,7 +54,7 @@ fn write_records(run: &RunLog, store: &dyn RunStore, inbox: &std::sync::mpsc::Re
         for write in std::iter::once(first).chain(inbox.try_iter()) {
             match write {
                 Write::Issue(record) => {
-                    newest.insert(record.issue.clone(), record);
+                    newest.insert(record.issue.clone(), *record);
                 }
                 Write::Flush(done) => flushed.push(done),
             }
@@ -114,7 +114,7 @@ impl RunRecorder {
             if let Some(record) = book.records.get_mut(issue) {
                 "deferred".clone_into(&mut record.status);
                 record.reason = Some("gave way in a deadlock".into());
-                self.hand_over(Write::Issue(record.clone()));
+                self.hand_over(Write::Issue(Box::new(record.clone())));
             }
         }
         self.flush();
@@ -202,6 +202,15 @@ impl EventSink for RunRecorder {
                 // Spend alone waits for the next change; a new session does not.
                 (issue.clone(), record.session_id != known)
             }
+            Event::WorktreeOpened { issue, .. }
+            | Event::MergeQueued { issue, .. }
+            | Event::Landed { issue, .. } => {
+                let Some(record) = book.records.get_mut(issue) else {
+                    return;
+                };
+                note_worktree(record, event);
+                (issue.clone(), true)
+            }
             Event::IssueClosed { issue }
             | Event::IssueFailed { issue, .. }
             | Event::IssueSkipped { issue, .. }
@@ -217,8 +226,22 @@ impl EventSink for RunRecorder {
             _ => return,
         };
         if now && let Some(record) = book.records.get(&issue) {
-            self.hand_over(Write::Issue(record.clone()));
+            self.hand_over(Write::Issue(Box::new(record.clone())));
         }
+    }
+}
+
+/// Worktree isolation in the journal: where the issue works, and where its
+/// branch is in the merge queue.
+fn note_worktree(record: &mut IssueRecord, event: &Event) {
+    match event {
+        Event::WorktreeOpened { branch, path, .. } => {
+            record.branch = Some(branch.clone());
+            record.worktree = Some(path.clone());
+        }
+        Event::MergeQueued { .. } => record.merge = Some("queued".to_owned()),
+        Event::Landed { commit, .. } => record.merge = Some(format!("landed {commit}")),
+        _ => {}
     }
 }
 

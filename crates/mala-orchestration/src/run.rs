@@ -13,7 +13,7 @@ use mala_pipeline::{AgentReviewer, EpicVerifier};
 use crate::epics::{EpicCheck, verify_epic};
 use mala_infra::{
     AgentServices, CerberusConfig, CerberusReviewer, CoderConfig, FileLockTable, FileRunStore,
-    GitRepo, LockingGuard, SystemClock, Tracker, TreeWatch, check_cerberus,
+    GitRepo, GitWorktrees, LockingGuard, SystemClock, Tracker, TreeWatch, check_cerberus,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -98,8 +98,20 @@ async fn assemble(
         .with_events(lock_events);
     let locks: Arc<dyn LockTable> = Arc::new(locks_table);
     let git = Arc::new(GitRepo::new(&repo_root));
-    let backend = implementer_backend(&request, &coder, &repo_root, &locks, &git);
-    let builder = Orchestrator::builder(request.settings.clone(), repo_root.clone())
+    let worktrees = worktrees(settings, &repo_root).await?;
+    let backend = implementer_backend(
+        &request,
+        &coder,
+        &repo_root,
+        &locks,
+        &git,
+        worktrees.as_ref().map(GitWorktrees::dir),
+    );
+    let mut builder = Orchestrator::builder(request.settings.clone(), repo_root.clone());
+    if let Some(worktrees) = worktrees {
+        builder = builder.workspaces(Arc::new(worktrees));
+    }
+    let builder = builder
         .plan(request.plan.clone())
         .issue_source(Arc::new(tracker))
         .tracker(Arc::clone(&tracker_port))
@@ -235,6 +247,35 @@ async fn coder_config(
     Ok(config)
 }
 
+/// Where a repository's issue worktrees live: beside the runs, by repository.
+pub fn worktrees_dir(settings: &Settings, repo_root: &std::path::Path) -> PathBuf {
+    let runs = &settings.paths.runs_dir;
+    runs.parent()
+        .unwrap_or(runs)
+        .join("worktrees")
+        .join(mala_infra::encode_repo(repo_root))
+}
+
+/// Worktree isolation's trees and merge queue, when the settings ask for it.
+async fn worktrees(
+    settings: &Settings,
+    repo_root: &std::path::Path,
+) -> Result<Option<GitWorktrees>, RunError> {
+    if settings.isolation.isolation != mala_domain::Isolation::Worktree {
+        return Ok(None);
+    }
+    let strategy = match settings.isolation.merge_strategy {
+        mala_domain::MergeStrategy::Rebase => mala_infra::MergeStrategy::Rebase,
+        mala_domain::MergeStrategy::Merge => mala_infra::MergeStrategy::Merge,
+    };
+    let trees = GitWorktrees::new(repo_root, &worktrees_dir(settings, repo_root))
+        .await
+        .map_err(RunError::Worktrees)?
+        .strategy(strategy)
+        .keep_branches(settings.isolation.keep_branches);
+    Ok(Some(trees))
+}
+
 /// Tools the guard refuses by name: Claude Code's names, so only for Claude.
 fn disallowed_tools(settings: &Settings) -> Vec<String> {
     match settings.coder {
@@ -252,12 +293,22 @@ fn implementer_backend(
     repo_root: &std::path::Path,
     locks: &Arc<dyn LockTable>,
     git: &Arc<GitRepo>,
+    worktrees: Option<&std::path::Path>,
 ) -> Arc<dyn AgentBackend> {
     let guard = LockingGuard::new(
         repo_root,
         Arc::clone(locks),
         disallowed_tools(&request.settings),
     );
+    if let Some(dir) = worktrees {
+        // Each agent alone in its tree: no locks to take, no commit tool
+        // (it commits on its branch), and the watch, which knows one tree,
+        // is not there.
+        return config.backend(AgentServices {
+            guard: Some(Arc::new(guard.in_worktrees(dir))),
+            ..AgentServices::default()
+        });
+    }
     let alone = request.plan.max_agents <= 1;
     let guard = if alone {
         guard.without_lock_enforcement()

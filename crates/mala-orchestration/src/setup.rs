@@ -143,6 +143,7 @@ fn runner_ports(
         repo: Arc::clone(&orchestrator.repository),
         reviewer: orchestrator.reviewer.clone(),
         locks: orchestrator.locks.clone(),
+        workspaces: orchestrator.workspaces.clone(),
         events: Arc::clone(events),
         clock: Arc::clone(&orchestrator.clock),
         session_end: settings
@@ -188,6 +189,8 @@ fn runner_config(
         rerun: settings.gate.rerun,
         track_review_issues: settings.per_issue_review.track_review_issues,
         protected_files: settings.evidence_check.protected_files.clone(),
+        merge_validate: settings.isolation.merge_queue.validate,
+        merge_retries: settings.isolation.merge_queue.max_retries,
     }
 }
 

@@ -10,8 +10,8 @@ use chrono::{DateTime, Timelike, Utc};
 use mala_core::{
     AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession,
     ClaimOutcome, Clock, Event, EventSink, Evidence, Finding, Issue, IssueId, IssueStatus,
-    IssueTracker, IssueUpdate, LockTable, Repository, ReviewError, ReviewRequest, ReviewSubject,
-    Reviewer, SessionRequest,
+    IssueTracker, IssueUpdate, Landing, LockTable, Repository, ReviewError, ReviewRequest,
+    ReviewSubject, Reviewer, SessionRequest, Workspace, Workspaces,
 };
 use mala_domain::{
     AttemptState, Blame, GateInput, GateVerdict, Marker, NEEDS_FOLLOWUP, PromptKind,
@@ -60,6 +60,11 @@ pub struct RunnerConfig {
     /// Required checks that already failed before any agent worked (a red
     /// baseline the run went on with): a gate failure on them says so.
     pub red_baseline: Vec<String>,
+    /// `merge_queue.validate`: the required commands run again on the
+    /// merged result before a branch lands (worktree isolation).
+    pub merge_validate: bool,
+    /// `merge_queue.max_retries`: follow-ups after a branch could not land.
+    pub merge_retries: u32,
 }
 
 /// The `session_end` trigger: mala runs the project's commands itself once
@@ -85,6 +90,9 @@ pub struct RunnerPorts {
     pub session_end: Option<Arc<dyn SessionEndCheck>>,
     /// Where environment faults are reported and pauses waited out.
     pub faults: FaultLine,
+    /// Worktree isolation: each issue's own tree and branch, and the merge
+    /// queue. `None`: every agent works in the shared checkout.
+    pub workspaces: Option<Arc<dyn Workspaces>>,
 }
 
 impl std::fmt::Debug for RunnerPorts {
@@ -158,6 +166,8 @@ enum Step {
     Turn(String),
     Gate,
     Review,
+    /// Through the merge queue (worktree isolation), then closed.
+    Land,
     Finish(IssueResult),
 }
 
@@ -323,6 +333,10 @@ struct IssueRun {
     resuming: bool,
     /// What this issue has spent in this run.
     spent: mala_domain::Spent,
+    /// Its own worktree and branch, under worktree isolation.
+    workspace: Option<Workspace>,
+    /// Follow-ups sent after the branch could not land.
+    merge_attempt: u32,
 }
 
 impl IssueRun {
@@ -374,6 +388,45 @@ impl IssueRun {
             resume,
             resuming: false,
             spent: mala_domain::Spent::default(),
+            workspace: None,
+            merge_attempt: 0,
+        }
+    }
+
+    /// git where the agent works: its worktree, or the shared checkout.
+    fn repo(&self) -> &dyn Repository {
+        self.workspace
+            .as_ref()
+            .map_or(self.ports.repo.as_ref(), |w| w.repo.as_ref())
+    }
+
+    /// Where the agent works.
+    fn root(&self) -> &std::path::Path {
+        self.workspace
+            .as_ref()
+            .map_or(self.config.repo_root.as_path(), |w| w.root.as_path())
+    }
+
+    /// Under worktree isolation, the issue's own tree (made, or found again
+    /// after a crash). Not being able to make one is the environment's fault.
+    async fn open_workspace(&mut self) -> Result<(), IssueResult> {
+        let Some(workspaces) = self.ports.workspaces.clone() else {
+            return Ok(());
+        };
+        match workspaces.open(&self.issue.id).await {
+            Ok(workspace) => {
+                self.ports.events.emit(&Event::WorktreeOpened {
+                    issue: self.issue.id.clone(),
+                    branch: workspace.branch.clone(),
+                    path: workspace.root.clone(),
+                });
+                self.workspace = Some(workspace);
+                Ok(())
+            }
+            Err(error) => Err(self.failed_for(
+                &AgentError::new(AgentErrorKind::CouldNotStart, error.to_string()),
+                "could not make the issue's worktree",
+            )),
         }
     }
 
@@ -382,6 +435,11 @@ impl IssueRun {
     }
 
     fn implementer_prompt(&self) -> Result<String, String> {
+        let kind = if self.workspace.is_some() {
+            PromptKind::ImplementerWorktree
+        } else {
+            PromptKind::Implementer
+        };
         let commands: Vec<String> = self
             .config
             .required
@@ -395,10 +453,10 @@ impl IssueRun {
             })
             .collect();
         render_prompt(
-            PromptKind::Implementer,
+            kind,
             &[
                 ("issue_id", self.issue.id.to_string()),
-                ("repo_path", self.config.repo_root.display().to_string()),
+                ("repo_path", self.root().display().to_string()),
                 ("title", self.issue.title.clone()),
                 ("description", self.issue.description.clone()),
                 (
@@ -427,7 +485,7 @@ impl IssueRun {
         &mut self,
         resume: Option<mala_core::SessionId>,
     ) -> Result<(), IssueResult> {
-        let mut request = SessionRequest::new(self.agent.clone(), self.config.repo_root.clone());
+        let mut request = SessionRequest::new(self.agent.clone(), self.root().to_path_buf());
         request.issue_id = Some(self.issue.id.clone());
         request.resume = resume;
         // No session starts past a budget (and the backend takes no limit of 0).
@@ -505,12 +563,16 @@ impl IssueRun {
             issue: self.issue.id.clone(),
             baseline: self.baseline,
         });
+        if let Err(result) = self.open_workspace().await {
+            return result;
+        }
         let mut step = self.opening().await.unwrap_or_else(Step::Finish);
         loop {
             step = match step {
                 Step::Turn(prompt) => self.turn(prompt).await,
                 Step::Gate => self.gate().await,
                 Step::Review => self.review().await,
+                Step::Land => self.land().await,
                 Step::Finish(result) => return result,
             };
         }
@@ -540,8 +602,7 @@ impl IssueRun {
 
     async fn has_commits(&self) -> Result<bool, String> {
         let commits = self
-            .ports
-            .repo
+            .repo()
             .issue_commits()
             .await
             .map_err(|e| format!("could not read git: {e}"))?;
@@ -811,15 +872,14 @@ impl IssueRun {
             .unwrap_or_default();
         paths.retain(|p| !held.contains(p));
         let changed = self
-            .ports
-            .repo
+            .repo()
             .differs_from_head(&paths)
             .await
             .unwrap_or_else(|_| paths.clone());
         changed
             .iter()
             .map(|p| {
-                p.strip_prefix(&self.config.repo_root)
+                p.strip_prefix(self.root())
                     .unwrap_or(p)
                     .display()
                     .to_string()
@@ -832,14 +892,13 @@ impl IssueRun {
     /// of the checks. `Err` ends the issue: git could not be read, the
     /// repository was damaged, or the rerun could not be set up.
     async fn judge(&self) -> Result<(GateVerdict, mala_core::Evidence), IssueResult> {
-        let commits =
-            self.ports
-                .repo
-                .issue_commits()
-                .await
-                .map_err(|error| IssueResult::Failed {
-                    reason: format!("could not read git: {error}"),
-                })?;
+        let commits = self
+            .repo()
+            .issue_commits()
+            .await
+            .map_err(|error| IssueResult::Failed {
+                reason: format!("could not read git: {error}"),
+            })?;
         let evidence = lock(&self.log.evidence).clone();
         if !evidence.repository_damage.is_empty() {
             // Not something another turn can fix: a person must look.
@@ -853,7 +912,7 @@ impl IssueRun {
         let unlocked = self.still_unlocked(&evidence).await;
         let mut verdict = check_gate(&GateInput {
             issue: &self.issue.id,
-            repo_root: &self.config.repo_root,
+            repo_root: self.root(),
             baseline: self.baseline,
             commits: &commits,
             evidence: &evidence,
@@ -916,6 +975,8 @@ impl IssueRun {
             }
             return if self.ports.reviewer.is_some() && !no_work {
                 Step::Review
+            } else if self.workspace.is_some() {
+                Step::Land
             } else {
                 Step::Finish(IssueResult::Closed {
                     commit: verdict.commit,
@@ -934,8 +995,8 @@ impl IssueRun {
             });
         }
         let now = AttemptState {
-            head: self.ports.repo.head().await.ok().flatten(),
-            clean_tree: self.ports.repo.is_clean().await.unwrap_or(false),
+            head: self.repo().head().await.ok().flatten(),
+            clean_tree: self.repo().is_clean().await.unwrap_or(false),
             evidence_runs: evidence.commands.len(),
         };
         if self
@@ -971,8 +1032,7 @@ impl IssueRun {
             return Ok(None);
         }
         let failure = self
-            .ports
-            .repo
+            .repo()
             .check_commit(commit, &commands)
             .await
             .map_err(|e| format!("mala could not re-run the checks on {commit}: {e}"))?;
@@ -1062,6 +1122,14 @@ impl IssueRun {
                         bullet_list(&commands)
                     },
                 ),
+                (
+                    "commit_how",
+                    if self.workspace.is_some() {
+                        "on your branch (`git add <files> && git commit`)".to_owned()
+                    } else {
+                        "with the `commit` tool".to_owned()
+                    },
+                ),
                 ("commit_prefix", self.commit_prefix()),
             ],
         ) {
@@ -1076,8 +1144,7 @@ impl IssueRun {
     /// oldest first, and what the author and session_end said.
     async fn review_request(&self) -> Result<ReviewRequest, String> {
         let all = self
-            .ports
-            .repo
+            .repo()
             .issue_commits()
             .await
             .map_err(|error| format!("could not read git: {error}"))?;
@@ -1173,7 +1240,11 @@ impl IssueRun {
             });
         }
         if blocking.is_empty() {
-            return Step::Finish(self.closed());
+            return if self.workspace.is_some() {
+                Step::Land
+            } else {
+                Step::Finish(self.closed())
+            };
         }
         let listed = findings_list(&blocking);
         if self.review_attempt >= self.config.max_review_attempts {
@@ -1233,10 +1304,143 @@ impl IssueRun {
                 ("attempt", self.review_attempt.to_string()),
                 ("max_attempts", self.config.max_review_attempts.to_string()),
                 ("findings", findings_list(findings)),
+                (
+                    "locking",
+                    if self.workspace.is_some() {
+                        String::new()
+                    } else {
+                        "Lock the files first. ".to_owned()
+                    },
+                ),
                 ("commit_prefix", self.commit_prefix()),
             ],
         )
         .map_err(|e| e.to_string())
+    }
+
+    /// Worktree isolation: the branch through the merge queue. Landed, the
+    /// issue closes on the landed commit; a conflict, or validation failing
+    /// on the merged result, goes back to the agent while
+    /// `merge_queue.max_retries` allows, then fails with the branch kept.
+    async fn land(&mut self) -> Step {
+        let (Some(workspaces), Some(workspace)) =
+            (self.ports.workspaces.clone(), self.workspace.clone())
+        else {
+            return Step::Finish(self.closed());
+        };
+        let commands = if self.config.merge_validate {
+            crate::protected::required_checks(&self.config)
+        } else {
+            Vec::new()
+        };
+        self.ports.events.emit(&Event::MergeQueued {
+            issue: self.issue.id.clone(),
+            branch: workspace.branch.clone(),
+        });
+        let (onto, problem) = match workspaces.land(&self.issue.id, &commands).await {
+            Ok(Landing::Landed { commit, note }) => {
+                self.ports.events.emit(&Event::Landed {
+                    issue: self.issue.id.clone(),
+                    target: workspace.target.clone(),
+                    commit: commit.clone(),
+                    note,
+                });
+                let mut closed = self.closed();
+                if let IssueResult::Closed {
+                    commit: landed @ Some(_),
+                    ..
+                } = &mut closed
+                {
+                    *landed = Some(commit);
+                }
+                return Step::Finish(closed);
+            }
+            Ok(Landing::Conflict {
+                onto,
+                files,
+                detail,
+            }) => {
+                let problem = format!(
+                    "your branch conflicts with `{}` at {} in {}: {}",
+                    workspace.target,
+                    short(&onto),
+                    if files.is_empty() {
+                        "files git did not name".to_owned()
+                    } else {
+                        files.join(", ")
+                    },
+                    crate::protected::last_line(&detail)
+                );
+                (onto, problem)
+            }
+            Ok(Landing::Failed { onto, failure }) => {
+                let problem = format!(
+                    "on your branch rebased onto `{}` at {}, `{}` ({}) failed: {}. Each side may pass alone; together they do not",
+                    workspace.target,
+                    short(&onto),
+                    failure.name,
+                    failure.command,
+                    crate::protected::last_line(&failure.output)
+                );
+                (onto, problem)
+            }
+            Err(error) => {
+                return Step::Finish(IssueResult::Released {
+                    reason: format!(
+                        "mala could not put {} through the merge queue: {error}; the branch is kept for the next run",
+                        workspace.branch
+                    ),
+                });
+            }
+        };
+        if self.merge_attempt >= self.config.merge_retries {
+            return Step::Finish(IssueResult::Failed {
+                reason: format!(
+                    "could not land on `{}` after {} follow-up(s): {problem}. The branch {} is kept for a person",
+                    workspace.target, self.merge_attempt, workspace.branch
+                ),
+            });
+        }
+        self.merge_attempt += 1;
+        self.ports.events.emit(&Event::Retrying {
+            issue: self.issue.id.clone(),
+            why: format!("merge queue: {problem}"),
+        });
+        self.merge_followup(&workspace.target, &onto, &problem)
+    }
+
+    fn merge_followup(&self, target: &str, onto: &str, problem: &str) -> Step {
+        let commands: Vec<String> = self
+            .config
+            .required
+            .iter()
+            .map(|r| format!("`{}`", r.command))
+            .collect();
+        match render_prompt(
+            PromptKind::MergeFollowup,
+            &[
+                ("issue_id", self.issue.id.to_string()),
+                ("attempt", self.merge_attempt.to_string()),
+                ("max_attempts", self.config.merge_retries.to_string()),
+                ("target", target.to_owned()),
+                ("onto", onto.to_owned()),
+                ("problem", problem.to_owned()),
+                (
+                    "validation_commands",
+                    if commands.is_empty() {
+                        "   (none configured)".to_owned()
+                    } else {
+                        bullet_list(&commands)
+                    },
+                ),
+                ("commit_prefix", self.commit_prefix()),
+            ],
+        ) {
+            Ok(prompt) => Step::Turn(prompt),
+            Err(e) => Step::Finish(IssueResult::Failed {
+                reason: e.to_string(),
+            }),
+        }
     }
 
     fn closed(&self) -> IssueResult {
@@ -1260,7 +1464,7 @@ impl IssueRun {
             touched.extend(locks.held_by(&self.agent));
             let _ = locks.release_all(&self.agent).await;
         }
-        let _ = self.ports.repo.unstage(&touched).await;
+        let _ = self.repo().unstage(&touched).await;
         let id = self.issue.id.clone();
         match &result {
             IssueResult::Closed { commit, marker } => {
@@ -1271,6 +1475,7 @@ impl IssueRun {
                 };
                 match self.ports.tracker.close(&id, &reason).await {
                     Ok(()) => {
+                        self.remove_workspace().await;
                         if self.issue.has_label(NEEDS_FOLLOWUP) {
                             // Done now: an earlier failure's label would say otherwise.
                             let cleared = IssueUpdate {
@@ -1321,6 +1526,21 @@ impl IssueRun {
         result
     }
 
+    /// A closed issue's worktree goes (its branch landed). Any other end
+    /// keeps it, with its work, for the next run or a person.
+    async fn remove_workspace(&self) {
+        let Some(workspaces) = &self.ports.workspaces else {
+            return;
+        };
+        if self.workspace.is_some()
+            && let Err(error) = workspaces.remove(&self.issue.id).await
+        {
+            self.ports.events.emit(&Event::Warning {
+                message: format!("{}: could not remove its worktree: {error}", self.issue.id),
+            });
+        }
+    }
+
     /// needs-followup with the reason and the record; reopened for a later
     /// run while `retry_failed` allows, else blocked for a person.
     async fn record_failure(&self, reason: &str) {
@@ -1346,6 +1566,11 @@ impl IssueRun {
             let _ = tracker.update(&self.issue.id, update).await;
         }
     }
+}
+
+/// A commit id as people read it.
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
 }
 
 fn marker_text(marker: &Marker) -> String {

@@ -12,8 +12,9 @@ use chrono::{DateTime, Utc};
 use mala_core::{
     AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession,
     CheckCommand, CheckFailure, CommandRun, CommitInfo, Event, EventSink, FileEdit, Finding,
-    IssueId, IssueStatus, IssueTracker, LockTable, NewIssue, RepoError, Repository, ReviewError,
-    ReviewRequest, ReviewVerdict, Reviewer, SessionId, SessionRequest, TurnOutcome,
+    IssueId, IssueStatus, IssueTracker, Landing, LockTable, NewIssue, RepoError, Repository,
+    ReviewError, ReviewRequest, ReviewVerdict, Reviewer, SessionId, SessionRequest, TurnOutcome,
+    Workspace, Workspaces,
 };
 use mala_domain::{Marker, RequiredCommand};
 use mala_infra::{FileLockTable, JsonlTracker, SystemClock};
@@ -45,6 +46,8 @@ struct World {
     resumed: Vec<Option<SessionId>>,
     /// The dollar limit each session was started with.
     session_budgets: Vec<Option<f64>>,
+    /// Where each session was started.
+    cwds: Vec<PathBuf>,
     /// The session's running cost, as a backend reports it.
     session_cost: f64,
     /// Commits mala checked itself (gate.rerun), and subjects whose check fails.
@@ -118,6 +121,7 @@ impl AgentBackend for FakeBackend {
         let mut world = self.world.lock().unwrap();
         world.resumed.push(request.resume);
         world.session_budgets.push(request.max_cost_usd);
+        world.cwds.push(request.cwd);
         world.session_cost = 0.0;
         drop(world);
         Ok(Box::new(FakeSession {
@@ -471,6 +475,8 @@ impl Harness {
             rerun: false,
             track_review_issues: true,
             protected_files: vec![],
+            merge_validate: true,
+            merge_retries: 1,
         }
     }
 
@@ -541,6 +547,7 @@ impl Harness {
             clock: Arc::new(SystemClock),
             session_end: None,
             faults: mala_pipeline::FaultLine::detached(),
+            workspaces: None,
         }
     }
 
@@ -2101,4 +2108,206 @@ async fn a_gate_failure_on_a_check_red_before_any_agent_says_so() {
         panic!()
     };
     assert!(!reason.contains("baseline"), "{reason}");
+}
+
+/// Worktree isolation's port, scripted: each landing answers the next of
+/// `landings` (landed once they run out).
+struct FakeWorkspaces {
+    world: Shared,
+    landings: Mutex<Vec<Landing>>,
+    /// The validation commands each landing was given.
+    validated: Mutex<Vec<Vec<String>>>,
+    removed: Mutex<Vec<IssueId>>,
+    broken: bool,
+}
+
+impl FakeWorkspaces {
+    fn new(world: &Shared, landings: Vec<Landing>) -> Arc<Self> {
+        Arc::new(Self {
+            world: Arc::clone(world),
+            landings: Mutex::new(landings),
+            validated: Mutex::default(),
+            removed: Mutex::default(),
+            broken: false,
+        })
+    }
+}
+
+#[async_trait]
+impl Workspaces for FakeWorkspaces {
+    async fn open(&self, issue: &IssueId) -> Result<Workspace, RepoError> {
+        if self.broken {
+            return Err(RepoError::Git {
+                command: "worktree add".into(),
+                stderr: "No space left on device".into(),
+            });
+        }
+        Ok(Workspace {
+            root: PathBuf::from(format!("/state/worktrees/{issue}")),
+            branch: format!("mala/{issue}"),
+            target: "main".into(),
+            repo: Arc::new(FakeRepo {
+                world: Arc::clone(&self.world),
+            }),
+        })
+    }
+
+    async fn land(&self, _: &IssueId, validate: &[CheckCommand]) -> Result<Landing, RepoError> {
+        self.validated
+            .lock()
+            .unwrap()
+            .push(validate.iter().map(|c| c.command.clone()).collect());
+        let mut landings = self.landings.lock().unwrap();
+        Ok(if landings.is_empty() {
+            Landing::Landed {
+                commit: "landed0001".into(),
+                note: None,
+            }
+        } else {
+            landings.remove(0)
+        })
+    }
+
+    async fn remove(&self, issue: &IssueId) -> Result<(), RepoError> {
+        self.removed.lock().unwrap().push(issue.clone());
+        Ok(())
+    }
+}
+
+async fn run_isolated(
+    h: &Harness,
+    turns: Vec<Turn>,
+    workspaces: &Arc<FakeWorkspaces>,
+) -> IssueResult {
+    let ports = RunnerPorts {
+        workspaces: Some(Arc::clone(workspaces) as Arc<dyn Workspaces>),
+        ..h.ports(turns, None)
+    };
+    run_ports(h, &ports, &Harness::config()).await
+}
+
+#[tokio::test]
+async fn in_a_worktree_the_agent_works_there_and_the_issue_closes_once_its_branch_landed() {
+    let h = Harness::new().await;
+    let workspaces = FakeWorkspaces::new(&h.world, vec![]);
+    let result = run_isolated(&h, vec![honest_turn(&h)], &workspaces).await;
+    assert_eq!(
+        result,
+        IssueResult::Closed {
+            commit: Some("landed0001".into()),
+            marker: None
+        }
+    );
+    assert_eq!(h.status().await.0, IssueStatus::Closed);
+    let tree = PathBuf::from(format!("/state/worktrees/{}", h.issue));
+    assert_eq!(h.world.lock().unwrap().cwds, vec![tree.clone()]);
+    let prompt = &h.prompts()[0];
+    assert!(
+        prompt.contains(&tree.display().to_string()) && prompt.contains("worktree of your own")
+    );
+    assert!(!prompt.contains("lock_acquire"), "no locks in a worktree");
+    assert_eq!(
+        *workspaces.validated.lock().unwrap(),
+        vec![vec!["cargo test".to_owned()]]
+    );
+    assert_eq!(*workspaces.removed.lock().unwrap(), vec![h.issue.clone()]);
+    let events = h.events.0.lock().unwrap().clone();
+    let landed = events
+        .iter()
+        .position(|e| matches!(e, Event::Landed { commit, .. } if commit == "landed0001"));
+    let closed = events
+        .iter()
+        .position(|e| matches!(e, Event::IssueClosed { .. }));
+    assert!(
+        landed.is_some() && landed < closed,
+        "landed before closed: {events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_branch_that_conflicts_goes_back_to_the_agent_with_what_conflicted_then_lands() {
+    let h = Harness::new().await;
+    let conflict = Landing::Conflict {
+        onto: "feedface0123456789".into(),
+        files: vec!["src/parser.rs".into()],
+        detail: "CONFLICT (content): Merge conflict in src/parser.rs".into(),
+    };
+    let workspaces = FakeWorkspaces::new(&h.world, vec![conflict]);
+    let resolved = Turn {
+        edits: vec!["src/parser.rs"],
+        runs: vec![("cargo test", 0)],
+        commit: Some((h.subject("resolve the conflict"), vec!["src/parser.rs"])),
+        text: "Rebased onto feedface, resolved src/parser.rs, cargo test passes.",
+        ..Turn::default()
+    };
+    let result = run_isolated(&h, vec![honest_turn(&h), resolved], &workspaces).await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    let prompts = h.prompts();
+    assert_eq!(prompts.len(), 2);
+    for needle in [
+        "could not land on `main`",
+        "src/parser.rs",
+        "git rebase feedface0123456789",
+        "`cargo test`",
+    ] {
+        assert!(
+            prompts[1].contains(needle),
+            "missing {needle}: {}",
+            prompts[1]
+        );
+    }
+    assert_eq!(workspaces.validated.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_branch_that_fails_on_the_merged_result_past_its_retries_fails_with_the_branch_kept() {
+    let h = Harness::new().await;
+    let failed = || Landing::Failed {
+        onto: "abc123".into(),
+        failure: CheckFailure {
+            name: "test".into(),
+            command: "cargo test".into(),
+            output: "test parser::both ... FAILED".into(),
+        },
+    };
+    let workspaces = FakeWorkspaces::new(&h.world, vec![failed(), failed()]);
+    let result = run_isolated(&h, vec![honest_turn(&h), honest_turn(&h)], &workspaces).await;
+    let IssueResult::Failed { reason } = result else {
+        panic!("{result:?}")
+    };
+    for needle in [
+        "after 1 follow-up(s)",
+        "`test` (cargo test) failed",
+        "parser::both",
+        "mala/",
+        "kept for a person",
+    ] {
+        assert!(reason.contains(needle), "missing {needle}: {reason}");
+    }
+    assert!(
+        workspaces.removed.lock().unwrap().is_empty(),
+        "the worktree stays"
+    );
+    assert_ne!(h.status().await.0, IssueStatus::Closed);
+}
+
+#[tokio::test]
+async fn a_worktree_that_cannot_be_made_gives_the_issue_back_untouched() {
+    let h = Harness::new().await;
+    let workspaces = Arc::new(FakeWorkspaces {
+        broken: true,
+        ..Arc::into_inner(FakeWorkspaces::new(&h.world, vec![])).unwrap()
+    });
+    let result = run_isolated(&h, vec![honest_turn(&h)], &workspaces).await;
+    let IssueResult::Released { reason } = result else {
+        panic!("{result:?}")
+    };
+    assert!(
+        reason.contains("could not make the issue's worktree") && reason.contains("No space left"),
+        "{reason}"
+    );
+    assert!(h.prompts().is_empty(), "no agent started");
+    let (status, followup, _) = h.status().await;
+    assert_eq!(status, IssueStatus::Open);
+    assert!(!followup);
 }

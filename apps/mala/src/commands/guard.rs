@@ -84,6 +84,7 @@ pub(crate) fn check(
         staged: None,
         require_locks: true,
         commit_prefix: None,
+        own_branch: None,
     };
     let decision = check_tool(
         &ToolCall::Shell {
@@ -171,6 +172,7 @@ pub(crate) fn hook(
                 // Without an agent there are no locks to check against.
                 require_locks: agent.is_some(),
                 commit_prefix: prefix.as_deref(),
+                own_branch: None,
             };
             let tool = payload
                 .get("tool_name")

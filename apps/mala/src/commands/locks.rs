@@ -119,6 +119,7 @@ pub(crate) fn status(all: bool) -> Result<(), Failure> {
         );
     }
     let runs = mala_infra::list_runs(&settings.paths.runs_dir, (!all).then_some(repo.as_path()));
+    worktree_lines(&mut out, &repo, &settings, &runs, &markers);
     if !runs.is_empty() {
         let _ = writeln!(out, "recent runs:");
     }
@@ -129,11 +130,112 @@ pub(crate) fn status(all: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Worktree isolation's trees of this repository, and the issues of live
+/// runs whose branches wait in the merge queue.
+fn worktree_lines(
+    out: &mut String,
+    repo: &Path,
+    settings: &Settings,
+    runs: &[mala_core::RunLog],
+    markers: &[RunMarker],
+) {
+    let dir = mala_orchestration::worktrees_dir(settings, repo);
+    if !dir.is_dir() {
+        return;
+    }
+    let live = block_on(async {
+        let trees = mala_infra::GitWorktrees::on_branch(repo, &dir, "")?;
+        trees.live().await
+    })
+    .and_then(|listed| listed.map_err(|e| e.to_string()));
+    let trees = match live {
+        Ok(trees) => trees,
+        Err(error) => {
+            let _ = writeln!(out, "worktrees: could not list them: {error}");
+            return;
+        }
+    };
+    let _ = writeln!(
+        out,
+        "{} worktree{} in {}",
+        trees.len(),
+        if trees.len() == 1 { "" } else { "s" },
+        dir.display()
+    );
+    for tree in &trees {
+        let _ = writeln!(
+            out,
+            "  {}  {}{}",
+            tree.path.display(),
+            tree.branch.as_deref().unwrap_or("(detached)"),
+            if tree.dirty {
+                "  (uncommitted changes)"
+            } else {
+                ""
+            }
+        );
+    }
+    let alive = |run: &mala_core::RunLog| {
+        markers
+            .iter()
+            .any(|m| m.run_id == run.run_id && m.is_alive())
+    };
+    let queued: Vec<&str> = runs
+        .iter()
+        .filter(|run| alive(run))
+        .flat_map(|run| &run.issues)
+        .filter(|i| i.status == "running" && i.merge.as_deref() == Some("queued"))
+        .map(|i| i.issue.as_str())
+        .collect();
+    if !queued.is_empty() {
+        let _ = writeln!(out, "merge queue: {}", queued.join(", "));
+    }
+}
+
+fn block_on<T>(work: impl std::future::Future<Output = T>) -> Result<T, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("could not start a runtime: {e}"))?;
+    Ok(runtime.block_on(work))
+}
+
+/// Removes the worktrees of runs that are gone that hold nothing
+/// uncommitted (their branches stay); keeps and names the others.
+fn clean_worktrees(repo: &Path, settings: &Settings) -> Result<(), Failure> {
+    let dir = mala_orchestration::worktrees_dir(settings, repo);
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let cleaned = block_on(async {
+        let trees = mala_infra::GitWorktrees::on_branch(repo, &dir, "")?;
+        trees.clean().await
+    })
+    .and_then(|cleaned| cleaned.map_err(|e| e.to_string()));
+    let (removed, kept) = cleaned.map_err(|error| Failure::Other {
+        message: format!(
+            "could not clean the worktrees in {}: {error}",
+            dir.display()
+        ),
+        hint: None,
+    })?;
+    let mut out = format!(
+        "removed {} worktree{} of runs that are gone (their branches stay)\n",
+        removed.len(),
+        if removed.len() == 1 { "" } else { "s" }
+    );
+    for tree in kept {
+        let _ = writeln!(out, "kept {}: it has uncommitted changes", tree.display());
+    }
+    output::stdout(&out);
+    Ok(())
+}
+
 /// How many finished runs `mala status` lists (`mala logs list` has them all).
 const RECENT_RUNS: usize = 5;
 
 pub(crate) fn clean(force: bool) -> Result<(), Failure> {
-    let (_repo, settings) = repo_and_settings()?;
+    let (repo, settings) = repo_and_settings()?;
     let dir = &settings.paths.lock_dir;
     let markers = RunMarker::all(dir);
     let live: Vec<&RunMarker> = markers.iter().filter(|m| m.is_alive()).collect();
@@ -161,5 +263,10 @@ pub(crate) fn clean(force: bool) -> Result<(), Failure> {
         if markers_removed == 1 { "" } else { "s" },
         if kept == 1 { "" } else { "s" },
     ));
+    if live.is_empty() {
+        clean_worktrees(&repo, &settings)?;
+    } else {
+        output::stdout("worktrees left alone: a run is alive and may be using them\n");
+    }
     Ok(())
 }

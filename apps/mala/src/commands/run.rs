@@ -35,6 +35,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     let mut flags = flag_overrides(Some(&args.coder), args.timeout);
     flags.max_cost_usd = args.max_cost;
     flags.max_tokens = args.max_tokens;
+    flags.isolation = args.isolation;
     let (settings, file) = load_settings(&config, &flags)?;
     for warning in settings.warnings() {
         output::note(&format!("warning: {warning}"));

@@ -12,8 +12,9 @@ pub use error::{ConfigError, Location};
 pub use load::{ConfigFile, SpanIndex, parse_config};
 pub use names::{
     AgentSdkModel, AmpMode, BUILTIN_COMMANDS, BaselinePolicy, Coder, CodexApprovalPolicy,
-    CodexSandbox, Effort, EpicDepth, FailureMode, FindingThreshold, FireOn, PresetName,
-    ReviewBaseline, ReviewerType, SettingsSource, TrackerKind, UnknownWord, is_valid_command_name,
+    CodexSandbox, Effort, EpicDepth, FailureMode, FindingThreshold, FireOn, Isolation,
+    MergeStrategy, PresetName, ReviewBaseline, ReviewerType, SettingsSource, TrackerKind,
+    UnknownWord, is_valid_command_name,
 };
 pub use presets::{load_preset, preset_text};
 pub use resolve::{ConfigSources, FlagOverrides, resolve};
@@ -23,7 +24,7 @@ pub use schema::{
 };
 pub use settings::{
     Budget, Cerberus, ClaudeOptions, CodeReview, CoderOptions, CommandSpec, EpicCompletionTrigger,
-    EpicVerification, EvidenceCheck, Gate, IssueReview, OriginDisplay, Paths, PeriodicTrigger,
-    ReviewerChoice, RunEndTrigger, Settings, Spend, Trigger, TriggerCommand, Triggers,
-    dotted_leaves,
+    EpicVerification, EvidenceCheck, Gate, IsolationSettings, IssueReview, MergeQueue,
+    OriginDisplay, Paths, PeriodicTrigger, ReviewerChoice, RunEndTrigger, Settings, Spend, Trigger,
+    TriggerCommand, Triggers, dotted_leaves,
 };

@@ -95,6 +95,17 @@ word_enum!(
 );
 
 word_enum!(
+    /// Where agents work: all in the shared checkout, or each in a git
+    /// worktree of its own.
+    Isolation { Shared = "shared", Worktree = "worktree" }
+);
+
+word_enum!(
+    /// How the merge queue puts an issue's branch on the target's head.
+    MergeStrategy { Rebase = "rebase", Merge = "merge" }
+);
+
+word_enum!(
     /// Amp's operating mode.
     AmpMode { Smart = "smart", Rush = "rush", Deep = "deep" }
 );

@@ -40,6 +40,8 @@ pub struct FlagOverrides {
     /// Refused: choosing codex's sandbox is not built.
     pub codex_sandbox: Option<CodexSandbox>,
     pub timeout_minutes: Option<u64>,
+    /// `--isolation`.
+    pub isolation: Option<super::Isolation>,
     /// `--max-cost`: dollars the whole run may spend.
     pub max_cost_usd: Option<f64>,
     /// `--max-tokens`: tokens the whole run may spend.
@@ -250,6 +252,7 @@ fn defaults(env: &BTreeMap<String, String>) -> Settings {
             .to_vec(),
         retry_failed: 1,
         baseline: BaselinePolicy::Warn,
+        isolation: super::IsolationSettings::default(),
         paths: Paths {
             runs_dir: config_home.join("mala").join("runs"),
             lock_dir: PathBuf::from("/tmp/mala-locks"),
@@ -459,6 +462,13 @@ fn apply_file(settings: &mut Settings, file: &ConfigFile) -> Result<(), ConfigEr
     set!("tracker", raw.tracker => settings.tracker);
     set!("retry_failed", raw.retry_failed => settings.retry_failed);
     set!("baseline", raw.baseline => settings.baseline);
+    set!("isolation", raw.isolation => settings.isolation.isolation);
+    set!("merge_strategy", raw.merge_strategy => settings.isolation.merge_strategy);
+    set!("keep_branches", raw.keep_branches => settings.isolation.keep_branches);
+    if let Some(queue) = &raw.merge_queue {
+        set!("merge_queue.validate", queue.validate => settings.isolation.merge_queue.validate);
+        set!("merge_queue.max_retries", queue.max_retries => settings.isolation.merge_queue.max_retries);
+    }
     if let Some(seconds) = raw.idle_timeout_seconds {
         if !(seconds.is_finite() && seconds >= 0.0) {
             return Err(file.error(
@@ -963,6 +973,10 @@ fn apply_flags(settings: &mut Settings, flags: &FlagOverrides) -> Result<(), Con
                     .hint(hint),
             );
         }
+    }
+    if let Some(v) = flags.isolation {
+        settings.isolation.isolation = v;
+        settings.origins.record("isolation", at("--isolation"));
     }
     if let Some(v) = flags.coder {
         settings.coder = v;

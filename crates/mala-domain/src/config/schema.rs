@@ -193,6 +193,26 @@ pub struct RawConfig {
     pub retry_failed: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<BaselinePolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<super::Isolation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_strategy: Option<super::MergeStrategy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_queue: Option<RawMergeQueue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_branches: Option<bool>,
+}
+
+/// `merge_queue:` (worktree isolation).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMergeQueue {
+    /// Re-run the required commands on the merged result before landing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate: Option<bool>,
+    /// Follow-ups after a conflict or a failed validation, before the issue fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
 }
 
 /// A command: a shell string, or an object with overrides.

@@ -54,6 +54,9 @@ pub struct Settings {
     pub retry_failed: u32,
     /// What a red baseline does to the run (`baseline:`).
     pub baseline: BaselinePolicy,
+    /// `isolation`, `merge_strategy`, `merge_queue`, `keep_branches`.
+    #[serde(flatten)]
+    pub isolation: IsolationSettings,
     pub paths: Paths,
     #[serde(skip)]
     pub(crate) origins: Origins,
@@ -117,6 +120,39 @@ pub struct ClaudeOptions {
     /// The `claude` executable: a name looked up on PATH, or a path.
     pub binary: String,
     pub disallowed_tools: Vec<String>,
+}
+
+/// Where agents work, and how worktree isolation lands their branches.
+/// The keys are top-level in mala.yaml; they live together here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct IsolationSettings {
+    pub isolation: super::Isolation,
+    pub merge_strategy: super::MergeStrategy,
+    pub merge_queue: MergeQueue,
+    /// Keep an issue's branch after it landed.
+    pub keep_branches: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MergeQueue {
+    /// Re-run the required commands on the merged result before landing.
+    pub validate: bool,
+    /// Follow-ups after a conflict or a failed validation, before the issue fails.
+    pub max_retries: u32,
+}
+
+impl Default for IsolationSettings {
+    fn default() -> Self {
+        Self {
+            isolation: super::Isolation::Shared,
+            merge_strategy: super::MergeStrategy::Rebase,
+            merge_queue: MergeQueue {
+                validate: true,
+                max_retries: 2,
+            },
+            keep_branches: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

@@ -48,6 +48,10 @@ pub struct GuardContext<'a> {
     /// The prefix this agent's commits must carry (`bd-<id>:`) when it works
     /// on an issue: a commit under another subject would hide from the gate.
     pub commit_prefix: Option<&'a str>,
+    /// Worktree isolation: the agent's own branch (`mala/<issue>`), checked
+    /// out in `repo_root`, its worktree. It may rebase and merge that
+    /// branch; it may move no other ref.
+    pub own_branch: Option<&'a str>,
 }
 
 impl GuardContext<'_> {
@@ -286,6 +290,7 @@ pub fn shell_writes(command: &str, repo_root: &Path) -> Vec<PathBuf> {
         staged: None,
         require_locks: true,
         commit_prefix: None,
+        own_branch: None,
     };
     rules::repository_writes(command, &ctx)
 }
@@ -482,6 +487,7 @@ mod tests {
             staged,
             require_locks: true,
             commit_prefix: None,
+            own_branch: None,
         }
     }
 
@@ -533,6 +539,7 @@ mod tests {
         let ctx = GuardContext {
             require_locks: false,
             commit_prefix: None,
+            own_branch: None,
             ..ctx(&[], None, &[])
         };
         let background = ToolCall::from_claude(
@@ -554,10 +561,63 @@ mod tests {
     }
 
     #[test]
+    fn in_its_own_worktree_an_agent_may_rebase_its_branch_and_move_nothing_else() {
+        let own = GuardContext {
+            repo_root: Path::new("/state/worktrees/bd-7"),
+            cwd: Path::new("/state/worktrees/bd-7"),
+            require_locks: false,
+            own_branch: Some("mala/bd-7"),
+            ..ctx(&[], None, &[])
+        };
+        let shell = |c: &str| ToolCall::Shell {
+            tool: "Bash".into(),
+            command: c.into(),
+        };
+        for allowed in [
+            "git rebase main",
+            "git rebase --continue",
+            "git rebase --abort",
+            "git merge --no-edit main",
+            "git merge --abort",
+            "echo fix > src/lib.rs && git add src/lib.rs && git commit -m 'bd-7: fix'",
+            "echo scratch > /tmp/notes",
+        ] {
+            assert!(check_tool(&shell(allowed), &own).is_allowed(), "{allowed}");
+        }
+        for (denied, why) in [
+            ("git rebase main other", "other than yours"),
+            ("git rebase -i main", "not a form"),
+            ("git rebase --exec 'rm -rf .' main", "not a form"),
+            ("git push origin HEAD", "mala lands your branch"),
+            ("git push . HEAD:main", "mala lands your branch"),
+            ("git fetch . HEAD:main", "mala lands your branch"),
+            ("git pull", "mala lands your branch"),
+            ("git checkout main", "stays on your branch"),
+            ("git reset --hard HEAD~1", "moves your branch"),
+            ("git branch -f main HEAD", "branch"),
+            ("git update-ref refs/heads/main HEAD", "update-ref"),
+            ("echo x > /repo/src/lib.rs", "outside the repository"),
+            ("echo x > ../bd-8/src/lib.rs", "outside the repository"),
+        ] {
+            let reason = reason(check_tool(&shell(denied), &own));
+            assert!(reason.contains(why), "{denied}: {reason}");
+        }
+        // In the shared checkout a rebase is refused as before.
+        let shared = GuardContext {
+            require_locks: false,
+            ..ctx(&[], None, &[])
+        };
+        assert!(
+            reason(check_tool(&shell("git rebase main"), &shared)).contains("rewrites history")
+        );
+    }
+
+    #[test]
     fn without_lock_enforcement_only_danger_is_refused() {
         let ctx = GuardContext {
             require_locks: false,
             commit_prefix: None,
+            own_branch: None,
             ..ctx(&[], None, &[])
         };
         let shell = |c: &str| ToolCall::Shell {
@@ -629,6 +689,7 @@ mod tests {
         let held = vec![PathBuf::from("/repo/src/lib.rs")];
         let ctx = GuardContext {
             commit_prefix: Some("bd-m-1:"),
+            own_branch: None,
             ..ctx(&held, None, &[])
         };
         let shell = |c: &str| ToolCall::Shell {

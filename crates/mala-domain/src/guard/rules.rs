@@ -664,6 +664,9 @@ impl Walker<'_> {
                 "refused: this git command changes how long git keeps unreachable objects or reflogs, the data that recovers lost commits. Run it without that setting".to_owned(),
             );
         }
+        if let Some(decided) = git::in_own_worktree(self.ctx.own_branch, sub, rest) {
+            return decided;
+        }
         match sub {
             "reset" => Err(
                 "refused: git reset rewrites the index or working tree that every agent shares. \

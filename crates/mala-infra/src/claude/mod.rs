@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mala_core::{
-    AgentBackend, AgentError, AgentErrorKind, AgentId, AgentObserver, AgentSession, LockTable,
-    Refusal, SessionRequest, ToolGuard,
+    AgentBackend, AgentError, AgentErrorKind, AgentId, AgentObserver, AgentSession, IssueId,
+    LockTable, Refusal, SessionRequest, ToolGuard,
 };
 use mala_domain::{GuardContext, ToolCall, check_tool};
 
@@ -400,6 +400,9 @@ pub struct LockingGuard {
     locks: Arc<dyn LockTable>,
     disallowed_tools: Vec<String>,
     require_locks: bool,
+    /// Worktree isolation: an issue's agent is judged in its own worktree
+    /// under this directory, on its own branch, with no locks.
+    worktrees: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for LockingGuard {
@@ -419,7 +422,16 @@ impl LockingGuard {
             locks,
             disallowed_tools,
             require_locks: true,
+            worktrees: None,
         }
+    }
+
+    /// Issue agents work in their own worktrees under `dir` (worktree
+    /// isolation); any other agent in the shared checkout, as before.
+    #[must_use]
+    pub fn in_worktrees(mut self, dir: &Path) -> Self {
+        self.worktrees = Some(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()));
+        self
     }
 
     /// Edits need no locks (a run with one agent); destructive commands are still refused.
@@ -437,16 +449,28 @@ impl ToolGuard for LockingGuard {
             mala_domain::check_probe_tool(&call)
         } else {
             let held = self.locks.held_by(agent);
-            let prefix =
-                mala_domain::parse_agent_name(agent).map(|(issue, _)| issue.commit_prefix());
+            let issue = mala_domain::parse_agent_name(agent).map(|(issue, _)| issue);
+            let prefix = issue.as_ref().map(IssueId::commit_prefix);
+            let own = self
+                .worktrees
+                .as_ref()
+                .zip(issue.as_ref())
+                .map(|(dir, issue)| {
+                    (
+                        crate::issue_worktree(dir, issue),
+                        crate::issue_branch(issue),
+                    )
+                });
+            let root = own.as_ref().map_or(&self.repo_root, |(tree, _)| tree);
             let ctx = GuardContext {
-                repo_root: &self.repo_root,
-                cwd: &self.repo_root,
+                repo_root: root,
+                cwd: root,
                 held: &held,
                 disallowed_tools: &self.disallowed_tools,
                 staged: None,
-                require_locks: self.require_locks,
+                require_locks: self.require_locks && own.is_none(),
                 commit_prefix: prefix.as_deref(),
+                own_branch: own.as_ref().map(|(_, branch)| branch.as_str()),
             };
             check_tool(&call, &ctx)
         };
@@ -480,6 +504,7 @@ mod tests {
                 staged: None,
                 require_locks: true,
                 commit_prefix: None,
+                own_branch: None,
             },
         ) {
             mala_domain::Decision::Deny { reason } => reason,

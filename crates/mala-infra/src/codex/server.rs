@@ -359,8 +359,9 @@ mod tests {
         std::fs::write(
             &binary,
             format!(
-                "#!/bin/sh\ntrap '' TERM HUP\nsleep 600 &\necho $! > {}\nexec 0<&-\nwhile :; do sleep 1; done\n",
-                child_pid.display()
+                // Written whole, then moved in place: the test never reads a half-written pid.
+                "#!/bin/sh\ntrap '' TERM HUP\nsleep 600 &\necho $! > {pid}.part && mv {pid}.part {pid}\nexec 0<&-\nwhile :; do sleep 1; done\n",
+                pid = child_pid.display()
             ),
         )
         .unwrap();

@@ -104,8 +104,8 @@ impl Default for Timeouts {
 
 /// mala's tools as the thread's dynamic tools: the model calls them as
 /// plain functions, and each call comes to mala as `item/tool/call`.
-fn dynamic_tools() -> Value {
-    let tools = crate::agent_tools::tool_list();
+fn dynamic_tools(git: bool) -> Value {
+    let tools = crate::agent_tools::tool_list(true, git);
     let tools = tools.as_array().into_iter().flatten().map(|tool| {
         json!({
             "type": "function",
@@ -246,7 +246,7 @@ impl CodexSession {
             "sandbox": "danger-full-access",
         });
         if around.locks.is_some() {
-            params["dynamicTools"] = dynamic_tools();
+            params["dynamicTools"] = dynamic_tools(around.git.is_some());
         }
         if let Some(model) = &settings.model {
             params["model"] = json!(model);

@@ -277,3 +277,68 @@ pub(super) fn only_prints(sub: &str, rest: &[&str]) -> bool {
         matches!(sub, "add" | "commit" | "clean" | "prune" | "push") && rest.contains(&"--dry-run");
     matches!(rest.first().copied(), Some("-h" | "--help")) || dry_short || dry_long
 }
+
+/// Under worktree isolation, the decision on the subcommands that move or
+/// fetch refs; `None` leaves the rest to the shared checkout's rules.
+pub(crate) fn in_own_worktree(
+    own: Option<&str>,
+    sub: &str,
+    rest: &[&str],
+) -> Option<Result<(), Refusal>> {
+    let moves_refs = matches!(
+        sub,
+        "rebase" | "merge" | "pull" | "push" | "fetch" | "checkout" | "switch" | "reset"
+    );
+    own.filter(|_| moves_refs)
+        .map(|own| own_branch(sub, rest, own))
+}
+
+/// Worktree isolation: what an agent may do to refs from its own worktree.
+/// It may put its own branch on the target again (`git rebase <upstream>`,
+/// `git merge <branch>`, and end or abort either); mala lands the branch,
+/// so nothing else moves refs, and nothing reaches a remote.
+fn own_branch(sub: &str, rest: &[&str], own: &str) -> Result<(), Refusal> {
+    let steps = ["--continue", "--abort", "--skip", "--quit"];
+    let quiet = [
+        "-q",
+        "--quiet",
+        "--no-edit",
+        "--no-ff",
+        "--ff",
+        "--ff-only",
+        "--stat",
+        "-n",
+    ];
+    let positional: Vec<&str> = rest
+        .iter()
+        .copied()
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let unknown = rest
+        .iter()
+        .find(|a| a.starts_with('-') && !steps.contains(a) && !quiet.contains(a));
+    match sub {
+        "rebase" | "merge" if rest.len() == 1 && steps.contains(&rest[0]) => Ok(()),
+        "rebase" | "merge" if unknown.is_some() => Err(format!(
+            "refused: `git {sub} {}` is not a form mala can check in your worktree. Use `git {sub} <branch>` (and `git {sub} --continue` or `--abort`)",
+            unknown.map_or("", |a| *a)
+        )),
+        "rebase" | "merge" if positional.len() == 1 => Ok(()),
+        "rebase" => Err(format!(
+            "refused: git rebase with {} branches would check out or move a branch other than yours ({own}). Use `git rebase <upstream>` in your worktree",
+            positional.len()
+        )),
+        "merge" => Err(format!(
+            "refused: merge one branch into yours ({own}) at a time: `git merge <branch>`"
+        )),
+        "checkout" | "switch" => Err(format!(
+            "refused: your worktree stays on your branch ({own}), which mala lands; git {sub} would leave it. To restore a file, `git show HEAD:<path> > <path>`"
+        )),
+        "reset" => Err(format!(
+            "refused: git reset moves your branch ({own}) or discards work in your worktree. Undo a change by editing the file back and committing"
+        )),
+        _ => Err(format!(
+            "refused: git {sub} reaches another repository or moves refs other than your branch ({own}); mala lands your branch itself once the gate and review pass"
+        )),
+    }
+}

@@ -1,0 +1,286 @@
+//! `mala run --isolation worktree` with the real br and claude: each issue
+//! in a worktree of its own, landed through the merge queue.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use mala_testkit::{
+    Block, Br, ClaudeHarness, Conversation, MockAnthropic, NewIssue, Reply, Script, TempRepo, Tool,
+    require_tool,
+};
+use serde_json::json;
+
+use super::{bin_dir, issue_of, reply, run_env};
+
+/// What the merge follow-up says (`prompts/merge_followup.md`).
+const LAND_AGAIN: &str = "could not land on";
+
+/// The worktree the implementer prompt names.
+fn worktree_of(text: &str) -> PathBuf {
+    let after = text.split("working on issue ").nth(1).unwrap_or_default();
+    let tree = after
+        .split(" in ")
+        .nth(1)
+        .and_then(|r| r.split(", a git worktree").next())
+        .unwrap_or("/nowhere");
+    PathBuf::from(tree)
+}
+
+/// An honest agent in its own worktree: write FILE with its issue's line,
+/// run the check, commit with git. Sent back by the merge queue, it rebases
+/// onto the commit it is given and keeps both sides' lines.
+fn worktree_script() -> Script {
+    Script::from_fn(move |conversation: &Conversation<'_>| {
+        let text = conversation.user_texts().join("\n");
+        let issue = issue_of(&text);
+        let tree = worktree_of(&text);
+        let file = text
+            .split("FILE=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("src/x.txt")
+            .to_owned();
+        let commit = format!("git add {file} && git commit -q -m 'bd-{issue}: write {file}'");
+        if let Some(done) = conversation.tool_uses_since(LAND_AGAIN) {
+            let onto = conversation
+                .last_user_text()
+                .split("git rebase ")
+                .nth(1)
+                .and_then(|r| r.split('`').next())
+                .unwrap_or("main")
+                .to_owned();
+            let merged = format!("{}\n{issue}\n", landed_lines(&tree, &file));
+            let plan = [
+                (
+                    "Bash",
+                    json!({"command": format!("git rebase {onto} || true")}),
+                ),
+                (
+                    "Write",
+                    json!({"file_path": tree.join(&file), "content": merged}),
+                ),
+                (
+                    "Bash",
+                    json!({"command": format!("git add {file} && GIT_EDITOR=true git rebase --continue")}),
+                ),
+                ("Bash", json!({"command": "ls src"})),
+            ];
+            return reply(plan.get(done), "Rebased, kept both lines; `ls src` passed.");
+        }
+        let mut plan = vec![
+            (
+                "Write",
+                json!({"file_path": tree.join(&file), "content": format!("{issue}\n")}),
+            ),
+            ("Bash", json!({"command": "ls src"})),
+            ("Bash", json!({"command": commit})),
+        ];
+        if text.contains("MEET=3") {
+            // The first three agents meet before any of them commits, so
+            // the two that write the same file both start from the same head.
+            let meet = "until [ \"$(ls .. | wc -l)\" -ge 3 ]; do sleep 0.05; done";
+            plan.insert(0, ("Bash", json!({"command": meet})));
+        }
+        reply(
+            plan.get(conversation.tool_uses_so_far()),
+            &format!("Wrote {file}; `ls src` passed; committed on my branch."),
+        )
+    })
+}
+
+/// The lines the target's head already has in `file`, read from the
+/// worktree's view of git (what the agent would see after the rebase).
+fn landed_lines(tree: &Path, file: &str) -> String {
+    Command::new("git")
+        .args(["show", &format!("main:{file}")])
+        .current_dir(tree)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim_end().to_owned())
+        .unwrap_or_default()
+}
+
+#[allow(clippy::too_many_lines)]
+#[test]
+fn six_issues_close_in_their_own_worktrees_and_a_conflict_is_resolved_on_its_follow_up() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = TempRepo::new();
+    std::fs::create_dir(repo.path().join("src")).unwrap();
+    std::fs::write(repo.path().join("src/keep.txt"), "kept\n").unwrap();
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
+    )
+    .unwrap();
+    let br = Br::init(&br_binary, repo.path(), "wt");
+    // Two of the first three claimed write the same file.
+    let files = ["shared", "shared", "c", "d", "e", "f"];
+    let issues: Vec<String> = files
+        .iter()
+        .enumerate()
+        .map(|(i, file)| {
+            br.create(&NewIssue {
+                title: &format!("Write {file} ({i})"),
+                priority: if i < 3 { 1 } else { 2 },
+                description: &format!(
+                    "Write your issue id into FILE=src/{file}.txt and commit it.{}",
+                    if i < 3 { " MEET=3" } else { "" }
+                ),
+                ..NewIssue::default()
+            })
+        })
+        .collect();
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+    let mock = MockAnthropic::start(worktree_script());
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = bin_dir(scratch.path(), &br_binary, &claude);
+    let events = scratch.path().join("events.jsonl");
+    let output = Command::new(env!("CARGO_BIN_EXE_mala"))
+        .args([
+            "run",
+            "--isolation",
+            "worktree",
+            "--max-agents",
+            "3",
+            "--events-jsonl",
+        ])
+        .arg(&events)
+        .current_dir(repo.path())
+        .env_clear()
+        .envs(run_env(&harness, &bin, scratch.path()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("6 closed, 0 failed, 0 skipped"), "{stdout}");
+    for issue in &issues {
+        assert_eq!(
+            br.json(&["show", issue])[0]["status"],
+            "closed",
+            "{issue}: {stdout}"
+        );
+        let commits = repo.git(&[
+            "log",
+            "main",
+            "--format=%s",
+            "--grep",
+            &format!("^bd-{issue}:"),
+        ]);
+        assert_eq!(commits.lines().count(), 1, "{issue} landed once: {commits}");
+    }
+    // Both writers' lines are in the shared file, in the user's checkout.
+    let shared = std::fs::read_to_string(repo.path().join("src/shared.txt")).unwrap();
+    for issue in &issues[..2] {
+        assert!(shared.lines().any(|l| l == issue), "{issue} in {shared:?}");
+    }
+    for (issue, file) in issues.iter().zip(files).skip(2) {
+        let text = std::fs::read_to_string(repo.path().join(format!("src/{file}.txt"))).unwrap();
+        assert_eq!(text, format!("{issue}\n"));
+    }
+    // The history on main is straight: every issue's commit rebased on the last.
+    let merges = repo.git(&["rev-list", "--merges", "main"]);
+    assert_eq!(merges.trim(), "", "no merge commits");
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let sent_back: Vec<&str> = events
+        .iter()
+        .filter(|e| {
+            e["kind"] == "retrying" && e["why"].as_str().is_some_and(|w| w.contains("merge queue"))
+        })
+        .filter_map(|e| e["issue"].as_str())
+        .collect();
+    assert_eq!(
+        sent_back.len(),
+        1,
+        "one of the two writers was sent back once: {sent_back:?}"
+    );
+    assert!(issues[..2].iter().any(|i| i == sent_back[0]));
+    let landed = events.iter().filter(|e| e["kind"] == "landed").count();
+    assert_eq!(landed, 6);
+    // Each agent worked in its own tree, none in the user's checkout, and
+    // every closed issue's tree and branch are gone.
+    let opened: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "worktree_opened")
+        .filter_map(|e| e["path"].as_str())
+        .collect();
+    assert_eq!(opened.len(), 6);
+    let user_checkout = repo.path().canonicalize().unwrap();
+    assert!(
+        opened
+            .iter()
+            .all(|p| !Path::new(p).starts_with(&user_checkout))
+    );
+    assert!(opened.iter().all(|p| !Path::new(p).exists()), "{opened:?}");
+    assert_eq!(repo.git(&["branch", "--list", "mala/*"]).trim(), "");
+    assert_eq!(repo.git(&["worktree", "list"]).lines().count(), 1);
+    // No agent was offered locks or mala's commit tool.
+    for request in mock.requests() {
+        let tools = request.body["tools"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            tools
+                .iter()
+                .all(|t| !t["name"].as_str().unwrap_or("").starts_with("mcp__mala__")),
+            "no mala tools in worktree mode"
+        );
+    }
+    let status = Command::new(env!("CARGO_BIN_EXE_mala"))
+        .arg("status")
+        .current_dir(repo.path())
+        .env_clear()
+        .envs(run_env(&harness, &bin, scratch.path()))
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("0 worktrees in"), "{status}");
+}
+
+/// `isolation: worktree` refuses a checkout on a detached HEAD before any
+/// claim, with the reason.
+#[test]
+fn a_detached_checkout_stops_a_worktree_run_before_any_claim() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = TempRepo::new();
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "isolation: worktree\ncommands:\n  check: \"true\"\nevidence_check:\n  required: [check]\n",
+    )
+    .unwrap();
+    let br = Br::init(&br_binary, repo.path(), "wd");
+    let issue = br.create(&NewIssue {
+        title: "Anything",
+        ..NewIssue::default()
+    });
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+    repo.git(&["checkout", "-q", "--detach"]);
+    let mock = MockAnthropic::start(Script::from_fn(|_| {
+        Reply::Message(vec![Block::Text("no".into())])
+    }));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = bin_dir(scratch.path(), &br_binary, &claude);
+    let output = Command::new(env!("CARGO_BIN_EXE_mala"))
+        .arg("run")
+        .current_dir(repo.path())
+        .env_clear()
+        .envs(run_env(&harness, &bin, scratch.path()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(stderr.contains("detached HEAD"), "{stderr}");
+    assert_eq!(br.json(&["show", &issue])[0]["status"], "open");
+}
