@@ -158,6 +158,8 @@ pub trait Workspaces: Send + Sync {
     /// Removes the issue's working tree once it is closed; its branch too,
     /// unless branches are kept.
     async fn remove(&self, issue: &IssueId) -> Result<(), RepoError>;
+    /// The issues that have a working tree now.
+    async fn issues(&self) -> Result<Vec<IssueId>, RepoError>;
 }
 
 /// One issue's working tree, its branch, and git in it.

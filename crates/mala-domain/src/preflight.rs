@@ -267,6 +267,7 @@ mod tests {
             require_locks: false,
             commit_prefix: None,
             own_branch: None,
+            elsewhere: &[],
         };
         let call = ToolCall::Shell {
             tool: "Bash".to_owned(),

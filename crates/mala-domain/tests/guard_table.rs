@@ -42,6 +42,7 @@ fn decide(command: &str) -> Decision {
         require_locks: true,
         commit_prefix: None,
         own_branch: None,
+        elsewhere: &[],
     };
     check_tool(
         &ToolCall::Shell {

@@ -100,6 +100,7 @@ fn guard() {
         require_locks: true,
         commit_prefix: None,
         own_branch: None,
+        elsewhere: &[],
     };
     // `{n}` makes every command new, so no parser cache answers for us.
     for command in [

@@ -376,6 +376,14 @@ impl Workspaces for GitWorktrees {
         })
     }
 
+    async fn issues(&self) -> Result<Vec<IssueId>, RepoError> {
+        let trees = self.live().await?;
+        Ok(trees
+            .iter()
+            .filter_map(|t| t.path.file_name()?.to_str().map(IssueId::new))
+            .collect())
+    }
+
     async fn remove(&self, issue: &IssueId) -> Result<(), RepoError> {
         let _admin = self.admin.lock().await;
         let path = issue_worktree(&self.dir, issue);

@@ -783,6 +783,7 @@ impl Orchestrator {
             repo: self.repo_root.display().to_string(),
             max_agents: Some(self.plan.max_agents),
         });
+        self.tidy_worktrees(ctx.events.as_ref()).await;
         let mut stopping = stage.clone();
         let mut scheduler = Scheduler::new(&self, ctx, stage);
         if let Err(ended) = self.before_first_claim(&mut scheduler, &mut stopping).await {
@@ -803,6 +804,28 @@ impl Orchestrator {
             }
         };
         Ok(self.finish(scheduler, loop_end).await)
+    }
+
+    /// Worktrees of issues that closed after an earlier run had landed them
+    /// (that run died before it could remove them) are removed.
+    async fn tidy_worktrees(&self, events: &dyn EventSink) {
+        let Some(workspaces) = &self.workspaces else {
+            return;
+        };
+        for issue in workspaces.issues().await.unwrap_or_default() {
+            let closed = self
+                .tracker
+                .show(&issue)
+                .await
+                .is_ok_and(|i| i.status == mala_core::IssueStatus::Closed);
+            if closed && let Err(error) = workspaces.remove(&issue).await {
+                events.emit(&Event::Warning {
+                    message: format!(
+                        "{issue} is closed, but its worktree could not be removed: {error}"
+                    ),
+                });
+            }
+        }
     }
 
     /// The baseline, then the preflight when there is anything to claim,

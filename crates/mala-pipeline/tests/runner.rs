@@ -2172,6 +2172,10 @@ impl Workspaces for FakeWorkspaces {
         self.removed.lock().unwrap().push(issue.clone());
         Ok(())
     }
+
+    async fn issues(&self) -> Result<Vec<IssueId>, RepoError> {
+        Ok(Vec::new())
+    }
 }
 
 async fn run_isolated(

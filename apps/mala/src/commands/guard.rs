@@ -85,6 +85,7 @@ pub(crate) fn check(
         require_locks: true,
         commit_prefix: None,
         own_branch: None,
+        elsewhere: &[],
     };
     let decision = check_tool(
         &ToolCall::Shell {
@@ -173,6 +174,7 @@ pub(crate) fn hook(
                 require_locks: agent.is_some(),
                 commit_prefix: prefix.as_deref(),
                 own_branch: None,
+                elsewhere: &[],
             };
             let tool = payload
                 .get("tool_name")

@@ -284,3 +284,359 @@ fn a_detached_checkout_stops_a_worktree_run_before_any_claim() {
     assert!(stderr.contains("detached HEAD"), "{stderr}");
     assert_eq!(br.json(&["show", &issue])[0]["status"], "open");
 }
+
+/// One issue in worktree mode, set up so a run can be killed at a chosen
+/// point: the agent pauses before its work; the check (`./check.sh`) sleeps
+/// when mala runs it in the merge queue (every run after the agent's
+/// first); `br close` waits, so the branch has landed and the issue is
+/// not closed yet.
+struct KillFixture {
+    repo: TempRepo,
+    br: Br,
+    issue: String,
+    mock: MockAnthropic,
+    _harness: ClaudeHarness,
+    scratch: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+/// The prompt a later run's resumed session gets (`prompts/run_resume.md`).
+const RESUMED: &str = "picking your session up";
+
+impl KillFixture {
+    fn new(claude: &Path, br_binary: &Path) -> Self {
+        let repo = TempRepo::new();
+        let scratch = tempfile::tempdir().unwrap();
+        let marks = scratch.path().to_path_buf();
+        std::fs::create_dir(repo.path().join("src")).unwrap();
+        let check = format!(
+            "#!/bin/sh\nn=$(cat {m}/checks 2>/dev/null | wc -l)\necho run >> {m}/checks\n\
+             if [ \"$n\" -ge 1 ]; then touch {m}/validating; sleep 4; fi\nls src\n",
+            m = marks.display()
+        );
+        std::fs::write(repo.path().join("check.sh"), check).unwrap();
+        Command::new("chmod")
+            .args(["+x"])
+            .arg(repo.path().join("check.sh"))
+            .status()
+            .unwrap();
+        std::fs::write(
+            repo.path().join("mala.yaml"),
+            "isolation: worktree\ncommands:\n  check: \"./check.sh\"\nevidence_check:\n  required: [check]\n",
+        )
+        .unwrap();
+        let br = Br::init(br_binary, repo.path(), "wk");
+        let issue = br.create(&NewIssue {
+            title: "Fix a",
+            priority: 2,
+            ..NewIssue::default()
+        });
+        repo.git(&["add", "-A"]);
+        repo.git(&["commit", "-q", "-m", "setup"]);
+        let mock = MockAnthropic::start(resumable_worktree_script());
+        let harness = ClaudeHarness::new(claude, &mock);
+        let bin = bin_dir(scratch.path(), br_binary, claude);
+        // `br close` marks that it was asked, then waits, and closes nothing
+        // once mala is gone: the kill lands between the landing and the close.
+        std::fs::remove_file(bin.join("br")).unwrap();
+        std::fs::write(
+            bin.join("br"),
+            format!(
+                "#!/bin/sh\ncase \" $* \" in *\" close \"*) touch {m}/closing; sleep 4; kill -0 $PPID 2>/dev/null || exit 1;; esac\nexec {br} \"$@\"\n",
+                m = marks.display(),
+                br = br_binary.display()
+            ),
+        )
+        .unwrap();
+        Command::new("chmod")
+            .args(["+x"])
+            .arg(bin.join("br"))
+            .status()
+            .unwrap();
+        let env = run_env(&harness, &bin, scratch.path());
+        Self {
+            repo,
+            br,
+            issue,
+            mock,
+            _harness: harness,
+            scratch,
+            env,
+        }
+    }
+
+    fn mala(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mala"));
+        command
+            .args(args)
+            .current_dir(self.repo.path())
+            .env_clear()
+            .envs(self.env.clone());
+        command
+    }
+
+    fn marked(&self, mark: &str) -> bool {
+        self.scratch.path().join(mark).exists()
+    }
+
+    fn commits_on_main(&self) -> usize {
+        let grep = format!("^bd-{}:", self.issue);
+        self.repo
+            .git(&["log", "main", "--format=%s", "--grep", &grep])
+            .lines()
+            .count()
+    }
+}
+
+/// An honest agent in its worktree that pauses first; resumed by a later
+/// run, it checks again when its commit is there, else does the work again.
+fn resumable_worktree_script() -> Script {
+    Script::from_fn(move |conversation: &Conversation<'_>| {
+        let text = conversation.user_texts().join("\n");
+        let issue = issue_of(&text);
+        let tree = worktree_of(&text);
+        let work = [
+            (
+                "Write",
+                json!({"file_path": tree.join("src/a.txt"), "content": "fixed\n"}),
+            ),
+            ("Bash", json!({"command": "./check.sh"})),
+            (
+                "Bash",
+                json!({"command": format!("git add src/a.txt && git commit -q -m 'bd-{issue}: fix a'")}),
+            ),
+        ];
+        let committed = Command::new("git")
+            .args(["log", "--format=%s", "--grep", &format!("^bd-{issue}:")])
+            .current_dir(&tree)
+            .output()
+            .is_ok_and(|o| !o.stdout.is_empty());
+        let next = match conversation.tool_uses_since(RESUMED) {
+            Some(0) if committed => Some(("Bash", json!({"command": "./check.sh"}))),
+            Some(_) if committed => None,
+            Some(done) => work.get(done).cloned(),
+            None => {
+                let mut plan = vec![("Bash", json!({"command": "sleep 2"}))];
+                plan.extend(work.iter().cloned());
+                plan.get(conversation.tool_uses_so_far()).cloned()
+            }
+        };
+        reply(
+            next.as_ref(),
+            "Fixed src/a.txt; ./check.sh passes; committed on my branch.",
+        )
+    })
+}
+
+/// Kills `mala run` with SIGKILL once `ready`, runs `mala run --resume`,
+/// and checks the issue closed with its commit landed exactly once and no
+/// worktree, branch or lock left.
+fn kill_in_worktree_mode(point: &str, ready: &dyn Fn(&KillFixture) -> bool) {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let fix = KillFixture::new(&claude, &br_binary);
+    let mut first = fix
+        .mala(&["run"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ready(&fix) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{point}: never got there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !super::agents_of(&fix.issue).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{point}: an agent outlived mala"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let output = fix.mala(&["run", "--resume"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{point}: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        fix.br.json(&["show", &fix.issue])[0]["status"],
+        "closed",
+        "{point}: {stdout}"
+    );
+    assert_eq!(fix.commits_on_main(), 1, "{point}: landed exactly once");
+    assert_eq!(
+        std::fs::read_to_string(fix.repo.path().join("src/a.txt")).unwrap(),
+        "fixed\n",
+        "{point}: the user's checkout has the work"
+    );
+    assert_eq!(
+        fix.repo.git(&["worktree", "list"]).lines().count(),
+        1,
+        "{point}: no worktree left: {stdout}"
+    );
+    assert_eq!(
+        fix.repo.git(&["branch", "--list", "mala/*"]).trim(),
+        "",
+        "{point}: no branch left"
+    );
+    let _ = &fix.mock;
+}
+
+#[test]
+fn a_worktree_run_killed_mid_turn_is_resumed_and_lands_once() {
+    kill_in_worktree_mode("mid-turn", &|fix| {
+        fix.mock
+            .requests()
+            .iter()
+            .any(|r| r.body.to_string().contains("sleep 2"))
+    });
+}
+
+#[test]
+fn a_worktree_run_killed_while_the_queue_validates_is_resumed_and_lands_once() {
+    kill_in_worktree_mode("in the queue", &|fix| fix.marked("validating"));
+}
+
+#[test]
+fn a_worktree_run_killed_after_landing_and_before_the_close_does_not_land_twice() {
+    kill_in_worktree_mode("between landing and close", &|fix| {
+        fix.marked("closing") && fix.commits_on_main() == 1
+    });
+}
+
+/// Agents that lie, each as its issue's description says (`LIE=<how>`):
+/// they commit without the check, fake it, or try to reach past their tree.
+fn lying_worktree_script(user_checkout: PathBuf) -> Script {
+    Script::from_fn(move |conversation: &Conversation<'_>| {
+        let text = conversation.user_texts().join("\n");
+        let issue = issue_of(&text);
+        let tree = worktree_of(&text);
+        let write = (
+            "Write",
+            json!({"file_path": tree.join("src/a.txt"), "content": "lie\n"}),
+        );
+        let commit = (
+            "Bash",
+            json!({"command": format!("git add src/a.txt && git commit -q -m 'bd-{issue}: fix a'")}),
+        );
+        let bash = |command: String| ("Bash", json!({"command": command}));
+        let plan = if text.contains("LIE=unchecked") {
+            vec![write, commit]
+        } else if text.contains("LIE=faked") {
+            vec![write, bash("echo 'ls src: ok'".into()), commit]
+        } else {
+            let user_file = user_checkout.join("src/keep.txt");
+            vec![
+                bash(format!("echo hacked > {}", user_file.display())),
+                bash("git push . HEAD:main".into()),
+                bash("git update-ref refs/heads/main HEAD".into()),
+                bash("git checkout main".into()),
+                write,
+                bash("ls src".into()),
+                commit,
+                bash("git reset --hard HEAD~1".into()),
+            ]
+        };
+        let done = conversation
+            .tool_uses_since("not done yet")
+            .unwrap_or(conversation.tool_uses_so_far());
+        reply(
+            plan.get(done),
+            "Done: ls src passes and the fix is committed.",
+        )
+    })
+}
+
+#[test]
+fn agents_that_lie_in_their_worktrees_are_caught_and_cannot_reach_past_them() {
+    let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let repo = TempRepo::new();
+    std::fs::create_dir(repo.path().join("src")).unwrap();
+    std::fs::write(repo.path().join("src/keep.txt"), "kept\n").unwrap();
+    std::fs::write(
+        repo.path().join("mala.yaml"),
+        "isolation: worktree\nmax_gate_retries: 2\ncommands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
+    )
+    .unwrap();
+    let br = Br::init(&br_binary, repo.path(), "lie");
+    let lies = ["unchecked", "faked", "escape"];
+    let issues: Vec<String> = lies
+        .iter()
+        .map(|lie| {
+            br.create(&NewIssue {
+                title: &format!("Fix a ({lie})"),
+                description: &format!("Fix src/a.txt. LIE={lie}"),
+                ..NewIssue::default()
+            })
+        })
+        .collect();
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "setup"]);
+    let before = repo.git(&["rev-parse", "main"]);
+    let user_checkout = repo.path().canonicalize().unwrap();
+    let mock = MockAnthropic::start(lying_worktree_script(user_checkout));
+    let harness = ClaudeHarness::new(&claude, &mock);
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = bin_dir(scratch.path(), &br_binary, &claude);
+    let output = Command::new(env!("CARGO_BIN_EXE_mala"))
+        .args(["run", "--max-agents", "3"])
+        .current_dir(repo.path())
+        .env_clear()
+        .envs(run_env(&harness, &bin, scratch.path()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // The two that lied about the check stay open; the one that tried to
+    // reach past its tree was refused each time, then did honest work.
+    assert!(stdout.contains("1 closed, 2 failed"), "{stdout}");
+    for issue in &issues[..2] {
+        assert_ne!(
+            br.json(&["show", issue])[0]["status"],
+            "closed",
+            "{issue}: {stdout}"
+        );
+    }
+    assert_eq!(
+        br.json(&["show", &issues[2]])[0]["status"],
+        "closed",
+        "{stdout}"
+    );
+    // Only the honest work landed, and the user's own file is as it was.
+    let after = repo.git(&["rev-parse", "main"]);
+    let changed = repo.git(&["diff", "--name-only", before.trim(), after.trim()]);
+    assert!(
+        changed
+            .lines()
+            .all(|f| f.starts_with(".beads/") || f == "src/a.txt"),
+        "{changed}"
+    );
+    let landed = repo.git(&["log", "main", "--format=%s", "--grep", "^bd-"]);
+    assert_eq!(
+        landed.trim(),
+        format!("bd-{}: fix a", issues[2]),
+        "{landed}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.path().join("src/keep.txt")).unwrap(),
+        "kept\n"
+    );
+    // The reasons say what happened; the refusals reached the agent.
+    assert!(stdout.contains("was never run"), "{stdout}");
+    let answers: String = mock.requests().iter().map(|r| r.body.to_string()).collect();
+    for refusal in [
+        "in another working tree",
+        "moves or deletes a ref directly",
+        "mala lands your branch",
+        "stays on your branch",
+        "moves your branch",
+    ] {
+        assert!(answers.contains(refusal), "the agent heard: {refusal}");
+    }
+}

@@ -52,6 +52,9 @@ pub struct GuardContext<'a> {
     /// out in `repo_root`, its worktree. It may rebase and merge that
     /// branch; it may move no other ref.
     pub own_branch: Option<&'a str>,
+    /// Other working trees (the user's checkout, other agents' worktrees):
+    /// writes there are refused, wherever they are (even under /tmp).
+    pub elsewhere: &'a [PathBuf],
 }
 
 impl GuardContext<'_> {
@@ -291,6 +294,7 @@ pub fn shell_writes(command: &str, repo_root: &Path) -> Vec<PathBuf> {
         require_locks: true,
         commit_prefix: None,
         own_branch: None,
+        elsewhere: &[],
     };
     rules::repository_writes(command, &ctx)
 }
@@ -488,6 +492,7 @@ mod tests {
             require_locks: true,
             commit_prefix: None,
             own_branch: None,
+            elsewhere: &[],
         }
     }
 
@@ -540,6 +545,7 @@ mod tests {
             require_locks: false,
             commit_prefix: None,
             own_branch: None,
+            elsewhere: &[],
             ..ctx(&[], None, &[])
         };
         let background = ToolCall::from_claude(
@@ -562,11 +568,16 @@ mod tests {
 
     #[test]
     fn in_its_own_worktree_an_agent_may_rebase_its_branch_and_move_nothing_else() {
+        let elsewhere = [
+            PathBuf::from("/tmp/user-repo"),
+            PathBuf::from("/tmp/state/worktrees"),
+        ];
         let own = GuardContext {
-            repo_root: Path::new("/state/worktrees/bd-7"),
-            cwd: Path::new("/state/worktrees/bd-7"),
+            repo_root: Path::new("/tmp/state/worktrees/bd-7"),
+            cwd: Path::new("/tmp/state/worktrees/bd-7"),
             require_locks: false,
             own_branch: Some("mala/bd-7"),
+            elsewhere: &elsewhere,
             ..ctx(&[], None, &[])
         };
         let shell = |c: &str| ToolCall::Shell {
@@ -581,6 +592,9 @@ mod tests {
             "git merge --abort",
             "echo fix > src/lib.rs && git add src/lib.rs && git commit -m 'bd-7: fix'",
             "echo scratch > /tmp/notes",
+            // Everything in its own tree is its own.
+            "git add -A && git commit -qam 'bd-7: all of it'",
+            "git add . && git commit -m 'bd-7: all of it'",
         ] {
             assert!(check_tool(&shell(allowed), &own).is_allowed(), "{allowed}");
         }
@@ -597,9 +611,33 @@ mod tests {
             ("git branch -f main HEAD", "branch"),
             ("git update-ref refs/heads/main HEAD", "update-ref"),
             ("echo x > /repo/src/lib.rs", "outside the repository"),
-            ("echo x > ../bd-8/src/lib.rs", "outside the repository"),
+            // The user's checkout and the other trees, even under /tmp.
+            ("echo x > /tmp/user-repo/src/lib.rs", "another working tree"),
+            ("echo x > ../bd-8/src/lib.rs", "another working tree"),
+            (
+                "cp src/lib.rs /tmp/user-repo/src/lib.rs",
+                "another working tree",
+            ),
+            (
+                "git -C /tmp/user-repo commit -am 'bd-7: x'",
+                "outside your worktree",
+            ),
+            (
+                "cd /tmp/user-repo && git commit -am 'bd-7: x'",
+                "outside your worktree",
+            ),
+            (
+                "GIT_DIR=/tmp/user-repo/.git git commit -am 'bd-7: x'",
+                "GIT_DIR",
+            ),
+            (
+                "git --git-dir=/tmp/user-repo/.git commit -m 'bd-7: x'",
+                "another repository",
+            ),
         ] {
-            let reason = reason(check_tool(&shell(denied), &own));
+            let decision = check_tool(&shell(denied), &own);
+            assert!(!decision.is_allowed(), "{denied} must be refused");
+            let reason = reason(decision);
             assert!(reason.contains(why), "{denied}: {reason}");
         }
         // In the shared checkout a rebase is refused as before.
@@ -618,6 +656,7 @@ mod tests {
             require_locks: false,
             commit_prefix: None,
             own_branch: None,
+            elsewhere: &[],
             ..ctx(&[], None, &[])
         };
         let shell = |c: &str| ToolCall::Shell {
@@ -690,6 +729,7 @@ mod tests {
         let ctx = GuardContext {
             commit_prefix: Some("bd-m-1:"),
             own_branch: None,
+            elsewhere: &[],
             ..ctx(&held, None, &[])
         };
         let shell = |c: &str| ToolCall::Shell {

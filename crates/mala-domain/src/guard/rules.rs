@@ -46,6 +46,43 @@ const HARMLESS_DEVICES: &[&str] = &[
     "/dev/zero",
 ];
 
+/// Variables that point git at another repository, index or tree than the
+/// one the agent works in: what git then changes, the guard cannot judge.
+const GIT_LOCATIONS: &[&str] = &[
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_COMMON_DIR",
+    "GIT_OBJECT_DIRECTORY",
+];
+
+fn redirects_git(invocation: &Invocation) -> Result<(), Refusal> {
+    let exported = invocation
+        .words
+        .iter()
+        .skip(1)
+        .filter(|_| {
+            invocation
+                .words
+                .first()
+                .is_some_and(|w| matches!(w.raw(), "export" | "declare" | "typeset" | "env"))
+        })
+        .map(|w| w.raw().split('=').next().unwrap_or_default().to_owned());
+    let named = invocation
+        .assigns
+        .iter()
+        .map(|(name, _)| name.clone())
+        .chain(exported);
+    for name in named {
+        if GIT_LOCATIONS.contains(&name.as_str()) {
+            return Err(format!(
+                "refused: {name} points git at another repository, index or working tree, which mala cannot check. Run git where you work, as it is"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Decides a shell command.
 pub(crate) fn check_command(command: &str, ctx: &GuardContext<'_>) -> Result<(), Refusal> {
     let squeezed: String = command.chars().filter(|c| !c.is_whitespace()).collect();
@@ -241,6 +278,7 @@ impl Walker<'_> {
 
     fn invocation(&mut self, invocation: &Invocation, depth: usize) -> Result<(), Refusal> {
         self.learn_variables(invocation);
+        redirects_git(invocation)?;
         for redirect in &invocation.writes {
             self.write_target(&redirect.target, "this redirection")?;
         }
@@ -296,6 +334,18 @@ impl Walker<'_> {
                 return Err(format!(
                     "refused: {what} would change {}, which contains the whole repository",
                     absolute.display()
+                ));
+            }
+            if self
+                .ctx
+                .elsewhere
+                .iter()
+                .any(|tree| absolute.starts_with(tree))
+            {
+                return Err(format!(
+                    "refused: {what} writes {}, in another working tree (the user's checkout or another agent's). Work in your own worktree, {}",
+                    absolute.display(),
+                    root.display()
                 ));
             }
             if SCRATCH.iter().any(|dir| absolute.starts_with(dir)) {
@@ -664,6 +714,13 @@ impl Walker<'_> {
                 "refused: this git command changes how long git keeps unreachable objects or reflogs, the data that recovers lost commits. Run it without that setting".to_owned(),
             );
         }
+        if self.ctx.own_branch.is_some() && !base.starts_with(self.ctx.repo_root) {
+            return Err(format!(
+                "refused: git {sub} in {}, outside your worktree ({}); your branch is the only one you work on",
+                base.display(),
+                self.ctx.repo_root.display()
+            ));
+        }
         if let Some(decided) = git::in_own_worktree(self.ctx.own_branch, sub, rest) {
             return decided;
         }
@@ -741,11 +798,15 @@ impl Walker<'_> {
 
     fn git_add(&self, rest: &[&str], base: &Path) -> Result<(), Refusal> {
         const HINT: &str = "Commit with mala's commit tool (mcp__mala__commit, paths and message), or stage only the files you hold, by name: `git add <path> && git commit -m 'bd-<id>: …' -- <path>`";
+        // In its own worktree every change is the agent's.
+        let alone = self.ctx.own_branch.is_some();
         for arg in rest {
-            if matches!(
-                *arg,
-                "-A" | "--all" | "-u" | "--update" | "--no-ignore-removal"
-            ) {
+            if !alone
+                && matches!(
+                    *arg,
+                    "-A" | "--all" | "-u" | "--update" | "--no-ignore-removal"
+                )
+            {
                 return Err(format!(
                     "refused: `git add {arg}` stages other agents' changes too. {HINT}"
                 ));
@@ -769,6 +830,11 @@ impl Walker<'_> {
             return Ok(());
         }
         for path in paths {
+            if alone {
+                self.git_path(path, base, "git add")
+                    .or_else(|e| matches!(path, "." | ":/" | "*").then_some(()).ok_or(e))?;
+                continue;
+            }
             if matches!(path, "." | ".." | ":/" | "*")
                 || path.ends_with('/')
                 || has_glob(path)
@@ -790,7 +856,7 @@ impl Walker<'_> {
             let bundled_all = arg.starts_with('-')
                 && !arg.starts_with("--")
                 && arg[1..].chars().take_while(|c| *c != 'm').any(|c| c == 'a');
-            if *arg == "--all" || *arg == "-a" || bundled_all {
+            if (*arg == "--all" || *arg == "-a" || bundled_all) && self.ctx.own_branch.is_none() {
                 return Err(format!(
                     "refused: `git commit -a` commits other agents' changes too. {HINT}"
                 ));
@@ -829,7 +895,7 @@ impl Walker<'_> {
             }
             self.git_path(path, base, "git commit")?;
         }
-        if paths.is_empty() && !self.added.get() {
+        if paths.is_empty() && !self.added.get() && self.ctx.own_branch.is_none() {
             return Err(format!(
                 "refused: a bare `git commit` commits whatever is staged, which may include other agents' files. {HINT}"
             ));

@@ -462,6 +462,11 @@ impl ToolGuard for LockingGuard {
                     )
                 });
             let root = own.as_ref().map_or(&self.repo_root, |(tree, _)| tree);
+            // In its own tree, the user's checkout and the other trees are off limits.
+            let elsewhere: Vec<PathBuf> = match (&own, &self.worktrees) {
+                (Some(_), Some(dir)) => vec![self.repo_root.clone(), dir.clone()],
+                _ => Vec::new(),
+            };
             let ctx = GuardContext {
                 repo_root: root,
                 cwd: root,
@@ -471,6 +476,7 @@ impl ToolGuard for LockingGuard {
                 require_locks: self.require_locks && own.is_none(),
                 commit_prefix: prefix.as_deref(),
                 own_branch: own.as_ref().map(|(_, branch)| branch.as_str()),
+                elsewhere: &elsewhere,
             };
             check_tool(&call, &ctx)
         };
@@ -505,6 +511,7 @@ mod tests {
                 require_locks: true,
                 commit_prefix: None,
                 own_branch: None,
+                elsewhere: &[],
             },
         ) {
             mala_domain::Decision::Deny { reason } => reason,

@@ -66,6 +66,12 @@ pub(super) fn check_globals(words: &[Arg]) -> Result<(), Refusal> {
                         .map(|_| Some(word))
                 }),
         };
+        let option = raw.split('=').next().unwrap_or(raw);
+        if matches!(option, "--git-dir" | "--work-tree" | "--index-file") {
+            return Err(format!(
+                "refused: `git {option}` points git at another repository or working tree, which mala cannot check. Run git where you work, as it is"
+            ));
+        }
         match setting {
             Some(Some(value)) => check_setting(raw, value)?,
             None if matches!(raw, "-C" | "--git-dir" | "--work-tree" | "--namespace") => i += 1,
