@@ -714,14 +714,7 @@ impl Walker<'_> {
                 "refused: this git command changes how long git keeps unreachable objects or reflogs, the data that recovers lost commits. Run it without that setting".to_owned(),
             );
         }
-        if self.ctx.own_branch.is_some() && !base.starts_with(self.ctx.repo_root) {
-            return Err(format!(
-                "refused: git {sub} in {}, outside your worktree ({}); your branch is the only one you work on",
-                base.display(),
-                self.ctx.repo_root.display()
-            ));
-        }
-        if let Some(decided) = git::in_own_worktree(self.ctx.own_branch, sub, rest) {
+        if let Some(decided) = git::in_own_worktree(self.ctx, sub, rest, &base) {
             return decided;
         }
         match sub {

@@ -287,10 +287,20 @@ pub(super) fn only_prints(sub: &str, rest: &[&str]) -> bool {
 /// Under worktree isolation, the decision on the subcommands that move or
 /// fetch refs; `None` leaves the rest to the shared checkout's rules.
 pub(crate) fn in_own_worktree(
-    own: Option<&str>,
+    ctx: &crate::GuardContext<'_>,
     sub: &str,
     rest: &[&str],
+    base: &std::path::Path,
 ) -> Option<Result<(), Refusal>> {
+    let own = ctx.own_branch?;
+    if !base.starts_with(ctx.repo_root) {
+        return Some(Err(format!(
+            "refused: git {sub} in {}, outside your worktree ({}); your branch is the only one you work on",
+            base.display(),
+            ctx.repo_root.display()
+        )));
+    }
+    let own = Some(own);
     let moves_refs = matches!(
         sub,
         "rebase" | "merge" | "pull" | "push" | "fetch" | "checkout" | "switch" | "reset"
