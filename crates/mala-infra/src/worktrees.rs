@@ -191,9 +191,21 @@ impl GitWorktrees {
     /// target, or `mala/merged` while it is ahead of the target.
     async fn base(&self) -> Result<(String, String), RepoError> {
         let target = format!("refs/heads/{}", self.target);
-        let target_head = rev(&self.main, &target).await?;
         let merged = format!("refs/heads/{MERGED_BRANCH}");
-        if let Ok(merged_head) = rev(&self.main, &merged).await
+        let refs = checked(
+            &self.main,
+            &["for-each-ref", "--format=%(refname) %(objectname)", &target, &merged],
+        )
+        .await?;
+        let head_of = |name: &str| {
+            refs.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ').map(str::to_owned))
+        };
+        let target_head = head_of(&target).ok_or_else(|| RepoError::Git {
+            command: format!("for-each-ref {target}"),
+            stderr: format!("the branch `{}` is gone", self.target),
+        })?;
+        if let Some(merged_head) = head_of(&merged)
             && merged_head != target_head
             && is_ancestor(&self.main, &target_head, &merged_head).await?
         {
@@ -205,16 +217,27 @@ impl GitWorktrees {
     /// A rebase or merge an earlier run left half done in `tree` is undone:
     /// the branch is as it was before it, and landing redoes it.
     async fn abort_half_done(tree: &GitRepo) -> Result<(), RepoError> {
-        for (marker, abort) in [
-            ("rebase-merge", ["rebase", "--abort"]),
-            ("rebase-apply", ["rebase", "--abort"]),
-            ("MERGE_HEAD", ["merge", "--abort"]),
-        ] {
-            let path = checked(tree, &["rev-parse", "--git-path", marker]).await?;
-            let path = tree.root().join(path.trim());
-            if path.exists() {
-                checked(tree, &abort).await?;
-            }
+        let markers = checked(
+            tree,
+            &[
+                "rev-parse",
+                "--git-path",
+                "rebase-merge",
+                "--git-path",
+                "rebase-apply",
+                "--git-path",
+                "MERGE_HEAD",
+            ],
+        )
+        .await?;
+        let found: Vec<bool> = markers
+            .lines()
+            .map(|path| tree.root().join(path.trim()).exists())
+            .collect();
+        if found.iter().take(2).any(|f| *f) {
+            checked(tree, &["rebase", "--abort"]).await?;
+        } else if found.get(2) == Some(&true) {
+            checked(tree, &["merge", "--abort"]).await?;
         }
         Ok(())
     }
@@ -255,16 +278,14 @@ impl GitWorktrees {
         old: &str,
         new: &str,
     ) -> Result<Option<Option<String>>, RepoError> {
-        let head = self.main.git(&["symbolic-ref", "--quiet", "HEAD"]).await?;
-        let target_ref = format!("refs/heads/{}", self.target);
-        let checked_out = text(&head.stdout) == target_ref;
-        if !checked_out {
+        let user = UserCheckout::read(&self.main).await?;
+        if user.branch.as_deref() != Some(self.target.as_str()) {
             return Ok(cas(&self.main, base_ref, new, old).await?.then_some(None));
         }
-        let user_changes = changed_paths(&self.main, false).await?;
-        if user_changes.iter().all(|p| p.starts_with(".beads/"))
-            && rev(&self.main, &target_ref).await? == old_target(self, base_ref, old).await?
-        {
+        // On `mala/merged` the fast-forward itself checks that the target
+        // is behind; on the target, it must still be where the rebase found it.
+        let unmoved = base_ref.ends_with(MERGED_BRANCH) || user.head.as_deref() == Some(old);
+        if unmoved && user.changes.iter().all(|p| p.starts_with(".beads/")) {
             let ff = self
                 .main
                 .git(&["merge", "--ff-only", "--quiet", new])
@@ -291,17 +312,49 @@ impl GitWorktrees {
     }
 }
 
-/// The target's head a landing on `base_ref` expects: `old` itself, or the
-/// target's current head when landing on `mala/merged`.
-async fn old_target(
-    worktrees: &GitWorktrees,
-    base_ref: &str,
-    old: &str,
-) -> Result<String, RepoError> {
-    if base_ref.ends_with(MERGED_BRANCH) {
-        rev(&worktrees.main, &format!("refs/heads/{}", worktrees.target)).await
-    } else {
-        Ok(old.to_owned())
+/// The user's checkout as `git status` sees it: the branch checked out,
+/// its commit, and the tracked paths with uncommitted changes.
+struct UserCheckout {
+    branch: Option<String>,
+    head: Option<String>,
+    changes: Vec<String>,
+}
+
+impl UserCheckout {
+    async fn read(repo: &GitRepo) -> Result<Self, RepoError> {
+        let out = checked(
+            repo,
+            &["status", "--porcelain=v2", "-z", "--branch", "--untracked-files=no"],
+        )
+        .await?;
+        let mut user = Self {
+            branch: None,
+            head: None,
+            changes: Vec::new(),
+        };
+        let mut entries = out.split('\0').filter(|e| !e.is_empty());
+        while let Some(entry) = entries.next() {
+            if let Some(branch) = entry.strip_prefix("# branch.head ") {
+                user.branch = (branch != "(detached)").then(|| branch.to_owned());
+            } else if let Some(oid) = entry.strip_prefix("# branch.oid ") {
+                user.head = Some(oid.to_owned());
+            } else if !entry.starts_with('#') {
+                // The path is the last field: after 8 fields for a change,
+                // 9 for a rename (whose source follows), 10 for a conflict.
+                let fields = match entry.as_bytes().first() {
+                    Some(b'2') => 10,
+                    Some(b'u') => 11,
+                    _ => 9,
+                };
+                if let Some(path) = entry.splitn(fields, ' ').nth(fields - 1) {
+                    user.changes.push(path.to_owned());
+                }
+                if entry.starts_with('2') {
+                    entries.next();
+                }
+            }
+        }
+        Ok(user)
     }
 }
 
