@@ -27,7 +27,11 @@ fn git(dir: &std::path::Path, args: &[&str]) {
         .current_dir(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::main]
@@ -49,7 +53,9 @@ async fn main() {
     git(root, &["commit", "-qm", "tree"]);
     let state = tempfile::tempdir().unwrap();
     let trees = Arc::new(GitWorktrees::new(root, state.path()).await.unwrap());
-    let issues: Vec<IssueId> = (0..branches).map(|n| IssueId::new(format!("b-{n}"))).collect();
+    let issues: Vec<IssueId> = (0..branches)
+        .map(|n| IssueId::new(format!("b-{n}")))
+        .collect();
     for issue in &issues {
         let ws = trees.open(issue).await.unwrap();
         std::fs::write(ws.root.join(format!("{issue}.txt")), "done\n").unwrap();
@@ -77,7 +83,10 @@ async fn main() {
         })
         .collect();
     for landing in landings {
-        assert!(matches!(landing.await.unwrap().unwrap(), Landing::Landed { .. }));
+        assert!(matches!(
+            landing.await.unwrap().unwrap(),
+            Landing::Landed { .. }
+        ));
     }
     let queued = started.elapsed();
     let overhead = queued.saturating_sub(alone);

@@ -194,7 +194,12 @@ impl GitWorktrees {
         let merged = format!("refs/heads/{MERGED_BRANCH}");
         let refs = checked(
             &self.main,
-            &["for-each-ref", "--format=%(refname) %(objectname)", &target, &merged],
+            &[
+                "for-each-ref",
+                "--format=%(refname) %(objectname)",
+                &target,
+                &merged,
+            ],
         )
         .await?;
         let head_of = |name: &str| {
@@ -324,7 +329,13 @@ impl UserCheckout {
     async fn read(repo: &GitRepo) -> Result<Self, RepoError> {
         let out = checked(
             repo,
-            &["status", "--porcelain=v2", "-z", "--branch", "--untracked-files=no"],
+            &[
+                "status",
+                "--porcelain=v2",
+                "-z",
+                "--branch",
+                "--untracked-files=no",
+            ],
         )
         .await?;
         let mut user = Self {

@@ -457,6 +457,13 @@ fn kill_in_worktree_mode(point: &str, ready: &dyn Fn(&KillFixture) -> bool) {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // What the dead run left is on show, and nothing of it is lost.
+    let status = fix.mala(&["status"]).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("1 worktree in") && status.contains(&format!("mala/{}", fix.issue)),
+        "{point}: {status}"
+    );
     let output = fix.mala(&["run", "--resume"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(

@@ -138,7 +138,63 @@ pub fn resolve(sources: ConfigSources<'_>) -> Result<Settings, ConfigError> {
     apply_flags(&mut settings, sources.flags)?;
     derive_backend_defaults(&mut settings);
     check_coder_settings(&mut settings, sources.file)?;
+    check_isolation(&settings)?;
     Ok(settings)
+}
+
+/// What worktree isolation cannot honour yet, refused rather than run in the
+/// wrong tree: `session_end` runs its commands in the user's checkout, where
+/// an issue's work is not until it lands (the merge queue's validation is
+/// its check), and a trigger's fixer would edit the user's checkout with no
+/// locks to take.
+fn check_isolation(settings: &Settings) -> Result<(), ConfigError> {
+    if settings.isolation.isolation != super::Isolation::Worktree {
+        return Ok(());
+    }
+    let at = |key: &str| {
+        settings
+            .origin(key)
+            .or_else(|| settings.origin("validation_triggers"))
+            .or_else(|| settings.origin("isolation"))
+            .cloned()
+    };
+    let with_at = |error: ConfigError, key: &str| match at(key) {
+        Some(origin) => error.at(origin).key(key),
+        None => error.key(key),
+    };
+    let triggers = &settings.validation_triggers;
+    if triggers.session_end.is_some() {
+        return Err(with_at(
+            ConfigError::new("is not built yet with `isolation: worktree`: it would run in your checkout, where an issue's work is not until it lands")
+                .hint("remove it: the merge queue runs the required checks on each branch merged onto the new head (merge_queue.validate)"),
+            "validation_triggers.session_end",
+        ));
+    }
+    let remediating = [
+        (
+            "validation_triggers.periodic",
+            triggers.periodic.as_ref().map(|t| &t.trigger),
+        ),
+        (
+            "validation_triggers.epic_completion",
+            triggers.epic_completion.as_ref().map(|t| &t.trigger),
+        ),
+        (
+            "validation_triggers.run_end",
+            triggers.run_end.as_ref().map(|t| &t.trigger),
+        ),
+    ]
+    .into_iter()
+    .find(|(_, t)| t.is_some_and(|t| t.failure_mode == super::FailureMode::Remediate));
+    if let Some((key, _)) = remediating {
+        let key = format!("{key}.failure_mode");
+        return Err(with_at(
+            ConfigError::new("`remediate` is not built yet with `isolation: worktree`: its fixer would edit your checkout outside any worktree")
+                .hint("use `abort` or `continue` with worktree isolation"),
+            &key,
+        ));
+    }
+    Ok(())
 }
 
 /// Settings that the chosen coder cannot honour, refused rather than ignored.
@@ -1071,6 +1127,60 @@ mod tests {
             env: &env,
             flags,
         })
+    }
+
+    #[test]
+    fn worktree_isolation_refuses_what_would_run_in_the_users_checkout() {
+        let flags = FlagOverrides::default();
+        let session_end = "preset: rust\nisolation: worktree\nvalidation_triggers:\n  session_end:\n    failure_mode: continue\n    commands: [test]\n";
+        let err = resolve_with(session_end, &[], &flags).unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("validation_triggers.session_end"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("not built yet with `isolation: worktree`"),
+            "{err}"
+        );
+        assert!(
+            matches!(err.location, Some(Location::File { line: 4, .. })),
+            "{err}"
+        );
+        let remediate = "preset: rust\nisolation: worktree\nvalidation_triggers:\n  run_end:\n    failure_mode: remediate\n    max_retries: 2\n    commands: [test]\n";
+        let err = resolve_with(remediate, &[], &flags).unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("validation_triggers.run_end.failure_mode"),
+            "{err}"
+        );
+        // The flag sets it too, and the shared checkout takes both.
+        let flag = FlagOverrides {
+            isolation: Some(crate::Isolation::Worktree),
+            ..FlagOverrides::default()
+        };
+        let shared = session_end.replace("isolation: worktree\n", "");
+        assert!(resolve_with(&shared, &[], &flags).is_ok());
+        assert!(resolve_with(&shared, &[], &flag).is_err());
+        let settings = resolve_with("preset: rust\nisolation: worktree\nmerge_strategy: merge\nmerge_queue:\n  validate: false\n  max_retries: 5\nkeep_branches: true\n", &[], &flags).unwrap();
+        assert_eq!(
+            settings.isolation.merge_strategy,
+            crate::MergeStrategy::Merge
+        );
+        assert_eq!(
+            (
+                settings.isolation.merge_queue.validate,
+                settings.isolation.merge_queue.max_retries
+            ),
+            (false, 5)
+        );
+        assert!(settings.isolation.keep_branches);
+        let err = resolve_with("preset: rust\nisolation: sideways\n", &[], &flags).unwrap_err();
+        assert!(
+            err.to_string().contains("shared") && err.to_string().contains("worktree"),
+            "{err}"
+        );
     }
 
     #[test]
