@@ -617,3 +617,70 @@ fn a_codex_agent_that_fakes_its_check_with_a_shell_of_its_own_stays_open() {
     assert!(out.contains("gate failed (attempt 1): `check`"), "{out}");
     assert!(!run.repo.join("src/a.txt").exists());
 }
+
+/// In worktree isolation a codex agent works in its own tree: no lock or
+/// commit tools, a patch and git there; a write into the user's checkout is
+/// refused; both issues land on main.
+#[test]
+fn codex_agents_in_their_own_worktrees_land_through_the_queue() {
+    let user_file = std::sync::Arc::new(std::sync::Mutex::new(std::path::PathBuf::new()));
+    let target = std::sync::Arc::clone(&user_file);
+    let script = ResponsesScript::from_fn(move |conversation| {
+        let (issue, file) = issue_and_file(*conversation);
+        let escape = format!("echo hacked > {}", target.lock().unwrap().display());
+        let plan = vec![
+            ResponsesReply::shell(&escape),
+            patch_adding(&file),
+            ResponsesReply::shell("ls src"),
+            ResponsesReply::shell(&format!(
+                "git add {file} && git commit -q -m 'bd-{issue}: fix {file}'"
+            )),
+        ];
+        following(&plan, *conversation)
+    });
+    let yaml = format!("isolation: worktree\n{CHECKED}");
+    let Some(run) = CodexRun::new(&["a", "b"], &yaml, script) else {
+        return;
+    };
+    std::fs::write(run.repo.join("src/keep.txt"), "kept\n").unwrap();
+    run.repo.git(&["add", "src/keep.txt"]);
+    run.repo.git(&["commit", "-q", "-m", "keep"]);
+    *user_file.lock().unwrap() = run.repo.path().canonicalize().unwrap().join("src/keep.txt");
+    let (code, out) = run.run(&["--max-agents", "2"]);
+    assert_eq!(code, Some(0), "{out}");
+    for (issue, name) in run.issues.iter().zip(["a", "b"]) {
+        assert_eq!(run.status(issue), "closed", "{issue}: {out}");
+        let landed = run.repo.git(&[
+            "log",
+            "main",
+            "--format=%s",
+            "--grep",
+            &format!("^bd-{issue}:"),
+        ]);
+        assert_eq!(landed.lines().count(), 1, "{issue}: {landed}");
+        assert_eq!(
+            std::fs::read_to_string(run.repo.join(&format!("src/{name}.txt"))).unwrap(),
+            "fixed\n"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(run.repo.join("src/keep.txt")).unwrap(),
+        "kept\n",
+        "{out}"
+    );
+    assert!(
+        out.contains("in another working tree"),
+        "the escape was refused: {out}"
+    );
+    let bodies: String = run
+        .mock
+        .requests()
+        .iter()
+        .map(|r| r.body.to_string())
+        .collect();
+    assert!(
+        !bodies.contains("\"lock_acquire\""),
+        "no lock tools in worktree mode"
+    );
+    assert_eq!(run.repo.git(&["worktree", "list"]).lines().count(), 1);
+}
