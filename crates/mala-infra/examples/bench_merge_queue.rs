@@ -37,7 +37,7 @@ fn git(dir: &std::path::Path, args: &[&str]) {
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let branches: usize = args.next().map_or(32, |a| a.parse().unwrap());
+    let branches: u32 = args.next().map_or(32, |a| a.parse().unwrap());
     let seconds: f64 = args.next().map_or(1.0, |a| a.parse().unwrap());
     let repo = tempfile::tempdir().unwrap();
     let root = repo.path();
@@ -94,10 +94,10 @@ async fn main() {
         "{branches} branches, validation {seconds} s each: landed in {:.2} s ({:.1} merges/min); \
          the validations alone take {:.2} s; the queue adds {:.0} ms ({:.1} ms per landing, {:.1} %)",
         queued.as_secs_f64(),
-        branches as f64 * 60.0 / queued.as_secs_f64(),
+        f64::from(branches) * 60.0 / queued.as_secs_f64(),
         alone.as_secs_f64(),
         overhead.as_secs_f64() * 1e3,
-        overhead.as_secs_f64() * 1e3 / branches as f64,
+        overhead.as_secs_f64() * 1e3 / f64::from(branches),
         overhead.as_secs_f64() / alone.as_secs_f64() * 100.0
     );
 }
