@@ -182,14 +182,23 @@ pub enum Landing {
         commit: String,
         note: Option<String>,
     },
-    /// The branch does not apply on `onto` (the target's head): `files` conflict.
+    /// The branch does not apply on `onto`, the head of `base` (the target,
+    /// or `mala/merged`): `files` conflict.
     Conflict {
+        base: String,
         onto: String,
         files: Vec<String>,
         detail: String,
     },
     /// The branch applies on `onto`, but validation failed on the result.
-    Failed { onto: String, failure: CheckFailure },
+    Failed {
+        base: String,
+        onto: String,
+        failure: CheckFailure,
+    },
+    /// The tree cannot land as it is (`what` says why: files not
+    /// committed, a rebase in progress); nothing was tried.
+    Unready { what: String },
 }
 
 /// Decides every tool call an agent makes (the coordination rules).

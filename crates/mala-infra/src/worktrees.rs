@@ -210,18 +210,64 @@ impl GitWorktrees {
             command: format!("for-each-ref {target}"),
             stderr: format!("the branch `{}` is gone", self.target),
         })?;
+        // `mala/merged` holds landed work the target lacks until the target
+        // has all of it; till then it is the base, so nothing on it is lost.
         if let Some(merged_head) = head_of(&merged)
-            && merged_head != target_head
-            && is_ancestor(&self.main, &target_head, &merged_head).await?
+            && !is_ancestor(&self.main, &merged_head, &target_head).await?
         {
             return Ok((merged, merged_head));
         }
         Ok((target, target_head))
     }
 
+    /// Where the target is checked out besides the user's checkout (a linked
+    /// worktree of the user's): moving it there would change that tree's files.
+    async fn target_elsewhere(&self) -> Result<Option<PathBuf>, RepoError> {
+        let out = checked(&self.main, &["worktree", "list", "--porcelain"]).await?;
+        let wanted = format!("branch refs/heads/{}", self.target);
+        Ok(out.split("\n\n").find_map(|block| {
+            let path = block.lines().find_map(|l| l.strip_prefix("worktree "))?;
+            let path = PathBuf::from(path);
+            (block.lines().any(|l| l == wanted) && path != self.main.root()).then_some(path)
+        }))
+    }
+
+    /// Why the tree cannot land as it is: a rebase or merge still in
+    /// progress, or files not committed (what lands must be what was
+    /// checked). Ignored files do not count.
+    async fn unready(tree: &GitRepo) -> Result<Option<String>, RepoError> {
+        if Self::half_done(tree).await?.is_some() {
+            return Ok(Some(
+                "a rebase or merge is still in progress in your worktree: finish it (`GIT_EDITOR=true git rebase --continue`, or commit the merge) or abort it".to_owned(),
+            ));
+        }
+        let changed = changed_paths(tree, true).await?;
+        if changed.is_empty() {
+            return Ok(None);
+        }
+        let shown: Vec<&str> = changed.iter().take(10).map(String::as_str).collect();
+        Ok(Some(format!(
+            "files in your worktree are not committed ({}{}): commit what belongs to the work and remove the rest, so that what lands is what was checked",
+            shown.join(", "),
+            if changed.len() > shown.len() {
+                ", …"
+            } else {
+                ""
+            }
+        )))
+    }
+
     /// A rebase or merge an earlier run left half done in `tree` is undone:
     /// the branch is as it was before it, and landing redoes it.
     async fn abort_half_done(tree: &GitRepo) -> Result<(), RepoError> {
+        match Self::half_done(tree).await? {
+            Some(operation) => checked(tree, &[operation, "--abort"]).await.map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// `rebase` or `merge` when one is in progress in `tree`.
+    async fn half_done(tree: &GitRepo) -> Result<Option<&'static str>, RepoError> {
         let markers = checked(
             tree,
             &[
@@ -239,21 +285,38 @@ impl GitWorktrees {
             .lines()
             .map(|path| tree.root().join(path.trim()).exists())
             .collect();
-        if found.iter().take(2).any(|f| *f) {
-            checked(tree, &["rebase", "--abort"]).await?;
+        Ok(if found.iter().take(2).any(|f| *f) {
+            Some("rebase")
         } else if found.get(2) == Some(&true) {
-            checked(tree, &["merge", "--abort"]).await?;
-        }
-        Ok(())
+            Some("merge")
+        } else {
+            None
+        })
     }
 
     /// Puts the tree's branch on `onto`; the conflicting files when it does
     /// not apply (the branch is then as it was).
-    async fn put_on(&self, tree: &GitRepo, onto: &str) -> Result<Option<Landing>, RepoError> {
-        let args: Vec<&str> = match self.strategy {
-            MergeStrategy::Rebase => vec!["rebase", "--quiet", onto],
-            MergeStrategy::Merge => vec!["merge", "--quiet", "--no-edit", onto],
-        };
+    async fn put_on(
+        &self,
+        tree: &GitRepo,
+        base: &str,
+        onto: &str,
+    ) -> Result<Option<Landing>, RepoError> {
+        // Whatever the user's git configuration says: nothing stashed,
+        // no other branch moved along.
+        let mut args = vec![
+            "-c",
+            "rebase.autoStash=false",
+            "-c",
+            "merge.autoStash=false",
+            "-c",
+            "rebase.updateRefs=false",
+        ];
+        args.extend(match self.strategy {
+            MergeStrategy::Rebase => ["rebase", "--quiet", onto, ""],
+            MergeStrategy::Merge => ["merge", "--quiet", "--no-edit", onto],
+        });
+        args.retain(|a| !a.is_empty());
         let out = tree.git(&args).await?;
         if out.status.success() {
             return Ok(None);
@@ -268,6 +331,7 @@ impl GitWorktrees {
         let detail = format!("{}{}", text(&out.stdout), text(&out.stderr));
         Self::abort_half_done(tree).await?;
         Ok(Some(Landing::Conflict {
+            base: short_ref(base).to_owned(),
             onto: onto.to_owned(),
             files,
             detail,
@@ -283,14 +347,37 @@ impl GitWorktrees {
         old: &str,
         new: &str,
     ) -> Result<Option<Option<String>>, RepoError> {
+        let target_ref = format!("refs/heads/{}", self.target);
         let user = UserCheckout::read(&self.main).await?;
-        if user.branch.as_deref() != Some(self.target.as_str()) {
-            return Ok(cas(&self.main, base_ref, new, old).await?.then_some(None));
+        let on_target = user.branch.as_deref() == Some(self.target.as_str());
+        let elsewhere = self.target_elsewhere().await?;
+        let target_head = match (&user.head, on_target) {
+            (Some(head), true) => head.clone(),
+            _ => rev(&self.main, &target_ref).await?,
+        };
+        if base_ref == target_ref && target_head != old {
+            return Ok(None); // the target moved since the rebase: again
         }
-        // On `mala/merged` the fast-forward itself checks that the target
-        // is behind; on the target, it must still be where the rebase found it.
-        let unmoved = base_ref.ends_with(MERGED_BRANCH) || user.head.as_deref() == Some(old);
-        if unmoved && user.changes.iter().all(|p| p.starts_with(".beads/")) {
+        let behind = base_ref == target_ref || is_ancestor(&self.main, &target_head, new).await?;
+        let why = if !behind {
+            format!(
+                "`{}` has commits that `{MERGED_BRANCH}` lacks (yours, or mala's `.beads/` commit); merge `{MERGED_BRANCH}` into it",
+                self.target
+            )
+        } else if let Some(tree) = &elsewhere {
+            format!(
+                "`{}` is checked out in {}, whose files mala does not change",
+                self.target,
+                tree.display()
+            )
+        } else if !on_target {
+            // Nobody's files follow the target: its ref alone moves.
+            return Ok(cas(&self.main, &target_ref, new, &target_head)
+                .await?
+                .then_some(None));
+        } else if user.changes.iter().any(|p| !p.starts_with(".beads/")) {
+            format!("your checkout of `{}` has uncommitted changes", self.target)
+        } else {
             let ff = self
                 .main
                 .git(&["merge", "--ff-only", "--quiet", new])
@@ -298,23 +385,36 @@ impl GitWorktrees {
             if ff.status.success() {
                 return Ok(Some(None));
             }
-        }
-        // The user's own work comes first: their branch and files stay.
+            format!(
+                "git refused to fast-forward your checkout of `{}` ({})",
+                self.target,
+                text(&ff.stderr)
+            )
+        };
+        // The user's own work comes first: their branch and files stay, and
+        // `mala/merged` only ever moves forward.
         let merged = format!("refs/heads/{MERGED_BRANCH}");
-        let previous = rev(&self.main, &merged).await.ok();
-        let moved = match previous.as_deref() {
-            Some(previous) if base_ref == merged => cas(&self.main, &merged, new, previous).await?,
-            _ => checked(&self.main, &["update-ref", &merged, new])
-                .await
-                .is_ok(),
+        let moved = match rev(&self.main, &merged).await.ok() {
+            Some(previous) if is_ancestor(&self.main, &previous, new).await? => {
+                cas(&self.main, &merged, new, &previous).await?
+            }
+            Some(_) => return Ok(None),
+            None => cas(&self.main, &merged, new, ZERO).await?,
         };
         Ok(moved.then(|| {
             Some(format!(
-                "your checkout of `{}` has uncommitted changes, so mala left it alone and put the merged commits on `{MERGED_BRANCH}`",
-                self.target
+                "{why}, so mala left it alone and put the merged commits on `{MERGED_BRANCH}`"
             ))
         }))
     }
+}
+
+/// git's id for "no such ref", for a compare-and-swap that creates one.
+const ZERO: &str = "0000000000000000000000000000000000000000";
+
+/// `refs/heads/x` as people say it.
+fn short_ref(name: &str) -> &str {
+    name.strip_prefix("refs/heads/").unwrap_or(name)
 }
 
 /// The user's checkout as `git status` sees it: the branch checked out,
@@ -380,24 +480,26 @@ impl Workspaces for GitWorktrees {
         if registered && path.is_dir() {
             Self::abort_half_done(&GitRepo::new(&path)).await?;
         } else {
-            // `-f`: a tree whose directory went away is made again.
-            let branch_ref = format!("refs/heads/{branch}");
-            if rev(&self.main, &branch_ref).await.is_ok() {
-                checked(
-                    &self.main,
-                    &["worktree", "add", "-f", "--quiet", &path_arg, &branch],
-                )
-                .await?;
-            } else {
-                let (_, base) = self.base().await?;
-                checked(
-                    &self.main,
-                    &[
-                        "worktree", "add", "-f", "--quiet", "-b", &branch, &path_arg, &base,
-                    ],
-                )
-                .await?;
+            // `-f` only for a tree whose directory went away: never to check
+            // out a branch twice.
+            let mut args = vec!["worktree", "add", "--quiet"];
+            if registered {
+                args.push("-f");
             }
+            let branch_ref = format!("refs/heads/{branch}");
+            let (_, base) = self.base().await?;
+            let tip = rev(&self.main, &branch_ref).await.ok();
+            let landed = match &tip {
+                Some(tip) => is_ancestor(&self.main, tip, &base).await?,
+                None => true,
+            };
+            if landed {
+                // New, or kept after it landed: from the base's head, as a new issue.
+                args.extend(["-B", &branch, &path_arg, &base]);
+            } else {
+                args.extend([path_arg.as_str(), &branch]);
+            }
+            checked(&self.main, &args).await?;
         }
         Ok(Workspace {
             root: path.clone(),
@@ -412,7 +514,9 @@ impl Workspaces for GitWorktrees {
         let _left = Left(&self.queued);
         let _turn = self.queue.lock().await;
         let tree = GitRepo::new(&issue_worktree(&self.dir, issue));
-        Self::abort_half_done(&tree).await?;
+        if let Some(what) = Self::unready(&tree).await? {
+            return Ok(Landing::Unready { what });
+        }
         for _ in 0..MAX_RACES {
             let (base_ref, onto) = self.base().await?;
             let head = rev(&tree, "HEAD").await?;
@@ -423,11 +527,16 @@ impl Workspaces for GitWorktrees {
                     note: None,
                 });
             }
-            if let Some(conflict) = self.put_on(&tree, &onto).await? {
+            if let Some(conflict) = self.put_on(&tree, &base_ref, &onto).await? {
                 return Ok(conflict);
             }
             if let Err(failure) = run_commands(tree.root(), validate).await {
-                return Ok(Landing::Failed { onto, failure });
+                let base = short_ref(&base_ref).to_owned();
+                return Ok(Landing::Failed {
+                    base,
+                    onto,
+                    failure,
+                });
             }
             let new = rev(&tree, "HEAD").await?;
             if let Some(note) = self.advance(&base_ref, &onto, &new).await? {
@@ -452,15 +561,23 @@ impl Workspaces for GitWorktrees {
         let _admin = self.admin.lock().await;
         let path = issue_worktree(&self.dir, issue);
         let path_arg = path.to_string_lossy().into_owned();
-        if self.live().await?.iter().any(|t| t.path == path) {
-            checked(&self.main, &["worktree", "remove", "--force", &path_arg]).await?;
+        if let Some(tree) = self.live().await?.into_iter().find(|t| t.path == path) {
+            if tree.dirty {
+                return Err(RepoError::Git {
+                    command: format!("worktree remove {path_arg}"),
+                    stderr: "it holds uncommitted changes, so mala keeps it".into(),
+                });
+            }
+            // Not forced: git itself keeps a tree with untracked files.
+            checked(&self.main, &["worktree", "remove", &path_arg]).await?;
         }
         let branch = issue_branch(issue);
         let branch_ref = format!("refs/heads/{branch}");
-        let (_, landed_on) = self.base().await?;
+        let target = rev(&self.main, &format!("refs/heads/{}", self.target)).await?;
+        // Deleted only once the target itself has it (not `mala/merged`).
         if !self.keep_branches
             && let Ok(tip) = rev(&self.main, &branch_ref).await
-            && is_ancestor(&self.main, &tip, &landed_on).await?
+            && is_ancestor(&self.main, &tip, &target).await?
         {
             checked(&self.main, &["branch", "-D", "--quiet", &branch]).await?;
         }

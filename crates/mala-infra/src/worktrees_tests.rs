@@ -297,10 +297,15 @@ async fn branches_that_pass_alone_but_fail_together_are_caught_on_the_merged_res
         panic!("a passes alone")
     };
     let failed = fix.trees.land(&id("bd-b"), &[both_is_wrong]).await.unwrap();
-    let Landing::Failed { onto, failure } = failed else {
+    let Landing::Failed {
+        base,
+        onto,
+        failure,
+    } = failed
+    else {
         panic!("b fails on the merged result: {failed:?}")
     };
-    assert_eq!(onto, a_landed);
+    assert_eq!((base.as_str(), onto.as_str()), ("main", a_landed.as_str()));
     assert_eq!(failure.name, "test");
     assert_eq!(fix.main_head(), a_landed, "the target did not move");
     assert!(!fix.repo.join("b.txt").exists());
@@ -447,4 +452,107 @@ async fn a_detached_checkout_is_refused_with_the_reason() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("detached HEAD"), "{error}");
+}
+
+#[tokio::test]
+async fn a_tree_with_files_not_committed_does_not_land_and_says_which() {
+    let fix = fixture().await;
+    let head = fix.main_head();
+    let a = fix.trees.open(&id("bd-a")).await.unwrap();
+    work(&a.root, "lib.txt", "uses new\n", "bd-a");
+    std::fs::write(a.root.join("new.txt"), "needed, never committed\n").unwrap();
+    let landing = fix
+        .trees
+        .land(&id("bd-a"), &[check("test -e new.txt")])
+        .await
+        .unwrap();
+    let Landing::Unready { what } = landing else {
+        panic!("{landing:?}")
+    };
+    assert!(
+        what.contains("not committed") && what.contains("new.txt"),
+        "{what}"
+    );
+    assert_eq!(fix.main_head(), head, "nothing landed");
+    // And a closed issue's tree with work in it is not removed.
+    assert!(fix.trees.remove(&id("bd-a")).await.is_err());
+    assert!(a.root.join("new.txt").exists());
+}
+
+#[tokio::test]
+async fn work_on_mala_merged_survives_the_target_moving_on_its_own() {
+    let fix = fixture().await;
+    fix.repo.write("README.md", "the user's edit\n");
+    let a = fix.trees.open(&id("bd-a")).await.unwrap();
+    let a_commit = work(&a.root, "a.txt", "a\n", "bd-a");
+    assert!(matches!(
+        fix.trees.land(&id("bd-a"), &[]).await.unwrap(),
+        Landing::Landed { note: Some(_), .. }
+    ));
+    fix.trees.remove(&id("bd-a")).await.unwrap();
+    assert!(
+        fix.repo
+            .git(&["branch", "--list", "mala/bd-a"])
+            .contains("mala/bd-a"),
+        "kept: only mala/merged has it, not the target"
+    );
+    // The user commits their own edit: the target now has a commit mala/merged lacks.
+    fix.repo.commit_all("the user's own commit");
+    fix.repo.write("README.md", "more of the user's work\n");
+    let b = fix.trees.open(&id("bd-b")).await.unwrap();
+    assert!(
+        b.root.join("a.txt").exists(),
+        "b builds on what mala/merged holds"
+    );
+    let b_commit = work(&b.root, "b.txt", "b\n", "bd-b");
+    let landed = fix.trees.land(&id("bd-b"), &[]).await.unwrap();
+    let Landing::Landed {
+        note: Some(note), ..
+    } = landed
+    else {
+        panic!("{landed:?}")
+    };
+    assert!(
+        note.contains("lacks") && note.contains("merge `mala/merged`"),
+        "{note}"
+    );
+    let merged = fix.repo.git(&["rev-parse", MERGED_BRANCH]);
+    assert_eq!(merged.trim(), b_commit);
+    let on_merged = fix
+        .repo
+        .git(&["merge-base", "--is-ancestor", &a_commit, MERGED_BRANCH]);
+    assert_eq!(on_merged.trim(), "", "a's commit is still on mala/merged");
+}
+
+#[tokio::test]
+async fn a_target_checked_out_in_another_linked_tree_is_not_moved_under_it() {
+    let fix = fixture().await;
+    fix.repo.git(&["checkout", "-q", "-b", "elsewhere"]);
+    let linked = tempfile::tempdir().unwrap();
+    let linked_tree = linked.path().join("main-tree");
+    fix.repo.git(&[
+        "worktree",
+        "add",
+        "-q",
+        &linked_tree.to_string_lossy(),
+        "main",
+    ]);
+    let before = fix.main_head();
+    let a = fix.trees.open(&id("bd-a")).await.unwrap();
+    let a_commit = work(&a.root, "a.txt", "a\n", "bd-a");
+    let landed = fix.trees.land(&id("bd-a"), &[]).await.unwrap();
+    let Landing::Landed {
+        note: Some(note), ..
+    } = landed
+    else {
+        panic!("{landed:?}")
+    };
+    assert!(note.contains("checked out in"), "{note}");
+    assert_eq!(
+        fix.main_head(),
+        before,
+        "main did not move under the linked tree"
+    );
+    assert_eq!(git_in(&linked_tree, &["status", "--porcelain"]), "");
+    assert_eq!(fix.repo.git(&["rev-parse", MERGED_BRANCH]).trim(), a_commit);
 }

@@ -204,7 +204,8 @@ impl EventSink for RunRecorder {
             }
             Event::WorktreeOpened { issue, .. }
             | Event::MergeQueued { issue, .. }
-            | Event::Landed { issue, .. } => {
+            | Event::Landed { issue, .. }
+            | Event::Retrying { issue, .. } => {
                 let Some(record) = book.records.get_mut(issue) else {
                     return;
                 };
@@ -240,6 +241,8 @@ fn note_worktree(record: &mut IssueRecord, event: &Event) {
             record.worktree = Some(path.clone());
         }
         Event::MergeQueued { .. } => record.merge = Some("queued".to_owned()),
+        // Sent back to its agent: out of the queue until it asks again.
+        Event::Retrying { .. } => record.merge = None,
         Event::Landed { commit, .. } => record.merge = Some(format!("landed {commit}")),
         _ => {}
     }

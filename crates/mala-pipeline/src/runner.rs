@@ -440,18 +440,6 @@ impl IssueRun {
         } else {
             PromptKind::Implementer
         };
-        let commands: Vec<String> = self
-            .config
-            .required
-            .iter()
-            .map(|r| {
-                format!(
-                    "`{}`{}",
-                    r.command,
-                    if r.allow_fail { " (may fail)" } else { "" }
-                )
-            })
-            .collect();
         render_prompt(
             kind,
             &[
@@ -467,18 +455,32 @@ impl IssueRun {
                         self.issue.acceptance_criteria.clone()
                     },
                 ),
-                (
-                    "validation_commands",
-                    if commands.is_empty() {
-                        "   (none configured)".to_owned()
-                    } else {
-                        bullet_list(&commands)
-                    },
-                ),
+                ("validation_commands", self.validation_list()),
                 ("commit_prefix", self.commit_prefix()),
             ],
         )
         .map_err(|e| e.to_string())
+    }
+
+    /// The required commands as the prompts list them.
+    fn validation_list(&self) -> String {
+        let commands: Vec<String> = self
+            .config
+            .required
+            .iter()
+            .map(|r| {
+                format!(
+                    "`{}`{}",
+                    r.command,
+                    if r.allow_fail { " (may fail)" } else { "" }
+                )
+            })
+            .collect();
+        if commands.is_empty() {
+            "   (none configured)".to_owned()
+        } else {
+            bullet_list(&commands)
+        }
     }
 
     async fn start_session(
@@ -1356,13 +1358,13 @@ impl IssueRun {
                 return Step::Finish(closed);
             }
             Ok(Landing::Conflict {
+                base,
                 onto,
                 files,
                 detail,
             }) => {
                 let problem = format!(
-                    "your branch conflicts with `{}` at {} in {}: {}",
-                    workspace.target,
+                    "your branch conflicts with `{base}` at {} in {}: {}",
                     short(&onto),
                     if files.is_empty() {
                         "files git did not name".to_owned()
@@ -1371,19 +1373,23 @@ impl IssueRun {
                     },
                     crate::protected::last_line(&detail)
                 );
-                (onto, problem)
+                (Some(onto), problem)
             }
-            Ok(Landing::Failed { onto, failure }) => {
+            Ok(Landing::Failed {
+                base,
+                onto,
+                failure,
+            }) => {
                 let problem = format!(
-                    "on your branch rebased onto `{}` at {}, `{}` ({}) failed: {}. Each side may pass alone; together they do not",
-                    workspace.target,
+                    "with your branch put on `{base}` at {}, `{}` ({}) failed: {}. Each side may pass alone; together they do not",
                     short(&onto),
                     failure.name,
                     failure.command,
                     crate::protected::last_line(&failure.output)
                 );
-                (onto, problem)
+                (Some(onto), problem)
             }
+            Ok(Landing::Unready { what }) => (None, what),
             Err(error) => {
                 return Step::Finish(IssueResult::Released {
                     reason: format!(
@@ -1406,16 +1412,18 @@ impl IssueRun {
             issue: self.issue.id.clone(),
             why: format!("merge queue: {problem}"),
         });
-        self.merge_followup(&workspace.target, &onto, &problem)
+        self.merge_followup(&workspace.target, onto.as_deref(), &problem)
     }
 
-    fn merge_followup(&self, target: &str, onto: &str, problem: &str) -> Step {
-        let commands: Vec<String> = self
-            .config
-            .required
-            .iter()
-            .map(|r| format!("`{}`", r.command))
-            .collect();
+    /// What the agent is told when its branch did not land: with `onto`,
+    /// to rebase onto that head and resolve; without, to put its tree right.
+    fn merge_followup(&self, target: &str, onto: Option<&str>, problem: &str) -> Step {
+        let steps = match onto {
+            Some(onto) => format!(
+                "- bring your branch onto that head with `git rebase {onto}`, resolve every conflict git names by keeping what both sides meant, `git add` the resolved files and `GIT_EDITOR=true git rebase --continue`;"
+            ),
+            None => "- put your worktree right as said above;".to_owned(),
+        };
         match render_prompt(
             PromptKind::MergeFollowup,
             &[
@@ -1423,16 +1431,9 @@ impl IssueRun {
                 ("attempt", self.merge_attempt.to_string()),
                 ("max_attempts", self.config.merge_retries.to_string()),
                 ("target", target.to_owned()),
-                ("onto", onto.to_owned()),
                 ("problem", problem.to_owned()),
-                (
-                    "validation_commands",
-                    if commands.is_empty() {
-                        "   (none configured)".to_owned()
-                    } else {
-                        bullet_list(&commands)
-                    },
-                ),
+                ("steps", steps),
+                ("validation_commands", self.validation_list()),
                 ("commit_prefix", self.commit_prefix()),
             ],
         ) {

@@ -2232,6 +2232,7 @@ async fn in_a_worktree_the_agent_works_there_and_the_issue_closes_once_its_branc
 async fn a_branch_that_conflicts_goes_back_to_the_agent_with_what_conflicted_then_lands() {
     let h = Harness::new().await;
     let conflict = Landing::Conflict {
+        base: "main".into(),
         onto: "feedface0123456789".into(),
         files: vec!["src/parser.rs".into()],
         detail: "CONFLICT (content): Merge conflict in src/parser.rs".into(),
@@ -2267,6 +2268,7 @@ async fn a_branch_that_conflicts_goes_back_to_the_agent_with_what_conflicted_the
 async fn a_branch_that_fails_on_the_merged_result_past_its_retries_fails_with_the_branch_kept() {
     let h = Harness::new().await;
     let failed = || Landing::Failed {
+        base: "main".into(),
         onto: "abc123".into(),
         failure: CheckFailure {
             name: "test".into(),
@@ -2282,6 +2284,7 @@ async fn a_branch_that_fails_on_the_merged_result_past_its_retries_fails_with_th
     for needle in [
         "after 1 follow-up(s)",
         "`test` (cargo test) failed",
+        "put on `main`",
         "parser::both",
         "mala/",
         "kept for a person",
@@ -2314,4 +2317,28 @@ async fn a_worktree_that_cannot_be_made_gives_the_issue_back_untouched() {
     let (status, followup, _) = h.status().await;
     assert_eq!(status, IssueStatus::Open);
     assert!(!followup);
+}
+
+#[tokio::test]
+async fn a_worktree_with_uncommitted_files_goes_back_to_be_put_right_before_it_lands() {
+    let h = Harness::new().await;
+    let unready = Landing::Unready {
+        what:
+            "files in your worktree are not committed (src/new.rs): commit what belongs to the work"
+                .into(),
+    };
+    let workspaces = FakeWorkspaces::new(&h.world, vec![unready]);
+    let result = run_isolated(&h, vec![honest_turn(&h), honest_turn(&h)], &workspaces).await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    let prompts = h.prompts();
+    assert!(
+        prompts[1].contains("src/new.rs") && prompts[1].contains("put your worktree right"),
+        "{}",
+        prompts[1]
+    );
+    assert!(
+        !prompts[1].contains("git rebase"),
+        "nothing to rebase onto: {}",
+        prompts[1]
+    );
 }

@@ -10,7 +10,7 @@ use mala_testkit::{
 };
 use serde_json::json;
 
-use super::{bin_dir, issue_of, reply, run_env};
+use super::{OneIssue, bin_dir, issue_of, reply, run_env};
 
 /// What the merge follow-up says (`prompts/merge_followup.md`).
 const LAND_AGAIN: &str = "could not land on";
@@ -99,6 +99,41 @@ fn landed_lines(tree: &Path, file: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The real claude playing `script` against the mock, and `mala` run with it.
+struct Mocked {
+    mock: MockAnthropic,
+    _harness: ClaudeHarness,
+    scratch: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Mocked {
+    fn new(claude: &Path, br_binary: &Path, script: Script) -> Self {
+        let mock = MockAnthropic::start(script);
+        let harness = ClaudeHarness::new(claude, &mock);
+        let scratch = tempfile::tempdir().unwrap();
+        let bin = bin_dir(scratch.path(), br_binary, claude);
+        let env = run_env(&harness, &bin, scratch.path());
+        Self {
+            mock,
+            _harness: harness,
+            scratch,
+            env,
+        }
+    }
+
+    /// `mala ARGS` in `repo`, to its end.
+    fn mala(&self, repo: &TempRepo, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_mala"))
+            .args(args)
+            .current_dir(repo.path())
+            .env_clear()
+            .envs(self.env.clone())
+            .output()
+            .unwrap()
+    }
+}
+
 #[allow(clippy::too_many_lines)]
 #[test]
 fn six_issues_close_in_their_own_worktrees_and_a_conflict_is_resolved_on_its_follow_up() {
@@ -131,26 +166,20 @@ fn six_issues_close_in_their_own_worktrees_and_a_conflict_is_resolved_on_its_fol
         .collect();
     repo.git(&["add", "-A"]);
     repo.git(&["commit", "-q", "-m", "setup"]);
-    let mock = MockAnthropic::start(worktree_script());
-    let harness = ClaudeHarness::new(&claude, &mock);
-    let scratch = tempfile::tempdir().unwrap();
-    let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let events = scratch.path().join("events.jsonl");
-    let output = Command::new(env!("CARGO_BIN_EXE_mala"))
-        .args([
-            "run",
-            "--isolation",
-            "worktree",
-            "--max-agents",
-            "3",
-            "--events-jsonl",
-        ])
-        .arg(&events)
-        .current_dir(repo.path())
-        .env_clear()
-        .envs(run_env(&harness, &bin, scratch.path()))
-        .output()
-        .unwrap();
+    let mocked = Mocked::new(&claude, &br_binary, worktree_script());
+    let events = mocked.scratch.path().join("events.jsonl");
+    let events_arg = events.display().to_string();
+    let args = [
+        "run",
+        "--isolation",
+        "worktree",
+        "--max-agents",
+        "3",
+        "--events-jsonl",
+        &events_arg,
+    ];
+    let output = mocked.mala(&repo, &args);
+    let mock = &mocked.mock;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),
@@ -236,13 +265,7 @@ fn six_issues_close_in_their_own_worktrees_and_a_conflict_is_resolved_on_its_fol
             "no mala tools in worktree mode"
         );
     }
-    let status = Command::new(env!("CARGO_BIN_EXE_mala"))
-        .arg("status")
-        .current_dir(repo.path())
-        .env_clear()
-        .envs(run_env(&harness, &bin, scratch.path()))
-        .output()
-        .unwrap();
+    let status = mocked.mala(&repo, &["status"]);
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(status.contains("0 worktrees in"), "{status}");
 }
@@ -266,122 +289,77 @@ fn a_detached_checkout_stops_a_worktree_run_before_any_claim() {
     repo.git(&["add", "-A"]);
     repo.git(&["commit", "-q", "-m", "setup"]);
     repo.git(&["checkout", "-q", "--detach"]);
-    let mock = MockAnthropic::start(Script::from_fn(|_| {
-        Reply::Message(vec![Block::Text("no".into())])
-    }));
-    let harness = ClaudeHarness::new(&claude, &mock);
-    let scratch = tempfile::tempdir().unwrap();
-    let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let output = Command::new(env!("CARGO_BIN_EXE_mala"))
-        .arg("run")
-        .current_dir(repo.path())
-        .env_clear()
-        .envs(run_env(&harness, &bin, scratch.path()))
-        .output()
-        .unwrap();
+    let silent = Script::from_fn(|_| Reply::Message(vec![Block::Text("no".into())]));
+    let output = Mocked::new(&claude, &br_binary, silent).mala(&repo, &["run"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_ne!(output.status.code(), Some(0));
     assert!(stderr.contains("detached HEAD"), "{stderr}");
     assert_eq!(br.json(&["show", &issue])[0]["status"], "open");
 }
 
-/// One issue in worktree mode, set up so a run can be killed at a chosen
-/// point: the agent pauses before its work; the check (`./check.sh`) sleeps
-/// when mala runs it in the merge queue (every run after the agent's
-/// first); `br close` waits, so the branch has landed and the issue is
-/// not closed yet.
-struct KillFixture {
-    repo: TempRepo,
-    br: Br,
-    issue: String,
-    mock: MockAnthropic,
-    _harness: ClaudeHarness,
-    scratch: tempfile::TempDir,
-    env: Vec<(String, String)>,
+/// One issue in worktree mode (`OneIssue`, with its mala.yaml and `br`
+/// changed), set up so a run can be killed at a chosen point: the agent
+/// pauses before its work; the check (`./check.sh`) sleeps when mala runs it
+/// in the merge queue (every run after the agent's first); `br close` waits,
+/// and closes nothing once mala is gone, so the kill lands after the branch
+/// landed and before the issue closed.
+struct KillFixture(OneIssue);
+
+impl std::ops::Deref for KillFixture {
+    type Target = OneIssue;
+
+    fn deref(&self) -> &OneIssue {
+        &self.0
+    }
 }
 
 /// The prompt a later run's resumed session gets (`prompts/run_resume.md`).
 const RESUMED: &str = "picking your session up";
 
+fn executable(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 impl KillFixture {
     fn new(claude: &Path, br_binary: &Path) -> Self {
-        let repo = TempRepo::new();
-        let scratch = tempfile::tempdir().unwrap();
-        let marks = scratch.path().to_path_buf();
-        std::fs::create_dir(repo.path().join("src")).unwrap();
-        let check = format!(
-            "#!/bin/sh\nn=$(cat {m}/checks 2>/dev/null | wc -l)\necho run >> {m}/checks\n\
-             if [ \"$n\" -ge 1 ]; then touch {m}/validating; sleep 4; fi\nls src\n",
-            m = marks.display()
+        let fix = OneIssue::new(claude, br_binary, "wk", |_, _| resumable_worktree_script());
+        let (repo, marks) = (fix.repo.path(), fix.scratch.path().display());
+        executable(
+            &repo.join("check.sh"),
+            &format!(
+                "#!/bin/sh\nn=$(cat {marks}/checks 2>/dev/null | wc -l)\necho run >> {marks}/checks\n\
+                 if [ \"$n\" -ge 1 ]; then touch {marks}/validating; sleep 4; fi\nls src\n"
+            ),
         );
-        std::fs::write(repo.path().join("check.sh"), check).unwrap();
-        Command::new("chmod")
-            .args(["+x"])
-            .arg(repo.path().join("check.sh"))
-            .status()
-            .unwrap();
         std::fs::write(
-            repo.path().join("mala.yaml"),
+            repo.join("mala.yaml"),
             "isolation: worktree\ncommands:\n  check: \"./check.sh\"\nevidence_check:\n  required: [check]\n",
         )
         .unwrap();
-        let br = Br::init(br_binary, repo.path(), "wk");
-        let issue = br.create(&NewIssue {
-            title: "Fix a",
-            priority: 2,
-            ..NewIssue::default()
-        });
-        repo.git(&["add", "-A"]);
-        repo.git(&["commit", "-q", "-m", "setup"]);
-        let mock = MockAnthropic::start(resumable_worktree_script());
-        let harness = ClaudeHarness::new(claude, &mock);
-        let bin = bin_dir(scratch.path(), br_binary, claude);
-        // `br close` marks that it was asked, then waits, and closes nothing
-        // once mala is gone: the kill lands between the landing and the close.
-        std::fs::remove_file(bin.join("br")).unwrap();
-        std::fs::write(
-            bin.join("br"),
-            format!(
-                "#!/bin/sh\ncase \" $* \" in *\" close \"*) touch {m}/closing; sleep 4; kill -0 $PPID 2>/dev/null || exit 1;; esac\nexec {br} \"$@\"\n",
-                m = marks.display(),
-                br = br_binary.display()
+        fix.repo.commit_all("worktree mode, a slow check");
+        let br = fix.scratch.path().join("bin/br");
+        let real = std::fs::read_link(&br).unwrap();
+        std::fs::remove_file(&br).unwrap();
+        executable(
+            &br,
+            &format!(
+                "#!/bin/sh\ncase \" $* \" in *\" close \"*) touch {marks}/closing; sleep 4; kill -0 $PPID 2>/dev/null || exit 1;; esac\nexec {} \"$@\"\n",
+                real.display()
             ),
-        )
-        .unwrap();
-        Command::new("chmod")
-            .args(["+x"])
-            .arg(bin.join("br"))
-            .status()
-            .unwrap();
-        let env = run_env(&harness, &bin, scratch.path());
-        Self {
-            repo,
-            br,
-            issue,
-            mock,
-            _harness: harness,
-            scratch,
-            env,
-        }
-    }
-
-    fn mala(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_mala"));
-        command
-            .args(args)
-            .current_dir(self.repo.path())
-            .env_clear()
-            .envs(self.env.clone());
-        command
+        );
+        Self(fix)
     }
 
     fn marked(&self, mark: &str) -> bool {
-        self.scratch.path().join(mark).exists()
+        self.0.scratch.path().join(mark).exists()
     }
 
     fn commits_on_main(&self) -> usize {
-        let grep = format!("^bd-{}:", self.issue);
-        self.repo
+        let grep = format!("^bd-{}:", self.0.issue);
+        self.0
+            .repo
             .git(&["log", "main", "--format=%s", "--grep", &grep])
             .lines()
             .count()
@@ -588,17 +566,9 @@ fn agents_that_lie_in_their_worktrees_are_caught_and_cannot_reach_past_them() {
     repo.git(&["commit", "-q", "-m", "setup"]);
     let before = repo.git(&["rev-parse", "main"]);
     let user_checkout = repo.path().canonicalize().unwrap();
-    let mock = MockAnthropic::start(lying_worktree_script(user_checkout));
-    let harness = ClaudeHarness::new(&claude, &mock);
-    let scratch = tempfile::tempdir().unwrap();
-    let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let output = Command::new(env!("CARGO_BIN_EXE_mala"))
-        .args(["run", "--max-agents", "3"])
-        .current_dir(repo.path())
-        .env_clear()
-        .envs(run_env(&harness, &bin, scratch.path()))
-        .output()
-        .unwrap();
+    let mocked = Mocked::new(&claude, &br_binary, lying_worktree_script(user_checkout));
+    let output = mocked.mala(&repo, &["run", "--max-agents", "3"]);
+    let mock = &mocked.mock;
     let stdout = String::from_utf8_lossy(&output.stdout);
     // The two that lied about the check stay open; the one that tried to
     // reach past its tree was refused each time, then did honest work.

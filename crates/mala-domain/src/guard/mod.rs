@@ -595,6 +595,11 @@ mod tests {
             // Everything in its own tree is its own.
             "git add -A && git commit -qam 'bd-7: all of it'",
             "git add . && git commit -m 'bd-7: all of it'",
+            "GIT_EDITOR=true git rebase --continue",
+            "git branch",
+            "git branch --list 'mala/*'",
+            "git branch -a --contains HEAD",
+            "git worktree list",
         ] {
             assert!(check_tool(&shell(allowed), &own).is_allowed(), "{allowed}");
         }
@@ -630,6 +635,34 @@ mod tests {
                 "GIT_DIR=/tmp/user-repo/.git git commit -am 'bd-7: x'",
                 "GIT_DIR",
             ),
+            (
+                "CDPATH=/tmp/user-repo; cd src && git commit -qam 'bd-7: x'",
+                "CDPATH",
+            ),
+            ("export CDPATH=/tmp; cd user-repo && echo x > a", "CDPATH"),
+            (
+                "GIT_CONFIG_KEY_0=core.hooksPath GIT_CONFIG_VALUE_0=/tmp/h GIT_CONFIG_COUNT=1 git commit -m 'bd-7: x'",
+                "run a program",
+            ),
+            (
+                "GIT_EDITOR='rm -rf ~' git rebase --continue",
+                "run a program",
+            ),
+            (
+                "git worktree add -f -B main /tmp/x HEAD",
+                "every worktree shares",
+            ),
+            ("git worktree move ../bd-8 /tmp/y", "every worktree shares"),
+            ("git branch mala/merged HEAD", "every worktree shares"),
+            ("git branch -d main", "every worktree shares"),
+            ("git stash", "every worktree shares"),
+            ("git tag -f v1", "every worktree shares"),
+            ("git replace HEAD~1 HEAD", "every worktree shares"),
+            (
+                "git update-index --skip-worktree src/lib.rs",
+                "hide changes",
+            ),
+            ("git clone . /tmp/user-repo/copy", "makes a repository"),
             (
                 "git --git-dir=/tmp/user-repo/.git commit -m 'bd-7: x'",
                 "another repository",

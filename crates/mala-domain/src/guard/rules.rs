@@ -54,29 +54,62 @@ const GIT_LOCATIONS: &[&str] = &[
     "GIT_INDEX_FILE",
     "GIT_COMMON_DIR",
     "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    // Where `cd NAME` goes, which the guard follows by the name alone.
+    "CDPATH",
+];
+/// Variables that make git run a program or read a configuration the guard
+/// refuses as `-c` settings (hooks, editors, pagers, helpers, diff tools).
+const GIT_PROGRAMS: &[&str] = &[
+    "GIT_CONFIG",
+    "GIT_CONFIG_GLOBAL",
+    "GIT_CONFIG_SYSTEM",
+    "GIT_CONFIG_COUNT",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_EXTERNAL_DIFF",
+    "GIT_SSH",
+    "GIT_SSH_COMMAND",
+    "GIT_PAGER",
+    "GIT_ASKPASS",
+    "GIT_EXEC_PATH",
+    "GIT_TEMPLATE_DIR",
+    "GIT_EDITOR",
+    "GIT_SEQUENCE_EDITOR",
 ];
 
 fn redirects_git(invocation: &Invocation) -> Result<(), Refusal> {
+    let exports = invocation
+        .words
+        .first()
+        .is_some_and(|w| matches!(w.raw(), "export" | "declare" | "typeset" | "env"));
     let exported = invocation
         .words
         .iter()
         .skip(1)
-        .filter(|_| {
-            invocation
-                .words
-                .first()
-                .is_some_and(|w| matches!(w.raw(), "export" | "declare" | "typeset" | "env"))
-        })
-        .map(|w| w.raw().split('=').next().unwrap_or_default().to_owned());
-    let named = invocation
+        .filter(|_| exports)
+        .map(|w| match w.raw().split_once('=') {
+            Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
+            None => (w.raw().to_owned(), None),
+        });
+    let assigned = invocation
         .assigns
         .iter()
-        .map(|(name, _)| name.clone())
-        .chain(exported);
-    for name in named {
+        .map(|(name, value)| (name.clone(), value.literal().map(str::to_owned)));
+    for (name, value) in assigned.chain(exported) {
         if GIT_LOCATIONS.contains(&name.as_str()) {
             return Err(format!(
-                "refused: {name} points git at another repository, index or working tree, which mala cannot check. Run git where you work, as it is"
+                "refused: {name} points git (or cd) at another repository, index or directory, which mala cannot check. Run git where you work, as it is"
+            ));
+        }
+        // An editor that does nothing is how an agent finishes a rebase.
+        let no_op_editor =
+            name.ends_with("EDITOR") && matches!(value.as_deref(), Some("true" | ":"));
+        let program = GIT_PROGRAMS.contains(&name.as_str())
+            || name.starts_with("GIT_CONFIG_KEY_")
+            || name.starts_with("GIT_CONFIG_VALUE_");
+        if program && !no_op_editor {
+            return Err(format!(
+                "refused: {name} makes git run a program or read settings mala does not know to be harmless (hooks, editors, pagers, helpers, diff tools). Run git without it"
             ));
         }
     }

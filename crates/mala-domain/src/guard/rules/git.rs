@@ -303,7 +303,24 @@ pub(crate) fn in_own_worktree(
     let own = Some(own);
     let moves_refs = matches!(
         sub,
-        "rebase" | "merge" | "pull" | "push" | "fetch" | "checkout" | "switch" | "reset"
+        "rebase"
+            | "merge"
+            | "pull"
+            | "push"
+            | "fetch"
+            | "checkout"
+            | "switch"
+            | "reset"
+            | "worktree"
+            | "branch"
+            | "replace"
+            | "notes"
+            | "update-index"
+            | "clone"
+            | "init"
+            | "bundle"
+            | "stash"
+            | "tag"
     );
     own.filter(|_| moves_refs)
         .map(|own| own_branch(sub, rest, own))
@@ -353,8 +370,60 @@ fn own_branch(sub: &str, rest: &[&str], own: &str) -> Result<(), Refusal> {
         "reset" => Err(format!(
             "refused: git reset moves your branch ({own}) or discards work in your worktree. Undo a change by editing the file back and committing"
         )),
+        "worktree" if rest.first() == Some(&"list") => Ok(()),
+        "branch" if lists_branches(rest) => Ok(()),
+        "worktree" | "branch" | "tag" | "replace" | "notes" | "stash" => Err(format!(
+            "refused: git {sub} changes refs or trees every worktree shares (other agents' branches, the user's, the stash); only your branch ({own}) is yours to move, by committing"
+        )),
+        "update-index" => Err(format!(
+            "refused: git update-index can hide changes from git status, which decides what lands. Stage with git add in your worktree ({own})"
+        )),
+        "clone" | "init" | "bundle" => Err(format!(
+            "refused: git {sub} makes a repository or file where mala cannot check it. Work in your worktree ({own})"
+        )),
         _ => Err(format!(
             "refused: git {sub} reaches another repository or moves refs other than your branch ({own}); mala lands your branch itself once the gate and review pass"
         )),
     }
+}
+
+/// `git branch` that only lists: no name to create, no flag that changes one.
+fn lists_branches(rest: &[&str]) -> bool {
+    let listing = [
+        "-a",
+        "--all",
+        "-r",
+        "--remotes",
+        "-v",
+        "-vv",
+        "--verbose",
+        "--show-current",
+        "-l",
+        "--list",
+        "--no-color",
+        "--color",
+    ];
+    let filters = [
+        "--contains",
+        "--no-contains",
+        "--merged",
+        "--no-merged",
+        "--points-at",
+    ];
+    let mut words = rest.iter();
+    let mut pattern_ok = false;
+    while let Some(word) = words.next() {
+        if filters.contains(word) {
+            words.next();
+        } else if filters.iter().any(|f| word.starts_with(&format!("{f}=")))
+            || word.starts_with("--format")
+            || word.starts_with("--sort")
+        {
+        } else if listing.contains(word) {
+            pattern_ok |= matches!(*word, "-l" | "--list");
+        } else if word.starts_with('-') || !pattern_ok {
+            return false;
+        }
+    }
+    true
 }
