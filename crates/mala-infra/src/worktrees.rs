@@ -236,14 +236,16 @@ impl GitWorktrees {
     /// progress, or files not committed (what lands must be what was
     /// checked). Ignored files do not count.
     async fn unready(tree: &GitRepo) -> Result<Option<String>, RepoError> {
+        // A rebase or merge stopped part way leaves files changed or
+        // unmerged, so a clean status is enough on the way that lands.
+        let changed = changed_paths(tree, true).await?;
+        if changed.is_empty() {
+            return Ok(None);
+        }
         if Self::half_done(tree).await?.is_some() {
             return Ok(Some(
                 "a rebase or merge is still in progress in your worktree: finish it (`GIT_EDITOR=true git rebase --continue`, or commit the merge) or abort it".to_owned(),
             ));
-        }
-        let changed = changed_paths(tree, true).await?;
-        if changed.is_empty() {
-            return Ok(None);
         }
         let shown: Vec<&str> = changed.iter().take(10).map(String::as_str).collect();
         Ok(Some(format!(
@@ -350,7 +352,13 @@ impl GitWorktrees {
         let target_ref = format!("refs/heads/{}", self.target);
         let user = UserCheckout::read(&self.main).await?;
         let on_target = user.branch.as_deref() == Some(self.target.as_str());
-        let elsewhere = self.target_elsewhere().await?;
+        // git checks a branch out in one tree at a time: on the user's, it is
+        // in no other.
+        let elsewhere = if on_target {
+            None
+        } else {
+            self.target_elsewhere().await?
+        };
         let target_head = match (&user.head, on_target) {
             (Some(head), true) => head.clone(),
             _ => rev(&self.main, &target_ref).await?,
@@ -519,11 +527,10 @@ impl Workspaces for GitWorktrees {
         }
         for _ in 0..MAX_RACES {
             let (base_ref, onto) = self.base().await?;
-            let head = rev(&tree, "HEAD").await?;
-            if is_ancestor(&tree, &head, &onto).await? {
+            if is_ancestor(&tree, "HEAD", &onto).await? {
                 // Landed before (a run that stopped before the close).
                 return Ok(Landing::Landed {
-                    commit: head,
+                    commit: rev(&tree, "HEAD").await?,
                     note: None,
                 });
             }
