@@ -409,7 +409,7 @@ fn resumable_worktree_script() -> Script {
 /// Kills `mala run` with SIGKILL once `ready`, runs `mala run --resume`,
 /// and checks the issue closed with its commit landed exactly once and no
 /// worktree, branch or lock left.
-fn kill_in_worktree_mode(point: &str, ready: &dyn Fn(&KillFixture) -> bool) {
+fn kill_in_worktree_mode(point: &str, clean: bool, ready: &dyn Fn(&KillFixture) -> bool) {
     let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
     let fix = KillFixture::new(&claude, &br_binary);
     let mut first = fix
@@ -442,6 +442,18 @@ fn kill_in_worktree_mode(point: &str, ready: &dyn Fn(&KillFixture) -> bool) {
         status.contains("1 worktree in") && status.contains(&format!("mala/{}", fix.issue)),
         "{point}: {status}"
     );
+    if clean {
+        // With no run alive, `mala clean` takes the idle tree away; its
+        // branch stays, and the next run makes the tree again from it.
+        let cleaned = fix.mala(&["clean"]).output().unwrap();
+        let cleaned = String::from_utf8_lossy(&cleaned.stdout);
+        assert!(cleaned.contains("removed 1 worktree"), "{point}: {cleaned}");
+        assert_eq!(
+            fix.repo.git(&["worktree", "list"]).lines().count(),
+            1,
+            "{point}"
+        );
+    }
     let output = fix.mala(&["run", "--resume"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
@@ -475,8 +487,8 @@ fn kill_in_worktree_mode(point: &str, ready: &dyn Fn(&KillFixture) -> bool) {
 }
 
 #[test]
-fn a_worktree_run_killed_mid_turn_is_resumed_and_lands_once() {
-    kill_in_worktree_mode("mid-turn", &|fix| {
+fn a_worktree_run_killed_mid_turn_is_cleaned_up_then_resumed_and_lands_once() {
+    kill_in_worktree_mode("mid-turn", true, &|fix| {
         fix.mock
             .requests()
             .iter()
@@ -486,12 +498,12 @@ fn a_worktree_run_killed_mid_turn_is_resumed_and_lands_once() {
 
 #[test]
 fn a_worktree_run_killed_while_the_queue_validates_is_resumed_and_lands_once() {
-    kill_in_worktree_mode("in the queue", &|fix| fix.marked("validating"));
+    kill_in_worktree_mode("in the queue", false, &|fix| fix.marked("validating"));
 }
 
 #[test]
 fn a_worktree_run_killed_after_landing_and_before_the_close_does_not_land_twice() {
-    kill_in_worktree_mode("between landing and close", &|fix| {
+    kill_in_worktree_mode("between landing and close", false, &|fix| {
         fix.marked("closing") && fix.commits_on_main() == 1
     });
 }
