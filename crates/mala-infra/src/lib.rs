@@ -15,6 +15,7 @@ mod coder;
 mod codex;
 mod commands;
 mod git;
+mod locking_guard;
 mod locks;
 mod process_tree;
 mod run_log;
@@ -31,13 +32,14 @@ pub use beads::{
 pub use cerberus::{CerberusConfig, CerberusReviewer, CerberusSetupError, check_cerberus};
 pub use claude::{
     ClaudeBackend, ClaudeConfig, ClaudeSession, INSTALL_HINT as CLAUDE_INSTALL_HINT, Interrupter,
-    LockingGuard, check_claude,
+    check_claude,
 };
 pub use clock::SystemClock;
 pub use coder::{AgentServices, CoderConfig};
 pub use codex::{CodexBackend, CodexConfig, INSTALL_HINT as CODEX_INSTALL_HINT, check_codex};
 pub use commands::{DEFAULT_COMMAND_TIMEOUT, ShellCommands, run_commands};
 pub use git::{CommitRefusal, GitRepo, commit_as_agent};
+pub use locking_guard::LockingGuard;
 pub use locks::{
     FileLockTable, canonical_path, list_locks, lock_file_stem, paths_held_in, remove_lock,
 };
