@@ -600,6 +600,7 @@ mod tests {
             "git branch --list 'mala/*'",
             "git branch -a --contains HEAD",
             "git worktree list",
+            "ln -s src/lib.rs lib-link.rs",
         ] {
             assert!(check_tool(&shell(allowed), &own).is_allowed(), "{allowed}");
         }
@@ -663,6 +664,12 @@ mod tests {
                 "hide changes",
             ),
             ("git clone . /tmp/user-repo/copy", "makes a repository"),
+            (
+                "ln -s /tmp/user-repo /tmp/alias",
+                "points into another working tree",
+            ),
+            ("ln -s ../bd-8 peer", "points into another working tree"),
+            ("ln -s \"$HOME\" home", "cannot tell"),
             (
                 "git --git-dir=/tmp/user-repo/.git commit -m 'bd-7: x'",
                 "another repository",

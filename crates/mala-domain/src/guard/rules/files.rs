@@ -233,6 +233,9 @@ impl Walker<'_> {
             return Ok(());
         }
         let operands = &parsed.operands;
+        if name == "ln" && parsed.has(&["-s", "--symbolic"]) {
+            self.symlink_targets(&parsed, operands)?;
+        }
         if name == "mv" {
             let sources = operands.len().saturating_sub(1);
             let sources = if target_dir(&parsed).is_some() {
@@ -264,6 +267,41 @@ impl Walker<'_> {
                 .try_for_each(|source| self.write_into(dest, source, name));
         }
         self.write_target(dest, name)
+    }
+
+    /// Under worktree isolation, a symbolic link may not point into another
+    /// working tree: later writes through it would land there.
+    fn symlink_targets(&self, parsed: &Parsed, operands: &[Arg]) -> Result<(), Refusal> {
+        if self.ctx.elsewhere.is_empty() {
+            return Ok(());
+        }
+        let targets = if target_dir(parsed).is_some() || operands.len() < 2 {
+            operands
+        } else {
+            &operands[..operands.len() - 1]
+        };
+        for target in targets {
+            let Some(text) = target.literal() else {
+                return Err(format!(
+                    "refused: ln -s {} points where mala cannot tell until it runs; in your worktree, a link must stay inside it",
+                    target.raw()
+                ));
+            };
+            let pointed = super::normalize(self.cwd(), text);
+            let inside = pointed.starts_with(self.ctx.repo_root);
+            if !inside
+                && self
+                    .ctx
+                    .elsewhere
+                    .iter()
+                    .any(|tree| pointed.starts_with(tree))
+            {
+                return Err(format!(
+                    "refused: ln -s {text} points into another working tree (the user's checkout or another agent's); writes through it would land there"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The file `source` becomes inside `dir`.
