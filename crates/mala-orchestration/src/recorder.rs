@@ -127,21 +127,28 @@ impl RunRecorder {
     }
 }
 
+impl RunRecorder {
+    /// A claim opens the issue's record (or reopens an earlier one) as running.
+    fn claimed(&self, book: &mut Book, issue: &IssueId, agent: &mala_core::AgentId) {
+        book.agents.insert(agent.clone(), issue.clone());
+        let log_path = self.sessions_dir.join(format!(
+            "{}.jsonl",
+            agent.as_str().replace(['/', '\\'], "_")
+        ));
+        let fresh = IssueRecord::new(issue.as_str(), agent.as_str(), log_path);
+        let record = book.records.entry(issue.clone()).or_insert(fresh);
+        "running".clone_into(&mut record.status);
+        record.reason = None;
+    }
+}
+
 impl EventSink for RunRecorder {
     fn emit(&self, event: &Event) {
         let mut book = guard(&self.book);
         let book = &mut *book;
         let (issue, now) = match event {
             Event::IssueClaimed { issue, agent } => {
-                book.agents.insert(agent.clone(), issue.clone());
-                let log_path = self.sessions_dir.join(format!(
-                    "{}.jsonl",
-                    agent.as_str().replace(['/', '\\'], "_")
-                ));
-                let fresh = IssueRecord::new(issue.as_str(), agent.as_str(), log_path);
-                let record = book.records.entry(issue.clone()).or_insert(fresh);
-                "running".clone_into(&mut record.status);
-                record.reason = None;
+                self.claimed(book, issue, agent);
                 (issue.clone(), true)
             }
             Event::Agent {

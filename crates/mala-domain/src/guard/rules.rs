@@ -738,15 +738,7 @@ impl Walker<'_> {
             rest.iter()
                 .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
         };
-        let global = &literal[1..literal.len() - rest.len() - 1];
-        if global
-            .iter()
-            .any(|w| w.to_ascii_lowercase().contains("expire"))
-        {
-            return Err(
-                "refused: this git command changes how long git keeps unreachable objects or reflogs, the data that recovers lost commits. Run it without that setting".to_owned(),
-            );
-        }
+        git::keeps_recovery_data(&literal[1..literal.len() - rest.len() - 1])?;
         if let Some(decided) = git::in_own_worktree(self.ctx, sub, rest, &base) {
             return decided;
         }

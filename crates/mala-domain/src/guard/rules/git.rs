@@ -427,3 +427,17 @@ fn lists_branches(rest: &[&str]) -> bool {
     }
     true
 }
+
+/// Global options that shorten how long git keeps unreachable objects or
+/// reflogs (`-c gc.reflogExpire=now`…) are refused.
+pub(crate) fn keeps_recovery_data(global: &[&str]) -> Result<(), Refusal> {
+    if global
+        .iter()
+        .any(|w| w.to_ascii_lowercase().contains("expire"))
+    {
+        return Err(
+            "refused: this git command changes how long git keeps unreachable objects or reflogs, the data that recovers lost commits. Run it without that setting".to_owned(),
+        );
+    }
+    Ok(())
+}
