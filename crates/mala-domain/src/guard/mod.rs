@@ -601,6 +601,7 @@ mod tests {
             "git branch -a --contains HEAD",
             "git worktree list",
             "ln -s src/lib.rs lib-link.rs",
+            "ln -s ../lib.rs src/bin/lib-link.rs",
         ] {
             assert!(check_tool(&shell(allowed), &own).is_allowed(), "{allowed}");
         }
@@ -669,6 +670,14 @@ mod tests {
                 "points into another working tree",
             ),
             ("ln -s ../bd-8 peer", "points into another working tree"),
+            (
+                "mkdir -p a/b && ln -s ../../../bd-8 a/b/peer",
+                "points into another working tree",
+            ),
+            (
+                "ln -s ../../../../../user-repo -t a/b",
+                "points into another working tree",
+            ),
             ("ln -s \"$HOME\" home", "cannot tell"),
             (
                 "git --git-dir=/tmp/user-repo/.git commit -m 'bd-7: x'",

@@ -275,10 +275,20 @@ impl Walker<'_> {
         if self.ctx.elsewhere.is_empty() {
             return Ok(());
         }
-        let targets = if target_dir(parsed).is_some() || operands.len() < 2 {
-            operands
-        } else {
-            &operands[..operands.len() - 1]
+        let (targets, link_dir) = match (target_dir(parsed), operands.split_last()) {
+            (Some(dir), _) => (operands, dir.literal().map(|d| self.here(d))),
+            (None, Some((link, sources))) if !sources.is_empty() => {
+                // `ln -s T DIR/` puts the link in DIR; else beside its name.
+                let dir = link.literal().map(|l| {
+                    let path = self.here(l);
+                    match path.parent() {
+                        Some(parent) if !l.ends_with('/') => parent.to_path_buf(),
+                        _ => path,
+                    }
+                });
+                (sources, dir)
+            }
+            _ => (operands, None),
         };
         for target in targets {
             let Some(text) = target.literal() else {
@@ -287,21 +297,26 @@ impl Walker<'_> {
                     target.raw()
                 ));
             };
-            let pointed = super::normalize(self.cwd(), text);
-            let inside = pointed.starts_with(self.ctx.repo_root);
-            if !inside
+            // A relative target is read from the directory the link is in.
+            let dir = link_dir.clone().unwrap_or_else(|| self.cwd().to_path_buf());
+            let pointed = super::normalize(&dir, text);
+            let elsewhere = !pointed.starts_with(self.ctx.repo_root)
                 && self
                     .ctx
                     .elsewhere
                     .iter()
-                    .any(|tree| pointed.starts_with(tree))
-            {
+                    .any(|tree| pointed.starts_with(tree));
+            if elsewhere {
                 return Err(format!(
                     "refused: ln -s {text} points into another working tree (the user's checkout or another agent's); writes through it would land there"
                 ));
             }
         }
         Ok(())
+    }
+
+    fn here(&self, path: &str) -> std::path::PathBuf {
+        super::normalize(self.cwd(), path)
     }
 
     /// The file `source` becomes inside `dir`.
