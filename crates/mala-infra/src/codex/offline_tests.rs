@@ -1181,6 +1181,12 @@ async fn a_command_still_running_at_the_turns_end_is_stopped_and_the_turn_fails(
         "{reason}"
     );
     assert!(reason.contains("sleep 7.31"), "{reason}");
+    // SIGKILL is sent by the time the turn ends; the kernel takes the
+    // process away a moment later, well before the command would end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while processes_naming("sleep 7.31") > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(processes_naming("sleep 7.31"), 0, "it was stopped");
     let again = f.session.turn("again").await.unwrap();
     assert_eq!(again.status, mala_core::TurnStatus::Completed, "{again:?}");
