@@ -47,6 +47,4 @@ pub use run_log::{encode_repo, list_runs};
 pub use run_marker::{Cleanup, RunMarker, is_run_alive, remove_stale};
 pub use run_store::FileRunStore;
 pub use tree_watch::{Call, Change, Observed, Snapshot, TreeWatch, WindowId};
-pub use worktrees::{
-    GitWorktrees, LiveWorktree, MERGED_BRANCH, MergeStrategy, issue_branch, issue_worktree,
-};
+pub use worktrees::{GitWorktrees, LiveWorktree, MERGED_BRANCH, issue_branch, issue_worktree};

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use mala_core::{CheckCommand, IssueId, Landing, RepoError, Workspace, Workspaces};
+use mala_domain::MergeStrategy;
 use tokio::sync::Mutex;
 
 use crate::{GitRepo, run_commands};
@@ -27,15 +28,6 @@ pub const MERGED_BRANCH: &str = "mala/merged";
 
 /// How many times a landing starts over when the target moved under it.
 const MAX_RACES: u32 = 3;
-
-/// How an issue's branch is put on the target's head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MergeStrategy {
-    /// The branch's commits replayed on the head: a straight history.
-    Rebase,
-    /// A merge commit of the head into the branch.
-    Merge,
-}
 
 /// The branch an issue's agent works on.
 #[must_use]

@@ -264,14 +264,10 @@ async fn worktrees(
     if settings.isolation.isolation != mala_domain::Isolation::Worktree {
         return Ok(None);
     }
-    let strategy = match settings.isolation.merge_strategy {
-        mala_domain::MergeStrategy::Rebase => mala_infra::MergeStrategy::Rebase,
-        mala_domain::MergeStrategy::Merge => mala_infra::MergeStrategy::Merge,
-    };
     let trees = GitWorktrees::new(repo_root, &worktrees_dir(settings, repo_root))
         .await
         .map_err(RunError::Worktrees)?
-        .strategy(strategy)
+        .strategy(settings.isolation.merge_strategy)
         .keep_branches(settings.isolation.keep_branches);
     Ok(Some(trees))
 }
