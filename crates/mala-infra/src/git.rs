@@ -54,7 +54,7 @@ fn holds_index_lock(output: &Output) -> bool {
     String::from_utf8_lossy(&output.stderr).contains("index.lock")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).trim().to_owned()
 }
 

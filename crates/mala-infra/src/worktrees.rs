@@ -20,6 +20,7 @@ use mala_core::{CheckCommand, IssueId, Landing, RepoError, Workspace, Workspaces
 use mala_domain::MergeStrategy;
 use tokio::sync::Mutex;
 
+use crate::git::text;
 use crate::{GitRepo, run_commands};
 
 /// Where merged commits go while the user's checkout of the target has
@@ -131,23 +132,9 @@ impl GitWorktrees {
 
     /// mala's worktrees of this repository that git knows.
     pub async fn live(&self) -> Result<Vec<LiveWorktree>, RepoError> {
-        let out = checked(&self.main, &["worktree", "list", "--porcelain"]).await?;
         let mut live = Vec::new();
-        for block in out.split("\n\n") {
-            let mut path = None;
-            let mut branch = None;
-            for line in block.lines() {
-                if let Some(p) = line.strip_prefix("worktree ") {
-                    path = Some(PathBuf::from(p));
-                } else if let Some(b) = line.strip_prefix("branch refs/heads/") {
-                    branch = Some(b.to_owned());
-                }
-            }
-            let Some(path) = path.filter(|p| p.starts_with(&self.dir)) else {
-                continue;
-            };
-            let dirty =
-                path.is_dir() && !changed_paths(&GitRepo::new(&path), true).await?.is_empty();
+        for Listed { path, branch } in self.ours().await? {
+            let dirty = path.is_dir() && Status::read(&GitRepo::new(&path), true).await?.dirty();
             live.push(LiveWorktree {
                 path,
                 branch,
@@ -155,6 +142,13 @@ impl GitWorktrees {
             });
         }
         Ok(live)
+    }
+
+    /// The worktrees git lists under mala's directory.
+    async fn ours(&self) -> Result<Vec<Listed>, RepoError> {
+        let mut trees = Listed::all(&self.main).await?;
+        trees.retain(|t| t.path.starts_with(&self.dir));
+        Ok(trees)
     }
 
     /// Removes the worktrees no run is using that hold nothing uncommitted
@@ -180,7 +174,7 @@ impl GitWorktrees {
     }
 
     /// The ref new branches start from and land on, and its commit: the
-    /// target, or `mala/merged` while it is ahead of the target.
+    /// target, or `mala/merged` while it holds work the target lacks.
     async fn base(&self) -> Result<(String, String), RepoError> {
         let target = format!("refs/heads/{}", self.target);
         let merged = format!("refs/heads/{MERGED_BRANCH}");
@@ -215,13 +209,13 @@ impl GitWorktrees {
     /// Where the target is checked out besides the user's checkout (a linked
     /// worktree of the user's): moving it there would change that tree's files.
     async fn target_elsewhere(&self) -> Result<Option<PathBuf>, RepoError> {
-        let out = checked(&self.main, &["worktree", "list", "--porcelain"]).await?;
-        let wanted = format!("branch refs/heads/{}", self.target);
-        Ok(out.split("\n\n").find_map(|block| {
-            let path = block.lines().find_map(|l| l.strip_prefix("worktree "))?;
-            let path = PathBuf::from(path);
-            (block.lines().any(|l| l == wanted) && path != self.main.root()).then_some(path)
-        }))
+        let trees = Listed::all(&self.main).await?;
+        Ok(trees
+            .into_iter()
+            .find(|t| {
+                t.branch.as_deref() == Some(self.target.as_str()) && t.path != self.main.root()
+            })
+            .map(|t| t.path))
     }
 
     /// Why the tree cannot land as it is: a rebase or merge still in
@@ -230,7 +224,7 @@ impl GitWorktrees {
     async fn unready(tree: &GitRepo) -> Result<Option<String>, RepoError> {
         // A rebase or merge stopped part way leaves files changed or
         // unmerged, so a clean status is enough on the way that lands.
-        let changed = changed_paths(tree, true).await?;
+        let changed = Status::read(tree, true).await?.changes;
         if changed.is_empty() {
             return Ok(None);
         }
@@ -342,7 +336,7 @@ impl GitWorktrees {
         new: &str,
     ) -> Result<Option<Option<String>>, RepoError> {
         let target_ref = format!("refs/heads/{}", self.target);
-        let user = UserCheckout::read(&self.main).await?;
+        let user = Status::read(&self.main, false).await?;
         let on_target = user.branch.as_deref() == Some(self.target.as_str());
         // git checks a branch out in one tree at a time: on the user's, it is
         // in no other.
@@ -417,28 +411,53 @@ fn short_ref(name: &str) -> &str {
     name.strip_prefix("refs/heads/").unwrap_or(name)
 }
 
-/// The user's checkout as `git status` sees it: the branch checked out,
-/// its commit, and the tracked paths with uncommitted changes.
-struct UserCheckout {
+/// A worktree as `git worktree list --porcelain` names it.
+struct Listed {
+    path: PathBuf,
+    branch: Option<String>,
+}
+
+impl Listed {
+    /// Every worktree of the repository, the main one first.
+    async fn all(repo: &GitRepo) -> Result<Vec<Self>, RepoError> {
+        let out = checked(repo, &["worktree", "list", "--porcelain"]).await?;
+        Ok(out
+            .split("\n\n")
+            .filter_map(|block| {
+                let path = block.lines().find_map(|l| l.strip_prefix("worktree "))?;
+                let branch = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("branch refs/heads/"));
+                Some(Self {
+                    path: PathBuf::from(path),
+                    branch: branch.map(str::to_owned),
+                })
+            })
+            .collect())
+    }
+}
+
+/// A checkout as `git status` sees it: the branch checked out, its commit,
+/// and the paths with uncommitted changes (untracked ones too, when asked).
+struct Status {
     branch: Option<String>,
     head: Option<String>,
     changes: Vec<String>,
 }
 
-impl UserCheckout {
-    async fn read(repo: &GitRepo) -> Result<Self, RepoError> {
+impl Status {
+    async fn read(repo: &GitRepo, untracked: bool) -> Result<Self, RepoError> {
+        let untracked = if untracked {
+            "--untracked-files=all"
+        } else {
+            "--untracked-files=no"
+        };
         let out = checked(
             repo,
-            &[
-                "status",
-                "--porcelain=v2",
-                "-z",
-                "--branch",
-                "--untracked-files=no",
-            ],
+            &["status", "--porcelain=v2", "-z", "--branch", untracked],
         )
         .await?;
-        let mut user = Self {
+        let mut status = Self {
             branch: None,
             head: None,
             changes: Vec::new(),
@@ -446,26 +465,32 @@ impl UserCheckout {
         let mut entries = out.split('\0').filter(|e| !e.is_empty());
         while let Some(entry) = entries.next() {
             if let Some(branch) = entry.strip_prefix("# branch.head ") {
-                user.branch = (branch != "(detached)").then(|| branch.to_owned());
+                status.branch = (branch != "(detached)").then(|| branch.to_owned());
             } else if let Some(oid) = entry.strip_prefix("# branch.oid ") {
-                user.head = Some(oid.to_owned());
+                status.head = Some(oid.to_owned());
             } else if !entry.starts_with('#') {
                 // The path is the last field: after 8 fields for a change,
-                // 9 for a rename (whose source follows), 10 for a conflict.
+                // 9 for a rename (whose source follows), 10 for a conflict,
+                // 1 for an untracked file.
                 let fields = match entry.as_bytes().first() {
                     Some(b'2') => 10,
                     Some(b'u') => 11,
+                    Some(b'?') => 2,
                     _ => 9,
                 };
                 if let Some(path) = entry.splitn(fields, ' ').nth(fields - 1) {
-                    user.changes.push(path.to_owned());
+                    status.changes.push(path.to_owned());
                 }
                 if entry.starts_with('2') {
                     entries.next();
                 }
             }
         }
-        Ok(user)
+        Ok(status)
+    }
+
+    fn dirty(&self) -> bool {
+        !self.changes.is_empty()
     }
 }
 
@@ -476,7 +501,7 @@ impl Workspaces for GitWorktrees {
         let path = issue_worktree(&self.dir, issue);
         let branch = issue_branch(issue);
         let path_arg = path.to_string_lossy().into_owned();
-        let registered = self.live().await?.iter().any(|t| t.path == path);
+        let registered = self.ours().await?.iter().any(|t| t.path == path);
         if registered && path.is_dir() {
             Self::abort_half_done(&GitRepo::new(&path)).await?;
         } else {
@@ -549,7 +574,7 @@ impl Workspaces for GitWorktrees {
     }
 
     async fn issues(&self) -> Result<Vec<IssueId>, RepoError> {
-        let trees = self.live().await?;
+        let trees = self.ours().await?;
         Ok(trees
             .iter()
             .filter_map(|t| t.path.file_name()?.to_str().map(IssueId::new))
@@ -560,8 +585,8 @@ impl Workspaces for GitWorktrees {
         let _admin = self.admin.lock().await;
         let path = issue_worktree(&self.dir, issue);
         let path_arg = path.to_string_lossy().into_owned();
-        if let Some(tree) = self.live().await?.into_iter().find(|t| t.path == path) {
-            if tree.dirty {
+        if self.ours().await?.iter().any(|t| t.path == path) {
+            if path.is_dir() && Status::read(&GitRepo::new(&path), true).await?.dirty() {
                 return Err(RepoError::Git {
                     command: format!("worktree remove {path_arg}"),
                     stderr: "it holds uncommitted changes, so mala keeps it".into(),
@@ -591,10 +616,6 @@ impl Drop for Left<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim().to_owned()
 }
 
 /// Runs git and fails on a non-zero exit; its stdout.
@@ -630,27 +651,6 @@ async fn is_ancestor(repo: &GitRepo, ancestor: &str, of: &str) -> Result<bool, R
             stderr: text(&out.stderr),
         }),
     }
-}
-
-/// The paths `git status` lists (with `untracked`, untracked ones too).
-async fn changed_paths(repo: &GitRepo, untracked: bool) -> Result<Vec<String>, RepoError> {
-    let flag = if untracked {
-        "--untracked-files=all"
-    } else {
-        "--untracked-files=no"
-    };
-    let out = checked(repo, &["status", "--porcelain", "-z", flag]).await?;
-    let mut paths = Vec::new();
-    let mut entries = out.split('\0').filter(|e| !e.is_empty());
-    while let Some(entry) = entries.next() {
-        let (status, path) = entry.split_at(entry.len().min(3));
-        paths.push(path.to_owned());
-        if status.starts_with('R') || status.starts_with('C') {
-            // The source path follows a rename or copy.
-            entries.next();
-        }
-    }
-    Ok(paths)
 }
 
 /// `update-ref name new old`: false when `name` is no longer at `old`.
