@@ -99,6 +99,18 @@ fn landed_lines(tree: &Path, file: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A repository with `src/keep.txt` and a mala.yaml of `extra` and the
+/// required check `ls src`.
+fn repo_checking_src(extra: &str) -> TempRepo {
+    let repo = TempRepo::new();
+    repo.write("src/keep.txt", "kept\n");
+    repo.write(
+        "mala.yaml",
+        &format!("{extra}commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n"),
+    );
+    repo
+}
+
 /// The real claude playing `script` against the mock, and `mala` run with it.
 struct Mocked {
     mock: MockAnthropic,
@@ -138,14 +150,7 @@ impl Mocked {
 #[test]
 fn six_issues_close_in_their_own_worktrees_and_a_conflict_is_resolved_on_its_follow_up() {
     let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
-    let repo = TempRepo::new();
-    std::fs::create_dir(repo.path().join("src")).unwrap();
-    std::fs::write(repo.path().join("src/keep.txt"), "kept\n").unwrap();
-    std::fs::write(
-        repo.path().join("mala.yaml"),
-        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
-    )
-    .unwrap();
+    let repo = repo_checking_src("");
     let br = Br::init(&br_binary, repo.path(), "wt");
     // Two of the first three claimed write the same file.
     let files = ["shared", "shared", "c", "d", "e", "f"];
@@ -554,14 +559,7 @@ fn lying_worktree_script(user_checkout: PathBuf) -> Script {
 #[test]
 fn agents_that_lie_in_their_worktrees_are_caught_and_cannot_reach_past_them() {
     let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
-    let repo = TempRepo::new();
-    std::fs::create_dir(repo.path().join("src")).unwrap();
-    std::fs::write(repo.path().join("src/keep.txt"), "kept\n").unwrap();
-    std::fs::write(
-        repo.path().join("mala.yaml"),
-        "isolation: worktree\nmax_gate_retries: 2\ncommands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
-    )
-    .unwrap();
+    let repo = repo_checking_src("isolation: worktree\nmax_gate_retries: 2\n");
     let br = Br::init(&br_binary, repo.path(), "lie");
     let lies = ["unchecked", "faked", "escape"];
     let issues: Vec<String> = lies
