@@ -493,11 +493,15 @@ fn kill_in_worktree_mode(point: &str, clean: bool, ready: &dyn Fn(&KillFixture) 
 
 #[test]
 fn a_worktree_run_killed_mid_turn_is_cleaned_up_then_resumed_and_lands_once() {
+    // Killed once the agent's turn has begun and before its long command
+    // is over: the request after `sleep 2` would come back with the edit,
+    // which a kill could then land after (and `mala clean` keeps a tree
+    // with changes in it).
     kill_in_worktree_mode("mid-turn", true, &|fix| {
         fix.mock
             .requests()
             .iter()
-            .any(|r| r.body.to_string().contains("sleep 2"))
+            .any(|r| r.body.to_string().contains("working on issue"))
     });
 }
 

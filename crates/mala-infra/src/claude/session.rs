@@ -889,6 +889,10 @@ fn classify_exit(
         || lower.contains("/login")
     {
         AgentErrorKind::Authentication
+    } else if lower.contains("no conversation found with session id") {
+        // The session to resume was never saved (the run that began it died
+        // first). Not the environment's fault: a new session can do the work.
+        AgentErrorKind::Crashed
     } else if starting {
         AgentErrorKind::CouldNotStart
     } else {
@@ -1177,5 +1181,21 @@ mod tests {
     fn exit_codes_are_read_from_claudes_failure_text() {
         assert_eq!(exit_code_from("Exit code 3\nerror: boom"), Some(3));
         assert_eq!(exit_code_from("Command failed"), None);
+    }
+
+    #[test]
+    fn a_session_claude_never_saved_is_not_the_environments_fault() {
+        let gone = classify_exit(
+            "claude exited before answering",
+            None,
+            "No conversation found with session ID: 7b4ca786",
+            true,
+        );
+        // Not `CouldNotStart`: the runner starts a new session for the issue
+        // instead of giving it back as if claude were broken.
+        assert_eq!(gone.kind, AgentErrorKind::Crashed);
+        assert!(gone.message.contains("No conversation found"));
+        let broken = classify_exit("claude exited before answering", None, "segfault", true);
+        assert_eq!(broken.kind, AgentErrorKind::CouldNotStart);
     }
 }
