@@ -124,7 +124,7 @@ impl Tally {
     /// Takes one event in, at `now`.
     pub(crate) fn observe(&mut self, event: &Event, now: Instant) {
         match event {
-            Event::IssueClaimed { issue, agent } => {
+            Event::IssueClaimed { issue, agent, .. } => {
                 self.agents.insert(agent.clone(), issue.clone());
                 // A session that was cut off never reported its last turn.
                 self.tools.remove(issue);
@@ -175,7 +175,7 @@ impl Tally {
                         .or_default() += 1;
                 }
             }
-            Event::QueuePlanned { waiting } => self.waiting = *waiting,
+            Event::QueuePlanned { waiting, .. } => self.waiting = *waiting,
             Event::RunPaused { until, .. } => self.paused_until = Some(*until),
             Event::RunResumed | Event::RunFinished { .. } => self.paused_until = None,
             Event::IssueClosed { issue } => self.end(issue, "closed", None, now),
@@ -511,6 +511,7 @@ impl Console {
                 run_id,
                 repo,
                 max_agents,
+                ..
             } => format!(
                 "mala run {run_id} in {repo} (up to {} agent{})",
                 max_agents.unwrap_or(1),
@@ -520,7 +521,9 @@ impl Console {
                     "s"
                 }
             ),
-            Event::IssueClaimed { issue: id, agent } => {
+            Event::IssueClaimed {
+                issue: id, agent, ..
+            } => {
                 format!("▶ {}  claimed by {}", issue(id), style.dim(agent.as_str()))
             }
             Event::IssueSkipped { issue: id, reason } => {
@@ -591,7 +594,13 @@ impl Console {
                     .into_iter()
                     .collect();
             }
-            Event::QueuePlanned { .. } | Event::IssueStarted { .. } => return Vec::new(),
+            Event::QueuePlanned { .. }
+            | Event::IssueStarted { .. }
+            | Event::StepStarted { .. }
+            | Event::Lock { .. } => return Vec::new(),
+            Event::DeadlockBroken { victim, holder, .. } => {
+                format!("⚠ deadlock broken: {victim} gives way to {holder}")
+            }
         };
         vec![line]
     }
@@ -696,6 +705,7 @@ mod tests {
         Event::IssueClaimed {
             issue: id(issue),
             agent: AgentId::new(format!("{issue}@3f9c2a1b7d40")),
+            title: String::new(),
         }
     }
 
@@ -737,6 +747,7 @@ mod tests {
             run_id: "3f9c2a1b7d40".into(),
             repo: "/work/example".into(),
             max_agents: Some(2),
+            sessions: None,
         }
     }
 
@@ -753,7 +764,13 @@ mod tests {
     fn a_full_run() {
         let events = [
             (0, started()),
-            (0, Event::QueuePlanned { waiting: 1 }),
+            (
+                0,
+                Event::QueuePlanned {
+                    waiting: 1,
+                    queue: Vec::new(),
+                },
+            ),
             (0, claimed("ex-a1")),
             (0, claimed("ex-b2")),
             (3, tool("ex-a1", "mcp__mala__lock_acquire", "")),
@@ -827,7 +844,13 @@ mod tests {
     fn a_ctrl_c_drain() {
         let events = [
             (0, started()),
-            (0, Event::QueuePlanned { waiting: 4 }),
+            (
+                0,
+                Event::QueuePlanned {
+                    waiting: 4,
+                    queue: Vec::new(),
+                },
+            ),
             (0, claimed("ex-d4")),
             (
                 5,

@@ -20,6 +20,11 @@ impl AgentId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The file name of the agent's session record in a run's `sessions/`.
+    pub fn record_file_name(&self) -> String {
+        format!("{}.jsonl", self.0.replace(['/', '\\'], "_"))
+    }
 }
 
 impl fmt::Display for AgentId {

@@ -39,6 +39,30 @@ impl RunOutcome {
     }
 }
 
+/// How many of a plan's issues [`Event::QueuePlanned`] names.
+pub const QUEUE_SHOWN: usize = 100;
+
+/// An issue the scheduler would start next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedIssue {
+    pub issue: IssueId,
+    pub title: String,
+}
+
+/// The step of its pipeline an issue is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IssueStep {
+    /// The agent works (a turn of its session).
+    Turn,
+    /// The quality gate judges the attempt.
+    Gate,
+    /// A reviewer reads the work.
+    Review,
+    /// The merge queue lands the branch (worktree isolation).
+    Merge,
+}
+
 /// Everything that happens in a run, in one enum. It grows with the pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -47,6 +71,9 @@ pub enum Event {
         run_id: String,
         repo: String,
         max_agents: Option<usize>,
+        /// Where the agents' session records go.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sessions: Option<std::path::PathBuf>,
     },
     RunFinished {
         run_id: String,
@@ -57,6 +84,9 @@ pub enum Event {
     IssueClaimed {
         issue: IssueId,
         agent: AgentId,
+        /// The issue's title as the tracker has it (tracker text: untrusted).
+        #[serde(default)]
+        title: String,
     },
     IssueSkipped {
         issue: IssueId,
@@ -126,6 +156,26 @@ pub enum Event {
     /// The scheduler planned: ready issues it has not started yet.
     QueuePlanned {
         waiting: usize,
+        /// The plan's first issues in the order they would start, up to
+        /// [`QUEUE_SHOWN`] of them (the rest are counted, not named).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        queue: Vec<QueuedIssue>,
+    },
+    /// The runner moved an issue to its next step.
+    StepStarted {
+        issue: IssueId,
+        step: IssueStep,
+    },
+    /// The lock table changed: a lock taken or released, a wait begun or over.
+    Lock {
+        event: crate::LockEvent,
+    },
+    /// A deadlock between agents was broken: `victim` gave way to `holder`.
+    DeadlockBroken {
+        victim: AgentId,
+        holder: AgentId,
+        /// The agents on the cycle, oldest first.
+        cycle: Vec<AgentId>,
     },
     IssueClosed {
         issue: IssueId,

@@ -21,7 +21,7 @@ pub use error::{
     AgentError, AgentErrorKind, BrCode, EnvFault, Refusal, RepoError, ReviewError, SharedIoError,
     TrackerError,
 };
-pub use event::{Event, RunOutcome};
+pub use event::{Event, IssueStep, QUEUE_SHOWN, QueuedIssue, RunOutcome};
 pub use evidence::{CheckCommand, CheckFailure, CommandRun, CommitInfo, Evidence, FileEdit};
 pub use issue::{
     ClaimOutcome, Dependency, DependencyKind, EpicStatus, Issue, IssueId, IssueStatus, IssueType,

@@ -43,6 +43,11 @@ pub struct IssueRecord {
     /// Where its branch is in the merge queue: `queued`, or `landed <commit>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merge: Option<String>,
+    /// When this run claimed it, and when it ended (the dashboard's timeline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
 }
 
 impl IssueRecord {
@@ -63,6 +68,8 @@ impl IssueRecord {
             branch: None,
             worktree: None,
             merge: None,
+            started_at: None,
+            ended_at: None,
         }
     }
 }

@@ -43,7 +43,7 @@ pub use locking_guard::LockingGuard;
 pub use locks::{
     FileLockTable, canonical_path, list_locks, lock_file_stem, paths_held_in, remove_lock,
 };
-pub use run_log::{encode_repo, list_runs};
+pub use run_log::{encode_repo, list_runs, read_run_of};
 pub use run_marker::{Cleanup, RunMarker, is_run_alive, remove_stale};
 pub use run_store::FileRunStore;
 pub use tree_watch::{Call, Change, Observed, Snapshot, TreeWatch, WindowId};

@@ -110,6 +110,11 @@ fn read_run(dir: &Path) -> Option<RunLog> {
     Some(run)
 }
 
+/// One run of `repo`, read again (`mala dashboard` follows a run this way).
+pub fn read_run_of(runs_dir: &Path, repo: &Path, run_id: &str) -> Option<RunLog> {
+    read_run(&runs_dir.join(encode_repo(repo)).join(run_id))
+}
+
 /// Runs of one repository (or of all with `repo: None`), newest first.
 pub fn list_runs(runs_dir: &Path, repo: Option<&Path>) -> Vec<RunLog> {
     let repo_dirs: Vec<PathBuf> = match repo {

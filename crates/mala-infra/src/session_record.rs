@@ -15,10 +15,7 @@ use serde_json::{Value, json};
 
 /// Where session records go, by agent.
 pub(crate) fn record_path(state_dir: &Path, agent: &AgentId) -> std::path::PathBuf {
-    state_dir.join("sessions").join(format!(
-        "{}.jsonl",
-        agent.as_str().replace(['/', '\\'], "_")
-    ))
+    state_dir.join("sessions").join(agent.record_file_name())
 }
 
 #[derive(Debug)]

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use mala_core::{IssueTracker, LockEvent, LockTable};
+use mala_core::{Event, EventSink, IssueTracker, LockEvent, LockTable};
 use mala_domain::{WaitForGraph, parse_agent_name};
 use mala_pipeline::{Resolution, resolve_deadlock};
 use tokio::sync::mpsc;
@@ -23,15 +23,20 @@ pub enum DeadlockNews {
     Recorded(Resolution),
 }
 
-/// Follows `events` until the lock table is dropped.
+/// Follows `events` until the lock table is dropped, and passes each one
+/// on to the run's `sink` (the dashboard draws the locks from them).
 pub async fn run_deadlock_monitor(
     mut events: mpsc::UnboundedReceiver<LockEvent>,
     tracker: Arc<dyn IssueTracker>,
     locks: Arc<dyn LockTable>,
     victims: mpsc::UnboundedSender<DeadlockNews>,
+    sink: Arc<dyn EventSink>,
 ) {
     let mut graph = WaitForGraph::new();
     while let Some(event) = events.recv().await {
+        sink.emit(&Event::Lock {
+            event: event.clone(),
+        });
         let deadlock = match event {
             LockEvent::Acquired { agent, key, .. } => {
                 graph.acquired(&agent, &key);
@@ -59,6 +64,11 @@ pub async fn run_deadlock_monitor(
             cycle = ?deadlock.cycle,
             "deadlock between agents; the youngest gives way"
         );
+        sink.emit(&Event::DeadlockBroken {
+            victim: deadlock.victim.clone(),
+            holder: deadlock.holder.clone(),
+            cycle: deadlock.cycle.clone(),
+        });
         // The victim is out of the graph at once, so its own events cannot re-report it.
         graph.remove_agent(&deadlock.victim);
         let issue_of = |agent: &mala_core::AgentId| parse_agent_name(agent).map(|(issue, _)| issue);
@@ -143,6 +153,7 @@ mod tests {
             Arc::new(tracker),
             Arc::clone(&table) as Arc<dyn LockTable>,
             victims,
+            Arc::new(crate::orchestrator::Silent),
         ));
 
         let (old, young) = (AgentId::new("m-1@run"), AgentId::new("m-2@run"));

@@ -336,6 +336,8 @@ pub struct Orchestrator {
     /// Worktree isolation's trees and merge queue.
     pub(crate) workspaces: Option<Arc<dyn Workspaces>>,
     pub(crate) lock_events: Option<mpsc::UnboundedReceiver<LockEvent>>,
+    /// Issues the user asked to stop (the dashboard's stop button).
+    pub(crate) issue_stops: Option<mpsc::UnboundedReceiver<IssueId>>,
     pub(crate) events: Arc<dyn EventSink>,
     pub(crate) clock: Arc<dyn Clock>,
     /// Runs the triggers' and the baseline's commands.
@@ -377,6 +379,7 @@ pub struct OrchestratorBuilder {
     locks: Option<Arc<dyn LockTable>>,
     workspaces: Option<Arc<dyn Workspaces>>,
     lock_events: Option<mpsc::UnboundedReceiver<LockEvent>>,
+    issue_stops: Option<mpsc::UnboundedReceiver<IssueId>>,
     events: Option<Arc<dyn EventSink>>,
     clock: Option<Arc<dyn Clock>>,
     commands: Option<Arc<dyn CommandRunner>>,
@@ -415,6 +418,7 @@ impl Orchestrator {
             locks: None,
             workspaces: None,
             lock_events: None,
+            issue_stops: None,
             events: None,
             clock: None,
             commands: None,
@@ -496,6 +500,14 @@ impl OrchestratorBuilder {
     ) -> Self {
         self.locks = Some(table);
         self.lock_events = events;
+        self
+    }
+
+    /// Issues to stop, one at a time, while the run goes on: each one's
+    /// session ends and it is skipped, its claim kept (as for a Ctrl-C).
+    #[must_use]
+    pub fn issue_stops(mut self, stops: mpsc::UnboundedReceiver<IssueId>) -> Self {
+        self.issue_stops = Some(stops);
         self
     }
 
@@ -604,6 +616,7 @@ impl OrchestratorBuilder {
             locks: self.locks,
             workspaces: self.workspaces.filter(|_| isolated),
             lock_events: self.lock_events,
+            issue_stops: self.issue_stops,
             events: self.events.unwrap_or_else(|| Arc::new(Silent)),
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
             commands: self.commands.unwrap_or_else(|| Arc::new(ShellCommands)),
@@ -733,7 +746,7 @@ impl Orchestrator {
     }
 }
 
-struct Silent;
+pub(crate) struct Silent;
 
 impl EventSink for Silent {
     fn emit(&self, _: &Event) {}
@@ -782,6 +795,7 @@ impl Orchestrator {
             run_id: self.plan.run_id.clone(),
             repo: self.repo_root.display().to_string(),
             max_agents: Some(self.plan.max_agents),
+            sessions: Some(ctx.state_dir.join("sessions")),
         });
         self.tidy_worktrees(ctx.events.as_ref()).await;
         let mut stopping = stage.clone();

@@ -41,6 +41,7 @@ enum Write {
 pub(crate) struct RunRecorder {
     store: Arc<dyn RunStore>,
     sessions_dir: PathBuf,
+    clock: Arc<dyn mala_core::Clock>,
     book: Mutex<Book>,
     writer: Mutex<std::sync::mpsc::Sender<Write>>,
 }
@@ -75,6 +76,7 @@ impl RunRecorder {
     pub(crate) fn start(
         store: Arc<dyn RunStore>,
         sessions_dir: &Path,
+        clock: Arc<dyn mala_core::Clock>,
         run: RunLog,
     ) -> Result<Self, mala_core::RunStoreError> {
         store.write_run(&run)?;
@@ -84,6 +86,7 @@ impl RunRecorder {
         Ok(Self {
             store,
             sessions_dir: sessions_dir.to_path_buf(),
+            clock,
             book: Mutex::new(Book {
                 run,
                 records: HashMap::new(),
@@ -131,13 +134,12 @@ impl RunRecorder {
     /// A claim opens the issue's record (or reopens an earlier one) as running.
     fn claimed(&self, book: &mut Book, issue: &IssueId, agent: &mala_core::AgentId) {
         book.agents.insert(agent.clone(), issue.clone());
-        let log_path = self.sessions_dir.join(format!(
-            "{}.jsonl",
-            agent.as_str().replace(['/', '\\'], "_")
-        ));
+        let log_path = self.sessions_dir.join(agent.record_file_name());
         let fresh = IssueRecord::new(issue.as_str(), agent.as_str(), log_path);
         let record = book.records.entry(issue.clone()).or_insert(fresh);
         "running".clone_into(&mut record.status);
+        record.started_at = Some(self.clock.now());
+        record.ended_at = None;
         record.reason = None;
     }
 }
@@ -147,7 +149,7 @@ impl EventSink for RunRecorder {
         let mut book = guard(&self.book);
         let book = &mut *book;
         let (issue, now) = match event {
-            Event::IssueClaimed { issue, agent } => {
+            Event::IssueClaimed { issue, agent, .. } => {
                 self.claimed(book, issue, agent);
                 (issue.clone(), true)
             }
@@ -229,6 +231,7 @@ impl EventSink for RunRecorder {
                 let (status, reason) = how_it_ended(event);
                 status.clone_into(&mut record.status);
                 record.reason = reason;
+                record.ended_at = Some(self.clock.now());
                 (issue.clone(), true)
             }
             _ => return,

@@ -22,7 +22,7 @@ use crate::orchestrator::{
 };
 
 /// What one `mala run` is asked to do.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RunRequest {
     /// The repository to work in.
     pub repo_root: PathBuf,
@@ -43,6 +43,8 @@ pub struct RunRequest {
     pub cerberus_root: Option<PathBuf>,
     /// `setpriv`, when found: agents then die with mala, even on SIGKILL.
     pub setpriv: Option<PathBuf>,
+    /// Issues to stop while the run goes on (the dashboard's stop button).
+    pub issue_stops: Option<tokio::sync::mpsc::UnboundedReceiver<mala_core::IssueId>>,
 }
 
 /// The real tracker reads its snapshot in process, cached between changes.
@@ -66,7 +68,7 @@ pub async fn run(
 /// Opens the tracker, checks the coder (and cerberus when configured), and
 /// wires every adapter into an orchestrator.
 async fn assemble(
-    request: RunRequest,
+    mut request: RunRequest,
     events: Arc<dyn EventSink>,
 ) -> Result<Orchestrator, RunError> {
     let settings = &request.settings;
@@ -108,6 +110,9 @@ async fn assemble(
         worktrees.as_ref().map(GitWorktrees::dir),
     );
     let mut builder = Orchestrator::builder(request.settings.clone(), repo_root.clone());
+    if let Some(stops) = request.issue_stops.take() {
+        builder = builder.issue_stops(stops);
+    }
     if let Some(worktrees) = worktrees {
         builder = builder.workspaces(Arc::new(worktrees));
     }

@@ -43,6 +43,8 @@ pub(crate) enum Input {
     PauseOver,
     /// The run's budget was reached.
     BudgetReached,
+    /// The user asked to stop one issue; `None` once nobody can ask.
+    StopIssue(Option<IssueId>),
 }
 
 /// What one pass of the loop decided.
@@ -67,6 +69,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 const FINALIZE_GRACE: Duration = Duration::from_secs(5);
 
 /// The scheduler's sources of input besides its own workers.
+#[allow(clippy::struct_excessive_bools)] // one "still open" flag per channel the loop selects on
 struct Inbox {
     /// Wakes when the run's budget is reached (`None`: no budget to watch).
     budget: Option<watch::Receiver<bool>>,
@@ -76,6 +79,8 @@ struct Inbox {
     victims_open: bool,
     session_end: mpsc::UnboundedReceiver<TriggerStop>,
     session_end_open: bool,
+    stops: mpsc::UnboundedReceiver<IssueId>,
+    stops_open: bool,
 }
 
 /// A run's state, and the only code that changes it.
@@ -115,9 +120,10 @@ impl<'o> Scheduler<'o> {
         mut ctx: RunContext,
         stage: watch::Receiver<Stage>,
     ) -> Self {
-        let (victims, session_end) = (
+        let (victims, session_end, stops) = (
             ctx.victims.take().unwrap_or_else(closed_channel),
             ctx.session_end_aborts.take().unwrap_or_else(closed_channel),
+            ctx.issue_stops.take().unwrap_or_else(closed_channel),
         );
         let pauses = Pauses::new(ctx.fault_desk.take(), orchestrator.plan.pauses);
         let summary = RunSummary {
@@ -136,6 +142,8 @@ impl<'o> Scheduler<'o> {
                 victims_open: true,
                 session_end,
                 session_end_open: true,
+                stops,
+                stops_open: true,
             },
             summary,
             attempted: HashSet::new(),
@@ -340,6 +348,7 @@ impl<'o> Scheduler<'o> {
             command = inbox.session_end.recv(), if inbox.session_end_open => {
                 Input::SessionEndAbort(command)
             }
+            issue = inbox.stops.recv(), if inbox.stops_open => Input::StopIssue(issue),
             // Nothing left to wait for: the caller plans again.
             else => Input::WorkersEnded(Vec::new()),
         }
@@ -375,6 +384,12 @@ impl<'o> Scheduler<'o> {
             }
             Input::PauseOver => self.pauses.pause_over(self.ctx.events.as_ref()),
             Input::BudgetReached => self.budget_reached(),
+            Input::StopIssue(None) => self.inbox.stops_open = false,
+            Input::StopIssue(Some(issue)) => {
+                if let Some(worker) = self.active.get(&issue) {
+                    worker.stop.stop(StopReason::Asked);
+                }
+            }
         }
         if self.stage() != Stage::Running {
             self.pauses.give_back_waiting();
@@ -599,6 +614,15 @@ impl<'o> Scheduler<'o> {
         let capacity = spawn_capacity(&self.view());
         self.events().emit(&Event::QueuePlanned {
             waiting: queue.entries.len().saturating_sub(capacity),
+            queue: queue
+                .entries
+                .iter()
+                .take(mala_core::QUEUE_SHOWN)
+                .map(|entry| mala_core::QueuedIssue {
+                    issue: entry.id.clone(),
+                    title: entry.title.clone(),
+                })
+                .collect(),
         });
         for entry in queue.entries {
             if spawn_capacity(&self.view()) == 0 {

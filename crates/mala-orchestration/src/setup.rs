@@ -34,6 +34,7 @@ pub(crate) struct RunContext {
     monitor: Option<JoinHandle<()>>,
     /// The scheduler's inputs from outside it, taken once by the scheduler.
     pub(crate) victims: Option<mpsc::UnboundedReceiver<DeadlockNews>>,
+    pub(crate) issue_stops: Option<mpsc::UnboundedReceiver<mala_core::IssueId>>,
     pub(crate) session_end_aborts: Option<mpsc::UnboundedReceiver<crate::triggers::TriggerStop>>,
     pub(crate) fault_desk: Option<FaultDesk>,
 }
@@ -59,6 +60,7 @@ impl RunContext {
         let recorder = Arc::new(RunRecorder::start(
             Arc::clone(&store),
             &state_dir.join("sessions"),
+            Arc::clone(&orchestrator.clock),
             run.clone(),
         )?);
         let events: Arc<dyn EventSink> = Arc::new(Recorded {
@@ -74,6 +76,7 @@ impl RunContext {
                 Arc::clone(&orchestrator.tracker),
                 Arc::clone(locks),
                 victims_tx,
+                Arc::clone(&orchestrator.events),
             ))),
             _ => None,
         };
@@ -92,6 +95,7 @@ impl RunContext {
             priors,
             monitor,
             victims: Some(victims),
+            issue_stops: orchestrator.issue_stops.take(),
             session_end_aborts: Some(aborts),
             fault_desk: Some(fault_desk),
         })

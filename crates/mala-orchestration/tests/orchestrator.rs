@@ -293,6 +293,39 @@ async fn a_stop_ends_running_turns_and_keeps_their_claims() {
 }
 
 #[tokio::test]
+async fn one_issue_stopped_mid_run_is_skipped_with_its_claim_kept_and_the_others_close() {
+    let world = World::new(vec![task("m-1"), task("m-2")], Duration::from_secs(3));
+    let (stop, stops) = tokio::sync::mpsc::unbounded_channel();
+    let (_stage, stages) = watch::channel(Stage::Running);
+    let orchestrator = world
+        .builder(settings(world.dir.path()), plan(2))
+        .issue_stops(stops)
+        .build()
+        .unwrap();
+    let run = tokio::spawn(orchestrator.run(stages));
+    world.events.until_started(2).await;
+    stop.send(IssueId::new("m-1")).unwrap();
+    // An issue that is not running is no one's to stop.
+    stop.send(IssueId::new("m-9")).unwrap();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(ids(&summary.closed), ["m-2"]);
+    let skipped: Vec<&str> = summary.skipped.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(skipped, ["m-1"]);
+    assert!(!summary.interrupted, "the run itself went on");
+    assert_eq!(
+        world.status("m-1").await,
+        IssueStatus::InProgress,
+        "the claim is kept"
+    );
+    let events = world.events.0.lock().unwrap().clone();
+    let reason = events.into_iter().find_map(|e| match e {
+        Event::IssueSkipped { issue, reason } if issue.as_str() == "m-1" => Some(reason),
+        _ => None,
+    });
+    assert!(reason.unwrap().contains("stopped by the user"));
+}
+
+#[tokio::test]
 async fn watch_mode_picks_up_an_issue_added_mid_run() {
     let world = World::new(vec![task("m-1")], Duration::from_millis(5));
     let (stage, stages) = watch::channel(Stage::Running);

@@ -10,8 +10,8 @@ use chrono::{DateTime, Timelike, Utc};
 use mala_core::{
     AgentBackend, AgentError, AgentErrorKind, AgentEvent, AgentId, AgentObserver, AgentSession,
     ClaimOutcome, Clock, Event, EventSink, Evidence, Finding, Issue, IssueId, IssueStatus,
-    IssueTracker, IssueUpdate, Landing, LockTable, Repository, ReviewError, ReviewRequest,
-    ReviewSubject, Reviewer, SessionRequest, Workspace, Workspaces,
+    IssueStep, IssueTracker, IssueUpdate, Landing, LockTable, Repository, ReviewError,
+    ReviewRequest, ReviewSubject, Reviewer, SessionRequest, Workspace, Workspaces,
 };
 use mala_domain::{
     AttemptState, Blame, GateInput, GateVerdict, Marker, NEEDS_FOLLOWUP, PromptKind,
@@ -171,6 +171,20 @@ enum Step {
     Finish(IssueResult),
 }
 
+impl Step {
+    /// What the dashboard calls the step (`Finish` is none: the issue's end
+    /// is its own event).
+    fn started(&self) -> Option<IssueStep> {
+        match self {
+            Self::Turn(_) => Some(IssueStep::Turn),
+            Self::Gate => Some(IssueStep::Gate),
+            Self::Review => Some(IssueStep::Review),
+            Self::Land => Some(IssueStep::Merge),
+            Self::Finish(_) => None,
+        }
+    }
+}
+
 fn bullet_list(items: &[String]) -> String {
     items
         .iter()
@@ -262,6 +276,7 @@ pub async fn run_issue_from(
     ports.events.emit(&Event::IssueClaimed {
         issue: issue_id.clone(),
         agent: agent.clone(),
+        title: issue.title.clone(),
     });
     let mut armed = Armed(Some(IssueRun::new(
         issue,
@@ -570,6 +585,12 @@ impl IssueRun {
         }
         let mut step = self.opening().await.unwrap_or_else(Step::Finish);
         loop {
+            if let Some(started) = step.started() {
+                self.ports.events.emit(&Event::StepStarted {
+                    issue: self.issue.id.clone(),
+                    step: started,
+                });
+            }
             step = match step {
                 Step::Turn(prompt) => self.turn(prompt).await,
                 Step::Gate => self.gate().await,

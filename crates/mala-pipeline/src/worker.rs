@@ -19,6 +19,9 @@ pub enum StopReason {
     Deadlock,
     /// The run is being stopped (Ctrl-C); the claim stays for the next run.
     Interrupted,
+    /// The user stopped this one issue (the dashboard); the claim stays for
+    /// the next run, as for a Ctrl-C.
+    Asked,
 }
 
 impl StopReason {
@@ -27,6 +30,9 @@ impl StopReason {
         match self {
             Self::Deadlock => "gave way in a deadlock; it runs again once its blocker closes",
             Self::Interrupted => "stopped before the end: the run was interrupted",
+            Self::Asked => {
+                "stopped by the user from the dashboard; its claim is kept for the next run"
+            }
         }
     }
 }
