@@ -37,6 +37,8 @@ pub(crate) enum Command {
     Clean(CleanArgs),
     /// Browse run logs and sessions
     Logs(LogsArgs),
+    /// Show a run in the browser: one still going (in another process) or finished
+    Dashboard(DashboardArgs),
     /// Show or check the resolved configuration
     Config(ConfigArgs),
     /// Ask the tool guard about a command, or answer an agent's PreToolUse hook
@@ -148,7 +150,38 @@ pub(crate) struct RunArgs {
     #[arg(long, value_parser = parse_word::<Isolation>)]
     pub(crate) isolation: Option<Isolation>,
     #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+    #[command(flatten)]
     pub(crate) coder: CoderArgs,
+}
+
+/// Where the run's view in the browser listens.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ServeArgs {
+    /// Serve the run's live view in the browser on ADDR (default: 127.0.0.1:0,
+    /// loopback on a free port); the address with its token is printed
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, value_parser = parse_serve_addr)]
+    #[allow(clippy::option_option)] // clap's shape for a flag whose value may be left out
+    pub(crate) serve: Option<Option<std::net::SocketAddr>>,
+    /// Let --serve listen beyond loopback (the token is still needed for everything)
+    #[arg(long, requires = "serve")]
+    pub(crate) serve_public: bool,
+}
+
+fn parse_serve_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!(
+            "`{text}` is not an address like 127.0.0.1:8080 (put the repository before --serve, or use --serve=ADDR)"
+        )
+    })
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DashboardArgs {
+    /// The run (a prefix of its id; default: the newest run of this repository)
+    pub(crate) run_id: Option<String>,
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
 }
 
 #[derive(Debug, Args)]

@@ -65,6 +65,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         },
         Command::Status(args) => commands::locks::status(args.all),
         Command::Clean(args) => commands::locks::clean(args.force),
+        Command::Dashboard(args) => commands::dashboard::run(&args),
         Command::Logs(args) => match args.command {
             LogsCommand::List { json, all, limit } => commands::logs::list(json, all, limit),
             LogsCommand::Sessions { issue, json, all } => {

@@ -13,6 +13,8 @@ use serde_json::json;
 
 #[path = "run/codex.rs"]
 mod codex;
+#[path = "run/dashboard.rs"]
+mod dashboard;
 #[path = "run/environment.rs"]
 mod environment;
 #[path = "run/worktree.rs"]

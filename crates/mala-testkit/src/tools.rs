@@ -13,6 +13,10 @@ pub enum Tool {
     Br,
     Claude,
     Codex,
+    /// Debian's Chromium, for the dashboard's browser tests.
+    Chromium,
+    /// Debian's ChromeDriver, which drives it.
+    Chromedriver,
 }
 
 impl Tool {
@@ -21,6 +25,8 @@ impl Tool {
             Self::Br => "MALA_TEST_BR",
             Self::Claude => "MALA_TEST_CLAUDE",
             Self::Codex => "MALA_TEST_CODEX",
+            Self::Chromium => "MALA_TEST_CHROMIUM",
+            Self::Chromedriver => "MALA_TEST_CHROMEDRIVER",
         }
     }
 
@@ -33,6 +39,9 @@ impl Tool {
                 "scripts/install-claude.sh (npm package @anthropic-ai/claude-code 2.1.197)"
             }
             Self::Codex => "scripts/install-codex.sh (npm package @openai/codex 0.171.0)",
+            Self::Chromium | Self::Chromedriver => {
+                "scripts/install-chromium.sh (Debian packages chromium and chromium-driver)"
+            }
         }
     }
 }
@@ -65,11 +74,15 @@ pub fn find_tool(tool: Tool) -> Option<PathBuf> {
                 )
             })
             .collect(),
+        Tool::Chromium => vec![PathBuf::from("/usr/bin/chromium")],
+        Tool::Chromedriver => vec![PathBuf::from("/usr/bin/chromedriver")],
     };
     let name = match tool {
         Tool::Br => "br",
         Tool::Claude => "claude",
         Tool::Codex => "codex",
+        Tool::Chromium => "chromium",
+        Tool::Chromedriver => "chromedriver",
     };
     candidates
         .into_iter()

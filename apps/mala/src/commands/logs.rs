@@ -9,7 +9,8 @@ use crate::failure::Failure;
 use crate::output;
 use crate::settings::{ConfigPath, flag_overrides, load_settings};
 
-fn runs(all: bool) -> Result<Vec<RunLog>, Failure> {
+/// The repository in the current directory, and where its runs are kept.
+pub(crate) fn runs_dir() -> Result<(std::path::PathBuf, std::path::PathBuf), Failure> {
     let cwd = std::env::current_dir().map_err(|error| Failure::Io {
         path: ".".into(),
         action: "read the current directory",
@@ -17,8 +18,13 @@ fn runs(all: bool) -> Result<Vec<RunLog>, Failure> {
     })?;
     let repo = cwd.canonicalize().unwrap_or(cwd);
     let (settings, _) = load_settings(&ConfigPath::new(&repo, None), &flag_overrides(None, None))?;
+    Ok((repo, settings.paths.runs_dir))
+}
+
+fn runs(all: bool) -> Result<Vec<RunLog>, Failure> {
+    let (repo, runs_dir) = runs_dir()?;
     Ok(mala_infra::list_runs(
-        &settings.paths.runs_dir,
+        &runs_dir,
         (!all).then_some(repo.as_path()),
     ))
 }
@@ -80,14 +86,24 @@ fn spend(run: &RunLog) -> String {
     let cost: f64 = run.issues.iter().map(|i| i.cost_usd).sum();
     let tokens: u64 = run.issues.iter().map(|i| i.tokens).sum();
     // A record from before budgets has none: no limit.
-    let budget: mala_domain::Budget =
-        serde_json::from_value(run.settings["budget"].clone()).unwrap_or_default();
-    let limits = budget.run.limits();
     let mut line = format!("${cost:.2}, {tokens} tokens");
-    if !limits.is_empty() {
-        let _ = write!(line, " of a {} budget", limits.join(" / "));
+    if let Some(budget) = budget_of(run) {
+        let _ = write!(line, " of a {budget} budget");
     }
     line
+}
+
+/// The run's budget as its record says it (`None`: no limit).
+pub(crate) fn budget_of(run: &RunLog) -> Option<String> {
+    let budget: mala_domain::Budget =
+        serde_json::from_value(run.settings["budget"].clone()).unwrap_or_default();
+    run_budget(&budget)
+}
+
+/// A budget's run limits in words (`None`: no limit).
+pub(crate) fn run_budget(budget: &mala_domain::Budget) -> Option<String> {
+    let limits = budget.run.limits();
+    (!limits.is_empty()).then(|| limits.join(" / "))
 }
 
 pub(crate) fn sessions(issue: &str, as_json: bool, all: bool) -> Result<(), Failure> {
@@ -129,26 +145,38 @@ pub(crate) fn sessions(issue: &str, as_json: bool, all: bool) -> Result<(), Fail
     Ok(())
 }
 
-pub(crate) fn show(run_id: &str, as_json: bool) -> Result<(), Failure> {
-    let matches: Vec<RunLog> = runs(true)?
+/// The one recorded run whose id starts with `run_id`, of any repository.
+pub(crate) fn find_run(run_id: &str) -> Result<RunLog, Failure> {
+    let mut matches: Vec<RunLog> = runs(true)?
         .into_iter()
         .filter(|r| r.run_id.starts_with(run_id))
         .collect();
-    let run = match matches.as_slice() {
-        [one] => one,
-        [] => {
-            return Err(Failure::Other {
-                message: format!("no run {run_id}"),
-                hint: Some("`mala logs list` shows the recorded runs".to_owned()),
-            });
-        }
-        _ => {
-            return Err(Failure::Other {
-                message: format!("{run_id} matches {} runs", matches.len()),
-                hint: Some("give more of the run id".to_owned()),
-            });
-        }
-    };
+    match matches.len() {
+        1 => Ok(matches.remove(0)),
+        0 => Err(Failure::Other {
+            message: format!("no run {run_id}"),
+            hint: Some("`mala logs list` shows the recorded runs".to_owned()),
+        }),
+        _ => Err(Failure::Other {
+            message: format!("{run_id} matches {} runs", matches.len()),
+            hint: Some("give more of the run id".to_owned()),
+        }),
+    }
+}
+
+/// The newest run of the repository in the current directory.
+pub(crate) fn newest_run() -> Result<RunLog, Failure> {
+    runs(false)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Failure::Other {
+            message: "no runs recorded for this repository".to_owned(),
+            hint: Some("`mala logs list --all` shows the runs of every repository".to_owned()),
+        })
+}
+
+pub(crate) fn show(run_id: &str, as_json: bool) -> Result<(), Failure> {
+    let run = &find_run(run_id)?;
     if as_json {
         return json(run);
     }

@@ -4,16 +4,17 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use mala_core::EventSink;
+use mala_dashboard::Hub;
 use mala_domain::{Coder, Order, Scope, Settings};
 use mala_orchestration::{ResumePolicy, RunPlan, RunRequest, RunSummary, SessionPolicy, Stage};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::console::{Console, Fanout, JsonLines, Style};
 use crate::failure::exit;
 use crate::settings::find_program;
 
 use crate::cli::{EpicVerifyArgs, RunArgs};
-use crate::commands::dry_run;
+use crate::commands::{dashboard, dry_run, logs};
 use crate::failure::Failure;
 use crate::output;
 use crate::settings::{ConfigPath, flag_overrides, load_settings};
@@ -100,6 +101,19 @@ fn terminal() -> (bool, bool) {
 
 fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
     let coder = coder_binary(&settings)?;
+    let serve = args
+        .serve
+        .serve
+        .is_some()
+        .then(|| dashboard::serve_addr(&args.serve))
+        .transpose()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other {
+            message: format!("could not start the async runtime: {e}"),
+            hint: None,
+        })?;
     let (color, live) = terminal();
     let console = Arc::new(Console::new(args.verbose, Style::new(color), live));
     let mut sinks: Vec<Arc<dyn EventSink>> = vec![console.clone()];
@@ -111,68 +125,92 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
         })?;
         sinks.push(Arc::new(sink));
     }
-    let events: Arc<dyn EventSink> = Arc::new(Fanout(sinks));
     let budget = settings.budget;
+    let plan = run_plan(args);
+    let stage = Arc::new(watch::channel(Stage::Running).0);
+    let (stops, issue_stops) = mpsc::unbounded_channel();
+    let mut shown = None;
+    if let Some(addr) = serve {
+        let hub = Hub::live(&plan.run_id, logs::run_budget(&budget));
+        shown = Some(Arc::clone(&hub));
+        sinks.push(hub.clone());
+        let controls = Arc::new(dashboard::RunControls {
+            stage: Arc::clone(&stage),
+            stops,
+        });
+        let server = runtime.block_on(dashboard::bind(addr, args.serve.serve_public))?;
+        let _guard = runtime.enter();
+        server.serve(hub, Some(controls));
+    }
+    let events: Arc<dyn EventSink> = Arc::new(Fanout(sinks));
     let request = RunRequest {
         repo_root: args.repo_path.clone(),
         settings,
-        plan: run_plan(args),
+        plan,
         coder,
         fast: args.fast,
         br: find_program("br"),
         cerberus: find_program("cerberus"),
         cerberus_root: std::env::var_os("CERBERUS_ROOT").map(std::path::PathBuf::from),
         setpriv: find_program("setpriv"),
+        issue_stops: serve.map(|_| issue_stops),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Other {
-            message: format!("could not start the async runtime: {e}"),
-            hint: None,
-        })?;
     let summary = runtime.block_on(async move {
-        let (stage_tx, stage_rx) = watch::channel(Stage::Running);
         // Listening before the run starts: a Ctrl-C as soon as the run's
         // marker exists is seen, never lost to the default handler.
-        let mut interrupts =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(
-                |e| Failure::Other {
-                    message: format!("could not listen for Ctrl-C: {e}"),
-                    hint: None,
-                },
-            )?;
-        tokio::spawn(async move {
-            // First Ctrl-C: drain. Second: stop the agents. Third: kill them.
-            // Each press is said on stderr as it is taken.
-            let mut presses = 0;
-            while interrupts.recv().await.is_some() {
-                presses += 1;
-                match presses {
-                    1 => {
-                        output::note("draining: no new issues; running agents finish (Ctrl-C again to stop them)");
-                        let _ = stage_tx.send(Stage::Drain);
-                    }
-                    2 => {
-                        output::note("stopping the agents; their issues stay claimed for the next run (Ctrl-C again to quit now)");
-                        let _ = stage_tx.send(Stage::Abort);
-                    }
-                    3 => {
-                        output::note("killing the agents now (Ctrl-C again to quit without cleaning up)");
-                        let _ = stage_tx.send(Stage::Kill);
-                        // Cleaning up takes a moment; it must not take longer.
-                        std::thread::spawn(|| {
-                            std::thread::sleep(std::time::Duration::from_secs(5));
-                            std::process::exit(i32::from(exit::INTERRUPTED));
-                        });
-                    }
-                    _ => std::process::exit(i32::from(exit::INTERRUPTED)),
-                }
-            }
-        });
-        Ok::<_, Failure>(mala_orchestration::run(request, events, stage_rx).await)
+        let interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| Failure::Other {
+                message: format!("could not listen for Ctrl-C: {e}"),
+                hint: None,
+            })?;
+        let stages = stage.subscribe();
+        tokio::spawn(follow_interrupts(interrupts, stage));
+        let summary = mala_orchestration::run(request, events, stages).await;
+        if let Some(hub) = shown {
+            hub.settle(PAGE_SETTLES).await;
+        }
+        Ok::<_, Failure>(summary)
     })?;
     report(&summary.map_err(run_failure)?, &console.summary(), &budget)
+}
+
+/// How long a finished run waits for connected pages to read its end.
+const PAGE_SETTLES: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Each Ctrl-C takes the run one stage further: drain, stop the agents,
+/// kill them, quit. (The dashboard's drain is the first stage too.) Each
+/// press is said on stderr as it is taken.
+async fn follow_interrupts(
+    mut interrupts: tokio::signal::unix::Signal,
+    stage: Arc<watch::Sender<Stage>>,
+) {
+    while interrupts.recv().await.is_some() {
+        let now = *stage.borrow();
+        match now {
+            Stage::Running => {
+                output::note(
+                    "draining: no new issues; running agents finish (Ctrl-C again to stop them)",
+                );
+                let _ = stage.send(Stage::Drain);
+            }
+            Stage::Drain => {
+                output::note(
+                    "stopping the agents; their issues stay claimed for the next run (Ctrl-C again to quit now)",
+                );
+                let _ = stage.send(Stage::Abort);
+            }
+            Stage::Abort => {
+                output::note("killing the agents now (Ctrl-C again to quit without cleaning up)");
+                let _ = stage.send(Stage::Kill);
+                // Cleaning up takes a moment; it must not take longer.
+                std::thread::spawn(|| {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    std::process::exit(i32::from(exit::INTERRUPTED));
+                });
+            }
+            Stage::Kill => std::process::exit(i32::from(exit::INTERRUPTED)),
+        }
+    }
 }
 
 /// The run's plan from its flags, under a new run id.

@@ -1,0 +1,130 @@
+//! `mala dashboard` and `mala run --serve`: the run's view in the browser
+//! (the server is `mala_dashboard`'s; this is where it meets the process).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mala_core::IssueId;
+use mala_dashboard::{Controls, Dashboard, Hub, ServeOptions};
+use mala_orchestration::Stage;
+use tokio::sync::{mpsc, watch};
+
+use crate::cli::{DashboardArgs, ServeArgs};
+use crate::commands::logs;
+use crate::failure::Failure;
+use crate::output;
+
+/// Where `--serve` with no address listens: loopback, any free port.
+pub(crate) const LOOPBACK_ANY_PORT: &str = "127.0.0.1:0";
+
+/// Binds the server and prints its address, with the token, on a line of
+/// its own (and a warning when it listens beyond this machine).
+pub(crate) async fn bind(addr: SocketAddr, public: bool) -> Result<Dashboard, Failure> {
+    let dashboard = Dashboard::bind(ServeOptions { addr, public })
+        .await
+        .map_err(|error| Failure::Other {
+            message: error.to_string(),
+            hint: Some(format!(
+                "use --serve {LOOPBACK_ANY_PORT} (the default), or --serve-public with the address to listen on"
+            )),
+        })?;
+    output::stdout(&format!("dashboard: {}\n", dashboard.url()));
+    if public {
+        output::note(
+            "warning: the dashboard listens beyond this machine; whoever has its address with the token can watch the run and stop it",
+        );
+    }
+    Ok(dashboard)
+}
+
+/// The page's buttons in `mala run --serve`: the first Ctrl-C's drain, and
+/// a stop of one issue through the scheduler.
+pub(crate) struct RunControls {
+    pub(crate) stage: Arc<watch::Sender<Stage>>,
+    pub(crate) stops: mpsc::UnboundedSender<IssueId>,
+}
+
+impl Controls for RunControls {
+    fn drain(&self) -> String {
+        let drained = self.stage.send_if_modified(|stage| {
+            let running = *stage == Stage::Running;
+            if running {
+                *stage = Stage::Drain;
+            }
+            running
+        });
+        if drained {
+            output::note(
+                "draining (asked from the dashboard): no new issues; running agents finish (Ctrl-C to stop them)",
+            );
+            "draining: no new issues are started; running agents finish".to_owned()
+        } else {
+            "the run is already draining or stopping".to_owned()
+        }
+    }
+
+    fn stop_issue(&self, issue: &IssueId) -> bool {
+        let sent = self.stops.send(issue.clone()).is_ok();
+        if sent {
+            output::note(&format!("stopping {issue} (asked from the dashboard)"));
+        }
+        sent
+    }
+}
+
+/// `mala dashboard [RUN_ID]`: a recorded run (the newest of this
+/// repository by default), followed while it is still going, until Ctrl-C.
+pub(crate) fn run(args: &DashboardArgs) -> Result<(), Failure> {
+    let log = match &args.run_id {
+        Some(id) => logs::find_run(id)?,
+        None => logs::newest_run()?,
+    };
+    let addr = serve_addr(&args.serve)?;
+    let (_, runs_dir) = logs::runs_dir()?;
+    let (repo, run_id) = (log.repo_path.clone(), log.run_id.clone());
+    let hub = Hub::recorded(
+        &log,
+        logs::budget_of(&log),
+        Box::new(move || mala_infra::read_run_of(&runs_dir, &repo, &run_id)),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other {
+            message: format!("could not start the async runtime: {e}"),
+            hint: None,
+        })?;
+    runtime.block_on(async {
+        let dashboard = bind(addr, args.serve.serve_public).await?;
+        let _server = dashboard.serve(hub, None);
+        output::note(&format!("showing run {} (Ctrl-C to stop)", log.run_id));
+        tokio::signal::ctrl_c().await.map_err(|e| Failure::Other {
+            message: format!("could not listen for Ctrl-C: {e}"),
+            hint: None,
+        })
+    })
+}
+
+/// The address `--serve` names (loopback, any port, when it names none);
+/// one beyond loopback needs `--serve-public`, which needs an address.
+pub(crate) fn serve_addr(serve: &ServeArgs) -> Result<SocketAddr, Failure> {
+    let given = serve.serve.flatten();
+    if serve.serve_public && given.is_none() {
+        return Err(Failure::usage(
+            "--serve-public needs the address to listen on",
+            Some("for example --serve 0.0.0.0:8080 --serve-public"),
+        ));
+    }
+    let addr = given.unwrap_or_else(|| {
+        LOOPBACK_ANY_PORT
+            .parse()
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+    });
+    if !serve.serve_public && !addr.ip().is_loopback() {
+        return Err(Failure::usage(
+            format!("{addr} is not a loopback address"),
+            Some("the dashboard listens beyond this machine only with --serve-public"),
+        ));
+    }
+    Ok(addr)
+}

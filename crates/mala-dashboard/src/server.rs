@@ -1,0 +1,396 @@
+//! The HTTP server: the page, the API it reads, the event stream and the
+//! two controls. Every answer needs the run's token.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use futures_util::Stream;
+use mala_core::IssueId;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+
+use crate::auth::{Access, Denied, secret};
+use crate::hub::{Hub, Reloaded, Replay, Sent};
+use crate::page::Page;
+use crate::transcript::{MOST_LINES, read_page};
+
+/// What the page's two buttons do, given by the process that runs the run.
+pub trait Controls: Send + Sync {
+    /// Stop taking new issues; running agents finish (the first Ctrl-C).
+    /// Returns what the user is told.
+    fn drain(&self) -> String;
+    /// Stop one issue's session; the issue is skipped, its claim kept.
+    /// `false` when no worker of the run has it.
+    fn stop_issue(&self, issue: &IssueId) -> bool;
+}
+
+/// Where to listen.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    pub addr: SocketAddr,
+    /// Listening beyond loopback was asked for (`--serve-public`).
+    pub public: bool,
+}
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DashboardError {
+    #[error(
+        "{addr} is not a loopback address; the dashboard listens beyond this machine only with --serve-public"
+    )]
+    NotLoopback { addr: SocketAddr },
+    #[error("could not listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A bound server, not yet serving: its address and token are known.
+#[derive(Debug)]
+pub struct Dashboard {
+    listener: TcpListener,
+    access: Access,
+}
+
+struct App {
+    hub: Arc<Hub>,
+    access: Access,
+    page: Page,
+    controls: Option<Arc<dyn Controls>>,
+}
+
+impl Dashboard {
+    /// Listens on `options.addr` (port 0: any free port).
+    pub async fn bind(options: ServeOptions) -> Result<Self, DashboardError> {
+        let addr = options.addr;
+        if !options.public && !addr.ip().is_loopback() {
+            return Err(DashboardError::NotLoopback { addr });
+        }
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| DashboardError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| DashboardError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            access: Access {
+                token: secret(),
+                csrf: secret(),
+                addr,
+                public: options.public,
+            },
+        })
+    }
+
+    /// The address to open, with the token.
+    pub fn url(&self) -> String {
+        format!("http://{}/?token={}", self.access.addr, self.access.token)
+    }
+
+    /// Serves `hub` until the process ends. A recorded run is read again
+    /// every second while it may change.
+    pub fn serve(
+        self,
+        hub: Arc<Hub>,
+        controls: Option<Arc<dyn Controls>>,
+    ) -> tokio::task::JoinHandle<()> {
+        if !hub.is_live() {
+            let hub = Arc::clone(&hub);
+            tokio::spawn(async move {
+                while hub.reload() == Reloaded::Going {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+        let app = Arc::new(App {
+            hub,
+            access: self.access,
+            page: Page::build(),
+            controls,
+        });
+        let router = routes(app);
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(self.listener, router).await {
+                tracing::warn!(%error, "the dashboard stopped serving");
+            }
+        })
+    }
+}
+
+fn routes(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/api/run", get(run))
+        .route("/api/issues/{id}", get(issue))
+        .route("/api/issues/{id}/transcript", get(transcript))
+        .route("/api/events", get(events))
+        .route("/api/drain", post(drain))
+        .route("/api/issues/{id}/stop", post(stop))
+        .fallback(|| async { answer(StatusCode::NOT_FOUND, "no such page") })
+        .layer(axum::middleware::map_response(secure))
+        .with_state(app)
+}
+
+/// Nothing is cached, sniffed, framed or told where it was linked from.
+async fn secure(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    response
+}
+
+fn answer(status: StatusCode, message: &str) -> Response {
+    let ok = status.is_success();
+    (status, Json(json!({"ok": ok, "message": message}))).into_response()
+}
+
+fn denied(why: Denied) -> Response {
+    let status = match why {
+        Denied::Token => StatusCode::UNAUTHORIZED,
+        Denied::Forgery | Denied::Host => StatusCode::FORBIDDEN,
+    };
+    let mut response = answer(status, why.message());
+    if why == Denied::Token {
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    token: Option<String>,
+    offset: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn index(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Response {
+    if let Err(why) = app.access.read(&headers, query.token.as_deref()) {
+        return denied(why);
+    }
+    let policy = HeaderValue::from_str(&app.page.policy)
+        .unwrap_or(HeaderValue::from_static("default-src 'none'"));
+    (
+        [
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (axum::http::header::CONTENT_SECURITY_POLICY, policy),
+        ],
+        app.page.html.clone(),
+    )
+        .into_response()
+}
+
+async fn run(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Response {
+    if let Err(why) = app.access.read(&headers, query.token.as_deref()) {
+        return denied(why);
+    }
+    let body = app.hub.read(|view, last_event_id| {
+        let (snapshot, queued) = view.snapshot(Utc::now());
+        let mut body = serde_json::to_value(&snapshot).unwrap_or(Value::Null);
+        if let Some(issues) = body["issues"].as_array_mut() {
+            issues.extend(queued.iter().filter_map(|q| serde_json::to_value(q).ok()));
+        }
+        body["live"] = json!(!view.is_finished());
+        body["controls"] = json!(app.controls.is_some() && !view.is_finished());
+        body["csrf"] = json!(app.access.csrf);
+        body["last_event_id"] = json!(last_event_id);
+        (body, last_event_id)
+    });
+    let (body, last_event_id) = body;
+    app.hub.served(last_event_id);
+    Json(body).into_response()
+}
+
+async fn issue(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<TokenQuery>,
+) -> Response {
+    if let Err(why) = app.access.read(&headers, query.token.as_deref()) {
+        return denied(why);
+    }
+    let id = IssueId::new(id);
+    let body = app.hub.read(|view, _| {
+        view.issue(&id)
+            .and_then(|detail| serde_json::to_value(detail).ok())
+    });
+    match body {
+        Some(body) => Json(body).into_response(),
+        None => answer(
+            StatusCode::NOT_FOUND,
+            &format!("{id} is not an issue of this run"),
+        ),
+    }
+}
+
+async fn transcript(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    if let Err(why) = app.access.read(&headers, query.token.as_deref()) {
+        return denied(why);
+    }
+    let id = IssueId::new(id);
+    // The path is the run's own record of the issue, never the request's.
+    let Some(path) = app.hub.read(|view, _| view.record_of(&id)) else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            &format!("{id} has no session record in this run"),
+        );
+    };
+    let (offset, limit) = (
+        query.offset.unwrap_or(0),
+        query.limit.unwrap_or(200).min(MOST_LINES),
+    );
+    let read = tokio::task::spawn_blocking(move || read_page(&path, offset, limit)).await;
+    match read {
+        Ok(Ok(page)) => Json(page).into_response(),
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::NotFound => answer(
+            StatusCode::NOT_FOUND,
+            &format!("{id}'s session record is not written yet"),
+        ),
+        Ok(Err(error)) => answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("could not read {id}'s session record: {error}"),
+        ),
+        Err(error) => answer(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+    }
+}
+
+async fn events(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Response {
+    if let Err(why) = app.access.read(&headers, query.token.as_deref()) {
+        return denied(why);
+    }
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let (replay, live) = app.hub.subscribe(last);
+    Sse::new(stream(replay, live))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// The events the page missed, then the live ones; a page that fell too
+/// far behind is told to reset (read the state again) and carries on.
+fn stream(
+    replay: Replay,
+    live: broadcast::Receiver<Sent>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let first: std::collections::VecDeque<Option<Sent>> = match replay {
+        Replay::Events(events) => events.into_iter().map(Some).collect(),
+        Replay::Reset => std::iter::once(None).collect(),
+    };
+    futures_util::stream::unfold((first, live), |(mut first, mut live)| async move {
+        let next = match first.pop_front() {
+            Some(next) => next,
+            None => match live.recv().await {
+                Ok(sent) => Some(sent),
+                Err(broadcast::error::RecvError::Lagged(_)) => None,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            },
+        };
+        let event = match next {
+            Some(sent) => SseEvent::default()
+                .id(sent.id.to_string())
+                .data(&*sent.json),
+            None => SseEvent::default().data(r#"{"kind":"reset"}"#),
+        };
+        Some((Ok(event), (first, live)))
+    })
+}
+
+async fn drain(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(why) = app.access.control(&headers) {
+        return denied(why);
+    }
+    match controlling(&app) {
+        Ok(controls) => answer(StatusCode::ACCEPTED, &controls.drain()),
+        Err(refusal) => answer(StatusCode::CONFLICT, refusal),
+    }
+}
+
+async fn stop(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(why) = app.access.control(&headers) {
+        return denied(why);
+    }
+    let controls = match controlling(&app) {
+        Ok(controls) => controls,
+        Err(refusal) => return answer(StatusCode::CONFLICT, refusal),
+    };
+    let id = IssueId::new(id);
+    if app.hub.read(|view, _| view.in_flight(&id)) && controls.stop_issue(&id) {
+        answer(
+            StatusCode::ACCEPTED,
+            &format!(
+                "stopping {id}: its session ends and it is skipped, its claim kept for the next run"
+            ),
+        )
+    } else {
+        answer(
+            StatusCode::NOT_FOUND,
+            &format!("{id} is not being worked on"),
+        )
+    }
+}
+
+/// The run's controls, or why there are none here.
+fn controlling(app: &App) -> Result<Arc<dyn Controls>, &'static str> {
+    let finished = app.hub.read(|view, _| view.is_finished());
+    match &app.controls {
+        Some(controls) if !finished => Ok(Arc::clone(controls)),
+        Some(_) => Err("the run is over"),
+        None => Err(
+            "this dashboard only shows the run; its controls are on `mala run --serve`'s own page",
+        ),
+    }
+}
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

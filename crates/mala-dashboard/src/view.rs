@@ -1,0 +1,773 @@
+//! The run as the page shows it, folded from the run's events (or read
+//! from a run's record). Pure: the caller says when each event happened.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use mala_core::{AgentEvent, AgentId, Event, IssueId, IssueStep, LockEvent, RunLog, WaitTarget};
+use serde::Serialize;
+
+/// How many history entries an issue keeps (the oldest go first).
+const HISTORY_KEPT: usize = 100;
+/// How many warnings and broken deadlocks the run keeps.
+const RECENT_KEPT: usize = 20;
+/// How long a shortened tool call or reason may be, in characters.
+const SHORT: usize = 120;
+
+/// Where an issue is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IssueState {
+    Queued,
+    Claimed,
+    Turn,
+    Gate,
+    Review,
+    Merging,
+    Closed,
+    Failed,
+    Skipped,
+    Released,
+}
+
+impl IssueState {
+    fn in_flight(self) -> bool {
+        matches!(
+            self,
+            Self::Claimed | Self::Turn | Self::Gate | Self::Review | Self::Merging
+        )
+    }
+
+    /// A run's record says `running`, `closed`, `failed`, `skipped`,
+    /// `released` or `deferred` (given way, planned again).
+    fn from_record(status: &str) -> Self {
+        match status {
+            "closed" => Self::Closed,
+            "failed" => Self::Failed,
+            "skipped" => Self::Skipped,
+            "released" => Self::Released,
+            "deferred" => Self::Queued,
+            _ => Self::Claimed,
+        }
+    }
+}
+
+/// The last judgement of an issue's attempt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    /// `gate` or `review`.
+    pub kind: &'static str,
+    pub passed: bool,
+    pub reasons: Vec<String>,
+}
+
+/// One line of an issue's history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    pub t: DateTime<Utc>,
+    pub kind: &'static str,
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passed: Option<bool>,
+}
+
+/// One issue of the run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IssueView {
+    pub id: IssueId,
+    pub title: String,
+    pub state: IssueState,
+    pub agent: Option<AgentId>,
+    /// The timeline's row: the agent slot the issue ran in.
+    pub lane: Option<usize>,
+    pub attempts: u32,
+    pub verdict: Option<Verdict>,
+    pub reason: Option<String>,
+    pub tokens: u64,
+    pub cost_usd: f64,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// The session record, read for the transcript; never from a request.
+    #[serde(skip)]
+    pub log_path: Option<PathBuf>,
+    #[serde(skip)]
+    history: VecDeque<HistoryEntry>,
+}
+
+impl IssueView {
+    fn new(id: IssueId, title: String, state: IssueState) -> Self {
+        Self {
+            id,
+            title,
+            state,
+            agent: None,
+            lane: None,
+            attempts: 0,
+            verdict: None,
+            reason: None,
+            tokens: 0,
+            cost_usd: 0.0,
+            started_at: None,
+            ended_at: None,
+            log_path: None,
+            history: VecDeque::new(),
+        }
+    }
+
+    fn note(&mut self, t: DateTime<Utc>, kind: &'static str, text: String, passed: Option<bool>) {
+        if self.history.len() == HISTORY_KEPT {
+            self.history.pop_front();
+        }
+        self.history.push_back(HistoryEntry {
+            t,
+            kind,
+            text,
+            passed,
+        });
+    }
+
+    fn end(&mut self, t: DateTime<Utc>, state: IssueState, reason: Option<&str>) {
+        self.state = state;
+        self.ended_at = Some(t);
+        self.reason = reason.map(str::to_owned);
+        let text = reason.map_or_else(|| kind_of(state).to_owned(), str::to_owned);
+        self.note(t, kind_of(state), text, None);
+    }
+}
+
+fn kind_of(state: IssueState) -> &'static str {
+    match state {
+        IssueState::Closed => "closed",
+        IssueState::Failed => "failed",
+        IssueState::Skipped => "skipped",
+        IssueState::Released => "released",
+        _ => "step",
+    }
+}
+
+/// One issue with its history, as `GET /api/issues/{id}` serves it.
+#[derive(Debug, Clone, Serialize)]
+pub struct IssueDetail<'a> {
+    #[serde(flatten)]
+    pub issue: &'a IssueView,
+    pub history: &'a VecDeque<HistoryEntry>,
+}
+
+/// A live agent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentView {
+    pub agent: AgentId,
+    pub issue: IssueId,
+    /// The tool call it is in, shortened; `None` between calls.
+    pub doing: Option<String>,
+    pub started_at: DateTime<Utc>,
+    #[serde(skip)]
+    last_seen: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LockView {
+    pub path: String,
+    pub holder: AgentId,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WaitView {
+    pub agent: AgentId,
+    pub on: Vec<LockView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadlockView {
+    pub at: DateTime<Utc>,
+    pub victim: AgentId,
+    pub holder: AgentId,
+    pub cycle: Vec<AgentId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Paused {
+    pub reason: String,
+    pub until: DateTime<Utc>,
+}
+
+/// The run's counts and spend.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Totals {
+    pub closed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub released: usize,
+    pub in_flight: usize,
+    /// Ready issues not started yet, as the last plan counted them.
+    pub queued: usize,
+    pub tokens: u64,
+    pub cost_usd: f64,
+    pub budget: Option<String>,
+    pub elapsed_seconds: i64,
+}
+
+/// An agent as `GET /api/run` serves it: with how long it has been quiet.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentNow<'a> {
+    #[serde(flatten)]
+    pub agent: &'a AgentView,
+    pub idle_seconds: i64,
+}
+
+/// The whole run at one moment, as `GET /api/run` serves it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSnapshot<'a> {
+    pub run_id: &'a str,
+    pub repo: &'a str,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub now: DateTime<Utc>,
+    pub outcome: &'a str,
+    pub max_agents: Option<usize>,
+    pub paused: Option<&'a Paused>,
+    pub totals: Totals,
+    pub issues: Vec<&'a IssueView>,
+    pub agents: Vec<AgentNow<'a>>,
+    pub locks: Vec<&'a LockView>,
+    pub waits: Vec<WaitView>,
+    pub deadlocks: &'a VecDeque<DeadlockView>,
+    pub warnings: &'a VecDeque<String>,
+}
+
+/// The run's state for the page: one owner, fed event by event.
+#[derive(Debug, Clone)]
+pub struct RunView {
+    run_id: String,
+    repo: String,
+    max_agents: Option<usize>,
+    sessions: Option<PathBuf>,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    outcome: String,
+    budget: Option<String>,
+    paused: Option<Paused>,
+    issues: Vec<IssueView>,
+    index: HashMap<IssueId, usize>,
+    /// The last plan's issues not started yet (their titles, in order).
+    queue: Vec<(IssueId, String)>,
+    waiting: usize,
+    agents: BTreeMap<AgentId, AgentView>,
+    locks: BTreeMap<String, LockView>,
+    waits: BTreeMap<AgentId, Vec<WaitTarget>>,
+    deadlocks: VecDeque<DeadlockView>,
+    warnings: VecDeque<String>,
+}
+
+impl RunView {
+    /// An empty view of a run starting at `started_at`; `budget` is the
+    /// run's budget as the page says it (`None`: no limit).
+    pub fn new(run_id: &str, started_at: DateTime<Utc>, budget: Option<String>) -> Self {
+        Self {
+            run_id: run_id.to_owned(),
+            repo: String::new(),
+            max_agents: None,
+            sessions: None,
+            started_at,
+            finished_at: None,
+            outcome: "running".to_owned(),
+            budget,
+            paused: None,
+            issues: Vec::new(),
+            index: HashMap::new(),
+            queue: Vec::new(),
+            waiting: 0,
+            agents: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            waits: BTreeMap::new(),
+            deadlocks: VecDeque::new(),
+            warnings: VecDeque::new(),
+        }
+    }
+
+    /// A run as its record has it (`mala dashboard RUN_ID`): the issues,
+    /// their status, reasons, attempts and spend; no agents or locks.
+    pub fn from_log(log: &RunLog, budget: Option<String>) -> Self {
+        let mut view = Self::new(&log.run_id, log.started_at, budget);
+        view.repo = log.repo_path.display().to_string();
+        view.finished_at = log.finished_at;
+        view.outcome.clone_from(&log.outcome);
+        let mut lanes: Vec<Option<DateTime<Utc>>> = Vec::new();
+        for record in &log.issues {
+            let id = IssueId::new(record.issue.as_str());
+            let mut issue = IssueView::new(
+                id.clone(),
+                String::new(),
+                IssueState::from_record(&record.status),
+            );
+            issue.agent = Some(AgentId::new(record.agent.as_str()));
+            issue.attempts = record.attempts;
+            issue.reason.clone_from(&record.reason);
+            issue.tokens = record.tokens;
+            issue.cost_usd = record.cost_usd;
+            issue.started_at = record.started_at.or(record.baseline);
+            issue.ended_at = record.ended_at;
+            issue.log_path = Some(record.log_path.clone());
+            if !record.findings.is_empty() {
+                issue.verdict = Some(Verdict {
+                    kind: "review",
+                    passed: false,
+                    reasons: record.findings.iter().map(|f| f.title.clone()).collect(),
+                });
+            }
+            issue.lane = issue
+                .started_at
+                .map(|start| take_lane(&mut lanes, start, issue.ended_at));
+            view.index.insert(id, view.issues.len());
+            view.issues.push(issue);
+        }
+        view
+    }
+
+    /// Takes one event that happened at `at`.
+    pub fn fold(&mut self, event: &Event, at: DateTime<Utc>) {
+        match event {
+            Event::RunStarted {
+                run_id,
+                repo,
+                max_agents,
+                sessions,
+            } => {
+                self.run_id.clone_from(run_id);
+                self.repo.clone_from(repo);
+                self.max_agents = *max_agents;
+                self.sessions.clone_from(sessions);
+            }
+            Event::RunFinished { outcome, .. } => {
+                outcome.label().clone_into(&mut self.outcome);
+                self.finished_at = Some(at);
+                self.agents.clear();
+                self.waits.clear();
+            }
+            Event::QueuePlanned { waiting, queue } => {
+                self.waiting = *waiting;
+                self.queue = queue
+                    .iter()
+                    .filter(|q| !self.index.contains_key(&q.issue))
+                    .map(|q| (q.issue.clone(), q.title.clone()))
+                    .collect();
+            }
+            Event::IssueClaimed {
+                issue,
+                agent,
+                title,
+            } => self.claimed(issue, agent, title, at),
+            Event::Agent { agent, event } => self.agent_did(agent, event, at),
+            Event::Lock { event } => self.lock(event),
+            Event::DeadlockBroken {
+                victim,
+                holder,
+                cycle,
+            } => {
+                self.waits.remove(victim);
+                push_capped(
+                    &mut self.deadlocks,
+                    DeadlockView {
+                        at,
+                        victim: victim.clone(),
+                        holder: holder.clone(),
+                        cycle: cycle.clone(),
+                    },
+                );
+            }
+            Event::Warning { message } => push_capped(&mut self.warnings, message.clone()),
+            Event::RunPaused { reason, until } => {
+                self.paused = Some(Paused {
+                    reason: reason.clone(),
+                    until: *until,
+                });
+            }
+            Event::RunResumed => self.paused = None,
+            Event::BudgetReached {
+                scope,
+                issue,
+                spent,
+            } => {
+                let text = format!("the {scope}'s budget was reached ({spent})");
+                if let Some(issue) = issue.as_ref().and_then(|id| self.issue_mut(id)) {
+                    issue.note(at, "budget", text.clone(), None);
+                }
+                push_capped(&mut self.warnings, text);
+            }
+            _ => self.issue_event(event, at),
+        }
+    }
+
+    /// The events that concern one issue's progress.
+    fn issue_event(&mut self, event: &Event, at: DateTime<Utc>) {
+        let id = match event {
+            Event::IssueSkipped { issue, .. } if !self.index.contains_key(issue) => {
+                let title = self.queued_title(issue);
+                self.insert(IssueView::new(issue.clone(), title, IssueState::Queued));
+                issue
+            }
+            Event::IssueStarted { issue, .. }
+            | Event::StepStarted { issue, .. }
+            | Event::GateChecked { issue, .. }
+            | Event::Reviewed { issue, .. }
+            | Event::Retrying { issue, .. }
+            | Event::TurnFinished { issue, .. }
+            | Event::IssueClosed { issue }
+            | Event::IssueFailed { issue, .. }
+            | Event::IssueSkipped { issue, .. }
+            | Event::IssueReleased { issue, .. }
+            | Event::EnvironmentFault { issue, .. }
+            | Event::WorktreeOpened { issue, .. }
+            | Event::MergeQueued { issue, .. }
+            | Event::Landed { issue, .. } => issue,
+            _ => return,
+        };
+        let Some(&slot) = self.index.get(id) else {
+            return;
+        };
+        let issue = &mut self.issues[slot];
+        progress(issue, event, at);
+        if !issue.state.in_flight()
+            && let Some(agent) = issue.agent.clone()
+        {
+            self.agents.remove(&agent);
+            self.waits.remove(&agent);
+        }
+    }
+
+    fn claimed(&mut self, id: &IssueId, agent: &AgentId, title: &str, at: DateTime<Utc>) {
+        if !self.index.contains_key(id) {
+            self.insert(IssueView::new(
+                id.clone(),
+                String::new(),
+                IssueState::Claimed,
+            ));
+        }
+        self.queue.retain(|(queued, _)| queued != id);
+        let lane = self.free_lane();
+        let log_path = self
+            .sessions
+            .as_ref()
+            .map(|dir| dir.join(agent.record_file_name()));
+        let Some(issue) = self.issue_mut(id) else {
+            return;
+        };
+        if !title.is_empty() {
+            title.clone_into(&mut issue.title);
+        }
+        issue.state = IssueState::Claimed;
+        issue.agent = Some(agent.clone());
+        issue.lane = Some(lane);
+        issue.started_at = Some(at);
+        issue.ended_at = None;
+        issue.reason = None;
+        issue.log_path = log_path;
+        issue.note(at, "claimed", format!("claimed by {agent}"), None);
+        self.agents.insert(
+            agent.clone(),
+            AgentView {
+                agent: agent.clone(),
+                issue: id.clone(),
+                doing: None,
+                started_at: at,
+                last_seen: at,
+            },
+        );
+    }
+
+    fn agent_did(&mut self, agent: &AgentId, event: &AgentEvent, at: DateTime<Utc>) {
+        let Some(view) = self.agents.get_mut(agent) else {
+            return;
+        };
+        view.last_seen = at;
+        match event {
+            AgentEvent::ToolUse { name, input, .. } => {
+                view.doing = Some(shorten(&format!("{name}: {}", tool_summary(input))));
+            }
+            AgentEvent::ToolResult { .. } | AgentEvent::ToolDenied { .. } => view.doing = None,
+            _ => {}
+        }
+    }
+
+    fn lock(&mut self, event: &LockEvent) {
+        match event {
+            LockEvent::Acquired { agent, key, path } => {
+                self.locks.insert(
+                    key.clone(),
+                    LockView {
+                        path: path.display().to_string(),
+                        holder: agent.clone(),
+                    },
+                );
+            }
+            LockEvent::Released { agent, key, .. } => {
+                if self
+                    .locks
+                    .get(key)
+                    .is_some_and(|lock| &lock.holder == agent)
+                {
+                    self.locks.remove(key);
+                }
+            }
+            LockEvent::Waiting { agent, on } => {
+                self.waits.insert(agent.clone(), on.clone());
+            }
+            LockEvent::StoppedWaiting { agent } => {
+                self.waits.remove(agent);
+            }
+        }
+    }
+
+    /// The lowest timeline row no issue in flight is on.
+    fn free_lane(&self) -> usize {
+        let taken: Vec<usize> = self
+            .issues
+            .iter()
+            .filter(|i| i.state.in_flight())
+            .filter_map(|i| i.lane)
+            .collect();
+        (0..=taken.len())
+            .find(|lane| !taken.contains(lane))
+            .unwrap_or_default()
+    }
+
+    fn queued_title(&self, id: &IssueId) -> String {
+        self.queue
+            .iter()
+            .find(|(queued, _)| queued == id)
+            .map(|(_, title)| title.clone())
+            .unwrap_or_default()
+    }
+
+    fn insert(&mut self, issue: IssueView) {
+        self.index.insert(issue.id.clone(), self.issues.len());
+        self.issues.push(issue);
+    }
+
+    fn issue_mut(&mut self, id: &IssueId) -> Option<&mut IssueView> {
+        self.index.get(id).map(|&slot| &mut self.issues[slot])
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished_at.is_some() || self.outcome != "running"
+    }
+
+    /// One issue, with its history.
+    pub fn issue(&self, id: &IssueId) -> Option<IssueDetail<'_>> {
+        let issue = &self.issues[*self.index.get(id)?];
+        Some(IssueDetail {
+            issue,
+            history: &issue.history,
+        })
+    }
+
+    /// Where an issue's session record is, if it has one.
+    pub fn record_of(&self, id: &IssueId) -> Option<PathBuf> {
+        self.issues[*self.index.get(id)?].log_path.clone()
+    }
+
+    /// Whether the issue is being worked on now (so it can be stopped).
+    pub fn in_flight(&self, id: &IssueId) -> bool {
+        self.index
+            .get(id)
+            .is_some_and(|&slot| self.issues[slot].state.in_flight())
+    }
+
+    /// The run at `now`. The queue's issues come after the ones started.
+    pub fn snapshot(&self, now: DateTime<Utc>) -> (RunSnapshot<'_>, Vec<IssueView>) {
+        let queued: Vec<IssueView> = self
+            .queue
+            .iter()
+            .map(|(id, title)| IssueView::new(id.clone(), title.clone(), IssueState::Queued))
+            .collect();
+        let count = |state| self.issues.iter().filter(|i| i.state == state).count();
+        let totals = Totals {
+            closed: count(IssueState::Closed),
+            failed: count(IssueState::Failed),
+            skipped: count(IssueState::Skipped),
+            released: count(IssueState::Released),
+            in_flight: self.issues.iter().filter(|i| i.state.in_flight()).count(),
+            queued: if self.is_finished() { 0 } else { self.waiting },
+            tokens: self.issues.iter().map(|i| i.tokens).sum(),
+            cost_usd: self.issues.iter().map(|i| i.cost_usd).sum(),
+            budget: self.budget.clone(),
+            elapsed_seconds: (self.finished_at.unwrap_or(now) - self.started_at).num_seconds(),
+        };
+        let snapshot = RunSnapshot {
+            run_id: &self.run_id,
+            repo: &self.repo,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            now,
+            outcome: &self.outcome,
+            max_agents: self.max_agents,
+            paused: self.paused.as_ref(),
+            totals,
+            issues: self.issues.iter().collect(),
+            agents: self
+                .agents
+                .values()
+                .map(|agent| AgentNow {
+                    agent,
+                    idle_seconds: (now - agent.last_seen).num_seconds().max(0),
+                })
+                .collect(),
+            locks: self.locks.values().collect(),
+            waits: self
+                .waits
+                .iter()
+                .map(|(agent, on)| WaitView {
+                    agent: agent.clone(),
+                    on: on
+                        .iter()
+                        .map(|t| LockView {
+                            path: t.path.display().to_string(),
+                            holder: t.holder.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            deadlocks: &self.deadlocks,
+            warnings: &self.warnings,
+        };
+        (snapshot, queued)
+    }
+}
+
+/// What one event does to its issue.
+fn progress(issue: &mut IssueView, event: &Event, at: DateTime<Utc>) {
+    match event {
+        Event::IssueStarted { .. } => issue.note(at, "started", "work started".into(), None),
+        Event::StepStarted { step, .. } => {
+            issue.state = match step {
+                IssueStep::Turn => IssueState::Turn,
+                IssueStep::Gate => IssueState::Gate,
+                IssueStep::Review => IssueState::Review,
+                IssueStep::Merge => IssueState::Merging,
+            };
+        }
+        Event::GateChecked {
+            attempt,
+            passed,
+            reasons,
+            ..
+        } => {
+            issue.attempts = *attempt;
+            let text = if *passed {
+                format!("gate passed (attempt {attempt})")
+            } else {
+                format!("gate failed (attempt {attempt}): {}", reasons.join("; "))
+            };
+            issue.note(at, "gate", text, Some(*passed));
+            issue.verdict = Some(Verdict {
+                kind: "gate",
+                passed: *passed,
+                reasons: reasons.clone(),
+            });
+        }
+        Event::Reviewed {
+            blocking,
+            advisory,
+            findings,
+            ..
+        } => {
+            let passed = *blocking == 0;
+            let mut reasons: Vec<String> = findings.iter().map(|f| f.title.clone()).collect();
+            if *advisory > 0 {
+                reasons.push(format!("{advisory} advisory finding(s)"));
+            }
+            let text = format!("review: {blocking} blocking, {advisory} advisory");
+            issue.note(at, "review", text, Some(passed));
+            issue.verdict = Some(Verdict {
+                kind: "review",
+                passed,
+                reasons,
+            });
+        }
+        Event::Retrying { why, .. } => issue.note(at, "retry", why.clone(), None),
+        Event::TurnFinished {
+            usage, cost_usd, ..
+        } => {
+            issue.tokens = issue.tokens.saturating_add(usage.total());
+            issue.cost_usd += cost_usd;
+            let text = format!("turn ended: {} tokens, ${cost_usd:.4}", usage.total());
+            issue.note(at, "turn", text, None);
+        }
+        Event::IssueClosed { .. } => issue.end(at, IssueState::Closed, None),
+        Event::IssueFailed { reason, .. } => issue.end(at, IssueState::Failed, Some(reason)),
+        Event::IssueSkipped { reason, .. } => issue.end(at, IssueState::Skipped, Some(reason)),
+        Event::IssueReleased { reason, .. } => issue.end(at, IssueState::Released, Some(reason)),
+        Event::EnvironmentFault { message, .. } => issue.note(at, "fault", message.clone(), None),
+        Event::WorktreeOpened { branch, .. } => {
+            issue.note(at, "step", format!("worktree on {branch}"), None);
+        }
+        Event::MergeQueued { branch, .. } => {
+            issue.state = IssueState::Merging;
+            issue.note(at, "merge_queued", format!("{branch} queued to land"), None);
+        }
+        Event::Landed { target, commit, .. } => {
+            issue.note(
+                at,
+                "landed",
+                format!("landed on {target} as {commit}"),
+                None,
+            );
+        }
+        _ => {}
+    }
+}
+
+/// The lowest row free at `start` (a row is free once its last bar ended).
+fn take_lane(
+    lanes: &mut Vec<Option<DateTime<Utc>>>,
+    start: DateTime<Utc>,
+    end: Option<DateTime<Utc>>,
+) -> usize {
+    let free = lanes
+        .iter()
+        .position(|ended| ended.is_some_and(|ended| ended <= start));
+    let lane = free.unwrap_or(lanes.len());
+    if lane == lanes.len() {
+        lanes.push(end);
+    } else {
+        lanes[lane] = end;
+    }
+    lane
+}
+
+fn push_capped<T>(list: &mut VecDeque<T>, item: T) {
+    if list.len() == RECENT_KEPT {
+        list.pop_front();
+    }
+    list.push_back(item);
+}
+
+/// A tool's input in a few words: its command, path or pattern.
+pub(crate) fn tool_summary(input: &serde_json::Value) -> String {
+    for key in ["command", "file_path", "path", "pattern", "url"] {
+        if let Some(text) = input.get(key).and_then(serde_json::Value::as_str) {
+            return text.to_owned();
+        }
+    }
+    input.to_string()
+}
+
+/// `text` on one line, at most [`SHORT`] characters.
+pub(crate) fn shorten(text: &str) -> String {
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= SHORT {
+        return line;
+    }
+    let mut cut: String = line.chars().take(SHORT - 1).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+#[path = "view_tests.rs"]
+mod tests;
