@@ -13,6 +13,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "crates/mala-orchestration",
         &["mala-core", "mala-domain", "mala-pipeline", "mala-infra"],
     ),
+    // The browser view: the run's events in, HTTP out; no rules of its own.
+    ("crates/mala-dashboard", &["mala-core"]),
     // Dev-only: its in-memory ports implement the core traits.
     ("crates/mala-testkit", &["mala-core", "mala-domain"]),
     (
@@ -22,6 +24,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "mala-domain",
             "mala-orchestration",
             "mala-infra",
+            "mala-dashboard",
         ],
     ),
 ];

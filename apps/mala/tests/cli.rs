@@ -603,3 +603,32 @@ fn version_help_and_completions_work() {
         );
     }
 }
+
+#[test]
+fn the_dashboard_listens_beyond_loopback_only_when_asked_and_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mala.yaml"), "preset: rust\n").unwrap();
+    let far = mala(dir.path(), &["run", "--serve", "0.0.0.0:0"]);
+    assert_eq!(far.status.code(), Some(2), "{}", stderr(&far));
+    assert!(stderr(&far).contains("--serve-public"), "{}", stderr(&far));
+    let bare = mala(dir.path(), &["run", "--serve", "--serve-public"]);
+    assert_eq!(bare.status.code(), Some(2), "{}", stderr(&bare));
+    assert!(
+        stderr(&bare).contains("needs the address"),
+        "{}",
+        stderr(&bare)
+    );
+    let alone = mala(dir.path(), &["run", "--serve-public"]);
+    assert_eq!(alone.status.code(), Some(2), "{}", stderr(&alone));
+    // A repository after a bare --serve reads as its address: say how to write it.
+    let path = mala(dir.path(), &["run", "--serve", "."]);
+    assert_eq!(path.status.code(), Some(2), "{}", stderr(&path));
+    assert!(stderr(&path).contains("--serve=ADDR"), "{}", stderr(&path));
+    let none = mala(dir.path(), &["dashboard", "nosuchrun"]);
+    assert_eq!(none.status.code(), Some(1), "{}", stderr(&none));
+    assert!(
+        stderr(&none).contains("no run nosuchrun"),
+        "{}",
+        stderr(&none)
+    );
+}

@@ -12,6 +12,7 @@ mod auth;
 mod hub;
 mod page;
 mod server;
+mod sse;
 mod transcript;
 mod view;
 

@@ -1,7 +1,6 @@
 //! The HTTP server: the page, the API it reads, the event stream and the
 //! two controls. Every answer needs the run's token.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,21 +10,19 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
-use futures_util::Stream;
 use mala_core::IssueId;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
 
 use crate::auth::{Access, Denied, secret};
-use crate::hub::{Hub, Reloaded, Replay, Sent};
+use crate::hub::{Hub, Reloaded};
 use crate::page::Page;
 use crate::transcript::{MOST_LINES, read_page};
+use crate::view::RunSnapshot;
 
 /// What the page's two buttons do, given by the process that runs the run.
 pub trait Controls: Send + Sync {
@@ -179,6 +176,19 @@ fn denied(why: Denied) -> Response {
     response
 }
 
+/// `GET /api/run`: the run, and what the page needs to act on it.
+#[derive(Serialize)]
+struct RunBody<'a> {
+    #[serde(flatten)]
+    snapshot: RunSnapshot<'a>,
+    /// The run may still change.
+    live: bool,
+    /// The buttons work here.
+    controls: bool,
+    csrf: &'a str,
+    last_event_id: u64,
+}
+
 #[derive(Debug, Deserialize)]
 struct TokenQuery {
     token: Option<String>,
@@ -222,21 +232,25 @@ async fn run(
     if let Err(why) = app.access.read(&headers, query.token.as_deref()) {
         return denied(why);
     }
-    let body = app.hub.read(|view, last_event_id| {
-        let (snapshot, queued) = view.snapshot(Utc::now());
-        let mut body = serde_json::to_value(&snapshot).unwrap_or(Value::Null);
-        if let Some(issues) = body["issues"].as_array_mut() {
-            issues.extend(queued.iter().filter_map(|q| serde_json::to_value(q).ok()));
-        }
-        body["live"] = json!(!view.is_finished());
-        body["controls"] = json!(app.controls.is_some() && !view.is_finished());
-        body["csrf"] = json!(app.access.csrf);
-        body["last_event_id"] = json!(last_event_id);
+    let (body, last_event_id) = app.hub.read(|view, last_event_id| {
+        let body = serde_json::to_vec(&RunBody {
+            snapshot: view.snapshot(Utc::now()),
+            live: !view.is_finished(),
+            controls: app.controls.is_some() && !view.is_finished(),
+            csrf: &app.access.csrf,
+            last_event_id,
+        });
         (body, last_event_id)
     });
-    let (body, last_event_id) = body;
     app.hub.served(last_event_id);
-    Json(body).into_response()
+    match body {
+        Ok(body) => (
+            [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body,
+        )
+            .into_response(),
+        Err(error) => answer(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+    }
 }
 
 async fn issue(
@@ -311,38 +325,17 @@ async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let (replay, live) = app.hub.subscribe(last);
-    Sse::new(stream(replay, live))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    (
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+            (
+                axum::http::header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        axum::body::Body::from_stream(crate::sse::stream(replay, live)),
+    )
         .into_response()
-}
-
-/// The events the page missed, then the live ones; a page that fell too
-/// far behind is told to reset (read the state again) and carries on.
-fn stream(
-    replay: Replay,
-    live: broadcast::Receiver<Sent>,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    let first: std::collections::VecDeque<Option<Sent>> = match replay {
-        Replay::Events(events) => events.into_iter().map(Some).collect(),
-        Replay::Reset => std::iter::once(None).collect(),
-    };
-    futures_util::stream::unfold((first, live), |(mut first, mut live)| async move {
-        let next = match first.pop_front() {
-            Some(next) => next,
-            None => match live.recv().await {
-                Ok(sent) => Some(sent),
-                Err(broadcast::error::RecvError::Lagged(_)) => None,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            },
-        };
-        let event = match next {
-            Some(sent) => SseEvent::default()
-                .id(sent.id.to_string())
-                .data(&*sent.json),
-            None => SseEvent::default().data(r#"{"kind":"reset"}"#),
-        };
-        Some((Ok(event), (first, live)))
-    })
 }
 
 async fn drain(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {

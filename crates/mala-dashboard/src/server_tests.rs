@@ -1,4 +1,6 @@
 use super::*;
+use crate::hub::Replay;
+use serde_json::Value;
 use std::io::Write as _;
 use std::sync::Mutex;
 
@@ -325,4 +327,34 @@ async fn the_server_listens_beyond_loopback_only_when_asked() {
     .await;
     assert!(matches!(refused, Err(DashboardError::NotLoopback { .. })));
     assert!(refused.unwrap_err().to_string().contains("--serve-public"));
+}
+
+#[tokio::test]
+async fn the_end_waits_for_a_connected_page_to_read_the_final_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = claimed_hub(dir.path());
+    let long = Duration::from_secs(60);
+    // No page connected: nothing to wait for.
+    tokio::time::timeout(Duration::from_secs(5), hub.settle(long))
+        .await
+        .expect("no page, no wait");
+    let (_replay, _live) = hub.subscribe(None);
+    // A page that never reads again is waited for only so long.
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        hub.settle(Duration::from_millis(50)),
+    )
+    .await
+    .expect("the wait is bounded");
+    let settling = tokio::spawn({
+        let hub = Arc::clone(&hub);
+        async move { hub.settle(long).await }
+    });
+    // Its read of the state with every event in it ends the wait.
+    let (status, _) = call(&app(&hub, None), "GET", "/api/run?token=tok", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(10), settling)
+        .await
+        .expect("settled once the page read the state")
+        .unwrap();
 }

@@ -5,8 +5,11 @@
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::view::{shorten, tool_summary};
 
@@ -68,9 +71,7 @@ pub(crate) fn read_page(path: &Path, offset: u64, limit: usize) -> std::io::Resu
             break;
         }
         at += read as u64;
-        if let Ok(value) = serde_json::from_slice::<Value>(&line) {
-            entries.extend(entries_of(&value));
-        }
+        entries.extend(entries_of(&line));
     }
     Ok(Page {
         entries,
@@ -106,11 +107,68 @@ fn str_at<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
     value.pointer(pointer).and_then(Value::as_str)
 }
 
+/// A record line as written: when, which way, and the protocol line left
+/// unparsed until it is known to be one a person reads.
+#[derive(Deserialize)]
+struct Record<'a> {
+    #[serde(default, borrow)]
+    t: Cow<'a, str>,
+    #[serde(default, borrow)]
+    dir: Cow<'a, str>,
+    #[serde(borrow)]
+    line: &'a RawValue,
+}
+
+/// What a protocol line is, read without building it.
+#[derive(Deserialize)]
+struct Kind<'a> {
+    #[serde(rename = "type", default, borrow)]
+    of_type: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    subtype: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    method: Option<Cow<'a, str>>,
+}
+
+/// Whether a line shows in the transcript. Most of a record is the hooks'
+/// and the model's streaming traffic, which is skipped unparsed.
+fn shown(dir: &str, line: &RawValue) -> bool {
+    let Ok(kind) = serde_json::from_str::<Kind<'_>>(line.get()) else {
+        return matches!(dir, "stderr");
+    };
+    let (kind, subtype, method) = (
+        kind.of_type.as_deref(),
+        kind.subtype.as_deref(),
+        kind.method.as_deref(),
+    );
+    match dir {
+        "event" | "stderr" | "cmd" => true,
+        "out" => kind == Some("user") || matches!(method, Some("turn/start" | "turn/steer")),
+        "in" => {
+            matches!(kind, Some("assistant" | "user" | "result"))
+                || (kind == Some("system") && subtype == Some("init"))
+                || matches!(
+                    method,
+                    Some("item/started" | "item/completed" | "turn/completed")
+                )
+        }
+        _ => false,
+    }
+}
+
 /// What one record line says, for a person.
-fn entries_of(record: &Value) -> Vec<Entry> {
-    let t = str_at(record, "/t").unwrap_or_default();
-    let line = &record["line"];
-    match str_at(record, "/dir").unwrap_or_default() {
+fn entries_of(text: &[u8]) -> Vec<Entry> {
+    let Ok(record) = serde_json::from_slice::<Record<'_>>(text) else {
+        return Vec::new();
+    };
+    if !shown(&record.dir, record.line) {
+        return Vec::new();
+    }
+    let Ok(line) = serde_json::from_str::<Value>(record.line.get()) else {
+        return Vec::new();
+    };
+    let (t, line) = (record.t.as_ref(), &line);
+    match record.dir.as_ref() {
         "event" => evidence(t, line).into_iter().collect(),
         "stderr" => vec![entry(t, "stderr", kept(line.as_str().unwrap_or_default()))],
         "cmd" => vec![entry(t, "session", "the agent's process started")],

@@ -251,7 +251,7 @@ pub struct RunView {
     issues: Vec<IssueView>,
     index: HashMap<IssueId, usize>,
     /// The last plan's issues not started yet (their titles, in order).
-    queue: Vec<(IssueId, String)>,
+    queue: Vec<IssueView>,
     waiting: usize,
     agents: BTreeMap<AgentId, AgentView>,
     locks: BTreeMap<String, LockView>,
@@ -350,7 +350,7 @@ impl RunView {
                 self.queue = queue
                     .iter()
                     .filter(|q| !self.index.contains_key(&q.issue))
-                    .map(|q| (q.issue.clone(), q.title.clone()))
+                    .map(|q| IssueView::new(q.issue.clone(), q.title.clone(), IssueState::Queued))
                     .collect();
             }
             Event::IssueClaimed {
@@ -444,7 +444,7 @@ impl RunView {
                 IssueState::Claimed,
             ));
         }
-        self.queue.retain(|(queued, _)| queued != id);
+        self.queue.retain(|queued| &queued.id != id);
         let lane = self.free_lane();
         let log_path = self
             .sessions
@@ -535,8 +535,8 @@ impl RunView {
     fn queued_title(&self, id: &IssueId) -> String {
         self.queue
             .iter()
-            .find(|(queued, _)| queued == id)
-            .map(|(_, title)| title.clone())
+            .find(|queued| &queued.id == id)
+            .map(|queued| queued.title.clone())
             .unwrap_or_default()
     }
 
@@ -579,12 +579,7 @@ impl RunView {
     }
 
     /// The run at `now`. The queue's issues come after the ones started.
-    pub fn snapshot(&self, now: DateTime<Utc>) -> (RunSnapshot<'_>, Vec<IssueView>) {
-        let queued: Vec<IssueView> = self
-            .queue
-            .iter()
-            .map(|(id, title)| IssueView::new(id.clone(), title.clone(), IssueState::Queued))
-            .collect();
+    pub fn snapshot(&self, now: DateTime<Utc>) -> RunSnapshot<'_> {
         let count = |state| self.issues.iter().filter(|i| i.state == state).count();
         let totals = Totals {
             closed: count(IssueState::Closed),
@@ -598,7 +593,7 @@ impl RunView {
             budget: self.budget.clone(),
             elapsed_seconds: (self.finished_at.unwrap_or(now) - self.started_at).num_seconds(),
         };
-        let snapshot = RunSnapshot {
+        RunSnapshot {
             run_id: &self.run_id,
             repo: &self.repo,
             started_at: self.started_at,
@@ -608,7 +603,7 @@ impl RunView {
             max_agents: self.max_agents,
             paused: self.paused.as_ref(),
             totals,
-            issues: self.issues.iter().collect(),
+            issues: self.issues.iter().chain(&self.queue).collect(),
             agents: self
                 .agents
                 .values()
@@ -634,8 +629,7 @@ impl RunView {
                 .collect(),
             deadlocks: &self.deadlocks,
             warnings: &self.warnings,
-        };
-        (snapshot, queued)
+        }
     }
 }
 

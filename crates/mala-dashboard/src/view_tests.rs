@@ -58,10 +58,20 @@ fn state_of(view: &RunView, issue: &str) -> IssueState {
 #[test]
 fn an_issue_moves_from_queued_through_its_steps_to_closed() {
     let mut view = started();
-    let (snapshot, queued) = view.snapshot(at(1));
-    assert!(snapshot.issues.is_empty());
-    let queued: Vec<&str> = queued.iter().map(|q| q.id.as_str()).collect();
-    assert_eq!(queued, ["a", "b", "c"]);
+    let snapshot = view.snapshot(at(1));
+    let queued: Vec<(&str, IssueState)> = snapshot
+        .issues
+        .iter()
+        .map(|q| (q.id.as_str(), q.state))
+        .collect();
+    assert_eq!(
+        queued,
+        [
+            ("a", IssueState::Queued),
+            ("b", IssueState::Queued),
+            ("c", IssueState::Queued)
+        ]
+    );
     claim(&mut view, "a", 1);
     assert_eq!(state_of(&view, "a"), IssueState::Claimed);
     for (step, state) in [
@@ -91,11 +101,24 @@ fn an_issue_moves_from_queued_through_its_steps_to_closed() {
         view.record_of(&id("a")),
         Some(PathBuf::from("/state/sessions/a@run1.jsonl"))
     );
-    let (snapshot, queued) = view.snapshot(at(10));
+    let snapshot = view.snapshot(at(10));
     assert_eq!(snapshot.totals.closed, 1);
     assert_eq!(snapshot.totals.in_flight, 0);
     assert!(snapshot.agents.is_empty(), "its agent is gone");
-    assert!(queued.iter().all(|q| q.id != id("a")), "no longer queued");
+    let states: Vec<_> = snapshot
+        .issues
+        .iter()
+        .map(|q| (q.id.as_str(), q.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a", IssueState::Closed),
+            ("b", IssueState::Queued),
+            ("c", IssueState::Queued)
+        ],
+        "a is no longer queued"
+    );
 }
 
 #[test]
@@ -129,7 +152,7 @@ fn a_failed_gate_and_a_failure_say_their_reasons() {
     );
     let kinds: Vec<&str> = detail.history.iter().map(|h| h.kind).collect();
     assert_eq!(kinds, ["claimed", "gate", "failed"]);
-    assert_eq!(view.snapshot(at(5)).0.totals.failed, 1);
+    assert_eq!(view.snapshot(at(5)).totals.failed, 1);
 }
 
 #[test]
@@ -153,7 +176,7 @@ fn spend_adds_up_per_issue_and_for_the_run() {
     }
     let a = view.issue(&id("a")).unwrap().issue.clone();
     assert_eq!((a.tokens, a.cost_usd), (150, 0.75));
-    let totals = view.snapshot(at(3)).0.totals;
+    let totals = view.snapshot(at(3)).totals;
     assert_eq!((totals.tokens, totals.cost_usd), (160, 0.875));
     assert_eq!(totals.budget.as_deref(), Some("$5.00"));
     assert_eq!(totals.elapsed_seconds, 3);
@@ -176,7 +199,7 @@ fn agents_say_what_tool_they_are_in_and_how_long_they_have_been_quiet() {
         },
         at(4),
     );
-    let (snapshot, _) = view.snapshot(at(10));
+    let snapshot = view.snapshot(at(10));
     let now = &snapshot.agents[0];
     assert_eq!(
         now.agent.doing.as_deref(),
@@ -194,7 +217,7 @@ fn agents_say_what_tool_they_are_in_and_how_long_they_have_been_quiet() {
         },
         at(11),
     );
-    assert_eq!(view.snapshot(at(11)).0.agents[0].agent.doing, None);
+    assert_eq!(view.snapshot(at(11)).agents[0].agent.doing, None);
     // A long input is cut to one short line.
     let long = serde_json::json!({"command": "x".repeat(500)});
     view.fold(
@@ -204,11 +227,7 @@ fn agents_say_what_tool_they_are_in_and_how_long_they_have_been_quiet() {
         },
         at(12),
     );
-    let doing = view.snapshot(at(12)).0.agents[0]
-        .agent
-        .doing
-        .clone()
-        .unwrap();
+    let doing = view.snapshot(at(12)).agents[0].agent.doing.clone().unwrap();
     assert_eq!(doing.chars().count(), SHORT);
 }
 
@@ -239,7 +258,7 @@ fn locks_and_waits_follow_the_lock_table_and_a_broken_deadlock_is_kept() {
         },
         at(3),
     );
-    let (snapshot, _) = view.snapshot(at(3));
+    let snapshot = view.snapshot(at(3));
     assert_eq!(snapshot.locks.len(), 2);
     assert_eq!(snapshot.waits[0].agent, agent("b"));
     assert_eq!(snapshot.waits[0].on[0].holder, agent("a"));
@@ -262,7 +281,7 @@ fn locks_and_waits_follow_the_lock_table_and_a_broken_deadlock_is_kept() {
         },
         at(5),
     );
-    let (snapshot, _) = view.snapshot(at(5));
+    let snapshot = view.snapshot(at(5));
     assert!(snapshot.waits.is_empty());
     assert_eq!(snapshot.deadlocks.len(), 1);
     assert_eq!(snapshot.deadlocks[0].victim, agent("b"));
@@ -311,7 +330,7 @@ fn a_finished_run_has_no_agents_and_says_its_outcome() {
         },
         at(7),
     );
-    let (snapshot, _) = view.snapshot(at(60));
+    let snapshot = view.snapshot(at(60));
     assert_eq!(snapshot.outcome, "drained");
     assert!(snapshot.agents.is_empty());
     assert_eq!(
@@ -344,7 +363,7 @@ fn a_record_reads_as_the_same_issues_statuses_and_reasons() {
     };
     let view = RunView::from_log(&log, None);
     assert!(view.is_finished());
-    let (snapshot, _) = view.snapshot(at(100));
+    let snapshot = view.snapshot(at(100));
     let states: Vec<_> = snapshot
         .issues
         .iter()

@@ -41,6 +41,11 @@ impl ClaudeRun {
 
 impl ClaudeHarness {
     pub fn new(binary: &Path, mock: &MockAnthropic) -> Self {
+        Self::with_url(binary, &mock.url())
+    }
+
+    /// The same for a mock served by another process, at `base_url`.
+    pub fn with_url(binary: &Path, base_url: &str) -> Self {
         let state = tempfile::Builder::new()
             .prefix("mala-claude-")
             .tempdir()
@@ -49,7 +54,7 @@ impl ClaudeHarness {
         std::fs::create_dir_all(state.path().join("config")).expect("create config dir");
         Self {
             binary: binary.to_path_buf(),
-            base_url: mock.url(),
+            base_url: base_url.to_owned(),
             state,
         }
     }

@@ -128,3 +128,55 @@ pub(crate) fn serve_addr(serve: &ServeArgs) -> Result<SocketAddr, Failure> {
     }
     Ok(addr)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_is_the_first_stage_once_and_a_stop_reaches_the_scheduler() {
+        let stage = Arc::new(watch::channel(Stage::Running).0);
+        let (stops, mut inbox) = mpsc::unbounded_channel();
+        let controls = RunControls {
+            stage: Arc::clone(&stage),
+            stops,
+        };
+        assert!(controls.drain().starts_with("draining"));
+        assert_eq!(*stage.borrow(), Stage::Drain);
+        assert!(controls.drain().contains("already"));
+        assert_eq!(
+            *stage.borrow(),
+            Stage::Drain,
+            "a second drain is no second Ctrl-C"
+        );
+        stage.send_replace(Stage::Abort);
+        assert!(controls.drain().contains("already"));
+        assert_eq!(*stage.borrow(), Stage::Abort, "a drain never undoes a stop");
+        assert!(controls.stop_issue(&IssueId::new("bd-1")));
+        assert_eq!(inbox.try_recv().unwrap(), IssueId::new("bd-1"));
+        drop(inbox);
+        assert!(
+            !controls.stop_issue(&IssueId::new("bd-2")),
+            "no run to tell"
+        );
+    }
+
+    #[test]
+    fn serve_takes_loopback_by_default_and_beyond_only_with_serve_public() {
+        let args = |serve, serve_public| ServeArgs {
+            serve,
+            serve_public,
+        };
+        assert_eq!(
+            serve_addr(&args(Some(None), false)).unwrap().to_string(),
+            LOOPBACK_ANY_PORT
+        );
+        let far = "0.0.0.0:8080".parse().unwrap();
+        assert!(serve_addr(&args(Some(Some(far)), false)).is_err());
+        assert_eq!(serve_addr(&args(Some(Some(far)), true)).unwrap(), far);
+        assert!(
+            serve_addr(&args(Some(None), true)).is_err(),
+            "public needs an address"
+        );
+    }
+}

@@ -100,13 +100,14 @@ fn terminal() -> (bool, bool) {
 }
 
 fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
-    let coder = coder_binary(&settings)?;
+    // The flags first: a usage error is said before anything is looked for.
     let serve = args
         .serve
         .serve
         .is_some()
         .then(|| dashboard::serve_addr(&args.serve))
         .transpose()?;
+    let coder = coder_binary(&settings)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -164,6 +164,10 @@ pub(crate) enum Mismatch {
     Unreadable,
     Elsewhere(String),
     HiddenStatus,
+    /// The command ran, last and with its status, but after other commands
+    /// on the same line, which could change what it runs (a `PATH`, a
+    /// function of the same name, an `exit`).
+    AfterOthers,
     Different,
 }
 
@@ -240,12 +244,16 @@ pub(crate) fn runs_command(
 /// same commands joined the same way, a pipe into output filters allowed
 /// only under pipefail.
 fn same_chains(actual: &[Chain], expected: &[Chain], pipefail: bool) -> Result<(), Mismatch> {
-    if actual.len() != expected.len() {
-        return Err(if actual.len() > expected.len() {
-            Mismatch::HiddenStatus
+    if actual.len() > expected.len() {
+        let tail = &actual[actual.len() - expected.len()..];
+        return Err(if same_chains(tail, expected, pipefail).is_ok() {
+            Mismatch::AfterOthers
         } else {
-            Mismatch::Different
+            Mismatch::HiddenStatus
         });
+    }
+    if actual.len() < expected.len() {
+        return Err(Mismatch::Different);
     }
     for (got, want) in actual.iter().zip(expected) {
         if got.rest.len() != want.rest.len() {
@@ -347,6 +355,9 @@ mod tests {
             ("cargo test || true", Mismatch::HiddenStatus),
             ("cargo test; true", Mismatch::HiddenStatus),
             ("cargo test; echo done", Mismatch::HiddenStatus),
+            ("sleep 1; cargo test", Mismatch::AfterOthers),
+            ("cargo() { true; }; cargo test", Mismatch::Unreadable),
+            ("PATH=/tmp/fake:$PATH; cargo test", Mismatch::AfterOthers),
             ("! cargo test", Mismatch::Unreadable),
             ("cargo test &", Mismatch::Unreadable),
             ("cd /repo || cargo test", Mismatch::HiddenStatus),

@@ -182,6 +182,9 @@ fn describe(mismatch: &Mismatch) -> &'static str {
         Mismatch::Unreadable => "a form mala cannot check",
         Mismatch::Elsewhere(_) => "another directory",
         Mismatch::HiddenStatus => "a form that hides its exit status",
+        Mismatch::AfterOthers => {
+            "a line where other commands ran before it (they could change what it runs)"
+        }
         Mismatch::Different => "a different command line",
     }
 }
@@ -257,9 +260,11 @@ fn check_evidence(input: &GateInput<'_>) -> (Vec<String>, Vec<String>) {
             .collect();
         let Some(last) = valid.iter().max_by_key(|r| r.ended_at) else {
             let near = runs.iter().find_map(|(run, m)| match m {
-                Err(mismatch @ (Mismatch::Elsewhere(_) | Mismatch::HiddenStatus)) => {
-                    Some((run, mismatch))
-                }
+                Err(
+                    mismatch @ (Mismatch::Elsewhere(_)
+                    | Mismatch::HiddenStatus
+                    | Mismatch::AfterOthers),
+                ) => Some((run, mismatch)),
                 _ => None,
             });
             reasons.push(match near {
