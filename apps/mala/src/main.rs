@@ -5,6 +5,7 @@ mod commands;
 mod console;
 mod failure;
 mod output;
+mod runtime;
 mod settings;
 
 use std::process::ExitCode;

@@ -87,13 +87,7 @@ pub(crate) fn run(args: &DashboardArgs) -> Result<(), Failure> {
         logs::budget_of(&log),
         Box::new(move || mala_infra::read_run_of(&runs_dir, &repo, &run_id)),
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Other {
-            message: format!("could not start the async runtime: {e}"),
-            hint: None,
-        })?;
+    let runtime = crate::runtime::runtime(false)?;
     runtime.block_on(async {
         let dashboard = bind(addr, args.serve.serve_public).await?;
         let _server = dashboard.serve(hub, None);

@@ -30,13 +30,7 @@ struct DryRun<'a> {
 }
 
 pub(crate) fn run(args: &RunArgs, settings: &Settings) -> Result<(), Failure> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Other {
-            message: format!("could not start the async runtime: {e}"),
-            hint: None,
-        })?;
+    let runtime = crate::runtime::runtime(false)?;
     let (tracker, graph) = runtime.block_on(async {
         let tracker = Tracker::open(
             settings.tracker,

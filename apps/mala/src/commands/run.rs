@@ -108,13 +108,7 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
         .then(|| dashboard::serve_addr(&args.serve))
         .transpose()?;
     let coder = coder_binary(&settings)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Other {
-            message: format!("could not start the async runtime: {e}"),
-            hint: None,
-        })?;
+    let runtime = crate::runtime::runtime(true)?;
     let (color, live) = terminal();
     let console = Arc::new(Console::new(args.verbose, Style::new(color), live));
     let mut sinks: Vec<Arc<dyn EventSink>> = vec![console.clone()];
@@ -371,13 +365,7 @@ pub(crate) fn epic_verify(args: &EpicVerifyArgs) -> Result<(), Failure> {
         .canonicalize()
         .unwrap_or_else(|_| args.repo_path.clone());
     let epic = mala_core::IssueId::new(args.epic_id.clone());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Other {
-            message: format!("could not start the async runtime: {e}"),
-            hint: None,
-        })?;
+    let runtime = crate::runtime::runtime(true)?;
     let coder = if args.human_override {
         // A person's word needs no verifier.
         std::path::PathBuf::new()
