@@ -395,6 +395,7 @@ fn the_page_follows_a_real_run_live_escapes_agent_text_and_stops_an_issue() {
            && (a.match(/until test -e/g) || []).length === 4;",
     );
     browser.script("window.__sameDocument = 'yes';");
+    live_run_from_another_process(repo.path(), &env);
     // Tracker text is text: the title shows as typed and makes no element.
     let title = browser.script(&format!(
         "return document.querySelector('tr.issue[data-id=\"{hostile}\"] .title').textContent"
@@ -596,4 +597,37 @@ fn finished_run_shows_as_logs_show(repo: &TempRepo, env: &[(String, String)], br
     );
     let _ = dashboard.kill();
     let _ = dashboard.wait();
+}
+
+/// `mala dashboard` in another process while the run goes on: the run's
+/// issues from its journal, still running, and no controls.
+fn live_run_from_another_process(repo: &Path, env: &[(String, String)]) {
+    let mut dashboard = Command::new(env!("CARGO_BIN_EXE_mala"))
+        .arg("dashboard")
+        .current_dir(repo)
+        .env_clear()
+        .envs(env.iter().cloned())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (url, _stdout) = dashboard_url(&mut dashboard);
+    let (addr, token) = url
+        .trim_start_matches("http://")
+        .split_once("/?token=")
+        .unwrap();
+    let (status, body) = http(addr, "GET", "/api/run", &[("X-Mala-Token", token)], "");
+    let _ = dashboard.kill();
+    let _ = dashboard.wait();
+    assert_eq!(status, 200, "{body}");
+    let run: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(run["outcome"], "running");
+    assert_eq!(run["live"], true);
+    assert_eq!(
+        run["controls"], false,
+        "the controls are the running process's"
+    );
+    let issues = run["issues"].as_array().unwrap();
+    assert_eq!(issues.len(), 4, "{body}");
+    assert!(issues.iter().all(|i| i["state"] == "claimed"), "{body}");
 }
