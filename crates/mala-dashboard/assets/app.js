@@ -265,8 +265,8 @@
       el('div', { class: 'total total-skipped' }, el('span', { class: 'lbl' }, 'skipped / released'),
         el('span', { class: 'num' }, el('span', { 'data-total': 'skipped' }, fmtInt(t.skipped)), ' / ',
           el('span', { 'data-total': 'released' }, fmtInt(t.released)))),
-      item('tokens', 'tokens', fmtInt(t.tokens)),
-      item('cost', 'cost', fmtCost(t.cost_usd),
+      item('issues\' tokens', 'tokens', fmtInt(t.tokens)),
+      item('issues\' cost', 'cost', fmtCost(t.cost_usd),
         t.budget != null ? el('span', { class: 'budget', 'data-total': 'budget' }, `budget ${t.budget}`) : null),
       item('max agents', 'max_agents', fmtInt(r.max_agents)),
     );

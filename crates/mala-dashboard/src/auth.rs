@@ -115,9 +115,11 @@ impl Access {
         }
         let port = self.addr.port();
         let host = header(headers, HOST.as_str()).unwrap_or_default();
+        // The loopback names, and the address itself as printed (127.0.0.2…).
         let loopback = ["127.0.0.1", "localhost", "[::1]"]
             .iter()
-            .any(|name| host == format!("{name}:{port}"));
+            .any(|name| host == format!("{name}:{port}"))
+            || host == self.addr.to_string();
         if loopback { Ok(()) } else { Err(Denied::Host) }
     }
 }
@@ -176,7 +178,7 @@ mod tests {
                 "{host}"
             );
         }
-        for host in ["localhost:4000", "[::1]:4000"] {
+        for host in ["localhost:4000", "[::1]:4000", "127.0.0.1:4000"] {
             assert_eq!(
                 access.read(&headers(&[("host", host)]), Some("t0ken")),
                 Ok(())

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use crate::auth::{Access, Denied, secret};
 use crate::hub::{Hub, Reloaded};
 use crate::page::Page;
-use crate::transcript::{MOST_LINES, read_page};
+use crate::transcript::{MOST_ENTRIES, read_page};
 use crate::view::RunSnapshot;
 
 /// What the page's two buttons do, given by the process that runs the run.
@@ -78,6 +78,8 @@ impl Dashboard {
         if !options.public && !addr.ip().is_loopback() {
             return Err(DashboardError::NotLoopback { addr });
         }
+        // A loopback address keeps the loopback Host check, public or not.
+        let public = options.public && !addr.ip().is_loopback();
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| DashboardError::Bind { addr, source })?;
@@ -90,7 +92,7 @@ impl Dashboard {
                 token: secret(),
                 csrf: secret(),
                 addr,
-                public: options.public,
+                public,
             },
         })
     }
@@ -194,11 +196,13 @@ struct TokenQuery {
     token: Option<String>,
 }
 
+/// Read as text, so a request without the token is refused as such
+/// whatever else it holds.
 #[derive(Debug, Deserialize)]
 struct PageQuery {
     token: Option<String>,
-    offset: Option<u64>,
-    limit: Option<usize>,
+    offset: Option<String>,
+    limit: Option<String>,
 }
 
 async fn index(
@@ -293,10 +297,19 @@ async fn transcript(
             &format!("{id} has no session record in this run"),
         );
     };
-    let (offset, limit) = (
-        query.offset.unwrap_or(0),
-        query.limit.unwrap_or(200).min(MOST_LINES),
-    );
+    let number = |text: Option<&str>, default: u64| text.map_or(Ok(default), str::parse::<u64>);
+    let (Ok(offset), Ok(limit)) = (
+        number(query.offset.as_deref(), 0),
+        number(query.limit.as_deref(), 200),
+    ) else {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "offset and limit are whole numbers",
+        );
+    };
+    let limit = usize::try_from(limit)
+        .unwrap_or(MOST_ENTRIES)
+        .min(MOST_ENTRIES);
     let read = tokio::task::spawn_blocking(move || read_page(&path, offset, limit)).await;
     match read {
         Ok(Ok(page)) => Json(page).into_response(),
@@ -361,7 +374,8 @@ async fn stop(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<St
         answer(
             StatusCode::ACCEPTED,
             &format!(
-                "stopping {id}: its session ends and it is skipped, its claim kept for the next run"
+                "asked the run to stop {id}: its session ends and it is skipped, its claim kept for the \
+                 next run (unless it is already finishing)"
             ),
         )
     } else {

@@ -13,10 +13,15 @@ use serde_json::value::RawValue;
 
 use crate::view::{shorten, tool_summary};
 
-/// The most lines one page reads, whatever the page asks for.
-pub(crate) const MOST_LINES: usize = 500;
-/// The most bytes one page reads (a line longer than this ends the page).
+/// The most entries one page holds, whatever the page asks for.
+pub(crate) const MOST_ENTRIES: usize = 500;
+/// The most record lines one page reads (most lines show nothing).
+const MOST_LINES: usize = 5000;
+/// About the most bytes one page reads (it ends after the line that
+/// crosses it).
 const MOST_BYTES: u64 = 4 << 20;
+/// A record line longer than this is named, not shown.
+const LONGEST_LINE: usize = 1 << 20;
 /// How much of a tool's output or the model's text an entry carries.
 const TEXT_KEPT: usize = 4000;
 
@@ -45,40 +50,100 @@ pub struct Page {
     pub size: u64,
 }
 
-/// Reads up to `limit` lines of the record at `path` from byte `offset`.
-/// An offset inside a line starts at the next one; a last line still being
-/// written is left for the next page.
+/// One line of a record as read, without holding more than a bound.
+enum Line {
+    /// A whole line (`buf` holds it), `n` bytes with its newline.
+    Whole(u64),
+    /// A whole line longer than the bound, `n` bytes, skipped.
+    TooLong(u64),
+    /// The end of what is written (a last line still being written stays).
+    End,
+}
+
+/// Reads the next line into `buf`, keeping at most `bound` bytes of it.
+fn next_line(reader: &mut impl BufRead, buf: &mut Vec<u8>, bound: usize) -> std::io::Result<Line> {
+    buf.clear();
+    let (mut taken, mut too_long) = (0u64, false);
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok(Line::End);
+        }
+        let (chunk, whole) = match available.iter().position(|b| *b == b'\n') {
+            Some(at) => (&available[..=at], true),
+            None => (available, false),
+        };
+        if !too_long && buf.len() + chunk.len() <= bound {
+            buf.extend_from_slice(chunk);
+        } else {
+            too_long = true;
+            buf.clear();
+        }
+        let used = chunk.len();
+        taken += used as u64;
+        reader.consume(used);
+        if whole {
+            return Ok(if too_long {
+                Line::TooLong(taken)
+            } else {
+                Line::Whole(taken)
+            });
+        }
+    }
+}
+
+/// Reads up to `limit` entries of the record at `path` from byte `offset`
+/// (scanning at most [`MOST_LINES`] lines and about [`MOST_BYTES`]). An
+/// offset inside a line starts at the next one; a last line still being
+/// written is left for the next page; a line too long to show is named.
 pub(crate) fn read_page(path: &Path, offset: u64, limit: usize) -> std::io::Result<Page> {
     let mut file = std::fs::File::open(path)?;
     let size = file.metadata()?.len();
     let mut start = offset.min(size);
+    let mut before = [0u8; 1];
     if start > 0 {
         file.seek(SeekFrom::Start(start - 1))?;
-        let mut before = [0u8; 1];
         file.read_exact(&mut before)?;
-        if before[0] != b'\n' {
-            let mut rest = Vec::new();
-            start += BufReader::new(&mut file).read_until(b'\n', &mut rest)? as u64;
+    }
+    let mut reader = BufReader::new(file);
+    let (mut entries, mut line) = (Vec::new(), Vec::new());
+    if start > 0 && before[0] != b'\n' {
+        match next_line(&mut reader, &mut line, 0)? {
+            Line::Whole(n) | Line::TooLong(n) => start += n,
+            Line::End => return Ok(page(entries, start, size)),
         }
     }
-    file.seek(SeekFrom::Start(start))?;
-    let mut reader = BufReader::new(file.take(MOST_BYTES));
-    let (mut entries, mut at, mut line) = (Vec::new(), start, Vec::new());
-    for _ in 0..limit.clamp(1, MOST_LINES) {
-        line.clear();
-        let read = reader.read_until(b'\n', &mut line)?;
-        if read == 0 || line.last() != Some(&b'\n') {
+    let mut at = start;
+    for _ in 0..MOST_LINES {
+        if entries.len() >= limit.clamp(1, MOST_ENTRIES) || at - start >= MOST_BYTES {
             break;
         }
-        at += read as u64;
-        entries.extend(entries_of(&line));
+        match next_line(&mut reader, &mut line, LONGEST_LINE)? {
+            Line::Whole(n) => {
+                at += n;
+                entries.extend(entries_of(&line));
+            }
+            Line::TooLong(n) => {
+                at += n;
+                entries.push(entry(
+                    "",
+                    "session",
+                    format!("a record line of {n} bytes is not shown"),
+                ));
+            }
+            Line::End => break,
+        }
     }
-    Ok(Page {
+    Ok(page(entries, at, size))
+}
+
+fn page(entries: Vec<Entry>, next_offset: u64, size: u64) -> Page {
+    Page {
         entries,
-        next_offset: at,
-        done: at >= size,
+        next_offset,
+        done: next_offset >= size,
         size,
-    })
+    }
 }
 
 fn entry(t: &str, kind: &'static str, text: impl Into<String>) -> Entry {
@@ -470,6 +535,40 @@ mod tests {
         assert_eq!(page.entries[0].text, "do bd-2");
         assert_eq!(page.entries[2].exit_code, Some(2));
         assert_eq!(page.entries[2].is_error, Some(true));
+    }
+
+    #[test]
+    fn a_line_too_long_to_show_is_named_and_the_rest_still_read() {
+        let t = "2026-12-04T10:00:00Z";
+        let huge = "x".repeat(LONGEST_LINE + 10);
+        let file = record(&[
+            serde_json::json!({"t": t, "dir": "stderr", "line": "before"}),
+            serde_json::json!({"t": t, "dir": "stderr", "line": huge}),
+            serde_json::json!({"t": t, "dir": "stderr", "line": "after"}),
+        ]);
+        let page = read_page(file.path(), 0, 100).unwrap();
+        let texts: Vec<&str> = page.entries.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(texts.len(), 3);
+        assert_eq!((texts[0], texts[2]), ("before", "after"));
+        assert!(texts[1].starts_with("a record line of"), "{}", texts[1]);
+        assert!(page.done);
+        // Starting inside the long line skips it without holding it.
+        let inside = read_page(file.path(), 100, 100).unwrap();
+        assert_eq!(inside.entries.len(), 1);
+        assert_eq!(inside.entries[0].text, "after");
+    }
+
+    #[test]
+    fn a_page_counts_what_it_shows_not_the_lines_it_skips() {
+        let t = "2026-12-04T10:00:00Z";
+        let mut lines: Vec<Value> = (0..50)
+            .map(|n| serde_json::json!({"t": t, "dir": "in", "line": {"type": "control_request", "request_id": n.to_string()}}))
+            .collect();
+        lines.push(serde_json::json!({"t": t, "dir": "stderr", "line": "shown"}));
+        let file = record(&lines);
+        let page = read_page(file.path(), 0, 1).unwrap();
+        assert_eq!(page.entries.len(), 1);
+        assert_eq!(page.entries[0].text, "shown");
     }
 
     #[test]

@@ -14,6 +14,8 @@ const HISTORY_KEPT: usize = 100;
 const RECENT_KEPT: usize = 20;
 /// How long a shortened tool call or reason may be, in characters.
 const SHORT: usize = 120;
+/// How long one history line may be, in characters.
+const TEXT_KEPT: usize = 2000;
 
 /// Where an issue is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -29,6 +31,8 @@ pub enum IssueState {
     Failed,
     Skipped,
     Released,
+    /// Gave way in a deadlock; planned again once its blocker closes.
+    Deferred,
 }
 
 impl IssueState {
@@ -47,7 +51,7 @@ impl IssueState {
             "failed" => Self::Failed,
             "skipped" => Self::Skipped,
             "released" => Self::Released,
-            "deferred" => Self::Queued,
+            "deferred" => Self::Deferred,
             _ => Self::Claimed,
         }
     }
@@ -122,7 +126,7 @@ impl IssueView {
         self.history.push_back(HistoryEntry {
             t,
             kind,
-            text,
+            text: capped(text),
             passed,
         });
     }
@@ -142,6 +146,7 @@ fn kind_of(state: IssueState) -> &'static str {
         IssueState::Failed => "failed",
         IssueState::Skipped => "skipped",
         IssueState::Released => "released",
+        IssueState::Deferred => "deferred",
         _ => "step",
     }
 }
@@ -258,6 +263,9 @@ pub struct RunView {
     waits: BTreeMap<AgentId, Vec<WaitTarget>>,
     deadlocks: VecDeque<DeadlockView>,
     warnings: VecDeque<String>,
+    /// Agents that gave way in a deadlock and have not ended yet: their
+    /// issue's skip is a deferral (it runs again), not an end.
+    victims: Vec<AgentId>,
 }
 
 impl RunView {
@@ -283,6 +291,7 @@ impl RunView {
             waits: BTreeMap::new(),
             deadlocks: VecDeque::new(),
             warnings: VecDeque::new(),
+            victims: Vec::new(),
         }
     }
 
@@ -344,6 +353,7 @@ impl RunView {
                 self.finished_at = Some(at);
                 self.agents.clear();
                 self.waits.clear();
+                self.queue.clear();
             }
             Event::QueuePlanned { waiting, queue } => {
                 self.waiting = *waiting;
@@ -366,6 +376,7 @@ impl RunView {
                 cycle,
             } => {
                 self.waits.remove(victim);
+                self.victims.push(victim.clone());
                 push_capped(
                     &mut self.deadlocks,
                     DeadlockView {
@@ -402,8 +413,11 @@ impl RunView {
     /// The events that concern one issue's progress.
     fn issue_event(&mut self, event: &Event, at: DateTime<Utc>) {
         let id = match event {
-            Event::IssueSkipped { issue, .. } if !self.index.contains_key(issue) => {
+            Event::IssueSkipped { issue, .. } | Event::IssueFailed { issue, .. }
+                if !self.index.contains_key(issue) =>
+            {
                 let title = self.queued_title(issue);
+                self.queue.retain(|queued| &queued.id != issue);
                 self.insert(IssueView::new(issue.clone(), title, IssueState::Queued));
                 issue
             }
@@ -427,7 +441,20 @@ impl RunView {
             return;
         };
         let issue = &mut self.issues[slot];
+        let gave_way = matches!(event, Event::IssueSkipped { .. })
+            && issue
+                .agent
+                .as_ref()
+                .is_some_and(|agent| self.victims.contains(agent));
         progress(issue, event, at);
+        if gave_way {
+            issue.state = IssueState::Deferred;
+            if let Some(last) = issue.history.back_mut() {
+                last.kind = "deferred";
+            }
+            let agent = issue.agent.clone();
+            self.victims.retain(|victim| Some(victim) != agent.as_ref());
+        }
         if !issue.state.in_flight()
             && let Some(agent) = issue.agent.clone()
         {
@@ -493,6 +520,14 @@ impl RunView {
     fn lock(&mut self, event: &LockEvent) {
         match event {
             LockEvent::Acquired { agent, key, path } => {
+                // `lock_wait` says when a wait begins, not when it ends: the
+                // lock taken ends it.
+                if let Some(on) = self.waits.get_mut(agent) {
+                    on.retain(|target| &target.key != key);
+                    if on.is_empty() {
+                        self.waits.remove(agent);
+                    }
+                }
                 self.locks.insert(
                     key.clone(),
                     LockView {
@@ -559,7 +594,10 @@ impl RunView {
 
     /// One issue, with its history.
     pub fn issue(&self, id: &IssueId) -> Option<IssueDetail<'_>> {
-        let issue = &self.issues[*self.index.get(id)?];
+        let issue = match self.index.get(id) {
+            Some(&slot) => &self.issues[slot],
+            None => self.queue.iter().find(|queued| &queued.id == id)?,
+        };
         Some(IssueDetail {
             issue,
             history: &issue.history,
@@ -732,6 +770,16 @@ fn take_lane(
         lanes[lane] = end;
     }
     lane
+}
+
+/// A history line at most [`TEXT_KEPT`] characters.
+fn capped(text: String) -> String {
+    if text.chars().count() <= TEXT_KEPT {
+        return text;
+    }
+    let mut cut: String = text.chars().take(TEXT_KEPT - 1).collect();
+    cut.push('…');
+    cut
 }
 
 fn push_capped<T>(list: &mut VecDeque<T>, item: T) {

@@ -382,3 +382,116 @@ fn a_record_reads_as_the_same_issues_statuses_and_reasons() {
     );
     assert_eq!(snapshot.totals.elapsed_seconds, 9);
 }
+
+#[test]
+fn a_wait_ends_when_the_lock_is_taken_even_unsaid() {
+    let mut view = started();
+    claim(&mut view, "a", 1);
+    let target = WaitTarget {
+        key: "x".into(),
+        path: "src/x.rs".into(),
+        holder: agent("b"),
+    };
+    view.fold(
+        &Event::Lock {
+            event: LockEvent::Waiting {
+                agent: agent("a"),
+                on: vec![target],
+            },
+        },
+        at(2),
+    );
+    assert_eq!(view.snapshot(at(2)).waits.len(), 1);
+    // `lock_wait` never says StoppedWaiting: the lock taken ends the wait.
+    view.fold(
+        &Event::Lock {
+            event: LockEvent::Acquired {
+                agent: agent("a"),
+                key: "x".into(),
+                path: "src/x.rs".into(),
+            },
+        },
+        at(3),
+    );
+    let snapshot = view.snapshot(at(3));
+    assert!(snapshot.waits.is_empty());
+    assert_eq!(snapshot.locks[0].holder, agent("a"));
+}
+
+#[test]
+fn an_issue_skipped_before_its_claim_is_listed_once_and_a_finished_run_queues_nothing() {
+    let mut view = started();
+    view.fold(
+        &Event::IssueSkipped {
+            issue: id("a"),
+            reason: "the run's budget was reached before it was claimed".into(),
+        },
+        at(1),
+    );
+    let listed: Vec<&str> = view
+        .snapshot(at(1))
+        .issues
+        .iter()
+        .map(|i| i.id.as_str())
+        .collect();
+    assert_eq!(listed, ["a", "b", "c"], "a once, as skipped");
+    view.fold(
+        &Event::RunFinished {
+            run_id: "run1".into(),
+            outcome: RunOutcome::BudgetReached { spent: "$5".into() },
+            succeeded: 0,
+            failed: 0,
+        },
+        at(2),
+    );
+    let snapshot = view.snapshot(at(2));
+    assert!(
+        snapshot
+            .issues
+            .iter()
+            .all(|i| i.state != IssueState::Queued)
+    );
+    // A queued issue's own page is there while it is queued, and not after.
+    assert!(view.issue(&id("b")).is_none());
+}
+
+#[test]
+fn a_deadlock_victim_is_deferred_not_skipped_and_runs_again() {
+    let mut view = started();
+    claim(&mut view, "a", 1);
+    assert!(
+        view.issue(&id("b")).is_some(),
+        "a queued issue can be opened"
+    );
+    view.fold(
+        &Event::DeadlockBroken {
+            victim: agent("a"),
+            holder: agent("b"),
+            cycle: vec![agent("b"), agent("a")],
+        },
+        at(2),
+    );
+    view.fold(
+        &Event::IssueSkipped {
+            issue: id("a"),
+            reason: "gave way in a deadlock; it runs again once its blocker closes".into(),
+        },
+        at(2),
+    );
+    assert_eq!(state_of(&view, "a"), IssueState::Deferred);
+    assert_eq!(view.snapshot(at(2)).totals.skipped, 0);
+    claim(&mut view, "a", 5);
+    assert_eq!(state_of(&view, "a"), IssueState::Claimed);
+    view.fold(
+        &Event::IssueSkipped {
+            issue: id("a"),
+            reason: "stopped by the user from the dashboard".into(),
+        },
+        at(6),
+    );
+    assert_eq!(
+        state_of(&view, "a"),
+        IssueState::Skipped,
+        "its second end is a real skip"
+    );
+}

@@ -246,9 +246,11 @@ pub async fn run_issue_from(
     let issue = match ports.tracker.show(issue_id).await {
         Ok(issue) => issue,
         Err(error) => {
-            return IssueResult::Failed {
-                reason: format!("could not read the issue: {error}"),
-            };
+            return failed_unclaimed(
+                ports,
+                issue_id,
+                format!("could not read the issue: {error}"),
+            );
         }
     };
     match ports.tracker.claim(issue_id, &config.actor).await {
@@ -268,9 +270,11 @@ pub async fn run_issue_from(
             return skip(ports, issue_id, format!("blocked by {}", by.join(", ")));
         }
         Err(error) => {
-            return IssueResult::Failed {
-                reason: format!("could not claim the issue: {error}"),
-            };
+            return failed_unclaimed(
+                ports,
+                issue_id,
+                format!("could not claim the issue: {error}"),
+            );
         }
     }
     ports.events.emit(&Event::IssueClaimed {
@@ -314,6 +318,16 @@ impl Drop for Armed {
             });
         }
     }
+}
+
+/// An issue that failed before it was claimed: nothing to finalize, but
+/// the failure is said like any other.
+fn failed_unclaimed(ports: &RunnerPorts, issue: &IssueId, reason: String) -> IssueResult {
+    ports.events.emit(&Event::IssueFailed {
+        issue: issue.clone(),
+        reason: reason.clone(),
+    });
+    IssueResult::Failed { reason }
 }
 
 fn skip(ports: &RunnerPorts, issue: &IssueId, reason: String) -> IssueResult {

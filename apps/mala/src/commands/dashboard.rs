@@ -29,7 +29,7 @@ pub(crate) async fn bind(addr: SocketAddr, public: bool) -> Result<Dashboard, Fa
             )),
         })?;
     output::stdout(&format!("dashboard: {}\n", dashboard.url()));
-    if public {
+    if public && !addr.ip().is_loopback() {
         output::note(
             "warning: the dashboard listens beyond this machine; whoever has its address with the token can watch the run and stop it",
         );
