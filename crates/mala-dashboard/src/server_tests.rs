@@ -105,7 +105,10 @@ async fn every_endpoint_needs_the_token() {
     }
     // A malformed query is refused for its token first, then for itself.
     let odd = "/api/issues/bd-1/transcript?offset=abc";
-    assert_eq!(call(&router, "GET", odd, &[]).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call(&router, "GET", odd, &[]).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     let (status, _) = call(&router, "GET", odd, &[("x-mala-token", "tok")]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     for uri in ["/api/drain", "/api/issues/bd-1/stop"] {

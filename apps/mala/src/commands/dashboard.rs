@@ -80,12 +80,16 @@ pub(crate) fn run(args: &DashboardArgs) -> Result<(), Failure> {
         None => logs::newest_run()?,
     };
     let addr = serve_addr(&args.serve)?;
-    let (_, runs_dir) = logs::runs_dir()?;
+    let (_, runs_dir, lock_dir) = logs::runs_dir()?;
     let (repo, run_id) = (log.repo_path.clone(), log.run_id.clone());
+    let log = as_it_is(log, &lock_dir);
     let hub = Hub::recorded(
         &log,
         logs::budget_of(&log),
-        Box::new(move || mala_infra::read_run_of(&runs_dir, &repo, &run_id)),
+        Box::new(move || {
+            let log = mala_infra::read_run_of(&runs_dir, &repo, &run_id)?;
+            Some(as_it_is(log, &lock_dir))
+        }),
     );
     let runtime = crate::runtime::runtime(false)?;
     runtime.block_on(async {
@@ -97,6 +101,18 @@ pub(crate) fn run(args: &DashboardArgs) -> Result<(), Failure> {
             hint: None,
         })
     })
+}
+
+/// A record that says `running` while its process is gone (killed, or the
+/// machine went down) is not shown as running.
+fn as_it_is(mut log: mala_core::RunLog, lock_dir: &std::path::Path) -> mala_core::RunLog {
+    let alive = mala_infra::RunMarker::all(lock_dir)
+        .iter()
+        .any(|marker| marker.run_id == log.run_id && marker.is_alive());
+    if log.outcome == "running" && !alive {
+        "gone".clone_into(&mut log.outcome);
+    }
+    log
 }
 
 /// The address `--serve` names (loopback, any port, when it names none);
@@ -153,6 +169,22 @@ mod tests {
             !controls.stop_issue(&IssueId::new("bd-2")),
             "no run to tell"
         );
+    }
+
+    #[test]
+    fn a_record_that_says_running_without_a_live_process_shows_as_gone() {
+        let locks = tempfile::tempdir().unwrap();
+        let log = |outcome: &str| mala_core::RunLog {
+            run_id: "r1".into(),
+            repo_path: "/repo".into(),
+            started_at: chrono::Utc::now(),
+            finished_at: None,
+            outcome: outcome.into(),
+            settings: serde_json::Value::Null,
+            issues: Vec::new(),
+        };
+        assert_eq!(as_it_is(log("running"), locks.path()).outcome, "gone");
+        assert_eq!(as_it_is(log("finished"), locks.path()).outcome, "finished");
     }
 
     #[test]

@@ -9,8 +9,10 @@ use crate::failure::Failure;
 use crate::output;
 use crate::settings::{ConfigPath, flag_overrides, load_settings};
 
-/// The repository in the current directory, and where its runs are kept.
-pub(crate) fn runs_dir() -> Result<(std::path::PathBuf, std::path::PathBuf), Failure> {
+/// The repository in the current directory, where its runs are kept, and
+/// where live runs leave their marks.
+pub(crate) fn runs_dir()
+-> Result<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf), Failure> {
     let cwd = std::env::current_dir().map_err(|error| Failure::Io {
         path: ".".into(),
         action: "read the current directory",
@@ -18,11 +20,11 @@ pub(crate) fn runs_dir() -> Result<(std::path::PathBuf, std::path::PathBuf), Fai
     })?;
     let repo = cwd.canonicalize().unwrap_or(cwd);
     let (settings, _) = load_settings(&ConfigPath::new(&repo, None), &flag_overrides(None, None))?;
-    Ok((repo, settings.paths.runs_dir))
+    Ok((repo, settings.paths.runs_dir, settings.paths.lock_dir))
 }
 
 fn runs(all: bool) -> Result<Vec<RunLog>, Failure> {
-    let (repo, runs_dir) = runs_dir()?;
+    let (repo, runs_dir, _) = runs_dir()?;
     Ok(mala_infra::list_runs(
         &runs_dir,
         (!all).then_some(repo.as_path()),
