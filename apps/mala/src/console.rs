@@ -467,6 +467,9 @@ impl Console {
                 ),
                 None => format!("$ the {scope}'s budget was reached: {spent}"),
             },
+            Event::DeadlockBroken { victim, holder, .. } => {
+                format!("⚠ deadlock broken: {victim} gives way to {holder}")
+            }
             _ => return Vec::new(),
         };
         vec![line]
@@ -512,15 +515,11 @@ impl Console {
                 repo,
                 max_agents,
                 ..
-            } => format!(
-                "mala run {run_id} in {repo} (up to {} agent{})",
-                max_agents.unwrap_or(1),
-                if max_agents.unwrap_or(1) == 1 {
-                    ""
-                } else {
-                    "s"
-                }
-            ),
+            } => {
+                let agents = max_agents.unwrap_or(1);
+                let plural = if agents == 1 { "" } else { "s" };
+                format!("mala run {run_id} in {repo} (up to {agents} agent{plural})")
+            }
             Event::IssueClaimed {
                 issue: id, agent, ..
             } => {
@@ -585,7 +584,8 @@ impl Console {
             | Event::IssueReleased { .. }
             | Event::RunPaused { .. }
             | Event::RunResumed
-            | Event::BudgetReached { .. } => return Self::environment_line(event, style),
+            | Event::BudgetReached { .. }
+            | Event::DeadlockBroken { .. } => return Self::environment_line(event, style),
             Event::RunFinished { outcome, .. } => {
                 return Self::finished_line(outcome).into_iter().collect();
             }
@@ -597,10 +597,8 @@ impl Console {
             Event::QueuePlanned { .. }
             | Event::IssueStarted { .. }
             | Event::StepStarted { .. }
+            | Event::RunSpend { .. }
             | Event::Lock { .. } => return Vec::new(),
-            Event::DeadlockBroken { victim, holder, .. } => {
-                format!("⚠ deadlock broken: {victim} gives way to {holder}")
-            }
         };
         vec![line]
     }

@@ -161,6 +161,13 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         queue: Vec<QueuedIssue>,
     },
+    /// What the run has spent so far, as its budget counts it: every
+    /// session's turns (the issues' agents, reviewers, the epic verifier,
+    /// fixers, the preflight). Said at most once a second, and at the end.
+    RunSpend {
+        cost_usd: f64,
+        tokens: u64,
+    },
     /// The runner moved an issue to its next step.
     StepStarted {
         issue: IssueId,

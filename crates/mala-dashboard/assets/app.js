@@ -266,7 +266,9 @@
         el('span', { class: 'num' }, el('span', { 'data-total': 'skipped' }, fmtInt(t.skipped)), ' / ',
           el('span', { 'data-total': 'released' }, fmtInt(t.released)))),
       item('issues\' tokens', 'tokens', fmtInt(t.tokens)),
-      item('issues\' cost', 'cost', fmtCost(t.cost_usd),
+      item('issues\' cost', 'cost', fmtCost(t.cost_usd)),
+      // The run's own figure counts reviewers and fixers too: the budget's.
+      item('run spent', 'run_cost', t.run_cost_usd != null ? fmtCost(t.run_cost_usd) : '—',
         t.budget != null ? el('span', { class: 'budget', 'data-total': 'budget' }, `budget ${t.budget}`) : null),
       item('max agents', 'max_agents', fmtInt(r.max_agents)),
     );

@@ -209,6 +209,11 @@ pub struct Totals {
     pub queued: usize,
     pub tokens: u64,
     pub cost_usd: f64,
+    /// What the run has spent as its budget counts it (the issues' agents
+    /// and every other session: reviewers, the verifier, fixers); `None`
+    /// until the run says (a recorded run: never).
+    pub run_cost_usd: Option<f64>,
+    pub run_tokens: Option<u64>,
     pub budget: Option<String>,
     pub elapsed_seconds: i64,
 }
@@ -266,6 +271,8 @@ pub struct RunView {
     /// Agents that gave way in a deadlock and have not ended yet: their
     /// issue's skip is a deferral (it runs again), not an end.
     victims: Vec<AgentId>,
+    /// The run's spend as its budget counts it (`Event::RunSpend`).
+    run_spent: Option<(f64, u64)>,
 }
 
 impl RunView {
@@ -292,6 +299,7 @@ impl RunView {
             deadlocks: VecDeque::new(),
             warnings: VecDeque::new(),
             victims: Vec::new(),
+            run_spent: None,
         }
     }
 
@@ -395,6 +403,7 @@ impl RunView {
                 });
             }
             Event::RunResumed => self.paused = None,
+            Event::RunSpend { cost_usd, tokens } => self.run_spent = Some((*cost_usd, *tokens)),
             Event::BudgetReached {
                 scope,
                 issue,
@@ -628,6 +637,8 @@ impl RunView {
             queued: if self.is_finished() { 0 } else { self.waiting },
             tokens: self.issues.iter().map(|i| i.tokens).sum(),
             cost_usd: self.issues.iter().map(|i| i.cost_usd).sum(),
+            run_cost_usd: self.run_spent.map(|(cost, _)| cost),
+            run_tokens: self.run_spent.map(|(_, tokens)| tokens),
             budget: self.budget.clone(),
             elapsed_seconds: (self.finished_at.unwrap_or(now) - self.started_at).num_seconds(),
         };

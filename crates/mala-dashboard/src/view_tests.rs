@@ -178,6 +178,20 @@ fn spend_adds_up_per_issue_and_for_the_run() {
     assert_eq!((a.tokens, a.cost_usd), (150, 0.75));
     let totals = view.snapshot(at(3)).totals;
     assert_eq!((totals.tokens, totals.cost_usd), (160, 0.875));
+    assert_eq!(totals.run_cost_usd, None, "not said yet");
+    // The run's own figure counts its reviewers and fixers too.
+    view.fold(
+        &Event::RunSpend {
+            cost_usd: 1.5,
+            tokens: 300,
+        },
+        at(3),
+    );
+    let totals = view.snapshot(at(3)).totals;
+    assert_eq!(
+        (totals.run_cost_usd, totals.run_tokens),
+        (Some(1.5), Some(300))
+    );
     assert_eq!(totals.budget.as_deref(), Some("$5.00"));
     assert_eq!(totals.elapsed_seconds, 3);
 }

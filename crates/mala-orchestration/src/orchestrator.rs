@@ -746,6 +746,22 @@ impl Orchestrator {
     }
 }
 
+/// Says what the run has spent as it grows, at most once a second.
+async fn report_spend(
+    mut spending: watch::Receiver<mala_domain::Spent>,
+    events: Arc<dyn EventSink>,
+    clock: Arc<dyn Clock>,
+) {
+    while spending.changed().await.is_ok() {
+        let spent = *spending.borrow_and_update();
+        events.emit(&Event::RunSpend {
+            cost_usd: spent.cost_usd,
+            tokens: spent.tokens,
+        });
+        clock.sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 pub(crate) struct Silent;
 
 impl EventSink for Silent {
@@ -804,7 +820,13 @@ impl Orchestrator {
             let summary = self.finish(scheduler, ended.reason).await;
             return ended.error.map_or(Ok(summary), Err);
         }
+        let reporter = tokio::spawn(report_spend(
+            self.ledger.spending(),
+            Arc::clone(&scheduler.ctx.events),
+            Arc::clone(&self.clock),
+        ));
         let ended = scheduler.run().await;
+        reporter.abort();
         let loop_end = match ended {
             Ok(reason) => reason,
             Err(error) => {
@@ -933,6 +955,11 @@ impl Orchestrator {
         let outcome = reason.outcome();
         ctx.recorder
             .finish(self.clock.now(), outcome.label(), &summary.deferred);
+        let spent = self.ledger.spent();
+        ctx.events.emit(&Event::RunSpend {
+            cost_usd: spent.cost_usd,
+            tokens: spent.tokens,
+        });
         ctx.events.emit(&Event::RunFinished {
             run_id: self.plan.run_id.clone(),
             outcome,

@@ -984,6 +984,14 @@ async fn a_preflight_that_proves_the_guard_lets_the_run_go_on_and_counts_its_spe
         "the preflight's turn is spent too: {:?}",
         summary.spent
     );
+    // The run says its spend, the preflight's included, before it ends.
+    let events = world.events.0.lock().unwrap().clone();
+    let last_spend = events.iter().rev().find_map(|e| match e {
+        Event::RunSpend { cost_usd, .. } => Some(*cost_usd),
+        _ => None,
+    });
+    assert_eq!(last_spend, Some(summary.spent.cost_usd));
+    assert!(matches!(events.last(), Some(Event::RunFinished { .. })));
 }
 
 #[tokio::test]

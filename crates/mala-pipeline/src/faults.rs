@@ -48,6 +48,8 @@ pub struct RunLedger {
     spent: Mutex<Spent>,
     /// Becomes true once the budget is reached.
     crossed: watch::Sender<bool>,
+    /// What has been spent, for whoever follows it (the dashboard).
+    spending: watch::Sender<Spent>,
 }
 
 impl Default for RunLedger {
@@ -62,7 +64,13 @@ impl RunLedger {
             limit,
             spent: Mutex::default(),
             crossed: watch::Sender::new(false),
+            spending: watch::Sender::new(Spent::default()),
         }
+    }
+
+    /// Wakes when more was spent, with the run's spend so far.
+    pub fn spending(&self) -> watch::Receiver<Spent> {
+        self.spending.subscribe()
     }
 
     /// Wakes when the budget is reached.
@@ -82,10 +90,15 @@ impl RunLedger {
     }
 
     pub(crate) fn add(&self, cost_usd: f64, tokens: u64) {
-        self.spent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .add(cost_usd, tokens);
+        let now = {
+            let mut spent = self
+                .spent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            spent.add(cost_usd, tokens);
+            *spent
+        };
+        self.spending.send_replace(now);
         if self.reached().is_some() {
             self.crossed
                 .send_if_modified(|crossed| !std::mem::replace(crossed, true));

@@ -423,6 +423,14 @@ fn the_page_follows_a_real_run_live_escapes_agent_text_and_stops_an_issue() {
         "turn",
         "the waiter is still at work"
     );
+    // The run's own spend, as its budget counts it, is there and covers the issues'.
+    let spend = browser.until(
+        "the run's spend",
+        "var run = document.querySelector('[data-total=\"run_cost\"]').textContent, \
+             issues = document.querySelector('[data-total=\"cost\"]').textContent; \
+         return run.startsWith('$') && parseFloat(run.slice(1)) >= parseFloat(issues.slice(1)) && run;",
+    );
+    assert!(spend.as_str().unwrap().starts_with('$'), "{spend}");
     assert_eq!(
         browser.script("return window.__sameDocument"),
         "yes",
