@@ -556,23 +556,7 @@ fn finished_run_shows_as_logs_show(repo: &TempRepo, env: &[(String, String)], br
         .unwrap()
         .to_owned();
     let shown: Value = serde_json::from_str(&mala(&["logs", "show", &run_id, "--json"])).unwrap();
-    let mut dashboard = Command::new(env!("CARGO_BIN_EXE_mala"))
-        .args(["dashboard", &run_id])
-        .current_dir(repo.path())
-        .env_clear()
-        .envs(env.iter().cloned())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (url, _stdout) = dashboard_url(&mut dashboard);
-    let (addr, token) = url
-        .trim_start_matches("http://")
-        .split_once("/?token=")
-        .unwrap();
-    let (status, body) = http(addr, "GET", "/api/run", &[("X-Mala-Token", token)], "");
-    assert_eq!(status, 200, "{body}");
-    let served: Value = serde_json::from_str(&body).unwrap();
+    let (mut dashboard, url, served) = mala_dashboard(repo.path(), env, &[&run_id]);
     let pick =
         |issues: &Value, id: &str, status: &str, reason: &str| -> Vec<(String, String, String)> {
             let mut rows: Vec<_> = issues
@@ -610,8 +594,26 @@ fn finished_run_shows_as_logs_show(repo: &TempRepo, env: &[(String, String)], br
 /// `mala dashboard` in another process while the run goes on: the run's
 /// issues from its journal, still running, and no controls.
 fn live_run_from_another_process(repo: &Path, env: &[(String, String)]) {
+    let (mut dashboard, _, run) = mala_dashboard(repo, env, &[]);
+    let _ = dashboard.kill();
+    let _ = dashboard.wait();
+    assert_eq!(run["outcome"], "running");
+    assert_eq!(run["live"], true);
+    assert_eq!(
+        run["controls"], false,
+        "the controls are the running process's"
+    );
+    let issues = run["issues"].as_array().unwrap();
+    assert_eq!(issues.len(), 4, "{run}");
+    assert!(issues.iter().all(|i| i["state"] == "claimed"), "{run}");
+}
+
+/// `mala dashboard ARGS` started in `repo`: the process, its address, and
+/// the run it serves (`GET /api/run`).
+fn mala_dashboard(repo: &Path, env: &[(String, String)], args: &[&str]) -> (Child, String, Value) {
     let mut dashboard = Command::new(env!("CARGO_BIN_EXE_mala"))
         .arg("dashboard")
+        .args(args)
         .current_dir(repo)
         .env_clear()
         .envs(env.iter().cloned())
@@ -625,17 +627,6 @@ fn live_run_from_another_process(repo: &Path, env: &[(String, String)]) {
         .split_once("/?token=")
         .unwrap();
     let (status, body) = http(addr, "GET", "/api/run", &[("X-Mala-Token", token)], "");
-    let _ = dashboard.kill();
-    let _ = dashboard.wait();
     assert_eq!(status, 200, "{body}");
-    let run: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(run["outcome"], "running");
-    assert_eq!(run["live"], true);
-    assert_eq!(
-        run["controls"], false,
-        "the controls are the running process's"
-    );
-    let issues = run["issues"].as_array().unwrap();
-    assert_eq!(issues.len(), 4, "{body}");
-    assert!(issues.iter().all(|i| i["state"] == "claimed"), "{body}");
+    (dashboard, url.clone(), serde_json::from_str(&body).unwrap())
 }
