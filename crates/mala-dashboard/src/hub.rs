@@ -180,7 +180,7 @@ impl Hub {
     /// Reads the record again; says whether anything changed (then a
     /// `journal_changed` event goes to the pages). `false` once the run is
     /// over or its record gone, after which nothing will change.
-    pub fn reload(&self) -> Reloaded {
+    pub(crate) fn reload(&self) -> Reloaded {
         let Source::Recorded(load) = &self.source else {
             return Reloaded::Over;
         };
@@ -221,7 +221,7 @@ impl Hub {
 
 /// Whether a recorded run may still change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reloaded {
+pub(crate) enum Reloaded {
     Going,
     Over,
 }

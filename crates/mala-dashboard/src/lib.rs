@@ -1,7 +1,7 @@
 //! The run's live view in the browser (`mala run --serve`, `mala dashboard`).
 //!
 //! [`Hub`] is the one owner of what the page shows: an [`EventSink`] that
-//! folds the run's events into a [`RunView`] and keeps the recent ones for
+//! folds the run's events into the view the page shows and keeps the recent ones for
 //! pages that reconnect, or a run's record read again while it changes.
 //! [`Dashboard`] serves it over HTTP on loopback, behind a per-run token;
 //! the page is plain files compiled in. See docs/dashboard.md.
@@ -16,7 +16,5 @@ mod sse;
 mod transcript;
 mod view;
 
-pub use hub::{Hub, Reloaded};
+pub use hub::Hub;
 pub use server::{Controls, Dashboard, DashboardError, ServeOptions};
-pub use transcript::{Entry, Page as TranscriptPage};
-pub use view::{IssueState, RunView};

@@ -97,6 +97,12 @@ impl Dashboard {
         })
     }
 
+    /// Whether it answers beyond loopback (`--serve-public` on an address
+    /// that is not loopback).
+    pub fn is_public(&self) -> bool {
+        self.access.public
+    }
+
     /// The address to open, with the token.
     pub fn url(&self) -> String {
         format!("http://{}/?token={}", self.access.addr, self.access.token)

@@ -27,27 +27,27 @@ const TEXT_KEPT: usize = 4000;
 
 /// One thing that happened in the session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Entry {
-    pub t: String,
-    pub kind: &'static str,
-    pub text: String,
+pub(crate) struct Entry {
+    pub(crate) t: String,
+    pub(crate) kind: &'static str,
+    pub(crate) text: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tool: Option<String>,
+    pub(crate) tool: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
+    pub(crate) exit_code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub is_error: Option<bool>,
+    pub(crate) is_error: Option<bool>,
 }
 
 /// One page of a transcript.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Page {
-    pub entries: Vec<Entry>,
+pub(crate) struct Page {
+    pub(crate) entries: Vec<Entry>,
     /// Where the next page starts.
-    pub next_offset: u64,
+    pub(crate) next_offset: u64,
     /// Whether the page reached the end of what is written so far.
-    pub done: bool,
-    pub size: u64,
+    pub(crate) done: bool,
+    pub(crate) size: u64,
 }
 
 /// One line of a record as read, without holding more than a bound.

@@ -20,7 +20,7 @@ const TEXT_KEPT: usize = 2000;
 /// Where an issue is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum IssueState {
+pub(crate) enum IssueState {
     Queued,
     Claimed,
     Turn,
@@ -59,42 +59,42 @@ impl IssueState {
 
 /// The last judgement of an issue's attempt.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// `gate` or `review`.
-    pub kind: &'static str,
-    pub passed: bool,
-    pub reasons: Vec<String>,
+    pub(crate) kind: &'static str,
+    pub(crate) passed: bool,
+    pub(crate) reasons: Vec<String>,
 }
 
 /// One line of an issue's history.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HistoryEntry {
-    pub t: DateTime<Utc>,
-    pub kind: &'static str,
-    pub text: String,
+pub(crate) struct HistoryEntry {
+    pub(crate) t: DateTime<Utc>,
+    pub(crate) kind: &'static str,
+    pub(crate) text: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub passed: Option<bool>,
+    pub(crate) passed: Option<bool>,
 }
 
 /// One issue of the run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct IssueView {
-    pub id: IssueId,
-    pub title: String,
-    pub state: IssueState,
-    pub agent: Option<AgentId>,
+pub(crate) struct IssueView {
+    pub(crate) id: IssueId,
+    pub(crate) title: String,
+    pub(crate) state: IssueState,
+    pub(crate) agent: Option<AgentId>,
     /// The timeline's row: the agent slot the issue ran in.
-    pub lane: Option<usize>,
-    pub attempts: u32,
-    pub verdict: Option<Verdict>,
-    pub reason: Option<String>,
-    pub tokens: u64,
-    pub cost_usd: f64,
-    pub started_at: Option<DateTime<Utc>>,
-    pub ended_at: Option<DateTime<Utc>>,
+    pub(crate) lane: Option<usize>,
+    pub(crate) attempts: u32,
+    pub(crate) verdict: Option<Verdict>,
+    pub(crate) reason: Option<String>,
+    pub(crate) tokens: u64,
+    pub(crate) cost_usd: f64,
+    pub(crate) started_at: Option<DateTime<Utc>>,
+    pub(crate) ended_at: Option<DateTime<Utc>>,
     /// The session record, read for the transcript; never from a request.
     #[serde(skip)]
-    pub log_path: Option<PathBuf>,
+    pub(crate) log_path: Option<PathBuf>,
     #[serde(skip)]
     history: VecDeque<HistoryEntry>,
 }
@@ -153,102 +153,102 @@ fn kind_of(state: IssueState) -> &'static str {
 
 /// One issue with its history, as `GET /api/issues/{id}` serves it.
 #[derive(Debug, Clone, Serialize)]
-pub struct IssueDetail<'a> {
+pub(crate) struct IssueDetail<'a> {
     #[serde(flatten)]
-    pub issue: &'a IssueView,
-    pub history: &'a VecDeque<HistoryEntry>,
+    pub(crate) issue: &'a IssueView,
+    pub(crate) history: &'a VecDeque<HistoryEntry>,
 }
 
 /// A live agent.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AgentView {
-    pub agent: AgentId,
-    pub issue: IssueId,
+pub(crate) struct AgentView {
+    pub(crate) agent: AgentId,
+    pub(crate) issue: IssueId,
     /// The tool call it is in, shortened; `None` between calls.
-    pub doing: Option<String>,
-    pub started_at: DateTime<Utc>,
+    pub(crate) doing: Option<String>,
+    pub(crate) started_at: DateTime<Utc>,
     #[serde(skip)]
     last_seen: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LockView {
-    pub path: String,
-    pub holder: AgentId,
+pub(crate) struct LockView {
+    pub(crate) path: String,
+    pub(crate) holder: AgentId,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct WaitView {
-    pub agent: AgentId,
-    pub on: Vec<LockView>,
+pub(crate) struct WaitView {
+    pub(crate) agent: AgentId,
+    pub(crate) on: Vec<LockView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeadlockView {
-    pub at: DateTime<Utc>,
-    pub victim: AgentId,
-    pub holder: AgentId,
-    pub cycle: Vec<AgentId>,
+pub(crate) struct DeadlockView {
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) victim: AgentId,
+    pub(crate) holder: AgentId,
+    pub(crate) cycle: Vec<AgentId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Paused {
-    pub reason: String,
-    pub until: DateTime<Utc>,
+pub(crate) struct Paused {
+    pub(crate) reason: String,
+    pub(crate) until: DateTime<Utc>,
 }
 
 /// The run's counts and spend.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Totals {
-    pub closed: usize,
-    pub failed: usize,
-    pub skipped: usize,
-    pub released: usize,
-    pub in_flight: usize,
+pub(crate) struct Totals {
+    pub(crate) closed: usize,
+    pub(crate) failed: usize,
+    pub(crate) skipped: usize,
+    pub(crate) released: usize,
+    pub(crate) in_flight: usize,
     /// Ready issues not started yet, as the last plan counted them.
-    pub queued: usize,
-    pub tokens: u64,
-    pub cost_usd: f64,
+    pub(crate) queued: usize,
+    pub(crate) tokens: u64,
+    pub(crate) cost_usd: f64,
     /// What the run has spent as its budget counts it (the issues' agents
     /// and every other session: reviewers, the verifier, fixers); `None`
     /// until the run says (a recorded run: never).
-    pub run_cost_usd: Option<f64>,
-    pub run_tokens: Option<u64>,
-    pub budget: Option<String>,
-    pub elapsed_seconds: i64,
+    pub(crate) run_cost_usd: Option<f64>,
+    pub(crate) run_tokens: Option<u64>,
+    pub(crate) budget: Option<String>,
+    pub(crate) elapsed_seconds: i64,
 }
 
 /// An agent as `GET /api/run` serves it: with how long it has been quiet.
 #[derive(Debug, Clone, Serialize)]
-pub struct AgentNow<'a> {
+pub(crate) struct AgentNow<'a> {
     #[serde(flatten)]
-    pub agent: &'a AgentView,
-    pub idle_seconds: i64,
+    pub(crate) agent: &'a AgentView,
+    pub(crate) idle_seconds: i64,
 }
 
 /// The whole run at one moment, as `GET /api/run` serves it.
 #[derive(Debug, Clone, Serialize)]
-pub struct RunSnapshot<'a> {
-    pub run_id: &'a str,
-    pub repo: &'a str,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub now: DateTime<Utc>,
-    pub outcome: &'a str,
-    pub max_agents: Option<usize>,
-    pub paused: Option<&'a Paused>,
-    pub totals: Totals,
-    pub issues: Vec<&'a IssueView>,
-    pub agents: Vec<AgentNow<'a>>,
-    pub locks: Vec<&'a LockView>,
-    pub waits: Vec<WaitView>,
-    pub deadlocks: &'a VecDeque<DeadlockView>,
-    pub warnings: &'a VecDeque<String>,
+pub(crate) struct RunSnapshot<'a> {
+    pub(crate) run_id: &'a str,
+    pub(crate) repo: &'a str,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) finished_at: Option<DateTime<Utc>>,
+    pub(crate) now: DateTime<Utc>,
+    pub(crate) outcome: &'a str,
+    pub(crate) max_agents: Option<usize>,
+    pub(crate) paused: Option<&'a Paused>,
+    pub(crate) totals: Totals,
+    pub(crate) issues: Vec<&'a IssueView>,
+    pub(crate) agents: Vec<AgentNow<'a>>,
+    pub(crate) locks: Vec<&'a LockView>,
+    pub(crate) waits: Vec<WaitView>,
+    pub(crate) deadlocks: &'a VecDeque<DeadlockView>,
+    pub(crate) warnings: &'a VecDeque<String>,
 }
 
 /// The run's state for the page: one owner, fed event by event.
 #[derive(Debug, Clone)]
-pub struct RunView {
+pub(crate) struct RunView {
     run_id: String,
     repo: String,
     max_agents: Option<usize>,
@@ -278,7 +278,7 @@ pub struct RunView {
 impl RunView {
     /// An empty view of a run starting at `started_at`; `budget` is the
     /// run's budget as the page says it (`None`: no limit).
-    pub fn new(run_id: &str, started_at: DateTime<Utc>, budget: Option<String>) -> Self {
+    pub(crate) fn new(run_id: &str, started_at: DateTime<Utc>, budget: Option<String>) -> Self {
         Self {
             run_id: run_id.to_owned(),
             repo: String::new(),
@@ -305,7 +305,7 @@ impl RunView {
 
     /// A run as its record has it (`mala dashboard RUN_ID`): the issues,
     /// their status, reasons, attempts and spend; no agents or locks.
-    pub fn from_log(log: &RunLog, budget: Option<String>) -> Self {
+    pub(crate) fn from_log(log: &RunLog, budget: Option<String>) -> Self {
         let mut view = Self::new(&log.run_id, log.started_at, budget);
         view.repo = log.repo_path.display().to_string();
         view.finished_at = log.finished_at;
@@ -343,7 +343,7 @@ impl RunView {
     }
 
     /// Takes one event that happened at `at`.
-    pub fn fold(&mut self, event: &Event, at: DateTime<Utc>) {
+    pub(crate) fn fold(&mut self, event: &Event, at: DateTime<Utc>) {
         match event {
             Event::RunStarted {
                 run_id,
@@ -593,16 +593,12 @@ impl RunView {
         self.index.get(id).map(|&slot| &mut self.issues[slot])
     }
 
-    pub fn run_id(&self) -> &str {
-        &self.run_id
-    }
-
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.finished_at.is_some() || self.outcome != "running"
     }
 
     /// One issue, with its history.
-    pub fn issue(&self, id: &IssueId) -> Option<IssueDetail<'_>> {
+    pub(crate) fn issue(&self, id: &IssueId) -> Option<IssueDetail<'_>> {
         let issue = match self.index.get(id) {
             Some(&slot) => &self.issues[slot],
             None => self.queue.iter().find(|queued| &queued.id == id)?,
@@ -614,19 +610,19 @@ impl RunView {
     }
 
     /// Where an issue's session record is, if it has one.
-    pub fn record_of(&self, id: &IssueId) -> Option<PathBuf> {
+    pub(crate) fn record_of(&self, id: &IssueId) -> Option<PathBuf> {
         self.issues[*self.index.get(id)?].log_path.clone()
     }
 
     /// Whether the issue is being worked on now (so it can be stopped).
-    pub fn in_flight(&self, id: &IssueId) -> bool {
+    pub(crate) fn in_flight(&self, id: &IssueId) -> bool {
         self.index
             .get(id)
             .is_some_and(|&slot| self.issues[slot].state.in_flight())
     }
 
     /// The run at `now`. The queue's issues come after the ones started.
-    pub fn snapshot(&self, now: DateTime<Utc>) -> RunSnapshot<'_> {
+    pub(crate) fn snapshot(&self, now: DateTime<Utc>) -> RunSnapshot<'_> {
         let count = |state| self.issues.iter().filter(|i| i.state == state).count();
         let totals = Totals {
             closed: count(IssueState::Closed),
