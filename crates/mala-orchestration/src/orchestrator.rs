@@ -754,11 +754,15 @@ async fn report_spend(
 ) {
     while spending.changed().await.is_ok() {
         let spent = *spending.borrow_and_update();
-        events.emit(&Event::RunSpend {
-            cost_usd: spent.cost_usd,
-            tokens: spent.tokens,
-        });
+        events.emit(&spend_event(spent));
         clock.sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+fn spend_event(spent: mala_domain::Spent) -> Event {
+    Event::RunSpend {
+        cost_usd: spent.cost_usd,
+        tokens: spent.tokens,
     }
 }
 
@@ -955,11 +959,7 @@ impl Orchestrator {
         let outcome = reason.outcome();
         ctx.recorder
             .finish(self.clock.now(), outcome.label(), &summary.deferred);
-        let spent = self.ledger.spent();
-        ctx.events.emit(&Event::RunSpend {
-            cost_usd: spent.cost_usd,
-            tokens: spent.tokens,
-        });
+        ctx.events.emit(&spend_event(self.ledger.spent()));
         ctx.events.emit(&Event::RunFinished {
             run_id: self.plan.run_id.clone(),
             outcome,

@@ -45,11 +45,10 @@ pub enum RunGate {
 #[derive(Debug)]
 pub struct RunLedger {
     limit: Spend,
-    spent: Mutex<Spent>,
+    /// What has been spent; whoever follows it (the dashboard) is woken.
+    spent: watch::Sender<Spent>,
     /// Becomes true once the budget is reached.
     crossed: watch::Sender<bool>,
-    /// What has been spent, for whoever follows it (the dashboard).
-    spending: watch::Sender<Spent>,
 }
 
 impl Default for RunLedger {
@@ -62,15 +61,14 @@ impl RunLedger {
     pub fn new(limit: Spend) -> Self {
         Self {
             limit,
-            spent: Mutex::default(),
+            spent: watch::Sender::new(Spent::default()),
             crossed: watch::Sender::new(false),
-            spending: watch::Sender::new(Spent::default()),
         }
     }
 
     /// Wakes when more was spent, with the run's spend so far.
     pub fn spending(&self) -> watch::Receiver<Spent> {
-        self.spending.subscribe()
+        self.spent.subscribe()
     }
 
     /// Wakes when the budget is reached.
@@ -83,22 +81,11 @@ impl RunLedger {
     }
 
     pub fn spent(&self) -> Spent {
-        *self
-            .spent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self.spent.borrow()
     }
 
     pub(crate) fn add(&self, cost_usd: f64, tokens: u64) {
-        let now = {
-            let mut spent = self
-                .spent
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            spent.add(cost_usd, tokens);
-            *spent
-        };
-        self.spending.send_replace(now);
+        self.spent.send_modify(|spent| spent.add(cost_usd, tokens));
         if self.reached().is_some() {
             self.crossed
                 .send_if_modified(|crossed| !std::mem::replace(crossed, true));
