@@ -243,22 +243,7 @@ fn offline(
     std::fs::create_dir_all(&bin).unwrap();
     std::os::unix::fs::symlink(br_binary, bin.join("br")).unwrap();
     std::os::unix::fs::symlink(claude, bin.join("claude")).unwrap();
-    let mut env: Vec<(String, String)> = harness
-        .env()
-        .into_iter()
-        .filter(|(k, _)| k != "PATH")
-        .collect();
-    for (key, value) in [
-        (
-            "PATH",
-            format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
-        ),
-        ("MALA_LOCK_DIR", scratch.join("locks").display().to_string()),
-        ("MALA_RUNS_DIR", scratch.join("runs").display().to_string()),
-        ("MALA_MODEL", "claude-sonnet-4-5".to_owned()),
-    ] {
-        env.push((key.to_owned(), value));
-    }
+    let env = harness.mala_env(&bin, scratch);
     (mock, env)
 }
 

@@ -69,7 +69,7 @@ fn mala_run_closes_the_ready_issues_and_commits_the_tracker() {
     let harness = ClaudeHarness::new(&claude, &mock);
     let scratch = tempfile::tempdir().unwrap();
     let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let env = run_env(&harness, &bin, scratch.path());
+    let env = harness.mala_env(&bin, scratch.path());
     let output = Command::new(env!("CARGO_BIN_EXE_mala"))
         .args(["run", "--max-agents", "2"])
         .current_dir(repo.path())
@@ -245,7 +245,7 @@ fn watch_mode_waits_for_work_and_a_ctrl_c_ends_it_cleanly() {
     let harness = ClaudeHarness::new(&claude, &mock);
     let scratch = tempfile::tempdir().unwrap();
     let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let env = run_env(&harness, &bin, scratch.path());
+    let env = harness.mala_env(&bin, scratch.path());
     let mut child = Command::new(env!("CARGO_BIN_EXE_mala"))
         .args(["run", "--watch"])
         .current_dir(repo.path())
@@ -311,7 +311,7 @@ fn a_failing_run_end_validation_aborts_the_run_with_exit_3() {
     let harness = ClaudeHarness::new(&claude, &mock);
     let scratch = tempfile::tempdir().unwrap();
     let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let env = run_env(&harness, &bin, scratch.path());
+    let env = harness.mala_env(&bin, scratch.path());
     let output = Command::new(env!("CARGO_BIN_EXE_mala"))
         .args(["run"])
         .current_dir(repo.path())
@@ -369,7 +369,7 @@ fn a_failing_session_end_validation_set_to_abort_stops_the_run_after_that_issue(
         .args(["run"])
         .current_dir(repo.path())
         .env_clear()
-        .envs(run_env(&harness, &bin, scratch.path()))
+        .envs(harness.mala_env(&bin, scratch.path()))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -425,7 +425,7 @@ fn epic_verify_checks_one_epic_and_closes_it_or_lets_a_person_override() {
     let harness = ClaudeHarness::new(&claude, &mock);
     let scratch = tempfile::tempdir().unwrap();
     let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let env = run_env(&harness, &bin, scratch.path());
+    let env = harness.mala_env(&bin, scratch.path());
     let mala = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_mala"))
             .args(args)
@@ -729,7 +729,7 @@ impl OneIssue {
         let mock = MockAnthropic::start(script(repo.path(), scratch.path()));
         let harness = ClaudeHarness::new(claude, &mock);
         let bin = bin_dir(scratch.path(), br_binary, claude);
-        let env = run_env(&harness, &bin, scratch.path());
+        let env = harness.mala_env(&bin, scratch.path());
         Self {
             repo,
             br,
@@ -756,27 +756,6 @@ impl OneIssue {
 /// The environment a test run of `mala` gets: the harness's (pointing claude
 /// at the mock), PATH with `bin` first, and lock and run directories under
 /// `scratch`.
-fn run_env(harness: &ClaudeHarness, bin: &Path, scratch: &Path) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = harness
-        .env()
-        .into_iter()
-        .filter(|(k, _)| k != "PATH")
-        .collect();
-    env.push((
-        "PATH".into(),
-        format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
-    ));
-    env.push((
-        "MALA_LOCK_DIR".into(),
-        scratch.join("locks").display().to_string(),
-    ));
-    env.push((
-        "MALA_RUNS_DIR".into(),
-        scratch.join("runs").display().to_string(),
-    ));
-    env.push(("MALA_MODEL".into(), "claude-sonnet-4-5".into()));
-    env
-}
 
 #[test]
 fn a_cerberus_review_gates_the_issue_and_its_advisories_are_tracked() {
@@ -800,7 +779,7 @@ fn a_cerberus_review_gates_the_issue_and_its_advisories_are_tracked() {
     let harness = ClaudeHarness::new(&claude, &mock);
     let scratch = tempfile::tempdir().unwrap();
     let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let env = run_env(&harness, &bin, scratch.path());
+    let env = harness.mala_env(&bin, scratch.path());
     let mala = |env: &[(String, String)]| {
         Command::new(env!("CARGO_BIN_EXE_mala"))
             .arg("run")
@@ -906,7 +885,7 @@ fn six_issues_with_an_epic_and_a_dependency_close_in_order_with_three_agents() {
         .arg(&events)
         .current_dir(repo.path())
         .env_clear()
-        .envs(run_env(&harness, &bin, scratch.path()))
+        .envs(harness.mala_env(&bin, scratch.path()))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -1312,7 +1291,7 @@ fn a_deadlock_between_two_agents_is_broken_and_both_issues_close() {
         .args(["run", "--max-agents", "2"])
         .current_dir(repo.path())
         .env_clear()
-        .envs(run_env(&harness, &bin, scratch.path()))
+        .envs(harness.mala_env(&bin, scratch.path()))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -1436,7 +1415,7 @@ fn an_epic_that_fails_verification_gets_remediation_then_closes() {
         .arg("run")
         .current_dir(repo.path())
         .env_clear()
-        .envs(run_env(&harness, &bin, scratch.path()))
+        .envs(harness.mala_env(&bin, scratch.path()))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -94,6 +94,29 @@ impl ClaudeHarness {
         .collect()
     }
 
+    /// The environment a `mala` under test runs in: the offline one, with
+    /// `bin` (where `br` and `claude` are) first on PATH, and mala's lock
+    /// and run directories under `scratch`.
+    pub fn mala_env(&self, bin: &Path, scratch: &Path) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .env()
+            .into_iter()
+            .filter(|(k, _)| k != "PATH")
+            .collect();
+        for (key, value) in [
+            (
+                "PATH",
+                format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
+            ),
+            ("MALA_LOCK_DIR", scratch.join("locks").display().to_string()),
+            ("MALA_RUNS_DIR", scratch.join("runs").display().to_string()),
+            ("MALA_MODEL", "claude-sonnet-4-5".to_owned()),
+        ] {
+            env.push((key.to_owned(), value));
+        }
+        env
+    }
+
     /// A `claude` command with the offline environment and nothing else.
     pub fn command(&self, cwd: &Path) -> Command {
         let mut command = Command::new(&self.binary);

@@ -1,7 +1,7 @@
 //! `mala dashboard` and `mala run --serve`: the run's view in the browser
 //! (the server is `mala_dashboard`'s; this is where it meets the process).
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use mala_core::IssueId;
@@ -15,7 +15,8 @@ use crate::failure::Failure;
 use crate::output;
 
 /// Where `--serve` with no address listens: loopback, any free port.
-pub(crate) const LOOPBACK_ANY_PORT: &str = "127.0.0.1:0";
+pub(crate) const LOOPBACK_ANY_PORT: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
 
 /// Binds the server and prints its address, with the token, on a line of
 /// its own (and a warning when it listens beyond this machine).
@@ -29,7 +30,7 @@ pub(crate) async fn bind(addr: SocketAddr, public: bool) -> Result<Dashboard, Fa
             )),
         })?;
     output::stdout(&format!("dashboard: {}\n", dashboard.url()));
-    if public && !addr.ip().is_loopback() {
+    if dashboard.is_public() {
         output::note(
             "warning: the dashboard listens beyond this machine; whoever has its address with the token can watch the run and stop it",
         );
@@ -125,11 +126,7 @@ pub(crate) fn serve_addr(serve: &ServeArgs) -> Result<SocketAddr, Failure> {
             Some("for example --serve 0.0.0.0:8080 --serve-public"),
         ));
     }
-    let addr = given.unwrap_or_else(|| {
-        LOOPBACK_ANY_PORT
-            .parse()
-            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
-    });
+    let addr = given.unwrap_or(LOOPBACK_ANY_PORT);
     if !serve.serve_public && !addr.ip().is_loopback() {
         return Err(Failure::usage(
             format!("{addr} is not a loopback address"),
@@ -195,7 +192,7 @@ mod tests {
         };
         assert_eq!(
             serve_addr(&args(Some(None), false)).unwrap().to_string(),
-            LOOPBACK_ANY_PORT
+            "127.0.0.1:0"
         );
         let far = "0.0.0.0:8080".parse().unwrap();
         assert!(serve_addr(&args(Some(Some(far)), false)).is_err());

@@ -16,7 +16,7 @@ use mala_testkit::{
 };
 use serde_json::{Value, json};
 
-use super::{bin_dir, issue_of, reply, run_env};
+use super::{bin_dir, issue_of, reply};
 
 /// How long any one thing the test waits for may take before it fails.
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -362,7 +362,7 @@ fn the_page_follows_a_real_run_live_escapes_agent_text_and_stops_an_issue() {
     let mock = MockAnthropic::start(script(repo.path(), &go, &never));
     let harness = ClaudeHarness::new(&claude, &mock);
     let bin = bin_dir(scratch.path(), &br_binary, &claude);
-    let env = run_env(&harness, &bin, scratch.path());
+    let env = harness.mala_env(&bin, scratch.path());
     let mut run = Command::new(env!("CARGO_BIN_EXE_mala"))
         .args(["run", "--max-agents", "4", "--serve"])
         .current_dir(repo.path())

@@ -20,11 +20,7 @@ fn offline(script: Script, claude: &Path, br_binary: &Path) -> Offline {
     let mock = MockAnthropic::start(script);
     let harness = ClaudeHarness::new(claude, &mock);
     let scratch = tempfile::tempdir().unwrap();
-    let env = run_env(
-        &harness,
-        &bin_dir(scratch.path(), br_binary, claude),
-        scratch.path(),
-    );
+    let env = harness.mala_env(&bin_dir(scratch.path(), br_binary, claude), scratch.path());
     Offline {
         mock,
         harness,
@@ -619,8 +615,7 @@ fn a_green_baseline_on_a_clean_head_is_not_paid_for_twice() {
     repo.git(&["commit", "-q", "-m", "setup"]);
     let mock = MockAnthropic::start(script_with_check(repo.path()));
     let harness = ClaudeHarness::new(&claude, &mock);
-    let env = run_env(
-        &harness,
+    let env = harness.mala_env(
         &bin_dir(scratch.path(), &br_binary, &claude),
         scratch.path(),
     );

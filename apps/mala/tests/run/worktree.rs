@@ -10,7 +10,7 @@ use mala_testkit::{
 };
 use serde_json::json;
 
-use super::{OneIssue, bin_dir, issue_of, reply, run_env};
+use super::{OneIssue, bin_dir, issue_of, reply};
 
 /// What the merge follow-up says (`prompts/merge_followup.md`).
 const LAND_AGAIN: &str = "could not land on";
@@ -125,7 +125,7 @@ impl Mocked {
         let harness = ClaudeHarness::new(claude, &mock);
         let scratch = tempfile::tempdir().unwrap();
         let bin = bin_dir(scratch.path(), br_binary, claude);
-        let env = run_env(&harness, &bin, scratch.path());
+        let env = harness.mala_env(&bin, scratch.path());
         Self {
             mock,
             _harness: harness,
