@@ -658,17 +658,6 @@ impl EventSink for JsonLines {
     }
 }
 
-/// Sends each event to every sink.
-pub(crate) struct Fanout(pub(crate) Vec<Arc<dyn EventSink>>);
-
-impl EventSink for Fanout {
-    fn emit(&self, event: &Event) {
-        for sink in &self.0 {
-            sink.emit(event);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

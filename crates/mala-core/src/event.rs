@@ -63,6 +63,15 @@ pub enum IssueStep {
     Merge,
 }
 
+/// One line of a run's event log (`<run dir>/events.jsonl`), as read back:
+/// when it happened, the event, and the event's JSON as it was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedEvent {
+    pub at: DateTime<Utc>,
+    pub event: Event,
+    pub json: String,
+}
+
 /// Everything that happens in a run, in one enum. It grows with the pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -6,6 +6,7 @@
 //! event sink, the clock and the run store. With the `mocks` feature every trait also gets a mockall mock.
 
 mod agent;
+mod control;
 mod error;
 mod event;
 mod evidence;
@@ -17,11 +18,12 @@ mod run_record;
 pub use agent::{
     AgentEvent, AgentId, SessionId, SessionRequest, TokenUsage, TurnOutcome, TurnStatus,
 };
+pub use control::StopAnswer;
 pub use error::{
     AgentError, AgentErrorKind, BrCode, EnvFault, Refusal, RepoError, ReviewError, SharedIoError,
     TrackerError,
 };
-pub use event::{Event, IssueStep, QUEUE_SHOWN, QueuedIssue, RunOutcome};
+pub use event::{Event, IssueStep, LoggedEvent, QUEUE_SHOWN, QueuedIssue, RunOutcome};
 pub use evidence::{CheckCommand, CheckFailure, CommandRun, CommitInfo, Evidence, FileEdit};
 pub use issue::{
     ClaimOutcome, Dependency, DependencyKind, EpicStatus, Issue, IssueId, IssueStatus, IssueType,
@@ -29,7 +31,7 @@ pub use issue::{
 };
 pub use locks::{AcquireReport, LockError, LockEvent, LockInfo, PathLock, WaitReport, WaitTarget};
 pub use ports::{
-    AgentBackend, AgentObserver, AgentSession, Clock, CommandRunner, EventSink, Finding,
+    AgentBackend, AgentObserver, AgentSession, Clock, CommandRunner, EventSink, Fanout, Finding,
     IssueTracker, Landing, LockTable, Repository, ReviewRequest, ReviewSubject, ReviewVerdict,
     Reviewer, ToolGuard, Workspace, Workspaces,
 };

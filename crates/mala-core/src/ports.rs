@@ -318,6 +318,23 @@ pub trait EventSink: Send + Sync {
     fn emit(&self, event: &Event);
 }
 
+/// Sends each event to every sink, in order.
+pub struct Fanout(pub Vec<std::sync::Arc<dyn EventSink>>);
+
+impl std::fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fanout({} sinks)", self.0.len())
+    }
+}
+
+impl EventSink for Fanout {
+    fn emit(&self, event: &Event) {
+        for sink in &self.0 {
+            sink.emit(event);
+        }
+    }
+}
+
 /// Runs the project's commands where mala itself runs them, in the shared
 /// working tree: validation triggers and the baseline.
 #[cfg_attr(feature = "mocks", mockall::automock)]

@@ -221,6 +221,8 @@
 
   function stopIssue(id) {
     if (!confirm(`Stop the agent working on ${id}?`)) return;
+    // The answer comes once its worker has ended (its session's grace).
+    toast(`stopping ${id}…`, false);
     control(`/api/issues/${encodeURIComponent(id)}/stop`, `stop ${id}`);
   }
 

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::Utc;
-use mala_core::{Event, EventSink, RunLog};
+use mala_core::{Event, EventSink, LoggedEvent, RunLog};
 use tokio::sync::{broadcast, watch};
 
 use crate::view::RunView;
@@ -43,21 +43,37 @@ struct State {
     record: Option<RunLog>,
 }
 
-/// Where the view comes from: the run's events, as they happen, or a
-/// record that is read again while it changes.
+/// Reads a run's record again (`None`: it is gone).
+pub type LoadRecord = Box<dyn Fn() -> Option<RunLog> + Send + Sync>;
+/// Reads the events a run in another process logged since the last read
+/// (empty: none yet).
+pub type ReadEvents = Box<dyn FnMut() -> Vec<LoggedEvent> + Send>;
+
+/// Where the view comes from: the run's events as they happen, the event
+/// log of a run in another process (and its record, for its end), or a
+/// record alone, read again while it changes.
 pub(crate) enum Source {
     Live,
-    Recorded(Box<dyn Fn() -> Option<RunLog> + Send + Sync>),
+    Followed {
+        events: Mutex<ReadEvents>,
+        load: LoadRecord,
+    },
+    Recorded(LoadRecord),
 }
 
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Live => "Live",
+            Self::Followed { .. } => "Followed",
             Self::Recorded(_) => "Recorded",
         })
     }
 }
+
+/// How many reads of a followed log one reload takes at most, so one
+/// reload behind a busy run still ends.
+const CATCH_UP_READS: usize = 64;
 
 /// The run's state for the server; an [`EventSink`] for the run.
 #[derive(Debug)]
@@ -81,13 +97,33 @@ impl Hub {
         ))
     }
 
-    /// A hub over a run's record (`mala dashboard`): `load` reads it again
-    /// (`None`: it is gone); [`Hub::reload`] picks up what changed.
-    pub fn recorded(
+    /// A hub over a run's event log (`mala dashboard`): the same view as
+    /// the run's own, folded from what `events` reads, and at the run's end
+    /// the record's word on each issue (`load` reads it again).
+    pub fn followed(
         log: &RunLog,
         budget: Option<String>,
-        load: Box<dyn Fn() -> Option<RunLog> + Send + Sync>,
+        events: ReadEvents,
+        load: LoadRecord,
     ) -> Arc<Self> {
+        let hub = Arc::new(Self::with(
+            RunView::new(&log.run_id, log.started_at, budget.clone()),
+            Source::Followed {
+                events: Mutex::new(events),
+                load,
+            },
+            budget,
+            None,
+        ));
+        // What is logged so far, before any page asks.
+        hub.reload();
+        hub
+    }
+
+    /// A hub over a run's record alone (a run recorded without an event
+    /// log): `load` reads it again (`None`: it is gone); [`Hub::reload`]
+    /// picks up what changed.
+    pub fn recorded(log: &RunLog, budget: Option<String>, load: LoadRecord) -> Arc<Self> {
         Arc::new(Self::with(
             RunView::from_log(log, budget.clone()),
             Source::Recorded(load),
@@ -177,22 +213,63 @@ impl Hub {
         (replay, receiver)
     }
 
-    /// Reads the record again; says whether anything changed (then a
-    /// `journal_changed` event goes to the pages). `false` once the run is
-    /// over or its record gone, after which nothing will change.
+    /// Picks up what a run in another process did since the last reload.
+    /// `Over` once the run is over or its record gone, after which nothing
+    /// will change.
     pub(crate) fn reload(&self) -> Reloaded {
-        let Source::Recorded(load) = &self.source else {
-            return Reloaded::Over;
+        match &self.source {
+            Source::Live => Reloaded::Over,
+            Source::Followed { events, load } => self.follow(events, load),
+            Source::Recorded(load) => self.reread(load),
+        }
+    }
+
+    /// Folds the newly logged events (each goes to the pages as it would
+    /// from the run itself); once the record says the run is over, the
+    /// last of them and then the record's word on each issue.
+    fn follow(&self, events: &Mutex<ReadEvents>, load: &LoadRecord) -> Reloaded {
+        let mut events = events.lock().unwrap_or_else(PoisonError::into_inner);
+        self.fold_logged(&mut events);
+        let log = match load() {
+            Some(log) if is_over(&log) => log,
+            Some(_) => return Reloaded::Going,
+            None => return Reloaded::Over,
         };
+        // Events logged between the read and the record's end.
+        self.fold_logged(&mut events);
+        let mut state = self.state();
+        state.view.reconcile(&log);
+        state.record = Some(log);
+        self.push(&mut state, JOURNAL_CHANGED.into());
+        Reloaded::Over
+    }
+
+    fn fold_logged(&self, events: &mut ReadEvents) {
+        for _ in 0..CATCH_UP_READS {
+            let read = events();
+            if read.is_empty() {
+                return;
+            }
+            let mut state = self.state();
+            for logged in read {
+                state.view.fold(&logged.event, logged.at);
+                self.push(&mut state, logged.json.into());
+            }
+        }
+    }
+
+    /// Reads the record again; when it changed, the view is its record
+    /// and a `journal_changed` event goes to the pages.
+    fn reread(&self, load: &LoadRecord) -> Reloaded {
         let Some(log) = load() else {
             return Reloaded::Over;
         };
-        let over = log.finished_at.is_some() || log.outcome != "running";
+        let over = is_over(&log);
         let mut state = self.state();
         if state.record.as_ref() != Some(&log) {
             state.view = RunView::from_log(&log, self.budget.clone());
             state.record = Some(log);
-            self.push(&mut state, r#"{"kind":"journal_changed"}"#.into());
+            self.push(&mut state, JOURNAL_CHANGED.into());
         }
         if over {
             Reloaded::Over
@@ -217,6 +294,15 @@ impl Hub {
         // No page connected is not an error.
         let _ = self.live.send(sent);
     }
+}
+
+/// What the pages are sent when the view changed other than by an event:
+/// they read the state again.
+const JOURNAL_CHANGED: &str = r#"{"kind":"journal_changed"}"#;
+
+/// A record that will not change any more.
+fn is_over(log: &RunLog) -> bool {
+    log.finished_at.is_some() || log.outcome != "running"
 }
 
 /// Whether a recorded run may still change.

@@ -16,5 +16,5 @@ mod sse;
 mod transcript;
 mod view;
 
-pub use hub::Hub;
-pub use server::{Controls, Dashboard, DashboardError, ServeOptions};
+pub use hub::{Hub, LoadRecord, ReadEvents};
+pub use server::{Controls, Dashboard, DashboardError, ServeOptions, StopReply};

@@ -1,7 +1,9 @@
 //! The HTTP server: the page, the API it reads, the event stream and the
 //! two controls. Every answer needs the run's token.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
-use mala_core::IssueId;
+use mala_core::{IssueId, StopAnswer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -30,9 +32,17 @@ pub trait Controls: Send + Sync {
     /// Returns what the user is told.
     fn drain(&self) -> String;
     /// Stop one issue's session; the issue is skipped, its claim kept.
-    /// `false` when no worker of the run has it.
-    fn stop_issue(&self, issue: &IssueId) -> bool;
+    /// The reply comes once its worker has ended (`None`: the run ended
+    /// without answering).
+    fn stop_issue(&self, issue: &IssueId) -> StopReply;
 }
+
+/// How a stop came out, once it is known.
+pub type StopReply = Pin<Box<dyn Future<Output = Option<StopAnswer>> + Send>>;
+
+/// How long a stop's request waits for the worker to end: its session's
+/// grace to end the turn and release its locks, and its finalizing.
+const STOP_WAITS: Duration = Duration::from_secs(30);
 
 /// Where to listen.
 #[derive(Debug, Clone, Copy)]
@@ -376,20 +386,35 @@ async fn stop(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<St
         Err(refusal) => return answer(StatusCode::CONFLICT, refusal),
     };
     let id = IssueId::new(id);
-    if app.hub.read(|view, _| view.in_flight(&id)) && controls.stop_issue(&id) {
-        answer(
-            StatusCode::ACCEPTED,
-            &format!(
-                "asked the run to stop {id}: its session ends and it is skipped, its claim kept for the \
-                 next run (unless it is already finishing)"
+    let reply = tokio::time::timeout(STOP_WAITS, controls.stop_issue(&id)).await;
+    let (status, message) = match reply {
+        Ok(Some(StopAnswer::Stopped)) => (
+            StatusCode::OK,
+            format!(
+                "stopped {id}: its session ended and it is skipped, its claim kept for the next run"
             ),
-        )
-    } else {
-        answer(
+        ),
+        Ok(Some(StopAnswer::TooLate { outcome })) => (
+            StatusCode::CONFLICT,
+            format!("{id} was already finishing when the stop came: it ended {outcome}"),
+        ),
+        Ok(Some(StopAnswer::NotWorking)) => (
             StatusCode::NOT_FOUND,
-            &format!("{id} is not being worked on"),
-        )
-    }
+            format!("{id} is not being worked on"),
+        ),
+        Ok(None) => (
+            StatusCode::CONFLICT,
+            format!("the run ended before {id}'s worker answered"),
+        ),
+        Err(_) => (
+            StatusCode::ACCEPTED,
+            format!(
+                "asked the run to stop {id}; its worker has not ended after {} s (its row shows how it ends)",
+                STOP_WAITS.as_secs()
+            ),
+        ),
+    };
+    answer(status, &message)
 }
 
 /// The run's controls, or why there are none here.

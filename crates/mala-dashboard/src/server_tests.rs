@@ -4,9 +4,10 @@ use serde_json::Value;
 use std::io::Write as _;
 use std::sync::Mutex;
 
+use crate::view::IssueState;
 use axum::body::Body;
 use axum::http::Request;
-use mala_core::{AgentId, Event, EventSink};
+use mala_core::{AgentId, Event, EventSink, IssueRecord, LoggedEvent, RunLog, StopAnswer};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tower::ServiceExt as _;
 
@@ -20,9 +21,15 @@ impl Controls for FakeControls {
         self.calls.lock().unwrap().push("drain".into());
         "draining".into()
     }
-    fn stop_issue(&self, issue: &IssueId) -> bool {
+    fn stop_issue(&self, issue: &IssueId) -> StopReply {
         self.calls.lock().unwrap().push(format!("stop {issue}"));
-        true
+        let answer = match issue.as_str() {
+            "bd-1" => Some(StopAnswer::Stopped),
+            "bd-2" => Some(StopAnswer::TooLate { outcome: "closed" }),
+            "bd-3" => None,
+            _ => Some(StopAnswer::NotWorking),
+        };
+        Box::pin(async move { answer })
     }
 }
 
@@ -227,12 +234,42 @@ async fn controls_need_the_csrf_token_and_reach_the_run() {
         (status, body["message"].as_str()),
         (StatusCode::ACCEPTED, Some("draining"))
     );
-    let (status, _) = call(&router, "POST", "/api/issues/bd-2/stop", &[token, csrf]).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "not an issue in flight");
-    let (status, body) = call(&router, "POST", "/api/issues/bd-1/stop", &[token, csrf]).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    assert!(body["message"].as_str().unwrap().contains("claim kept"));
-    assert_eq!(*controls.calls.lock().unwrap(), ["drain", "stop bd-1"]);
+    // Each answer as the run gave it.
+    let mut answers = Vec::new();
+    for id in ["bd-1", "bd-2", "bd-3", "bd-9"] {
+        let (status, body) = call(
+            &router,
+            "POST",
+            &format!("/api/issues/{id}/stop"),
+            &[token, csrf],
+        )
+        .await;
+        answers.push((
+            status,
+            body["ok"].clone(),
+            body["message"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let said = |n: usize, words: &str| answers[n].2.contains(words);
+    assert_eq!(answers[0].0, StatusCode::OK);
+    assert_eq!(answers[0].1, true);
+    assert!(
+        said(0, "stopped bd-1") && said(0, "claim kept"),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1].0, StatusCode::CONFLICT);
+    assert!(
+        said(1, "already finishing") && said(1, "ended closed"),
+        "{answers:?}"
+    );
+    assert_eq!(answers[2].0, StatusCode::CONFLICT);
+    assert!(said(2, "the run ended before"), "{answers:?}");
+    assert_eq!(answers[3].0, StatusCode::NOT_FOUND);
+    assert!(said(3, "bd-9 is not being worked on"), "{answers:?}");
+    assert_eq!(
+        *controls.calls.lock().unwrap(),
+        ["drain", "stop bd-1", "stop bd-2", "stop bd-3", "stop bd-9"]
+    );
 }
 
 #[tokio::test]
@@ -365,4 +402,172 @@ async fn the_end_waits_for_a_connected_page_to_read_the_final_state() {
         .await
         .expect("settled once the page read the state")
         .unwrap();
+}
+
+/// What a followed run's log yields, read by read, and its record.
+#[derive(Clone, Default)]
+struct OtherProcess {
+    reads: Arc<Mutex<std::collections::VecDeque<Vec<Event>>>>,
+    record: Arc<Mutex<Option<RunLog>>>,
+}
+
+impl OtherProcess {
+    fn logs(&self, events: Vec<Event>) {
+        self.reads.lock().unwrap().push_back(events);
+    }
+
+    fn hub(&self, first: &RunLog) -> Arc<Hub> {
+        let reads = Arc::clone(&self.reads);
+        let record = Arc::clone(&self.record);
+        Hub::followed(
+            first,
+            None,
+            Box::new(move || {
+                let read = reads.lock().unwrap().pop_front().unwrap_or_default();
+                read.into_iter()
+                    .map(|event| LoggedEvent {
+                        at: chrono::Utc::now(),
+                        json: serde_json::to_string(&event).unwrap(),
+                        event,
+                    })
+                    .collect()
+            }),
+            Box::new(move || record.lock().unwrap().clone()),
+        )
+    }
+}
+
+fn running_log() -> RunLog {
+    RunLog {
+        run_id: "run1".into(),
+        repo_path: "/repo".into(),
+        started_at: chrono::Utc::now(),
+        finished_at: None,
+        outcome: "running".into(),
+        settings: Value::Null,
+        issues: Vec::new(),
+    }
+}
+
+#[test]
+fn a_run_in_another_process_is_followed_from_its_log_as_its_own_view_would_be() {
+    let other = OtherProcess::default();
+    let agent = AgentId::new("bd-1@run1");
+    other.logs(vec![
+        Event::RunStarted {
+            run_id: "run1".into(),
+            repo: "/repo".into(),
+            max_agents: Some(2),
+            sessions: None,
+        },
+        Event::IssueClaimed {
+            issue: IssueId::new("bd-1"),
+            agent: agent.clone(),
+            title: "one".into(),
+        },
+        Event::Agent {
+            agent: agent.clone(),
+            event: mala_core::AgentEvent::ToolUse {
+                id: "t1".into(),
+                name: "Bash".into(),
+                input: serde_json::json!({"command": "cargo test"}),
+            },
+        },
+        Event::Lock {
+            event: mala_core::LockEvent::Acquired {
+                agent: agent.clone(),
+                key: "src/lib.rs".into(),
+                path: "/repo/src/lib.rs".into(),
+            },
+        },
+    ]);
+    let log = running_log();
+    *other.record.lock().unwrap() = Some(log.clone());
+    let hub = other.hub(&log);
+    let now = chrono::Utc::now();
+    let (doing, locks, last) = hub.read(|view, last| {
+        let snapshot = view.snapshot(now);
+        let doing: Vec<_> = snapshot
+            .agents
+            .iter()
+            .map(|a| a.agent.doing.clone())
+            .collect();
+        (doing, snapshot.locks.len(), last)
+    });
+    assert_eq!(doing, [Some("Bash: cargo test".to_owned())]);
+    assert_eq!(locks, 1);
+    assert_eq!(last, 4, "each logged event goes to the pages");
+    let (Replay::Events(sent), _) = hub.subscribe(Some(2)) else {
+        panic!("kept")
+    };
+    assert!(sent[0].json.contains("tool_use"), "{}", sent[0].json);
+    assert_eq!(hub.reload(), Reloaded::Going);
+}
+
+#[test]
+fn a_followed_run_ends_as_its_record_says_with_the_events_logged_last() {
+    let other = OtherProcess::default();
+    let agent = AgentId::new("bd-1@run1");
+    other.logs(vec![Event::IssueClaimed {
+        issue: IssueId::new("bd-1"),
+        agent: agent.clone(),
+        title: "one".into(),
+    }]);
+    let log = running_log();
+    *other.record.lock().unwrap() = Some(log.clone());
+    let hub = other.hub(&log);
+    // The record ends between two reads of the log: the first read finds
+    // nothing, the one after the record has the last events.
+    other.logs(Vec::new());
+    other.logs(vec![Event::IssueClosed {
+        issue: IssueId::new("bd-1"),
+    }]);
+    let mut ended = log.clone();
+    ended.finished_at = Some(chrono::Utc::now());
+    "finished".clone_into(&mut ended.outcome);
+    let mut record = IssueRecord::new("bd-1", "bd-1@run1", "/s/bd-1@run1.jsonl".into());
+    "closed".clone_into(&mut record.status);
+    record.tokens = 42;
+    let mut killed = IssueRecord::new("bd-2", "bd-2@run1", "/s/bd-2@run1.jsonl".into());
+    "failed".clone_into(&mut killed.status);
+    killed.reason = Some("no commit".into());
+    ended.issues = vec![record, killed];
+    *other.record.lock().unwrap() = Some(ended);
+    assert_eq!(hub.reload(), Reloaded::Over);
+    let (issues, agents, outcome, history) = hub.read(|view, _| {
+        let snapshot = view.snapshot(chrono::Utc::now());
+        let issues: Vec<_> = snapshot
+            .issues
+            .iter()
+            .map(|i| (i.id.to_string(), i.state, i.tokens, i.reason.clone()))
+            .collect();
+        let history = view.issue(&IssueId::new("bd-1")).unwrap().history.len();
+        (
+            issues,
+            snapshot.agents.len(),
+            snapshot.outcome.to_owned(),
+            history,
+        )
+    });
+    assert_eq!(
+        issues,
+        [
+            ("bd-1".into(), IssueState::Closed, 42, None),
+            (
+                "bd-2".into(),
+                IssueState::Failed,
+                0,
+                Some("no commit".into())
+            ),
+        ]
+    );
+    assert_eq!((agents, outcome.as_str()), (0, "finished"));
+    assert_eq!(history, 2, "claimed and closed, from the events");
+}
+
+#[test]
+fn a_followed_run_whose_record_is_gone_is_over() {
+    let other = OtherProcess::default();
+    let hub = other.hub(&running_log());
+    assert_eq!(hub.reload(), Reloaded::Over);
 }

@@ -211,7 +211,7 @@ pub(crate) struct Totals {
     pub(crate) cost_usd: f64,
     /// What the run has spent as its budget counts it (the issues' agents
     /// and every other session: reviewers, the verifier, fixers); `None`
-    /// until the run says (a recorded run: never).
+    /// until the run says (a run recorded without an event log: never).
     pub(crate) run_cost_usd: Option<f64>,
     pub(crate) run_tokens: Option<u64>,
     pub(crate) budget: Option<String>,
@@ -303,43 +303,82 @@ impl RunView {
         }
     }
 
-    /// A run as its record has it (`mala dashboard RUN_ID`): the issues,
-    /// their status, reasons, attempts and spend; no agents or locks.
+    /// A run as its record has it (a run recorded without an event log):
+    /// the issues, their status, reasons, attempts and spend; no agents or
+    /// locks.
     pub(crate) fn from_log(log: &RunLog, budget: Option<String>) -> Self {
         let mut view = Self::new(&log.run_id, log.started_at, budget);
-        view.repo = log.repo_path.display().to_string();
-        view.finished_at = log.finished_at;
-        view.outcome.clone_from(&log.outcome);
-        let mut lanes: Vec<Option<DateTime<Utc>>> = Vec::new();
+        view.reconcile(log);
+        view
+    }
+
+    /// The record's word on a run that is over: its outcome and end, and
+    /// each issue's status, reason, attempts and spend, which the events
+    /// may have left short (a killed run's end has none). An issue the
+    /// events never showed is added; nothing is live any more.
+    pub(crate) fn reconcile(&mut self, log: &RunLog) {
+        if self.repo.is_empty() {
+            self.repo = log.repo_path.display().to_string();
+        }
+        self.finished_at = log.finished_at.or(self.finished_at);
+        self.outcome.clone_from(&log.outcome);
+        self.agents.clear();
+        self.waits.clear();
+        self.queue.clear();
         for record in &log.issues {
             let id = IssueId::new(record.issue.as_str());
-            let mut issue = IssueView::new(
-                id.clone(),
-                String::new(),
-                IssueState::from_record(&record.status),
-            );
+            if !self.index.contains_key(&id) {
+                self.insert(IssueView::new(
+                    id.clone(),
+                    String::new(),
+                    IssueState::Queued,
+                ));
+            }
+            let Some(issue) = self.issue_mut(&id) else {
+                continue;
+            };
+            issue.state = IssueState::from_record(&record.status);
             issue.agent = Some(AgentId::new(record.agent.as_str()));
             issue.attempts = record.attempts;
             issue.reason.clone_from(&record.reason);
             issue.tokens = record.tokens;
             issue.cost_usd = record.cost_usd;
-            issue.started_at = record.started_at.or(record.baseline);
-            issue.ended_at = record.ended_at;
+            issue.started_at = record.started_at.or(record.baseline).or(issue.started_at);
+            issue.ended_at = record.ended_at.or(issue.ended_at);
             issue.log_path = Some(record.log_path.clone());
-            if !record.findings.is_empty() {
+            if issue.verdict.is_none() && !record.findings.is_empty() {
                 issue.verdict = Some(Verdict {
                     kind: "review",
                     passed: false,
                     reasons: record.findings.iter().map(|f| f.title.clone()).collect(),
                 });
             }
-            issue.lane = issue
-                .started_at
-                .map(|start| take_lane(&mut lanes, start, issue.ended_at));
-            view.index.insert(id, view.issues.len());
-            view.issues.push(issue);
         }
-        view
+        self.lay_out_lanes();
+    }
+
+    /// Gives every started issue a timeline row, in the order they
+    /// started, when some have none (a record read without the events
+    /// that placed them).
+    fn lay_out_lanes(&mut self) {
+        if self
+            .issues
+            .iter()
+            .all(|issue| issue.lane.is_some() || issue.started_at.is_none())
+        {
+            return;
+        }
+        let mut order: Vec<usize> = (0..self.issues.len())
+            .filter(|&slot| self.issues[slot].started_at.is_some())
+            .collect();
+        order.sort_by_key(|&slot| self.issues[slot].started_at);
+        let mut lanes = Vec::new();
+        for slot in order {
+            let issue = &mut self.issues[slot];
+            if let Some(start) = issue.started_at {
+                issue.lane = Some(take_lane(&mut lanes, start, issue.ended_at));
+            }
+        }
     }
 
     /// Takes one event that happened at `at`.
@@ -612,13 +651,6 @@ impl RunView {
     /// Where an issue's session record is, if it has one.
     pub(crate) fn record_of(&self, id: &IssueId) -> Option<PathBuf> {
         self.issues[*self.index.get(id)?].log_path.clone()
-    }
-
-    /// Whether the issue is being worked on now (so it can be stopped).
-    pub(crate) fn in_flight(&self, id: &IssueId) -> bool {
-        self.index
-            .get(id)
-            .is_some_and(|&slot| self.issues[slot].state.in_flight())
     }
 
     /// The run at `now`. The queue's issues come after the ones started.

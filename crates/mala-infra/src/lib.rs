@@ -14,6 +14,7 @@ mod clock;
 mod coder;
 mod codex;
 mod commands;
+mod event_log;
 mod git;
 mod locking_guard;
 mod locks;
@@ -38,6 +39,7 @@ pub use clock::SystemClock;
 pub use coder::{AgentServices, CoderConfig};
 pub use codex::{CodexBackend, CodexConfig, INSTALL_HINT as CODEX_INSTALL_HINT, check_codex};
 pub use commands::{DEFAULT_COMMAND_TIMEOUT, ShellCommands, run_commands};
+pub use event_log::{EventLog, EventTail};
 pub use git::{CommitRefusal, GitRepo, commit_as_agent};
 pub use locking_guard::LockingGuard;
 pub use locks::{

@@ -51,12 +51,14 @@ pub fn encode_repo(path: &Path) -> String {
     path.to_string_lossy().replace(['/', '\\'], "-")
 }
 
+/// `<runs dir>/<encoded repo>/<run id>`: where a run's records are.
+pub(crate) fn run_dir(runs_dir: &Path, repo: &Path, run_id: &str) -> PathBuf {
+    runs_dir.join(encode_repo(repo)).join(run_id)
+}
+
 /// `<runs dir>/<encoded repo>/<run id>/run.json`.
 pub(crate) fn run_json_path(runs_dir: &Path, repo: &Path, run_id: &str) -> PathBuf {
-    runs_dir
-        .join(encode_repo(repo))
-        .join(run_id)
-        .join("run.json")
+    run_dir(runs_dir, repo, run_id).join("run.json")
 }
 
 /// Writes `run.json` atomically (temporary file, then rename).
@@ -112,7 +114,7 @@ fn read_run(dir: &Path) -> Option<RunLog> {
 
 /// One run of `repo`, read again (`mala dashboard` follows a run this way).
 pub fn read_run_of(runs_dir: &Path, repo: &Path, run_id: &str) -> Option<RunLog> {
-    read_run(&runs_dir.join(encode_repo(repo)).join(run_id))
+    read_run(&run_dir(runs_dir, repo, run_id))
 }
 
 /// Runs of one repository (or of all with `repo: None`), newest first.

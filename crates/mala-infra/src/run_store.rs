@@ -98,9 +98,7 @@ impl RunStore for FileRunStore {
     }
 
     fn run_dir(&self, run_id: &str) -> PathBuf {
-        self.runs_dir
-            .join(encode_repo(&self.repo_root))
-            .join(run_id)
+        crate::run_log::run_dir(&self.runs_dir, &self.repo_root, run_id)
     }
 
     fn write_run(&self, run: &RunLog) -> Result<(), RunStoreError> {

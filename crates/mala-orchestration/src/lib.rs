@@ -22,7 +22,7 @@ pub use deadlock_monitor::{DeadlockNews, run_deadlock_monitor};
 pub use epics::{EpicBook, EpicCheck, EpicError, Sweep, sweep_epics, verify_epic};
 pub use orchestrator::{
     IssueSource, Orchestrator, OrchestratorBuilder, ResumePolicy, RunError, RunPlan, RunSummary,
-    SessionPolicy, Stage,
+    SessionPolicy, Stage, StopRequest,
 };
 pub use pauses::PausePolicy;
 pub use preflight::PreflightError;

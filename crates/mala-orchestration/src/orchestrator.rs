@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use mala_core::{
     AgentBackend, Clock, CommandRunner, Event, EventSink, IssueId, IssueRecord, IssueTracker,
     LockEvent, LockTable, Repository, Reviewer, RunLog, RunStore, RunStoreError, SessionId,
-    TrackerError, Workspaces,
+    StopAnswer, TrackerError, Workspaces,
 };
 use mala_domain::{
     CutShort, DoneReason, EpicDepth, FireOn, IssueGraph, Order, Scope, Settings, final_reason,
@@ -31,6 +31,18 @@ use crate::pauses::PausePolicy;
 use crate::scheduler::Scheduler;
 use crate::setup::RunContext;
 use crate::triggers::{CodeReviewRun, TriggerOutcome, TriggerSite, run_code_review, run_trigger};
+
+/// A person's request to stop one issue while the run goes on, and where
+/// the answer goes: [`StopAnswer::Stopped`] once its worker ended skipped,
+/// `TooLate` when it was already finishing, `NotWorking` at once when no
+/// worker has it. (A run that ends first drops the request unanswered.)
+#[derive(Debug)]
+pub struct StopRequest {
+    /// The issue to stop.
+    pub issue: IssueId,
+    /// Where its answer goes.
+    pub answer: tokio::sync::oneshot::Sender<StopAnswer>,
+}
 
 /// The shutdown stages a Ctrl-C steps through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,7 +349,7 @@ pub struct Orchestrator {
     pub(crate) workspaces: Option<Arc<dyn Workspaces>>,
     pub(crate) lock_events: Option<mpsc::UnboundedReceiver<LockEvent>>,
     /// Issues the user asked to stop (the dashboard's stop button).
-    pub(crate) issue_stops: Option<mpsc::UnboundedReceiver<IssueId>>,
+    pub(crate) issue_stops: Option<mpsc::UnboundedReceiver<StopRequest>>,
     pub(crate) events: Arc<dyn EventSink>,
     pub(crate) clock: Arc<dyn Clock>,
     /// Runs the triggers' and the baseline's commands.
@@ -379,7 +391,7 @@ pub struct OrchestratorBuilder {
     locks: Option<Arc<dyn LockTable>>,
     workspaces: Option<Arc<dyn Workspaces>>,
     lock_events: Option<mpsc::UnboundedReceiver<LockEvent>>,
-    issue_stops: Option<mpsc::UnboundedReceiver<IssueId>>,
+    issue_stops: Option<mpsc::UnboundedReceiver<StopRequest>>,
     events: Option<Arc<dyn EventSink>>,
     clock: Option<Arc<dyn Clock>>,
     commands: Option<Arc<dyn CommandRunner>>,
@@ -504,9 +516,10 @@ impl OrchestratorBuilder {
     }
 
     /// Issues to stop, one at a time, while the run goes on: each one's
-    /// session ends and it is skipped, its claim kept (as for a Ctrl-C).
+    /// session ends and it is skipped, its claim kept (as for a Ctrl-C);
+    /// each request is answered once its worker has ended.
     #[must_use]
-    pub fn issue_stops(mut self, stops: mpsc::UnboundedReceiver<IssueId>) -> Self {
+    pub fn issue_stops(mut self, stops: mpsc::UnboundedReceiver<StopRequest>) -> Self {
         self.issue_stops = Some(stops);
         self
     }

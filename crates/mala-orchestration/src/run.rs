@@ -3,17 +3,18 @@
 //! Code or Codex) behind the tool guard, the file lock table, git, and the
 //! configured reviewer.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mala_core::{AgentBackend, EventSink, LockTable, Reviewer, RunStore, TrackerError};
+use mala_core::{AgentBackend, EventSink, Fanout, LockTable, Reviewer, RunStore, TrackerError};
 use mala_domain::{IssueGraph, ReviewerChoice, Settings};
 use mala_pipeline::{AgentReviewer, EpicVerifier};
 
 use crate::epics::{EpicCheck, verify_epic};
 use mala_infra::{
-    AgentServices, CerberusConfig, CerberusReviewer, CoderConfig, FileLockTable, FileRunStore,
-    GitRepo, GitWorktrees, LockingGuard, SystemClock, Tracker, TreeWatch, check_cerberus,
+    AgentServices, CerberusConfig, CerberusReviewer, CoderConfig, EventLog, FileLockTable,
+    FileRunStore, GitRepo, GitWorktrees, LockingGuard, SystemClock, Tracker, TreeWatch,
+    check_cerberus,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -44,7 +45,7 @@ pub struct RunRequest {
     /// `setpriv`, when found: agents then die with mala, even on SIGKILL.
     pub setpriv: Option<PathBuf>,
     /// Issues to stop while the run goes on (the dashboard's stop button).
-    pub issue_stops: Option<tokio::sync::mpsc::UnboundedReceiver<mala_core::IssueId>>,
+    pub issue_stops: Option<tokio::sync::mpsc::UnboundedReceiver<crate::StopRequest>>,
 }
 
 /// The real tracker reads its snapshot in process, cached between changes.
@@ -63,6 +64,24 @@ pub async fn run(
     stage: watch::Receiver<Stage>,
 ) -> Result<RunSummary, RunError> {
     assemble(request, events).await?.run(stage).await
+}
+
+/// The run's events also go to its event log, from which `mala dashboard`
+/// shows the run in another process. A log that cannot be opened is said,
+/// not fatal: the run's own records are kept elsewhere.
+fn with_event_log(events: Arc<dyn EventSink>, run_dir: &Path) -> Arc<dyn EventSink> {
+    match EventLog::create(run_dir) {
+        Ok(log) => Arc::new(Fanout(vec![events, Arc::new(log)])),
+        Err(error) => {
+            events.emit(&mala_core::Event::Warning {
+                message: format!(
+                    "cannot keep the run's event log in {}: {error}; `mala dashboard` will show this run from its journal only",
+                    run_dir.display()
+                ),
+            });
+            events
+        }
+    }
 }
 
 /// Opens the tracker, checks the coder (and cerberus when configured), and
@@ -91,6 +110,7 @@ async fn assemble(
         &repo_root,
     ));
     let state_dir = run_store.run_dir(&request.plan.run_id);
+    let events = with_event_log(events, &state_dir);
 
     let coder = coder_config(&request, &state_dir).await?;
 

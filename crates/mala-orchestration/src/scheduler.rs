@@ -7,21 +7,21 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mala_core::{AgentId, Event, EventSink, IssueId};
+use mala_core::{AgentId, Event, EventSink, IssueId, StopAnswer};
 use mala_domain::{
     DoneReason, QueueRequest, SchedulerView, agent_name, done, plan_queue, run_end_fires,
     spawn_capacity, takeover_candidates,
 };
 use mala_pipeline::{FaultReport, IssueResult, StopReason, WorkerStop, run_issue_from, stop_line};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinError, JoinSet};
 
-use crate::DeadlockNews;
 use crate::epics::{EpicBook, sweep_epics};
 use crate::orchestrator::{Orchestrator, Reviews, RunError, RunSummary, Stage, resume_for};
 use crate::pauses::Pauses;
 use crate::setup::RunContext;
 use crate::triggers::TriggerStop;
+use crate::{DeadlockNews, StopRequest};
 
 /// Everything that can reach the scheduler while it waits.
 #[derive(Debug)]
@@ -44,7 +44,7 @@ pub(crate) enum Input {
     /// The run's budget was reached.
     BudgetReached,
     /// The user asked to stop one issue; `None` once nobody can ask.
-    StopIssue(Option<IssueId>),
+    StopIssue(Option<StopRequest>),
 }
 
 /// What one pass of the loop decided.
@@ -79,7 +79,7 @@ struct Inbox {
     victims_open: bool,
     session_end: mpsc::UnboundedReceiver<TriggerStop>,
     session_end_open: bool,
-    stops: mpsc::UnboundedReceiver<IssueId>,
+    stops: mpsc::UnboundedReceiver<StopRequest>,
     stops_open: bool,
 }
 
@@ -112,6 +112,9 @@ pub(crate) struct Scheduler<'o> {
     pub(crate) pauses: Pauses,
     /// An issue that runs alone before any other (a red baseline's).
     pub(crate) first: Option<IssueId>,
+    /// Stops asked for issues whose workers have not ended yet: answered
+    /// with how each ended.
+    stop_answers: HashMap<IssueId, Vec<oneshot::Sender<StopAnswer>>>,
 }
 
 impl<'o> Scheduler<'o> {
@@ -161,6 +164,7 @@ impl<'o> Scheduler<'o> {
             completion_due: crate::epics::Sweep::default(),
             pauses,
             first: None,
+            stop_answers: HashMap::new(),
         }
     }
 
@@ -348,7 +352,7 @@ impl<'o> Scheduler<'o> {
             command = inbox.session_end.recv(), if inbox.session_end_open => {
                 Input::SessionEndAbort(command)
             }
-            issue = inbox.stops.recv(), if inbox.stops_open => Input::StopIssue(issue),
+            asked = inbox.stops.recv(), if inbox.stops_open => Input::StopIssue(asked),
             // Nothing left to wait for: the caller plans again.
             else => Input::WorkersEnded(Vec::new()),
         }
@@ -385,14 +389,36 @@ impl<'o> Scheduler<'o> {
             Input::PauseOver => self.pauses.pause_over(self.ctx.events.as_ref()),
             Input::BudgetReached => self.budget_reached(),
             Input::StopIssue(None) => self.inbox.stops_open = false,
-            Input::StopIssue(Some(issue)) => {
-                if let Some(worker) = self.active.get(&issue) {
+            Input::StopIssue(Some(asked)) => match self.active.get(&asked.issue) {
+                Some(worker) => {
                     worker.stop.stop(StopReason::Asked);
+                    self.stop_answers
+                        .entry(asked.issue)
+                        .or_default()
+                        .push(asked.answer);
                 }
-            }
+                // The asker may have gone; nothing to tell then.
+                None => drop(asked.answer.send(StopAnswer::NotWorking)),
+            },
         }
         if self.stage() != Stage::Running {
             self.pauses.give_back_waiting();
+        }
+    }
+
+    /// Tells whoever asked to stop `issue` how its worker ended: a skip is
+    /// the stop taking effect; any other end means it came too late.
+    fn answer_stops(&mut self, issue: &IssueId, result: &IssueResult) {
+        let answer = match result {
+            IssueResult::Skipped { .. } => StopAnswer::Stopped,
+            IssueResult::Closed { .. } => StopAnswer::TooLate { outcome: "closed" },
+            IssueResult::Failed { .. } => StopAnswer::TooLate { outcome: "failed" },
+            IssueResult::Released { .. } => StopAnswer::TooLate {
+                outcome: "released",
+            },
+        };
+        for asker in self.stop_answers.remove(issue).unwrap_or_default() {
+            let _ = asker.send(answer.clone());
         }
     }
 
@@ -402,6 +428,7 @@ impl<'o> Scheduler<'o> {
             Err(error) => return self.worker_lost(&error),
         };
         self.active.remove(&issue);
+        self.answer_stops(&issue, &result);
         if self.giving_way.remove(&issue) && matches!(result, IssueResult::Skipped { .. }) {
             // Counted as deferred, not skipped.
             return;

@@ -34,7 +34,7 @@ pub(crate) struct RunContext {
     monitor: Option<JoinHandle<()>>,
     /// The scheduler's inputs from outside it, taken once by the scheduler.
     pub(crate) victims: Option<mpsc::UnboundedReceiver<DeadlockNews>>,
-    pub(crate) issue_stops: Option<mpsc::UnboundedReceiver<mala_core::IssueId>>,
+    pub(crate) issue_stops: Option<mpsc::UnboundedReceiver<crate::StopRequest>>,
     pub(crate) session_end_aborts: Option<mpsc::UnboundedReceiver<crate::triggers::TriggerStop>>,
     pub(crate) fault_desk: Option<FaultDesk>,
 }

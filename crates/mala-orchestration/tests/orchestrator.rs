@@ -11,10 +11,10 @@ use std::time::Duration;
 use chrono::Utc;
 use mala_core::{
     Dependency, DependencyKind, Event, EventSink, Issue, IssueId, IssueStatus, IssueTracker,
-    IssueType,
+    IssueType, StopAnswer,
 };
 use mala_domain::{ConfigSources, FlagOverrides, Settings, resolve};
-use mala_orchestration::{Orchestrator, RunError, RunPlan, RunSummary, Stage};
+use mala_orchestration::{Orchestrator, RunError, RunPlan, RunSummary, Stage, StopRequest};
 use mala_testkit::{MemoryRepository, MemoryTracker, ScriptedBackend};
 use tokio::sync::watch;
 
@@ -304,9 +304,23 @@ async fn one_issue_stopped_mid_run_is_skipped_with_its_claim_kept_and_the_others
         .unwrap();
     let run = tokio::spawn(orchestrator.run(stages));
     world.events.until_started(2).await;
-    stop.send(IssueId::new("m-1")).unwrap();
+    let ask = |id: &str| {
+        let (answer, reply) = tokio::sync::oneshot::channel();
+        stop.send(StopRequest {
+            issue: IssueId::new(id),
+            answer,
+        })
+        .unwrap();
+        reply
+    };
+    let stopped = ask("m-1");
     // An issue that is not running is no one's to stop.
-    stop.send(IssueId::new("m-9")).unwrap();
+    assert_eq!(ask("m-9").await.unwrap(), StopAnswer::NotWorking);
+    assert_eq!(
+        stopped.await.unwrap(),
+        StopAnswer::Stopped,
+        "said once it ended"
+    );
     let summary = run.await.unwrap().unwrap();
     assert_eq!(ids(&summary.closed), ["m-2"]);
     let skipped: Vec<&str> = summary.skipped.iter().map(|(id, _)| id.as_str()).collect();
@@ -323,6 +337,41 @@ async fn one_issue_stopped_mid_run_is_skipped_with_its_claim_kept_and_the_others
         _ => None,
     });
     assert!(reason.unwrap().contains("stopped by the user"));
+}
+
+#[tokio::test]
+async fn a_stop_that_comes_as_the_issue_closes_is_answered_too_late_not_stopped() {
+    let world = World::new(vec![task("m-1")], Duration::from_millis(5));
+    let held = world.tracker.hold_closes();
+    let (stop, stops) = tokio::sync::mpsc::unbounded_channel();
+    let (_stage, stages) = watch::channel(Stage::Running);
+    let orchestrator = world
+        .builder(settings(world.dir.path()), plan(1))
+        .issue_stops(stops)
+        .build()
+        .unwrap();
+    let run = tokio::spawn(orchestrator.run(stages));
+    // The gate and the review passed; the worker is closing the issue.
+    held.reached.notified().await;
+    let ask = |id: &str| {
+        let (answer, reply) = tokio::sync::oneshot::channel();
+        stop.send(StopRequest {
+            issue: IssueId::new(id),
+            answer,
+        })
+        .unwrap();
+        reply
+    };
+    let late = ask("m-1");
+    // Requests are read in order: once this one is answered, m-1's is in.
+    assert_eq!(ask("m-9").await.unwrap(), StopAnswer::NotWorking);
+    held.release.notify_one();
+    assert_eq!(
+        late.await.unwrap(),
+        StopAnswer::TooLate { outcome: "closed" }
+    );
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(ids(&summary.closed), ["m-1"]);
 }
 
 #[tokio::test]

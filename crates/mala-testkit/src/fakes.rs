@@ -97,17 +97,35 @@ impl Board {
 #[derive(Clone, Default)]
 pub struct MemoryTracker {
     board: Arc<Mutex<Board>>,
+    held: Arc<Mutex<Option<HeldCloses>>>,
+}
+
+/// Closes held by a test ([`MemoryTracker::hold_closes`]): each close says
+/// it has `reached` the tracker, then waits for a `release`.
+#[derive(Debug, Clone, Default)]
+pub struct HeldCloses {
+    pub reached: Arc<tokio::sync::Notify>,
+    pub release: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for MemoryTracker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryTracker")
             .field("issues", &guard(&self.board).issues.len())
+            .field("closes_held", &guard(&self.held).is_some())
             .finish()
     }
 }
 
 impl MemoryTracker {
+    /// From now on every close waits for the test's word: an issue held
+    /// in its finalize.
+    pub fn hold_closes(&self) -> HeldCloses {
+        let held = HeldCloses::default();
+        *guard(&self.held) = Some(held.clone());
+        held
+    }
+
     /// A tracker holding `issues`.
     pub fn with_issues(issues: Vec<Issue>) -> Self {
         let tracker = Self::default();
@@ -210,6 +228,11 @@ impl IssueTracker for MemoryTracker {
     }
 
     async fn close(&self, id: &IssueId, reason: &str) -> Result<(), TrackerError> {
+        let held = guard(&self.held).clone();
+        if let Some(held) = held {
+            held.reached.notify_one();
+            held.release.notified().await;
+        }
         let mut board = guard(&self.board);
         if board.get(id)?.status == IssueStatus::Closed {
             return Ok(());

@@ -41,7 +41,7 @@ pub use br::{Br, NewIssue};
 pub use cerberus::FakeCerberus;
 pub use claude::{CLAUDE_VERSION, ClaudeHarness, ClaudeRun};
 pub use codex::CodexHarness;
-pub use fakes::{MemoryRepository, MemoryTracker, ScriptedBackend};
+pub use fakes::{HeldCloses, MemoryRepository, MemoryTracker, ScriptedBackend};
 pub use git::TempRepo;
 pub use http::RecordedRequest;
 pub use mock_anthropic::{Block, Conversation, MockAnthropic, Reply, Script, Step};

@@ -4,10 +4,10 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
-use mala_core::IssueId;
-use mala_dashboard::{Controls, Dashboard, Hub, ServeOptions};
-use mala_orchestration::Stage;
-use tokio::sync::{mpsc, watch};
+use mala_core::{IssueId, StopAnswer};
+use mala_dashboard::{Controls, Dashboard, Hub, LoadRecord, ServeOptions, StopReply};
+use mala_orchestration::{Stage, StopRequest};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cli::{DashboardArgs, ServeArgs};
 use crate::commands::logs;
@@ -42,7 +42,7 @@ pub(crate) async fn bind(addr: SocketAddr, public: bool) -> Result<Dashboard, Fa
 /// a stop of one issue through the scheduler.
 pub(crate) struct RunControls {
     pub(crate) stage: Arc<watch::Sender<Stage>>,
-    pub(crate) stops: mpsc::UnboundedSender<IssueId>,
+    pub(crate) stops: mpsc::UnboundedSender<StopRequest>,
 }
 
 impl Controls for RunControls {
@@ -64,17 +64,36 @@ impl Controls for RunControls {
         }
     }
 
-    fn stop_issue(&self, issue: &IssueId) -> bool {
-        let sent = self.stops.send(issue.clone()).is_ok();
-        if sent {
-            output::note(&format!("stopping {issue} (asked from the dashboard)"));
+    fn stop_issue(&self, issue: &IssueId) -> StopReply {
+        let (answer, reply) = oneshot::channel();
+        let asked = StopRequest {
+            issue: issue.clone(),
+            answer,
+        };
+        if self.stops.send(asked).is_err() {
+            return Box::pin(async { None });
         }
-        sent
+        let issue = issue.clone();
+        Box::pin(async move {
+            let answer = reply.await.ok()?;
+            match &answer {
+                StopAnswer::Stopped => output::note(&format!(
+                    "stopped {issue} (asked from the dashboard): skipped, its claim kept for the next run"
+                )),
+                StopAnswer::TooLate { outcome } => output::note(&format!(
+                    "{issue} was already finishing when the dashboard asked to stop it: it ended {outcome}"
+                )),
+                StopAnswer::NotWorking => {}
+            }
+            Some(answer)
+        })
     }
 }
 
 /// `mala dashboard [RUN_ID]`: a recorded run (the newest of this
-/// repository by default), followed while it is still going, until Ctrl-C.
+/// repository by default), folded from its event log as the run itself
+/// folds its events, followed while it is still going, until Ctrl-C. A run
+/// recorded without an event log is shown from its record.
 pub(crate) fn run(args: &DashboardArgs) -> Result<(), Failure> {
     let log = match &args.run_id {
         Some(id) => logs::find_run(id)?,
@@ -84,14 +103,27 @@ pub(crate) fn run(args: &DashboardArgs) -> Result<(), Failure> {
     let (_, runs_dir, lock_dir) = logs::runs_dir()?;
     let (repo, run_id) = (log.repo_path.clone(), log.run_id.clone());
     let log = as_it_is(log, &lock_dir);
-    let hub = Hub::recorded(
-        &log,
-        logs::budget_of(&log),
-        Box::new(move || {
-            let log = mala_infra::read_run_of(&runs_dir, &repo, &run_id)?;
-            Some(as_it_is(log, &lock_dir))
-        }),
-    );
+    let tail = mala_infra::EventTail::of_run(&runs_dir, &repo, &run_id);
+    let load: LoadRecord = Box::new(move || {
+        let log = mala_infra::read_run_of(&runs_dir, &repo, &run_id)?;
+        Some(as_it_is(log, &lock_dir))
+    });
+    let budget = logs::budget_of(&log);
+    let hub = match tail {
+        Some(mut tail) => {
+            let mut said = false;
+            let read = move || {
+                tail.read_new().unwrap_or_else(|error| {
+                    if !std::mem::replace(&mut said, true) {
+                        output::note(&format!("cannot read the run's event log: {error}"));
+                    }
+                    Vec::new()
+                })
+            };
+            Hub::followed(&log, budget, Box::new(read), load)
+        }
+        None => Hub::recorded(&log, budget, load),
+    };
     let runtime = crate::runtime::runtime(false)?;
     runtime.block_on(async {
         let dashboard = bind(addr, args.serve.serve_public).await?;
@@ -159,11 +191,16 @@ mod tests {
         stage.send_replace(Stage::Abort);
         assert!(controls.drain().contains("already"));
         assert_eq!(*stage.borrow(), Stage::Abort, "a drain never undoes a stop");
-        assert!(controls.stop_issue(&IssueId::new("bd-1")));
-        assert_eq!(inbox.try_recv().unwrap(), IssueId::new("bd-1"));
+        let runtime = crate::runtime::runtime(false).unwrap();
+        let reply = controls.stop_issue(&IssueId::new("bd-1"));
+        let asked = inbox.try_recv().unwrap();
+        assert_eq!(asked.issue, IssueId::new("bd-1"));
+        asked.answer.send(StopAnswer::Stopped).unwrap();
+        assert_eq!(runtime.block_on(reply), Some(StopAnswer::Stopped));
         drop(inbox);
-        assert!(
-            !controls.stop_issue(&IssueId::new("bd-2")),
+        assert_eq!(
+            runtime.block_on(controls.stop_issue(&IssueId::new("bd-2"))),
+            None,
             "no run to tell"
         );
     }

@@ -9,7 +9,7 @@ use mala_domain::{Coder, Order, Scope, Settings};
 use mala_orchestration::{ResumePolicy, RunPlan, RunRequest, RunSummary, SessionPolicy, Stage};
 use tokio::sync::{mpsc, watch};
 
-use crate::console::{Console, Fanout, JsonLines, Style};
+use crate::console::{Console, JsonLines, Style};
 use crate::failure::exit;
 use crate::settings::find_program;
 
@@ -137,7 +137,7 @@ fn execute(args: &RunArgs, settings: Settings) -> Result<(), Failure> {
         let _guard = runtime.enter();
         server.serve(hub, Some(controls));
     }
-    let events: Arc<dyn EventSink> = Arc::new(Fanout(sinks));
+    let events: Arc<dyn EventSink> = Arc::new(mala_core::Fanout(sinks));
     let request = RunRequest {
         repo_root: args.repo_path.clone(),
         settings,

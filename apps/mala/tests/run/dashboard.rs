@@ -242,13 +242,16 @@ fn decode_base64(text: &str) -> Vec<u8> {
         .collect()
 }
 
+/// The file the waiter holds and the liar waits for.
+const SHARED: &str = "src/shared.txt";
 const HOSTILE_TITLE: &str = "<img src=x onerror=alert(1)>";
 const HOSTILE_TEXT: &str = "<script>alert(2)</script>";
 
 /// Agents by the role their issue's description names: honest ones wait
 /// for `go`, then lock, write, check and commit, and end with a hostile
-/// text; the liar waits, then says it is done without a commit; the waiter
-/// waits for ever (until the page stops it).
+/// text; the waiter locks `src/shared.txt` and waits for ever (until the
+/// page stops it); the liar waits for `go`, then for the waiter's lock,
+/// and says it is done without a commit.
 fn script(repo: &Path, go: &Path, never: &Path) -> Script {
     let repo = repo.canonicalize().unwrap();
     let (go, never) = (go.to_owned(), never.to_owned());
@@ -262,10 +265,14 @@ fn script(repo: &Path, go: &Path, never: &Path) -> Script {
                 json!({"command": format!("until test -e {}; do sleep 0.1; done", path.display())}),
             )
         };
+        let shared = (
+            "mcp__mala__lock_acquire",
+            json!({"filepaths": [SHARED], "timeout_seconds": 600}),
+        );
         let plan = if text.contains("ROLE=liar") {
-            vec![wait(&go)]
+            vec![wait(&go), shared]
         } else if text.contains("ROLE=waiter") {
-            vec![wait(&never)]
+            vec![shared, wait(&never)]
         } else {
             vec![
                 wait(&go),
@@ -410,18 +417,21 @@ fn the_page_follows_a_real_run_live_escapes_agent_text_and_stops_an_issue() {
     for id in [&hostile, &honest] {
         browser.until(&format!("{id} closed"), &row_in(id, "closed"));
     }
-    let reason = browser.until(
-        "the liar's issue failed with its reason",
-        &format!(
-            "var r = document.querySelector('tr.issue[data-id=\"{liar}\"]'); \
-             return r && r.dataset.state === 'failed' && r.querySelector('.reason').textContent;"
-        ),
-    );
-    assert!(reason.as_str().unwrap().contains("commit"), "{reason}");
     assert_eq!(
         browser.script(&row_state(&waiter)),
         "turn",
         "the waiter is still at work"
+    );
+    // The lock graph: the waiter holds the shared file, the liar waits on it.
+    browser.until(
+        "the waiter's lock and the liar's wait",
+        &format!(
+            "var box = document.getElementById('locks'); \
+             return !!box.querySelector('g.fnode[data-path$=\"{SHARED}\"]') \
+               && box.querySelectorAll('path.edge.held').length === 1 \
+               && box.querySelectorAll('path.edge.wait').length === 1 \
+               && box.querySelectorAll('g.anode.waiting').length === 1;"
+        ),
     );
     // The run's own spend, as its budget counts it, is there and covers the issues'.
     let spend = browser.until(
@@ -500,6 +510,21 @@ fn the_page_follows_a_real_run_live_escapes_agent_text_and_stops_an_issue() {
     ));
     browser.command("POST", "/alert/accept", &json!({}));
     browser.until("the waiter skipped", &row_in(&waiter, "skipped"));
+    browser.until(
+        "the stop's answer",
+        &format!(
+            "return document.getElementById('message').textContent.startsWith('stopped {waiter}')"
+        ),
+    );
+    // The waiter's lock freed, the liar takes it and fails the gate.
+    let reason = browser.until(
+        "the liar's issue failed with its reason",
+        &format!(
+            "var r = document.querySelector('tr.issue[data-id=\"{liar}\"]'); \
+             return r && r.dataset.state === 'failed' && r.querySelector('.reason').textContent;"
+        ),
+    );
+    assert!(reason.as_str().unwrap().contains("commit"), "{reason}");
     // The run's end reaches the page before the process is gone.
     browser.until(
         "the run finished",
@@ -521,7 +546,7 @@ fn the_page_follows_a_real_run_live_escapes_agent_text_and_stops_an_issue() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert!(
-        stderr.contains(&format!("stopping {waiter} (asked from the dashboard)")),
+        stderr.contains(&format!("stopped {waiter} (asked from the dashboard)")),
         "{stderr}"
     );
     assert_eq!(status.code(), Some(1), "one issue failed: {stderr}");
@@ -580,6 +605,10 @@ fn finished_run_shows_as_logs_show(repo: &TempRepo, env: &[(String, String)], br
     );
     assert_eq!(served["outcome"], shown["outcome"]);
     assert_eq!(served["controls"], false);
+    // Folded from the run's event log, not only its record: the run's own
+    // spend is known, and no agent is left live.
+    assert!(served["totals"]["run_cost_usd"].is_f64(), "{served}");
+    assert_eq!(served["agents"], json!([]));
     // And the page draws it.
     browser.open(&url);
     browser.until(
@@ -591,8 +620,10 @@ fn finished_run_shows_as_logs_show(repo: &TempRepo, env: &[(String, String)], br
     let _ = dashboard.wait();
 }
 
-/// `mala dashboard` in another process while the run goes on: the run's
-/// issues from its journal, still running, and no controls.
+/// `mala dashboard` in another process while the run goes on: the view
+/// the run's own page has, folded from its event log (the issues in their
+/// turns with their titles, every agent in its tool call), still running,
+/// and no controls.
 fn live_run_from_another_process(repo: &Path, env: &[(String, String)]) {
     let (mut dashboard, _, run) = mala_dashboard(repo, env, &[]);
     let _ = dashboard.kill();
@@ -605,7 +636,19 @@ fn live_run_from_another_process(repo: &Path, env: &[(String, String)]) {
     );
     let issues = run["issues"].as_array().unwrap();
     assert_eq!(issues.len(), 4, "{run}");
-    assert!(issues.iter().all(|i| i["state"] == "claimed"), "{run}");
+    assert!(issues.iter().all(|i| i["state"] == "turn"), "{run}");
+    assert!(
+        issues.iter().any(|i| i["title"] == HOSTILE_TITLE),
+        "titles come with the claims: {run}"
+    );
+    let agents = run["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 4, "{run}");
+    assert!(
+        agents.iter().all(|a| a["doing"]
+            .as_str()
+            .is_some_and(|doing| doing.contains("until test -e"))),
+        "each agent's current tool call: {run}"
+    );
 }
 
 /// `mala dashboard ARGS` started in `repo`: the process, its address, and
