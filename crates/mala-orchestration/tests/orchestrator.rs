@@ -292,6 +292,20 @@ async fn a_stop_ends_running_turns_and_keeps_their_claims() {
     );
 }
 
+/// Asks the run to stop `id`; its answer comes on the receiver.
+fn ask(
+    stop: &tokio::sync::mpsc::UnboundedSender<StopRequest>,
+    id: &str,
+) -> tokio::sync::oneshot::Receiver<StopAnswer> {
+    let (answer, reply) = tokio::sync::oneshot::channel();
+    stop.send(StopRequest {
+        issue: IssueId::new(id),
+        answer,
+    })
+    .unwrap();
+    reply
+}
+
 #[tokio::test]
 async fn one_issue_stopped_mid_run_is_skipped_with_its_claim_kept_and_the_others_close() {
     let world = World::new(vec![task("m-1"), task("m-2")], Duration::from_secs(3));
@@ -304,18 +318,9 @@ async fn one_issue_stopped_mid_run_is_skipped_with_its_claim_kept_and_the_others
         .unwrap();
     let run = tokio::spawn(orchestrator.run(stages));
     world.events.until_started(2).await;
-    let ask = |id: &str| {
-        let (answer, reply) = tokio::sync::oneshot::channel();
-        stop.send(StopRequest {
-            issue: IssueId::new(id),
-            answer,
-        })
-        .unwrap();
-        reply
-    };
-    let stopped = ask("m-1");
+    let stopped = ask(&stop, "m-1");
     // An issue that is not running is no one's to stop.
-    assert_eq!(ask("m-9").await.unwrap(), StopAnswer::NotWorking);
+    assert_eq!(ask(&stop, "m-9").await.unwrap(), StopAnswer::NotWorking);
     assert_eq!(
         stopped.await.unwrap(),
         StopAnswer::Stopped,
@@ -353,18 +358,9 @@ async fn a_stop_that_comes_as_the_issue_closes_is_answered_too_late_not_stopped(
     let run = tokio::spawn(orchestrator.run(stages));
     // The gate and the review passed; the worker is closing the issue.
     held.reached.notified().await;
-    let ask = |id: &str| {
-        let (answer, reply) = tokio::sync::oneshot::channel();
-        stop.send(StopRequest {
-            issue: IssueId::new(id),
-            answer,
-        })
-        .unwrap();
-        reply
-    };
-    let late = ask("m-1");
+    let late = ask(&stop, "m-1");
     // Requests are read in order: once this one is answered, m-1's is in.
-    assert_eq!(ask("m-9").await.unwrap(), StopAnswer::NotWorking);
+    assert_eq!(ask(&stop, "m-9").await.unwrap(), StopAnswer::NotWorking);
     held.release.notify_one();
     assert_eq!(
         late.await.unwrap(),
