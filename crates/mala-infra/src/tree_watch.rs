@@ -55,6 +55,48 @@ pub struct Snapshot {
     files: HashMap<PathBuf, Stamp>,
     refs: BTreeSet<String>,
     packs: BTreeSet<String>,
+    tracked: Arc<Tracked>,
+}
+
+/// The files git tracks, as its index listed them when it had `index` as
+/// its stamp: listed again only when the index changed.
+#[derive(Debug, Default)]
+struct Tracked {
+    index: Option<Stamp>,
+    paths: Vec<PathBuf>,
+}
+
+impl Tracked {
+    /// What `git` tracks now, reusing `earlier` while the index is the same.
+    fn now(root: &Path, git: &Path, earlier: Option<&Arc<Self>>) -> Arc<Self> {
+        let index = std::fs::metadata(git.join("index"))
+            .ok()
+            .map(|meta| Stamp::of(&meta));
+        if let Some(earlier) = earlier.filter(|t| t.index == index) {
+            return Arc::clone(earlier);
+        }
+        let paths = index.and_then(|_| ls_files(root)).unwrap_or_default();
+        Arc::new(Self { index, paths })
+    }
+}
+
+fn ls_files(root: &Path) -> Option<Vec<PathBuf>> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["ls-files", "-z"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status.success().then(|| {
+        out.stdout
+            .split(|&b| b == 0)
+            .filter(|path| !path.is_empty())
+            .map(|path| PathBuf::from(std::ffi::OsStr::from_bytes(path)))
+            .collect()
+    })
 }
 
 /// The refs a repository has (loose under `.git/refs`, and packed).
@@ -100,6 +142,14 @@ impl Snapshot {
     /// Walks the working tree under `root`, on two threads (the walk is
     /// mostly waiting on the file system, one directory at a time).
     pub fn scan(root: &Path) -> Self {
+        Self::scan_after(root, None)
+    }
+
+    /// [`Snapshot::scan`], reusing what `earlier` knew of the index.
+    /// Ignore rules hide untracked files only: a tracked file they match
+    /// (one added with `git add -f`, or one a pattern added to
+    /// `.git/info/exclude` or a `.gitignore` would hide) is still watched.
+    fn scan_after(root: &Path, earlier: Option<&Self>) -> Self {
         let walker = ignore::WalkBuilder::new(root)
             .hidden(false)
             .parents(false)
@@ -119,10 +169,23 @@ impl Snapshot {
         });
         // `visit` returns after every visitor is dropped, which flushed it.
         let git = root.join(".git");
+        let mut files = found.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let tracked = Tracked::now(root, &git, earlier.map(|e| &e.tracked));
+        for path in &tracked.paths {
+            if files.contains_key(path) || path.starts_with(".beads") {
+                continue;
+            }
+            if let Ok(meta) = root.join(path).symlink_metadata()
+                && !meta.is_dir()
+            {
+                files.insert(path.clone(), Stamp::of(&meta));
+            }
+        }
         Self {
-            files: found.into_inner().unwrap_or_else(PoisonError::into_inner),
+            files,
             refs: read_refs(&git),
             packs: read_packs(&git),
+            tracked,
         }
     }
 
@@ -415,7 +478,7 @@ impl TreeWatch {
     /// between calls, a process left in the background) goes to no one.
     /// The lock is held across the scan so two scans never interleave.
     fn rescan(&self, state: &mut State) {
-        let now = Snapshot::scan(&self.root);
+        let now = Snapshot::scan_after(&self.root, state.last.as_ref());
         if let Some(last) = state.last.take() {
             Self::hand_git_losses(state, &now.git_losses_since(&last));
             for change in now.changes_since(&last) {
@@ -676,6 +739,41 @@ mod tests {
             .map(|c| c.path.display().to_string())
             .collect();
         assert_eq!(changed, vec!["src/a.rs", "src/b.rs", "src/new.rs"]);
+    }
+
+    #[test]
+    fn a_tracked_file_is_watched_whatever_the_ignore_rules_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .arg("-C")
+                .arg(root)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+        };
+        git(&["init", "-q"]);
+        std::fs::create_dir_all(root.join("src")).unwrap();
+        std::fs::create_dir_all(root.join("fixtures")).unwrap();
+        std::fs::write(root.join("src/a.rs"), "a").unwrap();
+        std::fs::write(root.join("fixtures/keep.log"), "kept").unwrap();
+        std::fs::write(root.join(".gitignore"), "*.log\n").unwrap();
+        git(&["add", "-A"]);
+        git(&["add", "-f", "fixtures/keep.log"]);
+        // Hidden by a rule added now, and one the repository always had.
+        std::fs::write(root.join(".git/info/exclude"), "src/\n").unwrap();
+        let before = Snapshot::scan(root);
+        std::fs::write(root.join("src/a.rs"), "changed").unwrap();
+        std::fs::write(root.join("fixtures/keep.log"), "changed").unwrap();
+        std::fs::write(root.join("fixtures/new.log"), "untracked, ignored").unwrap();
+        let changed: Vec<String> = Snapshot::scan_after(root, Some(&before))
+            .changes_since(&before)
+            .into_iter()
+            .map(|c| c.path.display().to_string())
+            .collect();
+        assert_eq!(changed, ["fixtures/keep.log", "src/a.rs"]);
     }
 
     #[test]
