@@ -9,6 +9,8 @@ pub enum StopAnswer {
     /// It was already finishing and ended as it would have: `outcome` is
     /// `closed`, `failed` or `released`.
     TooLate { outcome: &'static str },
+    /// It had already given way in a deadlock: it runs again in this run.
+    Deferred,
     /// No worker of the run has the issue.
     NotWorking,
 }

@@ -57,6 +57,8 @@ pub(crate) enum Source {
     Followed {
         events: Mutex<ReadEvents>,
         load: LoadRecord,
+        /// The record said the run is over at the last reload.
+        over_once: std::sync::atomic::AtomicBool,
     },
     Recorded(LoadRecord),
 }
@@ -111,6 +113,7 @@ impl Hub {
             Source::Followed {
                 events: Mutex::new(events),
                 load,
+                over_once: std::sync::atomic::AtomicBool::new(false),
             },
             budget,
             None,
@@ -219,7 +222,11 @@ impl Hub {
     pub(crate) fn reload(&self) -> Reloaded {
         match &self.source {
             Source::Live => Reloaded::Over,
-            Source::Followed { events, load } => self.follow(events, load),
+            Source::Followed {
+                events,
+                load,
+                over_once,
+            } => self.follow(events, load, over_once),
             Source::Recorded(load) => self.reread(load),
         }
     }
@@ -227,16 +234,29 @@ impl Hub {
     /// Folds the newly logged events (each goes to the pages as it would
     /// from the run itself); once the record says the run is over, the
     /// last of them and then the record's word on each issue.
-    fn follow(&self, events: &Mutex<ReadEvents>, load: &LoadRecord) -> Reloaded {
+    fn follow(
+        &self,
+        events: &Mutex<ReadEvents>,
+        load: &LoadRecord,
+        over_once: &std::sync::atomic::AtomicBool,
+    ) -> Reloaded {
+        use std::sync::atomic::Ordering;
         let mut events = events.lock().unwrap_or_else(PoisonError::into_inner);
-        self.fold_logged(&mut events);
+        self.fold_logged(&mut events, CATCH_UP_READS);
         let log = match load() {
             Some(log) if is_over(&log) => log,
             Some(_) => return Reloaded::Going,
             None => return Reloaded::Over,
         };
-        // Events logged between the read and the record's end.
-        self.fold_logged(&mut events);
+        // Events logged between the read and the record's end, all of them.
+        self.fold_logged(&mut events, usize::MAX);
+        // The run writes its record, then its last events: a record that
+        // says over (or gone, its marker just removed) without the run's
+        // end folded is trusted on the second reload that says so.
+        let ended = self.state().view.saw_its_end();
+        if !ended && !over_once.swap(true, Ordering::Relaxed) {
+            return Reloaded::Going;
+        }
         let mut state = self.state();
         state.view.reconcile(&log);
         state.record = Some(log);
@@ -244,8 +264,8 @@ impl Hub {
         Reloaded::Over
     }
 
-    fn fold_logged(&self, events: &mut ReadEvents) {
-        for _ in 0..CATCH_UP_READS {
+    fn fold_logged(&self, events: &mut ReadEvents, most_reads: usize) {
+        for _ in 0..most_reads {
             let read = events();
             if read.is_empty() {
                 return;

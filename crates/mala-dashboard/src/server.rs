@@ -386,6 +386,14 @@ async fn stop(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<St
         Err(refusal) => return answer(StatusCode::CONFLICT, refusal),
     };
     let id = IssueId::new(id);
+    // The view answers at once for an issue long over; the run has the
+    // last word on the rest.
+    if !app.hub.read(|view, _| view.in_flight(&id)) {
+        return answer(
+            StatusCode::NOT_FOUND,
+            &format!("{id} is not being worked on"),
+        );
+    }
     let reply = tokio::time::timeout(STOP_WAITS, controls.stop_issue(&id)).await;
     let (status, message) = match reply {
         Ok(Some(StopAnswer::Stopped)) => (
@@ -397,6 +405,10 @@ async fn stop(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<St
         Ok(Some(StopAnswer::TooLate { outcome })) => (
             StatusCode::CONFLICT,
             format!("{id} was already finishing when the stop came: it ended {outcome}"),
+        ),
+        Ok(Some(StopAnswer::Deferred)) => (
+            StatusCode::CONFLICT,
+            format!("{id} had already given way in a deadlock: it runs again in this run"),
         ),
         Ok(Some(StopAnswer::NotWorking)) => (
             StatusCode::NOT_FOUND,

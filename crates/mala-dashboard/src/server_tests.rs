@@ -214,7 +214,8 @@ async fn the_transcript_is_the_issues_own_record_paged() {
 async fn controls_need_the_csrf_token_and_reach_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let controls = Arc::new(FakeControls::default());
-    let router = app(&claimed_hub(dir.path()), Some(Arc::clone(&controls)));
+    let hub = claimed_hub(dir.path());
+    let router = app(&hub, Some(Arc::clone(&controls)));
     let token = ("x-mala-token", "tok");
     let csrf = ("x-mala-csrf", "csrf");
     let (status, _) = call(&router, "POST", "/api/drain", &[token]).await;
@@ -234,9 +235,16 @@ async fn controls_need_the_csrf_token_and_reach_the_run() {
         (status, body["message"].as_str()),
         (StatusCode::ACCEPTED, Some("draining"))
     );
-    // Each answer as the run gave it.
+    for id in ["bd-2", "bd-3", "bd-4"] {
+        hub.emit(&Event::IssueClaimed {
+            issue: IssueId::new(id),
+            agent: AgentId::new(format!("{id}@run1")),
+            title: String::new(),
+        });
+    }
+    // Each answer as the run gave it; bd-9, never claimed, the view's own.
     let mut answers = Vec::new();
-    for id in ["bd-1", "bd-2", "bd-3", "bd-9"] {
+    for id in ["bd-1", "bd-2", "bd-3", "bd-4", "bd-9"] {
         let (status, body) = call(
             &router,
             "POST",
@@ -265,10 +273,12 @@ async fn controls_need_the_csrf_token_and_reach_the_run() {
     assert_eq!(answers[2].0, StatusCode::CONFLICT);
     assert!(said(2, "the run ended before"), "{answers:?}");
     assert_eq!(answers[3].0, StatusCode::NOT_FOUND);
-    assert!(said(3, "bd-9 is not being worked on"), "{answers:?}");
+    assert!(said(3, "bd-4 is not being worked on"), "{answers:?}");
+    assert_eq!(answers[4].0, StatusCode::NOT_FOUND);
+    assert!(said(4, "bd-9 is not being worked on"), "{answers:?}");
     assert_eq!(
         *controls.calls.lock().unwrap(),
-        ["drain", "stop bd-1", "stop bd-2", "stop bd-3", "stop bd-9"]
+        ["drain", "stop bd-1", "stop bd-2", "stop bd-3", "stop bd-4"]
     );
 }
 
@@ -533,6 +543,9 @@ fn a_followed_run_ends_as_its_record_says_with_the_events_logged_last() {
     killed.reason = Some("no commit".into());
     ended.issues = vec![record, killed];
     *other.record.lock().unwrap() = Some(ended);
+    // No `run_finished` logged (a killed run, or its last lines not yet
+    // written): the record is trusted on the second reload that says over.
+    assert_eq!(hub.reload(), Reloaded::Going);
     assert_eq!(hub.reload(), Reloaded::Over);
     let (issues, agents, outcome, history) = hub.read(|view, _| {
         let snapshot = view.snapshot(chrono::Utc::now());

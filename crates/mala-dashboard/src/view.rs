@@ -325,6 +325,8 @@ impl RunView {
         self.agents.clear();
         self.waits.clear();
         self.queue.clear();
+        self.locks.clear();
+        self.paused = None;
         for record in &log.issues {
             let id = IssueId::new(record.issue.as_str());
             if !self.index.contains_key(&id) {
@@ -632,6 +634,11 @@ impl RunView {
         self.index.get(id).map(|&slot| &mut self.issues[slot])
     }
 
+    /// Whether the run's own end (`RunFinished`) has been folded.
+    pub(crate) fn saw_its_end(&self) -> bool {
+        self.finished_at.is_some()
+    }
+
     pub(crate) fn is_finished(&self) -> bool {
         self.finished_at.is_some() || self.outcome != "running"
     }
@@ -651,6 +658,13 @@ impl RunView {
     /// Where an issue's session record is, if it has one.
     pub(crate) fn record_of(&self, id: &IssueId) -> Option<PathBuf> {
         self.issues[*self.index.get(id)?].log_path.clone()
+    }
+
+    /// Whether the issue is being worked on, as far as the events say.
+    pub(crate) fn in_flight(&self, id: &IssueId) -> bool {
+        self.index
+            .get(id)
+            .is_some_and(|&slot| self.issues[slot].state.in_flight())
     }
 
     /// The run at `now`. The queue's issues come after the ones started.

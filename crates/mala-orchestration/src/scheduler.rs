@@ -410,6 +410,7 @@ impl<'o> Scheduler<'o> {
     /// the stop taking effect; any other end means it came too late.
     fn answer_stops(&mut self, issue: &IssueId, result: &IssueResult) {
         let answer = match result {
+            IssueResult::Skipped { .. } if self.giving_way.contains(issue) => StopAnswer::Deferred,
             IssueResult::Skipped { .. } => StopAnswer::Stopped,
             IssueResult::Closed { .. } => StopAnswer::TooLate { outcome: "closed" },
             IssueResult::Failed { .. } => StopAnswer::TooLate { outcome: "failed" },
@@ -471,6 +472,13 @@ impl<'o> Scheduler<'o> {
         };
         self.active.remove(&issue);
         self.giving_way.remove(&issue);
+        // Its askers are not left waiting: the issue was not worked on.
+        self.answer_stops(
+            &issue,
+            &IssueResult::Skipped {
+                reason: String::new(),
+            },
+        );
         if error.is_panic() {
             let reason = format!("mala's worker crashed before it took the issue: {error}");
             self.events().emit(&Event::Warning {

@@ -73,6 +73,7 @@ impl Controls for RunControls {
         if self.stops.send(asked).is_err() {
             return Box::pin(async { None });
         }
+        output::note(&format!("stopping {issue} (asked from the dashboard)"));
         let issue = issue.clone();
         Box::pin(async move {
             let answer = reply.await.ok()?;
@@ -83,7 +84,7 @@ impl Controls for RunControls {
                 StopAnswer::TooLate { outcome } => output::note(&format!(
                     "{issue} was already finishing when the dashboard asked to stop it: it ended {outcome}"
                 )),
-                StopAnswer::NotWorking => {}
+                StopAnswer::Deferred | StopAnswer::NotWorking => {}
             }
             Some(answer)
         })
