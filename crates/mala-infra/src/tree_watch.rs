@@ -743,31 +743,19 @@ mod tests {
 
     #[test]
     fn a_tracked_file_is_watched_whatever_the_ignore_rules_say() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        let git = |args: &[&str]| {
-            let out = std::process::Command::new("git")
-                .arg("-C")
-                .arg(root)
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "git {args:?}: {out:?}");
-        };
-        git(&["init", "-q"]);
-        std::fs::create_dir_all(root.join("src")).unwrap();
-        std::fs::create_dir_all(root.join("fixtures")).unwrap();
-        std::fs::write(root.join("src/a.rs"), "a").unwrap();
-        std::fs::write(root.join("fixtures/keep.log"), "kept").unwrap();
-        std::fs::write(root.join(".gitignore"), "*.log\n").unwrap();
-        git(&["add", "-A"]);
-        git(&["add", "-f", "fixtures/keep.log"]);
+        let repo = mala_testkit::TempRepo::new();
+        let root = repo.path();
+        repo.write("src/a.rs", "a");
+        repo.write("fixtures/keep.log", "kept");
+        repo.write(".gitignore", "*.log\n");
+        repo.git(&["add", "-A"]);
+        repo.git(&["add", "-f", "fixtures/keep.log"]);
         // Hidden by a rule added now, and one the repository always had.
-        std::fs::write(root.join(".git/info/exclude"), "src/\n").unwrap();
+        repo.write(".git/info/exclude", "src/\n");
         let before = Snapshot::scan(root);
-        std::fs::write(root.join("src/a.rs"), "changed").unwrap();
-        std::fs::write(root.join("fixtures/keep.log"), "changed").unwrap();
-        std::fs::write(root.join("fixtures/new.log"), "untracked, ignored").unwrap();
+        repo.write("src/a.rs", "changed");
+        repo.write("fixtures/keep.log", "changed");
+        repo.write("fixtures/new.log", "untracked, ignored");
         let changed: Vec<String> = Snapshot::scan_after(root, Some(&before))
             .changes_since(&before)
             .into_iter()
