@@ -7,7 +7,7 @@ use std::sync::Arc;
 use mala_core::{AgentBackend, AgentError, AgentErrorKind, LockTable, ToolGuard};
 use mala_domain::{Coder, Settings};
 
-use crate::{ClaudeBackend, ClaudeConfig, CodexBackend, CodexConfig, GitRepo, TreeWatch};
+use crate::{ClaudeBackend, ClaudeConfig, CodexBackend, CodexConfig, GitRepo, Watching};
 
 /// How the chosen backend's sessions start.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub struct AgentServices {
     pub guard: Option<Arc<dyn ToolGuard>>,
     pub locks: Option<Arc<dyn LockTable>>,
     pub git: Option<Arc<GitRepo>>,
-    pub watch: Option<Arc<TreeWatch>>,
+    pub watch: Watching,
 }
 
 impl CoderConfig {

@@ -48,5 +48,5 @@ pub use locks::{
 pub use run_log::{encode_repo, list_runs, read_run_of};
 pub use run_marker::{Cleanup, RunMarker, is_run_alive, remove_stale};
 pub use run_store::FileRunStore;
-pub use tree_watch::{Call, Change, Observed, Snapshot, TreeWatch, WindowId};
+pub use tree_watch::{Call, Change, Observed, Snapshot, TreeWatch, Watching, WindowId};
 pub use worktrees::{GitWorktrees, LiveWorktree, MERGED_BRANCH, issue_branch, issue_worktree};

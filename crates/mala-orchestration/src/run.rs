@@ -13,7 +13,7 @@ use mala_pipeline::{AgentReviewer, EpicVerifier};
 use crate::epics::{EpicCheck, verify_epic};
 use mala_infra::{
     AgentServices, CerberusConfig, CerberusReviewer, CoderConfig, EventLog, FileLockTable,
-    FileRunStore, GitRepo, GitWorktrees, LockingGuard, SystemClock, Tracker, TreeWatch,
+    FileRunStore, GitRepo, GitWorktrees, LockingGuard, SystemClock, Tracker, TreeWatch, Watching,
     check_cerberus,
 };
 use tokio::sync::{mpsc, watch};
@@ -321,12 +321,18 @@ fn implementer_backend(
         Arc::clone(locks),
         disallowed_tools(&request.settings),
     );
+    let settings = &request.settings;
+    let validation: Vec<String> =
+        mala_domain::required_commands(&settings.evidence_check.required, &settings.commands)
+            .into_iter()
+            .map(|r| r.command)
+            .collect();
     if let Some(dir) = worktrees {
         // Each agent alone in its tree: no locks to take, no commit tool
-        // (it commits on its branch), and the watch, which knows one tree,
-        // is not there.
+        // (it commits on its branch), and a watch of its own tree.
         return config.backend(AgentServices {
             guard: Some(Arc::new(guard.in_worktrees(dir))),
+            watch: Watching::EachTree { validation },
             ..AgentServices::default()
         });
     }
@@ -339,19 +345,13 @@ fn implementer_backend(
     // The second line: what each tool call changed in the tree. Alone, every
     // change is the agent's edit; with others, a change nobody holds is an
     // unlocked write.
-    let settings = &request.settings;
-    let validation =
-        mala_domain::required_commands(&settings.evidence_check.required, &settings.commands)
-            .into_iter()
-            .map(|r| r.command)
-            .collect();
     let watch =
         TreeWatch::new(repo_root, (!alone).then(|| Arc::clone(locks))).with_validation(validation);
     config.backend(AgentServices {
         guard: Some(Arc::new(guard)),
         locks: Some(Arc::clone(locks)),
         git: Some(Arc::clone(git)),
-        watch: Some(Arc::new(watch)),
+        watch: Watching::Shared(Arc::new(watch)),
     })
 }
 

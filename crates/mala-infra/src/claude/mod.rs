@@ -228,7 +228,7 @@ pub(crate) struct Services {
     pub(crate) guard: Option<Arc<dyn ToolGuard>>,
     pub(crate) locks: Option<Arc<dyn LockTable>>,
     pub(crate) git: Option<Arc<crate::GitRepo>>,
-    pub(crate) watch: Option<Arc<crate::TreeWatch>>,
+    pub(crate) watch: crate::Watching,
     pub(crate) stop: Arc<StopSwitch>,
 }
 
@@ -328,7 +328,7 @@ impl ClaudeBackend {
     /// it changed is evidence, and a change without a lock is reported.
     #[must_use]
     pub fn with_tree_watch(mut self, watch: Arc<crate::TreeWatch>) -> Self {
-        self.services.watch = Some(watch);
+        self.services.watch = crate::Watching::Shared(watch);
         self
     }
 

@@ -685,7 +685,7 @@ impl ClaudeSession {
             guard,
             locks,
             git,
-            watch,
+            watch: watch.for_session(&request.cwd),
             windows: Mutex::new(HashMap::new()),
             outbox,
             record,

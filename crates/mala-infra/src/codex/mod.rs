@@ -189,6 +189,8 @@ pub struct CodexBackend {
     command: AppServerCommand,
     thread: ThreadSettings,
     around: Surroundings,
+    /// Each session's tree watch comes from this, given its directory.
+    watching: crate::Watching,
     stop: watch::Sender<bool>,
     live: Arc<Mutex<HashSet<u32>>>,
 }
@@ -222,6 +224,7 @@ impl CodexBackend {
             command,
             thread,
             around,
+            watching: crate::Watching::Off,
             stop: watch::Sender::new(false),
             live: Arc::default(),
         }
@@ -239,7 +242,7 @@ impl CodexBackend {
         self.around.guard = guard;
         self.around.locks = locks;
         self.around.git = git;
-        self.around.watch = watch;
+        self.watching = watch;
         self
     }
 }
@@ -254,6 +257,7 @@ impl AgentBackend for CodexBackend {
         let around = Surroundings {
             stop: Some(self.stop.subscribe()),
             live: Some(Arc::clone(&self.live)),
+            watch: self.watching.for_session(&request.cwd),
             ..self.around.clone()
         };
         let session =

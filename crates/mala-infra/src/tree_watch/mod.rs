@@ -18,12 +18,16 @@
 //! this one), a file this agent holds is its edit, and any other file is an
 //! unlocked write. docs/coordination.md explains the attribution.
 
-use std::collections::{BTreeSet, HashMap};
+mod git_store;
+
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use mala_core::{AgentId, LockTable};
+
+use git_store::{GitDirs, Store};
 
 /// What a file's stat said at a scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,12 +53,11 @@ impl Stamp {
 }
 
 /// The working tree's files at one moment, by path relative to the root,
-/// and the repository's recovery data: its refs and its pack files.
+/// and the repository's recovery data (`git_store`).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     files: HashMap<PathBuf, Stamp>,
-    refs: BTreeSet<String>,
-    packs: BTreeSet<String>,
+    store: Store,
     tracked: Arc<Tracked>,
 }
 
@@ -68,8 +71,8 @@ struct Tracked {
 
 impl Tracked {
     /// What `git` tracks now, reusing `earlier` while the index is the same.
-    fn now(root: &Path, git: &Path, earlier: Option<&Arc<Self>>) -> Arc<Self> {
-        let index = std::fs::metadata(git.join("index"))
+    fn now(root: &Path, git: &GitDirs, earlier: Option<&Arc<Self>>) -> Arc<Self> {
+        let index = std::fs::metadata(git.own.join("index"))
             .ok()
             .map(|meta| Stamp::of(&meta));
         if let Some(earlier) = earlier.filter(|t| t.index == index) {
@@ -99,57 +102,18 @@ fn ls_files(root: &Path) -> Option<Vec<PathBuf>> {
     })
 }
 
-/// The refs a repository has (loose under `.git/refs`, and packed).
-fn read_refs(git: &Path) -> BTreeSet<String> {
-    fn walk(dir: &Path, name: &str, out: &mut BTreeSet<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let child = format!("{name}/{}", entry.file_name().to_string_lossy());
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                walk(&entry.path(), &child, out);
-            } else if entry.path().extension().is_none_or(|e| e != "lock") {
-                out.insert(child);
-            }
-        }
-    }
-    let mut refs = BTreeSet::new();
-    walk(&git.join("refs"), "refs", &mut refs);
-    if let Ok(packed) = std::fs::read_to_string(git.join("packed-refs")) {
-        refs.extend(
-            packed
-                .lines()
-                .filter(|l| !l.starts_with(['#', '^']))
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .map(str::to_owned),
-        );
-    }
-    refs
-}
-
-fn read_packs(git: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(git.join("objects/pack"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 impl Snapshot {
     /// Walks the working tree under `root`, on two threads (the walk is
     /// mostly waiting on the file system, one directory at a time).
     pub fn scan(root: &Path) -> Self {
-        Self::scan_after(root, None)
+        Self::scan_after(root, &GitDirs::of(root), None)
     }
 
     /// [`Snapshot::scan`], reusing what `earlier` knew of the index.
     /// Ignore rules hide untracked files only: a tracked file they match
     /// (one added with `git add -f`, or one a pattern added to
     /// `.git/info/exclude` or a `.gitignore` would hide) is still watched.
-    fn scan_after(root: &Path, earlier: Option<&Self>) -> Self {
+    fn scan_after(root: &Path, git: &GitDirs, earlier: Option<&Self>) -> Self {
         let walker = ignore::WalkBuilder::new(root)
             .hidden(false)
             .parents(false)
@@ -168,9 +132,8 @@ impl Snapshot {
             found: &found,
         });
         // `visit` returns after every visitor is dropped, which flushed it.
-        let git = root.join(".git");
         let mut files = found.into_inner().unwrap_or_else(PoisonError::into_inner);
-        let tracked = Tracked::now(root, &git, earlier.map(|e| &e.tracked));
+        let tracked = Tracked::now(root, git, earlier.map(|e| &e.tracked));
         for path in &tracked.paths {
             if files.contains_key(path) || path.starts_with(".beads") {
                 continue;
@@ -183,29 +146,9 @@ impl Snapshot {
         }
         Self {
             files,
-            refs: read_refs(&git),
-            packs: read_packs(&git),
+            store: Store::read(git, earlier.map(|e| &e.store)),
             tracked,
         }
-    }
-
-    /// What the repository lost since `earlier` that only a rewrite of its
-    /// history or its object store loses: refs that are gone, and packs
-    /// removed without a new one in their place (as `git gc` makes).
-    pub fn git_losses_since(&self, earlier: &Self) -> Vec<String> {
-        let mut lost: Vec<String> = earlier
-            .refs
-            .difference(&self.refs)
-            .map(|r| format!("the ref {r} was deleted"))
-            .collect();
-        let removed: Vec<&String> = earlier.packs.difference(&self.packs).collect();
-        if !removed.is_empty() && self.packs.is_subset(&earlier.packs) {
-            lost.push(format!(
-                "{} pack file(s) of the object store were removed",
-                removed.len()
-            ));
-        }
-        lost
     }
 
     pub fn len(&self) -> usize {
@@ -392,6 +335,7 @@ struct State {
 /// Opens a window per tool call; see the module documentation.
 pub struct TreeWatch {
     root: PathBuf,
+    git: GitDirs,
     locks: Option<Arc<dyn LockTable>>,
     /// The validation commands: what they leave behind is not an edit.
     validation: Vec<String>,
@@ -403,6 +347,32 @@ impl std::fmt::Debug for TreeWatch {
         f.debug_struct("TreeWatch")
             .field("root", &self.root)
             .finish_non_exhaustive()
+    }
+}
+
+/// How a backend's sessions are watched in their working trees.
+#[derive(Debug, Clone, Default)]
+pub enum Watching {
+    #[default]
+    Off,
+    /// Every session works in this one tree, the user's checkout.
+    Shared(Arc<TreeWatch>),
+    /// Each session works alone in a tree of its own (worktree isolation):
+    /// each gets a watch of that tree, where every change is its edit.
+    /// Runs of these validation commands are not edits.
+    EachTree { validation: Vec<String> },
+}
+
+impl Watching {
+    /// The watch of a session working in `cwd`.
+    pub(crate) fn for_session(&self, cwd: &Path) -> Option<Arc<TreeWatch>> {
+        match self {
+            Self::Off => None,
+            Self::Shared(watch) => Some(Arc::clone(watch)),
+            Self::EachTree { validation } => Some(Arc::new(
+                TreeWatch::new(cwd, None).with_validation(validation.clone()),
+            )),
+        }
     }
 }
 
@@ -439,12 +409,22 @@ fn now_ns() -> i128 {
 /// round their times; a change this close before a window opened may be its.
 const SLACK_NS: i128 = 20_000_000;
 
+/// Whether what `.git` lost now would go to anyone: some open call runs a
+/// program, and none runs git itself (whose work the guard vetted).
+fn git_losses_matter(state: &State) -> bool {
+    let open = state.open.values();
+    !open.clone().any(|w| w.runs_git)
+        && open.into_iter().any(|w| matches!(w.reach, Reach::Anything))
+}
+
 impl TreeWatch {
     /// Watches the working tree at `root`. With a lock table, unlocked writes
     /// are told apart from edits; without one, every change is an edit.
     pub fn new(root: &Path, locks: Option<Arc<dyn LockTable>>) -> Self {
+        let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
         Self {
-            root: root.canonicalize().unwrap_or_else(|_| root.to_path_buf()),
+            git: GitDirs::of(&root),
+            root,
             locks,
             validation: Vec::new(),
             state: Mutex::new(State::default()),
@@ -478,9 +458,12 @@ impl TreeWatch {
     /// between calls, a process left in the background) goes to no one.
     /// The lock is held across the scan so two scans never interleave.
     fn rescan(&self, state: &mut State) {
-        let now = Snapshot::scan_after(&self.root, state.last.as_ref());
+        let now = Snapshot::scan_after(&self.root, &self.git, state.last.as_ref());
         if let Some(last) = state.last.take() {
-            Self::hand_git_losses(state, &now.git_losses_since(&last));
+            if git_losses_matter(state) {
+                let losses = now.store.losses_since(&last.store, &self.git);
+                Self::hand_git_losses(state, &losses);
+            }
             for change in now.changes_since(&last) {
                 let holder = self
                     .locks
@@ -520,13 +503,9 @@ impl TreeWatch {
         state.last = Some(now);
     }
 
-    /// `.git` lost refs or packs. git's own commands pass the guard first,
-    /// so while any call runs git with nothing else, the loss is taken as
-    /// git's; otherwise it goes to the calls that ran a program.
+    /// `.git` lost refs, packs or objects: it goes to the calls that ran a
+    /// program (see `git_losses_matter`).
     fn hand_git_losses(state: &mut State, losses: &[String]) {
-        if losses.is_empty() || state.open.values().any(|w| w.runs_git) {
-            return;
-        }
         for window in state.open.values_mut() {
             let program = matches!(window.reach, Reach::Anything);
             if program {
@@ -756,7 +735,7 @@ mod tests {
         repo.write("src/a.rs", "changed");
         repo.write("fixtures/keep.log", "changed");
         repo.write("fixtures/new.log", "untracked, ignored");
-        let changed: Vec<String> = Snapshot::scan_after(root, Some(&before))
+        let changed: Vec<String> = Snapshot::scan_after(root, &GitDirs::of(root), Some(&before))
             .changes_since(&before)
             .into_iter()
             .map(|c| c.path.display().to_string())
@@ -907,6 +886,63 @@ mod tests {
         // A program deleting a ref behind git's back.
         let window = watch.open(&agent, &Call::Shell("python3 /tmp/evil.py".into()));
         git(&["update-ref", "-d", "refs/heads/keep"]);
+        let losses = watch.close(window).git_losses;
+        assert_eq!(losses, vec!["the ref refs/heads/keep was deleted"]);
+        // A program whose git packs the loose objects and removes them (as
+        // an automatic `git gc` does): every object is still there.
+        std::fs::write(dir.path().join("src/a.rs"), "two").unwrap();
+        git(&["commit", "-qam", "two"]);
+        let window = watch.open(&agent, &Call::Shell("./test.sh".into()));
+        git(&["repack", "-q", "-d"]);
+        git(&["prune-packed"]);
+        assert!(watch.close(window).git_losses.is_empty());
+        // A program removing a loose object from the store.
+        std::fs::write(dir.path().join("src/a.rs"), "three").unwrap();
+        let window = watch.open(&agent, &Call::Shell("git commit -qam three".into()));
+        git(&["commit", "-qam", "three"]);
+        watch.close(window);
+        let head = std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let head = String::from_utf8(head.stdout).unwrap();
+        let (fan, rest) = head.trim().split_at(2);
+        let window = watch.open(&agent, &Call::Shell("python3 /tmp/evil.py".into()));
+        std::fs::remove_file(dir.path().join(".git/objects").join(fan).join(rest)).unwrap();
+        let losses = watch.close(window).git_losses;
+        assert_eq!(losses, vec!["1 object(s) of the object store were removed"]);
+    }
+
+    #[test]
+    fn in_its_own_worktree_a_session_is_watched_with_the_store_it_shares() {
+        let repo = mala_testkit::TempRepo::new();
+        let trees = tempfile::tempdir().unwrap();
+        let (mine, other) = (trees.path().join("bd-1"), trees.path().join("bd-2"));
+        for (tree, branch) in [(&mine, "mala/bd-1"), (&other, "mala/bd-2")] {
+            let tree = tree.to_string_lossy();
+            repo.git(&["worktree", "add", "-q", "-b", branch, &tree]);
+        }
+        repo.git(&["branch", "keep"]);
+        let watching = Watching::EachTree {
+            validation: Vec::new(),
+        };
+        let watch = watching.for_session(&mine).unwrap();
+        let agent = AgentId::new("bd-1@r");
+        let program = Call::Shell("python3 edit.py".into());
+        // Its write is its edit (it is alone: no locks), whatever wrote it.
+        let window = watch.open(&agent, &program);
+        std::fs::write(mine.join("README.md"), "changed").unwrap();
+        let observed = watch.close(window);
+        assert_eq!(relative(&mine, &observed.edits), vec!["README.md"]);
+        // The merge queue deletes another issue's landed branch: not a loss.
+        let window = watch.open(&agent, &program);
+        repo.git(&["worktree", "remove", "--force", &other.to_string_lossy()]);
+        repo.git(&["branch", "-D", "mala/bd-2"]);
+        assert!(watch.close(window).git_losses.is_empty());
+        // A program deleting the user's branch in the shared store is.
+        let window = watch.open(&agent, &program);
+        repo.git(&["update-ref", "-d", "refs/heads/keep"]);
         let losses = watch.close(window).git_losses;
         assert_eq!(losses, vec!["the ref refs/heads/keep was deleted"]);
     }
