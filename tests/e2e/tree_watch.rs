@@ -211,3 +211,71 @@ async fn a_program_that_deletes_a_ref_stops_the_agent_and_fails_its_issue() {
         .any(|r| r.body.to_string().contains("still acting"));
     assert!(!ran_on, "the agent was stopped");
 }
+
+/// An agent that starts a program in the background (`… &`: the call
+/// returns at once) that would write `src/victim.txt` later, when no window
+/// is open; it writes its pid first. Then it does its own work honestly.
+fn background_script(repo: PathBuf) -> Script {
+    Script::from_fn(move |conversation: &Conversation<'_>| {
+        let (issue, file, _) = task(*conversation);
+        let program = std::env::temp_dir().join(format!("mala-e2e-{issue}-late.py"));
+        let pidfile = std::env::temp_dir().join(format!("mala-e2e-{issue}-late.pid"));
+        let victim = repo.join("src/victim.txt");
+        let text = format!(
+            "import os, time\nopen({:?}, 'w').write(str(os.getpid()))\ntime.sleep(30)\nopen({:?}, 'w').write('late')\n",
+            pidfile.display().to_string(),
+            victim.display().to_string()
+        );
+        let plan = vec![
+            ("mcp__mala__lock_acquire", json!({"filepaths": [file]})),
+            ("Write", json!({"file_path": program, "content": text})),
+            (
+                "Bash",
+                json!({"command": format!("python3 {} > /dev/null 2>&1 & sleep 0.5; echo started", program.display())}),
+            ),
+            (
+                "Write",
+                json!({"file_path": repo.join(&file), "content": "fixed\n"}),
+            ),
+            ("Bash", json!({"command": format!("grep -q fixed {file}")})),
+            (
+                "Bash",
+                json!({"command": format!("git add {file} && git commit -q -m 'bd-{issue}: fix {file}' -- {file}")}),
+            ),
+        ];
+        step(*conversation, &plan)
+    })
+}
+
+#[tokio::test]
+async fn what_a_shell_call_leaves_running_is_stopped_when_the_call_returns_and_the_agent_told() {
+    let (claude, br) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
+    let setup = setup_scripted(&claude, &br, background_script, "grep -q fixed src/app.txt");
+    std::fs::write(setup.repo.path().join("src/victim.txt"), "theirs\n").unwrap();
+    setup.repo.git(&["add", "src/victim.txt"]);
+    setup.repo.git(&["commit", "-q", "-m", "victim"]);
+    let issue = create_issue(&setup.br, "Fix the app", "src/app.txt");
+    let result = setup.run(&issue).await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+    let pidfile = std::env::temp_dir().join(format!("mala-e2e-{issue}-late.pid"));
+    let pid = std::fs::read_to_string(&pidfile).expect("the program started");
+    // Stopped when the call returned: it is gone (or a zombie nobody reaped)
+    // and can write nothing later.
+    let alive = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    });
+    assert!(!alive, "the program left running was stopped");
+    assert_eq!(
+        std::fs::read_to_string(setup.repo.path().join("src/victim.txt")).unwrap(),
+        "theirs\n"
+    );
+    let told = setup.mock.requests().iter().any(|r| {
+        let body = r.body.to_string();
+        body.contains("mala stopped what this Bash call left running after it returned")
+            && body.contains("late.py")
+    });
+    assert!(told, "the agent is told what was stopped");
+    let _ = std::fs::remove_file(pidfile);
+}

@@ -7,12 +7,16 @@
 use rustix::process::{Pid, Signal, kill_process, kill_process_group};
 
 /// SIGKILLs `pid`'s process group, then every descendant of `pid` and
-/// their groups. Processes already gone are skipped. `pid` must lead its
-/// own group (agents are started so): a pid that does not is not the agent
-/// any more, and only its old group is signalled.
+/// their groups, and the processes it left running (`strays`). Processes
+/// already gone are skipped. `pid` must lead its own group (agents are
+/// started so): a pid that does not is not the agent any more, and only its
+/// old group is signalled.
 pub(crate) fn kill_tree(pid: u32) {
     let family = if leads_its_group(pid) {
-        descendants(pid)
+        let mut family = descendants(pid);
+        let strays = AgentProcess::running(pid).map(|agent| agent.strays());
+        family.extend(strays.into_iter().flatten().map(|stray| stray.pid));
+        family
     } else {
         Vec::new()
     };
@@ -33,6 +37,148 @@ pub(crate) fn kill_descendants(root: u32) {
         let _ = kill_process(member, Signal::KILL);
         let _ = kill_process_group(member, Signal::KILL);
     }
+}
+
+/// The environment variable each agent process is started with, a value no
+/// other process has (`new_mark`). Everything it starts inherits it, so a
+/// process left running by one of its tool calls is still known as its own
+/// after its shell exited and it was reparented away from the agent; and no
+/// other agent's process, even one of the same agent id, is taken for it.
+pub(crate) const AGENT_MARK: &str = "MALA_PROCESS_MARK";
+
+/// A fresh value of `AGENT_MARK` for a process about to start.
+pub(crate) fn new_mark() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A process an agent's tool call left running after the call returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stray {
+    pub(crate) pid: u32,
+    /// Its command line, as `/proc` has it.
+    pub(crate) command: String,
+}
+
+/// An agent's process, as its strays know it: they carry its mark and
+/// started after it, and that stays true after it exited and was reaped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AgentProcess {
+    pid: u32,
+    mark: Vec<u8>,
+    born: u64,
+}
+
+impl AgentProcess {
+    /// The process `pid`, just started with `AGENT_MARK` set to `mark`.
+    pub(crate) fn started(pid: u32, mark: &str) -> Option<Self> {
+        Some(Self {
+            pid,
+            mark: format!("{AGENT_MARK}={mark}").into_bytes(),
+            born: start_time(pid)?,
+        })
+    }
+
+    /// The running process `pid`, with the mark its environment has.
+    fn running(pid: u32) -> Option<Self> {
+        Some(Self {
+            pid,
+            mark: mark_of(pid)?,
+            born: start_time(pid)?,
+        })
+    }
+
+    /// The processes carrying its mark, started since it was, that are not
+    /// it and not below it. A tool call's running commands are below the
+    /// agent; one that outlived its shell (`cmd &`, `nohup`, `setsid`) was
+    /// reparented away and is not.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn strays(&self) -> Vec<Stray> {
+        let itself = start_time(self.pid) == Some(self.born);
+        let family = if itself {
+            descendants(self.pid)
+        } else {
+            Vec::new()
+        };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| *pid != self.pid && !family.contains(pid))
+            .filter(|pid| start_time(*pid).is_some_and(|t| t >= self.born))
+            .filter(|pid| mark_of(*pid).as_ref() == Some(&self.mark))
+            .map(|pid| Stray {
+                pid,
+                command: command_line(pid),
+            })
+            .collect()
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn strays(&self) -> Vec<Stray> {
+        Vec::new()
+    }
+
+    /// SIGKILLs its strays (and the groups they lead, unless it is the
+    /// agent's own), again until none is found (a stray may fork as it
+    /// dies); returns what was stopped.
+    pub(crate) fn stop_strays(&self) -> Vec<Stray> {
+        let mut stopped: Vec<Stray> = Vec::new();
+        for _ in 0..4 {
+            let found = self.strays();
+            if found.is_empty() {
+                break;
+            }
+            for stray in found {
+                if let Some(member) = to_pid(stray.pid) {
+                    let _ = kill_process(member, Signal::KILL);
+                    if group_of(stray.pid) == Some(stray.pid) && stray.pid != self.pid {
+                        let _ = kill_process_group(member, Signal::KILL);
+                    }
+                }
+                if !stopped.iter().any(|s| s.pid == stray.pid) {
+                    stopped.push(stray);
+                }
+            }
+        }
+        stopped
+    }
+}
+
+/// The `AGENT_MARK=…` entry of a process's environment.
+fn mark_of(pid: u32) -> Option<Vec<u8>> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{AGENT_MARK}=");
+    environ
+        .split(|&b| b == 0)
+        .find(|entry| entry.starts_with(prefix.as_bytes()))
+        .map(<[u8]>::to_vec)
+}
+
+/// When a process started, in clock ticks since boot (`stat`'s 22nd field).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after_name) = stat.rsplit_once(')')?;
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn group_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_number(&stat, 2)
+}
+
+fn command_line(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            let words: Vec<String> = raw
+                .split(|&b| b == 0)
+                .filter(|w| !w.is_empty())
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            words.join(" ")
+        })
+        .unwrap_or_default()
 }
 
 fn to_pid(pid: u32) -> Option<Pid> {
@@ -115,6 +261,82 @@ mod tests {
     fn the_parent_is_read_past_a_name_with_spaces_and_parentheses() {
         assert_eq!(parent_in_stat("42 (a (b) c) S 7 42 42 0"), Some(7));
         assert_eq!(parent_in_stat("garbage"), None);
+    }
+
+    /// Waits (bounded) for `file` to hold a pid.
+    fn pid_in(file: &std::path::Path) -> u32 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(pid) = std::fs::read_to_string(file)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                return pid;
+            }
+            assert!(std::time::Instant::now() < deadline, "no pid in {file:?}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn what_a_finished_call_left_running_is_a_stray_and_is_stopped() {
+        use std::os::unix::process::CommandExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (left, running) = (dir.path().join("left"), dir.path().join("running"));
+        // The agent: a shell that stays, as the agent's process does.
+        let mut agent = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "bash -c 'sleep 41 & echo $! > {}'; sleep 43 & echo $! > {}; wait",
+                left.display(),
+                running.display()
+            ))
+            .env(AGENT_MARK, "a-1")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let (left, running) = (pid_in(&left), pid_in(&running));
+        // The inner shell exited: its `sleep 41` was reparented away.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while descendants(agent.id()).contains(&left) {
+            assert!(std::time::Instant::now() < deadline, "never reparented");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let process = AgentProcess::started(agent.id(), "a-1").unwrap();
+        assert_eq!(AgentProcess::running(agent.id()), Some(process.clone()));
+        let found = process.strays();
+        assert_eq!(found.iter().map(|s| s.pid).collect::<Vec<_>>(), vec![left]);
+        assert_eq!(found[0].command, "sleep 41");
+        let stopped = process.stop_strays();
+        assert_eq!(stopped, found);
+        assert!(process.strays().is_empty());
+        // What still runs below the agent is not a stray, and lives on.
+        assert!(descendants(agent.id()).contains(&running));
+        kill_tree(agent.id());
+        let _ = agent.wait();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_agent_that_exited_is_still_known_to_its_strays() {
+        use std::os::unix::process::CommandExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let left = dir.path().join("left");
+        let mut agent = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!("sleep 47 & echo $! > {}", left.display()))
+            .env(AGENT_MARK, "a-2")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let process = AgentProcess::started(agent.id(), "a-2").unwrap();
+        let left = pid_in(&left);
+        agent.wait().unwrap();
+        let found = process.strays();
+        assert_eq!(found.iter().map(|s| s.pid).collect::<Vec<_>>(), vec![left]);
+        assert_eq!(process.stop_strays(), found);
+        assert!(process.strays().is_empty());
     }
 
     #[cfg(target_os = "linux")]

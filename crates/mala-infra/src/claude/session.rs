@@ -69,6 +69,8 @@ struct Shared {
     locks: Option<Arc<dyn LockTable>>,
     git: Option<Arc<crate::GitRepo>>,
     watch: Option<Arc<crate::TreeWatch>>,
+    /// The `claude` process: what its tool calls leave running is stopped.
+    process: Option<crate::process_tree::AgentProcess>,
     /// The working-tree windows of tool calls in flight, by tool use id.
     windows: Mutex<HashMap<String, crate::WindowId>>,
     outbox: mpsc::UnboundedSender<Value>,
@@ -366,14 +368,20 @@ impl Shared {
         lock(&self.windows).insert(tool_use_id.to_owned(), window);
     }
 
-    /// Closes a tool call's window (a scan of the tree, off the async threads).
+    /// Closes a tool call's window (a scan of the tree, off the async
+    /// threads). What a shell command left running is stopped first, so
+    /// nothing it does later escapes the window.
     async fn observe(&self, input: &Value) -> Option<crate::Observed> {
         let watch = Arc::clone(self.watch.as_ref()?);
         let tool_use_id = input.get("tool_use_id").and_then(Value::as_str)?;
         let window = lock(&self.windows).remove(tool_use_id)?;
-        tokio::task::spawn_blocking(move || watch.close(window))
-            .await
-            .ok()
+        let shell = input.get("tool_name").and_then(Value::as_str) == Some("Bash");
+        let agent = self.process.clone().filter(|_| shell);
+        tokio::task::spawn_blocking(move || {
+            crate::tree_watch::close_after_strays(&watch, window, agent.as_ref())
+        })
+        .await
+        .ok()
     }
 
     /// Records what a tool call was seen to change; returns what the agent
@@ -658,7 +666,10 @@ impl ClaudeSession {
             watch,
             stop,
         } = services;
-        let mut child = claude_command(config, &request).spawn().map_err(|e| {
+        let mark = crate::process_tree::new_mark();
+        let mut command = claude_command(config, &request);
+        command.env(crate::process_tree::AGENT_MARK, &mark);
+        let mut child = command.spawn().map_err(|e| {
             could_not_start(format!(
                 "could not start {}: {e}. {}",
                 config.binary.display(),
@@ -686,6 +697,7 @@ impl ClaudeSession {
             locks,
             git,
             watch: watch.for_session(&request.cwd),
+            process: pid.and_then(|pid| crate::process_tree::AgentProcess::started(pid, &mark)),
             windows: Mutex::new(HashMap::new()),
             outbox,
             record,
@@ -781,6 +793,10 @@ impl ClaudeSession {
             status = child.wait().await.ok();
         } else {
             self.signal_group(rustix::process::Signal::KILL);
+        }
+        // What its tool calls left running outlives it unless stopped.
+        if let Some(process) = self.shared.process.clone() {
+            let _ = tokio::task::spawn_blocking(move || process.stop_strays()).await;
         }
         self.exited = true;
         status

@@ -603,6 +603,44 @@ async fn the_working_tree_watch_sees_a_write_no_lock_covers_and_the_agent_is_tol
     f.session.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn what_a_command_leaves_running_is_stopped_when_it_completes_and_the_agent_told() {
+    use mala_core::AgentSession as _;
+    let pids = tempfile::tempdir().unwrap();
+    let pidfile = pids.path().join("left.pid");
+    // codex ends a command's process group with it; a session of its own
+    // outlives that.
+    let command = format!(
+        "setsid sleep 39 > /dev/null 2>&1 & echo $! > {}",
+        pidfile.display()
+    );
+    let script = ResponsesScript::steps(vec![ResponsesReply::shell(&command)], "done");
+    let Some(mut f) = fixture_with(script, |repo| super::session::Surroundings {
+        guard: Some(Arc::new(Refusing("never-refused"))),
+        watch: Some(Arc::new(crate::TreeWatch::new(repo, None))),
+        ..super::session::Surroundings::default()
+    })
+    .await
+    else {
+        return;
+    };
+    f.session.turn("start it").await.unwrap();
+    let pid = std::fs::read_to_string(&pidfile).expect("the command ran");
+    let alive = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    });
+    assert!(!alive, "the sleep left running was stopped");
+    let told = f.mock.requests().iter().any(|r| {
+        mala_testkit::ResponsesConversation::user_texts_of(&r.body)
+            .iter()
+            .any(|t| t.contains("left running after it returned") && t.contains("sleep 39"))
+    });
+    assert!(told, "the agent is told in its turn");
+    f.session.close().await.unwrap();
+}
+
 async fn timed_out(
     script: ResponsesScript,
     timeouts: super::session::Timeouts,

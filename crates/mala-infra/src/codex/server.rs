@@ -109,6 +109,8 @@ pub(crate) struct AppServer {
     pub(crate) inbox: mpsc::UnboundedReceiver<Inbound>,
     /// Every line of the connection, when kept.
     record: Option<Arc<SessionRecord>>,
+    /// The server's process, as what its commands leave running knows it.
+    process: Option<crate::process_tree::AgentProcess>,
 }
 
 /// What `initialize` told mala about the server.
@@ -131,6 +133,7 @@ impl AppServer {
             rpc,
             inbox,
             record: None,
+            process: None,
         }
     }
 
@@ -152,7 +155,11 @@ impl AppServer {
             .as_deref()
             .zip(agent)
             .map(|(dir, agent)| Arc::new(SessionRecord::open(dir, agent)));
-        let mut child = command.command(cwd).spawn().map_err(|error| {
+        // What its commands leave running is known by it (`process_tree`).
+        let mark = crate::process_tree::new_mark();
+        let mut spawn = command.command(cwd);
+        spawn.env(crate::process_tree::AGENT_MARK, &mark);
+        let mut child = spawn.spawn().map_err(|error| {
             AgentError::new(
                 AgentErrorKind::CouldNotStart,
                 format!("could not start {}: {error}", command.binary.display()),
@@ -165,11 +172,15 @@ impl AppServer {
             ));
         };
         let (rpc, inbox) = RpcClient::start_recorded(stdout, stdin, record.clone());
+        let process = child
+            .id()
+            .and_then(|pid| crate::process_tree::AgentProcess::started(pid, &mark));
         Ok(Self {
             child: Some(child),
             rpc,
             inbox,
             record,
+            process,
         })
     }
 
@@ -289,19 +300,30 @@ impl AppServer {
         self.child.as_ref()?.id()
     }
 
+    /// The agent's process, when it was started for one.
+    pub(crate) fn process(&self) -> Option<&crate::process_tree::AgentProcess> {
+        self.process.as_ref()
+    }
+
     /// Waits for the process to end by itself (its stdin closed), or kills
     /// its group after `grace`.
     pub(crate) async fn close(mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         drop(self.rpc);
         let mut child = self.child.take()?;
-        if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
-            return Some(status);
+        let mut status = None;
+        if let Ok(Ok(exited)) = tokio::time::timeout(grace, child.wait()).await {
+            status = Some(exited);
+        } else {
+            if let Some(pid) = child.id() {
+                crate::process_tree::kill_tree(pid);
+            }
+            let _ = child.wait().await;
         }
-        if let Some(pid) = child.id() {
-            crate::process_tree::kill_tree(pid);
+        // What its commands left running outlives it unless stopped.
+        if let Some(process) = self.process.take() {
+            let _ = tokio::task::spawn_blocking(move || process.stop_strays()).await;
         }
-        let _ = child.wait().await;
-        None
+        status
     }
 }
 

@@ -558,9 +558,16 @@ impl CodexSession {
         let (Some(tree), Some(window)) = (self.tree.clone(), self.windows.remove(id)) else {
             return;
         };
+        let shell = item["type"] == "commandExecution";
+        let agent = self
+            .server
+            .as_ref()
+            .and_then(AppServer::process)
+            .cloned()
+            .filter(|_| shell);
         let observed = tokio::task::spawn_blocking({
             let tree = Arc::clone(&tree);
-            move || tree.close(window)
+            move || crate::tree_watch::close_after_strays(&tree, window, agent.as_ref())
         })
         .await
         .unwrap_or_default();

@@ -321,6 +321,9 @@ pub struct Observed {
     /// What `.git` lost that git's own commands (vetted by the guard) did
     /// not take: refs deleted, objects removed, while this call ran a program.
     pub git_losses: Vec<String>,
+    /// What the call left running after it returned, which mala stopped:
+    /// each command line and pid.
+    pub left_running: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -612,6 +615,25 @@ impl TreeWatch {
     }
 }
 
+/// Closes `window` once what the call left running below `agent` (the
+/// agent's process, for a shell command) is stopped: a process left
+/// running could write after the window closed, where no window sees it.
+pub(crate) fn close_after_strays(
+    watch: &TreeWatch,
+    window: WindowId,
+    agent: Option<&crate::process_tree::AgentProcess>,
+) -> Observed {
+    let stopped = agent
+        .map(crate::process_tree::AgentProcess::stop_strays)
+        .unwrap_or_default();
+    let mut observed = watch.close(window);
+    observed.left_running = stopped
+        .into_iter()
+        .map(|stray| format!("`{}` (pid {})", stray.command, stray.pid))
+        .collect();
+    observed
+}
+
 /// What a tool call was seen to change, as the agent's events: every
 /// change a `FileEdited` for the gate, a file it does not hold also an
 /// `UnlockedWrite`. Returns what the agent must be told (files changed
@@ -661,6 +683,14 @@ pub(crate) fn report(
             "mala saw this {tool} call change {}, which {holder} holds and is editing. Leave it alone: \
              until it is as {holder} left it, your work does not pass the gate.",
             shown(path)
+        ));
+    }
+    if !observed.left_running.is_empty() {
+        told.push(format!(
+            "mala stopped what this {tool} call left running after it returned: {}. A process left \
+             running could change files after mala has looked, so commands run in the foreground: \
+             start and stop a server or a watcher within one command.",
+            observed.left_running.join(", ")
         ));
     }
     for (path, by) in &observed.changed_by_others {
