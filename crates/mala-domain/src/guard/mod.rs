@@ -371,10 +371,33 @@ pub fn effects_are_known(command: &str) -> bool {
                 Some("find") => !words
                     .iter()
                     .any(|w| w.starts_with("-exec") || w.starts_with("-ok")),
+                // A script read from a file may write anything (`w FILE`).
+                Some("sed") => !sed_reads_a_script_file(&words[1..]),
                 Some(name) => WORD_EFFECTS.contains(&name),
                 None => false,
             }
         })
+}
+
+/// Whether sed's options name a script file (`-f F`, `-nf F`, `--file=F`).
+/// In a cluster, `-e`, `-i` and `-l` take the rest as their value.
+fn sed_reads_a_script_file(args: &[&str]) -> bool {
+    args.iter().take_while(|a| **a != "--").any(|arg| {
+        if arg.starts_with("--") {
+            return *arg == "--file" || arg.starts_with("--file=");
+        }
+        let Some(cluster) = arg.strip_prefix('-') else {
+            return false;
+        };
+        for letter in cluster.chars() {
+            match letter {
+                'f' => return true,
+                'e' | 'i' | 'l' => return false,
+                _ => {}
+            }
+        }
+        false
+    })
 }
 
 /// Programs whose path operands are the check itself: the script an
@@ -754,6 +777,8 @@ mod tests {
             "cd src && ls -la | sort",
             "echo x > a.txt; (cat a.txt)",
             "find . -name '*.rs'",
+            "sed -n -e 's/a/b/p' src/a.txt",
+            "sed -i.bakf 's/a/b/' src/a.txt",
         ] {
             assert!(effects_are_known(known), "{known}");
         }
@@ -767,6 +792,9 @@ mod tests {
             "f() { echo; }; f",
             "$TOOL run",
             "echo 'unterminated",
+            "sed -f edit.sed src/a.txt",
+            "sed -nf edit.sed src/a.txt",
+            "sed --file=edit.sed -i src/a.txt",
         ] {
             assert!(!effects_are_known(opaque), "{opaque}");
         }

@@ -217,7 +217,7 @@ struct Walker<'c> {
     added: std::cell::Cell<bool>,
     /// Where the command being checked reads its stdin from.
     stdin: Stdin,
-    /// Shell variables that hold a path `mktemp` made under /tmp.
+    /// Shell variables that hold a path `mktemp` made under /tmp, and TMPDIR.
     scratch: Vec<String>,
     /// Directories the shell may also be in, because a `cd` may have failed
     /// (`cd X; …`), each with the subshell depth it was learnt at.
@@ -225,6 +225,19 @@ struct Walker<'c> {
     /// The directories before the `cd`s of the current `&&` chain: the
     /// shell is in one of them if the chain stopped early.
     pending: Vec<(usize, PathBuf)>,
+}
+
+/// A pipeline that is only `exit` or `return`, in the shell itself.
+fn ends_the_shell(pipe: &Pipe) -> bool {
+    let [only] = pipe.stages.as_slice() else {
+        return false;
+    };
+    only.words.len() <= 2
+        && only
+            .words
+            .first()
+            .and_then(Arg::literal)
+            .is_some_and(|name| matches!(name, "exit" | "return"))
 }
 
 impl<'c> Walker<'c> {
@@ -235,7 +248,8 @@ impl<'c> Walker<'c> {
             cwd: vec![ctx.cwd.to_path_buf()],
             added: std::cell::Cell::new(false),
             stdin: Stdin::Terminal,
-            scratch: Vec::new(),
+            // `$TMPDIR` is scratch until the line itself may change it.
+            scratch: vec!["TMPDIR".to_owned()],
             maybe: Vec::new(),
             pending: Vec::new(),
         }
@@ -250,6 +264,11 @@ impl Walker<'_> {
     /// Before a pipeline: one that does not follow `&&` may run after a
     /// `cd` that failed, so the directories before it stay possible.
     fn follow(&mut self, pipe: &Pipe) {
+        if pipe.link == Link::Or && ends_the_shell(pipe) {
+            // `cd X || exit`: where the `cd` failed, nothing after runs.
+            self.pending.clear();
+            return;
+        }
         let marker = pipe
             .stages
             .first()

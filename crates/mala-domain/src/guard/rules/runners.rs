@@ -214,6 +214,12 @@ impl Walker<'_> {
     pub(super) fn container(&self, name: &str, args: &[Arg]) -> Result<(), Refusal> {
         for (i, arg) in args.iter().enumerate() {
             let raw = arg.raw();
+            if raw == "--volumes-from" || raw.starts_with("--volumes-from=") {
+                return Err(format!(
+                    "refused: `{name} {raw}` mounts whatever another container mounts, which may be the \
+                     repository, so mala cannot tell what the container could write. Name each mount with -v"
+                ));
+            }
             let spec = match raw {
                 "-v" | "--volume" | "--mount" => args.get(i + 1).map(Arg::raw),
                 _ => raw

@@ -43,7 +43,8 @@ impl Walker<'_> {
     }
 
     /// Whether a dynamic word is `$NAME…` / `${NAME}…` (quotes aside) for a
-    /// scratch variable or TMPDIR, followed by nothing or a plain `/path`.
+    /// scratch variable (TMPDIR among them, until the line assigns it),
+    /// followed by nothing or a plain `/path`.
     pub(super) fn is_scratch(&self, raw: &str) -> bool {
         let text: String = raw.chars().filter(|c| *c != '"').collect();
         let Some(rest) = text.strip_prefix('$') else {
@@ -60,7 +61,7 @@ impl Walker<'_> {
                 .unwrap_or(rest.len());
             rest.split_at(end)
         };
-        let known = name == "TMPDIR" || self.scratch.iter().any(|n| n == name);
+        let known = self.scratch.iter().any(|n| n == name);
         let plain_tail = tail.is_empty()
             || (tail.starts_with('/')
                 && !tail.contains(['$', '`', '*', '?', '[', '{', '\''])
