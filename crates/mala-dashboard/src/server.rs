@@ -119,7 +119,8 @@ impl Dashboard {
     }
 
     /// Serves `hub` until the process ends. A recorded run is read again
-    /// every second while it may change.
+    /// every second while it may change, off the runtime's threads: a
+    /// reload reads files, and a long catch-up must not hold up the pages.
     pub fn serve(
         self,
         hub: Arc<Hub>,
@@ -128,7 +129,12 @@ impl Dashboard {
         if !hub.is_live() {
             let hub = Arc::clone(&hub);
             tokio::spawn(async move {
-                while hub.reload() == Reloaded::Going {
+                loop {
+                    let reloading = Arc::clone(&hub);
+                    let reloaded = tokio::task::spawn_blocking(move || reloading.reload()).await;
+                    if !matches!(reloaded, Ok(Reloaded::Going)) {
+                        break;
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             });

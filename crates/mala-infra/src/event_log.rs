@@ -41,6 +41,8 @@ struct Read<'a> {
 pub struct EventLog {
     /// The file, and the line being written (kept to reuse its memory).
     out: Mutex<(std::fs::File, Vec<u8>)>,
+    /// A write failed and was said: the next failures are not said again.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl EventLog {
@@ -53,13 +55,88 @@ impl EventLog {
             .open(run_dir.join(EVENTS))?;
         Ok(Self {
             out: Mutex::new((file, Vec::new())),
+            failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
+}
+
+/// How much of one text an agent's tool moved the log keeps: the view
+/// shows which tool runs, not what it read or wrote, and the session record
+/// keeps every byte. Without it, one `cat` of a large file or one `Write`
+/// of a large one is a line of that size in a log a page folds.
+const KEPT_TEXT: usize = 4 << 10;
+
+/// `text` cut to [`KEPT_TEXT`] (at a character boundary), saying how much
+/// was left out.
+fn cut(text: &str) -> String {
+    let mut end = KEPT_TEXT.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} more bytes in the session record)",
+        &text[..end],
+        text.len() - end
+    )
+}
+
+/// Every string in `value` longer than [`KEPT_TEXT`], cut; whether any was.
+fn cut_strings(value: &mut serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) if text.len() > KEPT_TEXT => {
+            *text = cut(text);
+            true
+        }
+        serde_json::Value::Array(items) => {
+            items.iter_mut().fold(false, |cut, v| cut_strings(v) | cut)
+        }
+        serde_json::Value::Object(fields) => fields
+            .values_mut()
+            .fold(false, |cut, v| cut_strings(v) | cut),
+        _ => false,
+    }
+}
+
+/// The event as the log keeps it, when that is not the event itself: a
+/// tool's output and a tool call's input with their long texts cut.
+fn as_logged(event: &Event) -> Option<Event> {
+    let Event::Agent { agent, event } = event else {
+        return None;
+    };
+    let kept = match event {
+        mala_core::AgentEvent::ToolResult {
+            id,
+            is_error,
+            content,
+        } if content.len() > KEPT_TEXT => mala_core::AgentEvent::ToolResult {
+            id: id.clone(),
+            is_error: *is_error,
+            content: cut(content),
+        },
+        mala_core::AgentEvent::ToolUse { id, name, input } => {
+            let mut input = input.clone();
+            if !cut_strings(&mut input) {
+                return None;
+            }
+            mala_core::AgentEvent::ToolUse {
+                id: id.clone(),
+                name: name.clone(),
+                input,
+            }
+        }
+        _ => return None,
+    };
+    Some(Event::Agent {
+        agent: agent.clone(),
+        event: kept,
+    })
 }
 
 impl EventSink for EventLog {
     fn emit(&self, event: &Event) {
         let at = Utc::now();
+        let kept = as_logged(event);
+        let event = kept.as_ref().unwrap_or(event);
         let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
         let (file, line) = &mut *out;
         line.clear();
@@ -67,8 +144,12 @@ impl EventSink for EventLog {
             return;
         }
         line.push(b'\n');
-        if let Err(error) = file.write_all(line) {
-            tracing::warn!(%error, "could not append to the run's event log");
+        if let Err(error) = file.write_all(line)
+            && !self.failed.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            // The run goes on without a full log; `mala dashboard` on it
+            // shows what was written, and the record has the outcome.
+            tracing::warn!(%error, "could not append to the run's event log; later failures are not said");
         }
     }
 }
@@ -144,6 +225,63 @@ mod tests {
         Event::IssueClosed {
             issue: IssueId::new(id),
         }
+    }
+
+    #[test]
+    fn a_tools_long_output_and_input_are_cut_and_the_rest_kept_whole() {
+        use mala_core::{AgentEvent, AgentId};
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::create(dir.path()).unwrap();
+        let mut tail = EventTail::at(dir.path().join(EVENTS));
+        let agent = |event| Event::Agent {
+            agent: AgentId::new("a@r"),
+            event,
+        };
+        let big_text = "é".repeat(50_000);
+        log.emit(&agent(AgentEvent::ToolResult {
+            id: "t1".into(),
+            is_error: false,
+            content: big_text.clone(),
+        }));
+        let write = serde_json::json!({"file_path": "src/big.rs", "content": big_text});
+        log.emit(&agent(AgentEvent::ToolUse {
+            id: "t2".into(),
+            name: "Write".into(),
+            input: write,
+        }));
+        let short = agent(AgentEvent::ToolResult {
+            id: "t3".into(),
+            is_error: false,
+            content: "ok".into(),
+        });
+        log.emit(&short);
+        let read = tail.read_new().unwrap();
+        assert!(
+            read.iter().all(|e| e.json.len() < 2 * KEPT_TEXT),
+            "lines stay small"
+        );
+        let Event::Agent {
+            event: AgentEvent::ToolResult { content, .. },
+            ..
+        } = &read[0].event
+        else {
+            panic!("{:?}", read[0].event)
+        };
+        assert!(content.starts_with("éé"));
+        assert!(
+            content.ends_with("more bytes in the session record)"),
+            "{content:.40}"
+        );
+        let Event::Agent {
+            event: AgentEvent::ToolUse { input, .. },
+            ..
+        } = &read[1].event
+        else {
+            panic!("{:?}", read[1].event)
+        };
+        assert_eq!(input["file_path"], "src/big.rs", "short fields stay whole");
+        assert!(input["content"].as_str().unwrap().len() < 2 * KEPT_TEXT);
+        assert_eq!(read[2].event, short);
     }
 
     #[test]
