@@ -35,7 +35,7 @@ pub use ports::{
     IssueTracker, Landing, LockTable, Repository, ReviewRequest, ReviewSubject, ReviewVerdict,
     Reviewer, ToolGuard, Workspace, Workspaces,
 };
-pub use run_record::{IssueRecord, RunLog, RunStore, RunStoreError};
+pub use run_record::{IssueRecord, RunLog, RunStore, RunStoreError, STILL_RUNNING, run_is_over};
 
 #[cfg(feature = "mocks")]
 pub use ports::{

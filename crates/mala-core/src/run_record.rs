@@ -89,6 +89,22 @@ pub struct RunLog {
     pub issues: Vec<IssueRecord>,
 }
 
+/// What a run's `outcome` says while the run goes on.
+pub const STILL_RUNNING: &str = "running";
+
+/// Whether a run is over, as its record (or a view of it) says: it has
+/// finished, or its outcome is anything but running (a run seen `gone`).
+pub fn run_is_over(finished_at: Option<DateTime<Utc>>, outcome: &str) -> bool {
+    finished_at.is_some() || outcome != STILL_RUNNING
+}
+
+impl RunLog {
+    /// See [`run_is_over`].
+    pub fn is_over(&self) -> bool {
+        run_is_over(self.finished_at, &self.outcome)
+    }
+}
+
 /// A run store that could not keep what it was given.
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {source}")]

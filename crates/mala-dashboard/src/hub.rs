@@ -244,7 +244,7 @@ impl Hub {
         let mut events = events.lock().unwrap_or_else(PoisonError::into_inner);
         self.fold_logged(&mut events, CATCH_UP_READS);
         let log = match load() {
-            Some(log) if is_over(&log) => log,
+            Some(log) if log.is_over() => log,
             Some(_) => return Reloaded::Going,
             None => return Reloaded::Over,
         };
@@ -284,7 +284,7 @@ impl Hub {
         let Some(log) = load() else {
             return Reloaded::Over;
         };
-        let over = is_over(&log);
+        let over = log.is_over();
         let mut state = self.state();
         if state.record.as_ref() != Some(&log) {
             state.view = RunView::from_log(&log, self.budget.clone());
@@ -321,10 +321,6 @@ impl Hub {
 const JOURNAL_CHANGED: &str = r#"{"kind":"journal_changed"}"#;
 
 /// A record that will not change any more.
-fn is_over(log: &RunLog) -> bool {
-    log.finished_at.is_some() || log.outcome != "running"
-}
-
 /// Whether a recorded run may still change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reloaded {

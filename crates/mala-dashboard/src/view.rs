@@ -640,7 +640,7 @@ impl RunView {
     }
 
     pub(crate) fn is_finished(&self) -> bool {
-        self.finished_at.is_some() || self.outcome != "running"
+        mala_core::run_is_over(self.finished_at, &self.outcome)
     }
 
     /// One issue, with its history.

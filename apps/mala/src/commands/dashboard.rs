@@ -143,7 +143,7 @@ fn as_it_is(mut log: mala_core::RunLog, lock_dir: &std::path::Path) -> mala_core
     let alive = mala_infra::RunMarker::all(lock_dir)
         .iter()
         .any(|marker| marker.run_id == log.run_id && marker.is_alive());
-    if log.outcome == "running" && !alive {
+    if log.outcome == mala_core::STILL_RUNNING && !alive {
         "gone".clone_into(&mut log.outcome);
     }
     log
