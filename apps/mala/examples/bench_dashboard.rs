@@ -198,13 +198,7 @@ struct Figures {
 
 /// A fresh repository with the 24 issues, committed.
 fn workload(br_binary: &Path) -> (TempRepo, Br) {
-    let repo = TempRepo::new();
-    std::fs::create_dir(repo.path().join("src")).unwrap();
-    std::fs::write(
-        repo.path().join("mala.yaml"),
-        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
-    )
-    .unwrap();
+    let repo = TempRepo::with_check("ls src");
     let br = Br::init(br_binary, repo.path(), "bench");
     for n in 0..ISSUES {
         br.create(&NewIssue {

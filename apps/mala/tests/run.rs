@@ -34,13 +34,7 @@ fn bin_dir(dir: &Path, br: &Path, claude: &Path) -> std::path::PathBuf {
 #[test]
 fn mala_run_closes_the_ready_issues_and_commits_the_tracker() {
     let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
-    let repo = TempRepo::new();
-    std::fs::create_dir(repo.path().join("src")).unwrap();
-    std::fs::write(
-        repo.path().join("mala.yaml"),
-        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
-    )
-    .unwrap();
+    let repo = TempRepo::with_check("ls src");
     let br = Br::init(&br_binary, repo.path(), "run");
     let epic = br.create(&NewIssue {
         title: "Both files",
@@ -710,13 +704,7 @@ impl OneIssue {
         prefix: &str,
         script: impl FnOnce(&Path, &Path) -> Script,
     ) -> Self {
-        let repo = TempRepo::new();
-        std::fs::create_dir(repo.path().join("src")).unwrap();
-        std::fs::write(
-            repo.path().join("mala.yaml"),
-            "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
-        )
-        .unwrap();
+        let repo = TempRepo::with_check("ls src");
         let br = Br::init(br_binary, repo.path(), prefix);
         let issue = br.create(&NewIssue {
             title: "Fix a",
@@ -838,13 +826,7 @@ fn a_cerberus_review_gates_the_issue_and_its_advisories_are_tracked() {
 #[test]
 fn six_issues_with_an_epic_and_a_dependency_close_in_order_with_three_agents() {
     let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
-    let repo = TempRepo::new();
-    std::fs::create_dir(repo.path().join("src")).unwrap();
-    std::fs::write(
-        repo.path().join("mala.yaml"),
-        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
-    )
-    .unwrap();
+    let repo = TempRepo::with_check("ls src");
     let br = Br::init(&br_binary, repo.path(), "six");
     let epic = br.create(&NewIssue {
         title: "Both parts",
@@ -1262,13 +1244,7 @@ fn crossing_script(repo: &Path) -> Script {
 #[test]
 fn a_deadlock_between_two_agents_is_broken_and_both_issues_close() {
     let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
-    let repo = TempRepo::new();
-    std::fs::create_dir(repo.path().join("src")).unwrap();
-    std::fs::write(
-        repo.path().join("mala.yaml"),
-        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
-    )
-    .unwrap();
+    let repo = TempRepo::with_check("ls src");
     let br = Br::init(&br_binary, repo.path(), "dead");
     let issues: Vec<String> = [("a", "b"), ("b", "a")]
         .iter()
@@ -1377,13 +1353,7 @@ fn an_agent_whose_process_dies_mid_turn_is_resumed_by_its_session_id() {
 #[test]
 fn an_epic_that_fails_verification_gets_remediation_then_closes() {
     let (claude, br_binary) = (require_tool!(Tool::Claude), require_tool!(Tool::Br));
-    let repo = TempRepo::new();
-    std::fs::create_dir(repo.path().join("src")).unwrap();
-    std::fs::write(
-        repo.path().join("mala.yaml"),
-        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
-    )
-    .unwrap();
+    let repo = TempRepo::with_check("ls src");
     let br = Br::init(&br_binary, repo.path(), "rem");
     let epic = br.create(&NewIssue {
         title: "Parts a and c",

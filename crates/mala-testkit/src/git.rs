@@ -27,6 +27,18 @@ impl TempRepo {
         repo
     }
 
+    /// A repository with an empty `src/` and a `mala.yaml` whose one
+    /// required check is `check` (not committed).
+    pub fn with_check(check: &str) -> Self {
+        let repo = Self::new();
+        std::fs::create_dir(repo.join("src")).expect("create src/");
+        repo.write(
+            "mala.yaml",
+            &format!("commands:\n  check: {check:?}\nevidence_check:\n  required: [check]\n"),
+        );
+        repo
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

@@ -50,13 +50,7 @@ fn two_issues(br: &Br, repo: &TempRepo) -> Vec<String> {
 }
 
 fn setup() -> TempRepo {
-    let repo = TempRepo::new();
-    std::fs::create_dir(repo.path().join("src")).unwrap();
-    std::fs::write(
-        repo.path().join("mala.yaml"),
-        "commands:\n  check: \"ls src\"\nevidence_check:\n  required: [check]\n",
-    )
-    .unwrap();
+    let repo = TempRepo::with_check("ls src");
     repo
 }
 
