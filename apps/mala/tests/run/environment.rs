@@ -50,8 +50,7 @@ fn two_issues(br: &Br, repo: &TempRepo) -> Vec<String> {
 }
 
 fn setup() -> TempRepo {
-    let repo = TempRepo::with_check("ls src");
-    repo
+    TempRepo::with_check("ls src")
 }
 
 /// The issue exactly as it was before the run: open, unassigned, no
