@@ -214,25 +214,31 @@ async fn a_program_that_deletes_a_ref_stops_the_agent_and_fails_its_issue() {
 
 /// An agent that starts a program in the background (`… &`: the call
 /// returns at once) that would write `src/victim.txt` later, when no window
-/// is open; it writes its pid first. Then it does its own work honestly.
+/// is open; the shell writes its pid. Its next command says whether the
+/// program still runs. Then it does its own work honestly.
 fn background_script(repo: PathBuf) -> Script {
     Script::from_fn(move |conversation: &Conversation<'_>| {
         let (issue, file, _) = task(*conversation);
-        let program = std::env::temp_dir().join(format!("mala-e2e-{issue}-late.py"));
-        let pidfile = std::env::temp_dir().join(format!("mala-e2e-{issue}-late.pid"));
+        let scratch = std::env::temp_dir().join(format!("mala-e2e-{}-{issue}", std::process::id()));
+        let program = scratch.with_extension("py");
+        let pidfile = scratch.with_extension("pid");
         let victim = repo.join("src/victim.txt");
         let text = format!(
-            "import os, time\nopen({:?}, 'w').write(str(os.getpid()))\ntime.sleep(30)\nopen({:?}, 'w').write('late')\n",
-            pidfile.display().to_string(),
+            "import time\ntime.sleep(30)\nopen({:?}, 'w').write('late')\n",
             victim.display().to_string()
+        );
+        let probe = format!(
+            "s=$(ps -o stat= -p $(cat {})); case \"$s\" in ''|Z*) echo stray:\"gone\";; *) echo stray:\"runs\";; esac",
+            pidfile.display()
         );
         let plan = vec![
             ("mcp__mala__lock_acquire", json!({"filepaths": [file]})),
             ("Write", json!({"file_path": program, "content": text})),
             (
                 "Bash",
-                json!({"command": format!("python3 {} > /dev/null 2>&1 & sleep 0.5; echo started", program.display())}),
+                json!({"command": format!("python3 {} > /dev/null 2>&1 & echo $! > {}", program.display(), pidfile.display())}),
             ),
+            ("Bash", json!({"command": probe})),
             (
                 "Write",
                 json!({"file_path": repo.join(&file), "content": "fixed\n"}),
@@ -256,26 +262,33 @@ async fn what_a_shell_call_leaves_running_is_stopped_when_the_call_returns_and_t
     setup.repo.git(&["commit", "-q", "-m", "victim"]);
     let issue = create_issue(&setup.br, "Fix the app", "src/app.txt");
     let result = setup.run(&issue).await;
+    let scratch = std::env::temp_dir().join(format!("mala-e2e-{}-{issue}", std::process::id()));
+    let _ = std::fs::remove_file(scratch.with_extension("py"));
+    let _ = std::fs::remove_file(scratch.with_extension("pid"));
     assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
-    let pidfile = std::env::temp_dir().join(format!("mala-e2e-{issue}-late.pid"));
-    let pid = std::fs::read_to_string(&pidfile).expect("the program started");
-    // Stopped when the call returned: it is gone (or a zombie nobody reaped)
-    // and can write nothing later.
-    let alive = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).is_ok_and(|stat| {
-        !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    let bodies: Vec<String> = setup
+        .mock
+        .requests()
+        .iter()
+        .map(|r| r.body.to_string())
+        .collect();
+    // Gone before the agent's next command ran, not only at the session's
+    // end (the probe's output, which its command line does not spell).
+    assert!(
+        bodies.iter().any(|b| b.contains("stray:gone")),
+        "the probe ran and saw it gone"
+    );
+    assert!(
+        !bodies.iter().any(|b| b.contains("stray:runs")),
+        "it was not left running"
+    );
+    let told = bodies.iter().any(|body| {
+        body.contains("mala stopped what your commands left running after they returned")
+            && body.contains(".py")
     });
-    assert!(!alive, "the program left running was stopped");
+    assert!(told, "the agent is told what was stopped");
     assert_eq!(
         std::fs::read_to_string(setup.repo.path().join("src/victim.txt")).unwrap(),
         "theirs\n"
     );
-    let told = setup.mock.requests().iter().any(|r| {
-        let body = r.body.to_string();
-        body.contains("mala stopped what this Bash call left running after it returned")
-            && body.contains("late.py")
-    });
-    assert!(told, "the agent is told what was stopped");
-    let _ = std::fs::remove_file(pidfile);
 }

@@ -7,16 +7,13 @@
 use rustix::process::{Pid, Signal, kill_process, kill_process_group};
 
 /// SIGKILLs `pid`'s process group, then every descendant of `pid` and
-/// their groups, and the processes it left running (`strays`). Processes
-/// already gone are skipped. `pid` must lead its own group (agents are
+/// their groups (what it left running detached is `AgentProcess`'s to
+/// stop). Processes already gone are skipped. `pid` must lead its own group (agents are
 /// started so): a pid that does not is not the agent any more, and only its
 /// old group is signalled.
 pub(crate) fn kill_tree(pid: u32) {
     let family = if leads_its_group(pid) {
-        let mut family = descendants(pid);
-        let strays = AgentProcess::running(pid).map(|agent| agent.strays());
-        family.extend(strays.into_iter().flatten().map(|stray| stray.pid));
-        family
+        descendants(pid)
     } else {
         Vec::new()
     };
@@ -78,15 +75,6 @@ impl AgentProcess {
         })
     }
 
-    /// The running process `pid`, with the mark its environment has.
-    fn running(pid: u32) -> Option<Self> {
-        Some(Self {
-            pid,
-            mark: mark_of(pid)?,
-            born: start_time(pid)?,
-        })
-    }
-
     /// The processes carrying its mark, started since it was, that are not
     /// it and not below it. A tool call's running commands are below the
     /// agent; one that outlived its shell (`cmd &`, `nohup`, `setsid`) was
@@ -120,29 +108,57 @@ impl AgentProcess {
         Vec::new()
     }
 
-    /// SIGKILLs its strays (and the groups they lead, unless it is the
-    /// agent's own), again until none is found (a stray may fork as it
-    /// dies); returns what was stopped.
+    /// Stops its strays: each is frozen (SIGSTOP) before any is killed, so
+    /// none forks a new one in between, then SIGKILLed with the group it
+    /// leads (never the agent's own), and waited for until it is gone (a
+    /// write it was in the middle of lands before the caller looks); again
+    /// while any is found. Returns what was stopped.
     pub(crate) fn stop_strays(&self) -> Vec<Stray> {
         let mut stopped: Vec<Stray> = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..8 {
             let found = self.strays();
             if found.is_empty() {
                 break;
             }
-            for stray in found {
-                if let Some(member) = to_pid(stray.pid) {
-                    let _ = kill_process(member, Signal::KILL);
-                    if group_of(stray.pid) == Some(stray.pid) && stray.pid != self.pid {
-                        let _ = kill_process_group(member, Signal::KILL);
-                    }
+            let pids: Vec<Pid> = found.iter().filter_map(|s| to_pid(s.pid)).collect();
+            for pid in &pids {
+                let _ = kill_process(*pid, Signal::STOP);
+            }
+            for stray in &found {
+                let Some(member) = to_pid(stray.pid) else {
+                    continue;
+                };
+                let _ = kill_process(member, Signal::KILL);
+                if group_of(stray.pid) == Some(stray.pid) && stray.pid != self.pid {
+                    let _ = kill_process_group(member, Signal::KILL);
                 }
+            }
+            for stray in &found {
+                wait_gone(stray.pid);
+            }
+            for stray in found {
                 if !stopped.iter().any(|s| s.pid == stray.pid) {
                     stopped.push(stray);
                 }
             }
         }
         stopped
+    }
+}
+
+/// Waits (at most a second) until `pid` is gone or a zombie.
+fn wait_gone(pid: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let alive = state.as_deref().is_some_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+        });
+        if !alive {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 
@@ -283,6 +299,7 @@ mod tests {
     fn what_a_finished_call_left_running_is_a_stray_and_is_stopped() {
         use std::os::unix::process::CommandExt as _;
         let dir = tempfile::tempdir().unwrap();
+        let mark = new_mark();
         let (left, running) = (dir.path().join("left"), dir.path().join("running"));
         // The agent: a shell that stays, as the agent's process does.
         let mut agent = std::process::Command::new("bash")
@@ -292,7 +309,7 @@ mod tests {
                 left.display(),
                 running.display()
             ))
-            .env(AGENT_MARK, "a-1")
+            .env(AGENT_MARK, &mark)
             .process_group(0)
             .spawn()
             .unwrap();
@@ -303,8 +320,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never reparented");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        let process = AgentProcess::started(agent.id(), "a-1").unwrap();
-        assert_eq!(AgentProcess::running(agent.id()), Some(process.clone()));
+        let process = AgentProcess::started(agent.id(), &mark).unwrap();
         let found = process.strays();
         assert_eq!(found.iter().map(|s| s.pid).collect::<Vec<_>>(), vec![left]);
         assert_eq!(found[0].command, "sleep 41");
@@ -322,15 +338,16 @@ mod tests {
     fn an_agent_that_exited_is_still_known_to_its_strays() {
         use std::os::unix::process::CommandExt as _;
         let dir = tempfile::tempdir().unwrap();
+        let mark = new_mark();
         let left = dir.path().join("left");
         let mut agent = std::process::Command::new("bash")
             .arg("-c")
             .arg(format!("sleep 47 & echo $! > {}", left.display()))
-            .env(AGENT_MARK, "a-2")
+            .env(AGENT_MARK, &mark)
             .process_group(0)
             .spawn()
             .unwrap();
-        let process = AgentProcess::started(agent.id(), "a-2").unwrap();
+        let process = AgentProcess::started(agent.id(), &mark).unwrap();
         let left = pid_in(&left);
         agent.wait().unwrap();
         let found = process.strays();

@@ -227,17 +227,16 @@ struct Walker<'c> {
     pending: Vec<(usize, PathBuf)>,
 }
 
-/// A pipeline that is only `exit` or `return`, in the shell itself.
-fn ends_the_shell(pipe: &Pipe) -> bool {
+/// A pipeline that is only `exit`, in the shell itself (not `return`,
+/// which outside a function only complains and goes on; not an `exit` the
+/// line redefined as a function).
+fn ends_the_shell(pipe: &Pipe, functions: &[String]) -> bool {
     let [only] = pipe.stages.as_slice() else {
         return false;
     };
     only.words.len() <= 2
-        && only
-            .words
-            .first()
-            .and_then(Arg::literal)
-            .is_some_and(|name| matches!(name, "exit" | "return"))
+        && !functions.iter().any(|f| f == "exit")
+        && only.words.first().and_then(Arg::literal) == Some("exit")
 }
 
 impl<'c> Walker<'c> {
@@ -263,8 +262,8 @@ impl Walker<'_> {
 
     /// Before a pipeline: one that does not follow `&&` may run after a
     /// `cd` that failed, so the directories before it stay possible.
-    fn follow(&mut self, pipe: &Pipe) {
-        if pipe.link == Link::Or && ends_the_shell(pipe) {
+    fn follow(&mut self, pipe: &Pipe, functions: &[String]) {
+        if pipe.link == Link::Or && ends_the_shell(pipe, functions) {
             // `cd X || exit`: where the `cd` failed, nothing after runs.
             self.pending.clear();
             return;
@@ -300,7 +299,7 @@ impl Walker<'_> {
         let outer = self.stdin.clone();
         for pipe in &script.pipes {
             check_download_to_shell(pipe)?;
-            self.follow(pipe);
+            self.follow(pipe, &script.functions);
             // Each command of a pipeline of several runs in a subshell.
             let isolate = pipe.stages.len() > 1;
             for (i, stage) in pipe.stages.iter().enumerate() {

@@ -369,14 +369,18 @@ impl Shared {
     }
 
     /// Closes a tool call's window (a scan of the tree, off the async
-    /// threads). What a shell command left running is stopped first, so
-    /// nothing it does later escapes the window.
+    /// threads). What the agent's commands left running is stopped first,
+    /// so nothing it does later escapes the window.
     async fn observe(&self, input: &Value) -> Option<crate::Observed> {
         let watch = Arc::clone(self.watch.as_ref()?);
         let tool_use_id = input.get("tool_use_id").and_then(Value::as_str)?;
-        let window = lock(&self.windows).remove(tool_use_id)?;
-        let shell = input.get("tool_name").and_then(Value::as_str) == Some("Bash");
-        let agent = self.process.clone().filter(|_| shell);
+        let (window, last) = {
+            let mut windows = lock(&self.windows);
+            (windows.remove(tool_use_id)?, windows.is_empty())
+        };
+        // A call still running (a subagent's, say) may own what runs
+        // detached now: the last call to end stops it.
+        let agent = self.process.clone().filter(|_| last);
         tokio::task::spawn_blocking(move || {
             crate::tree_watch::close_after_strays(&watch, window, agent.as_ref())
         })
@@ -569,6 +573,9 @@ impl Interrupter {
     pub fn kill(&self) {
         if let Some(pid) = self.pid {
             crate::process_tree::kill_tree(pid);
+        }
+        if let Some(process) = &self.shared.process {
+            process.stop_strays();
         }
     }
 }

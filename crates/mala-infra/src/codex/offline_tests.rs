@@ -635,7 +635,7 @@ async fn what_a_command_leaves_running_is_stopped_when_it_completes_and_the_agen
     let told = f.mock.requests().iter().any(|r| {
         mala_testkit::ResponsesConversation::user_texts_of(&r.body)
             .iter()
-            .any(|t| t.contains("left running after it returned") && t.contains("sleep 39"))
+            .any(|t| t.contains("left running after they returned") && t.contains("sleep 39"))
     });
     assert!(told, "the agent is told in its turn");
     f.session.close().await.unwrap();

@@ -558,13 +558,15 @@ impl CodexSession {
         let (Some(tree), Some(window)) = (self.tree.clone(), self.windows.remove(id)) else {
             return;
         };
-        let shell = item["type"] == "commandExecution";
+        // A command still running may own what runs detached now: the last
+        // item to end stops it.
+        let last = self.windows.is_empty();
         let agent = self
             .server
             .as_ref()
             .and_then(AppServer::process)
             .cloned()
-            .filter(|_| shell);
+            .filter(|_| last);
         let observed = tokio::task::spawn_blocking({
             let tree = Arc::clone(&tree);
             move || crate::tree_watch::close_after_strays(&tree, window, agent.as_ref())

@@ -84,8 +84,9 @@ impl Store {
 
     /// What was lost since `earlier`: refs that are gone, packs removed
     /// without a new one in their place (as `git gc` makes), and loose
-    /// objects the store no longer has in any form (`git gc` packs loose
-    /// objects and then removes them: those are not lost).
+    /// objects the store no longer has in any form while its history needs
+    /// them (`git gc` packs loose objects and then removes them, and prunes
+    /// unreachable ones: neither is a loss).
     pub(super) fn losses_since(&self, earlier: &Self, dirs: &GitDirs) -> Vec<String> {
         let mut lost: Vec<String> = earlier
             .refs
@@ -104,7 +105,7 @@ impl Store {
             let missing = missing_objects(&dirs.common, &gone);
             if missing > 0 {
                 lost.push(format!(
-                    "{missing} object(s) of the object store were removed"
+                    "{missing} object(s) of the object store were removed, and git fsck finds objects the history needs missing"
                 ));
             }
         }
@@ -208,38 +209,79 @@ fn read_loose(
     out
 }
 
-/// How many of `objects` the store at `git` has in no form. When git cannot
-/// be asked, every one counts: a store that loses objects is not to be
-/// trusted with a guess.
+/// How many of `objects` the store at `git` has in no form, when that cost
+/// the repository part of its history; 0 when it did not. git's own
+/// `gc` prunes unreachable objects (a dropped stash, an amended commit,
+/// after two weeks), so a loose object gone is a loss only when `git fsck`
+/// then finds an object that refs, reflogs or the index reach missing.
+/// When git cannot be asked, every one counts: a store that loses objects
+/// is not to be trusted with a guess. This runs only when loose objects
+/// disappeared, which git's own packing and pruning do now and then.
 fn missing_objects(git: &Path, objects: &[String]) -> usize {
+    let Some(missing) = objects_not_in(git, objects) else {
+        return objects.len();
+    };
+    if missing == 0 {
+        return 0;
+    }
+    let fsck = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(git)
+        .args([
+            "fsck",
+            "--connectivity-only",
+            "--no-dangling",
+            "--no-progress",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    match fsck {
+        Ok(status) if status.success() => 0,
+        _ => missing,
+    }
+}
+
+/// How many of `objects` `git cat-file --batch-check` says are missing.
+/// The ids go in from a thread of their own: git answers as it reads, and
+/// with thousands of ids both pipes would fill while each side waits.
+fn objects_not_in(git: &Path, objects: &[String]) -> Option<usize> {
     use std::io::Write as _;
-    let child = std::process::Command::new("git")
+    let mut child = std::process::Command::new("git")
         .arg("--git-dir")
         .arg(git)
         .args(["cat-file", "--batch-check"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
-        .spawn();
-    let Ok(mut child) = child else {
-        return objects.len();
-    };
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(format!("{}\n", objects.join("\n")).as_bytes());
-    }
-    match child.wait_with_output() {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+        .spawn()
+        .ok()?;
+    let mut stdin = child.stdin.take()?;
+    let input = format!("{}\n", objects.join("\n"));
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().ok()?;
+    writer.join().ok()?.ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|line| line.ends_with(" missing"))
-            .count(),
-        _ => objects.len(),
-    }
+            .count()
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use mala_testkit::TempRepo;
+
+    #[test]
+    fn thousands_of_ids_are_asked_about_without_both_pipes_filling() {
+        let repo = TempRepo::new();
+        let ids: Vec<String> = (0..20_000).map(|n| format!("{n:040x}")).collect();
+        let git = repo.path().join(".git");
+        assert_eq!(objects_not_in(&git, &ids), Some(ids.len()));
+    }
 
     #[test]
     fn a_linked_worktree_reads_the_store_it_shares() {

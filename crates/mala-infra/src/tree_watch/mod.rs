@@ -615,8 +615,8 @@ impl TreeWatch {
     }
 }
 
-/// Closes `window` once what the call left running below `agent` (the
-/// agent's process, for a shell command) is stopped: a process left
+/// Closes `window` once what the agent's calls left running is stopped
+/// (`agent`, given when no other call of it is running): a process left
 /// running could write after the window closed, where no window sees it.
 pub(crate) fn close_after_strays(
     watch: &TreeWatch,
@@ -687,7 +687,7 @@ pub(crate) fn report(
     }
     if !observed.left_running.is_empty() {
         told.push(format!(
-            "mala stopped what this {tool} call left running after it returned: {}. A process left \
+            "mala stopped what your commands left running after they returned: {}. A process left \
              running could change files after mala has looked, so commands run in the foreground: \
              start and stop a server or a watcher within one command.",
             observed.left_running.join(", ")
@@ -926,7 +926,24 @@ mod tests {
         git(&["repack", "-q", "-d"]);
         git(&["prune-packed"]);
         assert!(watch.close(window).git_losses.is_empty());
-        // A program removing a loose object from the store.
+        // A program pruning an object nothing reaches, as `git gc` does.
+        let blob = std::process::Command::new("git")
+            .args(["hash-object", "-w", "--stdin"])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let blob = String::from_utf8(blob.stdout).unwrap();
+        let window = watch.open(&agent, &Call::Shell("git hash-object -w --stdin".into()));
+        watch.close(window);
+        let (fan, rest) = blob.trim().split_at(2);
+        let window = watch.open(&agent, &Call::Shell("./prune.sh".into()));
+        std::fs::remove_file(dir.path().join(".git/objects").join(fan).join(rest)).unwrap();
+        assert!(
+            watch.close(window).git_losses.is_empty(),
+            "nothing needed it"
+        );
+        // A program removing a loose object the history needs.
         std::fs::write(dir.path().join("src/a.rs"), "three").unwrap();
         let window = watch.open(&agent, &Call::Shell("git commit -qam three".into()));
         git(&["commit", "-qam", "three"]);
@@ -941,7 +958,12 @@ mod tests {
         let window = watch.open(&agent, &Call::Shell("python3 /tmp/evil.py".into()));
         std::fs::remove_file(dir.path().join(".git/objects").join(fan).join(rest)).unwrap();
         let losses = watch.close(window).git_losses;
-        assert_eq!(losses, vec!["1 object(s) of the object store were removed"]);
+        assert_eq!(
+            losses,
+            vec![
+                "1 object(s) of the object store were removed, and git fsck finds objects the history needs missing"
+            ]
+        );
     }
 
     #[test]

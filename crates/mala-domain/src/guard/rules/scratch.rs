@@ -28,6 +28,15 @@ impl Walker<'_> {
     /// `NAME=$(mktemp …)` alone makes NAME a scratch path; any other
     /// assignment of NAME, or a builtin that may assign it, forgets it.
     pub(super) fn learn_variables(&mut self, invocation: &Invocation) {
+        // `${NAME=…}` and `${NAME:=…}` assign NAME wherever they stand.
+        let words = invocation
+            .words
+            .iter()
+            .chain(invocation.assigns.iter().map(|(_, v)| v));
+        let assigned_inside: Vec<String> = words
+            .flat_map(|word| expansion_assignments(word.raw()))
+            .collect();
+        self.scratch.retain(|name| !assigned_inside.contains(name));
         match invocation.words.first() {
             None => {
                 for (name, value) in &invocation.assigns {
@@ -68,6 +77,18 @@ impl Walker<'_> {
                 && !tail.split('/').any(|part| part == ".."));
         known && plain_tail
     }
+}
+
+/// The names a word assigns through `${NAME=…}` or `${NAME:=…}`.
+fn expansion_assignments(raw: &str) -> Vec<String> {
+    raw.match_indices("${")
+        .filter_map(|(at, _)| {
+            let rest = &raw[at + 2..];
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
+            let (name, after) = rest.split_at(end);
+            (after.starts_with('=') || after.starts_with(":=")).then(|| name.to_owned())
+        })
+        .collect()
 }
 
 /// `$(mktemp)`, `$(mktemp -d)`, `` `mktemp -t x.XXXX` ``: a new path under
