@@ -765,6 +765,22 @@ impl ClaudeSession {
         self.shared.control(request, timeout).await
     }
 
+    /// What the agent's calls left running when no call ended to stop it
+    /// (an interrupted call reports no end): it goes with the turn, before
+    /// the gate looks at the tree.
+    async fn stop_strays_at_turn_end(&self) {
+        let Some(process) = self.shared.process.clone() else {
+            return;
+        };
+        let stopped = tokio::task::spawn_blocking(move || process.stop_strays())
+            .await
+            .unwrap_or_default();
+        for stray in stopped {
+            tracing::info!(agent = %self.shared.agent, pid = stray.pid, command = %stray.command,
+                "stopped what the agent left running when its turn ended");
+        }
+    }
+
     /// A handle that can interrupt the running turn from another task.
     pub fn interrupter(&self) -> Interrupter {
         Interrupter {
@@ -1127,6 +1143,7 @@ impl AgentSession for ClaudeSession {
             }
         };
         self.shared.record.flush();
+        self.stop_strays_at_turn_end().await;
         let outcome = self
             .limited(result.and_then(|result| protocol::turn_outcome(&result)))
             .and_then(|outcome| self.guarded_throughout(outcome));

@@ -748,6 +748,11 @@ impl CodexSession {
     /// started, and the turn fails saying so: what it did next would come
     /// after mala's checks, its locks and its commit.
     async fn stop_lingering(&mut self, log: &mut TurnLog) {
+        // What its commands left running detached goes with the turn too,
+        // before the gate looks at the tree.
+        if let Some(process) = self.server.as_ref().and_then(AppServer::process).cloned() {
+            let _ = tokio::task::spawn_blocking(move || process.stop_strays()).await;
+        }
         let mut lingering: Vec<&str> = log
             .running
             .iter()
