@@ -19,6 +19,7 @@
 //! unlocked write. docs/coordination.md explains the attribution.
 
 mod git_store;
+mod notify;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -59,6 +60,8 @@ pub struct Snapshot {
     files: HashMap<PathBuf, Stamp>,
     store: Store,
     tracked: Arc<Tracked>,
+    /// `info/exclude`'s stamp: a change to it may change what is ignored.
+    exclude: Option<Stamp>,
 }
 
 /// The files git tracks, as its index listed them when it had `index` as
@@ -106,14 +109,15 @@ impl Snapshot {
     /// Walks the working tree under `root`, on two threads (the walk is
     /// mostly waiting on the file system, one directory at a time).
     pub fn scan(root: &Path) -> Self {
-        Self::scan_after(root, &GitDirs::of(root), None)
+        Self::scan_after(root, &GitDirs::of(root), None).0
     }
 
     /// [`Snapshot::scan`], reusing what `earlier` knew of the index.
     /// Ignore rules hide untracked files only: a tracked file they match
     /// (one added with `git add -f`, or one a pattern added to
     /// `.git/info/exclude` or a `.gitignore` would hide) is still watched.
-    fn scan_after(root: &Path, git: &GitDirs, earlier: Option<&Self>) -> Self {
+    /// Also returns the directories the walk went into.
+    fn scan_after(root: &Path, git: &GitDirs, earlier: Option<&Self>) -> (Self, Vec<PathBuf>) {
         let walker = ignore::WalkBuilder::new(root)
             .hidden(false)
             .parents(false)
@@ -126,29 +130,86 @@ impl Snapshot {
                 entry.depth() != 1 || !matches!(entry.file_name().to_str(), Some(".git" | ".beads"))
             })
             .build_parallel();
-        let found = Mutex::new(HashMap::new());
+        let found = Mutex::new(Found::default());
         walker.visit(&mut Collectors {
             root,
             found: &found,
         });
         // `visit` returns after every visitor is dropped, which flushed it.
-        let mut files = found.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let Found { mut files, dirs } = found.into_inner().unwrap_or_else(PoisonError::into_inner);
         let tracked = Tracked::now(root, git, earlier.map(|e| &e.tracked));
-        for path in &tracked.paths {
-            if files.contains_key(path) || path.starts_with(".beads") {
-                continue;
-            }
-            if let Ok(meta) = root.join(path).symlink_metadata()
-                && !meta.is_dir()
-            {
-                files.insert(path.clone(), Stamp::of(&meta));
-            }
-        }
-        Self {
+        let _ = add_tracked(root, &mut files, &tracked, |_| true);
+        let snapshot = Self {
             files,
             store: Store::read(git, earlier.map(|e| &e.store)),
             tracked,
+            exclude: exclude_stamp(git),
+        };
+        (snapshot, dirs)
+    }
+
+    /// `self` brought up to date where `dirty` says the tree changed, the
+    /// rest taken as it was; `None` when only a full scan can tell (events
+    /// lost, ignore rules changed, a directory the notifier cannot watch).
+    fn refreshed(
+        &self,
+        root: &Path,
+        git: &GitDirs,
+        notifier: &mut notify::Notifier,
+    ) -> Option<Self> {
+        use notify::Part;
+        let dirty = notifier.drain();
+        let exclude = exclude_stamp(git);
+        if dirty.everything || exclude != self.exclude {
+            return None;
         }
+        let tracked = Tracked::now(root, git, Some(&self.tracked));
+        let mut entries = dirty.dirs;
+        if !Arc::ptr_eq(&tracked, &self.tracked) {
+            // Files that became tracked or untracked may be ignored ones.
+            for path in notify::differing(&self.tracked.paths, &tracked.paths) {
+                entries.insert(path.parent().map(Path::to_path_buf).unwrap_or_default());
+            }
+        }
+        let trees = dirty.trees;
+        entries.retain(|dir| !trees.iter().any(|tree| dir.starts_with(tree)));
+        let parts = trees
+            .into_iter()
+            .map(Part::Tree)
+            .chain(entries.into_iter().map(Part::Entries));
+        let mut files = self.files.clone();
+        for part in parts {
+            files.retain(|path, _| !part.holds(path));
+            let (mut found, dirs) = notify::walk(root, &part);
+            if let Part::Tree(tree) = &part {
+                notifier.forget_under(tree);
+                if !dirs.iter().all(|dir| notifier.watch(root, dir)) {
+                    return None;
+                }
+                // What was made in it before its watches were in place.
+                found = notify::walk(root, &part).0;
+            }
+            for (path, meta) in found {
+                let stamp = Stamp::of(&meta);
+                if !notifier.watch_file(root, &path, stamp.inode) {
+                    return None;
+                }
+                files.insert(path, stamp);
+            }
+            let hidden = add_tracked(root, &mut files, &tracked, |path| part.holds(path));
+            if !hidden
+                .iter()
+                .all(|(path, inode)| notifier.watch_file(root, path, *inode))
+            {
+                return None;
+            }
+        }
+        Some(Self {
+            files,
+            store: Store::read(git, Some(&self.store)),
+            tracked,
+            exclude,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -198,16 +259,56 @@ pub struct Change {
     pub created: bool,
 }
 
+/// Ignore rules hide untracked files only: the tracked files (of those
+/// `which` takes) the walk did not see are stat'ed too (not mala's `.beads`).
+/// Returns the paths it added, with their inodes.
+fn add_tracked(
+    root: &Path,
+    files: &mut HashMap<PathBuf, Stamp>,
+    tracked: &Tracked,
+    which: impl Fn(&Path) -> bool,
+) -> Vec<(PathBuf, u64)> {
+    let mut added = Vec::new();
+    for path in &tracked.paths {
+        if files.contains_key(path) || path.starts_with(".beads") || !which(path) {
+            continue;
+        }
+        if let Ok(meta) = root.join(path).symlink_metadata()
+            && !meta.is_dir()
+        {
+            let stamp = Stamp::of(&meta);
+            added.push((path.clone(), stamp.inode));
+            files.insert(path.clone(), stamp);
+        }
+    }
+    added
+}
+
+/// The stamp of the repository's `info/exclude`, if it has one.
+fn exclude_stamp(git: &GitDirs) -> Option<Stamp> {
+    std::fs::metadata(git.common.join("info/exclude"))
+        .ok()
+        .map(|meta| Stamp::of(&meta))
+}
+
+/// What the walking threads found: files with their stamps, directories.
+#[derive(Default)]
+struct Found {
+    files: HashMap<PathBuf, Stamp>,
+    dirs: Vec<PathBuf>,
+}
+
 /// One walking thread's findings, added to the scan when it is done.
 struct Collector<'s> {
     root: &'s Path,
     local: Vec<(PathBuf, Stamp)>,
-    found: &'s Mutex<HashMap<PathBuf, Stamp>>,
+    dirs: Vec<PathBuf>,
+    found: &'s Mutex<Found>,
 }
 
 struct Collectors<'s> {
     root: &'s Path,
-    found: &'s Mutex<HashMap<PathBuf, Stamp>>,
+    found: &'s Mutex<Found>,
 }
 
 impl<'s> ignore::ParallelVisitorBuilder<'s> for Collectors<'s> {
@@ -215,6 +316,7 @@ impl<'s> ignore::ParallelVisitorBuilder<'s> for Collectors<'s> {
         Box::new(Collector {
             root: self.root,
             local: Vec::new(),
+            dirs: Vec::new(),
             found: self.found,
         })
     }
@@ -226,6 +328,9 @@ impl ignore::ParallelVisitor for Collector<'_> {
             return ignore::WalkState::Continue;
         };
         if entry.file_type().is_some_and(|t| t.is_dir()) {
+            if let Ok(relative) = entry.path().strip_prefix(self.root) {
+                self.dirs.push(relative.to_path_buf());
+            }
             return ignore::WalkState::Continue;
         }
         if let (Ok(meta), Ok(relative)) = (
@@ -240,10 +345,9 @@ impl ignore::ParallelVisitor for Collector<'_> {
 
 impl Drop for Collector<'_> {
     fn drop(&mut self) {
-        self.found
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(self.local.drain(..));
+        let mut found = self.found.lock().unwrap_or_else(PoisonError::into_inner);
+        found.files.extend(self.local.drain(..));
+        found.dirs.append(&mut self.dirs);
     }
 }
 
@@ -329,6 +433,10 @@ pub struct Observed {
 #[derive(Debug, Default)]
 struct State {
     last: Option<Snapshot>,
+    /// The kernel's word on which directories changed (see `notify`);
+    /// `None` before the first scan, and for good once it failed.
+    notifier: Option<notify::Notifier>,
+    notifier_failed: bool,
     /// For each lock holder, its files other agents' calls changed.
     notices: HashMap<AgentId, Vec<(PathBuf, AgentId)>>,
     open: HashMap<u64, Window>,
@@ -461,7 +569,7 @@ impl TreeWatch {
     /// between calls, a process left in the background) goes to no one.
     /// The lock is held across the scan so two scans never interleave.
     fn rescan(&self, state: &mut State) {
-        let now = Snapshot::scan_after(&self.root, &self.git, state.last.as_ref());
+        let now = self.snapshot(state);
         if let Some(last) = state.last.take() {
             if git_losses_matter(state) {
                 let losses = now.store.losses_since(&last.store, &self.git);
@@ -504,6 +612,58 @@ impl TreeWatch {
             }
         }
         state.last = Some(now);
+    }
+
+    /// The tree now: the last scan refreshed where the kernel says the tree
+    /// changed, or a full scan. After a full scan every directory it walked
+    /// is watched; when any watch is new, the tree is scanned once more, so
+    /// no change falls between a directory's walk and its watch.
+    fn snapshot(&self, state: &mut State) -> Snapshot {
+        if let (Some(last), Some(notifier)) = (state.last.as_ref(), state.notifier.as_mut())
+            && let Some(now) = last.refreshed(&self.root, &self.git, notifier)
+        {
+            return now;
+        }
+        if state.notifier.is_none() && !state.notifier_failed {
+            state.notifier = notify::Notifier::new();
+            state.notifier_failed = state.notifier.is_none();
+        }
+        if let Some(notifier) = state.notifier.as_mut() {
+            // What it queued before this walk, the walk sees.
+            let _ = notifier.drain();
+        }
+        let (now, dirs) = Snapshot::scan_after(&self.root, &self.git, state.last.as_ref());
+        let Some(notifier) = state.notifier.as_mut() else {
+            return now;
+        };
+        let mut new = false;
+        let files = now
+            .files
+            .iter()
+            .map(|(path, stamp)| (path, Some(stamp.inode)));
+        for (path, inode) in dirs.iter().map(|dir| (dir, None)).chain(files) {
+            let watched = match inode {
+                None => {
+                    new |= !notifier.is_watched(path);
+                    notifier.watch(&self.root, path)
+                }
+                Some(inode) => {
+                    new |= !notifier.is_file_watched(path, inode);
+                    notifier.watch_file(&self.root, path, inode)
+                }
+            };
+            if !watched {
+                tracing::info!(path = %path.display(), "the tree watch scans the whole tree after each call: \
+                    the kernel refused to watch a path (the user's inotify watch limit)");
+                state.notifier = None;
+                state.notifier_failed = true;
+                return now;
+            }
+        }
+        if new {
+            return Snapshot::scan_after(&self.root, &self.git, Some(&now)).0;
+        }
+        now
     }
 
     /// `.git` lost refs, packs or objects: it goes to the calls that ran a
@@ -766,6 +926,7 @@ mod tests {
         repo.write("fixtures/keep.log", "changed");
         repo.write("fixtures/new.log", "untracked, ignored");
         let changed: Vec<String> = Snapshot::scan_after(root, &GitDirs::of(root), Some(&before))
+            .0
             .changes_since(&before)
             .into_iter()
             .map(|c| c.path.display().to_string())
@@ -964,6 +1125,126 @@ mod tests {
                 "1 object(s) of the object store were removed, and git fsck finds objects the history needs missing"
             ]
         );
+    }
+
+    type TreeChange<'t> = (&'static str, Box<dyn Fn() + 't>);
+
+    /// One change of each kind a tree sees, in order, each with its name.
+    fn tree_changes<'t>(
+        repo: &'t mala_testkit::TempRepo,
+        root: &'t Path,
+        outside: &'t Path,
+    ) -> Vec<TreeChange<'t>> {
+        vec![
+            ("write", Box::new(|| repo.write("src/a.rs", "changed"))),
+            (
+                "new dir with files",
+                Box::new(|| repo.write("src/new/inner/c.rs", "c")),
+            ),
+            (
+                "remove a tree",
+                Box::new(|| std::fs::remove_dir_all(root.join("src/deep")).unwrap()),
+            ),
+            (
+                "move a tree",
+                Box::new(|| std::fs::rename(root.join("src/new"), root.join("moved")).unwrap()),
+            ),
+            (
+                "write in the moved tree",
+                Box::new(|| repo.write("moved/inner/c.rs", "again")),
+            ),
+            (
+                "an ignored file",
+                Box::new(|| repo.write("src/x.log", "ignored")),
+            ),
+            (
+                "build output",
+                Box::new(|| repo.write("target/o", "ignored")),
+            ),
+            (
+                "force-add an ignored file",
+                Box::new(|| {
+                    repo.write("src/kept.log", "tracked");
+                    repo.git(&["add", "-f", "src/kept.log"]);
+                }),
+            ),
+            (
+                "change it",
+                Box::new(|| repo.write("src/kept.log", "tracked, changed")),
+            ),
+            (
+                "a tracked file in an ignored directory",
+                Box::new(|| {
+                    repo.write("target/kept", "tracked");
+                    repo.git(&["add", "-f", "target/kept"]);
+                }),
+            ),
+            (
+                "change it",
+                Box::new(|| repo.write("target/kept", "tracked, changed")),
+            ),
+            (
+                "a write through a hard link from outside",
+                Box::new(|| {
+                    std::fs::hard_link(root.join("src/a.rs"), outside.join("link")).unwrap();
+                    std::fs::write(outside.join("link"), "through the link").unwrap();
+                }),
+            ),
+            (
+                "an editor's write and rename over",
+                Box::new(|| {
+                    repo.write("src/a.rs.tmp", "saved");
+                    std::fs::rename(root.join("src/a.rs.tmp"), root.join("src/a.rs")).unwrap();
+                }),
+            ),
+            (
+                "a write to the replaced file",
+                Box::new(|| repo.write("src/a.rs", "saved again")),
+            ),
+            (
+                "a new ignore rule",
+                Box::new(|| repo.write(".gitignore", "target/\n*.log\n*.rs\n")),
+            ),
+            (
+                "remove the root's file",
+                Box::new(|| std::fs::remove_file(root.join("README.md")).unwrap()),
+            ),
+            (
+                "a mode change",
+                Box::new(|| {
+                    use std::os::unix::fs::PermissionsExt as _;
+                    let path = root.join("moved/inner/c.rs");
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+                }),
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_scan_from_the_kernels_events_sees_what_a_full_scan_sees() {
+        let repo = mala_testkit::TempRepo::new();
+        let root = repo.path().canonicalize().unwrap();
+        repo.write(".gitignore", "target/\n*.log\n");
+        repo.write("src/a.rs", "a");
+        repo.write("src/deep/b.rs", "b");
+        repo.commit_all("tree");
+        let outside = tempfile::tempdir().unwrap();
+        let watch = TreeWatch::new(&root, None);
+        let agent = AgentId::new("a@r");
+        let _ = watch.close(watch.open(&agent, &Call::Other));
+        assert!(
+            watch.state().notifier.is_some(),
+            "inotify is there on Linux"
+        );
+        for (what, step) in tree_changes(&repo, &root, outside.path()) {
+            let window = watch.open(&agent, &Call::Other);
+            step();
+            let _ = watch.close(window);
+            let full = Snapshot::scan(&root);
+            let state = watch.state();
+            let seen = &state.last.as_ref().unwrap().files;
+            assert_eq!(seen, &full.files, "after {what}");
+        }
     }
 
     #[test]
