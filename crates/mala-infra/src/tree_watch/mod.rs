@@ -60,8 +60,12 @@ pub struct Snapshot {
     files: HashMap<PathBuf, Stamp>,
     store: Store,
     tracked: Arc<Tracked>,
-    /// `info/exclude`'s stamp: a change to it may change what is ignored.
-    exclude: Option<Stamp>,
+    /// The stamps of what decides what is ignored besides the tree's own
+    /// ignore files (`exclude_stamp`).
+    exclude: Vec<Option<Stamp>>,
+    /// The tracked files in directories no kernel watch covers (ignored
+    /// ones), stat'ed at every scan from events.
+    unwatched: Arc<Vec<PathBuf>>,
 }
 
 /// The files git tracks, as its index listed them when it had `index` as
@@ -144,13 +148,15 @@ impl Snapshot {
             store: Store::read(git, earlier.map(|e| &e.store)),
             tracked,
             exclude: exclude_stamp(git),
+            unwatched: Arc::default(),
         };
         (snapshot, dirs)
     }
 
-    /// `self` brought up to date where `dirty` says the tree changed, the
-    /// rest taken as it was; `None` when only a full scan can tell (events
-    /// lost, ignore rules changed, a directory the notifier cannot watch).
+    /// `self` brought up to date where the kernel says the tree changed,
+    /// the rest taken as it was; `None` when only a full scan can tell
+    /// (events lost, ignore rules changed, too much changed, a path the
+    /// kernel will not watch).
     fn refreshed(
         &self,
         root: &Path,
@@ -171,8 +177,18 @@ impl Snapshot {
                 entries.insert(path.parent().map(Path::to_path_buf).unwrap_or_default());
             }
         }
-        let trees = dirty.trees;
+        let mut trees: Vec<PathBuf> = Vec::new();
+        for tree in dirty.trees {
+            // Sorted: a tree under one already taken is walked with it.
+            if !trees.iter().any(|top| tree.starts_with(top)) {
+                trees.push(tree);
+            }
+        }
         entries.retain(|dir| !trees.iter().any(|tree| dir.starts_with(tree)));
+        if trees.len() + entries.len() > MOST_PARTS {
+            return None;
+        }
+        let watches_changed = !trees.is_empty() || !Arc::ptr_eq(&tracked, &self.tracked);
         let parts = trees
             .into_iter()
             .map(Part::Tree)
@@ -180,15 +196,13 @@ impl Snapshot {
         let mut files = self.files.clone();
         for part in parts {
             files.retain(|path, _| !part.holds(path));
-            let (mut found, dirs) = notify::walk(root, &part);
-            if let Part::Tree(tree) = &part {
-                notifier.forget_under(tree);
-                if !dirs.iter().all(|dir| notifier.watch(root, dir)) {
-                    return None;
+            let found = match &part {
+                Part::Tree(tree) => {
+                    notifier.forget_under(tree);
+                    watched_walk(root, &part, notifier)?
                 }
-                // What was made in it before its watches were in place.
-                found = notify::walk(root, &part).0;
-            }
+                Part::Entries(_) => notify::walk(root, &part).0,
+            };
             for (path, meta) in found {
                 let stamp = Stamp::of(&meta);
                 if !notifier.watch_file(root, &path, stamp.inode) {
@@ -204,11 +218,33 @@ impl Snapshot {
                 return None;
             }
         }
+        // Tracked files in directories no watch covers (ignored ones): a
+        // file of theirs removed and made again raises no event.
+        let unwatched = if watches_changed {
+            Arc::new(unwatched_tracked(&tracked, notifier))
+        } else {
+            Arc::clone(&self.unwatched)
+        };
+        for path in unwatched.iter() {
+            match root.join(path).symlink_metadata() {
+                Ok(meta) if !meta.is_dir() => {
+                    let stamp = Stamp::of(&meta);
+                    if !notifier.watch_file(root, path, stamp.inode) {
+                        return None;
+                    }
+                    files.insert(path.clone(), stamp);
+                }
+                _ => {
+                    files.remove(path);
+                }
+            }
+        }
         Some(Self {
             files,
             store: Store::read(git, Some(&self.store)),
             tracked,
             exclude,
+            unwatched,
         })
     }
 
@@ -284,11 +320,65 @@ fn add_tracked(
     added
 }
 
-/// The stamp of the repository's `info/exclude`, if it has one.
-fn exclude_stamp(git: &GitDirs) -> Option<Stamp> {
-    std::fs::metadata(git.common.join("info/exclude"))
-        .ok()
-        .map(|meta| Stamp::of(&meta))
+/// The tracked files whose directory no kernel watch covers.
+fn unwatched_tracked(tracked: &Tracked, notifier: &notify::Notifier) -> Vec<PathBuf> {
+    tracked
+        .paths
+        .iter()
+        .filter(|path| !path.starts_with(".beads"))
+        .filter(|path| !notifier.is_watched(path.parent().unwrap_or(Path::new(""))))
+        .cloned()
+        .collect()
+}
+
+/// More directories than this changed at once (a checkout, a build into an
+/// unignored directory): one full scan costs less than listing each.
+const MOST_PARTS: usize = 256;
+
+/// The files of a tree a walk finds, once every directory in it is watched:
+/// walked again while a walk finds a directory not watched yet, so nothing
+/// made between a directory's walk and its watch is missed. `None` when the
+/// kernel refuses a watch, or the tree keeps growing new directories.
+fn watched_walk(
+    root: &Path,
+    part: &notify::Part,
+    notifier: &mut notify::Notifier,
+) -> Option<Vec<(PathBuf, std::fs::Metadata)>> {
+    for _ in 0..4 {
+        let (found, dirs) = notify::walk(root, part);
+        let mut new = false;
+        for dir in &dirs {
+            new |= !notifier.is_watched(dir);
+            if !notifier.watch(root, dir) {
+                return None;
+            }
+        }
+        if !new {
+            return Some(found);
+        }
+    }
+    None
+}
+
+/// The stamps of what decides what is ignored beyond the tree's own ignore
+/// files: the repository's `info/exclude` and config, and the user's git
+/// config and global excludes.
+fn exclude_stamp(git: &GitDirs) -> Vec<Option<Stamp>> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| home.as_ref().map(|h| h.join(".config")));
+    let mut paths = vec![git.common.join("info/exclude"), git.common.join("config")];
+    paths.extend(home.map(|h| h.join(".gitconfig")));
+    paths.extend(
+        config
+            .iter()
+            .flat_map(|c| [c.join("git/config"), c.join("git/ignore")]),
+    );
+    paths
+        .iter()
+        .map(|path| std::fs::metadata(path).ok().map(|meta| Stamp::of(&meta)))
+        .collect()
 }
 
 /// What the walking threads found: files with their stamps, directories.
@@ -437,6 +527,8 @@ struct State {
     /// `None` before the first scan, and for good once it failed.
     notifier: Option<notify::Notifier>,
     notifier_failed: bool,
+    /// How many scans walked the whole tree.
+    full_scans: u64,
     /// For each lock holder, its files other agents' calls changed.
     notices: HashMap<AgentId, Vec<(PathBuf, AgentId)>>,
     open: HashMap<u64, Window>,
@@ -519,6 +611,31 @@ fn now_ns() -> i128 {
 /// Change times and our clock come from the same kernel, but file systems
 /// round their times; a change this close before a window opened may be its.
 const SLACK_NS: i128 = 20_000_000;
+
+/// Watches every directory and file of `snapshot`; whether any watch is
+/// new (then the tree is scanned again: a change between a walk and its
+/// watch raised no event), or the path the kernel refused.
+fn watch_all(
+    notifier: &mut notify::Notifier,
+    root: &Path,
+    snapshot: &Snapshot,
+    dirs: &[PathBuf],
+) -> Result<bool, PathBuf> {
+    let mut new = false;
+    for dir in dirs {
+        new |= !notifier.is_watched(dir);
+        if !notifier.watch(root, dir) {
+            return Err(dir.clone());
+        }
+    }
+    for (path, stamp) in &snapshot.files {
+        new |= !notifier.is_file_watched(path, stamp.inode);
+        if !notifier.watch_file(root, path, stamp.inode) {
+            return Err(path.clone());
+        }
+    }
+    Ok(new)
+}
 
 /// Whether what `.git` lost now would go to anyone: some open call runs a
 /// program, and none runs git itself (whose work the guard vetted).
@@ -624,46 +741,38 @@ impl TreeWatch {
         {
             return now;
         }
-        if state.notifier.is_none() && !state.notifier_failed {
-            state.notifier = notify::Notifier::new();
-            state.notifier_failed = state.notifier.is_none();
-        }
-        if let Some(notifier) = state.notifier.as_mut() {
-            // What it queued before this walk, the walk sees.
-            let _ = notifier.drain();
-        }
-        let (now, dirs) = Snapshot::scan_after(&self.root, &self.git, state.last.as_ref());
-        let Some(notifier) = state.notifier.as_mut() else {
-            return now;
+        // A full scan, with a notifier of its own: what the last one knew
+        // may be stale (a directory replaced while its events were lost).
+        state.full_scans += 1;
+        state.notifier = if state.notifier_failed {
+            None
+        } else {
+            notify::Notifier::new()
         };
-        let mut new = false;
-        let files = now
-            .files
-            .iter()
-            .map(|(path, stamp)| (path, Some(stamp.inode)));
-        for (path, inode) in dirs.iter().map(|dir| (dir, None)).chain(files) {
-            let watched = match inode {
-                None => {
-                    new |= !notifier.is_watched(path);
-                    notifier.watch(&self.root, path)
+        state.notifier_failed = state.notifier.is_none();
+        let mut now = Snapshot::scan_after(&self.root, &self.git, state.last.as_ref());
+        let Some(notifier) = state.notifier.as_mut() else {
+            return now.0;
+        };
+        for _ in 0..4 {
+            match watch_all(notifier, &self.root, &now.0, &now.1) {
+                Err(path) => {
+                    tracing::info!(path = %path.display(), "the tree watch scans the whole tree after each call: \
+                        the kernel refused to watch a path (the user's inotify watch limit)");
+                    state.notifier = None;
+                    state.notifier_failed = true;
+                    return now.0;
                 }
-                Some(inode) => {
-                    new |= !notifier.is_file_watched(path, inode);
-                    notifier.watch_file(&self.root, path, inode)
+                Ok(false) => {
+                    now.0.unwatched = Arc::new(unwatched_tracked(&now.0.tracked, notifier));
+                    return now.0;
                 }
-            };
-            if !watched {
-                tracing::info!(path = %path.display(), "the tree watch scans the whole tree after each call: \
-                    the kernel refused to watch a path (the user's inotify watch limit)");
-                state.notifier = None;
-                state.notifier_failed = true;
-                return now;
+                Ok(true) => now = Snapshot::scan_after(&self.root, &self.git, Some(&now.0)),
             }
         }
-        if new {
-            return Snapshot::scan_after(&self.root, &self.git, Some(&now)).0;
-        }
-        now
+        // The tree keeps changing under the scan: the next one is full too.
+        state.notifier = None;
+        now.0
     }
 
     /// `.git` lost refs, packs or objects: it goes to the calls that ran a
@@ -1201,6 +1310,56 @@ mod tests {
                 "a write to the replaced file",
                 Box::new(|| repo.write("src/a.rs", "saved again")),
             ),
+        ]
+    }
+
+    /// More of `tree_changes`: directories that come and go, tracked files
+    /// no watch covers, links, ignore rules.
+    fn more_tree_changes<'t>(
+        repo: &'t mala_testkit::TempRepo,
+        root: &'t Path,
+    ) -> Vec<TreeChange<'t>> {
+        vec![
+            (
+                "an empty new directory",
+                Box::new(|| std::fs::create_dir_all(root.join("src/later")).unwrap()),
+            ),
+            (
+                "a file in it, a call later",
+                Box::new(|| repo.write("src/later/x.rs", "x")),
+            ),
+            (
+                "the directory replaced",
+                Box::new(|| {
+                    std::fs::remove_dir_all(root.join("src/later")).unwrap();
+                    std::fs::create_dir(root.join("src/later")).unwrap();
+                }),
+            ),
+            (
+                "a file in the new one",
+                Box::new(|| repo.write("src/later/y.rs", "y")),
+            ),
+            (
+                "a tracked file in an ignored directory removed",
+                Box::new(|| std::fs::remove_file(root.join("target/kept")).unwrap()),
+            ),
+            (
+                "and made again",
+                Box::new(|| repo.write("target/kept", "back")),
+            ),
+            (
+                "a hard link inside the tree",
+                Box::new(|| {
+                    std::fs::hard_link(root.join("src/a.rs"), root.join("src/twin.rs")).unwrap();
+                }),
+            ),
+            (
+                "a file replaced by a directory",
+                Box::new(|| {
+                    std::fs::remove_file(root.join("src/twin.rs")).unwrap();
+                    repo.write("src/twin.rs/inside.rs", "now a directory");
+                }),
+            ),
             (
                 "a new ignore rule",
                 Box::new(|| repo.write(".gitignore", "target/\n*.log\n*.rs\n")),
@@ -1236,7 +1395,9 @@ mod tests {
             watch.state().notifier.is_some(),
             "inotify is there on Linux"
         );
-        for (what, step) in tree_changes(&repo, &root, outside.path()) {
+        let changes = tree_changes(&repo, &root, outside.path());
+        for (what, step) in changes.into_iter().chain(more_tree_changes(&repo, &root)) {
+            let full_before = watch.state().full_scans;
             let window = watch.open(&agent, &Call::Other);
             step();
             let _ = watch.close(window);
@@ -1244,6 +1405,13 @@ mod tests {
             let state = watch.state();
             let seen = &state.last.as_ref().unwrap().files;
             assert_eq!(seen, &full.files, "after {what}");
+            // Only a change to what is ignored needs the whole tree walked.
+            let walked = state.full_scans > full_before;
+            assert_eq!(
+                walked,
+                what.contains("ignore rule"),
+                "after {what}: walked whole: {walked}"
+            );
         }
     }
 

@@ -24,12 +24,16 @@ pub(super) struct Dirty {
     pub(super) everything: bool,
 }
 
-/// Names whose change may change what is ignored.
-const IGNORE_FILES: &[&str] = &[".gitignore", ".ignore"];
+/// Whether a change to `path` may change what is ignored: an ignore file,
+/// or a nested repository's `info/exclude`.
+fn is_ignore_file(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|name| name == ".gitignore" || name == ".ignore" || name == "exclude")
+}
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use super::{Dirty, HashMap, IGNORE_FILES, Path, PathBuf};
+    use super::{Dirty, HashMap, Path, PathBuf, is_ignore_file};
     use rustix::fs::inotify::{self, ReadFlags, WatchFlags};
     use std::collections::HashSet;
 
@@ -91,7 +95,13 @@ mod linux {
                     self.file_watches.insert(path.to_path_buf(), (wd, inode));
                     true
                 }
-                Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => true,
+                // Gone already, or not ours to read: nothing to watch, nothing
+                // lost (a later chmod is an event on its directory).
+                Err(
+                    rustix::io::Errno::NOENT
+                    | rustix::io::Errno::NOTDIR
+                    | rustix::io::Errno::ACCESS,
+                ) => true,
                 Err(_) => false,
             }
         }
@@ -128,8 +138,12 @@ mod linux {
                     self.watched.insert(dir.to_path_buf());
                     true
                 }
-                // Gone already: nothing to watch, nothing lost.
-                Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => true,
+                // Gone already, or not ours to read (its parent sees a chmod).
+                Err(
+                    rustix::io::Errno::NOENT
+                    | rustix::io::Errno::NOTDIR
+                    | rustix::io::Errno::ACCESS,
+                ) => true,
                 Err(_) => false,
             }
         }
@@ -171,29 +185,44 @@ mod linux {
                 if let Some(names) = self.files.get(&event.wd()) {
                     // A file's own watch: its directory is listed again.
                     for name in names {
+                        if is_ignore_file(name) {
+                            dirty.everything = true;
+                        }
                         dirty
                             .dirs
                             .insert(name.parent().map(Path::to_path_buf).unwrap_or_default());
                     }
                     if flags.contains(ReadFlags::IGNORED) {
-                        for name in self.files.remove(&event.wd()).unwrap_or_default() {
-                            self.file_watches.remove(&name);
+                        let wd = event.wd();
+                        for name in self.files.remove(&wd).unwrap_or_default() {
+                            // Only if the name is not on a newer inode's watch.
+                            if self
+                                .file_watches
+                                .get(&name)
+                                .is_some_and(|(on, _)| *on == wd)
+                            {
+                                self.file_watches.remove(&name);
+                            }
                         }
+                    }
+                    continue;
+                }
+                if flags.contains(ReadFlags::IGNORED) {
+                    // The directory is gone (its parent said so too): a new
+                    // one at its path gets a watch of its own.
+                    if let Some(dir) = self.dirs.remove(&event.wd()) {
+                        self.watched.remove(&dir);
                     }
                     continue;
                 }
                 let Some(dir) = self.dirs.get(&event.wd()) else {
                     continue;
                 };
-                if flags.contains(ReadFlags::IGNORED) {
-                    // The directory is gone; its parent said so too.
-                    continue;
-                }
                 let name = event
                     .file_name()
                     .map(|n| std::ffi::OsStr::from_bytes_of(n.to_bytes()).to_owned());
                 match name {
-                    Some(name) if IGNORE_FILES.iter().any(|f| name == *f) => {
+                    Some(name) if is_ignore_file(Path::new(&name)) => {
                         dirty.everything = true;
                     }
                     Some(name) if flags.contains(ReadFlags::ISDIR) => {
