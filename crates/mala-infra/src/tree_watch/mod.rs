@@ -122,17 +122,9 @@ impl Snapshot {
     /// `.git/info/exclude` or a `.gitignore` would hide) is still watched.
     /// Also returns the directories the walk went into.
     fn scan_after(root: &Path, git: &GitDirs, earlier: Option<&Self>) -> (Self, Vec<PathBuf>) {
-        let walker = ignore::WalkBuilder::new(root)
-            .hidden(false)
-            .parents(false)
-            .git_ignore(true)
-            .git_exclude(true)
-            .git_global(true)
-            .require_git(false)
+        let walker = notify::scan_rules(root)
             .threads(2)
-            .filter_entry(|entry| {
-                entry.depth() != 1 || !matches!(entry.file_name().to_str(), Some(".git" | ".beads"))
-            })
+            .filter_entry(|entry| !notify::is_git_or_mala(entry))
             .build_parallel();
         let found = Mutex::new(Found::default());
         walker.visit(&mut Collectors {

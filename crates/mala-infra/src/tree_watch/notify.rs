@@ -95,14 +95,7 @@ mod linux {
                     self.file_watches.insert(path.to_path_buf(), (wd, inode));
                     true
                 }
-                // Gone already, or not ours to read: nothing to watch, nothing
-                // lost (a later chmod is an event on its directory).
-                Err(
-                    rustix::io::Errno::NOENT
-                    | rustix::io::Errno::NOTDIR
-                    | rustix::io::Errno::ACCESS,
-                ) => true,
-                Err(_) => false,
+                Err(error) => nothing_to_watch(error),
             }
         }
 
@@ -138,13 +131,7 @@ mod linux {
                     self.watched.insert(dir.to_path_buf());
                     true
                 }
-                // Gone already, or not ours to read (its parent sees a chmod).
-                Err(
-                    rustix::io::Errno::NOENT
-                    | rustix::io::Errno::NOTDIR
-                    | rustix::io::Errno::ACCESS,
-                ) => true,
-                Err(_) => false,
+                Err(error) => nothing_to_watch(error),
             }
         }
 
@@ -240,6 +227,14 @@ mod linux {
         }
     }
 
+    /// Whether a watch the kernel did not add leaves nothing unwatched: the
+    /// path is gone already, or not ours to read (a later chmod is an event
+    /// on its directory). Anything else (the watch limit) is a refusal.
+    fn nothing_to_watch(error: rustix::io::Errno) -> bool {
+        use rustix::io::Errno;
+        matches!(error, Errno::NOENT | Errno::NOTDIR | Errno::ACCESS)
+    }
+
     trait FromBytes {
         fn from_bytes_of(bytes: &[u8]) -> &Self;
     }
@@ -325,18 +320,10 @@ pub(super) fn walk(root: &Path, part: &Part) -> (Vec<(PathBuf, std::fs::Metadata
     let (mut files, mut dirs) = (Vec::new(), Vec::new());
     let base = root.to_path_buf();
     let pruned = part.clone();
-    let walker = ignore::WalkBuilder::new(root)
-        .hidden(false)
-        .parents(false)
-        .git_ignore(true)
-        .git_exclude(true)
-        .git_global(true)
-        .require_git(false)
+    let walker = scan_rules(root)
         .filter_entry(move |entry| {
             let relative = entry.path().strip_prefix(&base).unwrap_or(entry.path());
-            let mala_or_git =
-                entry.depth() == 1 && matches!(entry.file_name().to_str(), Some(".git" | ".beads"));
-            !mala_or_git && pruned.covers(relative)
+            !is_git_or_mala(entry) && pruned.covers(relative)
         })
         .build();
     for entry in walker.flatten() {
@@ -356,6 +343,26 @@ pub(super) fn walk(root: &Path, part: &Part) -> (Vec<(PathBuf, std::fs::Metadata
         }
     }
     (files, dirs)
+}
+
+/// A walk of the tree at `root` with the rules every scan shares: hidden
+/// files seen, the ignore rules from the root down (git's own, `.ignore`,
+/// the global excludes; not those of directories above the root).
+pub(super) fn scan_rules(root: &Path) -> ignore::WalkBuilder {
+    let mut builder = ignore::WalkBuilder::new(root);
+    builder
+        .hidden(false)
+        .parents(false)
+        .git_ignore(true)
+        .git_exclude(true)
+        .git_global(true)
+        .require_git(false);
+    builder
+}
+
+/// `.git` and mala's `.beads` at the root, which no scan walks.
+pub(super) fn is_git_or_mala(entry: &ignore::DirEntry) -> bool {
+    entry.depth() == 1 && matches!(entry.file_name().to_str(), Some(".git" | ".beads"))
 }
 
 /// Paths in `a` or `b` but not both.
