@@ -924,6 +924,31 @@ impl IssueRun {
             .collect()
     }
 
+    /// Files of this session's commits that another agent holds now: its
+    /// work, committed under this issue (staged behind the guard's back by a
+    /// program, say: staging changes no file the tree watch could see).
+    fn others_work_in(&self, commits: &[&mala_core::CommitInfo]) -> Option<String> {
+        let locks = self.ports.locks.as_ref()?;
+        let mut theirs: Vec<String> = Vec::new();
+        for file in commits.iter().flat_map(|c| &c.files) {
+            if let Some(holder) = locks.holder(&self.root().join(file))
+                && holder != self.agent
+            {
+                let named = format!("{file} (held by {holder})");
+                if !theirs.contains(&named) {
+                    theirs.push(named);
+                }
+            }
+        }
+        (!theirs.is_empty()).then(|| {
+            format!(
+                "the issue's commits include files another agent holds and is working on: {}; \
+                 its work was committed under this issue, so mala does not close it",
+                theirs.join(", ")
+            )
+        })
+    }
+
     /// This attempt's verdict, from the commits, the recorded evidence, the
     /// unlocked writes still standing and (with `gate.rerun`) mala's own run
     /// of the checks. `Err` ends the issue: git could not be read, the
@@ -973,6 +998,10 @@ impl IssueRun {
         }
         if verdict.passed && verdict.marker.is_none() {
             let mine = crate::protected::session_commits(&commits, &self.issue.id, self.baseline);
+            if let Some(reason) = self.others_work_in(&mine) {
+                // No later turn can take it out of the commit: a person must look.
+                return Err(IssueResult::Failed { reason });
+            }
             let weakened =
                 crate::protected::check_protected(&self.ports, &self.config, &self.issue.id, &mine)
                     .await

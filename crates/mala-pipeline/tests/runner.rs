@@ -601,6 +601,55 @@ async fn a_file_changed_without_its_lock_fails_the_gate_while_it_stays_changed()
 }
 
 #[tokio::test]
+async fn a_commit_that_carries_a_file_another_agent_holds_fails_the_issue() {
+    let h = Harness::new().await;
+    let lock_dir = tempfile::tempdir().unwrap();
+    let locks = Arc::new(FileLockTable::new(lock_dir.path(), Path::new("/")).unwrap());
+    let other = AgentId::new("bd-other@test-run");
+    locks
+        .acquire(&other, &["/repo/src/theirs.rs".into()], Duration::ZERO)
+        .await
+        .unwrap();
+    let turn = |h: &Harness| Turn {
+        commit: Some((h.subject("fix"), vec!["src/parser.rs", "src/theirs.rs"])),
+        ..honest_turn(h)
+    };
+    let ports = h.ports(vec![turn(&h), turn(&h)], Some(locks.clone()));
+    let result = run_issue_from(
+        &h.issue,
+        h.agent(),
+        &ports,
+        &Harness::config(),
+        None,
+        StopSignal::never(),
+    )
+    .await;
+    let IssueResult::Failed { reason } = result else {
+        panic!("{result:?}")
+    };
+    assert!(
+        reason.contains("include files another agent holds")
+            && reason.contains("src/theirs.rs (held by bd-other@test-run)"),
+        "{reason}"
+    );
+    assert_eq!(h.world.lock().unwrap().prompts.len(), 1, "no second turn");
+    // Once no one else holds it, the same commit is the agent's own.
+    locks.release_all(&other).await.unwrap();
+    let h = Harness::new().await;
+    let ports = h.ports(vec![turn(&h)], Some(locks.clone()));
+    let result = run_issue_from(
+        &h.issue,
+        h.agent(),
+        &ports,
+        &Harness::config(),
+        None,
+        StopSignal::never(),
+    )
+    .await;
+    assert!(matches!(result, IssueResult::Closed { .. }), "{result:?}");
+}
+
+#[tokio::test]
 async fn a_commit_that_changes_the_checks_is_judged_by_the_checks_as_they_were() {
     let h = Harness::new().await;
     let mut config = Harness::config();
