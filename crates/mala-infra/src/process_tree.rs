@@ -71,7 +71,7 @@ impl AgentProcess {
         Some(Self {
             pid,
             mark: format!("{AGENT_MARK}={mark}").into_bytes(),
-            born: start_time(pid)?,
+            born: stat_field(pid, STARTED)?,
         })
     }
 
@@ -79,33 +79,25 @@ impl AgentProcess {
     /// it and not below it. A tool call's running commands are below the
     /// agent; one that outlived its shell (`cmd &`, `nohup`, `setsid`) was
     /// reparented away and is not.
-    #[cfg(target_os = "linux")]
     pub(crate) fn strays(&self) -> Vec<Stray> {
-        let itself = start_time(self.pid) == Some(self.born);
+        let table = processes();
+        let itself = table
+            .iter()
+            .any(|p| p.pid == self.pid && p.started == self.born);
         let family = if itself {
-            descendants(self.pid)
+            descendants_in(&table, self.pid)
         } else {
             Vec::new()
         };
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| *pid != self.pid && !family.contains(pid))
-            .filter(|pid| start_time(*pid).is_some_and(|t| t >= self.born))
-            .filter(|pid| mark_of(*pid).as_ref() == Some(&self.mark))
-            .map(|pid| Stray {
-                pid,
-                command: command_line(pid),
+        table
+            .iter()
+            .filter(|p| p.pid != self.pid && p.started >= self.born && !family.contains(&p.pid))
+            .filter(|p| mark_of(p.pid).as_ref() == Some(&self.mark))
+            .map(|p| Stray {
+                pid: p.pid,
+                command: command_line(p.pid),
             })
             .collect()
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    pub(crate) fn strays(&self) -> Vec<Stray> {
-        Vec::new()
     }
 
     /// Stops its strays: each is frozen (SIGSTOP) before any is killed, so
@@ -129,7 +121,7 @@ impl AgentProcess {
                     continue;
                 };
                 let _ = kill_process(member, Signal::KILL);
-                if group_of(stray.pid) == Some(stray.pid) && stray.pid != self.pid {
+                if stat_field::<u32>(stray.pid, GROUP) == Some(stray.pid) && stray.pid != self.pid {
                     let _ = kill_process_group(member, Signal::KILL);
                 }
             }
@@ -149,17 +141,14 @@ impl AgentProcess {
 /// Waits (at most a second) until `pid` is gone or a zombie.
 fn wait_gone(pid: u32) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-    while std::time::Instant::now() < deadline {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-        let alive = state.as_deref().is_some_and(|stat| {
-            stat.rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
-        });
-        if !alive {
-            return;
-        }
+    while is_running(pid) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
+}
+
+/// Whether `pid` is a process that still runs (not gone, not a zombie).
+fn is_running(pid: u32) -> bool {
+    stat_field::<char>(pid, STATE).is_some_and(|state| !matches!(state, 'Z' | 'X'))
 }
 
 /// The `AGENT_MARK=…` entry of a process's environment.
@@ -170,18 +159,6 @@ fn mark_of(pid: u32) -> Option<Vec<u8>> {
         .split(|&b| b == 0)
         .find(|entry| entry.starts_with(prefix.as_bytes()))
         .map(<[u8]>::to_vec)
-}
-
-/// When a process started, in clock ticks since boot (`stat`'s 22nd field).
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, after_name) = stat.rsplit_once(')')?;
-    after_name.split_whitespace().nth(19)?.parse().ok()
-}
-
-fn group_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat_number(&stat, 2)
 }
 
 fn command_line(pid: u32) -> String {
@@ -201,9 +178,18 @@ fn to_pid(pid: u32) -> Option<Pid> {
     i32::try_from(pid).ok().and_then(Pid::from_raw)
 }
 
-/// The parent of each process, from `/proc/<pid>/stat`.
-#[cfg(target_os = "linux")]
-fn parents() -> Vec<(u32, u32)> {
+/// One process as `/proc/<pid>/stat` has it.
+#[derive(Debug, Clone, Copy)]
+struct Process {
+    pid: u32,
+    parent: u32,
+    /// Clock ticks since boot.
+    started: u64,
+}
+
+/// Every process, from one read of each `/proc/<pid>/stat` (empty where
+/// there is no /proc).
+fn processes() -> Vec<Process> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -212,55 +198,58 @@ fn parents() -> Vec<(u32, u32)> {
         .filter_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            Some((pid, parent_in_stat(&stat)?))
+            Some(Process {
+                pid,
+                parent: field_of(&stat, PARENT)?,
+                started: field_of(&stat, STARTED)?,
+            })
         })
         .collect()
 }
 
-#[cfg(not(target_os = "linux"))]
-fn parents() -> Vec<(u32, u32)> {
-    Vec::new()
-}
-
 /// Whether `/proc/<pid>/stat` says the process leads its own group.
-#[cfg(target_os = "linux")]
 fn leads_its_group(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat_number(&stat, 2))
-        == Some(pid)
+    stat_field::<u32>(pid, GROUP) == Some(pid)
 }
 
-#[cfg(not(target_os = "linux"))]
-fn leads_its_group(_: u32) -> bool {
-    false
-}
+/// Fields of a `stat` line after the command name (0 is the state).
+const STATE: usize = 0;
+const PARENT: usize = 1;
+const GROUP: usize = 2;
+const STARTED: usize = 19;
 
-/// The parent pid in a `stat` line.
-fn parent_in_stat(stat: &str) -> Option<u32> {
-    stat_number(stat, 1)
+/// Field `index` of `/proc/<pid>/stat` (see `field_of`).
+fn stat_field<T: std::str::FromStr>(pid: u32, index: usize) -> Option<T> {
+    field_of(
+        &std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?,
+        index,
+    )
 }
 
 /// The `index`th field after the command name of a `stat` line,
 /// `pid (comm) state ppid pgrp ...` (0 is the state), where the name may
 /// itself hold spaces and parentheses.
-fn stat_number(stat: &str, index: usize) -> Option<u32> {
+fn field_of<T: std::str::FromStr>(stat: &str, index: usize) -> Option<T> {
     let (_, after_name) = stat.rsplit_once(')')?;
     after_name.split_whitespace().nth(index)?.parse().ok()
 }
 
 /// Every process below `root`, nearest first.
 fn descendants(root: u32) -> Vec<u32> {
-    let parents = parents();
+    descendants_in(&processes(), root)
+}
+
+/// Every process of `table` below `root`, nearest first.
+fn descendants_in(table: &[Process], root: u32) -> Vec<u32> {
     let mut found = vec![root];
     let mut next = 0;
     while next < found.len() {
         let parent = found[next];
         found.extend(
-            parents
+            table
                 .iter()
-                .filter(|(pid, ppid)| *ppid == parent && !found.contains(pid))
-                .map(|(pid, _)| *pid)
+                .filter(|p| p.parent == parent && !found.contains(&p.pid))
+                .map(|p| p.pid)
                 .collect::<Vec<_>>(),
         );
         next += 1;
@@ -275,8 +264,8 @@ mod tests {
 
     #[test]
     fn the_parent_is_read_past_a_name_with_spaces_and_parentheses() {
-        assert_eq!(parent_in_stat("42 (a (b) c) S 7 42 42 0"), Some(7));
-        assert_eq!(parent_in_stat("garbage"), None);
+        assert_eq!(field_of::<u32>("42 (a (b) c) S 7 42 42 0", PARENT), Some(7));
+        assert_eq!(field_of::<u32>("garbage", PARENT), None);
     }
 
     /// Waits (bounded) for `file` to hold a pid.
@@ -387,13 +376,7 @@ mod tests {
         assert!(descendants(parent.id()).contains(&child));
         kill_tree(parent.id());
         let _ = parent.wait();
-        let gone = || {
-            std::fs::read_to_string(format!("/proc/{child}/stat")).map_or(true, |s| {
-                s.rsplit_once(')')
-                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-            })
-        };
-        while !gone() {
+        while is_running(child) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the child in its own session survived"
