@@ -48,6 +48,24 @@ pub(crate) fn new_mark() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// An agent's command, marked (`AGENT_MARK`) so that what it starts is
+/// known as its own: `AgentProcess::of` it once it runs.
+#[derive(Debug)]
+pub(crate) struct Marked(String);
+
+impl Marked {
+    pub(crate) fn command(command: &mut tokio::process::Command) -> Self {
+        let mark = new_mark();
+        command.env(AGENT_MARK, &mark);
+        Self(mark)
+    }
+
+    /// The marked command's process, once it started as `pid`.
+    pub(crate) fn process(&self, pid: Option<u32>) -> Option<AgentProcess> {
+        AgentProcess::started(pid?, &self.0)
+    }
+}
+
 /// A process an agent's tool call left running after the call returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Stray {
@@ -135,6 +153,15 @@ impl AgentProcess {
             }
         }
         stopped
+    }
+
+    /// [`AgentProcess::stop_strays`], off the async threads (it reads /proc
+    /// and waits for the strays to go).
+    pub(crate) async fn stop_strays_blocking(&self) -> Vec<Stray> {
+        let process = self.clone();
+        tokio::task::spawn_blocking(move || process.stop_strays())
+            .await
+            .unwrap_or_default()
     }
 }
 

@@ -673,9 +673,8 @@ impl ClaudeSession {
             watch,
             stop,
         } = services;
-        let mark = crate::process_tree::new_mark();
         let mut command = claude_command(config, &request);
-        command.env(crate::process_tree::AGENT_MARK, &mark);
+        let marked = crate::process_tree::Marked::command(&mut command);
         let mut child = command.spawn().map_err(|e| {
             could_not_start(format!(
                 "could not start {}: {e}. {}",
@@ -704,7 +703,7 @@ impl ClaudeSession {
             locks,
             git,
             watch: watch.for_session(&request.cwd),
-            process: pid.and_then(|pid| crate::process_tree::AgentProcess::started(pid, &mark)),
+            process: marked.process(pid),
             windows: Mutex::new(HashMap::new()),
             outbox,
             record,
@@ -769,13 +768,10 @@ impl ClaudeSession {
     /// (an interrupted call reports no end): it goes with the turn, before
     /// the gate looks at the tree.
     async fn stop_strays_at_turn_end(&self) {
-        let Some(process) = self.shared.process.clone() else {
+        let Some(process) = &self.shared.process else {
             return;
         };
-        let stopped = tokio::task::spawn_blocking(move || process.stop_strays())
-            .await
-            .unwrap_or_default();
-        for stray in stopped {
+        for stray in process.stop_strays_blocking().await {
             tracing::info!(agent = %self.shared.agent, pid = stray.pid, command = %stray.command,
                 "stopped what the agent left running when its turn ended");
         }
@@ -818,8 +814,8 @@ impl ClaudeSession {
             self.signal_group(rustix::process::Signal::KILL);
         }
         // What its tool calls left running outlives it unless stopped.
-        if let Some(process) = self.shared.process.clone() {
-            let _ = tokio::task::spawn_blocking(move || process.stop_strays()).await;
+        if let Some(process) = &self.shared.process {
+            process.stop_strays_blocking().await;
         }
         self.exited = true;
         status

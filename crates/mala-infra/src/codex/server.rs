@@ -155,10 +155,9 @@ impl AppServer {
             .as_deref()
             .zip(agent)
             .map(|(dir, agent)| Arc::new(SessionRecord::open(dir, agent)));
-        // What its commands leave running is known by it (`process_tree`).
-        let mark = crate::process_tree::new_mark();
         let mut spawn = command.command(cwd);
-        spawn.env(crate::process_tree::AGENT_MARK, &mark);
+        // What its commands leave running is known by it (`process_tree`).
+        let marked = crate::process_tree::Marked::command(&mut spawn);
         let mut child = spawn.spawn().map_err(|error| {
             AgentError::new(
                 AgentErrorKind::CouldNotStart,
@@ -172,9 +171,7 @@ impl AppServer {
             ));
         };
         let (rpc, inbox) = RpcClient::start_recorded(stdout, stdin, record.clone());
-        let process = child
-            .id()
-            .and_then(|pid| crate::process_tree::AgentProcess::started(pid, &mark));
+        let process = marked.process(child.id());
         Ok(Self {
             child: Some(child),
             rpc,
@@ -321,7 +318,7 @@ impl AppServer {
         }
         // What its commands left running outlives it unless stopped.
         if let Some(process) = self.process.take() {
-            let _ = tokio::task::spawn_blocking(move || process.stop_strays()).await;
+            process.stop_strays_blocking().await;
         }
         status
     }

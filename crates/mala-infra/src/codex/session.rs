@@ -750,8 +750,8 @@ impl CodexSession {
     async fn stop_lingering(&mut self, log: &mut TurnLog) {
         // What its commands left running detached goes with the turn too,
         // before the gate looks at the tree.
-        if let Some(process) = self.server.as_ref().and_then(AppServer::process).cloned() {
-            let _ = tokio::task::spawn_blocking(move || process.stop_strays()).await;
+        if let Some(process) = self.server.as_ref().and_then(AppServer::process) {
+            process.stop_strays_blocking().await;
         }
         let mut lingering: Vec<&str> = log
             .running
