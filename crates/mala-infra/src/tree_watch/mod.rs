@@ -162,8 +162,9 @@ impl Snapshot {
             return None;
         }
         let tracked = Tracked::now(root, git, Some(&self.tracked));
+        let tracked_changed = !Arc::ptr_eq(&tracked, &self.tracked);
         let mut entries = dirty.dirs;
-        if !Arc::ptr_eq(&tracked, &self.tracked) {
+        if tracked_changed {
             // Files that became tracked or untracked may be ignored ones.
             for path in notify::differing(&self.tracked.paths, &tracked.paths) {
                 entries.insert(path.parent().map(Path::to_path_buf).unwrap_or_default());
@@ -180,7 +181,7 @@ impl Snapshot {
         if trees.len() + entries.len() > MOST_PARTS {
             return None;
         }
-        let watches_changed = !trees.is_empty() || !Arc::ptr_eq(&tracked, &self.tracked);
+        let watches_changed = !trees.is_empty() || tracked_changed;
         let parts = trees
             .into_iter()
             .map(Part::Tree)
@@ -196,11 +197,7 @@ impl Snapshot {
                 Part::Entries(_) => notify::walk(root, &part).0,
             };
             for (path, meta) in found {
-                let stamp = Stamp::of(&meta);
-                if !notifier.watch_file(root, &path, stamp.inode) {
-                    return None;
-                }
-                files.insert(path, stamp);
+                keep_watched(&mut files, notifier, root, path, Stamp::of(&meta))?;
             }
             let hidden = add_tracked(root, &mut files, &tracked, |path| part.holds(path));
             if !hidden
@@ -220,11 +217,7 @@ impl Snapshot {
         for path in unwatched.iter() {
             match root.join(path).symlink_metadata() {
                 Ok(meta) if !meta.is_dir() => {
-                    let stamp = Stamp::of(&meta);
-                    if !notifier.watch_file(root, path, stamp.inode) {
-                        return None;
-                    }
-                    files.insert(path.clone(), stamp);
+                    keep_watched(&mut files, notifier, root, path.clone(), Stamp::of(&meta))?;
                 }
                 _ => {
                     files.remove(path);
@@ -310,6 +303,22 @@ fn add_tracked(
         }
     }
     added
+}
+
+/// `path` in the scan with `stamp`, and under its own kernel watch; `None`
+/// when the kernel refuses the watch.
+fn keep_watched(
+    files: &mut HashMap<PathBuf, Stamp>,
+    notifier: &mut notify::Notifier,
+    root: &Path,
+    path: PathBuf,
+    stamp: Stamp,
+) -> Option<()> {
+    notifier
+        .watch_file(root, &path, stamp.inode)
+        .then_some(())?;
+    files.insert(path, stamp);
+    Some(())
 }
 
 /// The tracked files whose directory no kernel watch covers.
